@@ -271,8 +271,9 @@ class _UnionNode(_Node):
         self._cands = cands
         # Unambiguous Python types resolve with one dict lookup (the hot path).
         self._fast: dict[type, int] = {t: c[0] for t, c in cands.items() if len(c) == 1}
-        if nullable:
-            self._fast[_NoneType] = -1
+        # None is accepted even for a union without "null": the parent (a null record,
+        # list or map slot) hands its children None placeholders.
+        self._fast[_NoneType] = -1
         self._by_name: dict[str, int] = {}
         for idx, b in enumerate(branches):
             if b.full_name is not None:
@@ -281,8 +282,6 @@ class _UnionNode(_Node):
 
     def _resolve(self, v: Any) -> tuple[int, Any]:
         """Pick the branch for a value the fast lookup could not decide."""
-        if v is None:
-            raise TypeMappingError(f"null value for non-nullable union {self.avro_desc}")
         cands = self._cands.get(type(v))
         if cands is None:
             # fastavro's return_record_name / return_named_type: ("name", value)
