@@ -1,0 +1,327 @@
+"""The arena: one partition's buffered rows between Kafka and the next row group.
+
+Records arrive as raw Avro bodies and are copied into one pre-sized, reused ``bytearray`` plus
+fixed-width coordinate arrays (offsets, timestamps). Every ``chunk_rows`` records the chunk is decoded
+at once into an Arrow record batch (columnar: validity, offsets, data, map offsets/keys/values) and
+the raw buffer is rewound, so memory holds at most one raw chunk plus the columnar row group.
+"Append raw bytes now, decode a chunk at once" is the shape a batch decoder (arrow-avro style)
+slots into later without changing the arena's contract.
+
+Sizing comes from :class:`SchemaStats`: first from the schema's shape (entries per map, bytes per
+string, union fan-out), then from running averages of what was observed (Avro bytes per row, Arrow
+bytes per Avro byte, Parquet bytes per Arrow byte of earlier row groups, entries per map, null
+fractions). That is how the arena predicts, before encoding, when a row group will reach its
+*encoded* byte target, and how it pre-sizes its raw buffer so appends rarely reallocate.
+
+The arena knows its own memory exactly (:attr:`Arena.nbytes`: buffer capacities plus Arrow
+buffer sizes), which is what the global memory budget adds up.
+"""
+
+from __future__ import annotations
+
+import array
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from consumer.decoding import WriterSchema, decode_bodies
+from consumer.typemap import RecordConverter
+
+KAFKA_FIELDS: dict[str, pa.Field] = {
+    "topic": pa.field("kafka_topic", pa.string(), nullable=False),
+    "partition": pa.field("kafka_partition", pa.int32(), nullable=False),
+    "offset": pa.field("kafka_offset", pa.int64(), nullable=False),
+    "timestamp": pa.field("kafka_timestamp", pa.timestamp("ms", tz="UTC")),
+    "key": pa.field("kafka_key", pa.binary()),
+    "headers": pa.field(
+        "kafka_headers",
+        pa.list_(pa.struct([pa.field("key", pa.string()), pa.field("value", pa.binary())])),
+    ),
+}
+
+_EWMA = 0.3  # weight of the newest observation in running averages
+
+
+@dataclass
+class DeadLetter:
+    """A record that did not become a row: where it was, why, and its bytes (for the DLQ object)."""
+
+    offset: int
+    timestamp: int | None
+    key: bytes | None
+    reason: str
+    value: bytes | None
+
+
+def _shape_estimate(t: Any, named: dict[str, Any], depth: int = 0) -> tuple[float, float]:
+    """(Avro bytes, Arrow bytes) one value of Avro type ``t`` is expected to take, from shape alone."""
+    if depth > 12:
+        return 8.0, 16.0
+    if isinstance(t, str):
+        return {
+            "null": (0.0, 0.125), "boolean": (1.0, 0.125), "int": (2.0, 4.125),
+            "long": (4.0, 8.125), "float": (4.0, 4.125), "double": (8.0, 8.125),
+            "string": (16.0, 20.125), "bytes": (16.0, 20.125),
+        }.get(t, _shape_estimate(named[t], named, depth + 1) if t in named else (8.0, 8.0))
+    if isinstance(t, list):
+        ests = [_shape_estimate(b, named, depth + 1) for b in t]
+        non_null = [e for b, e in zip(t, ests, strict=True) if b != "null"] or ests
+        avro = 1.0 + sum(e[0] for e in non_null) / len(non_null)
+        return avro, sum(e[1] for e in ests) / max(1, len(non_null))
+    kind = t.get("type")
+    if isinstance(kind, (dict, list)):
+        return _shape_estimate(kind, named, depth + 1)
+    name = t.get("name")
+    if name:
+        named.setdefault(name, t)
+        ns = t.get("namespace")
+        if ns:
+            named.setdefault(f"{ns}.{name}", t)
+    if kind == "record":
+        a = b = 0.0
+        for f in t.get("fields", []):
+            fa, fb = _shape_estimate(f["type"], named, depth + 1)
+            a, b = a + fa, b + fb
+        return a, b + 0.125
+    if kind == "map":
+        va, vb = _shape_estimate(t["values"], named, depth + 1)
+        return 2.0 + 8 * (10.0 + va), 8.125 + 8 * (14.0 + vb)
+    if kind == "array":
+        va, vb = _shape_estimate(t["items"], named, depth + 1)
+        return 2.0 + 4 * va, 8.125 + 4 * vb
+    if kind == "enum":
+        return 1.0, 4.125
+    if kind == "fixed":
+        return float(t.get("size", 16)), float(t.get("size", 16)) + 0.125
+    return _shape_estimate(kind, named, depth + 1) if isinstance(kind, str) else (8.0, 8.0)
+
+
+@dataclass
+class SchemaStats:
+    """What one writer schema's rows have looked like so far (shared by every partition using it)."""
+
+    avro_bytes_per_row: float
+    arrow_per_avro: float
+    parquet_per_arrow: float = 0.35
+    map_entries_per_row: dict[str, float] = field(default_factory=dict)
+    null_fraction: dict[str, float] = field(default_factory=dict)
+    rows_seen: int = 0
+
+    @classmethod
+    def from_schema(cls, avro: dict[str, Any]) -> SchemaStats:
+        a, b = _shape_estimate(avro, {})
+        return cls(avro_bytes_per_row=max(a, 1.0), arrow_per_avro=max(b / max(a, 1.0), 0.5))
+
+    @staticmethod
+    def _blend(old: float, new: float, first: bool) -> float:
+        return new if first else (1 - _EWMA) * old + _EWMA * new
+
+    def observe_batch(self, batch: pa.RecordBatch, avro_bytes: int) -> None:
+        """Fold a decoded chunk into the averages (cheap: reads only buffer sizes and counts)."""
+        n = batch.num_rows
+        if n == 0:
+            return
+        first = self.rows_seen == 0
+        self.avro_bytes_per_row = self._blend(self.avro_bytes_per_row, avro_bytes / n, first)
+        arrow = batch.get_total_buffer_size()
+        if avro_bytes:
+            self.arrow_per_avro = self._blend(self.arrow_per_avro, arrow / avro_bytes, first)
+        for name, col in zip(batch.schema.names, batch.columns, strict=True):
+            self.null_fraction[name] = self._blend(
+                self.null_fraction.get(name, 0.0), col.null_count / n, first
+            )
+            if pa.types.is_map(col.type):
+                entries = len(col.keys) if hasattr(col, "keys") else 0
+                self.map_entries_per_row[name] = self._blend(
+                    self.map_entries_per_row.get(name, 8.0), entries / n, first
+                )
+        self.rows_seen += n
+
+    def observe_encoded(self, arrow_bytes: int, parquet_bytes: int) -> None:
+        if arrow_bytes > 0:
+            self.parquet_per_arrow = self._blend(
+                self.parquet_per_arrow, parquet_bytes / arrow_bytes, False
+            )
+
+
+class Arena:
+    """Buffered rows of one partition for one writer schema, reused across row groups."""
+
+    def __init__(
+        self,
+        schema: WriterSchema,
+        converter: RecordConverter,
+        stats: SchemaStats,
+        *,
+        topic: str,
+        partition: int,
+        kafka_columns: Sequence[str],
+        chunk_rows: int = 2048,
+        on_error: str = "dead-letter",
+    ) -> None:
+        self.schema = schema
+        self.converter = converter
+        self.stats = stats
+        self.topic = topic
+        self.partition = partition
+        self.kafka_columns = tuple(kafka_columns)
+        self.chunk_rows = chunk_rows
+        self.on_error = on_error
+        # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats and
+        # kept between chunks and row groups (rewound, not freed).
+        self._raw = bytearray(int(chunk_rows * stats.avro_bytes_per_row * 1.25) + 4096)
+        self._raw_len = 0
+        self._ends = array.array("q", bytes(8 * chunk_rows))
+        self._offsets = array.array("q", bytes(8 * chunk_rows))
+        self._timestamps = array.array("q", bytes(8 * chunk_rows))
+        self._keys: list[bytes | None] = []
+        self._headers: list[Any] = []
+        self._pending = 0
+        self._batches: list[pa.RecordBatch] = []
+        self._batch_bytes = 0
+        self._batch_avro_bytes = 0
+        self.rows = 0  # rows buffered (pending + decoded), dead letters excluded
+        self.dead_letters: list[DeadLetter] = []
+        self.halted: DeadLetter | None = None  # set under on_error=fail: the first bad record
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def nbytes(self) -> int:
+        """Exact bytes this arena holds: raw buffer capacity, coordinate arrays, Arrow buffers."""
+        keys = sum(len(k) for k in self._keys if k) if self._pending else 0
+        dl = sum(len(d.value or b"") for d in self.dead_letters)
+        return len(self._raw) + 24 * len(self._ends) + keys + self._batch_bytes + dl
+
+    @property
+    def predicted_encoded_bytes(self) -> float:
+        """How big the row group would be as Parquet if flushed now (from the running ratios)."""
+        arrow = self._batch_bytes + self._raw_len * self.stats.arrow_per_avro
+        return arrow * self.stats.parquet_per_arrow
+
+    @property
+    def avro_bytes(self) -> int:
+        return self._batch_avro_bytes + self._raw_len
+
+    # -- appending -------------------------------------------------------------------------------
+    def append(
+        self,
+        body: bytes | memoryview,
+        offset: int,
+        timestamp: int | None,
+        key: bytes | None,
+        headers: Any = None,
+    ) -> None:
+        n = len(body)
+        end = self._raw_len + n
+        if end > len(self._raw):
+            grow = max(end - len(self._raw), len(self._raw))
+            self._raw.extend(bytes(grow))
+        self._raw[self._raw_len:end] = body
+        i = self._pending
+        self._ends[i] = end
+        self._offsets[i] = offset
+        self._timestamps[i] = -1 if timestamp is None else timestamp
+        self._keys.append(key)
+        if "headers" in self.kafka_columns:
+            self._headers.append(headers)
+        self._raw_len = end
+        self._pending += 1
+        self.rows += 1
+        if self._pending >= self.chunk_rows:
+            self.decode_pending()
+
+    def decode_pending(self) -> None:
+        """Decode the raw chunk into one Arrow batch and rewind the raw buffer."""
+        n = self._pending
+        if n == 0:
+            return
+        raw = memoryview(self._raw)
+        bodies = []
+        start = 0
+        for i in range(n):
+            end = self._ends[i]
+            bodies.append(raw[start:end])
+            start = end
+        records, bad = decode_bodies(self.schema, bodies)
+        keep = list(range(n))
+        if bad:
+            bad_idx = {i for i, _ in bad}
+            if self.on_error == "fail":
+                first_bad, reason = bad[0]
+                self.halted = self._dead_letter(first_bad, reason, bodies[first_bad])
+                records = records[:first_bad]
+                keep = list(range(first_bad))
+                self.rows -= n - first_bad
+            else:
+                for i, reason in bad:
+                    self.dead_letters.append(self._dead_letter(i, reason, bodies[i]))
+                keep = [i for i in range(n) if i not in bad_idx]
+                self.rows -= len(bad)
+        del bodies, raw
+        if keep:
+            batch = self.converter.to_batch(records, self._kafka_arrays(keep))
+            self._batches.append(batch)
+            self._batch_bytes += batch.get_total_buffer_size()
+            chunk_avro = int(self._ends[keep[-1]])
+            self._batch_avro_bytes += chunk_avro
+            self.stats.observe_batch(batch, chunk_avro)
+        self._pending = 0
+        self._raw_len = 0
+        self._keys.clear()
+        self._headers.clear()
+
+    def _dead_letter(self, i: int, reason: str, body: memoryview) -> DeadLetter:
+        ts = self._timestamps[i]
+        return DeadLetter(int(self._offsets[i]), None if ts < 0 else int(ts), self._keys[i],
+                          reason, bytes(body))
+
+    def _kafka_arrays(self, keep: list[int]) -> list[pa.Array]:
+        n = len(keep)
+        full = n == self._pending
+        cols: list[pa.Array] = []
+        for c in self.kafka_columns:
+            if c == "topic":
+                cols.append(pa.array([self.topic] * n, pa.string()))
+            elif c == "partition":
+                cols.append(pa.array([self.partition] * n, pa.int32()))
+            elif c == "offset":
+                data = self._offsets[:n] if full else array.array("q", (self._offsets[i] for i in keep))
+                cols.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data.tobytes())]))
+            elif c == "timestamp":
+                ts = [self._timestamps[i] for i in keep]
+                cols.append(pa.array([t if t >= 0 else None for t in ts], pa.int64()).cast(
+                    pa.timestamp("ms", tz="UTC")))
+            elif c == "key":
+                cols.append(pa.array([self._keys[i] for i in keep], pa.binary()))
+            elif c == "headers":
+                cols.append(pa.array(
+                    [[{"key": k, "value": v} for k, v in (self._headers[i] or [])] for i in keep],
+                    KAFKA_FIELDS["headers"].type,
+                ))
+        return cols
+
+    # -- draining ------------------------------------------------------------------------------
+    def drain(self) -> tuple[pa.Table, list[DeadLetter], int]:
+        """Everything buffered as one table (possibly 0 rows), its dead letters and Arrow bytes.
+
+        The arena is empty afterwards and keeps its raw buffer for the next row group.
+        """
+        self.decode_pending()
+        if self._batches:
+            table = pa.Table.from_batches(self._batches, schema=self.converter.schema)
+        else:
+            table = self.converter.schema.empty_table()
+        arrow_bytes = self._batch_bytes
+        dead = self.dead_letters
+        self._batches = []
+        self._batch_bytes = 0
+        self._batch_avro_bytes = 0
+        self.rows = 0
+        self.dead_letters = []
+        return table, dead, arrow_bytes
+
+
+def kafka_fields(columns: Sequence[str]) -> list[pa.Field]:
+    return [KAFKA_FIELDS[c] for c in columns]

@@ -1,0 +1,161 @@
+"""Command line: ``consumer run | produce | show | verify``.
+
+Every ``run`` flag is also an environment variable (``CONSUMER_<FLAG>``, e.g.
+``CONSUMER_ROW_GROUP_BYTES=8MiB``) and a key of the optional TOML file (``--config``). Invalid
+configuration fails fast with one line per problem and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from consumer import config as cfgmod
+from consumer import log as logmod
+
+_RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
+    ("--bootstrap-servers", {"help": "Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)"}),
+    ("--group-id", {"help": "consumer group id"}),
+    ("--topic", {"dest": "topics", "action": "append", "help": "topic to consume (repeatable)"}),
+    ("--output", {"help": "s3://bucket/prefix for Parquet output"}),
+    ("--s3-endpoint-url", {"help": "S3 endpoint for S3-compatible servers (S3_ENDPOINT_URL)"}),
+    ("--framing", {"choices": cfgmod.FRAMINGS, "help": "raw Avro or Confluent wire format"}),
+    ("--schema", {"help": "writer schema for raw framing: a name in schemas/ or an .avsc path"}),
+    ("--schema-registry-url", {"help": "Confluent-compatible registry (SCHEMA_REGISTRY_URL)"}),
+    ("--row-group-rows", {"help": "flush a row group at this many rows"}),
+    ("--row-group-bytes", {"help": "flush a row group at about this encoded size, e.g. 16MiB"}),
+    ("--row-group-max-age", {"help": "flush (and commit) at least this often, e.g. 60s"}),
+    ("--file-rows", {"help": "roll the file at this many rows"}),
+    ("--file-bytes", {"help": "roll the file at about this size, e.g. 256MiB"}),
+    ("--file-max-age", {"help": "roll the file at this age, e.g. 1h ('none' to disable)"}),
+    ("--compression", {"choices": cfgmod.COMPRESSIONS}),
+    ("--kafka-columns", {"help": f"comma list of {','.join(cfgmod.KAFKA_COLUMNS)}"}),
+    ("--memory-bytes", {"help": "process-wide budget for buffered rows, e.g. 512MiB"}),
+    ("--on-error", {"choices": cfgmod.ON_ERROR, "help": "bad records: dead-letter or fail"}),
+    ("--batch-size", {"help": "records per consume() call"}),
+    ("--log-format", {"choices": ("auto", "json", "console")}),
+    ("--log-level", {}),
+]
+
+
+def _add_run_flags(p: argparse.ArgumentParser) -> None:
+    for flag, kw in _RUN_FLAGS:
+        p.add_argument(flag, default=None, **kw)
+    p.add_argument("--until-caught-up", action="store_true", default=None,
+                   help="exit 0 once every assigned partition reached the end offsets seen at start "
+                        "and every file is final")
+    p.add_argument("-X", dest="kafka_properties", action="append", metavar="KEY=VALUE",
+                   help="any librdkafka consumer property (repeatable)")
+    p.add_argument("--config", help="TOML config file (CONSUMER_CONFIG)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="consumer", description="Kafka Avro map records → Parquet on S3, exactly once."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="consume topics into Parquet files on S3")
+    _add_run_flags(run)
+
+    prod = sub.add_parser("produce", help="produce seeded sample Avro records to a topic")
+    prod.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
+    prod.add_argument("--topic", required=True)
+    prod.add_argument("--schema", default="page_view", help="name in schemas/ (page_view, metrics, order)")
+    prod.add_argument("--count", type=int, default=10_000)
+    prod.add_argument("--partitions", type=int, default=4)
+    prod.add_argument("--seed", type=int, default=0)
+    prod.add_argument("--start", type=int, default=0, help="index of the first record to produce")
+    prod.add_argument("--framing", choices=cfgmod.FRAMINGS, default="raw")
+    prod.add_argument("--schema-registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL"))
+
+    show = sub.add_parser("show", help="list final files, row groups, rows and sizes under a prefix")
+    show.add_argument("--output", default=os.environ.get("CONSUMER_OUTPUT"), help="s3://bucket/prefix")
+    show.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
+    show.add_argument("--sample", type=int, default=0, help="also print this many rows of the first file")
+    return parser
+
+
+def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1") -> Any:
+    from consumer.storage import S3Store
+
+    log = logmod.get("consumer.storage")
+
+    def on_retry(op: str, exc: BaseException, delay: float) -> None:
+        log.warning("S3 request failed, retrying", op=op, error=type(exc).__name__,
+                    detail=str(exc)[:200], retry_in_s=round(delay, 2))
+
+    return S3Store(bucket, endpoint_url=endpoint_url, region=region, on_retry=on_retry)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        config = cfgmod.load(flags, config_file=args.config).validated()
+    except cfgmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"consumer: config: {problem}", file=sys.stderr)
+        return 2
+    logmod.configure(config.log_format, config.log_level)
+    from consumer.decoding import Decoder
+    from consumer.registry import SchemaRegistryClient
+    from consumer.runner import GroupRunner
+    from consumer.samples import load_schema
+
+    try:
+        schema = load_schema(config.schema) if config.framing == "raw" and config.schema else None
+    except Exception as exc:
+        print(f"consumer: config: schema {config.schema!r}: {exc}", file=sys.stderr)
+        return 2
+    registry = (
+        SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
+    )
+    decoder = Decoder(config.framing, schema=schema, registry=registry)
+    store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region)
+    runner = GroupRunner(config, store=store, decoder=decoder)
+    runner.install_signal_handlers()
+    return runner.run()
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from consumer.producer import produce
+
+    if not args.bootstrap_servers:
+        print("consumer: produce: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
+        return 2
+    result = produce(
+        args.bootstrap_servers, args.topic, args.schema, args.count, partitions=args.partitions,
+        seed=args.seed, framing=args.framing, registry_url=args.schema_registry_url, start=args.start,
+    )
+    print(
+        f"produced {result.count} {args.schema} records to {result.topic} "
+        f"({len(result.partition_counts)} partitions, {args.framing} framing"
+        + (f", schema id {result.schema_id}" if result.schema_id is not None else "")
+        + f") in {result.elapsed_s:.1f}s"
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from consumer.inspect import describe_output
+
+    if not args.output:
+        print("consumer: show: pass --output s3://bucket/prefix", file=sys.stderr)
+        return 2
+    bucket, prefix = cfgmod.split_output(args.output)
+    store = make_store(bucket, args.s3_endpoint_url)
+    print(describe_output(store, prefix, sample_rows=args.sample))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"run": cmd_run, "produce": cmd_produce, "show": cmd_show}
+    return handlers[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

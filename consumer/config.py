@@ -1,0 +1,314 @@
+"""Configuration: one typed object, filled from defaults ← config file ← environment ← flags.
+
+Every setting has a flag and an environment variable (``CONSUMER_<NAME>``; the stack's standard
+names such as ``KAFKA_BOOTSTRAP_SERVERS`` and ``S3_ENDPOINT_URL`` are honoured too) and may sit in
+a TOML config file. Credentials are deliberately *not* settings: S3 keys come from the standard AWS
+chain (environment, profile, instance role) so they never travel through flags that end up in shell
+history, process listings or logs. librdkafka properties pass through untouched (``-X key=value``)
+and are redacted when logged if they look secret.
+
+Validation collects every problem before failing, one clear line each, so a bad deployment is
+fixed in one round trip instead of one error at a time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+KAFKA_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "headers")
+COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
+ON_ERROR = ("dead-letter", "fail")
+FRAMINGS = ("raw", "confluent")
+_SECRET_HINTS = ("password", "secret", "token", "key.pem", "jaas", "credentials")
+
+MIN_S3_PART = 5 * 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; ``problems`` holds one human-readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a consumer run needs. Sizes are bytes, durations seconds."""
+
+    bootstrap_servers: str = ""
+    group_id: str = ""
+    topics: tuple[str, ...] = ()
+    output: str = ""  # s3://bucket/prefix
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    framing: str = "raw"
+    schema: str | None = None  # a name from schemas/ or a path to an .avsc (raw framing)
+    schema_registry_url: str | None = None
+    row_group_rows: int = 100_000
+    row_group_bytes: int = 16 * 1024 * 1024
+    row_group_max_age: float = 60.0
+    file_rows: int | None = None
+    file_bytes: int = 256 * 1024 * 1024
+    file_max_age: float | None = 3600.0
+    compression: str = "zstd"
+    kafka_columns: tuple[str, ...] = ("partition", "offset", "timestamp", "key")
+    memory_bytes: int = 512 * 1024 * 1024
+    on_error: str = "dead-letter"
+    until_caught_up: bool = False
+    batch_size: int = 5000
+    poll_timeout: float = 0.5
+    kafka_properties: Mapping[str, str] = field(default_factory=dict)
+    log_format: str = "auto"  # auto | json | console
+    log_level: str = "info"
+
+    # -- derived ---------------------------------------------------------------------------
+    @property
+    def bucket(self) -> str:
+        return split_output(self.output)[0]
+
+    @property
+    def prefix(self) -> str:
+        return split_output(self.output)[1]
+
+    def redacted(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: secret-looking librdkafka properties masked."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "kafka_properties":
+                value = {
+                    k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v)
+                    for k, v in value.items()
+                }
+            out[f.name] = value
+        return out
+
+    def problems(self, *, need_group: bool = True) -> list[str]:
+        """Every reason this configuration cannot run, one line each (empty when valid)."""
+        p: list[str] = []
+        if not self.bootstrap_servers:
+            p.append("bootstrap servers missing: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS")
+        if need_group and not self.group_id:
+            p.append("group id missing: pass --group-id or set CONSUMER_GROUP_ID")
+        if not self.topics:
+            p.append("no topics: pass --topic (repeatable) or set CONSUMER_TOPICS=a,b")
+        for t in self.topics:
+            if not re.match(r"^[A-Za-z0-9._-]{1,249}$", t):
+                p.append(f"topic {t!r} is not a valid Kafka topic name")
+        if not self.output:
+            p.append("output missing: pass --output s3://bucket/prefix or set CONSUMER_OUTPUT")
+        else:
+            try:
+                split_output(self.output)
+            except ValueError as exc:
+                p.append(str(exc))
+        if self.framing not in FRAMINGS:
+            p.append(f"framing {self.framing!r} unknown: use one of {', '.join(FRAMINGS)}")
+        if self.framing == "raw" and not self.schema:
+            p.append("raw framing needs a writer schema: pass --schema NAME|PATH.avsc")
+        if self.framing == "confluent" and not self.schema_registry_url:
+            p.append("confluent framing needs --schema-registry-url (or SCHEMA_REGISTRY_URL)")
+        if self.compression not in COMPRESSIONS:
+            p.append(f"compression {self.compression!r} unknown: use one of {', '.join(COMPRESSIONS)}")
+        for c in self.kafka_columns:
+            if c not in KAFKA_COLUMNS:
+                p.append(f"kafka column {c!r} unknown: use some of {', '.join(KAFKA_COLUMNS)}")
+        if self.on_error not in ON_ERROR:
+            p.append(f"on-error {self.on_error!r} unknown: use one of {', '.join(ON_ERROR)}")
+        for name in ("row_group_rows", "row_group_bytes", "file_bytes", "memory_bytes", "batch_size"):
+            if getattr(self, name) <= 0:
+                p.append(f"{name.replace('_', '-')} must be positive")
+        if self.file_rows is not None and self.file_rows <= 0:
+            p.append("file-rows must be positive")
+        if self.row_group_max_age <= 0:
+            p.append("row-group-max-age must be positive")
+        if self.file_max_age is not None and self.file_max_age <= 0:
+            p.append("file-max-age must be positive")
+        if self.memory_bytes < self.row_group_bytes:
+            p.append(
+                f"memory-bytes ({self.memory_bytes}) is smaller than one row group "
+                f"({self.row_group_bytes}): raise --memory-bytes or lower --row-group-bytes"
+            )
+        if self.log_format not in ("auto", "json", "console"):
+            p.append("log-format must be auto, json or console")
+        for k in self.kafka_properties:
+            if k in ("enable.auto.commit", "enable.auto.offset.store"):
+                p.append(f"-X {k} is managed by the consumer (offsets are committed only when durable)")
+        return p
+
+    def validated(self, *, need_group: bool = True) -> Config:
+        problems = self.problems(need_group=need_group)
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+def split_output(output: str) -> tuple[str, str]:
+    m = re.match(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(?:/(.*))?$", output)
+    if not m:
+        raise ValueError(f"output {output!r} must look like s3://bucket/prefix")
+    return m.group(1), (m.group(2) or "").strip("/")
+
+
+# -- parsing helpers (used by the CLI and the config file) ----------------------------------------
+
+_SIZE_UNITS = {
+    "": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3,
+}
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
+
+
+def parse_size(text: str | int) -> int:
+    """``'16MiB'`` → 16777216; ``'8MB'`` → 8000000; plain numbers are bytes."""
+    if isinstance(text, int):
+        return text
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$", text)
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"size {text!r} not understood: use e.g. 1048576, 64MiB, 8MB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+def parse_duration(text: str | float | int) -> float:
+    """``'500ms'`` → 0.5; ``'5m'`` → 300; plain numbers are seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$", text)
+    if not m or m.group(2).lower() not in _DURATION_UNITS:
+        raise ValueError(f"duration {text!r} not understood: use e.g. 500ms, 30s, 5m, 1h")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2).lower()]
+
+
+def parse_list(text: str | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    if isinstance(text, (list, tuple)):
+        return tuple(str(t).strip() for t in text if str(t).strip())
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def parse_bool(text: str | bool) -> bool:
+    if isinstance(text, bool):
+        return text
+    if text.lower() in ("1", "true", "yes", "on"):
+        return True
+    if text.lower() in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"boolean {text!r} not understood: use true or false")
+
+
+def parse_properties(items: list[str] | str) -> dict[str, str]:
+    """``['a=1', 'b=2']`` or ``'a=1,b=2'`` → dict; rejects items without '='."""
+    if isinstance(items, str):
+        items = [i for i in items.split(",") if i.strip()]
+    out: dict[str, str] = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"librdkafka property {item!r} must be key=value")
+        k, v = item.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+_OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url"}
+_CONVERTERS: dict[str, Any] = {
+    "topics": parse_list,
+    "kafka_columns": parse_list,
+    "row_group_rows": int,
+    "file_rows": int,
+    "batch_size": int,
+    "row_group_bytes": parse_size,
+    "file_bytes": parse_size,
+    "memory_bytes": parse_size,
+    "row_group_max_age": parse_duration,
+    "file_max_age": parse_duration,
+    "poll_timeout": parse_duration,
+    "until_caught_up": parse_bool,
+    "kafka_properties": parse_properties,
+}
+
+# Standard variable names that the local stack (and most deployments) already export.
+ENV_ALIASES = {
+    "bootstrap_servers": ("KAFKA_BOOTSTRAP_SERVERS",),
+    "s3_endpoint_url": ("S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"),
+    "schema_registry_url": ("SCHEMA_REGISTRY_URL",),
+    "s3_region": ("AWS_REGION", "AWS_DEFAULT_REGION"),
+}
+
+
+def env_name(name: str) -> str:
+    return "CONSUMER_" + name.upper()
+
+
+def _convert(name: str, raw: Any, source: str, problems: list[str]) -> Any:
+    if name in _OPTIONAL and (raw is None or raw == "" or str(raw).lower() == "none"):
+        return None
+    conv = _CONVERTERS.get(name)
+    try:
+        if conv is None:
+            return str(raw)
+        if conv is parse_properties and isinstance(raw, Mapping):
+            return {str(k): str(v) for k, v in raw.items()}
+        return conv(raw)
+    except (ValueError, TypeError) as exc:
+        problems.append(f"{source}: {exc}")
+        return None
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> Config:
+    """Build a :class:`Config`: defaults ← TOML file ← environment ← flags (later wins).
+
+    ``flags`` holds already-typed or raw-string values keyed by field name; ``None`` values mean
+    "not given". Raises :class:`ConfigError` listing every unparsable value; call
+    :meth:`Config.validated` afterwards for cross-field checks.
+    """
+    env = os.environ if env is None else env
+    flags = flags or {}
+    names = {f.name for f in fields(Config)}
+    problems: list[str] = []
+    values: dict[str, Any] = {}
+
+    config_file = config_file or env.get("CONSUMER_CONFIG")
+    if config_file:
+        try:
+            data = tomllib.loads(Path(config_file).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError([f"config file {config_file}: {exc}"]) from exc
+        kafka_table = data.pop("kafka", None)
+        if isinstance(kafka_table, dict):
+            data["kafka_properties"] = kafka_table
+        for key, raw in data.items():
+            name = key.replace("-", "_")
+            if name not in names:
+                problems.append(f"config file {config_file}: unknown setting {key!r}")
+                continue
+            values[name] = _convert(name, raw, f"config file {config_file}: {key}", problems)
+
+    for name in names:
+        for var in (env_name(name), *ENV_ALIASES.get(name, ())):
+            if var in env and env[var] != "":
+                values[name] = _convert(name, env[var], f"environment {var}", problems)
+                break
+
+    for name, raw in flags.items():
+        if raw is None or name not in names:
+            continue
+        if name == "kafka_properties":
+            merged = dict(values.get("kafka_properties") or {})
+            merged.update(_convert(name, raw, "flag -X", problems) or {})
+            values[name] = merged
+        else:
+            values[name] = _convert(name, raw, f"flag --{name.replace('_', '-')}", problems)
+
+    if problems:
+        raise ConfigError(problems)
+    return replace(Config(), **{k: v for k, v in values.items() if v is not None or k in _OPTIONAL})

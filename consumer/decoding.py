@@ -1,0 +1,178 @@
+"""Decoding: from a Kafka value to (writer schema, Avro body) to a Python record.
+
+Two framings:
+
+* ``raw`` — the value is schemaless Avro binary written with one known schema (a name from
+  ``schemas/`` or an ``.avsc`` path).
+* ``confluent`` — magic byte 0, a 4-byte big-endian schema id, then the Avro body; the writer schema
+  is fetched from a Confluent-compatible registry once per id and cached (ids are immutable).
+
+Framing is split from decoding so the arena can hold raw bodies and decode a whole chunk at once.
+Every record is decoded with fastavro's schemaless reader, the reference decoder that defines
+correct results, and must consume its body *exactly*: trailing bytes mean the writer used another
+schema, and accepting them would silently turn garbage into rows. A batch decoder that parses
+concatenated bodies in one call cannot see record boundaries, which is why it is not used here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import fastavro
+
+from consumer.registry import (
+    RegistryError,
+    RegistryUnavailable,
+    SchemaRegistryClient,
+    UnknownSchemaId,
+)
+
+
+class BadRecord(ValueError):
+    """A record that cannot become a row; ``reason`` says why (never the payload)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+__all__ = [
+    "BadRecord",
+    "Decoder",
+    "RegistryError",
+    "RegistryUnavailable",
+    "WriterSchema",
+    "decode_bodies",
+]
+
+
+@dataclass(frozen=True)
+class WriterSchema:
+    """A writer schema as parsed JSON plus what decoding needs, built once per schema."""
+
+    avro: dict[str, Any]
+    schema_id: int | None = None
+    parsed: Any = field(default=None, compare=False, repr=False)
+    fingerprint: str = ""
+
+    @classmethod
+    def of(cls, avro: dict[str, Any], schema_id: int | None = None) -> WriterSchema:
+        canonical = json.dumps(avro, sort_keys=True, separators=(",", ":"))
+        return cls(
+            avro=avro,
+            schema_id=schema_id,
+            parsed=fastavro.parse_schema(avro),
+            fingerprint=hashlib.sha256(canonical.encode()).hexdigest()[:16],
+        )
+
+
+def decode_one(parsed: Any, body: bytes | memoryview) -> dict[str, Any]:
+    """Decode one schemaless Avro body; :class:`BadRecord` unless it parses and fills ``body`` exactly."""
+    bio = io.BytesIO(body)
+    try:
+        record = fastavro.schemaless_reader(bio, parsed, None)
+    except Exception as exc:  # fastavro raises EOFError, ValueError, IndexError, UnicodeError…
+        raise BadRecord(f"malformed Avro: {type(exc).__name__}: {exc}"[:300]) from None
+    rest = len(body) - bio.tell()
+    if rest:
+        raise BadRecord(f"malformed Avro: {rest} trailing bytes after the record (wrong schema?)")
+    if not isinstance(record, dict):
+        raise BadRecord("top-level Avro value is not a record")
+    return record
+
+
+def decode_bodies(
+    schema: WriterSchema, bodies: Sequence[bytes | memoryview]
+) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
+    """Decode many bodies: (records that decoded, [(index, reason)] for those that did not)."""
+    parsed = schema.parsed
+    reader = fastavro.schemaless_reader
+    BytesIO = io.BytesIO
+    good: list[dict[str, Any]] = []
+    bad: list[tuple[int, str]] = []
+    for i, body in enumerate(bodies):
+        bio = BytesIO(body)
+        try:
+            record = reader(bio, parsed, None)
+            if bio.tell() != len(body):
+                raise BadRecord(
+                    f"malformed Avro: {len(body) - bio.tell()} trailing bytes after the record "
+                    "(wrong schema?)"
+                )
+        except BadRecord as exc:
+            bad.append((i, exc.reason))
+            continue
+        except Exception as exc:
+            bad.append((i, f"malformed Avro: {type(exc).__name__}: {exc}"[:300]))
+            continue
+        if not isinstance(record, dict):
+            bad.append((i, "top-level Avro value is not a record"))
+            continue
+        good.append(record)
+    return good, bad
+
+
+class Decoder:
+    """Splits Kafka values into (writer schema, body); one per process, shared by all workers."""
+
+    def __init__(
+        self,
+        framing: str,
+        *,
+        schema: dict[str, Any] | None = None,
+        registry: SchemaRegistryClient | None = None,
+    ) -> None:
+        if framing not in ("raw", "confluent"):
+            raise ValueError(f"unknown framing {framing!r}")
+        if framing == "raw" and schema is None:
+            raise ValueError("raw framing needs a writer schema")
+        if framing == "confluent" and registry is None:
+            raise ValueError("confluent framing needs a schema registry")
+        self.framing = framing
+        self.registry = registry
+        self._raw = WriterSchema.of(schema) if schema is not None else None
+        self._by_id: dict[int, WriterSchema] = {}
+
+    def split(self, value: bytes | None) -> tuple[WriterSchema, memoryview]:
+        """(writer schema, Avro body) of a Kafka value.
+
+        Raises :class:`BadRecord` for values that are wrong in themselves (null, bad magic byte,
+        unknown schema id). :class:`RegistryUnavailable` is *not* a bad record: the record is fine
+        and the registry is down, so it propagates and the worker stops without committing it.
+        """
+        if value is None:
+            raise BadRecord("null value (tombstone): nothing to decode")
+        if self._raw is not None and self.framing == "raw":
+            return self._raw, memoryview(value)
+        if len(value) < 5 or value[0] != 0:
+            first = f"0x{value[0]:02x}" if value else "empty value"
+            raise BadRecord(
+                f"not Confluent wire format (first byte {first}, expected magic 0x00 + 4-byte "
+                "schema id): is the topic raw Avro? then use --framing raw --schema …"
+            )
+        (schema_id,) = struct.unpack_from(">I", value, 1)
+        return self.schema_for_id(schema_id), memoryview(value)[5:]
+
+    def schema_for_id(self, schema_id: int) -> WriterSchema:
+        ws = self._by_id.get(schema_id)
+        if ws is not None:
+            return ws
+        assert self.registry is not None
+        try:
+            avro = self.registry.schema_by_id(schema_id)
+        except UnknownSchemaId:
+            raise BadRecord(
+                f"unknown schema id {schema_id}: the registry has no such schema "
+                "(produced against another registry?)"
+            ) from None
+        if not isinstance(avro, dict) or avro.get("type") != "record":
+            raise BadRecord(f"schema id {schema_id} is not an Avro record schema")
+        ws = WriterSchema.of(avro, schema_id)
+        self._by_id[schema_id] = ws
+        return ws

@@ -1,0 +1,121 @@
+"""Object keys: where pieces, roll markers, final files and dead letters live.
+
+Every key is a pure function of (prefix, topic, partition, Kafka positions), so the same input range
+always lands under the same key: replays and recoveries overwrite nothing and duplicate nothing.
+
+Final files are Hive-style (``topic=…/partition=…/``) so DuckDB, Spark, Trino and pyarrow.dataset
+read the prefix as one table. Everything the protocol keeps on the side lives under folders that
+start with an underscore (Hive/Spark/pyarrow ignore those) *and* uses suffixes other than
+``.parquet``, so even a plain ``read_parquet('prefix/**/*.parquet')`` in DuckDB sees final files only.
+
+Layout under ``prefix``::
+
+    topic=<t>/partition=<p>/<t>+<p>+<first position, 20 digits>.parquet        final file
+    _staging/topic=<t>/partition=<p>/<file first, 20d>/<from, 20d>-<to, 20d>.piece
+    _staging/topic=<t>/partition=<p>/<file first, 20d>/roll-<end, 20d>          roll marker
+    _dead_letters/topic=<t>/partition=<p>/<from, 20d>-<to, 20d>.jsonl
+    _state/topic=<t>/partition=<p>                                               replay positions
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_PIECE_RE = re.compile(r"^(?P<file>\d{20})/(?P<from>\d{20})-(?P<to>\d{20})\.piece$")
+_MARKER_RE = re.compile(r"^(?P<file>\d{20})/roll-(?P<end>\d{20})$")
+_FINAL_RE = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\.parquet$")
+
+
+@dataclass(frozen=True, order=True)
+class PieceRef:
+    """A staged row group: rows at Kafka positions ``[from_pos, to_pos)`` of file ``file_start``."""
+
+    file_start: int
+    from_pos: int
+    to_pos: int
+    key: str
+    size: int = 0
+
+
+@dataclass(frozen=True, order=True)
+class RollMarker:
+    """A durable decision: file ``file_start`` ends at position ``end``."""
+
+    file_start: int
+    end: int
+    key: str
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Key naming for one output prefix (``prefix`` has no leading or trailing slash)."""
+
+    prefix: str
+
+    def _join(self, *parts: str) -> str:
+        return "/".join(p for p in (self.prefix, *parts) if p)
+
+    # -- final files -------------------------------------------------------------------------
+    def partition_dir(self, topic: str, partition: int) -> str:
+        return self._join(f"topic={topic}", f"partition={partition}") + "/"
+
+    def final_key(self, topic: str, partition: int, file_start: int) -> str:
+        return self.partition_dir(topic, partition) + f"{topic}+{partition}+{file_start:020d}.parquet"
+
+    @staticmethod
+    def parse_final_name(name: str) -> tuple[str, int, int] | None:
+        """``'t+3+000…42.parquet'`` → ``('t', 3, 42)``; None for anything else."""
+        m = _FINAL_RE.match(name.rsplit("/", 1)[-1])
+        if not m:
+            return None
+        return m["topic"], int(m["partition"]), int(m["first"])
+
+    # -- staging -----------------------------------------------------------------------------
+    def staging_dir(self, topic: str, partition: int) -> str:
+        return self._join("_staging", f"topic={topic}", f"partition={partition}") + "/"
+
+    def file_staging_dir(self, topic: str, partition: int, file_start: int) -> str:
+        return self.staging_dir(topic, partition) + f"{file_start:020d}/"
+
+    def piece_key(self, topic: str, partition: int, file_start: int, from_pos: int, to_pos: int) -> str:
+        return (
+            self.file_staging_dir(topic, partition, file_start)
+            + f"{from_pos:020d}-{to_pos:020d}.piece"
+        )
+
+    def roll_marker_key(self, topic: str, partition: int, file_start: int, end: int) -> str:
+        return self.file_staging_dir(topic, partition, file_start) + f"roll-{end:020d}"
+
+    def parse_staging_key(
+        self, topic: str, partition: int, key: str, size: int = 0
+    ) -> PieceRef | RollMarker | None:
+        """Classify a key listed under :meth:`staging_dir`; None for anything we did not write."""
+        base = self.staging_dir(topic, partition)
+        if not key.startswith(base):
+            return None
+        rest = key[len(base):]
+        m = _PIECE_RE.match(rest)
+        if m:
+            return PieceRef(int(m["file"]), int(m["from"]), int(m["to"]), key, size)
+        m = _MARKER_RE.match(rest)
+        if m:
+            return RollMarker(int(m["file"]), int(m["end"]), key)
+        return None
+
+    # -- side outputs ------------------------------------------------------------------------
+    def dead_letter_key(self, topic: str, partition: int, from_pos: int, to_pos: int) -> str:
+        return self._join(
+            "_dead_letters", f"topic={topic}", f"partition={partition}",
+            f"{from_pos:020d}-{to_pos:020d}.jsonl",
+        )
+
+    def state_key(self, topic: str, partition: int) -> str:
+        return self._join("_state", f"topic={topic}", f"partition={partition}")
+
+
+def check_topic_name(topic: str) -> None:
+    """Kafka topic names are ``[A-Za-z0-9._-]{1,249}``; anything else cannot come from Kafka."""
+    if not _TOPIC_RE.match(topic):
+        raise ValueError(f"invalid Kafka topic name {topic!r}: use letters, digits, '.', '_' or '-'")

@@ -1,0 +1,128 @@
+"""Where each partition's committed position lives: one interface, two stores.
+
+The protocol needs exactly one fact per partition — "every position below P is durable in S3" —
+and it must be written only after the piece covering it is durable. For consumer groups that is
+the group's committed offset (what lag monitors read, and what fences a zombie: a commit from a
+stale generation fails). Replay jobs must not disturb the live group, so they keep the same fact
+in a small object next to their output, replaced conditionally (If-Match on its ETag) so two
+replays racing on one prefix cannot silently interleave.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Protocol
+
+from consumer.layout import Layout
+
+
+class PartitionFenced(RuntimeError):
+    """This member no longer owns the partition (stale generation, lost assignment, or a newer
+    writer replaced the replay state). Durable pieces past the committed position are garbage that
+    the next owner's recovery removes; nothing committed is lost."""
+
+
+class PositionError(RuntimeError):
+    """The position store kept failing (coordinator unavailable for too long)."""
+
+
+class PositionStore(Protocol):
+    def committed(self, topic: str, partition: int) -> int | None: ...
+    def commit(self, topic: str, partition: int, position: int) -> None: ...
+
+
+_FENCED = {
+    "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "FENCED_INSTANCE_ID", "STALE_MEMBER_EPOCH",
+    "FENCED_MEMBER_EPOCH", "_ASSIGNMENT_LOST", "REBALANCE_IN_PROGRESS", "_STATE",
+    "UNKNOWN_TOPIC_OR_PART",
+}
+
+
+class KafkaGroupPositions:
+    """Committed offsets of the consumer group, committed synchronously one partition at a time."""
+
+    def __init__(self, consumer: Any, *, timeout: float = 30.0, max_elapsed: float = 60.0) -> None:
+        self.consumer = consumer
+        self.timeout = timeout
+        self.max_elapsed = max_elapsed
+        self.commits = 0
+        self.on_commit: list[Any] = []  # test hook: callables(topic, partition, position)
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        deadline = time.monotonic() + self.max_elapsed
+        while True:
+            try:
+                (tp,) = self.consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout)
+                break
+            except KafkaException as exc:
+                if time.monotonic() > deadline:
+                    raise PositionError(f"reading committed offset of {topic}[{partition}]: {exc}") from exc
+                time.sleep(0.5)
+        if tp.error:
+            raise PositionError(f"reading committed offset of {topic}[{partition}]: {tp.error}")
+        return int(tp.offset) if tp.offset >= 0 else None
+
+    def commit(self, topic: str, partition: int, position: int) -> None:
+        from confluent_kafka import KafkaException, TopicPartition
+
+        deadline = time.monotonic() + self.max_elapsed
+        delay = 0.1
+        while True:
+            err: Any = None
+            try:
+                result = self.consumer.commit(
+                    offsets=[TopicPartition(topic, partition, position)], asynchronous=False
+                )
+                err = next((tp.error for tp in result or [] if tp.error), None)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else exc
+            if err is None:
+                self.commits += 1
+                for hook in self.on_commit:
+                    hook(topic, partition, position)
+                return
+            name = err.name() if hasattr(err, "name") else str(err)
+            if name in _FENCED:
+                raise PartitionFenced(f"commit of {topic}[{partition}]@{position} refused: {name}")
+            retriable = bool(getattr(err, "retriable", lambda: True)())
+            if not retriable or time.monotonic() > deadline:
+                raise PositionError(f"commit of {topic}[{partition}]@{position} failed: {err}")
+            time.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+class S3StatePositions:
+    """Positions kept as ``_state/topic=…/partition=…`` JSON objects beside a replay's output."""
+
+    def __init__(self, store: Any, layout: Layout) -> None:
+        self.store = store
+        self.layout = layout
+        self._etags: dict[tuple[str, int], str] = {}
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        key = self.layout.state_key(topic, partition)
+        try:
+            data = self.store.get(key)
+        except FileNotFoundError:
+            return None
+        info = self.store.head(key)
+        if info is not None:
+            self._etags[(topic, partition)] = info.etag
+        return int(json.loads(data)["position"])
+
+    def commit(self, topic: str, partition: int, position: int) -> None:
+        from consumer.storage import PutOutcome
+
+        key = self.layout.state_key(topic, partition)
+        body = json.dumps({"topic": topic, "partition": partition, "position": position}).encode()
+        etag = self._etags.get((topic, partition))
+        if etag is None:
+            if self.store.put_if_absent(key, body) is PutOutcome.EXISTS_OTHER:
+                raise PartitionFenced(f"replay state {key} was created by another writer")
+        elif not self.store.replace_if_match(key, body, etag):
+            raise PartitionFenced(f"replay state {key} was changed by another writer")
+        info = self.store.head(key)
+        self._etags[(topic, partition)] = info.etag if info else ""

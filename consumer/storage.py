@@ -1,0 +1,449 @@
+"""The object store: the few S3 operations the durable-row-group protocol needs, and nothing else.
+
+Why a small protocol instead of "a filesystem": the protocol's correctness rests on exact S3 facts —
+conditional create (``If-None-Match: *``) so nothing is ever overwritten, byte-range reads for
+footers, server-side ``UploadPartCopy`` so large files are assembled without moving their bodies
+through this process, and AWS's rule that every multipart part but the last is ≥ 5 MiB. Those are
+explicit here, enforced on our side (some S3-compatible servers are lax), and retried with bounded
+exponential backoff with jitter, because S3 does answer 500/503 SlowDown in normal operation.
+
+Errors are split into three kinds callers can act on:
+
+* :class:`TransientStorageError` — retried inside; raised only once the retry budget is spent.
+* :class:`FatalStorageError` — missing bucket, access denied, bad credentials: stop with the message.
+* ``FileNotFoundError`` — the key is absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import random
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Protocol, TypeVar
+
+from consumer.config import MIN_S3_PART
+
+T = TypeVar("T")
+
+_TRANSIENT_CODES = {
+    "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
+    "RequestTimeTooSkewed", "OperationAborted", "ConditionalRequestConflict", "503", "500", "502",
+    "504", "BadDigest",
+}
+_FATAL_CODES = {
+    "NoSuchBucket": "bucket does not exist: create it or fix --output",
+    "AccessDenied": "access denied: check the credentials' permissions on the bucket",
+    "InvalidAccessKeyId": "invalid access key id: check AWS_ACCESS_KEY_ID / the AWS profile",
+    "SignatureDoesNotMatch": "signature mismatch: check AWS_SECRET_ACCESS_KEY",
+    "AllAccessDisabled": "all access to the bucket is disabled",
+    "InvalidBucketName": "invalid bucket name in --output",
+    "EntityTooSmall": "a multipart part below 5 MiB was rejected (bug: please report)",
+}
+
+
+class StorageError(RuntimeError):
+    """Base class for object-store failures."""
+
+
+class TransientStorageError(StorageError):
+    """The store kept failing with errors that are normally temporary (5xx, timeouts, resets)."""
+
+
+class FatalStorageError(StorageError):
+    """An error retrying cannot fix (missing bucket, bad credentials, access denied)."""
+
+
+class PutOutcome(Enum):
+    CREATED = "created"
+    EXISTS_SAME = "exists-same"  # an object with identical bytes was already there (retry after a lost reply)
+    EXISTS_OTHER = "exists-other"  # a different object holds the key
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    etag: str = ""
+
+
+@dataclass(frozen=True)
+class CopyRange:
+    """Bytes ``[start, end)`` of ``key`` (a source for :meth:`ObjectStore.compose`)."""
+
+    key: str
+    start: int
+    end: int
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+Segment = CopyRange | bytes
+
+
+@dataclass
+class StoreStats:
+    """Request and byte counters: the protocol's cost, kept visible (bench reports them)."""
+
+    requests: dict[str, int] = field(default_factory=dict)
+    bytes_uploaded: int = 0
+    bytes_copied_server_side: int = 0
+    bytes_downloaded: int = 0
+    retries: int = 0
+
+    def count(self, op: str) -> None:
+        self.requests[op] = self.requests.get(op, 0) + 1
+
+
+class ObjectStore(Protocol):
+    """What the worker needs from storage (S3 in production; the same class in tests)."""
+
+    stats: StoreStats
+
+    def put_if_absent(self, key: str, data: bytes) -> PutOutcome: ...
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> bool: ...
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes: ...
+    def head(self, key: str) -> ObjectInfo | None: ...
+    def list(self, prefix: str) -> list[ObjectInfo]: ...
+    def delete(self, keys: Sequence[str]) -> None: ...
+    def compose(self, key: str, segments: Sequence[Segment]) -> PutOutcome: ...
+    def abort_uploads(self, key: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, bounded in total time."""
+
+    base: float = 0.2
+    cap: float = 10.0
+    max_elapsed: float = 300.0
+
+    def delays(self) -> Iterator[float]:
+        attempt = 0
+        while True:
+            yield random.uniform(0, min(self.cap, self.base * (2**attempt)))
+            attempt += 1
+
+
+def _client_error_code(exc: BaseException) -> tuple[str, int]:
+    """(error code, HTTP status) of a botocore ClientError found in ``exc`` or its causes."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            code = str(response["Error"].get("Code", ""))
+            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            return code, status
+        seen = seen.__cause__ or seen.__context__
+    return "", 0
+
+
+def classify(exc: BaseException) -> str:
+    """'precondition' | 'missing' | 'fatal' | 'transient' | 'other' for an exception from s3fs."""
+    code, status = _client_error_code(exc)
+    if isinstance(exc, FileExistsError) or code == "PreconditionFailed" or status == 412:
+        return "precondition"
+    if code in ("NoSuchKey", "NoSuchUpload") or (status == 404 and code != "NoSuchBucket"):
+        return "missing"
+    if code in _FATAL_CODES or status in (401, 403):
+        return "fatal"
+    if code in _TRANSIENT_CODES or status >= 500 or status == 429 or status == 409:
+        return "transient"
+    if isinstance(exc, FileNotFoundError) and not code:
+        return "missing"
+    if isinstance(exc, PermissionError):
+        return "fatal"
+    name = type(exc).__name__
+    if isinstance(exc, (ConnectionError, TimeoutError)) or any(
+        s in name for s in ("Connect", "Timeout", "ClientOSError", "ServerDisconnected", "ReadError")
+    ):
+        return "transient"
+    if isinstance(exc, OSError) and not code:
+        return "transient"
+    return "other"
+
+
+def plan_parts(segments: Sequence[Segment], min_part: int = MIN_S3_PART,
+               target_part: int = 8 * 1024 * 1024) -> list[list[Segment]]:
+    """Group ``segments`` into multipart parts that obey S3's rules.
+
+    Each returned part is either a single :class:`CopyRange` of ≥ ``min_part`` bytes (copied
+    server-side, never passing through this process) or a list of segments whose bytes the client
+    uploads (downloaded ranges and literal bytes, concatenated). Every part except the last is
+    ≥ ``min_part``. When a small client-side buffer precedes a large source range, just enough of
+    the range is pulled into the buffer to make it a legal part, and the rest is still copied
+    server-side. Client buffers are flushed at ``target_part`` so memory stays bounded.
+    """
+    parts: list[list[Segment]] = []
+    buf: list[Segment] = []
+    buf_len = 0
+
+    def flush() -> None:
+        nonlocal buf, buf_len
+        if buf:
+            parts.append(buf)
+            buf, buf_len = [], 0
+
+    for seg in segments:
+        if isinstance(seg, bytes):
+            if seg:
+                buf.append(seg)
+                buf_len += len(seg)
+                if buf_len >= target_part:
+                    flush()
+            continue
+        start, end = seg.start, seg.end
+        if end <= start:
+            continue
+        if buf:
+            need = min_part - buf_len
+            if need > 0 and end - start - need >= min_part:
+                buf.append(CopyRange(seg.key, start, start + need))
+                buf_len += need
+                start += need
+                flush()
+            elif need > 0:
+                buf.append(CopyRange(seg.key, start, end))
+                buf_len += end - start
+                if buf_len >= target_part:
+                    flush()
+                continue
+            else:
+                flush()
+        if end - start >= min_part:
+            parts.append([CopyRange(seg.key, start, end)])
+        else:
+            buf.append(CopyRange(seg.key, start, end))
+            buf_len += end - start
+    flush()
+    # A trailing small part is legal only as the last part; merge an undersized last-but-one
+    # client part forward is unnecessary because only the final flush can be small.
+    for i, part in enumerate(parts[:-1]):
+        size = sum(s.length if isinstance(s, CopyRange) else len(s) for s in part)
+        if size < min_part:
+            raise AssertionError(f"planner produced a {size}-byte non-last part {i + 1}")
+    return parts
+
+
+class S3Store:
+    """:class:`ObjectStore` on S3 (or any S3-compatible server) through s3fs/aiobotocore."""
+
+    def __init__(
+        self,
+        bucket: str,
+        *,
+        endpoint_url: str | None = None,
+        region: str = "us-east-1",
+        retry: RetryPolicy | None = None,
+        on_retry: Callable[[str, BaseException, float], None] | None = None,
+        connect_timeout: float = 5.0,
+        read_timeout: float = 60.0,
+    ) -> None:
+        import s3fs  # imported here so pure-logic users of this module do not pay for it
+
+        self.bucket = bucket
+        self.retry = retry or RetryPolicy()
+        self.on_retry = on_retry
+        self.stats = StoreStats()
+        client_kwargs: dict[str, Any] = {"region_name": region}
+        if endpoint_url:
+            client_kwargs["endpoint_url"] = endpoint_url
+        self._fs = s3fs.S3FileSystem(
+            client_kwargs=client_kwargs,
+            config_kwargs={
+                "connect_timeout": connect_timeout,
+                "read_timeout": read_timeout,
+                "retries": {"max_attempts": 1, "mode": "standard"},
+            },
+            retries=1,  # retries are ours (bounded, jittered, visible), not s3fs's
+            skip_instance_cache=True,
+            use_listings_cache=False,
+        )
+
+    # -- plumbing ------------------------------------------------------------------------------
+    def _retrying(self, op: str, fn: Callable[[], T]) -> T:
+        deadline = time.monotonic() + self.retry.max_elapsed
+        delays = self.retry.delays()
+        while True:
+            self.stats.count(op)
+            try:
+                return fn()
+            except Exception as exc:
+                kind = classify(exc)
+                if kind == "fatal":
+                    code, _ = _client_error_code(exc)
+                    hint = _FATAL_CODES.get(code, "check credentials and bucket")
+                    raise FatalStorageError(
+                        f"S3 {op} on s3://{self.bucket} failed: {code or type(exc).__name__}: {hint}"
+                    ) from exc
+                if kind != "transient":
+                    raise
+                delay = next(delays)
+                if time.monotonic() + delay > deadline:
+                    raise TransientStorageError(
+                        f"S3 {op} on s3://{self.bucket} kept failing for "
+                        f"{self.retry.max_elapsed:.0f}s: {exc}"
+                    ) from exc
+                self.stats.retries += 1
+                if self.on_retry:
+                    self.on_retry(op, exc, delay)
+                time.sleep(delay)
+
+    def _call(self, op: str, **kwargs: Any) -> Any:
+        return self._retrying(op, lambda: self._fs.call_s3(op, Bucket=self.bucket, **kwargs))
+
+    # -- operations ----------------------------------------------------------------------------
+    def put_if_absent(self, key: str, data: bytes) -> PutOutcome:
+        """Create ``key`` only if absent (``If-None-Match: *``).
+
+        A retry after a lost reply finds our own object: that is reported as EXISTS_SAME by
+        comparing the MD5 ETag, so callers can treat "already durable" as success.
+        """
+        try:
+            self._call("put_object", Key=key, Body=data, IfNoneMatch="*")
+            self.stats.bytes_uploaded += len(data)
+            return PutOutcome.CREATED
+        except Exception as exc:
+            if classify(exc) != "precondition":
+                raise
+        info = self.head(key)
+        if info is not None and info.etag == hashlib.md5(data).hexdigest():
+            return PutOutcome.EXISTS_SAME
+        return PutOutcome.EXISTS_OTHER
+
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
+        """Overwrite ``key`` only if its ETag is still ``etag``; False if someone changed it."""
+        try:
+            self._call("put_object", Key=key, Body=data, IfMatch=f'"{etag}"')
+        except Exception as exc:
+            if classify(exc) in ("precondition", "missing"):
+                return False
+            raise
+        self.stats.bytes_uploaded += len(data)
+        return True
+
+    def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Bytes ``[start, end)`` of ``key`` (whole object by default); FileNotFoundError if absent."""
+        if start is not None and end is not None and end <= start:
+            return b""
+
+        def read() -> bytes:
+            try:
+                out: bytes = self._fs.cat_file(f"{self.bucket}/{key}", start=start, end=end)
+                return out
+            except FileNotFoundError:
+                raise
+            except Exception as exc:
+                if classify(exc) == "missing":
+                    raise FileNotFoundError(f"s3://{self.bucket}/{key}") from exc
+                raise
+
+        data = self._retrying("get_object", read)
+        self.stats.bytes_downloaded += len(data)
+        return data
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            r = self._call("head_object", Key=key)
+        except Exception as exc:
+            if classify(exc) == "missing":
+                return None
+            raise
+        return ObjectInfo(key, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'))
+
+    def list(self, prefix: str) -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": 1000}
+            if token:
+                kwargs["ContinuationToken"] = token
+            r = self._call("list_objects_v2", **kwargs)
+            for o in r.get("Contents", []) or []:
+                out.append(ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"')))
+            if not r.get("IsTruncated"):
+                return out
+            token = r.get("NextContinuationToken")
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for i in range(0, len(keys), 1000):
+            batch = keys[i:i + 1000]
+            r = self._call(
+                "delete_objects",
+                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
+            )
+            errors = [e for e in (r.get("Errors") or []) if e.get("Code") != "NoSuchKey"]
+            if errors:
+                raise TransientStorageError(f"S3 delete failed for {len(errors)} keys: {errors[0]}")
+
+    def compose(self, key: str, segments: Sequence[Segment]) -> PutOutcome:
+        """Create ``key`` (if absent) as the concatenation of ``segments``.
+
+        Ranges of ≥ 5 MiB are copied server-side (UploadPartCopy); smaller ones are downloaded and
+        uploaded with the literal bytes. An object that fits one part is a single conditional PUT.
+        """
+        parts = plan_parts(segments)
+        if len(parts) <= 1:
+            return self.put_if_absent(key, self._materialise(parts[0] if parts else []))
+        r = self._call("create_multipart_upload", Key=key)
+        upload_id = r["UploadId"]
+        try:
+            done: list[dict[str, Any]] = []
+            for n, part in enumerate(parts, start=1):
+                if len(part) == 1 and isinstance(part[0], CopyRange) and part[0].length >= MIN_S3_PART:
+                    src = part[0]
+                    pr = self._call(
+                        "upload_part_copy", Key=key, UploadId=upload_id, PartNumber=n,
+                        CopySource={"Bucket": self.bucket, "Key": src.key},
+                        CopySourceRange=f"bytes={src.start}-{src.end - 1}",
+                    )
+                    etag = pr["CopyPartResult"]["ETag"]
+                    self.stats.bytes_copied_server_side += src.length
+                else:
+                    body = self._materialise(part)
+                    pr = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=n, Body=body)
+                    etag = pr["ETag"]
+                    self.stats.bytes_uploaded += len(body)
+                done.append({"ETag": etag, "PartNumber": n})
+                from consumer import faults
+
+                faults.point("mid_merge")
+            self._call(
+                "complete_multipart_upload", Key=key, UploadId=upload_id,
+                MultipartUpload={"Parts": done}, IfNoneMatch="*",
+            )
+            return PutOutcome.CREATED
+        except Exception as exc:
+            self._abort(key, upload_id)
+            if classify(exc) == "precondition":
+                return PutOutcome.EXISTS_OTHER
+            raise
+
+    def _materialise(self, part: Sequence[Segment]) -> bytes:
+        chunks = [s if isinstance(s, bytes) else self.get(s.key, s.start, s.end) for s in part]
+        return b"".join(chunks)
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        # Best effort: abort_uploads() at recovery sweeps whatever is left.
+        with contextlib.suppress(Exception):
+            self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+
+    def abort_uploads(self, key: str) -> int:
+        """Abort unfinished multipart uploads to exactly ``key`` (left by a crash mid-merge)."""
+        try:
+            r = self._call("list_multipart_uploads", Prefix=key)
+        except Exception as exc:
+            if classify(exc) in ("missing", "other"):
+                return 0
+            raise
+        n = 0
+        for u in r.get("Uploads", []) or []:
+            if u.get("Key") == key:
+                self._abort(key, u["UploadId"])
+                n += 1
+        return n
