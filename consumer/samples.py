@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import random
 import struct
 import uuid
@@ -38,6 +39,7 @@ import fastavro
 __all__ = [
     "SCHEMA_DIR",
     "SchemaError",
+    "confluent_header",
     "encode_confluent",
     "encode_raw",
     "generate",
@@ -99,8 +101,7 @@ def load_schema(name_or_path: str) -> dict[str, Any]:
         raise SchemaError(f"cannot read Avro schema {str(path)!r}: {exc}") from exc
     if not isinstance(schema, dict):
         raise SchemaError(
-            f"Avro schema {str(path)!r} must be a JSON object (a record), "
-            f"got {type(schema).__name__}"
+            f"Avro schema {str(path)!r} must be a JSON object (a record), got {type(schema).__name__}"
         )
     try:
         fastavro.parse_schema(schema)
@@ -136,11 +137,16 @@ def encode_raw(parsed_schema: Any, record: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
-def encode_confluent(schema_id: int, parsed_schema: Any, record: dict[str, Any]) -> bytes:
-    """Confluent wire format: ``0x00``, 4-byte big-endian schema id, then the Avro binary."""
+def confluent_header(schema_id: int) -> bytes:
+    """The 5-byte Confluent prefix: magic ``0x00`` then the schema id, 4 bytes big-endian."""
     if not 0 <= schema_id <= 0xFFFFFFFF:
         raise ValueError(f"schema id {schema_id} does not fit the 4-byte Confluent header")
-    return _CONFLUENT_HEADER.pack(CONFLUENT_MAGIC, schema_id) + encode_raw(parsed_schema, record)
+    return _CONFLUENT_HEADER.pack(CONFLUENT_MAGIC, schema_id)
+
+
+def encode_confluent(schema_id: int, parsed_schema: Any, record: dict[str, Any]) -> bytes:
+    """Confluent wire format: ``0x00``, 4-byte big-endian schema id, then the Avro binary."""
+    return confluent_header(schema_id) + encode_raw(parsed_schema, record)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,16 +265,32 @@ _REGIONS = ["eu-west-1", "us-east-1", "ap-northeast-1"]
 _ROLES = ["web", "api", "db", "cache", "batch"]
 
 
-def _metric_value(rng: random.Random, kind: str) -> Any:
-    if rng.random() < 0.03:
-        return None
-    if kind == "long":
-        return int(rng.lognormvariate(10, 3)) if rng.random() < 0.9 else rng.randrange(0, 100)
-    if kind == "double":
-        return round(rng.uniform(0, 100), rng.choice([1, 2, 6]))
-    if kind == "boolean":
-        return rng.random() < 0.95
-    return rng.choice(_METRIC_STATES)
+def _metric_map(rng: random.Random, target: int) -> dict[str, Any]:
+    """~``target`` catalogue metrics with values; written for speed (1–2 draws per entry).
+
+    This is the generator's hot loop (50 entries × every record), so each catalogue entry is
+    kept with probability ``target / len(catalogue)`` — giving a binomial spread around the
+    target without ``sample``/``sorted`` — and one uniform draw picks both null-ness and value.
+    """
+    keep = target / len(_METRIC_CATALOGUE)
+    rand = rng.random
+    states = _METRIC_STATES
+    out: dict[str, Any] = {}
+    for name, kind in _METRIC_CATALOGUE:
+        if rand() >= keep:
+            continue
+        u = rand()
+        if u < 0.03:
+            out[name] = None  # reported but unreadable
+        elif kind == "long":
+            out[name] = int(math.exp(u * 23))  # log-uniform 1 .. ~1e10: counters of every size
+        elif kind == "double":
+            out[name] = round(rand() * 100, 2 if u < 0.8 else 6)
+        elif kind == "boolean":
+            out[name] = u < 0.97
+        else:
+            out[name] = states[int((u - 0.03) / 0.97 * len(states))]
+    return out
 
 
 def _metrics(rng: random.Random, index: int) -> dict[str, Any]:
@@ -276,9 +298,7 @@ def _metrics(rng: random.Random, index: int) -> dict[str, Any]:
     role = rng.choice(_ROLES)
     region = rng.choice(_REGIONS)
     host = f"{role}-{rng.randrange(1, 200):03d}.{region}"
-    size = min(_map_size(rng, 50, 8, 0.02), len(_METRIC_CATALOGUE))
-    chosen = sorted(rng.sample(range(len(_METRIC_CATALOGUE)), size))
-    metrics = {_METRIC_CATALOGUE[j][0]: _metric_value(rng, _METRIC_CATALOGUE[j][1]) for j in chosen}
+    metrics = _metric_map(rng, _map_size(rng, 50, 8, 0.02))
     if rng.random() < 0.05:
         metrics["custom.温度"] = round(rng.uniform(20, 90), 1)
     tags: dict[str, str] = {}
@@ -371,9 +391,7 @@ def _generator(name: str) -> Callable[[random.Random, int], dict[str, Any]]:
     try:
         return _GENERATORS[name]
     except KeyError:
-        raise SchemaError(
-            f"no sample generator for schema {name!r}; known: {sorted(_GENERATORS)}"
-        ) from None
+        raise SchemaError(f"no sample generator for schema {name!r}; known: {sorted(_GENERATORS)}") from None
 
 
 def make_record(name: str, index: int, seed: int = 0) -> dict[str, Any]:
