@@ -408,7 +408,10 @@ class _Mapper:
     def _named(self, schema: Mapping[str, Any], full: str, ns: str | None) -> tuple[_Node, bool]:
         typ = schema["type"]
         if typ == "enum":
-            return _Leaf(_ENUM_TYPE), False
+            # Built as string, then cast: pa.array fills a non-nullable dictionary child of
+            # a null struct with index 0 into an empty dictionary (an invalid array), while
+            # a string child gets "" and casts to a valid dictionary array.
+            return _Leaf(_ENUM_TYPE, pa.string()), False
         if typ == "fixed":
             size = schema.get("size")
             if not isinstance(size, int) or size < 0:
