@@ -199,9 +199,7 @@ class Handler(BaseHTTPRequestHandler):
                     ]
                 return 200, out
             if p[3:] == ["schema"]:
-                return 200, json.loads(s["schema"]) if s["schemaType"] != "PROTOBUF" else s[
-                    "schema"
-                ]
+                return 200, json.loads(s["schema"]) if s["schemaType"] != "PROTOBUF" else s["schema"]
         if len(p) >= 2 and p[0] == "subjects":
             subject = p[1]
             if method == "POST" and p[2:] == ["versions"]:
@@ -269,9 +267,7 @@ def main() -> None:
     Handler.store = Store(args.store)
     httpd = ThreadingHTTPServer((args.host, args.port), Handler)
     httpd.daemon_threads = True
-    print(
-        f"dev registry listening on http://{args.host}:{args.port} (store {args.store})", flush=True
-    )
+    print(f"dev registry listening on http://{args.host}:{args.port} (store {args.store})", flush=True)
     try:
         httpd.serve_forever()
     except KeyboardInterrupt:

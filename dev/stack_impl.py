@@ -217,9 +217,7 @@ def _proc_state(pid: int) -> str | None:
 
 def _cmdline(pid: int) -> str:
     try:
-        return (
-            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        )
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
 
@@ -251,9 +249,7 @@ def running_pid(cfg: Config, name: str) -> int | None:
     return pid
 
 
-def spawn(
-    cfg: Config, name: str, argv: list[str], cwd: Path, env: dict[str, str] | None = None
-) -> int:
+def spawn(cfg: Config, name: str, argv: list[str], cwd: Path, env: dict[str, str] | None = None) -> int:
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
     cfg.pid_dir.mkdir(parents=True, exist_ok=True)
     logf = open(cfg.log_file(name), "ab")  # noqa: SIM115 - handed to the child
@@ -447,7 +443,9 @@ def _kafka_properties(cfg: Config) -> str:
         "group.initial.rebalance.delay.ms": "0",
         "num.network.threads": "2",
         "num.io.threads": "4",
-        "log.retention.hours": "24",
+        # Keep records forever: tests use synthetic (old) timestamps, which time-based
+        # retention would delete behind their back. `dev/stack reset` frees the disk.
+        "log.retention.ms": "-1",
     }
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
@@ -612,17 +610,12 @@ def _sigv4_request(
         ]
     )
     scope = f"{date}/{AWS_REGION}/s3/aws4_request"
-    to_sign = "\n".join(
-        ["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()]
-    )
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
     key = ("AWS4" + secret).encode()
     for part in (date, AWS_REGION, "s3", "aws4_request"):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     sig = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
-    auth = (
-        f"AWS4-HMAC-SHA256 Credential={cfg.access_key}/{scope}, "
-        f"SignedHeaders={signed}, Signature={sig}"
-    )
+    auth = f"AWS4-HMAC-SHA256 Credential={cfg.access_key}/{scope}, SignedHeaders={signed}, Signature={sig}"
     req = urllib.request.Request(
         f"http://{host}{path}",
         data=body if method in ("PUT", "POST") else None,
