@@ -140,7 +140,10 @@ def _partition_count(
     try:
         metadata = admin.list_topics(topic=topic, timeout=timeout_s)
     except KafkaException as exc:
-        raise ProduceError(f"cannot read metadata for topic {topic!r}: {exc}") from exc
+        raise ProduceError(
+            f"cannot read metadata for topic {topic!r} within {timeout_s:.0f}s: {exc}; is a "
+            "Kafka broker listening at the bootstrap address (e.g. `dev/stack status`)?"
+        ) from exc
     info = metadata.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
         return None

@@ -88,8 +88,7 @@ class SchemaRegistryClient:
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
-                f"schema registry URL must look like http(s)://host[:port][/path], got "
-                f"{_redact(url)!r}"
+                f"schema registry URL must look like http(s)://host[:port][/path], got {_redact(url)!r}"
             )
         if parts.username is not None and auth is None:
             auth = (

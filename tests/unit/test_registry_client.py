@@ -94,8 +94,7 @@ def _handler(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                         409,
                         {
                             "error_code": 409,
-                            "message": "Schema being registered "
-                            "is incompatible with an earlier schema",
+                            "message": "Schema being registered is incompatible with an earlier schema",
                         },
                     )
                     return

@@ -131,9 +131,7 @@ def test_variety() -> None:
     pvs = list(samples.generate("page_view", 2000))
     assert any(not r["attributes"] for r in pvs)
     assert any(r["duration_ms"] is None for r in pvs)
-    assert any(
-        any(not k.isascii() or not v.isascii() for k, v in r["attributes"].items()) for r in pvs
-    )
+    assert any(any(not k.isascii() or not v.isascii() for k, v in r["attributes"].items()) for r in pvs)
     sizes = [len(r["attributes"]) for r in pvs]
     assert 5 <= statistics.mean(sizes) <= 9
     assert len(set(sizes)) > 5
