@@ -76,6 +76,29 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--output", default=os.environ.get("CONSUMER_OUTPUT"), help="s3://bucket/prefix")
     show.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
     show.add_argument("--sample", type=int, default=0, help="also print this many rows of the first file")
+
+    ver = sub.add_parser(
+        "verify", help="check the output against Kafka: no loss, no duplicates, only valid final files",
+        description="Exit status: 0 if every invariant holds, 1 if one is violated, 2 on usage errors.",
+    )
+    ver.add_argument("--output", default=os.environ.get("CONSUMER_OUTPUT"), help="s3://bucket/prefix")
+    ver.add_argument("--topic", required=True)
+    ver.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+                     help="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS); "
+                          "without it only the files are checked")
+    who = ver.add_mutually_exclusive_group()
+    who.add_argument("--group-id", default=os.environ.get("CONSUMER_GROUP_ID"),
+                     help="check up to this group's committed offsets (CONSUMER_GROUP_ID); "
+                          "default: end offsets")
+    who.add_argument("--committed", metavar="P=OFFSET,…",
+                     help="check up to these positions, e.g. 0=123,1=456")
+    ver.add_argument("--contiguous", action="store_true",
+                     help="assume every offset in [low watermark, committed) exists (fast; wrong for "
+                          "compacted or transactional topics)")
+    ver.add_argument("--allow-staging", action="store_true",
+                     help="staged pieces are fine (a consumer is live or will resume)")
+    ver.add_argument("--json", action="store_true", help="print the report as JSON")
+    ver.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
     return parser
 
 
@@ -151,9 +174,38 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    """Exit 0 if the output holds every invariant, 1 if not, 2 on usage errors."""
+    import json
+
+    from consumer.verify import parse_committed, verify
+
+    if not args.output:
+        print("consumer: verify: pass --output s3://bucket/prefix (or set CONSUMER_OUTPUT)", file=sys.stderr)
+        return 2
+    try:
+        bucket, prefix = cfgmod.split_output(args.output)
+        committed = parse_committed(args.committed) if args.committed else None
+    except ValueError as exc:
+        print(f"consumer: verify: {exc}", file=sys.stderr)
+        return 2
+    store = make_store(bucket, args.s3_endpoint_url)
+    try:
+        report = verify(
+            store, prefix, args.topic, bootstrap_servers=args.bootstrap_servers,
+            group_id=None if committed is not None else args.group_id, committed=committed,
+            contiguous=args.contiguous, allow_staging=args.allow_staging,
+        )
+    except ValueError as exc:
+        print(f"consumer: verify: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
+    return 0 if report.ok else 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "produce": cmd_produce, "show": cmd_show}
+    handlers = {"run": cmd_run, "produce": cmd_produce, "show": cmd_show, "verify": cmd_verify}
     return handlers[args.command](args)
 
 
