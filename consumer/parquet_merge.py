@@ -218,9 +218,7 @@ def _kv_pairs(fmd: tc.Struct) -> list[tuple[str, str]]:
         value = item.get(_KV_VALUE, b"")
         if not isinstance(key, bytes) or not isinstance(value, bytes):
             raise ParquetMergeError("key_value_metadata entry without a binary key/value")
-        out.append(
-            (key.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-        )
+        out.append((key.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape")))
     return out
 
 
@@ -301,9 +299,7 @@ def _shifted_row_group(rg: tc.Value, delta: int, ordinal: int, piece: int) -> tc
                 "with write_page_index=False"
             )
         if _CC_FILE_PATH in cc:
-            raise ParquetMergeError(
-                f"piece {piece}: column chunk refers to an external file (file_path)"
-            )
+            raise ParquetMergeError(f"piece {piece}: column chunk refers to an external file (file_path)")
         cc = cc.copy()
         _shift(cc, _CC_FILE_OFFSET, delta)
         mf = cc.find(_CC_META)
@@ -342,9 +338,7 @@ def merged_trailer(
     for i, piece in enumerate(pieces):
         fmd = base if i == 0 else _decode_footer(piece.footer)
         if i and fmd.get(_FMD_SCHEMA) != schema:
-            raise ParquetMergeError(
-                f"schema mismatch: piece {i} has a different schema than piece 0"
-            )
+            raise ParquetMergeError(f"schema mismatch: piece {i} has a different schema than piece 0")
         if piece.body_len < 0:
             raise ParquetMergeError(f"piece {i}: footer_start {piece.footer_start} is before 4")
         num_rows += _int_field(fmd, _FMD_NUM_ROWS, "num_rows")
