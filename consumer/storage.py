@@ -260,10 +260,10 @@ class S3Store:
                 "read_timeout": read_timeout,
                 "retries": {"max_attempts": 1, "mode": "standard"},
             },
-            retries=1,  # retries are ours (bounded, jittered, visible), not s3fs's
             skip_instance_cache=True,
             use_listings_cache=False,
         )
+        self._fs.retries = 1  # retries are ours (bounded, jittered, visible), not s3fs's
 
     # -- plumbing ------------------------------------------------------------------------------
     def _retrying(self, op: str, fn: Callable[[], T]) -> T:

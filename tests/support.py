@@ -1,0 +1,267 @@
+"""Shared helpers for integration and fault tests: run the real consumer, read back every output
+file, and check the invariants (every (partition, offset) exactly once, values as produced)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def unique(name: str) -> str:
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def consumer_cmd(topic: str, group: str, output: str, *extra: str, schema: str = "page_view") -> list[str]:
+    cmd = [sys.executable, "-m", "consumer", "run", "--group-id", group, "--topic", topic,
+           "--output", output, "--log-format", "json"]
+    if "--framing" not in extra:
+        cmd += ["--schema", schema]
+    return cmd + list(extra)
+
+
+def run_consumer(topic: str, group: str, output: str, *extra: str, schema: str = "page_view",
+                 env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``consumer run … --until-caught-up`` to completion; raises with its log on failure."""
+    cmd = consumer_cmd(topic, group, output, "--until-caught-up", *extra, schema=schema)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, **(env or {})}, cwd=REPO)
+    return res
+
+
+@dataclass
+class Running:
+    """A consumer process started in the background, with its log in a file."""
+
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except json.JSONDecodeError:
+                    pass
+        return out
+
+    def wait_for(self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 60,
+                 what: str = "condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred(self.events()):
+                return
+            if self.proc.poll() is not None:
+                raise AssertionError(f"consumer exited ({self.proc.returncode}) before {what}:\n{self.log()[-4000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"consumer did not stop within {timeout}s:\n{self.log()[-4000:]}") from None
+
+
+def start_consumer(topic: str, group: str, output: str, *extra: str, schema: str = "page_view",
+                   env: dict[str, str] | None = None, until_caught_up: bool = False) -> Running:
+    args = list(extra) + (["--until-caught-up"] if until_caught_up else [])
+    cmd = consumer_cmd(topic, group, output, *args, schema=schema)
+    log_path = Path(tempfile.mkstemp(prefix="consumer-", suffix=".log")[1])
+    fh = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
+    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                            cwd=REPO)
+    return Running(proc, log_path)
+
+
+def count(events: Iterable[dict[str, Any]], event: str) -> int:
+    return sum(1 for e in events if e.get("event") == event)
+
+
+# -- reading output ------------------------------------------------------------------------------
+
+def list_keys(s3: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    out: list[tuple[str, int]] = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        out += [(o["Key"], o["Size"]) for o in page.get("Contents", [])]
+    return out
+
+
+def final_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    return sorted(k for k, _ in list_keys(s3, bucket, prefix)
+                  if k.endswith(".parquet") and "/_" not in k[len(prefix):] and not k[len(prefix):].startswith("_"))
+
+
+def staging_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
+    return [k for k, _ in list_keys(s3, bucket, prefix.rstrip("/") + "/_staging/")]
+
+
+def download_finals(s3: Any, bucket: str, prefix: str, dest: Path) -> list[Path]:
+    """Download every final file under ``prefix`` into ``dest`` (keeping the Hive layout)."""
+    paths = []
+    for key in final_keys(s3, bucket, prefix):
+        path = dest / key[len(prefix):].lstrip("/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        paths.append(path)
+    return paths
+
+
+def read_table(paths: Sequence[Path]) -> pa.Table:
+    tables = [pq.read_table(p) for p in paths]
+    return pa.concat_tables(tables) if tables else pa.table({})
+
+
+def offsets_by_partition(table: pa.Table) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for p, o in zip(table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(),
+                    strict=True):
+        out.setdefault(p, []).append(o)
+    return out
+
+
+def assert_exactly_once(table: pa.Table, per_partition: dict[int, int]) -> None:
+    """Every offset 0..count-1 of every partition appears exactly once."""
+    got = offsets_by_partition(table)
+    for p, n in per_partition.items():
+        offs = sorted(got.get(p, []))
+        assert len(offs) == len(set(offs)), f"partition {p}: {len(offs) - len(set(offs))} duplicated offsets"
+        missing = set(range(n)) - set(offs)
+        assert not missing, f"partition {p}: {len(missing)} missing offsets, e.g. {sorted(missing)[:10]}"
+        assert offs == list(range(n)), f"partition {p}: unexpected offsets {sorted(set(offs) - set(range(n)))[:10]}"
+    extra = set(got) - set(per_partition)
+    assert not extra, f"rows for unexpected partitions {extra}"
+
+
+def duckdb_counts(paths: Sequence[Path]) -> tuple[int, int]:
+    """(rows, distinct (partition, offset)) as DuckDB reads the files."""
+    import duckdb
+
+    files = [str(p) for p in paths]
+    con = duckdb.connect()
+    rows, distinct = con.execute(
+        "select count(*), count(distinct (kafka_partition, kafka_offset)) from read_parquet(?)", [files]
+    ).fetchone()  # type: ignore[misc]
+    return int(rows), int(distinct)
+
+
+# -- expected values ------------------------------------------------------------------------------
+
+def canonical(value: Any, avro: Any, named: dict[str, Any]) -> Any:
+    """The Arrow ``to_pylist`` value the type mapping promises for an Avro value."""
+    import datetime as dt
+    import uuid as uuidmod
+
+    if isinstance(avro, str) and avro in named:
+        avro = named[avro]
+    if isinstance(avro, list):
+        non_null = [b for b in avro if b != "null"]
+        if value is None:
+            return None
+        if len(non_null) == 1:
+            return canonical(value, non_null[0], named)
+        py = {"long": int, "double": float, "string": str, "boolean": bool, "bytes": bytes}
+        return {b if isinstance(b, str) else b.get("name", b["type"]):
+                (value if isinstance(b, str) and type(value) is py.get(b) else None) for b in non_null}
+    if isinstance(avro, dict):
+        t = avro["type"]
+        if t in ("record", "enum", "fixed"):
+            named[avro["name"]] = avro
+        logical = avro.get("logicalType")
+        if logical == "uuid":
+            return uuidmod.UUID(str(value))
+        if logical in ("timestamp-millis", "timestamp-micros") and isinstance(value, dt.datetime):
+            return value
+        if t == "record":
+            return {f["name"]: canonical(value[f["name"]], f["type"], named) for f in avro["fields"]}
+        if t == "array":
+            return [canonical(v, avro["items"], named) for v in value]
+        if t == "map":
+            return sorted((k, canonical(v, avro["values"], named)) for k, v in value.items())
+        if isinstance(t, (dict, list)):
+            return canonical(value, t, named)
+    return value
+
+
+def normalise_row(row: dict[str, Any], avro: dict[str, Any]) -> dict[str, Any]:
+    """Sort map entries of an Arrow row so maps compare key by key regardless of order."""
+    named: dict[str, Any] = {}
+
+    def walk(v: Any, t: Any) -> Any:
+        if isinstance(t, str) and t in named:
+            t = named[t]
+        if v is None:
+            return None
+        if isinstance(t, list):
+            non_null = [b for b in t if b != "null"]
+            return walk(v, non_null[0]) if len(non_null) == 1 else v
+        if isinstance(t, dict):
+            kind = t["type"]
+            if kind in ("record", "enum", "fixed"):
+                named[t["name"]] = t
+            if kind == "record":
+                return {f["name"]: walk(v.get(f["name"]), f["type"]) for f in t["fields"]}
+            if kind == "array":
+                return [walk(x, t["items"]) for x in v]
+            if kind == "map":
+                return sorted((k, walk(x, t["values"])) for k, x in v)
+            if isinstance(kind, (dict, list)):
+                return walk(v, kind)
+        return v
+
+    return {f["name"]: walk(row[f["name"]], f["type"]) for f in avro["fields"]}
+
+
+def assert_values_as_produced(table: pa.Table, schema_name: str, partitions: int, seed: int = 0,
+                              every: int = 1) -> int:
+    """Row values equal the records the sample producer generated (record i → partition i % P,
+    offset i // P). ``every`` > 1 compares a deterministic subset (offsets are always checked)."""
+    from consumer.samples import load_schema, make_record
+
+    avro = load_schema(schema_name)
+    parts = table.column("kafka_partition").to_pylist()
+    offs = table.column("kafka_offset").to_pylist()
+    value_cols = [f["name"] for f in avro["fields"]]
+    checked = 0
+    for idx in range(0, table.num_rows, every):
+        row = {c: table.column(c)[idx].as_py() for c in value_cols}
+        i = offs[idx] * partitions + parts[idx]
+        expected = canonical(make_record(schema_name, i, seed), avro, {})
+        got = normalise_row(row, avro)
+        if got != expected:
+            diff = {k: (got[k], expected[k]) for k in expected if got.get(k) != expected[k]}
+            raise AssertionError(f"row {parts[idx]}:{offs[idx]} differs from record {i}: {str(diff)[:2000]}")
+        checked += 1
+    return checked
+
+
+def read_footer_metadata(path: Path) -> dict[str, str]:
+    md = pq.read_metadata(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in md.items() if not k.startswith(b"ARROW:")}
+
+
+def parquet_bytes(data: bytes) -> pa.Table:
+    return pq.read_table(io.BytesIO(data))
