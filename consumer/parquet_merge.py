@@ -270,15 +270,14 @@ def _shift(s: tc.Struct, fid: int, delta: int) -> None:
         f.value += delta
 
 
-def _shifted_row_group(rg: tc.Value, delta: int, ordinal: int, piece: int) -> tc.Struct:
-    """A copy of row group ``rg`` with every absolute offset moved by ``delta``.
+def _shift_row_group(rg: tc.Value, delta: int, ordinal: int, piece: int) -> tc.Struct:
+    """Move every absolute offset of row group ``rg`` by ``delta``, in place.
 
-    Only the structs on the path to an offset are copied; untouched subtrees (statistics,
-    schema paths, ...) are shared with the decoded piece footer.
+    In place because the tree was decoded by :func:`merged_trailer` itself and is not shared;
+    copying ~10^5 column chunks would cost seconds on big footers.
     """
     if not isinstance(rg, tc.Struct):
         raise ParquetMergeError(f"piece {piece}: row group is not a struct")
-    rg = rg.copy()
     _shift(rg, _RG_FILE_OFFSET, delta)
     ordf = rg.find(_RG_ORDINAL)
     if ordf is not None:
@@ -288,7 +287,6 @@ def _shifted_row_group(rg: tc.Value, delta: int, ordinal: int, piece: int) -> tc
     cols = rg.find(_RG_COLUMNS)
     if cols is None or not isinstance(cols.value, tc.List):
         raise ParquetMergeError(f"piece {piece}: row group without a columns list")
-    new_cols: list[tc.Value] = []
     for cc in cols.value.items:
         if not isinstance(cc, tc.Struct):
             raise ParquetMergeError(f"piece {piece}: column chunk is not a struct")
@@ -300,18 +298,13 @@ def _shifted_row_group(rg: tc.Value, delta: int, ordinal: int, piece: int) -> tc
             )
         if _CC_FILE_PATH in cc:
             raise ParquetMergeError(f"piece {piece}: column chunk refers to an external file (file_path)")
-        cc = cc.copy()
         _shift(cc, _CC_FILE_OFFSET, delta)
-        mf = cc.find(_CC_META)
-        if mf is not None:
-            if not isinstance(mf.value, tc.Struct):
+        md = cc.get(_CC_META)
+        if md is not None:
+            if not isinstance(md, tc.Struct):
                 raise ParquetMergeError(f"piece {piece}: ColumnMetaData is not a struct")
-            md = mf.value.copy()
             for fid in _CMD_OFFSETS:
                 _shift(md, fid, delta)
-            mf.value = md
-        new_cols.append(cc)
-    cols.value = tc.List(cols.value.etype, new_cols)
     return rg
 
 
@@ -326,6 +319,11 @@ def merged_trailer(
     no rows; their body is normally empty).  ``key_value_metadata`` sets/replaces keys of the
     first piece's key/value metadata (``ARROW:schema`` and other keys are kept).
     """
+    with tc.paused_gc():  # see tc.paused_gc: big merged footers are millions of objects
+        return _merged_trailer(pieces, key_value_metadata)
+
+
+def _merged_trailer(pieces: Sequence[PieceLayout], key_value_metadata: Mapping[str, str] | None) -> bytes:
     if not pieces:
         raise ParquetMergeError("nothing to merge: no pieces")
     base = _decode_footer(pieces[0].footer)
@@ -343,7 +341,7 @@ def merged_trailer(
             raise ParquetMergeError(f"piece {i}: footer_start {piece.footer_start} is before 4")
         num_rows += _int_field(fmd, _FMD_NUM_ROWS, "num_rows")
         for rg in _row_groups(fmd):
-            row_groups.append(_shifted_row_group(rg, delta, len(row_groups), i))
+            row_groups.append(_shift_row_group(rg, delta, len(row_groups), i))
         delta += piece.body_len
     merged = base.copy()
     merged.set(_FMD_NUM_ROWS, tc.I64, num_rows)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import gc
 import struct as _struct
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Union
 
@@ -76,6 +77,7 @@ __all__ = [
     "decode_struct_at",
     "encode_struct",
     "encode_struct_into",
+    "paused_gc",
 ]
 
 # Compact protocol type codes.
@@ -210,6 +212,23 @@ class Struct:
         return Struct([Field(f.id, f.ttype, f.value) for f in self.fields])
 
 
+@contextmanager
+def paused_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector (re-entrant; restores the previous state).
+
+    A big footer is millions of small, all-reachable objects; with the GC on, every few
+    thousand allocations it rescans the growing heap, which made decoding a 300 x 300 footer
+    and merging 300 pieces 2-3x slower (superlinear).  The trees built here hold no cycles.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 # --------------------------------------------------------------------------------------------
 # Decoding
 
@@ -225,20 +244,13 @@ def decode_struct(data: bytes | bytearray | memoryview) -> Struct:
 
 def decode_struct_at(buf: bytes, pos: int) -> tuple[Struct, int]:
     """Decode one struct starting at ``pos``; return it and the offset just after its STOP."""
-    # A big footer allocates millions of small objects that are all reachable; the cyclic GC
-    # would rescan the growing heap over and over (observed: 2x slower overall, superlinear), so
-    # pause it for the duration.  Nothing created here forms reference cycles.
-    gc_was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return _read_struct(buf, pos, 0)
-    except IndexError:
-        raise ThriftDecodeError(f"truncated input ({len(buf)} bytes)") from None
-    except RecursionError:
-        raise ThriftDecodeError("nesting too deep") from None
-    finally:
-        if gc_was_enabled:
-            gc.enable()
+    with paused_gc():
+        try:
+            return _read_struct(buf, pos, 0)
+        except IndexError:
+            raise ThriftDecodeError(f"truncated input ({len(buf)} bytes)") from None
+        except RecursionError:
+            raise ThriftDecodeError("nesting too deep") from None
 
 
 def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
@@ -393,7 +405,8 @@ def encode_struct(s: Struct) -> bytes:
 
 def encode_struct_into(out: bytearray, s: Struct) -> None:
     """Append the encoding of ``s`` to ``out``."""
-    _write_struct(out, s, 0)
+    with paused_gc():
+        _write_struct(out, s, 0)
 
 
 def _write_varint(out: bytearray, v: int) -> None:
