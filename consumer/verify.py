@@ -1,0 +1,812 @@
+"""Check an output prefix against Kafka: no loss, no duplicates, only valid final files.
+
+This is the invariants of docs/DESIGN (no loss below the committed position, each offset in exactly
+one final file, final files valid or absent) turned into a command users can run against a
+production bucket, so it is built to be cheap there:
+
+* Only the Parquet footers and the ``kafka_partition``/``kafka_offset`` column chunks are fetched —
+  one tail GET and one or two ranged GETs per file, never the data columns — and files are read
+  concurrently, because S3 latency, not CPU, dominates.
+* Offsets are kept as Arrow arrays and compared with Arrow compute (sort, neighbour compare,
+  hash ``is_in``), so millions of offsets per partition cost seconds, not Python-loop minutes.
+* The expected offsets are by default read from Kafka (keys and values cannot be skipped by the
+  broker, but nothing is decoded), because compacted topics and transaction markers leave gaps in
+  the offset sequence: "every offset in [low, committed)" would report those gaps as loss.
+  ``contiguous=True`` trusts the sequence to be gap-free and skips that read.
+
+Ordering matters against a *live* consumer: the committed positions are read first, then the
+staging area is listed, then the final files. Commits only move forward, and a roll writes the
+final file before deleting its pieces, so every offset below the positions read is found in a
+piece or a final file we list — a live consumer never produces a false "missing". Offsets that are
+only in staged pieces count as present (they are durable and the roll will carry them into a final
+file; invariant 1 says exactly that) and are shown separately.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from consumer.inspect import read_footer
+from consumer.layout import Layout, PieceRef, check_topic_name
+from consumer.parquet_merge import MAGIC, read_key_value_metadata
+from consumer.storage import ObjectInfo, ObjectStore
+
+OFFSET_COLUMN = "kafka_offset"
+PARTITION_COLUMN = "kafka_partition"
+MAX_LISTED = 100  # offsets / ranges / keys shown per list; counts are always complete
+_COALESCE_GAP = 256 * 1024  # fetch two column chunks with one GET when less than this lies between
+_EMPTY = pa.array([], pa.int64())
+
+
+class VerifyError(ValueError):
+    """A usage problem (unknown topic, unreachable broker, bad arguments): exit status 2."""
+
+
+# -- reports -------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartitionReport:
+    """What one partition's output holds compared with what Kafka holds below ``committed``."""
+
+    topic: str
+    partition: int
+    committed: int | None  # group's committed position (or given, or the high watermark)
+    expected: int  # offsets Kafka holds in [low watermark, committed)
+    present: int  # distinct offsets found in final files
+    missing: list[tuple[int, int]] = field(default_factory=list)  # ranges [a, b) expected but absent
+    duplicated: list[int] = field(default_factory=list)  # first MAX_LISTED offsets in > 1 final row
+    duplicate_count: int = 0  # extra rows: rows of final files − distinct offsets
+    beyond_committed: int = 0  # distinct offsets in final files at/after ``committed`` (informational)
+    files: int = 0
+    rows: int = 0
+    low_watermark: int | None = None
+    high_watermark: int | None = None
+    missing_count: int = 0  # expected offsets absent (``missing`` lists only the first ranges)
+    missing_ranges: int = 0
+    staged: int = 0  # expected offsets found only in staged pieces (durable, not yet rolled)
+    dead_letters: int = 0  # expected offsets found only in dead-letter objects
+    beyond_end: int = 0  # offsets in final files at/after the high watermark: Kafka never had them
+
+    @property
+    def ok(self) -> bool:
+        return self.missing_count == 0 and self.duplicate_count == 0 and self.beyond_end == 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic, "partition": self.partition, "ok": self.ok,
+            "committed": self.committed, "low_watermark": self.low_watermark,
+            "high_watermark": self.high_watermark, "expected": self.expected, "present": self.present,
+            "missing_count": self.missing_count, "missing_ranges": self.missing_ranges,
+            "missing": [list(r) for r in self.missing], "duplicate_count": self.duplicate_count,
+            "duplicated": self.duplicated, "beyond_committed": self.beyond_committed,
+            "beyond_end": self.beyond_end, "staged": self.staged, "dead_letters": self.dead_letters,
+            "files": self.files, "rows": self.rows,
+        }
+
+    def to_line(self) -> str:
+        parts = [
+            f"{self.topic}[{self.partition}]", "OK  " if self.ok else "FAIL",
+            f"committed={_fmt(self.committed)}", f"expected={self.expected}",
+            f"present={self.present}", f"files={self.files}", f"rows={self.rows}",
+        ]
+        if self.staged:
+            parts.append(f"staged-only={self.staged}")
+        if self.dead_letters:
+            parts.append(f"dead-lettered={self.dead_letters}")
+        if self.missing_count:
+            shown = ", ".join(f"[{a}, {b})" for a, b in self.missing[:5])
+            more = f" +{self.missing_ranges - 5} more ranges" if self.missing_ranges > 5 else ""
+            parts.append(f"MISSING={self.missing_count} in {self.missing_ranges} range(s): {shown}{more}")
+        if self.duplicate_count:
+            shown = ", ".join(map(str, self.duplicated[:5]))
+            more = ", …" if len(self.duplicated) > 5 else ""
+            parts.append(f"DUPLICATED={self.duplicate_count} extra rows, offsets {shown}{more}")
+        if self.beyond_end:
+            parts.append(f"BEYOND-END={self.beyond_end} offsets ≥ high watermark {self.high_watermark}")
+        if self.beyond_committed:
+            parts.append(f"ahead-of-committed={self.beyond_committed}")
+        return "  ".join(parts)
+
+
+@dataclass
+class VerifyReport:
+    partitions: list[PartitionReport]
+    bad_files: list[tuple[str, str]]  # (key, reason)
+    staging_objects: list[str]  # every object under _staging for the topic
+    dead_letters: int  # records in _dead_letters objects (they count as present)
+    allow_staging: bool = False
+    source: str = ""  # s3://bucket/prefix, for the report header
+    topic: str = ""
+    positions_from: str = ""  # where committed positions came from
+    expected_from: str = ""  # "kafka" or "contiguous"
+    elapsed_s: float = 0.0
+    bytes_read: int = 0
+    requests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            all(p.ok for p in self.partitions)
+            and not self.bad_files
+            and (self.allow_staging or not self.staging_objects)
+        )
+
+    @property
+    def files(self) -> int:
+        return sum(p.files for p in self.partitions)
+
+    @property
+    def offsets_checked(self) -> int:
+        return sum(p.rows for p in self.partitions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok, "source": self.source, "topic": self.topic,
+            "positions_from": self.positions_from, "expected_from": self.expected_from,
+            "partitions": [p.to_json() for p in self.partitions],
+            "bad_files": [{"key": k, "reason": r} for k, r in self.bad_files],
+            "staging_objects": self.staging_objects, "allow_staging": self.allow_staging,
+            "dead_letters": self.dead_letters, "notes": self.notes,
+            "stats": {"elapsed_s": round(self.elapsed_s, 3), "files": self.files,
+                      "rows": self.offsets_checked, "bytes_read": self.bytes_read,
+                      "requests": self.requests},
+        }
+
+    def to_text(self) -> str:
+        lines = [
+            f"verify {self.source} topic {self.topic}: positions from {self.positions_from}, "
+            f"expected offsets from {self.expected_from}"
+        ]
+        lines.extend("  " + p.to_line() for p in self.partitions)
+        if self.bad_files:
+            lines.append(f"BAD FILES ({len(self.bad_files)}):")
+            lines.extend(f"  {k}: {r}" for k, r in self.bad_files[:MAX_LISTED])
+            if len(self.bad_files) > MAX_LISTED:
+                lines.append(f"  … and {len(self.bad_files) - MAX_LISTED} more")
+        if self.staging_objects:
+            verdict = "allowed (--allow-staging)" if self.allow_staging else (
+                "a consumer is running or stopped mid-file; pass --allow-staging if so")
+            lines.append(f"staging objects ({len(self.staging_objects)}): {verdict}")
+            lines.extend(f"  {k}" for k in self.staging_objects[:10])
+            if len(self.staging_objects) > 10:
+                lines.append(f"  … and {len(self.staging_objects) - 10} more")
+        if self.dead_letters:
+            lines.append(f"dead letters: {self.dead_letters} records (count as present)")
+        lines.extend(f"note: {n}" for n in self.notes)
+        missing = sum(p.missing_count for p in self.partitions)
+        dups = sum(p.duplicate_count for p in self.partitions)
+        rate = self.offsets_checked / self.elapsed_s if self.elapsed_s > 0 else 0.0
+        lines.append(
+            f"{'OK' if self.ok else 'FAILED'}: {len(self.partitions)} partitions, {self.files} final files, "
+            f"{self.offsets_checked} rows; {missing} missing, {dups} duplicated, "
+            f"{len(self.bad_files)} bad files, {len(self.staging_objects)} staging objects "
+            f"({self.elapsed_s:.2f}s, {self.requests} S3 requests, {_human(self.bytes_read)} read, "
+            f"{rate:,.0f} rows/s)"
+        )
+        return "\n".join(lines)
+
+
+def _fmt(v: int | None) -> str:
+    return "-" if v is None else str(v)
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def parse_committed(text: str) -> dict[int, int]:
+    """``'0=123,1=456'`` → ``{0: 123, 1: 456}`` (the CLI's ``--committed``)."""
+    out: dict[int, int] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        p, sep, o = item.partition("=")
+        try:
+            if not sep:
+                raise ValueError
+            part, off = int(p), int(o)
+        except ValueError:
+            raise VerifyError(f"--committed item {item!r}: use PARTITION=OFFSET, e.g. 0=123,1=456") from None
+        if part < 0 or off < 0:
+            raise VerifyError(f"--committed item {item!r}: partition and offset must be ≥ 0")
+        out[part] = off
+    if not out:
+        raise VerifyError("--committed is empty: use PARTITION=OFFSET, e.g. 0=123,1=456")
+    return out
+
+
+# -- reading offsets out of Parquet objects ------------------------------------------------------
+
+
+class _SparseFile(io.RawIOBase):
+    """A read-only file of ``size`` bytes of which only some ranges were fetched.
+
+    pyarrow reads a column chunk with one ReadAt of exactly its byte range; handing it this object
+    (with the already-parsed footer) makes it decode just the offset columns from the ranges we
+    fetched — any read outside them falls back to a ranged GET so correctness never depends on it.
+    """
+
+    def __init__(self, size: int, chunks: list[tuple[int, bytes]],
+                 fetch: Callable[[int, int], bytes]) -> None:
+        super().__init__()
+        self._size, self._chunks, self._fetch, self._pos = size, chunks, fetch, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = base + offset
+        return self._pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        start = self._pos
+        end = self._size if n is None or n < 0 else min(self._size, start + n)
+        self._pos = end
+        if end <= start:
+            return b""
+        for cstart, data in self._chunks:
+            if cstart <= start and end <= cstart + len(data):
+                return data[start - cstart:end - cstart]
+        return self._fetch(start, end)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[:len(data)] = data
+        return len(data)
+
+
+@dataclass
+class _FileOffsets:
+    key: str
+    rows: int = 0
+    offsets: pa.Array | None = None  # int64, one per row
+    kv: dict[str, str] = field(default_factory=dict)
+    error: str | None = None  # not readable at all: its rows count as absent
+    problems: list[str] = field(default_factory=list)  # readable but inconsistent
+
+
+def _column_ranges(md: Any, names: Sequence[str]) -> tuple[list[int], list[tuple[int, int]]]:
+    """(leaf column indices, byte ranges of their chunks in every row group) of top-level ``names``."""
+    schema = md.schema
+    indices = [i for i in range(len(schema)) if schema.column(i).path in names]
+    ranges = []
+    for rg in range(md.num_row_groups):
+        group = md.row_group(rg)
+        for i in indices:
+            col = group.column(i)
+            start = col.data_page_offset
+            if col.has_dictionary_page and col.dictionary_page_offset is not None:
+                start = min(start, col.dictionary_page_offset)
+            ranges.append((start, start + col.total_compressed_size))
+    return indices, ranges
+
+
+def _coalesce(ranges: Iterable[tuple[int, int]], gap: int = _COALESCE_GAP) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for a, b in sorted(ranges):
+        if out and a - out[-1][1] <= gap:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _read_offsets(store: ObjectStore, key: str, size: int, partition: int) -> _FileOffsets:
+    """Footer + the offset/partition column chunks of one Parquet object (final file or piece)."""
+    res = _FileOffsets(key)
+    try:
+        footer, rows, _groups = read_footer(store, key, size)
+        res.rows = rows
+        res.kv = read_key_value_metadata(footer)
+        envelope = MAGIC + footer + struct.pack("<I", len(footer)) + MAGIC
+        md = pq.read_metadata(pa.BufferReader(envelope))
+    except FileNotFoundError:
+        res.error = "vanished while being read (a concurrent roll or cleanup?)"
+        return res
+    except Exception as exc:  # any decoding failure means readers cannot read it either
+        res.error = f"not a readable Parquet file: {type(exc).__name__}: {exc}"
+        return res
+    names = [n for n in (OFFSET_COLUMN, PARTITION_COLUMN) if n in md.schema.names]
+    if OFFSET_COLUMN not in names:
+        res.error = (f"no {OFFSET_COLUMN} column, offsets cannot be checked (the consumer must keep "
+                     f"--kafka-columns partition,offset)")
+        return res
+    try:
+        _, ranges = _column_ranges(md, names)
+        chunks = [(a, store.get(key, a, b)) for a, b in _coalesce(ranges)]
+        sparse = _SparseFile(size, chunks, lambda a, b: store.get(key, a, b))
+        pf = pq.ParquetFile(pa.PythonFile(sparse, mode="r"), metadata=md, pre_buffer=False)
+        table = pf.read(columns=names, use_threads=False)
+    except FileNotFoundError:
+        res.error = "vanished while being read (a concurrent roll or cleanup?)"
+        return res
+    except Exception as exc:
+        res.error = f"offset column unreadable: {type(exc).__name__}: {exc}"
+        return res
+    offsets = table.column(OFFSET_COLUMN).combine_chunks().cast(pa.int64())
+    if offsets.null_count:
+        res.problems.append(f"{offsets.null_count} rows have a null {OFFSET_COLUMN}")
+        offsets = offsets.drop_null()
+    if len(offsets) != res.rows:
+        res.problems.append(f"footer says {res.rows} rows but {len(offsets)} offsets were read")
+    if PARTITION_COLUMN in names:
+        parts = table.column(PARTITION_COLUMN)
+        wrong = len(parts) - pc.sum(pc.equal(parts, partition)).as_py() if len(parts) else 0
+        if wrong:
+            res.problems.append(f"{wrong} rows have {PARTITION_COLUMN} != {partition}")
+    res.offsets = offsets
+    return res
+
+
+def _check_final(f: _FileOffsets, topic: str, partition: int, first: int) -> tuple[int, int] | None:
+    """Add metadata problems of a final file to ``f.problems``; its [from, to) range if it has one."""
+    kv = f.kv
+    if kv.get("kafka.topic", topic) != topic:
+        f.problems.append(f"kafka.topic metadata is {kv['kafka.topic']!r}, not {topic!r}")
+    if kv.get("kafka.partition", str(partition)) != str(partition):
+        f.problems.append(f"kafka.partition metadata is {kv['kafka.partition']}, not {partition}")
+    try:
+        lo, hi = int(kv["kafka.from_position"]), int(kv["kafka.to_position"])
+    except (KeyError, ValueError):
+        f.problems.append("kafka.from_position/kafka.to_position metadata missing or not integers")
+        return None
+    if lo != first:
+        f.problems.append(f"name says first position {first} but kafka.from_position is {lo}")
+    if hi <= lo:
+        f.problems.append(f"empty or inverted position range [{lo}, {hi})")
+    if f.offsets is not None and len(f.offsets):
+        mn, mx = pc.min_max(f.offsets).values()
+        if mn.as_py() < lo or mx.as_py() >= hi:
+            f.problems.append(
+                f"offsets [{mn.as_py()}, {mx.as_py()}] not inside kafka positions [{lo}, {hi})")
+    return lo, hi
+
+
+# -- set logic on Arrow arrays -------------------------------------------------------------------
+
+
+def _sorted(arr: pa.Array) -> pa.Array:
+    return arr.take(pc.sort_indices(arr)) if len(arr) else arr
+
+
+def _duplicates(sorted_arr: pa.Array) -> tuple[int, pa.Array]:
+    """(extra rows, sorted distinct offsets) of a sorted offsets array — neighbours compared."""
+    n = len(sorted_arr)
+    if n < 2:
+        return 0, sorted_arr
+    same = pc.equal(sorted_arr.slice(1), sorted_arr.slice(0, n - 1))
+    extra = int(pc.sum(same).as_py() or 0)
+    if not extra:
+        return 0, sorted_arr
+    keep = pa.concat_arrays([pa.array([True]), pc.invert(same)])
+    return extra, sorted_arr.filter(keep)
+
+
+def _runs(values: pa.Array, mask_missing: pa.Array) -> tuple[int, list[tuple[int, int]], int]:
+    """Compress the expected ``values`` flagged missing into ranges [a, b) of *expected* offsets.
+
+    Consecutive missing entries of the expected sequence form one range even when Kafka has gaps
+    between them (compaction), so a lost row group shows as one range, not thousands.
+    Returns (missing count, first MAX_LISTED ranges, number of ranges).
+    """
+    idx = pc.indices_nonzero(mask_missing)
+    count = len(idx)
+    if not count:
+        return 0, [], 0
+    breaks = [0]
+    if count > 1:
+        step = pc.not_equal(pc.subtract(idx.slice(1), idx.slice(0, count - 1)), 1)
+        breaks += [int(i) + 1 for i in pc.indices_nonzero(step).to_pylist()]
+    ranges = []
+    for j, b in enumerate(breaks[:MAX_LISTED]):
+        end_i = (breaks[j + 1] if j + 1 < len(breaks) else count) - 1
+        a = values[idx[b].as_py()].as_py()
+        z = values[idx[end_i].as_py()].as_py()
+        ranges.append((a, z + 1))
+    return count, ranges, len(breaks)
+
+
+def _contiguous_missing(
+    distinct: pa.Array, low: int, committed: int
+) -> tuple[int, list[tuple[int, int]], int]:
+    """Missing ranges of [low, committed) given sorted distinct offsets: the gaps between them."""
+    inside = distinct.filter(pc.and_(pc.greater_equal(distinct, low), pc.less(distinct, committed)))
+    bounds = pa.concat_arrays([pa.array([low - 1], pa.int64()), inside, pa.array([committed], pa.int64())])
+    n = len(bounds)
+    gaps = pc.subtract(bounds.slice(1), bounds.slice(0, n - 1))
+    where = pc.indices_nonzero(pc.greater(gaps, 1))
+    count = committed - low - len(inside)
+    ranges = []
+    for i in where.to_pylist()[:MAX_LISTED]:
+        ranges.append((bounds[i].as_py() + 1, bounds[i + 1].as_py()))
+    return count, ranges, len(where)
+
+
+# -- Kafka ---------------------------------------------------------------------------------------
+
+
+class _Kafka:
+    """Metadata, watermarks, a group's committed offsets and the offsets a log holds — read-only.
+
+    The group is never joined: ``committed()`` is an OffsetFetch request, so verifying against a
+    live group does not trigger a rebalance. Expected offsets are read with manual assignment and
+    auto-commit off under a throwaway group id that never commits, so nothing is left behind.
+    """
+
+    def __init__(self, bootstrap: str, topic: str, extra: Mapping[str, str] | None) -> None:
+        from confluent_kafka import Consumer
+
+        self.topic = topic
+        self.base = {"bootstrap.servers": bootstrap, **(extra or {})}
+        self.meta = Consumer({**self.base, "group.id": f"consumer-verify-{uuid.uuid4().hex[:12]}",
+                              "enable.auto.commit": False})
+
+    def close(self) -> None:
+        self.meta.close()
+
+    def partitions(self) -> list[int]:
+        md = self.meta.list_topics(topic=self.topic, timeout=15)
+        t = md.topics.get(self.topic)
+        if t is None or t.error is not None or not t.partitions:
+            why = t.error if t is not None and t.error is not None else "no partitions"
+            raise VerifyError(f"topic {self.topic!r} not found in Kafka ({why})")
+        return sorted(t.partitions)
+
+    def watermarks(self, partition: int) -> tuple[int, int]:
+        from confluent_kafka import TopicPartition
+
+        low, high = self.meta.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=15,
+                                                    cached=False)
+        return int(low), int(high)
+
+    def committed(self, group_id: str, partitions: Sequence[int]) -> dict[int, int | None]:
+        from confluent_kafka import Consumer, TopicPartition
+
+        c = Consumer({**self.base, "group.id": group_id, "enable.auto.commit": False})
+        try:
+            tps = c.committed([TopicPartition(self.topic, p) for p in partitions], timeout=15)
+        finally:
+            c.close()
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in tps}
+
+    def offsets(self, ranges: Mapping[int, tuple[int, int]], timeout_s: float = 300.0) -> dict[int, pa.Array]:
+        """The offsets the log holds in each partition's [start, end), read_committed like the consumer."""
+        from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+        todo = {p: r for p, r in ranges.items() if r[1] > r[0]}
+        out: dict[int, list[int]] = {p: [] for p in ranges}
+        if not todo:
+            return {p: _EMPTY for p in ranges}
+        c = Consumer({
+            **self.base, "group.id": f"consumer-verify-{uuid.uuid4().hex[:12]}",
+            "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            "isolation.level": "read_committed", "fetch.max.bytes": 64 * 1024 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024, "queued.max.messages.kbytes": 256 * 1024,
+        })
+        try:
+            c.assign([TopicPartition(self.topic, p, s) for p, (s, _e) in todo.items()])
+            deadline = time.monotonic() + timeout_s
+            while todo:
+                if time.monotonic() > deadline:
+                    raise VerifyError(f"reading offsets from Kafka did not finish in {timeout_s:.0f}s; "
+                                      f"partitions left: {sorted(todo)}")
+                done: set[int] = set()
+                for msg in c.consume(num_messages=10000, timeout=1.0):
+                    p = int(msg.partition() or 0)
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            done.add(p)
+                            continue
+                        raise VerifyError(f"Kafka error reading {self.topic}[{p}]: {err}")
+                    if p not in todo:
+                        continue
+                    o = int(msg.offset() or 0)
+                    end = todo[p][1]
+                    if o < end:
+                        out[p].append(o)
+                    if o >= end - 1:
+                        done.add(p)
+                # Offsets at the end of the range may be transaction markers: the position tells.
+                for tp in c.position([TopicPartition(self.topic, p) for p in todo]):
+                    if tp.offset >= 0 and tp.offset >= todo[tp.partition][1]:
+                        done.add(tp.partition)
+                finished = [p for p in done if p in todo]
+                if finished:
+                    c.pause([TopicPartition(self.topic, p) for p in finished])
+                    for p in finished:
+                        del todo[p]
+        finally:
+            c.close()
+        return {p: pa.array(v, pa.int64()) for p, v in out.items()}
+
+
+# -- the check -----------------------------------------------------------------------------------
+
+
+def verify(
+    store: ObjectStore,
+    prefix: str,
+    topic: str,
+    *,
+    bootstrap_servers: str | None = None,
+    group_id: str | None = None,
+    committed: Mapping[int, int] | None = None,
+    kafka_config: Mapping[str, str] | None = None,
+    contiguous: bool = False,
+    allow_staging: bool = False,
+    workers: int = 32,
+) -> VerifyReport:
+    """Check ``topic``'s output under ``prefix`` (see the module docstring for what and why).
+
+    Committed positions: ``committed`` if given, else ``group_id``'s committed offsets, else the
+    high watermarks (everything Kafka holds must be there). Without ``bootstrap_servers`` only the
+    files are checked (duplicates, bad files, staging; missing only against ``committed`` with
+    ``contiguous=True`` semantics from offset 0, since the log cannot be asked).
+    """
+    t0 = time.monotonic()
+    check_topic_name(topic)
+    prefix = prefix.strip("/")
+    layout = Layout(prefix)
+    req0 = sum(store.stats.requests.values())
+    bytes0 = store.stats.bytes_downloaded
+    notes: list[str] = []
+    kafka = _Kafka(bootstrap_servers, topic, kafka_config) if bootstrap_servers else None
+    try:
+        # 1. Positions first (see module docstring: this order makes a live consumer safe to check).
+        partitions: list[int] | None = kafka.partitions() if kafka else None
+        lows: dict[int, int] = {}
+        highs_before: dict[int, int] = {}
+        if kafka and partitions is not None:
+            for p in partitions:
+                lows[p], highs_before[p] = kafka.watermarks(p)
+        if committed is not None:
+            positions: dict[int, int | None] = dict(committed)
+            positions_from = "given positions"
+        elif group_id and kafka and partitions is not None:
+            positions = kafka.committed(group_id, partitions)
+            positions_from = f"group {group_id!r} committed offsets"
+        elif kafka:
+            positions = dict(highs_before)
+            positions_from = "end offsets (high watermarks)"
+        else:
+            positions = {}
+            positions_from = "nothing (no broker and no positions: only duplicates and files checked)"
+        if group_id and not kafka and committed is None:
+            raise VerifyError("--group-id needs --bootstrap-servers to read the group's committed offsets")
+
+        # 2. Staging, then dead letters, then final files.
+        topic_dir = layout._join(f"topic={topic}") + "/"
+        staging_root = layout._join("_staging", f"topic={topic}") + "/"
+        dead_root = layout._join("_dead_letters", f"topic={topic}") + "/"
+        staging = store.list(staging_root)
+        dead_objs = store.list(dead_root)
+        finals = store.list(topic_dir)
+
+        bad: list[tuple[str, str]] = []
+        by_part_final: dict[int, list[tuple[ObjectInfo, int]]] = {}
+        for obj in finals:
+            if not obj.key.endswith(".parquet"):
+                continue  # readers ignore it too (e.g. _SUCCESS); only .parquet objects are data
+            parsed = Layout.parse_final_name(obj.key)
+            part_of_dir = _partition_of(obj.key, topic_dir)
+            if parsed is None or part_of_dir is None or parsed[0] != topic or parsed[1] != part_of_dir:
+                bad.append((obj.key, "unexpected .parquet object: its name/directory is not "
+                                     f"topic={topic}/partition=<p>/{topic}+<p>+<first 20 digits>.parquet, "
+                                     "yet readers will read it"))
+                continue
+            by_part_final.setdefault(parsed[1], []).append((obj, parsed[2]))
+
+        pieces: dict[int, list[ObjectInfo]] = {}
+        for obj in staging:
+            sp = _partition_of(obj.key, staging_root)
+            ref = layout.parse_staging_key(topic, sp, obj.key, obj.size) if sp is not None else None
+            if sp is not None and isinstance(ref, PieceRef):
+                pieces.setdefault(sp, []).append(obj)
+
+        if partitions is None:
+            found = set(by_part_final) | set(pieces) | set(positions)
+            for obj in dead_objs:
+                dp = _partition_of(obj.key, dead_root)
+                if dp is not None:
+                    found.add(dp)
+            partitions = sorted(found)
+        else:
+            stray = sorted(set(by_part_final) - set(partitions))
+            for p in stray:
+                for obj, _ in by_part_final.pop(p):
+                    bad.append((obj.key, f"partition {p} does not exist in Kafka's topic {topic!r}"))
+
+        # 3. Read footers and offset columns concurrently.
+        jobs: list[tuple[str, int, ObjectInfo, int]] = []
+        for p, finals_of_p in by_part_final.items():
+            jobs.extend(("final", p, o, first) for o, first in finals_of_p)
+        for p, pieces_of_p in pieces.items():
+            jobs.extend(("piece", p, o, -1) for o in pieces_of_p)
+        with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+            results = list(pool.map(lambda j: _read_offsets(store, j[2].key, j[2].size, j[1]), jobs))
+        dead_by_part = _read_dead_letters(store, dead_objs, dead_root, workers)
+
+        # 4. Positions the log holds: watermarks after listing (they only grow) for "beyond end".
+        highs_after: dict[int, int] = {}
+        if kafka:
+            for p in partitions:
+                highs_after[p] = kafka.watermarks(p)[1]
+        expected_by_part: dict[int, pa.Array] = {}
+        if kafka and not contiguous:
+            want = {p: (lows.get(p, 0), positions.get(p) or 0) for p in partitions}
+            expected_by_part = kafka.offsets({p: (a, b) for p, (a, b) in want.items()})
+            expected_from = "Kafka (offsets read from the log)"
+        else:
+            expected_from = "contiguous [low watermark, committed)" if kafka else (
+                "contiguous [0, committed)")
+            if not kafka:
+                notes.append("no broker: offsets below the low watermark cannot be told apart from loss; "
+                             "missing counts assume the log starts at 0")
+    finally:
+        if kafka:
+            kafka.close()
+
+    # 5. Per partition set logic.
+    final_results: dict[int, list[tuple[_FileOffsets, int]]] = {}
+    piece_results: dict[int, list[_FileOffsets]] = {}
+    for job, res in zip(jobs, results, strict=True):
+        kind, p, _obj, first = job
+        if kind == "final":
+            final_results.setdefault(p, []).append((res, first))
+        else:
+            piece_results.setdefault(p, []).append(res)
+            if res.error:
+                notes.append(f"staged piece {res.key}: {res.error}")
+
+    reports: list[PartitionReport] = []
+    for p in partitions:
+        arrays: list[pa.Array] = []
+        ranges: list[tuple[int, int, str]] = []
+        files = rows = 0
+        for res, first in sorted(final_results.get(p, []), key=lambda t: t[1]):
+            if res.error:
+                bad.append((res.key, res.error))
+                continue
+            rng = _check_final(res, topic, p, first)
+            if rng:
+                ranges.append((rng[0], rng[1], res.key))
+            if res.problems:
+                bad.append((res.key, "; ".join(res.problems)))
+            assert res.offsets is not None
+            arrays.append(res.offsets)
+            files += 1
+            rows += len(res.offsets)
+        for i in range(1, len(ranges)):
+            prev = max(ranges[:i], key=lambda r: r[1])
+            a, b, key = ranges[i]
+            if a < prev[1]:
+                bad.append((key, f"positions [{a}, {b}) overlap {prev[2]} [{prev[0]}, {prev[1]})"))
+
+        all_final = _sorted(pa.concat_arrays(arrays)) if arrays else _EMPTY
+        dup_count, distinct = _duplicates(all_final)
+        duplicated: list[int] = []
+        if dup_count:
+            n = len(all_final)
+            same = pc.equal(all_final.slice(1), all_final.slice(0, n - 1))
+            dup_vals = pc.unique(all_final.slice(1).filter(same))
+            duplicated = dup_vals.slice(0, MAX_LISTED).to_pylist()
+
+        pos = positions.get(p)
+        low = lows.get(p, 0)
+        rep = PartitionReport(topic, p, pos, 0, len(distinct), files=files, rows=rows,
+                              low_watermark=lows.get(p), high_watermark=highs_after.get(p),
+                              duplicated=duplicated, duplicate_count=dup_count)
+        if pos is not None:
+            rep.beyond_committed = int(pc.sum(pc.greater_equal(distinct, pos)).as_py() or 0)
+        if p in highs_after:
+            rep.beyond_end = int(pc.sum(pc.greater_equal(distinct, highs_after[p])).as_py() or 0)
+
+        staged_arr = pa.concat_arrays([r.offsets for r in piece_results.get(p, []) if r.offsets is not None]
+                                      or [_EMPTY])
+        dead_arr = pa.array(sorted(dead_by_part.get(p, set())), pa.int64())
+        covered = pc.unique(pa.concat_arrays([distinct, staged_arr, dead_arr]))
+        if pos is None or pos <= low:
+            rep.expected = 0
+        elif p in expected_by_part:
+            expected = expected_by_part[p]
+            rep.expected = len(expected)
+            missing_mask = pc.invert(pc.is_in(expected, value_set=covered))
+            rep.missing_count, rep.missing, rep.missing_ranges = _runs(expected, missing_mask)
+            in_final = pc.is_in(expected, value_set=distinct)
+            rep.staged = _count_only(expected, in_final, staged_arr)
+            in_staged = pc.is_in(expected, value_set=staged_arr)
+            rep.dead_letters = _count_only(expected, pc.or_(in_final, in_staged), dead_arr)
+        else:
+            rep.expected = pos - low
+            cov_sorted = _sorted(covered)
+            rep.missing_count, rep.missing, rep.missing_ranges = _contiguous_missing(cov_sorted, low, pos)
+            in_range = pc.and_(pc.greater_equal(staged_arr, low), pc.less(staged_arr, pos))
+            rep.staged = int(pc.sum(pc.invert(pc.is_in(pc.unique(staged_arr.filter(in_range)),
+                                                       value_set=distinct))).as_py() or 0)
+        reports.append(rep)
+
+    staging_keys = sorted(o.key for o in staging)
+    report = VerifyReport(
+        partitions=reports, bad_files=bad, staging_objects=staging_keys,
+        dead_letters=sum(len(s) for s in dead_by_part.values()), allow_staging=allow_staging,
+        source=f"s3://{getattr(store, 'bucket', '?')}/{prefix}".rstrip("/"), topic=topic,
+        positions_from=positions_from, expected_from=expected_from, notes=notes,
+    )
+    report.requests = sum(store.stats.requests.values()) - req0
+    report.bytes_read = store.stats.bytes_downloaded - bytes0
+    report.elapsed_s = time.monotonic() - t0
+    return report
+
+
+def _count_only(expected: pa.Array, already: pa.Array, source: pa.Array) -> int:
+    """Expected offsets not ``already`` covered that ``source`` holds."""
+    if not len(source):
+        return 0
+    rest = expected.filter(pc.invert(already))
+    return int(pc.sum(pc.is_in(rest, value_set=source)).as_py() or 0)
+
+
+def _partition_of(key: str, root: str) -> int | None:
+    """``root + 'partition=<p>/…'`` → p."""
+    if not key.startswith(root):
+        return None
+    head = key[len(root):].split("/", 1)[0]
+    if not head.startswith("partition="):
+        return None
+    try:
+        return int(head[len("partition="):])
+    except ValueError:
+        return None
+
+
+def _read_dead_letters(store: ObjectStore, objs: Sequence[ObjectInfo], root: str,
+                       workers: int) -> dict[int, set[int]]:
+    """Offsets of dead-lettered records per partition (from the JSON lines' ``offset``)."""
+    wanted = [o for o in objs if o.key.endswith(".jsonl") and _partition_of(o.key, root) is not None]
+
+    def read(o: ObjectInfo) -> tuple[int, set[int]]:
+        p = _partition_of(o.key, root)
+        assert p is not None
+        found: set[int] = set()
+        for line in store.get(o.key).decode("utf-8", "replace").splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                found.add(int(json.loads(line)["offset"]))
+            except (ValueError, KeyError, TypeError):
+                continue
+        return p, found
+
+    out: dict[int, set[int]] = {}
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        for p, found in pool.map(read, wanted):
+            out.setdefault(p, set()).update(found)
+    return out
