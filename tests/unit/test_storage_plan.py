@@ -1,0 +1,282 @@
+"""Unit tests for consumer.storage's pure parts: plan_parts, classify, RetryPolicy.
+
+plan_parts runs with tiny part sizes (min_part=50, target_part=80) so hypothesis can explore many
+shapes quickly; CopyRange lengths still go up to 20 MiB, checked symbolically (as runs of
+(source, start, end)) instead of by materialising the bytes. A second property materialises small
+inputs for real, with the source bytes a deterministic function of (key, position).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.storage import CopyRange, RetryPolicy, Segment, classify, plan_parts
+
+MIN_PART = 50
+TARGET_PART = 80
+MiB = 1024 * 1024
+FAST = settings(max_examples=400, deadline=None)
+
+Run = tuple[str | bytes, int, int]  # (source key, or the literal bytes object; start; end)
+
+
+def seg_len(seg: Segment) -> int:
+    return seg.length if isinstance(seg, CopyRange) else len(seg)
+
+
+def part_len(part: list[Segment]) -> int:
+    return sum(seg_len(s) for s in part)
+
+
+def is_copy_part(part: list[Segment], min_part: int = MIN_PART) -> bool:
+    """What S3Store.compose copies server-side: exactly one range of ≥ min_part bytes."""
+    return len(part) == 1 and isinstance(part[0], CopyRange) and part[0].length >= min_part
+
+
+def runs(segments: list[Segment]) -> list[Run]:
+    """Byte-exact symbolic content: adjacent contiguous ranges of one key are coalesced."""
+    out: list[Run] = []
+    for seg in segments:
+        if isinstance(seg, CopyRange):
+            if seg.length <= 0:
+                continue
+            src, start, end = seg.key, seg.start, seg.end
+            if out and isinstance(out[-1][0], str) and out[-1][0] == src and out[-1][2] == start:
+                out[-1] = (src, out[-1][1], end)
+                continue
+            out.append((src, start, end))
+        elif seg:
+            out.append((seg, 0, len(seg)))
+    return out
+
+
+def source_byte(key: str, pos: int) -> int:
+    return (pos * 31 + sum(map(ord, key)) * 7 + (pos >> 8)) % 251
+
+
+def materialise(segments: list[Segment]) -> bytes:
+    out = bytearray()
+    for seg in segments:
+        if isinstance(seg, CopyRange):
+            out.extend(source_byte(seg.key, p) for p in range(seg.start, seg.end))
+        else:
+            out.extend(seg)
+    return bytes(out)
+
+
+def copy_range(max_len: int) -> st.SearchStrategy[Segment]:
+    return st.builds(
+        lambda key, start, length: CopyRange(key, start, start + length),
+        st.sampled_from(["a", "b", "c"]),
+        st.integers(0, 10_000),
+        st.integers(0, max_len),
+    )
+
+
+def literal(max_len: int) -> st.SearchStrategy[Segment]:
+    return st.binary(max_size=max_len)
+
+
+BIG_SEGMENTS = st.lists(
+    st.one_of(copy_range(200), copy_range(20 * MiB), literal(200)), max_size=25
+)
+SMALL_SEGMENTS = st.lists(st.one_of(copy_range(300), literal(120)), max_size=20)
+
+
+def check_plan(segments: list[Segment], parts: list[list[Segment]], min_part: int, target: int) -> None:
+    # parts are non-empty and hold no empty segment
+    assert all(part for part in parts)
+    assert all(seg_len(s) > 0 for part in parts for s in part)
+    # every part but the last is a legal S3 part
+    for i, part in enumerate(parts[:-1]):
+        assert part_len(part) >= min_part, (i, part)
+    # in order, the parts are exactly the input bytes
+    assert runs(list(itertools.chain.from_iterable(parts))) == runs(segments)
+    # bounded memory: a client-side part never holds more than target + the largest segment
+    biggest = max((seg_len(s) for s in segments), default=0)
+    for part in parts:
+        if not is_copy_part(part, min_part):
+            assert part_len(part) <= target + biggest, part
+    # big ranges stay server-side: at most min_part bytes of a range ≥ 2·min_part pass the client
+    for seg in segments:
+        if isinstance(seg, CopyRange) and seg.length >= 2 * min_part:
+            client = sum(
+                max(0, min(s.end, seg.end) - max(s.start, seg.start))
+                for part in parts if not is_copy_part(part, min_part)
+                for s in part
+                if isinstance(s, CopyRange) and s.key == seg.key
+            )
+            # overlapping inputs of one key can share bytes; bound only holds per-range here
+            if sum(1 for o in segments if isinstance(o, CopyRange) and o.key == seg.key) == 1:
+                assert client < min_part, (seg, parts)
+
+
+@FAST
+@given(segments=BIG_SEGMENTS)
+def test_plan_parts_properties_large_ranges(segments: list[Segment]) -> None:
+    parts = plan_parts(segments, min_part=MIN_PART, target_part=TARGET_PART)
+    check_plan(segments, parts, MIN_PART, TARGET_PART)
+
+
+@FAST
+@given(segments=SMALL_SEGMENTS, min_part=st.integers(1, 120), extra=st.integers(0, 100))
+def test_plan_parts_reproduces_bytes(segments: list[Segment], min_part: int, extra: int) -> None:
+    target = min_part + extra
+    parts = plan_parts(segments, min_part=min_part, target_part=target)
+    check_plan(segments, parts, min_part, target)
+    assert b"".join(materialise(p) for p in parts) == materialise(segments)
+
+
+@FAST
+@given(segments=BIG_SEGMENTS)
+def test_plan_parts_is_deterministic(segments: list[Segment]) -> None:
+    one = plan_parts(segments, min_part=MIN_PART, target_part=TARGET_PART)
+    two = plan_parts(list(segments), min_part=MIN_PART, target_part=TARGET_PART)
+    assert one == two
+
+
+def test_plan_parts_empty() -> None:
+    assert plan_parts([], min_part=MIN_PART, target_part=TARGET_PART) == []
+    assert plan_parts([b"", CopyRange("a", 5, 5)], min_part=MIN_PART, target_part=TARGET_PART) == []
+
+
+def test_plan_parts_final_file_shape() -> None:
+    """Header magic + big piece bodies + small footer: big bodies copied, tiny bits borrowed."""
+    segs: list[Segment] = [b"PAR1", CopyRange("p1", 4, 1004), CopyRange("p2", 4, 1004), b"footer"]
+    parts = plan_parts(segs, min_part=MIN_PART, target_part=TARGET_PART)
+    assert parts == [
+        [b"PAR1", CopyRange("p1", 4, 50)],
+        [CopyRange("p1", 50, 1004)],
+        [CopyRange("p2", 4, 1004)],
+        [b"footer"],
+    ]
+
+
+def test_plan_parts_small_pieces_are_concatenated_client_side() -> None:
+    segs: list[Segment] = [b"PAR1", *(CopyRange(f"p{i}", 4, 24) for i in range(10)), b"footer"]
+    parts = plan_parts(segs, min_part=MIN_PART, target_part=TARGET_PART)
+    assert not any(is_copy_part(p) for p in parts)
+    assert all(part_len(p) >= MIN_PART for p in parts[:-1])
+    assert runs(list(itertools.chain.from_iterable(parts))) == runs(segs)
+
+
+def test_plan_parts_default_sizes_are_s3_legal() -> None:
+    five = 5 * MiB
+    segs: list[Segment] = [b"PAR1", CopyRange("a", 4, 4 + 6 * MiB), CopyRange("b", 4, 4 + 100),
+                           CopyRange("c", 4, 4 + 9 * MiB), b"x" * 100]
+    parts = plan_parts(segs)
+    assert all(part_len(p) >= five for p in parts[:-1])
+    assert runs(list(itertools.chain.from_iterable(parts))) == runs(segs)
+
+
+# -- classify -------------------------------------------------------------------------------------
+
+
+def client_error(code: str, status: int, op: str = "PutObject") -> ClientError:
+    return ClientError(
+        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, op
+    )
+
+
+def wrapped(inner: BaseException, outer: type[BaseException] = OSError) -> BaseException:
+    """What s3fs does: translate the botocore error and chain it as the cause."""
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer(str(exc)) from exc
+    except BaseException as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (client_error("PreconditionFailed", 412), "precondition"),
+        (client_error("", 412), "precondition"),
+        (client_error("PreconditionFailed", 0), "precondition"),
+        (FileExistsError("exists"), "precondition"),
+        (client_error("NoSuchKey", 404, "GetObject"), "missing"),
+        (client_error("404", 404, "HeadObject"), "missing"),
+        (client_error("NoSuchUpload", 404), "missing"),
+        (FileNotFoundError("gone"), "missing"),
+        (client_error("NoSuchBucket", 404), "fatal"),
+        (client_error("AccessDenied", 403), "fatal"),
+        (client_error("InvalidAccessKeyId", 403), "fatal"),
+        (client_error("SignatureDoesNotMatch", 403), "fatal"),
+        (client_error("", 401), "fatal"),
+        (PermissionError("denied"), "fatal"),
+        (client_error("SlowDown", 503), "transient"),
+        (client_error("ServiceUnavailable", 503), "transient"),
+        (client_error("InternalError", 500), "transient"),
+        (client_error("", 500), "transient"),
+        (client_error("Whatever", 502), "transient"),
+        (client_error("TooManyRequests", 429), "transient"),
+        (client_error("ConditionalRequestConflict", 409), "transient"),
+        (client_error("RequestTimeout", 400), "transient"),
+        (ConnectionError("reset"), "transient"),
+        (ConnectionResetError("reset"), "transient"),
+        (TimeoutError("slow"), "transient"),
+        (EndpointConnectionError(endpoint_url="http://localhost:1"), "transient"),
+        (ReadTimeoutError(endpoint_url="http://localhost:1"), "transient"),
+        (OSError("io"), "transient"),
+        (ValueError("bug"), "other"),
+        (client_error("InvalidRange", 416), "other"),
+    ],
+)
+def test_classify(exc: BaseException, kind: str) -> None:
+    assert classify(exc) == kind
+
+
+@pytest.mark.parametrize(
+    ("inner", "outer", "kind"),
+    [
+        (client_error("PreconditionFailed", 412), OSError, "precondition"),
+        (client_error("NoSuchKey", 404), FileNotFoundError, "missing"),
+        (client_error("NoSuchBucket", 404), FileNotFoundError, "fatal"),
+        (client_error("AccessDenied", 403), PermissionError, "fatal"),
+        (client_error("SlowDown", 503), OSError, "transient"),
+        (client_error("InternalError", 500), OSError, "transient"),
+    ],
+)
+def test_classify_follows_the_cause_chain(
+    inner: BaseException, outer: type[BaseException], kind: str
+) -> None:
+    exc = wrapped(inner, outer)
+    assert exc.__cause__ is inner
+    assert classify(exc) == kind
+
+
+# -- RetryPolicy ---------------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None)
+@given(base=st.floats(0.0, 5.0), cap=st.floats(0.0, 60.0))
+def test_retry_delays_within_cap(base: float, cap: float) -> None:
+    policy = RetryPolicy(base=base, cap=cap)
+    delays = list(itertools.islice(policy.delays(), 200))
+    assert all(0.0 <= d <= cap for d in delays)
+    # exponential growth: the bound for attempt i is min(cap, base * 2**i)
+    assert all(d <= min(cap, base * 2**i) + 1e-12 for i, d in enumerate(delays))
+
+
+def test_retry_delays_default_policy() -> None:
+    delays = list(itertools.islice(RetryPolicy().delays(), 100))
+    assert all(0.0 <= d <= 10.0 for d in delays)
+    assert max(delays[20:]) > 0.0
+
+
+def test_retry_delays_never_overflow() -> None:
+    """BUG (storage.py, RetryPolicy.delays): ``self.base * (2**attempt)`` turns a huge int into a
+    float; from attempt ~1024 on it raises ``OverflowError: int too large to convert to float``.
+    Reached when cap is small relative to max_elapsed (e.g. RetryPolicy(cap=0.01), which
+    _retrying would otherwise keep using for 300 s). Expected: cap the exponent (e.g.
+    ``min(cap, base * 2 ** min(attempt, 60))``). Failing input: 2000 delays of RetryPolicy(cap=0.01).
+    """
+    delays = list(itertools.islice(RetryPolicy(cap=0.01).delays(), 2000))
+    assert all(0.0 <= d <= 0.01 for d in delays)
