@@ -38,15 +38,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from consumer.inspect import read_footer
+from consumer.inspect import TAIL
 from consumer.layout import Layout, PieceRef, check_topic_name
-from consumer.parquet_merge import MAGIC, read_key_value_metadata
+from consumer.parquet_merge import MAGIC, ParquetMergeError, read_key_value_metadata, read_piece_layout
 from consumer.storage import ObjectInfo, ObjectStore
 
 OFFSET_COLUMN = "kafka_offset"
 PARTITION_COLUMN = "kafka_partition"
 MAX_LISTED = 100  # offsets / ranges / keys shown per list; counts are always complete
 _COALESCE_GAP = 256 * 1024  # fetch two column chunks with one GET when less than this lies between
+_WHOLE_OBJECT = 256 * 1024  # objects up to this size are read with one GET
 _EMPTY = pa.array([], pa.int64())
 
 
@@ -248,7 +249,7 @@ class _SparseFile(io.RawIOBase):
     def __init__(self, size: int, chunks: list[tuple[int, bytes]],
                  fetch: Callable[[int, int], bytes]) -> None:
         super().__init__()
-        self._size, self._chunks, self._fetch, self._pos = size, chunks, fetch, 0
+        self._size, self._chunks, self._fetch, self._pos = size, sorted(chunks), fetch, 0
 
     def readable(self) -> bool:
         return True
@@ -270,10 +271,14 @@ class _SparseFile(io.RawIOBase):
         self._pos = end
         if end <= start:
             return b""
-        for cstart, data in self._chunks:
-            if cstart <= start and end <= cstart + len(data):
-                return data[start - cstart:end - cstart]
-        return self._fetch(start, end)
+        out, pos = b"", start
+        for cstart, data in self._chunks:  # sorted by start; a read may span adjacent chunks
+            if cstart <= pos < cstart + len(data):
+                out += data[pos - cstart:min(end, cstart + len(data)) - cstart]
+                pos = start + len(out)
+                if pos >= end:
+                    return out
+        return out + self._fetch(pos, end)
 
     def readinto(self, b: Any) -> int:
         data = self.read(len(b))
@@ -317,12 +322,28 @@ def _coalesce(ranges: Iterable[tuple[int, int]], gap: int = _COALESCE_GAP) -> li
     return out
 
 
+def _uncovered(ranges: Iterable[tuple[int, int]], cached_from: int) -> list[tuple[int, int]]:
+    """The parts of ``ranges`` before ``cached_from`` (bytes from there to the end are in hand)."""
+    return [(a, min(b, cached_from)) for a, b in ranges if a < cached_from]
+
+
 def _read_offsets(store: ObjectStore, key: str, size: int, partition: int) -> _FileOffsets:
     """Footer + the offset/partition column chunks of one Parquet object (final file or piece)."""
     res = _FileOffsets(key)
     try:
-        footer, rows, _groups = read_footer(store, key, size)
-        res.rows = rows
+        # Small objects in one GET (latency, not bytes, is the cost); otherwise the tail, which often
+        # already holds the last row group's offset chunks since the kafka columns come last.
+        start = 0 if size <= _WHOLE_OBJECT else max(0, size - TAIL)
+        tail = store.get(key, start, size)
+        try:
+            lay = read_piece_layout(tail, size)
+        except ParquetMergeError as exc:
+            if not exc.needed or exc.needed <= len(tail):
+                raise
+            start = max(0, size - exc.needed)
+            tail = store.get(key, start, size)
+            lay = read_piece_layout(tail, size)
+        footer, res.rows = lay.footer, lay.num_rows
         res.kv = read_key_value_metadata(footer)
         envelope = MAGIC + footer + struct.pack("<I", len(footer)) + MAGIC
         md = pq.read_metadata(pa.BufferReader(envelope))
@@ -339,7 +360,8 @@ def _read_offsets(store: ObjectStore, key: str, size: int, partition: int) -> _F
         return res
     try:
         _, ranges = _column_ranges(md, names)
-        chunks = [(a, store.get(key, a, b)) for a, b in _coalesce(ranges)]
+        chunks = [(start, tail)]
+        chunks += [(a, store.get(key, a, b)) for a, b in _coalesce(_uncovered(ranges, start))]
         sparse = _SparseFile(size, chunks, lambda a, b: store.get(key, a, b))
         pf = pq.ParquetFile(pa.PythonFile(sparse, mode="r"), metadata=md, pre_buffer=False)
         table = pf.read(columns=names, use_threads=False)
