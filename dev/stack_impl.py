@@ -505,6 +505,7 @@ def kafka_api_versions_ok(port: int) -> bool:
         (size,) = struct.unpack(">i", header)
         payload = _recv_exact(s, size)
     corr, err = struct.unpack(">ih", payload[:6])
+    assert isinstance(corr, int) and isinstance(err, int)
     return corr == 7 and err == 0
 
 

@@ -154,7 +154,7 @@ def admin(stack: StackSettings) -> Any:
 def make_topic(admin: Any) -> Iterator[Callable[..., str]]:
     """Factory: ``make_topic(partitions=4) -> name`` creates a uniquely named topic and waits
     until its metadata (all partitions with a leader) is visible. Topics are deleted afterwards."""
-    from confluent_kafka.admin import NewTopic
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
     created: list[str] = []
 

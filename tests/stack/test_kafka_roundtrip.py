@@ -89,7 +89,9 @@ def test_produce_consume_exact_bytes_keys_and_timestamps(
     for m in got:
         ts_type, ts = m.timestamp()
         assert ts_type == TIMESTAMP_CREATE_TIME
-        by_partition.setdefault(m.partition(), []).append((m.key() or b"", m.value() or b"", ts))
+        partition = m.partition()
+        assert partition is not None
+        by_partition.setdefault(partition, []).append((m.key() or b"", m.value() or b"", ts))
     expected: dict[int, list[tuple[bytes, bytes, int]]] = {}
     for p, k, v, ts in records:
         expected.setdefault(p, []).append((k, v, ts))

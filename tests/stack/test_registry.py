@@ -88,6 +88,7 @@ def test_confluent_client_round_trip(registry: str) -> None:
     text = json.dumps(_schema(f"C{uuid.uuid4().hex[:8]}"))
     sid = client.register_schema(subject, Schema(text, "AVRO"))
     fetched = client.get_schema(sid)
+    assert fetched.schema_str is not None
     assert json.loads(fetched.schema_str) == json.loads(text)
     latest = client.get_latest_version(subject)
     assert (latest.schema_id, latest.version) == (sid, 1)
