@@ -710,26 +710,29 @@ def verify(
     reports: list[PartitionReport] = []
     for p in partitions:
         arrays: list[pa.Array] = []
-        ranges: list[tuple[int, int, str]] = []
         files = rows = 0
+        readable: list[tuple[_FileOffsets, tuple[int, int] | None]] = []
         for res, first in sorted(final_results.get(p, []), key=lambda t: t[1]):
             if res.error:
                 bad.append((res.key, res.error))
                 continue
-            rng = _check_final(res, topic, p, first)
-            if rng:
-                ranges.append((rng[0], rng[1], res.key))
+            readable.append((res, _check_final(res, topic, p, first)))
+        # Position ranges of one partition's files must not overlap (sorted sweep, running max end).
+        reach: tuple[int, str] | None = None
+        for res, rng in sorted((t for t in readable if t[1] is not None), key=lambda t: t[1] or (0, 0)):
+            assert rng is not None
+            if reach is not None and rng[0] < reach[0]:
+                res.problems.append(
+                    f"positions [{rng[0]}, {rng[1]}) overlap {reach[1]} (ending at {reach[0]})")
+            if reach is None or rng[1] > reach[0]:
+                reach = (rng[1], res.key)
+        for res, _rng in readable:
             if res.problems:
                 bad.append((res.key, "; ".join(res.problems)))
             assert res.offsets is not None
             arrays.append(res.offsets)
             files += 1
             rows += len(res.offsets)
-        for i in range(1, len(ranges)):
-            prev = max(ranges[:i], key=lambda r: r[1])
-            a, b, key = ranges[i]
-            if a < prev[1]:
-                bad.append((key, f"positions [{a}, {b}) overlap {prev[2]} [{prev[0]}, {prev[1]})"))
 
         all_final = _sorted(pa.concat_arrays(arrays)) if arrays else _EMPTY
         dup_count, distinct = _duplicates(all_final)
