@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import math
 from collections.abc import Iterator
+from typing import Any
 
 import fastavro
 import pyarrow as pa
@@ -55,8 +56,14 @@ def feed(arena: Arena, data: list[bytes]) -> Iterator[int]:
         yield i
 
 
+def decode(body: bytes) -> dict[str, Any]:
+    record = fastavro.schemaless_reader(io.BytesIO(body), PARSED, None)
+    assert isinstance(record, dict)
+    return record
+
+
 def reference(data: list[bytes]) -> pa.Table:
-    records = [fastavro.schemaless_reader(io.BytesIO(b), PARSED, None) for b in data]
+    records = [decode(b) for b in data]
     plain = RecordConverter(SCHEMA)
     return pa.Table.from_batches([plain.to_batch(records)])
 
@@ -273,7 +280,7 @@ def test_schema_stats_estimates_are_plausible(name: str) -> None:
 
 def _batch(n: int) -> pa.RecordBatch:
     data = bodies(n)
-    records = [fastavro.schemaless_reader(io.BytesIO(b), PARSED, None) for b in data]
+    records = [decode(b) for b in data]
     return RecordConverter(SCHEMA).to_batch(records)
 
 
