@@ -529,7 +529,7 @@ class _Kafka:
             **self.base, "group.id": f"consumer-verify-{uuid.uuid4().hex[:12]}",
             "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
             "isolation.level": "read_committed", "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024, "queued.max.messages.kbytes": 256 * 1024,
+            "max.partition.fetch.bytes": 16 * 1024 * 1024, "queued.max.messages.kbytes": 64 * 1024,
         })
         try:
             c.assign([TopicPartition(self.topic, p, s) for p, (s, _e) in todo.items()])
