@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ KAFKA_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "headers")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 ON_ERROR = ("dead-letter", "fail")
 FRAMINGS = ("raw", "confluent")
-_SECRET_HINTS = ("password", "secret", "token", "key.pem", "jaas", "credentials")
+_SECRET_HINTS = ("password", "passphrase", "secret", "token", "key.pem", "jaas", "credentials")
 
 MIN_S3_PART = 5 * 1024 * 1024
 
@@ -82,6 +83,8 @@ class Config:
         out: dict[str, Any] = {}
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in ("schema_registry_url", "s3_endpoint_url") and value:
+                value = re.sub(r"//[^/@]*@", "//***@", value)
             if f.name == "kafka_properties":
                 value = {
                     k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v)
@@ -100,7 +103,7 @@ class Config:
         if not self.topics:
             p.append("no topics: pass --topic (repeatable) or set CONSUMER_TOPICS=a,b")
         for t in self.topics:
-            if not re.match(r"^[A-Za-z0-9._-]{1,249}$", t):
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", t):
                 p.append(f"topic {t!r} is not a valid Kafka topic name")
         if not self.output:
             p.append("output missing: pass --output s3://bucket/prefix or set CONSUMER_OUTPUT")
@@ -173,7 +176,7 @@ def parse_size(text: str | int) -> int:
     m = re.match(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$", text)
     if not m or m.group(2).lower() not in _SIZE_UNITS:
         raise ValueError(f"size {text!r} not understood: use e.g. 1048576, 64MiB, 8MB")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    return int((Decimal(m.group(1)) * _SIZE_UNITS[m.group(2).lower()]).to_integral_value(ROUND_HALF_UP))
 
 
 def parse_duration(text: str | float | int) -> float:
@@ -241,6 +244,19 @@ ENV_ALIASES = {
 }
 
 
+def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    out: dict[str, str] = {}
+    for k, v in table.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, name + "."))
+        elif isinstance(v, bool):
+            out[name] = "true" if v else "false"
+        else:
+            out[name] = str(v)
+    return out
+
+
 def env_name(name: str) -> str:
     return "CONSUMER_" + name.upper()
 
@@ -285,7 +301,9 @@ def load(
             raise ConfigError([f"config file {config_file}: {exc}"]) from exc
         kafka_table = data.pop("kafka", None)
         if isinstance(kafka_table, dict):
-            data["kafka_properties"] = kafka_table
+            # Unquoted dotted keys (sasl.password = "…") are nested tables in TOML: flatten them
+            # back into librdkafka's dotted property names.
+            data["kafka_properties"] = _flatten(kafka_table)
         for key, raw in data.items():
             name = key.replace("-", "_")
             if name not in names:

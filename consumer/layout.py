@@ -10,11 +10,13 @@ start with an underscore (Hive/Spark/pyarrow ignore those) *and* uses suffixes o
 
 Layout under ``prefix``::
 
-    topic=<t>/partition=<p>/<t>+<p>+<first position, 20 digits>.parquet        final file
+    topic=<t>/partition=<p>/<t>+<p>+<first position, 20 digits>.parquet        final file (¹)
     _staging/topic=<t>/partition=<p>/<file first, 20d>/<from, 20d>-<to, 20d>.piece
     _staging/topic=<t>/partition=<p>/<file first, 20d>/roll-<end, 20d>          roll marker
     _dead_letters/topic=<t>/partition=<p>/<from, 20d>-<to, 20d>.jsonl
     _state/topic=<t>/partition=<p>                                               replay positions
+
+(¹) prefixed with ``kafka-`` when the topic starts with '_' or '.', which readers treat as hidden.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+_TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _PIECE_RE = re.compile(r"^(?P<file>\d{20})/(?P<from>\d{20})-(?P<to>\d{20})\.piece$")
 _MARKER_RE = re.compile(r"^(?P<file>\d{20})/roll-(?P<end>\d{20})$")
-_FINAL_RE = re.compile(r"^(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\.parquet$")
+_DEAD_RE = re.compile(r"^(?P<from>\d{20})-(?P<to>\d{20})\.jsonl$")
+_FINAL_RE = re.compile(r"^(?:kafka-)?(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\.parquet$")
 
 
 @dataclass(frozen=True, order=True)
@@ -62,7 +65,12 @@ class Layout:
         return self._join(f"topic={topic}", f"partition={partition}") + "/"
 
     def final_key(self, topic: str, partition: int, file_start: int) -> str:
-        return self.partition_dir(topic, partition) + f"{topic}+{partition}+{file_start:020d}.parquet"
+        """``<t>+<p>+<first>.parquet``; topics starting with '_' or '.' (valid in Kafka) get a
+        ``kafka-`` prefix, since readers treat such file names as hidden."""
+        name = f"{topic}+{partition}+{file_start:020d}.parquet"
+        if name.startswith(("_", ".")):
+            name = "kafka-" + name
+        return self.partition_dir(topic, partition) + name
 
     @staticmethod
     def parse_final_name(name: str) -> tuple[str, int, int] | None:
@@ -106,10 +114,16 @@ class Layout:
 
     # -- side outputs ------------------------------------------------------------------------
     def dead_letter_key(self, topic: str, partition: int, from_pos: int, to_pos: int) -> str:
-        return self._join(
-            "_dead_letters", f"topic={topic}", f"partition={partition}",
-            f"{from_pos:020d}-{to_pos:020d}.jsonl",
-        )
+        return self.dead_letter_dir(topic, partition) + f"{from_pos:020d}-{to_pos:020d}.jsonl"
+
+    def dead_letter_dir(self, topic: str, partition: int) -> str:
+        return self._join("_dead_letters", f"topic={topic}", f"partition={partition}") + "/"
+
+    @staticmethod
+    def parse_dead_letter_range(key: str) -> tuple[int, int] | None:
+        """``…/<from>-<to>.jsonl`` → (from, to); None for anything else."""
+        m = _DEAD_RE.match(key.rsplit("/", 1)[-1])
+        return (int(m["from"]), int(m["to"])) if m else None
 
     def state_key(self, topic: str, partition: int) -> str:
         return self._join("_state", f"topic={topic}", f"partition={partition}")
@@ -117,5 +131,5 @@ class Layout:
 
 def check_topic_name(topic: str) -> None:
     """Kafka topic names are ``[A-Za-z0-9._-]{1,249}``; anything else cannot come from Kafka."""
-    if not _TOPIC_RE.match(topic):
+    if not _TOPIC_RE.fullmatch(topic):
         raise ValueError(f"invalid Kafka topic name {topic!r}: use letters, digits, '.', '_' or '-'")

@@ -126,7 +126,7 @@ class RetryPolicy:
     def delays(self) -> Iterator[float]:
         attempt = 0
         while True:
-            yield random.uniform(0, min(self.cap, self.base * (2**attempt)))
+            yield random.uniform(0, min(self.cap, self.base * (2 ** min(attempt, 60))))
             attempt += 1
 
 

@@ -184,6 +184,11 @@ class PartitionWorker:
         ]
         remaining = {o.key for o in self.store.list(self.layout.staging_dir(self.topic, self.partition))}
         strays = [k for k in strays if k in remaining]
+        # Dead letters of ranges that were never committed will be written again on re-consumption.
+        for o in self.store.list(self.layout.dead_letter_dir(self.topic, self.partition)):
+            rng = self.layout.parse_dead_letter_range(o.key)
+            if rng is not None and (committed is None or rng[1] > committed):
+                strays.append(o.key)
         if strays:
             self.store.delete(strays)
         if resumed is not None:
@@ -500,36 +505,39 @@ def _chain_ending_at(pieces: list[PieceRef], end: int) -> list[PieceRef] | None:
 
     Several chains can exist when a zombie staged alternative ranges; any of them holds exactly
     the records at positions ``[file start, end)`` (Kafka positions are immutable), so the one with
-    the fewest pieces is chosen, deterministically.
+    the fewest pieces is chosen, deterministically. When chains of several files reach ``end`` the
+    newest file wins: a file starts only after the previous one's roll, so older ones are leftovers.
+    Breadth-first over positions (no recursion: a file may hold thousands of pieces).
     """
     by_file: dict[int, dict[int, list[PieceRef]]] = {}
     for p in pieces:
-        if p.from_pos < p.to_pos or (p.from_pos == p.to_pos == p.file_start):
+        if p.from_pos < p.to_pos:
             by_file.setdefault(p.file_start, {}).setdefault(p.to_pos, []).append(p)
-    best: list[PieceRef] | None = None
-    for file_start, by_to in sorted(by_file.items()):
-        if end not in by_to:
+    for file_start in sorted(by_file, reverse=True):
+        by_to = by_file[file_start]
+        if end not in by_to or end <= file_start:
             continue
-        memo: dict[int, list[PieceRef] | None] = {}
-
-        def walk(pos: int, fs: int = file_start, bt: dict[int, list[PieceRef]] = by_to,
-                 memo: dict[int, list[PieceRef] | None] = memo) -> list[PieceRef] | None:
-            if pos == fs:
-                return []
-            if pos in memo:
-                return memo[pos]
-            memo[pos] = None
-            options = []
-            for p in sorted(bt.get(pos, []), key=lambda r: r.from_pos):
-                if p.from_pos < pos:
-                    prev = walk(p.from_pos)
-                    if prev is not None:
-                        options.append([*prev, p])
-            result = min(options, key=len) if options else None
-            memo[pos] = result
-            return result
-
-        chain = walk(end)
-        if chain and (best is None or len(chain) < len(best)):
-            best = chain
-    return best
+        # BFS backwards from `end`: the first time `file_start` is reached uses the fewest pieces.
+        step: dict[int, PieceRef] = {}
+        frontier = [end]
+        seen = {end}
+        while frontier and file_start not in seen:
+            nxt: list[int] = []
+            for pos in frontier:
+                for piece in sorted(by_to.get(pos, []), key=lambda r: r.from_pos):
+                    prev = piece.from_pos
+                    if prev < file_start or prev in seen:
+                        continue
+                    seen.add(prev)
+                    step[prev] = piece
+                    nxt.append(prev)
+            frontier = sorted(nxt)
+        if file_start in seen:
+            chain = []
+            pos = file_start
+            while pos != end:
+                piece = step[pos]
+                chain.append(piece)
+                pos = piece.to_pos
+            return chain
+    return None

@@ -720,35 +720,3 @@ def test_property_round_trip(tmp_path_factory: pytest.TempPathFactory,
 
 
 # ----------------------------------------------------------------------------- throughput
-
-
-def _rate(schema: dict[str, Any], records: list[dict[str, Any]]) -> float:
-    conv = RecordConverter(schema)
-    conv.to_batch(records)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.perf_counter()
-        conv.to_batch(records)
-        best = min(best, time.perf_counter() - t0)
-    return len(records) / best
-
-
-def test_throughput_smoke(capsys: pytest.CaptureFixture[str]) -> None:
-    """Guards against accidental per-value Python walks (generous floors for slow CI)."""
-    small = _rec(("id", "long"), ("ts", {"type": "long", "logicalType": "timestamp-millis"}),
-                 ("name", "string"), ("score", ["null", "double"]),
-                 ("tags", {"type": "map", "values": "string"}))
-    wide = _rec(("host", "string"),
-                ("metrics", {"type": "map", "values": ["null", "long", "double", "string",
-                                                       "boolean"]}))
-    ts = dt.datetime(2024, 1, 1, tzinfo=UTC)
-    small_recs = [{"id": i, "ts": ts, "name": "n", "score": None if i % 3 else 1.5,
-                   "tags": {f"k{j}": f"v{j}" for j in range(8)}} for i in range(10_000)]
-    vals = [None, 1, 2.5, "s", True]
-    wide_recs = [{"host": "h", "metrics": {f"m{j}": vals[j % 5] for j in range(50)}}
-                 for _ in range(2_000)]
-    small_rate, wide_rate = _rate(small, small_recs), _rate(wide, wide_recs)
-    with capsys.disabled():
-        print(f"\ntypemap throughput: small {small_rate:,.0f} rec/s, wide {wide_rate:,.0f} rec/s")
-    assert small_rate > 50_000
-    assert wide_rate > 5_000
