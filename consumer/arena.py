@@ -20,7 +20,7 @@ buffer sizes), which is what the global memory budget adds up.
 from __future__ import annotations
 
 import array
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,9 +61,14 @@ def _shape_estimate(t: Any, named: dict[str, Any], depth: int = 0) -> tuple[floa
         return 8.0, 16.0
     if isinstance(t, str):
         return {
-            "null": (0.0, 0.125), "boolean": (1.0, 0.125), "int": (2.0, 4.125),
-            "long": (4.0, 8.125), "float": (4.0, 4.125), "double": (8.0, 8.125),
-            "string": (16.0, 20.125), "bytes": (16.0, 20.125),
+            "null": (0.0, 0.125),
+            "boolean": (1.0, 0.125),
+            "int": (2.0, 4.125),
+            "long": (4.0, 8.125),
+            "float": (4.0, 4.125),
+            "double": (8.0, 8.125),
+            "string": (16.0, 20.125),
+            "bytes": (16.0, 20.125),
         }.get(t, _shape_estimate(named[t], named, depth + 1) if t in named else (8.0, 8.0))
     if isinstance(t, list):
         ests = [_shape_estimate(b, named, depth + 1) for b in t]
@@ -108,6 +113,7 @@ class SchemaStats:
     map_entries_per_row: dict[str, float] = field(default_factory=dict)
     null_fraction: dict[str, float] = field(default_factory=dict)
     rows_seen: int = 0
+    row_groups_seen: int = 0
 
     @classmethod
     def from_schema(cls, avro: dict[str, Any]) -> SchemaStats:
@@ -140,10 +146,11 @@ class SchemaStats:
         self.rows_seen += n
 
     def observe_encoded(self, arrow_bytes: int, parquet_bytes: int) -> None:
+        """Fold an encoded row group's compression ratio in; the first one replaces the guess."""
         if arrow_bytes > 0:
-            self.parquet_per_arrow = self._blend(
-                self.parquet_per_arrow, parquet_bytes / arrow_bytes, False
-            )
+            first = self.row_groups_seen == 0
+            self.parquet_per_arrow = self._blend(self.parquet_per_arrow, parquet_bytes / arrow_bytes, first)
+            self.row_groups_seen += 1
 
 
 class Arena:
@@ -160,6 +167,7 @@ class Arena:
         kafka_columns: Sequence[str],
         chunk_rows: int = 2048,
         on_error: str = "dead-letter",
+        calibrate: Callable[[pa.Table], int] | None = None,
     ) -> None:
         self.schema = schema
         self.converter = converter
@@ -169,6 +177,9 @@ class Arena:
         self.kafka_columns = tuple(kafka_columns)
         self.chunk_rows = chunk_rows
         self.on_error = on_error
+        # Encodes a table and returns its Parquet size: used once per schema on the first decoded
+        # chunk, so the very first row group already lands near its byte target.
+        self.calibrate = calibrate
         # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats and
         # kept between chunks and row groups (rewound, not freed).
         self._raw = bytearray(int(chunk_rows * stats.avro_bytes_per_row * 1.25) + 4096)
@@ -218,7 +229,7 @@ class Arena:
         if end > len(self._raw):
             grow = max(end - len(self._raw), len(self._raw))
             self._raw.extend(bytes(grow))
-        self._raw[self._raw_len:end] = body
+        self._raw[self._raw_len : end] = body
         i = self._pending
         self._ends[i] = end
         self._offsets[i] = offset
@@ -267,6 +278,9 @@ class Arena:
             chunk_avro = int(self._ends[keep[-1]])
             self._batch_avro_bytes += chunk_avro
             self.stats.observe_batch(batch, chunk_avro)
+            if self.calibrate is not None and self.stats.row_groups_seen == 0:
+                table = pa.Table.from_batches([batch])
+                self.stats.observe_encoded(batch.get_total_buffer_size(), self.calibrate(table))
         self._pending = 0
         self._raw_len = 0
         self._keys.clear()
@@ -274,8 +288,9 @@ class Arena:
 
     def _dead_letter(self, i: int, reason: str, body: memoryview) -> DeadLetter:
         ts = self._timestamps[i]
-        return DeadLetter(int(self._offsets[i]), None if ts < 0 else int(ts), self._keys[i],
-                          reason, bytes(body))
+        return DeadLetter(
+            int(self._offsets[i]), None if ts < 0 else int(ts), self._keys[i], reason, bytes(body)
+        )
 
     def _kafka_arrays(self, keep: list[int]) -> list[pa.Array]:
         n = len(keep)
@@ -291,15 +306,20 @@ class Arena:
                 cols.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data.tobytes())]))
             elif c == "timestamp":
                 ts = [self._timestamps[i] for i in keep]
-                cols.append(pa.array([t if t >= 0 else None for t in ts], pa.int64()).cast(
-                    pa.timestamp("ms", tz="UTC")))
+                cols.append(
+                    pa.array([t if t >= 0 else None for t in ts], pa.int64()).cast(
+                        pa.timestamp("ms", tz="UTC")
+                    )
+                )
             elif c == "key":
                 cols.append(pa.array([self._keys[i] for i in keep], pa.binary()))
             elif c == "headers":
-                cols.append(pa.array(
-                    [[{"key": k, "value": v} for k, v in (self._headers[i] or [])] for i in keep],
-                    KAFKA_FIELDS["headers"].type,
-                ))
+                cols.append(
+                    pa.array(
+                        [[{"key": k, "value": v} for k, v in (self._headers[i] or [])] for i in keep],
+                        KAFKA_FIELDS["headers"].type,
+                    )
+                )
         return cols
 
     # -- draining ------------------------------------------------------------------------------

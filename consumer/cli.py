@@ -44,11 +44,20 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
 def _add_run_flags(p: argparse.ArgumentParser) -> None:
     for flag, kw in _RUN_FLAGS:
         p.add_argument(flag, default=None, **kw)
-    p.add_argument("--until-caught-up", action="store_true", default=None,
-                   help="exit 0 once every assigned partition reached the end offsets seen at start "
-                        "and every file is final")
-    p.add_argument("-X", dest="kafka_properties", action="append", metavar="KEY=VALUE",
-                   help="any librdkafka consumer property (repeatable)")
+    p.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        default=None,
+        help="exit 0 once every assigned partition reached the end offsets seen at start "
+        "and every file is final",
+    )
+    p.add_argument(
+        "-X",
+        dest="kafka_properties",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any librdkafka consumer property (repeatable)",
+    )
     p.add_argument("--config", help="TOML config file (CONSUMER_CONFIG)")
 
 
@@ -78,25 +87,37 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--sample", type=int, default=0, help="also print this many rows of the first file")
 
     ver = sub.add_parser(
-        "verify", help="check the output against Kafka: no loss, no duplicates, only valid final files",
+        "verify",
+        help="check the output against Kafka: no loss, no duplicates, only valid final files",
         description="Exit status: 0 if every invariant holds, 1 if one is violated, 2 on usage errors.",
     )
     ver.add_argument("--output", default=os.environ.get("CONSUMER_OUTPUT"), help="s3://bucket/prefix")
     ver.add_argument("--topic", required=True)
-    ver.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
-                     help="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS); "
-                          "without it only the files are checked")
+    ver.add_argument(
+        "--bootstrap-servers",
+        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"),
+        help="Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS); without it only the files are checked",
+    )
     who = ver.add_mutually_exclusive_group()
-    who.add_argument("--group-id", default=os.environ.get("CONSUMER_GROUP_ID"),
-                     help="check up to this group's committed offsets (CONSUMER_GROUP_ID); "
-                          "default: end offsets")
-    who.add_argument("--committed", metavar="P=OFFSET,…",
-                     help="check up to these positions, e.g. 0=123,1=456")
-    ver.add_argument("--contiguous", action="store_true",
-                     help="assume every offset in [low watermark, committed) exists (fast; wrong for "
-                          "compacted or transactional topics)")
-    ver.add_argument("--allow-staging", action="store_true",
-                     help="staged pieces are fine (a consumer is live or will resume)")
+    who.add_argument(
+        "--group-id",
+        default=os.environ.get("CONSUMER_GROUP_ID"),
+        help="check up to this group's committed offsets (CONSUMER_GROUP_ID); default: end offsets",
+    )
+    who.add_argument(
+        "--committed", metavar="P=OFFSET,…", help="check up to these positions, e.g. 0=123,1=456"
+    )
+    ver.add_argument(
+        "--contiguous",
+        action="store_true",
+        help="assume every offset in [low watermark, committed) exists (fast; wrong for "
+        "compacted or transactional topics)",
+    )
+    ver.add_argument(
+        "--allow-staging",
+        action="store_true",
+        help="staged pieces are fine (a consumer is live or will resume)",
+    )
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
     return parser
@@ -108,8 +129,13 @@ def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1")
     log = logmod.get("consumer.storage")
 
     def on_retry(op: str, exc: BaseException, delay: float) -> None:
-        log.warning("S3 request failed, retrying", op=op, error=type(exc).__name__,
-                    detail=str(exc)[:200], retry_in_s=round(delay, 2))
+        log.warning(
+            "S3 request failed, retrying",
+            op=op,
+            error=type(exc).__name__,
+            detail=str(exc)[:200],
+            retry_in_s=round(delay, 2),
+        )
 
     return S3Store(bucket, endpoint_url=endpoint_url, region=region, on_retry=on_retry)
 
@@ -133,9 +159,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"consumer: config: schema {config.schema!r}: {exc}", file=sys.stderr)
         return 2
-    registry = (
-        SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
-    )
+    registry = SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
     decoder = Decoder(config.framing, schema=schema, registry=registry)
     store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region)
     runner = GroupRunner(config, store=store, decoder=decoder)
@@ -150,8 +174,15 @@ def cmd_produce(args: argparse.Namespace) -> int:
         print("consumer: produce: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
     result = produce(
-        args.bootstrap_servers, args.topic, args.schema, args.count, partitions=args.partitions,
-        seed=args.seed, framing=args.framing, registry_url=args.schema_registry_url, start=args.start,
+        args.bootstrap_servers,
+        args.topic,
+        args.schema,
+        args.count,
+        partitions=args.partitions,
+        seed=args.seed,
+        framing=args.framing,
+        registry_url=args.schema_registry_url,
+        start=args.start,
     )
     print(
         f"produced {result.count} {args.schema} records to {result.topic} "
@@ -192,9 +223,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     store = make_store(bucket, args.s3_endpoint_url)
     try:
         report = verify(
-            store, prefix, args.topic, bootstrap_servers=args.bootstrap_servers,
-            group_id=None if committed is not None else args.group_id, committed=committed,
-            contiguous=args.contiguous, allow_staging=args.allow_staging,
+            store,
+            prefix,
+            args.topic,
+            bootstrap_servers=args.bootstrap_servers,
+            group_id=None if committed is not None else args.group_id,
+            committed=committed,
+            contiguous=args.contiguous,
+            allow_staging=args.allow_staging,
         )
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)

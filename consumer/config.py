@@ -16,9 +16,9 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from decimal import ROUND_HALF_UP, Decimal
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,7 @@ class Config:
                 value = re.sub(r"//[^/@]*@", "//***@", value)
             if f.name == "kafka_properties":
                 value = {
-                    k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v)
-                    for k, v in value.items()
+                    k: ("***" if any(h in k.lower() for h in _SECRET_HINTS) else v) for k, v in value.items()
                 }
             out[f.name] = value
         return out
@@ -163,8 +162,20 @@ def split_output(output: str) -> tuple[str, str]:
 # -- parsing helpers (used by the CLI and the config file) ----------------------------------------
 
 _SIZE_UNITS = {
-    "": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-    "kib": 1024, "mib": 1024**2, "gib": 1024**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3,
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "ki": 1024,
+    "mi": 1024**2,
+    "gi": 1024**3,
 }
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 

@@ -49,17 +49,22 @@ def list_final_files(store: ObjectStore, prefix: str) -> list[FinalFile]:
     base = f"{prefix}/" if prefix else ""
     out = []
     for obj in store.list(base):
-        rel = obj.key[len(base):]
+        rel = obj.key[len(base) :]
         if rel.startswith("_") or Layout.parse_final_name(obj.key) is None:
             continue
         footer, rows, groups = read_footer(store, obj.key, obj.size)
         kv = read_key_value_metadata(footer)
-        out.append(FinalFile(
-            obj.key, obj.size, rows, groups,
-            int(kv["kafka.from_position"]) if "kafka.from_position" in kv else None,
-            int(kv["kafka.to_position"]) if "kafka.to_position" in kv else None,
-            footer,
-        ))
+        out.append(
+            FinalFile(
+                obj.key,
+                obj.size,
+                rows,
+                groups,
+                int(kv["kafka.from_position"]) if "kafka.from_position" in kv else None,
+                int(kv["kafka.to_position"]) if "kafka.to_position" in kv else None,
+                footer,
+            )
+        )
     return out
 
 
@@ -88,8 +93,9 @@ def describe_output(store: ObjectStore, prefix: str, sample_rows: int = 0) -> st
         )
     total_rows = sum(f.rows for f in files)
     total_bytes = sum(f.size for f in files)
-    lines.append(f"total: {total_rows} rows in {sum(f.row_groups for f in files)} row groups, "
-                 f"{_human(total_bytes)}")
+    lines.append(
+        f"total: {total_rows} rows in {sum(f.row_groups for f in files)} row groups, {_human(total_bytes)}"
+    )
     lines.append(f"staged pieces (in-progress files): {len(staged)}; dead-letter objects: {len(dead)}")
     if files:
         schema = arrow_schema_of(files[0].footer)

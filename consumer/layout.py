@@ -28,7 +28,9 @@ _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _PIECE_RE = re.compile(r"^(?P<file>\d{20})/(?P<from>\d{20})-(?P<to>\d{20})\.piece$")
 _MARKER_RE = re.compile(r"^(?P<file>\d{20})/roll-(?P<end>\d{20})$")
 _DEAD_RE = re.compile(r"^(?P<from>\d{20})-(?P<to>\d{20})\.jsonl$")
-_FINAL_RE = re.compile(r"^(?:kafka-)?(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\.parquet$")
+_FINAL_RE = re.compile(
+    r"^(?:kafka-)?(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\.parquet$"
+)
 
 
 @dataclass(frozen=True, order=True)
@@ -88,10 +90,7 @@ class Layout:
         return self.staging_dir(topic, partition) + f"{file_start:020d}/"
 
     def piece_key(self, topic: str, partition: int, file_start: int, from_pos: int, to_pos: int) -> str:
-        return (
-            self.file_staging_dir(topic, partition, file_start)
-            + f"{from_pos:020d}-{to_pos:020d}.piece"
-        )
+        return self.file_staging_dir(topic, partition, file_start) + f"{from_pos:020d}-{to_pos:020d}.piece"
 
     def roll_marker_key(self, topic: str, partition: int, file_start: int, end: int) -> str:
         return self.file_staging_dir(topic, partition, file_start) + f"roll-{end:020d}"
@@ -103,7 +102,7 @@ class Layout:
         base = self.staging_dir(topic, partition)
         if not key.startswith(base):
             return None
-        rest = key[len(base):]
+        rest = key[len(base) :]
         m = _PIECE_RE.match(rest)
         if m:
             return PieceRef(int(m["file"]), int(m["from"]), int(m["to"]), key, size)

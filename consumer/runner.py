@@ -107,8 +107,15 @@ class GroupRunner:
     # -- rebalance callbacks ---------------------------------------------------------------------
     def _new_worker(self, topic: str, partition: int) -> PartitionWorker:
         return PartitionWorker(
-            topic, partition, config=self.config, store=self.store, positions=self.positions,
-            layout=self.layout, decoder=self.decoder, shared=self.shared, log=self.log,
+            topic,
+            partition,
+            config=self.config,
+            store=self.store,
+            positions=self.positions,
+            layout=self.layout,
+            decoder=self.decoder,
+            shared=self.shared,
+            log=self.log,
         )
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
@@ -136,8 +143,9 @@ class GroupRunner:
             try:
                 worker.close()
             except PartitionFenced as exc:
-                self.log.warning("revoked partition already fenced", error=str(exc),
-                                 topic=tp.topic, partition=tp.partition)
+                self.log.warning(
+                    "revoked partition already fenced", error=str(exc), topic=tp.topic, partition=tp.partition
+                )
             except BaseException as exc:
                 self._callback_error = exc
             self.retired.append(worker)
@@ -148,8 +156,10 @@ class GroupRunner:
             worker = self.workers.pop((tp.topic, tp.partition), None)
             if worker is not None:
                 self.retired.append(worker)
-        self.log.warning("partitions lost: dropped without writing",
-                         partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
+        self.log.warning(
+            "partitions lost: dropped without writing",
+            partitions=[f"{t.topic}[{t.partition}]" for t in partitions],
+        )
 
     # -- main loop -------------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
@@ -163,7 +173,9 @@ class GroupRunner:
         """Consume until stopped (or caught up); the process exit code."""
         self.log.info("starting", config=self.config.redacted())
         self.consumer.subscribe(
-            list(self.config.topics), on_assign=self._on_assign, on_revoke=self._on_revoke,
+            list(self.config.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
             on_lost=self._on_lost,
         )
         code = EXIT_OK
@@ -223,8 +235,12 @@ class GroupRunner:
             fn(*args)
         except PartitionFenced as exc:
             key = (worker.topic, worker.partition)
-            self.log.warning("partition fenced: rebuilding from durable state", error=str(exc),
-                             topic=worker.topic, partition=worker.partition)
+            self.log.warning(
+                "partition fenced: rebuilding from durable state",
+                error=str(exc),
+                topic=worker.topic,
+                partition=worker.partition,
+            )
             if self.workers.get(key) is worker:
                 del self.workers[key]
                 self.retired.append(worker)
@@ -252,8 +268,12 @@ class GroupRunner:
             if not largest.pending:
                 break
             before = largest.buffered_bytes
-            self.log.info("memory budget reached: flushing largest arena early",
-                          topic=largest.topic, partition=largest.partition, bytes=before)
+            self.log.info(
+                "memory budget reached: flushing largest arena early",
+                topic=largest.topic,
+                partition=largest.partition,
+                bytes=before,
+            )
             self._guard(largest, largest.flush)
             total -= before - largest.buffered_bytes
             if largest.buffered_bytes >= before:
@@ -281,8 +301,12 @@ class GroupRunner:
             try:
                 worker.close()
             except Exception as exc:  # keep closing the others; nothing uncommitted is lost
-                self.log.warning("could not flush on shutdown", topic=worker.topic,
-                                 partition=worker.partition, error=str(exc))
+                self.log.warning(
+                    "could not flush on shutdown",
+                    topic=worker.topic,
+                    partition=worker.partition,
+                    error=str(exc),
+                )
         self.retired.extend(self.workers.values())
         self.workers.clear()  # the revoke callback during close() then has nothing left to do
         try:

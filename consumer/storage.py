@@ -30,9 +30,19 @@ from consumer.config import MIN_S3_PART
 T = TypeVar("T")
 
 _TRANSIENT_CODES = {
-    "SlowDown", "RequestTimeout", "InternalError", "ServiceUnavailable", "Throttling",
-    "RequestTimeTooSkewed", "OperationAborted", "ConditionalRequestConflict", "503", "500", "502",
-    "504", "BadDigest",
+    "SlowDown",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "Throttling",
+    "RequestTimeTooSkewed",
+    "OperationAborted",
+    "ConditionalRequestConflict",
+    "503",
+    "500",
+    "502",
+    "504",
+    "BadDigest",
 }
 _FATAL_CODES = {
     "NoSuchBucket": "bucket does not exist: create it or fix --output",
@@ -168,8 +178,9 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
-def plan_parts(segments: Sequence[Segment], min_part: int = MIN_S3_PART,
-               target_part: int = 8 * 1024 * 1024) -> list[list[Segment]]:
+def plan_parts(
+    segments: Sequence[Segment], min_part: int = MIN_S3_PART, target_part: int = 8 * 1024 * 1024
+) -> list[list[Segment]]:
     """Group ``segments`` into multipart parts that obey S3's rules.
 
     Each returned part is either a single :class:`CopyRange` of ≥ ``min_part`` bytes (copied
@@ -286,8 +297,7 @@ class S3Store:
                 delay = next(delays)
                 if time.monotonic() + delay > deadline:
                     raise TransientStorageError(
-                        f"S3 {op} on s3://{self.bucket} kept failing for "
-                        f"{self.retry.max_elapsed:.0f}s: {exc}"
+                        f"S3 {op} on s3://{self.bucket} kept failing for {self.retry.max_elapsed:.0f}s: {exc}"
                     ) from exc
                 self.stats.retries += 1
                 if self.on_retry:
@@ -372,7 +382,7 @@ class S3Store:
 
     def delete(self, keys: Sequence[str]) -> None:
         for i in range(0, len(keys), 1000):
-            batch = keys[i:i + 1000]
+            batch = keys[i : i + 1000]
             r = self._call(
                 "delete_objects",
                 Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
@@ -398,7 +408,10 @@ class S3Store:
                 if len(part) == 1 and isinstance(part[0], CopyRange) and part[0].length >= MIN_S3_PART:
                     src = part[0]
                     pr = self._call(
-                        "upload_part_copy", Key=key, UploadId=upload_id, PartNumber=n,
+                        "upload_part_copy",
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=n,
                         CopySource={"Bucket": self.bucket, "Key": src.key},
                         CopySourceRange=f"bytes={src.start}-{src.end - 1}",
                     )
@@ -414,8 +427,11 @@ class S3Store:
 
                 faults.point("mid_merge")
             self._call(
-                "complete_multipart_upload", Key=key, UploadId=upload_id,
-                MultipartUpload={"Parts": done}, IfNoneMatch="*",
+                "complete_multipart_upload",
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": done},
+                IfNoneMatch="*",
             )
             return PutOutcome.CREATED
         except Exception as exc:

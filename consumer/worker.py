@@ -154,10 +154,10 @@ class PartitionWorker:
             chain = _chain_ending_at(pieces, committed)
             if chain:
                 file_start = chain[0].file_start
-                marker = next(
-                    (m for m in markers if m.file_start == file_start and m.end == committed), None
-                )
+                marker = next((m for m in markers if m.file_start == file_start and m.end == committed), None)
                 staged_chain = [self._load_piece(p) for p in chain]
+                # A crash mid-merge leaves an invisible multipart upload behind: abort it.
+                self.store.abort_uploads(self.layout.final_key(self.topic, self.partition, file_start))
                 if marker is not None:
                     # The file was complete: finish the roll a crash interrupted.
                     self._finish_roll(FileState(file_start, staged_chain), committed)
@@ -171,17 +171,12 @@ class PartitionWorker:
                 if m.end <= committed and m.file_start != (resumed if resumed is not None else -1):
                     final = self.store.head(self.layout.final_key(self.topic, self.partition, m.file_start))
                     if final is None:
-                        older = _chain_ending_at(
-                            [p for p in pieces if p.file_start == m.file_start], m.end
-                        )
+                        older = _chain_ending_at([p for p in pieces if p.file_start == m.file_start], m.end)
                         if older and m.end <= committed and older[0].file_start == m.file_start:
                             self._finish_roll(
                                 FileState(m.file_start, [self._load_piece(p) for p in older]), m.end
                             )
-        strays = [
-            s.key for s in staged
-            if s is not None and s.key not in keep
-        ]
+        strays = [s.key for s in staged if s is not None and s.key not in keep]
         remaining = {o.key for o in self.store.list(self.layout.staging_dir(self.topic, self.partition))}
         strays = [k for k in strays if k in remaining]
         # Dead letters of ranges that were never committed will be written again on re-consumption.
@@ -191,8 +186,6 @@ class PartitionWorker:
                 strays.append(o.key)
         if strays:
             self.store.delete(strays)
-        if resumed is not None:
-            self.store.abort_uploads(self.layout.final_key(self.topic, self.partition, resumed))
         self.committed = committed
         self.next_pos = committed
         self.log.info(
@@ -282,8 +275,14 @@ class PartitionWorker:
             self.shared.converters[schema.fingerprint] = conv
         stats = self.shared.stats.setdefault(schema.fingerprint, SchemaStats.from_schema(schema.avro))
         self.arena = Arena(
-            schema, conv, stats, topic=self.topic, partition=self.partition,
-            kafka_columns=self.config.kafka_columns, on_error=self.config.on_error,
+            schema,
+            conv,
+            stats,
+            topic=self.topic,
+            partition=self.partition,
+            kafka_columns=self.config.kafka_columns,
+            on_error=self.config.on_error,
+            calibrate=lambda table: len(encode_piece(table, self.options, "")),
         )
         if self.dead_letters:
             self.arena.dead_letters.extend(self.dead_letters)
@@ -299,9 +298,7 @@ class PartitionWorker:
     @property
     def pending(self) -> bool:
         """True when positions past the committed one are buffered (rows or dead letters)."""
-        return (
-            self.next_pos is not None and self.committed is not None and self.next_pos > self.committed
-        )
+        return self.next_pos is not None and self.committed is not None and self.next_pos > self.committed
 
     def flush_due(self, now: float) -> bool:
         return (
@@ -358,18 +355,23 @@ class PartitionWorker:
         self.first_append_at = None
         if self.arena is not None:
             self.arena.stats.observe_encoded(arrow_bytes, len(data))
-        self.file.pieces.append(StagedPiece(
-            PieceRef(self.file.start, from_pos, to_pos, key, len(data)), layout, table.num_rows
-        ))
+        self.file.pieces.append(
+            StagedPiece(PieceRef(self.file.start, from_pos, to_pos, key, len(data)), layout, table.num_rows)
+        )
         if fingerprint is not None:
             self.file.fingerprint = fingerprint
         self.row_groups += 1
         self.log.info(
             "row group durable",
-            from_position=from_pos, to_position=to_pos, rows=table.num_rows, bytes=len(data),
-            dead_letters=len(dead), encode_ms=round((encoded_at - t0) * 1000, 1),
+            from_position=from_pos,
+            to_position=to_pos,
+            rows=table.num_rows,
+            bytes=len(data),
+            dead_letters=len(dead),
+            encode_ms=round((encoded_at - t0) * 1000, 1),
             put_commit_ms=round((self.clock() - encoded_at) * 1000, 1),
-            file_rows=self.file.rows, file_bytes=self.file.size,
+            file_rows=self.file.rows,
+            file_bytes=self.file.size,
         )
         if self._file_full():
             self.roll()
@@ -378,12 +380,17 @@ class PartitionWorker:
         import base64
 
         lines = [
-            json.dumps({
-                "topic": self.topic, "partition": self.partition, "offset": d.offset,
-                "timestamp": d.timestamp, "reason": d.reason,
-                "key_b64": base64.b64encode(d.key).decode() if d.key is not None else None,
-                "value_b64": base64.b64encode(d.value).decode() if d.value is not None else None,
-            })
+            json.dumps(
+                {
+                    "topic": self.topic,
+                    "partition": self.partition,
+                    "offset": d.offset,
+                    "timestamp": d.timestamp,
+                    "reason": d.reason,
+                    "key_b64": base64.b64encode(d.key).decode() if d.key is not None else None,
+                    "value_b64": base64.b64encode(d.value).decode() if d.value is not None else None,
+                }
+            )
             for d in dead
         ]
         key = self.layout.dead_letter_key(self.topic, self.partition, from_pos, to_pos)
@@ -473,8 +480,13 @@ class PartitionWorker:
         faults.point("after_piece_delete")
         self.files_rolled += 1
         self.log.info(
-            "file rolled", key=final_key, from_position=f.start, to_position=end,
-            rows=final_layout.num_rows, row_groups=final_layout.num_row_groups, bytes=info.size,
+            "file rolled",
+            key=final_key,
+            from_position=f.start,
+            to_position=end,
+            rows=final_layout.num_rows,
+            row_groups=final_layout.num_row_groups,
+            bytes=info.size,
             already_final=outcome is not PutOutcome.CREATED,
             ms=round((self.clock() - t0) * 1000, 1),
         )

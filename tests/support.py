@@ -3,6 +3,7 @@ file, and check the invariants (every (partition, offset) exactly once, values a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -28,19 +29,39 @@ def unique(name: str) -> str:
 
 
 def consumer_cmd(topic: str, group: str, output: str, *extra: str, schema: str = "page_view") -> list[str]:
-    cmd = [sys.executable, "-m", "consumer", "run", "--group-id", group, "--topic", topic,
-           "--output", output, "--log-format", "json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "consumer",
+        "run",
+        "--group-id",
+        group,
+        "--topic",
+        topic,
+        "--output",
+        output,
+        "--log-format",
+        "json",
+    ]
     if "--framing" not in extra:
         cmd += ["--schema", schema]
     return cmd + list(extra)
 
 
-def run_consumer(topic: str, group: str, output: str, *extra: str, schema: str = "page_view",
-                 env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def run_consumer(
+    topic: str,
+    group: str,
+    output: str,
+    *extra: str,
+    schema: str = "page_view",
+    env: dict[str, str] | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
     """Run ``consumer run … --until-caught-up`` to completion; raises with its log on failure."""
     cmd = consumer_cmd(topic, group, output, "--until-caught-up", *extra, schema=schema)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                         env={**os.environ, **(env or {})}, cwd=REPO)
+    res = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO
+    )
     return res
 
 
@@ -58,20 +79,21 @@ class Running:
         out = []
         for line in self.log().splitlines():
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     out.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
         return out
 
-    def wait_for(self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 60,
-                 what: str = "condition") -> None:
+    def wait_for(
+        self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 60, what: str = "condition"
+    ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pred(self.events()):
                 return
             if self.proc.poll() is not None:
-                raise AssertionError(f"consumer exited ({self.proc.returncode}) before {what}:\n{self.log()[-4000:]}")
+                raise AssertionError(
+                    f"consumer exited ({self.proc.returncode}) before {what}:\n{self.log()[-4000:]}"
+                )
             time.sleep(0.2)
         raise AssertionError(f"timed out waiting for {what}:\n{self.log()[-4000:]}")
 
@@ -86,14 +108,22 @@ class Running:
             raise AssertionError(f"consumer did not stop within {timeout}s:\n{self.log()[-4000:]}") from None
 
 
-def start_consumer(topic: str, group: str, output: str, *extra: str, schema: str = "page_view",
-                   env: dict[str, str] | None = None, until_caught_up: bool = False) -> Running:
+def start_consumer(
+    topic: str,
+    group: str,
+    output: str,
+    *extra: str,
+    schema: str = "page_view",
+    env: dict[str, str] | None = None,
+    until_caught_up: bool = False,
+) -> Running:
     args = list(extra) + (["--until-caught-up"] if until_caught_up else [])
     cmd = consumer_cmd(topic, group, output, *args, schema=schema)
     log_path = Path(tempfile.mkstemp(prefix="consumer-", suffix=".log")[1])
     fh = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
-    proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
-                            cwd=REPO)
+    proc = subprocess.Popen(
+        cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO
+    )
     return Running(proc, log_path)
 
 
@@ -103,6 +133,7 @@ def count(events: Iterable[dict[str, Any]], event: str) -> int:
 
 # -- reading output ------------------------------------------------------------------------------
 
+
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
     out: list[tuple[str, int]] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
@@ -111,8 +142,11 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
 
 
 def final_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
-    return sorted(k for k, _ in list_keys(s3, bucket, prefix)
-                  if k.endswith(".parquet") and "/_" not in k[len(prefix):] and not k[len(prefix):].startswith("_"))
+    return sorted(
+        k
+        for k, _ in list_keys(s3, bucket, prefix)
+        if k.endswith(".parquet") and "/_" not in k[len(prefix) :] and not k[len(prefix) :].startswith("_")
+    )
 
 
 def staging_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
@@ -123,7 +157,7 @@ def download_finals(s3: Any, bucket: str, prefix: str, dest: Path) -> list[Path]
     """Download every final file under ``prefix`` into ``dest`` (keeping the Hive layout)."""
     paths = []
     for key in final_keys(s3, bucket, prefix):
-        path = dest / key[len(prefix):].lstrip("/")
+        path = dest / key[len(prefix) :].lstrip("/")
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
         paths.append(path)
@@ -137,8 +171,9 @@ def read_table(paths: Sequence[Path]) -> pa.Table:
 
 def offsets_by_partition(table: pa.Table) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
-    for p, o in zip(table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(),
-                    strict=True):
+    for p, o in zip(
+        table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(), strict=True
+    ):
         out.setdefault(p, []).append(o)
     return out
 
@@ -151,7 +186,9 @@ def assert_exactly_once(table: pa.Table, per_partition: dict[int, int]) -> None:
         assert len(offs) == len(set(offs)), f"partition {p}: {len(offs) - len(set(offs))} duplicated offsets"
         missing = set(range(n)) - set(offs)
         assert not missing, f"partition {p}: {len(missing)} missing offsets, e.g. {sorted(missing)[:10]}"
-        assert offs == list(range(n)), f"partition {p}: unexpected offsets {sorted(set(offs) - set(range(n)))[:10]}"
+        assert offs == list(range(n)), (
+            f"partition {p}: unexpected offsets {sorted(set(offs) - set(range(n)))[:10]}"
+        )
     extra = set(got) - set(per_partition)
     assert not extra, f"rows for unexpected partitions {extra}"
 
@@ -170,6 +207,7 @@ def duckdb_counts(paths: Sequence[Path]) -> tuple[int, int]:
 
 # -- expected values ------------------------------------------------------------------------------
 
+
 def canonical(value: Any, avro: Any, named: dict[str, Any]) -> Any:
     """The Arrow ``to_pylist`` value the type mapping promises for an Avro value."""
     import datetime as dt
@@ -184,8 +222,12 @@ def canonical(value: Any, avro: Any, named: dict[str, Any]) -> Any:
         if len(non_null) == 1:
             return canonical(value, non_null[0], named)
         py = {"long": int, "double": float, "string": str, "boolean": bool, "bytes": bytes}
-        return {b if isinstance(b, str) else b.get("name", b["type"]):
-                (value if isinstance(b, str) and type(value) is py.get(b) else None) for b in non_null}
+        return {
+            b if isinstance(b, str) else b.get("name", b["type"]): (
+                value if isinstance(b, str) and type(value) is py.get(b) else None
+            )
+            for b in non_null
+        }
     if isinstance(avro, dict):
         t = avro["type"]
         if t in ("record", "enum", "fixed"):
@@ -235,8 +277,9 @@ def normalise_row(row: dict[str, Any], avro: dict[str, Any]) -> dict[str, Any]:
     return {f["name"]: walk(row[f["name"]], f["type"]) for f in avro["fields"]}
 
 
-def assert_values_as_produced(table: pa.Table, schema_name: str, partitions: int, seed: int = 0,
-                              every: int = 1) -> int:
+def assert_values_as_produced(
+    table: pa.Table, schema_name: str, partitions: int, seed: int = 0, every: int = 1
+) -> int:
     """Row values equal the records the sample producer generated (record i → partition i % P,
     offset i // P). ``every`` > 1 compares a deterministic subset (offsets are always checked)."""
     from consumer.samples import load_schema, make_record

@@ -44,14 +44,25 @@ def _out(stack: Any, prefix: str) -> str:
 
 
 @pytest.mark.parametrize("schema", ["page_view", "metrics", "order"])
-def test_every_record_exactly_once_with_values(stack: Any, s3: Any, unique_prefix: str, tmp_path: Path,
-                                               schema: str) -> None:
+def test_every_record_exactly_once_with_values(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, schema: str
+) -> None:
     topic = unique(f"e2e-{schema}")
     res = produce(stack.kafka_bootstrap, topic, schema, E2E_RECORDS, partitions=4, seed=7)
     assert res.count == E2E_RECORDS
     rows_per_group = 10_000 if schema != "metrics" else 4_000
-    run = run_consumer(topic, unique("g"), _out(stack, unique_prefix), "--row-group-rows", str(rows_per_group),
-                       "--file-rows", str(rows_per_group * 4), "--row-group-bytes", "4MiB", schema=schema)
+    run = run_consumer(
+        topic,
+        unique("g"),
+        _out(stack, unique_prefix),
+        "--row-group-rows",
+        str(rows_per_group),
+        "--file-rows",
+        str(rows_per_group * 4),
+        "--row-group-bytes",
+        "4MiB",
+        schema=schema,
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
     paths = download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)
@@ -72,8 +83,9 @@ def test_every_record_exactly_once_with_values(stack: Any, s3: Any, unique_prefi
 def test_files_roll_at_the_row_budget(stack: Any, s3: Any, unique_prefix: str, tmp_path: Path) -> None:
     topic = unique("roll-rows")
     res = produce(stack.kafka_bootstrap, topic, "page_view", 4 * 2_500, partitions=4)
-    run = run_consumer(topic, unique("g"), _out(stack, unique_prefix),
-                       "--row-group-rows", "250", "--file-rows", "1000")
+    run = run_consumer(
+        topic, unique("g"), _out(stack, unique_prefix), "--row-group-rows", "250", "--file-rows", "1000"
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     paths = download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)
     by_partition: dict[str, list[Path]] = {}
@@ -97,8 +109,18 @@ def test_files_roll_near_the_byte_budget(stack: Any, s3: Any, unique_prefix: str
     topic = unique("roll-bytes")
     res = produce(stack.kafka_bootstrap, topic, "metrics", 12_000, partitions=2)
     target, row_group = 400_000, 50_000
-    run = run_consumer(topic, unique("g"), _out(stack, unique_prefix), "--row-group-bytes", str(row_group),
-                       "--file-bytes", str(target), "--row-group-rows", "1000000", schema="metrics")
+    run = run_consumer(
+        topic,
+        unique("g"),
+        _out(stack, unique_prefix),
+        "--row-group-bytes",
+        str(row_group),
+        "--file-bytes",
+        str(target),
+        "--row-group-rows",
+        "1000000",
+        schema="metrics",
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     paths = download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)
     for part in {p.parent for p in paths}:
@@ -129,8 +151,9 @@ def test_quiet_partition_commits_by_age(stack: Any, s3: Any, unique_prefix: str)
     topic = unique("age")
     group = unique("g")
     produce(stack.kafka_bootstrap, topic, "page_view", 10, partitions=2)
-    running = start_consumer(topic, group, _out(stack, unique_prefix), "--row-group-max-age", "1s",
-                             "--row-group-rows", "100000")
+    running = start_consumer(
+        topic, group, _out(stack, unique_prefix), "--row-group-max-age", "1s", "--row-group-rows", "100000"
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and _committed(stack, group, topic, 2) != {0: 5, 1: 5}:
@@ -153,9 +176,18 @@ def test_every_commit_is_covered_by_durable_objects(stack: Any, s3: Any, unique_
 
     topic = unique("discipline")
     res = produce(stack.kafka_bootstrap, topic, "page_view", 6_000, partitions=2)
-    cfg = load({"bootstrap_servers": stack.kafka_bootstrap, "group_id": unique("g"), "topics": topic,
-                "output": _out(stack, unique_prefix), "schema": "page_view", "row_group_rows": 700,
-                "file_rows": 2100, "until_caught_up": True}).validated()
+    cfg = load(
+        {
+            "bootstrap_servers": stack.kafka_bootstrap,
+            "group_id": unique("g"),
+            "topics": topic,
+            "output": _out(stack, unique_prefix),
+            "schema": "page_view",
+            "row_group_rows": 700,
+            "file_rows": 2100,
+            "until_caught_up": True,
+        }
+    ).validated()
     store = make_store(cfg.bucket, stack.s3_endpoint)
     runner = GroupRunner(cfg, store=store, decoder=Decoder("raw", schema=load_schema("page_view")))
     layout = Layout(cfg.prefix)
@@ -189,20 +221,24 @@ def test_every_commit_is_covered_by_durable_objects(stack: Any, s3: Any, unique_
 
 def read_footer_metadata_s3(s3: Any, bucket: str, key: str) -> dict[str, str]:
     size = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
-    tail = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={max(0, size - 65536)}-{size - 1}")["Body"].read()
+    tail = s3.get_object(Bucket=bucket, Key=key, Range=f"bytes={max(0, size - 65536)}-{size - 1}")[
+        "Body"
+    ].read()
     from consumer.parquet_merge import read_key_value_metadata, read_piece_layout
 
     return read_key_value_metadata(read_piece_layout(tail, size).footer)
 
 
-def test_sigterm_then_restart_continues_the_same_file(stack: Any, s3: Any, unique_prefix: str,
-                                                      tmp_path: Path) -> None:
+def test_sigterm_then_restart_continues_the_same_file(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
     topic = unique("restart")
     group = unique("g")
     out = _out(stack, unique_prefix)
     res = produce(stack.kafka_bootstrap, topic, "page_view", 8_000, partitions=2)
-    running = start_consumer(topic, group, out, "--row-group-rows", "500", "--file-rows", "100000",
-                             "--batch-size", "200")
+    running = start_consumer(
+        topic, group, out, "--row-group-rows", "500", "--file-rows", "100000", "--batch-size", "200"
+    )
     running.wait_for(lambda ev: count(ev, "row group durable") >= 4, what="4 durable row groups")
     assert running.stop(signal.SIGTERM) == 0, running.log()[-3000:]
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == []  # a clean stop does not close files
@@ -218,25 +254,53 @@ def test_sigterm_then_restart_continues_the_same_file(stack: Any, s3: Any, uniqu
     assert_exactly_once(read_table(paths), res.partition_counts)
 
 
-def test_two_members_split_partitions_and_one_leaves(stack: Any, s3: Any, unique_prefix: str,
-                                                     tmp_path: Path) -> None:
+def test_two_members_split_partitions_and_one_leaves(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
     topic = unique("two")
     group = unique("g")
     out = _out(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=4, seed=3)
-    args = ("--row-group-rows", "300", "--file-rows", "1200", "--row-group-max-age", "1s", "--batch-size", "100")
+    args = (
+        "--row-group-rows",
+        "300",
+        "--file-rows",
+        "1200",
+        "--row-group-max-age",
+        "1s",
+        "--batch-size",
+        "100",
+    )
     a = start_consumer(topic, group, out, *args)
     b = start_consumer(topic, group, out, *args)
     try:
         for m in (a, b):
-            m.wait_for(lambda ev: any(e.get("event") == "partitions assigned" and e.get("partitions")
-                                      for e in ev), what="an assignment")
-        produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=4, seed=3, start=4_000,
-                create_topic=False)
+            m.wait_for(
+                lambda ev: any(e.get("event") == "partitions assigned" and e.get("partitions") for e in ev),
+                what="an assignment",
+            )
+        produce(
+            stack.kafka_bootstrap,
+            topic,
+            "page_view",
+            4_000,
+            partitions=4,
+            seed=3,
+            start=4_000,
+            create_topic=False,
+        )
         b.wait_for(lambda ev: count(ev, "row group durable") >= 2, what="b writes")
         assert b.stop(signal.SIGTERM) == 0, b.log()[-3000:]
-        produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=4, seed=3, start=8_000,
-                create_topic=False)
+        produce(
+            stack.kafka_bootstrap,
+            topic,
+            "page_view",
+            4_000,
+            partitions=4,
+            seed=3,
+            start=8_000,
+            create_topic=False,
+        )
     finally:
         assert a.stop(signal.SIGTERM) == 0, a.log()[-3000:]
         if b.proc.poll() is None:
@@ -250,15 +314,33 @@ def test_two_members_split_partitions_and_one_leaves(stack: Any, s3: Any, unique
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
 
 
-def test_confluent_wire_format_through_the_registry(stack: Any, s3: Any, unique_prefix: str,
-                                                    tmp_path: Path) -> None:
+def test_confluent_wire_format_through_the_registry(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
     assert stack.schema_registry_url, "the local stack runs a schema registry"
     topic = unique("confluent")
-    res = produce(stack.kafka_bootstrap, topic, "order", 3_000, partitions=2, framing="confluent",
-                  registry_url=stack.schema_registry_url, seed=11)
+    res = produce(
+        stack.kafka_bootstrap,
+        topic,
+        "order",
+        3_000,
+        partitions=2,
+        framing="confluent",
+        registry_url=stack.schema_registry_url,
+        seed=11,
+    )
     assert res.schema_id is not None
-    run = run_consumer(topic, unique("g"), _out(stack, unique_prefix), "--framing", "confluent",
-                       "--schema-registry-url", stack.schema_registry_url, "--row-group-rows", "400")
+    run = run_consumer(
+        topic,
+        unique("g"),
+        _out(stack, unique_prefix),
+        "--framing",
+        "confluent",
+        "--schema-registry-url",
+        stack.schema_registry_url,
+        "--row-group-rows",
+        "400",
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     paths = download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)
     table = read_table(paths)
@@ -275,19 +357,38 @@ def _produce_values(stack: Any, topic: str, values: list[bytes], partition: int 
     assert p.flush(30) == 0
 
 
-def test_unknown_schema_id_goes_to_dead_letters(stack: Any, s3: Any, unique_prefix: str,
-                                                tmp_path: Path, make_topic: Any) -> None:
+def test_unknown_schema_id_goes_to_dead_letters(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, make_topic: Any
+) -> None:
     """A record naming an unregistered schema id is a clear dead letter, not a crash loop."""
     topic = make_topic(partitions=1)
-    res = produce(stack.kafka_bootstrap, topic, "page_view", 50, partitions=1, framing="confluent",
-                  registry_url=stack.schema_registry_url, create_topic=False)
+    res = produce(
+        stack.kafka_bootstrap,
+        topic,
+        "page_view",
+        50,
+        partitions=1,
+        framing="confluent",
+        registry_url=stack.schema_registry_url,
+        create_topic=False,
+    )
     _produce_values(stack, topic, [b"\x00" + struct.pack(">I", 987654321) + b"\x02abc", b"not avro at all"])
-    produce(stack.kafka_bootstrap, topic, "page_view", 50, partitions=1, framing="confluent",
-            registry_url=stack.schema_registry_url, create_topic=False, start=50)
+    produce(
+        stack.kafka_bootstrap,
+        topic,
+        "page_view",
+        50,
+        partitions=1,
+        framing="confluent",
+        registry_url=stack.schema_registry_url,
+        create_topic=False,
+        start=50,
+    )
     assert res.schema_id is not None
     out = _out(stack, unique_prefix)
-    run = run_consumer(topic, unique("g"), out, "--framing", "confluent",
-                       "--schema-registry-url", stack.schema_registry_url)
+    run = run_consumer(
+        topic, unique("g"), out, "--framing", "confluent", "--schema-registry-url", stack.schema_registry_url
+    )
     assert run.returncode == 0, run.stderr[-4000:]
     dead = [k for k, _ in list_keys(s3, stack.s3_bucket, unique_prefix) if "/_dead_letters/" in k]
     assert len(dead) == 1
@@ -304,8 +405,17 @@ def test_unknown_schema_id_goes_to_dead_letters(stack: Any, s3: Any, unique_pref
     # The same input with --on-error fail: stops with a clear message and exit status 3, having
     # committed everything before the bad record.
     group = unique("g")
-    fail = run_consumer(topic, group, _out(stack, unique_prefix + "fail/"), "--framing", "confluent",
-                        "--schema-registry-url", stack.schema_registry_url, "--on-error", "fail")
+    fail = run_consumer(
+        topic,
+        group,
+        _out(stack, unique_prefix + "fail/"),
+        "--framing",
+        "confluent",
+        "--schema-registry-url",
+        stack.schema_registry_url,
+        "--on-error",
+        "fail",
+    )
     assert fail.returncode == 3, fail.stderr[-3000:]
     assert "offset 50: unknown schema id 987654321" in fail.stderr
     assert _committed(stack, group, topic, 1) == {0: 50}

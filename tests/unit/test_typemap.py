@@ -11,7 +11,6 @@ import io
 import json
 import os
 import string
-import time
 import uuid
 from decimal import Decimal
 from pathlib import Path
