@@ -11,6 +11,7 @@ SIGTERM/SIGINT it makes everything durable and leaves the group.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import time
 from collections.abc import Callable
@@ -76,6 +77,8 @@ class GroupRunner:
         self.stop_requested = False
         self.stats = RunStats()
         self._callback_error: BaseException | None = None
+        self.fenced: set[TP] = set()
+        self._rebalanced = False
         if consumer_factory is None:
             from confluent_kafka import Consumer
 
@@ -120,8 +123,10 @@ class GroupRunner:
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         self.assigned_once = True
+        self._rebalanced = True
         try:
             for tp in partitions:
+                self.fenced.discard((tp.topic, tp.partition))
                 key = (tp.topic, tp.partition)
                 worker = self._new_worker(tp.topic, tp.partition)
                 pos = worker.recover()
@@ -137,6 +142,7 @@ class GroupRunner:
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
+            self.fenced.discard((tp.topic, tp.partition))
             worker = self.workers.pop((tp.topic, tp.partition), None)
             if worker is None:
                 continue
@@ -153,6 +159,7 @@ class GroupRunner:
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
+            self.fenced.discard((tp.topic, tp.partition))
             worker = self.workers.pop((tp.topic, tp.partition), None)
             if worker is not None:
                 self.retired.append(worker)
@@ -201,6 +208,10 @@ class GroupRunner:
             if self._callback_error is not None:
                 err, self._callback_error = self._callback_error, None
                 raise err
+            if self._rebalanced:
+                self._rebalanced = False
+                if self.fenced:
+                    self._recover_fenced()
             for msg in msgs:
                 fetch_error = msg.error()
                 if fetch_error is not None:
@@ -230,13 +241,22 @@ class GroupRunner:
         return EXIT_OK
 
     def _guard(self, worker: PartitionWorker, fn: Callable[..., None], *args: Any) -> None:
-        """Run a worker step; on fencing, rebuild the worker from durable state (if still ours)."""
+        """Run a worker step; on fencing, stop touching the partition until a rebalance settles.
+
+        A fenced member must not recover on its own: its idea of the assignment may be stale, and
+        recovery deletes staged objects past the committed position — which, for a zombie, could
+        be the new owner's piece an instant before the new owner commits it. So the partition is
+        paused and forgotten; only when a rebalance completes and Kafka still assigns it to us is
+        it recovered again (see :meth:`_recover_fenced`).
+        """
         try:
             fn(*args)
         except PartitionFenced as exc:
+            from confluent_kafka import TopicPartition
+
             key = (worker.topic, worker.partition)
             self.log.warning(
-                "partition fenced: rebuilding from durable state",
+                "partition fenced: pausing it until the group settles",
                 error=str(exc),
                 topic=worker.topic,
                 partition=worker.partition,
@@ -244,22 +264,26 @@ class GroupRunner:
             if self.workers.get(key) is worker:
                 del self.workers[key]
                 self.retired.append(worker)
-                self._reassign_if_owned(key)
+            self.fenced.add(key)
+            with contextlib.suppress(Exception):
+                self.consumer.pause([TopicPartition(*key)])
 
-    def _reassign_if_owned(self, key: TP) -> None:
+    def _recover_fenced(self) -> None:
+        """After a rebalance: partitions fenced earlier that Kafka still assigns to us are ours in
+        the new generation, so recovering them is safe now."""
         from confluent_kafka import TopicPartition
 
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        if key not in owned:
-            return
-        worker = self._new_worker(*key)
-        try:
-            pos = worker.recover()
-        except PartitionFenced:
-            return
-        self.workers[key] = worker
-        if pos is not None:
-            self.consumer.seek(TopicPartition(key[0], key[1], pos))
+        for key in sorted(self.fenced):
+            if key in owned and key not in self.workers:
+                worker = self._new_worker(*key)
+                pos = worker.recover()
+                self.workers[key] = worker
+                tp = TopicPartition(key[0], key[1], pos if pos is not None else -2)
+                self.consumer.seek(tp)
+                self.consumer.resume([TopicPartition(*key)])
+                self.log.info("fenced partition recovered after rebalance", topic=key[0], partition=key[1])
+        self.fenced.clear()
 
     def _enforce_memory_budget(self) -> None:
         total = sum(w.buffered_bytes for w in self.workers.values())
@@ -280,7 +304,7 @@ class GroupRunner:
                 break
 
     def _caught_up(self) -> bool:
-        if not self.assigned_once:
+        if not self.assigned_once or self.fenced:
             return False
         for key, worker in self.workers.items():
             low, high = self.end_offsets.get(key, (0, 0))

@@ -127,11 +127,16 @@ class ObjectStore(Protocol):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with full jitter, bounded in total time."""
+    """Exponential backoff with full jitter, bounded in total time.
+
+    The default bound (4 min) stays below librdkafka's max.poll.interval.ms (5 min): a worker that
+    waits out an S3 outage inside one flush keeps its group membership, and one that gives up exits
+    with committed == durable, to be restarted by its supervisor.
+    """
 
     base: float = 0.2
     cap: float = 10.0
-    max_elapsed: float = 300.0
+    max_elapsed: float = 240.0
 
     def delays(self) -> Iterator[float]:
         attempt = 0
