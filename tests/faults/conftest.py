@@ -1,0 +1,192 @@
+"""Fixtures for fault tests that break the infrastructure itself.
+
+``private_stack`` is a second `dev/stack` (Kafka + SeaweedFS + registry) in its own STACK_DIR
+under a temporary folder, on free ports, so a test may stop S3 or the broker without disturbing
+anyone using the default stack. It is brought ``down`` at the end of the module even on failure.
+Only PIDs the private stack recorded (``$STACK_DIR/pids/<service>.pid``) are ever signalled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+STACK_BIN = REPO / "dev" / "stack"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_stack_ports() -> dict[str, str]:
+    """Kafka: 2 ports; registry: 1; SeaweedFS: S3_PORT..S3_PORT+8 and S3_PORT+8+10000. A random
+    block (different range from tests/stack/test_stack_lifecycle.py) where all are free."""
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(40000, 49000, 20)
+        ports = [*range(base, base + 19), base + 10 + 8 + 10000]
+        if all(_free(p) for p in ports):
+            return {
+                "KAFKA_PORT": str(base),
+                "KAFKA_CONTROLLER_PORT": str(base + 1),
+                "REGISTRY_PORT": str(base + 2),
+                "S3_PORT": str(base + 10),
+            }
+    raise RuntimeError("no free port block found")
+
+
+def proc_alive(pid: int) -> bool:
+    """True when the process exists and is not a zombie."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+@dataclass
+class PrivateStack:
+    stack_dir: Path
+    env: dict[str, str]
+    settings: dict[str, str] = field(default_factory=dict)
+    log: list[str] = field(default_factory=list)
+
+    # -- dev/stack ---------------------------------------------------------------------------
+    def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(STACK_BIN), *args],
+            cwd=REPO,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def up(self) -> float:
+        """`dev/stack up` (starts whatever is down); returns the seconds it took."""
+        t0 = time.monotonic()
+        res = self.run("up")
+        if res.returncode != 0:
+            raise AssertionError(f"private `dev/stack up` failed:\n{res.stderr[-4000:]}")
+        self.settings = dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+        self.log.append(res.stderr)
+        return time.monotonic() - t0
+
+    def down(self) -> subprocess.CompletedProcess[str]:
+        return self.run("down")
+
+    # -- services ----------------------------------------------------------------------------
+    def pid(self, service: str) -> int:
+        return int((self.stack_dir / "pids" / f"{service}.pid").read_text().strip())
+
+    def pids(self) -> dict[str, int]:
+        return {p.stem: int(p.read_text()) for p in (self.stack_dir / "pids").glob("*.pid")}
+
+    def terminate(self, service: str, timeout: float = 30) -> int:
+        """SIGTERM the service by its recorded PID (it leads its own process group, as
+        `dev/stack down` signals it) and wait until it is gone; SIGKILL after ``timeout``."""
+        pid = self.pid(service)
+        assert proc_alive(pid), f"{service} (pid {pid}) is not running"
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                return pid
+            except PermissionError:
+                os.kill(pid, sig)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc_alive(pid):
+                time.sleep(0.1)
+            if not proc_alive(pid):
+                return pid
+        raise AssertionError(f"{service} (pid {pid}) survived SIGKILL")
+
+    # -- clients -----------------------------------------------------------------------------
+    @property
+    def bootstrap(self) -> str:
+        return self.settings["KAFKA_BOOTSTRAP_SERVERS"]
+
+    @property
+    def bucket(self) -> str:
+        return self.settings["S3_BUCKET"]
+
+    @property
+    def s3_port(self) -> int:
+        return int(self.env["S3_PORT"])
+
+    def consumer_env(self, s3_endpoint: str | None = None) -> dict[str, str]:
+        s = self.settings
+        region = s.get("AWS_REGION", "us-east-1")
+        return {
+            "KAFKA_BOOTSTRAP_SERVERS": s["KAFKA_BOOTSTRAP_SERVERS"],
+            "S3_ENDPOINT_URL": s3_endpoint or s["S3_ENDPOINT_URL"],
+            "S3_BUCKET": s["S3_BUCKET"],
+            "AWS_ACCESS_KEY_ID": s["AWS_ACCESS_KEY_ID"],
+            "AWS_SECRET_ACCESS_KEY": s["AWS_SECRET_ACCESS_KEY"],
+            "AWS_REGION": region,
+            "AWS_DEFAULT_REGION": region,
+        }
+
+    def s3_client(self) -> Any:
+        import boto3
+        from botocore.config import Config
+
+        s = self.settings
+        return boto3.client(
+            "s3",
+            endpoint_url=s["S3_ENDPOINT_URL"],
+            aws_access_key_id=s["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=s["AWS_SECRET_ACCESS_KEY"],
+            region_name=s.get("AWS_REGION", "us-east-1"),
+            config=Config(
+                s3={"addressing_style": "path"},
+                retries={"max_attempts": 3, "mode": "standard"},
+                request_checksum_calculation="when_required",
+                response_checksum_validation="when_required",
+            ),
+        )
+
+
+@pytest.fixture(scope="module")
+def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateStack]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("KAFKA_", "S3_", "SEAWEED_")) and k not in ("REGISTRY_PORT", "STACK_DIR")
+    }
+    env.update(pick_stack_ports())
+    stack_dir = tmp_path_factory.mktemp("private-stack") / "stack"
+    env["STACK_DIR"] = str(stack_dir)
+    ps = PrivateStack(stack_dir, env)
+    try:
+        ps.up()
+        yield ps
+    finally:
+        recorded = ps.pids() if (stack_dir / "pids").exists() else {}
+        down = ps.down()
+        still = {n: p for n, p in recorded.items() if proc_alive(p)}
+        if down.returncode != 0 or still:
+            # Last resort, still only by the PIDs this stack recorded.
+            for pid in still.values():
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pid, signal.SIGKILL)
+        assert down.returncode == 0, f"private `dev/stack down` failed:\n{down.stderr[-2000:]}"

@@ -1,0 +1,374 @@
+"""Infrastructure outages while the consumer runs: S3 down, a flaky network path to S3, and a
+Kafka broker restart. Real processes on a private stack (see conftest.py ``private_stack``), so
+stopping a service disturbs nobody else.
+
+After each scenario the consumer is stopped, a final ``--until-caught-up`` run finishes the work,
+and every final file is read back: no missing offset, no duplicate, every file valid, no stray
+staging object. Each scenario appends a row to the fault table (``record``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from faultproxy import FaultProxy
+from support import (
+    Running,
+    assert_exactly_once,
+    assert_values_as_produced,
+    count,
+    download_finals,
+    offsets_by_partition,
+    read_table,
+    run_consumer,
+    staging_keys,
+    start_consumer,
+    unique,
+)
+from test_crash_matrix import record, static_member
+
+from consumer.producer import ProduceError, produce
+
+if TYPE_CHECKING:  # the fixture's class; "conftest" may name tests/conftest.py at run time
+    from conftest import PrivateStack
+
+PARTITIONS = 2
+SMALL = (
+    "--row-group-rows",
+    "300",
+    "--row-group-max-age",
+    "1s",
+    "--file-rows",
+    "1500",
+    "--batch-size",
+    "250",
+)
+RETRY = "S3 request failed, retrying"
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+@dataclass
+class BackgroundProducer:
+    """Produces bursts of page_view records (indices continuing where the last burst stopped)
+    until stopped or ``limit`` is reached. Errors are kept, not raised, so a broker outage shows
+    up as an error list the test can inspect."""
+
+    bootstrap: str
+    topic: str
+    start: int
+    burst: int = 200
+    pause_s: float = 0.2
+    limit: int = 6_000
+    produced: int = 0
+    errors: list[str] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def _run(self) -> None:
+        extra = {"message.timeout.ms": "90000"}
+        while not self._stop.is_set() and self.produced < self.limit:
+            try:
+                produce(
+                    self.bootstrap,
+                    self.topic,
+                    "page_view",
+                    self.burst,
+                    partitions=PARTITIONS,
+                    start=self.start + self.produced,
+                    create_topic=False,
+                    extra_config=extra,
+                )
+                self.produced += self.burst
+            except ProduceError as exc:  # partial bursts make the topic the source of truth
+                self.errors.append(str(exc))
+                self._stop.wait(1.0)
+                continue
+            self._stop.wait(self.pause_s)
+
+    def start_thread(self) -> BackgroundProducer:
+        self._thread = threading.Thread(target=self._run, name="bg-producer", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 150) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            assert not self._thread.is_alive(), "background producer did not stop"
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
+    """High watermarks: what the topic really holds (the invariant's ground truth)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("wm"), "enable.auto.commit": False})
+    try:
+        out = {}
+        for p in range(partitions):
+            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
+            assert low == 0, f"partition {p} starts at {low}, expected 0"
+            out[p] = high
+        return out
+    finally:
+        c.close()
+
+
+def proc_alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no VmRSS for pid {pid}")
+
+
+def finish_and_verify(
+    ps: PrivateStack,
+    s3: Any,
+    *,
+    fault: str,
+    kind: str,
+    topic: str,
+    group: str,
+    prefix: str,
+    tmp: Path,
+    args: tuple[str, ...],
+    produced: int | None,
+    env: dict[str, str] | None = None,
+    final_run: bool = True,
+) -> tuple[int, int]:
+    """Final ``--until-caught-up`` run (unless ``final_run`` is False: the caller already ran
+    one), then check every invariant and record a fault-table row. Returns (records, files)."""
+    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
+    if final_run:
+        done = run_consumer(topic, group, out, *args, env=env or ps.consumer_env(), timeout=180)
+        assert done.returncode == 0, (
+            f"final run exited {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+        )
+    counts = end_offsets(ps.bootstrap, topic)
+    total = sum(counts.values())
+    stray = staging_keys(s3, ps.bucket, prefix)
+    paths = download_finals(s3, ps.bucket, prefix, tmp)
+    table = read_table(paths)  # every final file parses
+    got = offsets_by_partition(table) if table.num_rows else {}
+    missing = sum(len(set(range(n)) - set(got.get(p, []))) for p, n in counts.items())
+    duplicated = sum(len(v) - len(set(v)) for v in got.values())
+    ok = not stray and not missing and not duplicated and table.num_rows == total
+    record(
+        {
+            "fault": fault,
+            "kind": kind,
+            "records": total,
+            "final_files": len(paths),
+            "missing": missing,
+            "duplicated": duplicated,
+            "stray_staging": len(stray),
+            "result": "pass" if ok else "fail",
+        }
+    )
+    assert stray == [], f"stray staging objects: {stray[:5]}"
+    assert_exactly_once(table, counts)
+    if produced is not None:
+        # No producer error: the topic holds exactly records 0..produced-1, so values are known.
+        assert total == produced, f"topic holds {total} records, producer delivered {produced}"
+        assert_values_as_produced(table, "page_view", PARTITIONS, every=11)
+    return total, len(paths)
+
+
+def stop_running(running: Running, timeout: float = 90) -> int:
+    rc = running.stop(timeout=timeout)
+    assert rc == 0, f"consumer exited {rc} on SIGTERM:\n{running.log()[-4000:]}"
+    return rc
+
+
+def durable(events: list[dict[str, Any]]) -> int:
+    return count(events, "row group durable")
+
+
+# -- 1. S3 outage -------------------------------------------------------------------------------
+
+
+def test_s3_outage_consumer_waits_bounded_then_resumes(private_stack: PrivateStack, tmp_path: Path) -> None:
+    ps = private_stack
+    s3 = ps.s3_client()
+    topic, group, prefix = unique("s3-outage"), unique("g"), f"tests/{unique('s3-outage')}/"
+    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
+    args = (*SMALL, *static_member())
+    first = produce(ps.bootstrap, topic, "page_view", 1_000, partitions=PARTITIONS)
+    bg = BackgroundProducer(ps.bootstrap, topic, start=first.count, limit=4_000).start_thread()
+    running = start_consumer(topic, group, out, *args, env=ps.consumer_env())
+    try:
+        running.wait_for(lambda ev: durable(ev) >= 3, timeout=60, what="row groups durable before outage")
+        s3_pid = ps.terminate("s3")
+        outage_start = time.monotonic()
+        samples: list[int] = []
+        while time.monotonic() - outage_start < 18:  # longer than one retry cycle (cap 10 s)
+            assert running.proc.poll() is None, (
+                f"consumer died during the S3 outage:\n{running.log()[-4000:]}"
+            )
+            samples.append(rss_kb(running.proc.pid))
+            time.sleep(0.5)
+        retries_during = count(running.events(), RETRY)
+        assert retries_during >= 1, f"no '{RETRY}' during the outage:\n{running.log()[-3000:]}"
+        durable_at_restart = durable(running.events())
+        outage_s = time.monotonic() - outage_start
+        restart_s = ps.up()  # restarts only what is down: SeaweedFS
+        new_pid = ps.pid("s3")
+        assert new_pid != s3_pid and proc_alive(new_pid), "dev/stack up did not restart SeaweedFS"
+        running.wait_for(
+            lambda ev: durable(ev) > durable_at_restart,
+            timeout=60,
+            what="a row group durable after the restart",
+        )
+        bg.stop()
+        stop_running(running)
+    finally:
+        bg.stop()
+        if running.proc.poll() is None:
+            running.stop()
+    retries_total = count(running.events(), RETRY)
+    first_kb, max_kb = samples[0], max(samples)
+    print(
+        f"S3 outage: {len(samples)} RSS samples, first {first_kb // 1024} MB, max {max_kb // 1024} MB, "
+        f"last {samples[-1] // 1024} MB; retries logged {retries_during} during / {retries_total} total; "
+        f"SeaweedFS restart {restart_s:.1f}s; producer errors {len(bg.errors)}"
+    )
+    assert max_kb < 600 * 1024, f"RSS reached {max_kb // 1024} MB during the outage"
+    assert max_kb <= first_kb * 1.5, (
+        f"RSS grew from {first_kb // 1024} to {max_kb // 1024} MB during the outage"
+    )
+    produced = None if bg.errors else first.count + bg.produced
+    finish_and_verify(
+        ps,
+        s3,
+        fault=f"S3 (SeaweedFS) stopped {outage_s:.0f}s (+{restart_s:.0f}s restart)",
+        kind="S3 outage",
+        topic=topic,
+        group=group,
+        prefix=prefix,
+        tmp=tmp_path,
+        args=args,
+        produced=produced,
+    )
+
+
+# -- 2. flaky network to S3 ---------------------------------------------------------------------
+
+
+def test_s3_through_fault_injecting_proxy(private_stack: PrivateStack, tmp_path: Path) -> None:
+    ps = private_stack
+    ps.up()  # idempotent; heals the stack if an earlier test left something down
+    s3 = ps.s3_client()
+    topic, group, prefix = unique("s3-proxy"), unique("g"), f"tests/{unique('s3-proxy')}/"
+    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
+    args = (*SMALL, *static_member())
+    res = produce(ps.bootstrap, topic, "page_view", 4_000, partitions=PARTITIONS)
+    with FaultProxy(ps.s3_port, fault_rate=0.25, seed=20240611, max_lifetime_s=240) as proxy:
+        t0 = time.monotonic()
+        done = run_consumer(topic, group, out, *args, env=ps.consumer_env(proxy.url), timeout=200)
+        elapsed = time.monotonic() - t0
+        counts = proxy.counts
+    log = done.stdout + done.stderr
+    retries = log.count(RETRY)
+    print(
+        f"fault proxy: {counts}; consumer run {elapsed:.1f}s, rc {done.returncode}, {retries} retries logged"
+    )
+    assert done.returncode == 0, (
+        f"consumer failed behind the fault proxy (rc {done.returncode}):\n{log[-5000:]}"
+    )
+    assert (
+        proxy.injected >= 5
+        and counts.get("drop", 0) + counts.get("reset", 0) + counts.get("truncate", 0) >= 3
+    ), f"too few faults injected: {counts}"
+    assert retries >= 1, "faults were injected but the consumer logged no retry"
+    finish_and_verify(
+        ps,
+        s3,
+        fault=f"TCP proxy, 25% faulty connections {counts}",
+        kind="flaky S3 network",
+        topic=topic,
+        group=group,
+        prefix=prefix,
+        tmp=tmp_path,
+        args=args,
+        produced=res.count,
+        final_run=False,
+    )
+
+
+# -- 3. broker restart --------------------------------------------------------------------------
+
+
+def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> None:
+    ps = private_stack
+    ps.up()
+    s3 = ps.s3_client()
+    topic, group, prefix = unique("broker"), unique("g"), f"tests/{unique('broker')}/"
+    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
+    args = (*SMALL, *static_member())
+    first = produce(ps.bootstrap, topic, "page_view", 1_000, partitions=PARTITIONS)
+    bg = BackgroundProducer(ps.bootstrap, topic, start=first.count, limit=3_000).start_thread()
+    running = start_consumer(topic, group, out, *args, env=ps.consumer_env())
+    try:
+        running.wait_for(lambda ev: durable(ev) >= 3, timeout=60, what="row groups durable before restart")
+        kafka_pid = ps.terminate("kafka")
+        down_at = time.monotonic()
+        # A few seconds with the broker gone (waiting, not asserting on time).
+        while time.monotonic() - down_at < 5:
+            assert running.proc.poll() is None, (
+                f"consumer died with the broker down:\n{running.log()[-4000:]}"
+            )
+            time.sleep(0.5)
+        down_s = time.monotonic() - down_at
+        restart_s = ps.up()
+        new_pid = ps.pid("kafka")
+        assert new_pid != kafka_pid and proc_alive(new_pid), "dev/stack up did not restart Kafka"
+        durable_at_restart = durable(running.events())
+        running.wait_for(
+            lambda ev: durable(ev) > durable_at_restart,
+            timeout=90,
+            what="a row group durable after the restart",
+        )
+        bg.stop()
+        stop_running(running)
+    finally:
+        bg.stop()
+        if running.proc.poll() is None:
+            running.stop()
+    events = running.events()
+    kafka_errors = count(events, "kafka client error")
+    fenced = count(events, "partition fenced: pausing it until the group settles")
+    print(
+        f"broker restart: broker down {down_s:.0f}s + restart {restart_s:.1f}s; "
+        f"consumer logged {kafka_errors} kafka client errors, {fenced} fenced; "
+        f"producer errors {len(bg.errors)} {bg.errors[:1]}"
+    )
+    produced = None if bg.errors else first.count + bg.produced
+    finish_and_verify(
+        ps,
+        s3,
+        fault="Kafka broker SIGTERM + restart",
+        kind="broker restart",
+        topic=topic,
+        group=group,
+        prefix=prefix,
+        tmp=tmp_path,
+        args=args,
+        produced=produced,
+    )
+
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
