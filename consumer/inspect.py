@@ -15,10 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from consumer.layout import Layout
-from consumer.parquet_merge import MAGIC, ParquetMergeError, read_key_value_metadata, read_piece_layout
+from consumer.parquet_merge import MAGIC, read_key_value_metadata, read_layout
 from consumer.storage import ObjectStore
-
-TAIL = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -34,14 +32,7 @@ class FinalFile:
 
 def read_footer(store: ObjectStore, key: str, size: int) -> tuple[bytes, int, int]:
     """(footer bytes, rows, row groups) of a Parquet object, fetching only its tail."""
-    tail = store.get(key, max(0, size - TAIL), size)
-    try:
-        layout = read_piece_layout(tail, size)
-    except ParquetMergeError as exc:
-        needed = getattr(exc, "needed", None)
-        if not needed:
-            raise
-        layout = read_piece_layout(store.get(key, max(0, size - needed), size), size)
+    layout = read_layout(lambda start, end: store.get(key, start, end), size)
     return layout.footer, layout.num_rows, layout.num_row_groups
 
 
@@ -68,12 +59,17 @@ def list_final_files(store: ObjectStore, prefix: str) -> list[FinalFile]:
     return out
 
 
-def arrow_schema_of(footer: bytes) -> pa.Schema:
+def parquet_metadata(footer: bytes) -> pq.FileMetaData:
+    """pyarrow's view of a footer alone, handed over in a minimal Parquet envelope."""
     envelope = MAGIC + footer + struct.pack("<I", len(footer)) + MAGIC
-    return pq.read_metadata(pa.BufferReader(envelope)).schema.to_arrow_schema()
+    return pq.read_metadata(pa.BufferReader(envelope))
 
 
-def _human(n: float) -> str:
+def arrow_schema_of(footer: bytes) -> pa.Schema:
+    return parquet_metadata(footer).schema.to_arrow_schema()
+
+
+def human_bytes(n: float) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -88,13 +84,14 @@ def describe_output(store: ObjectStore, prefix: str, sample_rows: int = 0) -> st
     lines = [f"final files under {prefix or '(bucket root)'}/: {len(files)}"]
     for f in files:
         lines.append(
-            f"  {f.key}  {_human(f.size):>10}  {f.row_groups:>3} row groups  {f.rows:>9} rows  "
+            f"  {f.key}  {human_bytes(f.size):>10}  {f.row_groups:>3} row groups  {f.rows:>9} rows  "
             f"positions [{f.from_position}, {f.to_position})"
         )
     total_rows = sum(f.rows for f in files)
     total_bytes = sum(f.size for f in files)
     lines.append(
-        f"total: {total_rows} rows in {sum(f.row_groups for f in files)} row groups, {_human(total_bytes)}"
+        f"total: {total_rows} rows in {sum(f.row_groups for f in files)} row groups, "
+        f"{human_bytes(total_bytes)}"
     )
     lines.append(f"staged pieces (in-progress files): {len(staged)}; dead-letter objects: {len(dead)}")
     if files:

@@ -40,7 +40,7 @@ This module is pure bytes logic and deliberately does not import pyarrow.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from consumer import thrift_compact as tc
@@ -152,6 +152,18 @@ def _int_field(s: tc.Struct, fid: int, what: str) -> int:
     if not isinstance(v, int) or isinstance(v, bool):
         raise ParquetMergeError(f"footer field {what} ({fid}) missing or not an integer")
     return v
+
+
+def read_layout(fetch: Callable[[int, int], bytes], size: int, guess: int = 64 * 1024) -> PieceLayout:
+    """Layout of an object of ``size`` bytes that is read through ``fetch(start, end)`` (a ranged
+    GET): one request for the last ``guess`` bytes, and a second one only if the footer is larger."""
+    tail = fetch(max(0, size - guess), size)
+    try:
+        return read_piece_layout(tail, size)
+    except ParquetMergeError as exc:
+        if not exc.needed or exc.needed <= len(tail):
+            raise
+        return read_piece_layout(fetch(max(0, size - exc.needed), size), size)
 
 
 def read_piece_layout(tail: bytes, size: int) -> PieceLayout:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import json
-import struct
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -38,11 +37,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from consumer.inspect import TAIL
+from consumer.inspect import human_bytes, parquet_metadata
 from consumer.layout import Layout, PieceRef, check_topic_name
-from consumer.parquet_merge import MAGIC, ParquetMergeError, read_key_value_metadata, read_piece_layout
+from consumer.parquet_merge import ParquetMergeError, read_key_value_metadata, read_piece_layout
 from consumer.storage import ObjectInfo, ObjectStore
 
+TAIL = 64 * 1024
 OFFSET_COLUMN = "kafka_offset"
 PARTITION_COLUMN = "kafka_partition"
 MAX_LISTED = 100  # offsets / ranges / keys shown per list; counts are always complete
@@ -195,7 +195,7 @@ class VerifyReport:
             f"{'OK' if self.ok else 'FAILED'}: {len(self.partitions)} partitions, {self.files} final files, "
             f"{self.offsets_checked} rows; {missing} missing, {dups} duplicated, "
             f"{len(self.bad_files)} bad files, {len(self.staging_objects)} staging objects "
-            f"({self.elapsed_s:.2f}s, {self.requests} S3 requests, {_human(self.bytes_read)} read, "
+            f"({self.elapsed_s:.2f}s, {self.requests} S3 requests, {human_bytes(self.bytes_read)} read, "
             f"{rate:,.0f} rows/s)"
         )
         return "\n".join(lines)
@@ -203,14 +203,6 @@ class VerifyReport:
 
 def _fmt(v: int | None) -> str:
     return "-" if v is None else str(v)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
 
 
 def parse_committed(text: str) -> dict[int, int]:
@@ -345,8 +337,7 @@ def _read_offsets(store: ObjectStore, key: str, size: int, partition: int) -> _F
             lay = read_piece_layout(tail, size)
         footer, res.rows = lay.footer, lay.num_rows
         res.kv = read_key_value_metadata(footer)
-        envelope = MAGIC + footer + struct.pack("<I", len(footer)) + MAGIC
-        md = pq.read_metadata(pa.BufferReader(envelope))
+        md = parquet_metadata(footer)
     except FileNotFoundError:
         res.error = "vanished while being read (a concurrent roll or cleanup?)"
         return res

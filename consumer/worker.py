@@ -41,7 +41,7 @@ from consumer.parquet_merge import (
     merged_trailer,
     piece_layout,
     read_key_value_metadata,
-    read_piece_layout,
+    read_layout,
 )
 from consumer.positions import PositionStore
 from consumer.rowgroup import SCHEMA_FINGERPRINT_KEY, WriterOptions, encode_piece
@@ -50,7 +50,6 @@ from consumer.typemap import RecordConverter
 
 EMPTY_TABLE = pa.table({})
 
-TAIL_READ = 64 * 1024
 FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 
 
@@ -201,16 +200,11 @@ class PartitionWorker:
 
     def _load_piece(self, ref: PieceRef) -> StagedPiece:
         size = ref.size or (self.store.head(ref.key) or _missing(ref.key)).size
-        start = max(0, size - TAIL_READ)
-        tail = self.store.get(ref.key, start, size)
-        try:
-            layout = read_piece_layout(tail, size)
-        except ParquetMergeError as exc:
-            needed = getattr(exc, "needed", None)
-            if not needed:
-                raise
-            layout = read_piece_layout(self.store.get(ref.key, max(0, size - needed), size), size)
+        layout = self._read_layout(ref.key, size)
         return StagedPiece(ref, layout, layout.num_rows)
+
+    def _read_layout(self, key: str, size: int) -> PieceLayout:
+        return read_layout(lambda start, end: self.store.get(key, start, end), size)
 
     # ------------------------------------------------------------------------------------------
     # appending
@@ -344,8 +338,7 @@ class PartitionWorker:
             # Same range, same records (Kafka positions are immutable), other bytes: written by an
             # earlier owner with other options. Its rows are ours; use it as it is.
             self.log.warning("piece already existed with other bytes; keeping it", key=key)
-            size = (self.store.head(key) or _missing(key)).size
-            layout = read_piece_layout(self.store.get(key, max(0, size - TAIL_READ), size), size)
+            layout = self._read_layout(key, (self.store.head(key) or _missing(key)).size)
         else:
             layout = piece_layout(data)
         faults.point("after_piece_put")
@@ -459,9 +452,8 @@ class PartitionWorker:
         outcome = self.store.compose(final_key, segments) if existing is None else PutOutcome.EXISTS_OTHER
         faults.point("after_final_put")
         info = self.store.head(final_key) or _missing(final_key)
-        tail = self.store.get(final_key, max(0, info.size - TAIL_READ), info.size)
         try:
-            final_layout = read_piece_layout(tail, info.size)
+            final_layout = self._read_layout(final_key, info.size)
         except ParquetMergeError as exc:
             raise IntegrityError(f"final file {final_key} does not read back: {exc}") from exc
         meta = read_key_value_metadata(final_layout.footer)

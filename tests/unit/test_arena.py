@@ -321,13 +321,15 @@ def test_observe_batch_stays_between_old_and_new(start: float, observed: list[fl
 _BATCH = _batch(20)
 
 
-def test_observe_encoded_moves_parquet_ratio() -> None:
+def test_observe_encoded_replaces_the_guess_then_moves_parquet_ratio() -> None:
     stats = SchemaStats.from_schema(SCHEMA)
+    stats.observe_encoded(1000, 100)  # the first real ratio replaces the shape-based guess
+    assert stats.parquet_per_arrow == 0.1
+    stats.observe_encoded(1000, 500)  # later ones are blended in
+    assert 0.1 < stats.parquet_per_arrow < 0.5
     before = stats.parquet_per_arrow
-    stats.observe_encoded(1000, 100)
-    assert 0.1 < stats.parquet_per_arrow < before
     stats.observe_encoded(0, 100)  # ignored
-    assert stats.parquet_per_arrow < before
+    assert stats.parquet_per_arrow == before
 
 
 def test_predicted_encoded_bytes_grows_with_rows() -> None:

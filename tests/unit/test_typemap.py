@@ -615,7 +615,8 @@ class _SchemaGen:
             return ({"type": "bytes", "logicalType": "decimal", "precision": precision,
                      "scale": scale},
                     st.integers(-(10**precision) + 1, 10**precision - 1).map(
-                        lambda i, s=scale: Decimal(i).scaleb(-s)))
+                        # exact: Decimal.scaleb would round to the context's 28 digits
+                        lambda i, s=scale: Decimal(f"{i}E-{s}")))
         return {"type": "string", "logicalType": "uuid"}, st.uuids()
 
     def general_union(self) -> tuple[Any, st.SearchStrategy[Any]]:
