@@ -70,6 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="consume topics into Parquet files on S3")
     _add_run_flags(run)
 
+    replay = sub.add_parser(
+        "replay",
+        help="re-export a bounded slice of history to its own prefix (no group; resumable; idempotent)",
+    )
+    _add_run_flags(replay)
+    replay.add_argument(
+        "--from",
+        dest="start",
+        default=None,
+        help="beginning (default) | 0=100,1=250 | ts:<epoch ms> | ISO time",
+    )
+    replay.add_argument(
+        "--to",
+        dest="stop",
+        default=None,
+        help="end offsets seen at start (default) | 0=900,1=999 | ts:<epoch ms> | ISO time",
+    )
+
     prod = sub.add_parser("produce", help="produce seeded sample Avro records to a topic")
     prod.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
     prod.add_argument("--topic", required=True)
@@ -141,7 +159,10 @@ def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    replay = args.command == "replay"
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "start", "stop")}
+    if replay and not flags.get("group_id"):
+        flags["group_id"] = "consumer-replay"  # librdkafka wants one; a replay never commits to it
     try:
         config = cfgmod.load(flags, config_file=args.config).validated()
     except cfgmod.ConfigError as exc:
@@ -162,7 +183,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
     decoder = Decoder(config.framing, schema=schema, registry=registry)
     store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region)
-    runner = GroupRunner(config, store=store, decoder=decoder)
+    if replay:
+        from consumer.replay import Bound, ReplayRunner
+
+        try:
+            start, stop = Bound.parse(args.start), Bound.parse(args.stop)
+        except ValueError as exc:
+            print(f"consumer: replay: {exc}", file=sys.stderr)
+            return 2
+        runner: GroupRunner = ReplayRunner(config, store=store, decoder=decoder, start=start, stop=stop)
+    else:
+        runner = GroupRunner(config, store=store, decoder=decoder)
     runner.install_signal_handlers()
     return runner.run()
 
@@ -241,7 +272,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"run": cmd_run, "produce": cmd_produce, "show": cmd_show, "verify": cmd_verify}
+    handlers = {
+        "run": cmd_run,
+        "replay": cmd_run,
+        "produce": cmd_produce,
+        "show": cmd_show,
+        "verify": cmd_verify,
+    }
     return handlers[args.command](args)
 
 
