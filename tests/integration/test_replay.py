@@ -54,7 +54,7 @@ def test_replay_slice_resumes_after_kill_and_is_idempotent(
     done = replay(topic, out, *bounds)
     assert done.returncode == 0, done.stderr[-3000:]
     assert '"resumed_file"' in done.stderr and "replay finished" in done.stderr
-    assert staginglist_keys(s3, stack.s3_bucket, unique_prefix) == []
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path / "a"))
     got: dict[int, list[int]] = {}
     for p, o in zip(
