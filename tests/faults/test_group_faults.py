@@ -1,0 +1,355 @@
+"""Group faults with real member processes: a zombie member (SIGSTOP past the session timeout, then
+SIGCONT) and a rebalance storm (members started, SIGKILLed and SIGTERMed at random while records
+keep arriving).
+
+Each test ends the same way: stop every member, run one last ``--until-caught-up`` member, then prove
+the invariants by reading every final file back (every offset 0..n-1 of every partition exactly
+once, every final file valid, no staging object left) and with :func:`consumer.verify.verify`. Each
+appends a row to the fault table (see ``test_crash_matrix.record``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from support import (
+    Running,
+    assert_exactly_once,
+    download_finals,
+    read_table,
+    run_consumer,
+    staging_keys,
+    start_consumer,
+    unique,
+)
+from test_crash_matrix import record
+
+from consumer.cli import make_store
+from consumer.producer import produce
+from consumer.verify import verify
+
+PARTITIONS = 4
+# Small row groups and files, flushed at least every second: every member writes all the time, so
+# each fault lands between a PUT and a commit, or in the middle of a file, somewhere.
+SMALL = ("--row-group-rows", "100", "--file-rows", "500", "--row-group-max-age", "1s", "--batch-size", "100")
+# 6 s is the broker's minimum session timeout: a stopped or killed member is evicted quickly.
+FAST_EVICTION = ("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000")
+
+NOTICED = (
+    "partitions lost: dropped without writing",
+    "partition fenced: pausing it until the group settles",
+    "partitions revoked",
+    "revoked partition already fenced",
+)
+
+
+class Feeder:
+    """Produces records ``0, 1, 2, …`` (record ``i`` → partition ``i % PARTITIONS``) in chunks from a
+    background thread until stopped; knows exactly how many records each partition received."""
+
+    def __init__(self, bootstrap: str, topic: str, chunk: int, pause: float, seed: int = 0) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.chunk = chunk
+        self.pause = pause
+        self.rng = random.Random(seed)
+        self.total = 0
+        self.counts = dict.fromkeys(range(PARTITIONS), 0)
+        self.error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"feeder-{topic}", daemon=True)
+
+    def _run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                self.produce(self.rng.randint(self.chunk // 2, self.chunk))
+                self._stop.wait(self.pause)
+        except BaseException as exc:  # surfaced by stop()
+            self.error = exc
+
+    def produce(self, n: int) -> None:
+        res = produce(
+            self.bootstrap,
+            self.topic,
+            "page_view",
+            n,
+            partitions=PARTITIONS,
+            start=self.total,
+            create_topic=False,
+        )
+        assert res.count == n, (res.count, n)
+        self.total += n
+        for p, c in res.partition_counts.items():
+            self.counts[p] += c
+
+    def start(self) -> Feeder:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=120)
+        assert not self._thread.is_alive(), "producer thread did not stop"
+        if self.error is not None:
+            raise AssertionError(f"producing failed: {self.error!r}") from self.error
+
+
+def owned(events: Sequence[dict[str, Any]]) -> set[str]:
+    """The partitions ("topic[p]") a member believes it owns, from its own log."""
+    mine: set[str] = set()
+    for e in events:
+        name = e.get("event")
+        if name == "partitions assigned":
+            mine |= set(e.get("partitions", []))
+        elif name in ("partitions revoked", "partitions lost: dropped without writing"):
+            mine -= set(e.get("partitions", []))
+        elif name == "partition fenced: pausing it until the group settles":
+            mine.discard(f"{e.get('topic')}[{e.get('partition')}]")
+        elif name == "fenced partition recovered after rebalance":
+            mine.add(f"{e.get('topic')}[{e.get('partition')}]")
+    return mine
+
+
+def durable_partitions(events: Sequence[dict[str, Any]]) -> set[str]:
+    return {
+        f"{e.get('topic')}[{e.get('partition')}]" for e in events if e.get("event") == "row group durable"
+    }
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str, logs: Sequence[Running] = ()) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        for r in logs:
+            if r.proc.poll() is not None:
+                raise AssertionError(f"member exited ({r.proc.returncode}) before {what}:\n{r.log()[-4000:]}")
+        time.sleep(0.2)
+    tails = "\n\n".join(f"--- {r.log_path}\n{r.log()[-2500:]}" for r in logs)
+    raise AssertionError(f"timed out waiting for {what}\n{tails}")
+
+
+def reap(members: Sequence[Running]) -> None:
+    """Last resort on a failing test: continue and kill our own member processes (by their Popen)."""
+    for r in members:
+        if r.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(r.proc.pid, signal.SIGCONT)
+            r.proc.kill()
+        with contextlib.suppress(Exception):
+            r.proc.wait(timeout=30)
+
+
+def finish_and_prove(
+    stack: Any, s3: Any, topic: str, group: str, prefix: str, tmp: Path, counts: dict[int, int], *extra: str
+) -> int:
+    """One last ``--until-caught-up`` member, then read-back + ``verify``; the number of final files."""
+    out = f"s3://{stack.s3_bucket}/{prefix.rstrip('/')}"
+    done = run_consumer(topic, group, out, *extra)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert staging_keys(s3, stack.s3_bucket, prefix) == [], "stray staging objects"
+    paths = download_finals(s3, stack.s3_bucket, prefix, tmp)
+    table = read_table(paths)  # every final file parses
+    assert_exactly_once(table, counts)
+    assert table.num_rows == sum(counts.values())
+    report = verify(
+        make_store(stack.s3_bucket, stack.s3_endpoint),
+        prefix.rstrip("/"),
+        topic,
+        bootstrap_servers=stack.kafka_bootstrap,
+        group_id=group,
+    )
+    assert report.ok, report.to_text()
+    assert {p.partition: p.committed for p in report.partitions} == counts, report.to_text()
+    assert sum(p.present for p in report.partitions) == sum(counts.values()), report.to_text()
+    assert report.files == len(paths), report.to_text()
+    return len(paths)
+
+
+def test_zombie_member_is_fenced_and_corrupts_nothing(
+    stack: Any, s3: Any, make_topic: Callable[..., str], unique_prefix: str, tmp_path: Path
+) -> None:
+    """Three members; one is frozen (SIGSTOP) past the session timeout while records keep coming, the
+    others take over its partitions and write; then it is thawed (SIGCONT) with rows of its old
+    partitions still buffered. It must notice it lost them and not disturb the new owners' output."""
+    topic = make_topic(partitions=PARTITIONS, prefix="zombie")
+    group = unique("g-zombie")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    args = (*SMALL, *FAST_EVICTION)
+    feeder = Feeder(stack.kafka_bootstrap, topic, chunk=200, pause=0.4, seed=1)
+    feeder.produce(1_000)
+    feeder.start()
+    members = [start_consumer(topic, group, out, *args) for _ in range(3)]
+    t0 = time.monotonic()
+    try:
+        everything = {f"{topic}[{p}]" for p in range(PARTITIONS)}
+
+        def settled() -> bool:
+            sets = [owned(m.events()) for m in members]
+            return all(sets) and set().union(*sets) == everything and sum(map(len, sets)) == PARTITIONS
+
+        wait_until(settled, 60, "three members sharing the four partitions", members)
+        # The future zombie: a member that is writing its partitions right now.
+        zombie = max(members, key=lambda m: len(owned(m.events())))
+        lost = owned(zombie.events())
+        wait_until(lambda: lost <= durable_partitions(zombie.events()), 30, "zombie writing", members)
+        others = [m for m in members if m is not zombie]
+        marks = [len(m.events()) for m in others]
+        zombie_mark = len(zombie.events())
+
+        os.kill(zombie.proc.pid, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+
+        def taken_over() -> bool:
+            new_events = [e for m, k in zip(others, marks, strict=True) for e in m.events()[k:]]
+            return lost <= durable_partitions(new_events) and lost <= set().union(
+                *(owned(m.events()) for m in others)
+            )
+
+        wait_until(taken_over, 45, "the others taking over the zombie's partitions and writing", others)
+        time.sleep(max(0.0, 12 - (time.monotonic() - stopped_at)))  # frozen ≥ 2× the session timeout
+        frozen_s = time.monotonic() - stopped_at
+        os.kill(zombie.proc.pid, signal.SIGCONT)
+
+        def noticed() -> bool:
+            return any(e.get("event") in NOTICED for e in zombie.events()[zombie_mark:])
+
+        wait_until(noticed, 45, "the zombie noticing it lost its partitions", members)
+        time.sleep(4)  # keep producing a bit with the zombie back in the group
+        feeder.stop()
+        codes = [m.stop(signal.SIGTERM, timeout=90) for m in members]
+    finally:
+        reap(members)
+        with contextlib.suppress(AssertionError):
+            feeder.stop()
+    assert codes == [0, 0, 0], (codes, [m.log()[-3000:] for m in members])
+
+    after = zombie.events()[zombie_mark:]
+    seen = [e["event"] for e in after if e.get("event") in NOTICED]
+    assert seen, f"zombie never noticed:\n{zombie.log()[-4000:]}"
+    # What the zombie wrote after it was thawed (a late PUT is allowed; a commit cannot succeed).
+    late_durable = [
+        e
+        for e in after
+        if e.get("event") == "row group durable" and f"{e['topic']}[{e['partition']}]" in lost
+    ]
+    # Until it noticed, the zombie must not have committed anything for the partitions it lost.
+    first_notice = next(i for i, e in enumerate(after) if e.get("event") in NOTICED)
+    stale = [e for e in late_durable if after.index(e) < first_notice]
+    assert not stale, f"zombie made a row group durable for a lost partition before noticing: {stale}"
+
+    files = finish_and_prove(stack, s3, topic, group, unique_prefix, tmp_path, feeder.counts, *args)
+    record(
+        {
+            "fault": f"SIGSTOP one of 3 members for {frozen_s:.0f}s (session timeout 6s), then SIGCONT",
+            "kind": "zombie member",
+            "records": feeder.total,
+            "final_files": files,
+            "missing": 0,
+            "duplicated": 0,
+            "stray_staging": 0,
+            "zombie_partitions": sorted(lost),
+            "zombie_noticed": sorted(set(seen)),
+            "zombie_row_groups_after_thaw": len(late_durable),
+            "seconds": round(time.monotonic() - t0, 1),
+            "result": "pass",
+        }
+    )
+
+
+def test_rebalance_storm(
+    stack: Any, s3: Any, make_topic: Callable[..., str], unique_prefix: str, tmp_path: Path
+) -> None:
+    """Up to three members started, SIGKILLed and SIGTERMed at random (seeded) every 2–5 s for 45 s
+    while records arrive continuously; then one last member finishes and the output is proven."""
+    seed = 20240611
+    rng = random.Random(seed)
+    topic = make_topic(partitions=PARTITIONS, prefix="storm")
+    group = unique("g-storm")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    args = (*SMALL, "-X", "session.timeout.ms=6000")
+    feeder = Feeder(stack.kafka_bootstrap, topic, chunk=300, pause=0.3, seed=seed).start()
+    live: dict[str, Running] = {}
+    stopping: dict[str, Running] = {}
+    killed: list[Running] = []
+    actions: list[str] = []
+    serial = 0
+    t0 = time.monotonic()
+
+    def start() -> None:
+        nonlocal serial
+        serial += 1
+        name = f"m{serial}"
+        live[name] = start_consumer(topic, group, out, *args)
+        actions.append(f"{time.monotonic() - t0:.1f}s start {name}")
+
+    try:
+        for _ in range(3):
+            start()
+        while time.monotonic() - t0 < 45:
+            time.sleep(rng.uniform(2, 5))
+            for name, r in list(live.items()):  # a member must never die on its own
+                assert r.proc.poll() is None, f"{name} exited {r.proc.returncode}:\n{r.log()[-4000:]}"
+            if not live or (len(live) < 3 and rng.random() < 0.5):
+                start()
+                continue
+            name = rng.choice(sorted(live))
+            victim = live.pop(name)
+            if rng.random() < 0.5:
+                victim.proc.send_signal(signal.SIGKILL)
+                victim.proc.wait(timeout=30)
+                killed.append(victim)
+                actions.append(f"{time.monotonic() - t0:.1f}s SIGKILL {name}")
+            else:
+                victim.proc.send_signal(signal.SIGTERM)  # it shuts down while the storm goes on
+                stopping[name] = victim
+                actions.append(f"{time.monotonic() - t0:.1f}s SIGTERM {name}")
+        feeder.stop()
+        for name, r in live.items():
+            r.proc.send_signal(signal.SIGTERM)
+            stopping[name] = r
+            actions.append(f"{time.monotonic() - t0:.1f}s SIGTERM {name} (end)")
+        live.clear()
+        codes = {name: r.stop(signal.SIGTERM, timeout=90) for name, r in stopping.items()}
+    finally:
+        reap([*live.values(), *stopping.values(), *killed])
+        with contextlib.suppress(AssertionError):
+            feeder.stop()
+    # A member SIGTERMed before it installed its signal handlers dies of the signal; else it exits 0.
+    bad = {n: c for n, c in codes.items() if c not in (0, -signal.SIGTERM)}
+    assert not bad, (bad, {n: stopping[n].log()[-3000:] for n in bad})
+    members = [*stopping.values(), *killed]
+    rebalances = sum(1 for m in members for e in m.events() if e.get("event") == "partitions assigned")
+    fenced = sum(
+        1
+        for m in members
+        for e in m.events()
+        if e.get("event") in NOTICED[:2] or e.get("event") == NOTICED[3]
+    )
+
+    files = finish_and_prove(stack, s3, topic, group, unique_prefix, tmp_path, feeder.counts, *args)
+    record(
+        {
+            "fault": f"rebalance storm, seed {seed}: " + "; ".join(actions),
+            "kind": "members started / SIGKILLed / SIGTERMed at random",
+            "records": feeder.total,
+            "final_files": files,
+            "missing": 0,
+            "duplicated": 0,
+            "stray_staging": 0,
+            "members": serial,
+            "assignments": rebalances,
+            "lost_or_fenced_events": fenced,
+            "exit_codes": codes,
+            "seconds": round(time.monotonic() - t0, 1),
+            "result": "pass",
+        }
+    )
