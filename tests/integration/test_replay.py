@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from support import REPO, download_finals, list_keys, read_table, unique
+from support import REPO, download_finals, list_keys, read_table, staging_keys, unique
 
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
