@@ -10,9 +10,13 @@ seeded RNG (drawn in accept order) picks one behaviour:
 * ``truncate`` – forward the request, forward only the first N bytes of the response, then close;
 * ``clean``    – forward both ways untouched.
 
-A fraction ``fault_rate`` of connections is faulty, split evenly over ``faults``. HTTP keep-alive
-means one clean connection may carry many requests; after a fault the client opens a new
-connection, which rolls the dice again.
+A fraction ``fault_rate`` of request exchanges is faulty, split evenly over ``faults``: the
+behaviour is drawn when a connection is accepted (for its first request), and drawn again for
+each further request on a kept-alive connection (client bytes arriving after response bytes), so
+HTTP connection reuse does not hide the faults. With ``streak`` > 1 a faulty draw also applies to
+the next ``streak - 1`` exchanges (a short network blip): HTTP clients silently retry a request
+once when a kept-alive connection dies under it, and a blip outlasts that retry, so the
+application's own retry logic is exercised.
 
 The proxy is bounded: it runs in daemon threads, stops on :meth:`stop` / leaving the ``with``
 block, and stops by itself after ``max_lifetime_s`` whatever happens. ``counts`` tells how many
@@ -46,6 +50,7 @@ class FaultProxy:
         delay_ms: tuple[int, int] = (50, 400),
         truncate_bytes: tuple[int, int] = (1, 400),
         max_lifetime_s: float = 300.0,
+        streak: int = 1,
     ) -> None:
         unknown = set(faults) - set(FAULTS)
         if unknown:
@@ -58,6 +63,9 @@ class FaultProxy:
         self.delay_ms = delay_ms
         self.truncate_bytes = truncate_bytes
         self.max_lifetime_s = max_lifetime_s
+        self.streak = max(1, streak)
+        self._streak_left = 0
+        self._streak_kind = ""
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -112,8 +120,12 @@ class FaultProxy:
     # -- internals -----------------------------------------------------------------------------
     def _choose(self) -> tuple[str, int]:
         with self._lock:
-            if self._rng.random() < self.fault_rate and self.faults:
+            if self._streak_left > 0:
+                self._streak_left -= 1
+                kind = self._streak_kind
+            elif self._rng.random() < self.fault_rate and self.faults:
                 kind = self._rng.choice(self.faults)
+                self._streak_kind, self._streak_left = kind, self.streak - 1
             else:
                 kind = "clean"
             arg = 0
@@ -124,7 +136,7 @@ class FaultProxy:
             self._counts[kind] += 1
             return kind, arg
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self) -> None:  # one behaviour drawn per accepted connection
         while not self._stop.is_set():
             if time.monotonic() - self._started > self.max_lifetime_s:
                 self._stop.set()  # bounded: never outlive a forgotten test
@@ -148,35 +160,41 @@ class FaultProxy:
         sock.close()
 
     def _serve(self, client: socket.socket, kind: str, arg: int) -> None:
-        if kind == "drop":
-            client.close()
-            return
-        if kind == "reset":
-            # Wait (briefly) for the request so the RST hits a client that is reading a reply.
-            select.select([client], [], [], 1.0)
-            self._reset(client)
-            return
-        if kind == "delay":
-            self._stop.wait(arg / 1000)
+        upstream: socket.socket | None = None
         try:
-            upstream = socket.create_connection(self.upstream, timeout=5)
-        except OSError:
-            self._reset(client)
-            return
-        budget = arg if kind == "truncate" else -1
-        try:
-            self._pump(client, upstream, budget)
+            if kind in ("drop", "reset"):
+                self._fail(client, kind)
+                return
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=5)
+            except OSError:
+                self._reset(client)
+                return
+            self._pump(client, upstream, kind, arg)
         finally:
             for s in (client, upstream):
-                with contextlib.suppress(OSError):
-                    s.close()
+                if s is not None:
+                    with contextlib.suppress(OSError):
+                        s.close()
 
-    def _pump(self, client: socket.socket, upstream: socket.socket, budget: int) -> None:
-        """Copy both ways until either side closes; with ``budget`` >= 0, pass only that many
-        response bytes to the client and then cut the connection."""
+    def _fail(self, client: socket.socket, kind: str) -> None:
+        if kind == "drop":
+            client.close()
+        else:
+            # Wait (briefly) for the request so the RST hits a client that awaits a reply.
+            select.select([client], [], [], 1.0)
+            self._reset(client)
+
+    def _pump(self, client: socket.socket, upstream: socket.socket, kind: str, arg: int) -> None:
+        """Copy both ways until either side closes. The connection's first request gets the
+        behaviour drawn at accept; every later request on the same keep-alive connection (client
+        bytes after response bytes) draws again, so reused connections see faults too. A
+        truncated response passes only ``arg`` bytes to the client, then the connection is cut."""
         client.setblocking(True)
         upstream.setblocking(True)
         socks = [client, upstream]
+        new_request = True
+        budget = -1
         while not self._stop.is_set():
             readable, _, _ = select.select(socks, [], [], 0.5)
             for src in readable:
@@ -187,12 +205,26 @@ class FaultProxy:
                     return
                 if not data:
                     return
-                if src is upstream and budget >= 0:
-                    if len(data) >= budget:
-                        with contextlib.suppress(OSError):
-                            client.sendall(data[:budget])
+                if src is client and new_request:
+                    if kind == "":
+                        kind, arg = self._choose()
+                    new_request = False
+                    if kind in ("drop", "reset"):
+                        if kind == "reset":
+                            self._reset(client)
                         return
-                    budget -= len(data)
+                    if kind == "delay":
+                        self._stop.wait(arg / 1000)
+                    budget = arg if kind == "truncate" else -1
+                    kind = ""  # the next request draws again
+                elif src is upstream:
+                    new_request = True
+                    if budget >= 0:
+                        if len(data) >= budget:
+                            with contextlib.suppress(OSError):
+                                client.sendall(data[:budget])
+                            return
+                        budget -= len(data)
                 try:
                     dst.sendall(data)
                 except OSError:
