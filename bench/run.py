@@ -396,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
     result["total_s"] = round(time.monotonic() - t0, 1)
     out = args.out or RESULTS / f"{run_id}.json"
     write_json(out, result)
-    write_json(RESULTS / "latest.json", result)
-    log(f"results: {out} (and {RESULTS / 'latest.json'}) in {result['total_s']}s")
+    if args.out is None:
+        write_json(RESULTS / "latest.json", result)
+    log(f"results: {out} in {result['total_s']}s")
     return 0
 
 
