@@ -223,8 +223,8 @@ class QuixAdapter:
             [
                 self.python,
                 "-c",
-                "import quixstreams, confluent_kafka; print(quixstreams.__version__,"
-                " confluent_kafka.version()[0])",
+                "import quixstreams, importlib.metadata as m;"
+                " print(quixstreams.__version__, m.version('confluent-kafka'))",
             ],
             capture_output=True,
             text=True,
