@@ -1,0 +1,52 @@
+"""The benchmark harness cannot rot: run it once on tiny data, and the short memory soak.
+
+No timing assertions: only that the harness produces its figures and that RSS does not keep
+rising across 20+ rolls per partition (median of the second half of the post-warm-up samples vs
+the first half, tolerance max(30 %, 20 MB)).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import run as bench_run
+from bench.soak import flatness, run_soak
+
+pytestmark = pytest.mark.stack
+
+
+def test_flatness_verdict() -> None:
+    flat = [(t / 10, 100_000_000 + (t % 3) * 1_000_000) for t in range(100)]
+    rising = [(t / 10, 100_000_000 + t * 2_000_000) for t in range(100)]
+    assert flatness(flat)["ok"]
+    assert not flatness(rising)["ok"]
+
+
+def test_harness_tiny_run(stack: Any, tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    code = bench_run.main(
+        ["--workload", "small", "--records", "2000", "--partitions", "2", "--peer", "none", "--out", str(out)]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["machine"]["nproc"]
+    ours = result["workloads"]["small"]["systems"]["ours"]
+    assert ours["records"] == 2000
+    assert ours["output"]["rows"] == 2000
+    assert ours["output"]["files"] >= 2
+    assert ours["peak_rss_mb"] > 0 and ours["cpu_s"] > 0
+    assert ours["s3_write_per_input_byte"] > 0
+    assert ours["series"]["rss"]
+    assert result["workloads"]["small"]["profile"]["top_stage"]
+
+
+def test_short_soak_memory_is_flat(stack: Any) -> None:
+    result = run_soak("short")
+    assert result["rolls_per_partition"] >= 20
+    assert result["figures"]["output"]["rows"] == result["settings"]["records"]
+    verdict = result["verdict"]
+    assert verdict["ok"], f"RSS keeps rising across rolls: {verdict}"
