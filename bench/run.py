@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = stack_settings()
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     log_dir = RESULTS / "logs" / run_id
-    workloads = sorted(WORKLOADS) if args.all else (args.workload or ["small"])
+    workloads = list(WORKLOADS) if args.all else (args.workload or ["small"])
     peers = [] if args.peer and "none" in args.peer else (args.peer or ["quixstreams"])
     latency = args.all or args.latency or args.latency_only
     result: dict[str, Any] = {
@@ -359,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     t0 = time.monotonic()
     if not args.latency_only:
-        for i, w in enumerate(workloads):
+        for w in workloads:
             result["workloads"][w] = run_workload(
                 stack,
                 run_id,
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                 args.partitions,
                 args.seed,
                 peers,
-                profile=not args.no_profile and i == 0,
+                profile=not args.no_profile,
                 ours_args=args.ours_arg,
                 log_dir=log_dir,
                 keep_output=args.keep_output,
