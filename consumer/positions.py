@@ -93,7 +93,7 @@ class KafkaGroupPositions:
             name = err.name() if hasattr(err, "name") else str(err)
             if name in _FENCED:
                 raise PartitionFenced(f"commit of {topic}[{partition}]@{position} refused: {name}")
-            retriable = bool(getattr(err, "retriable", lambda: True)())
+            retriable = bool(getattr(err, "retriable", lambda: True)()) or name in ("_WAIT_COORD", "_TRANSPORT", "_ALL_BROKERS_DOWN", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS")  # noqa: E501 - librdkafka marks these transient coordinator errors non-retriable
             if not retriable or time.monotonic() > deadline:
                 raise PositionError(f"commit of {topic}[{partition}]@{position} failed: {err}")
             time.sleep(delay)
