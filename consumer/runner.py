@@ -78,6 +78,7 @@ class GroupRunner:
         self.stats = RunStats()
         self._callback_error: BaseException | None = None
         self.fenced: set[TP] = set()
+        self.closing = False
         self._rebalanced = False
         if consumer_factory is None:
             from confluent_kafka import Consumer
@@ -122,6 +123,11 @@ class GroupRunner:
         )
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
+        if self.closing:
+            # An assignment that reaches us inside close(): we are leaving, so recovering (and
+            # reading committed offsets from a closing consumer) would only stall the exit.
+            self.log.info("assignment during shutdown ignored", partitions=len(partitions))
+            return
         self.assigned_once = True
         self._rebalanced = True
         try:
@@ -321,6 +327,9 @@ class GroupRunner:
 
     def _shutdown(self, *, clean: bool) -> None:
         faults.point("during_shutdown")
+        self.closing = True
+        if self._callback_error is not None:
+            self.log.warning("error in a rebalance callback", error=str(self._callback_error))
         for worker in list(self.workers.values()):
             try:
                 worker.close()
