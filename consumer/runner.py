@@ -23,7 +23,7 @@ from consumer import log as logmod
 from consumer.config import Config
 from consumer.decoding import Decoder
 from consumer.layout import Layout
-from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionStore
+from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.storage import FatalStorageError, ObjectStore, TransientStorageError
 from consumer.worker import BadRecordStop, IntegrityError, PartitionWorker, SharedState
 
@@ -202,6 +202,14 @@ class GroupRunner:
             code = EXIT_STORAGE
         except IntegrityError as exc:
             self.log.error("stopped: output integrity", error=str(exc))
+            code = EXIT_FATAL
+        except PositionError as exc:
+            self.log.error("stopped: cannot commit positions (Kafka coordinator unavailable too long)",
+                           error=str(exc))
+            code = EXIT_FATAL
+        except Exception as exc:  # e.g. a fatal librdkafka error (static member fenced)
+            self.log.error("stopped: unexpected error; everything committed is durable, restart me",
+                           error=f"{type(exc).__name__}: {exc}")
             code = EXIT_FATAL
         finally:
             self._shutdown(clean=code == EXIT_OK)

@@ -132,6 +132,7 @@ class PartitionWorker:
         self.first_append_at: float | None = None
         self.row_groups = 0
         self.files_rolled = 0
+        self.broken = False  # a flush or roll failed part-way: never write again (see flush)
 
     # ------------------------------------------------------------------------------------------
     # recovery
@@ -310,7 +311,22 @@ class PartitionWorker:
         )
 
     def flush(self, upto: int | None = None) -> None:
-        """Make every buffered position durable as one piece, then commit its end position."""
+        """Make every buffered position durable as one piece, then commit its end position.
+
+        If any step fails part-way (S3 gave up, the commit was refused) the drained rows exist
+        only as an uncommitted piece or not at all, so this worker is *broken*: it must never
+        write again (a later flush would commit an empty range over the lost rows). The partition
+        comes back only through recovery from durable state, by whoever owns it next.
+        """
+        if self.broken:
+            return
+        try:
+            self._flush(upto)
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _flush(self, upto: int | None) -> None:
         if not self.pending:
             return
         assert self.committed is not None and self.next_pos is not None
@@ -406,6 +422,15 @@ class PartitionWorker:
     # ------------------------------------------------------------------------------------------
     def roll(self) -> None:
         """Finish the in-progress file at the committed position (durable decision first)."""
+        if self.broken:
+            return
+        try:
+            self._roll()
+        except BaseException:
+            self.broken = True
+            raise
+
+    def _roll(self) -> None:
         f = self.file
         if f is None or not f.pieces:
             return
