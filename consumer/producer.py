@@ -257,7 +257,7 @@ def produce(
             progress(delivered_total)
             next_progress = (delivered_total // PROGRESS_EVERY + 1) * PROGRESS_EVERY
 
-    remaining = producer.flush(config.get("message.timeout.ms", 120_000) / 1000 + 10)
+    remaining = producer.flush(float(config.get("message.timeout.ms", 120_000)) / 1000 + 10)
     elapsed = time.monotonic() - started
     if failures:
         raise ProduceError(
