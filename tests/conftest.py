@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import run_stack
 
 REPO = Path(__file__).resolve().parent.parent
-STACK_BIN = REPO / "dev" / "stack"
 
 
 @dataclass(frozen=True)
@@ -84,21 +82,6 @@ def parse_env_lines(text: str) -> dict[str, str]:
         key, _, value = line.partition("=")
         out[key.strip()] = value.strip()
     return out
-
-
-def run_stack(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    """Run `dev/stack <args>`; stdout = KEY=VALUE lines, stderr = progress."""
-    return subprocess.run(
-        [sys.executable, str(STACK_BIN), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 @pytest.fixture(scope="session")

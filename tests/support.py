@@ -22,6 +22,51 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 REPO = Path(__file__).resolve().parent.parent
+STACK_BIN = REPO / "dev" / "stack"
+
+
+def run_stack(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run `dev/stack <args>`; stdout = KEY=VALUE lines, stderr = progress."""
+    return subprocess.run(
+        [sys.executable, str(STACK_BIN), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def pick_stack_ports(lo: int, hi: int) -> dict[str, str]:
+    """Ports for a second stack: Kafka 2, registry 1, SeaweedFS S3_PORT..S3_PORT+8 plus its admin
+    gRPC at S3_PORT+8+10000. A random block in [lo, hi) where all of them are free."""
+    import random
+
+    rng = random.Random()
+    for _ in range(200):
+        base = rng.randrange(lo, hi, 20)
+        if all(port_free(p) for p in [*range(base, base + 19), base + 10 + 8 + 10000]):
+            return {
+                "KAFKA_PORT": str(base),
+                "KAFKA_CONTROLLER_PORT": str(base + 1),
+                "REGISTRY_PORT": str(base + 2),
+                "S3_PORT": str(base + 10),
+            }
+    raise RuntimeError("no free port block found")
 
 
 def unique(name: str) -> str:

@@ -10,11 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,35 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import pick_stack_ports as support_pick_ports
+from support import run_stack
 
 REPO = Path(__file__).resolve().parents[2]
-STACK_BIN = REPO / "dev" / "stack"
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def pick_stack_ports() -> dict[str, str]:
-    """Kafka: 2 ports; registry: 1; SeaweedFS: S3_PORT..S3_PORT+8 and S3_PORT+8+10000. A random
-    block (different range from tests/stack/test_stack_lifecycle.py) where all are free."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(40000, 49000, 20)
-        ports = [*range(base, base + 19), base + 10 + 8 + 10000]
-        if all(_free(p) for p in ports):
-            return {
-                "KAFKA_PORT": str(base),
-                "KAFKA_CONTROLLER_PORT": str(base + 1),
-                "REGISTRY_PORT": str(base + 2),
-                "S3_PORT": str(base + 10),
-            }
-    raise RuntimeError("no free port block found")
+    """A free block in a range apart from tests/stack/test_stack_lifecycle.py's."""
+    return support_pick_ports(40000, 49000)
 
 
 def proc_alive(pid: int) -> bool:
@@ -71,15 +48,7 @@ class PrivateStack:
 
     # -- dev/stack ---------------------------------------------------------------------------
     def run(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, str(STACK_BIN), *args],
-            cwd=REPO,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+        return run_stack(*args, env=self.env, timeout=timeout)
 
     def up(self) -> float:
         """`dev/stack up` (starts whatever is down); returns the seconds it took."""

@@ -4,10 +4,7 @@ cached downloads) comes up, is idempotent, reports status, and `down` leaves no 
 from __future__ import annotations
 
 import os
-import random
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -15,12 +12,12 @@ from typing import TYPE_CHECKING
 import boto3
 import pytest
 from botocore.config import Config
+from support import pick_stack_ports, run_stack
 
 if TYPE_CHECKING:
     from conftest import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
-STACK_BIN = REPO / "dev" / "stack"
 SETTING_KEYS = {
     "KAFKA_BOOTSTRAP_SERVERS",
     "S3_ENDPOINT_URL",
@@ -32,42 +29,12 @@ SETTING_KEYS = {
 }
 
 
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _pick_ports() -> dict[str, str]:
-    """Kafka: 2 ports; SeaweedFS: S3_PORT..S3_PORT+8 plus admin gRPC at S3_PORT+8+10000;
-    registry: 1 port. Pick a random block where all are free."""
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(30000, 39000, 20)
-        ports = [*range(base, base + 12), base + 10 + 8 + 10000]
-        if all(_free(p) for p in ports):
-            return {
-                "KAFKA_PORT": str(base),
-                "KAFKA_CONTROLLER_PORT": str(base + 1),
-                "REGISTRY_PORT": str(base + 2),
-                "S3_PORT": str(base + 10),  # SeaweedFS uses base+10 .. base+18, base+10018
-            }
-    raise RuntimeError("no free port block found")
+    return pick_stack_ports(30000, 39000)
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, str(STACK_BIN), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_stack(*args, env=env, timeout=timeout)
 
 
 def _parse(stdout: str) -> dict[str, str]:
