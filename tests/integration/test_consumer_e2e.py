@@ -419,3 +419,23 @@ def test_unknown_schema_id_goes_to_dead_letters(
     assert fail.returncode == 3, fail.stderr[-3000:]
     assert "offset 50: unknown schema id 987654321" in fail.stderr
     assert _committed(stack, group, topic, 1) == {0: 50}
+
+
+def test_permanent_s3_errors_stop_with_a_clear_message_and_commit_nothing(stack: Any) -> None:
+    topic = unique("perm")
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
+    for name, out, env, expected in [
+        ("missing bucket", "s3://no-such-bucket-here/x", {}, "bucket does not exist"),
+        (
+            "bad secret",
+            f"s3://{stack.s3_bucket}/x",
+            {"AWS_SECRET_ACCESS_KEY": "wrong"},
+            "check AWS_SECRET_ACCESS_KEY",
+        ),
+    ]:
+        group = unique("g")
+        res = run_consumer(topic, group, out, "--row-group-rows", "100", env=env, timeout=120)
+        assert res.returncode == 4, (name, res.stderr[-3000:])
+        assert expected in res.stderr, (name, res.stderr[-3000:])
+        assert "Traceback" not in res.stderr
+        assert _committed(stack, group, topic, 1) == {0: -1001}, name  # nothing committed
