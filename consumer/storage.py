@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, Protocol, TypeVar
 
+from consumer import faults
 from consumer.config import MIN_S3_PART
 
 T = TypeVar("T")
@@ -428,8 +429,6 @@ class S3Store:
                     etag = pr["ETag"]
                     self.stats.bytes_uploaded += len(body)
                 done.append({"ETag": etag, "PartNumber": n})
-                from consumer import faults
-
                 faults.point("mid_merge")
             self._call(
                 "complete_multipart_upload",

@@ -172,7 +172,7 @@ class PartitionWorker:
                     final = self.store.head(self.layout.final_key(self.topic, self.partition, m.file_start))
                     if final is None:
                         older = _chain_ending_at([p for p in pieces if p.file_start == m.file_start], m.end)
-                        if older and m.end <= committed and older[0].file_start == m.file_start:
+                        if older and older[0].file_start == m.file_start:
                             self._finish_roll(
                                 FileState(m.file_start, [self._load_piece(p) for p in older]), m.end
                             )

@@ -25,15 +25,11 @@ from urllib.parse import urlsplit
 import pytest
 from support import (
     Running,
-    assert_exactly_once,
-    download_finals,
-    read_table,
-    run_consumer,
     staging_keys,
     start_consumer,
     unique,
 )
-from test_crash_matrix import record
+from test_crash_matrix import finish_and_check, record
 
 from consumer.cli import make_store
 from consumer.producer import produce
@@ -200,13 +196,7 @@ def finish_and_prove(
 ) -> int:
     """One last ``--until-caught-up`` member, then read-back + ``verify``; the number of final files."""
     out = f"s3://{stack.s3_bucket}/{prefix.rstrip('/')}"
-    done = run_consumer(topic, group, out, *extra)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert staging_keys(s3, stack.s3_bucket, prefix) == [], "stray staging objects"
-    paths = download_finals(s3, stack.s3_bucket, prefix, tmp)
-    table = read_table(paths)  # every final file parses
-    assert_exactly_once(table, counts)
-    assert table.num_rows == sum(counts.values())
+    files = finish_and_check(stack, s3, topic, group, out, prefix, tmp, counts, extra)
     report = verify(
         make_store(stack.s3_bucket, stack.s3_endpoint),
         prefix.rstrip("/"),
@@ -217,8 +207,8 @@ def finish_and_prove(
     assert report.ok, report.to_text()
     assert {p.partition: p.committed for p in report.partitions} == counts, report.to_text()
     assert sum(p.present for p in report.partitions) == sum(counts.values()), report.to_text()
-    assert report.files == len(paths), report.to_text()
-    return len(paths)
+    assert report.files == files, report.to_text()
+    return files
 
 
 @pytest.mark.parametrize("mid_put", [False, True], ids=["frozen", "frozen-mid-s3-request"])
