@@ -345,6 +345,7 @@ class PartitionWorker:
             self.file = FileState(from_pos, opened_at=self.clock())
         if dead:
             self._put_dead_letters(dead, from_pos, to_pos)
+            faults.point("after_dead_letter_put")
         data = encode_piece(table, self.options, fingerprint or "")
         encoded_at = self.clock()
         key = self.layout.piece_key(self.topic, self.partition, self.file.start, from_pos, to_pos)
