@@ -1,5 +1,9 @@
 """Seeded, reproducible sample records for the three benchmark/test schemas in ``schemas/``.
 
+The ``.avsc`` files are package data (``consumer/schemas/``, with a top-level ``schemas`` symlink
+in the repository) read through :mod:`importlib.resources`, so a wheel or Docker install finds
+them as well as an editable checkout does.
+
 Why this exists: tests, benchmarks and the sample producer all need the *same* records without
 storing them. Every record is a pure function of ``(schema name, seed, index)``: record ``i`` is
 generated from its own ``random.Random`` seeded with a stable BLAKE2 hash of those three values,
@@ -31,6 +35,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from functools import lru_cache
+from importlib.resources import files
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, cast
 
@@ -51,9 +57,11 @@ __all__ = [
     "timestamp_ms_for",
 ]
 
-#: Folder holding the ``*.avsc`` files. A module attribute (read at call time, not import time)
-#: so tools and tests can point it elsewhere: ``samples.SCHEMA_DIR = Path(...)``.
-SCHEMA_DIR: Path = Path(__file__).resolve().parent.parent / "schemas"
+#: Folder holding the ``*.avsc`` files: the package's own ``schemas`` resource folder (a plain
+#: :class:`~pathlib.Path` for normal installs, any :class:`Traversable` for zipped ones). A module
+#: attribute (read at call time, not import time) so tools and tests can point it elsewhere:
+#: ``samples.SCHEMA_DIR = Path(...)``.
+SCHEMA_DIR: Traversable = files("consumer") / "schemas"
 
 #: All generated timestamps start here; a fixed instant keeps output reproducible across runs.
 BASE_TIME = datetime(2024, 3, 1, 8, 0, 0, tzinfo=UTC)
@@ -76,7 +84,11 @@ class SchemaError(ValueError):
 
 def schema_names() -> list[str]:
     """Names (file stems) of the schemas in :data:`SCHEMA_DIR`, sorted."""
-    return sorted(p.stem for p in SCHEMA_DIR.glob("*.avsc"))
+    if not SCHEMA_DIR.is_dir():
+        return []
+    return sorted(
+        p.name.removesuffix(".avsc") for p in SCHEMA_DIR.iterdir() if p.name.endswith(".avsc") and p.is_file()
+    )
 
 
 def load_schema(name_or_path: str) -> dict[str, Any]:
@@ -89,7 +101,7 @@ def load_schema(name_or_path: str) -> dict[str, Any]:
     bare ``FileNotFoundError``.
     """
     candidate = SCHEMA_DIR / f"{name_or_path}.avsc"
-    path = candidate if candidate.is_file() else Path(name_or_path)
+    path: Traversable = candidate if candidate.is_file() else Path(name_or_path)
     if not path.is_file():
         raise SchemaError(
             f"no Avro schema {name_or_path!r}: expected one of {schema_names()} "
@@ -111,7 +123,7 @@ def load_schema(name_or_path: str) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=32)
-def _parsed_cached(name_or_path: str, schema_dir: Path) -> dict[str, Any]:
+def _parsed_cached(name_or_path: str, schema_dir: str) -> dict[str, Any]:
     # A record schema parses to a dict; fastavro's stubs only promise the wider Schema union.
     return cast(dict[str, Any], fastavro.parse_schema(load_schema(name_or_path)))
 
@@ -122,7 +134,7 @@ def parsed_schema(name_or_path: str) -> dict[str, Any]:
     Parsing is far more expensive than encoding one record, so callers that encode in a loop
     should parse once; the cache keys on :data:`SCHEMA_DIR` too, so overriding it is honoured.
     """
-    return _parsed_cached(name_or_path, SCHEMA_DIR)
+    return _parsed_cached(name_or_path, str(SCHEMA_DIR))
 
 
 # --------------------------------------------------------------------------------------------
