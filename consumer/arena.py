@@ -180,9 +180,11 @@ class Arena:
         # Encodes a table and returns its Parquet size: used once per schema on the first decoded
         # chunk, so the very first row group already lands near its byte target.
         self.calibrate = calibrate
-        # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats and
-        # kept between chunks and row groups (rewound, not freed).
-        self._raw = bytearray(int(chunk_rows * stats.avro_bytes_per_row * 1.25) + 4096)
+        # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats when
+        # the first record of a row group arrives, rewound between chunks, and released when the
+        # row group is drained: an idle partition holds no buffer, so hundreds of assigned
+        # partitions cost memory only for the rows they really hold.
+        self._raw = bytearray()
         self._raw_len = 0
         self._ends = array.array("q", bytes(8 * chunk_rows))
         self._offsets = array.array("q", bytes(8 * chunk_rows))
@@ -200,10 +202,12 @@ class Arena:
     # -- sizes ---------------------------------------------------------------------------------
     @property
     def nbytes(self) -> int:
-        """Exact bytes this arena holds: raw buffer capacity, coordinate arrays, Arrow buffers."""
+        """Bytes this arena holds now: the raw chunk buffer (allocated only while rows are buffered),
+        keys, decoded Arrow buffers and dead letters. The fixed coordinate arrays (24 bytes per
+        chunk row) are not counted: they are the same small constant for every partition."""
         keys = sum(len(k) for k in self._keys if k) if self._pending else 0
-        dl = sum(len(d.value or b"") for d in self.dead_letters)
-        return len(self._raw) + 24 * len(self._ends) + keys + self._batch_bytes + dl
+        dl = sum(len(d.value or b"") + len(d.reason) for d in self.dead_letters)
+        return len(self._raw) + keys + self._batch_bytes + dl
 
     @property
     def predicted_encoded_bytes(self) -> float:
@@ -227,8 +231,11 @@ class Arena:
         n = len(body)
         end = self._raw_len + n
         if end > len(self._raw):
+            if not self._raw:
+                self._raw = bytearray(int(self.chunk_rows * self.stats.avro_bytes_per_row * 1.25) + 4096)
             grow = max(end - len(self._raw), len(self._raw))
-            self._raw.extend(bytes(grow))
+            if end > len(self._raw):
+                self._raw.extend(bytes(grow))
         self._raw[self._raw_len : end] = body
         i = self._pending
         self._ends[i] = end
@@ -270,9 +277,10 @@ class Arena:
                     self.dead_letters.append(self._dead_letter(i, reason, bodies[i]))
                 keep = [i for i in range(n) if i not in bad_idx]
                 self.rows -= len(bad)
+        raw_bodies = bodies
         del bodies, raw
-        if keep:
-            batch = self.converter.to_batch(records, self._kafka_arrays(keep))
+        batch = self._to_batch(records, keep, raw_bodies) if keep else None
+        if batch is not None and batch.num_rows:
             self._batches.append(batch)
             self._batch_bytes += batch.get_total_buffer_size()
             chunk_avro = int(self._ends[keep[-1]])
@@ -285,6 +293,33 @@ class Arena:
         self._raw_len = 0
         self._keys.clear()
         self._headers.clear()
+
+    def _to_batch(self, records: list[Any], keep: list[int], bodies: list[memoryview]) -> pa.RecordBatch:
+        """The chunk's rows as one batch. A record whose value Arrow refuses (e.g. a decimal wider
+        than its declared precision) becomes a dead letter (or halts, under ``on_error=fail``)
+        instead of failing the other rows of its chunk; only a refused chunk pays the per-record
+        retry that finds it."""
+        try:
+            return self.converter.to_batch(records, self._kafka_arrays(keep))
+        except Exception:
+            pass
+        good_records: list[Any] = []
+        good_keep: list[int] = []
+        for record, i in zip(records, keep, strict=True):
+            try:
+                self.converter.to_batch([record], self._kafka_arrays([i]))
+            except Exception as exc:
+                reason = f"value not representable in the column types: {type(exc).__name__}: {exc}"[:300]
+                if self.on_error == "fail":
+                    self.halted = self._dead_letter(i, reason, bodies[i])
+                    self.rows -= len(keep) - len(good_keep)
+                    break
+                self.dead_letters.append(self._dead_letter(i, reason, bodies[i]))
+                self.rows -= 1
+                continue
+            good_records.append(record)
+            good_keep.append(i)
+        return self.converter.to_batch(good_records, self._kafka_arrays(good_keep))
 
     def _dead_letter(self, i: int, reason: str, body: memoryview) -> DeadLetter:
         ts = self._timestamps[i]
@@ -340,6 +375,7 @@ class Arena:
         self._batch_avro_bytes = 0
         self.rows = 0
         self.dead_letters = []
+        self._raw = bytearray()  # released: re-sized from the stats at the next row group's first record
         return table, dead, arrow_bytes
 
 

@@ -1,0 +1,70 @@
+"""Every way a run can end, in one place: the exception types and the process exit statuses.
+
+An operator (or a supervisor such as Kubernetes or systemd) reads the exit status, so each status
+means one kind of cause and one kind of remedy. Deeper modules raise these types; the runner maps
+them to statuses in :func:`exit_status`, and the CLI returns it.
+
+====  ===========================================================================================
+  0   done: stopped on request, or ``--until-caught-up``/``replay`` finished everything
+  2   configuration or usage: a flag, a missing topic, a bad schema file — fix the invocation
+  3   ``--on-error fail`` met a bad record: everything before it is durable and committed
+  4   S3 refused or kept failing (missing bucket, bad keys, a server without conditional
+      writes, an outage longer than the retry bound) — nothing undurable was committed
+  5   the output or the group is in a state this process must not touch on its own: an offset
+      reset into already-written files, staged pieces that do not chain, a fatal Kafka client
+      error (e.g. two members with one ``group.instance.id``), positions that cannot be committed
+  6   ``--until-caught-up`` gave up waiting for partitions held by other members
+====  ===========================================================================================
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_BAD_RECORD = 3
+EXIT_STORAGE = 4
+EXIT_FATAL = 5
+EXIT_INCOMPLETE = 6
+
+
+class ConsumerStop(RuntimeError):
+    """Base of the errors that end a run with a specific exit status (:attr:`status`)."""
+
+    status = EXIT_FATAL
+
+
+class UsageError(ConsumerStop):
+    """The invocation cannot work as given (e.g. a topic that does not exist)."""
+
+    status = EXIT_CONFIG
+
+
+class BadRecordStop(ConsumerStop):
+    """``on_error=fail`` and a record could not become a row; everything before it is durable."""
+
+    status = EXIT_BAD_RECORD
+
+
+class IntegrityError(ConsumerStop):
+    """The output prefix holds something this protocol cannot continue from safely (an offset reset
+    into written files, a piece removed by someone else, a file that does not read back)."""
+
+    status = EXIT_FATAL
+
+
+class FatalClientError(ConsumerStop):
+    """librdkafka reported a fatal error: the client instance is unusable and must be recreated."""
+
+    status = EXIT_FATAL
+
+
+class StorageContractError(ConsumerStop):
+    """The object store does not honour a rule the protocol depends on (conditional writes)."""
+
+    status = EXIT_STORAGE
+
+
+class Incomplete(ConsumerStop):
+    """``--until-caught-up`` ended with partitions not exported (held by another member)."""
+
+    status = EXIT_INCOMPLETE

@@ -1,0 +1,245 @@
+"""Recovery as a decision: (committed position, what S3 holds) → a plan the worker carries out.
+
+Deciding is kept apart from doing so that every case an operator or a crash can produce is a
+plain unit test (tests/unit/test_recovery_plan.py) and the worker only executes the plan: finish
+these rolls, resume this file, delete these keys, or stop.
+
+The one rule recovery must never break: **a staged piece holding a position below the committed
+position is never deleted unless something else provably holds that position** — the chain that
+resumes, a final file, or a roll this plan finishes. Everything else is decided from it:
+
+* **Normal** (crash, restart, rebalance): one chain of pieces runs from its file's first position
+  to the committed position ``C``. A roll marker at ``C`` means the file was complete: finish the
+  roll. Otherwise the file continues. Pieces from ``C`` on were durable but never committed: they
+  are deleted and their records consumed again.
+* **Forward reset** (``kafka-consumer-groups --reset-offsets --to-latest`` to skip a backlog): the
+  newest file's chain ends at ``E < C``. Its rows were committed, so they are kept: the file is
+  finished at ``E`` (a final file ``[start, E)``), and consumption continues from ``C``. Positions
+  ``[E, C)`` were skipped by the operator, and the plan says so.
+* **Backward reset** into already-final output (``C`` below the end of the newest final file):
+  consuming again would put the same offsets into two final files. Stop (status 5) and say how to
+  re-export history without duplicates (``consumer replay`` to another prefix) or how to move the
+  offset back.
+* **No committed position** (offsets expired, group deleted) but output exists: S3 itself proves
+  what is durable, so the position is adopted from it (the end of the newest chain, else of the
+  newest final file) and committed, the way Kafka Connect's S3 sink recovers offsets from files.
+* **A broken chain** (a piece removed by someone else): stop (status 5), delete nothing, and list
+  what was found.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from consumer.errors import IntegrityError
+from consumer.layout import PieceRef, RollMarker
+
+
+@dataclass(frozen=True)
+class FinishRoll:
+    """Finish file ``file_start`` at ``end`` from ``chain``; write its marker first if absent."""
+
+    file_start: int
+    end: int
+    chain: tuple[PieceRef, ...]
+    needs_marker: bool
+
+
+@dataclass(frozen=True)
+class RecoveryPlan:
+    position: int | None  # where consumption resumes (None: Kafka's auto.offset.reset decides)
+    commit: int | None = None  # commit this first (a position adopted from S3)
+    finish: tuple[FinishRoll, ...] = ()
+    resume: tuple[PieceRef, ...] = ()  # the open file's chain, continued
+    delete: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default=())  # operator-visible facts, logged as warnings
+
+
+def plan_recovery(
+    committed: int | None,
+    pieces: Sequence[PieceRef],
+    markers: Sequence[RollMarker],
+    dead_letters: Sequence[tuple[str, int, int]],
+    final_starts: Iterable[int],
+    last_final_end: int | None,
+    *,
+    where: str = "",
+) -> RecoveryPlan:
+    """Decide recovery for one partition. Pure: no I/O. Raises :class:`IntegrityError` to stop.
+
+    ``dead_letters`` are (key, from, to) of dead-letter objects; ``final_starts`` the first
+    positions of the partition's final files; ``last_final_end`` the end position of the newest
+    final file (read from its footer), None when there is none. ``where`` names the partition in
+    messages.
+    """
+    finals = set(final_starts)
+    notes: list[str] = []
+    commit: int | None = None
+    pos = committed
+    if pos is None:
+        pos = _adopt(pieces, last_final_end)
+        if pos is None:
+            if pieces:
+                _stranded(where, None, list(pieces))
+            return RecoveryPlan(position=None, delete=tuple(k for k, _, _ in dead_letters))
+        commit = pos
+        notes.append(
+            f"no committed position in the group (offsets expired or deleted): adopting {pos} "
+            "from what S3 holds"
+        )
+
+    if last_final_end is not None and pos < last_final_end:
+        raise IntegrityError(
+            f"{where}: the committed position {pos} is below the end {last_final_end} of a final file "
+            "already written: the group's offsets were moved backwards (reset?). Consuming again "
+            "would put the same offsets into two final files, so nothing was changed. To re-export "
+            "history use `consumer replay --output s3://…/another-prefix`; to continue, move the "
+            f"group's offset to {last_final_end} (kafka-consumer-groups --reset-offsets "
+            f"--to-offset {last_final_end})."
+        )
+    finish: list[FinishRoll] = []
+    by_marker = {(m.file_start, m.end) for m in markers}
+    # Files whose staged pieces stay until they are final: start → the position their chain covers.
+    covered: dict[int, int] = {}
+    resume: tuple[PieceRef, ...] = ()
+
+    chain = chain_ending_at(list(pieces), pos)
+    if chain:
+        start = chain[0].file_start
+        covered[start] = pos
+        if (start, pos) in by_marker:
+            finish.append(FinishRoll(start, pos, tuple(chain), needs_marker=False))
+        else:
+            resume = tuple(chain)
+    else:
+        below = [p for p in pieces if p.from_pos < pos and p.file_start not in finals]
+        if below:
+            newest = max(p.file_start for p in below)
+            longest = _longest_chain([p for p in below if p.file_start == newest], newest)
+            end = longest[-1].to_pos if longest else newest
+            if longest and (last_final_end is None or newest >= last_final_end):
+                covered[newest] = end
+                marker = (newest, end) not in by_marker
+                finish.append(FinishRoll(newest, end, tuple(longest), needs_marker=marker))
+                notes.append(
+                    f"committed position {pos} is past the staged file [{newest}, {end}): the offset was "
+                    f"moved forward (reset?). The staged rows are kept and finished as a final file; "
+                    f"positions [{end}, {pos}) were skipped."
+                )
+
+    # Older files whose roll was decided (marker) but not finished: finish them.
+    for m in sorted(markers):
+        if m.file_start in covered or m.file_start in finals or m.end > pos:
+            continue
+        older = chain_ending_at([p for p in pieces if p.file_start == m.file_start], m.end)
+        if older and older[0].file_start == m.file_start:
+            covered[m.file_start] = m.end
+            finish.append(FinishRoll(m.file_start, m.end, tuple(older), needs_marker=False))
+
+    finishing = {f.file_start for f in finish}
+    keep = {p.key for p in resume}
+    delete: list[str] = []
+    stranded: list[PieceRef] = []
+    for p in pieces:
+        if p.key in keep:
+            continue
+        if p.from_pos >= pos or p.file_start in finals:
+            if p.file_start not in finishing:
+                delete.append(p.key)  # never committed, or left over from a file that is final
+        elif p.file_start in covered and p.from_pos < covered[p.file_start]:
+            if p.file_start not in finishing:
+                delete.append(p.key)  # an alternative range (a zombie's) the kept chain also covers
+        elif last_final_end is not None and p.to_pos <= last_final_end:
+            delete.append(p.key)  # below the newest final file: final files hold these positions
+        else:
+            stranded.append(p)
+    if stranded:
+        _stranded(where, pos, stranded)
+    # Markers of files not being finished are decisions superseded (a zombie's, or a finished roll's).
+    delete += [m.key for m in markers if m.file_start not in finishing]
+    delete += [key for key, _frm, to in dead_letters if to > pos]  # never committed: written again
+    return RecoveryPlan(
+        position=pos,
+        commit=commit,
+        finish=tuple(finish),
+        resume=resume,
+        delete=tuple(delete),
+        notes=tuple(notes),
+    )
+
+
+def _stranded(where: str, committed: int | None, stranded: list[PieceRef]) -> None:
+    ranges = ", ".join(f"[{p.from_pos}, {p.to_pos}) of file {p.file_start}" for p in sorted(stranded)[:8])
+    raise IntegrityError(
+        f"{where}: staged pieces below the committed position {committed} do not chain to it and no "
+        f"final file holds them: {ranges}{' …' if len(stranded) > 8 else ''}. A piece was probably "
+        "removed by someone else. Nothing was deleted. Inspect with `consumer verify`; to accept "
+        "the gap, move the listed pieces out of _staging/ (they are valid Parquet files) and restart."
+    )
+
+
+def _adopt(pieces: Sequence[PieceRef], last_final_end: int | None) -> int | None:
+    """The position S3 proves durable when the group has none: the newest chain's end, else the
+    newest final file's end."""
+    best = last_final_end
+    if pieces:
+        newest = max(p.file_start for p in pieces)
+        if last_final_end is None or newest >= last_final_end:
+            longest = _longest_chain([p for p in pieces if p.file_start == newest], newest)
+            if longest:
+                best = longest[-1].to_pos
+    return best
+
+
+def _longest_chain(pieces: list[PieceRef], file_start: int) -> list[PieceRef]:
+    """Contiguous pieces from ``file_start`` reaching the furthest position (fewest pieces there)."""
+    ends = sorted({p.to_pos for p in pieces if p.from_pos < p.to_pos}, reverse=True)
+    for end in ends:
+        chain = chain_ending_at(pieces, end)
+        if chain and chain[0].file_start == file_start:
+            return chain
+    return []
+
+
+def chain_ending_at(pieces: list[PieceRef], end: int) -> list[PieceRef] | None:
+    """Pieces of one file, contiguous from the file's first position up to ``end``, in order.
+
+    Several chains can exist when a zombie staged alternative ranges; any of them holds exactly
+    the records at positions ``[file start, end)`` (Kafka positions are immutable), so the one with
+    the fewest pieces is chosen, deterministically. When chains of several files reach ``end`` the
+    newest file wins: a file starts only after the previous one's roll, so older ones are leftovers.
+    Breadth-first over positions (no recursion: a file may hold thousands of pieces).
+    """
+    by_file: dict[int, dict[int, list[PieceRef]]] = {}
+    for p in pieces:
+        if p.from_pos < p.to_pos:
+            by_file.setdefault(p.file_start, {}).setdefault(p.to_pos, []).append(p)
+    for file_start in sorted(by_file, reverse=True):
+        by_to = by_file[file_start]
+        if end not in by_to or end <= file_start:
+            continue
+        # BFS backwards from `end`: the first time `file_start` is reached uses the fewest pieces.
+        step: dict[int, PieceRef] = {}
+        frontier = [end]
+        seen = {end}
+        while frontier and file_start not in seen:
+            nxt: list[int] = []
+            for pos in frontier:
+                for piece in sorted(by_to.get(pos, []), key=lambda r: r.from_pos):
+                    prev = piece.from_pos
+                    if prev < file_start or prev in seen:
+                        continue
+                    seen.add(prev)
+                    step[prev] = piece
+                    nxt.append(prev)
+            frontier = sorted(nxt)
+        if file_start in seen:
+            chain = []
+            pos = file_start
+            while pos != end:
+                piece = step[pos]
+                chain.append(piece)
+                pos = piece.to_pos
+            return chain
+    return None
