@@ -1,4 +1,4 @@
-"""Command line: ``consumer run | produce | show | verify``.
+"""Command line: ``consumer run | replay | check | produce | show | verify``.
 
 Every ``run`` flag is also an environment variable (``CONSUMER_<FLAG>``, e.g.
 ``CONSUMER_ROW_GROUP_BYTES=8MiB``) and a key of the optional TOML file (``--config``). Invalid
@@ -87,6 +87,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="end offsets seen at start (default) | 0=900,1=999 | ts:<epoch ms> | ISO time",
     )
+
+    check = sub.add_parser(
+        "check",
+        help="validate the run configuration and probe Kafka, S3 and the registry (health checks)",
+        description="Reads the configuration like `run` (flags, CONSUMER_* environment, --config) "
+        "and checks it, then the brokers and topics, the bucket, the registry (confluent framing) "
+        "and, with --group-active, that the group has a member. Exit status: 0 all passed, "
+        "1 a check failed, 2 invalid configuration.",
+    )
+    _add_run_flags(check)
+    check.add_argument(
+        "--group-active",
+        action="store_true",
+        help="also require the consumer group to have at least one member",
+    )
+    check.add_argument("--timeout", type=float, default=10.0, help="seconds per probe (default 10)")
 
     prod = sub.add_parser("produce", help="produce seeded sample Avro records to a topic")
     prod.add_argument("--bootstrap-servers", default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS"))
@@ -198,6 +214,31 @@ def cmd_run(args: argparse.Namespace) -> int:
     return runner.run()
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Exit 0 if the configuration is valid and every dependency answers, 1 if not, 2 on bad config."""
+    from consumer.check import run_checks
+    from consumer.samples import load_schema
+
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "group_active", "timeout")}
+    try:
+        config = cfgmod.load(flags, config_file=args.config).validated()
+    except cfgmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"consumer: config: {problem}", file=sys.stderr)
+        return 2
+    if config.framing == "raw" and config.schema:
+        try:
+            load_schema(config.schema)
+        except Exception as exc:
+            print(f"consumer: config: schema {config.schema!r}: {exc}", file=sys.stderr)
+            return 2
+    print(f"ok   config: valid ({config.framing} framing, topics {', '.join(config.topics)})")
+    results = run_checks(config, timeout=args.timeout, group_active=args.group_active)
+    for result in results:
+        print(result.line(), file=sys.stdout if result.ok else sys.stderr)
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_produce(args: argparse.Namespace) -> int:
     from consumer.producer import produce
 
@@ -275,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handlers = {
         "run": cmd_run,
         "replay": cmd_run,
+        "check": cmd_check,
         "produce": cmd_produce,
         "show": cmd_show,
         "verify": cmd_verify,

@@ -1,0 +1,127 @@
+"""``consumer check``: validate a run's configuration and probe what it depends on.
+
+Meant for container health checks and for "why does it not start" on a new deployment. It reads
+the configuration exactly as ``consumer run`` does (flags ← environment ← ``--config`` file), so
+inside the consumer's container it checks the settings the running process was started with.
+
+What a passing check proves, and what it does not:
+
+* ``config``: the settings validate (the same rules as ``run``) and a raw-framing writer schema
+  loads — the process would not exit 2 on start;
+* ``kafka``: the brokers answer a metadata request and every configured topic exists;
+* ``s3``: the bucket answers a one-key LIST under the output prefix with the process's
+  credentials (a missing bucket or a rejected key fails; nothing is written);
+* ``registry`` (confluent framing only): the registry answers ``GET /subjects``;
+* ``group`` (only with ``--group-active``): the consumer group has at least one member. A member
+  whose poll loop stops for ``max.poll.interval.ms`` (5 min by default) is removed from the group,
+  so this is the one check that says something about a *running* consumer — but it cannot tell
+  which member is alive when several share the group, and it says nothing about whether records
+  are being made durable. Progress, lag and freshness belong to metrics (issue 11 items 1–2).
+
+Exit status: 0 every check passed, 1 some check failed (one ``FAIL`` line each), 2 invalid
+configuration.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from consumer import config as cfgmod
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str
+
+    def line(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'} {self.name}: {self.detail}"
+
+
+def _run(name: str, probe: Callable[[], str]) -> CheckResult:
+    started = time.monotonic()
+    try:
+        detail = probe()
+    except Exception as exc:  # every failure becomes one readable line
+        return CheckResult(name, False, f"{type(exc).__name__}: {str(exc)[:300]}")
+    return CheckResult(name, True, f"{detail} ({time.monotonic() - started:.2f}s)")
+
+
+def check_kafka(config: cfgmod.Config, timeout: float) -> str:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, **config.kafka_properties})
+    md = admin.list_topics(timeout=timeout)
+    problems: list[str] = []
+    sizes: list[str] = []
+    for topic in config.topics:
+        t = md.topics.get(topic)
+        if t is None:
+            problems.append(f"topic {topic!r} does not exist")
+        elif t.error is not None:
+            problems.append(f"topic {topic!r}: {t.error}")
+        else:
+            sizes.append(f"{topic}[{len(t.partitions)}]")
+    if problems:
+        raise RuntimeError("; ".join(problems))
+    return f"{len(md.brokers)} broker(s), topics {', '.join(sizes)}"
+
+
+def check_s3(config: cfgmod.Config, timeout: float) -> str:
+    from consumer.storage import RetryPolicy, S3Store
+
+    store = S3Store(
+        config.bucket,
+        endpoint_url=config.s3_endpoint_url,
+        region=config.s3_region,
+        retry=RetryPolicy(base=0.2, cap=1.0, max_elapsed=timeout),
+        connect_timeout=min(5.0, timeout),
+        read_timeout=timeout,
+    )
+    # One bounded LIST under the prefix (GET, so S3 names the error: NoSuchBucket, AccessDenied,
+    # SignatureDoesNotMatch all raise); nothing is written.
+    store._call("list_objects_v2", Prefix=f"{config.prefix}/" if config.prefix else "", MaxKeys=1)
+    return f"bucket {config.bucket!r} reachable" + (
+        f" at {config.s3_endpoint_url}" if config.s3_endpoint_url else ""
+    )
+
+
+def check_registry(config: cfgmod.Config, timeout: float) -> str:
+    from consumer.registry import SchemaRegistryClient
+
+    assert config.schema_registry_url
+    client = SchemaRegistryClient(config.schema_registry_url, timeout=timeout, retries=1)
+    subjects = client.subjects()
+    return f"{client.url} answers ({len(subjects)} subject(s))"
+
+
+def check_group(config: cfgmod.Config, timeout: float) -> str:
+    from confluent_kafka.admin import AdminClient
+
+    admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, **config.kafka_properties})
+    futures = admin.describe_consumer_groups([config.group_id], request_timeout=timeout)
+    desc: Any = futures[config.group_id].result(timeout=timeout)
+    members = list(desc.members or [])
+    state = getattr(desc.state, "name", str(desc.state))
+    if not members:
+        raise RuntimeError(f"group {config.group_id!r} has no members (state {state})")
+    return f"group {config.group_id!r} {state} with {len(members)} member(s)"
+
+
+def run_checks(
+    config: cfgmod.Config, *, timeout: float = 10.0, group_active: bool = False
+) -> list[CheckResult]:
+    """Probe every dependency of ``config`` (assumed valid); one result per check, in order."""
+    results = [
+        _run("kafka", lambda: check_kafka(config, timeout)),
+        _run("s3", lambda: check_s3(config, timeout)),
+    ]
+    if config.framing == "confluent" and config.schema_registry_url:
+        results.append(_run("registry", lambda: check_registry(config, timeout)))
+    if group_active:
+        results.append(_run("group", lambda: check_group(config, timeout)))
+    return results
