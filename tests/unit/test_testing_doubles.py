@@ -1,0 +1,657 @@
+"""The in-package test doubles (consumer/testing.py) behave like the real parts where the protocol
+depends on it.
+
+Tests taking the ``backend`` fixture run twice: against :class:`MemoryStore` and, marked
+``stack``, against the real S3 server through :class:`S3Store` (object-store level) and boto3
+(request level, for the S3 rules S3Store never breaks on purpose). The same assertions passing on
+both is what licenses using the double in unit tests.
+
+The S3 side uses the session ``stack`` fixture, or — when ``DOUBLES_STACK_DIR`` names the state
+folder of a separately started stack (``STACK_DIR=… dev/stack up``) — that stack, so these tests
+can run beside another stack without touching it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import uuid
+from collections.abc import Iterator
+from dataclasses import FrozenInstanceError, dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from consumer.config import MIN_S3_PART
+from consumer.positions import PartitionFenced, PositionError, PositionStore
+from consumer.storage import (
+    CopyRange,
+    FatalStorageError,
+    ObjectStore,
+    PutOutcome,
+    RetryPolicy,
+    S3Store,
+    Segment,
+    TransientStorageError,
+)
+from consumer.testing import (
+    Crash,
+    EntityTooSmall,
+    MemoryPositions,
+    MemoryStore,
+    Message,
+    PreconditionFailed,
+    Upload,
+    crash_at,
+    md5_etag,
+    messages,
+    multipart_etag,
+)
+
+MiB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------------------------
+# backends: the double, and the real server behind the same two interfaces
+# ----------------------------------------------------------------------------------------------
+class BotoRequests:
+    """The request-level methods of MemoryStore, done with boto3 against the real server, with S3's
+    answers mapped to the double's exceptions (412 → PreconditionFailed, …) and nothing else."""
+
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.s3 = client
+        self.bucket = bucket
+        self._etags: dict[str, list[str]] = {}
+
+    def _call(self, op: str, **kw: Any) -> Any:
+        from botocore.exceptions import ClientError
+
+        try:
+            return getattr(self.s3, op)(Bucket=self.bucket, **kw)
+        except ClientError as exc:
+            code = exc.response["Error"]["Code"]
+            status = exc.response["ResponseMetadata"]["HTTPStatusCode"]
+            if status == 412:
+                raise PreconditionFailed(code) from exc
+            if code == "EntityTooSmall":
+                raise EntityTooSmall(code) from exc
+            if code in ("NoSuchKey", "NoSuchUpload") or status == 404:
+                raise FileNotFoundError(errno.ENOENT, code) from exc
+            raise
+
+    def put_object(self, key: str, data: bytes, *, if_none_match: bool = False) -> str:
+        kw = {"IfNoneMatch": "*"} if if_none_match else {}
+        return str(self._call("put_object", Key=key, Body=data, **kw)["ETag"]).strip('"')
+
+    def create_multipart_upload(self, key: str) -> str:
+        upload_id = str(self._call("create_multipart_upload", Key=key)["UploadId"])
+        self._etags[upload_id] = []
+        return upload_id
+
+    def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes) -> str:
+        r = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=part_number, Body=body)
+        self._etags[upload_id].append(r["ETag"])
+        return str(r["ETag"]).strip('"')
+
+    def upload_part_copy(self, key: str, upload_id: str, part_number: int, src: CopyRange) -> str:
+        r = self._call(
+            "upload_part_copy",
+            Key=key,
+            UploadId=upload_id,
+            PartNumber=part_number,
+            CopySource={"Bucket": self.bucket, "Key": src.key},
+            CopySourceRange=f"bytes={src.start}-{src.end - 1}",
+        )
+        self._etags[upload_id].append(r["CopyPartResult"]["ETag"])
+        return str(r["CopyPartResult"]["ETag"]).strip('"')
+
+    def complete_multipart_upload(self, key: str, upload_id: str, *, if_none_match: bool = False) -> str:
+        parts = [{"PartNumber": i + 1, "ETag": e} for i, e in enumerate(self._etags[upload_id])]
+        kw = {"IfNoneMatch": "*"} if if_none_match else {}
+        r = self._call(
+            "complete_multipart_upload",
+            Key=key,
+            UploadId=upload_id,
+            MultipartUpload={"Parts": parts},
+            **kw,
+        )
+        return str(r["ETag"]).strip('"')
+
+    def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        self._call("abort_multipart_upload", Key=key, UploadId=upload_id)
+
+    def list_multipart_uploads(self, prefix: str) -> list[Upload]:
+        r = self._call("list_multipart_uploads", Prefix=prefix)
+        return [Upload(u["Key"], u["UploadId"]) for u in r.get("Uploads", []) or []]
+
+
+@dataclass
+class Backend:
+    name: str
+    store: ObjectStore  # S3Store or MemoryStore
+    raw: Any  # request level: BotoRequests or the MemoryStore itself
+    prefix: str
+
+
+def _stack_settings(request: pytest.FixtureRequest) -> Any:
+    stack_dir = os.environ.get("DOUBLES_STACK_DIR")
+    if not stack_dir:
+        return request.getfixturevalue("stack")
+    from conftest import StackSettings
+    from support import run_stack
+
+    res = run_stack("status", env={**os.environ, "STACK_DIR": stack_dir})
+    if res.returncode != 0:
+        pytest.fail(f"no stack answering in DOUBLES_STACK_DIR={stack_dir}: {res.stderr}", pytrace=False)
+    return StackSettings.from_env_lines(res.stdout)
+
+
+@pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.stack)])
+def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
+    prefix = f"doubles/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}/"
+    if request.param == "memory":
+        mem = MemoryStore()
+        yield Backend("memory", mem, mem, prefix)
+        return
+    import boto3
+    from botocore.config import Config as BotoConfig
+
+    st = _stack_settings(request)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", st.aws_access_key_id)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", st.aws_secret_access_key)
+    os.environ.setdefault("AWS_REGION", st.aws_region)
+    client = boto3.client(
+        "s3",
+        endpoint_url=st.s3_endpoint,
+        aws_access_key_id=st.aws_access_key_id,
+        aws_secret_access_key=st.aws_secret_access_key,
+        region_name=st.aws_region,
+        config=BotoConfig(
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1, "mode": "standard"},
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required",
+        ),
+    )
+    store = S3Store(st.s3_bucket, endpoint_url=st.s3_endpoint, retry=RetryPolicy(max_elapsed=10))
+    raw = BotoRequests(client, st.s3_bucket)
+    yield Backend("s3", store, raw, prefix)
+    for u in raw.list_multipart_uploads(prefix):
+        raw.abort_multipart_upload(u.key, u.upload_id)
+    keys = [o.key for o in store.list(prefix)]
+    if keys:
+        store.delete(keys)
+
+
+# ----------------------------------------------------------------------------------------------
+# object-store level: the same assertions on MemoryStore and S3Store
+# ----------------------------------------------------------------------------------------------
+def test_put_if_absent_never_overwrites_and_tells_own_retry_from_other(backend: Backend) -> None:
+    s, key = backend.store, backend.prefix + "piece"
+    assert s.put_if_absent(key, b"first") is PutOutcome.CREATED
+    assert s.put_if_absent(key, b"first") is PutOutcome.EXISTS_SAME  # a retry after a lost reply
+    assert s.put_if_absent(key, b"other") is PutOutcome.EXISTS_OTHER
+    assert s.get(key) == b"first"
+    assert s.stats.requests == {"put_object": 3, "head_object": 2, "get_object": 1}
+    assert s.stats.bytes_uploaded == 5
+
+
+def test_conditional_put_is_412_at_request_level(backend: Backend) -> None:
+    key = backend.prefix + "obj"
+    assert backend.raw.put_object(key, b"first", if_none_match=True) == md5_etag(b"first")
+    with pytest.raises(PreconditionFailed):
+        backend.raw.put_object(key, b"second", if_none_match=True)
+    assert backend.store.get(key) == b"first"
+
+
+def test_replace_if_match_follows_the_etag(backend: Backend) -> None:
+    s, key = backend.store, backend.prefix + "_state"
+    assert s.replace_if_match(key, b"x", md5_etag(b"x")) is False  # absent
+    s.put_if_absent(key, b"v1")
+    info = s.head(key)
+    assert info is not None
+    assert (info.size, info.etag) == (2, hashlib.md5(b"v1").hexdigest())
+    assert s.replace_if_match(key, b"v2", md5_etag(b"other")) is False
+    assert s.get(key) == b"v1"
+    assert s.replace_if_match(key, b"v2", info.etag) is True
+    assert s.get(key) == b"v2"
+    assert s.replace_if_match(key, b"v3", info.etag) is False  # the ETag moved on
+    assert s.head(backend.prefix + "absent") is None
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [
+        (None, None, b"0123456789"),
+        (2, 5, b"234"),
+        (2, None, b"23456789"),
+        (None, 3, b"012"),
+        (5, 100, b"56789"),
+        (-3, None, b"789"),
+        (-3, -1, b"78"),
+        (0, -1, b""),  # end <= start: no request
+        (4, 4, b""),
+        (10, 12, OSError),
+        (10, None, OSError),
+        (20, 30, OSError),
+    ],
+)
+def test_get_byte_ranges(backend: Backend, start: int | None, end: int | None, expected: Any) -> None:
+    s, key = backend.store, backend.prefix + "digits"
+    s.put_if_absent(key, b"0123456789")
+    if isinstance(expected, bytes):
+        assert s.get(key, start, end) == expected
+    else:
+        with pytest.raises(OSError) as exc:  # 416 InvalidRange
+            s.get(key, start, end)
+        assert exc.value.errno == errno.EINVAL
+        assert not isinstance(exc.value, FileNotFoundError)
+
+
+def test_get_missing_is_file_not_found(backend: Backend) -> None:
+    with pytest.raises(FileNotFoundError):
+        backend.store.get(backend.prefix + "nothing")
+    with pytest.raises(FileNotFoundError):
+        backend.store.get(backend.prefix + "nothing", 0, 4)
+
+
+def test_list_is_sorted_with_sizes_and_etags_and_delete_ignores_missing(backend: Backend) -> None:
+    s, p = backend.store, backend.prefix
+    # Keys without a "/" after the prefix: SeaweedFS lists "a/z" before "a-" (directory order),
+    # AWS and the double in byte order; the protocol never relies on that difference.
+    names = ["b", "B", "a-1", "a0", "z", "é", "a"]
+    for n in random.sample(names, len(names)):
+        s.put_if_absent(p + n, n.encode() * 2)
+    s.put_if_absent(backend.prefix.rstrip("/") + "-sibling", b"not under the prefix")
+    listed = s.list(p)
+    assert [o.key[len(p) :] for o in listed] == sorted(names)
+    assert all(o.size == len(o.key[len(p) :].encode()) * 2 for o in listed)
+    assert all(o.etag == md5_etag(o.key[len(p) :].encode() * 2) for o in listed)
+    s.delete([p + "a", p + "never-was", p + "z"])
+    assert [o.key[len(p) :] for o in s.list(p)] == sorted(set(names) - {"a", "z"})
+    s.delete([])
+    s.delete([backend.prefix.rstrip("/") + "-sibling"])
+
+
+def test_compose_is_byte_exact_and_copies_large_ranges_server_side(backend: Backend) -> None:
+    s, p = backend.store, backend.prefix
+    a, b = os.urandom(12 * MiB), os.urandom(3 * MiB)
+    s.put_if_absent(p + "a", a)
+    s.put_if_absent(p + "b", b)
+    segments: list[Segment] = [
+        CopyRange(p + "a", 1 * MiB + 3, 7 * MiB + 3),  # 6 MiB, unaligned: UploadPartCopy
+        b"literal",  # small: pulls 5 MiB - 7 of the next range into an uploaded part
+        CopyRange(p + "a", 0, 11 * MiB),
+        CopyRange(p + "b", 17, 2 * MiB + 17),
+        b"PAR1",
+    ]
+    expected = a[1 * MiB + 3 : 7 * MiB + 3] + b"literal" + a[: 11 * MiB] + b[17 : 2 * MiB + 17] + b"PAR1"
+    before = dict(s.stats.requests)
+    assert s.compose(p + "final", segments) is PutOutcome.CREATED
+    assert s.get(p + "final") == expected
+    info = s.head(p + "final")
+    assert info is not None and info.size == len(expected)
+    assert info.etag.endswith("-4")  # a multipart object's ETag is never the body's MD5
+    used = {k: v - before.get(k, 0) for k, v in s.stats.requests.items() if v != before.get(k, 0)}
+    # part 1 copied; part 2 = "literal" + 5 MiB - 7 downloaded; part 3 = the rest of the range
+    # copied; part 4 = the small tail range downloaded + "PAR1" — the same requests on both.
+    assert used == {
+        "create_multipart_upload": 1,
+        "upload_part_copy": 2,
+        "get_object": 3,
+        "upload_part": 2,
+        "complete_multipart_upload": 1,
+        "head_object": 1,
+    }
+    assert s.stats.bytes_copied_server_side == 6 * MiB + 11 * MiB - (5 * MiB - 7)
+
+
+def test_multipart_etag_of_uploaded_parts(backend: Backend) -> None:
+    raw, key = backend.raw, backend.prefix + "m"
+    parts = [b"a" * (5 * MiB), b"tail"]
+    upload_id = raw.create_multipart_upload(key)
+    for n, body in enumerate(parts, start=1):
+        assert raw.upload_part(key, upload_id, n, body) == md5_etag(body)
+    assert raw.complete_multipart_upload(key, upload_id) == multipart_etag(parts)
+    info = backend.store.head(key)
+    assert info is not None and info.etag == multipart_etag(parts)
+
+
+def test_compose_of_one_part_is_one_conditional_put(backend: Backend) -> None:
+    s, p = backend.store, backend.prefix
+    s.put_if_absent(p + "piece", b"PAR1body1footer")
+    assert s.compose(p + "f", [CopyRange(p + "piece", 0, 9), b"+trailer"]) is PutOutcome.CREATED
+    assert s.get(p + "f") == b"PAR1body1+trailer"
+    info = s.head(p + "f")
+    assert info is not None and info.etag == md5_etag(b"PAR1body1+trailer")
+    assert s.compose(p + "f", [b"other"]) is PutOutcome.EXISTS_OTHER
+    assert s.compose(p + "f", [b"PAR1body1+trailer"]) is PutOutcome.EXISTS_SAME
+
+
+def test_compose_onto_an_existing_key_keeps_it_and_leaves_no_upload(backend: Backend) -> None:
+    s, p = backend.store, backend.prefix
+    s.put_if_absent(p + "src", os.urandom(6 * MiB))
+    s.put_if_absent(p + "final", b"earlier owner")
+    assert s.compose(p + "final", [CopyRange(p + "src", 0, 6 * MiB), b"tail"]) is PutOutcome.EXISTS_OTHER
+    assert s.get(p + "final") == b"earlier owner"
+    assert backend.raw.list_multipart_uploads(p) == []
+    assert s.abort_uploads(p + "final") == 0
+
+
+@pytest.mark.parametrize("size", [6 * MiB, 10])
+def test_compose_from_a_missing_source_raises_file_not_found(backend: Backend, size: int) -> None:
+    s, p = backend.store, backend.prefix
+    with pytest.raises(FileNotFoundError):
+        s.compose(p + "final", [CopyRange(p + "gone", 0, size), b"tail"])
+    assert s.head(p + "final") is None
+    assert backend.raw.list_multipart_uploads(p) == []  # aborted
+
+
+def test_compose_past_the_source_end_is_invalid_range(backend: Backend) -> None:
+    s, p = backend.store, backend.prefix
+    s.put_if_absent(p + "src", os.urandom(6 * MiB))
+    with pytest.raises(OSError) as exc:
+        s.compose(p + "final", [CopyRange(p + "src", 0, 7 * MiB), b"tail"])
+    assert exc.value.errno == errno.EINVAL
+    assert s.head(p + "final") is None
+
+
+# ----------------------------------------------------------------------------------------------
+# request level: S3's multipart rules
+# ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("first_part_size", [1024, MIN_S3_PART - 1])
+def test_non_last_part_under_5mib_is_entity_too_small(backend: Backend, first_part_size: int) -> None:
+    raw, key = backend.raw, backend.prefix + "small-parts"
+    upload_id = raw.create_multipart_upload(key)
+    raw.upload_part(key, upload_id, 1, b"a" * first_part_size)
+    raw.upload_part(key, upload_id, 2, b"b" * 1024)
+    with pytest.raises(EntityTooSmall) as exc:
+        raw.complete_multipart_upload(key, upload_id)
+    assert isinstance(exc.value, FatalStorageError)  # what S3Store raises for EntityTooSmall
+    assert backend.store.head(key) is None
+    assert [u.upload_id for u in raw.list_multipart_uploads(key)] == [upload_id]  # abortable
+    assert backend.store.abort_uploads(key) == 1
+    assert raw.list_multipart_uploads(key) == []
+
+
+def test_exactly_5mib_non_last_part_is_accepted(backend: Backend) -> None:
+    raw, key = backend.raw, backend.prefix + "five"
+    upload_id = raw.create_multipart_upload(key)
+    raw.upload_part(key, upload_id, 1, b"a" * MIN_S3_PART)
+    raw.upload_part(key, upload_id, 2, b"b" * 10)
+    raw.complete_multipart_upload(key, upload_id)
+    assert backend.store.get(key) == b"a" * MIN_S3_PART + b"b" * 10
+
+
+def test_upload_part_copy_copies_exactly_the_range(backend: Backend) -> None:
+    raw, s, p = backend.raw, backend.store, backend.prefix
+    a, b = os.urandom(12 * MiB), os.urandom(3 * MiB)
+    s.put_if_absent(p + "a", a)
+    s.put_if_absent(p + "b", b)
+    ranges = [
+        CopyRange(p + "a", MiB + 3, 7 * MiB + 3),
+        CopyRange(p + "a", 0, 5 * MiB),
+        CopyRange(p + "b", 17, 2 * MiB + 17),
+    ]
+    upload_id = raw.create_multipart_upload(p + "dst")
+    for n, r in enumerate(ranges, start=1):
+        raw.upload_part_copy(p + "dst", upload_id, n, r)
+    raw.complete_multipart_upload(p + "dst", upload_id)
+    data = {p + "a": a, p + "b": b}
+    assert s.get(p + "dst") == b"".join(data[r.key][r.start : r.end] for r in ranges)
+
+
+def test_conditional_complete_refuses_an_existing_key(backend: Backend) -> None:
+    raw, key = backend.raw, backend.prefix + "exists"
+    raw.put_object(key, b"old")
+    upload_id = raw.create_multipart_upload(key)
+    raw.upload_part(key, upload_id, 1, b"new")
+    with pytest.raises(PreconditionFailed):
+        raw.complete_multipart_upload(key, upload_id, if_none_match=True)
+    assert backend.store.get(key) == b"old"
+    raw.abort_multipart_upload(key, upload_id)
+
+
+def test_incomplete_upload_is_invisible_until_aborted(backend: Backend) -> None:
+    raw, s, key = backend.raw, backend.store, backend.prefix + "incomplete"
+    upload_id = raw.create_multipart_upload(key)
+    raw.upload_part(key, upload_id, 1, b"x" * MIN_S3_PART)
+    raw.upload_part(key, upload_id, 2, b"y" * 100)
+    assert s.head(key) is None
+    with pytest.raises(FileNotFoundError):
+        s.get(key)
+    assert s.list(backend.prefix) == []
+    assert s.abort_uploads(backend.prefix + "incomp") == 0  # exactly the key, not a prefix of it
+    assert s.abort_uploads(key) == 1
+    assert s.abort_uploads(key) == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# MemoryStore switches
+# ----------------------------------------------------------------------------------------------
+def test_fail_next_raises_then_recovers() -> None:
+    s = MemoryStore()
+    s.fail_next("put_if_absent", TransientStorageError("S3 kept failing"), times=2)
+    for _ in range(2):
+        with pytest.raises(TransientStorageError):
+            s.put_if_absent("k", b"v")
+    assert "k" not in s.objects
+    assert s.put_if_absent("k", b"v") is PutOutcome.CREATED
+    s.fail_next("head", FatalStorageError)
+    with pytest.raises(FatalStorageError):
+        s.head("k")
+    with pytest.raises(ValueError, match="unknown operation"):
+        s.fail_next("put", TransientStorageError)
+
+
+def test_fail_next_after_models_a_lost_reply() -> None:
+    s = MemoryStore()
+    s.fail_next("put_object", TransientStorageError, after=True)
+    with pytest.raises(TransientStorageError):
+        s.put_if_absent("k", b"v")
+    assert s.objects["k"] == b"v"  # it landed
+    assert s.put_if_absent("k", b"v") is PutOutcome.EXISTS_SAME  # the caller's retry
+
+
+def test_a_request_failing_mid_compose_aborts_the_upload() -> None:
+    s = MemoryStore()
+    s.objects["src"] = os.urandom(12 * MiB)
+    s.fail_next("upload_part_copy", TransientStorageError)
+    with pytest.raises(TransientStorageError):
+        s.compose("final", [CopyRange("src", 0, 6 * MiB), CopyRange("src", 6 * MiB, 12 * MiB)])
+    assert "final" not in s.objects and s.uploads == {}
+    assert s.stats.requests["abort_multipart_upload"] == 1
+
+
+def test_a_crash_mid_compose_leaves_an_invisible_upload() -> None:
+    s = MemoryStore(on_op=crash_at("upload_part_copy", nth=2))
+    s.objects["src"] = os.urandom(12 * MiB)
+    with pytest.raises(Crash):
+        s.compose("final", [CopyRange("src", 0, 6 * MiB), CopyRange("src", 6 * MiB, 12 * MiB)])
+    assert "final" not in s.objects and s.head("final") is None
+    assert [u.key for u in s.uploads.values()] == ["final"]
+    s.on_op = None
+    assert s.abort_uploads("final") == 1 and s.uploads == {}
+
+
+def test_on_op_sees_methods_and_requests() -> None:
+    seen: list[tuple[str, str]] = []
+    s = MemoryStore(on_op=lambda op, key: seen.append((op, key)))
+    s.put_if_absent("k", b"v")
+    s.put_if_absent("k", b"v")
+    assert seen == [
+        ("put_if_absent", "k"),
+        ("put_object", "k"),
+        ("put_if_absent", "k"),
+        ("put_object", "k"),
+        ("head_object", "k"),
+    ]
+
+
+def test_lax_server_overwrites() -> None:
+    s = MemoryStore()
+    s.ignore_conditional_writes = True
+    assert s.put_if_absent("k", b"one") is PutOutcome.CREATED
+    assert s.put_if_absent("k", b"two") is PutOutcome.CREATED
+    assert s.objects["k"] == b"two"
+    assert s.replace_if_match("k", b"three", "not-the-etag") is True
+    s.objects["src"] = b"s" * (6 * MiB)
+    assert s.compose("k", [CopyRange("src", 0, 6 * MiB), b"!"]) is PutOutcome.CREATED
+    assert s.objects["k"] == b"s" * (6 * MiB) + b"!"
+
+
+def test_planted_objects_get_single_put_etags_and_list_pages_like_s3() -> None:
+    s = MemoryStore()
+    for i in range(2500):
+        s.objects[f"p/{i:05d}"] = b"x"
+    s.objects["p/00000"] = b"changed"  # planting replaces: the ETag follows the bytes
+    listed = s.list("p/")
+    assert len(listed) == 2500 and listed[0].etag == md5_etag(b"changed")
+    assert s.stats.requests["list_objects_v2"] == 3
+    s.delete([o.key for o in listed])
+    assert s.objects == {} and s.stats.requests["delete_objects"] == 3
+
+
+def test_store_and_positions_satisfy_the_protocols() -> None:
+    store: ObjectStore = MemoryStore()
+    positions: PositionStore = MemoryPositions()
+    assert store.list("") == [] and positions.committed("t", 0) is None
+
+
+# ----------------------------------------------------------------------------------------------
+# MemoryPositions
+# ----------------------------------------------------------------------------------------------
+def test_positions_commit_history_and_reset() -> None:
+    pos = MemoryPositions()
+    assert pos.committed("t", 0) is None
+    pos.commit("t", 0, 10)
+    pos.commit("t", 0, 20)
+    pos.commit("t", 1, 5)
+    assert (pos.committed("t", 0), pos.committed("t", 1)) == (20, 5)
+    pos.reset("t", 0, 3)  # kafka-consumer-groups --reset-offsets --to-offset 3
+    assert pos.committed("t", 0) == 3
+    pos.reset("t", 1, None)
+    assert pos.committed("t", 1) is None
+    assert pos.history == [("t", 0, 10), ("t", 0, 20), ("t", 1, 5)]
+
+
+def test_positions_fence() -> None:
+    pos = MemoryPositions()
+    pos.commit("t", 0, 10)
+    pos.fence("t", 0)
+    with pytest.raises(PartitionFenced):
+        pos.commit("t", 0, 20)
+    pos.commit("t", 1, 1)  # only that partition
+    assert pos.committed("t", 0) == 10  # reading still works
+    pos.unfence("t", 0)
+    pos.commit("t", 0, 20)
+    assert pos.history == [("t", 0, 10), ("t", 1, 1), ("t", 0, 20)]
+
+
+def test_positions_fail_next() -> None:
+    pos = MemoryPositions()
+    pos.fail_next("commit")
+    with pytest.raises(PositionError):
+        pos.commit("t", 0, 10)
+    assert pos.committed("t", 0) is None and pos.history == []
+    pos.fail_next("commit", PositionError("coordinator gone"), after=True)
+    with pytest.raises(PositionError):
+        pos.commit("t", 0, 10)
+    assert pos.committed("t", 0) == 10  # the commit landed, the reply did not
+    pos.fail_next("committed", times=2)
+    for _ in range(2):
+        with pytest.raises(PositionError):
+            pos.committed("t", 0)
+    assert pos.committed("t", 0) == 10
+
+
+# ----------------------------------------------------------------------------------------------
+# Message
+# ----------------------------------------------------------------------------------------------
+def test_message_mirrors_confluent_kafka() -> None:
+    m = Message(
+        7, b"body", topic="orders", partition=3, key=b"k", timestamp=1_700_000_000_123, headers=[("h", b"v")]
+    )
+    assert (m.offset(), m.value(), m.key(), m.topic(), m.partition()) == (7, b"body", b"k", "orders", 3)
+    assert m.timestamp() == (1, 1_700_000_000_123)
+    assert m.headers() == [("h", b"v")] and m.error() is None
+    assert m.len() == len(m) == 4
+    assert Message(0, None).timestamp() == (0, -1) and Message(0, None).len() == 0
+    assert Message(0, b"", timestamp=5, timestamp_type=2).timestamp() == (2, 5)
+    with pytest.raises(FrozenInstanceError):
+        m._offset = 8  # type: ignore[misc]
+    ms = messages([b"a", b"b"], start=10, partition=2)
+    assert [(x.offset(), x.partition(), x.timestamp()[0]) for x in ms] == [(10, 2, 1), (11, 2, 1)]
+
+
+# ----------------------------------------------------------------------------------------------
+# the doubles fit the worker: recover → append → flush → roll, read back with pyarrow
+# ----------------------------------------------------------------------------------------------
+def _worker(store: MemoryStore, positions: MemoryPositions, **cfg: Any) -> Any:
+    from consumer import log as logmod
+    from consumer.config import Config
+    from consumer.decoding import Decoder
+    from consumer.layout import Layout
+    from consumer.samples import load_schema
+    from consumer.worker import PartitionWorker, SharedState
+
+    config = Config(
+        bootstrap_servers="unused",
+        group_id="g",
+        topics=("t",),
+        output="s3://bucket/out",
+        schema="page_view",
+        **cfg,
+    )
+    return PartitionWorker(
+        "t",
+        0,
+        config=config,
+        store=store,
+        positions=positions,
+        layout=Layout("out"),
+        decoder=Decoder("raw", schema=load_schema("page_view")),
+        shared=SharedState(),
+        log=logmod.get("test"),
+    )
+
+
+def test_worker_smoke_with_the_doubles() -> None:
+    from consumer.samples import encode_raw, make_record, parsed_schema
+
+    schema = parsed_schema("page_view")
+    msgs = messages([encode_raw(schema, make_record("page_view", i)) for i in range(25)])
+    store, positions = MemoryStore(), MemoryPositions()
+
+    worker = _worker(store, positions, row_group_rows=10)
+    assert worker.recover() is None
+    for m in msgs[:15]:
+        worker.append(m)
+    assert positions.history == [("t", 0, 10)]  # the first row group is durable and committed
+    from consumer.layout import Layout
+
+    staged = [k for k in store.objects if "_staging/" in k]
+    assert staged == [Layout("out").piece_key("t", 0, 0, 0, 10)]
+
+    # A restart: the next worker resumes the same file from the committed position.
+    worker = _worker(store, positions, row_group_rows=10)
+    assert worker.recover() == 10
+    for m in msgs[10:]:
+        worker.append(m)
+    worker.finish()
+    assert positions.history == [("t", 0, 10), ("t", 0, 20), ("t", 0, 25), ("t", 0, 25)]
+
+    finals = [k for k in store.objects if "/_" not in k]
+    assert finals == [Layout("out").final_key("t", 0, 0)]
+    assert not [k for k in store.objects if "_staging/" in k]
+    table = pq.read_table(pa.BufferReader(store.objects[finals[0]]))
+    assert table.num_rows == 25
+    assert table.column("kafka_offset").to_pylist() == list(range(25))
+    meta = pq.read_metadata(pa.BufferReader(store.objects[finals[0]]))
+    assert meta.num_row_groups == 3
+    kv = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items()}
+    assert (kv["kafka.from_position"], kv["kafka.to_position"]) == ("0", "25")
