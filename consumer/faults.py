@@ -4,9 +4,9 @@
 Several points may be armed at once, comma separated. When the variable is unset, :func:`point`
 is a dictionary lookup on an empty dict, so production pays nothing measurable.
 
-Points (see docs/guarantees.md): after_dead_letter_put, before_piece_put, after_piece_put (= after PUT, before commit),
-after_commit, after_marker_put, mid_merge, after_final_put, after_piece_delete, during_recovery,
-during_shutdown.
+Points (see docs/guarantees.md): after_dead_letter_put, before_piece_put, after_piece_put (= after
+PUT, before commit), after_commit, after_marker_put, mid_merge, after_final_put, after_piece_delete,
+during_recovery, during_shutdown.
 """
 
 from __future__ import annotations

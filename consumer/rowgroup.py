@@ -39,13 +39,16 @@ class WriterOptions:
         }
 
 
-def encode_piece(table: pa.Table, options: WriterOptions, fingerprint: str) -> bytes:
-    """Encode ``table`` as a one-row-group Parquet file; the schema fingerprint rides in metadata.
+def encode_piece(
+    table: pa.Table, options: WriterOptions, fingerprint: str, extra: dict[str, str] | None = None
+) -> bytes:
+    """Encode ``table`` as a one-row-group Parquet file; the file identity (``fingerprint``) and
+    ``extra`` key/values (birth time, Avro schema) ride in its metadata.
 
     A table with 0 rows (every record of the range went to the dead-letter output) still yields a
     valid piece with no row group, so the position chain stays unbroken.
     """
-    schema = table.schema.with_metadata({SCHEMA_FINGERPRINT_KEY: fingerprint})
+    schema = table.schema.with_metadata({**(extra or {}), SCHEMA_FINGERPRINT_KEY: fingerprint})
     sink = pa.BufferOutputStream()
     with pq.ParquetWriter(sink, schema, **options.kwargs()) as writer:
         if table.num_rows:
