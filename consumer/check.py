@@ -47,7 +47,8 @@ def _run(name: str, probe: Callable[[], str]) -> CheckResult:
     try:
         detail = probe()
     except Exception as exc:  # every failure becomes one readable line
-        return CheckResult(name, False, f"{type(exc).__name__}: {str(exc)[:300]}")
+        text = str(exc)[:300] or ("no answer within the timeout" if isinstance(exc, TimeoutError) else "")
+        return CheckResult(name, False, f"{type(exc).__name__}: {text}")
     return CheckResult(name, True, f"{detail} ({time.monotonic() - started:.2f}s)")
 
 

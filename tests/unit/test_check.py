@@ -1,0 +1,64 @@
+"""`consumer check` without a stack: bad configuration exits 2, unreachable dependencies exit 1
+with one FAIL line each (the compose health check relies on both)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from consumer import cli
+
+RUN_ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",  # nothing listens on port 1
+    "S3_ENDPOINT_URL": "http://127.0.0.1:1",
+    "SCHEMA_REGISTRY_URL": "http://127.0.0.1:1/apis/ccompat/v7",
+    "AWS_ACCESS_KEY_ID": "k",
+    "AWS_SECRET_ACCESS_KEY": "s",
+    "CONSUMER_TOPICS": "page_views",
+    "CONSUMER_GROUP_ID": "g",
+    "CONSUMER_OUTPUT": "s3://bucket/prefix",
+    "CONSUMER_FRAMING": "confluent",
+}
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("CONSUMER_", "KAFKA_", "S3_", "SCHEMA_REGISTRY", "AWS_")):
+            monkeypatch.delenv(key)
+    for key, value in RUN_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+def test_invalid_configuration_exits_2(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("CONSUMER_OUTPUT")
+    monkeypatch.setenv("CONSUMER_FRAMING", "raw")
+    monkeypatch.setenv("CONSUMER_SCHEMA", "no_such_schema")
+    assert cli.main(["check"]) == 2
+    err = capsys.readouterr().err
+    assert "output missing" in err
+
+
+def test_unknown_schema_exits_2(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("CONSUMER_FRAMING", "raw")
+    assert cli.main(["check", "--schema", "no_such_schema"]) == 2
+    assert "no_such_schema" in capsys.readouterr().err
+
+
+def test_unreachable_dependencies_fail_each_within_the_timeout(
+    env: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    started = time.monotonic()
+    assert cli.main(["check", "--group-active", "--timeout", "1"]) == 1
+    assert time.monotonic() - started < 30
+    out, err = capsys.readouterr()
+    assert out.startswith("ok   config: valid (confluent framing, topics page_views)")
+    for name in ("kafka", "s3", "registry", "group"):
+        assert f"FAIL {name}: " in err, err
