@@ -48,9 +48,12 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
         "--until-caught-up",
         action="store_true",
         default=None,
-        help="exit 0 once every assigned partition reached the end offsets seen at start "
-        "and every file is final",
+        help="exit 0 once every partition of the topics (this member's and the others') is "
+        "committed at the end offsets seen at start and every file is final; exit 6 naming the "
+        "partitions still held elsewhere after --caught-up-timeout",
     )
+    p.add_argument("--caught-up-timeout", default=None,
+                   help="how long --until-caught-up waits for partitions other members hold (300s)")
     p.add_argument(
         "-X",
         dest="kafka_properties",
@@ -188,7 +191,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logmod.configure(config.log_format, config.log_level)
     from consumer.decoding import Decoder
     from consumer.registry import SchemaRegistryClient
-    from consumer.runner import GroupRunner
+    from consumer.runner import GroupRunner, Runner
     from consumer.samples import load_schema
 
     try:
@@ -207,7 +210,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"consumer: replay: {exc}", file=sys.stderr)
             return 2
-        runner: GroupRunner = ReplayRunner(config, store=store, decoder=decoder, start=start, stop=stop)
+        runner: Runner = ReplayRunner(config, store=store, decoder=decoder, start=start, stop=stop)
     else:
         runner = GroupRunner(config, store=store, decoder=decoder)
     runner.install_signal_handlers()

@@ -63,6 +63,7 @@ class Config:
     memory_bytes: int = 512 * 1024 * 1024
     on_error: str = "dead-letter"
     until_caught_up: bool = False
+    caught_up_timeout: float = 300.0  # how long --until-caught-up waits for other members' partitions
     batch_size: int = 5000
     poll_timeout: float = 0.5
     kafka_properties: Mapping[str, str] = field(default_factory=dict)
@@ -243,6 +244,7 @@ _CONVERTERS: dict[str, Any] = {
     "file_max_age": parse_duration,
     "poll_timeout": parse_duration,
     "until_caught_up": parse_bool,
+    "caught_up_timeout": parse_duration,
     "kafka_properties": parse_properties,
 }
 

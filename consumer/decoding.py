@@ -138,6 +138,7 @@ class Decoder:
         self.registry = registry
         self._raw = WriterSchema.of(schema) if schema is not None else None
         self._by_id: dict[int, WriterSchema] = {}
+        self._bad_ids: dict[int, str] = {}  # ids whose schema cannot be used: each record is bad
 
     def split(self, value: bytes | None) -> tuple[WriterSchema, memoryview]:
         """(writer schema, Avro body) of a Kafka value.
@@ -164,15 +165,27 @@ class Decoder:
         if ws is not None:
             return ws
         assert self.registry is not None
+        bad = self._bad_ids.get(schema_id)
+        if bad is not None:
+            raise BadRecord(bad)
         try:
             avro = self.registry.schema_by_id(schema_id)
+            if not isinstance(avro, dict) or avro.get("type") != "record":
+                raise BadRecord(f"schema id {schema_id} is not an Avro record schema")
+            ws = WriterSchema.of(avro, schema_id)
         except UnknownSchemaId:
             raise BadRecord(
                 f"unknown schema id {schema_id}: the registry has no such schema "
                 "(produced against another registry?)"
             ) from None
-        if not isinstance(avro, dict) or avro.get("type") != "record":
-            raise BadRecord(f"schema id {schema_id} is not an Avro record schema")
-        ws = WriterSchema.of(avro, schema_id)
+        except RegistryUnavailable:
+            raise  # the registry is down, the record is fine: stop without committing it
+        except BadRecord as exc:
+            self._bad_ids[schema_id] = exc.reason
+            raise
+        except Exception as exc:  # RegistryError (PROTOBUF/JSON schema, not JSON), invalid Avro
+            reason = f"schema id {schema_id} cannot be used: {type(exc).__name__}: {exc}"[:300]
+            self._bad_ids[schema_id] = reason
+            raise BadRecord(reason) from None
         self._by_id[schema_id] = ws
         return ws

@@ -124,6 +124,10 @@ class Layout:
         m = _DEAD_RE.match(key.rsplit("/", 1)[-1])
         return (int(m["from"]), int(m["to"])) if m else None
 
+    def probe_key(self, name: str) -> str:
+        """Where the start-up probe of conditional writes puts (and removes) its object."""
+        return self._join("_probe", name)
+
     def state_key(self, topic: str, partition: int) -> str:
         return self._join("_state", f"topic={topic}", f"partition={partition}")
 

@@ -13,14 +13,14 @@ partition reached its stop position and every file is final.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
+from consumer.errors import EXIT_OK, UsageError
 from consumer.positions import S3StatePositions
-from consumer.runner import EXIT_OK, TP, GroupRunner
+from consumer.runner import TP, Runner
 
 
 @dataclass(frozen=True)
@@ -54,17 +54,27 @@ class Bound:
         return cls("timestamp", timestamp_ms=int(moment.timestamp() * 1000))
 
 
-class ReplayRunner(GroupRunner):
-    """Manual assignment + S3-kept positions + stop positions; otherwise the group runner's loop."""
+class ReplayRunner(Runner):
+    """Manual assignment + S3-kept positions + stop positions, on the shared loop of
+    :class:`~consumer.runner.Runner`."""
 
     def __init__(
-        self, config: Any, *, store: Any, decoder: Any, start: Bound, stop: Bound, progress_every: float = 5.0
+        self,
+        config: Any,
+        *,
+        store: Any,
+        decoder: Any,
+        start: Bound,
+        stop: Bound,
+        progress_every: float = 5.0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(
             config,
             store=store,
             decoder=decoder,
             positions_factory=lambda _consumer: S3StatePositions(store, self.layout),
+            **kwargs,
         )
         self.start_bound = start
         self.stop_bound = stop
@@ -72,6 +82,8 @@ class ReplayRunner(GroupRunner):
         self.stops: dict[TP, int] = {}
         self.starts: dict[TP, int] = {}
         self.done: set[TP] = set()
+        self._t0 = self._last = 0.0
+        self._todo = 0
 
     def _resolve(self, bound: Bound, tps: list[TP], *, edge_is_end: bool) -> dict[TP, int]:
         out: dict[TP, int] = {}
@@ -92,14 +104,16 @@ class ReplayRunner(GroupRunner):
                 out[tp] = high if edge_is_end else low
         return out
 
-    def run(self) -> int:
+    def _start(self) -> None:
         tps: list[TP] = []
         metadata = self.consumer.list_topics(timeout=10.0)
         for topic in self.config.topics:
             info = metadata.topics.get(topic)
             if info is None or info.error is not None:
-                self.log.error("topic not found", topic=topic)
-                return 2
+                raise UsageError(
+                    f"topic {topic!r} does not exist on {self.config.bootstrap_servers}: "
+                    "check the name (--topic)"
+                )
             tps += [(topic, p) for p in sorted(info.partitions)]
         self.starts = self._resolve(self.start_bound, tps, edge_is_end=False)
         self.stops = self._resolve(self.stop_bound, tps, edge_is_end=True)
@@ -113,68 +127,46 @@ class ReplayRunner(GroupRunner):
             assignment.append(TopicPartition(tp[0], tp[1], begin if begin >= 0 else OFFSET_BEGINNING))
             if begin >= self.stops[tp]:
                 self.done.add(tp)
-        self.log.info(
-            "replay starting",
-            partitions=len(tps),
-            todo=sum(max(0, self.stops[t] - self.starts[t]) for t in tps),
-        )
+        self._todo = sum(max(0, self.stops[t] - self.starts[t]) for t in tps)
+        self.log.info("replay starting", partitions=len(tps), todo=self._todo)
         self.consumer.assign(assignment)
-        code = EXIT_OK
-        try:
-            code = self._replay_loop()
-        finally:
-            self._shutdown(clean=code == EXIT_OK)
-        return code
+        self._t0 = self._last = self.clock()
 
-    def _replay_loop(self) -> int:
-        cfg = self.config
-        t0 = last = time.monotonic()
-        todo = sum(max(0, self.stops[t] - self.starts[t]) for t in self.stops)
-        while not self.stop_requested:
-            for tp in [t for t in self.workers if t not in self.done]:
-                w = self.workers[tp]
-                fetched = self.consumer.position([TopicPartition(*tp)])[0].offset
-                if (w.next_pos is not None and w.next_pos >= self.stops[tp]) or fetched >= self.stops[tp]:
-                    self._guard(w, w.finish)
-                    self.done.add(tp)
-                    self.consumer.pause([TopicPartition(*tp)])
-            if len(self.done) == len(self.workers):
-                self.log.info(
-                    "replay finished: every partition reached its stop position",
-                    records=self.stats.records,
-                    seconds=round(time.monotonic() - t0, 1),
-                )
-                return EXIT_OK
-            for msg in self.consumer.consume(num_messages=cfg.batch_size, timeout=cfg.poll_timeout):
-                if msg.error() is not None:
-                    continue
-                tp = (str(msg.topic()), int(msg.partition() or 0))
-                worker = self.workers.get(tp)
-                offset = int(msg.offset() or 0)
-                if worker is None or tp in self.done or offset >= self.stops[tp]:
-                    continue
-                self.stats.records += 1
-                self.stats.bytes_in += len(msg.value() or b"")
-                self._guard(worker, worker.append, msg)
-            now = time.monotonic()
-            for worker in self.workers.values():
-                if worker.flush_due(now):
-                    self._guard(worker, worker.flush)
-            self._enforce_memory_budget()
-            if now - last >= self.progress_every:
-                last = now
-                done_offsets = sum(
-                    max(0, min(w.next_pos or self.starts[t], self.stops[t]) - self.starts[t])
-                    for t, w in self.workers.items()
-                )
-                rate = self.stats.records / max(now - t0, 1e-9)
-                self.log.info(
-                    "replay progress",
-                    offsets_done=done_offsets,
-                    offsets_todo=todo,
-                    partitions_done=len(self.done),
-                    partitions=len(self.workers),
-                    records_per_s=round(rate),
-                    eta_s=round((todo - done_offsets) / rate) if rate > 0 else None,
-                )
-        return EXIT_OK
+    def _accept(self, tp: TP, msg: Any) -> bool:
+        return tp not in self.done and int(msg.offset() or 0) < self.stops[tp]
+
+    def _done(self, now: float) -> int | None:
+        for tp in [t for t in self.workers if t not in self.done]:
+            w = self.workers[tp]
+            fetched = self.consumer.position([TopicPartition(*tp)])[0].offset
+            if (w.next_pos is not None and w.next_pos >= self.stops[tp]) or fetched >= self.stops[tp]:
+                self._guard(w, w.finish)
+                self.done.add(tp)
+                self.consumer.pause([TopicPartition(*tp)])
+        if len(self.done) == len(self.workers):
+            # Partitions that started done still need their staged files finished.
+            for w in self.workers.values():
+                self._guard(w, w.finish)
+            self.log.info(
+                "replay finished: every partition reached its stop position",
+                records=self.stats.records,
+                seconds=round(now - self._t0, 1),
+            )
+            return EXIT_OK
+        if now - self._last >= self.progress_every:
+            self._last = now
+            done_offsets = sum(
+                max(0, min(w.next_pos or self.starts[t], self.stops[t]) - self.starts[t])
+                for t, w in self.workers.items()
+            )
+            rate = self.stats.records / max(now - self._t0, 1e-9)
+            self.log.info(
+                "replay progress",
+                offsets_done=done_offsets,
+                offsets_todo=self._todo,
+                partitions_done=len(self.done),
+                partitions=len(self.workers),
+                records_per_s=round(rate),
+                eta_s=round((self._todo - done_offsets) / rate) if rate > 0 else None,
+            )
+        return None

@@ -1,12 +1,19 @@
-"""The group runner: a long-running member of a consumer group that feeds partition workers.
+"""Runners: the poll loop that feeds partition workers, shared by group members and replays.
 
-It owns the Kafka consumer and nothing about files: on assignment it creates one
-:class:`~consumer.worker.PartitionWorker` per partition and lets it recover before any record is
-fetched (the recovered position becomes the partition's start offset); it polls in batches and
-hands each record to its worker; it enforces the process-wide memory budget by flushing the
-largest arena early; on revocation it lets the worker make its rows durable and commit; on a lost
-assignment it drops the worker without writing (someone else owns the partition now); on
-SIGTERM/SIGINT it makes everything durable and leaves the group.
+A runner owns the Kafka consumer and nothing about files. :class:`Runner` is the one loop: poll a
+batch, hand each record to its partition's :class:`~consumer.worker.PartitionWorker`, flush and
+roll what is due, keep the process inside its memory budget, and ask the concrete runner whether
+the run is done. The two runners differ only in how partitions arrive and when a run ends:
+
+* :class:`GroupRunner` — a long-running member of a consumer group. Partitions arrive by
+  rebalance: on assignment a worker recovers before anything is fetched (the recovered position
+  becomes the partition's start offset); on revocation the worker makes its rows durable and
+  commits; on a lost assignment the worker is dropped without writing. With
+  ``--until-caught-up`` it ends when *every* partition of the subscribed topics — its own and the
+  other members' — is committed at the end offsets seen at start and every file is final.
+* :class:`~consumer.replay.ReplayRunner` — manual assignment over a bounded range.
+
+Exit statuses and the errors behind them live in :mod:`consumer.errors`.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,31 +30,71 @@ from consumer import faults
 from consumer import log as logmod
 from consumer.config import Config
 from consumer.decoding import Decoder
+from consumer.errors import (
+    EXIT_BAD_RECORD,
+    EXIT_CONFIG,
+    EXIT_FATAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_STORAGE,
+    ConsumerStop,
+    FatalClientError,
+    Incomplete,
+    UsageError,
+)
 from consumer.layout import Layout
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
-from consumer.storage import FatalStorageError, ObjectStore, TransientStorageError
-from consumer.worker import BadRecordStop, IntegrityError, PartitionWorker, SharedState
+from consumer.storage import (
+    FatalStorageError,
+    ObjectStore,
+    TransientStorageError,
+    probe_conditional_writes,
+)
+from consumer.worker import PartitionState, PartitionWorker, SharedState
 
-EXIT_OK, EXIT_CONFIG, EXIT_BAD_RECORD, EXIT_STORAGE, EXIT_FATAL = 0, 2, 3, 4, 5
+__all__ = [
+    "EXIT_BAD_RECORD",
+    "EXIT_CONFIG",
+    "EXIT_FATAL",
+    "EXIT_INCOMPLETE",
+    "EXIT_OK",
+    "EXIT_STORAGE",
+    "TP",
+    "GroupRunner",
+    "Runner",
+]
 
 TP = tuple[str, int]
+
+_PARTITION_EOF = -191
+_MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 
 
 @dataclass
 class RunStats:
+    """Counters of the whole run; workers fold theirs in when they retire, so no worker object
+    outlives its partition (200 rebalances must not keep 800 workers' buffers alive)."""
+
     records: int = 0
     bytes_in: int = 0
+    row_groups: int = 0
+    files: int = 0
     started: float = field(default_factory=time.monotonic)
 
-    def summary(self, workers_done: list[PartitionWorker], store: ObjectStore) -> dict[str, Any]:
+    def retire(self, worker: PartitionWorker) -> None:
+        self.row_groups += worker.row_groups
+        self.files += worker.files_rolled
+        worker.row_groups = worker.files_rolled = 0
+
+    def summary(self, store: ObjectStore) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         return {
             "records": self.records,
             "avro_bytes": self.bytes_in,
             "seconds": round(elapsed, 2),
             "records_per_s": round(self.records / elapsed),
-            "row_groups": sum(w.row_groups for w in workers_done),
-            "files": sum(w.files_rolled for w in workers_done),
+            "row_groups": self.row_groups,
+            "files": self.files,
             "s3_requests": sum(store.stats.requests.values()),
             "s3_bytes_uploaded": store.stats.bytes_uploaded,
             "s3_bytes_copied": store.stats.bytes_copied_server_side,
@@ -54,7 +102,11 @@ class RunStats:
         }
 
 
-class GroupRunner:
+class Runner:
+    """The shared poll loop. Subclasses implement :meth:`_start` (subscribe or assign) and
+    :meth:`_done` (None while the run goes on, else its exit status), and may filter records in
+    :meth:`_accept`."""
+
     def __init__(
         self,
         config: Config,
@@ -63,23 +115,22 @@ class GroupRunner:
         decoder: Decoder,
         consumer_factory: Callable[[dict[str, Any]], Any] | None = None,
         positions_factory: Callable[[Any], PositionStore] | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
         self.store = store
         self.decoder = decoder
+        self.clock = clock
         self.layout = Layout(config.prefix)
         self.shared = SharedState()
         self.log = logmod.get("consumer.runner", group=config.group_id)
         self.workers: dict[TP, PartitionWorker] = {}
-        self.retired: list[PartitionWorker] = []
-        self.end_offsets: dict[TP, tuple[int, int]] = {}
-        self.assigned_once = False
         self.stop_requested = False
         self.stats = RunStats()
         self._callback_error: BaseException | None = None
-        self.fenced: set[TP] = set()
+        self._fatal_client = False
         self.closing = False
-        self._rebalanced = False
+        self.budget_paused = False
         if consumer_factory is None:
             from confluent_kafka import Consumer
 
@@ -104,11 +155,11 @@ class GroupRunner:
         return conf
 
     def _on_kafka_error(self, err: Any) -> None:
-        self.log.warning("kafka client error", error=str(err), fatal=bool(err.fatal()))
-        if err.fatal():
-            self._callback_error = RuntimeError(f"fatal Kafka client error: {err}")
+        fatal = bool(err.fatal())
+        self.log.warning("kafka client error", error=str(err), fatal=fatal)
+        if fatal:
+            self._callback_error = FatalClientError(f"fatal Kafka client error: {err}")
 
-    # -- rebalance callbacks ---------------------------------------------------------------------
     def _new_worker(self, topic: str, partition: int) -> PartitionWorker:
         return PartitionWorker(
             topic,
@@ -120,8 +171,249 @@ class GroupRunner:
             decoder=self.decoder,
             shared=self.shared,
             log=self.log,
+            clock=self.clock,
         )
 
+    def _retire(self, key: TP) -> PartitionWorker | None:
+        worker = self.workers.pop(key, None)
+        if worker is not None:
+            self.stats.retire(worker)
+        return worker
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    def run(self) -> int:
+        """Run until stopped or done; the process exit status (see :mod:`consumer.errors`)."""
+        self.log.info("starting", config=self.config.redacted())
+        code = EXIT_OK
+        try:
+            probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex))
+            self._start()
+            code = self._loop()
+        except ConsumerStop as exc:
+            code = exc.status
+            self.log.error(f"stopped: {type(exc).__name__}", error=str(exc), status=code)
+        except (FatalStorageError, TransientStorageError) as exc:
+            self.log.error("stopped: S3 error", error=str(exc))
+            code = EXIT_STORAGE
+        except PositionError as exc:
+            self.log.error(
+                "stopped: cannot commit positions (Kafka coordinator unavailable too long)", error=str(exc)
+            )
+            code = EXIT_FATAL
+        except Exception as exc:
+            self.log.error(
+                "stopped: unexpected error; everything committed is durable, restart me",
+                error=f"{type(exc).__name__}: {exc}",
+            )
+            code = EXIT_FATAL
+        finally:
+            self._shutdown(clean=code == EXIT_OK)
+        return code
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _done(self, now: float) -> int | None:
+        raise NotImplementedError
+
+    def _accept(self, tp: TP, msg: Any) -> bool:
+        return True
+
+    def _after_poll(self) -> None:
+        """Work that must wait until librdkafka finished a rebalance (runs after every poll)."""
+
+    # -- the loop --------------------------------------------------------------------------------
+    def _loop(self) -> int:
+        cfg = self.config
+        while not self.stop_requested:
+            msgs = self.consumer.consume(num_messages=cfg.batch_size, timeout=cfg.poll_timeout)
+            self._raise_callback_error()
+            self._after_poll()
+            for msg in msgs:
+                err = msg.error()
+                if err is not None:
+                    self._fetch_error(err)
+                    continue
+                tp = (str(msg.topic()), int(msg.partition() or 0))
+                worker = self.workers.get(tp)
+                if worker is None or not self._accept(tp, msg):
+                    continue
+                self.stats.records += 1
+                value = msg.value()
+                self.stats.bytes_in += len(value) if value else 0
+                self._guard(worker, worker.append, msg)
+            now = self.clock()
+            for worker in list(self.workers.values()):
+                if worker.flush_due(now):
+                    self._guard(worker, worker.flush)
+                if worker.roll_due(now):
+                    self._guard(worker, worker.finish)
+            self._enforce_memory_budget()
+            code = self._done(now)
+            if code is not None:
+                return code
+        return EXIT_OK
+
+    def _raise_callback_error(self) -> None:
+        if self._callback_error is not None:
+            err, self._callback_error = self._callback_error, None
+            if isinstance(err, FatalClientError):
+                self._fatal_client = True
+            raise err
+
+    def _fetch_error(self, err: Any) -> None:
+        if err.code() == _PARTITION_EOF:
+            return
+        if err.fatal():
+            # e.g. "Static consumer fenced by other consumer with same group.instance.id": the
+            # client is unusable; idling on would look alive and do nothing, forever.
+            self._fatal_client = True
+            raise FatalClientError(
+                f"fatal Kafka client error: {err}. Nothing uncommitted was written as committed; "
+                "check for a second member with the same group.instance.id, then restart."
+            )
+        self.log.warning("fetch error", error=str(err))
+
+    def _guard(self, worker: PartitionWorker, fn: Callable[..., None], *args: Any) -> None:
+        """Run a worker step; on fencing, stop touching the partition (see subclasses)."""
+        try:
+            fn(*args)
+        except PartitionFenced as exc:
+            self._fenced(worker, exc)
+
+    def _fenced(self, worker: PartitionWorker, exc: PartitionFenced) -> None:
+        raise exc
+
+    # -- memory ----------------------------------------------------------------------------------
+    def _enforce_memory_budget(self) -> None:
+        """Keep buffered bytes under ``--memory-bytes``.
+
+        Flushing early is only worth it for a partition holding a useful row group (at least
+        1/16 of the row-group byte target, 1 MiB at most): flushing hundreds of partitions of a few
+        rows each would make one-row row groups and a PUT+commit per poll. When no partition is
+        worth flushing, fetching pauses instead, until age flushes bring the total below 3/4 of
+        the budget.
+        """
+        budget = self.config.memory_bytes
+        floor = min(self.config.row_group_bytes // 16, 1 << 20)
+        total = sum(w.buffered_bytes for w in self.workers.values())
+        while total > budget:
+            candidates = [w for w in self.workers.values() if w.pending and w.buffered_bytes >= floor]
+            if not candidates:
+                break
+            largest = max(candidates, key=lambda w: w.buffered_bytes)
+            before = largest.buffered_bytes
+            self.log.info(
+                "memory budget reached: flushing largest arena early",
+                topic=largest.topic,
+                partition=largest.partition,
+                bytes=before,
+            )
+            self._guard(largest, largest.flush)
+            after = largest.buffered_bytes if self.workers.get((largest.topic, largest.partition)) else 0
+            if after >= before:
+                break
+            total -= before - after
+        if total > budget and not self.budget_paused:
+            self.log.warning("memory budget reached with only small buffers: pausing fetch", bytes=total)
+            self._pause_fetch(True)
+        elif self.budget_paused and total <= budget * 3 // 4:
+            self.log.info("memory below budget again: resuming fetch", bytes=total)
+            self._pause_fetch(False)
+
+    def _pause_fetch(self, pause: bool) -> None:
+        from confluent_kafka import TopicPartition
+
+        tps = [TopicPartition(t, p) for (t, p), w in self.workers.items() if w.state is PartitionState.READY]
+        with contextlib.suppress(Exception):
+            (self.consumer.pause if pause else self.consumer.resume)(tps)
+        self.budget_paused = pause
+
+    # -- shutdown --------------------------------------------------------------------------------
+    def _shutdown(self, *, clean: bool) -> None:
+        faults.point("during_shutdown")
+        self.closing = True
+        if self._callback_error is not None:
+            self.log.warning("error in a rebalance callback", error=str(self._callback_error))
+        for key, worker in list(self.workers.items()):
+            if not self._fatal_client:  # a dead client cannot commit: leave the rows to the next owner
+                try:
+                    worker.close()
+                except Exception as exc:  # keep closing the others; nothing uncommitted is lost
+                    self.log.warning(
+                        "could not flush on shutdown",
+                        topic=worker.topic,
+                        partition=worker.partition,
+                        error=str(exc),
+                    )
+            self._retire(key)
+        try:
+            self.consumer.close()
+        except Exception as exc:
+            self.log.warning("consumer close failed", error=str(exc))
+        self.log.info("stopped", clean=clean, **self.stats.summary(self.store))
+
+
+class GroupRunner(Runner):
+    """A member of a consumer group (see the module docstring)."""
+
+    def __init__(self, config: Config, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.fenced: set[TP] = set()  # paused after a refused commit, until a rebalance settles
+        self.assigned_once = False
+        self._rebalanced = False
+        self._resume: set[TP] = set()  # assigned again after being paused: resume after the poll
+        self.targets: dict[TP, int] = {}  # --until-caught-up: end offsets of every partition at start
+        self.exported: set[TP] = set()  # … partitions proven committed at their target, files final
+        self._missing_topics: list[str] = []
+        self._missing_warned = 0.0
+        self._next_check = 0.0
+        self._waiting_since: float | None = None
+
+    # -- start -----------------------------------------------------------------------------------
+    def _start(self) -> None:
+        missing = self._missing(self.config.topics)
+        if missing and self.config.until_caught_up:
+            raise UsageError(
+                f"topic {', '.join(repr(t) for t in missing)} does not exist on "
+                f"{self.config.bootstrap_servers}: check the name (--topic)"
+            )
+        self._missing_topics = missing
+        if self.config.until_caught_up:
+            self.targets = self._end_offsets()
+        self.consumer.subscribe(
+            list(self.config.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+
+    def _missing(self, topics: tuple[str, ...]) -> list[str]:
+        md = self.consumer.list_topics(timeout=10.0)
+        return [t for t in topics if t not in md.topics or md.topics[t].error is not None]
+
+    def _end_offsets(self) -> dict[TP, int]:
+        from confluent_kafka import TopicPartition
+
+        md = self.consumer.list_topics(timeout=10.0)
+        out: dict[TP, int] = {}
+        for topic in self.config.topics:
+            for p in sorted(md.topics[topic].partitions):
+                low, high = self.consumer.get_watermark_offsets(
+                    TopicPartition(topic, p), timeout=10.0, cached=False
+                )
+                if high > low:
+                    out[(topic, p)] = int(high)
+        return out
+
+    # -- rebalance callbacks ---------------------------------------------------------------------
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         if self.closing:
             # An assignment that reaches us inside close(): we are leaving, so recovering (and
@@ -132,24 +424,26 @@ class GroupRunner:
         self._rebalanced = True
         try:
             for tp in partitions:
-                self.fenced.discard((tp.topic, tp.partition))
                 key = (tp.topic, tp.partition)
+                # Paused earlier (fenced, caught up, memory): librdkafka keeps a partition's pause
+                # across revoke and re-assignment, so it must be resumed explicitly.
+                self._resume.add(key)
+                self.fenced.discard(key)
                 worker = self._new_worker(tp.topic, tp.partition)
                 pos = worker.recover()
                 if pos is not None:
                     tp.offset = pos
                 self.workers[key] = worker
-                if self.config.until_caught_up:
-                    low, high = consumer.get_watermark_offsets(tp, timeout=10.0, cached=False)
-                    self.end_offsets[key] = (low, high)
             self.log.info("partitions assigned", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
         except BaseException as exc:  # surfaced from the poll loop; librdkafka would swallow it
             self._callback_error = exc
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
-            self.fenced.discard((tp.topic, tp.partition))
-            worker = self.workers.pop((tp.topic, tp.partition), None)
+            key = (tp.topic, tp.partition)
+            self.fenced.discard(key)
+            self._resume.discard(key)
+            worker = self.workers.get(key)
             if worker is None:
                 continue
             try:
@@ -160,127 +454,65 @@ class GroupRunner:
                 )
             except BaseException as exc:
                 self._callback_error = exc
-            self.retired.append(worker)
+            self._retire(key)
         self.log.info("partitions revoked", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
-            self.fenced.discard((tp.topic, tp.partition))
-            worker = self.workers.pop((tp.topic, tp.partition), None)
-            if worker is not None:
-                self.retired.append(worker)
+            key = (tp.topic, tp.partition)
+            self.fenced.discard(key)
+            self._resume.discard(key)
+            self._retire(key)
         self.log.warning(
             "partitions lost: dropped without writing",
             partitions=[f"{t.topic}[{t.partition}]" for t in partitions],
         )
 
-    # -- main loop -------------------------------------------------------------------------------
-    def request_stop(self, *_: Any) -> None:
-        self.stop_requested = True
+    def _after_poll(self) -> None:
+        from confluent_kafka import TopicPartition
 
-    def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        if self._resume:
+            keys = [k for k in self._resume if k in self.workers]
+            self._resume.clear()
+            if keys and not self.budget_paused:
+                with contextlib.suppress(Exception):
+                    self.consumer.resume([TopicPartition(*k) for k in keys])
+        if self._rebalanced:
+            self._rebalanced = False
+            if self.fenced:
+                self._recover_fenced()
+        if self._missing_topics and not self.assigned_once:
+            now = self.clock()
+            if now - self._missing_warned >= _MISSING_TOPIC_EVERY:
+                self._missing_warned = now
+                self._missing_topics = self._missing(tuple(self._missing_topics))
+                if self._missing_topics:
+                    self.log.warning(
+                        "subscribed topic does not exist: waiting for it to be created",
+                        topics=self._missing_topics,
+                    )
 
-    def run(self) -> int:
-        """Consume until stopped (or caught up); the process exit code."""
-        self.log.info("starting", config=self.config.redacted())
-        self.consumer.subscribe(
-            list(self.config.topics),
-            on_assign=self._on_assign,
-            on_revoke=self._on_revoke,
-            on_lost=self._on_lost,
+    # -- fencing ---------------------------------------------------------------------------------
+    def _fenced(self, worker: PartitionWorker, exc: PartitionFenced) -> None:
+        """A fenced member must not recover on its own: its idea of the assignment may be stale,
+        and recovery deletes staged objects past the committed position — which, for a zombie,
+        could be the new owner's piece an instant before the new owner commits it. So the
+        partition is paused and forgotten; only when a rebalance completes and Kafka still assigns
+        it to us is it recovered again (:meth:`_recover_fenced`), or when it is assigned anew."""
+        from confluent_kafka import TopicPartition
+
+        key = (worker.topic, worker.partition)
+        self.log.warning(
+            "partition fenced: pausing it until the group settles",
+            error=str(exc),
+            topic=worker.topic,
+            partition=worker.partition,
         )
-        code = EXIT_OK
-        try:
-            code = self._loop()
-        except BadRecordStop as exc:
-            self.log.error("stopped on a bad record", error=str(exc))
-            code = EXIT_BAD_RECORD
-        except (FatalStorageError, TransientStorageError) as exc:
-            self.log.error("stopped: S3 error", error=str(exc))
-            code = EXIT_STORAGE
-        except IntegrityError as exc:
-            self.log.error("stopped: output integrity", error=str(exc))
-            code = EXIT_FATAL
-        except PositionError as exc:
-            self.log.error("stopped: cannot commit positions (Kafka coordinator unavailable too long)",
-                           error=str(exc))
-            code = EXIT_FATAL
-        except Exception as exc:  # e.g. a fatal librdkafka error (static member fenced)
-            self.log.error("stopped: unexpected error; everything committed is durable, restart me",
-                           error=f"{type(exc).__name__}: {exc}")
-            code = EXIT_FATAL
-        finally:
-            self._shutdown(clean=code == EXIT_OK)
-        return code
-
-    def _loop(self) -> int:
-        cfg = self.config
-        while not self.stop_requested:
-            msgs = self.consumer.consume(num_messages=cfg.batch_size, timeout=cfg.poll_timeout)
-            if self._callback_error is not None:
-                err, self._callback_error = self._callback_error, None
-                raise err
-            if self._rebalanced:
-                self._rebalanced = False
-                if self.fenced:
-                    self._recover_fenced()
-            for msg in msgs:
-                fetch_error = msg.error()
-                if fetch_error is not None:
-                    if fetch_error.code() == -191:  # _PARTITION_EOF
-                        continue
-                    self.log.warning("fetch error", error=str(fetch_error))
-                    continue
-                worker = self.workers.get((str(msg.topic()), int(msg.partition() or 0)))
-                if worker is None:
-                    continue
-                self.stats.records += 1
-                value = msg.value()
-                self.stats.bytes_in += len(value) if value else 0
-                self._guard(worker, worker.append, msg)
-            now = time.monotonic()
-            for worker in list(self.workers.values()):
-                if worker.flush_due(now):
-                    self._guard(worker, worker.flush)
-                if worker.roll_due(now):
-                    self._guard(worker, worker.finish)
-            self._enforce_memory_budget()
-            if cfg.until_caught_up and self._caught_up():
-                for worker in list(self.workers.values()):
-                    self._guard(worker, worker.finish)
-                self.log.info("caught up: every assigned partition reached its end offset")
-                return EXIT_OK
-        return EXIT_OK
-
-    def _guard(self, worker: PartitionWorker, fn: Callable[..., None], *args: Any) -> None:
-        """Run a worker step; on fencing, stop touching the partition until a rebalance settles.
-
-        A fenced member must not recover on its own: its idea of the assignment may be stale, and
-        recovery deletes staged objects past the committed position — which, for a zombie, could
-        be the new owner's piece an instant before the new owner commits it. So the partition is
-        paused and forgotten; only when a rebalance completes and Kafka still assigns it to us is
-        it recovered again (see :meth:`_recover_fenced`).
-        """
-        try:
-            fn(*args)
-        except PartitionFenced as exc:
-            from confluent_kafka import TopicPartition
-
-            key = (worker.topic, worker.partition)
-            self.log.warning(
-                "partition fenced: pausing it until the group settles",
-                error=str(exc),
-                topic=worker.topic,
-                partition=worker.partition,
-            )
-            if self.workers.get(key) is worker:
-                del self.workers[key]
-                self.retired.append(worker)
-            self.fenced.add(key)
-            with contextlib.suppress(Exception):
-                self.consumer.pause([TopicPartition(*key)])
+        if self.workers.get(key) is worker:
+            self._retire(key)
+        self.fenced.add(key)
+        with contextlib.suppress(Exception):
+            self.consumer.pause([TopicPartition(*key)])
 
     def _recover_fenced(self) -> None:
         """After a rebalance: partitions fenced earlier that Kafka still assigns to us are ours in
@@ -299,59 +531,63 @@ class GroupRunner:
                 self.log.info("fenced partition recovered after rebalance", topic=key[0], partition=key[1])
         self.fenced.clear()
 
-    def _enforce_memory_budget(self) -> None:
-        total = sum(w.buffered_bytes for w in self.workers.values())
-        while total > self.config.memory_bytes and self.workers:
-            largest = max(self.workers.values(), key=lambda w: w.buffered_bytes)
-            if not largest.pending:
-                break
-            before = largest.buffered_bytes
-            self.log.info(
-                "memory budget reached: flushing largest arena early",
-                topic=largest.topic,
-                partition=largest.partition,
-                bytes=before,
-            )
-            self._guard(largest, largest.flush)
-            total -= before - largest.buffered_bytes
-            if largest.buffered_bytes >= before:
-                break
+    # -- until caught up -------------------------------------------------------------------------
+    def _done(self, now: float) -> int | None:
+        if not self.config.until_caught_up:
+            return None
+        from confluent_kafka import TopicPartition
 
-    def _caught_up(self) -> bool:
-        if not self.assigned_once or self.fenced:
-            return False
-        for key, worker in self.workers.items():
-            low, high = self.end_offsets.get(key, (0, 0))
-            if high <= low:
+        # Our own partitions: finish each as it reaches its target, then stop fetching it.
+        for key, worker in list(self.workers.items()):
+            target = self.targets.get(key, 0)
+            if key in self.exported or worker.state is not PartitionState.READY:
                 continue
             pos = worker.next_pos if worker.next_pos is not None else -1
-            if pos < high:
-                from confluent_kafka import TopicPartition
-
+            if pos < target:
                 fetched = self.consumer.position([TopicPartition(*key)])[0].offset
-                if fetched < high:
-                    return False
-        return True
+                if fetched < target:
+                    continue
+            self._guard(worker, worker.finish)
+            if worker.finished:
+                self.exported.add(key)
+                with contextlib.suppress(Exception):
+                    self.consumer.pause([TopicPartition(*key)])
+        if set(self.targets) <= self.exported:
+            self.log.info("caught up: every partition of the topics is committed and final")
+            return EXIT_OK
+        # The others' partitions: proven done by the group's committed offsets and empty staging.
+        if now >= self._next_check:
+            self._next_check = now + 2.0
+            self._check_others()
+            if set(self.targets) <= self.exported:
+                self.log.info("caught up: every partition of the topics is committed and final")
+                return EXIT_OK
+        if not all(k in self.exported for k in self.workers):
+            self._waiting_since = None  # our own work is not done: not waiting for others yet
+        elif self._waiting_since is None:
+            self._waiting_since = now
+        if self._waiting_since is not None and now - self._waiting_since > self.config.caught_up_timeout:
+            left = sorted(set(self.targets) - self.exported)
+            raise Incomplete(
+                f"not caught up after waiting {self.config.caught_up_timeout:.0f}s for other members: "
+                f"{', '.join(f'{t}[{p}]' for t, p in left)} not committed at the end offsets seen at "
+                "start or with files still open (another member holds them); rerun when they are free"
+            )
+        return None
 
-    def _shutdown(self, *, clean: bool) -> None:
-        faults.point("during_shutdown")
-        self.closing = True
-        if self._callback_error is not None:
-            self.log.warning("error in a rebalance callback", error=str(self._callback_error))
-        for worker in list(self.workers.values()):
-            try:
-                worker.close()
-            except Exception as exc:  # keep closing the others; nothing uncommitted is lost
-                self.log.warning(
-                    "could not flush on shutdown",
-                    topic=worker.topic,
-                    partition=worker.partition,
-                    error=str(exc),
-                )
-        self.retired.extend(self.workers.values())
-        self.workers.clear()  # the revoke callback during close() then has nothing left to do
+    def _check_others(self) -> None:
+        from confluent_kafka import TopicPartition
+
+        todo = [k for k in self.targets if k not in self.exported and k not in self.workers]
+        if not todo:
+            return
         try:
-            self.consumer.close()
+            committed = self.consumer.committed([TopicPartition(*k) for k in todo], timeout=10.0)
         except Exception as exc:
-            self.log.warning("consumer close failed", error=str(exc))
-        self.log.info("stopped", clean=clean, **self.stats.summary(self.retired, self.store))
+            self.log.warning("could not read committed offsets of other members", error=str(exc))
+            return
+        for tp in committed:
+            key = (tp.topic, tp.partition)
+            done = tp.error is None and tp.offset >= self.targets[key]
+            if done and not self.store.list(self.layout.staging_dir(*key)):
+                self.exported.add(key)

@@ -467,3 +467,29 @@ class S3Store:
                 self._abort(key, u["UploadId"])
                 n += 1
         return n
+
+
+def probe_conditional_writes(store: ObjectStore, key: str) -> None:
+    """Refuse to run on a store that ignores ``If-None-Match: *``.
+
+    The protocol's fencing and its "never overwrite" rule rest on conditional creates: without
+    them a zombie can overwrite a committed piece and a roll would splice a cached footer onto new
+    bytes. So at start a probe object is created twice; the second create must be refused (412).
+    Three small requests per start, then the probe is deleted.
+    """
+    from consumer.errors import StorageContractError
+
+    first = store.put_if_absent(key, b"probe-1")
+    second = store.put_if_absent(key, b"probe-2")
+    try:
+        if first is not PutOutcome.CREATED or second is not PutOutcome.EXISTS_OTHER:
+            raise StorageContractError(
+                "the S3 bucket does not honour conditional writes (a second PUT with "
+                f"If-None-Match: * of {key} was {second.name}, not refused with 412). This consumer "
+                "needs them to never overwrite committed data: use AWS S3, or a server that "
+                "implements If-None-Match on PutObject and CompleteMultipartUpload (MinIO, "
+                "SeaweedFS ≥ 3.80, Ceph RGW ≥ 19)."
+            )
+    finally:
+        store.delete([key])
+

@@ -1,0 +1,471 @@
+"""The partition worker's state machine on in-memory doubles (consumer.testing): every finding of
+issue 8 that lives in the worker, and a crash at every store request of a run.
+
+Each test names the issue-8 item it pins. The doubles answer conditional writes, multipart rules
+and fencing as the real parts do (tests/unit/test_testing_doubles.py proves that against S3); the
+same behaviours are also covered on the real stack by tests/integration and tests/faults.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from consumer import log as logmod
+from consumer.config import Config
+from consumer.decoding import Decoder
+from consumer.errors import BadRecordStop, IntegrityError, StorageContractError
+from consumer.layout import Layout
+from consumer.positions import PartitionFenced
+from consumer.registry import RegistryError
+from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
+from consumer.storage import probe_conditional_writes
+from consumer.testing import Crash, MemoryPositions, MemoryStore, Message, crash_at
+from consumer.worker import AVRO_SCHEMA_KEY, PartitionState, PartitionWorker, SharedState
+
+PREFIX = "out"
+LAYOUT = Layout(PREFIX)
+SCHEMA = parsed_schema("page_view")
+BASE = Config(
+    bootstrap_servers="unused",
+    group_id="g",
+    topics=("t",),
+    output=f"s3://bucket/{PREFIX}",
+    schema="page_view",
+    row_group_rows=10,
+    file_rows=30,
+)
+
+
+def body(i: int) -> bytes:
+    return encode_raw(SCHEMA, make_record("page_view", i))
+
+
+def msg(i: int, value: bytes | None = None, *, bad: bool = False) -> Message:
+    v = body(i) + b"\x00\x00" if bad else (body(i) if value is None else value)
+    return Message(i, v, key=f"k{i}".encode(), timestamp=1_700_000_000_000 + i)
+
+
+class Clock:
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_worker(
+    store: MemoryStore,
+    positions: MemoryPositions,
+    config: Config = BASE,
+    *,
+    decoder: Decoder | None = None,
+    clock: Callable[[], float] | None = None,
+    wall: Callable[[], float] | None = None,
+) -> PartitionWorker:
+    kw: dict[str, Any] = {}
+    if clock is not None:
+        kw["clock"] = clock
+    if wall is not None:
+        kw["wall"] = wall
+    return PartitionWorker(
+        "t",
+        0,
+        config=config,
+        store=store,
+        positions=positions,
+        layout=LAYOUT,
+        decoder=decoder or Decoder("raw", schema=load_schema("page_view")),
+        shared=SharedState(),
+        log=logmod.get("test"),
+        **kw,
+    )
+
+
+def finals(store: MemoryStore) -> list[tuple[str, Any]]:
+    """(key, pyarrow table) of every final file, in key order."""
+    out = []
+    for key in sorted(store.objects):
+        if key.endswith(".parquet") and "/_" not in key:
+            out.append((key, pq.read_table(io.BytesIO(store.objects[key]))))
+    return out
+
+
+def final_offsets(store: MemoryStore) -> list[int]:
+    return sorted(o for _, t in finals(store) for o in t.column("kafka_offset").to_pylist())
+
+
+def staged(store: MemoryStore) -> list[str]:
+    return sorted(k for k in store.objects if "/_staging/" in f"/{k}")
+
+
+def dead_letter_offsets(store: MemoryStore) -> list[int]:
+    out = []
+    for key, data in store.objects.items():
+        if "_dead_letters/" in key:
+            out += [json.loads(line)["offset"] for line in data.decode().splitlines()]
+    return sorted(out)
+
+
+def footer_kv(data: bytes) -> dict[str, str]:
+    meta = pq.ParquetFile(io.BytesIO(data)).metadata.metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items()}
+
+
+def run(worker: PartitionWorker, offsets: range | list[int], bad: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+    for i in offsets:
+        worker.append(msg(i, bad=i in bad))
+
+
+# -- item 1: --on-error fail at flush time --------------------------------------------------------
+def test_fail_mode_flush_commits_exactly_the_rows_before_the_bad_record() -> None:
+    """10 good, 1 malformed, 5 good, then flush(): committed 10, rows 0–9, no dead letter."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, on_error="fail", row_group_rows=1000, file_rows=None))
+    w.recover()
+    run(w, range(16), bad={10})  # malformed bodies are only found when the chunk is decoded
+    with pytest.raises(BadRecordStop, match="offset 10"):
+        w.flush()
+    assert positions.committed("t", 0) == 10
+    assert w.state is PartitionState.HALTED
+    w.close()  # shutdown after the stop writes and commits nothing more
+    w.finish()
+    assert positions.committed("t", 0) == 10
+    assert dead_letter_offsets(store) == []
+    pieces = [k for k in staged(store) if k.endswith(".piece")]
+    assert len(pieces) == 1 and pieces[0].endswith("00000000000000000000-00000000000000000010.piece")
+    rows = pq.read_table(io.BytesIO(store.objects[pieces[0]])).column("kafka_offset").to_pylist()
+    assert rows == list(range(10))
+
+
+def test_fail_mode_bad_first_record_commits_nothing() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, on_error="fail", row_group_rows=1000))
+    w.recover()
+    run(w, range(5), bad={0})
+    with pytest.raises(BadRecordStop, match="offset 0"):
+        w.close()
+    assert positions.committed("t", 0) is None or positions.committed("t", 0) == 0
+    assert staged(store) == []
+
+
+# -- items 2 and 3: offset resets and broken chains -------------------------------------------------
+def open_file_with_30_committed(store: MemoryStore, positions: MemoryPositions) -> None:
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(30))
+    assert positions.committed("t", 0) == 30 and len(staged(store)) == 3
+
+
+def test_forward_reset_finishes_the_staged_file_and_continues_from_the_new_position() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    open_file_with_30_committed(store, positions)
+    positions.reset("t", 0, 100)  # kafka-consumer-groups --reset-offsets --to-latest
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w.recover() == 100
+    assert final_offsets(store) == list(range(30))  # the committed rows are kept, not deleted
+    assert staged(store) == []
+    run(w, range(100, 110))
+    w.finish()
+    assert final_offsets(store) == [*range(30), *range(100, 110)]
+
+
+def test_expired_offsets_adopt_the_position_s3_proves() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    open_file_with_30_committed(store, positions)
+    positions.reset("t", 0, None)  # offsets.retention.minutes passed
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w.recover() == 30
+    assert positions.committed("t", 0) == 30
+    assert w.file is not None and w.file.rows == 30
+    run(w, range(30, 40))
+    w.finish()
+    assert final_offsets(store) == list(range(40))
+
+
+def test_a_piece_removed_by_someone_else_stops_recovery_and_deletes_nothing() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    open_file_with_30_committed(store, positions)
+    middle = staged(store)[1]
+    del store.objects[middle]
+    before = staged(store)
+    w = make_worker(store, positions)
+    with pytest.raises(IntegrityError, match="do not chain"):
+        w.recover()
+    assert staged(store) == before
+
+
+def test_backward_reset_into_final_files_is_detected_at_recovery() -> None:
+    """Roll [0,50), reset the group to 25: consuming again would duplicate 25..49."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=50))
+    w.recover()
+    run(w, range(50))
+    assert len(finals(store)) == 1
+    positions.reset("t", 0, 25)
+    w2 = make_worker(store, positions)
+    with pytest.raises(IntegrityError, match="moved backwards"):
+        w2.recover()
+    assert final_offsets(store) == list(range(50))
+
+
+def test_overlap_with_any_final_file_is_refused_at_roll() -> None:
+    """A final file that starts inside the range being rolled (not at the same key) is found."""
+    store, positions = MemoryStore(), MemoryPositions()
+    other = make_worker(store, MemoryPositions(), replace(BASE, file_rows=None))
+    other.recover()
+    run(other, range(10, 40))
+    other.finish()  # final [10, 40) from another run of the same prefix
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    positions.reset("t", 0, 0)
+    with pytest.raises(IntegrityError):
+        w.recover()  # the committed position 0 is below the final file's end: stop at once
+
+
+# -- item 4: a store that ignores If-None-Match ------------------------------------------------------
+def test_probe_refuses_a_store_without_conditional_writes() -> None:
+    good = MemoryStore()
+    probe_conditional_writes(good, "out/_probe/x")
+    assert "out/_probe/x" not in good.objects
+    lax = MemoryStore()
+    lax.ignore_conditional_writes = True
+    with pytest.raises(StorageContractError, match="If-None-Match"):
+        probe_conditional_writes(lax, "out/_probe/x")
+
+
+def test_roll_refuses_a_piece_overwritten_after_it_was_written() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    first = staged(store)[0]
+    zombie = make_worker(MemoryStore(), MemoryPositions(), replace(BASE, compression="snappy"))
+    zombie.recover()
+    run(zombie, range(10))
+    # A lax server let a zombie on other writer options overwrite the committed piece.
+    store.objects[first] = next(v for k, v in zombie.store.objects.items() if k.endswith(".piece"))  # type: ignore[attr-defined]
+    with pytest.raises(IntegrityError, match="changed after it was written"):
+        w.finish()
+    assert finals(store) == []
+
+
+# -- item 5: file identity ---------------------------------------------------------------------------
+def test_changed_kafka_columns_finish_the_old_file_with_its_own_schema() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    other = replace(BASE, file_rows=None, kafka_columns=("offset", "key", "headers"))
+    w2 = make_worker(store, positions, other)
+    assert w2.recover() == 20
+    run(w2, range(20, 30))
+    w2.finish()
+    files = finals(store)
+    assert [t.num_rows for _, t in files] == [20, 10]
+    assert "kafka_partition" in files[0][1].column_names and "kafka_partition" not in files[1][1].column_names
+    assert "kafka_headers" in files[1][1].column_names
+    # A restart with the same options keeps appending to the open file instead.
+    assert staged(store) == []
+
+
+# -- item 6: inputs that used to escape dead letters ------------------------------------------------
+class Registry:
+    def __init__(self, schemas: dict[int, Any]) -> None:
+        self.schemas = schemas
+
+    def schema_by_id(self, schema_id: int) -> Any:
+        s = self.schemas[schema_id]
+        if isinstance(s, Exception):
+            raise s
+        return s
+
+
+DECIMAL = {
+    "type": "record",
+    "name": "D",
+    "fields": [
+        {"name": "d", "type": {"type": "bytes", "logicalType": "decimal", "precision": 4, "scale": 2}}
+    ],
+}
+RECURSIVE = {
+    "type": "record",
+    "name": "Node",
+    "fields": [{"name": "next", "type": ["null", "Node"]}],
+}
+NO_FIELDS = {"type": "record", "name": "Empty", "fields": []}
+
+
+def framed(schema_id: int, payload: bytes) -> bytes:
+    return b"\x00" + schema_id.to_bytes(4, "big") + payload
+
+
+def test_unusable_schemas_and_unrepresentable_values_go_to_dead_letters() -> None:
+    registry = Registry(
+        {
+            1: DECIMAL,
+            2: RECURSIVE,
+            3: NO_FIELDS,
+            4: RegistryError("schema id 4 is a PROTOBUF schema; this consumer only decodes Avro"),
+        }
+    )
+    decoder = Decoder("confluent", registry=registry)  # type: ignore[arg-type]
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, framing="confluent", schema=None, row_group_rows=100),
+                    decoder=decoder)
+    w.recover()
+    values = {
+        0: framed(1, b"\x04\x04\xd2"),  # 12.34
+        1: framed(2, b"\x00"),  # recursive schema
+        2: framed(3, b""),  # a record with no fields
+        3: framed(4, b"\x00"),  # PROTOBUF id
+        4: framed(1, b"\x06\x12\xd6\x87"),  # 12345.67: wider than decimal(4, 2)
+        5: framed(1, b"\x04\xfb\x2e"),  # -12.34
+    }
+    for i, v in values.items():
+        w.append(Message(i, v, timestamp=1))
+    w.finish()
+    assert final_offsets(store) == [0, 5]
+    assert dead_letter_offsets(store) == [1, 2, 3, 4]
+    reasons = [json.loads(line)["reason"] for k, v in store.objects.items() if "_dead_letters/" in k
+               for line in v.decode().splitlines()]
+    assert any("cannot be mapped" in r for r in reasons) and any("not representable" in r for r in reasons)
+    assert positions.committed("t", 0) == 6
+
+
+# -- item 12: a partition that receives only bad records --------------------------------------------
+def test_dead_letter_only_partition_is_committed_by_age() -> None:
+    clock = Clock()
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, row_group_max_age=5.0), clock=clock)
+    w.recover()
+    for i in range(3):
+        w.append(Message(i, None, timestamp=1))  # tombstones
+    assert w.buffered_bytes > 0
+    assert not w.flush_due(clock())
+    clock.t += 6
+    assert w.flush_due(clock())
+    w.flush()
+    assert positions.committed("t", 0) == 3
+    assert dead_letter_offsets(store) == [0, 1, 2]
+
+
+# -- item 13: a file's age survives restarts ---------------------------------------------------------
+def test_file_age_is_kept_across_restarts() -> None:
+    wall = Clock(1_000_000.0)
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=None, file_max_age=3600.0)
+    w = make_worker(store, positions, cfg, wall=wall)
+    w.recover()
+    run(w, range(10))
+    wall.t += 3000  # restarted often, each time younger than the max age
+    clock = Clock(50.0)
+    w2 = make_worker(store, positions, cfg, clock=clock, wall=wall)
+    w2.recover()
+    assert not w2.roll_due(clock())
+    clock.t += 601
+    assert w2.roll_due(clock())
+
+
+# -- item 14: the row budget of a file is exact ------------------------------------------------------
+def test_row_count_file_budget_is_not_overshot() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=7, row_group_rows=2))
+    w.recover()
+    run(w, range(20))
+    w.finish()
+    assert [t.num_rows for _, t in finals(store)] == [7, 7, 6]
+
+
+# -- item 15: whoever finishes a roll writes the same footer -----------------------------------------
+def test_roll_finished_after_a_crash_keeps_the_avro_schema() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    store.on_op = crash_at("head_object", key_part=".parquet")  # after the marker and re-commit
+    with pytest.raises(Crash):
+        w.finish()
+    store.on_op = None
+    assert finals(store) == []
+    make_worker(store, positions).recover()  # finishes the interrupted roll
+    ((key, _),) = finals(store)
+    kv = footer_kv(store.objects[key])
+    assert json.loads(kv[AVRO_SCHEMA_KEY]) == load_schema("page_view")
+    assert kv["kafka.from_position"] == "0" and kv["kafka.to_position"] == "20"
+
+
+# -- fencing ----------------------------------------------------------------------------------------
+def test_a_fenced_worker_never_writes_again() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(10))
+    positions.fence("t", 0)
+    with pytest.raises(PartitionFenced):
+        run(w, range(10, 20))
+    assert w.state is PartitionState.FENCED
+    objects = dict(store.objects)
+    w.close()
+    w.finish()
+    run(w, range(20, 30))
+    assert store.objects == objects and positions.committed("t", 0) == 10
+
+
+# -- every store request is a crash point ---------------------------------------------------------
+def scenario(store: MemoryStore, positions: MemoryPositions, *, upto: int) -> None:
+    """Recover, consume [committed, upto) with a bad record every 13th offset, finish."""
+    w = make_worker(store, positions, replace(BASE, file_rows=25, row_group_rows=7))
+    start = w.recover() or 0
+    run(w, range(start, upto), bad={i for i in range(upto) if i % 13 == 5})
+    w.finish()
+
+
+def count_requests(upto: int) -> int:
+    store = MemoryStore()
+    scenario(store, MemoryPositions(), upto=upto)
+    return sum(store.stats.requests.values())
+
+
+def crash_after(n: int) -> Callable[[str, str], None]:
+    seen = 0
+
+    def hook(op: str, key: str) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            raise Crash(f"crash at request {n} ({op} {key})")
+
+    return hook
+
+
+def crash_points() -> Iterator[int]:
+    yield from range(1, count_requests(60) + 1)
+
+
+@pytest.mark.parametrize("n", list(crash_points()))
+def test_a_crash_at_any_store_request_keeps_every_offset_exactly_once(n: int) -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    store.on_op = crash_after(n)
+    with pytest.raises(Crash):
+        scenario(store, positions, upto=60)
+    store.on_op = None
+    scenario(store, positions, upto=60)
+    bad = [i for i in range(60) if i % 13 == 5]
+    rows = final_offsets(store)
+    assert rows == [i for i in range(60) if i not in bad]
+    assert dead_letter_offsets(store) == bad
+    assert staged(store) == []
+    assert positions.committed("t", 0) == 60
+    for key, table in finals(store):
+        kv = footer_kv(store.objects[key])
+        offsets = table.column("kafka_offset").to_pylist()
+        assert int(kv["kafka.from_position"]) <= offsets[0] and offsets[-1] < int(kv["kafka.to_position"])
+        assert json.loads(kv[AVRO_SCHEMA_KEY]) == load_schema("page_view")
+        for o, url in zip(offsets, table.column("url").to_pylist(), strict=True):
+            assert url == make_record("page_view", o)["url"]
