@@ -87,10 +87,16 @@ def parse_env_lines(text: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def stack() -> StackSettings:
     """The running local stack (started with `dev/stack up` if needed). Exports AWS_* and
-    AWS_REGION (plus the other settings) into os.environ for code under test."""
+    AWS_REGION (plus the other settings) into os.environ for code under test.
+
+    ``TEST_STACK_DIR=<dir>``: use the stack already running in that STACK_DIR instead (started
+    with ``STACK_DIR=<dir> KAFKA_PORT=… S3_PORT=… dev/stack up``; never started or stopped here)."""
     # Use the default stack regardless of a STACK_DIR/port override leaking from the caller.
     env = {k: v for k, v in os.environ.items() if k != "STACK_DIR"}
-    res = run_stack("up", env=env)
+    if os.environ.get("TEST_STACK_DIR"):
+        env = {k: v for k, v in env.items() if not k.startswith(("KAFKA_", "S3_", "SEAWEED_"))}
+        env["STACK_DIR"] = os.environ["TEST_STACK_DIR"]
+    res = run_stack("status" if "STACK_DIR" in env else "up", env=env)
     if res.returncode != 0:
         pytest.fail(
             f"`dev/stack up` failed (rc={res.returncode}); the stack tests need it.\n"

@@ -121,12 +121,7 @@ class Running:
         return self.log_path.read_text(errors="replace")
 
     def events(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log().splitlines():
-            if line.startswith("{"):
-                with contextlib.suppress(json.JSONDecodeError):
-                    out.append(json.loads(line))
-        return out
+        return log_events(self.log())
 
     def wait_for(
         self, pred: Callable[[list[dict[str, Any]]], bool], timeout: float = 60, what: str = "condition"
@@ -170,6 +165,16 @@ def start_consumer(
         cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO
     )
     return Running(proc, log_path)
+
+
+def log_events(text: str) -> list[dict[str, Any]]:
+    """The JSON lines of a consumer log (``--log-format json``), parsed."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                out.append(json.loads(line))
+    return out
 
 
 def count(events: Iterable[dict[str, Any]], event: str) -> int:
@@ -323,25 +328,46 @@ def normalise_row(row: dict[str, Any], avro: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_values_as_produced(
-    table: pa.Table, schema_name: str, partitions: int, seed: int = 0, every: int = 1
+    table: pa.Table,
+    schema_name: str,
+    partitions: int,
+    seed: int = 0,
+    every: int = 1,
+    index: Callable[[int, int], int] | None = None,
 ) -> int:
     """Row values equal the records the sample producer generated (record i → partition i % P,
-    offset i // P). ``every`` > 1 compares a deterministic subset (offsets are always checked)."""
-    from consumer.samples import load_schema, make_record
+    offset i // P, or ``index(partition, offset)`` when given), and so do the ``kafka_key`` and
+    ``kafka_timestamp`` columns when present. ``every`` > 1 compares a deterministic subset
+    (offsets are always checked)."""
+    from consumer.samples import key_for, load_schema, make_record, timestamp_ms_for
 
     avro = load_schema(schema_name)
     parts = table.column("kafka_partition").to_pylist()
     offs = table.column("kafka_offset").to_pylist()
+    keys = table.column("kafka_key").to_pylist() if "kafka_key" in table.column_names else None
+    stamps = (
+        table.column("kafka_timestamp").cast(pa.int64()).to_pylist()
+        if "kafka_timestamp" in table.column_names
+        else None
+    )
     value_cols = [f["name"] for f in avro["fields"]]
     checked = 0
     for idx in range(0, table.num_rows, every):
         row = {c: table.column(c)[idx].as_py() for c in value_cols}
-        i = offs[idx] * partitions + parts[idx]
-        expected = canonical(make_record(schema_name, i, seed), avro, {})
+        i = index(parts[idx], offs[idx]) if index else offs[idx] * partitions + parts[idx]
+        record = make_record(schema_name, i, seed)
+        expected = canonical(record, avro, {})
         got = normalise_row(row, avro)
         if got != expected:
             diff = {k: (got[k], expected[k]) for k in expected if got.get(k) != expected[k]}
             raise AssertionError(f"row {parts[idx]}:{offs[idx]} differs from record {i}: {str(diff)[:2000]}")
+        if keys is not None and keys[idx] != key_for(schema_name, record):
+            raise AssertionError(f"row {parts[idx]}:{offs[idx]}: kafka_key {keys[idx]!r} is not record {i}'s")
+        if stamps is not None and stamps[idx] != timestamp_ms_for(schema_name, record):
+            raise AssertionError(
+                f"row {parts[idx]}:{offs[idx]}: kafka_timestamp {stamps[idx]} is not record {i}'s "
+                f"{timestamp_ms_for(schema_name, record)}"
+            )
         checked += 1
     return checked
 
