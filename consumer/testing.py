@@ -17,6 +17,9 @@ the real part's behaviour, and nowhere else:
 * :class:`MemoryPositions` — committed positions with fencing, as
   :class:`~consumer.positions.KafkaGroupPositions` reports it.
 * :class:`Message` — the slice of ``confluent_kafka.Message`` the worker and runner read.
+* :class:`MemoryBroker` / :class:`MemoryConsumer` — topic logs, a group coordinator and the slice
+  of ``confluent_kafka.Consumer`` the runner calls: enough to run
+  :class:`~consumer.runner.GroupRunner` through assignment, rebalance, expulsion and commit.
 
 Fault injection: ``fail_next(op, exc)`` raises instead of doing ``op`` (or, with ``after=True``,
 after doing it: the reply was lost), and ``on_op`` is called before every operation, so a test
@@ -54,6 +57,8 @@ __all__ = [
     "REQUESTS",
     "Crash",
     "EntityTooSmall",
+    "MemoryBroker",
+    "MemoryConsumer",
     "MemoryPositions",
     "MemoryStore",
     "Message",
@@ -680,6 +685,420 @@ def crash_at(op: str, *, key_part: str = "", nth: int = 1) -> OnOp:
                 raise Crash(f"crash at {op} #{nth} ({key})")
 
     return hook
+
+
+# ----------------------------------------------------------------------------------------------
+# Kafka: an in-memory topic log and a consumer with the slice of confluent_kafka.Consumer we use
+# ----------------------------------------------------------------------------------------------
+OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, OFFSET_INVALID = -2, -1, -1000, -1001
+
+TP = tuple[str, int]
+
+
+@dataclass
+class _PartitionMeta:
+    id: int
+    leader: int = 1
+    error: Any = None
+
+
+@dataclass
+class _TopicMeta:
+    topic: str
+    partitions: dict[int, _PartitionMeta]
+    error: Any = None
+
+
+@dataclass
+class _Metadata:
+    topics: dict[str, _TopicMeta]
+
+
+@dataclass
+class _Group:
+    """A consumer group as the coordinator sees it: members, generation, committed offsets."""
+
+    members: list[MemoryConsumer] = field(default_factory=list)
+    generation: int = 0
+    target: dict[int, set[TP]] = field(default_factory=dict)  # id(member) → partitions it should own
+    offsets: dict[TP, int] = field(default_factory=dict)
+
+
+class MemoryBroker:
+    """Topics as in-memory logs, plus the group coordinator for :class:`MemoryConsumer`.
+
+    Why: to drive :class:`~consumer.runner.GroupRunner` (assignment → recovery → consume → commit
+    → revoke) without a broker. What is modelled: per-partition offsets from 0, retention
+    (:meth:`truncate` moves the low watermark), committed offsets per group, a cooperative
+    rebalance (a partition moves only after its old owner's ``on_revoke`` ran), commits refused
+    with ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID from a member that missed a rebalance or was
+    expelled (:meth:`expire`: max.poll.interval exceeded), and the operator's offset reset. Not
+    modelled: transactions (every record is committed), compaction, timing (``consume`` never
+    waits for records), threads (call from one thread).
+    """
+
+    def __init__(self) -> None:
+        self.logs: dict[TP, list[Message]] = {}
+        self.low: dict[TP, int] = {}
+        self.groups: dict[str, _Group] = {}
+        #: (KafkaError code, times) for the next commits of any consumer: e.g.
+        #: ``broker.commit_errors.append((KafkaError.COORDINATOR_NOT_AVAILABLE, 2))``.
+        self.commit_errors: list[tuple[int, int]] = []
+
+    # -- topics ----------------------------------------------------------------------------------
+    def create_topic(self, topic: str, partitions: int = 1) -> None:
+        for p in range(partitions):
+            self.logs.setdefault((topic, p), [])
+            self.low.setdefault((topic, p), 0)
+
+    def partitions(self, topic: str) -> list[int]:
+        return sorted(p for t, p in self.logs if t == topic)
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        partition: int = 0,
+        key: bytes | None = None,
+        timestamp: int | None = None,
+        headers: Sequence[tuple[str, bytes | None]] | None = None,
+    ) -> int:
+        """Append one record; its offset. ``timestamp`` defaults to 1.7e12 ms + offset."""
+        if (topic, partition) not in self.logs:
+            raise KeyError(f"no partition {topic}[{partition}]: create_topic first")
+        log = self.logs[(topic, partition)]
+        offset = len(log)
+        ts = 1_700_000_000_000 + offset if timestamp is None else timestamp
+        log.append(
+            Message(offset, value, topic=topic, partition=partition, key=key, timestamp=ts, headers=headers)
+        )
+        return offset
+
+    def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        return self.low[(topic, partition)], len(self.logs[(topic, partition)])
+
+    def truncate(self, topic: str, partition: int, before: int) -> None:
+        """Retention deleted every record below ``before``: the low watermark moves up."""
+        self.low[(topic, partition)] = max(
+            self.low[(topic, partition)], min(before, len(self.logs[(topic, partition)]))
+        )
+
+    # -- groups ----------------------------------------------------------------------------------
+    def group(self, group_id: str) -> _Group:
+        return self.groups.setdefault(group_id, _Group())
+
+    def committed_offset(self, group_id: str, topic: str, partition: int) -> int | None:
+        return self.group(group_id).offsets.get((topic, partition))
+
+    def reset_offsets(self, group_id: str, topic: str, partition: int, offset: int | None) -> None:
+        """``kafka-consumer-groups --reset-offsets`` (None: delete the committed offset)."""
+        offsets = self.group(group_id).offsets
+        if offset is None:
+            offsets.pop((topic, partition), None)
+        else:
+            offsets[(topic, partition)] = offset
+
+    def expire(self, consumer: MemoryConsumer) -> None:
+        """The coordinator expels ``consumer`` (session timeout / max.poll.interval exceeded): its
+        partitions go to the others now, its commits fail, and its next ``consume`` reports them
+        lost (``on_lost``) and rejoins."""
+        g = self.group(consumer.group_id)
+        if consumer in g.members:
+            g.members.remove(consumer)
+            consumer._expired = True
+            self._rebalance(g)
+
+    def consumer_factory(self) -> Callable[[dict[str, Any]], MemoryConsumer]:
+        """For ``GroupRunner(consumer_factory=broker.consumer_factory())``."""
+        return lambda conf: MemoryConsumer(self, conf)
+
+    def _join(self, consumer: MemoryConsumer) -> None:
+        g = self.group(consumer.group_id)
+        if consumer not in g.members:
+            g.members.append(consumer)
+            self._rebalance(g)
+
+    def _leave(self, consumer: MemoryConsumer) -> None:
+        g = self.group(consumer.group_id)
+        if consumer in g.members:
+            g.members.remove(consumer)
+            self._rebalance(g)
+
+    def _rebalance(self, g: _Group) -> None:
+        """New generation, new target assignment: sticky (a member keeps what it owns when it may),
+        the rest spread to the least loaded members."""
+        g.generation += 1
+        target: dict[int, set[TP]] = {id(m): set() for m in g.members}
+        wanted = sorted({tp for m in g.members for t in m.topics for tp in self.logs if tp[0] == t})
+        if g.members:
+            quota = -(-len(wanted) // len(g.members))
+            free = []
+            for tp in wanted:
+                owner = next((m for m in g.members if tp in m._owned and tp[0] in m.topics), None)
+                if owner is not None and len(target[id(owner)]) < quota:
+                    target[id(owner)].add(tp)
+                else:
+                    free.append(tp)
+            for tp in free:
+                m = min((m for m in g.members if tp[0] in m.topics), key=lambda m: len(target[id(m)]))
+                target[id(m)].add(tp)
+        g.target = target
+
+    def _assignable(self, consumer: MemoryConsumer) -> set[TP]:
+        """Partitions the group wants ``consumer`` to have that no other member still owns."""
+        g = self.group(consumer.group_id)
+        held = {tp for m in g.members if m is not consumer for tp in m._owned}
+        return g.target.get(id(consumer), set()) - consumer._owned - held
+
+    def _commit(self, consumer: MemoryConsumer, offsets: Sequence[Any]) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        if self.commit_errors:
+            code, times = self.commit_errors[0]
+            self.commit_errors[0] = (code, times - 1)
+            if times <= 1:
+                self.commit_errors.pop(0)
+            retriable = code in (KafkaError.COORDINATOR_NOT_AVAILABLE, KafkaError.NOT_COORDINATOR)
+            raise KafkaException(KafkaError(code, "injected", retriable=retriable))
+        g = self.group(consumer.group_id)
+        if consumer not in g.members:
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
+        if consumer._generation != g.generation:
+            raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+        for tp in offsets:
+            g.offsets[(tp.topic, tp.partition)] = int(tp.offset)
+
+
+class MemoryConsumer:
+    """The part of ``confluent_kafka.Consumer`` the runner, the replay and KafkaGroupPositions call,
+    on a :class:`MemoryBroker`. Rebalance callbacks run inside :meth:`consume`, as librdkafka runs
+    them inside poll/consume; after ``on_assign`` the partitions are assigned incrementally at the
+    offsets the callback left in them (else the committed offset, else ``auto.offset.reset``)."""
+
+    def __init__(self, broker: MemoryBroker, conf: dict[str, Any]) -> None:
+        self.broker = broker
+        self.conf = dict(conf)
+        self.group_id = str(conf.get("group.id", ""))
+        self.topics: tuple[str, ...] = ()
+        self.closed = False
+        #: called at the start of every consume(), e.g. to stop the runner or expire a member
+        self.on_consume: Callable[[MemoryConsumer], None] | None = None
+        self._callbacks: dict[str, Callable[[Any, list[Any]], None] | None] = {}
+        self._owned: set[TP] = set()
+        self._paused: set[TP] = set()
+        self._fetch: dict[TP, int] = {}  # next offset to return
+        self._app: dict[TP, int] = {}  # position(): after the last returned record, or seeked
+        self._generation = 0
+        self._expired = False
+        self._manual = False
+
+    # -- membership --------------------------------------------------------------------------------
+    def subscribe(
+        self,
+        topics: Sequence[str],
+        on_assign: Callable[[Any, list[Any]], None] | None = None,
+        on_revoke: Callable[[Any, list[Any]], None] | None = None,
+        on_lost: Callable[[Any, list[Any]], None] | None = None,
+    ) -> None:
+        self._check_open()
+        self.topics = tuple(topics)
+        self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
+        self.broker._join(self)
+
+    def assign(self, partitions: Sequence[Any]) -> None:
+        """Manual assignment (no group): fetch from each partition's offset."""
+        self._check_open()
+        self._manual = True
+        self._owned = {(tp.topic, tp.partition) for tp in partitions}
+        for tp in partitions:
+            self._start((tp.topic, tp.partition), int(tp.offset))
+
+    def assignment(self) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(t, p) for t, p in sorted(self._owned)]
+
+    def _tps(self, keys: set[TP] | list[TP]) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(t, p) for t, p in sorted(keys)]
+
+    def _sync_group(self) -> None:
+        """Deliver what the coordinator decided since the last call: lost, revoked, assigned."""
+        if self._manual or not self.topics:
+            return
+        b, g = self.broker, self.broker.group(self.group_id)
+        if self._expired:
+            self._expired = False
+            lost, self._owned = self._owned, set()
+            if lost and self._callbacks.get("lost"):
+                self._call("lost", self._tps(sorted(lost)))
+            b._join(self)
+        rebalanced = self._generation != g.generation
+        if rebalanced:
+            self._generation = g.generation
+            revoked = self._owned - g.target.get(id(self), set())
+            if revoked:
+                if self._callbacks.get("revoke"):
+                    self._call("revoke", self._tps(sorted(revoked)))
+                self._owned -= revoked
+                for tp in revoked:  # the pause flag stays: see pause()
+                    self._fetch.pop(tp, None)
+                    self._app.pop(tp, None)
+        new = b._assignable(self)
+        if new or rebalanced:
+            # Like librdkafka's cooperative protocol, every completed rebalance ends with an
+            # assign callback, with an empty list when nothing was added.
+            tps = self._tps(sorted(new))
+            self._call("assign", tps)
+            self._owned |= new
+            for tp in tps:
+                self._start((tp.topic, tp.partition), int(tp.offset))
+
+    def _call(self, which: str, tps: list[Any]) -> None:
+        cb = self._callbacks[which]
+        if cb is not None:
+            cb(self, tps)
+
+    def _start(self, tp: TP, offset: int) -> None:
+        low, high = self.broker.watermarks(*tp)
+        if offset < 0 and offset not in (OFFSET_BEGINNING, OFFSET_END):  # INVALID, STORED
+            committed = self.broker.committed_offset(self.group_id, *tp) if self.group_id else None
+            offset = committed if committed is not None else OFFSET_BEGINNING
+            if committed is None and self.conf.get("auto.offset.reset", "latest") in (
+                "latest",
+                "largest",
+                "end",
+            ):
+                offset = OFFSET_END
+        self._fetch[tp] = low if offset == OFFSET_BEGINNING else high if offset == OFFSET_END else offset
+        self._app.pop(tp, None)
+
+    # -- fetching --------------------------------------------------------------------------------
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        """Up to ``num_messages`` records from the owned, unpaused partitions (round robin);
+        never waits: an empty list when nothing is there."""
+        self._check_open()
+        if self.on_consume is not None:
+            self.on_consume(self)
+        self._sync_group()
+        out: list[Message] = []
+        active = [tp for tp in sorted(self._owned) if tp not in self._paused]
+        progress = True
+        while len(out) < num_messages and progress:
+            progress = False
+            for tp in active:
+                if len(out) >= num_messages:
+                    break
+                low, high = self.broker.watermarks(*tp)
+                pos = self._fetch.get(tp, low)
+                if pos < low:  # offset out of range: auto.offset.reset
+                    pos = (
+                        low
+                        if self.conf.get("auto.offset.reset", "latest") in ("earliest", "smallest")
+                        else high
+                    )
+                if pos < high:
+                    out.append(self.broker.logs[tp][pos])
+                    self._fetch[tp] = self._app[tp] = pos + 1
+                    progress = True
+                else:
+                    self._fetch[tp] = pos
+        return out
+
+    def pause(self, partitions: Sequence[Any]) -> None:
+        """As librdkafka: the application's pause flag belongs to the partition, not to the
+        assignment, so a paused partition that is revoked or lost and assigned again stays
+        paused until resume() (librdkafka resets only its own LIB_PAUSE flag on unassign)."""
+        self._paused |= {(tp.topic, tp.partition) for tp in partitions}
+
+    def resume(self, partitions: Sequence[Any]) -> None:
+        self._paused -= {(tp.topic, tp.partition) for tp in partitions}
+
+    def seek(self, partition: Any) -> None:
+        tp = (partition.topic, partition.partition)
+        if tp not in self._owned:
+            from confluent_kafka import KafkaError, KafkaException
+
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_PARTITION, f"{tp} is not assigned"))
+        self._start(tp, int(partition.offset))
+        self._app[tp] = self._fetch[tp]
+
+    def position(self, partitions: Sequence[Any]) -> list[Any]:
+        """After the last record returned (or the seek target); OFFSET_INVALID before either, as
+        librdkafka."""
+        from confluent_kafka import TopicPartition
+
+        return [
+            TopicPartition(tp.topic, tp.partition, self._app.get((tp.topic, tp.partition), OFFSET_INVALID))
+            for tp in partitions
+        ]
+
+    def get_watermark_offsets(
+        self, partition: Any, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        return self.broker.watermarks(partition.topic, partition.partition)
+
+    def offsets_for_times(self, partitions: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        """The first offset whose timestamp is ≥ the given one; OFFSET_END (-1) if none."""
+        from confluent_kafka import TopicPartition
+
+        out = []
+        for tp in partitions:
+            low, high = self.broker.watermarks(tp.topic, tp.partition)
+            log = self.broker.logs[(tp.topic, tp.partition)]
+            found = next((m.offset() for m in log[low:high] if m.timestamp()[1] >= tp.offset), OFFSET_END)
+            out.append(TopicPartition(tp.topic, tp.partition, found))
+        return out
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> _Metadata:
+        names = {t for t, _ in self.broker.logs if topic is None or t == topic}
+        return _Metadata(
+            {
+                t: _TopicMeta(t, {p: _PartitionMeta(p) for p in self.broker.partitions(t)})
+                for t in sorted(names)
+            }
+        )
+
+    # -- offsets ---------------------------------------------------------------------------------
+    def committed(self, partitions: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        from confluent_kafka import TopicPartition
+
+        out = []
+        for tp in partitions:
+            off = self.broker.committed_offset(self.group_id, tp.topic, tp.partition)
+            out.append(TopicPartition(tp.topic, tp.partition, OFFSET_INVALID if off is None else off))
+        return out
+
+    def commit(
+        self, message: Any = None, offsets: Sequence[Any] | None = None, asynchronous: bool = True
+    ) -> list[Any] | None:
+        """Synchronous commits of explicit offsets only (what KafkaGroupPositions does); refused
+        with KafkaException(ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID) when fenced."""
+        self._check_open()
+        if message is not None or offsets is None or asynchronous:
+            raise NotImplementedError("MemoryConsumer.commit: only commit(offsets=[...], asynchronous=False)")
+        self.broker._commit(self, offsets)
+        from confluent_kafka import TopicPartition
+
+        return [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
+
+    def close(self) -> None:
+        """Revoke everything (``on_revoke``, as librdkafka's close does), then leave the group."""
+        if self.closed:
+            return
+        if self._owned and not self._manual and not self._expired and self._callbacks.get("revoke"):
+            self._call("revoke", self._tps(sorted(self._owned)))
+        self._owned = set()
+        self.broker._leave(self)
+        self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            from confluent_kafka import KafkaError, KafkaException
+
+            raise KafkaException(KafkaError(KafkaError._STATE, "consumer closed"))
 
 
 def _conforms(store: MemoryStore, positions: MemoryPositions) -> tuple[ObjectStore, PositionStore]:

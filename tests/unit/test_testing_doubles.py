@@ -6,9 +6,8 @@ Tests taking the ``backend`` fixture run twice: against :class:`MemoryStore` and
 (request level, for the S3 rules S3Store never breaks on purpose). The same assertions passing on
 both is what licenses using the double in unit tests.
 
-The S3 side uses the session ``stack`` fixture, or — when ``DOUBLES_STACK_DIR`` names the state
-folder of a separately started stack (``STACK_DIR=… dev/stack up``) — that stack, so these tests
-can run beside another stack without touching it.
+The S3 side uses the session ``stack`` fixture (``TEST_STACK_DIR`` points it at a stack started
+elsewhere).
 """
 
 from __future__ import annotations
@@ -41,6 +40,8 @@ from consumer.storage import (
 from consumer.testing import (
     Crash,
     EntityTooSmall,
+    MemoryBroker,
+    MemoryConsumer,
     MemoryPositions,
     MemoryStore,
     Message,
@@ -137,19 +138,6 @@ class Backend:
     prefix: str
 
 
-def _stack_settings(request: pytest.FixtureRequest) -> Any:
-    stack_dir = os.environ.get("DOUBLES_STACK_DIR")
-    if not stack_dir:
-        return request.getfixturevalue("stack")
-    from conftest import StackSettings
-    from support import run_stack
-
-    res = run_stack("status", env={**os.environ, "STACK_DIR": stack_dir})
-    if res.returncode != 0:
-        pytest.fail(f"no stack answering in DOUBLES_STACK_DIR={stack_dir}: {res.stderr}", pytrace=False)
-    return StackSettings.from_env_lines(res.stdout)
-
-
 @pytest.fixture(params=["memory", pytest.param("s3", marks=pytest.mark.stack)])
 def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     prefix = f"doubles/{request.node.name[:40]}-{uuid.uuid4().hex[:8]}/"
@@ -160,10 +148,7 @@ def backend(request: pytest.FixtureRequest) -> Iterator[Backend]:
     import boto3
     from botocore.config import Config as BotoConfig
 
-    st = _stack_settings(request)
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", st.aws_access_key_id)
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", st.aws_secret_access_key)
-    os.environ.setdefault("AWS_REGION", st.aws_region)
+    st = request.getfixturevalue("stack")
     client = boto3.client(
         "s3",
         endpoint_url=st.s3_endpoint,
@@ -655,3 +640,196 @@ def test_worker_smoke_with_the_doubles() -> None:
     assert meta.num_row_groups == 3
     kv = {k.decode(): v.decode() for k, v in (meta.metadata or {}).items()}
     assert (kv["kafka.from_position"], kv["kafka.to_position"]) == ("0", "25")
+
+
+# ----------------------------------------------------------------------------------------------
+# MemoryBroker / MemoryConsumer: the group runner without Kafka
+# ----------------------------------------------------------------------------------------------
+def _broker_with_records(partitions: int, per_partition: int) -> MemoryBroker:
+    from consumer.samples import encode_raw, make_record, parsed_schema
+
+    schema = parsed_schema("page_view")
+    broker = MemoryBroker()
+    broker.create_topic("t", partitions)
+    for p in range(partitions):
+        for i in range(per_partition):
+            broker.produce(
+                "t", encode_raw(schema, make_record("page_view", p * 1000 + i)), partition=p, key=b"k"
+            )
+    return broker
+
+
+def _runner(broker: MemoryBroker, store: MemoryStore, **cfg: Any) -> Any:
+    from consumer.config import Config
+    from consumer.decoding import Decoder
+    from consumer.runner import GroupRunner
+    from consumer.samples import load_schema
+
+    config = Config(
+        bootstrap_servers="memory",
+        group_id="g",
+        topics=("t",),
+        output="s3://bucket/out",
+        schema="page_view",
+        **cfg,
+    )
+    return GroupRunner(
+        config,
+        store=store,
+        decoder=Decoder("raw", schema=load_schema("page_view")),
+        consumer_factory=broker.consumer_factory(),
+    )
+
+
+def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:
+    from consumer.layout import Layout
+
+    out: dict[int, list[int]] = {}
+    for p in range(4):
+        key = Layout("out").final_key("t", p, 0)
+        if key in store.objects:
+            table = pq.read_table(pa.BufferReader(store.objects[key]))
+            out[p] = table.column("kafka_offset").to_pylist()
+    return out
+
+
+def test_group_runner_on_the_memory_broker_until_caught_up() -> None:
+    broker, store = _broker_with_records(2, 25), MemoryStore()
+    assert _runner(broker, store, row_group_rows=10, until_caught_up=True).run() == 0
+    assert _final_offsets(store) == {0: list(range(25)), 1: list(range(25))}
+    assert [broker.committed_offset("g", "t", p) for p in (0, 1)] == [25, 25]
+    assert not [k for k in store.objects if "_staging/" in k]
+
+
+def test_group_runner_stopped_and_restarted_continues_the_same_file() -> None:
+    broker, store = _broker_with_records(2, 25), MemoryStore()
+    first = _runner(broker, store, row_group_rows=10, batch_size=12)
+    consumes = 0
+
+    def stop_after_two(consumer: MemoryConsumer) -> None:
+        nonlocal consumes
+        consumes += 1
+        if consumes == 3:
+            first.request_stop()
+
+    first.consumer.on_consume = stop_after_two
+    assert first.run() == 0
+    # 3 batches of 12, round robin over 2 partitions: 18 each, made durable on shutdown
+    assert [broker.committed_offset("g", "t", p) for p in (0, 1)] == [18, 18]
+    assert _final_offsets(store) == {}
+    assert _runner(broker, store, row_group_rows=10, until_caught_up=True).run() == 0
+    assert _final_offsets(store) == {0: list(range(25)), 1: list(range(25))}
+
+
+def test_memory_consumer_rebalance_revokes_before_the_partition_moves_and_fences_zombies() -> None:
+    from confluent_kafka import TopicPartition
+
+    from consumer.positions import KafkaGroupPositions
+
+    broker = _broker_with_records(2, 3)
+    events: list[tuple[str, str, list[int]]] = []
+
+    def member(name: str) -> MemoryConsumer:
+        c = MemoryConsumer(broker, {"group.id": "g", "auto.offset.reset": "earliest"})
+
+        def cb(kind: str) -> Any:
+            return lambda _c, tps: events.append((name, kind, [tp.partition for tp in tps]))
+
+        c.subscribe(["t"], on_assign=cb("assign"), on_revoke=cb("revoke"), on_lost=cb("lost"))
+        return c
+
+    a = member("a")
+    assert len(a.consume(10)) == 6 and events == [("a", "assign", [0, 1])]
+    pos_a = KafkaGroupPositions(a, max_elapsed=0)
+    pos_a.commit("t", 0, 3)
+    b = member("b")  # joins: a new generation
+    with pytest.raises(PartitionFenced):
+        pos_a.commit("t", 1, 3)  # a has not seen the rebalance yet (REBALANCE_IN_PROGRESS-like)
+    assert b.consume(10) == [] and b.assignment() == []  # a still owns both
+    a.consume(10)
+    pos_a.commit("t", 0, 3)  # a's generation is current again
+    b_msgs = b.consume(10)
+    assert events[1:] == [
+        ("b", "assign", []),  # b's first rebalance completes with nothing: a holds both
+        ("a", "revoke", [1]),  # cooperative: a gives p1 up first (its revoke commits still work) …
+        ("a", "assign", []),
+        ("b", "assign", [1]),  # … and only then does b get it
+    ]
+    assert [m.offset() for m in b_msgs] == [0, 1, 2]  # p1 never committed: earliest
+    assert [(tp.topic, tp.partition) for tp in b.assignment()] == [("t", 1)]
+
+    broker.expire(a)  # max.poll.interval exceeded: a is a zombie until its next consume
+    with pytest.raises(PartitionFenced):
+        pos_a.commit("t", 0, 3)
+    broker.produce("t", b"new", partition=0)
+    assert [(m.partition(), m.offset()) for m in b.consume(10)] == [(0, 3)]  # from a's commit
+    assert sorted(tp.partition for tp in b.assignment()) == [0, 1]
+    assert b.position([TopicPartition("t", 0)])[0].offset == 4
+    assert a.consume(10) == []
+    assert events[-2:] == [("a", "lost", [0]), ("a", "assign", [])]  # rejoined; b holds both
+    b.close()
+    assert events[-1] == ("b", "revoke", [0, 1])
+    got = [(m.partition(), m.offset()) for m in a.consume(10)]
+    assert events[-1] == ("a", "assign", [0, 1])
+    assert got == [(0, 3), (1, 0), (1, 1), (1, 2)]  # p0 from its commit, p1 (never committed) from 0
+
+
+def test_memory_consumer_offsets_watermarks_and_retention() -> None:
+    from confluent_kafka import TopicPartition
+
+    broker = _broker_with_records(1, 5)
+    broker.truncate("t", 0, 2)
+    c = MemoryConsumer(broker, {"group.id": "g", "auto.offset.reset": "earliest"})
+    c.subscribe(["t"])
+    assert [m.offset() for m in c.consume(10)] == [2, 3, 4]
+    tp = TopicPartition("t", 0)
+    assert c.get_watermark_offsets(tp, timeout=1.0, cached=False) == (2, 5)
+    assert c.committed([tp])[0].offset == -1001
+    c.commit(offsets=[TopicPartition("t", 0, 4)], asynchronous=False)
+    assert c.committed([tp])[0].offset == 4 and broker.committed_offset("g", "t", 0) == 4
+    c.seek(TopicPartition("t", 0, 3))
+    assert c.position([tp])[0].offset == 3
+    c.pause([tp])
+    assert c.consume(10) == []
+    c.resume([tp])
+    assert [m.offset() for m in c.consume(10)] == [3, 4]
+    (found,) = c.offsets_for_times([TopicPartition("t", 0, 1_700_000_000_003)])
+    assert found.offset == 3
+    assert sorted(c.list_topics().topics["t"].partitions) == [0]
+    broker.reset_offsets("g", "t", 0, 0)
+    assert c.committed([tp])[0].offset == 0
+
+
+def test_group_runner_expelled_mid_flush_is_fenced_rejoins_and_loses_nothing() -> None:
+    """Expelled between a piece PUT and its commit: the commit is refused (UNKNOWN_MEMBER_ID →
+    PartitionFenced), the partition is paused, lost, reassigned, recovered (the uncommitted piece
+    deleted), resumed — librdkafka keeps an application pause across reassignment, and so does
+    MemoryConsumer — and consumed again from its committed position."""
+    from consumer.layout import Layout
+
+    broker, store = _broker_with_records(2, 25), MemoryStore()
+    runner = _runner(broker, store, row_group_rows=10, batch_size=7, until_caught_up=True)
+    doomed = Layout("out").piece_key("t", 0, 0, 10, 20)
+    fired = []
+
+    def expel_at_second_piece(op: str, key: str) -> None:
+        if op == "put_object" and key == doomed and not fired:
+            fired.append(key)
+            broker.expire(runner.consumer)
+
+    store.on_op = expel_at_second_piece
+    consumes = 0
+
+    def give_up(consumer: MemoryConsumer) -> None:
+        nonlocal consumes
+        consumes += 1
+        if consumes > 200:  # the partition never comes back: stop instead of spinning forever
+            runner.request_stop()
+
+    runner.consumer.on_consume = give_up
+    assert runner.run() == 0
+    assert consumes <= 200, f"gave up: {sorted(runner.consumer._paused)} still paused"
+    assert fired == [doomed]
+    assert _final_offsets(store) == {0: list(range(25)), 1: list(range(25))}
+    assert [broker.committed_offset("g", "t", p) for p in (0, 1)] == [25, 25]
+    assert not [k for k in store.objects if "/_" in k]  # no staging or dead-letter leftovers
