@@ -789,7 +789,8 @@ class MemoryBroker:
         return self.groups.setdefault(group_id, _Group())
 
     def committed_offset(self, group_id: str, topic: str, partition: int) -> int | None:
-        return self.group(group_id).offsets.get((topic, partition))
+        g = self.groups.get(group_id)
+        return g.offsets.get((topic, partition)) if g is not None else None
 
     def reset_offsets(self, group_id: str, topic: str, partition: int, offset: int | None) -> None:
         """``kafka-consumer-groups --reset-offsets`` (None: delete the committed offset)."""
@@ -820,8 +821,8 @@ class MemoryBroker:
             self._rebalance(g)
 
     def _leave(self, consumer: MemoryConsumer) -> None:
-        g = self.group(consumer.group_id)
-        if consumer in g.members:
+        g = self.groups.get(consumer.group_id)
+        if g is not None and consumer in g.members:
             g.members.remove(consumer)
             self._rebalance(g)
 

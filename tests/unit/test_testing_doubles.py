@@ -833,3 +833,36 @@ def test_group_runner_expelled_mid_flush_is_fenced_rejoins_and_loses_nothing() -
     assert _final_offsets(store) == {0: list(range(25)), 1: list(range(25))}
     assert [broker.committed_offset("g", "t", p) for p in (0, 1)] == [25, 25]
     assert not [k for k in store.objects if "/_" in k]  # no staging or dead-letter leftovers
+
+
+def test_replay_runner_on_the_memory_broker_replays_a_slice() -> None:
+    from consumer.config import Config
+    from consumer.decoding import Decoder
+    from consumer.layout import Layout
+    from consumer.replay import Bound, ReplayRunner
+    from consumer.samples import load_schema
+
+    broker, store = _broker_with_records(2, 25), MemoryStore()
+    runner = ReplayRunner(
+        Config(
+            bootstrap_servers="memory",
+            group_id="consumer-replay",
+            topics=("t",),
+            output="s3://bucket/out",
+            schema="page_view",
+            row_group_rows=10,
+        ),
+        store=store,
+        decoder=Decoder("raw", schema=load_schema("page_view")),
+        start=Bound.parse("0=5,1=5"),
+        stop=Bound.parse("ts:1700000000020"),  # the offset of the first record at/after it: 20
+        consumer_factory=broker.consumer_factory(),
+    )
+    assert runner.run() == 0
+    for p in (0, 1):
+        key = Layout("out").final_key("t", p, 5)
+        assert pq.read_table(pa.BufferReader(store.objects[key])).column("kafka_offset").to_pylist() == list(
+            range(5, 20)
+        )
+        assert store.objects[Layout("out").state_key("t", p)]  # positions kept beside the output
+    assert broker.groups.get("consumer-replay") is None  # the live group is untouched
