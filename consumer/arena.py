@@ -27,6 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from consumer.decoding import WriterSchema, decode_bodies
+from consumer.native import NativeDecoder, NativeError, decoder_for, warn_once
 from consumer.typemap import RecordConverter
 
 KAFKA_FIELDS: dict[str, pa.Field] = {
@@ -168,6 +169,7 @@ class Arena:
         chunk_rows: int = 2048,
         on_error: str = "dead-letter",
         calibrate: Callable[[pa.Table], int] | None = None,
+        decoder: str = "native",
     ) -> None:
         self.schema = schema
         self.converter = converter
@@ -180,6 +182,10 @@ class Arena:
         # Encodes a table and returns its Parquet size: used once per schema on the first decoded
         # chunk, so the very first row group already lands near its byte target.
         self.calibrate = calibrate
+        # Chunk decoder: "native" (consumer._native, built on first use; None → fastavro) or "python".
+        self.decoder = decoder
+        self._native: NativeDecoder | None = None
+        self._native_tried = False
         # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats when
         # the first record of a row group arrives, rewound between chunks, and released when the
         # row group is drained: an idle partition holds no buffer, so hundreds of assigned
@@ -262,7 +268,7 @@ class Arena:
             end = self._ends[i]
             bodies.append(raw[start:end])
             start = end
-        records, bad = decode_bodies(self.schema, bodies)
+        records, bad = self._decode_chunk(bodies, n)
         keep = list(range(n))
         if bad:
             bad_idx = {i for i, _ in bad}
@@ -300,7 +306,7 @@ class Arena:
         instead of failing the other rows of its chunk; only a refused chunk pays the per-record
         retry that finds it."""
         try:
-            return self.converter.to_batch(records, self._kafka_arrays(keep))
+            return self._values_to_batch(records, self._kafka_arrays(keep))
         except Exception:
             pass
         good_records: list[Any] = []
@@ -320,6 +326,26 @@ class Arena:
             good_records.append(record)
             good_keep.append(i)
         return self.converter.to_batch(good_records, self._kafka_arrays(good_keep))
+
+    def _decode_chunk(self, bodies: list[memoryview], n: int) -> tuple[Any, list[tuple[int, str]]]:
+        """(values of the good rows, [(index, reason)] of the bad ones): a record batch of the value
+        columns from the native decoder, else fastavro's dicts (the reference path)."""
+        if self.decoder == "native" and not self._native_tried:
+            self._native_tried = True
+            self._native = decoder_for(self.schema.avro, self.schema.fingerprint)
+        if self._native is not None:
+            try:
+                return self._native.decode(self._raw, self._ends, n)
+            except NativeError as exc:
+                warn_once(f"chunk:{self.schema.fingerprint}", "native decode failed: chunk decoded "
+                          "with fastavro", schema=self.schema.fingerprint, reason=str(exc)[:300])
+        return decode_bodies(self.schema, bodies)
+
+    def _values_to_batch(self, records: Any, kafka: list[pa.Array]) -> pa.RecordBatch:
+        """Value columns (native batch, or fastavro dicts to convert) plus the Kafka columns."""
+        if isinstance(records, pa.RecordBatch):
+            return pa.RecordBatch.from_arrays([*records.columns, *kafka], schema=self.converter.schema)
+        return self.converter.to_batch(records, kafka)
 
     def _dead_letter(self, i: int, reason: str, body: memoryview) -> DeadLetter:
         ts = self._timestamps[i]

@@ -35,6 +35,8 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--kafka-columns", {"help": f"comma list of {','.join(cfgmod.KAFKA_COLUMNS)}"}),
     ("--memory-bytes", {"help": "process-wide budget for buffered rows, e.g. 512MiB"}),
     ("--on-error", {"choices": cfgmod.ON_ERROR, "help": "bad records: dead-letter or fail"}),
+    ("--decoder", {"choices": cfgmod.DECODERS,
+                   "help": "Avro chunk decoder: native (Rust, default) or python (fastavro)"}),
     ("--batch-size", {"help": "records per consume() call"}),
     ("--log-format", {"choices": ("auto", "json", "console")}),
     ("--log-level", {}),

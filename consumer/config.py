@@ -25,6 +25,7 @@ from typing import Any
 KAFKA_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "headers")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 ON_ERROR = ("dead-letter", "fail")
+DECODERS = ("native", "python")  # native: consumer._native (Rust); python: fastavro
 FRAMINGS = ("raw", "confluent")
 _SECRET_HINTS = ("password", "passphrase", "secret", "token", "key.pem", "jaas", "credentials")
 
@@ -62,6 +63,7 @@ class Config:
     kafka_columns: tuple[str, ...] = ("partition", "offset", "timestamp", "key")
     memory_bytes: int = 512 * 1024 * 1024
     on_error: str = "dead-letter"
+    decoder: str = "native"  # chunk decoder; python (fastavro) is the reference and the fallback
     until_caught_up: bool = False
     caught_up_timeout: float = 300.0  # how long --until-caught-up waits for other members' partitions
     batch_size: int = 5000
@@ -125,6 +127,8 @@ class Config:
                 p.append(f"kafka column {c!r} unknown: use some of {', '.join(KAFKA_COLUMNS)}")
         if self.on_error not in ON_ERROR:
             p.append(f"on-error {self.on_error!r} unknown: use one of {', '.join(ON_ERROR)}")
+        if self.decoder not in DECODERS:
+            p.append(f"decoder {self.decoder!r} unknown: use one of {', '.join(DECODERS)}")
         for name in ("row_group_rows", "row_group_bytes", "file_bytes", "memory_bytes", "batch_size"):
             if getattr(self, name) <= 0:
                 p.append(f"{name.replace('_', '-')} must be positive")

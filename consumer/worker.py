@@ -406,6 +406,7 @@ class PartitionWorker:
             partition=self.partition,
             kafka_columns=self.config.kafka_columns,
             on_error=self.config.on_error,
+            decoder=self.config.decoder,
             calibrate=lambda table: len(encode_piece(table, self.options, "")),
         )
         self.identity = identity

@@ -1,0 +1,242 @@
+//! arrow-avro's arrays → the exact Arrow types of `typemap.arrow_schema` (docs/types.md):
+//! general unions become a struct of optional branches, enums get their real symbols,
+//! string uuids become 16 bytes, timestamps get tz "UTC", and every field takes the target's
+//! name, nullability and metadata (the `arrow.uuid` extension travels as field metadata).
+
+use std::sync::Arc;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::Int32Type;
+use arrow_array::{
+    make_array, Array, ArrayRef, DictionaryArray, FixedSizeBinaryArray, ListArray, MapArray,
+    NullArray, RecordBatch, StructArray, UInt32Array,
+};
+use arrow_buffer::{Buffer, NullBuffer};
+use arrow_schema::{DataType, SchemaRef};
+
+use crate::schema::Node;
+use crate::validate::parse_uuid;
+
+type R<T> = Result<T, String>;
+
+fn e(x: impl std::fmt::Display) -> String {
+    x.to_string()
+}
+
+/// Converts a batch decoded from the top-level record `node` into `target`.
+pub fn batch(node: &Node, decoded: &RecordBatch, target: &SchemaRef) -> R<RecordBatch> {
+    let Node::Record(fields) = node else { return Err("top level is not a record".into()) };
+    if decoded.num_columns() != fields.len() || target.fields().len() != fields.len() {
+        return Err("column count differs from the writer schema".into());
+    }
+    let cols = fields
+        .iter()
+        .zip(decoded.columns())
+        .zip(target.fields())
+        .map(|(((_, n), col), f)| array(n, col, f.data_type()))
+        .collect::<R<Vec<_>>>()?;
+    let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(decoded.num_rows()));
+    RecordBatch::try_new_with_options(target.clone(), cols, &opts).map_err(e)
+}
+
+/// The rows of a dense union's child `j`, spread over the union's length (null elsewhere).
+fn spread(type_ids: &[i8], offsets: &[i32], j: i8) -> UInt32Array {
+    type_ids
+        .iter()
+        .zip(offsets)
+        .map(|(&t, &o)| (t == j).then_some(o as u32))
+        .collect()
+}
+
+pub fn array(node: &Node, arr: &ArrayRef, target: &DataType) -> R<ArrayRef> {
+    match node {
+        Node::Record(fields) => {
+            let DataType::Struct(tf) = target else { return Err(format!("record → {target}")) };
+            let s = arr.as_struct_opt().ok_or("record is not a struct array")?;
+            let cols = fields
+                .iter()
+                .zip(s.columns())
+                .zip(tf.iter())
+                .map(|(((_, n), c), f)| array(n, c, f.data_type()))
+                .collect::<R<Vec<_>>>()?;
+            if cols.len() != tf.len() {
+                return Err("record field count differs".into());
+            }
+            Ok(Arc::new(StructArray::try_new_with_length(tf.clone(), cols, s.nulls().cloned(), s.len()).map_err(e)?))
+        }
+        Node::Array(items) => {
+            let DataType::List(tf) = target else { return Err(format!("array → {target}")) };
+            let l = arr.as_list_opt::<i32>().ok_or("array is not a list array")?;
+            let values = array(items, l.values(), tf.data_type())?;
+            Ok(Arc::new(
+                ListArray::try_new(tf.clone(), l.offsets().clone(), values, l.nulls().cloned()).map_err(e)?,
+            ))
+        }
+        Node::Map(values) => {
+            let DataType::Map(entries_field, sorted) = target else {
+                return Err(format!("map → {target}"));
+            };
+            let DataType::Struct(ef) = entries_field.data_type() else {
+                return Err("map entries are not a struct".into());
+            };
+            let m = arr.as_map_opt().ok_or("map is not a map array")?;
+            let vals = array(values, m.values(), ef[1].data_type())?;
+            let keys = m.keys().clone();
+            let entries = StructArray::try_new(ef.clone(), vec![keys, vals], None).map_err(e)?;
+            Ok(Arc::new(
+                MapArray::try_new(entries_field.clone(), m.offsets().clone(), entries, m.nulls().cloned(), *sorted)
+                    .map_err(e)?,
+            ))
+        }
+        Node::Union(branches) => union(branches, arr, target),
+        Node::Enum(symbols) => {
+            let d = arr.as_dictionary_opt::<Int32Type>().ok_or("enum is not a dictionary<int32>")?;
+            let dict = Arc::new(arrow_array::StringArray::from(symbols.clone()));
+            let keys = d.keys().clone();
+            if symbols.is_empty() {
+                // no symbol can be valid; only placeholders under null parents get here
+                return Ok(arrow_array::new_null_array(target, arr.len()));
+            }
+            Ok(Arc::new(DictionaryArray::<Int32Type>::try_new(keys, dict).map_err(e)?))
+        }
+        Node::Uuid => {
+            let s = arr.as_string_opt::<i32>().ok_or("uuid is not a string array")?;
+            let mut buf = vec![0u8; 16 * s.len()];
+            for i in 0..s.len() {
+                if s.is_valid(i) {
+                    // Bodies were validated, so real values parse; a placeholder under a null
+                    // parent ("") stays zero bytes.
+                    if let Ok(b) = parse_uuid(s.value(i)) {
+                        buf[16 * i..16 * i + 16].copy_from_slice(&b);
+                    }
+                }
+            }
+            let out = FixedSizeBinaryArray::try_new(16, Buffer::from_vec(buf), s.nulls().cloned()).map_err(e)?;
+            if target == out.data_type() {
+                Ok(Arc::new(out))
+            } else {
+                Err(format!("uuid → {target}"))
+            }
+        }
+        Node::Null => Ok(Arc::new(NullArray::new(arr.len()))),
+        _ => leaf(arr, target),
+    }
+}
+
+/// Same layout, other type parameters (timestamp time zone): reinterpret the buffers.
+fn leaf(arr: &ArrayRef, target: &DataType) -> R<ArrayRef> {
+    if arr.data_type() == target {
+        return Ok(arr.clone());
+    }
+    let same_layout = matches!(
+        (arr.data_type(), target),
+        (DataType::Timestamp(a, _), DataType::Timestamp(b, _)) if a == b
+    );
+    if !same_layout {
+        return Err(format!("cannot convert {} to {target}", arr.data_type()));
+    }
+    let data = arr.to_data().into_builder().data_type(target.clone()).build().map_err(e)?;
+    Ok(make_array(data))
+}
+
+fn union(branches: &[Node], arr: &ArrayRef, target: &DataType) -> R<ArrayRef> {
+    let non_null: Vec<usize> = (0..branches.len()).filter(|&i| branches[i] != Node::Null).collect();
+    let Some(u) = arr.as_union_opt() else {
+        // ["null", T] / [T, "null"]: arrow-avro already gives T with nulls.
+        if branches.len() == 2 && non_null.len() == 1 {
+            return array(&branches[non_null[0]], arr, target);
+        }
+        return Err(format!("union came back as {}", arr.data_type()));
+    };
+    let n = u.len();
+    if non_null.is_empty() {
+        return Ok(Arc::new(NullArray::new(n)));
+    }
+    let type_ids: &[i8] = u.type_ids();
+    let offsets: &[i32] = u.offsets().ok_or("union is not dense")?;
+    let convert_branch = |j: usize, t: &DataType| -> R<ArrayRef> {
+        let child = array(&branches[j], u.child(j as i8), t)?;
+        let idx = spread(type_ids, offsets, j as i8);
+        arrow_select::take::take(child.as_ref(), &idx, None).map_err(e)
+    };
+    let null_branch = branches.iter().position(|b| *b == Node::Null);
+    let DataType::Struct(tf) = target else {
+        // A one-branch union [T] (or ["null", T] written as a real union): T itself.
+        if non_null.len() == 1 {
+            return convert_branch(non_null[0], target);
+        }
+        return Err(format!("union → {target}"));
+    };
+    if tf.len() != non_null.len() {
+        if non_null.len() == 1 {
+            return convert_branch(non_null[0], target);
+        }
+        return Err("union branch count differs from the struct".into());
+    }
+    let cols = non_null
+        .iter()
+        .zip(tf.iter())
+        .map(|(&j, f)| convert_branch(j, f.data_type()))
+        .collect::<R<Vec<_>>>()?;
+    let nulls = null_branch.map(|nb| {
+        let nb = nb as i8;
+        NullBuffer::from_iter(type_ids.iter().map(|&t| t != nb))
+    });
+    Ok(Arc::new(StructArray::try_new_with_length(tf.clone(), cols, nulls, n).map_err(e)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::{Int64Array, StringArray, UnionArray};
+    use arrow_buffer::ScalarBuffer;
+    use arrow_schema::{Field, Fields, UnionFields};
+
+    #[test]
+    fn dense_union_becomes_struct_of_branches() {
+        // ["null", "long", "string"] with rows: 7, null, "x", 8
+        let fields = UnionFields::try_new(
+            vec![0, 1, 2],
+            vec![
+                Field::new("null", DataType::Null, true),
+                Field::new("long", DataType::Int64, false),
+                Field::new("string", DataType::Utf8, false),
+            ],
+        )
+        .unwrap();
+        let children: Vec<ArrayRef> = vec![
+            Arc::new(NullArray::new(1)),
+            Arc::new(Int64Array::from(vec![7, 8])),
+            Arc::new(StringArray::from(vec!["x"])),
+        ];
+        let u = UnionArray::try_new(
+            fields,
+            ScalarBuffer::from(vec![1i8, 0, 2, 1]),
+            Some(ScalarBuffer::from(vec![0i32, 0, 0, 1])),
+            children,
+        )
+        .unwrap();
+        let target = DataType::Struct(Fields::from(vec![
+            Field::new("long", DataType::Int64, true),
+            Field::new("string", DataType::Utf8, true),
+        ]));
+        let node = Node::Union(vec![Node::Null, Node::Long(None), Node::String]);
+        let out = array(&node, &(Arc::new(u) as ArrayRef), &target).unwrap();
+        let s = out.as_struct();
+        assert_eq!(s.len(), 4);
+        assert!(s.is_null(1) && s.is_valid(0));
+        let longs = s.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(longs.iter().collect::<Vec<_>>(), vec![Some(7), None, None, Some(8)]);
+        let strs = s.column(1).as_string::<i32>();
+        assert_eq!(strs.iter().collect::<Vec<_>>(), vec![None, None, Some("x"), None]);
+    }
+
+    #[test]
+    fn string_uuid_becomes_16_bytes() {
+        let arr: ArrayRef = Arc::new(StringArray::from(vec![Some("00000000-0000-0000-0000-000000000001"), None]));
+        let out = array(&Node::Uuid, &arr, &DataType::FixedSizeBinary(16)).unwrap();
+        let f = out.as_fixed_size_binary();
+        assert_eq!(f.value(0)[15], 1);
+        assert!(f.is_null(1));
+    }
+}

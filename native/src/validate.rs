@@ -1,0 +1,341 @@
+//! Walks one Avro body exactly as the writer schema says, without building anything, and says
+//! why it is malformed. Every body must pass before arrow-avro sees it: the batch decoder
+//! reports errors without a record number, accepts trailing bytes and decodes an invalid branch
+//! index of a `["null", T]` union as a value. Reasons follow fastavro's wording (the reference
+//! path) so dead letters read the same whichever decoder ran.
+
+use crate::schema::Node;
+
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+fn eof(msg: &str) -> String {
+    format!("EOFError: {msg}")
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Zig-zag varint; fastavro reads until a byte without the high bit (no length limit).
+    fn long(&mut self) -> Result<i64, String> {
+        if self.pos >= self.buf.len() {
+            return Err(eof(""));
+        }
+        let mut acc: u64 = 0;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = self.buf.get(self.pos) else {
+                return Err("IndexError: string index out of range".into());
+            };
+            self.pos += 1;
+            if shift < 64 {
+                acc |= u64::from(b & 0x7f) << shift;
+            }
+            shift += 7;
+            if b & 0x80 == 0 {
+                break;
+            }
+        }
+        Ok(((acc >> 1) as i64) ^ -((acc & 1) as i64))
+    }
+
+    fn take(&mut self, n: i64) -> Result<&'a [u8], String> {
+        let rem = self.remaining();
+        if n < 0 || n as u64 > rem as u64 {
+            return Err(eof(&format!("Expected {n} bytes, read {rem}")));
+        }
+        let s = &self.buf[self.pos..self.pos + n as usize];
+        self.pos += n as usize;
+        Ok(s)
+    }
+
+    fn fixed_width(&mut self, n: usize, what: &str) -> Result<(), String> {
+        if self.remaining() < n {
+            return Err(eof(&format!("cannot read {what} from <_io.BytesIO object>")));
+        }
+        self.pos += n;
+        Ok(())
+    }
+
+    fn string(&mut self) -> Result<&'a str, String> {
+        let n = self.long()?;
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes).map_err(|e| utf8_reason(bytes, &e))
+    }
+}
+
+/// Python's `UnicodeDecodeError` text for the first invalid sequence.
+pub fn utf8_reason(bytes: &[u8], e: &std::str::Utf8Error) -> String {
+    let pos = e.valid_up_to();
+    let head = "UnicodeDecodeError: 'utf-8' codec can't decode";
+    match e.error_len() {
+        Some(1) => {
+            let b = bytes[pos];
+            let start_ok = matches!(b, 0xc2..=0xf4);
+            let why = if start_ok { "invalid continuation byte" } else { "invalid start byte" };
+            format!("{head} byte 0x{b:02x} in position {pos}: {why}")
+        }
+        Some(k) => format!(
+            "{head} bytes in position {pos}-{}: invalid continuation byte",
+            pos + k - 1
+        ),
+        None => {
+            let last = bytes.len() - 1;
+            if last == pos {
+                format!("{head} byte 0x{:02x} in position {pos}: unexpected end of data", bytes[pos])
+            } else {
+                format!("{head} bytes in position {pos}-{last}: unexpected end of data")
+            }
+        }
+    }
+}
+
+const BAD_UUID: &str = "ValueError: badly formed hexadecimal UUID string";
+
+/// `uuid.UUID(s)`: removes "urn:" / "uuid:", strips braces and hyphens, needs 32 characters
+/// that `int(..., 16)` accepts (ASCII whitespace, a sign, "0x" and single underscores included).
+pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
+    if let Some(b) = parse_canonical_uuid(s.as_bytes()) {
+        return Ok(b);
+    }
+    parse_uuid_slow(s)
+}
+
+/// The common forms without allocating: 8-4-4-4-12 hyphenated or 32 hex digits.
+fn parse_canonical_uuid(s: &[u8]) -> Option<[u8; 16]> {
+    let hex = |c: u8| -> Option<u8> {
+        match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        }
+    };
+    let mut out = [0u8; 16];
+    let mut nib = 0usize;
+    match s.len() {
+        36 => {
+            for (i, &c) in s.iter().enumerate() {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    if c != b'-' {
+                        return None;
+                    }
+                    continue;
+                }
+                out[nib / 2] |= hex(c)? << (4 * (1 - nib % 2));
+                nib += 1;
+            }
+        }
+        32 => {
+            for &c in s {
+                out[nib / 2] |= hex(c)? << (4 * (1 - nib % 2));
+                nib += 1;
+            }
+        }
+        _ => return None,
+    }
+    Some(out)
+}
+
+fn parse_uuid_slow(s: &str) -> Result<[u8; 16], String> {
+    let t = s.replace("urn:", "").replace("uuid:", "");
+    let t = t.trim_matches(|c| c == '{' || c == '}').replace('-', "");
+    if t.chars().count() != 32 {
+        return Err(BAD_UUID.into());
+    }
+    let invalid = || format!("ValueError: invalid literal for int() with base 16: '{t}'");
+    let mut d = t.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\u{0b}');
+    let mut negative = false;
+    if let Some(rest) = d.strip_prefix('-') {
+        negative = true;
+        d = rest;
+    } else if let Some(rest) = d.strip_prefix('+') {
+        d = rest;
+    }
+    let mut prefixed = false;
+    if let Some(rest) = d.strip_prefix("0x").or_else(|| d.strip_prefix("0X")) {
+        d = rest;
+        prefixed = true;
+    }
+    let mut v: u128 = 0;
+    let mut digits = 0usize;
+    let mut prev_underscore = !prefixed; // "0x_1" is allowed, "_1" is not
+    for c in d.chars() {
+        if c == '_' {
+            if prev_underscore {
+                return Err(invalid());
+            }
+            prev_underscore = true;
+            continue;
+        }
+        let x = c.to_digit(16).ok_or_else(invalid)?;
+        v = (v << 4) | u128::from(x); // at most 32 hex digits: never overflows
+        digits += 1;
+        prev_underscore = false;
+    }
+    if digits == 0 || (prev_underscore && d.ends_with('_')) {
+        return Err(invalid());
+    }
+    if negative && v != 0 {
+        return Err("ValueError: int is out of range (need a 128-bit value)".into());
+    }
+    Ok(v.to_be_bytes())
+}
+
+/// Checks that `body` is exactly one value of `node`; `Err(reason)` without the
+/// "malformed Avro: " prefix.
+pub fn validate(node: &Node, body: &[u8]) -> Result<(), String> {
+    let mut c = Cursor::new(body);
+    walk(node, &mut c)?;
+    let rest = c.remaining();
+    if rest != 0 {
+        return Err(format!("{rest} trailing bytes after the record (wrong schema?)"));
+    }
+    Ok(())
+}
+
+fn index(c: &mut Cursor<'_>, len: usize) -> Result<usize, String> {
+    let i = c.long()?;
+    // fastavro indexes a Python list here, so -1 would wrap to the last branch/symbol; an index
+    // outside 0..len is corrupt data either way and is rejected.
+    if i < 0 || i as u64 >= len as u64 {
+        return Err("IndexError: list index out of range".into());
+    }
+    Ok(i as usize)
+}
+
+fn blocks(c: &mut Cursor<'_>, mut each: impl FnMut(&mut Cursor<'_>) -> Result<(), String>) -> Result<(), String> {
+    loop {
+        let mut count = c.long()?;
+        if count == 0 {
+            return Ok(());
+        }
+        if count < 0 {
+            c.long()?; // block size in bytes
+            count = count.checked_neg().ok_or_else(|| eof(""))?;
+        }
+        // Items take at least one byte unless they are null-like; a count far beyond the data is
+        // corrupt (fastavro would fail reading past the end, or run out of memory).
+        if count > (1 << 28) && count as u64 > c.remaining() as u64 {
+            return Err(eof(""));
+        }
+        for _ in 0..count {
+            each(c)?;
+        }
+    }
+}
+
+fn walk(node: &Node, c: &mut Cursor<'_>) -> Result<(), String> {
+    match node {
+        Node::Null => Ok(()),
+        Node::Boolean => c.fixed_width(1, "boolean"),
+        Node::Int(_) | Node::Long(_) => c.long().map(|_| ()),
+        Node::Float => c.fixed_width(4, "float"),
+        Node::Double => c.fixed_width(8, "double"),
+        Node::Bytes(_) => {
+            let n = c.long()?;
+            c.take(n).map(|_| ())
+        }
+        Node::String => c.string().map(|_| ()),
+        Node::Uuid => parse_uuid(c.string()?).map(|_| ()),
+        Node::Fixed(size, _) => c.take(*size as i64).map(|_| ()),
+        Node::Enum(symbols) => index(c, symbols.len()).map(|_| ()),
+        Node::Record(fields) => {
+            for (_, f) in fields {
+                walk(f, c)?;
+            }
+            Ok(())
+        }
+        Node::Array(items) => blocks(c, |c| walk(items, c)),
+        Node::Map(values) => blocks(c, |c| {
+            c.string()?;
+            walk(values, c)
+        }),
+        Node::Union(branches) => {
+            let i = index(c, branches.len())?;
+            walk(&branches[i], c)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schema::parse;
+
+    fn rec(field: &str) -> Node {
+        parse(&format!(r#"{{"type":"record","name":"R","fields":[{{"name":"f","type":{field}}}]}}"#)).unwrap()
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let n = rec(r#""string""#);
+        assert_eq!(validate(&n, b"\x04ab"), Ok(()));
+        assert_eq!(
+            validate(&n, b"\x04ab\x00").unwrap_err(),
+            "1 trailing bytes after the record (wrong schema?)"
+        );
+        assert_eq!(validate(&n, b"\x06ab").unwrap_err(), "EOFError: Expected 3 bytes, read 2");
+    }
+
+    #[test]
+    fn union_and_enum_indices_are_checked() {
+        let n = rec(r#"["null","string"]"#);
+        assert_eq!(validate(&n, b"\x00"), Ok(()));
+        assert!(validate(&n, b"\x0a\x02a").unwrap_err().starts_with("IndexError"));
+        assert!(validate(&n, b"\x01\x02a").is_err());
+        let e = rec(r#"{"type":"enum","name":"E","symbols":["A","B"]}"#);
+        assert_eq!(validate(&e, b"\x02"), Ok(()));
+        assert!(validate(&e, b"\x04").is_err());
+    }
+
+    #[test]
+    fn utf8_errors_read_like_python() {
+        let n = rec(r#""string""#);
+        assert_eq!(
+            validate(&n, b"\x02\x80").unwrap_err(),
+            "UnicodeDecodeError: 'utf-8' codec can't decode byte 0x80 in position 0: invalid start byte"
+        );
+        assert_eq!(
+            validate(&n, b"\x04\xe2\x82").unwrap_err(),
+            "UnicodeDecodeError: 'utf-8' codec can't decode bytes in position 0-1: unexpected end of data"
+        );
+    }
+
+    #[test]
+    fn uuid_parsing_follows_python() {
+        let want: [u8; 16] = [
+            0xf8, 0x1d, 0x4f, 0xae, 0x7d, 0xec, 0x11, 0xd0, 0xa7, 0x65, 0x00, 0xa0, 0xc9, 0x1e,
+            0x6b, 0xf6,
+        ];
+        for s in [
+            "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            "F81D4FAE7DEC11D0A76500A0C91E6BF6",
+            "{f81d4fae-7dec-11d0-a765-00a0c91e6bf6}",
+            "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+            "f-81d4fae7dec11d0a76500a0c91e6bf6",
+        ] {
+            assert_eq!(parse_uuid(s), Ok(want), "{s}");
+        }
+        assert_eq!(parse_uuid("abcd").unwrap_err(), BAD_UUID);
+        assert!(parse_uuid("g81d4fae-7dec-11d0-a765-00a0c91e6bf6").is_err());
+    }
+
+    #[test]
+    fn arrays_and_maps_with_negative_block_counts() {
+        let a = rec(r#"{"type":"array","items":"long"}"#);
+        // block of 2 items given as count -2 plus a byte size, then the end marker
+        assert_eq!(validate(&a, b"\x03\x04\x02\x04\x00"), Ok(()));
+        assert!(validate(&a, b"\x04\x02").is_err());
+        let m = rec(r#"{"type":"map","values":"long"}"#);
+        assert_eq!(validate(&m, b"\x02\x02a\x02\x00"), Ok(()));
+    }
+}
