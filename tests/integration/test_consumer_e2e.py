@@ -24,6 +24,7 @@ from support import (
     duckdb_counts,
     final_keys,
     list_keys,
+    log_events,
     read_footer_metadata,
     read_table,
     run_consumer,
@@ -246,7 +247,12 @@ def test_sigterm_then_restart_continues_the_same_file(
     assert before
     run = run_consumer(topic, group, out, "--row-group-rows", "500", "--file-rows", "100000")
     assert run.returncode == 0, run.stderr[-4000:]
-    assert '"resumed_file": 0' in run.stderr
+    recovered = {
+        e["partition"]: e["resumed_file"]
+        for e in log_events(run.stderr)
+        if e.get("event") == "partition recovered"
+    }
+    assert recovered == {0: 0, 1: 0}, f"expected both partitions to resume their file at 0: {recovered}"
     paths = download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)
     assert len(paths) == 2  # one file per partition: the same file continued, not a small one
     assert all(p.name.endswith("+00000000000000000000.parquet") for p in paths)
