@@ -67,6 +67,7 @@ __all__ = [
 TP = tuple[str, int]
 
 _PARTITION_EOF = -191
+_FATAL = -150  # reported on a message as a plain error whose fatal() is False
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 
 
@@ -271,7 +272,7 @@ class Runner:
     def _fetch_error(self, err: Any) -> None:
         if err.code() == _PARTITION_EOF:
             return
-        if err.fatal():
+        if err.fatal() or err.code() == _FATAL:
             # e.g. "Static consumer fenced by other consumer with same group.instance.id": the
             # client is unusable; idling on would look alive and do nothing, forever.
             self._fatal_client = True
