@@ -1,0 +1,205 @@
+"""Operator actions and fail modes on the real stack (issue 8): each used to lose rows, duplicate
+them, or leave a process alive doing nothing. Every test reads the outcome back from S3 and Kafka.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+from support import (
+    REPO,
+    download_finals,
+    final_keys,
+    log_events,
+    read_table,
+    run_consumer,
+    staging_keys,
+    start_consumer,
+    unique,
+)
+
+from consumer.producer import produce
+from consumer.samples import encode_raw, make_record, parsed_schema
+
+pytestmark = pytest.mark.stack
+
+SCHEMA = parsed_schema("page_view")
+
+
+def produce_raw(bootstrap: str, topic: str, values: list[bytes | None]) -> None:
+    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    for v in values:
+        p.produce(topic, v, partition=0)
+    assert p.flush(30) == 0
+
+
+def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> list[int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    try:
+        tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        return [tp.offset for tp in tps]
+    finally:
+        c.close()
+
+
+def output(stack: Any, prefix: str) -> str:
+    return f"s3://{stack.s3_bucket}/{prefix.rstrip('/')}"
+
+
+def test_fail_mode_commits_exactly_up_to_the_bad_record(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Item 1: 3,000 good, one malformed body, 100 good, --on-error fail → exit 3, committed 3000."""
+    topic, group = make_topic(partitions=1), unique("g")
+    good = [encode_raw(SCHEMA, make_record("page_view", i)) for i in range(3101)]
+    values: list[bytes | None] = [*good[:3000], good[3000] + b"\x00\x01", *good[3001:]]
+    produce_raw(stack.kafka_bootstrap, topic, values)
+    res = run_consumer(topic, group, output(stack, unique_prefix), "--on-error", "fail")
+    assert res.returncode == 3, res.stderr[-3000:]
+    assert "offset 3000" in res.stderr
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+    keys = [k for k, _ in _all(s3, stack.s3_bucket, unique_prefix)]
+    assert not [k for k in keys if "_dead_letters/" in k]
+    # Every committed row is durable (staged or final), and nothing past the bad record is.
+    rows = _durable_offsets(s3, stack.s3_bucket, unique_prefix, tmp_path)
+    assert rows == list(range(3000))
+
+
+def test_forward_offset_reset_keeps_the_committed_rows(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Item 2: 3,000 rows committed into an open file, group offset moved to the end, restart →
+    the 3,000 rows are finished as a final file, and consumption continues from the new end."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1)
+    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
+    run.wait_for(
+        lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 3000 for e in ev),
+        what="3000 rows committed",
+    )
+    assert run.stop() == 0
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == []  # the file is open, rows staged
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1, start=3000)
+    fut = admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 3500)])]
+    )
+    fut[group].result(timeout=30)  # kafka-consumer-groups --reset-offsets --to-latest
+    res = run_consumer(topic, group, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert any("moved forward" in str(e.get("event")) for e in log_events(res.stderr))
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    assert committed(stack.kafka_bootstrap, group, topic) == [3500]
+
+
+def test_backward_offset_reset_into_final_files_stops_with_status_5(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    """Item 3: roll [0, 500), reset the group to 250 → status 5, nothing written twice."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
+    assert run_consumer(topic, group, out).returncode == 0
+    before = final_keys(s3, stack.s3_bucket, unique_prefix)
+    admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 250)])]
+    )[group].result(timeout=30)
+    res = run_consumer(topic, group, out)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "moved backwards" in res.stderr
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == before
+
+
+def test_missing_topic_is_an_error_with_until_caught_up(stack: Any, unique_prefix: str) -> None:
+    """Item 9: a mistyped topic ends at once with status 2, naming it."""
+    t0 = time.monotonic()
+    res = run_consumer("no-such-topic-x1", unique("g"), output(stack, unique_prefix), timeout=60)
+    assert res.returncode == 2, res.stderr[-2000:]
+    assert "no-such-topic-x1" in res.stderr and "does not exist" in res.stderr
+    assert time.monotonic() - t0 < 45
+
+
+def test_fatal_client_error_ends_the_process_with_status_5(
+    stack: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    """Item 8: two members with one group.instance.id: the fenced one exits 5 promptly."""
+    topic, group = make_topic(partitions=2), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2)
+    same = ("-X", "group.instance.id=same-id", "-X", "session.timeout.ms=6000")
+    first = start_consumer(topic, group, out, *same)
+    first.wait_for(lambda ev: any(e.get("event") == "partitions assigned" for e in ev), what="assignment")
+    second = start_consumer(topic, group, out, *same)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and first.proc.poll() is None and second.proc.poll() is None:
+            time.sleep(0.5)
+        codes = {first.proc.poll(), second.proc.poll()}
+        assert 5 in codes, (first.log()[-2000:], second.log()[-2000:])
+        ended = first if first.proc.poll() == 5 else second
+        assert "fatal Kafka client error" in ended.log()
+    finally:
+        for r in (first, second):
+            if r.proc.poll() is None:
+                r.stop()
+
+
+def test_until_caught_up_waits_for_partitions_another_member_holds(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Item 16: a member that got only some partitions does not declare the topic exported while
+    another member holds the rest with open files: it exits 6 naming them. Two members started
+    together with --until-caught-up both finish, with every record exactly once."""
+    topic = make_topic(partitions=4)
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 4000, partitions=4)
+    group = unique("g")
+    holder = start_consumer(topic, group, out, "-X", "group.instance.id=holder")
+    holder.wait_for(lambda ev: any(e.get("event") == "partition recovered" for e in ev), what="recovery")
+    try:
+        res = run_consumer(topic, group, out, "--caught-up-timeout", "8s", timeout=120)
+        assert res.returncode == 6, res.stderr[-3000:]
+        assert f"{topic}[" in res.stderr and "not caught up" in res.stderr
+    finally:
+        holder.stop()
+
+    group2, out2 = unique("g"), output(stack, unique_prefix + "two/")
+    a = start_consumer(topic, group2, out2, until_caught_up=True)
+    b = start_consumer(topic, group2, out2, until_caught_up=True)
+    assert a.proc.wait(timeout=180) == 0, a.log()[-3000:]
+    assert b.proc.wait(timeout=180) == 0, b.log()[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix + "two/", tmp_path))
+    pairs = sorted(zip(table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(),
+                       strict=True))
+    assert pairs == sorted((p, o) for p in range(4) for o in range(1000))
+
+
+def _all(s3: Any, bucket: str, prefix: str) -> list[tuple[str, int]]:
+    from support import list_keys
+
+    return list_keys(s3, bucket, prefix)
+
+
+def _durable_offsets(s3: Any, bucket: str, prefix: str, tmp_path: Path) -> list[int]:
+    import pyarrow.parquet as pq
+
+    out: list[int] = []
+    for key, _ in _all(s3, bucket, prefix):
+        if key.endswith((".piece", ".parquet")):
+            path = tmp_path / key.replace("/", "_")
+            s3.download_file(bucket, key, str(path))
+            out += pq.read_table(path).column("kafka_offset").to_pylist()
+    return sorted(out)
+
+
+assert REPO.exists()
