@@ -40,6 +40,10 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--batch-size", {"help": "records per consume() call"}),
     ("--log-format", {"choices": ("auto", "json", "console")}),
     ("--log-level", {}),
+    ("--metrics-port", {"help": "serve Prometheus /metrics, /healthz and /readyz on this port (off)"}),
+    ("--stall-timeout", {"help": "records waiting this long past --row-group-max-age raise the stall "
+                         "alarm: error logs, /readyz 503 (5m)"}),
+    ("--stall-exit", {"help": "… and this long: exit with status 7 (15m; 'none' never exits)"}),
 ]
 
 
@@ -216,7 +220,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         runner = GroupRunner(config, store=store, decoder=decoder)
     runner.install_signal_handlers()
-    return runner.run()
+    from consumer.metrics import Observer
+
+    observer = Observer(runner, port=config.metrics_port)
+    try:
+        observer.start()
+    except OSError as exc:
+        print(f"consumer: config: metrics port {config.metrics_port}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return runner.run()
+    finally:
+        observer.stop()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -71,6 +71,9 @@ class Config:
     kafka_properties: Mapping[str, str] = field(default_factory=dict)
     log_format: str = "auto"  # auto | json | console
     log_level: str = "info"
+    metrics_port: int | None = None  # Prometheus /metrics, /healthz, /readyz (consumer.metrics); off
+    stall_timeout: float = 300.0  # records waiting this long past row-group-max-age: stall alarm
+    stall_exit: float | None = 900.0  # … this long: exit 7 so a supervisor restarts us (None: never)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -145,6 +148,13 @@ class Config:
             )
         if self.log_format not in ("auto", "json", "console"):
             p.append("log-format must be auto, json or console")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            p.append(f"metrics-port {self.metrics_port} is not a TCP port (0-65535; 0 picks a free one)")
+        if self.stall_timeout <= 0:
+            p.append("stall-timeout must be positive")
+        if self.stall_exit is not None and self.stall_exit <= self.stall_timeout:
+            p.append(f"stall-exit ({self.stall_exit:g}s) must be longer than stall-timeout "
+                     f"({self.stall_timeout:g}s), or 'none' to never exit on a stall")
         for k in self.kafka_properties:
             if k in ("enable.auto.commit", "enable.auto.offset.store"):
                 p.append(f"-X {k} is managed by the consumer (offsets are committed only when durable)")
@@ -234,7 +244,8 @@ def parse_properties(items: list[str] | str) -> dict[str, str]:
     return out
 
 
-_OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url"}
+_OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url",
+             "metrics_port", "stall_exit"}
 _CONVERTERS: dict[str, Any] = {
     "topics": parse_list,
     "kafka_columns": parse_list,
@@ -250,6 +261,9 @@ _CONVERTERS: dict[str, Any] = {
     "until_caught_up": parse_bool,
     "caught_up_timeout": parse_duration,
     "kafka_properties": parse_properties,
+    "metrics_port": int,
+    "stall_timeout": parse_duration,
+    "stall_exit": parse_duration,
 }
 
 # Standard variable names that the local stack (and most deployments) already export.

@@ -14,6 +14,10 @@ them to statuses in :func:`exit_status`, and the CLI returns it.
       reset into already-written files, staged pieces that do not chain, a fatal Kafka client
       error (e.g. two members with one ``group.instance.id``), positions that cannot be committed
   6   ``--until-caught-up`` gave up waiting for partitions held by other members
+  7   stalled: records waited longer than ``--row-group-max-age`` + ``--stall-exit`` without
+      becoming durable and committed (S3 or the group coordinator kept failing, or the memory
+      budget stayed pinned); the process exits at once, as after ``kill -9`` — everything
+      committed is durable, a restart consumes the rest again (see :mod:`consumer.metrics`)
 ====  ===========================================================================================
 """
 
@@ -25,6 +29,7 @@ EXIT_BAD_RECORD = 3
 EXIT_STORAGE = 4
 EXIT_FATAL = 5
 EXIT_INCOMPLETE = 6
+EXIT_STALLED = 7
 
 
 class ConsumerStop(RuntimeError):

@@ -80,6 +80,8 @@ class RunStats:
     bytes_in: int = 0
     row_groups: int = 0
     files: int = 0
+    rebalances: int = 0  # assignments received (consumer.metrics)
+    fenced: int = 0  # commits refused: partition fenced
     started: float = field(default_factory=time.monotonic)
 
     def retire(self, worker: PartitionWorker) -> None:
@@ -132,6 +134,7 @@ class Runner:
         self._fatal_client = False
         self.closing = False
         self.budget_paused = False
+        self.heartbeat: float | None = None  # self.clock() of the poll loop's last iteration (health)
         if consumer_factory is None:
             from confluent_kafka import Consumer
 
@@ -249,8 +252,10 @@ class Runner:
                 self.stats.records += 1
                 value = msg.value()
                 self.stats.bytes_in += len(value) if value else 0
+                worker.counters.records += 1  # per-partition counts for metrics: no metric call here
+                worker.counters.bytes += len(value) if value else 0
                 self._guard(worker, worker.append, msg)
-            now = self.clock()
+            now = self.heartbeat = self.clock()
             for worker in list(self.workers.values()):
                 if worker.flush_due(now):
                     self._guard(worker, worker.flush)
@@ -422,6 +427,7 @@ class GroupRunner(Runner):
             self.log.info("assignment during shutdown ignored", partitions=len(partitions))
             return
         self.assigned_once = True
+        self.stats.rebalances += 1
         self._rebalanced = True
         try:
             for tp in partitions:
@@ -512,6 +518,7 @@ class GroupRunner(Runner):
         if self.workers.get(key) is worker:
             self._retire(key)
         self.fenced.add(key)
+        self.stats.fenced += 1
         with contextlib.suppress(Exception):
             self.consumer.pause([TopicPartition(*key)])
 

@@ -106,9 +106,24 @@ class StoreStats:
     bytes_copied_server_side: int = 0
     bytes_downloaded: int = 0
     retries: int = 0
+    # For metrics and health (consumer.metrics): failures and retries by operation, when the
+    # last request was attempted and since when requests fail (None after any success).
+    errors: dict[str, int] = field(default_factory=dict)
+    retries_by_op: dict[str, int] = field(default_factory=dict)
+    last_request_at: float | None = None
+    failing_since: float | None = None
 
     def count(self, op: str) -> None:
         self.requests[op] = self.requests.get(op, 0) + 1
+        self.last_request_at = time.monotonic()
+
+    def failed(self, op: str, *, retrying: bool) -> None:
+        self.errors[op] = self.errors.get(op, 0) + 1
+        if retrying:
+            self.retries += 1
+            self.retries_by_op[op] = self.retries_by_op.get(op, 0) + 1
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
 
 
 class ObjectStore(Protocol):
@@ -289,10 +304,15 @@ class S3Store:
         while True:
             self.stats.count(op)
             try:
-                return fn()
+                out = fn()
+                self.stats.failing_since = None
+                return out
             except Exception as exc:
                 kind = classify(exc)
+                if kind in ("precondition", "missing"):
+                    self.stats.failing_since = None  # S3 answered
                 if kind == "fatal":
+                    self.stats.failed(op, retrying=False)
                     code, _ = _client_error_code(exc)
                     hint = _FATAL_CODES.get(code, "check credentials and bucket")
                     raise FatalStorageError(
@@ -301,11 +321,12 @@ class S3Store:
                 if kind != "transient":
                     raise
                 delay = next(delays)
-                if time.monotonic() + delay > deadline:
+                give_up = time.monotonic() + delay > deadline
+                self.stats.failed(op, retrying=not give_up)
+                if give_up:
                     raise TransientStorageError(
                         f"S3 {op} on s3://{self.bucket} kept failing for {self.retry.max_elapsed:.0f}s: {exc}"
                     ) from exc
-                self.stats.retries += 1
                 if self.on_retry:
                     self.on_retry(op, exc, delay)
                 time.sleep(delay)

@@ -51,6 +51,7 @@ from consumer.config import Config
 from consumer.decoding import BadRecord, Decoder, WriterSchema
 from consumer.errors import BadRecordStop, IntegrityError
 from consumer.layout import Layout, PieceRef, RollMarker
+from consumer.metrics import PartitionCounters
 from consumer.parquet_merge import (
     ParquetMergeError,
     PieceLayout,
@@ -141,6 +142,7 @@ class SharedState:
     stats: dict[str, SchemaStats] = field(default_factory=dict)
     converters: dict[str, RecordConverter] = field(default_factory=dict)
     unmappable: dict[str, str] = field(default_factory=dict)
+    counters: dict[tuple[str, int], PartitionCounters] = field(default_factory=dict)  # for metrics
 
 
 class PartitionWorker:
@@ -181,6 +183,7 @@ class PartitionWorker:
         self.first_append_at: float | None = None
         self.row_groups = 0
         self.files_rolled = 0
+        self.counters = shared.counters.setdefault((topic, partition), PartitionCounters())
         self._final_ends: dict[int, int] = {}  # final files' start → end, as far as known
 
     @property
@@ -536,6 +539,7 @@ class PartitionWorker:
         if identity is not None and rows:
             self.file.identity = identity
         self.row_groups += 1
+        self.counters.durable(rows, size)
         self.log.info(
             "row group durable",
             from_position=from_pos,
@@ -572,6 +576,7 @@ class PartitionWorker:
         key = self.layout.dead_letter_key(self.topic, self.partition, from_pos, to_pos)
         self.store.put_if_absent(key, ("\n".join(lines) + "\n").encode())
         self.log.warning("dead letters durable", key=key, count=len(dead))
+        self.counters.dead(d.reason for d in dead)
 
     # -- rotation rules: one named predicate each --------------------------------------------
     def _file_full(self) -> bool:
@@ -711,6 +716,7 @@ class PartitionWorker:
             self.store.delete(list(listing))
         faults.point("after_piece_delete")
         self.files_rolled += 1
+        self.counters.rolled(info.size)
         self.log.info(
             "file rolled",
             key=final_key,
