@@ -198,7 +198,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from consumer.decoding import Decoder
     from consumer.registry import SchemaRegistryClient
     from consumer.runner import GroupRunner, Runner
-    from consumer.samples import load_schema
+    from consumer.decoding import load_schema
 
     try:
         schema = load_schema(config.schema) if config.framing == "raw" and config.schema else None
@@ -237,7 +237,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     """Exit 0 if the configuration is valid and every dependency answers, 1 if not, 2 on bad config."""
     from consumer.check import run_checks
-    from consumer.samples import load_schema
+    from consumer.decoding import load_schema
 
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "group_active", "timeout")}
     try:
