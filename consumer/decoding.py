@@ -22,6 +22,9 @@ import json
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib.resources import files
+from importlib.resources.abc import Traversable
+from pathlib import Path
 from typing import Any
 
 import fastavro
@@ -43,12 +46,16 @@ class BadRecord(ValueError):
 
 
 __all__ = [
+    "SCHEMA_DIR",
     "BadRecord",
     "Decoder",
     "RegistryError",
     "RegistryUnavailable",
+    "SchemaError",
     "WriterSchema",
     "decode_bodies",
+    "load_schema",
+    "schema_names",
 ]
 
 
@@ -189,3 +196,57 @@ class Decoder:
             raise BadRecord(reason) from None
         self._by_id[schema_id] = ws
         return ws
+
+
+# --------------------------------------------------------------------------------------------
+# Schema files: the writer schema of raw framing (a name from the package's schemas or a path)
+# --------------------------------------------------------------------------------------------
+#: Folder holding the ``*.avsc`` files: the package's own ``schemas`` resource folder (a plain
+#: :class:`~pathlib.Path` for normal installs, any :class:`Traversable` for zipped ones). A module
+#: attribute (read at call time, not import time) so tools and tests can point it elsewhere:
+#: ``samples.SCHEMA_DIR = Path(...)``.
+SCHEMA_DIR: Traversable = files("consumer") / "schemas"
+
+
+class SchemaError(ValueError):
+    """A schema name/path that does not exist or does not hold a valid Avro schema."""
+
+
+def schema_names() -> list[str]:
+    """Names (file stems) of the schemas in :data:`SCHEMA_DIR`, sorted."""
+    if not SCHEMA_DIR.is_dir():
+        return []
+    return sorted(
+        p.name.removesuffix(".avsc") for p in SCHEMA_DIR.iterdir() if p.name.endswith(".avsc") and p.is_file()
+    )
+
+
+def load_schema(name_or_path: str) -> dict[str, Any]:
+    """Load and validate an Avro schema, returning the plain JSON dict (not fastavro's parsed form).
+
+    ``name_or_path`` is either a name from :func:`schema_names` (``"page_view"``) or a path to an
+    ``.avsc`` file. The plain dict is what a schema registry wants; pass it to
+    :func:`parsed_schema`/``fastavro.parse_schema`` for encoding. Raises :class:`SchemaError`
+    saying what was looked for and what exists, because a typo in a CLI flag should not end in a
+    bare ``FileNotFoundError``.
+    """
+    candidate = SCHEMA_DIR / f"{name_or_path}.avsc"
+    path: Traversable = candidate if candidate.is_file() else Path(name_or_path)
+    if not path.is_file():
+        raise SchemaError(
+            f"no Avro schema {name_or_path!r}: expected one of {schema_names()} "
+            f"(from {SCHEMA_DIR}) or a path to an existing .avsc file"
+        )
+    try:
+        schema = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SchemaError(f"cannot read Avro schema {str(path)!r}: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise SchemaError(
+            f"Avro schema {str(path)!r} must be a JSON object (a record), got {type(schema).__name__}"
+        )
+    try:
+        fastavro.parse_schema(schema)
+    except Exception as exc:  # fastavro raises several unrelated types for bad schemas
+        raise SchemaError(f"invalid Avro schema {str(path)!r}: {exc}") from exc
+    return schema

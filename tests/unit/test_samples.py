@@ -15,7 +15,7 @@ from typing import Any
 import fastavro
 import pytest
 
-from consumer import samples
+from consumer import decoding, samples
 
 NAMES = ["metrics", "order", "page_view"]
 
@@ -76,7 +76,7 @@ def test_schema_dir_is_overridable(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     (tmp_path / "tiny.avsc").write_text(
         json.dumps({"type": "record", "name": "Tiny", "fields": [{"name": "a", "type": "int"}]})
     )
-    monkeypatch.setattr(samples, "SCHEMA_DIR", tmp_path)
+    monkeypatch.setattr(decoding, "SCHEMA_DIR", tmp_path)
     assert samples.schema_names() == ["tiny"]
     assert samples.load_schema("tiny")["name"] == "Tiny"
     assert samples.parsed_schema("tiny")["name"] == "Tiny"
