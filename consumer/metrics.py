@@ -193,10 +193,6 @@ class Observer:
             buckets=COMMIT_LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_Collector(self))
-        with contextlib.suppress(Exception):  # /proc missing (not Linux): no process metrics
-            ProcessCollector(registry=self.registry)
-        PlatformCollector(registry=self.registry)
         self.commit_failing_since: float | None = None
         self.commit_error: str | None = None
         self.last_commit_at: float | None = None
@@ -206,6 +202,10 @@ class Observer:
         self._threads: list[threading.Thread] = []
         self._server: ThreadingHTTPServer | None = None
         runner.positions = _ObservedPositions(runner.positions, self)
+        self.registry.register(_Collector(self))
+        with contextlib.suppress(Exception):  # /proc missing (not Linux): no process metrics
+            ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
 
     # -- commit observation ----------------------------------------------------------------------
     def _commit_done(self, topic: str, partition: int) -> None:

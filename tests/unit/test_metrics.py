@@ -93,7 +93,7 @@ def test_reason_classes_cover_the_reasons_the_code_writes() -> None:
 def test_a_run_is_visible_in_the_scrape_with_plausible_values() -> None:
     broker, store = _broker(2, 25, bad=1), MemoryStore()
     runner = _runner(broker, store, row_group_rows=10, until_caught_up=True, batch_size=4)
-    observer = Observer(runner, registry=CollectorRegistry(), exit=lambda code: None)
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
     mid: list[str] = []
 
     def scrape_mid_run(_c: MemoryConsumer) -> None:
@@ -129,7 +129,7 @@ def test_a_run_is_visible_in_the_scrape_with_plausible_values() -> None:
 def test_counters_survive_a_partition_being_revoked_and_assigned_again() -> None:
     broker, store = _broker(1, 25), MemoryStore()
     first = _runner(broker, store, row_group_rows=10, batch_size=12)
-    observer = Observer(first, registry=CollectorRegistry(), exit=lambda code: None)
+    observer = Observer(first, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
     calls = 0
 
     def stop(_c: MemoryConsumer) -> None:
@@ -155,7 +155,7 @@ def test_promtool_accepts_the_exposition() -> None:
         pytest.skip("promtool not installed (dev/prometheus installs it)")
     broker, store = _broker(2, 25, bad=1), MemoryStore()
     runner = _runner(broker, store, row_group_rows=10, until_caught_up=True)
-    observer = Observer(runner, registry=CollectorRegistry(), exit=lambda code: None)
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
     texts: list[bytes] = []
     runner.consumer.on_consume = lambda _c: texts.append(observer.scrape()) if runner.workers else None
     assert runner.run() == 0
@@ -169,7 +169,7 @@ def test_health_states_follow_the_loop_s3_and_commits() -> None:
     clock = FakeClock()
     broker, store = _broker(1, 5), MemoryStore()
     runner = _runner(broker, store, clock=clock)
-    observer = Observer(runner, registry=CollectorRegistry(), exit=lambda code: None)
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
     h = observer.health()
     assert h.alive and not h.ready and "starting" in h.reasons[0]
     runner.heartbeat = clock()
@@ -192,7 +192,7 @@ def test_health_states_follow_the_loop_s3_and_commits() -> None:
         def commit(self, topic: str, partition: int, position: int) -> None:
             raise RuntimeError("coordinator unavailable")
 
-    observer2 = Observer(runner, registry=CollectorRegistry(), exit=lambda code: None)
+    observer2 = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
     runner.positions._inner = Refusing()  # under observer2's wrapper sits observer's wrapper
     with pytest.raises(RuntimeError):
         runner.positions.commit("t", 0, 1)
@@ -205,7 +205,7 @@ def test_stall_alarm_logs_turns_not_ready_and_exits_with_status_7() -> None:
     runner = _runner(broker, store, clock=clock, row_group_rows=1000, row_group_max_age=60.0,
                      stall_timeout=10.0, stall_exit=20.0)
     exits: list[int] = []
-    observer = Observer(runner, registry=CollectorRegistry(), exit=exits.append)
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=exits.append)
     seen: list[Any] = []
     calls = 0
 
@@ -236,7 +236,7 @@ def test_stall_alarm_logs_turns_not_ready_and_exits_with_status_7() -> None:
 def test_http_endpoints() -> None:
     broker, store = _broker(1, 5), MemoryStore()
     runner = _runner(broker, store)
-    observer = Observer(runner, registry=CollectorRegistry(), port=0, host="127.0.0.1",
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), port=0, host="127.0.0.1",
                         exit=lambda code: None)
     observer.start()
     try:
