@@ -356,3 +356,32 @@ def check_plausible(m: dict[str, list[tuple[dict[str, str], float]]], *, consume
     assert total(m, p + "stalled") == 0 and total(m, p + "ready") == 1
     assert 0 <= total(m, p + "poll_loop_age_seconds") < 30
     assert total(m, "process_resident_memory_bytes") > 10 * 1024 * 1024
+
+
+def test_stall_alarm_on_a_real_s3_outage_exits_with_status_7(outage_stack: Stack) -> None:
+    """S3 stopped for longer than --stall-exit: error logs while stalled, then exit status 7 (the
+    loop itself is blocked inside S3 retries; the watchdog thread ends the process)."""
+    st = outage_stack
+    env = st.consumer_env()
+    bootstrap, bucket = env["KAFKA_BOOTSTRAP_SERVERS"], st.settings["S3_BUCKET"]
+    topic, group = unique("stall"), unique("g-stall")
+    first = produce(bootstrap, topic, "page_view", 1_000, partitions=PARTITIONS)
+    port = free_port()
+    running = start_consumer(topic, group, f"s3://{bucket}/tests/{topic}", *ARGS, "--metrics-port", str(port),
+                             "--stall-timeout", "4s", "--stall-exit", "12s", env=env)
+    try:
+        with Producer(bootstrap, topic, first.count):
+            wait(lambda: count(running.events(), "row group durable") >= 2, 120, "row groups", running)
+            st.stop_service("s3")
+            try:
+                rc = running.proc.wait(timeout=120)
+            finally:
+                st.up()
+        events = running.events()
+        assert rc == 7, running.log()[-4000:]
+        stalled = [e for e in events if str(e.get("event", "")).startswith("stalled")]
+        assert len(stalled) >= 2 and all(e.get("level") == "error" for e in stalled), stalled
+        assert any("status 7" in str(e.get("event")) for e in stalled)
+    finally:
+        if running.proc.poll() is None:
+            running.stop(timeout=90)
