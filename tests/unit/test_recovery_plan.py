@@ -1,0 +1,177 @@
+"""consumer.recovery.plan_recovery: the decision recovery makes, case by case and as a property.
+
+The property is the rule recovery must never break: a staged piece holding a committed position is
+deleted only if something kept holds that position — the resumed chain, a roll the plan finishes,
+or a final file. Otherwise the plan stops (IntegrityError) and deletes nothing.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer.errors import IntegrityError
+from consumer.layout import Layout, PieceRef, RollMarker
+from consumer.recovery import RecoveryPlan, plan_recovery
+
+L = Layout("out")
+
+
+def piece(file_start: int, a: int, b: int) -> PieceRef:
+    return PieceRef(file_start, a, b, L.piece_key("t", 0, file_start, a, b))
+
+
+def marker(file_start: int, end: int) -> RollMarker:
+    return RollMarker(file_start, end, L.roll_marker_key("t", 0, file_start, end))
+
+
+def chain(file_start: int, *bounds: int) -> list[PieceRef]:
+    points = [file_start, *bounds]
+    return [piece(file_start, a, b) for a, b in itertools.pairwise(points)]
+
+
+def plan(
+    committed: int | None,
+    pieces: list[PieceRef],
+    markers: list[RollMarker] = (),  # type: ignore[assignment]
+    dead: list[tuple[str, int, int]] = (),
+    finals: list[int] = (),  # type: ignore[assignment]
+    last_end: int | None = None,
+) -> RecoveryPlan:
+    return plan_recovery(committed, pieces, markers, dead, finals, last_end, where="t[0]")
+
+
+def test_fresh_partition() -> None:
+    p = plan(None, [])
+    assert p.position is None and not p.delete and not p.finish and not p.resume
+
+
+def test_normal_restart_resumes_the_chain_and_deletes_uncommitted_pieces() -> None:
+    pieces = [*chain(0, 10, 20), piece(0, 20, 30)]  # [20, 30) was PUT, never committed
+    p = plan(20, pieces, dead=[("dl-a", 5, 10), ("dl-b", 20, 30)])
+    assert p.position == 20 and [x.to_pos for x in p.resume] == [10, 20]
+    assert set(p.delete) == {pieces[2].key, "dl-b"}
+
+
+def test_marker_at_the_committed_position_finishes_the_roll() -> None:
+    p = plan(20, chain(0, 10, 20), [marker(0, 20)])
+    assert [(f.file_start, f.end, f.needs_marker) for f in p.finish] == [(0, 20, False)]
+    assert not p.resume
+
+
+def test_zombie_alternatives_and_straddling_pieces_are_covered_by_the_chain() -> None:
+    pieces = [*chain(0, 50, 100), piece(0, 50, 120), piece(0, 80, 90), marker_free := piece(0, 100, 130)]
+    p = plan(100, pieces, [marker(0, 80)])
+    assert [x.key for x in p.resume] == [pieces[0].key, pieces[1].key]
+    assert set(p.delete) == {pieces[2].key, pieces[3].key, marker_free.key, marker(0, 80).key}
+
+
+def test_forward_reset_finishes_the_staged_file() -> None:
+    p = plan(100, chain(0, 10, 20, 30))
+    assert p.position == 100 and not p.resume and not p.delete
+    assert [(f.file_start, f.end, f.needs_marker) for f in p.finish] == [(0, 30, True)]
+    assert any("moved forward" in n for n in p.notes)
+
+
+def test_expired_offsets_adopt_the_staged_chain() -> None:
+    p = plan(None, chain(40, 50, 60), finals=[0], last_end=40)
+    assert p.position == 60 and p.commit == 60 and [x.to_pos for x in p.resume] == [50, 60]
+
+
+def test_expired_offsets_with_only_final_files_adopt_their_end() -> None:
+    p = plan(None, [], finals=[0, 40], last_end=70)
+    assert p.position == 70 and p.commit == 70
+
+
+def test_backward_reset_into_final_files_stops() -> None:
+    with pytest.raises(IntegrityError, match="moved backwards"):
+        plan(25, [], finals=[0], last_end=50)
+
+
+def test_a_removed_piece_stops_and_deletes_nothing() -> None:
+    pieces = chain(0, 10, 20, 30)
+    with pytest.raises(IntegrityError, match="do not chain"):
+        plan(30, [pieces[0], pieces[2]])
+
+
+def test_a_removed_middle_piece_is_not_mistaken_for_a_forward_reset() -> None:
+    pieces = chain(0, 10, 20, 30)
+    with pytest.raises(IntegrityError):
+        plan(40, [pieces[0], pieces[2]])  # [0,10) chains, [20,30) would be lost by finishing at 10
+
+
+def test_leftovers_of_a_final_file_are_deleted() -> None:
+    old = chain(0, 10, 20)
+    p = plan(25, [*old, *chain(20, 25)], [marker(0, 20)], finals=[0], last_end=20)
+    assert [x.to_pos for x in p.resume] == [25]
+    assert {old[0].key, old[1].key, marker(0, 20).key} <= set(p.delete)
+
+
+def test_an_older_decided_roll_without_its_final_file_is_finished() -> None:
+    p = plan(25, [*chain(0, 10, 20), *chain(20, 25)], [marker(0, 20)])
+    assert [(f.file_start, f.end) for f in p.finish] == [(0, 20)]
+    assert [x.to_pos for x in p.resume] == [25]
+
+
+# -- the property ----------------------------------------------------------------------------------
+@st.composite
+def scenario(draw: st.DrawFn) -> tuple[int | None, list[PieceRef], list[RollMarker], list[int], int | None]:
+    """A partition's history: final files up to F, an open file's chain, zombie alternatives,
+    uncommitted pieces, some pieces removed, and an operator's reset of the committed position."""
+    final_end = draw(st.sampled_from([None, 20, 40]))
+    start = final_end or 0
+    steps = draw(st.lists(st.integers(1, 9), min_size=0, max_size=6))
+    bounds, pos = [], start
+    for s in steps:
+        pos += s
+        bounds.append(pos)
+    pieces = chain(start, *bounds)
+    extra = draw(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 15)), max_size=4))
+    pieces += [piece(start, start + a, start + a + b) for a, b in extra]
+    removed = draw(st.sets(st.integers(0, max(0, len(pieces) - 1)), max_size=2))
+    pieces = [p for i, p in enumerate(pieces) if i not in removed]
+    committed = draw(st.one_of(st.none(), st.integers(0, pos + 20), st.sampled_from([pos])))
+    markers = [
+        marker(start, m) for m in draw(st.lists(st.sampled_from([*bounds, pos + 3]), max_size=2))
+    ]
+    finals = [0] if final_end else []
+    return committed, pieces, markers, finals, final_end
+
+
+@settings(max_examples=600, deadline=None)
+@given(scenario())
+def test_a_committed_position_is_never_deleted_unless_something_kept_holds_it(
+    case: tuple[int | None, list[PieceRef], list[RollMarker], list[int], int | None],
+) -> None:
+    committed, pieces, markers, finals, final_end = case
+    try:
+        p = plan(committed, pieces, markers, finals=finals, last_end=final_end)
+    except IntegrityError:
+        return  # stopping is always allowed; it deletes nothing
+    pos = p.position
+    if pos is None:
+        assert not [k for k in p.delete if k.endswith(".piece")]
+        return
+    held: set[int] = set(range(final_end or 0))
+    for x in p.resume:
+        held |= set(range(x.from_pos, x.to_pos))
+    for f in p.finish:
+        for x in f.chain:
+            held |= set(range(x.from_pos, x.to_pos))
+    by_key = {x.key: x for x in pieces}
+    for key in p.delete:
+        x = by_key.get(key)
+        if x is None:
+            continue  # a marker or a dead letter
+        committed_positions = set(range(x.from_pos, min(x.to_pos, pos)))
+        assert committed_positions <= held, (key, sorted(committed_positions - held))
+    # The resumed chain and finished rolls are contiguous from their file's start.
+    for ch in [list(p.resume), *[list(f.chain) for f in p.finish]]:
+        if ch:
+            assert ch[0].from_pos == ch[0].file_start
+            assert all(a.to_pos == b.from_pos for a, b in itertools.pairwise(ch))
+    if p.resume:
+        assert p.resume[-1].to_pos == pos
