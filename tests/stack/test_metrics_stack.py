@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -36,6 +37,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import REPO, Running, count, pick_stack_ports, run_stack, start_consumer, unique
 
 from consumer.producer import produce
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_metrics_compose import dashboard_exprs, promql  # the provisioned dashboard's queries
 
 pytestmark = pytest.mark.stack
 
@@ -302,6 +306,11 @@ def test_metrics_promtool_prometheus_and_probes_through_an_s3_outage(
                 p99 = wait(lambda: query(prom, "histogram_quantile(0.99, sum by (le) "
                                               "(kafka_parquet_commit_latency_seconds_bucket))"), 30, "p99")
                 assert p99[0]["value"][1] not in ("NaN",)
+                # every query of the provisioned Grafana dashboard runs, and those that must have
+                # data under load have it
+                empty = [e for e in dashboard_exprs() if not query(prom, promql(e, "15s"))]
+                allowed_empty = ("s3_errors_total", "s3_retries_total", "fenced_total", "dead_letters_total")
+                assert all(any(a in e for a in allowed_empty) for e in empty), empty
 
             # 3. probes through an S3 outage
             assert http(base + "/readyz")[0] == 200, http(base + "/readyz")
