@@ -408,7 +408,8 @@ class _Collector(Collector):
             pos = w.committed
             if pos is not None:
                 committed.add_metric(lv, pos)
-            high = _high_watermark(runner.consumer, w.topic, w.partition)
+            # Not while the loop thread closes the client: a handle being destroyed is not to be touched.
+            high = None if runner.closing else _high_watermark(runner.consumer, w.topic, w.partition)
             if high is not None:
                 end.add_metric(lv, high)
                 if pos is not None:
