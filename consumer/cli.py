@@ -227,6 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         observer.start()
     except OSError as exc:
         print(f"consumer: config: metrics port {config.metrics_port}: {exc}", file=sys.stderr)
+        runner.consumer.close()
         return 2
     try:
         return runner.run()
