@@ -307,3 +307,19 @@ def test_config_flags_and_validation() -> None:
     assert (d.metrics_port, d.stall_timeout, d.stall_exit) == (None, 300.0, 900.0)
     bad = cfgmod.Config(metrics_port=70000, stall_timeout=60, stall_exit=30).problems()
     assert any("metrics-port" in p for p in bad) and any("stall-exit" in p for p in bad)
+
+
+def test_run_with_a_metrics_port_in_use_is_a_configuration_error(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+
+    from consumer.cli import main
+
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        rc = main(["run", "--bootstrap-servers", "127.0.0.1:1", "--group-id", "g", "--topic", "t",
+                   "--output", "s3://bucket/out", "--schema", "page_view", "--s3-endpoint-url",
+                   "http://127.0.0.1:9", "--metrics-port", str(port), "--log-format", "json"])
+    assert rc == 2
+    assert f"metrics port {port}" in capsys.readouterr().err
