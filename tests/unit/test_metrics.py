@@ -323,3 +323,26 @@ def test_run_with_a_metrics_port_in_use_is_a_configuration_error(capsys: pytest.
                    "http://127.0.0.1:9", "--metrics-port", str(port), "--log-format", "json"])
     assert rc == 2
     assert f"metrics port {port}" in capsys.readouterr().err
+
+
+def test_replays_are_observed_too() -> None:
+    """`consumer replay` gets the same Observer: positions kept in _state objects, wrapped."""
+    from consumer.decoding import Decoder
+    from consumer.replay import Bound, ReplayRunner
+    from consumer.samples import load_schema
+
+    broker, store = _broker(2, 25), MemoryStore()
+    runner = ReplayRunner(
+        cfgmod.Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
+                      output="s3://bucket/out", schema="page_view", row_group_rows=10, decoder="python"),
+        store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+        start=Bound.parse("beginning"), stop=Bound.parse("end"), consumer_factory=broker.consumer_factory(),
+    )
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
+    assert runner.run() == 0
+    v = _values(observer.scrape().decode())
+    for p in ("0", "1"):
+        assert _get(v, "kafka_parquet_rows_durable_total", topic="t", partition=p) == 25
+        assert _get(v, "kafka_parquet_files_rolled_total", topic="t", partition=p) == 1
+    assert _get(v, "kafka_parquet_commit_latency_seconds_count", topic="t") >= 6
+    assert observer.commit_failing_since is None and observer.last_commit_at is not None
