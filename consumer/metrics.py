@@ -90,7 +90,7 @@ def reason_class(reason: str) -> str:
     return "other"
 
 
-@dataclass
+@dataclass(slots=True)
 class PartitionCounters:
     """Monotonic per-partition counts for the whole process life. They live in the process-wide
     :class:`~consumer.worker.SharedState`, so a partition revoked and assigned again keeps counting
