@@ -66,6 +66,9 @@ class Config:
     decoder: str = "native"  # chunk decoder; python (fastavro) is the reference and the fallback
     until_caught_up: bool = False
     caught_up_timeout: float = 300.0  # how long --until-caught-up waits for other members' partitions
+    shutdown_timeout: float = 25.0  # SIGTERM → exit bound (below Kubernetes' 30 s grace period)
+    processes: int = 1  # group members run from one command (consumer/supervisor.py)
+    host_id: str = ""  # static group.instance.id prefix with --processes; "" = the hostname
     batch_size: int = 5000
     poll_timeout: float = 0.5
     kafka_properties: Mapping[str, str] = field(default_factory=dict)
@@ -137,6 +140,10 @@ class Config:
                 p.append(f"{name.replace('_', '-')} must be positive")
         if self.file_rows is not None and self.file_rows <= 0:
             p.append("file-rows must be positive")
+        if self.shutdown_timeout <= 0:
+            p.append("shutdown-timeout must be positive")
+        if self.processes < 1:
+            p.append("processes must be at least 1")
         if self.row_group_max_age <= 0:
             p.append("row-group-max-age must be positive")
         if self.file_max_age is not None and self.file_max_age <= 0:
@@ -260,6 +267,8 @@ _CONVERTERS: dict[str, Any] = {
     "poll_timeout": parse_duration,
     "until_caught_up": parse_bool,
     "caught_up_timeout": parse_duration,
+    "shutdown_timeout": parse_duration,
+    "processes": int,
     "kafka_properties": parse_properties,
     "metrics_port": int,
     "stall_timeout": parse_duration,

@@ -19,6 +19,7 @@ Exit statuses and the errors behind them live in :mod:`consumer.errors`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import signal
 import time
 import uuid
@@ -47,6 +48,7 @@ from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionErr
 from consumer.storage import (
     FatalStorageError,
     ObjectStore,
+    RetryPolicy,
     TransientStorageError,
     probe_conditional_writes,
 )
@@ -129,6 +131,7 @@ class Runner:
         self.log = logmod.get("consumer.runner", group=config.group_id)
         self.workers: dict[TP, PartitionWorker] = {}
         self.stop_requested = False
+        self.stop_requested_at: float | None = None  # on self.clock: the shutdown deadline counts from here
         self.stats = RunStats()
         self._callback_error: BaseException | None = None
         self._fatal_client = False
@@ -186,7 +189,26 @@ class Runner:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
+        """SIGTERM/SIGINT: finish the current batch, then :meth:`_shutdown` within
+        ``--shutdown-timeout`` of this moment. S3 and commit retries that start from now on are
+        capped to that bound already, so a flush running into an outage cannot outlive it."""
+        if self.stop_requested_at is None:
+            self.stop_requested_at = self.clock()
+            self._cap_retries(self.config.shutdown_timeout)
         self.stop_requested = True
+
+    def _cap_retries(self, seconds: float) -> None:
+        """Bound the retry time of the store's and the position store's next calls to ``seconds``
+        (S3Store's RetryPolicy.max_elapsed, KafkaGroupPositions.max_elapsed; other stores have no
+        retries to cap). A call already in flight keeps its own bound."""
+        seconds = max(seconds, 0.0)
+        policy = getattr(self.store, "retry", None)
+        if isinstance(policy, RetryPolicy):
+            self.store.retry = dataclasses.replace(  # type: ignore[attr-defined]
+                policy, max_elapsed=min(policy.max_elapsed, seconds)
+            )
+        if isinstance(getattr(self.positions, "max_elapsed", None), (int, float)):
+            self.positions.max_elapsed = min(self.positions.max_elapsed, seconds)  # type: ignore[attr-defined]
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
@@ -344,22 +366,47 @@ class Runner:
 
     # -- shutdown --------------------------------------------------------------------------------
     def _shutdown(self, *, clean: bool) -> None:
+        """Make every partition's buffered rows durable and committed, within
+        ``--shutdown-timeout`` of the stop request (or of now, when the run ended by itself).
+
+        Workers are closed one after another; before each, the time left is checked and the S3 and
+        commit retries are capped to it. Once the deadline has passed the remaining partitions are
+        not flushed: their rows were never committed, so the next owner consumes them again, and
+        their open files stay staged and resume (nothing uncommitted is ever committed)."""
         faults.point("during_shutdown")
         self.closing = True
+        start = self.stop_requested_at if self.stop_requested_at is not None else self.clock()
+        deadline = start + self.config.shutdown_timeout
+        left: list[str] = []
         if self._callback_error is not None:
             self.log.warning("error in a rebalance callback", error=str(self._callback_error))
         for key, worker in list(self.workers.items()):
             if not self._fatal_client:  # a dead client cannot commit: leave the rows to the next owner
-                try:
-                    worker.close()
-                except Exception as exc:  # keep closing the others; nothing uncommitted is lost
-                    self.log.warning(
-                        "could not flush on shutdown",
-                        topic=worker.topic,
-                        partition=worker.partition,
-                        error=str(exc),
-                    )
+                remaining = deadline - self.clock()
+                if remaining <= 0:
+                    if worker.pending:
+                        left.append(worker.where)
+                else:
+                    self._cap_retries(remaining)
+                    try:
+                        worker.close()
+                    except Exception as exc:  # keep closing the others; nothing uncommitted is lost
+                        left.append(worker.where)
+                        self.log.warning(
+                            "could not flush on shutdown",
+                            topic=worker.topic,
+                            partition=worker.partition,
+                            error=str(exc),
+                        )
             self._retire(key)
+        if left:
+            self.log.warning(
+                "shutdown: buffered rows of these partitions were not made durable; they stay "
+                "uncommitted and are consumed again by the partition's next owner",
+                partitions=left,
+                shutdown_timeout_s=self.config.shutdown_timeout,
+                deadline_passed=self.clock() >= deadline,
+            )
         try:
             self.consumer.close()
         except Exception as exc:

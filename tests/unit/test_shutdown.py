@@ -1,0 +1,158 @@
+"""Bounded shutdown on the in-memory doubles: SIGTERM's flushes stop at ``--shutdown-timeout``, the
+partitions left over are not committed, and a restart exports every record exactly once.
+
+Time is a fake clock that the slow store advances, so the deadline is exercised exactly and the
+test takes milliseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from consumer.config import Config
+from consumer.decoding import Decoder
+from consumer.layout import Layout
+from consumer.runner import GroupRunner
+from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
+from consumer.storage import RetryPolicy, TransientStorageError
+from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore
+
+PARTITIONS, PER_PARTITION = 4, 30
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _broker() -> MemoryBroker:
+    schema = parsed_schema("page_view")
+    broker = MemoryBroker()
+    broker.create_topic("t", PARTITIONS)
+    for p in range(PARTITIONS):
+        for i in range(PER_PARTITION):
+            value = encode_raw(schema, make_record("page_view", p * 1000 + i))
+            broker.produce("t", value, partition=p, key=b"k")
+    return broker
+
+
+def _runner(broker: MemoryBroker, store: Any, clock: FakeClock | None = None, **cfg: Any) -> GroupRunner:
+    config = Config(
+        bootstrap_servers="memory",
+        group_id="g",
+        topics=("t",),
+        output="s3://bucket/out",
+        schema="page_view",
+        row_group_rows=1000,  # nothing is flushed before the stop: every row waits in an arena
+        batch_size=PARTITIONS * PER_PARTITION,
+        **cfg,
+    )
+    kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    return GroupRunner(
+        config,
+        store=store,
+        decoder=Decoder("raw", schema=load_schema("page_view")),
+        consumer_factory=broker.consumer_factory(),
+        **kwargs,
+    )
+
+
+def _stop_on_second_consume(runner: GroupRunner) -> None:
+    calls = 0
+
+    def hook(_consumer: MemoryConsumer) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first consume assigned all partitions and returned every record
+            runner.request_stop()
+
+    runner.consumer.on_consume = hook
+
+
+def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for p in range(PARTITIONS):
+        key = Layout("out").final_key("t", p, 0)
+        if key in store.objects:
+            out[p] = pq.read_table(pa.BufferReader(store.objects[key])).column("kafka_offset").to_pylist()
+    return out
+
+
+def test_shutdown_stops_flushing_at_the_deadline_and_a_restart_loses_nothing() -> None:
+    broker, store, clock = _broker(), MemoryStore(), FakeClock()
+
+    def slow_piece_put(op: str, key: str) -> None:
+        if op == "put_object" and key.endswith(".piece"):
+            clock.now += 10.0  # every piece PUT takes 10 s
+
+    store.on_op = slow_piece_put
+    runner = _runner(broker, store, clock, shutdown_timeout=25.0)
+    _stop_on_second_consume(runner)
+    assert runner.run() == 0
+    committed = [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)]
+    # t=0..10, 10..20, 20..30: three flushes started before the deadline (25 s); the fourth did not.
+    assert committed == [PER_PARTITION] * 3 + [None], committed
+    assert len([k for k in store.objects if k.endswith(".piece")]) == 3  # nothing staged for p3
+    store.on_op = None
+    assert _runner(broker, store, until_caught_up=True).run() == 0
+    assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
+    assert not [k for k in store.objects if "_staging/" in k]
+
+
+def test_shutdown_deadline_counts_from_the_stop_request() -> None:
+    """Time spent finishing the batch after SIGTERM counts against the bound."""
+    broker, store, clock = _broker(), MemoryStore(), FakeClock()
+    runner = _runner(broker, store, clock, shutdown_timeout=5.0)
+    calls = 0
+
+    def stop_then_stall(_consumer: MemoryConsumer) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            runner.request_stop()
+            clock.now += 6.0  # the rest of the loop iteration outlived the bound
+
+    runner.consumer.on_consume = stop_then_stall
+    assert runner.run() == 0
+    assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [None] * PARTITIONS
+    assert not [k for k in store.objects if "_staging/" in k]
+
+
+def test_a_failing_flush_on_shutdown_is_skipped_and_the_others_still_commit() -> None:
+    broker, store = _broker(), MemoryStore()
+    failed: list[str] = []
+
+    def fail_p0_piece(op: str, key: str) -> None:
+        if op == "put_object" and "partition=0/" in key and key.endswith(".piece") and not failed:
+            failed.append(key)
+            raise TransientStorageError("S3 kept failing")
+
+    store.on_op = fail_p0_piece
+    runner = _runner(broker, store)
+    _stop_on_second_consume(runner)
+    assert runner.run() == 0
+    assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [None] + [PER_PARTITION] * 3
+    assert failed
+    assert _runner(broker, store, until_caught_up=True).run() == 0
+    assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
+
+
+def test_stop_request_caps_the_retry_budget_of_store_and_commits() -> None:
+    class RetryingStore(MemoryStore):
+        retry = RetryPolicy(max_elapsed=240.0)
+
+    broker, store, clock = _broker(), RetryingStore(), FakeClock()
+    runner = _runner(broker, store, clock, shutdown_timeout=25.0)
+    runner.positions.max_elapsed = 60.0  # type: ignore[attr-defined]  # as KafkaGroupPositions
+    runner.request_stop()
+    assert store.retry.max_elapsed == 25.0
+    assert runner.positions.max_elapsed == 25.0  # type: ignore[attr-defined]
+    clock.now += 20.0
+    runner._cap_retries(5.0)
+    assert store.retry.max_elapsed == 5.0 and store.retry.base == RetryPolicy().base
