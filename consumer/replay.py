@@ -20,6 +20,7 @@ from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from consumer.errors import EXIT_OK, UsageError
 from consumer.positions import S3StatePositions
+from consumer.progress import Progress, ProgressReporter, compute
 from consumer.runner import TP, Runner
 
 
@@ -67,6 +68,7 @@ class ReplayRunner(Runner):
         start: Bound,
         stop: Bound,
         progress_every: float = 5.0,
+        progress_bar: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -82,8 +84,11 @@ class ReplayRunner(Runner):
         self.stops: dict[TP, int] = {}
         self.starts: dict[TP, int] = {}
         self.done: set[TP] = set()
-        self._t0 = self._last = 0.0
+        self._t0 = 0.0
         self._todo = 0
+        # A bar on a terminal, JSON "replay progress" events otherwise (consumer/progress.py).
+        bar = ProgressReporter.want_bar(config.log_format) if progress_bar is None else progress_bar
+        self.progress = ProgressReporter(self.log, bar=bar, every=progress_every)
 
     def _resolve(self, bound: Bound, tps: list[TP], *, edge_is_end: bool) -> dict[TP, int]:
         out: dict[TP, int] = {}
@@ -130,7 +135,21 @@ class ReplayRunner(Runner):
         self._todo = sum(max(0, self.stops[t] - self.starts[t]) for t in tps)
         self.log.info("replay starting", partitions=len(tps), todo=self._todo)
         self.consumer.assign(assignment)
-        self._t0 = self._last = self.clock()
+        self._t0 = self.clock()
+        self.progress.start(self._progress(self._t0), self._t0)
+
+    def _progress(self, now: float) -> Progress:
+        return compute(
+            self.starts,
+            self.stops,
+            {t: w.next_pos for t, w in self.workers.items()},
+            now - self._t0,
+            partitions_done=len(self.done),
+        )
+
+    def _shutdown(self, *, clean: bool) -> None:
+        self.progress.close()
+        super()._shutdown(clean=clean)
 
     def _accept(self, tp: TP, msg: Any) -> bool:
         return tp not in self.done and int(msg.offset() or 0) < self.stops[tp]
@@ -147,26 +166,12 @@ class ReplayRunner(Runner):
             # Partitions that started done still need their staged files finished.
             for w in self.workers.values():
                 self._guard(w, w.finish)
+            self.progress.finish(self._progress(now))
             self.log.info(
                 "replay finished: every partition reached its stop position",
                 records=self.stats.records,
                 seconds=round(now - self._t0, 1),
             )
             return EXIT_OK
-        if now - self._last >= self.progress_every:
-            self._last = now
-            done_offsets = sum(
-                max(0, min(w.next_pos or self.starts[t], self.stops[t]) - self.starts[t])
-                for t, w in self.workers.items()
-            )
-            rate = self.stats.records / max(now - self._t0, 1e-9)
-            self.log.info(
-                "replay progress",
-                offsets_done=done_offsets,
-                offsets_todo=self._todo,
-                partitions_done=len(self.done),
-                partitions=len(self.workers),
-                records_per_s=round(rate),
-                eta_s=round((self._todo - done_offsets) / rate) if rate > 0 else None,
-            )
+        self.progress.update(self._progress(now), now)
         return None
