@@ -22,9 +22,11 @@ from __future__ import annotations
 import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from consumer.decoding import WriterSchema, decode_bodies
 from consumer.native import NativeDecoder, NativeError, decoder_for, warn_once
@@ -185,6 +187,7 @@ class Arena:
         # Chunk decoder: "native" (consumer._native, built on first use; None → fastavro) or "python".
         self.decoder = decoder
         self._native: NativeDecoder | None = None
+        self._check_decimals = any(_has_decimal(f.type) for f in converter.schema)
         self._native_tried = False
         # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats when
         # the first record of a row group arrives, rewound between chunks, and released when the
@@ -253,6 +256,47 @@ class Arena:
         self._raw_len = end
         self._pending += 1
         self.rows += 1
+        if self._pending >= self.chunk_rows:
+            self.decode_pending()
+
+    @property
+    def chunk_room(self) -> int:
+        """Records the current chunk still takes before it is decoded."""
+        return self.chunk_rows - self._pending
+
+    def append_many(
+        self,
+        bodies: Sequence[bytes],
+        offsets: Sequence[int],
+        timestamps: Sequence[int],
+        keys: Sequence[bytes | None],
+        headers: Sequence[Any] | None = None,
+    ) -> None:
+        """Append a run of records (at most :attr:`chunk_room`) in a few C-level operations:
+        one ``bytes.join`` into the raw buffer, end offsets by ``accumulate``, coordinates by
+        array slice assignment. ``timestamps`` use -1 for "not available"."""
+        n = len(bodies)
+        if n == 0:
+            return
+        data = b"".join(bodies)
+        start = self._raw_len
+        end = start + len(data)
+        if end > len(self._raw):
+            if not self._raw:
+                self._raw = bytearray(int(self.chunk_rows * self.stats.avro_bytes_per_row * 1.25) + 4096)
+            if end > len(self._raw):
+                self._raw.extend(bytes(max(end - len(self._raw), len(self._raw))))
+        self._raw[start:end] = data
+        p = self._pending
+        self._ends[p : p + n] = array.array("q", accumulate(map(len, bodies), initial=start))[1:]
+        self._offsets[p : p + n] = array.array("q", offsets)
+        self._timestamps[p : p + n] = array.array("q", timestamps)
+        self._keys.extend(keys)
+        if "headers" in self.kafka_columns:
+            self._headers.extend(headers if headers is not None else [None] * n)
+        self._raw_len = end
+        self._pending += n
+        self.rows += n
         if self._pending >= self.chunk_rows:
             self.decode_pending()
 
@@ -335,7 +379,15 @@ class Arena:
             self._native = decoder_for(self.schema.avro, self.schema.fingerprint)
         if self._native is not None:
             try:
-                return self._native.decode(self._raw, self._ends, n)
+                values, bad = self._native.decode(self._raw, self._ends, n)
+                if self._check_decimals and isinstance(values, pa.RecordBatch):
+                    # A decimal wider than its declared precision decodes natively without error;
+                    # Arrow's full validation finds it (not which row): then the reference path
+                    # below decodes the chunk and turns exactly that record into a dead letter.
+                    values.validate(full=True)
+                return values, bad
+            except pa.ArrowInvalid:
+                pass
             except NativeError as exc:
                 warn_once(f"chunk:{self.schema.fingerprint}", "native decode failed: chunk decoded "
                           "with fastavro", schema=self.schema.fingerprint, reason=str(exc)[:300])
@@ -366,14 +418,14 @@ class Arena:
                 data = self._offsets[:n] if full else array.array("q", (self._offsets[i] for i in keep))
                 cols.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data.tobytes())]))
             elif c == "timestamp":
-                ts = [self._timestamps[i] for i in keep]
-                cols.append(
-                    pa.array([t if t >= 0 else None for t in ts], pa.int64()).cast(
-                        pa.timestamp("ms", tz="UTC")
-                    )
-                )
+                data = self._timestamps[:n] if full else array.array("q", (self._timestamps[i] for i in keep))
+                raw_ts = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data.tobytes())])
+                # -1 marks "no timestamp": null, computed column-wise
+                valid = pc.greater_equal(raw_ts, 0)
+                cols.append(pc.if_else(valid, raw_ts, pa.scalar(None, pa.int64())).cast(
+                    pa.timestamp("ms", tz="UTC")))
             elif c == "key":
-                cols.append(pa.array([self._keys[i] for i in keep], pa.binary()))
+                cols.append(pa.array(self._keys if full else [self._keys[i] for i in keep], pa.binary()))
             elif c == "headers":
                 cols.append(
                     pa.array(
@@ -403,6 +455,12 @@ class Arena:
         self.dead_letters = []
         self._raw = bytearray()  # released: re-sized from the stats at the next row group's first record
         return table, dead, arrow_bytes
+
+
+def _has_decimal(t: pa.DataType) -> bool:
+    if pa.types.is_decimal(t):
+        return True
+    return any(_has_decimal(t.field(i).type) for i in range(t.num_fields))
 
 
 def kafka_fields(columns: Sequence[str]) -> list[pa.Field]:

@@ -147,6 +147,11 @@ class Decoder:
         self._by_id: dict[int, WriterSchema] = {}
         self._bad_ids: dict[int, str] = {}  # ids whose schema cannot be used: each record is bad
 
+    @property
+    def raw_schema(self) -> WriterSchema | None:
+        """The one writer schema of raw framing (None with Confluent framing)."""
+        return self._raw if self.framing == "raw" else None
+
     def split(self, value: bytes | None) -> tuple[WriterSchema, memoryview]:
         """(writer schema, Avro body) of a Kafka value.
 

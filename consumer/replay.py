@@ -138,6 +138,14 @@ class ReplayRunner(Runner):
         self._t0 = self.clock()
         self.progress.start(self._progress(self._t0), self._t0)
 
+    def _accept(self, tp: TP, batch: list[Any]) -> list[Any]:
+        if tp in self.done:
+            return []
+        stop = self.stops[tp]
+        if batch[-1].offset() < stop:
+            return batch
+        return [m for m in batch if m.offset() < stop]
+
     def _progress(self, now: float) -> Progress:
         return compute(
             self.starts,
@@ -150,9 +158,6 @@ class ReplayRunner(Runner):
     def _shutdown(self, *, clean: bool) -> None:
         self.progress.close()
         super()._shutdown(clean=clean)
-
-    def _accept(self, tp: TP, msg: Any) -> bool:
-        return tp not in self.done and int(msg.offset() or 0) < self.stops[tp]
 
     def _done(self, now: float) -> int | None:
         for tp in [t for t in self.workers if t not in self.done]:

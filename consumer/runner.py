@@ -23,8 +23,10 @@ import dataclasses
 import signal
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import groupby
+from operator import methodcaller
 from typing import Any
 
 from consumer import faults
@@ -69,6 +71,16 @@ __all__ = [
 TP = tuple[str, int]
 
 _PARTITION_EOF = -191
+
+# confluent_kafka.Message methods, called from C by map()/groupby() over a consumed batch.
+_msg_error = methodcaller("error")
+_msg_len = methodcaller("__len__")
+_msg_partition = methodcaller("partition")
+
+
+def _msg_tp(msg: Any) -> tuple[str, int]:
+    return (msg.topic(), msg.partition())
+
 _FATAL = -150  # reported on a message as a plain error whose fatal() is False
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 
@@ -127,6 +139,7 @@ class Runner:
         self.decoder = decoder
         self.clock = clock
         self.layout = Layout(config.prefix)
+        self._topics = tuple(config.topics)
         self.shared = SharedState()
         self.log = logmod.get("consumer.runner", group=config.group_id)
         self.workers: dict[TP, PartitionWorker] = {}
@@ -249,8 +262,30 @@ class Runner:
     def _done(self, now: float) -> int | None:
         raise NotImplementedError
 
-    def _accept(self, tp: TP, msg: Any) -> bool:
-        return True
+    def _accept(self, tp: TP, batch: list[Any]) -> list[Any]:
+        """The records of one partition's batch this run takes (all, unless a subclass bounds it)."""
+        return batch
+
+    def _by_partition(self, msgs: list[Any]) -> Iterator[tuple[TP, list[Any]]]:
+        """A consumed batch as runs of one partition each, in order (librdkafka returns records in
+        per-partition runs, so there are few). Per-record work happens in C (``map`` over the
+        message methods, ``groupby``); fetch errors, rare, take the slow path."""
+        if any(map(_msg_error, msgs)):
+            good = []
+            for msg in msgs:
+                err = msg.error()
+                if err is None:
+                    good.append(msg)
+                else:
+                    self._fetch_error(err)
+            msgs = good
+        if len(self._topics) == 1:
+            topic = self._topics[0]
+            for partition, run in groupby(msgs, key=_msg_partition):
+                yield (topic, partition), list(run)
+        else:
+            for (topic, partition), run in groupby(msgs, key=_msg_tp):
+                yield (topic, partition), list(run)
 
     def _after_poll(self) -> None:
         """Work that must wait until librdkafka finished a rebalance (runs after every poll)."""
@@ -262,21 +297,19 @@ class Runner:
             msgs = self.consumer.consume(num_messages=cfg.batch_size, timeout=cfg.poll_timeout)
             self._raise_callback_error()
             self._after_poll()
-            for msg in msgs:
-                err = msg.error()
-                if err is not None:
-                    self._fetch_error(err)
-                    continue
-                tp = (str(msg.topic()), int(msg.partition() or 0))
+            for tp, batch in self._by_partition(msgs):
                 worker = self.workers.get(tp)
-                if worker is None or not self._accept(tp, msg):
+                if worker is None:
                     continue
-                self.stats.records += 1
-                value = msg.value()
-                self.stats.bytes_in += len(value) if value else 0
-                worker.counters.records += 1  # per-partition counts for metrics: no metric call here
-                worker.counters.bytes += len(value) if value else 0
-                self._guard(worker, worker.append, msg)
+                batch = self._accept(tp, batch)
+                if not batch:
+                    continue
+                n, nbytes = len(batch), sum(map(_msg_len, batch))
+                self.stats.records += n
+                self.stats.bytes_in += nbytes
+                worker.counters.records += n  # per-partition counts for metrics: no metric call here
+                worker.counters.bytes += nbytes
+                self._guard(worker, worker.append_batch, batch)
             now = self.heartbeat = self.clock()
             for worker in list(self.workers.values()):
                 if worker.flush_due(now):

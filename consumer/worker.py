@@ -41,6 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from operator import methodcaller
 from typing import Any
 
 import pyarrow as pa
@@ -339,6 +340,52 @@ class PartitionWorker:
             self.arena.predicted_encoded_bytes >= self.config.row_group_bytes
         ):
             self.flush()
+
+    def append_batch(self, msgs: list[Any]) -> None:
+        """Buffer one partition's run of a consumed batch, in order.
+
+        The fast path moves the whole run into the arena with per-record work done in C (``map``
+        over the message methods, one ``bytes.join``), splitting it only where a row group or a
+        chunk ends, so flush decisions are exactly those of :meth:`append`. Anything unusual —
+        Confluent framing, a tombstone, a re-delivered offset, no arena yet — goes record by record
+        through :meth:`append`, which decides the same way.
+        """
+        if not self._require(PartitionState.READY) or not msgs:
+            return
+        arena = self.arena
+        offsets = list(map(_msg_offset, msgs))
+        values = list(map(_msg_value, msgs))
+        if (
+            arena is None
+            or self.decoder.framing != "raw"
+            or arena.schema is not self.decoder.raw_schema
+            or (self.next_pos is not None and offsets[0] < self.next_pos)
+            or None in values
+        ):
+            for msg in msgs:
+                self.append(msg)
+            return
+        timestamps = [ts if kind else -1 for kind, ts in map(_msg_timestamp, msgs)]
+        keys = list(map(_msg_key, msgs))
+        headers = list(map(_msg_headers, msgs)) if "headers" in arena.kafka_columns else None
+        if self.committed is None:
+            self.committed = offsets[0]
+        if self.first_append_at is None:
+            self.first_append_at = self.clock()
+        i, n = 0, len(msgs)
+        while i < n and self.state is PartitionState.READY and self.arena is arena:
+            limit = self._row_group_limit()
+            j = min(n, i + max(1, limit - arena.rows), i + arena.chunk_room)
+            arena.append_many(values[i:j], offsets[i:j], timestamps[i:j], keys[i:j],
+                              headers[i:j] if headers is not None else None)
+            if arena.halted is not None:
+                self._halt(arena.halted)
+            self.next_pos = offsets[j - 1] + 1
+            if arena.rows >= limit or arena.predicted_encoded_bytes >= self.config.row_group_bytes:
+                self.flush()
+            i = j
+        for msg in msgs[i:]:  # the arena changed under a roll or the state did: record by record
+            self.append(msg)
 
     def _row_group_limit(self) -> int:
         """Rows the next row group may hold: its own budget, capped by what the file may still take
@@ -745,6 +792,14 @@ class PartitionWorker:
     def finished(self) -> bool:
         """Nothing buffered and no open file: every committed position is in a final file."""
         return self.state is PartitionState.READY and not self.pending and self.file is None
+
+
+# confluent_kafka.Message methods, called from C by map() over a partition's run of records.
+_msg_offset = methodcaller("offset")
+_msg_value = methodcaller("value")
+_msg_timestamp = methodcaller("timestamp")
+_msg_key = methodcaller("key")
+_msg_headers = methodcaller("headers")
 
 
 def _identity_of(layout: PieceLayout) -> str | None:
