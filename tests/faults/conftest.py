@@ -1,4 +1,10 @@
-"""Fixtures for fault tests that break the infrastructure itself.
+"""Fixtures for the fault tests.
+
+``fault_run`` (session, autouse) starts a fresh results file for the fault table (see
+``checker.py``) and records every fault test's outcome in it, so ``dev/fault-report`` builds the
+table from this run alone.
+
+Fixtures for fault tests that break the infrastructure itself:
 
 ``private_stack`` is a second `dev/stack` (Kafka + SeaweedFS + registry) in its own STACK_DIR
 under a temporary folder, on free ports, so a test may stop S3 or the broker without disturbing
@@ -13,11 +19,12 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import checker
 import pytest
 from support import pick_stack_ports as support_pick_ports
 from support import run_stack
@@ -159,3 +166,42 @@ def private_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateS
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(pid, signal.SIGKILL)
         assert down.returncode == 0, f"private `dev/stack down` failed:\n{down.stderr[-2000:]}"
+
+
+# -- the fault table's run ------------------------------------------------------------------------
+
+
+_deselected: list[str] = []
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    _deselected.extend(i.nodeid for i in items if "faults/" in i.nodeid)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fault_run(request: pytest.FixtureRequest) -> Iterator[str]:
+    """One results file per run: created afresh here (naming the fault tests this run selected
+    and left out), closed with a ``finished`` line."""
+    selected = [i.nodeid for i in request.session.items if "faults/" in i.nodeid]
+    ran = {n.split("::", 1)[0].rsplit("/", 1)[-1] for n in [*selected, *_deselected]}
+    not_collected = [
+        f"tests/faults/{f.name}" for f in sorted(Path(__file__).parent.glob("test_*.py")) if f.name not in ran
+    ]
+    run_id = checker.start_run(selected, sorted(set(_deselected)) + not_collected)
+    yield run_id
+    checker.end_run()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    rep = yield
+    if rep.when == "call" or (rep.when == "setup" and not rep.passed):
+        if hasattr(rep, "wasxfail"):
+            outcome = "xfail" if rep.skipped else "xpass"
+        else:
+            outcome = {"passed": "passed", "failed": "failed", "skipped": "skipped"}[rep.outcome]
+            if rep.when == "setup" and rep.failed:
+                outcome = "error"
+        detail = getattr(rep, "wasxfail", "") or (str(rep.longrepr)[-500:] if rep.failed else "")
+        checker.record_outcome(item.nodeid, outcome, detail)
+    return rep

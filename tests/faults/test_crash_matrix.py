@@ -1,52 +1,86 @@
 """Crash matrix: kill the consumer (os._exit, as kill -9) at every named point of the protocol,
-restart it, let it finish with --until-caught-up, and prove the invariants on every output file:
-no missing offset, no duplicated offset, every final file valid, no stray staging objects.
+restart it, let it finish with --until-caught-up, and prove the output with ``checker.prove``:
+every (partition, offset) is a row of exactly one final file or (a bad record) a dead letter of
+exactly one object, values as produced, footers right, the group committed at the end, nothing
+left in staging. Eight cases run on input with bad records (tombstones and malformed bodies)
+in the range, so dead letters are written, crashed around and recovered too.
 
-Each case appends a row to the fault table (``FAULT_TABLE`` file, JSON lines) that
-docs/guarantees.md is generated from.
+Each case appends a row to the fault table (see ``checker.proven``).
 """
 
 from __future__ import annotations
 
-import json
-import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from support import (
-    REPO,
-    assert_exactly_once,
-    download_finals,
-    list_keys,
-    read_table,
-    run_consumer,
-    staging_keys,
-    unique,
+from checker import (
+    Expected,
+    Proof,
+    committed_positions,
+    finish_and_prove,
+    produce_with_bad,
+    prove,
+    proven,
+    summary,
 )
+from support import final_keys, list_keys, run_consumer, start_consumer, unique
 
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
 
-TABLE = Path(os.environ.get("FAULT_TABLE", REPO / ".cache" / "fault-table.jsonl"))
+
+# (point, occurrence): small budgets so every point is reached several times per run.
+def case(point: str, nth: int, *marks: pytest.MarkDecorator) -> Any:
+    return pytest.param(point, nth, id=f"{point}-{nth}", marks=marks)
+
 
 # (point, occurrence): small budgets so every point is reached several times per run.
 CASES = [
-    ("before_piece_put", 1),
-    ("before_piece_put", 5),
-    ("after_piece_put", 1),
-    ("after_piece_put", 4),
-    ("after_commit", 2),
-    ("after_commit", 7),
-    ("after_marker_put", 1),
-    ("after_marker_put", 2),
-    ("after_final_put", 1),
-    ("after_final_put", 3),
-    ("after_piece_delete", 1),
-    ("after_piece_delete", 2),
-    ("during_recovery", 1),
-    ("during_recovery", 2),
-    ("during_shutdown", 1),
+    case("before_piece_put", 1),
+    case("before_piece_put", 5),
+    case("after_piece_put", 1),
+    case("after_piece_put", 4),
+    case("after_commit", 2),
+    case("after_commit", 7),
+    case("after_marker_put", 1),
+    case("after_marker_put", 2),
+    case("after_final_put", 1),
+    case("after_final_put", 3),
+    case("after_piece_delete", 1),
+    case("after_piece_delete", 2),
+    case("during_recovery", 1),
+    case("during_recovery", 2),
+    case("during_shutdown", 1),
+]
+# Bad records at known positions of a 2-partition topic of 2 × 2,000 good records: the first
+# position (a file that starts with a dead letter), around row-group (300 rows) and file (900
+# rows) boundaries, a run of 40, and the very last position of partition 0 (a range that ends with
+# a dead letter). Every kind the consumer dead-letters in raw framing.
+BAD: dict[tuple[int, int], str] = {
+    (0, 0): "tombstone",
+    (0, 299): "truncated",
+    (0, 300): "trailing",
+    (0, 612): "empty",
+    (0, 905): "tombstone",
+    **{(0, o): ("truncated", "trailing", "empty", "tombstone")[o % 4] for o in range(1_300, 1_340)},
+    (0, 2_045): "trailing",  # 2,000 good + 46 bad: the last position
+    (1, 17): "empty",
+    (1, 450): "tombstone",
+    (1, 899): "truncated",
+    (1, 1_555): "trailing",
+}
+BAD_CASES = [
+    case("after_dead_letter_put", 1),
+    case("after_dead_letter_put", 3),
+    case("before_piece_put", 2),
+    case("after_piece_put", 3),
+    case("after_commit", 1),
+    case("after_commit", 4),
+    case("after_marker_put", 1),
+    case("during_recovery", 2),
 ]
 SMALL = ("--row-group-rows", "300", "--file-rows", "900", "--batch-size", "250")
 
@@ -57,76 +91,79 @@ def static_member() -> tuple[str, ...]:
     return ("-X", f"group.instance.id={unique('member')}", "-X", "session.timeout.ms=10000")
 
 
-def record(row: dict[str, Any]) -> None:
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    with TABLE.open("a") as fh:
-        fh.write(json.dumps(row) + "\n")
-
-
-def record_pass(fault: str, kind: str, records: int, final_files: int, **extra: Any) -> None:
-    """A scenario whose invariants were just proven (the assertions ran before this)."""
-    record(
-        {
-            "fault": fault,
-            "kind": kind,
-            "records": records,
-            "final_files": final_files,
-            "missing": 0,
-            "duplicated": 0,
-            "stray_staging": 0,
-            "result": "pass",
-            **extra,
-        }
+def crash_then_prove(
+    stack: Any,
+    s3: Any,
+    prefix: str,
+    tmp: Path,
+    expected: Expected,
+    faults: list[str],
+    args: tuple[str, ...],
+    kind: str,
+) -> Proof:
+    """Run the consumer once per fault spec (each must crash at its point), then finish, prove and
+    record the scenario (also when only the footers' avro.schema is missing: a known bug)."""
+    group = unique("g")
+    out = f"s3://{stack.s3_bucket}/{prefix.rstrip('/')}"
+    for spec in faults:
+        crashed = run_consumer(
+            expected.topic, group, out, *args, schema=expected.schema, env={"CONSUMER_FAULT": spec}
+        )
+        assert crashed.returncode == FAULT_EXIT_CODE, (
+            f"fault {spec} was not reached (exit {crashed.returncode}):\n{crashed.stderr[-3000:]}"
+        )
+    return proven(
+        lambda: finish_and_prove(
+            s3=s3,
+            bucket=stack.s3_bucket,
+            prefix=prefix,
+            bootstrap=stack.kafka_bootstrap,
+            group=group,
+            expected=expected,
+            tmp=tmp,
+            args=args,
+        ),
+        " → ".join(faults),
+        kind,
     )
 
 
-def finish_and_check(
-    stack: Any,
-    s3: Any,
-    topic: str,
-    group: str,
-    out: str,
-    prefix: str,
-    tmp: Path,
-    counts: dict[int, int],
-    extra: tuple[str, ...],
-) -> int:
-    done = run_consumer(topic, group, out, *extra)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert staging_keys(s3, stack.s3_bucket, prefix) == [], "stray staging objects"
-    paths = download_finals(s3, stack.s3_bucket, prefix, tmp)
-    table = read_table(paths)  # every final file parses
-    assert_exactly_once(table, counts)
-    return len(paths)
-
-
-@pytest.mark.parametrize(("point", "nth"), CASES, ids=[f"{p}-{n}" for p, n in CASES])
+@pytest.mark.parametrize(("point", "nth"), CASES)
 def test_kill_at_point_then_recover(
     stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
     topic = unique("crash")
-    group = unique("g")
-    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
     res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2)
+    expected = Expected.plain(topic, "page_view", res.partition_counts)
     args = (*SMALL, *static_member())
-    crashed = run_consumer(topic, group, out, *args, env={"CONSUMER_FAULT": f"{point}:{nth}"})
-    assert crashed.returncode == FAULT_EXIT_CODE, (
-        f"fault {point}:{nth} was not reached (exit {crashed.returncode}):\n{crashed.stderr[-3000:]}"
-    )
-    files = finish_and_check(
-        stack, s3, topic, group, out, unique_prefix, tmp_path, res.partition_counts, args
-    )
-    record_pass(f"{point}:{nth}", "kill at point", res.count, files)
+    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, "kill at point")
+
+
+@pytest.mark.parametrize(("point", "nth"), BAD_CASES)
+def test_kill_at_point_with_bad_records_in_range(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, point: str, nth: int
+) -> None:
+    """The same with 50 bad records among the 4,000 good ones: dead letters are written before the
+    piece of their range, so a crash between the two (``after_dead_letter_put``) or around the
+    piece and the commit leaves dead letters of an uncommitted range, which recovery must remove and
+    the next run write again, once."""
+    topic = unique("crash-bad")
+    expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 4_000, 2, BAD)
+    assert expected.bad_count == len(BAD)
+    args = (*SMALL, *static_member())
+    kind = f"kill at point, {len(BAD)} bad records in range"
+    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
 
 
 def test_repeated_kills_at_different_points(stack: Any, s3: Any, unique_prefix: str, tmp_path: Path) -> None:
-    """Several crashes in a row, at different points, before the run may finish."""
+    """Several crashes in a row, at different points, before the run may finish; bad records in
+    the input, so one of the crashes falls between a dead-letter PUT and its piece PUT."""
     topic = unique("crash-seq")
-    group = unique("g")
-    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
-    res = produce(stack.kafka_bootstrap, topic, "page_view", 6_000, partitions=3)
+    bad = {**BAD, (2, 0): "tombstone", (2, 1_000): "empty", (2, 1_001): "truncated"}
+    expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 12_000, 3, bad)
     sequence = [
         "after_piece_put:3",
+        "after_dead_letter_put:2",
         "after_marker_put:1",
         "during_recovery:2",
         "after_final_put:2",
@@ -134,13 +171,8 @@ def test_repeated_kills_at_different_points(stack: Any, s3: Any, unique_prefix: 
         "before_piece_put:2",
     ]
     args = (*SMALL, *static_member())
-    for spec in sequence:
-        crashed = run_consumer(topic, group, out, *args, env={"CONSUMER_FAULT": spec})
-        assert crashed.returncode == FAULT_EXIT_CODE, (spec, crashed.stderr[-3000:])
-    files = finish_and_check(
-        stack, s3, topic, group, out, unique_prefix, tmp_path, res.partition_counts, args
-    )
-    record_pass(" → ".join(sequence), "six kills in a row", res.count, files)
+    kind = f"seven kills in a row, {len(bad)} bad records in range"
+    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, sequence, args, kind)
 
 
 def test_kill_mid_merge_of_a_multipart_final_file(
@@ -152,6 +184,7 @@ def test_kill_mid_merge_of_a_multipart_final_file(
     group = unique("g")
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
     res = produce(stack.kafka_bootstrap, topic, "metrics", 40_000, partitions=1)
+    expected = Expected.plain(topic, "metrics", res.partition_counts)
     big = (
         "--compression",
         "none",
@@ -169,10 +202,66 @@ def test_kill_mid_merge_of_a_multipart_final_file(
     assert finals == [], "an unfinished multipart upload must not be visible"
     done = run_consumer(topic, group, out, *big, schema="metrics")
     assert done.returncode == 0, done.stderr[-4000:]
-    assert '"s3_bytes_copied": 0' not in done.stderr, "expected server-side UploadPartCopy"
-    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
-    uploads = s3.list_multipart_uploads(Bucket=stack.s3_bucket, Prefix=unique_prefix).get("Uploads", [])
-    assert uploads == [], "the interrupted multipart upload was aborted"
-    paths = download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)
-    assert_exactly_once(read_table(paths), res.partition_counts)
-    record_pass("mid_merge:1", "kill between UploadPartCopy parts", res.count, len(paths))
+    copied = summary(done.stderr)["s3_bytes_copied"]
+    assert copied >= 5 * 2**20, f"expected server-side UploadPartCopy of ≥ 5 MiB pieces, copied {copied}"
+    proven(
+        lambda: prove(
+            s3=s3,
+            bucket=stack.s3_bucket,
+            prefix=unique_prefix,
+            bootstrap=stack.kafka_bootstrap,
+            group=group,
+            expected=expected,
+            tmp=tmp_path,
+        ),
+        "mid_merge:1",
+        "kill between UploadPartCopy parts",
+        s3_bytes_copied=copied,
+    )
+
+
+def test_clean_stop_with_everything_committed_then_finish(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Not a crash: a member consumes everything, is stopped with SIGTERM (files stay open, as a
+    restart must not close a file early), and a ``--until-caught-up`` run finishes the files. The
+    situation every group and outage scenario ends in, made deterministic."""
+    topic = unique("clean-stop")
+    res = produce(stack.kafka_bootstrap, topic, "page_view", 2_000, partitions=2)
+    expected = Expected.plain(topic, "page_view", res.partition_counts)
+    group = unique("g")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    args = ("--row-group-rows", "300", "--row-group-max-age", "1s", "--batch-size", "250", *static_member())
+    running = start_consumer(topic, group, out, *args)
+    try:
+        wait_until(
+            lambda: committed_positions(stack.kafka_bootstrap, group, topic, 2) == expected.ends,
+            60,
+            "everything committed",
+        )
+        assert running.stop() == 0, running.log()[-3000:]
+    finally:
+        if running.proc.poll() is None:
+            running.proc.kill()
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == [], "a clean stop does not close files"
+    proven(
+        lambda: finish_and_prove(
+            s3=s3,
+            bucket=stack.s3_bucket,
+            prefix=unique_prefix,
+            bootstrap=stack.kafka_bootstrap,
+            group=group,
+            expected=expected,
+            tmp=tmp_path,
+            args=args,
+        ),
+        "SIGTERM with everything committed, then --until-caught-up",
+        "clean stop, files resumed and rolled with no new record",
+    )
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.5)

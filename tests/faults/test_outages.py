@@ -3,8 +3,11 @@ Kafka broker restart. Real processes on a private stack (see conftest.py ``priva
 stopping a service disturbs nobody else.
 
 After each scenario the consumer is stopped, a final ``--until-caught-up`` run finishes the work,
-and every final file is read back: no missing offset, no duplicate, every file valid, no stray
-staging object. Each scenario appends a row to the fault table (``record``).
+and ``checker.prove`` reads every final file back: every offset a row of exactly one final file,
+values as produced, footers right, the group committed at the end, no stray staging object. When
+the background producer failed part-way (and retried), what the topic holds is read back from
+Kafka and every value must still be byte for byte one of the produced records. Each scenario
+appends a row to the fault table (``checker.proven``).
 """
 
 from __future__ import annotations
@@ -17,21 +20,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from checker import Expected, Proof, finish_and_prove, prove, proven
 from faultproxy import FaultProxy
 from support import (
     Running,
-    assert_exactly_once,
-    assert_values_as_produced,
     count,
-    download_finals,
-    offsets_by_partition,
-    read_table,
     run_consumer,
-    staging_keys,
     start_consumer,
     unique,
 )
-from test_crash_matrix import record, static_member
+from test_crash_matrix import static_member
 
 from consumer.producer import produce
 
@@ -103,22 +101,6 @@ class BackgroundProducer:
             assert not self._thread.is_alive(), "background producer did not stop"
 
 
-def end_offsets(bootstrap: str, topic: str, partitions: int = PARTITIONS) -> dict[int, int]:
-    """High watermarks: what the topic really holds (the invariant's ground truth)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": unique("wm"), "enable.auto.commit": False})
-    try:
-        out = {}
-        for p in range(partitions):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
-            assert low == 0, f"partition {p} starts at {low}, expected 0"
-            out[p] = high
-        return out
-    finally:
-        c.close()
-
-
 def proc_alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -145,46 +127,42 @@ def finish_and_verify(
     prefix: str,
     tmp: Path,
     args: tuple[str, ...],
-    produced: int | None,
+    produced: int,
+    producer_errors: list[str],
     env: dict[str, str] | None = None,
     final_run: bool = True,
-) -> tuple[int, int]:
+) -> Proof:
     """Final ``--until-caught-up`` run (unless ``final_run`` is False: the caller already ran
-    one), then check every invariant and record a fault-table row. Returns (records, files)."""
-    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
-    if final_run:
-        done = run_consumer(topic, group, out, *args, env=env or ps.consumer_env(), timeout=180)
-        assert done.returncode == 0, (
-            f"final run exited {done.returncode}:\n{done.stdout[-3000:]}{done.stderr[-3000:]}"
+    one), then ``checker.prove`` and a fault-table row. ``produced``: records 0..produced-1 were
+    acknowledged; with ``producer_errors`` the topic may also hold retried ones, so what it holds
+    is read back (every value must be one of the records up to the last one attempted)."""
+    if producer_errors:
+        expected = Expected.from_topic(
+            ps.bootstrap, topic, "page_view", PARTITIONS, range(produced + BackgroundProducer.burst)
         )
-    counts = end_offsets(ps.bootstrap, topic)
-    total = sum(counts.values())
-    stray = staging_keys(s3, ps.bucket, prefix)
-    paths = download_finals(s3, ps.bucket, prefix, tmp)
-    table = read_table(paths)  # every final file parses
-    got = offsets_by_partition(table) if table.num_rows else {}
-    missing = sum(len(set(range(n)) - set(got.get(p, []))) for p, n in counts.items())
-    duplicated = sum(len(v) - len(set(v)) for v in got.values())
-    ok = not stray and not missing and not duplicated and table.num_rows == total
-    record(
-        {
-            "fault": fault,
-            "kind": kind,
-            "records": total,
-            "final_files": len(paths),
-            "missing": missing,
-            "duplicated": duplicated,
-            "stray_staging": len(stray),
-            "result": "pass" if ok else "fail",
-        }
-    )
-    assert stray == [], f"stray staging objects: {stray[:5]}"
-    assert_exactly_once(table, counts)
-    if produced is not None:
-        # No producer error: the topic holds exactly records 0..produced-1, so values are known.
-        assert total == produced, f"topic holds {total} records, producer delivered {produced}"
-        assert_values_as_produced(table, "page_view", PARTITIONS, every=11)
-    return total, len(paths)
+    else:
+        expected = Expected.from_topic(ps.bootstrap, topic, "page_view", PARTITIONS, range(produced))
+        plain = Expected.plain(topic, "page_view", {p: len(o) for p, o in expected.good.items()})
+        assert expected.records == produced and expected.good == plain.good, (
+            "with no producer error the topic must hold records 0..n-1 at i % P, i // P"
+        )
+    common: dict[str, Any] = {
+        "s3": s3,
+        "bucket": ps.bucket,
+        "prefix": prefix,
+        "bootstrap": ps.bootstrap,
+        "group": group,
+        "expected": expected,
+        "tmp": tmp,
+    }
+    if final_run:
+        return proven(
+            lambda: finish_and_prove(**common, args=args, env=env or ps.consumer_env(), timeout=180),
+            fault,
+            kind,
+            producer_errors=len(producer_errors),
+        )
+    return proven(lambda: prove(**common), fault, kind, producer_errors=len(producer_errors))
 
 
 def stop_running(running: Running, timeout: float = 90) -> int:
@@ -260,7 +238,6 @@ def test_s3_outage_consumer_waits_bounded_then_resumes(private_stack: PrivateSta
     assert max_kb <= first_kb * 1.5, (
         f"RSS grew from {first_kb // 1024} to {max_kb // 1024} MB during the outage"
     )
-    produced = None if bg.errors else first.count + bg.produced
     finish_and_verify(
         ps,
         s3,
@@ -271,7 +248,8 @@ def test_s3_outage_consumer_waits_bounded_then_resumes(private_stack: PrivateSta
         prefix=prefix,
         tmp=tmp_path,
         args=args,
-        produced=produced,
+        produced=first.count + bg.produced,
+        producer_errors=bg.errors,
     )
 
 
@@ -319,6 +297,7 @@ def test_s3_through_fault_injecting_proxy(private_stack: PrivateStack, tmp_path:
         tmp=tmp_path,
         args=args,
         produced=res.count,
+        producer_errors=[],
         final_run=False,
     )
 
@@ -372,7 +351,6 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
         f"consumer logged {kafka_errors} kafka client errors, {fenced} fenced; "
         f"producer errors {len(bg.errors)} {bg.errors[:1]}"
     )
-    produced = None if bg.errors else first.count + bg.produced
     finish_and_verify(
         ps,
         s3,
@@ -383,7 +361,8 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
         prefix=prefix,
         tmp=tmp_path,
         args=args,
-        produced=produced,
+        produced=first.count + bg.produced,
+        producer_errors=bg.errors,
     )
 
 
