@@ -81,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="consume topics into Parquet files on S3")
     _add_run_flags(run)
+    run.add_argument(
+        "--processes",
+        default=None,
+        help="run this many group members, each its own process with the static group.instance.id "
+        "<host id>-<index>, supervised: crashed members restart with backoff, SIGTERM reaches all "
+        "(default 1: this process is the member)",
+    )
+    run.add_argument("--host-id", default=None,
+                     help="prefix of the members' group.instance.id with --processes (default: hostname)")
 
     replay = sub.add_parser(
         "replay",
@@ -208,6 +217,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"consumer: config: schema {config.schema!r}: {exc}", file=sys.stderr)
         return 2
+    if not replay and config.processes > 1:
+        from consumer.supervisor import supervise
+
+        return supervise(
+            args.run_args,
+            processes=config.processes,
+            host_id=config.host_id,
+            shutdown_timeout=config.shutdown_timeout,
+            metrics_port=getattr(config, "metrics_port", None),
+        )
     registry = SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
     decoder = Decoder(config.framing, schema=schema, registry=registry)
     store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region)
@@ -337,6 +356,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    words = list(sys.argv[1:] if argv is None else argv)
+    args.run_args = words[words.index("run") + 1 :] if args.command == "run" else []  # for --processes
     handlers = {
         "run": cmd_run,
         "replay": cmd_run,

@@ -19,6 +19,12 @@ them to statuses in :func:`exit_status`, and the CLI returns it.
       budget stayed pinned); the process exits at once, as after ``kill -9`` — everything
       committed is durable, a restart consumes the rest again (see :mod:`consumer.metrics`)
 ====  ===========================================================================================
+
+SIGTERM/SIGINT is a request to stop: status 0 even when ``--shutdown-timeout`` ran out before
+every partition was flushed (those rows were not committed and are consumed again).
+``consumer run --processes N`` exits 0 when every member's last exit was 0, else with the most
+severe member status: 5 > 4 > any other crash status (7, 128 + signal, …) > 3 > 2 > 6
+(:mod:`consumer.supervisor`).
 """
 
 from __future__ import annotations

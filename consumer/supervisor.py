@@ -1,0 +1,274 @@
+"""``consumer run --processes N``: N members of the consumer group from one command.
+
+Each member is a separate process (the GIL makes threads pointless for this CPU-bound work) with
+its own static ``group.instance.id`` = ``<host id>-<index>`` (``--host-id``, default the hostname),
+so a restarted member takes its partitions back at once instead of after the session timeout, and
+N commands on N hosts with distinct host ids form one group. The supervisor:
+
+* starts the members (``consumer run <the same flags> --processes 1 -X group.instance.id=…``);
+  with ``--until-caught-up`` every member runs with it, and the command ends when all have;
+* restarts a member that crashed — any exit status other than 0 and the *stop* statuses 2
+  (configuration) and 3 (bad record under ``--on-error fail``), including death by a signal —
+  after an exponential backoff (1 s, 2 s, 4 s … capped at 30 s; reset once a member has run 60 s);
+* on a stop status stops the other members too: the same configuration fails everywhere, and a
+  halted partition needs an operator, so the command must end and say so;
+* forwards SIGTERM/SIGINT to every member, waits ``--shutdown-timeout`` + 5 s for them (each
+  bounds its own flush by ``--shutdown-timeout``), then SIGKILLs what is left (safe: nothing
+  uncommitted is ever committed) — give the pod a grace period above that;
+* asks the kernel to SIGTERM the members if the supervisor itself dies (``PR_SET_PDEATHSIG``).
+
+Exit status: 0 when every member's last exit was 0; otherwise the most severe last exit status of
+any member, in this order: 5 (integrity / fatal client), 4 (S3), any other crash status (e.g. a
+member that was still waiting to be restarted, or 128+N for death by signal N), 3 (bad record),
+2 (configuration), 6 (``--until-caught-up`` incomplete). A member that dies of the SIGTERM or
+SIGINT it was sent during a stop (before its handlers were installed) counts as 0.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from consumer import log as logmod
+from consumer.errors import EXIT_BAD_RECORD, EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_STORAGE
+
+#: Exit statuses after which a member is not restarted (restarting cannot help).
+STOP_STATUSES = frozenset({EXIT_CONFIG, EXIT_BAD_RECORD})
+_KNOWN_ORDER = (EXIT_FATAL, EXIT_STORAGE, None, EXIT_BAD_RECORD, EXIT_CONFIG, EXIT_INCOMPLETE)  # None: others
+
+KILL_GRACE = 5.0  # seconds beyond --shutdown-timeout before stragglers are killed
+POLL = 0.2
+
+
+def severity(status: int) -> int:
+    """Rank of an exit status for the command's own status: lower is more severe; 0 is last."""
+    if status == EXIT_OK:
+        return len(_KNOWN_ORDER)
+    if status in _KNOWN_ORDER:
+        return _KNOWN_ORDER.index(status)
+    return _KNOWN_ORDER.index(None)
+
+
+def overall_status(statuses: Sequence[int]) -> int:
+    """0 if every member's last exit was 0, else the most severe (see the module docstring)."""
+    bad = [s for s in statuses if s != EXIT_OK]
+    return min(bad, key=severity) if bad else EXIT_OK
+
+
+def exit_status(returncode: int) -> int:
+    """A Popen return code as a shell reports it: death by signal N is 128 + N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+@dataclass(frozen=True)
+class Backoff:
+    base: float = 1.0
+    cap: float = 30.0
+    stable_after: float = 60.0  # a member that ran this long starts its backoff again from base
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.cap, self.base * 2 ** max(failures - 1, 0)))
+
+
+def instance_ids(host_id: str, processes: int) -> list[str]:
+    host = host_id or socket.gethostname()
+    return [f"{host}-{i}" for i in range(processes)]
+
+
+@dataclass
+class Member:
+    index: int
+    instance_id: str
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    failures: int = 0  # consecutive crashes
+    restart_at: float | None = None
+    last_status: int | None = None  # exit status of the last run
+    starts: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.proc is not None
+
+    @property
+    def settled(self) -> bool:
+        """Neither running nor waiting for a restart."""
+        return self.proc is None and self.restart_at is None
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+class Supervisor:
+    def __init__(
+        self,
+        command: Callable[[Member], list[str]],
+        instance_ids: Sequence[str],
+        *,
+        shutdown_timeout: float,
+        backoff: Backoff | None = None,
+        env: dict[str, str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        kill_grace: float = KILL_GRACE,
+    ) -> None:
+        self.command = command
+        self.kill_grace = kill_grace
+        self.members = [Member(i, iid) for i, iid in enumerate(instance_ids)]
+        self.shutdown_timeout = shutdown_timeout
+        self.backoff = backoff or Backoff()
+        self.env = env
+        self.clock = clock
+        self.log = logmod.get("consumer.supervisor")
+        self.stop_requested = False
+        self.stopping = False
+        self.kill_at: float | None = None
+
+    def request_stop(self, *_: Any) -> None:
+        self.stop_requested = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+
+    # -- members ---------------------------------------------------------------------------------
+    def _start(self, m: Member) -> None:
+        argv = self.command(m)
+        m.proc = subprocess.Popen(
+            argv, env=self.env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+        )
+        m.started_at = self.clock()
+        m.restart_at = None
+        m.starts += 1
+        self.log.info(
+            "member started", member=m.index, instance_id=m.instance_id, pid=m.proc.pid, run=m.starts
+        )
+
+    def _exited(self, m: Member, returncode: int, now: float) -> None:
+        status = exit_status(returncode)
+        m.proc = None
+        m.last_status = status
+        ran = round(now - m.started_at, 1)
+        if self.stopping:
+            if status in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+                # Died of the very signal it was sent, before it had installed its handler (a
+                # member that just started): nothing was consumed, so it stopped as asked.
+                status = m.last_status = EXIT_OK
+            self.log.info("member stopped", member=m.index, status=status, ran_s=ran)
+        elif status == EXIT_OK:
+            self.log.info("member finished", member=m.index, status=status, ran_s=ran)
+        elif status in STOP_STATUSES:
+            self.log.error(
+                "member stopped with a status a restart cannot fix: stopping the others",
+                member=m.index,
+                status=status,
+                ran_s=ran,
+            )
+            self.stop_requested = True
+        else:
+            if now - m.started_at >= self.backoff.stable_after:
+                m.failures = 0
+            m.failures += 1
+            delay = self.backoff.delay(m.failures)
+            m.restart_at = now + delay
+            self.log.warning(
+                "member crashed: restarting after backoff",
+                member=m.index,
+                status=status,
+                ran_s=ran,
+                restart_in_s=delay,
+                consecutive_crashes=m.failures,
+            )
+
+    def _begin_stop(self, now: float) -> None:
+        self.stopping = True
+        self.kill_at = now + self.shutdown_timeout + self.kill_grace
+        live = [m for m in self.members if m.proc is not None]
+        self.log.info("stopping members", members=[m.index for m in live])
+        for m in self.members:
+            m.restart_at = None  # a member waiting for its restart keeps its last status
+            if m.proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    m.proc.send_signal(signal.SIGTERM)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def run(self) -> int:
+        self.log.info("supervising", members=[m.instance_id for m in self.members])
+        for m in self.members:
+            self._start(m)
+        while True:
+            now = self.clock()
+            if self.stop_requested and not self.stopping:
+                self._begin_stop(now)
+            for m in self.members:
+                if m.proc is not None:
+                    rc = m.proc.poll()
+                    if rc is not None:
+                        self._exited(m, rc, now)
+                if m.restart_at is not None and not self.stop_requested and now >= m.restart_at:
+                    self._start(m)
+            if self.stop_requested and not self.stopping:
+                continue  # a stop status just arrived: signal the others now
+            if self.stopping and self.kill_at is not None and now >= self.kill_at:
+                for m in self.members:
+                    if m.proc is not None:
+                        self.log.error(
+                            "member did not stop in time: killing it", member=m.index, pid=m.proc.pid
+                        )
+                        m.proc.kill()
+                self.kill_at = None
+            if all(m.settled for m in self.members):
+                break
+            time.sleep(POLL)
+        statuses = [m.last_status if m.last_status is not None else EXIT_OK for m in self.members]
+        code = overall_status(statuses)
+        self.log.info("members exited", statuses=statuses, status=code)
+        return code
+
+
+def child_command(run_args: Sequence[str], m: Member, metrics_port: int | None = None) -> list[str]:
+    """The member's command line: the supervisor's own ``run`` flags, then ``--processes 1`` and
+    the static instance id (argparse keeps the last value of a flag; ``-X`` properties merge with
+    later ones winning). With a metrics port, member i serves on port + i (one port each; they
+    are not aggregated)."""
+    argv = [
+        sys.executable, "-m", "consumer", "run", *run_args,
+        "--processes", "1", "-X", f"group.instance.id={m.instance_id}",
+    ]  # fmt: skip
+    if metrics_port:
+        argv += ["--metrics-port", str(metrics_port + m.index)]
+    return argv
+
+
+def supervise(
+    run_args: Sequence[str],
+    *,
+    processes: int,
+    host_id: str,
+    shutdown_timeout: float,
+    metrics_port: int | None = None,
+) -> int:
+    """Run ``processes`` members with ``run_args`` (the flags given to ``consumer run``)."""
+    env = dict(os.environ)
+    env.pop("CONSUMER_PROCESSES", None)
+    sup = Supervisor(
+        lambda m: child_command(run_args, m, metrics_port),
+        instance_ids(host_id, processes),
+        shutdown_timeout=shutdown_timeout,
+        env=env,
+    )
+    sup.install_signal_handlers()
+    return sup.run()

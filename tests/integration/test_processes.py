@@ -1,0 +1,123 @@
+"""``consumer run --processes N`` on the real stack: several members from one command, each with
+its own static group.instance.id, supervised (restart after a crash, SIGTERM reaches all)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from support import (
+    REPO,
+    assert_exactly_once,
+    consumer_cmd,
+    download_finals,
+    log_events,
+    read_table,
+    staging_keys,
+    start_consumer,
+    unique,
+)
+
+from consumer.producer import produce
+
+RECORDS = 120_000
+FLAGS = ("--row-group-rows", "5000", "--file-rows", "40000", "-X", "session.timeout.ms=10000")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _started(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event") == "member started"]
+
+
+def _instance_ids(events: list[dict[str, Any]]) -> set[str]:
+    return {
+        e["config"]["kafka_properties"].get("group.instance.id")
+        for e in events
+        if e.get("event") == "starting" and isinstance(e.get("config"), dict)
+    }
+
+
+def _run_until_caught_up(topic: str, group: str, out: str, host: str) -> subprocess.CompletedProcess[str]:
+    cmd = consumer_cmd(topic, group, out, *FLAGS, "--processes", "2", "--host-id", host, "--until-caught-up")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
+
+
+def test_two_processes_until_caught_up_export_every_record_exactly_once(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    topic, group, host = unique("procs"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=11)
+    run = _run_until_caught_up(topic, group, out, host)
+    events = log_events(run.stderr + run.stdout)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert [e["member"] for e in _started(events)] == [0, 1]  # each once: nothing crashed
+    assert _instance_ids(events) == {f"{host}-0", f"{host}-1"}
+    assert sum(1 for e in events if e.get("event", "").startswith("caught up")) == 2  # both members
+    assert next(e for e in events if e.get("event") == "members exited")["statuses"] == [0, 0]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert table.num_rows == RECORDS
+    assert_exactly_once(table, res.partition_counts)
+
+
+def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exactly_once(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    topic, group, host = unique("procs-kill"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=12)
+    sup = start_consumer(topic, group, out, *FLAGS, "--processes", "2", "--host-id", host)
+    try:
+        sup.wait_for(
+            lambda ev: sum(1 for e in ev if e.get("event") == "starting") == 2
+            and any(e.get("event") == "row group durable" for e in ev),
+            timeout=120,
+            what="both members running and writing",
+        )
+        victim = _started(sup.events())[1]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        sup.wait_for(
+            lambda ev: any(e["member"] == 1 and e["run"] == 2 for e in _started(ev)),
+            timeout=60,
+            what="member 1 restarted",
+        )
+        crashed = [e for e in sup.events() if e.get("event") == "member crashed: restarting after backoff"]
+        assert [(e["member"], e["status"]) for e in crashed] == [(1, 128 + signal.SIGKILL)]
+        sup.wait_for(
+            lambda ev: sum(1 for e in ev if e.get("event") == "starting") == 3,
+            timeout=60,
+            what="the restarted member running",
+        )
+        pids = [e["pid"] for e in _started(sup.events())]
+        t0 = time.monotonic()
+        code = sup.stop(signal.SIGTERM, timeout=25 + 15)
+        took = time.monotonic() - t0
+    finally:
+        if sup.proc.poll() is None:
+            sup.proc.kill()
+    events = sup.events()
+    assert code == 0, sup.log()[-4000:]
+    print(f"supervisor stopped 2 members in {took:.1f}s")
+    assert not [p for p in pids if _alive(p)], "a member outlived its supervisor"
+    assert next(e for e in events if e.get("event") == "members exited")["statuses"] == [0, 0]
+    assert sum(1 for e in events if e.get("event") == "stopped") == 2  # the SIGKILLed run logs nothing
+
+    # The same host id again: the static members take their partitions back and finish the topic.
+    again = _run_until_caught_up(topic, group, out, host)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert table.num_rows == RECORDS
+    assert_exactly_once(table, res.partition_counts)

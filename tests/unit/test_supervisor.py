@@ -1,0 +1,149 @@
+"""The supervisor of ``consumer run --processes N`` with stand-in members (tiny Python scripts that
+exit with a chosen status, crash, or wait for SIGTERM): restart policy, stop statuses, signal
+forwarding, the kill after the grace period and the command's exit status. The real members on
+the real stack: tests/integration/test_processes.py."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from consumer.supervisor import (
+    Backoff,
+    Member,
+    Supervisor,
+    child_command,
+    exit_status,
+    instance_ids,
+    overall_status,
+    severity,
+)
+
+FAST = Backoff(base=0.05, cap=0.2, stable_after=60.0)
+WAIT_FOR_TERM = (
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(0))\n"
+    "time.sleep(60)\n"
+)
+
+
+def script(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def supervisor(command: Callable[[Member], list[str]], n: int = 2, **kw: Any) -> Supervisor:
+    kw.setdefault("backoff", FAST)
+    kw.setdefault("shutdown_timeout", 5.0)
+    return Supervisor(command, instance_ids("host", n), **kw)
+
+
+def stop_after(sup: Supervisor, seconds: float) -> threading.Timer:
+    t = threading.Timer(seconds, sup.request_stop)
+    t.start()
+    return t
+
+
+def test_status_ranking_and_overall_status() -> None:
+    assert overall_status([0, 0]) == 0
+    assert overall_status([0, 3]) == 3
+    assert overall_status([2, 3]) == 3
+    assert overall_status([6, 2]) == 2
+    assert overall_status([3, 137]) == 137  # a crash (death by SIGKILL) outranks a bad record
+    assert overall_status([137, 4]) == 4
+    assert overall_status([4, 5, 3]) == 5
+    assert sorted([0, 2, 3, 4, 5, 6, 97], key=severity) == [5, 4, 97, 3, 2, 6, 0]
+    assert exit_status(-9) == 137 and exit_status(4) == 4
+
+
+def test_backoff_doubles_up_to_the_cap_and_ids_derive_from_the_host() -> None:
+    b = Backoff(base=1.0, cap=30.0)
+    assert [b.delay(n) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert instance_ids("web-7", 3) == ["web-7-0", "web-7-1", "web-7-2"]
+    assert instance_ids("", 1)[0].endswith("-0")  # the hostname by default
+
+
+def test_child_command_appends_processes_1_and_the_static_instance_id() -> None:
+    m = Member(1, "h-1")
+    argv = child_command(["--topic", "t", "--processes", "2", "-X", "a=b"], m, metrics_port=9100)
+    assert argv[1:4] == ["-m", "consumer", "run"]
+    assert argv[4:] == [
+        "--topic", "t", "--processes", "2", "-X", "a=b",
+        "--processes", "1", "-X", "group.instance.id=h-1", "--metrics-port", "9101",
+    ]  # fmt: skip
+    from consumer.cli import build_parser
+
+    args = build_parser().parse_args(argv[3:])
+    assert args.processes == "1" and args.kafka_properties[-1] == "group.instance.id=h-1"
+
+
+def test_all_members_exit_0_and_a_crashed_member_is_restarted() -> None:
+    def command(m: Member) -> list[str]:
+        crash = m.index == 1 and m.starts < 2  # member 1 crashes twice (status 4), then succeeds
+        return script(f"import sys; sys.exit({4 if crash else 0})")
+
+    sup = supervisor(command)
+    assert sup.run() == 0
+    assert [m.starts for m in sup.members] == [1, 3]
+    assert [m.failures for m in sup.members] == [0, 2]
+
+
+def test_a_member_killed_by_a_signal_is_restarted() -> None:
+    def command(m: Member) -> list[str]:
+        if m.starts == 0:
+            return script("import os, signal; os.kill(os.getpid(), signal.SIGKILL)")
+        return script("pass")
+
+    sup = supervisor(command, n=1)
+    assert sup.run() == 0
+    assert sup.members[0].starts == 2
+
+
+@pytest.mark.parametrize("status", [2, 3])
+def test_a_stop_status_is_not_restarted_and_stops_the_others(status: int) -> None:
+    def command(m: Member) -> list[str]:
+        return script(f"import sys; sys.exit({status})") if m.index == 0 else script(WAIT_FOR_TERM)
+
+    sup = supervisor(command)
+    assert sup.run() == status
+    assert [m.starts for m in sup.members] == [1, 1]
+    assert [m.last_status for m in sup.members] == [status, 0]  # the other was stopped cleanly
+
+
+def test_sigterm_reaches_every_member_and_the_command_exits_0() -> None:
+    sup = supervisor(lambda m: script(WAIT_FOR_TERM), n=3)
+    timer = stop_after(sup, 1.0)
+    try:
+        assert sup.run() == 0
+    finally:
+        timer.cancel()
+    assert [m.last_status for m in sup.members] == [0, 0, 0]
+
+
+def test_stop_while_a_restart_is_pending_reports_the_crash() -> None:
+    slow = Backoff(base=30.0, cap=30.0)
+
+    def command(m: Member) -> list[str]:
+        return script("import sys; sys.exit(5)") if m.index == 0 else script(WAIT_FOR_TERM)
+
+    sup = supervisor(command, backoff=slow)
+    timer = stop_after(sup, 1.5)
+    try:
+        assert sup.run() == 5
+    finally:
+        timer.cancel()
+    assert sup.members[0].starts == 1  # not restarted once the stop was requested
+
+
+def test_a_member_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
+    stubborn = "import signal, time\nsignal.signal(signal.SIGTERM, signal.SIG_IGN)\ntime.sleep(60)\n"
+    sup = supervisor(lambda m: script(stubborn), n=1, shutdown_timeout=0.5, kill_grace=0.5)
+    timer = stop_after(sup, 0.5)
+    try:
+        assert sup.run() == 128 + signal.SIGKILL
+    finally:
+        timer.cancel()
