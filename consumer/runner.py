@@ -238,14 +238,8 @@ class Runner:
         except ConsumerStop as exc:
             code = exc.status
             self.log.error(f"stopped: {type(exc).__name__}", error=str(exc), status=code)
-        except (FatalStorageError, TransientStorageError) as exc:
-            self.log.error("stopped: S3 error", error=str(exc))
-            code = EXIT_STORAGE
-        except PositionError as exc:
-            self.log.error(
-                "stopped: cannot commit positions (Kafka coordinator unavailable too long)", error=str(exc)
-            )
-            code = EXIT_FATAL
+        except (FatalStorageError, TransientStorageError, PositionError) as exc:
+            code = self._stopped_by(exc)
         except Exception as exc:
             self.log.error(
                 "stopped: unexpected error; everything committed is durable, restart me",
@@ -255,6 +249,22 @@ class Runner:
         finally:
             self._shutdown(clean=code == EXIT_OK)
         return code
+
+    def _stopped_by(self, exc: Exception) -> int:
+        """Exit status of an S3 or commit error that ended the loop."""
+        if self.stop_requested_at is not None and isinstance(exc, (TransientStorageError, PositionError)):
+            # After SIGTERM the retry budgets are capped to --shutdown-timeout (request_stop): giving
+            # up is the bounded shutdown working, not a failure. That partition's rows stay
+            # uncommitted (its worker is broken); the others are still flushed in _shutdown.
+            self.log.warning("stop requested: a flush gave up within the shutdown bound", error=str(exc))
+            return EXIT_OK
+        if isinstance(exc, PositionError):
+            self.log.error(
+                "stopped: cannot commit positions (Kafka coordinator unavailable too long)", error=str(exc)
+            )
+            return EXIT_FATAL
+        self.log.error("stopped: S3 error", error=str(exc))
+        return EXIT_STORAGE
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -431,6 +441,9 @@ class Runner:
                             partition=worker.partition,
                             error=str(exc),
                         )
+                    else:
+                        if worker.pending:  # broken or halted earlier: its rows were not flushed
+                            left.append(worker.where)
             self._retire(key)
         if left:
             self.log.warning(

@@ -7,6 +7,7 @@ test takes milliseconds.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pyarrow as pa
@@ -156,3 +157,32 @@ def test_stop_request_caps_the_retry_budget_of_store_and_commits() -> None:
     clock.now += 20.0
     runner._cap_retries(5.0)
     assert store.retry.max_elapsed == 5.0 and store.retry.base == RetryPolicy().base
+
+
+def test_a_flush_giving_up_after_the_stop_request_still_exits_0() -> None:
+    """SIGTERM caps the retry budgets, so a flush in the rest of the batch may give up: that is
+    the bound working (exit 0), not an S3 failure (exit 4); the other partitions still flush."""
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store)
+    runner.config = dataclasses.replace(runner.config, row_group_rows=10)
+    failed: list[str] = []
+
+    def stop_first(_consumer: MemoryConsumer) -> None:
+        runner.request_stop()  # the batch this consume returns is still processed
+
+    def fail_first_piece(op: str, key: str) -> None:
+        if op == "put_object" and key.endswith(".piece") and not failed:
+            failed.append(key)
+            raise TransientStorageError("S3 kept failing (capped by the stop)")
+
+    runner.consumer.on_consume = stop_first
+    store.on_op = fail_first_piece
+    assert runner.run() == 0
+    assert failed
+    committed = [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)]
+    # the failed partition commits nothing; the others commit what they had buffered when the
+    # error ended the batch
+    assert committed.count(None) == 1 and all(c for c in committed if c is not None), committed
+    store.on_op = None
+    assert _runner(broker, store, until_caught_up=True).run() == 0
+    assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
