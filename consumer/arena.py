@@ -20,7 +20,7 @@ buffer sizes), which is what the global memory budget adds up.
 from __future__ import annotations
 
 import array
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
@@ -199,6 +199,7 @@ class Arena:
         self._offsets = array.array("q", bytes(8 * chunk_rows))
         self._timestamps = array.array("q", bytes(8 * chunk_rows))
         self._keys: list[bytes | None] = []
+        self._key_bytes = 0  # bytes of the pending chunk's keys
         self._headers: list[Any] = []
         self._pending = 0
         self._batches: list[pa.RecordBatch] = []
@@ -214,9 +215,8 @@ class Arena:
         """Bytes this arena holds now: the raw chunk buffer (allocated only while rows are buffered),
         keys, decoded Arrow buffers and dead letters. The fixed coordinate arrays (24 bytes per
         chunk row) are not counted: they are the same small constant for every partition."""
-        keys = sum(len(k) for k in self._keys if k) if self._pending else 0
-        dl = sum(len(d.value or b"") + len(d.reason) for d in self.dead_letters)
-        return len(self._raw) + keys + self._batch_bytes + dl
+        dl = sum(len(d.value or b"") + len(d.reason) for d in self.dead_letters) if self.dead_letters else 0
+        return len(self._raw) + self._key_bytes + self._batch_bytes + dl
 
     @property
     def predicted_encoded_bytes(self) -> float:
@@ -251,6 +251,8 @@ class Arena:
         self._offsets[i] = offset
         self._timestamps[i] = -1 if timestamp is None else timestamp
         self._keys.append(key)
+        if key:
+            self._key_bytes += len(key)
         if "headers" in self.kafka_columns:
             self._headers.append(headers)
         self._raw_len = end
@@ -292,6 +294,7 @@ class Arena:
         self._offsets[p : p + n] = array.array("q", offsets)
         self._timestamps[p : p + n] = array.array("q", timestamps)
         self._keys.extend(keys)
+        self._key_bytes += sum(map(len, filter(None, keys)))
         if "headers" in self.kafka_columns:
             self._headers.extend(headers if headers is not None else [None] * n)
         self._raw_len = end
@@ -306,12 +309,7 @@ class Arena:
         if n == 0:
             return
         raw = memoryview(self._raw)
-        bodies = []
-        start = 0
-        for i in range(n):
-            end = self._ends[i]
-            bodies.append(raw[start:end])
-            start = end
+        bodies = _Bodies(raw, self._ends, n)
         records, bad = self._decode_chunk(bodies, n)
         keep = list(range(n))
         if bad:
@@ -341,10 +339,11 @@ class Arena:
                 self.stats.observe_encoded(batch.get_total_buffer_size(), self.calibrate(table))
         self._pending = 0
         self._raw_len = 0
+        self._key_bytes = 0
         self._keys.clear()
         self._headers.clear()
 
-    def _to_batch(self, records: list[Any], keep: list[int], bodies: list[memoryview]) -> pa.RecordBatch:
+    def _to_batch(self, records: list[Any], keep: list[int], bodies: Sequence[memoryview]) -> pa.RecordBatch:
         """The chunk's rows as one batch. A record whose value Arrow refuses (e.g. a decimal wider
         than its declared precision) becomes a dead letter (or halts, under ``on_error=fail``)
         instead of failing the other rows of its chunk; only a refused chunk pays the per-record
@@ -371,7 +370,7 @@ class Arena:
             good_keep.append(i)
         return self.converter.to_batch(good_records, self._kafka_arrays(good_keep))
 
-    def _decode_chunk(self, bodies: list[memoryview], n: int) -> tuple[Any, list[tuple[int, str]]]:
+    def _decode_chunk(self, bodies: Sequence[memoryview], n: int) -> tuple[Any, list[tuple[int, str]]]:
         """(values of the good rows, [(index, reason)] of the bad ones): a record batch of the value
         columns from the native decoder, else fastavro's dicts (the reference path)."""
         if self.decoder == "native" and not self._native_tried:
@@ -455,6 +454,24 @@ class Arena:
         self.dead_letters = []
         self._raw = bytearray()  # released: re-sized from the stats at the next row group's first record
         return table, dead, arrow_bytes
+
+
+class _Bodies(Sequence[memoryview]):
+    """The chunk's bodies as memoryviews, made only when asked for (the native decoder reads the
+    raw buffer directly; only the fastavro path and dead letters need a view per record)."""
+
+    def __init__(self, raw: memoryview, ends: array.array[int], n: int) -> None:
+        self.raw, self.ends, self.n = raw, ends, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> memoryview:  # type: ignore[override]  # no slices needed
+        start = self.ends[i - 1] if i else 0
+        return self.raw[start : self.ends[i]]
+
+    def __iter__(self) -> Iterator[memoryview]:
+        return (self[i] for i in range(self.n))
 
 
 def _has_decimal(t: pa.DataType) -> bool:

@@ -207,10 +207,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"consumer: config: {problem}", file=sys.stderr)
         return 2
     logmod.configure(config.log_format, config.log_level)
-    from consumer.decoding import Decoder
+    from consumer.decoding import Decoder, load_schema
     from consumer.registry import SchemaRegistryClient
     from consumer.runner import GroupRunner, Runner
-    from consumer.decoding import load_schema
 
     try:
         schema = load_schema(config.schema) if config.framing == "raw" and config.schema else None

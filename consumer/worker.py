@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from operator import methodcaller
+from operator import itemgetter, methodcaller
 from typing import Any
 
 import pyarrow as pa
@@ -365,7 +365,8 @@ class PartitionWorker:
             for msg in msgs:
                 self.append(msg)
             return
-        timestamps = [ts if kind else -1 for kind, ts in map(_msg_timestamp, msgs)]
+        # (type, ms); librdkafka gives -1 ms when the type is 'not available', the arena's null
+        timestamps = list(map(_second, map(_msg_timestamp, msgs)))
         keys = list(map(_msg_key, msgs))
         headers = list(map(_msg_headers, msgs)) if "headers" in arena.kafka_columns else None
         if self.committed is None:
@@ -800,6 +801,7 @@ _msg_value = methodcaller("value")
 _msg_timestamp = methodcaller("timestamp")
 _msg_key = methodcaller("key")
 _msg_headers = methodcaller("headers")
+_second = itemgetter(1)
 
 
 def _identity_of(layout: PieceLayout) -> str | None:
