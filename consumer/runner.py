@@ -159,6 +159,7 @@ class Runner:
         self.positions: PositionStore = (positions_factory or KafkaGroupPositions)(self.consumer)
 
     def _kafka_config(self) -> dict[str, Any]:
+        fetch_bytes = max(1 << 20, min(32 << 20, self.config.memory_bytes // 16))
         conf: dict[str, Any] = {
             "bootstrap.servers": self.config.bootstrap_servers,
             "group.id": self.config.group_id,
@@ -167,8 +168,12 @@ class Runner:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
             "isolation.level": "read_committed",
-            # Bound librdkafka's prefetch queue: it is memory we do not see in the arenas.
-            "queued.max.messages.kbytes": 32768,
+            # librdkafka's prefetch is memory the arenas do not see: its queue and each fetch
+            # response are bounded by 1/16 of --memory-bytes (1–32 MiB; 1/64 of that per
+            # partition), so the budget covers it.
+            "queued.max.messages.kbytes": fetch_bytes // 1024,
+            "fetch.max.bytes": fetch_bytes,
+            "max.partition.fetch.bytes": max(64 << 10, min(1 << 20, fetch_bytes // 64)),
             "error_cb": self._on_kafka_error,
         }
         conf.update(self.config.kafka_properties)
