@@ -28,12 +28,15 @@ def parse_size(text: str) -> int:
     return parse(text)
 
 
-def run(partitions: int, per_partition: int, schema: str, budgets: list[str]) -> dict[str, Any]:
+def run(
+    partitions: int, per_partition: int, schema: str, budgets: list[str], topic: str | None = None
+) -> dict[str, Any]:
     from consumer.producer import produce
 
     stack = stack_settings()
-    topic = f"bench-parts-{uuid.uuid4().hex[:8]}"
-    produce(stack.bootstrap, topic, schema, partitions * per_partition, partitions=partitions)
+    if topic is None:
+        topic = f"bench-parts-{uuid.uuid4().hex[:8]}"
+        produce(stack.bootstrap, topic, schema, partitions * per_partition, partitions=partitions)
     rows: list[dict[str, Any]] = []
     for budget in budgets:
         tag = uuid.uuid4().hex[:8]
@@ -66,16 +69,18 @@ def run(partitions: int, per_partition: int, schema: str, budgets: list[str]) ->
 
 def markdown(result: dict[str, Any]) -> str:
     lines = [
-        f"{result['partitions']} partitions × {result['records_per_partition']} `{result['schema']}` records, "
-        "`consumer run --until-caught-up`:",
+        f"{result['partitions']} partitions × {result['records_per_partition']} `{result['schema']}` "
+        "records, `consumer run --until-caught-up`:",
         "",
-        "| --memory-bytes | peak RSS (MB) | bound: budget + 100 MB | within | row groups | files | wall s | CPU s |",
+        "| --memory-bytes | peak RSS (MB) | bound: budget + 100 MB | within | row groups | files "
+        "| wall s | CPU s |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
-            f"| {r['budget']} | {r['peak_rss_mb']} | {r['bound_mb']} | {'yes' if r['within_bound'] else 'NO'} "
-            f"| {r['row_groups']} | {r['files']} | {r['wall_s']} | {r['cpu_s']} |"
+            f"| {r['budget']} | {r['peak_rss_mb']} | {r['bound_mb']} "
+            f"| {'yes' if r['within_bound'] else 'NO'} | {r['row_groups']} | {r['files']} "
+            f"| {r['wall_s']} | {r['cpu_s']} |"
         )
     return "\n".join(lines)
 
@@ -86,8 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--records-per-partition", type=int, default=1000)
     ap.add_argument("--schema", default="order")
     ap.add_argument("--budgets", default="128MiB,512MiB")
+    ap.add_argument("--topic", help="reuse a topic produced by an earlier run (same shape)")
     args = ap.parse_args(argv)
-    result = run(args.partitions, args.records_per_partition, args.schema, args.budgets.split(","))
+    budgets = args.budgets.split(",")
+    result = run(args.partitions, args.records_per_partition, args.schema, budgets, args.topic)
     write_json(Path(__file__).parent / "results" / "partitions.json", result)
     print(markdown(result))
     print(json.dumps(result, indent=1), file=sys.stderr)

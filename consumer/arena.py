@@ -45,6 +45,7 @@ KAFKA_FIELDS: dict[str, pa.Field] = {
 }
 
 _EWMA = 0.3  # weight of the newest observation in running averages
+_FIRST_RAW_BYTES = 256 * 1024  # cap of a row group's first raw-buffer allocation (see Arena._grow)
 
 
 @dataclass
@@ -240,11 +241,7 @@ class Arena:
         n = len(body)
         end = self._raw_len + n
         if end > len(self._raw):
-            if not self._raw:
-                self._raw = bytearray(int(self.chunk_rows * self.stats.avro_bytes_per_row * 1.25) + 4096)
-            grow = max(end - len(self._raw), len(self._raw))
-            if end > len(self._raw):
-                self._raw.extend(bytes(grow))
+            self._grow(end)
         self._raw[self._raw_len : end] = body
         i = self._pending
         self._ends[i] = end
@@ -260,6 +257,17 @@ class Arena:
         self.rows += 1
         if self._pending >= self.chunk_rows:
             self.decode_pending()
+
+    def _grow(self, end: int) -> None:
+        """Make room for ``end`` bytes. The first allocation of a row group is sized from the stats
+        for the rows the chunk is expected to take — but at most 256 KiB: hundreds of partitions
+        that each hold a few rows must not each reserve a full chunk (2048 rows × the average
+        body); a busy partition reaches its chunk size in a few doublings."""
+        if not self._raw:
+            expected = int(self.chunk_rows * self.stats.avro_bytes_per_row * 1.25) + 4096
+            self._raw = bytearray(min(expected, _FIRST_RAW_BYTES))
+        if end > len(self._raw):
+            self._raw.extend(bytes(max(end - len(self._raw), len(self._raw))))
 
     @property
     def chunk_room(self) -> int:
@@ -284,10 +292,7 @@ class Arena:
         start = self._raw_len
         end = start + len(data)
         if end > len(self._raw):
-            if not self._raw:
-                self._raw = bytearray(int(self.chunk_rows * self.stats.avro_bytes_per_row * 1.25) + 4096)
-            if end > len(self._raw):
-                self._raw.extend(bytes(max(end - len(self._raw), len(self._raw))))
+            self._grow(end)
         self._raw[start:end] = data
         p = self._pending
         self._ends[p : p + n] = array.array("q", accumulate(map(len, bodies), initial=start))[1:]
