@@ -52,8 +52,14 @@ class KafkaGroupPositions:
         self.consumer = consumer
         self.timeout = timeout
         self.max_elapsed = max_elapsed
+        #: An absolute ``time.monotonic()`` bound on every retry loop, one already running
+        #: included; set on SIGTERM so the shutdown bound holds (Runner).
+        self.give_up_at: float | None = None
         self.commits = 0
         self.on_commit: list[Any] = []  # test hook: callables(topic, partition, position)
+
+    def _limit(self, deadline: float) -> float:
+        return deadline if self.give_up_at is None else min(deadline, self.give_up_at)
 
     def committed(self, topic: str, partition: int) -> int | None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -64,7 +70,7 @@ class KafkaGroupPositions:
                 (tp,) = self.consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout)
                 break
             except KafkaException as exc:
-                if time.monotonic() > deadline:
+                if time.monotonic() > self._limit(deadline):
                     raise PositionError(f"reading committed offset of {topic}[{partition}]: {exc}") from exc
                 time.sleep(0.5)
         if tp.error:
@@ -94,7 +100,7 @@ class KafkaGroupPositions:
             if name in _FENCED:
                 raise PartitionFenced(f"commit of {topic}[{partition}]@{position} refused: {name}")
             retriable = bool(getattr(err, "retriable", lambda: True)()) or name in ("_WAIT_COORD", "_TRANSPORT", "_ALL_BROKERS_DOWN", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS")  # noqa: E501 - librdkafka marks these transient coordinator errors non-retriable
-            if not retriable or time.monotonic() > deadline:
+            if not retriable or time.monotonic() > self._limit(deadline):
                 raise PositionError(f"commit of {topic}[{partition}]@{position} failed: {err}")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)

@@ -216,9 +216,10 @@ class Runner:
         self.stop_requested = True
 
     def _cap_retries(self, seconds: float) -> None:
-        """Bound the retry time of the store's and the position store's next calls to ``seconds``
-        (S3Store's RetryPolicy.max_elapsed, KafkaGroupPositions.max_elapsed; other stores have no
-        retries to cap). A call already in flight keeps its own bound."""
+        """Bound the retry time of the store's and the position store's calls to ``seconds`` from
+        now (S3Store's RetryPolicy.max_elapsed and give_up_at, KafkaGroupPositions' max_elapsed
+        and give_up_at; other stores have no retries to cap). A retry loop already running gives
+        up at the bound too; a single request in flight keeps its own timeout."""
         seconds = max(seconds, 0.0)
         policy = getattr(self.store, "retry", None)
         if isinstance(policy, RetryPolicy):
@@ -227,6 +228,13 @@ class Runner:
             )
         if isinstance(getattr(self.positions, "max_elapsed", None), (int, float)):
             self.positions.max_elapsed = min(self.positions.max_elapsed, seconds)  # type: ignore[attr-defined]
+        # … and a retry loop already running (S3 outage in the flush the signal interrupted) gives
+        # up at the same moment: S3Store / KafkaGroupPositions check give_up_at every round.
+        give_up_at = time.monotonic() + seconds
+        for target in (self.store, self.positions):
+            current = getattr(target, "give_up_at", False)
+            if current is None or isinstance(current, float):
+                target.give_up_at = give_up_at if current is None else min(current, give_up_at)  # type: ignore[union-attr]
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)

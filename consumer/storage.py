@@ -280,6 +280,9 @@ class S3Store:
 
         self.bucket = bucket
         self.retry = retry or RetryPolicy()
+        #: An absolute ``time.monotonic()`` bound on every retry loop, one already running
+        #: included; set on SIGTERM so the shutdown bound holds during an outage (Runner).
+        self.give_up_at: float | None = None
         self.on_retry = on_retry
         self.stats = StoreStats()
         client_kwargs: dict[str, Any] = {"region_name": region}
@@ -321,7 +324,8 @@ class S3Store:
                 if kind != "transient":
                     raise
                 delay = next(delays)
-                give_up = time.monotonic() + delay > deadline
+                limit = deadline if self.give_up_at is None else min(deadline, self.give_up_at)
+                give_up = time.monotonic() + delay > limit
                 self.stats.failed(op, retrying=not give_up)
                 if give_up:
                     raise TransientStorageError(

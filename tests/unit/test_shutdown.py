@@ -12,6 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from consumer.config import Config
 from consumer.decoding import Decoder
@@ -186,3 +187,57 @@ def test_a_flush_giving_up_after_the_stop_request_still_exits_0() -> None:
     store.on_op = None
     assert _runner(broker, store, until_caught_up=True).run() == 0
     assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
+
+
+def test_a_retry_loop_already_running_gives_up_at_the_shutdown_bound() -> None:
+    """The S3 outage began before SIGTERM: the flush's retry loop started with the full budget
+    (240 s); the stop request's give_up_at ends it at the bound anyway."""
+    import threading
+    import time
+
+    from consumer.storage import S3Store
+
+    store = S3Store("bucket", endpoint_url="http://127.0.0.1:9", retry=RetryPolicy(base=0.05, cap=0.2))
+    attempts = 0
+
+    def outage() -> None:
+        nonlocal attempts
+        attempts += 1
+        raise ConnectionError("S3 unreachable")
+
+    broker = _broker()
+    runner = _runner(broker, store, shutdown_timeout=0.5)
+    timer = threading.Timer(0.5, runner.request_stop)  # SIGTERM arrives mid-outage
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(TransientStorageError):
+            store._retrying("put_object", outage)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 30  # liveness only: without the cap this loop would run 240 s
+    assert attempts > 1 and store.give_up_at is not None
+
+
+def test_a_commit_retry_loop_already_running_gives_up_at_the_shutdown_bound() -> None:
+    import threading
+    import time
+
+    from confluent_kafka import KafkaError, KafkaException
+
+    from consumer.positions import KafkaGroupPositions, PositionError
+
+    class Unreachable:
+        def commit(self, **_: Any) -> None:
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+    positions = KafkaGroupPositions(Unreachable(), max_elapsed=240.0)
+    timer = threading.Timer(0.5, lambda: setattr(positions, "give_up_at", time.monotonic()))
+    timer.start()
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(PositionError):
+            positions.commit("t", 0, 10)
+    finally:
+        timer.cancel()
+    assert time.monotonic() - t0 < 30  # liveness only
