@@ -14,7 +14,7 @@ use arrow_avro::reader::{Decoder as AvroDecoder, DecoderMode, ReaderBuilder};
 use arrow_avro::schema::{AvroSchema, SchemaStore};
 use arrow_pyarrow::{PyArrowType, ToPyArrow};
 use arrow_schema::{Schema, SchemaRef};
-use pyo3::buffer::PyBuffer;
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyList;
@@ -170,15 +170,18 @@ fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-/// A contiguous byte view of a Python buffer (bytes, bytearray, memoryview, array).
-fn contiguous<T: pyo3::buffer::Element>(buf: &PyBuffer<T>) -> PyResult<&[T]> {
+/// The bytes of a contiguous Python buffer (bytes, bytearray, memoryview, array).
+fn contiguous_bytes(buf: &PyUntypedBuffer) -> PyResult<&[u8]> {
     if !buf.is_c_contiguous() {
         return Err(PyValueError::new_err("buffer must be C-contiguous"));
     }
-    // SAFETY: the buffer is contiguous, holds item_count() items of T (checked by PyBuffer::get)
-    // and outlives the returned slice (borrowed from `buf`); nothing resizes it while we decode
-    // because the caller keeps its Python object alive and this runs to completion.
-    Ok(unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const T, buf.item_count()) })
+    let len = buf.len_bytes();
+    if len == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: the buffer is contiguous and `len` bytes long; the slice borrows `buf`, which keeps
+    // the exporter's memory alive and unresizable (a bytearray with an export cannot resize).
+    Ok(unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, len) })
 }
 
 #[pymethods]
@@ -206,12 +209,19 @@ impl Decoder {
         ends: &Bound<'py, PyAny>,
         n: usize,
     ) -> PyResult<(Bound<'py, PyList>, Bad)> {
-        let raw_buf = PyBuffer::<u8>::get(raw)?;
-        let ends_buf = PyBuffer::<i64>::get(ends)?;
-        let raw_s = contiguous(&raw_buf)?;
-        let ends_s = contiguous(&ends_buf)?;
+        let raw_buf = PyUntypedBuffer::get(raw)?;
+        let ends_buf = PyUntypedBuffer::get(ends)?;
+        if ends_buf.item_size() != 8 {
+            return Err(PyValueError::new_err("ends must hold 8-byte integers (array('q'))"));
+        }
+        let raw_s = contiguous_bytes(&raw_buf)?;
+        // Copied (at most a chunk of offsets): no alignment assumption on the exporter's memory.
+        let ends_v: Vec<i64> = contiguous_bytes(&ends_buf)?
+            .chunks_exact(8)
+            .map(|c| i64::from_ne_bytes(c.try_into().expect("8 bytes")))
+            .collect();
         let core = &mut self.core;
-        let res = py.detach(|| catch_unwind(AssertUnwindSafe(|| core.decode(raw_s, ends_s, n))));
+        let res = py.detach(|| catch_unwind(AssertUnwindSafe(|| core.decode(raw_s, &ends_v, n))));
         let (batches, bad) = match res {
             Ok(Ok(x)) => x,
             Ok(Err(msg)) => return Err(PyRuntimeError::new_err(format!("native decode failed: {msg}"))),

@@ -311,7 +311,30 @@ pub fn parse(text: &str) -> R<Node> {
     }
     let mut r = Resolver { named: HashMap::new(), stack: Vec::new() };
     r.collect(&v, None)?;
-    r.node(&v, None)
+    let node = r.node(&v, None)?;
+    check_supported(&node)?;
+    Ok(node)
+}
+
+/// Shapes arrow-avro 60 cannot build: an array, map or record field of the bare `null` type (the
+/// child field is non-nullable yet holds nulls).
+fn check_supported(node: &Node) -> R<()> {
+    match node {
+        Node::Array(inner) | Node::Map(inner) => {
+            if **inner == Node::Null {
+                return err("an array or map of the null type");
+            }
+            check_supported(inner)
+        }
+        Node::Record(fields) => fields.iter().try_for_each(|(_, n)| {
+            if *n == Node::Null {
+                return err("a record field of the null type");
+            }
+            check_supported(n)
+        }),
+        Node::Union(branches) => branches.iter().try_for_each(check_supported),
+        _ => Ok(()),
+    }
 }
 
 /// The schema handed to arrow-avro: the same wire layout, with generated names (no clashes,

@@ -1,0 +1,567 @@
+"""Differential tests: the native chunk decoder (consumer._native) against fastavro + typemap.
+
+The same bodies decoded both ways must give equal Arrow data with exactly the same schema, and the
+same records must be bad, for the same reasons: on every sample schema, on generated schemas
+(random nesting of records, maps, arrays, unions and logical types, odd and unicode keys, empty
+and large values) and on malformed bodies. fastavro is the reference.
+"""
+
+from __future__ import annotations
+
+import array
+import datetime as dt
+import decimal
+import io
+import itertools
+import re
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import fastavro
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, reject, settings
+from hypothesis import strategies as st
+
+from consumer import native, samples
+from consumer.arena import Arena, SchemaStats, kafka_fields
+from consumer.decoding import WriterSchema, decode_bodies
+from consumer.typemap import RecordConverter, arrow_schema
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="consumer._native is not built")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def encode(avro: dict[str, Any], records: Sequence[dict[str, Any]]) -> list[bytes]:
+    parsed = fastavro.parse_schema(avro)
+    out = []
+    for r in records:
+        buf = io.BytesIO()
+        fastavro.schemaless_writer(buf, parsed, r)
+        out.append(buf.getvalue())
+    return out
+
+
+def chunk(bodies: Sequence[bytes]) -> tuple[bytes, array.array[int]]:
+    ends = array.array("q", itertools.accumulate(len(b) for b in bodies))
+    return b"".join(bodies), ends
+
+
+def python_way(avro: dict[str, Any], bodies: Sequence[bytes]) -> tuple[pa.RecordBatch, list[tuple[int, str]]]:
+    records, bad = decode_bodies(WriterSchema.of(avro), [memoryview(b) for b in bodies])
+    return RecordConverter(avro).to_batch(records), bad
+
+
+def native_way(avro: dict[str, Any], bodies: Sequence[bytes]) -> tuple[pa.RecordBatch, list[tuple[int, str]]]:
+    raw, ends = chunk(bodies)
+    batch, bad = native.NativeDecoder(avro).decode(raw, ends, len(bodies))
+    batch.validate(full=True)
+    return batch, bad
+
+
+def _has_dictionary(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):
+        return True
+    return any(_has_dictionary(t.field(i).type) for i in range(t.num_fields))
+
+
+def _plain(t: pa.DataType) -> pa.DataType:
+    """``t`` with every dictionary<int32, string> replaced by string."""
+    if pa.types.is_dictionary(t):
+        return t.value_type
+    if pa.types.is_struct(t):
+        return pa.struct([t.field(i).with_type(_plain(t.field(i).type)) for i in range(t.num_fields)])
+    if pa.types.is_map(t):
+        return pa.map_(t.key_field, t.item_field.with_type(_plain(t.item_type)))
+    if pa.types.is_list(t):
+        return pa.list_(t.value_field.with_type(_plain(t.value_type)))
+    return t
+
+
+def assert_same_batches(got: pa.RecordBatch, want: pa.RecordBatch) -> None:
+    """Same schema (types, names, nullability, extension types) and the same values. Dictionary
+    columns may differ only in their dictionaries (fastavro's holds the symbols seen, ours every
+    symbol): they are compared after a cast to plain strings."""
+    assert got.schema == want.schema, f"\n{got.schema}\n!=\n{want.schema}"
+    assert got.num_rows == want.num_rows
+    for name, g, w in zip(want.schema.names, got.columns, want.columns, strict=True):
+        if _has_dictionary(w.type):
+            g, w = g.cast(_plain(g.type)), w.cast(_plain(w.type))
+        assert g.equals(w), f"column {name!r}: {g.slice(0, 3)} != {w.slice(0, 3)}"
+
+
+def normalise(reason: str) -> str:
+    """fastavro names the BytesIO object (and its address) in some EOF messages."""
+    return re.sub(r"<_io\.BytesIO object( at 0x[0-9a-f]+)?>", "<BytesIO>", reason)
+
+
+def assert_same_decoding(avro: dict[str, Any], bodies: Sequence[bytes]) -> list[tuple[int, str]]:
+    want, want_bad = python_way(avro, bodies)
+    got, got_bad = native_way(avro, bodies)
+    assert [(i, normalise(r)) for i, r in got_bad] == [(i, normalise(r)) for i, r in want_bad]
+    assert_same_batches(got, want)
+    return got_bad
+
+
+# --------------------------------------------------------------------------- sample schemas
+
+
+@pytest.mark.parametrize("name", samples.schema_names())
+def test_sample_schemas_decode_identically(name: str) -> None:
+    avro = samples.load_schema(name)
+    bodies = encode(avro, list(samples.generate(name, 300)))
+    assert native.NativeDecoder(avro).schema == arrow_schema(avro)
+    assert assert_same_decoding(avro, bodies) == []
+
+
+@pytest.mark.parametrize("name", samples.schema_names())
+def test_empty_chunk_gives_an_empty_batch_of_the_schema(name: str) -> None:
+    avro = samples.load_schema(name)
+    batch, bad = native.NativeDecoder(avro).decode(b"", array.array("q"), 0)
+    assert (batch.num_rows, bad, batch.schema) == (0, [], arrow_schema(avro))
+
+
+# --------------------------------------------------------------------------- generated schemas
+
+_names = itertools.count()
+
+
+def _name() -> str:
+    return f"T{next(_names)}"
+
+
+FIELD_NAMES = st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True)
+KEYS = st.text(max_size=12)  # map keys: any unicode, empty included
+UTC = dt.UTC
+
+
+def _leaf() -> st.SearchStrategy[tuple[Any, st.SearchStrategy[Any]]]:
+    """(Avro schema, strategy of values fastavro's writer accepts for it)."""
+    i64 = st.integers(-(2**63), 2**63 - 1)
+    micros = st.integers(-(2**50), 2**50)
+
+    def fixed(n: int) -> Any:
+        return {"type": "fixed", "name": _name(), "size": n}
+
+    options: list[tuple[Any, st.SearchStrategy[Any]]] = [
+        ("null", st.none()),
+        ("boolean", st.booleans()),
+        ("int", st.integers(-(2**31), 2**31 - 1)),
+        ("long", i64),
+        ("float", st.floats(width=32, allow_nan=False)),
+        ("double", st.floats(allow_nan=False)),
+        ("bytes", st.binary(max_size=40)),
+        ("string", st.text(max_size=40)),
+        (
+            {"type": "long", "logicalType": "timestamp-millis"},
+            st.integers(-(2**40), 2**40).map(
+                lambda ms: dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(milliseconds=ms)
+            ),
+        ),
+        (
+            {"type": "long", "logicalType": "timestamp-micros"},
+            micros.map(lambda us: dt.datetime(1970, 1, 1, tzinfo=UTC) + dt.timedelta(microseconds=us)),
+        ),
+        ({"type": "long", "logicalType": "timestamp-nanos"}, i64),
+        ({"type": "long", "logicalType": "local-timestamp-millis"}, i64.map(lambda v: v // 2**24)),
+        ({"type": "int", "logicalType": "date"}, st.dates()),
+        (
+            {"type": "int", "logicalType": "time-millis"},
+            st.times().map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000)),
+        ),
+        ({"type": "long", "logicalType": "time-micros"}, st.times()),
+        (
+            {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 3},
+            st.decimals(min_value=-(10**8), max_value=10**8, places=3, allow_nan=False, allow_infinity=False),
+        ),
+        (
+            {"type": "bytes", "logicalType": "decimal", "precision": 50, "scale": 0},
+            st.integers(-(10**49), 10**49).map(decimal.Decimal),
+        ),
+        ({"type": "string", "logicalType": "uuid"}, st.uuids()),
+        ({"type": "int", "logicalType": "unknown-one"}, st.integers(-5, 5)),
+    ]
+    strategies = [st.tuples(st.just(s), st.just(v)) for s, v in options]
+    strategies.append(st.integers(1, 20).map(lambda n: (fixed(n), st.binary(min_size=n, max_size=n))))
+    strategies.append(
+        st.just(0).map(
+            lambda _: (
+                {"type": "fixed", "name": _name(), "size": 16, "logicalType": "uuid"},
+                st.uuids().map(lambda u: u.bytes),
+            )
+        )
+    )
+    strategies.append(
+        st.just(0).map(
+            lambda _: (
+                {
+                    "type": "fixed",
+                    "name": _name(),
+                    "size": 8,
+                    "logicalType": "decimal",
+                    "precision": 10,
+                    "scale": 2,
+                },
+                st.decimals(
+                    min_value=-(10**7), max_value=10**7, places=2, allow_nan=False, allow_infinity=False
+                ),
+            )
+        )
+    )
+    strategies.append(
+        st.lists(FIELD_NAMES, min_size=1, max_size=5, unique=True).map(
+            lambda syms: ({"type": "enum", "name": _name(), "symbols": syms}, st.sampled_from(syms))
+        )
+    )
+    return st.one_of(strategies)
+
+
+def _record(children: st.SearchStrategy[tuple[Any, Any]]) -> st.SearchStrategy[tuple[Any, Any]]:
+    def build(fields: list[tuple[str, tuple[Any, Any]]]) -> tuple[Any, Any]:
+        schema = {
+            "type": "record",
+            "name": _name(),
+            "fields": [{"name": n, "type": s} for n, (s, _) in fields],
+        }
+        return schema, st.fixed_dictionaries({n: v for n, (_, v) in fields})
+
+    return st.lists(st.tuples(FIELD_NAMES, children), min_size=1, max_size=4, unique_by=lambda f: f[0]).map(
+        build
+    )
+
+
+def _fresh(schema: Any) -> Any:
+    """A copy with new names for the named types (the generator defines them inline, never refers
+    to them by name), so one generated type can appear twice in a schema."""
+    if isinstance(schema, list):
+        return [_fresh(s) for s in schema]
+    if isinstance(schema, dict):
+        out = {k: _fresh(v) if k in ("type", "items", "values") else v for k, v in schema.items()}
+        if "fields" in schema:
+            out["fields"] = [{**f, "type": _fresh(f["type"])} for f in schema["fields"]]
+        if schema.get("type") in ("record", "enum", "fixed"):
+            out["name"] = _name()
+        return out
+    return schema
+
+
+def _is_union(s: Any) -> bool:
+    return isinstance(s, list)
+
+
+def _union(children: st.SearchStrategy[tuple[Any, Any]]) -> st.SearchStrategy[tuple[Any, Any]]:
+    """["null", T], [T, "null"], or a general union of branches fastavro's output tells apart."""
+    nullable = children.filter(lambda c: not _is_union(c[0]) and c[0] != "null").flatmap(
+        lambda c: st.sampled_from([["null", c[0]], [c[0], "null"]]).map(
+            lambda s: (s, st.one_of(st.none(), c[1]))
+        )
+    )
+
+    def general(kinds: list[str], with_null: bool, item: tuple[Any, Any]) -> tuple[Any, Any]:
+        prim = {
+            "long": st.integers(-(2**63), 2**63 - 1),
+            "double": st.floats(allow_nan=False),
+            "string": st.text(max_size=20),
+            "boolean": st.booleans(),
+            "bytes": st.binary(max_size=20),
+        }
+        branches: list[Any] = []
+        values: list[st.SearchStrategy[Any]] = []
+        for k in kinds:
+            if k in prim:
+                branches.append(k)
+                values.append(prim[k])
+            elif k == "array":
+                branches.append({"type": "array", "items": item[0]})
+                values.append(st.lists(item[1], max_size=3))
+            elif k == "map":
+                branches.append({"type": "map", "values": _fresh(item[0])})
+                values.append(st.dictionaries(KEYS, item[1], max_size=3))
+        if with_null:
+            branches.insert(len(branches) // 2, "null")
+            values.append(st.none())
+        return branches, st.one_of(values)
+
+    kinds = st.lists(
+        st.sampled_from(["long", "double", "string", "boolean", "bytes", "array", "map"]),
+        min_size=2,
+        max_size=5,
+        unique=True,
+    )
+    item = children.filter(lambda c: not _is_union(c[0]))
+    return st.one_of(nullable, st.builds(general, kinds, st.booleans(), item))
+
+
+def _types() -> st.SearchStrategy[tuple[Any, Any]]:
+    def extend(children: st.SearchStrategy[tuple[Any, Any]]) -> st.SearchStrategy[tuple[Any, Any]]:
+        return st.one_of(
+            _record(children),
+            children.filter(lambda c: True).map(
+                lambda c: ({"type": "array", "items": c[0]}, st.lists(c[1], max_size=4))
+            ),
+            children.map(
+                lambda c: ({"type": "map", "values": c[0]}, st.dictionaries(KEYS, c[1], max_size=4))
+            ),
+            _union(children),
+        )
+
+    return st.recursive(_leaf(), extend, max_leaves=8)
+
+
+@st.composite
+def schema_and_records(draw: st.DrawFn) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    top, values = draw(_record(_types()))
+    records = draw(st.lists(values, min_size=0, max_size=6))
+    return top, records
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
+)
+@given(schema_and_records())
+def test_generated_schemas_decode_identically(case: tuple[dict[str, Any], list[dict[str, Any]]]) -> None:
+    avro, records = case
+    bodies = encode(avro, records)
+    try:
+        native.NativeDecoder(avro)
+    except native.NativeUnsupported as exc:  # known: the bare null type in arrays, maps, records
+        assert "of the null type" in str(exc)
+        reject()
+    try:
+        python_way(avro, bodies)
+    except pa.ArrowNotImplementedError:
+        # The reference cannot build some empty nested extension columns (pa.array([], type=...)
+        # with an arrow.uuid inside a map); nothing to compare against.
+        reject()
+    assert assert_same_decoding(avro, bodies) == []
+
+
+def test_empty_and_large_values() -> None:
+    avro = {
+        "type": "record",
+        "name": "Big",
+        "fields": [
+            {"name": "s", "type": "string"},
+            {"name": "b", "type": "bytes"},
+            {"name": "m", "type": {"type": "map", "values": ["null", "long", "string"]}},
+            {"name": "a", "type": {"type": "array", "items": "string"}},
+        ],
+    }
+    records = [
+        {"s": "", "b": b"", "m": {}, "a": []},
+        {
+            "s": "é" * 300_000,
+            "b": bytes(range(256)) * 4000,
+            "m": {f"k{i}": i for i in range(5000)},
+            "a": ["x" * 1000] * 500,
+        },
+        {"s": "🙂", "b": b"\x00", "m": {"": None, "ключ": "значение", "\x00": 1}, "a": [""]},
+    ]
+    assert assert_same_decoding(avro, encode(avro, records)) == []
+
+
+def test_two_branch_unions_either_order_and_single_branch_unions() -> None:
+    avro = {
+        "type": "record",
+        "name": "U",
+        "fields": [
+            {"name": "a", "type": ["string", "null"]},
+            {"name": "b", "type": ["long"]},
+            {"name": "c", "type": ["null"]},
+            {
+                "name": "d",
+                "type": [
+                    "null",
+                    {
+                        "type": "record",
+                        "name": "In",
+                        "fields": [
+                            {"name": "u", "type": {"type": "string", "logicalType": "uuid"}},
+                            {"name": "e", "type": {"type": "enum", "name": "E", "symbols": ["A", "B"]}},
+                            {"name": "g", "type": ["null", "long", "string"]},
+                        ],
+                    },
+                ],
+            },
+        ],
+    }
+    records = [
+        {"a": "x", "b": 1, "c": None, "d": None},
+        {"a": None, "b": -1, "c": None, "d": {"u": uuid.uuid4(), "e": "B", "g": None}},
+        {"a": "", "b": 0, "c": None, "d": {"u": uuid.uuid4(), "e": "A", "g": "s"}},
+    ]
+    assert assert_same_decoding(avro, encode(avro, records)) == []
+
+
+# --------------------------------------------------------------------------- malformed bodies
+
+SMALL = {
+    "type": "record",
+    "name": "Small",
+    "fields": [
+        {"name": "s", "type": "string"},
+        {"name": "u", "type": ["null", "string"]},
+        {"name": "e", "type": {"type": "enum", "name": "Color", "symbols": ["RED", "GREEN"]}},
+        {"name": "v", "type": ["null", "long", "double", "string"]},
+        {"name": "f", "type": "float"},
+    ],
+}
+GOOD_SMALL = {"s": "ok", "u": "x", "e": "GREEN", "v": 1.5, "f": 0.5}
+
+
+def _small(
+    s: bytes = b"\x04ok",
+    u: bytes = b"\x02\x02x",
+    e: bytes = b"\x02",
+    v: bytes = b"\x04" + bytes(8),
+    f: bytes = bytes(4),
+) -> bytes:
+    return s + u + e + v + f
+
+
+def test_malformed_bodies_go_to_the_same_dead_letters_with_the_same_reasons() -> None:
+    good = encode(SMALL, [GOOD_SMALL])[0]
+    bodies = [
+        good,
+        good + b"\x00\x01",  # trailing bytes
+        good[:-1],  # truncated inside the float
+        good[:3],  # truncated inside the string
+        _small(u=b"\x0a\x02x"),  # union branch 5 of ["null", "string"]
+        _small(v=b"\x08" + bytes(8)),  # union branch 4 of a 4-branch union
+        _small(e=b"\x06"),  # enum index 3 of 2 symbols
+        _small(s=b"\x04\xff\xfe"),  # invalid UTF-8
+        _small(u=b"\x02\x06a\xc3("),  # invalid continuation byte inside a nullable string
+        _small(s=b"\x04\xe2\x82"),  # UTF-8 cut short
+        _small(s=b"\x03ab"),  # negative length
+        b"",  # empty body
+        b"\x80",  # truncated varint
+        good,
+    ]
+    bad = assert_same_decoding(SMALL, bodies)
+    assert [i for i, _ in bad] == list(range(1, 13))
+    assert all(r.startswith("malformed Avro: ") for _, r in bad)
+    assert bad[0][1] == "malformed Avro: 2 trailing bytes after the record (wrong schema?)"
+
+
+def test_bad_uuid_strings_are_bad_records_like_fastavro() -> None:
+    avro = {
+        "type": "record",
+        "name": "Id",
+        "fields": [{"name": "id", "type": {"type": "string", "logicalType": "uuid"}}],
+    }
+    ids = [
+        "f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+        "not-a-uuid",
+        "{F81D4FAE7DEC11D0A76500A0C91E6BF6}",
+        "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6",
+        "",
+        "f81d4fae-7dec-11d0-a765-00a0c91e6bfg",
+    ]
+    bodies = [
+        encode({"type": "record", "name": "S", "fields": [{"name": "id", "type": "string"}]}, [{"id": s}])[0]
+        for s in ids
+    ]
+    bad = assert_same_decoding(avro, bodies)
+    assert [i for i, _ in bad] == [1, 4, 5]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(samples.schema_names()), st.integers(0, 2**32), st.data())
+def test_truncated_and_extended_sample_bodies(name: str, seed: int, data: st.DataObject) -> None:
+    avro = samples.load_schema(name)
+    bodies = encode(avro, list(samples.generate(name, 8, seed=seed % 1000)))
+    for i in data.draw(st.lists(st.integers(0, 7), max_size=4, unique=True)):
+        cut = data.draw(st.integers(0, len(bodies[i]) - 1))
+        bodies[i] = bodies[i][:cut] if data.draw(st.booleans()) else bodies[i] + bodies[i][: cut + 1]
+    assert_same_decoding(avro, bodies)
+
+
+# --------------------------------------------------------------------------- fallback
+
+
+def test_unsupported_schemas_fall_back_with_one_warning(caplog: pytest.LogCaptureFixture) -> None:
+    recursive = {
+        "type": "record",
+        "name": "Node",
+        "fields": [{"name": "v", "type": "long"}, {"name": "next", "type": ["null", "Node"]}],
+    }
+    with pytest.raises(native.NativeUnsupported):
+        native.NativeDecoder(recursive, pa.schema([pa.field("v", pa.int64(), nullable=False)]))
+    native._warned.discard("schema:test-recursive")
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        assert native.decoder_for(recursive, "test-recursive") is None
+        assert native.decoder_for(recursive, "test-recursive") is None
+    assert [e["log_level"] for e in logs] == ["warning"]
+
+
+def test_missing_extension_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    from structlog.testing import capture_logs
+
+    monkeypatch.setattr(native, "_native", None)
+    monkeypatch.setattr(native, "_warned", set())
+    with capture_logs() as logs:
+        for _ in range(3):
+            assert native.decoder_for(samples.load_schema("page_view"), "pv") is None
+    assert len(logs) == 1 and "fastavro" in logs[0]["event"]
+
+
+# --------------------------------------------------------------------------- the arena both ways
+
+COLUMNS = ["partition", "offset", "timestamp", "key"]
+
+
+def _drain(decoder: str, name: str, bodies: list[bytes], on_error: str = "dead-letter") -> Any:
+    avro = samples.load_schema(name)
+    arena = Arena(
+        WriterSchema.of(avro),
+        RecordConverter(avro, kafka_fields(COLUMNS)),
+        SchemaStats.from_schema(avro),
+        topic="t",
+        partition=1,
+        kafka_columns=COLUMNS,
+        chunk_rows=64,
+        on_error=on_error,
+        decoder=decoder,
+    )
+    for i, b in enumerate(bodies):
+        arena.append(b, 1000 + i, 1_700_000_000_000 + i, f"k{i}".encode())
+        if arena.halted is not None:
+            break
+    table, dead, _ = arena.drain()
+    return table, [(d.offset, normalise(d.reason), d.value) for d in dead], arena.halted
+
+
+@pytest.mark.parametrize("name", samples.schema_names())
+def test_arena_drains_identical_tables_with_either_decoder(name: str) -> None:
+    avro = samples.load_schema(name)
+    bodies = encode(avro, list(samples.generate(name, 200)))
+    bodies[7] = bodies[7] + b"\x00"  # trailing byte
+    bodies[70] = bodies[70][:-2]  # truncated
+    bodies[150] = b"\x01"  # garbage
+    n_table, n_dead, _ = _drain("native", name, bodies)
+    p_table, p_dead, _ = _drain("python", name, bodies)
+    assert n_table.schema == p_table.schema
+    assert n_table.num_rows == p_table.num_rows == 197
+    for col in p_table.schema.names:
+        assert n_table.column(col).to_pylist() == p_table.column(col).to_pylist(), col
+    assert n_dead == p_dead and [o for o, _, _ in n_dead] == [1007, 1070, 1150]
+
+
+def test_arena_on_error_fail_halts_at_the_same_record_with_either_decoder() -> None:
+    avro = samples.load_schema("page_view")
+    bodies = encode(avro, list(samples.generate("page_view", 100)))
+    bodies[30] = bodies[30] + b"\x00"
+    n_table, _, n_halt = _drain("native", "page_view", bodies, on_error="fail")
+    p_table, _, p_halt = _drain("python", "page_view", bodies, on_error="fail")
+    assert n_table.num_rows == p_table.num_rows == 30
+    assert n_table.to_pylist() == p_table.to_pylist()
+    assert (
+        (n_halt.offset, n_halt.reason)
+        == (p_halt.offset, p_halt.reason)
+        == (1030, "malformed Avro: 1 trailing bytes after the record (wrong schema?)")
+    )
