@@ -231,13 +231,24 @@ def test_clean_stop_with_everything_committed_then_finish(
     expected = Expected.plain(topic, "page_view", res.partition_counts)
     group = unique("g")
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
-    args = ("--row-group-rows", "300", "--row-group-max-age", "1s", "--batch-size", "250", *static_member())
+    # 1,000 records a partition in row groups of 250: everything is committed by the row budget
+    # (the age budget is pinned by test_rows_after_a_row_group_flush_commit_by_age).
+    args = ("--row-group-rows", "250", "--row-group-max-age", "1s", "--batch-size", "250", *static_member())
     running = start_consumer(topic, group, out, *args)
     try:
+        committed: dict[int, int] = {}
+
+        def all_committed() -> bool:
+            assert running.proc.poll() is None, (
+                f"consumer exited {running.proc.returncode}:\n{running.log()[-3000:]}"
+            )
+            committed.update(committed_positions(stack.kafka_bootstrap, group, topic, 2))
+            return committed == expected.ends
+
         wait_until(
-            lambda: committed_positions(stack.kafka_bootstrap, group, topic, 2) == expected.ends,
+            all_committed,
             60,
-            "everything committed",
+            lambda: f"commits {committed} to reach {expected.ends}:\n{running.log()[-3000:]}",
         )
         assert running.stop() == 0, running.log()[-3000:]
     finally:
@@ -260,8 +271,38 @@ def test_clean_stop_with_everything_committed_then_finish(
     )
 
 
-def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="stall found at 9ab503c: rows appended after a row-group flush in the same consumed batch are "
+    "never flushed by --row-group-max-age (committed stays at 900 of 1000 per partition)",
+)
+def test_rows_after_a_row_group_flush_commit_by_age(stack: Any, unique_prefix: str) -> None:
+    """A long-running member with 1,000 records a partition and row groups of 300: the last 100
+    rows of each partition are below the row budget and must be committed by the age budget (1 s),
+    or the group's lag never reaches 0 on a quiet topic."""
+    topic = unique("age-tail")
+    res = produce(stack.kafka_bootstrap, topic, "page_view", 2_000, partitions=2)
+    group = unique("g")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    args = ("--row-group-rows", "300", "--row-group-max-age", "1s", "--batch-size", "250")
+    running = start_consumer(topic, group, out, *args)
+    committed: dict[int, int] = {}
+    try:
+
+        def all_committed() -> bool:
+            assert running.proc.poll() is None, (
+                f"consumer exited {running.proc.returncode}:\n{running.log()[-3000:]}"
+            )
+            committed.update(committed_positions(stack.kafka_bootstrap, group, topic, 2))
+            return committed == res.partition_counts
+
+        wait_until(all_committed, 30, lambda: f"commits {committed} to reach {res.partition_counts}")
+    finally:
+        assert running.stop() == 0, running.log()[-3000:]
+
+
+def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str]) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out waiting for {what()}"
         time.sleep(0.5)
