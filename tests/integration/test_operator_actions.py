@@ -179,8 +179,11 @@ def test_until_caught_up_waits_for_partitions_another_member_holds(
     assert a.proc.wait(timeout=180) == 0, a.log()[-3000:]
     assert b.proc.wait(timeout=180) == 0, b.log()[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix + "two/", tmp_path))
-    pairs = sorted(zip(table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(),
-                       strict=True))
+    pairs = sorted(
+        zip(
+            table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(), strict=True
+        )
+    )
     assert pairs == sorted((p, o) for p in range(4) for o in range(1000))
 
 
@@ -203,3 +206,78 @@ def _durable_offsets(s3: Any, bucket: str, prefix: str, tmp_path: Path) -> list[
 
 
 assert REPO.exists()
+
+
+def test_fenced_partition_resumes_when_assigned_again(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Item 7: a member frozen past its session timeout loses its partitions (commits refused:
+    fenced, paused, or reported lost); when the group hands them back to it, it must fetch them
+    again. Before the fix a partition paused on fencing stayed paused forever."""
+    import os
+    import signal
+
+    topic, group = make_topic(partitions=2), unique("g")
+    out = output(stack, unique_prefix)
+    fast = ("--row-group-max-age", "1s", "-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=500")
+    produced = 0
+
+    def more(n: int) -> None:
+        nonlocal produced
+        produce(
+            stack.kafka_bootstrap, topic, "page_view", n, partitions=2, start=produced, create_topic=False
+        )
+        produced += n
+
+    more(400)
+    a = start_consumer(topic, group, out, *fast)
+    b = None
+    try:
+        a.wait_for(lambda ev: sum(e.get("event") == "row group durable" for e in ev) >= 2, what="a writing")
+        more(200)  # rows buffered in a when it freezes
+        os.kill(a.proc.pid, signal.SIGSTOP)
+        b = start_consumer(topic, group, out, *fast)
+        b.wait_for(
+            lambda ev: any(
+                e.get("event") == "partitions assigned" and len(e.get("partitions", [])) == 2 for e in ev
+            ),
+            timeout=60,
+            what="b taking both partitions",
+        )
+        os.kill(a.proc.pid, signal.SIGCONT)
+        a.wait_for(
+            lambda ev: any(
+                e.get("event")
+                in (
+                    "partition fenced: pausing it until the group settles",
+                    "partitions lost: dropped without writing",
+                    "partitions revoked",
+                )
+                for e in ev
+            ),
+            timeout=60,
+            what="a noticing",
+        )
+        assert b.stop() == 0
+        more(300)
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if committed(stack.kafka_bootstrap, group, topic, 2) == [produced // 2, produced // 2]:
+                break
+            time.sleep(1)
+        assert committed(stack.kafka_bootstrap, group, topic, 2) == [produced // 2, produced // 2], a.log()[
+            -4000:
+        ]
+    finally:
+        for r in (a, b):
+            if r is not None and r.proc.poll() is None:
+                r.stop()
+    res = run_consumer(topic, group, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    pairs = sorted(
+        zip(
+            table.column("kafka_partition").to_pylist(), table.column("kafka_offset").to_pylist(), strict=True
+        )
+    )
+    assert pairs == sorted((p, o) for p in range(2) for o in range(produced // 2))
