@@ -53,8 +53,11 @@ class Config:
     framing: str = "raw"
     schema: str | None = None  # a name from schemas/ or a path to an .avsc (raw framing)
     schema_registry_url: str | None = None
-    row_group_rows: int = 100_000
-    row_group_bytes: int = 16 * 1024 * 1024
+    # Byte budget first: 8 MiB encoded lands every piece above S3's 5 MiB part minimum, so a roll
+    # copies bodies server-side instead of downloading and re-uploading them; the row count is
+    # only a safety bound for tiny records.
+    row_group_rows: int = 1_000_000
+    row_group_bytes: int = 8 * 1024 * 1024
     row_group_max_age: float = 60.0
     file_rows: int | None = None
     file_bytes: int = 256 * 1024 * 1024
