@@ -66,8 +66,10 @@ __all__ = [
     "Upload",
     "crash_at",
     "md5_etag",
+    "memory_runner",
     "messages",
     "multipart_etag",
+    "page_view_broker",
 ]
 
 OnOp = Callable[[str, str], None]
@@ -1105,3 +1107,51 @@ class MemoryConsumer:
 def _conforms(store: MemoryStore, positions: MemoryPositions) -> tuple[ObjectStore, PositionStore]:
     """Never called: mypy checks here that the doubles satisfy the protocols they stand in for."""
     return store, positions
+
+
+# ----------------------------------------------------------------------------------------------
+# Ready-made set-ups: the page_view topic and a group runner on the doubles
+# ----------------------------------------------------------------------------------------------
+def page_view_broker(
+    partitions: int, per_partition: int, *, topic: str = "t", key: bytes | None = b"k"
+) -> MemoryBroker:
+    """A broker whose ``topic`` holds seeded ``page_view`` records: record ``p * 1000 + i`` of
+    :func:`consumer.samples.make_record` at partition ``p``, offset ``i`` (raw framing)."""
+    from consumer.samples import encode_raw, make_record, parsed_schema
+
+    schema = parsed_schema("page_view")
+    broker = MemoryBroker()
+    broker.create_topic(topic, partitions)
+    for p in range(partitions):
+        for i in range(per_partition):
+            value = encode_raw(schema, make_record("page_view", p * 1000 + i))
+            broker.produce(topic, value, partition=p, key=key)
+    return broker
+
+
+def memory_runner(
+    broker: MemoryBroker, store: ObjectStore, *, clock: Callable[[], float] | None = None, **config: Any
+) -> Any:
+    """A :class:`~consumer.runner.GroupRunner` of group ``g`` on ``broker`` and ``store``, consuming
+    topic ``t`` of raw ``page_view`` records into ``s3://bucket/out``; ``config`` overrides any
+    :class:`~consumer.config.Config` field."""
+    from consumer.config import Config
+    from consumer.decoding import Decoder, load_schema
+    from consumer.runner import GroupRunner
+
+    settings: dict[str, Any] = {
+        "bootstrap_servers": "memory",
+        "group_id": "g",
+        "topics": ("t",),
+        "output": "s3://bucket/out",
+        "schema": "page_view",
+        **config,
+    }
+    kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
+    return GroupRunner(
+        Config(**settings),
+        store=store,
+        decoder=Decoder("raw", schema=load_schema("page_view")),
+        consumer_factory=broker.consumer_factory(),
+        **kwargs,
+    )

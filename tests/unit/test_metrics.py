@@ -21,7 +21,7 @@ from consumer import config as cfgmod
 from consumer.errors import EXIT_STALLED
 from consumer.metrics import REASONS, Observer, PartitionCounters, reason_class
 from consumer.storage import RetryPolicy, StoreStats
-from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore
+from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
 
 
 class FakeClock:
@@ -33,15 +33,8 @@ class FakeClock:
 
 
 def _broker(partitions: int, per_partition: int, *, bad: int = 0) -> MemoryBroker:
-    from consumer.samples import encode_raw, make_record, parsed_schema
-
-    schema = parsed_schema("page_view")
-    broker = MemoryBroker()
-    broker.create_topic("t", partitions)
+    broker = page_view_broker(partitions, per_partition)
     for p in range(partitions):
-        for i in range(per_partition):
-            broker.produce("t", encode_raw(schema, make_record("page_view", p * 1000 + i)), partition=p,
-                           key=b"k")
         for _ in range(bad):
             broker.produce("t", b"\x99not avro", partition=p, key=b"k")
             broker.produce("t", None, partition=p, key=b"k")  # tombstone
@@ -49,16 +42,7 @@ def _broker(partitions: int, per_partition: int, *, bad: int = 0) -> MemoryBroke
 
 
 def _runner(broker: MemoryBroker, store: MemoryStore, clock: Any = time.monotonic, **cfg: Any) -> Any:
-    from consumer.decoding import Decoder
-    from consumer.runner import GroupRunner
-    from consumer.samples import load_schema
-
-    config = cfgmod.Config(
-        bootstrap_servers="memory", group_id="g", topics=("t",), output="s3://bucket/out",
-        schema="page_view", decoder="python", **cfg,
-    )
-    return GroupRunner(config, store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
-                       consumer_factory=broker.consumer_factory(), clock=clock)
+    return memory_runner(broker, store, clock=clock, decoder="python", **cfg)
 
 
 def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

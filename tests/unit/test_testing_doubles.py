@@ -49,8 +49,10 @@ from consumer.testing import (
     Upload,
     crash_at,
     md5_etag,
+    memory_runner,
     messages,
     multipart_etag,
+    page_view_broker,
 )
 
 MiB = 1024 * 1024
@@ -646,39 +648,11 @@ def test_worker_smoke_with_the_doubles() -> None:
 # MemoryBroker / MemoryConsumer: the group runner without Kafka
 # ----------------------------------------------------------------------------------------------
 def _broker_with_records(partitions: int, per_partition: int) -> MemoryBroker:
-    from consumer.samples import encode_raw, make_record, parsed_schema
-
-    schema = parsed_schema("page_view")
-    broker = MemoryBroker()
-    broker.create_topic("t", partitions)
-    for p in range(partitions):
-        for i in range(per_partition):
-            broker.produce(
-                "t", encode_raw(schema, make_record("page_view", p * 1000 + i)), partition=p, key=b"k"
-            )
-    return broker
+    return page_view_broker(partitions, per_partition)
 
 
 def _runner(broker: MemoryBroker, store: MemoryStore, **cfg: Any) -> Any:
-    from consumer.config import Config
-    from consumer.decoding import Decoder
-    from consumer.runner import GroupRunner
-    from consumer.samples import load_schema
-
-    config = Config(
-        bootstrap_servers="memory",
-        group_id="g",
-        topics=("t",),
-        output="s3://bucket/out",
-        schema="page_view",
-        **cfg,
-    )
-    return GroupRunner(
-        config,
-        store=store,
-        decoder=Decoder("raw", schema=load_schema("page_view")),
-        consumer_factory=broker.consumer_factory(),
-    )
+    return memory_runner(broker, store, **cfg)
 
 
 def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:
