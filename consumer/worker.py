@@ -371,12 +371,12 @@ class PartitionWorker:
         headers = list(map(_msg_headers, msgs)) if "headers" in arena.kafka_columns else None
         if self.committed is None:
             self.committed = offsets[0]
-        if self.first_append_at is None:
-            self.first_append_at = self.clock()
         i, n = 0, len(msgs)
         while i < n and self.state is PartitionState.READY and self.arena is arena:
             limit = self._row_group_limit()
             j = min(n, i + max(1, limit - arena.rows), i + arena.chunk_room)
+            if self.first_append_at is None:  # a flush earlier in this run restarted the age clock
+                self.first_append_at = self.clock()
             arena.append_many(values[i:j], offsets[i:j], timestamps[i:j], keys[i:j],
                               headers[i:j] if headers is not None else None)
             if arena.halted is not None:
