@@ -271,11 +271,6 @@ def test_clean_stop_with_everything_committed_then_finish(
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="stall found at 9ab503c: rows appended after a row-group flush in the same consumed batch are "
-    "never flushed by --row-group-max-age (committed stays at 900 of 1000 per partition)",
-)
 def test_rows_after_a_row_group_flush_commit_by_age(stack: Any, unique_prefix: str) -> None:
     """A long-running member with 1,000 records a partition and row groups of 300: the last 100
     rows of each partition are below the row budget and must be committed by the age budget (1 s),
