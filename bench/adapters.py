@@ -310,4 +310,39 @@ def ensure_peer_venv() -> None:
     subprocess.run([str(py), "-m", "pip", "install", "-q", "quixstreams[s3,parquet,avro]"], check=True)
 
 
-ADAPTERS: dict[str, type[OursAdapter] | type[QuixAdapter]] = {"ours": OursAdapter, "quixstreams": QuixAdapter}
+class FloorAdapter:
+    """The consume floor (bench/floor_peer.py): a bare confluent-kafka loop touching value, offset,
+    timestamp and key of every record — what merely reading the topic costs in Python."""
+
+    name = "floor"
+
+    def group_id(self, ctx: RunContext) -> str:
+        return f"bench-{ctx.run_id}-floor"
+
+    def prefix(self, ctx: RunContext) -> str:
+        return f"bench/{ctx.run_id}/floor"
+
+    def prepare(self, ctx: RunContext) -> None:
+        ctx.settings["floor"] = {"loop": "consume(5000) touching value/offset/timestamp/key"}
+
+    def run(self, ctx: RunContext) -> SampledProcess:
+        argv = [
+            sys.executable, str(REPO / "bench" / "floor_peer.py"), "--bootstrap", ctx.stack.bootstrap,
+            "--topic", ctx.topic, "--group-id", self.group_id(ctx), "--count", str(ctx.records),
+        ]
+        return SampledProcess(argv, child_env(ctx.stack), ctx.log_dir, f"{ctx.workload}-floor")
+
+    def collect(self, ctx: RunContext, res: ProcResult) -> dict[str, Any]:
+        stopped = next((e for e in reversed(json_lines(res.stdout)) if e.get("event") == "stopped"), {})
+        if res.returncode != 0 or not stopped:
+            raise RuntimeError(f"floor peer failed (rc={res.returncode}): {res.stderr[-1500:]}")
+        return common_figures(
+            ctx, res, int(stopped["records"]), int(stopped["avro_bytes"]), [], 0, 0, 0, []
+        )
+
+
+ADAPTERS: dict[str, type[OursAdapter] | type[QuixAdapter] | type[FloorAdapter]] = {
+    "ours": OursAdapter,
+    "quixstreams": QuixAdapter,
+    "floor": FloorAdapter,
+}

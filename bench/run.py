@@ -1,6 +1,6 @@
 """Benchmark harness: preload a seeded workload, run our consumer and a peer on it, measure.
 
-    python -m bench.run                       # small workload, ours + Quix Streams, profile
+    python -m bench.run                       # small workload, ours + Quix Streams + the consume floor, profile
     python -m bench.run --all                 # every workload + stage profile + live commit latency
     python -m bench.run --workload wide --records 20000 --partitions 4 --peer none
     python -m bench.run --latency-only --rate 2000 --duration 20
@@ -34,7 +34,7 @@ from bench.common import (
 )
 from bench.profile_stages import stage_split
 
-DEFAULT_RECORDS = {"small": 100_000, "wide": 20_000, "nested": 50_000}
+DEFAULT_RECORDS = {"small": 1_000_000, "wide": 200_000, "nested": 200_000}  # long enough that start-up does not dominate
 RATIO_KEYS = (
     "records_per_s",
     "mb_per_s",
@@ -346,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     log_dir = RESULTS / "logs" / run_id
     workloads = list(WORKLOADS) if args.all else (args.workload or ["small"])
-    peers = [] if args.peer and "none" in args.peer else (args.peer or ["quixstreams"])
+    peers = [] if args.peer and "none" in args.peer else (args.peer or ["quixstreams", "floor"])
     latency = args.all or args.latency or args.latency_only
     result: dict[str, Any] = {
         "kind": "bench",
