@@ -1,6 +1,6 @@
 """Benchmark harness: preload a seeded workload, run our consumer and a peer on it, measure.
 
-    python -m bench.run                       # small workload, ours + Quix Streams + the consume floor, profile
+    python -m bench.run                       # small: ours + Quix Streams + the consume floor, profile
     python -m bench.run --all                 # every workload + stage profile + live commit latency
     python -m bench.run --workload wide --records 20000 --partitions 4 --peer none
     python -m bench.run --latency-only --rate 2000 --duration 20
@@ -34,7 +34,8 @@ from bench.common import (
 )
 from bench.profile_stages import stage_split
 
-DEFAULT_RECORDS = {"small": 1_000_000, "wide": 200_000, "nested": 200_000}  # long enough that start-up does not dominate
+# Long enough that start-up does not dominate the figures.
+DEFAULT_RECORDS = {"small": 1_000_000, "wide": 200_000, "nested": 200_000}
 RATIO_KEYS = (
     "records_per_s",
     "mb_per_s",
