@@ -109,40 +109,53 @@ pub fn parse_uuid(s: &str) -> Result<[u8; 16], String> {
     parse_uuid_slow(s)
 }
 
+/// Hex digit values, 0xff for anything else.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
+
+/// Parses pairs of hex digits into `out`; false if any is not a hex digit.
+fn hex_pairs(src: &[u8], out: &mut [u8]) -> bool {
+    let mut bad = 0u8;
+    for (o, pair) in out.iter_mut().zip(src.chunks_exact(2)) {
+        let (h, l) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+        bad |= (h | l) & 0xf0;
+        *o = (h << 4) | (l & 0x0f);
+    }
+    bad == 0
+}
+
 /// The common forms without allocating: 8-4-4-4-12 hyphenated or 32 hex digits.
 fn parse_canonical_uuid(s: &[u8]) -> Option<[u8; 16]> {
-    let hex = |c: u8| -> Option<u8> {
-        match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        }
-    };
     let mut out = [0u8; 16];
-    let mut nib = 0usize;
-    match s.len() {
+    let ok = match s.len() {
         36 => {
-            for (i, &c) in s.iter().enumerate() {
-                if matches!(i, 8 | 13 | 18 | 23) {
-                    if c != b'-' {
-                        return None;
-                    }
-                    continue;
-                }
-                out[nib / 2] |= hex(c)? << (4 * (1 - nib % 2));
-                nib += 1;
-            }
+            s[8] == b'-'
+                && s[13] == b'-'
+                && s[18] == b'-'
+                && s[23] == b'-'
+                && hex_pairs(&s[0..8], &mut out[0..4])
+                && hex_pairs(&s[9..13], &mut out[4..6])
+                && hex_pairs(&s[14..18], &mut out[6..8])
+                && hex_pairs(&s[19..23], &mut out[8..10])
+                && hex_pairs(&s[24..36], &mut out[10..16])
         }
-        32 => {
-            for &c in s {
-                out[nib / 2] |= hex(c)? << (4 * (1 - nib % 2));
-                nib += 1;
-            }
-        }
-        _ => return None,
-    }
-    Some(out)
+        32 => hex_pairs(s, &mut out),
+        _ => false,
+    };
+    ok.then_some(out)
 }
 
 fn parse_uuid_slow(s: &str) -> Result<[u8; 16], String> {
