@@ -104,7 +104,7 @@ class NativeDecoder:
             return batches[0], bad
         try:  # more than ~1 GiB of bodies in one chunk: one batch only if offsets still fit
             table = pa.Table.from_batches(batches, schema=self.schema).combine_chunks()
-            (batch,) = table.to_batches(max_chunksize=None) or [self.schema.empty_table()]
+            (batch,) = table.to_batches(max_chunksize=None)
         except (pa.ArrowInvalid, ValueError) as exc:
             raise NativeError(f"chunk too large for one batch: {exc}") from exc
         return batch, bad

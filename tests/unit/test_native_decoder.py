@@ -565,3 +565,17 @@ def test_arena_on_error_fail_halts_at_the_same_record_with_either_decoder() -> N
         == (p_halt.offset, p_halt.reason)
         == (1030, "malformed Avro: 1 trailing bytes after the record (wrong schema?)")
     )
+
+
+def test_arena_decodes_a_chunk_with_fastavro_when_the_native_decoder_fails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bodies = encode(samples.load_schema("order"), list(samples.generate("order", 100)))
+    want, want_dead, _ = _drain("python", "order", bodies)
+
+    def broken(self: native.NativeDecoder, *args: Any) -> Any:
+        raise native.NativeError("simulated failure")
+
+    monkeypatch.setattr(native.NativeDecoder, "decode", broken)
+    got, got_dead, _ = _drain("native", "order", bodies)
+    assert got.to_pylist() == want.to_pylist() and got_dead == want_dead == []
