@@ -69,7 +69,9 @@ def import_error() -> str | None:
 class NativeDecoder:
     """Decodes chunks of one writer schema; build once per schema, reuse for every chunk."""
 
-    def __init__(self, avro: dict[str, Any] | str, target: pa.Schema | None = None) -> None:
+    def __init__(
+        self, avro: dict[str, Any] | str, target: pa.Schema | None = None, *, batch_bytes: int | None = None
+    ) -> None:
         if _native is None:
             raise NativeUnsupported(f"native extension not importable: {_IMPORT_ERROR}")
         text = avro if isinstance(avro, str) else json.dumps(avro)
@@ -78,7 +80,10 @@ class NativeDecoder:
         except TypeMappingError as exc:
             raise NativeUnsupported(str(exc)) from None
         try:
-            self._decoder = _native.Decoder(text, self.schema)
+            if batch_bytes is None:  # bodies per batch: string data stays under 2 GiB per column
+                self._decoder = _native.Decoder(text, self.schema)
+            else:
+                self._decoder = _native.Decoder(text, self.schema, batch_bytes)
         except _native.UnsupportedSchema as exc:
             raise NativeUnsupported(str(exc)) from None
 

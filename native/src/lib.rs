@@ -34,6 +34,8 @@ pub struct Core {
     emitted: String,
     target: SchemaRef,
     inner: Option<AvroDecoder>,
+    /// Body bytes per batch before a new one starts (tests lower it).
+    pub batch_bytes: usize,
 }
 
 /// Bad records: (index in the chunk, reason).
@@ -59,7 +61,7 @@ impl Core {
     pub fn new(schema_json: &str, target: SchemaRef) -> Result<Self, String> {
         let node = schema::parse(schema_json).map_err(|e| e.to_string())?;
         let emitted = schema::emit(&node).to_string();
-        let mut core = Self { node, emitted, target, inner: None };
+        let mut core = Self { node, emitted, target, inner: None, batch_bytes: BATCH_BYTES };
         core.inner = Some(core.build().map_err(|e| format!("unsupported by the native decoder: {e}"))?);
         // Self-check: an empty batch must convert to exactly the target schema.
         let (batches, _) = core.decode(&[], &[], 0)?;
@@ -92,13 +94,14 @@ impl Core {
     /// decoder discarded so the next call starts clean.
     fn decode_rows(&mut self, raw: &[u8], spans: &[(usize, usize)], rows: &[usize]) -> Result<Vec<RecordBatch>, String> {
         let mut out = Vec::new();
+        let limit = self.batch_bytes;
         let res = (|| {
             let mut decoded = Vec::new();
             let mut bytes = 0usize;
             for &i in rows {
                 let (s, e) = spans[i];
                 let d = self.decoder()?;
-                if d.batch_is_full() || (bytes > 0 && bytes + (e - s) > BATCH_BYTES) {
+                if d.batch_is_full() || (bytes > 0 && bytes + (e - s) > limit) {
                     if let Some(b) = d.flush().map_err(|x| x.to_string())? {
                         decoded.push(b);
                     }
@@ -189,10 +192,14 @@ impl Decoder {
     /// `Decoder(writer_schema_json, target_schema)`; raises `UnsupportedSchema` when the schema
     /// cannot be decoded natively (recursive types, a non-record top level, …).
     #[new]
-    fn new(schema_json: &str, target: PyArrowType<Schema>) -> PyResult<Self> {
+    #[pyo3(signature = (schema_json, target, batch_bytes = BATCH_BYTES))]
+    fn new(schema_json: &str, target: PyArrowType<Schema>, batch_bytes: usize) -> PyResult<Self> {
         let target = std::sync::Arc::new(target.0);
         match catch_unwind(AssertUnwindSafe(|| Core::new(schema_json, target))) {
-            Ok(Ok(core)) => Ok(Self { core }),
+            Ok(Ok(mut core)) => {
+                core.batch_bytes = batch_bytes.max(1);
+                Ok(Self { core })
+            }
             Ok(Err(msg)) => Err(UnsupportedSchema::new_err(msg)),
             Err(p) => Err(UnsupportedSchema::new_err(format!(
                 "unsupported by the native decoder (panic): {}",
@@ -281,6 +288,18 @@ mod tests {
         assert_eq!(batches[0].num_rows(), 2);
         assert_eq!(bad[0], (1, "malformed Avro: 1 trailing bytes after the record (wrong schema?)".to_string()));
         assert_eq!(bad[1].0, 3);
+    }
+
+    #[test]
+    fn batches_split_by_body_bytes() {
+        let mut c = core();
+        c.batch_bytes = 10;
+        let body: &[u8] = b"\x04ab\x02\x02"; // 5 bytes
+        let raw = body.repeat(5);
+        let ends: Vec<i64> = (1..=5).map(|i| 5 * i).collect();
+        let (batches, bad) = c.decode(&raw, &ends, 5).unwrap();
+        assert!(bad.is_empty());
+        assert_eq!(batches.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![2, 2, 1]);
     }
 
     #[test]

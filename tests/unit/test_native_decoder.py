@@ -579,3 +579,16 @@ def test_arena_decodes_a_chunk_with_fastavro_when_the_native_decoder_fails(
     monkeypatch.setattr(native.NativeDecoder, "decode", broken)
     got, got_dead, _ = _drain("native", "order", bodies)
     assert got.to_pylist() == want.to_pylist() and got_dead == want_dead == []
+
+
+def test_a_chunk_split_into_several_batches_is_combined_into_one() -> None:
+    """Past ~1 GiB of bodies the native decoder starts a new batch (a string column may not pass
+    2 GiB); shown here with a tiny limit."""
+    avro = samples.load_schema("page_view")
+    bodies = encode(avro, list(samples.generate("page_view", 50)))
+    raw, ends = chunk(bodies)
+    dec = native.NativeDecoder(avro, batch_bytes=1000)
+    batches, bad = dec.decode_batches(raw, ends, len(bodies))
+    assert len(batches) > 3 and sum(b.num_rows for b in batches) == 50 and bad == []
+    batch, _ = dec.decode(raw, ends, len(bodies))
+    assert_same_batches(batch, python_way(avro, bodies)[0])
