@@ -242,14 +242,14 @@ class Supervisor:
 def child_command(run_args: Sequence[str], m: Member, metrics_port: int | None = None) -> list[str]:
     """The member's command line: the supervisor's own ``run`` flags, then ``--processes 1`` and
     the static instance id (argparse keeps the last value of a flag; ``-X`` properties merge with
-    later ones winning). With a metrics port, member i serves on port + i (one port each; they
-    are not aggregated)."""
+    later ones winning). With a metrics port P, member i serves on P + 1 + i, and the supervisor
+    serves P with every member's metrics merged (:class:`MetricsAggregator`)."""
     argv = [
         sys.executable, "-m", "consumer", "run", *run_args,
         "--processes", "1", "-X", f"group.instance.id={m.instance_id}",
     ]  # fmt: skip
     if metrics_port:
-        argv += ["--metrics-port", str(metrics_port + m.index)]
+        argv += ["--metrics-port", str(metrics_port + 1 + m.index)]
     return argv
 
 
@@ -271,4 +271,113 @@ def supervise(
         env=env,
     )
     sup.install_signal_handlers()
-    return sup.run()
+    aggregator = MetricsAggregator(metrics_port, processes) if metrics_port else None
+    if aggregator is not None:
+        aggregator.start()
+    try:
+        return sup.run()
+    finally:
+        if aggregator is not None:
+            aggregator.stop()
+
+
+class MetricsAggregator:
+    """One port for all members: ``/metrics`` merges every member's metrics (each sample gets a
+    ``member`` label, families are merged by name so the exposition stays valid), plus
+    ``kafka_parquet_member_up``; ``/healthz`` and ``/readyz`` answer 200 only if every member
+    does (a member restarting is not ready). Members serve on ``port + 1 + index``."""
+
+    def __init__(self, port: int, members: int, *, host: str = "0.0.0.0", timeout: float = 2.0) -> None:
+        self.port, self.members, self.host, self.timeout = port, members, host, timeout
+        self._server: Any = None
+
+    def member_url(self, index: int, path: str) -> str:
+        return f"http://127.0.0.1:{self.port + 1 + index}{path}"
+
+    def _get(self, index: int, path: str) -> tuple[int, bytes]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.member_url(index, path), timeout=self.timeout) as r:
+                return int(r.status), r.read()
+        except urllib.error.HTTPError as exc:
+            return int(exc.code), exc.read()
+        except OSError as exc:
+            return 0, str(exc).encode()
+
+    def scrape(self) -> bytes:
+        from prometheus_client.core import CollectorRegistry, Metric
+        from prometheus_client.exposition import generate_latest
+        from prometheus_client.parser import text_string_to_metric_families
+
+        families: dict[str, Metric] = {}
+        up = Metric("kafka_parquet_member_up", "1 if the member answered the last scrape", "gauge")
+        for i in range(self.members):
+            status, body = self._get(i, "/metrics")
+            up.add_sample("kafka_parquet_member_up", {"member": str(i)}, 1.0 if status == 200 else 0.0)
+            if status != 200:
+                continue
+            for fam in text_string_to_metric_families(body.decode("utf-8", "replace")):
+                merged = families.get(fam.name)
+                if merged is None:
+                    merged = families[fam.name] = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                for smp in fam.samples:
+                    merged.add_sample(smp.name, {**smp.labels, "member": str(i)}, smp.value, smp.timestamp)
+        families[up.name] = up
+
+        class _Merged:
+            def collect(self) -> list[Metric]:
+                return list(families.values())
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(_Merged())
+        out: bytes = generate_latest(registry)
+        return out
+
+    def probe(self, path: str) -> tuple[bool, str]:
+        bad = []
+        for i in range(self.members):
+            status, body = self._get(i, path)
+            if status != 200:
+                detail = body.decode("utf-8", "replace").strip()[:200]
+                bad.append(f"member {i}: {status or 'unreachable'} {detail}")
+        return not bad, "\n".join(bad) or "ok"
+
+    def start(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+        agg = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._reply(200, agg.scrape(), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/livez", "/readyz"):
+                    ok, text = agg.probe("/readyz" if path == "/readyz" else "/healthz")
+                    self._reply(200 if ok else 503, (text + "\n").encode(), "text/plain; charset=utf-8")
+                else:
+                    self._reply(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
+
+            def _reply(self, status: int, body: bytes, ctype: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, name="metrics-aggregator", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
