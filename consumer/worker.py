@@ -722,9 +722,11 @@ class PartitionWorker:
             self.store.delete(list(listing))
             self.log.info("file had no rows: nothing published", from_position=f.start, to_position=end)
             return
-        self._check_pieces(f, listing)
+        # A final file that already exists wins (an earlier owner finished this very roll, e.g.
+        # while this member was frozen after its re-commit); its range is checked below like ours.
         existing = self.store.head(final_key)
         if existing is None:
+            self._check_pieces(f, listing)
             self._check_no_overlap(f.start, end)
         layouts = [p.layout for p in with_rows]
         kv = {
@@ -740,9 +742,15 @@ class PartitionWorker:
             segments.append(CopyRange(p.ref.key, 0 if i == 0 else 4, p.layout.footer_start))
         segments.append(trailer)
         expected_size = 4 + sum(p.layout.body_len for p in with_rows) + len(trailer)
-        # A final file that already exists wins (an earlier owner finished this very roll); its
-        # range is checked below like our own.
-        outcome = self.store.compose(final_key, segments) if existing is None else PutOutcome.EXISTS_OTHER
+        outcome = PutOutcome.EXISTS_OTHER
+        if existing is None:
+            try:
+                outcome = self.store.compose(final_key, segments)
+            except FileNotFoundError:
+                # The pieces vanished mid-merge: only the owner that finished this roll deletes
+                # them, and only after its final file is durable — then that file is ours too.
+                if self.store.head(final_key) is None:
+                    raise
         faults.point("after_final_put")
         info = self.store.head(final_key) or _missing(final_key)
         try:

@@ -485,3 +485,24 @@ def test_rows_after_a_flush_in_the_same_batch_are_committed_by_age() -> None:
     assert w.flush_due(clock())
     w.flush()
     assert positions.committed("t", 0) == 25
+
+
+def test_a_member_frozen_inside_its_roll_accepts_the_roll_another_finished() -> None:
+    """Found by the zombie fault test: frozen after its marker and re-commit, a member wakes up
+    after the new owner finished the same roll and deleted the pieces; it must take that final
+    file as its own (same range), not stop with an error."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    done = False
+
+    def new_owner_finishes_first(op: str, key: str) -> None:
+        nonlocal done
+        if op == "list_objects_v2" and key.endswith("/00000000000000000000/") and not done:
+            done = True
+            make_worker(store, positions).recover()  # marker at the committed position: finishes
+
+    store.on_op = new_owner_finishes_first
+    w.finish()
+    assert done and final_offsets(store) == list(range(20)) and staged(store) == []
