@@ -9,9 +9,10 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::Int32Type;
 use arrow_array::{
     make_array, Array, ArrayRef, DictionaryArray, FixedSizeBinaryArray, ListArray, MapArray,
-    NullArray, RecordBatch, StructArray, UInt32Array,
+    NullArray, RecordBatch, StructArray,
 };
 use arrow_buffer::{Buffer, NullBuffer};
+use arrow_data::transform::MutableArrayData;
 use arrow_schema::{DataType, SchemaRef};
 
 use crate::schema::Node;
@@ -39,13 +40,30 @@ pub fn batch(node: &Node, decoded: &RecordBatch, target: &SchemaRef) -> R<Record
     RecordBatch::try_new_with_options(target.clone(), cols, &opts).map_err(e)
 }
 
-/// The rows of a dense union's child `j`, spread over the union's length (null elsewhere).
-fn spread(type_ids: &[i8], offsets: &[i32], j: i8) -> UInt32Array {
-    type_ids
-        .iter()
-        .zip(offsets)
-        .map(|(&t, &o)| (t == j).then_some(o as u32))
-        .collect()
+/// The rows of a dense union's child `j` spread over the union's length, null elsewhere: runs of
+/// consecutive rows are copied at once (a dense union's child rows are in row order).
+fn spread(child: &ArrayRef, type_ids: &[i8], offsets: &[i32], j: i8) -> R<ArrayRef> {
+    let data = child.to_data();
+    let mut out = MutableArrayData::new(vec![&data], true, type_ids.len());
+    let mut i = 0;
+    while i < type_ids.len() {
+        let mine = type_ids[i] == j;
+        let start = i;
+        i += 1;
+        if mine {
+            while i < type_ids.len() && type_ids[i] == j && offsets[i] == offsets[i - 1] + 1 {
+                i += 1;
+            }
+            let first = offsets[start] as usize;
+            out.try_extend(0, first, first + (i - start)).map_err(e)?;
+        } else {
+            while i < type_ids.len() && type_ids[i] != j {
+                i += 1;
+            }
+            out.try_extend_nulls(i - start).map_err(e)?;
+        }
+    }
+    Ok(make_array(out.freeze()))
 }
 
 pub fn array(node: &Node, arr: &ArrayRef, target: &DataType) -> R<ArrayRef> {
@@ -156,8 +174,7 @@ fn union(branches: &[Node], arr: &ArrayRef, target: &DataType) -> R<ArrayRef> {
     let offsets: &[i32] = u.offsets().ok_or("union is not dense")?;
     let convert_branch = |j: usize, t: &DataType| -> R<ArrayRef> {
         let child = array(&branches[j], u.child(j as i8), t)?;
-        let idx = spread(type_ids, offsets, j as i8);
-        arrow_select::take::take(child.as_ref(), &idx, None).map_err(e)
+        spread(&child, type_ids, offsets, j as i8)
     };
     let null_branch = branches.iter().position(|b| *b == Node::Null);
     let DataType::Struct(tf) = target else {
