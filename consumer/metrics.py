@@ -486,17 +486,30 @@ def _high_watermark(consumer: Any, topic: str, partition: int) -> int | None:
 
 
 def _server(observer: Observer, host: str, port: int) -> ThreadingHTTPServer:
+    def probe(path: str) -> tuple[bool, str]:
+        h = observer.health()
+        if path == "/readyz":
+            return h.ready, "ready" if h.ready else "\n".join(h.reasons)
+        return h.alive, "ok" if h.alive else "\n".join(h.reasons)
+
+    return http_server(host, port, observer.scrape, probe)
+
+
+def http_server(
+    host: str, port: int, scrape: Callable[[], bytes], probe: Callable[[str], tuple[bool, str]]
+) -> ThreadingHTTPServer:
+    """``/metrics`` from ``scrape()``; ``/healthz`` (alias ``/livez``) and ``/readyz`` answer 200 or
+    503 from ``probe(path)`` → (ok, text). Shared by a member and by the ``--processes``
+    supervisor's aggregation (consumer.supervisor.MetricsAggregator)."""
+
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
-                self._reply(200, observer.scrape(), CONTENT_TYPE_LATEST)
-            elif path in ("/healthz", "/livez"):
-                h = observer.health()
-                self._text(200 if h.alive else 503, "ok" if h.alive else "\n".join(h.reasons))
-            elif path == "/readyz":
-                h = observer.health()
-                self._text(200 if h.ready else 503, "ready" if h.ready else "\n".join(h.reasons))
+                self._reply(200, scrape(), CONTENT_TYPE_LATEST)
+            elif path in ("/healthz", "/livez", "/readyz"):
+                ok, text = probe("/readyz" if path == "/readyz" else "/healthz")
+                self._text(200 if ok else 503, text)
             else:
                 self._text(404, "not found: /metrics, /healthz, /readyz")
 

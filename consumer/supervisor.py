@@ -342,38 +342,14 @@ class MetricsAggregator:
             if status != 200:
                 detail = body.decode("utf-8", "replace").strip()[:200]
                 bad.append(f"member {i}: {status or 'unreachable'} {detail}")
-        return not bad, "\n".join(bad) or "ok"
+        return not bad, "\n".join(bad) or ("ready" if path == "/readyz" else "ok")
 
     def start(self) -> None:
         import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        from prometheus_client.exposition import CONTENT_TYPE_LATEST
+        from consumer.metrics import http_server
 
-        agg = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._reply(200, agg.scrape(), CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/livez", "/readyz"):
-                    ok, text = agg.probe("/readyz" if path == "/readyz" else "/healthz")
-                    self._reply(200 if ok else 503, (text + "\n").encode(), "text/plain; charset=utf-8")
-                else:
-                    self._reply(404, b"not found: /metrics, /healthz, /readyz\n", "text/plain")
-
-            def _reply(self, status: int, body: bytes, ctype: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
+        self._server = http_server(self.host, self.port, self.scrape, self.probe)
         self._server.daemon_threads = True
         threading.Thread(target=self._server.serve_forever, name="metrics-aggregator", daemon=True).start()
 
