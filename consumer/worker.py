@@ -374,7 +374,8 @@ class PartitionWorker:
         i, n = 0, len(msgs)
         while i < n and self.state is PartitionState.READY and self.arena is arena:
             limit = self._row_group_limit()
-            j = min(n, i + max(1, limit - arena.rows), i + arena.chunk_room)
+            room = min(max(1, limit - arena.rows), arena.chunk_room, self._rows_to_byte_target(arena))
+            j = min(n, i + room)
             if self.first_append_at is None:  # a flush earlier in this run restarted the age clock
                 self.first_append_at = self.clock()
             arena.append_many(values[i:j], offsets[i:j], timestamps[i:j], keys[i:j],
@@ -387,6 +388,14 @@ class PartitionWorker:
             i = j
         for msg in msgs[i:]:  # the arena changed under a roll or the state did: record by record
             self.append(msg)
+
+    def _rows_to_byte_target(self, arena: Arena) -> int:
+        """About how many more records reach the row group's encoded byte target (from the running
+        statistics), so a run is cut where per-record appends would have flushed."""
+        st = arena.stats
+        per_row = st.avro_bytes_per_row * st.arrow_per_avro * st.parquet_per_arrow
+        room = self.config.row_group_bytes - arena.predicted_encoded_bytes
+        return max(1, int(room / per_row)) if per_row > 0 else arena.chunk_rows
 
     def _row_group_limit(self) -> int:
         """Rows the next row group may hold: its own budget, capped by what the file may still take
