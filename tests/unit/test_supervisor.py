@@ -73,7 +73,7 @@ def test_child_command_appends_processes_1_and_the_static_instance_id() -> None:
     assert argv[1:4] == ["-m", "consumer", "run"]
     assert argv[4:] == [
         "--topic", "t", "--processes", "2", "-X", "a=b",
-        "--processes", "1", "-X", "group.instance.id=h-1", "--metrics-port", "9101",
+        "--processes", "1", "-X", "group.instance.id=h-1", "--metrics-port", "9102",
     ]  # fmt: skip
     from consumer.cli import build_parser
 
