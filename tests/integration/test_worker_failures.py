@@ -100,11 +100,11 @@ def test_failed_commit_poisons_the_worker_and_recovery_resumes_exactly(
     staged = [o.key for o in store.list(layout.staging_dir("t", 0))]
     assert len(staged) == 1, staged  # the durable but uncommitted piece only
 
-    # The next owner recovers: nothing committed, so the stray piece goes and consumption
-    # restarts from the beginning.
+    # The next owner recovers: nothing was committed, but S3 proves [0, 10) durable, so that
+    # position is adopted and committed (as when offsets expired) and the piece is kept.
     fresh = _worker(stack, prefix, S3StatePositions(store, layout))
-    assert fresh.recover() is None
-    assert store.list(layout.staging_dir("t", 0)) == []
+    assert fresh.recover() == 10
+    assert [o.key for o in store.list(layout.staging_dir("t", 0))] == staged
     for m in msgs:
         fresh.append(m)
     fresh.finish()
