@@ -379,3 +379,68 @@ def read_footer_metadata(path: Path) -> dict[str, str]:
 
 def parquet_bytes(data: bytes) -> pa.Table:
     return pq.read_table(io.BytesIO(data))
+
+
+# The stack's settings as `dev/stack up|status|env` print them (used by tests/conftest.py's
+# `stack` fixture; here, not in conftest, because two conftest modules share that module name).
+@dataclass(frozen=True)
+class StackSettings:
+    kafka_bootstrap: str
+    s3_endpoint: str
+    s3_bucket: str
+    aws_access_key_id: str
+    aws_secret_access_key: str
+    schema_registry_url: str | None
+    aws_region: str = "us-east-1"
+
+    @staticmethod
+    def from_env_lines(text: str) -> StackSettings:
+        env = parse_env_lines(text)
+        missing = [
+            k
+            for k in (
+                "KAFKA_BOOTSTRAP_SERVERS",
+                "S3_ENDPOINT_URL",
+                "S3_BUCKET",
+                "AWS_ACCESS_KEY_ID",
+                "AWS_SECRET_ACCESS_KEY",
+            )
+            if k not in env
+        ]
+        if missing:
+            raise RuntimeError(f"dev/stack output lacks {missing}: {text!r}")
+        return StackSettings(
+            kafka_bootstrap=env["KAFKA_BOOTSTRAP_SERVERS"],
+            s3_endpoint=env["S3_ENDPOINT_URL"],
+            s3_bucket=env["S3_BUCKET"],
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            schema_registry_url=env.get("SCHEMA_REGISTRY_URL") or None,
+            aws_region=env.get("AWS_REGION", "us-east-1"),
+        )
+
+    def as_env(self) -> dict[str, str]:
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": self.kafka_bootstrap,
+            "S3_ENDPOINT_URL": self.s3_endpoint,
+            "S3_BUCKET": self.s3_bucket,
+            "AWS_ACCESS_KEY_ID": self.aws_access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.aws_secret_access_key,
+            "AWS_REGION": self.aws_region,
+            "AWS_DEFAULT_REGION": self.aws_region,
+        }
+        if self.schema_registry_url:
+            env["SCHEMA_REGISTRY_URL"] = self.schema_registry_url
+        return env
+
+
+def parse_env_lines(text: str) -> dict[str, str]:
+    """Parse `KEY=VALUE` lines as printed by `dev/stack up|status|env`."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        out[key.strip()] = value.strip()
+    return out

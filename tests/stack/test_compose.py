@@ -33,7 +33,7 @@ import pytest
 import yaml
 
 if TYPE_CHECKING:
-    from conftest import StackSettings
+    from support import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
 STACK_VARS = {
@@ -444,8 +444,7 @@ def test_consumer_configuration_from_the_compose_environment(services: dict[str,
 @pytest.fixture(scope="module")
 def target_stack(request: pytest.FixtureRequest) -> StackSettings:
     """$STACK_DIR's stack when that one is up (a private stack), else the session stack."""
-    from conftest import StackSettings
-    from support import run_stack
+    from support import StackSettings, run_stack
 
     if os.environ.get("STACK_DIR"):
         res = run_stack("status", env=dict(os.environ))

@@ -18,7 +18,7 @@ from confluent_kafka import (
 )
 
 if TYPE_CHECKING:
-    from conftest import StackSettings
+    from support import StackSettings
 
 PARTITIONS = 4
 

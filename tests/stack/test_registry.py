@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from conftest import StackSettings
+    from support import StackSettings
 
 CT = "application/vnd.schemaregistry.v1+json"
 

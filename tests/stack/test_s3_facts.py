@@ -21,7 +21,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
-    from conftest import StackSettings
+    from support import StackSettings
 
 MiB = 1024 * 1024
 

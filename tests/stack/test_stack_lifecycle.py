@@ -15,7 +15,7 @@ from botocore.config import Config
 from support import pick_stack_ports, run_stack
 
 if TYPE_CHECKING:
-    from conftest import StackSettings
+    from support import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
 SETTING_KEYS = {
