@@ -282,6 +282,9 @@ def test_metrics_promtool_prometheus_and_probes_through_an_s3_outage(
         with Producer(bootstrap, topic, first.count) as producer:
             # 1. the scrape under load
             wait(lambda: count(running.events(), "file rolled") >= 2, 120, "two files rolled", running)
+            # dead letters are counted when their range is made durable (by age at the latest)
+            durable_dl = lambda: count(running.events(), "dead letters durable") >= 2  # noqa: E731
+            wait(durable_dl, 120, "both dead letters durable", running)
             status, text = http(base + "/metrics")
             assert status == 200
             lint = subprocess.run([str(prometheus_bin / "promtool"), "check", "metrics"],
