@@ -54,6 +54,7 @@ def test_sigterm_under_load_exits_0_within_the_timeout_and_a_restart_loses_nothi
     running = start_consumer(topic, group, out, *BIG, "--shutdown-timeout", timeout)
     running.wait_for(lambda ev: count(ev, "partitions assigned") > 0, timeout=60, what="assignment")
     time.sleep(4)  # mid-stream: the arenas hold rows, the backlog is far from consumed
+    durable_before = count(running.events(), "row group durable")  # a row group may fill by itself
     t0 = time.monotonic()
     running.proc.send_signal(signal.SIGTERM)
     code = running.stop(timeout=bound + 10)
@@ -63,13 +64,16 @@ def test_sigterm_under_load_exits_0_within_the_timeout_and_a_restart_loses_nothi
     print(f"shutdown-timeout {timeout}: exited in {took:.1f}s")
     assert count(events, "stopped") == 1
     left = [e for e in events if str(e.get("event", "")).startswith("shutdown: buffered rows")]
-    durable = count(events, "row group durable")
+    durable = count(events, "row group durable") - durable_before  # made durable by the shutdown
     print(f"row groups made durable: {durable}; partitions left: {left[0]['partitions'] if left else []}")
     if timeout == "25s":
         assert not left, left  # the default bound is ample for four partitions' row groups here
     else:
         assert left and left[0]["deadline_passed"], running.log()[-3000:]
-        assert durable == 0  # nothing was flushed, so nothing was committed
+        # The loop finishes the batch it is in when the signal arrives, and that batch may fill a
+        # row group; what the shutdown itself leaves is named, and the restart below proves that
+        # nothing was lost or duplicated either way.
+        assert durable <= 1
 
     again = run_consumer(topic, group, out, *BIG, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
