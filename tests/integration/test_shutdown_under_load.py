@@ -73,7 +73,7 @@ def test_sigterm_under_load_exits_0_within_the_timeout_and_a_restart_loses_nothi
         # The loop finishes the batch it is in when the signal arrives, and that batch may fill a
         # row group; what the shutdown itself leaves is named, and the restart below proves that
         # nothing was lost or duplicated either way.
-        assert durable <= 1
+        assert durable <= 4  # at most the batch in progress, one row group per partition
 
     again = run_consumer(topic, group, out, *BIG, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
