@@ -336,9 +336,7 @@ class PartitionWorker:
         if self.arena.halted is not None:
             self._halt(self.arena.halted)
         self.next_pos = offset + 1
-        if self.arena.rows >= self._row_group_limit() or (
-            self.arena.predicted_encoded_bytes >= self.config.row_group_bytes
-        ):
+        if self._row_group_full(self.arena, self._row_group_limit()):
             self.flush()
 
     def append_batch(self, msgs: list[Any]) -> None:
@@ -383,11 +381,15 @@ class PartitionWorker:
             if arena.halted is not None:
                 self._halt(arena.halted)
             self.next_pos = offsets[j - 1] + 1
-            if arena.rows >= limit or arena.predicted_encoded_bytes >= self.config.row_group_bytes:
+            if self._row_group_full(arena, limit):
                 self.flush()
             i = j
         for msg in msgs[i:]:  # the arena changed under a roll or the state did: record by record
             self.append(msg)
+
+    def _row_group_full(self, arena: Arena, limit: int) -> bool:
+        """The rotation rule of a row group: its row limit or its predicted encoded byte target."""
+        return arena.rows >= limit or arena.predicted_encoded_bytes >= self.config.row_group_bytes
 
     def _rows_to_byte_target(self, arena: Arena) -> int:
         """About how many more records reach the row group's encoded byte target (from the running
