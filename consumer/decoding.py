@@ -120,12 +120,18 @@ def decode_bodies(
     for i, body in enumerate(bodies):
         bio = BytesIO(body)
         try:
-            record = reader(bio, parsed, target)
+            record = reader(bio, parsed, None)
             if bio.tell() != len(body):
                 raise BadRecord(
                     f"malformed Avro: {len(body) - bio.tell()} trailing bytes after the record "
                     "(wrong schema?)"
                 )
+            if target is not None:
+                # Read as the writer first: fastavro *skips* fields the reader lacks without
+                # noticing a truncated body, so only a full read with the writer schema proves the
+                # body is one record of it; then resolve.
+                bio.seek(0)
+                record = reader(bio, parsed, target)
         except BadRecord as exc:
             bad.append((i, exc.reason))
             continue
