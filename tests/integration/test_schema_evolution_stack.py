@@ -145,7 +145,8 @@ def test_interleaved_versions_one_file_per_upgrade_exactly_once_across_a_kill(
     produce(stack.kafka_bootstrap, topic, ids, [(1 + (i // 2) % 3, i) for i in range(700, 1200)], written)
     second = run_consumer(topic, group, out, *flags)
     assert second.returncode == 0, second.stderr[-4000:]
-    recovered = [e for e in log_events(second.stdout + second.stderr) if e.get("event") == "partition recovered"]
+    events = log_events(second.stdout + second.stderr)
+    recovered = [e for e in events if e.get("event") == "partition recovered"]
     assert sorted(e["partition"] for e in recovered if e.get("resumed_pieces", 0) > 0) == [0, 1], recovered
 
     keys = [k for k, _ in list_keys(s3, stack.s3_bucket, unique_prefix)]
