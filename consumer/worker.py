@@ -198,6 +198,7 @@ class PartitionWorker:
         self.retry_at: float | None = None
         self._retry_delay = _REGISTRY_BACKOFF[0]
         self.resolving = decoder.framing == "confluent" and config.schema_evolution == "resolve"
+        self._stays: set[str] = set()  # writer schemas read as the current arena's schema
 
     @property
     def broken(self) -> bool:
@@ -463,7 +464,14 @@ class PartitionWorker:
     # -- schema evolution (see consumer.evolution) ---------------------------------------------
     def _reader_for(self, writer: WriterSchema) -> WriterSchema:
         """The reader schema this writer's record is read with (:func:`choose_reader`);
-        :class:`BadRecord` for an older writer schema that the open file's cannot read."""
+        :class:`BadRecord` for an older writer schema that the open file's cannot read.
+
+        A writer schema once found to stay in the arena's schema stays there for as long as that
+        arena lives (the rule does not depend on the subject's latest version), so the hot path
+        is one set lookup per record."""
+        arena = self.arena
+        if arena is not None and writer.fingerprint in self._stays:
+            return arena.schema
         subject = subject_for(self.config.subject_strategy, self.topic, writer.avro)
         wver, latest = self.decoder.subject_info(writer, subject)
         current = self._current_reader(subject)
@@ -475,6 +483,8 @@ class PartitionWorker:
         )
         if decision.reader is None:
             raise BadRecord(decision.reason)
+        if arena is not None and decision.reader.schema is arena.schema:
+            self._stays.add(writer.fingerprint)
         return decision.reader.schema
 
     def _current_reader(self, subject: str) -> VersionedSchema | None:
@@ -577,6 +587,7 @@ class PartitionWorker:
                           schema_id=schema.schema_id)
             self.roll()
         stats = self.shared.stats.setdefault(schema.fingerprint, SchemaStats.from_schema(schema.avro))
+        self._stays = set()
         self.arena = Arena(
             schema,
             conv,
