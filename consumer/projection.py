@@ -98,7 +98,9 @@ def _is_record(t: Any) -> bool:
     return isinstance(t, dict) and t.get("type") == "record"
 
 
-def _plan(w: dict[str, Any], r: dict[str, Any], wtypes: list[pa.Field], rtypes: list[pa.Field]) -> list[_Step]:
+def _plan(
+    w: dict[str, Any], r: dict[str, Any], wtypes: list[pa.Field], rtypes: list[pa.Field]
+) -> list[_Step]:
     """The steps that turn the columns of writer record ``w`` into those of reader record ``r``
     (both expanded: named types inlined; ``*types``: their Arrow fields)."""
     wfields = {f["name"]: (i, f) for i, f in enumerate(w.get("fields", []))}
@@ -198,4 +200,5 @@ class Projection:
         """The reader's value columns of a batch of the writer's (ArrowInvalid when a cast
         refuses a value, e.g. bytes that are not UTF-8: the caller decodes that chunk with
         fastavro, which turns exactly that record into a dead letter)."""
-        return pa.RecordBatch.from_arrays(_apply(self.plan, batch.columns, batch.num_rows), schema=self.schema)
+        columns = _apply(self.plan, batch.columns, batch.num_rows)
+        return pa.RecordBatch.from_arrays(columns, schema=self.schema)
