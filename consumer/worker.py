@@ -22,11 +22,12 @@ the partition may overlap ``[F, E)``, and the pieces are merged into the final o
 deterministic key, written conditionally, verified by reading its footer back, and only then are
 the pieces deleted. Every step is idempotent, so recovery can redo any of them.
 
-**Identity.** A Parquet file has one schema, so a file's pieces must agree on the writer schema,
-the Arrow schema (Kafka columns, type mapping of this pyarrow) and the writer options. That
-identity rides in every piece's metadata with the file's birth time and the Avro schema, so
-whoever finishes a roll — this process or a restarted one — writes the same footer, and a change
-of any of them finishes the old file first.
+**Identity.** A Parquet file has one schema, so a file's pieces must agree on the file's Avro
+schema (the writer schema, or with schema evolution the reader schema that interleaved writer
+schemas are resolved to — see :mod:`consumer.evolution`), the Arrow schema (Kafka columns, type
+mapping of this pyarrow) and the writer options. That identity rides in every piece's metadata
+with the file's birth time and the Avro schema, so whoever finishes a roll — this process or a
+restarted one — writes the same footer, and a change of any of them finishes the old file first.
 
 **Recover.** On assignment, :func:`consumer.recovery.plan_recovery` decides from the committed
 position and what S3 holds (see there); the worker carries the plan out.
