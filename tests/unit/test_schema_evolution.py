@@ -376,3 +376,30 @@ def test_choose_reader_policy_table() -> None:
     d = choose_reader(v1, strict, strict, problem)
     assert d.reader is None and "has no default" in d.reason  # older, unreadable: dead letter
     assert choose_reader(v1, None, None, problem).reader == v1  # no subject: its own schema
+
+
+def test_flags_parse_and_bad_values_say_what_to_use() -> None:
+    from consumer.config import load
+
+    cfg = load({"schema_evolution": "roll", "subject_strategy": "record", "registry_timeout": "90s"}, env={})
+    assert (cfg.schema_evolution, cfg.subject_strategy, cfg.registry_timeout) == ("roll", "record", 90.0)
+    env = {"CONSUMER_SCHEMA_EVOLUTION": "merge", "CONSUMER_SUBJECT_STRATEGY": "nope"}
+    problems = replace(BASE, schema_evolution="merge", subject_strategy="nope").problems()
+    assert any("schema-evolution 'merge' unknown: use one of resolve, roll" in p for p in problems)
+    assert any("subject-strategy 'nope' unknown: use one of topic, record, topic-record" in p
+               for p in problems)
+    assert load({}, env=env).schema_evolution == "merge"  # parsed as given; problems() rejects it
+
+
+def test_record_name_strategy_reads_the_reader_from_the_record_subject() -> None:
+    reg = MemoryRegistry()
+    reg.register("ex.Evt", V1)
+    reg.register("ex.Evt", V2)
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, reg, replace(BASE, subject_strategy="record"))
+    w.recover()
+    feed(w, [value(reg, V2 if i % 2 else V1, i) for i in range(40)])
+    w.finish()
+    assert len(finals(store)) == 1
+    assert ("latest_version", "ex.Evt") in reg.calls
+    assert {r["country"] for r in rows(store) if r["kafka_offset"] % 2 == 0} == {"zz"}
