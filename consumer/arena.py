@@ -449,42 +449,65 @@ class Arena:
         self, runs: list[tuple[int, int, WriterSchema]]
     ) -> tuple[pa.RecordBatch, list[tuple[int, str]]] | None:
         """The runs decoded natively and projected onto the reader's columns, or None (then the
-        caller uses fastavro; one warning per schema pair says why)."""
+        caller uses fastavro; one warning per schema pair says why).
+
+        Bodies are grouped by writer schema, so alternating ids cost one native call per writer
+        schema and chunk, not one per run; a final ``take`` puts the rows back in chunk order."""
+        groups: dict[str, tuple[WriterSchema, list[tuple[int, int]]]] = {}
+        for start, end, writer in runs:
+            groups.setdefault(writer.fingerprint, (writer, []))[1].append((start, end))
         batches: list[pa.RecordBatch] = []
+        order: list[int] = []  # chunk index of every good row, in the order of ``batches``
         bad: list[tuple[int, str]] = []
         raw = memoryview(self._raw)
-        for start, end, writer in runs:
+        all_ends = self._ends
+        for writer, spans in groups.values():
             key = f"{writer.fingerprint}:{self.schema.fingerprint}"
-            projection = _PROJECTIONS.get(key) if writer is not self.schema else None
-            if writer is not self.schema and key not in _PROJECTIONS:
-                try:
-                    projection = _PROJECTIONS[key] = Projection(writer.avro, self.schema.avro)
-                except ProjectionUnsupported as exc:
-                    _PROJECTIONS[key] = None
-                    warn_once(f"resolve:{key}", "schema resolution of this pair runs in fastavro, "
-                              "not natively (slower)", writer_schema_id=writer.schema_id,
-                              reader_schema_id=self.schema.schema_id, reason=str(exc)[:300])
-            if writer is not self.schema and projection is None:
-                return None
+            projection = None
+            if writer is not self.schema:
+                if key not in _PROJECTIONS:
+                    try:
+                        _PROJECTIONS[key] = Projection(writer.avro, self.schema.avro)
+                    except ProjectionUnsupported as exc:
+                        _PROJECTIONS[key] = None
+                        warn_once(f"resolve:{key}", "schema resolution of this pair runs in fastavro, "
+                                  "not natively (slower)", writer_schema_id=writer.schema_id,
+                                  reader_schema_id=self.schema.schema_id, reason=str(exc)[:300])
+                projection = _PROJECTIONS[key]
+                if projection is None:
+                    return None
             if writer.fingerprint not in self._natives:
                 self._natives[writer.fingerprint] = decoder_for(writer.avro, writer.fingerprint)
             native = self._natives[writer.fingerprint]
             if native is None:
                 return None
-            base = self._ends[start - 1] if start else 0
-            ends = array.array("q", (self._ends[i] - base for i in range(start, end)))
+            index = [i for start, end in spans for i in range(start, end)]
+            if len(spans) == 1:  # one contiguous run: decode it in place
+                base = all_ends[index[0] - 1] if index[0] else 0
+                data: bytes | memoryview = raw[base : all_ends[index[-1]]]
+                ends = array.array("q", (all_ends[i] - base for i in index))
+            else:
+                pieces = [raw[(all_ends[i - 1] if i else 0) : all_ends[i]] for i in index]
+                data = b"".join(pieces)
+                ends = array.array("q", accumulate(map(len, pieces)))
             try:
-                values, run_bad = native.decode(raw[base : self._ends[end - 1]], ends, end - start)
+                values, group_bad = native.decode(data, ends, len(index))
                 if projection is not None:
                     values = projection.apply(values)
             except (NativeError, pa.ArrowInvalid) as exc:
                 warn_once(f"chunk:{key}", "native decode of a resolved chunk failed: chunk decoded "
                           "with fastavro", reason=str(exc)[:300])
                 return None
+            dropped = {k for k, _ in group_bad}
+            bad.extend((index[k], reason) for k, reason in group_bad)
+            order.extend(i for k, i in enumerate(index) if k not in dropped)
             batches.append(values)
-            bad.extend((start + i, reason) for i, reason in run_bad)
         del raw
         batch = pa.concat_batches(batches) if len(batches) > 1 else batches[0]
+        if len(batches) > 1:
+            perm = sorted(range(len(order)), key=order.__getitem__)
+            batch = batch.take(pa.array(perm, pa.int32()))
+        bad.sort()
         if self._check_decimals:
             try:
                 batch.validate(full=True)
