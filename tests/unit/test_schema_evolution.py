@@ -403,3 +403,18 @@ def test_record_name_strategy_reads_the_reader_from_the_record_subject() -> None
     assert len(finals(store)) == 1
     assert ("latest_version", "ex.Evt") in reg.calls
     assert {r["country"] for r in rows(store) if r["kafka_offset"] % 2 == 0} == {"zz"}
+
+
+def test_older_unreadable_record_under_on_error_fail_stops_with_everything_before_it_committed() -> None:
+    from consumer.errors import BadRecordStop
+
+    reg = MemoryRegistry()
+    reg.register(SUBJECT, V1)
+    reg.register(SUBJECT, STRICT)
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, reg, replace(BASE, on_error="fail"))
+    w.recover()
+    feed(w, [value(reg, STRICT, i) for i in range(4)])
+    with pytest.raises(BadRecordStop, match=r"offset 4: writer schema id 1 .* has no default"):
+        feed(w, [value(reg, V1, 4)], start=4)
+    assert positions.committed("t", 0) == 4 and dead(store) == []
