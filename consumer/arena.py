@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from consumer.decoding import WriterSchema, decode_bodies
 from consumer.native import NativeDecoder, NativeError, decoder_for, warn_once
+from consumer.projection import Projection, ProjectionUnsupported
 from consumer.typemap import RecordConverter
 
 KAFKA_FIELDS: dict[str, pa.Field] = {
@@ -43,6 +44,9 @@ KAFKA_FIELDS: dict[str, pa.Field] = {
         pa.list_(pa.struct([pa.field("key", pa.string()), pa.field("value", pa.binary())])),
     ),
 }
+
+#: (writer, reader) fingerprints → their Arrow projection, None when fastavro resolves the pair
+_PROJECTIONS: dict[str, Projection | None] = {}
 
 _EWMA = 0.3  # weight of the newest observation in running averages
 _FIRST_RAW_BYTES = 256 * 1024  # cap of a row group's first raw-buffer allocation (see Arena._grow)
@@ -158,7 +162,13 @@ class SchemaStats:
 
 
 class Arena:
-    """Buffered rows of one partition for one writer schema, reused across row groups."""
+    """Buffered rows of one partition for one schema, reused across row groups.
+
+    ``schema`` is the file's schema: the writer schema, or with schema evolution the *reader*
+    schema that records of several writer schemas are resolved to. The pending chunk remembers
+    where each run of one writer schema starts (:attr:`_runs`), so interleaved writer ids need no
+    flush: each run is decoded with its writer schema and resolved to ``schema``.
+    """
 
     def __init__(
         self,
@@ -190,6 +200,7 @@ class Arena:
         self._native: NativeDecoder | None = None
         self._check_decimals = any(_has_decimal(f.type) for f in converter.schema)
         self._native_tried = False
+        self._natives: dict[str, NativeDecoder | None] = {}  # per writer schema (resolved chunks)
         # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats when
         # the first record of a row group arrives, rewound between chunks, and released when the
         # row group is drained: an idle partition holds no buffer, so hundreds of assigned
@@ -203,6 +214,9 @@ class Arena:
         self._key_bytes = 0  # bytes of the pending chunk's keys
         self._headers: list[Any] = []
         self._pending = 0
+        # Runs of the pending chunk: (first index, writer schema), only once a record of another
+        # writer schema than ``schema`` arrived (empty: every pending body is of ``schema``).
+        self._runs: list[tuple[int, WriterSchema]] = []
         self._batches: list[pa.RecordBatch] = []
         self._batch_bytes = 0
         self._batch_avro_bytes = 0
@@ -237,7 +251,18 @@ class Arena:
         timestamp: int | None,
         key: bytes | None,
         headers: Any = None,
+        writer: WriterSchema | None = None,
     ) -> None:
+        """Append one body; ``writer``: its writer schema when that is not :attr:`schema` (it is
+        then resolved to :attr:`schema` when the chunk is decoded)."""
+        w = self.schema if writer is None else writer
+        if self._runs:
+            if self._runs[-1][1] is not w:
+                self._runs.append((self._pending, w))
+        elif w is not self.schema:
+            if self._pending:
+                self._runs.append((0, self.schema))
+            self._runs.append((self._pending, w))
         n = len(body)
         end = self._raw_len + n
         if end > len(self._raw):
@@ -288,6 +313,8 @@ class Arena:
         n = len(bodies)
         if n == 0:
             return
+        if self._runs and self._runs[-1][1] is not self.schema:
+            self._runs.append((self._pending, self.schema))
         data = b"".join(bodies)
         start = self._raw_len
         end = start + len(data)
@@ -343,6 +370,7 @@ class Arena:
                 table = pa.Table.from_batches([batch])
                 self.stats.observe_encoded(batch.get_total_buffer_size(), self.calibrate(table))
         self._pending = 0
+        self._runs = []
         self._raw_len = 0
         self._key_bytes = 0
         self._keys.clear()
@@ -378,6 +406,8 @@ class Arena:
     def _decode_chunk(self, bodies: Sequence[memoryview], n: int) -> tuple[Any, list[tuple[int, str]]]:
         """(values of the good rows, [(index, reason)] of the bad ones): a record batch of the value
         columns from the native decoder, else fastavro's dicts (the reference path)."""
+        if self._runs:
+            return self._decode_runs(bodies, n)
         if self.decoder == "native" and not self._native_tried:
             self._native_tried = True
             self._native = decoder_for(self.schema.avro, self.schema.fingerprint)
@@ -396,6 +426,94 @@ class Arena:
                 warn_once(f"chunk:{self.schema.fingerprint}", "native decode failed: chunk decoded "
                           "with fastavro", schema=self.schema.fingerprint, reason=str(exc)[:300])
         return decode_bodies(self.schema, bodies)
+
+    def _decode_runs(self, bodies: Sequence[memoryview], n: int) -> tuple[Any, list[tuple[int, str]]]:
+        """A chunk of several writer schemas: each run decoded with its writer schema and resolved
+        to the arena's (reader) schema — natively (writer columns projected onto the reader's,
+        :mod:`consumer.projection`) when every run can be, else by fastavro's ``reader_schema``."""
+        ends = [start for start, _ in self._runs[1:]] + [n]
+        runs = [(start, end, w) for (start, w), end in zip(self._runs, ends, strict=True) if start < end]
+        if self.decoder == "native":
+            native = self._decode_runs_native(runs)
+            if native is not None:
+                return native
+        records: list[Any] = []
+        bad: list[tuple[int, str]] = []
+        for start, end, writer in runs:
+            good, run_bad = decode_bodies(writer, [bodies[i] for i in range(start, end)], self.schema)
+            records.extend(good)
+            bad.extend((start + i, reason) for i, reason in run_bad)
+        return records, bad
+
+    def _decode_runs_native(
+        self, runs: list[tuple[int, int, WriterSchema]]
+    ) -> tuple[pa.RecordBatch, list[tuple[int, str]]] | None:
+        """The runs decoded natively and projected onto the reader's columns, or None (then the
+        caller uses fastavro; one warning per schema pair says why).
+
+        Bodies are grouped by writer schema, so alternating ids cost one native call per writer
+        schema and chunk, not one per run; a final ``take`` puts the rows back in chunk order."""
+        groups: dict[str, tuple[WriterSchema, list[tuple[int, int]]]] = {}
+        for start, end, writer in runs:
+            groups.setdefault(writer.fingerprint, (writer, []))[1].append((start, end))
+        batches: list[pa.RecordBatch] = []
+        order: list[int] = []  # chunk index of every good row, in the order of ``batches``
+        bad: list[tuple[int, str]] = []
+        raw = memoryview(self._raw)
+        all_ends = self._ends
+        for writer, spans in groups.values():
+            key = f"{writer.fingerprint}:{self.schema.fingerprint}"
+            projection = None
+            if writer is not self.schema:
+                if key not in _PROJECTIONS:
+                    try:
+                        _PROJECTIONS[key] = Projection(writer.avro, self.schema.avro)
+                    except ProjectionUnsupported as exc:
+                        _PROJECTIONS[key] = None
+                        warn_once(f"resolve:{key}", "schema resolution of this pair runs in fastavro, "
+                                  "not natively (slower)", writer_schema_id=writer.schema_id,
+                                  reader_schema_id=self.schema.schema_id, reason=str(exc)[:300])
+                projection = _PROJECTIONS[key]
+                if projection is None:
+                    return None
+            if writer.fingerprint not in self._natives:
+                self._natives[writer.fingerprint] = decoder_for(writer.avro, writer.fingerprint)
+            native = self._natives[writer.fingerprint]
+            if native is None:
+                return None
+            index = [i for start, end in spans for i in range(start, end)]
+            if len(spans) == 1:  # one contiguous run: decode it in place
+                base = all_ends[index[0] - 1] if index[0] else 0
+                data: bytes | memoryview = raw[base : all_ends[index[-1]]]
+                ends = array.array("q", (all_ends[i] - base for i in index))
+            else:
+                pieces = [raw[(all_ends[i - 1] if i else 0) : all_ends[i]] for i in index]
+                data = b"".join(pieces)
+                ends = array.array("q", accumulate(map(len, pieces)))
+            try:
+                values, group_bad = native.decode(data, ends, len(index))
+                if projection is not None:
+                    values = projection.apply(values)
+            except (NativeError, pa.ArrowInvalid) as exc:
+                warn_once(f"chunk:{key}", "native decode of a resolved chunk failed: chunk decoded "
+                          "with fastavro", reason=str(exc)[:300])
+                return None
+            dropped = {k for k, _ in group_bad}
+            bad.extend((index[k], reason) for k, reason in group_bad)
+            order.extend(i for k, i in enumerate(index) if k not in dropped)
+            batches.append(values)
+        del raw
+        batch = pa.concat_batches(batches) if len(batches) > 1 else batches[0]
+        if len(batches) > 1:
+            perm = sorted(range(len(order)), key=order.__getitem__)
+            batch = batch.take(pa.array(perm, pa.int32()))
+        bad.sort()
+        if self._check_decimals:
+            try:
+                batch.validate(full=True)
+            except pa.ArrowInvalid:
+                return None
+        return batch, bad
 
     def _values_to_batch(self, records: Any, kafka: list[pa.Array]) -> pa.RecordBatch:
         """Value columns (native batch, or fastavro dicts to convert) plus the Kafka columns."""

@@ -37,6 +37,14 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--on-error", {"choices": cfgmod.ON_ERROR, "help": "bad records: dead-letter or fail"}),
     ("--decoder", {"choices": cfgmod.DECODERS,
                    "help": "Avro chunk decoder: native (Rust, default) or python (fastavro)"}),
+    ("--schema-evolution", {"choices": cfgmod.SCHEMA_EVOLUTIONS,
+                            "help": "confluent framing: resolve writer schemas to one reader schema "
+                            "per file (default), or roll a file at every writer schema change"}),
+    ("--subject-strategy", {"choices": cfgmod.SUBJECT_STRATEGIES,
+                            "help": "subject whose latest version is the reader schema: topic "
+                            "(<topic>-value, default), record (record full name), topic-record"}),
+    ("--registry-timeout", {"help": "registry unreachable this long while a new schema id waits: "
+                            "exit (5m); until then the partition pauses and retries"}),
     ("--batch-size", {"help": "records per consume() call"}),
     ("--log-format", {"choices": ("auto", "json", "console")}),
     ("--log-level", {}),

@@ -27,6 +27,8 @@ COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 ON_ERROR = ("dead-letter", "fail")
 DECODERS = ("native", "python")  # native: consumer._native (Rust); python: fastavro
 FRAMINGS = ("raw", "confluent")
+SCHEMA_EVOLUTIONS = ("resolve", "roll")  # resolve: one reader schema per file; roll: file per writer
+SUBJECT_STRATEGIES = ("topic", "record", "topic-record")  # Confluent subject name strategies
 _SECRET_HINTS = ("password", "passphrase", "secret", "token", "key.pem", "jaas", "credentials")
 
 MIN_S3_PART = 5 * 1024 * 1024
@@ -67,6 +69,11 @@ class Config:
     memory_bytes: int = 512 * 1024 * 1024
     on_error: str = "dead-letter"
     decoder: str = "native"  # chunk decoder; python (fastavro) is the reference and the fallback
+    # Confluent framing: resolve every writer schema to one reader schema per file (Avro schema
+    # resolution), or roll the file at every writer schema change (the old behaviour).
+    schema_evolution: str = "resolve"
+    subject_strategy: str = "topic"  # where the reader (latest version) is looked up
+    registry_timeout: float = 300.0  # registry down this long while a new schema id waits: exit
     until_caught_up: bool = False
     caught_up_timeout: float = 300.0  # how long --until-caught-up waits for other members' partitions
     shutdown_timeout: float = 25.0  # SIGTERM → exit bound (below Kubernetes' 30 s grace period)
@@ -138,6 +145,14 @@ class Config:
             p.append(f"on-error {self.on_error!r} unknown: use one of {', '.join(ON_ERROR)}")
         if self.decoder not in DECODERS:
             p.append(f"decoder {self.decoder!r} unknown: use one of {', '.join(DECODERS)}")
+        if self.schema_evolution not in SCHEMA_EVOLUTIONS:
+            p.append(f"schema-evolution {self.schema_evolution!r} unknown: use one of "
+                     f"{', '.join(SCHEMA_EVOLUTIONS)}")
+        if self.subject_strategy not in SUBJECT_STRATEGIES:
+            p.append(f"subject-strategy {self.subject_strategy!r} unknown: use one of "
+                     f"{', '.join(SUBJECT_STRATEGIES)}")
+        if self.registry_timeout <= 0:
+            p.append("registry-timeout must be positive, e.g. 5m")
         for name in ("row_group_rows", "row_group_bytes", "file_bytes", "memory_bytes", "batch_size"):
             if getattr(self, name) <= 0:
                 p.append(f"{name.replace('_', '-')} must be positive")
@@ -276,6 +291,7 @@ _CONVERTERS: dict[str, Any] = {
     "metrics_port": int,
     "stall_timeout": parse_duration,
     "stall_exit": parse_duration,
+    "registry_timeout": parse_duration,
 }
 
 # Standard variable names that the local stack (and most deployments) already export.

@@ -28,13 +28,17 @@ from pathlib import Path
 from typing import Any
 
 import fastavro
+import structlog
 
 from consumer.registry import (
+    Registry,
     RegistryError,
     RegistryUnavailable,
-    SchemaRegistryClient,
     UnknownSchemaId,
 )
+from consumer.resolution import resolution_problem
+
+_log = structlog.get_logger(__name__)
 
 
 class BadRecord(ValueError):
@@ -95,10 +99,20 @@ def decode_one(parsed: Any, body: bytes | memoryview) -> dict[str, Any]:
 
 
 def decode_bodies(
-    schema: WriterSchema, bodies: Sequence[bytes | memoryview]
+    schema: WriterSchema,
+    bodies: Sequence[bytes | memoryview],
+    reader_schema: WriterSchema | None = None,
 ) -> tuple[list[dict[str, Any]], list[tuple[int, str]]]:
-    """Decode many bodies: (records that decoded, [(index, reason)] for those that did not)."""
+    """Decode many bodies: (records that decoded, [(index, reason)] for those that did not).
+
+    With ``reader_schema`` (another schema than the writer's) every record is resolved to it
+    by fastavro (Avro schema resolution: defaults, promotions, aliases, removed fields)."""
     parsed = schema.parsed
+    target = (
+        reader_schema.parsed
+        if reader_schema is not None and reader_schema.fingerprint != schema.fingerprint
+        else None
+    )
     reader = fastavro.schemaless_reader
     BytesIO = io.BytesIO
     good: list[dict[str, Any]] = []
@@ -112,6 +126,12 @@ def decode_bodies(
                     f"malformed Avro: {len(body) - bio.tell()} trailing bytes after the record "
                     "(wrong schema?)"
                 )
+            if target is not None:
+                # Read as the writer first: fastavro *skips* fields the reader lacks without
+                # noticing a truncated body, so only a full read with the writer schema proves the
+                # body is one record of it; then resolve.
+                bio.seek(0)
+                record = reader(bio, parsed, target)
         except BadRecord as exc:
             bad.append((i, exc.reason))
             continue
@@ -133,7 +153,7 @@ class Decoder:
         framing: str,
         *,
         schema: dict[str, Any] | None = None,
-        registry: SchemaRegistryClient | None = None,
+        registry: Registry | None = None,
     ) -> None:
         if framing not in ("raw", "confluent"):
             raise ValueError(f"unknown framing {framing!r}")
@@ -146,6 +166,11 @@ class Decoder:
         self._raw = WriterSchema.of(schema) if schema is not None else None
         self._by_id: dict[int, WriterSchema] = {}
         self._bad_ids: dict[int, str] = {}  # ids whose schema cannot be used: each record is bad
+        # Schema evolution (confluent framing): versions of ids per subject, and the newest
+        # version of each subject seen when an unseen id arrived (see consumer.evolution).
+        self._versions: dict[tuple[int, str], int | None] = {}
+        self._latest: dict[str, tuple[WriterSchema, int]] = {}
+        self._problems: dict[tuple[str, str], str | None] = {}
 
     @property
     def raw_schema(self) -> WriterSchema | None:
@@ -201,6 +226,55 @@ class Decoder:
             raise BadRecord(reason) from None
         self._by_id[schema_id] = ws
         return ws
+
+
+    def subject_info(
+        self, schema: WriterSchema, subject: str
+    ) -> tuple[int | None, tuple[WriterSchema, int] | None]:
+        """(version of ``schema`` in ``subject``, (newest schema of the subject, its version)).
+
+        The registry is asked once per (id, subject): which versions hold the id, and the newest
+        version of the subject *now* — so the reader schema moves forward exactly when an unseen
+        id arrives. :class:`RegistryUnavailable` propagates with nothing cached, so the retry asks
+        again; other registry answers that cannot be used leave the subject without a reader
+        schema (then each writer schema is its own reader, as with ``--schema-evolution roll``).
+        """
+        sid = schema.schema_id
+        if sid is None or self.registry is None:
+            return None, self._latest.get(subject)
+        key = (sid, subject)
+        if key not in self._versions:
+            try:
+                versions = dict(self.registry.versions_of_id(sid))
+                latest = self.registry.latest_version(subject)
+            except RegistryUnavailable:
+                raise
+            except RegistryError as exc:
+                _log.warning("schema versions unavailable: no reader schema for this subject",
+                             subject=subject, schema_id=sid, error=str(exc)[:300])
+                versions, latest = {}, None
+            if latest is not None:
+                lid, lver = latest
+                try:
+                    ls = self.schema_for_id(lid)
+                except BadRecord as exc:
+                    _log.warning("newest schema of the subject cannot be a reader schema",
+                                 subject=subject, schema_id=lid, reason=exc.reason)
+                else:
+                    known = self._latest.get(subject)
+                    if known is None or lver >= known[1]:
+                        self._latest[subject] = (ls, lver)
+            self._versions[key] = versions.get(subject)
+        return self._versions[key], self._latest.get(subject)
+
+    def resolution_problem(self, writer: WriterSchema, reader: WriterSchema) -> str | None:
+        """Why ``writer``'s records cannot be read as ``reader`` (None: they can); cached per pair."""
+        key = (writer.fingerprint, reader.fingerprint)
+        if key not in self._problems:
+            self._problems[key] = (
+                None if key[0] == key[1] else resolution_problem(writer.avro, reader.avro)
+            )
+        return self._problems[key]
 
 
 # --------------------------------------------------------------------------------------------

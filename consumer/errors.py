@@ -69,6 +69,13 @@ class FatalClientError(ConsumerStop):
     status = EXIT_FATAL
 
 
+class RegistryStop(ConsumerStop):
+    """The schema registry stayed unreachable past ``--registry-timeout`` while a record needed
+    an unseen schema id; nothing was dead-lettered, the record stays uncommitted."""
+
+    status = EXIT_FATAL
+
+
 class StorageContractError(ConsumerStop):
     """The object store does not honour a rule the protocol depends on (conditional writes)."""
 

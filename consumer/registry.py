@@ -27,11 +27,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
 __all__ = [
+    "Registry",
     "RegistryError",
     "RegistryUnavailable",
     "SchemaRegistryClient",
@@ -65,6 +66,16 @@ class UnknownSchemaId(RegistryError):
 
 class RegistryUnavailable(RegistryError):
     """The registry could not be reached (refused, timed out, 5xx) even after retries."""
+
+
+class Registry(Protocol):
+    """What the decoder asks a registry (:class:`SchemaRegistryClient`, or an in-memory double)."""
+
+    def schema_by_id(self, schema_id: int) -> dict[str, Any]: ...
+
+    def latest_version(self, subject: str) -> tuple[int, int] | None: ...
+
+    def versions_of_id(self, schema_id: int) -> list[tuple[str, int]]: ...
 
 
 class SchemaRegistryClient:
@@ -172,6 +183,47 @@ class SchemaRegistryClient:
         with self._lock:
             self._by_id.setdefault(schema_id, schema)
             return self._by_id[schema_id]
+
+    def latest_version(self, subject: str) -> tuple[int, int] | None:
+        """(schema id, version) of the newest version of ``subject``, or None when the registry
+        has no such subject (GET /subjects/{subject}/versions/latest). Never cached: the answer
+        changes as producers register new versions; callers ask when an unseen id arrives."""
+        path = f"/subjects/{urllib.parse.quote(subject, safe='')}/versions/latest"
+        try:
+            body = self._request("GET", path)
+        except _NotFound:
+            return None  # 40401 subject not found / 40402 no version: no reader to evolve to
+        sid = body.get("id") if isinstance(body, dict) else None
+        version = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(sid, int) or not isinstance(version, int):
+            raise RegistryError(
+                f"registry at {self.url} answered GET {path} without integer 'id' and 'version' "
+                f"(got {_short(body)}); is this a Confluent-compatible API base URL?"
+            )
+        return sid, version
+
+    def versions_of_id(self, schema_id: int) -> list[tuple[str, int]]:
+        """Every (subject, version) that holds this schema id (GET /schemas/ids/{id}/versions);
+        empty when the registry knows the id under no subject."""
+        path = f"/schemas/ids/{int(schema_id)}/versions"
+        try:
+            body = self._request("GET", path)
+        except _NotFound as exc:
+            if exc.error_code in (None, _SCHEMA_NOT_FOUND):
+                raise UnknownSchemaId(schema_id, self.url) from None
+            return []
+        if not isinstance(body, list):
+            raise RegistryError(
+                f"registry at {self.url} answered GET {path} with {_short(body)}, expected a list "
+                "of {subject, version}"
+            )
+        out: list[tuple[str, int]] = []
+        for item in body:
+            if isinstance(item, dict) and isinstance(item.get("subject"), str) and isinstance(
+                item.get("version"), int
+            ):
+                out.append((item["subject"], item["version"]))
+        return out
 
     def subjects(self) -> list[str]:
         """All subject names (GET /subjects) — also a cheap "is the registry up" probe."""

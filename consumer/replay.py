@@ -162,6 +162,8 @@ class ReplayRunner(Runner):
     def _done(self, now: float) -> int | None:
         for tp in [t for t in self.workers if t not in self.done]:
             w = self.workers[tp]
+            if w.waiting:  # records held back for the registry are fetched but not written yet
+                continue
             fetched = self.consumer.position([TopicPartition(*tp)])[0].offset
             if (w.next_pos is not None and w.next_pos >= self.stops[tp]) or fetched >= self.stops[tp]:
                 self._guard(w, w.finish)

@@ -150,6 +150,7 @@ class Runner:
         self._fatal_client = False
         self.closing = False
         self.budget_paused = False
+        self.registry_paused: set[TP] = set()  # partitions waiting for the schema registry
         self.heartbeat: float | None = None  # self.clock() of the poll loop's last iteration (health)
         if consumer_factory is None:
             from confluent_kafka import Consumer
@@ -201,6 +202,7 @@ class Runner:
 
     def _retire(self, key: TP) -> PartitionWorker | None:
         worker = self.workers.pop(key, None)
+        self.registry_paused.discard(key)  # a pause flag left behind is cleared on re-assignment
         if worker is not None:
             self.stats.retire(worker)
         return worker
@@ -333,8 +335,14 @@ class Runner:
                 worker.counters.records += n  # per-partition counts for metrics: no metric call here
                 worker.counters.bytes += nbytes
                 self._guard(worker, worker.append_batch, batch)
+                if worker.waiting:
+                    self._registry_pause(worker)
             now = self.heartbeat = self.clock()
             for worker in list(self.workers.values()):
+                if worker.retry_due(now):
+                    self._guard(worker, worker.retry_waiting)
+                    if not worker.waiting:
+                        self._registry_resume(worker)
                 if worker.flush_due(now):
                     self._guard(worker, worker.flush)
                 if worker.roll_due(now):
@@ -344,6 +352,28 @@ class Runner:
             if code is not None:
                 return code
         return EXIT_OK
+
+    # -- registry outage -------------------------------------------------------------------------
+    def _registry_pause(self, worker: PartitionWorker) -> None:
+        """A record of the partition waits for an unreachable registry: stop fetching it (its
+        held-back records stay in the worker, uncommitted) until the worker's retry succeeds."""
+        from confluent_kafka import TopicPartition
+
+        key = (worker.topic, worker.partition)
+        if key not in self.registry_paused:
+            self.registry_paused.add(key)
+            with contextlib.suppress(Exception):
+                self.consumer.pause([TopicPartition(*key)])
+
+    def _registry_resume(self, worker: PartitionWorker) -> None:
+        from confluent_kafka import TopicPartition
+
+        key = (worker.topic, worker.partition)
+        if key in self.registry_paused:
+            self.registry_paused.discard(key)
+            if not self.budget_paused:
+                with contextlib.suppress(Exception):
+                    self.consumer.resume([TopicPartition(*key)])
 
     def _raise_callback_error(self) -> None:
         if self._callback_error is not None:
@@ -415,7 +445,8 @@ class Runner:
     def _pause_fetch(self, pause: bool) -> None:
         from confluent_kafka import TopicPartition
 
-        tps = [TopicPartition(t, p) for (t, p), w in self.workers.items() if w.state is PartitionState.READY]
+        tps = [TopicPartition(t, p) for (t, p), w in self.workers.items()
+               if w.state is PartitionState.READY and (pause or (t, p) not in self.registry_paused)]
         with contextlib.suppress(Exception):
             (self.consumer.pause if pause else self.consumer.resume)(tps)
         self.budget_paused = pause
@@ -654,7 +685,7 @@ class GroupRunner(Runner):
         # Our own partitions: finish each as it reaches its target, then stop fetching it.
         for key, worker in list(self.workers.items()):
             target = self.targets.get(key, 0)
-            if key in self.exported or worker.state is not PartitionState.READY:
+            if key in self.exported or worker.state is not PartitionState.READY or worker.waiting:
                 continue
             pos = worker.next_pos if worker.next_pos is not None else -1
             if pos < target:

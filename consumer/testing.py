@@ -60,6 +60,7 @@ __all__ = [
     "MemoryBroker",
     "MemoryConsumer",
     "MemoryPositions",
+    "MemoryRegistry",
     "MemoryStore",
     "Message",
     "PreconditionFailed",
@@ -73,6 +74,52 @@ __all__ = [
 ]
 
 OnOp = Callable[[str, str], None]
+
+
+class MemoryRegistry:
+    """A Confluent schema registry in memory: ids hand out increasing, versions per subject, and
+    an outage switch (``down``) that makes every call raise ``RegistryUnavailable`` as the real
+    client does after its retries. Answers the calls of :class:`consumer.registry.Registry`."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[int, dict[str, Any]] = {}
+        self.subjects: dict[str, list[int]] = {}
+        self.down = False
+        self.calls: list[tuple[str, Any]] = []
+
+    def register(self, subject: str, schema: dict[str, Any]) -> int:
+        sid = next((k for k, known in self.schemas.items() if known == schema), 0)
+        if not sid:
+            sid = len(self.schemas) + 1
+            self.schemas[sid] = schema
+        versions = self.subjects.setdefault(subject, [])
+        if sid not in versions:
+            versions.append(sid)
+        return sid
+
+    def _call(self, name: str, arg: Any) -> None:
+        from consumer.registry import RegistryUnavailable
+
+        self.calls.append((name, arg))
+        if self.down:
+            raise RegistryUnavailable(f"memory registry is down ({name} {arg})")
+
+    def schema_by_id(self, schema_id: int) -> dict[str, Any]:
+        from consumer.registry import UnknownSchemaId
+
+        self._call("schema_by_id", schema_id)
+        if schema_id not in self.schemas:
+            raise UnknownSchemaId(schema_id, "memory://registry")
+        return self.schemas[schema_id]
+
+    def latest_version(self, subject: str) -> tuple[int, int] | None:
+        self._call("latest_version", subject)
+        versions = self.subjects.get(subject)
+        return (versions[-1], len(versions)) if versions else None
+
+    def versions_of_id(self, schema_id: int) -> list[tuple[str, int]]:
+        self._call("versions_of_id", schema_id)
+        return [(subj, ids.index(schema_id) + 1) for subj, ids in self.subjects.items() if schema_id in ids]
 
 #: The :class:`~consumer.storage.ObjectStore` methods; ``fail_next``/``on_op`` use these names.
 OPS = frozenset(
@@ -1130,11 +1177,16 @@ def page_view_broker(
 
 
 def memory_runner(
-    broker: MemoryBroker, store: ObjectStore, *, clock: Callable[[], float] | None = None, **config: Any
+    broker: MemoryBroker,
+    store: ObjectStore,
+    *,
+    clock: Callable[[], float] | None = None,
+    value_decoder: Any = None,
+    **config: Any,
 ) -> Any:
     """A :class:`~consumer.runner.GroupRunner` of group ``g`` on ``broker`` and ``store``, consuming
     topic ``t`` of raw ``page_view`` records into ``s3://bucket/out``; ``config`` overrides any
-    :class:`~consumer.config.Config` field."""
+    :class:`~consumer.config.Config` field, ``value_decoder`` the raw ``page_view`` decoder."""
     from consumer.config import Config
     from consumer.decoding import Decoder, load_schema
     from consumer.runner import GroupRunner
@@ -1151,7 +1203,7 @@ def memory_runner(
     return GroupRunner(
         Config(**settings),
         store=store,
-        decoder=Decoder("raw", schema=load_schema("page_view")),
+        decoder=value_decoder or Decoder("raw", schema=load_schema("page_view")),
         consumer_factory=broker.consumer_factory(),
         **kwargs,
     )

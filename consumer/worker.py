@@ -22,11 +22,12 @@ the partition may overlap ``[F, E)``, and the pieces are merged into the final o
 deterministic key, written conditionally, verified by reading its footer back, and only then are
 the pieces deleted. Every step is idempotent, so recovery can redo any of them.
 
-**Identity.** A Parquet file has one schema, so a file's pieces must agree on the writer schema,
-the Arrow schema (Kafka columns, type mapping of this pyarrow) and the writer options. That
-identity rides in every piece's metadata with the file's birth time and the Avro schema, so
-whoever finishes a roll — this process or a restarted one — writes the same footer, and a change
-of any of them finishes the old file first.
+**Identity.** A Parquet file has one schema, so a file's pieces must agree on the file's Avro
+schema (the writer schema, or with schema evolution the reader schema that interleaved writer
+schemas are resolved to — see :mod:`consumer.evolution`), the Arrow schema (Kafka columns, type
+mapping of this pyarrow) and the writer options. That identity rides in every piece's metadata
+with the file's birth time and the Avro schema, so whoever finishes a roll — this process or a
+restarted one — writes the same footer, and a change of any of them finishes the old file first.
 
 **Recover.** On assignment, :func:`consumer.recovery.plan_recovery` decides from the committed
 position and what S3 holds (see there); the worker carries the plan out.
@@ -49,8 +50,9 @@ import pyarrow as pa
 from consumer import faults
 from consumer.arena import Arena, DeadLetter, SchemaStats, kafka_fields
 from consumer.config import Config
-from consumer.decoding import BadRecord, Decoder, WriterSchema
-from consumer.errors import BadRecordStop, IntegrityError
+from consumer.decoding import BadRecord, Decoder, RegistryUnavailable, WriterSchema
+from consumer.errors import BadRecordStop, IntegrityError, RegistryStop
+from consumer.evolution import VersionedSchema, choose_reader, subject_for
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.metrics import PartitionCounters
 from consumer.parquet_merge import (
@@ -81,6 +83,8 @@ EMPTY_TABLE = pa.table({})
 FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age survives restarts
 AVRO_SCHEMA_KEY = "avro.schema"
+READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader) schema
+_REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
 
 # Kept for callers of the old private name (tests/unit/test_recovery_chain.py).
 _chain_ending_at = chain_ending_at
@@ -122,6 +126,7 @@ class FileState:
     opened_at: float = field(default_factory=time.monotonic)  # on the worker's clock
     born_wall: float = field(default_factory=time.time)  # epoch seconds, written into pieces
     identity: str | None = None
+    reader_id: int | None = None  # registry id of the file's schema (schema evolution), if known
 
     @property
     def rows(self) -> int:
@@ -186,6 +191,15 @@ class PartitionWorker:
         self.files_rolled = 0
         self.counters = shared.counters.setdefault((topic, partition), PartitionCounters())
         self._final_ends: dict[int, int] = {}  # final files' start → end, as far as known
+        # Records held back while the registry is unreachable for an unseen schema id: kept in
+        # order, uncommitted, and appended again by retry_waiting (see the runner's pause).
+        self.waiting: list[Any] = []
+        self.waiting_bytes = 0
+        self.registry_down_since: float | None = None
+        self.retry_at: float | None = None
+        self._retry_delay = _REGISTRY_BACKOFF[0]
+        self.resolving = decoder.framing == "confluent" and config.schema_evolution == "resolve"
+        self._stays: set[str] = set()  # writer schemas read as the current arena's schema
 
     @property
     def broken(self) -> bool:
@@ -268,8 +282,13 @@ class PartitionWorker:
             (_identity_of(p.layout) for p in reversed(chain) if p.layout.num_row_groups > 0), None
         )
         age = max(0.0, self.wall() - born)
+        reader_id = next(
+            (read_key_value_metadata(p.layout.footer).get(READER_ID_KEY)
+             for p in reversed(chain) if p.layout.num_row_groups > 0), None
+        )
         return FileState(chain[0].ref.file_start, chain, opened_at=self.clock() - age, born_wall=born,
-                         identity=identity)
+                         identity=identity,
+                         reader_id=int(reader_id) if reader_id and reader_id.isdigit() else None)
 
     def _final_starts(self) -> list[int]:
         out = []
@@ -313,6 +332,9 @@ class PartitionWorker:
         """Buffer one Kafka message; flushes (and maybe rolls) when a budget is reached."""
         if not self._require(PartitionState.READY):
             return
+        if self.waiting:  # an earlier record waits for the registry: keep the order
+            self._hold(msg)
+            return
         offset = msg.offset()
         if self.committed is None:
             # No committed position: the partition starts where the first record is.
@@ -323,16 +345,24 @@ class PartitionWorker:
         timestamp = ts if ts_type != 0 else None
         if self.first_append_at is None:
             self.first_append_at = self.clock()
+        writer: WriterSchema | None = None
         try:
             schema, body = self.decoder.split(msg.value())
+            if self.resolving:
+                writer, schema = schema, self._reader_for(schema)
+                if writer.fingerprint == schema.fingerprint:
+                    writer = None
             if self.arena is None or self.arena.schema.fingerprint != schema.fingerprint:
                 self._switch_schema(schema)
         except BadRecord as exc:
             self._bad(DeadLetter(offset, timestamp, msg.key(), exc.reason, msg.value()))
             self.next_pos = offset + 1
             return
+        except RegistryUnavailable as exc:
+            self._registry_down(msg, exc)
+            return
         assert self.arena is not None
-        self.arena.append(body, offset, timestamp, msg.key(), msg.headers())
+        self.arena.append(body, offset, timestamp, msg.key(), msg.headers(), writer)
         if self.arena.halted is not None:
             self._halt(self.arena.halted)
         self.next_pos = offset + 1
@@ -349,6 +379,10 @@ class PartitionWorker:
         through :meth:`append`, which decides the same way.
         """
         if not self._require(PartitionState.READY) or not msgs:
+            return
+        if self.waiting:
+            for msg in msgs:
+                self._hold(msg)
             return
         arena = self.arena
         offsets = list(map(_msg_offset, msgs))
@@ -428,6 +462,100 @@ class PartitionWorker:
             "--on-error dead-letter."
         )
 
+    # -- schema evolution (see consumer.evolution) ---------------------------------------------
+    def _reader_for(self, writer: WriterSchema) -> WriterSchema:
+        """The reader schema this writer's record is read with (:func:`choose_reader`);
+        :class:`BadRecord` for an older writer schema that the open file's cannot read.
+
+        A writer schema once found to stay in the arena's schema stays there for as long as that
+        arena lives (the rule does not depend on the subject's latest version), so the hot path
+        is one set lookup per record."""
+        arena = self.arena
+        if arena is not None and writer.fingerprint in self._stays:
+            return arena.schema
+        subject = subject_for(self.config.subject_strategy, self.topic, writer.avro)
+        wver, latest = self.decoder.subject_info(writer, subject)
+        current = self._current_reader(subject)
+        decision = choose_reader(
+            VersionedSchema(writer, wver),
+            current,
+            VersionedSchema(*latest) if latest is not None else None,
+            self.decoder.resolution_problem,
+        )
+        if decision.reader is None:
+            raise BadRecord(decision.reason)
+        if arena is not None and decision.reader.schema is arena.schema:
+            self._stays.add(writer.fingerprint)
+        return decision.reader.schema
+
+    def _current_reader(self, subject: str) -> VersionedSchema | None:
+        """The open file's reader schema: the arena's, else the one a resumed file was written with."""
+        schema: WriterSchema | None = None
+        if self.arena is not None:
+            schema = self.arena.schema
+        elif self.file is not None and self.file.reader_id is not None:
+            try:
+                schema = self.decoder.schema_for_id(self.file.reader_id)
+            except BadRecord:
+                schema = None
+        if schema is None:
+            return None
+        return VersionedSchema(schema, self.decoder.subject_info(schema, subject)[0])
+
+    # -- registry outage: hold records back, retry within bounds --------------------------------
+    def _hold(self, msg: Any) -> None:
+        self.waiting.append(msg)
+        value = msg.value()
+        self.waiting_bytes += len(value) if value else 0
+
+    def _registry_down(self, msg: Any, exc: RegistryUnavailable) -> None:
+        """The registry could not be reached for this record's schema: the record is fine, so it
+        is held back (not dead-lettered, not committed) with every later one of the partition;
+        the runner pauses fetching and :meth:`retry_waiting` tries again after a backoff."""
+        now = self.clock()
+        if self.registry_down_since is None:
+            self.registry_down_since = now
+            self._retry_delay = _REGISTRY_BACKOFF[0]
+        else:
+            self._retry_delay = min(self._retry_delay * 2, _REGISTRY_BACKOFF[1])
+        self.retry_at = now + self._retry_delay
+        self._hold(msg)
+        self.log.warning(
+            "schema registry unavailable: partition paused, retrying",
+            offset=msg.offset(),
+            retry_in_s=self._retry_delay,
+            down_for_s=round(now - self.registry_down_since, 1),
+            give_up_after_s=self.config.registry_timeout,
+            error=str(exc)[:300],
+        )
+
+    def retry_due(self, now: float) -> bool:
+        return bool(self.waiting) and self.retry_at is not None and now >= self.retry_at
+
+    def retry_waiting(self) -> None:
+        """Append the held-back records again, in order; the first one that still finds the
+        registry down holds the rest back once more. Past ``--registry-timeout`` of outage the
+        process stops (:class:`RegistryStop`): everything appended before is flushed on shutdown
+        and the held-back records stay uncommitted, so nothing is lost or dead-lettered."""
+        if not self.waiting or not self._require(PartitionState.READY):
+            return
+        assert self.registry_down_since is not None
+        held, self.waiting, self.waiting_bytes = self.waiting, [], 0
+        for msg in held:
+            self.append(msg)
+        if not self.waiting:
+            self.log.info("schema registry reachable again: partition resumed",
+                          down_for_s=round(self.clock() - self.registry_down_since, 1))
+            self.registry_down_since = self.retry_at = None
+        elif self.clock() - self.registry_down_since >= self.config.registry_timeout:
+            raise RegistryStop(
+                f"{self.where}: the schema registry has been unreachable for "
+                f"{self.clock() - self.registry_down_since:.0f}s (--registry-timeout "
+                f"{self.config.registry_timeout:.0f}s) while offset {self.waiting[0].offset()} needs "
+                "its schema. Everything before it is durable; nothing was dead-lettered. Restore "
+                "the registry and restart."
+            )
+
     def _converter(self, schema: WriterSchema) -> RecordConverter:
         """The schema's converter (shared by every partition); a schema that cannot become columns
         (recursive, no fields, …) makes its records bad records, not a crash."""
@@ -460,6 +588,7 @@ class PartitionWorker:
                           schema_id=schema.schema_id)
             self.roll()
         stats = self.shared.stats.setdefault(schema.fingerprint, SchemaStats.from_schema(schema.avro))
+        self._stays = set()
         self.arena = Arena(
             schema,
             conv,
@@ -483,7 +612,7 @@ class PartitionWorker:
     def buffered_bytes(self) -> int:
         """Bytes held for rows and dead letters not yet durable (what the memory budget adds up)."""
         dl = sum(len(d.value or b"") + len(d.reason) for d in self.dead_letters)
-        return (self.arena.nbytes if self.arena else 0) + dl
+        return (self.arena.nbytes if self.arena else 0) + dl + self.waiting_bytes
 
     @property
     def pending(self) -> bool:
@@ -563,6 +692,8 @@ class PartitionWorker:
         meta = {BORN_KEY: repr(self.file.born_wall)}
         if table.num_rows and self.arena is not None:
             meta[AVRO_SCHEMA_KEY] = json.dumps(self.arena.schema.avro, separators=(",", ":"))
+            if self.resolving and self.arena.schema.schema_id is not None:
+                meta[READER_ID_KEY] = str(self.arena.schema.schema_id)
         data = encode_piece(table, self.options, identity or "", meta)
         encoded_at = self.clock()
         key = self.layout.piece_key(self.topic, self.partition, self.file.start, from_pos, to_pos)
@@ -597,6 +728,8 @@ class PartitionWorker:
         )
         if identity is not None and rows:
             self.file.identity = identity
+            if self.arena is not None:
+                self.file.reader_id = self.arena.schema.schema_id
         self.row_groups += 1
         self.counters.durable(rows, size)
         self.log.info(

@@ -80,6 +80,20 @@ def _handler(reg: FakeRegistry) -> type[BaseHTTPRequestHandler]:
                     if int(parts[2]) in reg.schema_types:
                         body["schemaType"] = reg.schema_types[int(parts[2])]
                     self._reply(200, body)
+            elif method == "GET" and parts[:2] == ["schemas", "ids"] and parts[3:] == ["versions"]:
+                sid = int(parts[2])
+                if sid not in reg.schemas:
+                    self._reply(404, {"error_code": 40403, "message": "Schema not found"})
+                else:
+                    self._reply(200, [{"subject": subj, "version": ids.index(sid) + 1}
+                                      for subj, ids in reg.subjects.items() if sid in ids])
+            elif method == "GET" and len(parts) == 4 and parts[::2] == ["subjects", "versions"]:
+                ids = reg.subjects.get(parts[1])
+                if not ids:
+                    self._reply(404, {"error_code": 40401, "message": f"Subject '{parts[1]}' not found."})
+                else:
+                    self._reply(200, {"subject": parts[1], "version": len(ids), "id": ids[-1],
+                                      "schema": reg.schemas[ids[-1]]})
             elif method == "POST" and len(parts) == 3 and parts[::2] == ["subjects", "versions"]:
                 length = int(self.headers["Content-Length"])
                 payload = json.loads(self.rfile.read(length))
@@ -301,3 +315,20 @@ def test_cache_is_thread_safe(registry: FakeRegistry) -> None:
     assert len(results) == 160
     assert all(r is results[0] for r in results)
     assert registry.count("GET", "/schemas/ids/1") <= 8
+
+
+def test_latest_version_and_versions_of_an_id(registry: FakeRegistry) -> None:
+    """The two lookups schema evolution needs (Confluent: GET /subjects/{s}/versions/latest and
+    GET /schemas/ids/{id}/versions): never cached, since a subject's latest version moves."""
+    client = SchemaRegistryClient(registry.url)
+    v1 = client.register("t-value", {"type": "record", "name": "R", "fields": []})
+    assert client.latest_version("t-value") == (v1, 1)
+    v2 = client.register("t-value", {"type": "record", "name": "R", "fields": [
+        {"name": "a", "type": "int", "default": 0}]})
+    assert client.latest_version("t-value") == (v2, 2)
+    assert client.versions_of_id(v1) == [("t-value", 1)]
+    assert client.versions_of_id(v2) == [("t-value", 2)]
+    assert client.latest_version("no-such-value") is None
+    with pytest.raises(UnknownSchemaId):
+        client.versions_of_id(999)
+    assert registry.count("GET", "/subjects/t-value/versions/latest") == 2

@@ -285,6 +285,12 @@ class Registry:
             raise s
         return s
 
+    def latest_version(self, subject: str) -> tuple[int, int] | None:
+        return None  # no subjects: every writer schema is its own reader
+
+    def versions_of_id(self, schema_id: int) -> list[tuple[str, int]]:
+        return []
+
 
 DECIMAL = {
     "type": "record",
