@@ -31,6 +31,11 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--file-rows", {"help": "roll the file at this many rows"}),
     ("--file-bytes", {"help": "roll the file at about this size, e.g. 256MiB"}),
     ("--file-max-age", {"help": "roll the file at this age, e.g. 1h ('none' to disable)"}),
+    ("--partition-by", {"help": "time-bucketed layout, e.g. 'dt={ts:%%Y-%%m-%%d}/hr={ts:%%H}' (field path or "
+                        "@timestamp; see docs/design.md); default: topic=/partition= only"}),
+    ("--timezone", {"help": "IANA time zone the --partition-by buckets are formatted in (UTC)"}),
+    ("--bucket-grace", {"help": "roll a bucket's file once records are this far past its end (10m)"}),
+    ("--max-open-buckets", {"help": "open bucket files per partition; above it the oldest rolls (8)"}),
     ("--compression", {"choices": cfgmod.COMPRESSIONS}),
     ("--kafka-columns", {"help": f"comma list of {','.join(cfgmod.KAFKA_COLUMNS)}"}),
     ("--memory-bytes", {"help": "process-wide budget for buffered rows, e.g. 512MiB"}),
