@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="staged pieces are fine (a consumer is live or will resume)",
     )
+    ver.add_argument("--partition-by", default=os.environ.get("CONSUMER_PARTITION_BY"),
+                     help="the run's --partition-by template: bucket folders are checked against it "
+                     "(every row in the bucket its time says)")
+    ver.add_argument("--timezone", default=os.environ.get("CONSUMER_TIMEZONE") or "UTC",
+                     help="the run's --timezone (UTC)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
     return parser
@@ -350,6 +355,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             committed=committed,
             contiguous=args.contiguous,
             allow_staging=args.allow_staging,
+            partition_by=args.partition_by,
+            timezone=args.timezone,
         )
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)

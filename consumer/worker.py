@@ -270,9 +270,9 @@ class PartitionWorker:
                         bucket: str = "") -> None:
         for fin in finish:
             if fin.needs_marker:
-                self.store.put_if_absent(
-                    self.layout.roll_marker_key(self.topic, self.partition, fin.file_start, fin.end, bucket), b""
-                )
+                marker = self.layout.roll_marker_key(
+                    self.topic, self.partition, fin.file_start, fin.end, bucket)
+                self.store.put_if_absent(marker, b"")
             # A crash mid-merge leaves an invisible multipart upload behind: abort it.
             final_key = self.layout.final_key(self.topic, self.partition, fin.file_start, bucket)
             self.store.abort_uploads(final_key)

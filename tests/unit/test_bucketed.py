@@ -29,6 +29,7 @@ from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.positions import PartitionFenced
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
 from consumer.testing import Crash, MemoryPositions, MemoryStore, Message
+from consumer.verify import verify
 from consumer.worker import PartitionState, PartitionWorker, SharedState
 
 PREFIX = "out"
@@ -478,3 +479,22 @@ def test_a_crash_at_any_store_request_of_a_bucketed_run_keeps_every_offset_exact
     check_exactly_once(store, UPTO, BAD)
     assert staged(store) == []
     assert positions.committed("t", 0) == UPTO
+
+
+# -- consumer verify on the bucketed layout ----------------------------------------------------------
+def test_verify_checks_a_bucketed_output_exactly_and_finds_a_row_in_the_wrong_bucket() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=4, row_group_rows=2, max_open_buckets=2))
+    w.recover()
+    run(w, range(30), bad={7})
+    w.finish()
+    report = verify(store, PREFIX, "t", committed={0: 30}, partition_by=TEMPLATE)
+    assert report.ok, report.to_text()
+    assert report.partitions[0].missing_count == 0 and report.partitions[0].duplicate_count == 0
+    # Without the template the bucket folders are not the plain layout: refused, not misread.
+    assert not verify(store, PREFIX, "t", committed={0: 30}).ok
+    # A file moved into another hour's folder: every row of it is in the wrong bucket.
+    key = next(k for k, _ in finals(store) if "hr=04" in k)
+    store.objects[key.replace("hr=04", "hr=09")] = store.objects.pop(key)
+    report = verify(store, PREFIX, "t", committed={0: 30}, partition_by=TEMPLATE)
+    assert not report.ok and any("not in bucket" in why for _, why in report.bad_files)
