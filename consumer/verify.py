@@ -643,8 +643,8 @@ def verify(
                                      "yet readers will read it"))
                 continue
             if bucket and (template is None or _bucket_names(bucket) != template.names):
-                bad.append((obj.key, f"bucket folder {bucket!r} does not match "
-                                     f"{'--partition-by ' + template.text if template else 'the plain layout'} "
+                expected = f"--partition-by {template.text}" if template else "the plain layout"
+                bad.append((obj.key, f"bucket folder {bucket!r} does not match {expected} "
                                      "(pass the run's --partition-by to verify a time-bucketed layout)"))
                 continue
             bucket_of[obj.key] = bucket
