@@ -138,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--partitions", type=int, default=4)
     prod.add_argument("--seed", type=int, default=0)
     prod.add_argument("--start", type=int, default=0, help="index of the first record to produce")
+    prod.add_argument("--spread-hours", type=int, default=0,
+                      help="shift Kafka timestamps by a shuffled 0..N-1 hours (late/early data)")
     prod.add_argument("--framing", choices=cfgmod.FRAMINGS, default="raw")
     prod.add_argument("--schema-registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL"))
 
@@ -307,6 +309,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         framing=args.framing,
         registry_url=args.schema_registry_url,
         start=args.start,
+        spread_hours=args.spread_hours,
     )
     print(
         f"produced {result.count} {args.schema} records to {result.topic} "
