@@ -332,7 +332,9 @@ def test_kill_at_point_in_the_bucketed_layout(
     stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
     topic = unique("crash-bucket")
-    expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 400, 2, BUCKETED_BAD, spread_hours=5)
+    expected = produce_with_bad(
+        stack.kafka_bootstrap, topic, "page_view", 400, 2, BUCKETED_BAD, spread_hours=5
+    )
     args = (*BUCKETED, *static_member())
     kind = f"kill at point, bucketed layout (5 shuffled hours), {len(BUCKETED_BAD)} bad records"
     crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
