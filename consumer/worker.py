@@ -641,8 +641,9 @@ class PartitionWorker:
             halt, self.arena.halted = self.arena.halted, None
             if halt is not None:
                 to_pos = min(to_pos, halt.offset)
-            if self.arena.max_time is not None:
-                self.watermark = max(self.watermark or self.arena.max_time, self.arena.max_time)
+            newest = self.arena.max_time
+            if newest is not None and (self.watermark is None or newest > self.watermark):
+                self.watermark = newest
         else:
             # Only bad records so far: a zero-row piece keeps the position chain unbroken.
             table, dead, arrow_bytes = EMPTY_TABLE, self.dead_letters, 0
@@ -663,7 +664,7 @@ class PartitionWorker:
                 opened.append(bucket)
             elif bucket_end is not None:
                 f = self.files[bucket]
-                f.bucket_end = max(f.bucket_end or bucket_end, bucket_end)
+                f.bucket_end = bucket_end if f.bucket_end is None else max(f.bucket_end, bucket_end)
         for f in self.files.values():
             if identity is not None and f.bucket in groups and groups[f.bucket][0].num_rows \
                     and f.identity not in (None, identity):
