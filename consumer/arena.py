@@ -28,6 +28,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from consumer.bucketing import Assignment, Template, assign, time_column
 from consumer.decoding import WriterSchema, decode_bodies
 from consumer.native import NativeDecoder, NativeError, decoder_for, warn_once
 from consumer.projection import Projection, ProjectionUnsupported
@@ -183,6 +184,7 @@ class Arena:
         on_error: str = "dead-letter",
         calibrate: Callable[[pa.Table], int] | None = None,
         decoder: str = "native",
+        bucketing: Template | None = None,
     ) -> None:
         self.schema = schema
         self.converter = converter
@@ -223,6 +225,12 @@ class Arena:
         self.rows = 0  # rows buffered (pending + decoded), dead letters excluded
         self.dead_letters: list[DeadLetter] = []
         self.halted: DeadLetter | None = None  # set under on_error=fail: the first bad record
+        # --partition-by: the bucket of every decoded row (one string and one end-time array per
+        # batch), computed at decode while the raw bodies still exist for exact dead letters.
+        self.bucketing = bucketing
+        self._buckets: list[pa.Array] = []
+        self._bucket_ends: list[pa.Array] = []
+        self.max_time: int | None = None  # the newest bucket time seen (the partition's watermark)
 
     # -- sizes ---------------------------------------------------------------------------------
     @property
@@ -359,7 +367,9 @@ class Arena:
                 self.rows -= len(bad)
         raw_bodies = bodies
         del bodies, raw
-        batch = self._to_batch(records, keep, raw_bodies) if keep else None
+        batch, kept = self._to_batch(records, keep, raw_bodies) if keep else (None, [])
+        if batch is not None and batch.num_rows and self.bucketing is not None:
+            batch = self._assign_buckets(batch, kept, raw_bodies)
         if batch is not None and batch.num_rows:
             self._batches.append(batch)
             self._batch_bytes += batch.get_total_buffer_size()
@@ -376,13 +386,68 @@ class Arena:
         self._keys.clear()
         self._headers.clear()
 
-    def _to_batch(self, records: list[Any], keep: list[int], bodies: Sequence[memoryview]) -> pa.RecordBatch:
-        """The chunk's rows as one batch. A record whose value Arrow refuses (e.g. a decimal wider
-        than its declared precision) becomes a dead letter (or halts, under ``on_error=fail``)
-        instead of failing the other rows of its chunk; only a refused chunk pays the per-record
-        retry that finds it."""
+    def _assign_buckets(
+        self, batch: pa.RecordBatch, kept: list[int], bodies: Sequence[memoryview]
+    ) -> pa.RecordBatch | None:
+        """Compute every row's bucket (columnar). A row without one (null or impossible time, or
+        a writer schema without the field) becomes a dead letter, or halts under fail."""
+        assert self.bucketing is not None
         try:
-            return self._values_to_batch(records, self._kafka_arrays(keep))
+            if self.bucketing.field_path is None:
+                ts = array.array("q", (self._timestamps[i] for i in kept))
+                raw = pa.Array.from_buffers(pa.int64(), len(kept), [None, pa.py_buffer(ts.tobytes())])
+                millis = pc.if_else(pc.greater_equal(raw, 0), raw, pa.scalar(None, pa.int64()))
+                if not isinstance(millis, pa.Array):
+                    millis = pa.array([millis.as_py()] * len(kept), pa.int64())
+            else:
+                millis = time_column(self.bucketing, batch)
+        except (KeyError, TypeError) as exc:
+            # The writer schema has no usable time field: no row of it has a bucket.
+            reasons = [(j, str(exc).strip("'\"")[:300]) for j in range(len(kept))]
+            empty = pa.array([], pa.int64())
+            a = Assignment(pa.array([], pa.string()), empty, empty, reasons)
+            millis = None
+        else:
+            a = assign(self.bucketing, millis)
+            reasons = a.reasons
+        if reasons:
+            bad_rows = {j for j, _ in reasons}
+            if self.on_error == "fail":
+                j, reason = reasons[0]
+                if self.halted is None or int(self._offsets[kept[j]]) < self.halted.offset:
+                    self.halted = self._dead_letter(kept[j], reason, bodies[kept[j]])
+                self.rows -= len(kept) - j
+                if j == 0:
+                    return None
+                batch = batch.slice(0, j)
+                if millis is None:
+                    return None
+                a = Assignment(a.buckets.slice(0, j), a.ends.slice(0, j), a.times.slice(0, j), [])
+            else:
+                for j, reason in reasons:
+                    self.dead_letters.append(self._dead_letter(kept[j], reason, bodies[kept[j]]))
+                self.rows -= len(bad_rows)
+                if millis is None or len(bad_rows) == len(kept):
+                    return None
+                mask = pa.array([j not in bad_rows for j in range(len(kept))])
+                batch = batch.filter(mask)
+                a = Assignment(a.buckets.filter(mask), a.ends.filter(mask), a.times.filter(mask), [])
+        newest = pc.max(a.times).as_py()
+        if newest is not None and (self.max_time is None or newest > self.max_time):
+            self.max_time = newest
+        self._buckets.append(a.buckets)
+        self._bucket_ends.append(a.ends)
+        return batch
+
+    def _to_batch(
+        self, records: list[Any], keep: list[int], bodies: Sequence[memoryview]
+    ) -> tuple[pa.RecordBatch, list[int]]:
+        """The chunk's rows as one batch, and the chunk indices of its rows. A record whose value
+        Arrow refuses (e.g. a decimal wider than its declared precision) becomes a dead letter (or
+        halts, under ``on_error=fail``) instead of failing the other rows of its chunk; only a
+        refused chunk pays the per-record retry that finds it."""
+        try:
+            return self._values_to_batch(records, self._kafka_arrays(keep)), keep
         except Exception:
             pass
         good_records: list[Any] = []
@@ -401,7 +466,7 @@ class Arena:
                 continue
             good_records.append(record)
             good_keep.append(i)
-        return self.converter.to_batch(good_records, self._kafka_arrays(good_keep))
+        return self.converter.to_batch(good_records, self._kafka_arrays(good_keep)), good_keep
 
     def _decode_chunk(self, bodies: Sequence[memoryview], n: int) -> tuple[Any, list[tuple[int, str]]]:
         """(values of the good rows, [(index, reason)] of the bad ones): a record batch of the value
@@ -563,7 +628,18 @@ class Arena:
 
         The arena is empty afterwards and keeps its raw buffer for the next row group.
         """
+        table, dead, arrow_bytes, _buckets, _ends = self.drain_buckets()
+        return table, dead, arrow_bytes
+
+    def drain_buckets(self) -> tuple[pa.Table, list[DeadLetter], int, pa.Array | None, pa.Array | None]:
+        """:meth:`drain` plus, under ``--partition-by``, every row's bucket path and bucket end
+        (epoch ms), aligned with the table's rows (None without bucketing)."""
         self.decode_pending()
+        buckets = ends = None
+        if self.bucketing is not None:
+            buckets = pa.concat_arrays(self._buckets) if self._buckets else pa.array([], pa.string())
+            ends = pa.concat_arrays(self._bucket_ends) if self._bucket_ends else pa.array([], pa.int64())
+            self._buckets, self._bucket_ends = [], []
         if self._batches:
             table = pa.Table.from_batches(self._batches, schema=self.converter.schema)
         else:
@@ -576,7 +652,7 @@ class Arena:
         self.rows = 0
         self.dead_letters = []
         self._raw = bytearray()  # released: re-sized from the stats at the next row group's first record
-        return table, dead, arrow_bytes
+        return table, dead, arrow_bytes, buckets, ends
 
 
 class _Bodies(Sequence[memoryview]):

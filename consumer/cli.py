@@ -31,6 +31,11 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--file-rows", {"help": "roll the file at this many rows"}),
     ("--file-bytes", {"help": "roll the file at about this size, e.g. 256MiB"}),
     ("--file-max-age", {"help": "roll the file at this age, e.g. 1h ('none' to disable)"}),
+    ("--partition-by", {"help": "time-bucketed layout, e.g. 'dt={ts:%%Y-%%m-%%d}/hr={ts:%%H}' (field path or "
+                        "@timestamp; see docs/design.md); default: topic=/partition= only"}),
+    ("--timezone", {"help": "IANA time zone the --partition-by buckets are formatted in (UTC)"}),
+    ("--bucket-grace", {"help": "roll a bucket's file once records are this far past its end (10m)"}),
+    ("--max-open-buckets", {"help": "open bucket files per partition; above it the oldest rolls (8)"}),
     ("--compression", {"choices": cfgmod.COMPRESSIONS}),
     ("--kafka-columns", {"help": f"comma list of {','.join(cfgmod.KAFKA_COLUMNS)}"}),
     ("--memory-bytes", {"help": "process-wide budget for buffered rows, e.g. 512MiB"}),
@@ -141,6 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     prod.add_argument("--partitions", type=int, default=4)
     prod.add_argument("--seed", type=int, default=0)
     prod.add_argument("--start", type=int, default=0, help="index of the first record to produce")
+    prod.add_argument("--spread-hours", type=int, default=0,
+                      help="shift Kafka timestamps by a shuffled 0..N-1 hours (late/early data)")
     prod.add_argument("--framing", choices=cfgmod.FRAMINGS, default="raw")
     prod.add_argument("--schema-registry-url", default=os.environ.get("SCHEMA_REGISTRY_URL"))
 
@@ -181,6 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="staged pieces are fine (a consumer is live or will resume)",
     )
+    ver.add_argument("--partition-by", default=os.environ.get("CONSUMER_PARTITION_BY"),
+                     help="the run's --partition-by template: bucket folders are checked against it "
+                     "(every row in the bucket its time says)")
+    ver.add_argument("--timezone", default=os.environ.get("CONSUMER_TIMEZONE") or "UTC",
+                     help="the run's --timezone (UTC)")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
     return parser
@@ -305,6 +317,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
         framing=args.framing,
         registry_url=args.schema_registry_url,
         start=args.start,
+        spread_hours=args.spread_hours,
     )
     print(
         f"produced {result.count} {args.schema} records to {result.topic} "
@@ -353,6 +366,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             committed=committed,
             contiguous=args.contiguous,
             allow_staging=args.allow_staging,
+            partition_by=args.partition_by,
+            timezone=args.timezone,
         )
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)

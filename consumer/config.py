@@ -22,6 +22,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
+from consumer.bucketing import TemplateError, parse_template
+
 KAFKA_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "headers")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 ON_ERROR = ("dead-letter", "fail")
@@ -87,6 +89,10 @@ class Config:
     metrics_port: int | None = None  # Prometheus /metrics, /healthz, /readyz (consumer.metrics); off
     stall_timeout: float = 300.0  # records waiting this long past row-group-max-age: stall alarm
     stall_exit: float | None = 900.0  # … this long: exit 7 so a supervisor restarts us (None: never)
+    partition_by: str | None = None  # time-bucketed layout template (consumer/bucketing.py); None: plain
+    timezone: str = "UTC"  # IANA zone the buckets are formatted in
+    bucket_grace: float = 600.0  # a bucket file rolls once the watermark is this far past its end
+    max_open_buckets: int = 8  # open bucket files per partition (the oldest rolls above it)
 
     # -- derived ---------------------------------------------------------------------------
     @property
@@ -180,6 +186,17 @@ class Config:
         if self.stall_exit is not None and self.stall_exit <= self.stall_timeout:
             p.append(f"stall-exit ({self.stall_exit:g}s) must be longer than stall-timeout "
                      f"({self.stall_timeout:g}s), or 'none' to never exit on a stall")
+        if self.partition_by is not None:
+            try:
+                parse_template(self.partition_by, self.timezone)
+            except TemplateError as exc:
+                p.append(str(exc))
+        elif self.timezone != "UTC":
+            p.append("--timezone only applies with --partition-by: add a template or drop --timezone")
+        if self.bucket_grace < 0:
+            p.append("bucket-grace must not be negative")
+        if self.max_open_buckets < 1:
+            p.append("max-open-buckets must be at least 1")
         for k in self.kafka_properties:
             if k in ("enable.auto.commit", "enable.auto.offset.store"):
                 p.append(f"-X {k} is managed by the consumer (offsets are committed only when durable)")
@@ -270,7 +287,7 @@ def parse_properties(items: list[str] | str) -> dict[str, str]:
 
 
 _OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url",
-             "metrics_port", "stall_exit"}
+             "metrics_port", "stall_exit", "partition_by"}
 _CONVERTERS: dict[str, Any] = {
     "topics": parse_list,
     "kafka_columns": parse_list,
@@ -292,6 +309,8 @@ _CONVERTERS: dict[str, Any] = {
     "stall_timeout": parse_duration,
     "stall_exit": parse_duration,
     "registry_timeout": parse_duration,
+    "bucket_grace": parse_duration,
+    "max_open_buckets": int,
 }
 
 # Standard variable names that the local stack (and most deployments) already export.

@@ -17,6 +17,17 @@ Layout under ``prefix``::
     _state/topic=<t>/partition=<p>                                               replay positions
 
 (¹) prefixed with ``kafka-`` when the topic starts with '_' or '.', which readers treat as hidden.
+
+With ``--partition-by`` (consumer/bucketing.py) every file also has a *bucket* path such as
+``dt=2026-11-30/hr=06``; it goes between topic and partition for final files (so the bucket
+columns come from the path) and between partition and file start in staging::
+
+    topic=<t>/<bucket>/partition=<p>/<t>+<p>+<first, 20d>.parquet
+    _staging/topic=<t>/partition=<p>/<bucket>/<file first, 20d>/<from, 20d>-<to, 20d>.piece
+    _staging/topic=<t>/partition=<p>/<bucket>/<file first, 20d>/roll-<end, 20d>
+    _rolled/topic=<t>/partition=<p>/<end, 20d>          the highest end of a rolled bucket file
+
+The plain layout is the empty bucket: its keys are byte for byte those above.
 """
 
 from __future__ import annotations
@@ -25,8 +36,11 @@ import re
 from dataclasses import dataclass
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_PIECE_RE = re.compile(r"^(?P<file>\d{20})/(?P<from>\d{20})-(?P<to>\d{20})\.piece$")
-_MARKER_RE = re.compile(r"^(?P<file>\d{20})/roll-(?P<end>\d{20})$")
+_SEGMENT = r"[A-Za-z][A-Za-z0-9_]*=[A-Za-z0-9._-]+"
+_BUCKET = r"(?:(?P<bucket>" + _SEGMENT + r"(?:/" + _SEGMENT + r")*)/)?"
+_PIECE_RE = re.compile(r"^" + _BUCKET + r"(?P<file>\d{20})/(?P<from>\d{20})-(?P<to>\d{20})\.piece$")
+_MARKER_RE = re.compile(r"^" + _BUCKET + r"(?P<file>\d{20})/roll-(?P<end>\d{20})$")
+_ROLLED_RE = re.compile(r"^(?P<end>\d{20})$")
 _DEAD_RE = re.compile(r"^(?P<from>\d{20})-(?P<to>\d{20})\.jsonl$")
 _FINAL_RE = re.compile(
     r"^(?:kafka-)?(?P<topic>[A-Za-z0-9._-]+)\+(?P<partition>\d+)\+(?P<first>\d{20})\.parquet$"
@@ -42,6 +56,7 @@ class PieceRef:
     to_pos: int
     key: str
     size: int = 0
+    bucket: str = ""  # the time bucket's path (--partition-by); "" in the plain layout
 
 
 @dataclass(frozen=True, order=True)
@@ -51,6 +66,7 @@ class RollMarker:
     file_start: int
     end: int
     key: str
+    bucket: str = ""
 
 
 @dataclass(frozen=True)
@@ -63,16 +79,19 @@ class Layout:
         return "/".join(p for p in (self.prefix, *parts) if p)
 
     # -- final files -------------------------------------------------------------------------
-    def partition_dir(self, topic: str, partition: int) -> str:
-        return self._join(f"topic={topic}", f"partition={partition}") + "/"
+    def partition_dir(self, topic: str, partition: int, bucket: str = "") -> str:
+        return self._join(f"topic={topic}", bucket, f"partition={partition}") + "/"
 
-    def final_key(self, topic: str, partition: int, file_start: int) -> str:
+    def topic_dir(self, topic: str) -> str:
+        return self._join(f"topic={topic}") + "/"
+
+    def final_key(self, topic: str, partition: int, file_start: int, bucket: str = "") -> str:
         """``<t>+<p>+<first>.parquet``; topics starting with '_' or '.' (valid in Kafka) get a
         ``kafka-`` prefix, since readers treat such file names as hidden."""
         name = f"{topic}+{partition}+{file_start:020d}.parquet"
         if name.startswith(("_", ".")):
             name = "kafka-" + name
-        return self.partition_dir(topic, partition) + name
+        return self.partition_dir(topic, partition, bucket) + name
 
     @staticmethod
     def parse_final_name(name: str) -> tuple[str, int, int] | None:
@@ -86,14 +105,29 @@ class Layout:
     def staging_dir(self, topic: str, partition: int) -> str:
         return self._join("_staging", f"topic={topic}", f"partition={partition}") + "/"
 
-    def file_staging_dir(self, topic: str, partition: int, file_start: int) -> str:
-        return self.staging_dir(topic, partition) + f"{file_start:020d}/"
+    def file_staging_dir(self, topic: str, partition: int, file_start: int, bucket: str = "") -> str:
+        return self.staging_dir(topic, partition) + (f"{bucket}/" if bucket else "") + f"{file_start:020d}/"
 
-    def piece_key(self, topic: str, partition: int, file_start: int, from_pos: int, to_pos: int) -> str:
-        return self.file_staging_dir(topic, partition, file_start) + f"{from_pos:020d}-{to_pos:020d}.piece"
+    def piece_key(
+        self, topic: str, partition: int, file_start: int, from_pos: int, to_pos: int, bucket: str = ""
+    ) -> str:
+        return (self.file_staging_dir(topic, partition, file_start, bucket)
+                + f"{from_pos:020d}-{to_pos:020d}.piece")
 
-    def roll_marker_key(self, topic: str, partition: int, file_start: int, end: int) -> str:
-        return self.file_staging_dir(topic, partition, file_start) + f"roll-{end:020d}"
+    def roll_marker_key(self, topic: str, partition: int, file_start: int, end: int, bucket: str = "") -> str:
+        return self.file_staging_dir(topic, partition, file_start, bucket) + f"roll-{end:020d}"
+
+    def rolled_dir(self, topic: str, partition: int) -> str:
+        """Where the partition's "rolled high-water" objects live (bucketed layout only)."""
+        return self._join("_rolled", f"topic={topic}", f"partition={partition}") + "/"
+
+    def rolled_key(self, topic: str, partition: int, end: int) -> str:
+        return self.rolled_dir(topic, partition) + f"{end:020d}"
+
+    @staticmethod
+    def parse_rolled(key: str) -> int | None:
+        m = _ROLLED_RE.match(key.rsplit("/", 1)[-1])
+        return int(m["end"]) if m else None
 
     def parse_staging_key(
         self, topic: str, partition: int, key: str, size: int = 0
@@ -105,10 +139,10 @@ class Layout:
         rest = key[len(base) :]
         m = _PIECE_RE.match(rest)
         if m:
-            return PieceRef(int(m["file"]), int(m["from"]), int(m["to"]), key, size)
+            return PieceRef(int(m["file"]), int(m["from"]), int(m["to"]), key, size, m["bucket"] or "")
         m = _MARKER_RE.match(rest)
         if m:
-            return RollMarker(int(m["file"]), int(m["end"]), key)
+            return RollMarker(int(m["file"]), int(m["end"]), key, m["bucket"] or "")
         return None
 
     # -- side outputs ------------------------------------------------------------------------

@@ -404,7 +404,7 @@ class _Collector(Collector):
             b = w.buffered_bytes
             total_buffered += b
             buffered.add_metric(lv, b)
-            open_files += 1 if w.file is not None else 0
+            open_files += len(w.files)
             pos = w.committed
             if pos is not None:
                 committed.add_metric(lv, pos)

@@ -166,6 +166,7 @@ def produce(
     progress: Callable[[int], None] | None = None,
     *,
     start: int = 0,
+    spread_hours: int = 0,
 ) -> ProduceResult:
     """Produce records ``start .. start + n - 1`` of ``samples.generate(schema, seed=seed)``.
 
@@ -175,7 +176,9 @@ def produce(
     with ``"raw"`` they are bare Avro. ``extra_config`` is passed to both the admin client and
     the producer (security settings, overrides of :data:`PRODUCER_DEFAULTS`). ``progress`` is
     called with the number of records delivered so far, every :data:`PROGRESS_EVERY` and at
-    the end. Raises :class:`ProduceError` if anything was not delivered.
+    the end. ``spread_hours`` > 1 shifts record i's Kafka timestamp by a shuffled number of whole
+    hours (``samples.spread_timestamp_ms``), so a time-bucketed run sees buckets interleave.
+    Raises :class:`ProduceError` if anything was not delivered.
     """
     if n < 0 or start < 0:
         raise ProduceError(f"n and start must be >= 0, got n={n} start={start}")
@@ -236,6 +239,8 @@ def produce(
         value = header + encode(parsed, record)
         key = key_for(schema, record)
         timestamp = ts_for(schema, record)
+        if spread_hours > 1:
+            timestamp = samples.spread_timestamp_ms(timestamp, i, spread_hours)
         while True:
             try:
                 produce_one(

@@ -243,3 +243,136 @@ def chain_ending_at(pieces: list[PieceRef], end: int) -> list[PieceRef] | None:
                 pos = piece.to_pos
             return chain
     return None
+
+
+@dataclass(frozen=True)
+class BucketedPlan:
+    """Recovery of a partition in the time-bucketed layout: one plain plan per bucket, one position."""
+
+    position: int | None
+    commit: int | None = None
+    buckets: dict[str, RecoveryPlan] = field(default_factory=dict)
+    delete: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+
+def plan_bucketed_recovery(
+    committed: int | None,
+    pieces: Sequence[PieceRef],
+    markers: Sequence[RollMarker],
+    dead_letters: Sequence[tuple[str, int, int]],
+    finals: dict[str, tuple[set[int], int | None]],
+    high_water: int | None,
+    *,
+    where: str = "",
+) -> BucketedPlan:
+    """Decide recovery for one partition whose files are split by time bucket. Pure.
+
+    Every flush writes one piece ``[from, to)`` into *every* open bucket file before it commits
+    ``to``, so each open file of the committed owner has a chain from its start to ``C``: per
+    bucket this is exactly the plain layout, and :func:`plan_recovery` decides it. What is new:
+
+    * ``finals`` maps a bucket to (its final files' starts, the newest one's end);
+      ``high_water`` is the highest end of any rolled bucket file of the partition (the
+      ``_rolled/`` objects): ``C`` below it is a backward reset (stop, status 5).
+    * **No committed position**: a crash mid-flush leaves some files at ``to`` and some at
+      ``from`` (files opened by the flush are written first), so the position adopted is the
+      *minimum* of the open files' chain ends — or, when every open file is a single piece from
+      the same start (all may have been opened by the crashed flush), that start. Else the
+      high-water, else a fresh start.
+    * **Leftovers of a zombie**: a fenced member opens bucket files at its own flush boundaries,
+      so its pieces can sit in files the owner never had. A file that does not chain to ``C``
+      (nor to the forward-reset end) holds no committed row the owner's files do not also hold:
+      it is deleted. Per bucket the oldest file chaining to ``C`` that starts at or after the
+      bucket's newest final file is the owner's (any chain to ``C`` holds that bucket's rows of
+      ``[start, C)``, so an other one is a subset of it).
+    * A file with a piece ending at ``C`` but no chain to it lost a piece: stop (status 5).
+    """
+    notes: list[str] = []
+    files: dict[tuple[str, int], list[PieceRef]] = {}
+    for p in pieces:
+        files.setdefault((p.bucket, p.file_start), []).append(p)
+
+    def is_final(bucket: str, start: int) -> bool:
+        return start in finals.get(bucket, (set(), None))[0]
+
+    open_files = {k: v for k, v in files.items() if not is_final(*k)}
+    commit: int | None = None
+    pos = committed
+    if pos is None:
+        chains = {k: _longest_chain(v, k[1]) for k, v in open_files.items()}
+        chains = {k: c for k, c in chains.items() if c}
+        if chains:
+            starts = {k[1] for k in chains}
+            if len(starts) == 1 and all(len(c) == 1 for c in chains.values()):
+                pos = starts.pop()
+            else:
+                pos = min(c[-1].to_pos for c in chains.values())
+            if high_water is not None:
+                pos = max(pos, high_water)
+        else:
+            pos = high_water
+        if pos is None:
+            if pieces:
+                _stranded(where, None, list(pieces))
+            return BucketedPlan(position=None, delete=tuple(k for k, _, _ in dead_letters))
+        commit = pos
+        notes.append(
+            f"no committed position in the group (offsets expired or deleted): adopting {pos} "
+            "from what S3 holds (the lowest end of the open bucket files)"
+        )
+    if high_water is not None and pos < high_water:
+        raise IntegrityError(
+            f"{where}: the committed position {pos} is below the end {high_water} of a bucket file "
+            "already rolled: the group's offsets were moved backwards (reset?). Consuming again "
+            "would put the same offsets into two final files, so nothing was changed. To re-export "
+            "history use `consumer replay --output s3://…/another-prefix`; to continue, move the "
+            f"group's offset to {high_water} (kafka-consumer-groups --reset-offsets "
+            f"--to-offset {high_water})."
+        )
+    committed_pieces = {k: [p for p in v if p.to_pos <= pos] for k, v in open_files.items()}
+    anchor: int | None = None
+    if any(chain_ending_at(v, pos) for v in committed_pieces.values()):
+        anchor = pos
+    else:
+        ends = [c[-1].to_pos for k, v in committed_pieces.items() if (c := _longest_chain(v, k[1]))]
+        if ends:
+            anchor = max(ends)
+    delete: list[str] = []
+    plans: dict[str, RecoveryPlan] = {}
+    orphans = 0
+    for bucket in sorted({k[0] for k in files} | {m.bucket for m in markers}):
+        starts_final, last_end = finals.get(bucket, (set(), None))
+        candidates = sorted(
+            start for (b, start), v in committed_pieces.items()
+            if b == bucket and anchor is not None and (last_end is None or start >= last_end)
+            and (chain := chain_ending_at(v, anchor)) and chain[0].file_start == start
+        )
+        owner = candidates[0] if candidates else None
+        kept: list[PieceRef] = []
+        for (b, start), v in files.items():
+            if b != bucket:
+                continue
+            if start == owner:
+                kept += v
+                continue
+            suspect = [p for p in v if p.to_pos == pos and p.from_pos < pos]
+            if suspect and not is_final(b, start) and not chain_ending_at(v, pos):
+                _stranded(where, pos, v)
+            orphans += sum(1 for p in v if p.from_pos < pos and not is_final(b, start))
+            delete += [p.key for p in v]
+        kept_markers = [m for m in markers if m.bucket == bucket and m.file_start == owner]
+        delete += [m.key for m in markers if m.bucket == bucket and m.file_start != owner]
+        if not kept:
+            continue
+        plan = plan_recovery(pos, kept, kept_markers, [], starts_final, last_end,
+                             where=f"{where} bucket {bucket}")
+        notes += plan.notes
+        plans[bucket] = plan
+    if orphans:
+        notes.append(
+            f"{orphans} staged piece(s) in bucket files that do not chain to the committed position "
+            "(a fenced member's leftovers): deleted; their rows are in the owner's files"
+        )
+    delete += [key for key, _frm, to in dead_letters if to > pos]
+    return BucketedPlan(position=pos, commit=commit, buckets=plans, delete=tuple(delete), notes=tuple(notes))

@@ -346,7 +346,7 @@ class Runner:
                 if worker.flush_due(now):
                     self._guard(worker, worker.flush)
                 if worker.roll_due(now):
-                    self._guard(worker, worker.finish)
+                    self._guard(worker, worker.roll_aged)
             self._enforce_memory_budget()
             code = self._done(now)
             if code is not None:

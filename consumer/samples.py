@@ -387,6 +387,16 @@ def _to_ms(dt: datetime) -> int:
     return (dt - _EPOCH) // timedelta(milliseconds=1)
 
 
+def spread_timestamp_ms(timestamp_ms: int, index: int, hours: int) -> int:
+    """Record ``index``'s Kafka timestamp moved by a shuffled whole number of hours in
+    ``[0, hours)``: consecutive records of one partition land in interleaved hours, the shape of
+    late and early data that a time-bucketed layout (--partition-by @timestamp) must handle.
+    ``hours`` 0 or 1 leaves the timestamp as it is."""
+    if hours <= 1:
+        return timestamp_ms
+    return timestamp_ms + ((index * 7) % hours) * 3_600_000
+
+
 def timestamp_ms_for(name: str, record: dict[str, Any]) -> int:
     """Kafka record timestamp (ms since epoch) taken from the data's own event time."""
     if name == "page_view":

@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from consumer.bucketing import Template, TemplateError, assign, parse_template, time_column, to_millis
 from consumer.inspect import human_bytes, parquet_metadata
 from consumer.layout import Layout, PieceRef, check_topic_name
 from consumer.parquet_merge import ParquetMergeError, read_key_value_metadata, read_piece_layout
@@ -575,6 +576,8 @@ def verify(
     contiguous: bool = False,
     allow_staging: bool = False,
     workers: int = 32,
+    partition_by: str | None = None,
+    timezone: str = "UTC",
 ) -> VerifyReport:
     """Check ``topic``'s output under ``prefix`` (see the module docstring for what and why).
 
@@ -585,6 +588,10 @@ def verify(
     """
     t0 = time.monotonic()
     check_topic_name(topic)
+    try:
+        template = parse_template(partition_by, timezone) if partition_by else None
+    except TemplateError as exc:
+        raise VerifyError(str(exc)) from exc
     prefix = prefix.strip("/")
     layout = Layout(prefix)
     req0 = sum(store.stats.requests.values())
@@ -624,16 +631,23 @@ def verify(
 
         bad: list[tuple[str, str]] = []
         by_part_final: dict[int, list[tuple[ObjectInfo, int]]] = {}
+        bucket_of: dict[str, str] = {}  # final key → its bucket path ("" in the plain layout)
         for obj in finals:
             if not obj.key.endswith(".parquet"):
                 continue  # readers ignore it too (e.g. _SUCCESS); only .parquet objects are data
             parsed = Layout.parse_final_name(obj.key)
-            part_of_dir = _partition_of(obj.key, topic_dir)
+            bucket, part_of_dir = _bucket_partition(obj.key, topic_dir)
             if parsed is None or part_of_dir is None or parsed[0] != topic or parsed[1] != part_of_dir:
                 bad.append((obj.key, "unexpected .parquet object: its name/directory is not "
                                      f"topic={topic}/partition=<p>/{topic}+<p>+<first 20 digits>.parquet, "
                                      "yet readers will read it"))
                 continue
+            if bucket and (template is None or _bucket_names(bucket) != template.names):
+                expected = f"--partition-by {template.text}" if template else "the plain layout"
+                bad.append((obj.key, f"bucket folder {bucket!r} does not match {expected} "
+                                     "(pass the run's --partition-by to verify a time-bucketed layout)"))
+                continue
+            bucket_of[obj.key] = bucket
             by_part_final.setdefault(parsed[1], []).append((obj, parsed[2]))
 
         pieces: dict[int, list[ObjectInfo]] = {}
@@ -664,6 +678,12 @@ def verify(
             jobs.extend(("piece", p, o, -1) for o in pieces_of_p)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
             results = list(pool.map(lambda j: _read_offsets(store, j[2].key, j[2].size, j[1]), jobs))
+            if template is not None:
+                wrong = pool.map(lambda j: _check_bucket(store, j[2].key, bucket_of[j[2].key], template),
+                                 [j for j in jobs if j[0] == "final"])
+                for problem in wrong:
+                    if problem is not None:
+                        bad.append(problem)
         dead_by_part = _read_dead_letters(store, dead_objs, dead_root, workers)
 
         # 4. Positions the log holds: watermarks after listing (they only grow) for "beyond end".
@@ -708,15 +728,19 @@ def verify(
                 bad.append((res.key, res.error))
                 continue
             readable.append((res, _check_final(res, topic, p, first)))
-        # Position ranges of one partition's files must not overlap (sorted sweep, running max end).
-        reach: tuple[int, str] | None = None
-        for res, rng in sorted((t for t in readable if t[1] is not None), key=lambda t: t[1] or (0, 0)):
-            assert rng is not None
-            if reach is not None and rng[0] < reach[0]:
-                res.problems.append(
-                    f"positions [{rng[0]}, {rng[1]}) overlap {reach[1]} (ending at {reach[0]})")
-            if reach is None or rng[1] > reach[0]:
-                reach = (rng[1], res.key)
+        # Position ranges of one partition's files must not overlap (sorted sweep, running max end);
+        # in the time-bucketed layout files of different buckets interleave, so per bucket.
+        for bucket in sorted({bucket_of.get(res.key, "") for res, _ in readable}):
+            reach: tuple[int, str] | None = None
+            in_bucket = (t for t in readable
+                         if t[1] is not None and bucket_of.get(t[0].key, "") == bucket)
+            for res, rng in sorted(in_bucket, key=lambda t: t[1] or (0, 0)):
+                assert rng is not None
+                if reach is not None and rng[0] < reach[0]:
+                    res.problems.append(
+                        f"positions [{rng[0]}, {rng[1]}) overlap {reach[1]} (ending at {reach[0]})")
+                if reach is None or rng[1] > reach[0]:
+                    reach = (rng[1], res.key)
         for res, _rng in readable:
             if res.problems:
                 bad.append((res.key, "; ".join(res.problems)))
@@ -787,6 +811,42 @@ def _count_only(expected: pa.Array, already: pa.Array, source: pa.Array) -> int:
         return 0
     rest = expected.filter(pc.invert(already))
     return int(pc.sum(pc.is_in(rest, value_set=source)).as_py() or 0)
+
+
+def _bucket_partition(key: str, root: str) -> tuple[str, int | None]:
+    """``root + '[<bucket>/]partition=<p>/<name>'`` → (bucket, p); p None when not that shape."""
+    if not key.startswith(root):
+        return "", None
+    parts = key[len(root):].split("/")
+    if len(parts) < 2:
+        return "", None
+    bucket = "/".join(parts[:-2])
+    return bucket, _partition_of("/".join(parts[-2:]), "")
+
+
+def _bucket_names(bucket: str) -> tuple[str, ...]:
+    return tuple(seg.split("=", 1)[0] for seg in bucket.split("/"))
+
+
+def _check_bucket(store: ObjectStore, key: str, bucket: str, template: Template) -> tuple[str, str] | None:
+    """Every row of a final file sits in the bucket its time says (reads the time column)."""
+    column = "kafka_timestamp" if template.field_path is None else template.field_path[0]
+    try:
+        table = pq.read_table(io.BytesIO(store.get(key)), columns=[column])
+        if template.field_path is None:
+            millis = to_millis(table.column(column))
+        else:
+            batch = table.combine_chunks().to_batches()
+            if not batch:
+                return None
+            millis = time_column(template, batch[0])
+    except Exception as exc:
+        return key, f"bucket time {template.source!r} unreadable: {type(exc).__name__}: {exc}"
+    a = assign(template, millis)
+    wrong = pc.sum(pc.fill_null(pc.not_equal(a.buckets, bucket), True)).as_py() if len(a.buckets) else 0
+    if wrong:
+        return key, f"{wrong} rows are not in bucket {bucket!r} by their time {template.source!r}"
+    return None
 
 
 def _partition_of(key: str, root: str) -> int | None:

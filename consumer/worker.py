@@ -39,16 +39,18 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import itemgetter, methodcaller
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from consumer import faults
 from consumer.arena import Arena, DeadLetter, SchemaStats, kafka_fields
+from consumer.bucketing import Template, parse_template
 from consumer.config import Config
 from consumer.decoding import BadRecord, Decoder, RegistryUnavailable, WriterSchema
 from consumer.errors import BadRecordStop, IntegrityError, RegistryStop
@@ -64,7 +66,7 @@ from consumer.parquet_merge import (
     read_layout,
 )
 from consumer.positions import PartitionFenced, PositionStore
-from consumer.recovery import chain_ending_at, plan_recovery
+from consumer.recovery import FinishRoll, chain_ending_at, plan_bucketed_recovery, plan_recovery
 from consumer.rowgroup import SCHEMA_FINGERPRINT_KEY, WriterOptions, encode_piece
 from consumer.storage import CopyRange, ObjectStore, PutOutcome, Segment
 from consumer.typemap import RecordConverter
@@ -85,6 +87,7 @@ BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age s
 AVRO_SCHEMA_KEY = "avro.schema"
 READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader) schema
 _REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
+BUCKET_END_KEY = "consumer.bucket_end"  # --partition-by: the bucket's end (epoch ms), for the grace rule
 
 # Kept for callers of the old private name (tests/unit/test_recovery_chain.py).
 _chain_ending_at = chain_ending_at
@@ -127,6 +130,8 @@ class FileState:
     born_wall: float = field(default_factory=time.time)  # epoch seconds, written into pieces
     identity: str | None = None
     reader_id: int | None = None  # registry id of the file's schema (schema evolution), if known
+    bucket: str = ""  # --partition-by: the time bucket's path; "" in the plain layout
+    bucket_end: int | None = None  # the bucket's end (epoch ms): it rolls when the watermark passes
 
     @property
     def rows(self) -> int:
@@ -182,7 +187,14 @@ class PartitionWorker:
         self.state = PartitionState.NEW
         self.committed: int | None = None  # durable and committed: every position below is in S3
         self.next_pos: int | None = None  # position after the last record appended
-        self.file: FileState | None = None
+        # The open files, by bucket path: at most one in the plain layout (bucket ""); under
+        # --partition-by one per bucket that has rows since its last roll. Every flush writes one
+        # piece into every open file, so each file's chain ends at the committed position.
+        self.files: dict[str, FileState] = {}
+        self.bucketing: Template | None = (
+            parse_template(config.partition_by, config.timezone) if config.partition_by else None
+        )
+        self.watermark: int | None = None  # the newest bucket time seen (epoch ms), for --bucket-grace
         self.arena: Arena | None = None
         self.identity: str | None = None  # of the arena's rows
         self.dead_letters: list[DeadLetter] = []  # bad records before any arena exists
@@ -190,7 +202,8 @@ class PartitionWorker:
         self.row_groups = 0
         self.files_rolled = 0
         self.counters = shared.counters.setdefault((topic, partition), PartitionCounters())
-        self._final_ends: dict[int, int] = {}  # final files' start → end, as far as known
+        self._final_ends: dict[tuple[str, int], int] = {}  # final files' (bucket, start) → end
+
         # Records held back while the registry is unreachable for an unseen schema id: kept in
         # order, uncommitted, and appended again by retry_waiting (see the runner's pause).
         self.waiting: list[Any] = []
@@ -200,6 +213,14 @@ class PartitionWorker:
         self._retry_delay = _REGISTRY_BACKOFF[0]
         self.resolving = decoder.framing == "confluent" and config.schema_evolution == "resolve"
         self._stays: set[str] = set()  # writer schemas read as the current arena's schema
+        self._encode_s = 0.0  # encode time of the flush in progress (for its log line)
+
+    @property
+    def file(self) -> FileState | None:
+        """The open file of the plain layout (under --partition-by: the oldest open bucket file)."""
+        if not self.files:
+            return None
+        return self.files[min(self.files, key=lambda b: (self.files[b].bucket_end or 0, b))]
 
     @property
     def broken(self) -> bool:
@@ -230,6 +251,8 @@ class PartitionWorker:
             rng = self.layout.parse_dead_letter_range(o.key)
             if rng is not None:
                 dead.append((o.key, rng[0], rng[1]))
+        if self.bucketing is not None:
+            return self._recover_bucketed(t0, committed, pieces, markers, dead, etags)
         finals = self._final_starts()
         last_end = self._final_range(max(finals))[1] if finals else None
         plan = plan_recovery(committed, pieces, markers, dead, finals, last_end, where=self.where)
@@ -237,21 +260,10 @@ class PartitionWorker:
             self.log.warning(note)
         if plan.commit is not None:
             self.positions.commit(self.topic, self.partition, plan.commit)
-        for fin in plan.finish:
-            if fin.needs_marker:
-                self.store.put_if_absent(
-                    self.layout.roll_marker_key(self.topic, self.partition, fin.file_start, fin.end), b""
-                )
-            # A crash mid-merge leaves an invisible multipart upload behind: abort it.
-            self.store.abort_uploads(self.layout.final_key(self.topic, self.partition, fin.file_start))
-            chain = [self._load_piece(p, etags.get(p.key)) for p in fin.chain]
-            self._finish_roll(self._file_of(chain), fin.end)
+        self._finish_planned(plan.finish, etags)
         resumed = None
         if plan.resume:
-            chain = [self._load_piece(p, etags.get(p.key)) for p in plan.resume]
-            self.file = self._file_of(chain)
-            self.store.abort_uploads(self.layout.final_key(self.topic, self.partition, self.file.start))
-            resumed = self.file.start
+            resumed = self._resume(plan.resume, etags).start
         if plan.delete:
             self.store.delete(list(plan.delete))
         self.committed = plan.position
@@ -266,6 +278,72 @@ class PartitionWorker:
             resumed_rows=self.file.rows if self.file else 0,
             finished_rolls=len(plan.finish),
             deleted_strays=len(plan.delete),
+            ms=round((self.clock() - t0) * 1000, 1),
+        )
+        return plan.position
+
+    def _finish_planned(self, finish: tuple[FinishRoll, ...], etags: Mapping[str, str | None],
+                        bucket: str = "") -> None:
+        for fin in finish:
+            if fin.needs_marker:
+                marker = self.layout.roll_marker_key(
+                    self.topic, self.partition, fin.file_start, fin.end, bucket)
+                self.store.put_if_absent(marker, b"")
+            # A crash mid-merge leaves an invisible multipart upload behind: abort it.
+            final_key = self.layout.final_key(self.topic, self.partition, fin.file_start, bucket)
+            self.store.abort_uploads(final_key)
+            chain = [self._load_piece(p, etags.get(p.key)) for p in fin.chain]
+            self._finish_roll(self._file_of(chain), fin.end)
+
+    def _resume(self, pieces: tuple[PieceRef, ...], etags: Mapping[str, str | None]) -> FileState:
+        chain = [self._load_piece(p, etags.get(p.key)) for p in pieces]
+        f = self._file_of(chain)
+        self.files[f.bucket] = f
+        self.store.abort_uploads(self.layout.final_key(self.topic, self.partition, f.start, f.bucket))
+        return f
+
+    def _recover_bucketed(
+        self,
+        t0: float,
+        committed: int | None,
+        pieces: list[PieceRef],
+        markers: list[RollMarker],
+        dead: list[tuple[str, int, int]],
+        etags: Mapping[str, str | None],
+    ) -> int | None:
+        """Recovery under --partition-by: today's plan per bucket (see plan_bucketed_recovery)."""
+        rolled = [self.layout.parse_rolled(o.key)
+                  for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))]
+        high_water = max((r for r in rolled if r is not None), default=None)
+        finals: dict[str, tuple[set[int], int | None]] = {}
+        for bucket in {p.bucket for p in pieces} | {m.bucket for m in markers}:
+            starts = self._final_starts(bucket)
+            finals[bucket] = (set(starts), self._final_range(max(starts), bucket)[1] if starts else None)
+        plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where)
+        for note in plan.notes:
+            self.log.warning(note)
+        if plan.commit is not None:
+            self.positions.commit(self.topic, self.partition, plan.commit)
+        for bucket, bplan in sorted(plan.buckets.items()):
+            self._finish_planned(bplan.finish, etags, bucket)
+        for _bucket, bplan in sorted(plan.buckets.items()):
+            if bplan.resume:
+                self._resume(bplan.resume, etags)
+        deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
+        if deletes:
+            self.store.delete(deletes)
+        self.committed = plan.position
+        self.next_pos = plan.position
+        self.state = PartitionState.READY
+        self.log.info(
+            "partition recovered",
+            committed=committed,
+            position=plan.position,
+            resumed_buckets=sorted(self.files),
+            resumed_rows=sum(f.rows for f in self.files.values()),
+            finished_rolls=sum(len(b.finish) for b in plan.buckets.values()),
+            deleted_strays=len(deletes),
+            high_water=high_water,
             ms=round((self.clock() - t0) * 1000, 1),
         )
         return plan.position
@@ -286,23 +364,27 @@ class PartitionWorker:
             (read_key_value_metadata(p.layout.footer).get(READER_ID_KEY)
              for p in reversed(chain) if p.layout.num_row_groups > 0), None
         )
+        try:
+            bucket_end: int | None = int(first_meta[BUCKET_END_KEY])
+        except (KeyError, ValueError):
+            bucket_end = None
         return FileState(chain[0].ref.file_start, chain, opened_at=self.clock() - age, born_wall=born,
-                         identity=identity,
+                         identity=identity, bucket=chain[0].ref.bucket, bucket_end=bucket_end,
                          reader_id=int(reader_id) if reader_id and reader_id.isdigit() else None)
 
-    def _final_starts(self) -> list[int]:
+    def _final_starts(self, bucket: str = "") -> list[int]:
         out = []
-        for o in self.store.list(self.layout.partition_dir(self.topic, self.partition)):
+        for o in self.store.list(self.layout.partition_dir(self.topic, self.partition, bucket)):
             parsed = self.layout.parse_final_name(o.key)
             if parsed is not None and parsed[1] == self.partition:
                 out.append(parsed[2])
         return out
 
-    def _final_range(self, start: int) -> tuple[int, int]:
+    def _final_range(self, start: int, bucket: str = "") -> tuple[int, int]:
         """[from, to) of a final file, from its footer (cached: final files never change)."""
-        if start in self._final_ends:
-            return start, self._final_ends[start]
-        key = self.layout.final_key(self.topic, self.partition, start)
+        if (bucket, start) in self._final_ends:
+            return start, self._final_ends[(bucket, start)]
+        key = self.layout.final_key(self.topic, self.partition, start, bucket)
         info = self.store.head(key) or _missing(key)
         try:
             meta = read_key_value_metadata(self._read_layout(key, info.size).footer)
@@ -312,14 +394,14 @@ class PartitionWorker:
                 f"final file {key} has no readable Kafka position range in its footer ({exc}); "
                 "the prefix holds a file this consumer did not write: use another --output prefix"
             ) from exc
-        self._final_ends[start] = end
+        self._final_ends[(bucket, start)] = end
         return start, end
 
     def _load_piece(self, ref: PieceRef, etag: str | None = None) -> StagedPiece:
         size = ref.size or (self.store.head(ref.key) or _missing(ref.key)).size
         layout = self._read_layout(ref.key, size)
         if not ref.size:
-            ref = PieceRef(ref.file_start, ref.from_pos, ref.to_pos, ref.key, size)
+            ref = PieceRef(ref.file_start, ref.from_pos, ref.to_pos, ref.key, size, ref.bucket)
         return StagedPiece(ref, layout, layout.num_rows, etag)
 
     def _read_layout(self, key: str, size: int) -> PieceLayout:
@@ -438,7 +520,9 @@ class PartitionWorker:
         (so a row-count file budget is met exactly, not overshot by up to a row group)."""
         limit = self.config.row_group_rows
         if self.config.file_rows is not None:
-            limit = min(limit, max(1, self.config.file_rows - (self.file.rows if self.file else 0)))
+            # Any open bucket file may receive every row of the next group: cap by the fullest.
+            fullest = max((f.rows for f in self.files.values()), default=0)
+            limit = min(limit, max(1, self.config.file_rows - fullest))
         return limit
 
     def _bad(self, dl: DeadLetter) -> None:
@@ -583,7 +667,7 @@ class PartitionWorker:
         identity = file_identity(schema.fingerprint, conv.schema, self.options)
         if self.arena is not None:
             self.flush()
-        if self.file is not None and self.file.identity not in (None, identity):
+        if any(f.identity not in (None, identity) for f in self.files.values()):
             self.log.info("file identity changed (schema, columns or writer options): rolling file",
                           schema_id=schema.schema_id)
             self.roll()
@@ -599,6 +683,7 @@ class PartitionWorker:
             on_error=self.config.on_error,
             decoder=self.config.decoder,
             calibrate=lambda table: len(encode_piece(table, self.options, "")),
+            bucketing=self.bucketing,
         )
         self.identity = identity
         if self.dead_letters:
@@ -628,13 +713,24 @@ class PartitionWorker:
         )
 
     def roll_due(self, now: float) -> bool:
-        return (
-            self.state is PartitionState.READY
-            and self.file is not None
-            and bool(self.file.pieces)
-            and self.config.file_max_age is not None
-            and now - self.file.opened_at >= self.config.file_max_age
-        )
+        return self.state is PartitionState.READY and bool(self._aged(now))
+
+    def _aged(self, now: float) -> list[FileState]:
+        """Open files whose age budget (--file-max-age) is spent."""
+        age = self.config.file_max_age
+        if age is None:
+            return []
+        return [f for f in self.files.values() if f.pieces and now - f.opened_at >= age]
+
+    def roll_aged(self) -> None:
+        """Make everything durable, then roll the files whose age budget is spent (each bucket
+        file on its own clock; in the plain layout this is :meth:`finish`)."""
+        self.flush()
+        if not self._require(PartitionState.READY):
+            return
+        aged = self._aged(self.clock())
+        if aged:
+            self._guarded_roll(aged)
 
     def flush(self, upto: int | None = None) -> None:
         """Make every buffered position durable as one piece, then commit its end position.
@@ -667,13 +763,18 @@ class PartitionWorker:
         t0 = self.clock()
         halt: DeadLetter | None = None
         identity: str | None = None
+        buckets: pa.Array | None = None
+        ends: pa.Array | None = None
         if self.arena is not None:
-            table, dead, arrow_bytes = self.arena.drain()
+            table, dead, arrow_bytes, buckets, ends = self.arena.drain_buckets()
             identity = self.identity
             # Under on_error=fail the drain may have met a bad record: the range ends there.
             halt, self.arena.halted = self.arena.halted, None
             if halt is not None:
                 to_pos = min(to_pos, halt.offset)
+            newest = self.arena.max_time
+            if newest is not None and (self.watermark is None or newest > self.watermark):
+                self.watermark = newest
         else:
             # Only bad records so far: a zero-row piece keeps the position chain unbroken.
             table, dead, arrow_bytes = EMPTY_TABLE, self.dead_letters, 0
@@ -682,21 +783,102 @@ class PartitionWorker:
             if halt is not None:
                 self._stop_at(halt)
             return
-        if self.file is None:
-            self.file = FileState(from_pos, opened_at=self.clock(), born_wall=self.wall())
-        elif identity is not None and self.file.identity not in (None, identity):
-            raise IntegrityError(f"{self.where}: a piece of another identity would join {self.file.start}")
+        # What each file receives: the plain layout's one file gets the whole table; under
+        # --partition-by every open bucket file gets its rows (or a zero-row piece), and a bucket
+        # with rows but no open file opens one starting at from_pos.
+        groups = self._split(table, buckets, ends) if self.bucketing is not None else {"": (table, None)}
+        opened: list[str] = []
+        for bucket, (_rows, bucket_end) in groups.items():
+            if bucket not in self.files:
+                self.files[bucket] = FileState(from_pos, opened_at=self.clock(), born_wall=self.wall(),
+                                               bucket=bucket, bucket_end=bucket_end)
+                opened.append(bucket)
+            elif bucket_end is not None:
+                f = self.files[bucket]
+                f.bucket_end = bucket_end if f.bucket_end is None else max(f.bucket_end, bucket_end)
+        for f in self.files.values():
+            if identity is not None and f.bucket in groups and groups[f.bucket][0].num_rows \
+                    and f.identity not in (None, identity):
+                raise IntegrityError(f"{self.where}: a piece of another identity would join {f.start}")
         if dead:
             self._put_dead_letters(dead, from_pos, to_pos)
             faults.point("after_dead_letter_put")
-        meta = {BORN_KEY: repr(self.file.born_wall)}
+        # Files opened by this flush first: after a crash mid-flush with expired offsets the
+        # position adopted is the lowest chain end, so an older file still at from_pos must
+        # exist whenever a new file's piece is missing (see recovery.plan_bucketed_recovery).
+        order = sorted(opened) + sorted(b for b in self.files if b not in opened)
+        empty = table.schema.empty_table() if table.num_columns else EMPTY_TABLE
+        written: list[tuple[FileState, StagedPiece, int]] = []
+        t_put, self._encode_s = self.clock(), 0.0
+        for bucket in order:
+            f = self.files[bucket]
+            rows_table = groups[bucket][0] if bucket in groups else empty
+            written.append((f, *self._put_piece(f, rows_table, identity, from_pos, to_pos)))
+        faults.point("after_piece_put")
+        self.positions.commit(self.topic, self.partition, to_pos)
+        faults.point("after_commit")
+        self.committed = to_pos
+        self.first_append_at = None
+        rows_total = size_total = 0
+        for f, piece, data_len in written:
+            if self.arena is not None and piece.rows:
+                self.arena.stats.observe_encoded(arrow_bytes * piece.rows // max(1, table.num_rows), data_len)
+            f.pieces.append(piece)
+            if identity is not None and piece.rows:
+                f.identity = identity
+                if self.arena is not None:
+                    f.reader_id = self.arena.schema.schema_id
+            rows_total += piece.rows
+            size_total += piece.ref.size
+        self.row_groups += 1
+        self.counters.durable(rows_total, size_total)
+        self.log.info(
+            "row group durable",
+            from_position=from_pos,
+            to_position=to_pos,
+            rows=rows_total,
+            bytes=size_total,
+            dead_letters=len(dead),
+            encode_ms=round((t_put - t0 + self._encode_s) * 1000, 1),
+            put_commit_ms=round((self.clock() - t_put - self._encode_s) * 1000, 1),
+            files=len(written),
+            file_rows=max((f.rows for f in self.files.values()), default=0),
+            file_bytes=max((f.size for f in self.files.values()), default=0),
+        )
+        if halt is not None:
+            self.next_pos = to_pos
+            self._stop_at(halt)
+        due = self._rolls_due()
+        if due:
+            self._roll_files(due)
+
+    def _split(
+        self, table: pa.Table, buckets: pa.Array | None, ends: pa.Array | None
+    ) -> dict[str, tuple[pa.Table, int | None]]:
+        """The drained rows by bucket (columnar: one filter per bucket), with each bucket's end."""
+        if buckets is None or ends is None or table.num_rows == 0:
+            return {}
+        out: dict[str, tuple[pa.Table, int | None]] = {}
+        for value in pc.unique(buckets).to_pylist():
+            mask = pc.equal(buckets, value)
+            out[value] = (table.filter(mask), pc.max(pc.filter(ends, mask)).as_py())
+        return out
+
+    def _put_piece(
+        self, f: FileState, table: pa.Table, identity: str | None, from_pos: int, to_pos: int
+    ) -> tuple[StagedPiece, int]:
+        """Encode and PUT one piece of file ``f`` (conditional); (the piece, its encoded length)."""
+        meta = {BORN_KEY: repr(f.born_wall)}
+        if f.bucket_end is not None:
+            meta[BUCKET_END_KEY] = str(f.bucket_end)
         if table.num_rows and self.arena is not None:
             meta[AVRO_SCHEMA_KEY] = json.dumps(self.arena.schema.avro, separators=(",", ":"))
             if self.resolving and self.arena.schema.schema_id is not None:
                 meta[READER_ID_KEY] = str(self.arena.schema.schema_id)
+        t0 = self.clock()
         data = encode_piece(table, self.options, identity or "", meta)
-        encoded_at = self.clock()
-        key = self.layout.piece_key(self.topic, self.partition, self.file.start, from_pos, to_pos)
+        self._encode_s += self.clock() - t0
+        key = self.layout.piece_key(self.topic, self.partition, f.start, from_pos, to_pos, f.bucket)
         faults.point("before_piece_put")
         outcome = self.store.put_if_absent(key, data)
         if outcome is PutOutcome.EXISTS_OTHER:
@@ -706,7 +888,7 @@ class PartitionWorker:
             info = self.store.head(key) or _missing(key)
             layout = self._read_layout(key, info.size)
             other = _identity_of(layout)
-            if layout.num_row_groups and other not in (None, self.file.identity, identity):
+            if layout.num_row_groups and other not in (None, f.identity, identity):
                 raise IntegrityError(
                     f"{self.where}: staged piece {key} exists with another schema or writer options; "
                     "remove the partition's _staging/ objects of this range and restart"
@@ -716,39 +898,8 @@ class PartitionWorker:
         else:
             layout = piece_layout(data)
             size, etag, rows = len(data), hashlib.md5(data).hexdigest(), table.num_rows
-        faults.point("after_piece_put")
-        self.positions.commit(self.topic, self.partition, to_pos)
-        faults.point("after_commit")
-        self.committed = to_pos
-        self.first_append_at = None
-        if self.arena is not None:
-            self.arena.stats.observe_encoded(arrow_bytes, len(data))
-        self.file.pieces.append(
-            StagedPiece(PieceRef(self.file.start, from_pos, to_pos, key, size), layout, rows, etag)
-        )
-        if identity is not None and rows:
-            self.file.identity = identity
-            if self.arena is not None:
-                self.file.reader_id = self.arena.schema.schema_id
-        self.row_groups += 1
-        self.counters.durable(rows, size)
-        self.log.info(
-            "row group durable",
-            from_position=from_pos,
-            to_position=to_pos,
-            rows=rows,
-            bytes=size,
-            dead_letters=len(dead),
-            encode_ms=round((encoded_at - t0) * 1000, 1),
-            put_commit_ms=round((self.clock() - encoded_at) * 1000, 1),
-            file_rows=self.file.rows,
-            file_bytes=self.file.size,
-        )
-        if halt is not None:
-            self.next_pos = to_pos
-            self._stop_at(halt)
-        if self._file_full():
-            self._roll()
+        ref = PieceRef(f.start, from_pos, to_pos, key, size, f.bucket)
+        return StagedPiece(ref, layout, rows, etag), len(data)
 
     def _put_dead_letters(self, dead: list[DeadLetter], from_pos: int, to_pos: int) -> None:
         lines = [
@@ -771,30 +922,48 @@ class PartitionWorker:
         self.counters.dead(d.reason for d in dead)
 
     # -- rotation rules: one named predicate each --------------------------------------------
-    def _file_full(self) -> bool:
-        return self._file_rows_reached() or self._file_bytes_reached()
+    def _rolls_due(self) -> list[FileState]:
+        """Files to roll after a flush: full ones, buckets the watermark has passed by the grace,
+        and — above --max-open-buckets — the oldest buckets."""
+        due = [f for f in self.files.values() if self._file_full(f) or self._bucket_passed(f)]
+        if self.bucketing is not None:
+            rest = sorted((f for f in self.files.values() if f not in due),
+                          key=lambda f: (f.bucket_end or 0, f.bucket))
+            due += rest[: max(0, len(rest) - self.config.max_open_buckets)]
+        return due
 
-    def _file_rows_reached(self) -> bool:
-        f = self.file
-        return f is not None and self.config.file_rows is not None and f.rows >= self.config.file_rows
+    def _file_full(self, f: FileState) -> bool:
+        return self._file_rows_reached(f) or self._file_bytes_reached(f)
 
-    def _file_bytes_reached(self) -> bool:
+    def _file_rows_reached(self, f: FileState) -> bool:
+        return self.config.file_rows is not None and f.rows >= self.config.file_rows
+
+    def _file_bytes_reached(self, f: FileState) -> bool:
         """Roll when the next row group would overshoot the byte target by more than it
         undershoots: files land within ± half a row group of the target."""
-        f = self.file
-        if f is None or not f.pieces:
+        if not f.pieces:
             return False
         return f.size + f.pieces[-1].layout.body_len / 2 >= self.config.file_bytes
+
+    def _bucket_passed(self, f: FileState) -> bool:
+        """--bucket-grace: records have moved past the bucket's end by the grace, so the bucket
+        is (very probably) complete; a later straggler opens a new file in the same bucket."""
+        if f.bucket_end is None or self.watermark is None:
+            return False
+        return self.watermark >= f.bucket_end + self.config.bucket_grace * 1000
 
     # ------------------------------------------------------------------------------------------
     # rolling: pieces → one final file
     # ------------------------------------------------------------------------------------------
     def roll(self) -> None:
-        """Finish the in-progress file at the committed position (durable decision first)."""
+        """Finish every open file at the committed position (durable decision first)."""
         if not self._require(PartitionState.READY):
             return
+        self._guarded_roll(list(self.files.values()))
+
+    def _guarded_roll(self, files: list[FileState]) -> None:
         try:
-            self._roll()
+            self._roll_files(files)
         except PartitionFenced:
             self.state = PartitionState.FENCED
             raise
@@ -802,20 +971,23 @@ class PartitionWorker:
             self.state = PartitionState.BROKEN
             raise
 
-    def _roll(self) -> None:
-        f = self.file
-        if f is None or not f.pieces:
+    def _roll_files(self, files: list[FileState]) -> None:
+        for f in sorted(files, key=lambda f: (f.bucket_end or 0, f.bucket)):
+            self._roll(f)
+
+    def _roll(self, f: FileState) -> None:
+        if not f.pieces:
             return
         assert self.committed is not None
         end = self.committed
-        marker = self.layout.roll_marker_key(self.topic, self.partition, f.start, end)
+        marker = self.layout.roll_marker_key(self.topic, self.partition, f.start, end, f.bucket)
         self.store.put_if_absent(marker, b"")
         faults.point("after_marker_put")
         # Re-commit the same position: a member that lost the partition fails here and stops
         # before it can publish a final file.
         self.positions.commit(self.topic, self.partition, end)
         self._finish_roll(f, end)
-        self.file = None
+        del self.files[f.bucket]
 
     def _check_pieces(self, f: FileState, listing: dict[str, Any]) -> None:
         """Every piece is still what was written: a store that ignores If-None-Match lets a
@@ -835,16 +1007,16 @@ class PartitionWorker:
                     "was published; the bucket must honour If-None-Match (see README)."
                 )
 
-    def _check_no_overlap(self, start: int, end: int) -> None:
-        """No other final file of the partition may hold any position of [start, end)."""
-        starts = sorted(s for s in self._final_starts() if s != start)
+    def _check_no_overlap(self, start: int, end: int, bucket: str = "") -> None:
+        """No other final file of the partition (of the bucket) may hold any position of [start, end)."""
+        starts = sorted(s for s in self._final_starts(bucket) if s != start)
         inside = [s for s in starts if start < s < end]
         before = [s for s in starts if s < start]
         clash: tuple[int, int] | None = None
         if inside:
-            clash = self._final_range(inside[0])
+            clash = self._final_range(inside[0], bucket)
         elif before:
-            prev = self._final_range(before[-1])
+            prev = self._final_range(before[-1], bucket)
             if prev[1] > start:
                 clash = prev
         if clash is not None:
@@ -857,9 +1029,14 @@ class PartitionWorker:
 
     def _finish_roll(self, f: FileState, end: int) -> None:
         t0 = self.clock()
-        final_key = self.layout.final_key(self.topic, self.partition, f.start)
-        staging = self.layout.file_staging_dir(self.topic, self.partition, f.start)
+        final_key = self.layout.final_key(self.topic, self.partition, f.start, f.bucket)
+        staging = self.layout.file_staging_dir(self.topic, self.partition, f.start, f.bucket)
         listing = {o.key: o for o in self.store.list(staging)}
+        if self.bucketing is not None:
+            # The rolled high-water: recovery refuses a committed position below it (a backward
+            # reset into buckets whose files are all final) with one LIST. Written after the
+            # marker and the fencing re-commit, before the final file can exist.
+            self.store.put_if_absent(self.layout.rolled_key(self.topic, self.partition, end), b"")
         with_rows = [p for p in f.pieces if p.layout.num_row_groups > 0]
         if not with_rows:
             # Every record of the file went to dead letters: nothing to publish.
@@ -871,7 +1048,7 @@ class PartitionWorker:
         existing = self.store.head(final_key)
         if existing is None:
             self._check_pieces(f, listing)
-            self._check_no_overlap(f.start, end)
+            self._check_no_overlap(f.start, end, f.bucket)
         layouts = [p.layout for p in with_rows]
         kv = {
             "kafka.topic": self.topic,
@@ -911,15 +1088,21 @@ class PartitionWorker:
             )
         if outcome is PutOutcome.CREATED and info.size != expected_size:
             raise IntegrityError(f"final file {final_key} is {info.size} bytes, expected {expected_size}")
-        self._final_ends[f.start] = end
+        self._final_ends[(f.bucket, f.start)] = end
         if listing:
             self.store.delete(list(listing))
         faults.point("after_piece_delete")
+        if self.bucketing is not None:
+            older = [o.key for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))
+                     if (e := self.layout.parse_rolled(o.key)) is not None and e < end]
+            if older:
+                self.store.delete(older)
         self.files_rolled += 1
         self.counters.rolled(info.size)
         self.log.info(
             "file rolled",
             key=final_key,
+            bucket=f.bucket or None,
             from_position=f.start,
             to_position=end,
             rows=final_layout.num_rows,
@@ -944,7 +1127,7 @@ class PartitionWorker:
     @property
     def finished(self) -> bool:
         """Nothing buffered and no open file: every committed position is in a final file."""
-        return self.state is PartitionState.READY and not self.pending and self.file is None
+        return self.state is PartitionState.READY and not self.pending and not self.files
 
 
 # confluent_kafka.Message methods, called from C by map() over a partition's run of records.

@@ -334,12 +334,13 @@ def assert_values_as_produced(
     seed: int = 0,
     every: int = 1,
     index: Callable[[int, int], int] | None = None,
+    spread_hours: int = 0,
 ) -> int:
     """Row values equal the records the sample producer generated (record i → partition i % P,
     offset i // P, or ``index(partition, offset)`` when given), and so do the ``kafka_key`` and
     ``kafka_timestamp`` columns when present. ``every`` > 1 compares a deterministic subset
     (offsets are always checked)."""
-    from consumer.samples import key_for, load_schema, make_record, timestamp_ms_for
+    from consumer.samples import key_for, load_schema, make_record, spread_timestamp_ms, timestamp_ms_for
 
     avro = load_schema(schema_name)
     parts = table.column("kafka_partition").to_pylist()
@@ -363,10 +364,10 @@ def assert_values_as_produced(
             raise AssertionError(f"row {parts[idx]}:{offs[idx]} differs from record {i}: {str(diff)[:2000]}")
         if keys is not None and keys[idx] != key_for(schema_name, record):
             raise AssertionError(f"row {parts[idx]}:{offs[idx]}: kafka_key {keys[idx]!r} is not record {i}'s")
-        if stamps is not None and stamps[idx] != timestamp_ms_for(schema_name, record):
+        want_ts = spread_timestamp_ms(timestamp_ms_for(schema_name, record), i, spread_hours)
+        if stamps is not None and stamps[idx] != want_ts:
             raise AssertionError(
-                f"row {parts[idx]}:{offs[idx]}: kafka_timestamp {stamps[idx]} is not record {i}'s "
-                f"{timestamp_ms_for(schema_name, record)}"
+                f"row {parts[idx]}:{offs[idx]}: kafka_timestamp {stamps[idx]} is not record {i}'s {want_ts}"
             )
         checked += 1
     return checked

@@ -59,6 +59,7 @@ from support import (
 )
 
 from consumer import samples
+from consumer.bucketing import assign, parse_template, time_column, to_millis
 from consumer.decoding import BadRecord, Decoder, WriterSchema, decode_bodies
 from consumer.layout import Layout
 
@@ -118,6 +119,7 @@ class Expected:
     seed: int = 0
     good: dict[int, dict[int, int]] = field(default_factory=dict)
     bad: dict[int, dict[int, BadRec]] = field(default_factory=dict)
+    spread_hours: int = 0  # Kafka timestamps shifted by the producer (samples.spread_timestamp_ms)
 
     @classmethod
     def plain(cls, topic: str, schema: str, counts: Mapping[int, int], seed: int = 0) -> Expected:
@@ -213,7 +215,8 @@ class Send:
 
 
 def plan_with_bad(
-    topic: str, schema: str, n: int, partitions: int, bad: Mapping[tuple[int, int], str], seed: int = 0
+    topic: str, schema: str, n: int, partitions: int, bad: Mapping[tuple[int, int], str], seed: int = 0,
+    spread_hours: int = 0,
 ) -> tuple[Expected, list[Send]]:
     """Good records ``0..n-1`` (record ``i`` to partition ``i % partitions``) with the bad records
     ``bad[(partition, offset)] = kind`` at exactly those positions: what the topic will hold, and
@@ -226,6 +229,7 @@ def plan_with_bad(
         seed,
         {p: {} for p in range(partitions)},
         {p: {} for p in range(partitions)},
+        spread_hours,
     )
     sends: list[Send] = []
     nxt = [0] * partitions
@@ -251,7 +255,7 @@ def plan_with_bad(
                 nxt[p],
                 samples.key_for(schema, record),
                 samples.encode_raw(parsed, record),
-                samples.timestamp_ms_for(schema, record),
+                samples.spread_timestamp_ms(samples.timestamp_ms_for(schema, record), i, spread_hours),
             )
         )
         nxt[p] += 1
@@ -270,6 +274,7 @@ def produce_with_bad(
     partitions: int,
     bad: Mapping[tuple[int, int], str],
     seed: int = 0,
+    spread_hours: int = 0,
 ) -> Expected:
     """Create ``topic`` and produce :func:`plan_with_bad`'s records with one idempotent producer
     (per-partition order = production order); every delivery report's (partition, offset) is
@@ -278,7 +283,7 @@ def produce_with_bad(
 
     from consumer.producer import ensure_topic
 
-    exp, sends = plan_with_bad(topic, schema, n, partitions, bad, seed)
+    exp, sends = plan_with_bad(topic, schema, n, partitions, bad, seed, spread_hours)
     ensure_topic(bootstrap, topic, partitions)
     wrong: list[str] = []
 
@@ -438,10 +443,15 @@ def prove(
     expected: Expected,
     tmp: Path,
     every: int = 1,
+    partition_by: str | None = None,
+    timezone: str = "UTC",
 ) -> Proof:
     """Every check in this module's docstring, on the output under ``prefix`` (no trailing slash
     needed). ``every`` > 1 compares the values of a deterministic subset of rows (offsets, footers
-    and dead letters are always checked in full)."""
+    and dead letters are always checked in full). With ``partition_by`` (the run's template) the
+    files sit in bucket folders: every row must be in the bucket its time says, file ranges must
+    be disjoint per bucket, and rows ∪ dead letters still cover every offset exactly once."""
+    template = parse_template(partition_by, timezone) if partition_by else None
     prefix = prefix.rstrip("/") + "/"
     topic, parts = expected.topic, expected.partitions
     ends = expected.ends
@@ -481,11 +491,14 @@ def prove(
     paths = download_finals(s3, bucket, prefix, tmp)
     tables: list[pa.Table] = []
     no_schema: list[str] = []
-    ranges: dict[int, list[tuple[int, int, Path]]] = {}
+    ranges: dict[tuple[int, str], list[tuple[int, int, Path]]] = {}
     rows_at: dict[int, list[int]] = {}
     for path in paths:
         p = int(path.parent.name.removeprefix("partition="))
-        assert path.parent.name == f"partition={p}" and path.parent.parent.name == f"topic={topic}", path
+        rel = path.relative_to(tmp).parts
+        assert path.parent.name == f"partition={p}" and rel[0] == f"topic={topic}", path
+        bucket = "/".join(rel[1:-2])
+        assert bool(bucket) == (template is not None), f"{path}: bucket folder {bucket!r} vs {partition_by!r}"
         first = int(path.stem.rsplit("+", 1)[1])
         pf = pq.ParquetFile(path)
         kv = {
@@ -516,25 +529,40 @@ def prove(
         assert set(table.column("kafka_partition").to_pylist()) == {p}, f"{where}: rows of other partitions"
         outside = [o for o in offs if not lo <= o < hi]
         assert not outside, f"{where}: rows outside [{lo}, {hi}): {outside[:10]}"
-        ranges.setdefault(p, []).append((lo, hi, path))
+        ranges.setdefault((p, bucket), []).append((lo, hi, path))
         rows_at.setdefault(p, []).extend(offs)
         tables.append(table)
+        if template is not None:
+            if template.field_path is None:
+                millis = to_millis(table.column("kafka_timestamp"))
+            else:
+                millis = time_column(template, table.combine_chunks().to_batches()[0])
+            got = assign(template, millis).buckets.to_pylist()
+            wrong = [o for o, b in zip(offs, got, strict=True) if b != bucket]
+            assert not wrong, f"{where}: rows {wrong[:10]} are not in bucket {bucket} by their time"
 
     rows = 0
     for p in range(parts):
         bad_offsets = set(expected.bad.get(p, {}))
-        # Ranges: disjoint, and whatever no file covers is dead letters only.
-        covered = 0
-        for lo, hi, path in sorted(ranges.get(p, [])):
-            assert lo >= covered, (
-                f"partition {p}: {path.name} starts at {lo}, inside an earlier file (to {covered})"
-            )
-            gap = set(range(covered, lo)) - bad_offsets
-            assert not gap, f"partition {p}: positions {sorted(gap)[:10]} before {path.name} are in no file"
-            covered = hi
-        assert covered <= ends[p], f"partition {p}: a file reaches {covered}, beyond the end {ends[p]}"
-        tail = set(range(covered, ends[p])) - bad_offsets
-        assert not tail, f"partition {p}: positions {sorted(tail)[:10]} after the last file are in no file"
+        # Ranges: disjoint, and whatever no file covers is dead letters only. In the bucketed
+        # layout files of different buckets interleave: disjoint per bucket, and coverage is the
+        # offsets check below.
+        for (rp, _bucket), in_bucket in sorted(ranges.items()):
+            if rp != p:
+                continue
+            covered = 0
+            for lo, hi, path in sorted(in_bucket):
+                assert lo >= covered, (
+                    f"partition {p}: {path.name} starts at {lo}, inside an earlier file (to {covered})"
+                )
+                gap = set(range(covered, lo)) - bad_offsets
+                assert template is not None or not gap, (
+                    f"partition {p}: positions {sorted(gap)[:10]} before {path.name} are in no file")
+                covered = hi
+            assert covered <= ends[p], f"partition {p}: a file reaches {covered}, beyond the end {ends[p]}"
+            tail = set(range(covered, ends[p])) - bad_offsets
+            assert template is not None or not tail, (
+                f"partition {p}: positions {sorted(tail)[:10]} after the last file are in no file")
         # Offsets: rows ∪ dead letters = 0..end-1, disjoint, each row once.
         offs = rows_at.get(p, [])
         dup = len(offs) - len(set(offs))
@@ -547,7 +575,7 @@ def prove(
             f"unexpected {sorted(union - set(range(ends[p])))[:10]}"
         )
         rows += len(offs)
-    extra = set(ranges) - set(range(parts))
+    extra = {rp for rp, _ in ranges} - set(range(parts))
     assert not extra, f"files for partitions {extra} of a {parts}-partition topic"
 
     values = 0
@@ -559,6 +587,7 @@ def prove(
             seed=expected.seed,
             every=every,
             index=expected.index,
+            spread_hours=expected.spread_hours,
         )
     proof = Proof(expected.records, rows, sum(len(d) for d in dead.values()), len(paths), values, committed)
     if no_schema:
@@ -588,7 +617,9 @@ def finish_and_prove(
     done = run_consumer(expected.topic, group, out, *args, schema=expected.schema, env=env, timeout=timeout)
     assert done.returncode == 0, f"final run exited {done.returncode}:\n{done.stderr[-4000:]}"
     summary(done.stderr)  # the run ended with its summary line
+    template = args[args.index("--partition-by") + 1] if "--partition-by" in args else None
     return prove(
+        partition_by=template,
         s3=s3,
         bucket=bucket,
         prefix=prefix,

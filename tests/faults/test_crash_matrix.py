@@ -301,3 +301,40 @@ def wait_until(pred: Callable[[], bool], timeout: float, what: Callable[[], str]
     while not pred():
         assert time.monotonic() < deadline, f"timed out waiting for {what()}"
         time.sleep(0.5)
+
+
+# -- the time-bucketed layout (--partition-by) ----------------------------------------------------
+# Every fault point, on a small topic whose Kafka timestamps spread over five shuffled hours (so
+# consecutive records of a partition go to different buckets, late and early), with bad records
+# in the range. At most 3 open buckets and a 2 h grace: files roll by the bound, by the grace, by
+# rows and at the end, and late records reopen buckets already final.
+BUCKETED = (
+    "--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}",
+    "--max-open-buckets", "3", "--bucket-grace", "2h",
+    "--row-group-rows", "60", "--file-rows", "90", "--batch-size", "60",
+)
+BUCKETED_BAD: dict[tuple[int, int], str] = {(0, 0): "tombstone", (0, 61): "truncated", (1, 130): "empty"}
+BUCKETED_CASES = [
+    case("after_dead_letter_put", 1),
+    case("before_piece_put", 3),
+    case("after_piece_put", 2),
+    case("after_commit", 2),
+    case("after_marker_put", 1),
+    case("after_final_put", 2),
+    case("after_piece_delete", 1),
+    case("during_recovery", 2),
+    case("during_shutdown", 1),
+]
+
+
+@pytest.mark.parametrize(("point", "nth"), BUCKETED_CASES)
+def test_kill_at_point_in_the_bucketed_layout(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, point: str, nth: int
+) -> None:
+    topic = unique("crash-bucket")
+    expected = produce_with_bad(
+        stack.kafka_bootstrap, topic, "page_view", 400, 2, BUCKETED_BAD, spread_hours=5
+    )
+    args = (*BUCKETED, *static_member())
+    kind = f"kill at point, bucketed layout (5 shuffled hours), {len(BUCKETED_BAD)} bad records"
+    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)

@@ -57,8 +57,10 @@ class Feeder:
     """Produces records ``0, 1, 2, …`` (record ``i`` → partition ``i % PARTITIONS``) in chunks from a
     background thread until stopped; knows exactly how many records each partition received."""
 
-    def __init__(self, bootstrap: str, topic: str, chunk: int, pause: float, seed: int = 0) -> None:
+    def __init__(self, bootstrap: str, topic: str, chunk: int, pause: float, seed: int = 0,
+                 spread_hours: int = 0) -> None:
         self.bootstrap = bootstrap
+        self.spread_hours = spread_hours  # Kafka timestamps over shuffled hours (bucketed layout)
         self.topic = topic
         self.chunk = chunk
         self.pause = pause
@@ -86,6 +88,7 @@ class Feeder:
             partitions=PARTITIONS,
             start=self.total,
             create_topic=False,
+            spread_hours=self.spread_hours,
         )
         assert res.count == n, (res.count, n)
         self.total += n
@@ -205,11 +208,14 @@ def finish_and_prove(
     extra: tuple[str, ...],
     fault: str,
     kind: str,
+    spread_hours: int = 0,
     **row: Any,
 ) -> Proof:
     """One last ``--until-caught-up`` member, then ``checker.prove`` and ``verify``; records the
-    scenario's row."""
+    scenario's row. A ``--partition-by`` in ``extra`` is passed on to both checks."""
     expected = Expected.plain(topic, "page_view", counts)
+    expected.spread_hours = spread_hours
+    template = extra[extra.index("--partition-by") + 1] if "--partition-by" in extra else None
 
     def both() -> Proof:
         try:
@@ -236,6 +242,7 @@ def finish_and_prove(
             topic,
             bootstrap_servers=stack.kafka_bootstrap,
             group_id=group,
+            partition_by=template,
         )
         assert report.ok, report.to_text()
         assert {p.partition: p.committed for p in report.partitions} == counts, report.to_text()
@@ -364,18 +371,27 @@ def test_zombie_member_is_fenced_and_corrupts_nothing(
     assert proof.records == feeder.total
 
 
+BUCKETED = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--max-open-buckets", "3",
+            "--bucket-grace", "2h")
+
+
+@pytest.mark.parametrize("layout", ["plain", "bucketed"])
 def test_rebalance_storm(
-    stack: Any, s3: Any, make_topic: Callable[..., str], unique_prefix: str, tmp_path: Path
+    stack: Any, s3: Any, make_topic: Callable[..., str], unique_prefix: str, tmp_path: Path, layout: str
 ) -> None:
     """Up to three members started, SIGKILLed and SIGTERMed at random (seeded) every 2–5 s for 40 s
-    while records arrive continuously; then one last member finishes and the output is proven."""
+    while records arrive continuously; then one last member finishes and the output is proven.
+    ``bucketed``: the same with --partition-by on records whose timestamps spread over five
+    shuffled hours, so every partition feeds several open bucket files at once."""
     seed = 20240611
     rng = random.Random(seed)
     topic = make_topic(partitions=PARTITIONS, prefix="storm")
     group = unique("g-storm")
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
-    args = (*SMALL, "-X", "session.timeout.ms=6000")
-    feeder = Feeder(stack.kafka_bootstrap, topic, chunk=300, pause=0.3, seed=seed).start()
+    spread = 5 if layout == "bucketed" else 0
+    args = (*SMALL, "-X", "session.timeout.ms=6000", *(BUCKETED if spread else ()))
+    feeder = Feeder(stack.kafka_bootstrap, topic, chunk=300, pause=0.3, seed=seed,
+                    spread_hours=spread).start()
     live: dict[str, Running] = {}
     stopping: dict[str, Running] = {}
     killed: list[Running] = []
@@ -445,7 +461,8 @@ def test_rebalance_storm(
         feeder.counts,
         args,
         f"rebalance storm, seed {seed}: " + "; ".join(actions),
-        "members started / SIGKILLed / SIGTERMed at random",
+        "members started / SIGKILLed / SIGTERMed at random" + (", bucketed layout" if spread else ""),
+        spread_hours=spread,
         members=serial,
         assignments=rebalances,
         lost_or_fenced_events=fenced,

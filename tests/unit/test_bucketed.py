@@ -1,0 +1,500 @@
+"""The time-bucketed layout (--partition-by) on the in-memory doubles: template parsing, the
+flush writing one piece into every open bucket file before its commit, rolls by grace, by the
+open-bucket bound and by budgets, late records, bad times, and a crash at every store request of
+a bucketed run recovering exactly once. Records are produced in shuffled time order so buckets
+interleave."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from consumer import log as logmod
+from consumer.bucketing import TemplateError, assign, parse_template
+from consumer.config import Config
+from consumer.decoding import Decoder
+from consumer.errors import BadRecordStop, IntegrityError
+from consumer.layout import Layout, PieceRef, RollMarker
+from consumer.positions import PartitionFenced
+from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
+from consumer.testing import Crash, MemoryPositions, MemoryStore, Message
+from consumer.verify import verify
+from consumer.worker import PartitionState, PartitionWorker, SharedState
+
+PREFIX = "out"
+LAYOUT = Layout(PREFIX)
+SCHEMA = parsed_schema("page_view")
+TEMPLATE = "dt={ts:%Y-%m-%d}/hr={ts:%H}"
+BASE = Config(
+    bootstrap_servers="unused",
+    group_id="g",
+    topics=("t",),
+    output=f"s3://bucket/{PREFIX}",
+    schema="page_view",
+    row_group_rows=10,
+    file_rows=30,
+    partition_by=TEMPLATE,
+    bucket_grace=3600.0 * 24,
+    max_open_buckets=8,
+)
+T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
+
+
+def hour_of(i: int) -> int:
+    """Shuffled event time: hours 0–4 interleaved (a record every few offsets goes back)."""
+    return (i * 7) % 5
+
+
+def when(i: int) -> datetime:
+    return T0 + timedelta(hours=hour_of(i), seconds=i)
+
+
+def record(i: int, *, duration: int | str | None = "keep") -> dict[str, Any]:
+    r = make_record("page_view", i)
+    r["ts"] = when(i)
+    if duration != "keep":
+        r["duration_ms"] = duration
+    return r
+
+
+def msg(i: int, *, bad: bool = False, **kw: Any) -> Message:
+    v = encode_raw(SCHEMA, record(i, **kw))
+    if bad:
+        v += b"\x00\x00"
+    return Message(i, v, key=f"k{i}".encode(), timestamp=int(when(i).timestamp() * 1000))
+
+
+def make_worker(
+    store: MemoryStore, positions: MemoryPositions, config: Config = BASE, **kw: Any
+) -> PartitionWorker:
+    return PartitionWorker("t", 0, config=config, store=store, positions=positions, layout=LAYOUT,
+                           decoder=Decoder("raw", schema=load_schema("page_view")), shared=SharedState(),
+                           log=logmod.get("test"), **kw)
+
+
+def finals(store: MemoryStore) -> list[tuple[str, pa.Table]]:
+    return [(k, pq.read_table(io.BytesIO(store.objects[k]))) for k in sorted(store.objects)
+            if k.endswith(".parquet") and "/_" not in f"/{k}"]
+
+
+def staged(store: MemoryStore) -> list[str]:
+    return sorted(k for k in store.objects if k.startswith(f"{PREFIX}/_staging/"))
+
+
+def dead_letter_offsets(store: MemoryStore) -> list[int]:
+    return sorted(json.loads(line)["offset"] for k, d in store.objects.items() if "_dead_letters/" in k
+                  for line in d.decode().splitlines())
+
+
+def check_exactly_once(store: MemoryStore, upto: int, bad: set[int], sent: list[int] | None = None) -> None:
+    """Every offset below ``upto`` exactly once over all final files (or a dead letter), each row
+    in the bucket its time says, every footer range consistent with its rows."""
+    seen: list[int] = []
+    for key, table in finals(store):
+        folder = key.split("/partition=")[0].split("topic=t/")[1]
+        raw_meta = pq.ParquetFile(io.BytesIO(store.objects[key])).metadata.metadata or {}
+        meta = {k.decode(): v.decode() for k, v in raw_meta.items()}
+        lo, hi = int(meta["kafka.from_position"]), int(meta["kafka.to_position"])
+        for o in table.column("kafka_offset").to_pylist():
+            assert lo <= o < hi
+            assert folder == when(o).strftime("dt=%Y-%m-%d/hr=%H"), (key, o)
+            seen.append(o)
+    assert sorted(seen) == [i for i in (sent if sent is not None else range(upto)) if i not in bad]
+    assert dead_letter_offsets(store) == sorted(bad)
+
+
+def run(w: PartitionWorker, offsets: range | list[int], bad: set[int] | frozenset[int] = frozenset()) -> None:
+    for i in offsets:
+        w.append(msg(i, bad=i in bad))
+
+
+# -- the template ---------------------------------------------------------------------------------
+def test_template_parses_and_names_its_columns() -> None:
+    t = parse_template(TEMPLATE)
+    assert t.names == ("dt", "hr") and t.unit == "hour" and t.field_path == ("ts",)
+    assert parse_template("day={@timestamp:%Y%m%d}").field_path is None
+    assert parse_template("dt={event.time:%Y-%m-%d}").field_path == ("event", "time")
+    assert parse_template("y={ts:%Y}/doy={ts:%j}/h={ts:%H}").unit == "hour"
+
+
+@pytest.mark.parametrize("bad, words", [
+    ("hr={ts:%H}", "add %Y"),
+    ("dt={ts:%Y-%m-%d}/hr={other:%H}", "several time sources"),
+    ("dt={ts:%Y %m}", "literal text"),
+    ("dt={ts:%Y/%m}", "literal text"),
+    ("dt", "name=value"),
+    ("dt={ts:%s}", "%Y %m %d"),
+    ("dt=x", "placeholder"),
+    ("partition={ts:%Y}", "taken by the layout"),
+    ("_x={ts:%Y}", "column name"),
+    ("d={ts:%Y}/d={ts:%m}", "twice"),
+    ("dt={ts:%Y-%d}", "add %m"),
+])
+def test_a_bad_template_is_refused_with_what_to_do(bad: str, words: str) -> None:
+    with pytest.raises(TemplateError, match=words):
+        parse_template(bad)
+
+
+def test_config_reports_a_bad_template_and_time_zone() -> None:
+    problems = replace(BASE, partition_by="hr={ts:%H}").problems()
+    assert any("add %Y" in p for p in problems)
+    problems = replace(BASE, timezone="Mars/Olympus").problems()
+    assert any("IANA" in p for p in problems)
+    assert replace(BASE, partition_by=None, timezone="Europe/Berlin").problems() != []
+    assert BASE.problems() == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(-2_000_000_000_000, 2_100_000_000_000), min_size=1, max_size=20),
+       st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]))
+def test_bucket_of_a_time_is_strftime_in_the_zone(ms: list[int], tz: str) -> None:
+    t = parse_template("dt={ts:%Y-%m-%d}/hr={ts:%H}", tz)
+    a = assign(t, pa.array(ms, pa.int64()))
+    zone = ZoneInfo(tz)
+    for m, b, end in zip(ms, a.buckets.to_pylist(), a.ends.to_pylist(), strict=True):
+        local = datetime.fromtimestamp(m / 1000, UTC).astimezone(zone)
+        assert b == local.strftime("dt=%Y-%m-%d/hr=%H")
+        assert m < end <= m + 3600 * 1000 + 1  # the bucket ends after the row, within its hour
+
+
+def test_null_and_impossible_times_have_no_bucket() -> None:
+    a = assign(parse_template("y={ts:%Y}"), pa.array([0, None, 10**17], pa.int64()))
+    assert a.buckets.to_pylist() == ["y=1970", None, None]
+    assert [i for i, _ in a.reasons] == [1, 2] and "null" in a.reasons[0][1]
+
+
+def test_layout_parses_bucketed_staging_keys_and_keeps_plain_keys() -> None:
+    b = "dt=2026-11-30/hr=06"
+    key = LAYOUT.piece_key("t", 3, 10, 10, 20, b)
+    assert key == f"{PREFIX}/_staging/topic=t/partition=3/{b}/{10:020d}/{10:020d}-{20:020d}.piece"
+    assert LAYOUT.parse_staging_key("t", 3, key) == PieceRef(10, 10, 20, key, 0, b)
+    m = LAYOUT.roll_marker_key("t", 3, 10, 20, b)
+    assert LAYOUT.parse_staging_key("t", 3, m) == RollMarker(10, 20, m, b)
+    assert LAYOUT.final_key("t", 3, 10, b) == f"{PREFIX}/topic=t/{b}/partition=3/t+3+{10:020d}.parquet"
+    assert LAYOUT.final_key("t", 3, 10) == f"{PREFIX}/topic=t/partition=3/t+3+{10:020d}.parquet"
+    plain = LAYOUT.piece_key("t", 3, 10, 10, 20)
+    assert LAYOUT.parse_staging_key("t", 3, plain) == PieceRef(10, 10, 20, plain, 0, "")
+
+
+# -- the flush ------------------------------------------------------------------------------------
+def test_a_flush_writes_one_piece_into_every_open_bucket_file_then_commits_once() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    ops: list[tuple[str, str]] = []
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(10))  # hours 0..4 → 5 buckets, one flush
+    assert len(w.files) == 5 and positions.committed("t", 0) == 10
+    store.on_op = lambda op, key: ops.append((op, key))
+    positions.on_op = lambda op, *a: ops.append((op, ""))  # type: ignore[assignment]
+    run(w, [10, 15])  # both hour 0 (10*7 % 5 == 0): one bucket touched
+    w.flush()
+    puts = [k for op, k in ops if op == "put_object"]
+    assert len(puts) == 5 and all(k.endswith(f"{10:020d}-{16:020d}.piece") for k in puts)
+    last_put = max(i for i, (op, _) in enumerate(ops) if op == "put_object")
+    assert [op for op, _ in ops].index("commit") > last_put
+    rows = {f.bucket: f.pieces[-1].rows for f in w.files.values()}
+    assert rows == {"dt=2026-11-30/hr=04": 2, **{f"dt=2026-11-30/hr=0{h}": 0 for h in (5, 6, 7, 8)}}
+    w.finish()
+    check_exactly_once(store, 16, set(), [*range(10), 10, 15])
+    assert staged(store) == []
+
+
+def test_a_flush_puts_the_pieces_of_new_bucket_files_first() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, [0, 5])  # hour 0 only
+    w.flush()
+    ops: list[str] = []
+    store.on_op = lambda op, key: ops.append(key) if op == "put_object" else None
+    run(w, [6, 7])  # hours 2 and 4: new buckets
+    w.flush()
+    assert [k.split("/partition=0/")[1].split("/0")[0] for k in ops] == [
+        "dt=2026-11-30/hr=06", "dt=2026-11-30/hr=08", "dt=2026-11-30/hr=04"]
+
+
+# -- rolls ----------------------------------------------------------------------------------------
+def test_a_bucket_rolls_once_the_watermark_passes_its_end_by_the_grace() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None, bucket_grace=1800.0))
+    w.recover()
+    run(w, [0, 5])  # hour 04
+    w.flush()
+    assert finals(store) == []
+    run(w, [6])  # 6*7 % 5 == 2 → 06:00:06: the watermark is past 05:00 + 30 min
+    w.flush()
+    keys = [k for k, _ in finals(store)]
+    assert keys == [f"{PREFIX}/topic=t/dt=2026-11-30/hr=04/partition=0/t+0+{0:020d}.parquet"]
+    assert sorted(w.files) == ["dt=2026-11-30/hr=06"]
+
+
+def test_above_max_open_buckets_the_oldest_bucket_rolls() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None, max_open_buckets=2))
+    w.recover()
+    run(w, [0, 1, 3])  # 04, 06, 05
+    w.flush()
+    assert sorted(w.files) == ["dt=2026-11-30/hr=05", "dt=2026-11-30/hr=06"]
+    folders = [k.split("topic=t/")[1].split("/partition")[0] for k, _ in finals(store)]
+    assert folders == ["dt=2026-11-30/hr=04"]
+
+
+def test_a_late_record_for_a_rolled_bucket_opens_a_new_file_there() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None, max_open_buckets=1))
+    w.recover()
+    run(w, [0])
+    w.flush()  # hour 04 open
+    run(w, [1])
+    w.flush()  # hour 06 opens, 04 rolls
+    run(w, [5])
+    w.flush()  # hour 04 again: a new file from 2; 06 rolls
+    w.finish()
+    keys = [k for k, _ in finals(store)]
+    assert f"{PREFIX}/topic=t/dt=2026-11-30/hr=04/partition=0/t+0+{0:020d}.parquet" in keys
+    assert f"{PREFIX}/topic=t/dt=2026-11-30/hr=04/partition=0/t+0+{2:020d}.parquet" in keys
+    assert sorted(o for _, t in finals(store) for o in t.column("kafka_offset").to_pylist()) == [0, 1, 5]
+
+
+def test_each_bucket_file_rolls_on_its_own_row_budget() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=4, row_group_rows=2))
+    w.recover()
+    run(w, range(40))
+    w.finish()
+    check_exactly_once(store, 40, set())
+    assert all(t.num_rows <= 4 for _, t in finals(store))
+
+
+# -- bad times -------------------------------------------------------------------------------------
+def test_a_null_time_goes_to_dead_letters_with_the_reason() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, partition_by="y={duration_ms:%Y}", file_rows=None))
+    w.recover()
+    for i in range(6):
+        w.append(msg(i, duration=None if i == 3 else 1000))
+    w.finish()
+    assert dead_letter_offsets(store) == [3]
+    line = next(json.loads(d) for k, d in store.objects.items() if "_dead_letters/" in k)
+    assert "is null" in line["reason"] and line["value_b64"]
+    offsets = sorted(o for _, t in finals(store) for o in t.column("kafka_offset").to_pylist())
+    assert offsets == [0, 1, 2, 4, 5]
+    assert positions.committed("t", 0) == 6
+
+
+def test_a_null_time_halts_under_on_error_fail_with_everything_before_committed() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, partition_by="y={duration_ms:%Y}", on_error="fail",
+                                              file_rows=None, row_group_rows=100))
+    w.recover()
+    for i in range(6):
+        w.append(msg(i, duration=None if i == 3 else 1000))
+    with pytest.raises(BadRecordStop, match="offset 3"):
+        w.flush()
+    assert positions.committed("t", 0) == 3 and w.state is PartitionState.HALTED
+    assert dead_letter_offsets(store) == []
+
+
+def test_a_schema_without_the_field_makes_dead_letters_not_guesses() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, partition_by="y={nope:%Y}", file_rows=None))
+    w.recover()
+    run(w, range(3))
+    w.finish()
+    assert dead_letter_offsets(store) == [0, 1, 2] and finals(store) == []
+    assert positions.committed("t", 0) == 3
+
+
+# -- recovery --------------------------------------------------------------------------------------
+def test_restart_resumes_every_open_bucket_file() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(12))
+    w.close()
+    opened = {b: f.start for b, f in w.files.items()}
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() == 12
+    assert {b: f.start for b, f in w2.files.items()} == opened
+    assert all(f.bucket_end is not None for f in w2.files.values())
+    run(w2, range(12, 20))
+    w2.finish()
+    check_exactly_once(store, 20, set())
+
+
+def test_expired_offsets_adopt_the_lowest_end_of_the_open_bucket_files() -> None:
+    """A crash mid-flush leaves new bucket files at `to` and some old ones at `from`."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, [0, 1])  # hours 04 and 06
+    w.flush()
+    run(w, [2, 3, 4])  # 08 (new), 05 (new), 07 (new)
+    puts = 0
+
+    def hook(op: str, key: str) -> None:
+        nonlocal puts
+        if op == "put_object" and key.endswith(".piece"):
+            puts += 1
+            if puts == 4:  # the three new files and one old one are written
+                raise Crash("mid-flush")
+    store.on_op = hook
+    with pytest.raises(Crash):
+        w.flush()
+    store.on_op = None
+    positions.reset("t", 0, None)  # offsets expired
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() == 2
+    run(w2, range(2, 10))
+    w2.finish()
+    check_exactly_once(store, 10, set())
+
+
+def test_expired_offsets_with_only_new_bucket_files_adopt_their_start() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, [0, 1, 2])
+    store.on_op = _crash_at_piece(2)
+    with pytest.raises(Crash):
+        w.flush()  # two of three new files written, nothing committed
+    store.on_op = None
+    positions.reset("t", 0, None)
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() is None or w2.committed == 0
+    run(w2, range(0, 6))
+    w2.finish()
+    check_exactly_once(store, 6, set())
+
+
+def _crash_at_piece(n: int) -> Callable[[str, str], None]:
+    seen = 0
+
+    def hook(op: str, key: str) -> None:
+        nonlocal seen
+        if op == "put_object" and key.endswith(".piece"):
+            seen += 1
+            if seen == n + 1:
+                raise Crash("mid-flush")
+    return hook
+
+
+def test_a_backward_reset_below_a_rolled_bucket_is_refused_via_the_high_water() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(10))
+    w.finish()
+    assert staged(store) == [] and positions.committed("t", 0) == 10
+    rolled = [k for k in store.objects if "/_rolled/" in f"/{k}"]
+    assert rolled == [f"{PREFIX}/_rolled/topic=t/partition=0/{10:020d}"]
+    positions.reset("t", 0, 4)
+    before = dict(store.objects)
+    with pytest.raises(IntegrityError, match="below the end 10"):
+        make_worker(store, positions).recover()
+    assert store.objects == before
+
+
+def test_a_zombie_s_bucket_file_is_deleted_not_published() -> None:
+    """A fenced member opened a bucket file at its own flush boundary: recovery deletes it."""
+    store, positions = MemoryStore(), MemoryPositions()
+    owner = make_worker(store, positions, replace(BASE, file_rows=None))
+    owner.recover()
+    run(owner, range(4))
+    owner.flush()  # committed 4
+    # A zombie (same committed 4) flushes [4, 6) with hour 04 → a file it opened at 4.
+    zombie = make_worker(store, positions, replace(BASE, file_rows=None))
+    zombie.recover()
+    positions.fence("t", 0)
+    run(zombie, [4, 5])
+    with pytest.raises(PartitionFenced):
+        zombie.flush()
+    positions.unfence("t", 0)
+    run(owner, range(4, 12))
+    owner.close()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w.recover() == 12
+    run(w, range(12, 15))
+    w.finish()
+    check_exactly_once(store, 15, set())
+    assert staged(store) == []
+
+
+# -- every store request is a crash point ----------------------------------------------------------
+UPTO = 12
+BAD = {5}
+
+
+def scenario(store: MemoryStore, positions: MemoryPositions, *, upto: int) -> None:
+    """Recover, consume [committed, upto) in shuffled time order (5 hours interleaved) with a bad
+    record, 4-row groups, 6-row files, at most 2 open buckets (so rolls by the bound and by rows
+    happen mid-run), finish."""
+    cfg = replace(BASE, file_rows=6, row_group_rows=4, max_open_buckets=2, bucket_grace=3600.0)
+    w = make_worker(store, positions, cfg)
+    start = w.recover() or 0
+    run(w, range(start, upto), bad=BAD)
+    w.finish()
+
+
+def count_requests(upto: int) -> int:
+    store = MemoryStore()
+    scenario(store, MemoryPositions(), upto=upto)
+    return sum(store.stats.requests.values())
+
+
+def crash_after(n: int) -> Callable[[str, str], None]:
+    seen = 0
+
+    def hook(op: str, key: str) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            raise Crash(f"crash at request {n} ({op} {key})")
+    return hook
+
+
+def crash_points() -> Iterator[int]:
+    yield from range(1, count_requests(UPTO) + 1)
+
+
+@pytest.mark.parametrize("n", list(crash_points()))
+def test_a_crash_at_any_store_request_of_a_bucketed_run_keeps_every_offset_exactly_once(n: int) -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    store.on_op = crash_after(n)
+    with pytest.raises(Crash):
+        scenario(store, positions, upto=UPTO)
+    store.on_op = None
+    scenario(store, positions, upto=UPTO)
+    check_exactly_once(store, UPTO, BAD)
+    assert staged(store) == []
+    assert positions.committed("t", 0) == UPTO
+
+
+# -- consumer verify on the bucketed layout ----------------------------------------------------------
+def test_verify_checks_a_bucketed_output_exactly_and_finds_a_row_in_the_wrong_bucket() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=4, row_group_rows=2, max_open_buckets=2))
+    w.recover()
+    run(w, range(30), bad={7})
+    w.finish()
+    report = verify(store, PREFIX, "t", committed={0: 30}, partition_by=TEMPLATE)
+    assert report.ok, report.to_text()
+    assert report.partitions[0].missing_count == 0 and report.partitions[0].duplicate_count == 0
+    # Without the template the bucket folders are not the plain layout: refused, not misread.
+    assert not verify(store, PREFIX, "t", committed={0: 30}).ok
+    # A file moved into another hour's folder: every row of it is in the wrong bucket.
+    key = next(k for k, _ in finals(store) if "hr=04" in k)
+    store.objects[key.replace("hr=04", "hr=09")] = store.objects.pop(key)
+    report = verify(store, PREFIX, "t", committed={0: 30}, partition_by=TEMPLATE)
+    assert not report.ok and any("not in bucket" in why for _, why in report.bad_files)
