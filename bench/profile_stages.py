@@ -22,6 +22,7 @@ from typing import Any
 STAGES: dict[str, str] = {
     "consumer.runner": "consume (poll/dispatch)",
     "consumer.decoding": "decode (Avro)",
+    "consumer.native": "decode (Avro)",  # the Rust chunk decoder, called through consumer.native
     "consumer.arena": "arena append + Arrow build",
     "consumer.typemap": "arena append + Arrow build",
     "consumer.rowgroup": "row-group encode (Parquet)",

@@ -24,6 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
 from importlib.resources.abc import Traversable
+from itertools import groupby
+from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +52,7 @@ class BadRecord(ValueError):
 
 
 __all__ = [
+    "CONFLUENT_HEADER",
     "SCHEMA_DIR",
     "BadRecord",
     "Decoder",
@@ -58,6 +61,7 @@ __all__ = [
     "SchemaError",
     "WriterSchema",
     "decode_bodies",
+    "framing_runs",
     "load_schema",
     "schema_names",
 ]
@@ -145,6 +149,30 @@ def decode_bodies(
     return good, bad
 
 
+#: Bytes before the Avro body in Confluent framing: magic byte 0 and a 4-byte big-endian schema id.
+CONFLUENT_HEADER = 5
+_header = itemgetter(slice(0, CONFLUENT_HEADER))
+
+
+def framing_runs(values: Sequence[bytes]) -> list[tuple[int, int, int | None]]:
+    """Cut Confluent-framed values into runs of one 5-byte header: ``(start, end, schema id)``,
+    the id ``None`` for a run whose values are not well framed (too short, wrong magic byte).
+
+    The batch path's splitter: per value only C-level slicing and comparison (``map`` +
+    ``groupby``), so a run of one schema id is found without a Python step per record. It only
+    says where runs are; every value of a ``None`` run still goes through :meth:`Decoder.split`,
+    which gives the reason it is bad, exactly as record-by-record appends do.
+    """
+    out: list[tuple[int, int, int | None]] = []
+    start = 0
+    for head, group in groupby(map(_header, values)):
+        end = start + len(list(group))
+        framed = len(head) == CONFLUENT_HEADER and head[0] == 0
+        out.append((start, end, int.from_bytes(head[1:], "big") if framed else None))
+        start = end
+    return out
+
+
 class Decoder:
     """Splits Kafka values into (writer schema, body); one per process, shared by all workers."""
 
@@ -188,14 +216,19 @@ class Decoder:
             raise BadRecord("null value (tombstone): nothing to decode")
         if self._raw is not None and self.framing == "raw":
             return self._raw, memoryview(value)
-        if len(value) < 5 or value[0] != 0:
+        if len(value) < CONFLUENT_HEADER or value[0] != 0:
             first = f"0x{value[0]:02x}" if value else "empty value"
             raise BadRecord(
                 f"not Confluent wire format (first byte {first}, expected magic 0x00 + 4-byte "
                 "schema id): is the topic raw Avro? then use --framing raw --schema …"
             )
         (schema_id,) = struct.unpack_from(">I", value, 1)
-        return self.schema_for_id(schema_id), memoryview(value)[5:]
+        return self.schema_for_id(schema_id), memoryview(value)[CONFLUENT_HEADER:]
+
+    def cached(self, schema_id: int | None) -> WriterSchema | None:
+        """The writer schema of an id already fetched and usable, else ``None`` (then
+        :meth:`split` fetches it, or says why its records are bad)."""
+        return None if schema_id is None else self._by_id.get(schema_id)
 
     def schema_for_id(self, schema_id: int) -> WriterSchema:
         ws = self._by_id.get(schema_id)

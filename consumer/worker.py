@@ -52,7 +52,14 @@ from consumer import faults
 from consumer.arena import Arena, DeadLetter, SchemaStats, kafka_fields
 from consumer.bucketing import Template, parse_template
 from consumer.config import Config
-from consumer.decoding import BadRecord, Decoder, RegistryUnavailable, WriterSchema
+from consumer.decoding import (
+    CONFLUENT_HEADER,
+    BadRecord,
+    Decoder,
+    RegistryUnavailable,
+    WriterSchema,
+    framing_runs,
+)
 from consumer.errors import BadRecordStop, IntegrityError, RegistryStop
 from consumer.evolution import VersionedSchema, choose_reader, subject_for
 from consumer.layout import Layout, PieceRef, RollMarker
@@ -454,31 +461,51 @@ class PartitionWorker:
     def append_batch(self, msgs: list[Any]) -> None:
         """Buffer one partition's run of a consumed batch, in order.
 
-        The fast path moves the whole run into the arena with per-record work done in C (``map``
-        over the message methods, one ``bytes.join``), splitting it only where a row group or a
-        chunk ends, so flush decisions are exactly those of :meth:`append`. Anything unusual —
-        Confluent framing, a tombstone, a re-delivered offset, no arena yet — goes record by record
-        through :meth:`append`, which decides the same way.
+        The fast path moves runs of records into the arena with per-record work done in C (``map``
+        over the message methods, one ``bytes.join``), splitting them only where a row group or a
+        chunk ends, so flush decisions are exactly those of :meth:`append`. With Confluent framing
+        the run is first cut where the 5-byte header changes (:func:`framing_runs`); a run of a
+        known schema id loses its headers in C too. Anything unusual — a tombstone, a re-delivered
+        offset, malformed framing, a schema id not fetched yet, no arena for the schema — goes
+        record by record through :meth:`append`, which decides (and dead-letters) the same way.
         """
         if not self._require(PartitionState.READY) or not msgs:
             return
-        if self.waiting:
+        if self.waiting:  # an earlier record waits for the registry: keep the order
             for msg in msgs:
                 self._hold(msg)
             return
-        arena = self.arena
         offsets = list(map(_msg_offset, msgs))
         values = list(map(_msg_value, msgs))
-        if (
-            arena is None
-            or self.decoder.framing != "raw"
-            or arena.schema is not self.decoder.raw_schema
-            or (self.next_pos is not None and offsets[0] < self.next_pos)
-            or None in values
-        ):
+        if (self.next_pos is not None and offsets[0] < self.next_pos) or None in values:
             for msg in msgs:
                 self.append(msg)
             return
+        raw = self.decoder.framing == "raw"
+        runs = [(0, len(msgs), None)] if raw else framing_runs(values)
+        for start, end, schema_id in runs:
+            i = start
+            while i < end:
+                schema = self.decoder.raw_schema if raw else self.decoder.cached(schema_id)
+                arena = self.arena
+                if (
+                    schema is None
+                    or arena is None
+                    or arena.schema.fingerprint != schema.fingerprint
+                    or self.state is not PartitionState.READY
+                    or self.waiting
+                ):
+                    # switches the schema, fetches it, resolves it, dead-letters it, or holds it
+                    # back behind a record that waits for the registry (order is kept)
+                    self.append(msgs[i])
+                    i += 1
+                    continue
+                bodies = values[i:end] if raw else list(map(_strip_header, values[i:end]))
+                i += self._append_run(arena, msgs[i:end], offsets[i:end], bodies)
+
+    def _append_run(self, arena: Arena, msgs: list[Any], offsets: list[int], bodies: list[bytes]) -> int:
+        """Append records of the current arena's schema until the run ends, the arena changes
+        (a roll) or the state does; returns how many were appended (at least one)."""
         # (type, ms); librdkafka gives -1 ms when the type is 'not available', the arena's null
         timestamps = list(map(_second, map(_msg_timestamp, msgs)))
         keys = list(map(_msg_key, msgs))
@@ -492,7 +519,7 @@ class PartitionWorker:
             j = min(n, i + room)
             if self.first_append_at is None:  # a flush earlier in this run restarted the age clock
                 self.first_append_at = self.clock()
-            arena.append_many(values[i:j], offsets[i:j], timestamps[i:j], keys[i:j],
+            arena.append_many(bodies[i:j], offsets[i:j], timestamps[i:j], keys[i:j],
                               headers[i:j] if headers is not None else None)
             if arena.halted is not None:
                 self._halt(arena.halted)
@@ -500,8 +527,7 @@ class PartitionWorker:
             if self._row_group_full(arena, limit):
                 self.flush()
             i = j
-        for msg in msgs[i:]:  # the arena changed under a roll or the state did: record by record
-            self.append(msg)
+        return i
 
     def _row_group_full(self, arena: Arena, limit: int) -> bool:
         """The rotation rule of a row group: its row limit or its predicted encoded byte target."""
@@ -1137,6 +1163,7 @@ _msg_timestamp = methodcaller("timestamp")
 _msg_key = methodcaller("key")
 _msg_headers = methodcaller("headers")
 _second = itemgetter(1)
+_strip_header = itemgetter(slice(CONFLUENT_HEADER, None))  # a framed value's Avro body (a copy)
 
 
 def _identity_of(layout: PieceLayout) -> str | None:

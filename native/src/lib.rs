@@ -134,7 +134,7 @@ impl Core {
         let mut bad: Bad = Vec::new();
         let mut good: Vec<usize> = Vec::with_capacity(n);
         for (i, &(s, e)) in spans.iter().enumerate() {
-            match validate::validate(&self.node, &raw[s..e]) {
+            match validate::structure(&self.node, &raw[s..e]) {
                 Ok(()) => good.push(i),
                 Err(reason) => bad.push((i, format!("malformed Avro: {reason}"))),
             }
@@ -142,10 +142,16 @@ impl Core {
         let batches = match self.decode_rows(raw, &spans, &good) {
             Ok(b) => b,
             Err(_) => {
-                // Some body the validator let through still fails in arrow-avro (which reports
-                // batch errors without a record number): find them one by one.
+                // Some body the structural walk let through still fails in arrow-avro (which
+                // reports batch errors without a record number): find them one by one, with
+                // fastavro's reason where the full check (UTF-8 included) has one.
                 let mut still_good = Vec::with_capacity(good.len());
                 for &i in &good {
+                    let (s, e) = spans[i];
+                    if let Err(reason) = validate::validate(&self.node, &raw[s..e]) {
+                        bad.push((i, format!("malformed Avro: {reason}")));
+                        continue;
+                    }
                     match self.decode_rows(raw, &spans, &[i]) {
                         Ok(_) => still_good.push(i),
                         Err(reason) => bad.push((i, format!("malformed Avro: {reason}"))),

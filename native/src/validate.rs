@@ -25,10 +25,21 @@ impl<'a> Cursor<'a> {
     }
 
     /// Zig-zag varint; fastavro reads until a byte without the high bit (no length limit).
+    #[inline]
     fn long(&mut self) -> Result<i64, String> {
-        if self.pos >= self.buf.len() {
-            return Err(eof(""));
+        match self.buf.get(self.pos) {
+            None => Err(eof("")),
+            Some(&b) if b & 0x80 == 0 => {
+                // one byte (lengths, counts, indices and small values): the common case
+                self.pos += 1;
+                Ok(i64::from(b >> 1) ^ -i64::from(b & 1))
+            }
+            Some(_) => self.long_slow(),
         }
+    }
+
+    #[cold]
+    fn long_slow(&mut self) -> Result<i64, String> {
         let mut acc: u64 = 0;
         let mut shift = 0u32;
         loop {
@@ -47,6 +58,7 @@ impl<'a> Cursor<'a> {
         Ok(((acc >> 1) as i64) ^ -((acc & 1) as i64))
     }
 
+    #[inline]
     fn take(&mut self, n: i64) -> Result<&'a [u8], String> {
         let rem = self.remaining();
         if n < 0 || n as u64 > rem as u64 {
@@ -65,10 +77,26 @@ impl<'a> Cursor<'a> {
         Ok(())
     }
 
-    fn string(&mut self) -> Result<&'a str, String> {
+    /// A string's bytes, checked as UTF-8 only when `UTF8` (see [`structure`]).
+    fn string_bytes<const UTF8: bool>(&mut self) -> Result<&'a [u8], String> {
         let n = self.long()?;
         let bytes = self.take(n)?;
-        std::str::from_utf8(bytes).map_err(|e| utf8_reason(bytes, &e))
+        if UTF8 {
+            std::str::from_utf8(bytes).map_err(|e| utf8_reason(bytes, &e))?;
+        }
+        Ok(bytes)
+    }
+
+    /// A `uuid` string: the canonical forms are pure ASCII hex (valid UTF-8 by construction), so
+    /// only the odd forms pay the UTF-8 check and the slow parse.
+    fn uuid(&mut self) -> Result<(), String> {
+        let n = self.long()?;
+        let bytes = self.take(n)?;
+        if parse_canonical_uuid(bytes).is_some() {
+            return Ok(());
+        }
+        let s = std::str::from_utf8(bytes).map_err(|e| utf8_reason(bytes, &e))?;
+        parse_uuid_slow(s).map(|_| ())
     }
 }
 
@@ -206,8 +234,24 @@ fn parse_uuid_slow(s: &str) -> Result<[u8; 16], String> {
 /// Checks that `body` is exactly one value of `node`; `Err(reason)` without the
 /// "malformed Avro: " prefix.
 pub fn validate(node: &Node, body: &[u8]) -> Result<(), String> {
+    check::<true>(node, body)
+}
+
+/// [`validate`] without the UTF-8 check of plain strings and map keys: the hot path's walk.
+///
+/// arrow-avro builds every string column with `StringArray::try_new`, which checks the whole
+/// column as UTF-8 at once (and that every value starts on a character boundary), so a body with
+/// invalid UTF-8 that passes here still fails its batch; the decoder then runs [`validate`] on
+/// the batch's rows to name it with fastavro's reason. Checking each string here as well would
+/// read every string byte twice on the hot path. Uuid strings are still parsed (and checked)
+/// here: their conversion cannot tell a bad value from a placeholder under a null parent.
+pub fn structure(node: &Node, body: &[u8]) -> Result<(), String> {
+    check::<false>(node, body)
+}
+
+fn check<const UTF8: bool>(node: &Node, body: &[u8]) -> Result<(), String> {
     let mut c = Cursor::new(body);
-    walk(node, &mut c)?;
+    walk::<UTF8>(node, &mut c)?;
     let rest = c.remaining();
     if rest != 0 {
         return Err(format!("{rest} trailing bytes after the record (wrong schema?)"));
@@ -246,7 +290,7 @@ fn blocks(c: &mut Cursor<'_>, mut each: impl FnMut(&mut Cursor<'_>) -> Result<()
     }
 }
 
-fn walk(node: &Node, c: &mut Cursor<'_>) -> Result<(), String> {
+fn walk<const UTF8: bool>(node: &Node, c: &mut Cursor<'_>) -> Result<(), String> {
     match node {
         Node::Null => Ok(()),
         Node::Boolean => c.fixed_width(1, "boolean"),
@@ -257,24 +301,24 @@ fn walk(node: &Node, c: &mut Cursor<'_>) -> Result<(), String> {
             let n = c.long()?;
             c.take(n).map(|_| ())
         }
-        Node::String => c.string().map(|_| ()),
-        Node::Uuid => parse_uuid(c.string()?).map(|_| ()),
+        Node::String => c.string_bytes::<UTF8>().map(|_| ()),
+        Node::Uuid => c.uuid(),
         Node::Fixed(size, _) => c.take(*size as i64).map(|_| ()),
         Node::Enum(symbols) => index(c, symbols.len()).map(|_| ()),
         Node::Record(fields) => {
             for (_, f) in fields {
-                walk(f, c)?;
+                walk::<UTF8>(f, c)?;
             }
             Ok(())
         }
-        Node::Array(items) => blocks(c, |c| walk(items, c)),
+        Node::Array(items) => blocks(c, |c| walk::<UTF8>(items, c)),
         Node::Map(values) => blocks(c, |c| {
-            c.string()?;
-            walk(values, c)
+            c.string_bytes::<UTF8>()?;
+            walk::<UTF8>(values, c)
         }),
         Node::Union(branches) => {
             let i = index(c, branches.len())?;
-            walk(&branches[i], c)
+            walk::<UTF8>(&branches[i], c)
         }
     }
 }
@@ -321,6 +365,21 @@ mod tests {
             validate(&n, b"\x04\xe2\x82").unwrap_err(),
             "UnicodeDecodeError: 'utf-8' codec can't decode bytes in position 0-1: unexpected end of data"
         );
+    }
+
+    #[test]
+    fn the_structural_walk_skips_utf8_but_not_structure_or_uuids() {
+        let n = rec(r#"{"type":"map","values":"string"}"#);
+        let bad_key: &[u8] = b"\x02\x02\xff\x02a\x00";
+        assert!(validate(&n, bad_key).unwrap_err().starts_with("UnicodeDecodeError"));
+        assert_eq!(structure(&n, bad_key), Ok(()));
+        assert_eq!(
+            structure(&n, b"\x02\x02\xff\x02a\x00\x00").unwrap_err(),
+            "1 trailing bytes after the record (wrong schema?)"
+        );
+        let u = rec(r#"{"type":"string","logicalType":"uuid"}"#);
+        assert!(structure(&u, b"\x08abcd").unwrap_err().starts_with("ValueError"));
+        assert!(structure(&u, b"\x02\xff").unwrap_err().starts_with("UnicodeDecodeError"));
     }
 
     #[test]

@@ -446,6 +446,42 @@ def test_malformed_bodies_go_to_the_same_dead_letters_with_the_same_reasons() ->
     assert bad[0][1] == "malformed Avro: 2 trailing bytes after the record (wrong schema?)"
 
 
+def test_invalid_utf8_the_structural_walk_leaves_to_arrow_is_still_named_like_fastavro() -> None:
+    """The hot path's walk does not check UTF-8 (arrow-avro checks each string column at once):
+    a bad string anywhere — split so that neighbouring strings concatenate to valid UTF-8, in a
+    map key, in a map value, in a later batch row — must still be a dead letter with fastavro's
+    reason, and the good rows around it must decode."""
+    avro = {
+        "type": "record",
+        "name": "M",
+        "fields": [
+            {"name": "a", "type": "string"},
+            {"name": "b", "type": "string"},
+            {"name": "m", "type": {"type": "map", "values": "string"}},
+        ],
+    }
+    good = encode(avro, [{"a": "x", "b": "é", "m": {"k": "v"}}])[0]
+
+    def body(a: bytes, b: bytes, key: bytes = b"k", value: bytes = b"v") -> bytes:
+        def s(x: bytes) -> bytes:
+            return bytes([2 * len(x)]) + x
+
+        return s(a) + s(b) + b"\x02" + s(key) + s(value) + b"\x00"
+
+    bodies = [
+        good,
+        body(b"x\xe2\x82", b"\xac"),  # "€" split over two strings: each invalid, the bytes valid
+        body(b"x", b"y", key=b"\xff"),  # invalid map key
+        body(b"x", b"y", value=b"\xc3("),  # invalid map value
+        good,
+        body(b"\xed\xa0\x80", b"y"),  # an encoded surrogate
+        good,
+    ]
+    bad = assert_same_decoding(avro, bodies)
+    assert [i for i, _ in bad] == [1, 2, 3, 5]
+    assert all("UnicodeDecodeError" in r for _, r in bad)
+
+
 def test_bad_uuid_strings_are_bad_records_like_fastavro() -> None:
     avro = {
         "type": "record",
