@@ -95,6 +95,7 @@ AVRO_SCHEMA_KEY = "avro.schema"
 READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader) schema
 _REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
 BUCKET_END_KEY = "consumer.bucket_end"  # --partition-by: the bucket's end (epoch ms), for the grace rule
+BUCKET_LATE_KEY = "consumer.bucket_late"  # "1": the file was opened after its bucket's grace had passed
 
 # Kept for callers of the old private name (tests/unit/test_recovery_chain.py).
 _chain_ending_at = chain_ending_at
@@ -139,6 +140,7 @@ class FileState:
     reader_id: int | None = None  # registry id of the file's schema (schema evolution), if known
     bucket: str = ""  # --partition-by: the time bucket's path; "" in the plain layout
     bucket_end: int | None = None  # the bucket's end (epoch ms): it rolls when the watermark passes
+    late: bool = False  # opened for stragglers after the bucket's grace had passed (see _bucket_passed)
 
     @property
     def rows(self) -> int:
@@ -377,6 +379,7 @@ class PartitionWorker:
             bucket_end = None
         return FileState(chain[0].ref.file_start, chain, opened_at=self.clock() - age, born_wall=born,
                          identity=identity, bucket=chain[0].ref.bucket, bucket_end=bucket_end,
+                         late=first_meta.get(BUCKET_LATE_KEY) == "1",
                          reader_id=int(reader_id) if reader_id and reader_id.isdigit() else None)
 
     def _final_starts(self, bucket: str = "") -> list[int]:
@@ -817,7 +820,8 @@ class PartitionWorker:
         for bucket, (_rows, bucket_end) in groups.items():
             if bucket not in self.files:
                 self.files[bucket] = FileState(from_pos, opened_at=self.clock(), born_wall=self.wall(),
-                                               bucket=bucket, bucket_end=bucket_end)
+                                               bucket=bucket, bucket_end=bucket_end,
+                                               late=self._past_grace(bucket_end))
                 opened.append(bucket)
             elif bucket_end is not None:
                 f = self.files[bucket]
@@ -897,6 +901,8 @@ class PartitionWorker:
         meta = {BORN_KEY: repr(f.born_wall)}
         if f.bucket_end is not None:
             meta[BUCKET_END_KEY] = str(f.bucket_end)
+        if f.late:
+            meta[BUCKET_LATE_KEY] = "1"
         if table.num_rows and self.arena is not None:
             meta[AVRO_SCHEMA_KEY] = json.dumps(self.arena.schema.avro, separators=(",", ":"))
             if self.resolving and self.arena.schema.schema_id is not None:
@@ -973,10 +979,21 @@ class PartitionWorker:
 
     def _bucket_passed(self, f: FileState) -> bool:
         """--bucket-grace: records have moved past the bucket's end by the grace, so the bucket
-        is (very probably) complete; a later straggler opens a new file in the same bucket."""
-        if f.bucket_end is None or self.watermark is None:
+        is (very probably) complete; a later straggler opens a new file in the same bucket.
+
+        That straggler's file is *late* (opened when its bucket was already past the grace): it
+        rolls by this rule only once it has been open for the grace itself, so stragglers of one
+        old bucket gather in one file per grace interval instead of one file per flush (records
+        hours late, e.g. from offline mobile clients, would otherwise shatter the bucket)."""
+        if not self._past_grace(f.bucket_end):
             return False
-        return self.watermark >= f.bucket_end + self.config.bucket_grace * 1000
+        return not f.late or self.clock() - f.opened_at >= self.config.bucket_grace
+
+    def _past_grace(self, bucket_end: int | None) -> bool:
+        """The partition's watermark is past the bucket's end by --bucket-grace."""
+        if bucket_end is None or self.watermark is None:
+            return False
+        return self.watermark >= bucket_end + self.config.bucket_grace * 1000
 
     # ------------------------------------------------------------------------------------------
     # rolling: pieces → one final file

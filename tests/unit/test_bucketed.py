@@ -239,6 +239,41 @@ def test_a_bucket_rolls_once_the_watermark_passes_its_end_by_the_grace() -> None
     assert sorted(w.files) == ["dt=2026-11-30/hr=06"]
 
 
+def test_stragglers_of_a_bucket_past_its_grace_gather_in_one_file_per_grace() -> None:
+    """Records hours late for a bucket already final open a *late* file there, which the grace
+    rule rolls only once it has been open for the grace: one file per grace interval, not one per
+    flush. The lateness rides in the pieces, so a restart keeps it."""
+    store, positions = MemoryStore(), MemoryPositions()
+    now = [1000.0]
+    cfg = replace(BASE, file_rows=None, bucket_grace=1800.0)
+    w = make_worker(store, positions, cfg, clock=lambda: now[0])
+    w.recover()
+    run(w, [0])  # hour 04
+    w.flush()
+    run(w, [6])  # hour 06: the watermark passes 05:30, so hour 04 rolls
+    w.flush()
+    hr04 = f"{PREFIX}/topic=t/dt=2026-11-30/hr=04/partition=0/"
+    assert [k for k, _ in finals(store)] == [f"{hr04}t+0+{0:020d}.parquet"]
+    for i in (10, 15, 20):  # stragglers of hour 04, one flush each
+        run(w, [i])
+        w.flush()
+        now[0] += 60
+    late = w.files["dt=2026-11-30/hr=04"]
+    assert late.late and late.start == 7 and late.rows == 3
+    assert len(finals(store)) == 1  # not one final file per flush
+    again = make_worker(store, positions, cfg, clock=lambda: now[0])
+    again.recover()
+    assert again.files["dt=2026-11-30/hr=04"].late
+    now[0] += 1800  # the late file has been open for the grace: the next flush rolls it
+    run(again, [21])  # hour 06
+    again.flush()
+    hr04_files = [(k, t) for k, t in finals(store) if k.startswith(hr04)]
+    assert [k for k, _ in hr04_files] == [f"{hr04}t+0+{0:020d}.parquet", f"{hr04}t+0+{7:020d}.parquet"]
+    assert hr04_files[1][1].column("kafka_offset").to_pylist() == [10, 15, 20]
+    again.finish()
+    check_exactly_once(store, 22, set(), sent=[0, 6, 10, 15, 20, 21])
+
+
 def test_above_max_open_buckets_the_oldest_bucket_rolls() -> None:
     store, positions = MemoryStore(), MemoryPositions()
     w = make_worker(store, positions, replace(BASE, file_rows=None, max_open_buckets=2))
