@@ -13,7 +13,8 @@ HTTP (``--metrics-port``, off by default), one small threaded server:
 * ``/healthz`` — liveness: 200 while the poll loop iterated (or S3 requests were attempted) within
   :data:`LIVENESS_SECONDS`; 503 means the loop is wedged and a restart is the cure.
 * ``/readyz`` — readiness: 200 when the loop runs, every assigned partition is recovered, the last
-  commit attempt succeeded, S3 is not failing and nothing is stalled; else 503 with the reasons.
+  commit attempt succeeded, S3 is not failing, no partition holds records back for the schema
+  registry, every subscribed topic exists and nothing is stalled; else 503 with the reasons.
 
 The stall alarm (:meth:`Observer.check`, run every second by a watchdog thread even without a
 metrics port): records that wait longer than ``--row-group-max-age`` + ``--stall-timeout`` without
@@ -254,9 +255,17 @@ class Observer:
             reasons.append("starting: poll loop not running yet")
         elif loop_age > READY_LOOP_SECONDS:
             reasons.append(f"poll loop busy for {loop_age:.0f}s (blocked on S3 or the group coordinator?)")
+        for topic in getattr(self.runner, "missing_topics", ()):
+            reasons.append(f"subscribed topic {topic!r} does not exist: nothing to consume until it is created")
         for w in _workers(self.runner):
             if w.state.value != "ready":
                 reasons.append(f"{w.where} is {w.state.value}")
+            held = getattr(w, "waiting", None)
+            if held:
+                reasons.append(
+                    f"{w.where} holds {len(held)} records back: the schema registry is unreachable "
+                    "for a new schema id (retrying; nothing is dead-lettered)"
+                )
         failing_since = getattr(s3, "failing_since", None)
         if failing_since is not None and mono - failing_since >= S3_FAILING_SECONDS:
             reasons.append(f"S3 requests failing for {mono - failing_since:.0f}s")

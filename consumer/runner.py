@@ -520,6 +520,12 @@ class GroupRunner(Runner):
         self._next_check = 0.0
         self._waiting_since: float | None = None
 
+    @property
+    def missing_topics(self) -> list[str]:
+        """Subscribed topics that did not exist at the last check, while nothing was ever assigned
+        (the member idles and warns; ``/readyz`` says so)."""
+        return [] if self.assigned_once else list(self._missing_topics)
+
     # -- start -----------------------------------------------------------------------------------
     def _start(self) -> None:
         missing = self._missing(self.config.topics)

@@ -22,6 +22,7 @@ from consumer.errors import EXIT_STALLED
 from consumer.metrics import REASONS, Observer, PartitionCounters, reason_class
 from consumer.storage import RetryPolicy, StoreStats
 from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+from consumer.worker import PartitionState
 
 
 class FakeClock:
@@ -181,6 +182,29 @@ def test_health_states_follow_the_loop_s3_and_commits() -> None:
     with pytest.raises(RuntimeError):
         runner.positions.commit("t", 0, 1)
     assert "last commit attempt failed" in observer2.health().reasons[0]
+
+
+def test_readyz_names_a_registry_hold_back_and_a_missing_topic() -> None:
+    clock = FakeClock()
+    broker, store = _broker(1, 5), MemoryStore()
+    runner = _runner(broker, store, clock=clock)
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
+    runner.heartbeat = clock()
+    assert observer.health().ready
+
+    class Worker:  # what the observer reads of a partition worker holding records back
+        where, state, pending, first_append_at = "t[0]", PartitionState.READY, False, None
+        waiting = (object(), object())
+
+    runner.workers[("t", 0)] = Worker()
+    h = observer.health()
+    assert not h.ready and "t[0] holds 2 records back: the schema registry is unreachable" in h.reasons[0]
+    del runner.workers[("t", 0)]
+    runner._missing_topics = ["orders"]
+    h = observer.health()
+    assert not h.ready and "subscribed topic 'orders' does not exist" in h.reasons[0]
+    runner.assigned_once = True  # it exists now and partitions were assigned
+    assert observer.health().ready
 
 
 def test_stall_alarm_logs_turns_not_ready_and_exits_with_status_7() -> None:
