@@ -256,7 +256,7 @@ class Observer:
         elif loop_age > READY_LOOP_SECONDS:
             reasons.append(f"poll loop busy for {loop_age:.0f}s (blocked on S3 or the group coordinator?)")
         for topic in getattr(self.runner, "missing_topics", ()):
-            reasons.append(f"subscribed topic {topic!r} does not exist: nothing to consume until it is created")
+            reasons.append(f"subscribed topic {topic!r} does not exist: nothing to consume until created")
         for w in _workers(self.runner):
             if w.state.value != "ready":
                 reasons.append(f"{w.where} is {w.state.value}")
