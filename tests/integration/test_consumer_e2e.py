@@ -35,7 +35,7 @@ from support import (
 
 from consumer.producer import produce
 
-E2E_RECORDS = int(os.environ.get("E2E_RECORDS", "100000"))  # the benchmarks cover millions
+E2E_RECORDS = int(os.environ.get("E2E_RECORDS", "50000"))  # the benchmarks cover millions
 # Value comparison is Python-heavy; wide records are compared on a deterministic subset.
 VALUE_STRIDE = {"page_view": 1, "order": 2, "metrics": 5}
 
