@@ -342,6 +342,12 @@ def _tail(path: Path, lines: int = 25) -> str:
 
 
 def _check_ports_free(cfg: Config, ports: dict[str, int]) -> None:
+    wrong = [f"{k}={v}" for k, v in ports.items() if not 0 < v < 65536]
+    if wrong:
+        raise StackError(
+            f"ports out of range (1-65535): {', '.join(wrong)}; SeaweedFS also uses the admin port "
+            "+ 10000 and S3_PORT + 1 … + 8 unless set: choose lower ports"
+        )
     busy = [f"{k}={v}" for k, v in ports.items() if port_open(v)]
     if busy:
         raise StackError(
