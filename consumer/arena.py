@@ -307,6 +307,54 @@ class Arena:
         """Records the current chunk still takes before it is decoded."""
         return self.chunk_rows - self._pending
 
+    @property
+    def raw_end(self) -> int:
+        """Where the next body starts in the raw buffer: the ``base`` of a gathered run's ends."""
+        return self._raw_len
+
+    def append_joined(
+        self,
+        data: bytes,
+        ends: bytes,
+        offsets: bytes,
+        timestamps: bytes,
+        keys: list[bytes | None],
+        key_bytes: int,
+        headers: list[Any] | None = None,
+    ) -> None:
+        """:meth:`append_many` for a run gathered already (:func:`consumer.gather.gather`): the
+        bodies back to back in ``data``, their end offsets counted from :attr:`raw_end`, offsets
+        and timestamps (-1: not available) as native int64 buffers, ``key_bytes`` the keys' total
+        length. Only slice copies here, nothing per record."""
+        n = len(keys)
+        if n == 0:
+            return
+        start = self._raw_len
+        end = start + len(data)
+        if len(ends) != 8 * n or memoryview(ends).cast("q")[-1] != end:
+            raise ValueError(
+                f"append_joined: {len(ends)} bytes of end offsets for {n} records do not end at "
+                f"{end} (gather with base=raw_end)"
+            )
+        if self._runs and self._runs[-1][1] is not self.schema:
+            self._runs.append((self._pending, self.schema))
+        if end > len(self._raw):
+            self._grow(end)
+        self._raw[start:end] = data
+        p = self._pending
+        self._ends[p : p + n] = array.array("q", ends)
+        self._offsets[p : p + n] = array.array("q", offsets)
+        self._timestamps[p : p + n] = array.array("q", timestamps)
+        self._keys.extend(keys)
+        self._key_bytes += key_bytes
+        if "headers" in self.kafka_columns:
+            self._headers.extend(headers if headers is not None else [None] * n)
+        self._raw_len = end
+        self._pending += n
+        self.rows += n
+        if self._pending >= self.chunk_rows:
+            self.decode_pending()
+
     def append_many(
         self,
         bodies: Sequence[bytes],

@@ -45,6 +45,7 @@ from consumer.errors import (
     Incomplete,
     UsageError,
 )
+from consumer.gather import partition_runs
 from consumer.layout import Layout
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.storage import (
@@ -291,10 +292,18 @@ class Runner:
         """The records of one partition's batch this run takes (all, unless a subclass bounds it)."""
         return batch
 
-    def _by_partition(self, msgs: list[Any]) -> Iterator[tuple[TP, list[Any]]]:
+    def _by_partition(self, msgs: list[Any]) -> Iterator[tuple[TP, list[Any], int]]:
         """A consumed batch as runs of one partition each, in order (librdkafka returns records in
-        per-partition runs, so there are few). Per-record work happens in C (``map`` over the
-        message methods, ``groupby``); fetch errors, rare, take the slow path."""
+        per-partition runs, so there are few), with each run's value bytes. With one topic the
+        runs are cut in one native pass (:func:`consumer.gather.partition_runs`); fetch errors,
+        rare, and several topics take the slow path (``map`` and ``groupby``)."""
+        if len(self._topics) == 1:
+            runs = partition_runs(msgs)
+            if runs is not None:
+                topic = self._topics[0]
+                for partition, start, end, nbytes in runs:
+                    yield (topic, partition), msgs[start:end], nbytes
+                return
         if any(map(_msg_error, msgs)):
             good = []
             for msg in msgs:
@@ -304,13 +313,11 @@ class Runner:
                 else:
                     self._fetch_error(err)
             msgs = good
-        if len(self._topics) == 1:
-            topic = self._topics[0]
-            for partition, run in groupby(msgs, key=_msg_partition):
-                yield (topic, partition), list(run)
-        else:
-            for (topic, partition), run in groupby(msgs, key=_msg_tp):
-                yield (topic, partition), list(run)
+        key = _msg_partition if len(self._topics) == 1 else _msg_tp
+        for k, group in groupby(msgs, key=key):
+            run = list(group)
+            tp = (self._topics[0], k) if len(self._topics) == 1 else k
+            yield tp, run, sum(map(_msg_len, run))
 
     def _after_poll(self) -> None:
         """Work that must wait until librdkafka finished a rebalance (runs after every poll)."""
@@ -322,14 +329,15 @@ class Runner:
             msgs = self.consumer.consume(num_messages=cfg.batch_size, timeout=cfg.poll_timeout)
             self._raise_callback_error()
             self._after_poll()
-            for tp, batch in self._by_partition(msgs):
+            for tp, run, run_bytes in self._by_partition(msgs):
                 worker = self.workers.get(tp)
                 if worker is None:
                     continue
-                batch = self._accept(tp, batch)
+                batch = self._accept(tp, run)
                 if not batch:
                     continue
-                n, nbytes = len(batch), sum(map(_msg_len, batch))
+                n = len(batch)
+                nbytes = run_bytes if batch is run else sum(map(_msg_len, batch))
                 self.stats.records += n
                 self.stats.bytes_in += nbytes
                 worker.counters.records += n  # per-partition counts for metrics: no metric call here

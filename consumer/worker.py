@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from operator import itemgetter, methodcaller
+from operator import methodcaller
 from typing import Any
 
 import pyarrow as pa
@@ -62,6 +62,7 @@ from consumer.decoding import (
 )
 from consumer.errors import BadRecordStop, IntegrityError, RegistryStop
 from consumer.evolution import VersionedSchema, choose_reader, subject_for
+from consumer.gather import gather
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.metrics import PartitionCounters
 from consumer.parquet_merge import (
@@ -464,11 +465,12 @@ class PartitionWorker:
     def append_batch(self, msgs: list[Any]) -> None:
         """Buffer one partition's run of a consumed batch, in order.
 
-        The fast path moves runs of records into the arena with per-record work done in C (``map``
-        over the message methods, one ``bytes.join``), splitting them only where a row group or a
-        chunk ends, so flush decisions are exactly those of :meth:`append`. With Confluent framing
-        the run is first cut where the 5-byte header changes (:func:`framing_runs`); a run of a
-        known schema id loses its headers in C too. Anything unusual — a tombstone, a re-delivered
+        The fast path moves runs of records into the arena with per-record work done natively (one
+        :func:`consumer.gather.gather` pass reads every message's fields and joins the bodies),
+        splitting them only where a row group or a chunk ends, so flush decisions are exactly those
+        of :meth:`append`. With Confluent framing the run is first cut where the 5-byte header
+        changes (:func:`framing_runs`); a run of a known schema id loses its headers in the gather
+        too. Anything unusual — a tombstone, a re-delivered
         offset, malformed framing, a schema id not fetched yet, no arena for the schema — goes
         record by record through :meth:`append`, which decides (and dead-letters) the same way.
         """
@@ -478,14 +480,21 @@ class PartitionWorker:
             for msg in msgs:
                 self._hold(msg)
             return
-        offsets = list(map(_msg_offset, msgs))
-        values = list(map(_msg_value, msgs))
-        if (self.next_pos is not None and offsets[0] < self.next_pos) or None in values:
+        if self.next_pos is not None and msgs[0].offset() < self.next_pos:
             for msg in msgs:
                 self.append(msg)
             return
         raw = self.decoder.framing == "raw"
-        runs = [(0, len(msgs), None)] if raw else framing_runs(values)
+        if raw:
+            runs: list[tuple[int, int, int | None]] = [(0, len(msgs), None)]
+        else:
+            values = list(map(_msg_value, msgs))
+            if None in values:
+                for msg in msgs:
+                    self.append(msg)
+                return
+            runs = framing_runs(values)
+        strip = 0 if raw else CONFLUENT_HEADER
         for start, end, schema_id in runs:
             i = start
             while i < end:
@@ -503,34 +512,39 @@ class PartitionWorker:
                     self.append(msgs[i])
                     i += 1
                     continue
-                bodies = values[i:end] if raw else list(map(_strip_header, values[i:end]))
-                i += self._append_run(arena, msgs[i:end], offsets[i:end], bodies)
+                i += self._append_run(arena, msgs, i, end, strip)
 
-    def _append_run(self, arena: Arena, msgs: list[Any], offsets: list[int], bodies: list[bytes]) -> int:
-        """Append records of the current arena's schema until the run ends, the arena changes
-        (a roll) or the state does; returns how many were appended (at least one)."""
-        # (type, ms); librdkafka gives -1 ms when the type is 'not available', the arena's null
-        timestamps = list(map(_second, map(_msg_timestamp, msgs)))
-        keys = list(map(_msg_key, msgs))
-        headers = list(map(_msg_headers, msgs)) if "headers" in arena.kafka_columns else None
+    def _append_run(self, arena: Arena, msgs: list[Any], start: int, end: int, strip: int) -> int:
+        """Append ``msgs[start:end]``, records of the current arena's schema, until the run ends,
+        the arena changes (a roll) or the state does; returns how many were taken (at least one).
+
+        Each cut (up to the row group's or the chunk's room) is read in one :func:`gather` pass;
+        a cut holding a tombstone goes record by record through :meth:`append` instead."""
         if self.committed is None:
-            self.committed = offsets[0]
-        i, n = 0, len(msgs)
-        while i < n and self.state is PartitionState.READY and self.arena is arena:
+            self.committed = msgs[start].offset()
+        want_headers = "headers" in arena.kafka_columns
+        i = start
+        while i < end and self.state is PartitionState.READY and self.arena is arena:
             limit = self._row_group_limit()
             room = min(max(1, limit - arena.rows), arena.chunk_room, self._rows_to_byte_target(arena))
-            j = min(n, i + room)
+            j = min(end, i + room)
+            got = gather(msgs, i, j, strip, arena.raw_end, want_headers)
+            if got is None:  # a tombstone: these records take the record-by-record path
+                for msg in msgs[i:j]:
+                    self.append(msg)
+                i = j
+                continue
             if self.first_append_at is None:  # a flush earlier in this run restarted the age clock
                 self.first_append_at = self.clock()
-            arena.append_many(bodies[i:j], offsets[i:j], timestamps[i:j], keys[i:j],
-                              headers[i:j] if headers is not None else None)
+            arena.append_joined(got.data, got.ends, got.offsets, got.timestamps, got.keys,
+                                got.key_bytes, got.headers)
             if arena.halted is not None:
                 self._halt(arena.halted)
-            self.next_pos = offsets[j - 1] + 1
+            self.next_pos = memoryview(got.offsets).cast("q")[-1] + 1
             if self._row_group_full(arena, limit):
                 self.flush()
             i = j
-        return i
+        return i - start
 
     def _row_group_full(self, arena: Arena, limit: int) -> bool:
         """The rotation rule of a row group: its row limit or its predicted encoded byte target."""
@@ -1173,14 +1187,8 @@ class PartitionWorker:
         return self.state is PartitionState.READY and not self.pending and not self.files
 
 
-# confluent_kafka.Message methods, called from C by map() over a partition's run of records.
-_msg_offset = methodcaller("offset")
+# confluent_kafka.Message.value, called from C by map() to cut Confluent-framed runs.
 _msg_value = methodcaller("value")
-_msg_timestamp = methodcaller("timestamp")
-_msg_key = methodcaller("key")
-_msg_headers = methodcaller("headers")
-_second = itemgetter(1)
-_strip_header = itemgetter(slice(CONFLUENT_HEADER, None))  # a framed value's Avro body (a copy)
 
 
 def _identity_of(layout: PieceLayout) -> str | None:

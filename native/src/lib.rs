@@ -4,6 +4,7 @@
 //! index with a fastavro-compatible reason and left out of the batches.
 
 pub mod convert;
+pub mod gather;
 pub mod schema;
 pub mod validate;
 
@@ -254,6 +255,8 @@ impl Decoder {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
+    m.add_function(wrap_pyfunction!(gather::gather, m)?)?;
+    m.add_function(wrap_pyfunction!(gather::partition_runs, m)?)?;
     m.add("UnsupportedSchema", m.py().get_type::<UnsupportedSchema>())?;
     m.add("BATCH_BYTES", BATCH_BYTES)?;
     Ok(())
