@@ -739,6 +739,11 @@ def cmd_up(cfg_env: Config) -> int:
         }
         pids: dict[str, int] = {}
         ports = _service_ports(cfg)
+        # Every port is checked before anything starts: a bad one found later would leave the
+        # services already started running with no record of them.
+        for name in SERVICES:
+            if running[name] is None:
+                _check_ports_free(cfg, ports[name])
         for name in SERVICES:
             pid = running[name]
             if pid is None:
