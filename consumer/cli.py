@@ -271,9 +271,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner.consumer.close()
         return 2
     try:
-        return runner.run()
+        code = runner.run()
     finally:
         observer.stop()
+    if runner.close_abandoned:
+        # librdkafka is stuck inside close(): destroying the client at exit would block the same
+        # way. Everything durable is written and committed; end the process here.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def cmd_check(args: argparse.Namespace) -> int:

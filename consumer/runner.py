@@ -125,6 +125,9 @@ class Runner:
     :meth:`_done` (None while the run goes on, else its exit status), and may filter records in
     :meth:`_accept`."""
 
+    #: seconds ``consumer.close()`` may take beyond the shutdown deadline before it is abandoned
+    close_grace = 5.0
+
     def __init__(
         self,
         config: Config,
@@ -150,6 +153,7 @@ class Runner:
         self._callback_error: BaseException | None = None
         self._fatal_client = False
         self.closing = False
+        self.close_abandoned = False  # consumer.close() hung and was left behind (see _close_consumer)
         self.budget_paused = False
         self.registry_paused: set[TP] = set()  # partitions waiting for the schema registry
         self.heartbeat: float | None = None  # self.clock() of the poll loop's last iteration (health)
@@ -505,11 +509,44 @@ class Runner:
                 shutdown_timeout_s=self.config.shutdown_timeout,
                 deadline_passed=self.clock() >= deadline,
             )
-        try:
-            self.consumer.close()
-        except Exception as exc:
-            self.log.warning("consumer close failed", error=str(exc))
+        self._close_consumer(deadline)
         self.log.info("stopped", clean=clean, **self.stats.summary(self.store))
+
+    def _close_consumer(self, deadline: float) -> None:
+        """``consumer.close()``, bounded by the shutdown deadline plus :attr:`close_grace`.
+
+        librdkafka can block forever inside close when a rebalance reaches the member there: the
+        rebalance callback's assign (or its query of the rebalance protocol) waits on a group
+        handler that has already stopped (librdkafka issues #4041 and #4884). It happens when a
+        member ends (SIGTERM, ``--until-caught-up``) just as another member's session expires.
+        Walking away is safe: every offset was committed synchronously before this point and
+        close commits nothing (auto commit is off), so the group only sees this member's session
+        expire, as after a crash. The process must then end without destroying the client, which
+        would block the same way: :attr:`close_abandoned` tells the command to ``os._exit``."""
+        import threading
+
+        done = threading.Event()
+        failed: list[BaseException] = []
+
+        def close() -> None:
+            try:
+                self.consumer.close()
+            except BaseException as exc:  # reported below, from the runner's own thread
+                failed.append(exc)
+            finally:
+                done.set()
+
+        threading.Thread(target=close, name="kafka-close", daemon=True).start()
+        wait = max(deadline - self.clock(), 0.0) + self.close_grace
+        if not done.wait(wait):
+            self.close_abandoned = True
+            self.log.warning(
+                "consumer close did not return: exiting without it (every offset was already "
+                "committed; the group sees this member's session expire)",
+                waited_s=round(wait, 1),
+            )
+        elif failed:
+            self.log.warning("consumer close failed", error=str(failed[0]))
 
 
 class GroupRunner(Runner):

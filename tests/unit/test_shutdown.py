@@ -241,3 +241,30 @@ def test_a_commit_retry_loop_already_running_gives_up_at_the_shutdown_bound() ->
     finally:
         timer.cancel()
     assert time.monotonic() - t0 < 30  # liveness only
+
+
+def test_a_close_that_hangs_is_abandoned_after_the_deadline_with_everything_committed() -> None:
+    """librdkafka can block forever in close() when a rebalance reaches it there (#4041, #4884):
+    the run still ends, says so, and tells the command to exit without destroying the client."""
+    import threading
+
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=True, shutdown_timeout=0.2)
+    runner.close_grace = 0.2
+    stuck = threading.Event()
+    runner.consumer.close = stuck.wait  # never set: close never returns
+    try:
+        assert runner.run() == 0
+        assert runner.close_abandoned
+    finally:
+        stuck.set()
+    committed = [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)]
+    assert committed == [PER_PARTITION] * PARTITIONS
+    assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
+
+
+def test_a_close_that_returns_is_not_abandoned() -> None:
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=True)
+    assert runner.run() == 0
+    assert not runner.close_abandoned and runner.consumer.closed
