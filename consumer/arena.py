@@ -646,19 +646,20 @@ class Arena:
         cols: list[pa.Array] = []
         for c in self.kafka_columns:
             if c == "topic":
-                cols.append(pa.array([self.topic] * n, pa.string()))
+                cols.append(pa.repeat(pa.scalar(self.topic, pa.string()), n))
             elif c == "partition":
-                cols.append(pa.array([self.partition] * n, pa.int32()))
+                cols.append(pa.repeat(pa.scalar(self.partition, pa.int32()), n))
             elif c == "offset":
                 data = self._offsets[:n] if full else array.array("q", (self._offsets[i] for i in keep))
                 cols.append(pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data.tobytes())]))
             elif c == "timestamp":
                 data = self._timestamps[:n] if full else array.array("q", (self._timestamps[i] for i in keep))
-                raw_ts = pa.Array.from_buffers(pa.int64(), n, [None, pa.py_buffer(data.tobytes())])
-                # -1 marks "no timestamp": null, computed column-wise
-                valid = pc.greater_equal(raw_ts, 0)
-                cols.append(pc.if_else(valid, raw_ts, pa.scalar(None, pa.int64())).cast(
-                    pa.timestamp("ms", tz="UTC")))
+                raw_ts = pa.Array.from_buffers(_TIMESTAMP_MS, n, [None, pa.py_buffer(data.tobytes())])
+                # -1 marks "no timestamp": null, computed column-wise, and only when there is one
+                if n and pc.min(raw_ts.view(pa.int64())).as_py() < 0:
+                    valid = pc.greater_equal(raw_ts.view(pa.int64()), 0)
+                    raw_ts = pc.if_else(valid, raw_ts, pa.scalar(None, _TIMESTAMP_MS))
+                cols.append(raw_ts)
             elif c == "key":
                 cols.append(pa.array(self._keys if full else [self._keys[i] for i in keep], pa.binary()))
             elif c == "headers":
@@ -725,6 +726,9 @@ def _has_decimal(t: pa.DataType) -> bool:
     if pa.types.is_decimal(t):
         return True
     return any(_has_decimal(t.field(i).type) for i in range(t.num_fields))
+
+
+_TIMESTAMP_MS = pa.timestamp("ms", tz="UTC")
 
 
 def kafka_fields(columns: Sequence[str]) -> list[pa.Field]:
