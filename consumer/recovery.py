@@ -56,6 +56,35 @@ class RecoveryPlan:
     notes: tuple[str, ...] = field(default=())  # operator-visible facts, logged as warnings
 
 
+def layout_mismatch(staged_buckets: Iterable[str], names: tuple[str, ...] | None) -> str | None:
+    """Why the staged objects of a partition cannot be finished under this run's layout, or None.
+
+    ``staged_buckets`` are the bucket folders of the staged pieces and roll markers ("" in the
+    plain layout); ``names`` are the Hive column names of this run's ``--partition-by`` (None
+    without it). Staged files hold committed rows that only their own layout can finish: the
+    plain recovery would chain pieces of different buckets into one file, the bucketed one would
+    read a plain file as a bucket, or take another template's folders for its own. So after an
+    operator changes ``--partition-by`` (on, off, or another template) while files are open, the
+    run must stop and say how to get out, never guess."""
+    wrong = sorted(
+        b for b in set(staged_buckets) if (b == "") != (names is None) or (b and _names_of(b) != names)
+    )
+    if not wrong:
+        return None
+    written = "without --partition-by" if wrong[0] == "" else f"in bucket folders such as {wrong[0]!r}"
+    now = "has no --partition-by" if names is None else f"buckets by {'/'.join(names)}"
+    return (
+        f"staged (open) files were written {written}, but this run {now}: finishing them under "
+        "another layout could lose or duplicate committed rows. Run once more with the "
+        "--partition-by that wrote them (e.g. with --until-caught-up, so every file is final) and "
+        "change the layout afterwards, or write to a new --output prefix"
+    )
+
+
+def _names_of(bucket: str) -> tuple[str, ...]:
+    return tuple(seg.split("=", 1)[0] for seg in bucket.split("/"))
+
+
 def plan_recovery(
     committed: int | None,
     pieces: Sequence[PieceRef],

@@ -60,7 +60,7 @@ from consumer.decoding import (
     WriterSchema,
     framing_runs,
 )
-from consumer.errors import BadRecordStop, IntegrityError, RegistryStop
+from consumer.errors import BadRecordStop, IntegrityError, RegistryStop, UsageError
 from consumer.evolution import VersionedSchema, choose_reader, subject_for
 from consumer.gather import gather
 from consumer.layout import Layout, PieceRef, RollMarker
@@ -74,7 +74,13 @@ from consumer.parquet_merge import (
     read_layout,
 )
 from consumer.positions import PartitionFenced, PositionStore
-from consumer.recovery import FinishRoll, chain_ending_at, plan_bucketed_recovery, plan_recovery
+from consumer.recovery import (
+    FinishRoll,
+    chain_ending_at,
+    layout_mismatch,
+    plan_bucketed_recovery,
+    plan_recovery,
+)
 from consumer.rowgroup import SCHEMA_FINGERPRINT_KEY, WriterOptions, encode_piece
 from consumer.storage import CopyRange, ObjectStore, PutOutcome, Segment
 from consumer.typemap import RecordConverter
@@ -261,6 +267,12 @@ class PartitionWorker:
             rng = self.layout.parse_dead_letter_range(o.key)
             if rng is not None:
                 dead.append((o.key, rng[0], rng[1]))
+        problem = layout_mismatch(
+            [p.bucket for p in pieces] + [m.bucket for m in markers],
+            None if self.bucketing is None else self.bucketing.names,
+        )
+        if problem is not None:
+            raise UsageError(f"{self.where}: {problem}")
         if self.bucketing is not None:
             return self._recover_bucketed(t0, committed, pieces, markers, dead, etags)
         finals = self._final_starts()

@@ -24,7 +24,7 @@ from consumer import log as logmod
 from consumer.bucketing import TemplateError, assign, parse_template
 from consumer.config import Config
 from consumer.decoding import Decoder
-from consumer.errors import BadRecordStop, IntegrityError
+from consumer.errors import BadRecordStop, IntegrityError, UsageError
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.positions import PartitionFenced
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
@@ -533,3 +533,47 @@ def test_verify_checks_a_bucketed_output_exactly_and_finds_a_row_in_the_wrong_bu
     store.objects[key.replace("hr=04", "hr=09")] = store.objects.pop(key)
     report = verify(store, PREFIX, "t", committed={0: 30}, partition_by=TEMPLATE)
     assert not report.ok and any("not in bucket" in why for _, why in report.bad_files)
+
+
+# -- an operator changes the layout while files are open -------------------------------------------
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [(None, TEMPLATE), (TEMPLATE, None), (TEMPLATE, "dt={ts:%Y-%m-%d}")],
+    ids=["plain-to-bucketed", "bucketed-to-plain", "template-changed"],
+)
+def test_changing_the_layout_with_open_files_stops_and_touches_nothing(
+    before: str | None, after: str | None
+) -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None, partition_by=before))
+    w.recover()
+    run(w, range(12))
+    w.close()  # rows durable and committed, files open (staged)
+    snapshot = dict(store.objects)
+    committed = positions.committed("t", 0)
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None, partition_by=after))
+    with pytest.raises(UsageError, match=r"staged \(open\) files were written .* new --output prefix") as err:
+        w2.recover()
+    assert err.value.status == 2
+    assert store.objects == snapshot and positions.committed("t", 0) == committed
+    # Back under the layout that wrote them, the files finish: every row exactly once.
+    w3 = make_worker(store, positions, replace(BASE, file_rows=None, partition_by=before))
+    assert w3.recover() == 12
+    w3.finish()
+    assert not staged(store)
+    rows = sorted(o for _k, t in finals(store) for o in t.column("kafka_offset").to_pylist())
+    assert rows == list(range(12))
+
+
+def test_changing_the_layout_once_every_file_is_final_is_allowed() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None, partition_by=None))
+    w.recover()
+    run(w, range(12))
+    w.finish()
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() == 12
+    run(w2, range(12, 20))
+    w2.finish()
+    rows = sorted(o for _k, t in finals(store) for o in t.column("kafka_offset").to_pylist())
+    assert rows == list(range(20))
