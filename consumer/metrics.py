@@ -405,6 +405,9 @@ class _Collector(Collector):
         fresh = gauge("freshness_seconds",
                       "Seconds the oldest buffered record has waited since the partition's last commit "
                       "(0 when nothing waits)")
+        held = gauge("registry_held_records",
+                     "Records held back (uncommitted, fetching paused) while the schema registry is "
+                     "unreachable for a new schema id; 0 normally")
         open_files = 0
         total_buffered = 0
         workers = _workers(runner)
@@ -425,7 +428,8 @@ class _Collector(Collector):
                     lag.add_metric(lv, max(0, high - pos))
             waited = now - w.first_append_at if w.pending and w.first_append_at is not None else 0.0
             fresh.add_metric(lv, max(0.0, waited))
-        yield from (buffered, lag, end, committed, fresh)
+            held.add_metric(lv, len(getattr(w, "waiting", None) or ()))
+        yield from (buffered, lag, end, committed, fresh, held)
 
         yield _single(GaugeMetricFamily, "memory_buffered_bytes",
                       "Bytes buffered by all partitions (compare with the budget)", total_buffered)

@@ -16,6 +16,7 @@ from typing import Any
 import fastavro
 import pyarrow.parquet as pq
 import pytest
+from prometheus_client import CollectorRegistry
 
 from consumer import log as logmod
 from consumer.config import Config
@@ -23,6 +24,7 @@ from consumer.decoding import Decoder, WriterSchema
 from consumer.errors import RegistryStop
 from consumer.evolution import VersionedSchema, choose_reader
 from consumer.layout import Layout
+from consumer.metrics import Observer
 from consumer.resolution import resolution_problem, subject_for
 from consumer.testing import (
     MemoryBroker,
@@ -320,10 +322,20 @@ def test_runner_pauses_the_partition_during_an_outage_and_exports_everything_aft
         broker, store, clock=clock, value_decoder=Decoder("confluent", registry=reg), framing="confluent",
         schema=None, schema_registry_url="http://unused", until_caught_up=True, decoder="python",
     )
+    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
+    held: list[float] = []
+
+    def scrape(_c: Any) -> None:  # the held-back gauge, as Prometheus would see it during the outage
+        for line in observer.scrape().decode().splitlines():
+            if line.startswith('kafka_parquet_registry_held_records{partition="0",topic="t"}'):
+                held.append(float(line.rsplit(" ", 1)[1]))
+
+    runner.consumer.on_consume = scrape
     assert runner.run() == 0
     assert dead(store) == []
     assert [r["kafka_offset"] for r in rows(store)] == list(range(300))
     assert len(finals(store)) == 1
+    assert held and max(held) > 0  # the gauge showed the records held back during the outage
 
 
 # -- the pure parts ----------------------------------------------------------------------------------
