@@ -336,24 +336,7 @@ class Arena:
                 f"append_joined: {len(ends)} bytes of end offsets for {n} records do not end at "
                 f"{end} (gather with base=raw_end)"
             )
-        if self._runs and self._runs[-1][1] is not self.schema:
-            self._runs.append((self._pending, self.schema))
-        if end > len(self._raw):
-            self._grow(end)
-        self._raw[start:end] = data
-        p = self._pending
-        self._ends[p : p + n] = array.array("q", ends)
-        self._offsets[p : p + n] = array.array("q", offsets)
-        self._timestamps[p : p + n] = array.array("q", timestamps)
-        self._keys.extend(keys)
-        self._key_bytes += key_bytes
-        if "headers" in self.kafka_columns:
-            self._headers.extend(headers if headers is not None else [None] * n)
-        self._raw_len = end
-        self._pending += n
-        self.rows += n
-        if self._pending >= self.chunk_rows:
-            self.decode_pending()
+        self._take_run(data, array.array("q", ends), offsets, timestamps, keys, key_bytes, headers)
 
     def append_many(
         self,
@@ -369,20 +352,37 @@ class Arena:
         n = len(bodies)
         if n == 0:
             return
+        ends = array.array("q", accumulate(map(len, bodies), initial=self._raw_len))[1:]
+        key_bytes = sum(map(len, filter(None, keys)))
+        self._take_run(b"".join(bodies), ends, offsets, timestamps, keys, key_bytes, headers)
+
+    def _take_run(
+        self,
+        data: bytes | bytearray | memoryview,
+        ends: array.array[int],
+        offsets: Any,
+        timestamps: Any,
+        keys: Sequence[bytes | None],
+        key_bytes: int,
+        headers: Sequence[Any] | None,
+    ) -> None:
+        """The common tail of the two appends: ``data`` (the bodies back to back, ending at
+        ``ends`` counted from :attr:`raw_end`) into the raw buffer, the coordinates into their
+        arrays (``offsets``/``timestamps``: int64 sequences or buffers), and the chunk trigger."""
+        n = len(keys)
         if self._runs and self._runs[-1][1] is not self.schema:
             self._runs.append((self._pending, self.schema))
-        data = b"".join(bodies)
         start = self._raw_len
         end = start + len(data)
         if end > len(self._raw):
             self._grow(end)
         self._raw[start:end] = data
         p = self._pending
-        self._ends[p : p + n] = array.array("q", accumulate(map(len, bodies), initial=start))[1:]
+        self._ends[p : p + n] = ends
         self._offsets[p : p + n] = array.array("q", offsets)
         self._timestamps[p : p + n] = array.array("q", timestamps)
         self._keys.extend(keys)
-        self._key_bytes += sum(map(len, filter(None, keys)))
+        self._key_bytes += key_bytes
         if "headers" in self.kafka_columns:
             self._headers.extend(headers if headers is not None else [None] * n)
         self._raw_len = end
