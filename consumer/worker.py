@@ -288,21 +288,26 @@ class PartitionWorker:
             resumed = self._resume(plan.resume, etags).start
         if plan.delete:
             self.store.delete(list(plan.delete))
-        self.committed = plan.position
-        self.next_pos = plan.position
-        self.state = PartitionState.READY
-        self.log.info(
-            "partition recovered",
+        return self._ready_at(
+            plan.position,
+            t0,
             committed=committed,
-            position=plan.position,
             resumed_file=resumed,
             resumed_pieces=len(self.file.pieces) if self.file else 0,
             resumed_rows=self.file.rows if self.file else 0,
             finished_rolls=len(plan.finish),
             deleted_strays=len(plan.delete),
-            ms=round((self.clock() - t0) * 1000, 1),
         )
-        return plan.position
+
+    def _ready_at(self, position: int | None, t0: float, **recovered: Any) -> int | None:
+        """The end of every recovery: the partition reads from ``position``, and says so."""
+        self.committed = position
+        self.next_pos = position
+        self.state = PartitionState.READY
+        self.log.info(
+            "partition recovered", position=position, **recovered, ms=round((self.clock() - t0) * 1000, 1)
+        )
+        return position
 
     def _finish_planned(self, finish: tuple[FinishRoll, ...], etags: Mapping[str, str | None],
                         bucket: str = "") -> None:
@@ -354,21 +359,16 @@ class PartitionWorker:
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         if deletes:
             self.store.delete(deletes)
-        self.committed = plan.position
-        self.next_pos = plan.position
-        self.state = PartitionState.READY
-        self.log.info(
-            "partition recovered",
+        return self._ready_at(
+            plan.position,
+            t0,
             committed=committed,
-            position=plan.position,
             resumed_buckets=sorted(self.files),
             resumed_rows=sum(f.rows for f in self.files.values()),
             finished_rolls=sum(len(b.finish) for b in plan.buckets.values()),
             deleted_strays=len(deletes),
             high_water=high_water,
-            ms=round((self.clock() - t0) * 1000, 1),
         )
-        return plan.position
 
     def _file_of(self, chain: list[StagedPiece]) -> FileState:
         """The in-progress file of a staged chain: identity of its last piece with rows, birth time
