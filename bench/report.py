@@ -148,10 +148,13 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
     )
     w(f"- Command: `{result['command']}`; run id `{result['run_id']}`")
     ours_args = (first_wl or {}).get("settings", {}).get("ours", {}).get("args")
+    from consumer.config import Config
+
+    d = Config(bootstrap_servers="", group_id="", topics=("t",), output="s3://b/p")
     w(
         f"- Ours: `python -m consumer run --until-caught-up` with {ours_args} "
-        "(defaults: row group 100k rows / "
-        "16 MiB, file 256 MiB, zstd, Kafka columns partition/offset/timestamp/key)"
+        f"(defaults: row group {d.row_group_bytes >> 20} MiB, at most {d.row_group_rows:,} rows; "
+        f"file {d.file_bytes >> 20} MiB; {d.compression}; Kafka columns {'/'.join(d.kafka_columns)})"
     )
     w(
         "- Method: each system is a subprocess; RSS and CPU of its process tree are sampled from "
