@@ -629,3 +629,12 @@ def test_a_chunk_split_into_several_batches_is_combined_into_one() -> None:
     assert len(batches) > 3 and sum(b.num_rows for b in batches) == 50 and bad == []
     batch, _ = dec.decode(raw, ends, len(bodies))
     assert_same_batches(batch, python_way(avro, bodies)[0])
+
+
+def test_one_decoder_per_writer_schema_is_shared_by_every_partition() -> None:
+    from consumer.native import decoder_for
+
+    avro = samples.load_schema("order")
+    first = decoder_for(avro, "order-fp")
+    assert first is not None and decoder_for(avro, "order-fp") is first
+    assert decoder_for(samples.load_schema("page_view"), "page-view-fp") is not first
