@@ -1176,6 +1176,31 @@ def page_view_broker(
     return broker
 
 
+def exported(
+    store: MemoryStore, positions: MemoryPositions, topic: str = "t", partition: int = 0
+) -> dict[str, Any]:
+    """Everything a reader sees of one partition's run: final files (key → rows), dead letters
+    (without their wall-clock write time) and the committed position — what two paths that must
+    behave the same are compared on."""
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    files: dict[str, Any] = {}
+    dead: list[dict[str, Any]] = []
+    for key in sorted(store.objects):
+        data = store.objects[key]
+        if key.endswith(".parquet") and "/_" not in key:
+            files[key] = pq.read_table(io.BytesIO(data)).to_pylist()
+        elif "_dead_letters/" in key:
+            dead += [json.loads(line) for line in data.decode().splitlines()]
+    dead.sort(key=lambda d: d["offset"])
+    for d in dead:
+        d.pop("dead_lettered_at", None)
+    return {"files": files, "dead": dead, "committed": positions.committed(topic, partition)}
+
+
 def memory_runner(
     broker: MemoryBroker,
     store: ObjectStore,

@@ -9,12 +9,9 @@ and commit the same position.
 
 from __future__ import annotations
 
-import io
-import json
 from typing import Any
 
 import fastavro
-import pyarrow.parquet as pq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,7 +21,7 @@ from consumer.decoding import BadRecord, Decoder, framing_runs
 from consumer.layout import Layout
 from consumer.registry import UnknownSchemaId
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
-from consumer.testing import MemoryPositions, MemoryStore, Message
+from consumer.testing import MemoryPositions, MemoryStore, Message, exported
 from consumer.worker import PartitionWorker, SharedState
 
 PAGE_VIEW = load_schema("page_view")
@@ -107,21 +104,6 @@ def make_worker(store: MemoryStore, positions: MemoryPositions, registry: Regist
     )
 
 
-def outcome(store: MemoryStore, positions: MemoryPositions) -> dict[str, Any]:
-    """Everything a reader sees: final files (key → rows), dead letters, the committed position."""
-    files = {}
-    dead = []
-    for key in sorted(store.objects):
-        data = store.objects[key]
-        if key.endswith(".parquet") and "/_" not in key:
-            files[key] = pq.read_table(io.BytesIO(data)).to_pylist()
-        elif "_dead_letters/" in key:
-            dead += [json.loads(line) for line in data.decode().splitlines()]
-    dead.sort(key=lambda d: d["offset"])
-    for d in dead:
-        d.pop("dead_lettered_at", None)  # wall time of writing, not part of the record
-    return {"files": files, "dead": dead, "committed": positions.committed("t", 0)}
-
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs=runs, cuts=st.lists(st.integers(1, 40), min_size=1, max_size=8))
@@ -146,7 +128,7 @@ def test_batch_path_matches_record_by_record(runs: list[tuple[str, int]], cuts: 
             for m in msgs:
                 w.append(m)
         w.finish()
-        results.append(outcome(store, positions))
+        results.append(exported(store, positions))
     assert results[1] == results[0]
     assert results[0]["committed"] == len(msgs)
 

@@ -7,12 +7,9 @@ raw-framing batch path (which now meets tombstones inside a gathered cut) agains
 from __future__ import annotations
 
 import array
-import io
-import json
 from typing import Any
 
 import confluent_kafka
-import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -28,7 +25,7 @@ from consumer.decoding import Decoder, WriterSchema
 from consumer.gather import Gathered, gather_python, partition_runs_python
 from consumer.layout import Layout
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
-from consumer.testing import MemoryPositions, MemoryStore, Message
+from consumer.testing import MemoryPositions, MemoryStore, Message, exported
 from consumer.typemap import RecordConverter
 from consumer.worker import PartitionWorker, SharedState
 
@@ -54,18 +51,9 @@ def real(
     )
 
 
-def memory(
-    offset: int,
-    value: bytes | None,
-    *,
-    partition: int = 0,
-    key: bytes | None = None,
-    timestamp: int | None = None,
-    headers: list[tuple[str, bytes | None]] | None = None,
-    error: Any = None,
-) -> Any:
-    return Message(offset, value, partition=partition, key=key, timestamp=timestamp, headers=headers,
-                   error=error)
+def memory(offset: int, value: bytes | None, **fields: Any) -> Any:
+    """The in-memory double of :func:`real`, with the same keyword arguments."""
+    return Message(offset, value, **fields)
 
 
 record = st.fixed_dictionaries({
@@ -185,19 +173,6 @@ KINDS = {
 raw_runs = st.lists(st.tuples(st.sampled_from(list(KINDS)), st.integers(1, 20)), min_size=1, max_size=5)
 
 
-def outcome(store: MemoryStore, positions: MemoryPositions) -> dict[str, Any]:
-    files, dead = {}, []
-    for key in sorted(store.objects):
-        data = store.objects[key]
-        if key.endswith(".parquet") and "/_" not in key:
-            files[key] = pq.read_table(io.BytesIO(data)).to_pylist()
-        elif "_dead_letters/" in key:
-            dead += [json.loads(line) for line in data.decode().splitlines()]
-    dead.sort(key=lambda d: d["offset"])
-    for d in dead:
-        d.pop("dead_lettered_at", None)
-    return {"files": files, "dead": dead, "committed": positions.committed("t", 0)}
-
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(runs=raw_runs, cuts=st.lists(st.integers(1, 30), min_size=1, max_size=6))
@@ -227,6 +202,6 @@ def test_raw_batch_path_with_tombstones_matches_record_by_record(
             for m in msgs:
                 w.append(m)
         w.finish()
-        results.append(outcome(store, positions))
+        results.append(exported(store, positions))
     assert results[1] == results[0]
     assert results[0]["committed"] == len(msgs)
