@@ -656,9 +656,9 @@ class Arena:
                 data = self._timestamps[:n] if full else array.array("q", (self._timestamps[i] for i in keep))
                 raw_ts = pa.Array.from_buffers(_TIMESTAMP_MS, n, [None, pa.py_buffer(data.tobytes())])
                 # -1 marks "no timestamp": null, computed column-wise, and only when there is one
-                if n and pc.min(raw_ts.view(pa.int64())).as_py() < 0:
-                    valid = pc.greater_equal(raw_ts.view(pa.int64()), 0)
-                    raw_ts = pc.if_else(valid, raw_ts, pa.scalar(None, _TIMESTAMP_MS))
+                ints = raw_ts.view(pa.int64())
+                if n and pc.min(ints).as_py() < 0:
+                    raw_ts = pc.if_else(pc.greater_equal(ints, 0), raw_ts, pa.scalar(None, _TIMESTAMP_MS))
                 cols.append(raw_ts)
             elif c == "key":
                 cols.append(pa.array(self._keys if full else [self._keys[i] for i in keep], pa.binary()))

@@ -94,6 +94,11 @@ class Layout:
         return self.partition_dir(topic, partition, bucket) + name
 
     @staticmethod
+    def bucket_names(bucket: str) -> tuple[str, ...]:
+        """The Hive column names of a bucket folder: ``'dt=2024-03-01/hr=08'`` → ``('dt', 'hr')``."""
+        return tuple(seg.split("=", 1)[0] for seg in bucket.split("/"))
+
+    @staticmethod
     def parse_final_name(name: str) -> tuple[str, int, int] | None:
         """``'t+3+000…42.parquet'`` → ``('t', 3, 42)``; None for anything else."""
         m = _FINAL_RE.match(name.rsplit("/", 1)[-1])

@@ -33,7 +33,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from consumer.errors import IntegrityError
-from consumer.layout import PieceRef, RollMarker
+from consumer.layout import Layout, PieceRef, RollMarker
 
 
 @dataclass(frozen=True)
@@ -66,9 +66,12 @@ def layout_mismatch(staged_buckets: Iterable[str], names: tuple[str, ...] | None
     read a plain file as a bucket, or take another template's folders for its own. So after an
     operator changes ``--partition-by`` (on, off, or another template) while files are open, the
     run must stop and say how to get out, never guess."""
-    wrong = sorted(
-        b for b in set(staged_buckets) if (b == "") != (names is None) or (b and _names_of(b) != names)
-    )
+    def foreign(bucket: str) -> bool:
+        if names is None or bucket == "":
+            return (bucket == "") != (names is None)
+        return Layout.bucket_names(bucket) != names
+
+    wrong = sorted(b for b in set(staged_buckets) if foreign(b))
     if not wrong:
         return None
     written = "without --partition-by" if wrong[0] == "" else f"in bucket folders such as {wrong[0]!r}"
@@ -79,10 +82,6 @@ def layout_mismatch(staged_buckets: Iterable[str], names: tuple[str, ...] | None
         "--partition-by that wrote them (e.g. with --until-caught-up, so every file is final) and "
         "change the layout afterwards, or write to a new --output prefix"
     )
-
-
-def _names_of(bucket: str) -> tuple[str, ...]:
-    return tuple(seg.split("=", 1)[0] for seg in bucket.split("/"))
 
 
 def plan_recovery(

@@ -642,7 +642,7 @@ def verify(
                                      f"topic={topic}/partition=<p>/{topic}+<p>+<first 20 digits>.parquet, "
                                      "yet readers will read it"))
                 continue
-            if bucket and (template is None or _bucket_names(bucket) != template.names):
+            if bucket and (template is None or Layout.bucket_names(bucket) != template.names):
                 expected = f"--partition-by {template.text}" if template else "the plain layout"
                 bad.append((obj.key, f"bucket folder {bucket!r} does not match {expected} "
                                      "(pass the run's --partition-by to verify a time-bucketed layout)"))
@@ -822,10 +822,6 @@ def _bucket_partition(key: str, root: str) -> tuple[str, int | None]:
         return "", None
     bucket = "/".join(parts[:-2])
     return bucket, _partition_of("/".join(parts[-2:]), "")
-
-
-def _bucket_names(bucket: str) -> tuple[str, ...]:
-    return tuple(seg.split("=", 1)[0] for seg in bucket.split("/"))
 
 
 def _check_bucket(store: ObjectStore, key: str, bucket: str, template: Template) -> tuple[str, str] | None:
