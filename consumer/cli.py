@@ -8,9 +8,11 @@ configuration fails fast with one line per problem and exit status 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from consumer import config as cfgmod
@@ -215,6 +217,32 @@ def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1")
     return S3Store(bucket, endpoint_url=endpoint_url, region=region, on_retry=on_retry)
 
 
+@contextlib.contextmanager
+def settled_heap(batch_size: int) -> Iterator[None]:
+    """Keep Python's cycle collector out of the record path while a run lasts.
+
+    Each ``consume()`` creates ``batch_size`` Message objects that the collector tracks, all alive
+    until the batch is dispatched, and frees them together afterwards. With the default gen-0
+    threshold (700) every batch set off several collections that promoted the live Messages to
+    older generations, and then full collections that walked the whole heap: pyarrow, botocore's
+    service models, every module. That was 0.79 of 7.8 CPU-seconds on 1M ``page_view`` records
+    (docs/benchmarks.md). So, once start-up is over: freeze what exists (it lives as long as the
+    process; the collector stops walking it) and set the gen-0 threshold above a batch, so a
+    collection only runs when container objects really accumulate. Records never form cycles;
+    the rare cyclic garbage (exceptions with tracebacks) is still collected, a little later.
+    Restored on exit, so an in-process caller (tests) gets its collector back as it was.
+    """
+    thresholds = gc.get_threshold()
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(max(thresholds[0], 4 * batch_size), *thresholds[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*thresholds)
+        gc.unfreeze()
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     replay = args.command == "replay"
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "start", "stop")}
@@ -271,7 +299,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         runner.consumer.close()
         return 2
     try:
-        code = runner.run()
+        with settled_heap(config.batch_size):
+            code = runner.run()
     finally:
         observer.stop()
     if runner.close_abandoned:

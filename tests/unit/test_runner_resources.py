@@ -51,3 +51,27 @@ def test_memory_budget_pauses_fetch_rather_than_flushing_tiny_row_groups() -> No
     # Shutdown made everything durable: one piece per partition that had rows.
     pieces = [k for k in store.objects if k.endswith(".piece")]
     assert len(pieces) <= 60
+
+
+def test_a_run_keeps_the_cycle_collector_out_of_the_batch_and_restores_it() -> None:
+    """During a run, start-up objects are frozen and a consumed batch cannot set off a collection
+    (gen-0 threshold above the batch); afterwards the caller's collector is as it was."""
+    from consumer.cli import settled_heap
+
+    before = gc.get_threshold()
+    with settled_heap(batch_size=5000):
+        assert gc.get_freeze_count() > 0
+        assert gc.get_threshold()[0] >= 4 * 5000 and gc.get_threshold()[1:] == before[1:]
+        collections = sum(s["collections"] for s in gc.get_stats())
+        batch = [[i] for i in range(5000)]  # one batch of tracked containers, like consume()'s
+        del batch
+        assert sum(s["collections"] for s in gc.get_stats()) == collections
+        # cyclic garbage is still collected once containers really accumulate
+        cycles = []
+        for _ in range(30_000):
+            a: list[object] = []
+            a.append(a)
+            cycles.append(a)
+        del cycles
+        assert sum(s["collections"] for s in gc.get_stats()) > collections
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
