@@ -15,6 +15,11 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+# pyarrow imports numpy, whose OpenBLAS starts a pool of spinning worker threads at import: about
+# 0.1 CPU-second per process start, for linear algebra this consumer never does. Before the first
+# import of pyarrow (consumer.config); an operator's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from consumer import config as cfgmod
 from consumer import log as logmod
 

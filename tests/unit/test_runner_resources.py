@@ -75,3 +75,19 @@ def test_a_run_keeps_the_cycle_collector_out_of_the_batch_and_restores_it() -> N
         del cycles
         assert sum(s["collections"] for s in gc.get_stats()) > collections
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
+
+
+def test_the_command_starts_no_blas_thread_pool_unless_the_operator_asks() -> None:
+    """pyarrow imports numpy, whose OpenBLAS would spin up worker threads at every process start;
+    the command line turns that off before pyarrow is imported, and an operator's value wins."""
+    import os
+    import subprocess
+    import sys
+
+    probe = "import consumer.cli, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "1"
+    env["OPENBLAS_NUM_THREADS"] = "4"
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "4"
