@@ -27,6 +27,8 @@ ROWS: list[tuple[str, str, str]] = [
     ("MB/s of Avro input", "mb_per_s", "{:.2f}"),
     ("records per CPU-second (per core)", "records_per_cpu_s", "{:,.0f}"),
     ("CPU s per million records", "cpu_s_per_m_records", "{:.1f}"),
+    ("CPU s of a 1,000-record run (start-up, join, exit)", "startup_cpu_s", "{:.2f}"),
+    ("records per CPU-second beyond that (steady state)", "steady_records_per_cpu_s", "{:,.0f}"),
     ("peak RSS (MB, process tree)", "peak_rss_mb", "{:.0f}"),
     ("peak RSS per assigned partition (MB)", "rss_per_partition_mb", "{:.1f}"),
     ("wall seconds (start → exit)", "wall_s", "{:.1f}"),
@@ -234,7 +236,8 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
             row = f"| {label} | " + " | ".join(fmt(v, "{:,.0f}") for v in vals)
             row += f" | {ratio(vals[0], vals[1])} |" if len(names) > 1 else " |"
             w(row)
-        for label, path, f in ROWS[4:6] + ROWS[7:9]:
+        live_keys = ("peak_rss_mb", "rss_per_partition_mb", "output.files", "output.row_groups")
+        for label, path, f in (row for row in ROWS if row[1] in live_keys):
             vals = [get(systems[n], path) for n in names]
             row = f"| {label} | " + " | ".join(fmt(v, f) for v in vals)
             row += f" | {ratio(vals[0], vals[1])} |" if len(names) > 1 else " |"

@@ -150,6 +150,7 @@ def run_workload(
     ours_args: list[str],
     log_dir: Path,
     keep_output: bool,
+    startup: bool = True,
 ) -> dict[str, Any]:
     topic = preload(stack, workload, records, partitions, seed)
     out: dict[str, Any] = {"topic": topic, "records": records, "partitions": partitions, "systems": {}}
@@ -174,9 +175,54 @@ def run_workload(
         log(f"top stage: {out['profile']['top_stage']}")
         if not keep_output:
             cleanup(stack, adapter.prefix(ctx))
+    if startup:
+        measure_startup(stack, run_id, workload, partitions, seed, adapters, out, log_dir, keep_output)
     for peer in peers:
         out.setdefault("ratios", {})[peer] = ratios(out["systems"]["ours"], out["systems"][peer])
     return out
+
+
+#: Records of the start-up run: enough for every partition to see records, files and a commit.
+STARTUP_RECORDS = 1_000
+
+
+def measure_startup(
+    stack: Stack,
+    run_id: str,
+    workload: str,
+    partitions: int,
+    seed: int,
+    adapters: list[Any],
+    out: dict[str, Any],
+    log_dir: Path,
+    keep_output: bool,
+) -> None:
+    """Each system once more on a topic of 1,000 records: what a run costs besides its records
+    (imports, client set-up, group join, the final flush and exit). The whole-process figures
+    above include it once; subtracting it gives the steady-state cost per record a long-lived
+    group pays, so a reader can tell a gap in start-up from a gap per record."""
+    topic = preload(stack, workload, STARTUP_RECORDS, partitions, seed)
+    for adapter in adapters:
+        schema, n = WORKLOADS[workload], STARTUP_RECORDS
+        ctx = RunContext(stack, f"{run_id}-startup", workload, schema, topic, partitions, n, log_dir)
+        tiny = run_system(ctx, adapter)
+        if not keep_output:
+            cleanup(stack, adapter.prefix(ctx))
+        figures = out["systems"][adapter.name]
+        figures["startup_cpu_s"] = tiny["cpu_s"]
+        figures.update(steady_state(figures["records"], figures["cpu_s"], tiny["records"], tiny["cpu_s"]))
+
+
+def steady_state(records: int, cpu_s: float, startup_records: int, startup_cpu_s: float) -> dict[str, Any]:
+    """Records per CPU-second beyond a start-up run's cost (None when the difference is not
+    positive: a run too short to tell them apart)."""
+    extra_records, extra_cpu = records - startup_records, cpu_s - startup_cpu_s
+    if extra_records <= 0 or extra_cpu <= 0:
+        return {"steady_records_per_cpu_s": None, "steady_cpu_us_per_record": None}
+    return {
+        "steady_records_per_cpu_s": round(extra_records / extra_cpu),
+        "steady_cpu_us_per_record": round(extra_cpu / extra_records * 1e6, 2),
+    }
 
 
 # -- live commit latency ---------------------------------------------------------------------------
@@ -325,6 +371,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--peer", action="append", choices=[*sorted(k for k in ADAPTERS if k != "ours"), "none"])
     ap.add_argument("--no-profile", action="store_true")
+    ap.add_argument(
+        "--no-startup", action="store_true", help="skip the 1,000-record start-up runs (steady-state figures)"
+    )
     ap.add_argument("--latency", action="store_true", help="also the live commit-latency mode")
     ap.add_argument("--latency-only", action="store_true")
     ap.add_argument("--rate", type=float, default=2000.0, help="live mode: records/s")
@@ -379,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                 ours_args=args.ours_arg,
                 log_dir=log_dir,
                 keep_output=args.keep_output,
+                startup=not args.no_startup,
             )
     if latency:
         lat: dict[str, Any] = {"workload": "small", "partitions": args.partitions, "systems": {}}

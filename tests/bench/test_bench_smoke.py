@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench import run as bench_run
+from bench.run import steady_state
 from bench.soak import flatness, run_soak
 
 pytestmark = pytest.mark.stack
@@ -41,6 +42,10 @@ def test_harness_tiny_run(stack: Any, tmp_path: Path) -> None:
     assert ours["peak_rss_mb"] > 0 and ours["cpu_s"] > 0
     assert ours["s3_write_per_input_byte"] > 0
     assert ours["series"]["rss"]
+    assert ours["startup_cpu_s"] > 0  # the 1,000-record run beside it (steady-state figures)
+    steady = steady_state(2000, 3.0, 1000, 2.0)
+    assert steady == {"steady_records_per_cpu_s": 1000, "steady_cpu_us_per_record": 1000.0}
+    assert steady_state(2000, 2.0, 1000, 2.5)["steady_records_per_cpu_s"] is None
     assert result["workloads"]["small"]["profile"]["top_stage"]
 
 
