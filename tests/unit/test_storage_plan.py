@@ -280,3 +280,13 @@ def test_retry_delays_never_overflow() -> None:
     """
     delays = list(itertools.islice(RetryPolicy(cap=0.01).delays(), 2000))
     assert all(0.0 <= d <= 0.01 for d in delays)
+
+
+def test_a_plain_http_endpoint_builds_no_tls_context_and_https_still_verifies() -> None:
+    """No connection is made here: the client's settings only."""
+    from consumer.storage import S3Store
+
+    plain = S3Store("b", endpoint_url="http://127.0.0.1:9000")
+    assert plain._fs.client_kwargs["verify"] is False  # nothing to verify on plain HTTP
+    for endpoint in ("https://s3.example.com", None):
+        assert "verify" not in S3Store("b", endpoint_url=endpoint)._fs.client_kwargs
