@@ -203,8 +203,8 @@ def measure_startup(
     group pays, so a reader can tell a gap in start-up from a gap per record."""
     topic = preload(stack, workload, STARTUP_RECORDS, partitions, seed)
     for adapter in adapters:
-        schema, n = WORKLOADS[workload], STARTUP_RECORDS
-        ctx = RunContext(stack, f"{run_id}-startup", workload, schema, topic, partitions, n, log_dir)
+        schema, n, logs = WORKLOADS[workload], STARTUP_RECORDS, log_dir / "startup"
+        ctx = RunContext(stack, f"{run_id}-startup", workload, schema, topic, partitions, n, logs)
         tiny = run_system(ctx, adapter)
         if not keep_output:
             cleanup(stack, adapter.prefix(ctx))
