@@ -15,10 +15,15 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-# pyarrow imports numpy, whose OpenBLAS starts a pool of spinning worker threads at import: about
-# 0.1 CPU-second per process start, for linear algebra this consumer never does. Before the first
-# import of pyarrow (consumer.config); an operator's own setting wins.
+# Process-wide settings read when pyarrow is first imported (consumer.config), so they are set
+# before it; an operator's own value wins.
+# - pyarrow imports numpy, whose OpenBLAS starts a pool of spinning worker threads at import: about
+#   0.1 CPU-second per process start, for linear algebra this consumer never does.
+# - Arrow's default pool (mimalloc) kept 30–60 MB more resident than the system allocator at the
+#   same CPU (docs/benchmarks.md, fourth pass): on `wide` the peak went over --memory-bytes +
+#   100 MB with it (632–641 MB against 637) and stays under without (572–584).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from consumer import config as cfgmod
 from consumer import log as logmod

@@ -77,17 +77,22 @@ def test_a_run_keeps_the_cycle_collector_out_of_the_batch_and_restores_it() -> N
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
-def test_the_command_starts_no_blas_thread_pool_unless_the_operator_asks() -> None:
-    """pyarrow imports numpy, whose OpenBLAS would spin up worker threads at every process start;
-    the command line turns that off before pyarrow is imported, and an operator's value wins."""
+def test_the_command_sets_its_process_defaults_before_pyarrow_and_the_operator_wins() -> None:
+    """No OpenBLAS thread pool (pyarrow imports numpy, whose OpenBLAS would spin up worker threads
+    at every start) and Arrow on the system allocator (less resident memory than mimalloc): both
+    set by the command line before pyarrow is imported; an operator's values win."""
     import os
     import subprocess
     import sys
 
-    probe = "import consumer.cli, os; print(os.environ['OPENBLAS_NUM_THREADS'])"
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    probe = (
+        "import consumer.cli, os, pyarrow as pa; "
+        "print(os.environ['OPENBLAS_NUM_THREADS'], pa.default_memory_pool().backend_name)"
+    )
+    names = ("OPENBLAS_NUM_THREADS", "ARROW_DEFAULT_MEMORY_POOL")
+    env = {k: v for k, v in os.environ.items() if k not in names}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "1"
-    env["OPENBLAS_NUM_THREADS"] = "4"
+    assert out.stdout.split() == ["1", "system"]
+    env |= {"OPENBLAS_NUM_THREADS": "4", "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "4"
+    assert out.stdout.split() == ["4", "mimalloc"]
