@@ -202,8 +202,8 @@ def measure_startup(
     above include it once; subtracting it gives the steady-state cost per record a long-lived
     group pays, so a reader can tell a gap in start-up from a gap per record."""
     topic = preload(stack, workload, STARTUP_RECORDS, partitions, seed)
+    schema, n, logs = WORKLOADS[workload], STARTUP_RECORDS, log_dir / "startup"
     for adapter in adapters:
-        schema, n, logs = WORKLOADS[workload], STARTUP_RECORDS, log_dir / "startup"
         ctx = RunContext(stack, f"{run_id}-startup", workload, schema, topic, partitions, n, logs)
         tiny = run_system(ctx, adapter)
         if not keep_output:

@@ -21,7 +21,7 @@ from typing import Any
 #   0.1 CPU-second per process start, for linear algebra this consumer never does.
 # - Arrow's default pool (mimalloc) kept 30–60 MB more resident than the system allocator at the
 #   same CPU (docs/benchmarks.md, fourth pass): on `wide` the peak went over --memory-bytes +
-#   100 MB with it (632–641 MB against 637) and stays under without (572–584).
+#   100 MB with it (627–641 MB against 637) and stays under without (572–611).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
