@@ -20,13 +20,13 @@ buffer sizes), which is what the global memory budget adds up.
 from __future__ import annotations
 
 import array
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import accumulate
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from consumer.bucketing import Assignment, Template, assign, time_column
 from consumer.decoding import WriterSchema, decode_bodies
@@ -439,6 +439,8 @@ class Arena:
     ) -> pa.RecordBatch | None:
         """Compute every row's bucket (columnar). A row without one (null or impossible time, or
         a writer schema without the field) becomes a dead letter, or halts under fail."""
+        import pyarrow.compute as pc  # only a bucketed layout computes (consumer/bucketing.py)
+
         assert self.bucketing is not None
         try:
             if self.bucketing.field_path is None:
@@ -656,8 +658,10 @@ class Arena:
                 data = self._timestamps[:n] if full else array.array("q", (self._timestamps[i] for i in keep))
                 raw_ts = pa.Array.from_buffers(_TIMESTAMP_MS, n, [None, pa.py_buffer(data.tobytes())])
                 # -1 marks "no timestamp": null, computed column-wise, and only when there is one
-                ints = raw_ts.view(pa.int64())
-                if n and pc.min(ints).as_py() < 0:
+                if n and any_negative(data):
+                    import pyarrow.compute as pc  # rare: see any_negative
+
+                    ints = raw_ts.view(pa.int64())
                     raw_ts = pc.if_else(pc.greater_equal(ints, 0), raw_ts, pa.scalar(None, _TIMESTAMP_MS))
                 cols.append(raw_ts)
             elif c == "key":
@@ -729,6 +733,18 @@ def _has_decimal(t: pa.DataType) -> bool:
 
 
 _TIMESTAMP_MS = pa.timestamp("ms", tz="UTC")
+_SIGN_BYTE = 7 if sys.byteorder == "little" else 0
+
+
+def any_negative(ints: array.array[int]) -> bool:
+    """True if an int64 of ``ints`` is negative: a record without a Kafka timestamp (-1).
+
+    Checked per chunk on every run, so without ``pyarrow.compute``, which a run without
+    ``--partition-by`` does not import (consumer/bucketing.py says why): a negative int64 has the
+    top bit of its most significant byte set, so the chunk has one exactly when the string of those
+    bytes is not all ASCII, one C pass over n bytes.
+    """
+    return not ints.tobytes()[_SIGN_BYTE::8].isascii()
 
 
 def kafka_fields(columns: Sequence[str]) -> list[pa.Field]:

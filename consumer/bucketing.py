@@ -29,6 +29,9 @@ time is null, or outside the years 1–9999, has no bucket: it becomes a dead le
 (or halts the partition under ``--on-error fail``), never a guessed folder.
 
 Computation is columnar (``pyarrow.compute``): one ``strftime`` per placeholder per decoded chunk.
+``pyarrow.compute`` is imported by the functions that compute, not at the top: importing it builds
+a Python wrapper for every Arrow kernel (~0.07 CPU-s), and a run without ``--partition-by`` never
+computes (docs/benchmarks.md, start-up).
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from dataclasses import dataclass
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 KAFKA_TIMESTAMP = "@timestamp"
 _NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
@@ -159,6 +161,8 @@ def _literal(text: str, segment: str) -> None:
 def to_millis(column: pa.Array | pa.ChunkedArray) -> pa.Array:
     """A time column as int64 epoch milliseconds (nulls kept). Accepts timestamps of any unit,
     date32/date64 and integer epoch milliseconds."""
+    import pyarrow.compute as pc
+
     if isinstance(column, pa.ChunkedArray):
         column = column.combine_chunks()
     t = column.type
@@ -175,6 +179,8 @@ def to_millis(column: pa.Array | pa.ChunkedArray) -> pa.Array:
 
 def time_column(template: Template, batch: pa.RecordBatch) -> pa.Array:
     """The template's record field from a decoded batch (struct fields by path), as epoch ms."""
+    import pyarrow.compute as pc
+
     path = template.field_path
     assert path is not None
     if path[0] not in batch.schema.names:
@@ -199,6 +205,8 @@ class Assignment:
 
 def assign(template: Template, millis: pa.Array) -> Assignment:
     """Bucket of every row from its time in epoch milliseconds (int64, nullable). Columnar."""
+    import pyarrow.compute as pc
+
     n = len(millis)
     valid = pc.and_kleene(pc.greater_equal(millis, _MIN_MS), pc.less_equal(millis, _MAX_MS))
     valid = pc.fill_null(valid, False)

@@ -240,17 +240,24 @@ def settled_heap(batch_size: int) -> Iterator[None]:
     process; the collector stops walking it) and set the gen-0 threshold above a batch, so a
     collection only runs when container objects really accumulate. Records never form cycles;
     the rare cyclic garbage (exceptions with tracebacks) is still collected, a little later.
-    Restored on exit, so an in-process caller (tests) gets its collector back as it was.
+
+    The collector is turned on here if the process entry paused it for start-up
+    (:mod:`consumer.__main__`). No collection runs before the freeze: the few thousand objects of
+    start-up garbage it would find cost less memory than the walk over the whole heap costs time
+    (0.03-0.06 CPU-s). Restored on exit, so an in-process caller (tests) gets its collector back
+    as it was.
     """
-    thresholds = gc.get_threshold()
-    gc.collect()
+    thresholds, was_enabled = gc.get_threshold(), gc.isenabled()
     gc.freeze()
     gc.set_threshold(max(thresholds[0], 4 * batch_size), *thresholds[1:])
+    gc.enable()
     try:
         yield
     finally:
         gc.set_threshold(*thresholds)
         gc.unfreeze()
+        if not was_enabled:
+            gc.disable()
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -276,6 +283,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
     if not replay and config.processes > 1:
         from consumer.supervisor import supervise
+
+        gc.enable()  # the supervisor lives as long as its members; the entry paused the collector
 
         return supervise(
             args.run_args,
@@ -422,8 +431,13 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, collector_paused: bool = False) -> int:
+    """Run one command. ``collector_paused``: the process entry turned the cycle collector off for
+    start-up (:mod:`consumer.__main__`); a run turns it back on when its start-up is over
+    (:func:`settled_heap`), every other command here."""
     args = build_parser().parse_args(argv)
+    if collector_paused and args.command not in ("run", "replay"):
+        gc.enable()
     words = list(sys.argv[1:] if argv is None else argv)
     args.run_args = words[words.index("run") + 1 :] if args.command == "run" else []  # for --processes
     handlers = {

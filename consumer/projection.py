@@ -23,7 +23,6 @@ from typing import Any
 import fastavro
 import fastavro.schema
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from consumer.typemap import RecordConverter, arrow_schema
 
@@ -165,6 +164,8 @@ def _apply(plan: list[_Step], columns: list[pa.Array], n: int) -> list[pa.Array]
         if isinstance(p, _Take):
             out.append(columns[p.index])
         elif isinstance(p, _Cast):
+            import pyarrow.compute as pc  # only a promotion computes (consumer/bucketing.py: why)
+
             # int/long → float/double round like a C cast (the Avro promotion); other casts stay
             # safe, so bytes that are not UTF-8 are refused, never passed through
             out.append(pc.cast(columns[p.index], p.to, safe=not pa.types.is_floating(p.to)))

@@ -46,7 +46,6 @@ from operator import methodcaller
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from consumer import faults
 from consumer.arena import Arena, DeadLetter, SchemaStats, kafka_fields
@@ -914,6 +913,8 @@ class PartitionWorker:
         """The drained rows by bucket (columnar: one filter per bucket), with each bucket's end."""
         if buckets is None or ends is None or table.num_rows == 0:
             return {}
+        import pyarrow.compute as pc  # only a bucketed layout computes (consumer/bucketing.py)
+
         out: dict[str, tuple[pa.Table, int | None]] = {}
         for value in pc.unique(buckets).to_pylist():
             mask = pc.equal(buckets, value)

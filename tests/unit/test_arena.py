@@ -343,3 +343,13 @@ def test_predicted_encoded_bytes_grows_with_rows() -> None:
     assert boundary == sorted(boundary) and len(set(boundary)) == 4
     assert predictions[-1] > 0
 
+
+
+@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63 - 1), max_size=300))
+def test_any_negative_is_min_below_zero(values: list[int]) -> None:
+    """The per-chunk "a record without a timestamp" check, done without pyarrow.compute."""
+    import array
+
+    from consumer.arena import any_negative
+
+    assert any_negative(array.array("q", values)) == (bool(values) and min(values) < 0)

@@ -77,6 +77,60 @@ def test_a_run_keeps_the_cycle_collector_out_of_the_batch_and_restores_it() -> N
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0
 
 
+def test_a_run_turns_on_the_collector_its_entry_paused_for_start_up_and_pauses_it_again() -> None:
+    """The process entry pauses the collector before the first import; the run turns it on once
+    start-up is over, with the start-up heap frozen, and leaves it as it found it."""
+    from consumer.cli import settled_heap
+
+    gc.disable()
+    try:
+        with settled_heap(batch_size=5000):
+            assert gc.isenabled() and gc.get_freeze_count() > 0
+        assert not gc.isenabled() and gc.get_freeze_count() == 0
+    finally:
+        gc.enable()
+
+
+def test_the_entry_pauses_the_collector_until_the_command_is_known() -> None:
+    """``python -m consumer`` / the console script: the collector is off while the command line
+    and its imports load, then on for every command but a run (which turns it on itself)."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import gc, sys, consumer.cli as cli\n"
+        "seen = []\n"
+        "def cmd(args):\n"
+        "    seen.append(gc.isenabled())\n"
+        "    return 0\n"
+        "cli.cmd_verify = cmd\n"
+        "orig = cli.build_parser\n"
+        "def build_parser():\n"
+        "    seen.append(gc.isenabled())\n"
+        "    return orig()\n"
+        "cli.build_parser = build_parser\n"
+        "import consumer.__main__ as entry\n"
+        "entry.main(['verify', '--output', 's3://b/p', '--topic', 't'])\n"
+        "print(seen, gc.isenabled())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.split("\n")[0] == "[False, True] True"
+
+
+def test_a_run_without_partition_by_does_not_import_pyarrow_compute() -> None:
+    """Importing pyarrow.compute builds a wrapper per Arrow kernel (~0.07 CPU-s at every start);
+    only a bucketed layout, schema promotion and verify compute, and they import it themselves."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys, consumer.__main__, consumer.cli, consumer.runner, consumer.worker, "
+        "consumer.arena, consumer.metrics, consumer.replay; print('pyarrow.compute' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_the_command_sets_its_process_defaults_before_pyarrow_and_the_operator_wins() -> None:
     """No OpenBLAS thread pool (pyarrow imports numpy, whose OpenBLAS would spin up worker threads
     at every start) and Arrow on the system allocator (less resident memory than mimalloc): both
