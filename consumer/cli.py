@@ -296,6 +296,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
     decoder = Decoder(config.framing, schema=schema, registry=registry)
     store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region)
+    try:
+        store.connect()
+    except Exception as exc:  # e.g. an endpoint URL botocore refuses; no request was sent
+        print(f"consumer: config: S3 client: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
     if replay:
         from consumer.replay import Bound, ReplayRunner
 

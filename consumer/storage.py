@@ -304,6 +304,16 @@ class S3Store:
         )
         self._fs.retries = 1  # retries are ours (bounded, jittered, visible), not s3fs's
 
+    def connect(self) -> None:
+        """Build the S3 client now; s3fs otherwise builds it at the first request.
+
+        Building it loads botocore's service model and endpoint rules: about 35,000 container
+        objects that live as long as the process. A run builds it during start-up, so that they
+        are frozen with the rest of the start-up heap instead of setting off collections once the
+        run has begun (:func:`consumer.cli.settled_heap`). No request is sent.
+        """
+        self._fs.connect()
+
     # -- plumbing ------------------------------------------------------------------------------
     def _retrying(self, op: str, fn: Callable[[], T]) -> T:
         deadline = time.monotonic() + self.retry.max_elapsed

@@ -539,3 +539,32 @@ def test_split_output_rejects(url: str) -> None:
     with pytest.raises(ValueError, match="s3://bucket/prefix"):
         split_output(url)
 
+
+
+def test_an_s3_endpoint_botocore_refuses_is_a_config_error_at_start(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The run builds its S3 client before anything else happens (no request is sent): an
+    endpoint URL botocore cannot use is exit 2 with its reason, not an "unexpected error" later."""
+    from consumer import cli
+
+    code = cli.main(
+        [
+            "run",
+            "--bootstrap-servers",
+            "127.0.0.1:1",
+            "--group-id",
+            "g",
+            "--topic",
+            "t",
+            "--schema",
+            "page_view",
+            "--output",
+            "s3://bucket/prefix",
+            "--s3-endpoint-url",
+            "http://exa mple:9",
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "consumer: config: S3 client: ValueError: Invalid endpoint: http://exa mple:9" in err

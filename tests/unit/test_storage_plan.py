@@ -290,3 +290,16 @@ def test_a_plain_http_endpoint_builds_no_tls_context_and_https_still_verifies() 
     assert plain._fs.client_kwargs["verify"] is False  # nothing to verify on plain HTTP
     for endpoint in ("https://s3.example.com", None):
         assert "verify" not in S3Store("b", endpoint_url=endpoint)._fs.client_kwargs
+
+
+def test_connect_builds_the_client_at_start_without_a_request() -> None:
+    """A run builds the S3 client during start-up (before its heap is frozen); nothing is sent,
+    so it works with no server listening, and the first operation uses that client."""
+    from consumer.storage import S3Store
+
+    store = S3Store("b", endpoint_url="http://127.0.0.1:9")  # the discard port: nothing listens
+    store.connect()
+    client = store._fs._s3
+    assert client is not None and sum(store.stats.requests.values()) == 0
+    store.connect()  # idempotent: the same client
+    assert store._fs._s3 is client
