@@ -83,3 +83,30 @@ def test_values_are_unchanged_and_pieces_merge(name: str) -> None:
 def test_the_rules_are_part_of_the_file_identity() -> None:
     """A file opened under other per-column rules rolls rather than mixing pieces."""
     assert repr(WriterOptions()) != repr(WriterOptions(column_rules=1))
+    assert repr(WriterOptions()) != repr(WriterOptions(dictionary_page_size=1 << 20))
+
+
+def test_a_column_with_too_many_distinct_values_falls_back_to_plain_and_a_real_dictionary_stays() -> None:
+    """Past ``dictionary_page_size`` bytes of dictionary the rest of a column chunk is plain; a
+    column with few distinct values keeps its dictionary. Values are the same either way."""
+    n = 20_000
+    table = pa.table(
+        {
+            "unique": pa.array([f"tracking-{i * 2654435761 % 10**12:012d}" for i in range(n)]),  # > 64 KiB
+            "few": pa.array([f"segment-{i % 40}" for i in range(n)]),
+        }
+    )
+    piece = encode_piece(table, WriterOptions(), "id")
+    assert pq.read_table(pa.BufferReader(piece)).to_pylist() == table.to_pylist()
+    roomy = encode_piece(table, WriterOptions(dictionary_page_size=1 << 20), "id")
+
+    def dictionary_bytes(data: bytes, column: str) -> int:
+        chunk = column_chunks(data)[column]
+        assert chunk.has_dictionary_page
+        return int(chunk.data_page_offset - chunk.dictionary_page_offset)
+
+    # the unique column stopped at the limit (Arrow's default would have gone on hashing)...
+    assert dictionary_bytes(piece, "unique") * 4 < dictionary_bytes(roomy, "unique")
+    # ... while a real dictionary is whole under both
+    assert dictionary_bytes(piece, "few") == dictionary_bytes(roomy, "few")
+    assert len(piece) < len(roomy)
