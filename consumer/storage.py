@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 from consumer import faults
 from consumer.config import MIN_S3_PART
@@ -72,6 +72,15 @@ class PutOutcome(Enum):
     CREATED = "created"
     EXISTS_SAME = "exists-same"  # an object with identical bytes was already there (retry after a lost reply)
     EXISTS_OTHER = "exists-other"  # a different object holds the key
+
+
+class Created(NamedTuple):
+    """What a conditional create found: the outcome, and the object's ETag as the store reports
+    it. Not always the MD5 of the bytes: under SSE-KMS (and for multipart objects) S3's ETag is
+    something else, so ETags are only ever compared with ETags S3 gave."""
+
+    outcome: PutOutcome
+    etag: str | None
 
 
 @dataclass(frozen=True)
@@ -132,6 +141,7 @@ class ObjectStore(Protocol):
     stats: StoreStats
 
     def put_if_absent(self, key: str, data: bytes) -> PutOutcome: ...
+    def create(self, key: str, data: bytes) -> Created: ...
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool: ...
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes: ...
     def head(self, key: str) -> ObjectInfo | None: ...
@@ -354,22 +364,24 @@ class S3Store:
 
     # -- operations ----------------------------------------------------------------------------
     def put_if_absent(self, key: str, data: bytes) -> PutOutcome:
-        """Create ``key`` only if absent (``If-None-Match: *``).
+        """Create ``key`` only if absent (``If-None-Match: *``); see :meth:`create`."""
+        return self.create(key, data).outcome
 
-        A retry after a lost reply finds our own object: that is reported as EXISTS_SAME by
-        comparing the MD5 ETag, so callers can treat "already durable" as success.
+    def create(self, key: str, data: bytes) -> Created:
+        """Create ``key`` only if absent (``If-None-Match: *``), with its ETag from S3's reply.
+
+        A retry after a lost reply finds our own object: that is reported as EXISTS_SAME, so
+        callers can treat "already durable" as success. Our own object is told from someone
+        else's by the MD5 ETag, or, where S3's ETag is not the MD5 (SSE-KMS), by its bytes.
         """
         try:
-            self._call("put_object", Key=key, Body=data, IfNoneMatch="*")
+            reply = self._call("put_object", Key=key, Body=data, IfNoneMatch="*")
             self.stats.bytes_uploaded += len(data)
-            return PutOutcome.CREATED
+            return Created(PutOutcome.CREATED, str(reply.get("ETag", "")).strip('"') or None)
         except Exception as exc:
             if classify(exc) != "precondition":
                 raise
-        info = self.head(key)
-        if info is not None and info.etag == hashlib.md5(data).hexdigest():
-            return PutOutcome.EXISTS_SAME
-        return PutOutcome.EXISTS_OTHER
+        return same_object(self, key, data)
 
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
         """Overwrite ``key`` only if its ETag is still ``etag``; False if someone changed it."""
@@ -506,6 +518,23 @@ class S3Store:
                 self._abort(key, u["UploadId"])
                 n += 1
         return n
+
+
+def same_object(store: ObjectStore, key: str, data: bytes) -> Created:
+    """After a 412 on a create: EXISTS_SAME if ``key`` holds exactly ``data`` (our own write whose
+    reply was lost), else EXISTS_OTHER; with the ETag found. The MD5 ETag settles it when the
+    store uses one; an ETag that is not the MD5 (SSE-KMS) costs one GET of an object of the
+    same size."""
+    info = store.head(key)
+    if info is None or info.size != len(data):
+        return Created(PutOutcome.EXISTS_OTHER, info.etag if info else None)
+    if info.etag == hashlib.md5(data).hexdigest():
+        return Created(PutOutcome.EXISTS_SAME, info.etag)
+    try:
+        same = store.get(key) == data
+    except FileNotFoundError:
+        return Created(PutOutcome.EXISTS_OTHER, None)
+    return Created(PutOutcome.EXISTS_SAME if same else PutOutcome.EXISTS_OTHER, info.etag)
 
 
 def probe_conditional_writes(store: ObjectStore, key: str) -> None:

@@ -42,6 +42,7 @@ from consumer.config import MIN_S3_PART
 from consumer.positions import PartitionFenced, PositionError, PositionStore
 from consumer.storage import (
     CopyRange,
+    Created,
     FatalStorageError,
     ObjectInfo,
     ObjectStore,
@@ -49,6 +50,7 @@ from consumer.storage import (
     Segment,
     StoreStats,
     plan_parts,
+    same_object,
 )
 
 __all__ = [
@@ -235,6 +237,8 @@ class MemoryStore:
         self.on_op: OnOp | None = on_op
         #: A lax S3-compatible server: If-None-Match / If-Match are ignored (writes always win).
         self.ignore_conditional_writes = False
+        #: S3 with SSE-KMS: an object's ETag is not the MD5 of its bytes (opaque, still unique).
+        self.opaque_etags = False
         self._etags: dict[str, tuple[bytes, str]] = {}  # key → (the bytes it was computed for, etag)
         self._faults = _Faults(OPS | REQUESTS)
         self._ids = itertools.count(1)
@@ -263,7 +267,10 @@ class MemoryStore:
         known = self._etags.get(key)
         if known is not None and known[0] is data:
             return known[1]
-        return md5_etag(data)
+        return self._new_etag(data)
+
+    def _new_etag(self, data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:32] if self.opaque_etags else md5_etag(data)
 
     # -- plumbing ------------------------------------------------------------------------------
     def _enter(self, op: str, key: str) -> None:
@@ -285,7 +292,7 @@ class MemoryStore:
     def _store(self, key: str, data: bytes, etag: str | None = None) -> None:
         data = bytes(data)
         self.objects[key] = data
-        self._etags[key] = (data, etag or md5_etag(data))
+        self._etags[key] = (data, etag or self._new_etag(data))
 
     # -- request level (S3's rules; what S3Store's methods are made of) --------------------------
     def put_object(
@@ -424,20 +431,24 @@ class MemoryStore:
 
     # -- ObjectStore ---------------------------------------------------------------------------
     def put_if_absent(self, key: str, data: bytes) -> PutOutcome:
-        """As S3Store: conditional PUT; on 412 a HEAD tells our own earlier write (same MD5) from
-        someone else's. A lax server (``ignore_conditional_writes``) overwrites: CREATED."""
+        """As S3Store: :meth:`create`'s outcome."""
+        return self.create(key, data).outcome
+
+    def create(self, key: str, data: bytes) -> Created:
+        """As S3Store: conditional PUT with the ETag of the reply; on 412 our own earlier write
+        (same bytes) is told from someone else's as S3Store does it (:func:`same_object`). A lax
+        server (``ignore_conditional_writes``) overwrites: CREATED. Faults and ``on_op`` see it
+        as ``put_if_absent``."""
         with self._lock:
             self._enter("put_if_absent", key)
             try:
-                self.put_object(key, data, if_none_match=True)
+                etag = self.put_object(key, data, if_none_match=True)
                 self.stats.bytes_uploaded += len(data)
-                outcome = PutOutcome.CREATED
+                created = Created(PutOutcome.CREATED, etag)
             except PreconditionFailed:
-                info = self.head_object(key)
-                same = info is not None and info.etag == md5_etag(data)
-                outcome = PutOutcome.EXISTS_SAME if same else PutOutcome.EXISTS_OTHER
+                created = same_object(self, key, data)
             self._leave("put_if_absent")
-            return outcome
+            return created
 
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
         """As S3Store: PUT with ``If-Match``; False if the key is gone or has another ETag."""

@@ -131,7 +131,7 @@ class StagedPiece:
     ref: PieceRef
     layout: PieceLayout
     rows: int
-    etag: str | None = None  # as written (MD5 of the bytes); checked at roll time
+    etag: str | None = None  # as S3 reported it when written (None: unknown); checked at roll time
 
 
 @dataclass
@@ -939,8 +939,8 @@ class PartitionWorker:
         self._encode_s += self.clock() - t0
         key = self.layout.piece_key(self.topic, self.partition, f.start, from_pos, to_pos, f.bucket)
         faults.point("before_piece_put")
-        outcome = self.store.put_if_absent(key, data)
-        if outcome is PutOutcome.EXISTS_OTHER:
+        created = self.store.create(key, data)
+        if created.outcome is PutOutcome.EXISTS_OTHER:
             # Same range, same records (Kafka positions are immutable), other bytes: written by an
             # earlier owner with other options. Its rows are ours; use it as it is — unless its
             # identity differs from the file's, which a roll could not merge.
@@ -955,8 +955,10 @@ class PartitionWorker:
             self.log.warning("piece already existed with other bytes; keeping it", key=key)
             size, etag, rows = info.size, info.etag, layout.num_rows
         else:
+            # The ETag S3 gave (the MD5 is not it under SSE-KMS), for the roll's check that
+            # the piece is unchanged (_check_pieces); no MD5 of megabytes here.
             layout = piece_layout(data)
-            size, etag, rows = len(data), hashlib.md5(data).hexdigest(), table.num_rows
+            size, etag, rows = len(data), created.etag, table.num_rows
         ref = PieceRef(f.start, from_pos, to_pos, key, size, f.bucket)
         return StagedPiece(ref, layout, rows, etag), len(data)
 

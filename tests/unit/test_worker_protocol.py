@@ -255,6 +255,30 @@ def test_roll_refuses_a_piece_overwritten_after_it_was_written() -> None:
     assert finals(store) == []
 
 
+def test_etags_that_are_not_md5s_roll_and_still_catch_an_overwritten_piece() -> None:
+    """S3 with SSE-KMS gives ETags that are not the MD5 of the bytes. The roll compares each
+    piece's ETag with the one S3 gave when it was written, so files roll (a local MD5 would have
+    called every piece "changed") and an overwritten piece is still refused."""
+    store, positions = MemoryStore(), MemoryPositions()
+    store.opaque_etags = True
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    w.finish()
+    assert [t.num_rows for _, t in finals(store)] == [20]
+
+    store, positions = MemoryStore(), MemoryPositions()
+    store.opaque_etags = True
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    first = staged(store)[0]
+    store.objects[first] = store.objects[first][:-8] + b"\x00" * 8  # same size, other bytes
+    with pytest.raises(IntegrityError, match="changed after it was written"):
+        w.finish()
+    assert finals(store) == []
+
+
 # -- item 5: file identity ---------------------------------------------------------------------------
 def test_changed_kafka_columns_finish_the_old_file_with_its_own_schema() -> None:
     store, positions = MemoryStore(), MemoryPositions()
