@@ -18,6 +18,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 PEER_VENV = REPO / ".cache" / "bench-peer-venv"
+#: Ours runs with its runtime dependencies only, as the Docker image installs them; see
+#: :func:`bench.adapters.ensure_ours_venv`.
+OURS_VENV = REPO / ".cache" / "bench-ours-venv"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 

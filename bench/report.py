@@ -118,7 +118,7 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
         f"{result['run_id']}.json`; do not edit by hand._\n"
     )
     w("Rerun everything (a few minutes on 2 cores, against the local stack `dev/stack up`):\n")
-    w("```sh\npip install -e '.[dev,bench]'   # matplotlib; the Quix Streams peer gets its own venv (below)")
+    w("```sh\npip install -e '.[dev,bench]'   # matplotlib; ours and the Quix peer get own venvs (below)")
     w("python -m bench.run --all && python -m bench.soak && python -m bench.report")
     w("python -m bench.compare bench/results/A.json bench/results/B.json   # ratios b/a of every figure")
     w("```\n")
@@ -149,7 +149,8 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
         "both on the same machine as the consumers (they compete for the same 2 cores)"
     )
     w(f"- Command: `{result['command']}`; run id `{result['run_id']}`")
-    ours_args = (first_wl or {}).get("settings", {}).get("ours", {}).get("args")
+    ours_settings = (first_wl or {}).get("settings", {}).get("ours", {})
+    ours_args = ours_settings.get("args")
     from consumer.config import Config
 
     d = Config(bootstrap_servers="", group_id="", topics=("t",), output="s3://b/p")
@@ -157,6 +158,13 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
         f"- Ours: `python -m consumer run --until-caught-up` with {ours_args} "
         f"(defaults: row group {d.row_group_bytes >> 20} MiB, at most {d.row_group_rows:,} rows; "
         f"file {d.file_bytes >> 20} MiB; {d.compression}; Kafka columns {'/'.join(d.kafka_columns)})"
+        + (
+            ", in `.cache/bench-ours-venv`: a venv with its runtime dependencies only, "
+            "created by the harness at the dev venv's versions, as the Docker image installs them (the "
+            "dev extras would make pyarrow import numpy and structlog import rich at every start)"
+            if ours_settings.get("environment")
+            else ""
+        )
     )
     w(
         "- Method: each system is a subprocess; RSS and CPU of its process tree are sampled from "
