@@ -32,6 +32,8 @@ pyo3::create_exception!(_native, UnsupportedSchema, pyo3::exceptions::PyValueErr
 /// The decoding core, free of Python: used by the extension and by `cargo test`.
 pub struct Core {
     node: Node,
+    /// Leading top-level fields the structural walk reads ([`validate::walked_fields`]).
+    walked: usize,
     emitted: String,
     target: SchemaRef,
     inner: Option<AvroDecoder>,
@@ -62,7 +64,8 @@ impl Core {
     pub fn new(schema_json: &str, target: SchemaRef) -> Result<Self, String> {
         let node = schema::parse(schema_json).map_err(|e| e.to_string())?;
         let emitted = schema::emit(&node).to_string();
-        let mut core = Self { node, emitted, target, inner: None, batch_bytes: BATCH_BYTES };
+        let walked = validate::walked_fields(&node);
+        let mut core = Self { node, walked, emitted, target, inner: None, batch_bytes: BATCH_BYTES };
         core.inner = Some(core.build().map_err(|e| format!("unsupported by the native decoder: {e}"))?);
         // Self-check: an empty batch must convert to exactly the target schema.
         let (batches, _) = core.decode(&[], &[], 0)?;
@@ -135,9 +138,14 @@ impl Core {
         let mut bad: Bad = Vec::new();
         let mut good: Vec<usize> = Vec::with_capacity(n);
         for (i, &(s, e)) in spans.iter().enumerate() {
-            match validate::structure(&self.node, &raw[s..e]) {
+            match validate::structure_prefix(&self.node, self.walked, &raw[s..e]) {
                 Ok(()) => good.push(i),
-                Err(reason) => bad.push((i, format!("malformed Avro: {reason}"))),
+                // The walk skips UTF-8; the full check names the first fault, as fastavro does
+                // (a bad string before a bad branch index is the string).
+                Err(reason) => {
+                    let first = validate::validate(&self.node, &raw[s..e]).err().unwrap_or(reason);
+                    bad.push((i, format!("malformed Avro: {first}")));
+                }
             }
         }
         let batches = match self.decode_rows(raw, &spans, &good) {

@@ -1,14 +1,19 @@
 //! Walks one Avro body exactly as the writer schema says, without building anything, and says
-//! why it is malformed. Every body must pass before arrow-avro sees it: the batch decoder
-//! reports errors without a record number, accepts trailing bytes and decodes an invalid branch
-//! index of a `["null", T]` union as a value. Reasons follow fastavro's wording (the reference
-//! path) so dead letters read the same whichever decoder ran.
+//! why it is malformed. arrow-avro reports errors of a batch without a record number, accepts
+//! trailing bytes and decodes an invalid branch index of a `["null", T]` union as a value, so
+//! the hot path walks every body before arrow-avro sees it — as far as the last field holding
+//! something arrow-avro would accept wrongly ([`structure_prefix`]); a batch that still fails is
+//! checked record by record with the full [`validate`]. Reasons follow fastavro's wording (the
+//! reference path) so dead letters read the same whichever decoder ran.
 
 use crate::schema::Node;
 
 pub struct Cursor<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// A negative index the full check let through as fastavro does (see [`index`]): reported
+    /// only if nothing else is wrong with the body.
+    wrapped: bool,
 }
 
 fn eof(msg: &str) -> String {
@@ -17,7 +22,7 @@ fn eof(msg: &str) -> String {
 
 impl<'a> Cursor<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0 }
+        Self { buf, pos: 0, wrapped: false }
     }
 
     pub fn remaining(&self) -> usize {
@@ -186,13 +191,48 @@ fn parse_canonical_uuid(s: &[u8]) -> Option<[u8; 16]> {
     ok.then_some(out)
 }
 
+/// Python's `repr()` of a string, as its error messages quote one: single quotes unless the
+/// text holds one and no double quote; backslash escapes for quotes, `\\`, `\t`, `\n`, `\r`,
+/// and `\xNN` / `\uNNNN` / `\UNNNNNNNN` for control characters and spaces other than ' '
+/// (Python also escapes a few unassigned or format characters this does not know).
+pub fn py_repr(t: &str) -> String {
+    let quote = if t.contains('\'') && !t.contains('"') { '"' } else { '\'' };
+    let mut out = String::with_capacity(t.len() + 2);
+    out.push(quote);
+    for c in t.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c == quote => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() || (c.is_whitespace() && c != ' ') => {
+                let v = c as u32;
+                if v < 0x100 {
+                    out.push_str(&format!("\\x{v:02x}"));
+                } else if v < 0x10000 {
+                    out.push_str(&format!("\\u{v:04x}"));
+                } else {
+                    out.push_str(&format!("\\U{v:08x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push(quote);
+    out
+}
+
 fn parse_uuid_slow(s: &str) -> Result<[u8; 16], String> {
     let t = s.replace("urn:", "").replace("uuid:", "");
     let t = t.trim_matches(|c| c == '{' || c == '}').replace('-', "");
     if t.chars().count() != 32 {
         return Err(BAD_UUID.into());
     }
-    let invalid = || format!("ValueError: invalid literal for int() with base 16: '{t}'");
+    let invalid = || format!("ValueError: invalid literal for int() with base 16: {}", py_repr(&t));
     let mut d = t.trim_matches(|c: char| c.is_ascii_whitespace() || c == '\u{0b}');
     let mut negative = false;
     if let Some(rest) = d.strip_prefix('-') {
@@ -249,6 +289,59 @@ pub fn structure(node: &Node, body: &[u8]) -> Result<(), String> {
     check::<false>(node, body)
 }
 
+/// Whether the hot path's walk must read `node` before arrow-avro decodes it: it holds what
+/// arrow-avro accepts without an error (a union's branch index, a uuid string; see
+/// [`structure`]), or an array whose items can take no bytes, where a corrupt count would make
+/// the decoder loop without reading. Everything else arrow-avro checks itself (lengths, the end
+/// of the body, UTF-8 and enum indices when its batch is finished), and a batch that fails is
+/// checked again record by record with [`validate`].
+pub fn must_walk(node: &Node) -> bool {
+    match node {
+        Node::Union(_) | Node::Uuid => true,
+        Node::Record(fields) => fields.iter().any(|(_, f)| must_walk(f)),
+        Node::Array(items) => must_walk(items) || min_bytes(items) == 0,
+        Node::Map(values) => must_walk(values),
+        _ => false,
+    }
+}
+
+/// The fewest bytes a value of `node` takes.
+fn min_bytes(node: &Node) -> usize {
+    match node {
+        Node::Null => 0,
+        Node::Float => 4,
+        Node::Double => 8,
+        Node::Fixed(size, _) => *size,
+        Node::Record(fields) => fields.iter().map(|(_, f)| min_bytes(f)).sum(),
+        _ => 1, // a varint: a number, a length, a count, an index
+    }
+}
+
+/// How many leading fields of a top-level record the hot path walks: up to the last one that
+/// [`must_walk`]. On `page_view` that stops before the attributes map, most of the body.
+pub fn walked_fields(node: &Node) -> usize {
+    match node {
+        Node::Record(fields) => fields.iter().rposition(|(_, f)| must_walk(f)).map_or(0, |i| i + 1),
+        _ => 1,
+    }
+}
+
+/// [`structure`] over the first `fields` fields of a top-level record ([`walked_fields`]). When
+/// it stops before the end, the rest of the body, and that nothing follows it, are left to
+/// arrow-avro (the decoder compares the bytes it used with the body's length).
+pub fn structure_prefix(node: &Node, fields: usize, body: &[u8]) -> Result<(), String> {
+    match node {
+        Node::Record(all) if fields < all.len() => {
+            let mut c = Cursor::new(body);
+            for (_, f) in &all[..fields] {
+                walk::<false>(f, &mut c)?;
+            }
+            Ok(())
+        }
+        _ => structure(node, body),
+    }
+}
+
 fn check<const UTF8: bool>(node: &Node, body: &[u8]) -> Result<(), String> {
     let mut c = Cursor::new(body);
     walk::<UTF8>(node, &mut c)?;
@@ -256,17 +349,28 @@ fn check<const UTF8: bool>(node: &Node, body: &[u8]) -> Result<(), String> {
     if rest != 0 {
         return Err(format!("{rest} trailing bytes after the record (wrong schema?)"));
     }
+    if c.wrapped {
+        return Err(OUT_OF_RANGE.into());
+    }
     Ok(())
 }
 
-fn index(c: &mut Cursor<'_>, len: usize) -> Result<usize, String> {
+const OUT_OF_RANGE: &str = "IndexError: list index out of range";
+
+/// A union branch or enum symbol index. Outside `0..len` it is corrupt data and the record is
+/// rejected. fastavro indexes a Python list with it, so a negative one wraps (-1: the last) and
+/// fastavro reads on: the full check ([`validate`], which names the reason) does the same and
+/// names whatever fastavro trips over first, the index itself only if nothing else is wrong.
+fn index<const UTF8: bool>(c: &mut Cursor<'_>, len: usize) -> Result<usize, String> {
     let i = c.long()?;
-    // fastavro indexes a Python list here, so -1 would wrap to the last branch/symbol; an index
-    // outside 0..len is corrupt data either way and is rejected.
-    if i < 0 || i as u64 >= len as u64 {
-        return Err("IndexError: list index out of range".into());
+    if i >= 0 && (i as u64) < len as u64 {
+        return Ok(i as usize);
     }
-    Ok(i as usize)
+    if UTF8 && i < 0 && i.unsigned_abs() <= len as u64 {
+        c.wrapped = true;
+        return Ok(len - i.unsigned_abs() as usize);
+    }
+    Err(OUT_OF_RANGE.into())
 }
 
 fn blocks(c: &mut Cursor<'_>, mut each: impl FnMut(&mut Cursor<'_>) -> Result<(), String>) -> Result<(), String> {
@@ -304,7 +408,7 @@ fn walk<const UTF8: bool>(node: &Node, c: &mut Cursor<'_>) -> Result<(), String>
         Node::String => c.string_bytes::<UTF8>().map(|_| ()),
         Node::Uuid => c.uuid(),
         Node::Fixed(size, _) => c.take(*size as i64).map(|_| ()),
-        Node::Enum(symbols) => index(c, symbols.len()).map(|_| ()),
+        Node::Enum(symbols) => index::<UTF8>(c, symbols.len()).map(|_| ()),
         Node::Record(fields) => {
             for (_, f) in fields {
                 walk::<UTF8>(f, c)?;
@@ -317,7 +421,7 @@ fn walk<const UTF8: bool>(node: &Node, c: &mut Cursor<'_>) -> Result<(), String>
             walk::<UTF8>(values, c)
         }),
         Node::Union(branches) => {
-            let i = index(c, branches.len())?;
+            let i = index::<UTF8>(c, branches.len())?;
             walk::<UTF8>(&branches[i], c)
         }
     }
@@ -383,6 +487,15 @@ mod tests {
     }
 
     #[test]
+    fn strings_are_quoted_like_python_repr() {
+        assert_eq!(py_repr("ab"), "'ab'");
+        assert_eq!(py_repr("a\0b\x7f"), "'a\\x00b\\x7f'");
+        assert_eq!(py_repr("it's"), "\"it's\"");
+        assert_eq!(py_repr("'\""), "'\\'\"'");
+        assert_eq!(py_repr("\\\t\u{a0}é\u{2028}"), "'\\\\\\t\\xa0é\\u2028'");
+    }
+
+    #[test]
     fn uuid_parsing_follows_python() {
         let want: [u8; 16] = [
             0xf8, 0x1d, 0x4f, 0xae, 0x7d, 0xec, 0x11, 0xd0, 0xa7, 0x65, 0x00, 0xa0, 0xc9, 0x1e,
@@ -399,6 +512,40 @@ mod tests {
         }
         assert_eq!(parse_uuid("abcd").unwrap_err(), BAD_UUID);
         assert!(parse_uuid("g81d4fae-7dec-11d0-a765-00a0c91e6bf6").is_err());
+    }
+
+    #[test]
+    fn the_hot_walk_stops_after_the_last_field_arrow_avro_does_not_check() {
+        let n = parse(
+            r#"{"type":"record","name":"R","fields":[
+                {"name":"u","type":{"type":"string","logicalType":"uuid"}},
+                {"name":"n","type":["null","int"]},
+                {"name":"m","type":{"type":"map","values":"string"}},
+                {"name":"s","type":"string"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(walked_fields(&n), 2);
+        let good: &[u8] = b"\x40f81d4fae7dec11d0a76500a0c91e6bf6\x02\x04\x00\x02a";
+        assert_eq!(structure_prefix(&n, 2, good), Ok(()));
+        // a bad branch index is caught; what follows the walked fields is left to arrow-avro
+        let mut bad_branch = good.to_vec();
+        bad_branch[33] = 0x04;
+        assert!(structure_prefix(&n, 2, &bad_branch).unwrap_err().starts_with("IndexError"));
+        assert_eq!(structure_prefix(&n, 2, &[good, b"\x00"].concat()), Ok(()));
+        assert!(structure(&n, &[good, b"\x00"].concat()).is_err());
+        // every field walked: the whole check, trailing bytes included
+        assert!(structure_prefix(&n, 4, &[good, b"\x00"].concat()).is_err());
+        for (schema, walked) in [
+            (r#"[{"name":"a","type":"string"},{"name":"b","type":{"type":"map","values":"long"}}]"#, 0),
+            (r#"[{"name":"a","type":{"type":"map","values":["null","long"]}},{"name":"b","type":"long"}]"#, 1),
+        ] {
+            let n = parse(&format!(r#"{{"type":"record","name":"R","fields":{schema}}}"#)).unwrap();
+            assert_eq!(walked_fields(&n), walked, "{schema}");
+        }
+        // items of no bytes (the schema parser refuses them today): a corrupt count must be
+        // walked, not handed to a decoder that would loop without reading
+        assert!(must_walk(&Node::Array(Box::new(Node::Null))));
+        assert!(!must_walk(&Node::Array(Box::new(Node::Long(None)))));
     }
 
     #[test]
