@@ -275,7 +275,7 @@ class Arena:
         end = self._raw_len + n
         if end > len(self._raw):
             self._grow(end)
-        self._raw[self._raw_len : end] = body
+        memoryview(self._raw)[self._raw_len : end] = body  # see _take_run
         i = self._pending
         self._ends[i] = end
         self._offsets[i] = offset
@@ -376,7 +376,10 @@ class Arena:
         end = start + len(data)
         if end > len(self._raw):
             self._grow(end)
-        self._raw[start:end] = data
+        # Through a memoryview: a bytearray slice assigned from anything but a bytearray first
+        # copies it into a temporary bytearray (CPython), one more copy of every body. The raw
+        # buffer was grown to ``end`` above, so the slice has exactly ``data``'s length.
+        memoryview(self._raw)[start:end] = data
         p = self._pending
         self._ends[p : p + n] = ends
         self._offsets[p : p + n] = array.array("q", offsets)

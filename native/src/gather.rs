@@ -154,11 +154,18 @@ pub fn gather<'py>(
         values.push(value);
     }
     let bodies: Vec<&[u8]> = values.iter().map(|v| &v.as_bytes()[strip..]).collect();
-    let mut ends = Vec::new();
-    let data = PyBytes::new_with(py, bodies.iter().map(|b| b.len()).sum(), |buf| {
-        ends = join(buf, &bodies, base);
-        Ok(())
-    })?;
+    let total: usize = bodies.iter().map(|b| b.len()).sum();
+    // SAFETY: PyBytes_FromStringAndSize(NULL, n) returns a new bytes object of n uninitialised
+    // bytes (or NULL with an exception set), which may be written until it is shared; `join`
+    // fills all n of them before the object is handed out. (PyBytes::new_with would zero them
+    // first: one more pass over every body.)
+    let (data, ends) = unsafe {
+        let ptr = ffi::PyBytes_FromStringAndSize(std::ptr::null(), total as ffi::Py_ssize_t);
+        let data = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyBytes>();
+        let buf = std::slice::from_raw_parts_mut(ffi::PyBytes_AsString(ptr) as *mut u8, total);
+        let ends = join(buf, &bodies, base);
+        (data, ends)
+    };
     drop(bodies);
     drop(values);
     let mut offsets = Vec::with_capacity(8 * n);
