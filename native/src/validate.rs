@@ -290,19 +290,27 @@ pub fn structure(node: &Node, body: &[u8]) -> Result<(), String> {
 }
 
 /// Whether the hot path's walk must read `node` before arrow-avro decodes it: it holds what
-/// arrow-avro accepts without an error (a union's branch index, a uuid string; see
+/// arrow-avro accepts without an error (the branch index of a nullable union, a uuid string; see
 /// [`structure`]), or an array whose items can take no bytes, where a corrupt count would make
 /// the decoder loop without reading. Everything else arrow-avro checks itself (lengths, the end
-/// of the body, UTF-8 and enum indices when its batch is finished), and a batch that fails is
-/// checked again record by record with [`validate`].
+/// of the body, the branch index of any other union, UTF-8 and enum indices when its batch is
+/// finished), and a batch that fails is checked again record by record with [`validate`].
 pub fn must_walk(node: &Node) -> bool {
     match node {
-        Node::Union(_) | Node::Uuid => true,
+        Node::Uuid => true,
+        Node::Union(branches) => nullable_pair(branches) || branches.iter().any(must_walk),
         Node::Record(fields) => fields.iter().any(|(_, f)| must_walk(f)),
         Node::Array(items) => must_walk(items) || min_bytes(items) == 0,
         Node::Map(values) => must_walk(values),
         _ => false,
     }
+}
+
+/// A union of `null` and one other type. arrow-avro decodes it as a nullable column and reads
+/// its branch index as "null or not": an index out of range silently becomes a value. Any other
+/// union it decodes as a union, and it rejects an index out of range (or negative) itself.
+fn nullable_pair(branches: &[Node]) -> bool {
+    branches.len() == 2 && branches.iter().any(|b| matches!(b, Node::Null))
 }
 
 /// The fewest bytes a value of `node` takes.
@@ -538,6 +546,12 @@ mod tests {
         for (schema, walked) in [
             (r#"[{"name":"a","type":"string"},{"name":"b","type":{"type":"map","values":"long"}}]"#, 0),
             (r#"[{"name":"a","type":{"type":"map","values":["null","long"]}},{"name":"b","type":"long"}]"#, 1),
+            // a general union: arrow-avro checks its branch index, nothing to walk ...
+            (r#"[{"name":"a","type":{"type":"map","values":["null","long","string"]}},{"name":"b","type":"long"}]"#, 0),
+            (r#"[{"name":"a","type":["long","string"]},{"name":"b","type":"long"}]"#, 0),
+            // ... unless a branch holds something that must be walked
+            (r#"[{"name":"a","type":["long",{"type":"array","items":["null","int"]}]},{"name":"b","type":"long"}]"#, 1),
+            (r#"[{"name":"a","type":"long"},{"name":"b","type":["long","null"]}]"#, 2),
         ] {
             let n = parse(&format!(r#"{{"type":"record","name":"R","fields":{schema}}}"#)).unwrap();
             assert_eq!(walked_fields(&n), walked, "{schema}");

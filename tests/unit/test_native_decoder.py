@@ -447,6 +447,28 @@ def test_malformed_bodies_go_to_the_same_dead_letters_with_the_same_reasons() ->
     assert bad[0][1] == "malformed Avro: 2 trailing bytes after the record (wrong schema?)"
 
 
+def test_a_general_union_is_left_to_arrow_avro_and_still_rejected_like_fastavro() -> None:
+    """The hot path's walk reads a nullable pair's branch index (arrow-avro would take a bad one
+    as "not null") but not a general union's: arrow-avro rejects an index out of range itself,
+    and a batch it fails is checked record by record. Here a general union inside a map, the
+    `metrics` shape, where nothing is walked at all."""
+    avro = {
+        "type": "record",
+        "name": "W",
+        "fields": [{"name": "m", "type": {"type": "map", "values": ["null", "long", "string"]}}],
+    }
+    good = encode(avro, [{"m": {"a": 1, "b": "x", "c": None}}])[0]
+    out_of_range = b"\x02\x02a\x06\x00"  # one entry, branch 3 of 3
+    far_out = b"\x02\x02a\x80\x01\x00"  # branch 64
+    bad = assert_same_decoding(avro, [good, out_of_range, good, far_out, good])
+    assert [i for i, _ in bad] == [1, 3]
+    # A negative index: fastavro wraps it (-1: the last branch, a string here) and reads on; the
+    # native path rejects the record as corrupt, with fastavro's IndexError wording.
+    negative = b"\x02\x02a\x01\x02x\x00"
+    assert python_way(avro, [good, negative])[1] == []
+    assert native_way(avro, [good, negative])[1] == [(1, "malformed Avro: IndexError: list index out of range")]
+
+
 def test_invalid_utf8_the_structural_walk_leaves_to_arrow_is_still_named_like_fastavro() -> None:
     """The hot path's walk does not check UTF-8 (arrow-avro checks each string column at once):
     a bad string anywhere — split so that neighbouring strings concatenate to valid UTF-8, in a
@@ -520,7 +542,7 @@ def test_truncated_and_extended_sample_bodies(name: str, seed: int, data: st.Dat
 @given(st.sampled_from(samples.schema_names()), st.integers(0, 2**32), st.data())
 def test_sample_bodies_with_changed_bytes(name: str, seed: int, data: st.DataObject) -> None:
     """Bytes changed anywhere in a body, the tail included: the hot path's walk stops after the
-    last field arrow-avro would accept wrongly (a union branch, a uuid), so a corrupt map or
+    last field arrow-avro would accept wrongly (a nullable union's branch, a uuid), so a corrupt map or
     string after it reaches arrow-avro; both paths still send the same records to dead letters
     and decode the rest identically.
 
