@@ -6,12 +6,12 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::Int32Type;
+use arrow_array::types::{ArrowPrimitiveType, Int32Type};
 use arrow_array::{
-    make_array, Array, ArrayRef, DictionaryArray, FixedSizeBinaryArray, ListArray, MapArray,
-    NullArray, RecordBatch, StructArray,
+    make_array, Array, ArrayRef, BooleanArray, DictionaryArray, FixedSizeBinaryArray, ListArray,
+    MapArray, NullArray, PrimitiveArray, RecordBatch, StringArray, StructArray,
 };
-use arrow_buffer::{Buffer, NullBuffer};
+use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_data::transform::MutableArrayData;
 use arrow_schema::{DataType, SchemaRef};
 
@@ -40,9 +40,97 @@ pub fn batch(node: &Node, decoded: &RecordBatch, target: &SchemaRef) -> R<Record
     RecordBatch::try_new_with_options(target.clone(), cols, &opts).map_err(e)
 }
 
-/// The rows of a dense union's child `j` spread over the union's length, null elsewhere: runs of
-/// consecutive rows are copied at once (a dense union's child rows are in row order).
+/// The rows of a dense union's child `j` spread over the union's length, null elsewhere.
+///
+/// Primitive, boolean and string children (a metric value's `long`, `double`, `boolean`,
+/// `string`) are spread row by row into new buffers; branches of a busy union alternate every
+/// row or two, where copying runs with `MutableArrayData` cost a call per run and per buffer.
+/// Any other child is copied in runs of consecutive rows (a dense union's child rows are in row
+/// order).
 fn spread(child: &ArrayRef, type_ids: &[i8], offsets: &[i32], j: i8) -> R<ArrayRef> {
+    let rows = Rows { type_ids, offsets, j };
+    let child = child.as_ref();
+    Ok(arrow_array::downcast_primitive_array!(
+        child => Arc::new(spread_primitive(child, &rows)),
+        DataType::Boolean => Arc::new(spread_boolean(child.as_boolean(), &rows)),
+        DataType::Utf8 => Arc::new(spread_utf8(child.as_string::<i32>(), &rows)?),
+        _ => spread_runs(child, &rows)?,
+    ))
+}
+
+/// Where a dense union's child `j` has its rows: row `i` is the child's row `offsets[i]` when
+/// `type_ids[i] == j`.
+struct Rows<'a> {
+    type_ids: &'a [i8],
+    offsets: &'a [i32],
+    j: i8,
+}
+
+impl Rows<'_> {
+    /// For every union row: the child's row, or None where another branch holds the row.
+    fn each(&self) -> impl Iterator<Item = Option<usize>> + '_ {
+        self.type_ids
+            .iter()
+            .zip(self.offsets)
+            .map(move |(&t, &o)| (t == self.j).then_some(o as usize))
+    }
+}
+
+fn spread_primitive<T: ArrowPrimitiveType>(child: &PrimitiveArray<T>, rows: &Rows) -> PrimitiveArray<T> {
+    let n = rows.type_ids.len();
+    let values = child.values();
+    let mut out = Vec::with_capacity(n);
+    let mut valid = BooleanBufferBuilder::new(n);
+    for row in rows.each() {
+        match row {
+            Some(o) => {
+                out.push(values[o]);
+                valid.append(child.is_valid(o));
+            }
+            None => {
+                out.push(T::Native::default());
+                valid.append(false);
+            }
+        }
+    }
+    PrimitiveArray::<T>::new(out.into(), Some(NullBuffer::new(valid.finish()))).with_data_type(child.data_type().clone())
+}
+
+fn spread_boolean(child: &BooleanArray, rows: &Rows) -> BooleanArray {
+    let n = rows.type_ids.len();
+    let mut out = BooleanBufferBuilder::new(n);
+    let mut valid = BooleanBufferBuilder::new(n);
+    for row in rows.each() {
+        out.append(row.is_some_and(|o| child.value(o)));
+        valid.append(row.is_some_and(|o| child.is_valid(o)));
+    }
+    BooleanArray::new(out.finish(), Some(NullBuffer::new(valid.finish())))
+}
+
+fn spread_utf8(child: &StringArray, rows: &Rows) -> R<StringArray> {
+    let n = rows.type_ids.len();
+    let mut ends = Vec::with_capacity(n + 1);
+    ends.push(0i32);
+    let mut bytes = Vec::with_capacity(child.value_data().len());
+    let mut valid = BooleanBufferBuilder::new(n);
+    for row in rows.each() {
+        match row {
+            Some(o) => {
+                bytes.extend_from_slice(child.value(o).as_bytes());
+                valid.append(child.is_valid(o));
+            }
+            None => valid.append(false),
+        }
+        ends.push(i32::try_from(bytes.len()).map_err(e)?);
+    }
+    // Whole values of a valid string array, copied in order: still valid UTF-8 on boundaries.
+    let offsets = OffsetBuffer::new(ScalarBuffer::from(ends));
+    // SAFETY: see above; the offsets are monotonic and end at `bytes.len()`.
+    Ok(unsafe { StringArray::new_unchecked(offsets, Buffer::from_vec(bytes), Some(NullBuffer::new(valid.finish()))) })
+}
+
+fn spread_runs(child: &dyn Array, rows: &Rows) -> R<ArrayRef> {
+    let (type_ids, offsets, j) = (rows.type_ids, rows.offsets, rows.j);
     let data = child.to_data();
     let mut out = MutableArrayData::new(vec![&data], true, type_ids.len());
     let mut i = 0;
@@ -255,5 +343,35 @@ mod tests {
         let f = out.as_fixed_size_binary();
         assert_eq!(f.value(0)[15], 1);
         assert!(f.is_null(1));
+    }
+
+    #[test]
+    fn each_spread_equals_copying_runs() {
+        use arrow_array::{BooleanArray, Float64Array, Int64Array, TimestampMicrosecondArray};
+        // Union rows over 3 branches, in an order with runs and alternations; child rows in order.
+        let type_ids: Vec<i8> = vec![0, 0, 1, 2, 0, 1, 1, 1, 2, 0, 2, 2, 0];
+        let mut counts = [0i32; 3];
+        let offsets: Vec<i32> = type_ids
+            .iter()
+            .map(|&t| {
+                counts[t as usize] += 1;
+                counts[t as usize] - 1
+            })
+            .collect();
+        let long: ArrayRef = Arc::new(Int64Array::from(vec![Some(1), None, Some(3), Some(4), Some(5)]));
+        let ts: ArrayRef = Arc::new(
+            TimestampMicrosecondArray::from(vec![Some(1), Some(2), None, Some(4), Some(5), Some(6)]).with_timezone("UTC"),
+        );
+        let dbl: ArrayRef = Arc::new(Float64Array::from(vec![1.5, 2.5, 3.5, 4.5, 5.5, 6.5, 7.5]).slice(2, 4));
+        let b: ArrayRef = Arc::new(BooleanArray::from(vec![Some(true), None, Some(false), Some(true)]));
+        let st: ArrayRef = Arc::new(StringArray::from(vec![Some("a"), Some(""), None, Some("dé"), Some("xyz")]).slice(1, 4));
+        for (child, j) in [(long, 0i8), (ts, 1), (dbl, 2), (b, 2), (st, 2)] {
+            let rows = Rows { type_ids: &type_ids, offsets: &offsets, j };
+            let want = spread_runs(child.as_ref(), &rows).unwrap();
+            let got = spread(&child, &type_ids, &offsets, j).unwrap();
+            got.to_data().validate_full().unwrap();
+            assert_eq!(got.data_type(), child.data_type());
+            assert_eq!(&got, &want, "{}", child.data_type());
+        }
     }
 }
