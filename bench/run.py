@@ -365,7 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ap.add_argument("--all", action="store_true", help="every workload, the stage profile and live latency")
     ap.add_argument(
-        "--records", type=int, help="records per workload (default: small 100k, wide 20k, nested 50k)"
+        "--records", type=int, help="records per workload (default: small 1M, wide 200k, nested 200k)"
     )
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
