@@ -46,8 +46,7 @@ type Gathered<'py> = (
 /// For an object of the type the first one had, whose method is a C method taking no arguments
 /// (confluent-kafka's `Message`), the C function is called directly, as the interpreter's own
 /// specialised call does; anything else (a test double, a subclass) goes through an ordinary
-/// method call. The calls and their results are the same either way: only the lookup is saved,
-/// which was about half of what reading a message's fields cost.
+/// method call. The calls and their results are the same either way: only the lookup is saved.
 struct Methods<'py, const N: usize> {
     py: Python<'py>,
     names: [Bound<'py, PyString>; N],
@@ -210,13 +209,15 @@ pub fn gather<'py>(
 pub fn partition_runs<'py>(py: Python<'py>, msgs: &Bound<'py, PyList>) -> PyResult<Option<Bound<'py, PyList>>> {
     let out = PyList::empty(py);
     let first = if msgs.is_empty() { None } else { Some(msgs.get_item(0)?) };
+    const ERROR: usize = 0;
+    const PARTITION: usize = 1;
     let m = Methods::new(py, ["error", "partition"], first.as_ref());
     let mut current: Option<(i64, usize, usize)> = None; // (partition, start, bytes)
     for (i, msg) in msgs.iter().enumerate() {
-        if !m.call(&msg, 0)?.is_none() {
+        if !m.call(&msg, ERROR)?.is_none() {
             return Ok(None);
         }
-        let partition: i64 = m.call(&msg, 1)?.extract()?;
+        let partition: i64 = m.call(&msg, PARTITION)?.extract()?;
         let size = msg.len()?;
         current = match current {
             Some((p, s, b)) if p == partition => Some((p, s, b + size)),
