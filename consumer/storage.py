@@ -145,7 +145,7 @@ class ObjectStore(Protocol):
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool: ...
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes: ...
     def head(self, key: str) -> ObjectInfo | None: ...
-    def list(self, prefix: str) -> list[ObjectInfo]: ...
+    def list(self, prefix: str, start_after: str = "") -> list[ObjectInfo]: ...
     def delete(self, keys: Sequence[str]) -> None: ...
     def compose(self, key: str, segments: Sequence[Segment]) -> PutOutcome: ...
     def abort_uploads(self, key: str) -> int: ...
@@ -423,13 +423,17 @@ class S3Store:
             raise
         return ObjectInfo(key, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'))
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
+    def list(self, prefix: str, start_after: str = "") -> list[ObjectInfo]:
+        """Every object under ``prefix`` (after the key ``start_after``, if given), sorted by key;
+        one request per 1,000 keys."""
         out: list[ObjectInfo] = []
         token: str | None = None
         while True:
             kwargs: dict[str, Any] = {"Prefix": prefix, "MaxKeys": 1000}
             if token:
                 kwargs["ContinuationToken"] = token
+            elif start_after:
+                kwargs["StartAfter"] = start_after
             r = self._call("list_objects_v2", **kwargs)
             for o in r.get("Contents", []) or []:
                 out.append(ObjectInfo(o["Key"], int(o["Size"]), str(o.get("ETag", "")).strip('"')))

@@ -481,13 +481,14 @@ class MemoryStore:
             self._leave("head")
             return info
 
-    def list(self, prefix: str) -> list[ObjectInfo]:
-        """Every object under ``prefix``, sorted by key, one request per 1000 keys (as S3Store)."""
+    def list(self, prefix: str, start_after: str = "") -> list[ObjectInfo]:
+        """Every object under ``prefix`` after ``start_after``, sorted by key, one request per 1000
+        keys (as S3Store)."""
         with self._lock:
             self._enter("list", prefix)
             out: list[ObjectInfo] = []
             while True:
-                page = self.list_objects_v2(prefix, out[-1].key if out else "")
+                page = self.list_objects_v2(prefix, out[-1].key if out else start_after)
                 out.extend(page)
                 if len(page) < 1000:
                     break

@@ -43,7 +43,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import methodcaller
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 
@@ -217,7 +217,11 @@ class PartitionWorker:
         self.row_groups = 0
         self.files_rolled = 0
         self.counters = shared.counters.setdefault((topic, partition), PartitionCounters())
-        self._final_ends: dict[tuple[str, int], int] = {}  # final files' (bucket, start) → end
+        # Final files read or written this assignment, both bounded (_remember): the end of a
+        # (bucket, start), and per bucket the newest start known to exist, from which a roll's
+        # overlap check lists instead of listing the partition's whole history.
+        self._final_ends: dict[tuple[str, int], int] = {}
+        self._newest_final: dict[str, int] = {}
 
         # Records held back while the registry is unreachable for an unseen schema id: kept in
         # order, uncommitted, and appended again by retry_waiting (see the runner's pause).
@@ -275,7 +279,7 @@ class PartitionWorker:
         if self.bucketing is not None:
             return self._recover_bucketed(t0, committed, pieces, markers, dead, etags)
         finals = self._final_starts()
-        last_end = self._final_range(max(finals))[1] if finals else None
+        last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
         plan = plan_recovery(committed, pieces, markers, dead, finals, last_end, where=self.where)
         for note in plan.notes:
             self.log.warning(note)
@@ -344,7 +348,8 @@ class PartitionWorker:
         finals: dict[str, tuple[set[int], int | None]] = {}
         for bucket in {p.bucket for p in pieces} | {m.bucket for m in markers}:
             starts = self._final_starts(bucket)
-            finals[bucket] = (set(starts), self._final_range(max(starts), bucket)[1] if starts else None)
+            last = self._final_range(self._note_final(bucket, max(starts)), bucket)[1] if starts else None
+            finals[bucket] = (set(starts), last)
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where)
         for note in plan.notes:
             self.log.warning(note)
@@ -394,13 +399,40 @@ class PartitionWorker:
                          late=first_meta.get(BUCKET_LATE_KEY) == "1",
                          reader_id=int(reader_id) if reader_id and reader_id.isdigit() else None)
 
-    def _final_starts(self, bucket: str = "") -> list[int]:
+    def _final_starts(self, bucket: str = "", after: int | None = None) -> list[int]:
+        """First positions of the partition's (bucket's) final files; only those from ``after`` on
+        when given (names sort by position: one LIST from there, not one per 1,000 older files)."""
+        start_after = ""
+        if after:
+            start_after = self.layout.final_key(self.topic, self.partition, after - 1, bucket)
         out = []
-        for o in self.store.list(self.layout.partition_dir(self.topic, self.partition, bucket)):
+        listing = self.store.list(self.layout.partition_dir(self.topic, self.partition, bucket), start_after)
+        for o in listing:
             parsed = self.layout.parse_final_name(o.key)
             if parsed is not None and parsed[1] == self.partition:
                 out.append(parsed[2])
         return out
+
+    def _final_starts_near(self, start: int, bucket: str = "") -> list[int]:
+        """The final starts a file from ``start`` must be checked against: the greatest one below
+        ``start`` and every one above it.
+
+        Listed from the newest final file this assignment knows (recovery's listing, or our own
+        roll), if that one still exists and lies below ``start``: then nothing older can be the
+        greatest below ``start``, and a roll costs one LIST however long the partition's history.
+        Otherwise (the first roll of a bucket, a known file gone) the whole folder is listed."""
+        known = self._newest_final.get(bucket)
+        if known is not None and known < start:
+            starts = self._final_starts(bucket, after=known)
+            if known in starts:
+                return starts
+        return self._final_starts(bucket)
+
+    def _note_final(self, bucket: str, start: int) -> int:
+        """Remember that a final file starting at ``start`` exists in ``bucket``; returns ``start``."""
+        known = self._newest_final.get(bucket)
+        _remember(self._newest_final, bucket, start if known is None else max(known, start))
+        return start
 
     def _final_range(self, start: int, bucket: str = "") -> tuple[int, int]:
         """[from, to) of a final file, from its footer (cached: final files never change)."""
@@ -416,7 +448,7 @@ class PartitionWorker:
                 f"final file {key} has no readable Kafka position range in its footer ({exc}); "
                 "the prefix holds a file this consumer did not write: use another --output prefix"
             ) from exc
-        self._final_ends[(bucket, start)] = end
+        _remember(self._final_ends, (bucket, start), end)
         return start, end
 
     def _load_piece(self, ref: PieceRef, etag: str | None = None) -> StagedPiece:
@@ -1081,7 +1113,7 @@ class PartitionWorker:
 
     def _check_no_overlap(self, start: int, end: int, bucket: str = "") -> None:
         """No other final file of the partition (of the bucket) may hold any position of [start, end)."""
-        starts = sorted(s for s in self._final_starts(bucket) if s != start)
+        starts = sorted(s for s in self._final_starts_near(start, bucket) if s != start)
         inside = [s for s in starts if start < s < end]
         before = [s for s in starts if s < start]
         clash: tuple[int, int] | None = None
@@ -1160,7 +1192,8 @@ class PartitionWorker:
             )
         if outcome is PutOutcome.CREATED and info.size != expected_size:
             raise IntegrityError(f"final file {final_key} is {info.size} bytes, expected {expected_size}")
-        self._final_ends[(f.bucket, f.start)] = end
+        _remember(self._final_ends, (f.bucket, f.start), end)
+        self._note_final(f.bucket, f.start)
         if listing:
             self.store.delete(list(listing))
         faults.point("after_piece_delete")
@@ -1212,3 +1245,18 @@ def _identity_of(layout: PieceLayout) -> str | None:
 
 def _missing(key: str) -> Any:
     raise FileNotFoundError(f"expected object {key} is missing")
+
+
+#: How many buckets (final-file ends) a worker remembers: a long-running worker rolls without end,
+#: and under --partition-by opens a new bucket every hour or day, so the caches must not grow.
+_REMEMBERED = 64
+
+_K = TypeVar("_K")
+
+
+def _remember(cache: dict[_K, int], key: _K, value: int) -> None:
+    """Set ``cache[key]``, forgetting the least recently set entry beyond :data:`_REMEMBERED`."""
+    cache.pop(key, None)
+    cache[key] = value
+    if len(cache) > _REMEMBERED:
+        del cache[next(iter(cache))]

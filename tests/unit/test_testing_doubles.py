@@ -277,6 +277,19 @@ def test_list_is_sorted_with_sizes_and_etags_and_delete_ignores_missing(backend:
     s.delete([backend.prefix.rstrip("/") + "-sibling"])
 
 
+def test_list_after_a_key_returns_the_later_keys_over_pages(backend: Backend) -> None:
+    """``start_after`` (S3's StartAfter) on the names final files have: a roll lists from the
+    newest final file it knows. 1,005 keys: the answer spans two pages."""
+    s, p = backend.store, backend.prefix
+    names = [f"t+0+{i * 7:020d}.parquet" for i in range(1_005)]
+    for n in names:
+        s.put_if_absent(p + n, b"")
+    assert [o.key[len(p) :] for o in s.list(p, p + names[2])] == names[3:]
+    assert [o.key[len(p) :] for o in s.list(p, p + f"t+0+{15:020d}.parquet")] == names[3:]
+    assert s.list(p, p + names[-1]) == []
+    assert len(s.list(p, "")) == 1_005
+
+
 def test_compose_is_byte_exact_and_copies_large_ranges_server_side(backend: Backend) -> None:
     s, p = backend.store, backend.prefix
     a, b = os.urandom(12 * MiB), os.urandom(3 * MiB)

@@ -536,3 +536,65 @@ def test_a_member_frozen_inside_its_roll_accepts_the_roll_another_finished() -> 
     store.on_op = new_owner_finishes_first
     w.finish()
     assert done and final_offsets(store) == list(range(20)) and staged(store) == []
+
+
+# -- a long history: a roll lists from the newest final file it knows, not the whole folder --------
+def partition_dir_listings(store: MemoryStore) -> list[str]:
+    """Record the partition folder's LIST requests (one per page) from now on."""
+    seen: list[str] = []
+    store.on_op = lambda op, key: seen.append(key) if op == "list_objects_v2" and key == "out/topic=t/partition=0/" else None
+    return seen
+
+
+def test_rolls_after_a_long_history_list_one_page_each() -> None:
+    """2,500 older final files (3 pages): recovery lists them once; each later roll one page."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions)
+    w.recover()
+    run(w, range(30))
+    real = store.objects[LAYOUT.final_key("t", 0, 0)]  # [0, 30)
+    for i in range(1, 2_500):  # only the newest file below a roll is read: [0, 30) each
+        store.objects[LAYOUT.final_key("t", 0, i)] = real
+    positions.reset("t", 0, 10_000)
+    listings = partition_dir_listings(store)
+    w = make_worker(store, positions)
+    w.recover()  # a new assignment: the whole folder, once
+    assert len(listings) == 3
+    run(w, range(10_000, 10_120))  # four rolls of 30 rows
+    assert len(listings) == 3 + 4
+    assert final_offsets(store)[-120:] == list(range(10_000, 10_120))
+
+
+def test_a_final_file_written_by_someone_else_after_recovery_is_still_refused_at_roll() -> None:
+    """The one-page LIST still sees files that appeared since recovery: one starting inside the
+    range being rolled, and one starting below it that reaches into it."""
+    for other_range in (range(40, 50), range(20, 35)):
+        store, positions = MemoryStore(), MemoryPositions()
+        w = make_worker(store, positions)
+        w.recover()
+        run(w, range(30))  # rolled [0, 30): the newest final file this worker knows
+        elsewhere, other_positions = MemoryStore(), MemoryPositions()
+        other_positions.reset("t", 0, other_range.start)
+        other = make_worker(elsewhere, other_positions, replace(BASE, file_rows=None))
+        other.recover()
+        run(other, other_range)
+        other.finish()  # another run's file, copied into this prefix
+        key = LAYOUT.final_key("t", 0, other_range.start)
+        store.objects[key] = elsewhere.objects[key]
+        with pytest.raises(IntegrityError, match="overlap"):
+            run(w, range(30, 60))
+        assert LAYOUT.final_key("t", 0, 30) not in store.objects
+
+
+def test_a_roll_lists_the_whole_folder_when_the_known_final_file_is_gone() -> None:
+    """Someone removed the newest final file (a lifecycle rule, by hand): the roll cannot start
+    its LIST from there, lists everything and rolls on."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions)
+    w.recover()
+    run(w, range(60))  # [0, 30) and [30, 60)
+    del store.objects[LAYOUT.final_key("t", 0, 30)]
+    listings = partition_dir_listings(store)
+    run(w, range(60, 90))
+    assert len(listings) == 2  # the page from the known file, which lacks it; then the whole folder
+    assert final_offsets(store) == [*range(30), *range(60, 90)]
