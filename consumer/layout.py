@@ -134,6 +134,19 @@ class Layout:
         m = _ROLLED_RE.match(key.rsplit("/", 1)[-1])
         return int(m["end"]) if m else None
 
+    def newest_final_dir(self, topic: str, partition: int) -> str:
+        """Where the plain layout names its newest final file (one object: ``<file start>``), so
+        that recovery lists the final folder from there instead of from the beginning."""
+        return self._join("_newest_final", f"topic={topic}", f"partition={partition}") + "/"
+
+    def newest_final_key(self, topic: str, partition: int, file_start: int) -> str:
+        return self.newest_final_dir(topic, partition) + f"{file_start:020d}"
+
+    @staticmethod
+    def parse_newest_final(key: str) -> int | None:
+        m = _ROLLED_RE.match(key.rsplit("/", 1)[-1])  # the same 20-digit name: a position
+        return int(m["end"]) if m else None
+
     def parse_staging_key(
         self, topic: str, partition: int, key: str, size: int = 0
     ) -> PieceRef | RollMarker | None:

@@ -222,6 +222,7 @@ class PartitionWorker:
         # overlap check lists instead of listing the partition's whole history.
         self._final_ends: dict[tuple[str, int], int] = {}
         self._newest_final: dict[str, int] = {}
+        self._named_newest: list[str] = []  # keys under Layout.newest_final_dir (plain layout)
 
         # Records held back while the registry is unreachable for an unseen schema id: kept in
         # order, uncommitted, and appended again by retry_waiting (see the runner's pause).
@@ -278,7 +279,7 @@ class PartitionWorker:
             raise UsageError(f"{self.where}: {problem}")
         if self.bucketing is not None:
             return self._recover_bucketed(t0, committed, pieces, markers, dead, etags)
-        finals = self._final_starts()
+        finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
         plan = plan_recovery(committed, pieces, markers, dead, finals, last_end, where=self.where)
         for note in plan.notes:
@@ -412,6 +413,37 @@ class PartitionWorker:
             if parsed is not None and parsed[1] == self.partition:
                 out.append(parsed[2])
         return out
+
+    def _recovery_final_starts(self, staged: set[int]) -> list[int]:
+        """The final starts plain-layout recovery needs: the newest one (for the end it checks the
+        committed position against) and any that ``staged`` files (pieces, markers) have.
+
+        Listed from the newest final file named in :meth:`Layout.newest_final_dir` if that file
+        still exists — one LIST however long the partition's history — plus a HEAD per staged file
+        older than it (rare: leftovers). Without a usable name, the whole folder is listed."""
+        listed = self.store.list(self.layout.newest_final_dir(self.topic, self.partition))
+        self._named_newest = [o.key for o in listed]
+        named = [s for o in listed if (s := self.layout.parse_newest_final(o.key)) is not None]
+        if named:
+            newest = max(named)
+            starts = self._final_starts(after=newest)
+            if newest in starts:
+                older = (s for s in sorted(staged) if s < newest)
+                return [s for s in older if self.store.head(self._final_key(s)) is not None] + starts
+        return self._final_starts()
+
+    def _name_newest_final(self, start: int) -> None:
+        """After a plain-layout roll: name its file as the newest final one for later recoveries,
+        then remove the names before it (a crash between leaves two: recovery takes the newest)."""
+        key = self.layout.newest_final_key(self.topic, self.partition, start)
+        self.store.put_if_absent(key, b"")
+        older = [k for k in self._named_newest if k != key]
+        self._named_newest = [key]
+        if older:
+            self.store.delete(older)
+
+    def _final_key(self, start: int, bucket: str = "") -> str:
+        return self.layout.final_key(self.topic, self.partition, start, bucket)
 
     def _final_starts_near(self, start: int, bucket: str = "") -> list[int]:
         """The final starts a file from ``start`` must be checked against: the greatest one below
@@ -1202,6 +1234,8 @@ class PartitionWorker:
                      if (e := self.layout.parse_rolled(o.key)) is not None and e < end]
             if older:
                 self.store.delete(older)
+        elif f.start >= self._newest_final.get("", f.start):
+            self._name_newest_final(f.start)
         self.files_rolled += 1
         self.counters.rolled(info.size)
         self.log.info(

@@ -48,6 +48,9 @@ def test_final_key_round_trip(prefix: str, topic: str, partition: int, file_star
     assert f"/topic={topic}/partition={partition}/" in "/" + key
     assert Layout.parse_final_name(key) == (topic, partition, file_start)
     assert Layout.parse_final_name(key.rsplit("/", 1)[-1]) == (topic, partition, file_start)
+    named = layout.newest_final_key(topic, partition, file_start)
+    assert named.startswith(layout.newest_final_dir(topic, partition))
+    assert Layout.parse_newest_final(named) == file_start and Layout.parse_final_name(named) is None
 
 
 @FAST
@@ -61,6 +64,7 @@ def test_only_final_files_end_with_parquet(prefix: str, topic: str, partition: i
         layout.roll_marker_key(topic, partition, file_start, b),
         layout.dead_letter_key(topic, partition, a, b),
         layout.state_key(topic, partition),
+        layout.newest_final_key(topic, partition, file_start),
     ]
     assert final.endswith(".parquet")
     assert fnmatch.fnmatch(final, "*.parquet")

@@ -833,7 +833,10 @@ def test_group_runner_expelled_mid_flush_is_fenced_rejoins_and_loses_nothing() -
     assert fired == [doomed]
     assert _final_offsets(store) == {0: list(range(25)), 1: list(range(25))}
     assert [broker.committed_offset("g", "t", p) for p in (0, 1)] == [25, 25]
-    assert not [k for k in store.objects if "/_" in k]  # no staging or dead-letter leftovers
+    # no staging or dead-letter leftovers; each partition names its newest final file
+    assert sorted(k for k in store.objects if "/_" in k) == [
+        f"out/_newest_final/topic=t/partition={p}/{0:020d}" for p in (0, 1)
+    ]
 
 
 def test_replay_runner_on_the_memory_broker_replays_a_slice() -> None:

@@ -538,31 +538,108 @@ def test_a_member_frozen_inside_its_roll_accepts_the_roll_another_finished() -> 
     assert done and final_offsets(store) == list(range(20)) and staged(store) == []
 
 
-# -- a long history: a roll lists from the newest final file it knows, not the whole folder --------
+# -- a long history: rolls and recovery list from the newest final file, not the whole folder -----
+FINAL_DIR = "out/topic=t/partition=0/"
+
+
 def partition_dir_listings(store: MemoryStore) -> list[str]:
     """Record the partition folder's LIST requests (one per page) from now on."""
     seen: list[str] = []
-    store.on_op = lambda op, key: seen.append(key) if op == "list_objects_v2" and key == "out/topic=t/partition=0/" else None
+
+    def on_op(op: str, key: str) -> None:
+        if op == "list_objects_v2" and key == FINAL_DIR:
+            seen.append(key)
+
+    store.on_op = on_op
     return seen
 
 
-def test_rolls_after_a_long_history_list_one_page_each() -> None:
-    """2,500 older final files (3 pages): recovery lists them once; each later roll one page."""
-    store, positions = MemoryStore(), MemoryPositions()
+def long_history(store: MemoryStore, positions: MemoryPositions, files: int) -> None:
+    """``files`` final files: [0, 30) rolled, then copies of it under later starts (only the
+    newest file below a roll is ever read), named the newest as a roll of ours would."""
     w = make_worker(store, positions)
     w.recover()
     run(w, range(30))
-    real = store.objects[LAYOUT.final_key("t", 0, 0)]  # [0, 30)
-    for i in range(1, 2_500):  # only the newest file below a roll is read: [0, 30) each
+    real = store.objects[LAYOUT.final_key("t", 0, 0)]
+    for i in range(1, files):
         store.objects[LAYOUT.final_key("t", 0, i)] = real
+    del store.objects[LAYOUT.newest_final_key("t", 0, 0)]
+    store.objects[LAYOUT.newest_final_key("t", 0, files - 1)] = b""
     positions.reset("t", 0, 10_000)
+
+
+def test_recovery_and_rolls_after_a_long_history_list_one_page_each() -> None:
+    """2,500 final files (3 pages): recovery lists one page from the named newest file, and so
+    does each roll after it; the name moves with every roll."""
+    store, positions = MemoryStore(), MemoryPositions()
+    long_history(store, positions, 2_500)
     listings = partition_dir_listings(store)
     w = make_worker(store, positions)
-    w.recover()  # a new assignment: the whole folder, once
-    assert len(listings) == 3
+    w.recover()
+    assert len(listings) == 1
     run(w, range(10_000, 10_120))  # four rolls of 30 rows
-    assert len(listings) == 3 + 4
+    assert len(listings) == 1 + 4
+    assert [k for k in store.objects if k.startswith("out/_newest_final/")] == [
+        LAYOUT.newest_final_key("t", 0, 10_090)
+    ]
+    make_worker(store, positions).recover()
+    assert len(listings) == 1 + 4 + 1
     assert final_offsets(store)[-120:] == list(range(10_000, 10_120))
+
+
+def test_without_a_usable_name_recovery_lists_the_whole_folder() -> None:
+    """No name (output of an older version), or one whose file is gone: every page, as before."""
+    for plant in (None, 5_000):
+        store, positions = MemoryStore(), MemoryPositions()
+        long_history(store, positions, 2_500)
+        store.objects = {k: v for k, v in store.objects.items() if "_newest_final/" not in k}
+        if plant is not None:
+            store.objects[LAYOUT.newest_final_key("t", 0, plant)] = b""
+        listings = partition_dir_listings(store)
+        w = make_worker(store, positions)
+        w.recover()
+        assert len(listings) == (3 if plant is None else 1 + 3)
+        run(w, range(10_000, 10_030))
+        assert final_offsets(store)[-30:] == list(range(10_000, 10_030))
+
+
+def test_a_backward_reset_is_still_found_from_the_named_newest_file() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions)
+    w.recover()
+    run(w, range(90))  # [0, 30) [30, 60) [60, 90), named 60
+    positions.reset("t", 0, 45)
+    with pytest.raises(IntegrityError, match="moved backwards"):
+        make_worker(store, positions).recover()
+
+
+def test_a_staged_leftover_of_a_file_older_than_the_named_one_is_known_final() -> None:
+    """Recovery lists finals from the named newest file only; a staged file older than it is
+    looked up by HEAD, so its leftover pieces and marker are known to belong to a final file
+    (deleted, not rolled again)."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions)
+    w.recover()
+    leftover: dict[str, bytes] = {}
+
+    marker = LAYOUT.roll_marker_key("t", 0, 0, 30)
+
+    def keep_staging(op: str, key: str) -> None:
+        if op == "put_object" and key == marker:
+            leftover.update((k, store.objects[k]) for k in staged(store))
+            leftover[marker] = b""
+
+    store.on_op = keep_staging
+    run(w, range(30))  # [0, 30): its pieces and marker, as the roll is decided
+    store.on_op = None
+    run(w, range(30, 60))  # [30, 60), named the newest
+    store.objects.update(leftover)
+    reads: list[str] = []
+    store.on_op = lambda op, key: reads.append(key) if op == "get_object" else None
+    make_worker(store, positions).recover()
+    assert staged(store) == []
+    assert reads == [LAYOUT.final_key("t", 0, 30)]  # its footer only: nothing of file 0 is re-rolled
+    assert final_offsets(store) == list(range(60))
 
 
 def test_a_final_file_written_by_someone_else_after_recovery_is_still_refused_at_roll() -> None:
