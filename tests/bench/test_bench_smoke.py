@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from bench import run as bench_run
+from bench.history import run_history
 from bench.run import steady_state
 from bench.soak import flatness, run_soak
 
@@ -55,3 +56,13 @@ def test_short_soak_memory_is_flat(stack: Any) -> None:
     assert result["figures"]["output"]["rows"] == result["settings"]["records"]
     verdict = result["verdict"]
     assert verdict["ok"], f"RSS keeps rising across rolls: {verdict}"
+
+
+def test_history_bench_lists_one_page_per_roll_and_recovery(stack: Any) -> None:
+    """1,100 final files are two pages; a recovery and a roll each list the final folder once
+    (request counts, not timings)."""
+    result = run_history(1_100, rolls=2)
+    assert result["whole_folder_listing"] == {**result["whole_folder_listing"], "keys": 1_100, "lists": 2}
+    assert result["recovery"]["lists"] == 4  # staging, dead letters, the newest name, one page of finals
+    assert [r["lists"] for r in result["rolls"]] == [2, 2]  # the file's staging folder, one page of finals
+    assert result["files_rolled"] == 2
