@@ -432,15 +432,15 @@ class PartitionWorker:
                 return [s for s in older if self.store.head(self._final_key(s)) is not None] + starts
         return self._final_starts()
 
-    def _name_newest_final(self, start: int) -> None:
-        """After a plain-layout roll: name its file as the newest final one for later recoveries,
-        then remove the names before it (a crash between leaves two: recovery takes the newest)."""
+    def _name_newest_final(self, start: int) -> list[str]:
+        """After a plain-layout roll: name its file as the newest final one for later recoveries.
+        Returns the names before it, for the roll to delete with the file's staging folder (a crash
+        before that leaves two: recovery takes the newest)."""
         key = self.layout.newest_final_key(self.topic, self.partition, start)
         self.store.put_if_absent(key, b"")
         older = [k for k in self._named_newest if k != key]
         self._named_newest = [key]
-        if older:
-            self.store.delete(older)
+        return older
 
     def _final_key(self, start: int, bucket: str = "") -> str:
         return self.layout.final_key(self.topic, self.partition, start, bucket)
@@ -1226,16 +1226,17 @@ class PartitionWorker:
             raise IntegrityError(f"final file {final_key} is {info.size} bytes, expected {expected_size}")
         _remember(self._final_ends, (f.bucket, f.start), end)
         self._note_final(f.bucket, f.start)
-        if listing:
-            self.store.delete(list(listing))
+        unnamed: list[str] = []
+        if self.bucketing is None and f.start >= self._newest_final.get("", f.start):
+            unnamed = self._name_newest_final(f.start)
+        if listing or unnamed:
+            self.store.delete([*listing, *unnamed])
         faults.point("after_piece_delete")
         if self.bucketing is not None:
             older = [o.key for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))
                      if (e := self.layout.parse_rolled(o.key)) is not None and e < end]
             if older:
                 self.store.delete(older)
-        elif f.start >= self._newest_final.get("", f.start):
-            self._name_newest_final(f.start)
         self.files_rolled += 1
         self.counters.rolled(info.size)
         self.log.info(
