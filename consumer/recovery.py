@@ -133,6 +133,8 @@ def plan_recovery(
     resume: tuple[PieceRef, ...] = ()
 
     chain = chain_ending_at(list(pieces), pos)
+    if not chain:
+        _refuse_a_position_inside_a_piece(where, pos, pieces, finals)
     if chain:
         start = chain[0].file_start
         covered[start] = pos
@@ -195,6 +197,29 @@ def plan_recovery(
         delete=tuple(delete),
         notes=tuple(notes),
     )
+
+
+def _refuse_a_position_inside_a_piece(
+    where: str, pos: int, pieces: Sequence[PieceRef], finals: set[int]
+) -> None:
+    """A committed position strictly inside a durable row group of an open file, with no chain
+    ending at it: the offsets were moved backwards to a point that is not a row-group boundary.
+
+    Resuming there would consume the tail of that row group again (the forward-reset rule would
+    even publish the file with it, and the next roll stop on the overlap); re-reading from the row
+    group's start would delete durable rows Kafka may no longer hold. So stop, change nothing, and
+    name both boundaries."""
+    inside = sorted(p for p in pieces if p.from_pos < pos < p.to_pos and p.file_start not in finals)
+    if inside:
+        p = inside[0]
+        raise IntegrityError(
+            f"{where}: the committed position {pos} is inside the durable row group "
+            f"[{p.from_pos}, {p.to_pos}) of the open file starting at {p.file_start}: the group's "
+            "offsets were moved backwards (reset?) to a position that is not a row-group boundary "
+            "(or the piece ending there was removed). Nothing was changed. To consume again from "
+            f"that row group's start, move the group's offset to {p.from_pos}; to continue after "
+            f"it, to {p.to_pos} (kafka-consumer-groups --reset-offsets --to-offset)."
+        )
 
 
 def _stranded(where: str, committed: int | None, stranded: list[PieceRef]) -> None:

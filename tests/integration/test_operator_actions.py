@@ -100,6 +100,44 @@ def test_forward_offset_reset_keeps_the_committed_rows(
     assert committed(stack.kafka_bootstrap, group, topic) == [3500]
 
 
+def test_backward_offset_reset_inside_a_staged_row_group_stops_then_a_boundary_continues(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Row groups [0, 1000) [1000, 2000) [2000, 3000) staged, the group reset to 2500 (inside the
+    last) → status 5 naming 2000 and 3000, nothing changed; reset to 2000 → [2000, 3000) is read
+    again and the file holds every offset once."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1)
+    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
+    run.wait_for(
+        lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 3000 for e in ev),
+        what="3000 rows committed",
+    )
+    assert run.stop() == 0
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+
+    def reset(to: int) -> None:
+        admin.alter_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, to)])]
+        )[group].result(timeout=30)
+
+    reset(2500)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "inside the durable row group [2000, 3000)" in res.stderr
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
+    reset(2000)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+
+
 def test_backward_offset_reset_into_final_files_stops_with_status_5(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
 ) -> None:

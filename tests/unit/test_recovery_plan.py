@@ -91,6 +91,15 @@ def test_backward_reset_into_final_files_stops() -> None:
         plan(25, [], finals=[0], last_end=50)
 
 
+def test_backward_reset_inside_a_staged_row_group_stops_and_names_both_boundaries() -> None:
+    """Committed 55 inside the durable piece [50, 60) of the open file: resuming would read 55..59
+    again, finishing [0, 60) would publish them before reading them again."""
+    with pytest.raises(IntegrityError, match=r"inside the durable row group \[50, 60\).*offset to 50.*to 60"):
+        plan(55, chain(0, 10, 20, 30, 40, 50, 60))
+    p = plan(50, chain(0, 10, 20, 30, 40, 50, 60))  # on a boundary: resume there, as before
+    assert p.position == 50 and p.resume[-1].to_pos == 50 and not p.finish
+
+
 def test_a_removed_piece_stops_and_deletes_nothing() -> None:
     pieces = chain(0, 10, 20, 30)
     with pytest.raises(IntegrityError, match="do not chain"):
@@ -168,6 +177,9 @@ def test_a_committed_position_is_never_deleted_unless_something_kept_holds_it(
             continue  # a marker or a dead letter
         committed_positions = set(range(x.from_pos, min(x.to_pos, pos)))
         assert committed_positions <= held, (key, sorted(committed_positions - held))
+    # Nothing at or past the position (read again from Kafka) is kept: that would be a duplicate.
+    assert all(f.end <= pos for f in p.finish), [(f.file_start, f.end) for f in p.finish]
+    assert not p.resume or p.resume[-1].to_pos == pos
     # The resumed chain and finished rolls are contiguous from their file's start.
     for ch in [list(p.resume), *[list(f.chain) for f in p.finish]]:
         if ch:
