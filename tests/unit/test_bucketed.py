@@ -577,3 +577,20 @@ def test_changing_the_layout_once_every_file_is_final_is_allowed() -> None:
     w2.finish()
     rows = sorted(o for _k, t in finals(store) for o in t.column("kafka_offset").to_pylist())
     assert rows == list(range(20))
+
+
+def test_a_backward_reset_inside_a_row_group_stops_and_one_onto_a_boundary_reads_again() -> None:
+    """Per bucket as in the plain layout: 45 is inside every open file's piece [40, 50)."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(100))
+    positions.reset("t", 0, 45)
+    with pytest.raises(IntegrityError, match=r"inside the durable row group \[40, 50\)"):
+        make_worker(store, positions, replace(BASE, file_rows=None)).recover()
+    positions.reset("t", 0, 40)
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w.recover() == 40
+    run(w, range(40, 120))
+    w.finish()
+    check_exactly_once(store, 120, set())
