@@ -50,6 +50,30 @@ def output(stack: Any, prefix: str) -> str:
     return f"s3://{stack.s3_bucket}/{prefix.rstrip('/')}"
 
 
+def reset_offset(admin: Any, group: str, topic: str, to: int) -> None:
+    """kafka-consumer-groups --reset-offsets --to-offset ``to`` (partition 0)."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    admin.alter_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, to)])]
+    )[group].result(timeout=30)
+
+
+def three_staged_row_groups(stack: Any, make_topic: Any, prefix: str) -> tuple[str, str, str]:
+    """A one-partition topic of 3,000 records whose consumer stopped with row groups [0, 1000),
+    [1000, 2000) and [2000, 3000) committed into its open file: (topic, group, output)."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1)
+    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
+    run.wait_for(
+        lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 3000 for e in ev),
+        what="3000 rows committed",
+    )
+    assert run.stop() == 0
+    return topic, group, out
+
+
 def test_fail_mode_commits_exactly_up_to_the_bad_record(
     stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
@@ -74,23 +98,10 @@ def test_forward_offset_reset_keeps_the_committed_rows(
 ) -> None:
     """Item 2: 3,000 rows committed into an open file, group offset moved to the end, restart →
     the 3,000 rows are finished as a final file, and consumption continues from the new end."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
-    topic, group = make_topic(partitions=1), unique("g")
-    out = output(stack, unique_prefix)
-    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1)
-    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
-    run.wait_for(
-        lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 3000 for e in ev),
-        what="3000 rows committed",
-    )
-    assert run.stop() == 0
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix)
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == []  # the file is open, rows staged
     produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1, start=3000)
-    fut = admin.alter_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 3500)])]
-    )
-    fut[group].result(timeout=30)  # kafka-consumer-groups --reset-offsets --to-latest
+    reset_offset(admin, group, topic, 3500)  # --to-latest
     res = run_consumer(topic, group, out)
     assert res.returncode == 0, res.stderr[-3000:]
     assert any("moved forward" in str(e.get("event")) for e in log_events(res.stderr))
@@ -106,31 +117,15 @@ def test_backward_offset_reset_inside_a_staged_row_group_stops_then_a_boundary_c
     """Row groups [0, 1000) [1000, 2000) [2000, 3000) staged, the group reset to 2500 (inside the
     last) → status 5 naming 2000 and 3000, nothing changed; reset to 2000 → [2000, 3000) is read
     again and the file holds every offset once."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
-    topic, group = make_topic(partitions=1), unique("g")
-    out = output(stack, unique_prefix)
-    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1)
-    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
-    run.wait_for(
-        lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 3000 for e in ev),
-        what="3000 rows committed",
-    )
-    assert run.stop() == 0
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix)
     staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
-
-    def reset(to: int) -> None:
-        admin.alter_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, to)])]
-        )[group].result(timeout=30)
-
-    reset(2500)
+    reset_offset(admin, group, topic, 2500)
     res = run_consumer(topic, group, out, "--row-group-rows", "1000")
     assert res.returncode == 5, res.stderr[-3000:]
     assert "inside the durable row group [2000, 3000)" in res.stderr
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
-    reset(2000)
+    reset_offset(admin, group, topic, 2000)
     res = run_consumer(topic, group, out, "--row-group-rows", "1000")
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
@@ -142,16 +137,12 @@ def test_backward_offset_reset_into_final_files_stops_with_status_5(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
 ) -> None:
     """Item 3: roll [0, 500), reset the group to 250 → status 5, nothing written twice."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
-
     topic, group = make_topic(partitions=1), unique("g")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
     assert run_consumer(topic, group, out).returncode == 0
     before = final_keys(s3, stack.s3_bucket, unique_prefix)
-    admin.alter_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group, [TopicPartition(topic, 0, 250)])]
-    )[group].result(timeout=30)
+    reset_offset(admin, group, topic, 250)
     res = run_consumer(topic, group, out)
     assert res.returncode == 5, res.stderr[-3000:]
     assert "moved backwards" in res.stderr
