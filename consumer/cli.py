@@ -224,7 +224,11 @@ def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1")
             retry_in_s=round(delay, 2),
         )
 
-    return S3Store(bucket, endpoint_url=endpoint_url, region=region, on_retry=on_retry)
+    store = S3Store(bucket, endpoint_url=endpoint_url, region=region, on_retry=on_retry)
+    if store.equal_parts:
+        log.info("the endpoint takes multipart uploads of equal parts only (Cloudflare R2): rolls "
+                 "compose final files in 8 MiB parts, across piece boundaries through this process")
+    return store
 
 
 @contextlib.contextmanager

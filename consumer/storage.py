@@ -209,6 +209,54 @@ def classify(exc: BaseException) -> str:
     return "other"
 
 
+#: Cloudflare R2 completes a multipart upload only when every part but the last has one size;
+#: such endpoints are recognised by this host suffix (:func:`needs_equal_parts`).
+EQUAL_PART_HOSTS = (".r2.cloudflarestorage.com",)
+EQUAL_PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000
+
+
+def needs_equal_parts(endpoint_url: str | None) -> bool:
+    """True for an S3-compatible endpoint that wants equal multipart parts (R2)."""
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(endpoint_url).hostname or "") if endpoint_url else ""
+    return host.endswith(EQUAL_PART_HOSTS)
+
+
+def plan_equal_parts(segments: Sequence[Segment], part_size: int = EQUAL_PART_SIZE) -> list[list[Segment]]:
+    """Group ``segments`` into parts of exactly ``part_size`` bytes each but the last (R2's rule).
+
+    The part size grows past ``part_size`` (in whole MiB) if the object would otherwise need more
+    than S3's 10,000 parts. A part that lies inside one source range is a single
+    :class:`CopyRange`, copied server-side when ≥ 5 MiB; a part that spans a boundary between
+    sources is uploaded by the client (at most one part per boundary).
+    """
+    total = sum(s.length if isinstance(s, CopyRange) else len(s) for s in segments)
+    mib = 1024 * 1024
+    part_size = max(part_size, -(-total // MAX_PARTS // mib) * mib)
+    parts: list[list[Segment]] = []
+    part: list[Segment] = []
+    filled = 0
+    for seg in segments:
+        if isinstance(seg, bytes):
+            pos, end = 0, len(seg)
+        else:
+            pos, end = seg.start, seg.end
+        while pos < end:
+            take = min(part_size - filled, end - pos)
+            piece = seg[pos : pos + take] if isinstance(seg, bytes) else CopyRange(seg.key, pos, pos + take)
+            part.append(piece)
+            filled += take
+            pos += take
+            if filled == part_size:
+                parts.append(part)
+                part, filled = [], 0
+    if part:
+        parts.append(part)
+    return parts
+
+
 def plan_parts(
     segments: Sequence[Segment], min_part: int = MIN_S3_PART, target_part: int = 8 * 1024 * 1024
 ) -> list[list[Segment]]:
@@ -285,10 +333,14 @@ class S3Store:
         on_retry: Callable[[str, BaseException, float], None] | None = None,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
+        equal_parts: bool | None = None,
     ) -> None:
         import s3fs  # imported here so pure-logic users of this module do not pay for it
 
         self.bucket = bucket
+        #: Rolls compose final files from parts of one size (:func:`plan_equal_parts`); by default
+        #: only on endpoints that require it (:func:`needs_equal_parts`).
+        self.equal_parts = needs_equal_parts(endpoint_url) if equal_parts is None else equal_parts
         self.retry = retry or RetryPolicy()
         #: An absolute ``time.monotonic()`` bound on every retry loop, one already running
         #: included; set on SIGTERM so the shutdown bound holds during an outage (Runner).
@@ -457,8 +509,9 @@ class S3Store:
 
         Ranges of ≥ 5 MiB are copied server-side (UploadPartCopy); smaller ones are downloaded and
         uploaded with the literal bytes. An object that fits one part is a single conditional PUT.
+        With :attr:`equal_parts` every part but the last has one size (R2).
         """
-        parts = plan_parts(segments)
+        parts = plan_equal_parts(segments) if self.equal_parts else plan_parts(segments)
         if len(parts) <= 1:
             return self.put_if_absent(key, self._materialise(parts[0] if parts else []))
         r = self._call("create_multipart_upload", Key=key)

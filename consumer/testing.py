@@ -49,6 +49,7 @@ from consumer.storage import (
     PutOutcome,
     Segment,
     StoreStats,
+    plan_equal_parts,
     plan_parts,
     same_object,
 )
@@ -239,6 +240,10 @@ class MemoryStore:
         self.ignore_conditional_writes = False
         #: S3 with SSE-KMS: an object's ETag is not the MD5 of its bytes (opaque, still unique).
         self.opaque_etags = False
+        #: Cloudflare R2: a multipart upload completes only when every part but the last has one
+        #: size. ``equal_parts`` is S3Store's switch of the same name (compose plans such parts).
+        self.equal_parts_required = False
+        self.equal_parts = False
         self._etags: dict[str, tuple[bytes, str]] = {}  # key → (the bytes it was computed for, etag)
         self._faults = _Faults(OPS | REQUESTS)
         self._ids = itertools.count(1)
@@ -409,6 +414,11 @@ class MemoryStore:
                 f"S3 complete_multipart_upload on {key} failed: EntityTooSmall (part {small[0]}): "
                 "a multipart part below 5 MiB was rejected (bug: please report)"
             )
+        if self.equal_parts_required and len({len(b) for b in bodies[:-1]}) > 1:
+            raise FatalStorageError(
+                f"S3 complete_multipart_upload on {key} failed: InvalidPart: all non-trailing parts "
+                "must have the same length"
+            )
         if if_none_match and key in self.objects and not self.ignore_conditional_writes:
             raise PreconditionFailed(f"412 PreconditionFailed: {key} exists")
         del self.uploads[upload_id]
@@ -509,7 +519,7 @@ class MemoryStore:
         is aborted; on :class:`Crash` it is left behind, invisible, for ``abort_uploads``."""
         with self._lock:
             self._enter("compose", key)
-            parts = plan_parts(segments)
+            parts = plan_equal_parts(segments) if self.equal_parts else plan_parts(segments)
             if len(parts) <= 1:
                 outcome = self.put_if_absent(key, self._materialise(parts[0] if parts else []))
                 self._leave("compose")

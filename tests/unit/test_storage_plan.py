@@ -15,7 +15,15 @@ from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeou
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from consumer.storage import CopyRange, RetryPolicy, Segment, classify, plan_parts
+from consumer.storage import (
+    CopyRange,
+    RetryPolicy,
+    Segment,
+    classify,
+    needs_equal_parts,
+    plan_equal_parts,
+    plan_parts,
+)
 
 MIN_PART = 50
 TARGET_PART = 80
@@ -175,6 +183,51 @@ def test_plan_parts_default_sizes_are_s3_legal() -> None:
 
 
 # -- classify -------------------------------------------------------------------------------------
+
+
+# -- equal parts (Cloudflare R2) -----------------------------------------------------------------
+@FAST
+@given(segments=BIG_SEGMENTS, size=st.integers(1, 5000))
+def test_plan_equal_parts_cuts_exact_sizes_and_keeps_ranges_server_side(
+    segments: list[Segment], size: int
+) -> None:
+    parts = plan_equal_parts(segments, part_size=size * MiB)
+    size *= MiB
+    assert all(part and all(seg_len(s) > 0 for s in part) for part in parts)
+    assert all(part_len(part) == size for part in parts[:-1])
+    assert not parts or 0 < part_len(parts[-1]) <= size
+    assert runs(list(itertools.chain.from_iterable(parts))) == runs(segments)
+    # only a part that spans a boundary between sources passes through the client
+    for part in parts:
+        if len(part) > 1:
+            assert len(part) <= len(segments)
+
+
+@FAST
+@given(segments=SMALL_SEGMENTS)
+def test_plan_equal_parts_reproduces_bytes(segments: list[Segment]) -> None:
+    parts = plan_equal_parts(segments, part_size=64)
+    assert materialise([s for part in parts for s in part]) == materialise(segments)
+
+
+def test_plan_equal_parts_of_a_final_file() -> None:
+    """PAR1 + three bodies (20, 7 and 3 MiB) + footer, in parts of 8 MiB: the one part inside a
+    body is copied server-side; parts across a boundary pass through the client."""
+    bodies = [CopyRange(k, 4, 4 + n * MiB) for k, n in (("p1", 20), ("p2", 7), ("p3", 3))]
+    parts = plan_equal_parts([b"PAR1", *bodies, b"f" * 1000])
+    assert [part_len(p) for p in parts] == [8 * MiB, 8 * MiB, 8 * MiB, 6 * MiB + 1004]
+    assert parts[1] == [CopyRange("p1", 8 * MiB, 16 * MiB)] and is_copy_part(parts[1], 5 * MiB)
+    assert parts[2] == [CopyRange("p1", 16 * MiB, 4 + 20 * MiB), CopyRange("p2", 4, 4 + 4 * MiB - 4)]
+    # more than 10,000 parts of 8 MiB: the part size grows (in whole MiB) instead
+    assert plan_equal_parts([CopyRange("big", 0, 200_000 * MiB)])[0] == [CopyRange("big", 0, 20 * MiB)]
+
+
+def test_equal_parts_are_needed_on_r2_only() -> None:
+    assert needs_equal_parts("https://0123abcd.r2.cloudflarestorage.com")
+    assert needs_equal_parts("https://0123abcd.eu.r2.cloudflarestorage.com/")
+    assert not needs_equal_parts("https://s3.eu-west-1.amazonaws.com")
+    assert not needs_equal_parts("http://127.0.0.1:18333")
+    assert not needs_equal_parts(None)
 
 
 def client_error(code: str, status: int, op: str = "PutObject") -> ClientError:

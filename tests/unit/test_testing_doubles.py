@@ -323,6 +323,34 @@ def test_compose_is_byte_exact_and_copies_large_ranges_server_side(backend: Back
     assert s.stats.bytes_copied_server_side == 6 * MiB + 11 * MiB - (5 * MiB - 7)
 
 
+def test_compose_in_equal_parts_is_byte_exact_and_copies_parts_inside_one_source(
+    backend: Backend,
+) -> None:
+    """Cloudflare R2's rule (every part but the last of one size), modelled by the double: the
+    plain plan is refused there, the equal-part plan completes on both."""
+    s, p = backend.store, backend.prefix
+    a, b = os.urandom(20 * MiB), os.urandom(7 * MiB)
+    s.put_if_absent(p + "a", a)
+    s.put_if_absent(p + "b", b)
+    segments: list[Segment] = [
+        b"PAR1", CopyRange(p + "a", 4, 20 * MiB), CopyRange(p + "b", 4, 7 * MiB), b"f" * 999
+    ]
+    expected = b"PAR1" + a[4:] + b[4:] + b"f" * 999
+    if isinstance(s, MemoryStore):
+        s.equal_parts_required = True
+        with pytest.raises(FatalStorageError, match="InvalidPart"):
+            s.compose(p + "refused", segments)  # S3's plan: a 16 MiB copy, then the rest
+    s.equal_parts = True
+    before = dict(s.stats.requests)
+    assert s.compose(p + "final", segments) is PutOutcome.CREATED
+    assert s.get(p + "final") == expected
+    used = {k: v - before.get(k, 0) for k, v in s.stats.requests.items() if v != before.get(k, 0)}
+    # 8 MiB parts: [0, 8) and [16, 24) span a boundary (downloaded, uploaded), [8, 16) lies in
+    # "a" (copied), the rest of "b" and the footer make the last part
+    assert used["upload_part_copy"] == 1 and used["upload_part"] == 3
+    assert s.stats.bytes_copied_server_side >= 8 * MiB
+
+
 def test_multipart_etag_of_uploaded_parts(backend: Backend) -> None:
     raw, key = backend.raw, backend.prefix + "m"
     parts = [b"a" * (5 * MiB), b"tail"]
