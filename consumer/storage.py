@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, Protocol, TypeVar
+from urllib.parse import urlsplit
 
 from consumer import faults
 from consumer.config import MIN_S3_PART
@@ -218,8 +219,6 @@ MAX_PARTS = 10_000
 
 def needs_equal_parts(endpoint_url: str | None) -> bool:
     """True for an S3-compatible endpoint that wants equal multipart parts (R2)."""
-    from urllib.parse import urlsplit
-
     host = (urlsplit(endpoint_url).hostname or "") if endpoint_url else ""
     return host.endswith(EQUAL_PART_HOSTS)
 

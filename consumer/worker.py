@@ -429,7 +429,9 @@ class PartitionWorker:
             starts = self._final_starts(after=newest)
             if newest in starts:
                 older = (s for s in sorted(staged) if s < newest)
-                return [s for s in older if self.store.head(self._final_key(s)) is not None] + starts
+                final = [s for s in older
+                         if self.store.head(self.layout.final_key(self.topic, self.partition, s)) is not None]
+                return final + starts
         return self._final_starts()
 
     def _name_newest_final(self, start: int) -> list[str]:
@@ -441,9 +443,6 @@ class PartitionWorker:
         older = [k for k in self._named_newest if k != key]
         self._named_newest = [key]
         return older
-
-    def _final_key(self, start: int, bucket: str = "") -> str:
-        return self.layout.final_key(self.topic, self.partition, start, bucket)
 
     def _final_starts_near(self, start: int, bucket: str = "") -> list[int]:
         """The final starts a file from ``start`` must be checked against: the greatest one below
