@@ -144,8 +144,7 @@ class Layout:
 
     @staticmethod
     def parse_newest_final(key: str) -> int | None:
-        m = _ROLLED_RE.match(key.rsplit("/", 1)[-1])  # the same 20-digit name: a position
-        return int(m["end"]) if m else None
+        return Layout.parse_rolled(key)  # the same 20-digit name: a position
 
     def parse_staging_key(
         self, topic: str, partition: int, key: str, size: int = 0

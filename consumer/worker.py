@@ -400,12 +400,8 @@ class PartitionWorker:
                          late=first_meta.get(BUCKET_LATE_KEY) == "1",
                          reader_id=int(reader_id) if reader_id and reader_id.isdigit() else None)
 
-    def _final_starts(self, bucket: str = "", after: int | None = None) -> list[int]:
-        """First positions of the partition's (bucket's) final files; only those from ``after`` on
-        when given (names sort by position: one LIST from there, not one per 1,000 older files)."""
-        start_after = ""
-        if after:
-            start_after = self.layout.final_key(self.topic, self.partition, after - 1, bucket)
+    def _final_starts(self, bucket: str = "", start_after: str = "") -> list[int]:
+        """First positions of the partition's (bucket's) final files (named after ``start_after``)."""
         out = []
         listing = self.store.list(self.layout.partition_dir(self.topic, self.partition, bucket), start_after)
         for o in listing:
@@ -413,6 +409,13 @@ class PartitionWorker:
             if parsed is not None and parsed[1] == self.partition:
                 out.append(parsed[2])
         return out
+
+    def _final_starts_from(self, known: int, bucket: str = "") -> list[int] | None:
+        """The final starts from ``known`` on — names sort by position, so one LIST from there, not
+        one per 1,000 older files — or None when no final file starts at ``known`` any more."""
+        start_after = self.layout.final_key(self.topic, self.partition, known - 1, bucket) if known else ""
+        starts = self._final_starts(bucket, start_after)
+        return starts if known in starts else None
 
     def _recovery_final_starts(self, staged: set[int]) -> list[int]:
         """The final starts plain-layout recovery needs: the newest one (for the end it checks the
@@ -424,14 +427,11 @@ class PartitionWorker:
         listed = self.store.list(self.layout.newest_final_dir(self.topic, self.partition))
         self._named_newest = [o.key for o in listed]
         named = [s for o in listed if (s := self.layout.parse_newest_final(o.key)) is not None]
-        if named:
-            newest = max(named)
-            starts = self._final_starts(after=newest)
-            if newest in starts:
-                older = (s for s in sorted(staged) if s < newest)
-                final = [s for s in older
-                         if self.store.head(self.layout.final_key(self.topic, self.partition, s)) is not None]
-                return final + starts
+        if named and (starts := self._final_starts_from(max(named))) is not None:
+            older = (s for s in sorted(staged) if s < max(named))
+            final = [s for s in older
+                     if self.store.head(self.layout.final_key(self.topic, self.partition, s)) is not None]
+            return final + starts
         return self._final_starts()
 
     def _name_newest_final(self, start: int) -> list[str]:
@@ -453,10 +453,8 @@ class PartitionWorker:
         greatest below ``start``, and a roll costs one LIST however long the partition's history.
         Otherwise (the first roll of a bucket, a known file gone) the whole folder is listed."""
         known = self._newest_final.get(bucket)
-        if known is not None and known < start:
-            starts = self._final_starts(bucket, after=known)
-            if known in starts:
-                return starts
+        if known is not None and known < start and (starts := self._final_starts_from(known, bucket)):
+            return starts
         return self._final_starts(bucket)
 
     def _note_final(self, bucket: str, start: int) -> int:
