@@ -319,6 +319,44 @@ def plan_parts(
     return parts
 
 
+def _raw_timestamp(value: str) -> str:
+    """A response timestamp as the server sent it (see :func:`_client_session`)."""
+    return value
+
+
+def _client_session() -> Any:
+    """The botocore session our S3 client is built from, with response timestamps left unparsed.
+
+    Nothing here reads a timestamp of a response (``LastModified`` of a HEAD or of every key a
+    LIST returns). botocore parses each one with ``dateutil`` by default: measured here, that is
+    60 % of the client CPU of a 1,000-key LIST page (111 → 45 ms) and a tenth of a HEAD.
+    ``set_parser_defaults`` is botocore's documented hook for this; the AWS CLI uses it the same
+    way.
+    """
+    import aiobotocore.session
+
+    session = aiobotocore.session.AioSession()
+    session.get_component("response_parser_factory").set_parser_defaults(timestamp_parser=_raw_timestamp)
+    return session
+
+
+def _user_agent() -> str:
+    """A fixed ``User-Agent``: botocore otherwise rebuilds and sanitises its own, character by
+    character, at every request (about a tenth of a HEAD's client CPU here). The server's access
+    logs still name this consumer and the library versions (botocore appends its own)."""
+    import platform
+
+    import aiobotocore
+    import s3fs
+
+    from consumer import __version__
+
+    return (
+        f"kafka-parquet-consumer/{__version__} s3fs/{s3fs.__version__} "
+        f"aiobotocore/{aiobotocore.__version__} Python/{platform.python_version()}"
+    )
+
+
 class S3Store:
     """:class:`ObjectStore` on S3 (or any S3-compatible server) through s3fs/aiobotocore."""
 
@@ -359,7 +397,9 @@ class S3Store:
                 "connect_timeout": connect_timeout,
                 "read_timeout": read_timeout,
                 "retries": {"max_attempts": 1, "mode": "standard"},
+                "user_agent": _user_agent(),
             },
+            session=_client_session(),
             skip_instance_cache=True,
             use_listings_cache=False,
         )

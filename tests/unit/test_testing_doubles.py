@@ -898,3 +898,71 @@ def test_replay_runner_on_the_memory_broker_replays_a_slice() -> None:
         )
         assert store.objects[Layout("out").state_key("t", p)]  # positions kept beside the output
     assert broker.groups.get("consumer-replay") is None  # the live group is untouched
+
+
+# ----------------------------------------------------------------------------------------------
+# the S3 client's per-request work (a real HTTP exchange with a minimal S3-shaped server)
+# ----------------------------------------------------------------------------------------------
+_LIST_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+    "<Name>bucket</Name><Prefix>p/</Prefix><KeyCount>1</KeyCount><MaxKeys>1000</MaxKeys>"
+    "<IsTruncated>false</IsTruncated><Contents><Key>p/a</Key>"
+    "<LastModified>2026-12-01T09:45:56.000Z</LastModified>"
+    '<ETag>"abc"</ETag><Size>3</Size></Contents></ListBucketResult>'
+)
+
+
+def test_the_s3_client_names_this_consumer_and_leaves_response_timestamps_unparsed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two per-request costs of botocore are switched off (``consumer.storage._client_session``,
+    ``_user_agent``): rebuilding its User-Agent at every request, and parsing every timestamp
+    of a response with dateutil (60 % of a LIST page's client CPU). What is sent and what the
+    store returns are otherwise unchanged."""
+    pytest.importorskip("s3fs")
+    import http.server
+    import threading
+
+    from consumer import __version__
+    from consumer.storage import ObjectInfo, S3Store
+
+    seen: list[dict[str, str]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _reply(self, body: bytes, content_type: str) -> None:
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", '"abc"')
+            self.send_header("Last-Modified", "Tue, 01 Dec 2026 09:45:56 GMT")
+            self.end_headers()
+
+        def do_HEAD(self) -> None:
+            self._reply(b"abc", "application/octet-stream")
+
+        def do_GET(self) -> None:
+            body = _LIST_XML.encode()
+            self._reply(body, "application/xml")
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    try:
+        store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{server.server_address[1]}")
+        assert store.head("p/a") == ObjectInfo("p/a", 3, "abc")
+        assert store.list("p/") == [ObjectInfo("p/a", 3, "abc")]
+        reply = store._call("head_object", Key="p/a")
+        assert reply["LastModified"] == "Tue, 01 Dec 2026 09:45:56 GMT"  # as sent, not parsed
+    finally:
+        server.shutdown()
+        server.server_close()
+    agents = {h.get("User-Agent", "") for h in seen}
+    assert len(seen) == 3 and len(agents) == 1
+    assert agents.pop().startswith(f"kafka-parquet-consumer/{__version__} s3fs/")
