@@ -27,6 +27,7 @@ ROWS: list[tuple[str, str, str]] = [
     ("MB/s of Avro input", "mb_per_s", "{:.2f}"),
     ("records per CPU-second (per core)", "records_per_cpu_s", "{:,.0f}"),
     ("CPU s per million records", "cpu_s_per_m_records", "{:.1f}"),
+    ("… each run, in order (`--repeat`; the median run is reported)", "repeats_cpu_s_per_m_records", "list"),
     ("CPU s of a 1,000-record run (start-up, join, exit)", "startup_cpu_s", "{:.2f}"),
     ("records per CPU-second beyond that (steady state)", "steady_records_per_cpu_s", "{:,.0f}"),
     ("peak RSS (MB, process tree)", "peak_rss_mb", "{:.0f}"),
@@ -57,6 +58,8 @@ def fmt(v: Any, f: str) -> str:
         return "–"
     if f == "mb":
         return f"{v / MB:.2f}"
+    if f == "list":
+        return ", ".join(f"{x:.1f}" for x in v)
     try:
         return f.format(v)
     except (ValueError, TypeError):
@@ -185,6 +188,8 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
         w("|---" * (len(names) + 1 + (1 if len(names) > 1 else 0)) + "|")
         for label, path, f in ROWS:
             vals = [get(systems[n], path) for n in names]
+            if f == "list" and all(v is None for v in vals):
+                continue  # a run without --repeat
             row = f"| {label} | " + " | ".join(fmt(v, f) for v in vals)
             row += f" | {ratio(vals[0], vals[1])} |" if len(names) > 1 else " |"
             w(row)

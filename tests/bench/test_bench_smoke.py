@@ -15,7 +15,7 @@ import pytest
 
 from bench import run as bench_run
 from bench.history import run_history
-from bench.run import steady_state
+from bench.run import median_run, steady_state
 from bench.soak import flatness, run_soak
 
 pytestmark = pytest.mark.stack
@@ -31,13 +31,16 @@ def test_flatness_verdict() -> None:
 def test_harness_tiny_run(stack: Any, tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     code = bench_run.main(
-        ["--workload", "small", "--records", "2000", "--partitions", "2", "--peer", "none", "--out", str(out)]
+        ["--workload", "small", "--records", "2000", "--partitions", "2", "--peer", "none", "--repeat", "2",
+         "--out", str(out)]
     )
     assert code == 0
     result = json.loads(out.read_text())
     assert result["machine"]["nproc"]
     ours = result["workloads"]["small"]["systems"]["ours"]
     assert ours["records"] == 2000
+    # --repeat 2: each repetition in a group of its own read every record; the median is reported
+    assert len(ours["repeats_cpu_s_per_m_records"]) == 2
     assert ours["output"]["rows"] == 2000
     assert ours["output"]["files"] >= 2
     assert ours["peak_rss_mb"] > 0 and ours["cpu_s"] > 0
@@ -48,6 +51,15 @@ def test_harness_tiny_run(stack: Any, tmp_path: Path) -> None:
     assert steady == {"steady_records_per_cpu_s": 1000, "steady_cpu_us_per_record": 1000.0}
     assert steady_state(2000, 2.0, 1000, 2.5)["steady_records_per_cpu_s"] is None
     assert result["workloads"]["small"]["profile"]["top_stage"]
+
+
+def test_median_run_reports_one_whole_run() -> None:
+    runs = [{"cpu_s": c, "cpu_s_per_m_records": c * 10, "peak_rss_mb": c + 100} for c in (3.0, 1.0, 2.0)]
+    chosen = median_run(runs)
+    assert (chosen["cpu_s"], chosen["peak_rss_mb"]) == (2.0, 102.0)  # the figures of one run
+    assert chosen["repeats_cpu_s_per_m_records"] == [30.0, 10.0, 20.0]  # in the order they ran
+    assert median_run(runs[:2])["cpu_s"] == 1.0  # even count: the lower middle
+    assert "repeats_cpu_s_per_m_records" not in median_run(runs[:1])
 
 
 def test_short_soak_memory_is_flat(stack: Any) -> None:
