@@ -901,7 +901,7 @@ def test_replay_runner_on_the_memory_broker_replays_a_slice() -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# the S3 client's per-request work (a real HTTP exchange with a minimal S3-shaped server)
+# the S3 client's requests, on the wire (a real HTTP exchange with a minimal S3-shaped server)
 # ----------------------------------------------------------------------------------------------
 _LIST_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -911,41 +911,79 @@ _LIST_XML = (
     "<LastModified>2026-12-01T09:45:56.000Z</LastModified>"
     '<ETag>"abc"</ETag><Size>3</Size></Contents></ListBucketResult>'
 )
+_DELETED_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    '<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
+)
+_ERROR_XML = (
+    '<?xml version="1.0" encoding="UTF-8"?>'
+    "<Error><Code>{code}</Code><Message>{message}</Message></Error>"
+)
 
 
-def test_the_s3_client_names_this_consumer_and_leaves_response_timestamps_unparsed(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """Two per-request costs of botocore are switched off (``consumer.storage._client_session``,
-    ``_user_agent``): rebuilding its User-Agent at every request, and parsing every timestamp
-    of a response with dateutil (60 % of a LIST page's client CPU). What is sent and what the
-    store returns are otherwise unchanged."""
+@dataclass
+class Sent:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@pytest.fixture
+def wire_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[Sent]]]:
+    """An :class:`S3Store` talking HTTP to a minimal S3-shaped server on 127.0.0.1, and what the
+    server received. Like S3 before 2025 and servers such as older MinIO and Ceph RGW, it refuses
+    a multi-object delete without a correct ``Content-MD5``."""
     pytest.importorskip("s3fs")
+    import base64
     import http.server
     import threading
 
-    from consumer import __version__
-    from consumer.storage import ObjectInfo, S3Store
+    from consumer.storage import S3Store
 
-    seen: list[dict[str, str]] = []
+    sent: list[Sent] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def _reply(self, body: bytes, content_type: str) -> None:
-            seen.append(dict(self.headers))
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
+        protocol_version = "HTTP/1.1"  # answers botocore's Expect: 100-continue
+
+        def _reply(self, status: int, body: bytes, *, head: bool = False) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(3 if head else len(body)))
             self.send_header("ETag", '"abc"')
             self.send_header("Last-Modified", "Tue, 01 Dec 2026 09:45:56 GMT")
             self.end_headers()
+            if not head:
+                self.wfile.write(body)
+
+        def _received(self) -> Sent:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            got = Sent(self.command, self.path, dict(self.headers), body)
+            sent.append(got)
+            return got
 
         def do_HEAD(self) -> None:
-            self._reply(b"abc", "application/octet-stream")
+            self._received()
+            self._reply(200, b"", head=True)
 
         def do_GET(self) -> None:
-            body = _LIST_XML.encode()
-            self._reply(body, "application/xml")
-            self.wfile.write(body)
+            self._received()
+            self._reply(200, _LIST_XML.encode())
+
+        def do_PUT(self) -> None:
+            self._received()
+            self._reply(200, b"")
+
+        def do_POST(self) -> None:
+            got = self._received()
+            md5 = base64.b64encode(hashlib.md5(got.body).digest()).decode()
+            if "Content-MD5" not in got.headers:
+                error = ("MissingContentMD5", "Missing required header for this request: Content-Md5.")
+                self._reply(400, _ERROR_XML.format(code=error[0], message=error[1]).encode())
+            elif got.headers["Content-MD5"] != md5:
+                self._reply(400, _ERROR_XML.format(code="BadDigest", message="md5").encode())
+            else:
+                self._reply(200, _DELETED_XML.encode())
 
         def log_message(self, *args: Any) -> None:
             pass
@@ -955,14 +993,55 @@ def test_the_s3_client_names_this_consumer_and_leaves_response_timestamps_unpars
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     try:
-        store = S3Store("bucket", endpoint_url=f"http://127.0.0.1:{server.server_address[1]}")
-        assert store.head("p/a") == ObjectInfo("p/a", 3, "abc")
-        assert store.list("p/") == [ObjectInfo("p/a", 3, "abc")]
-        reply = store._call("head_object", Key="p/a")
-        assert reply["LastModified"] == "Tue, 01 Dec 2026 09:45:56 GMT"  # as sent, not parsed
+        yield S3Store("bucket", endpoint_url=f"http://127.0.0.1:{server.server_address[1]}"), sent
     finally:
         server.shutdown()
         server.server_close()
-    agents = {h.get("User-Agent", "") for h in seen}
-    assert len(seen) == 3 and len(agents) == 1
+
+
+def test_the_s3_client_names_this_consumer_and_leaves_response_timestamps_unparsed(
+    wire_store: tuple[Any, list[Sent]],
+) -> None:
+    """Two per-request costs of botocore are switched off (``consumer.storage._client_session``,
+    ``_user_agent``): rebuilding its User-Agent at every request, and parsing every timestamp
+    of a response with dateutil (60 % of a LIST page's client CPU). What is sent and what the
+    store returns are otherwise unchanged."""
+    from consumer import __version__
+    from consumer.storage import ObjectInfo
+
+    store, sent = wire_store
+    assert store.head("p/a") == ObjectInfo("p/a", 3, "abc")
+    assert store.list("p/") == [ObjectInfo("p/a", 3, "abc")]
+    reply = store._call("head_object", Key="p/a")
+    assert reply["LastModified"] == "Tue, 01 Dec 2026 09:45:56 GMT"  # as sent, not parsed
+    agents = {r.headers.get("User-Agent", "") for r in sent}
+    assert len(sent) == 3 and len(agents) == 1
     assert agents.pop().startswith(f"kafka-parquet-consumer/{__version__} s3fs/")
+
+
+def test_a_multi_object_delete_carries_content_md5(wire_store: tuple[Any, list[Sent]]) -> None:
+    """botocore 1.36+ sends DeleteObjects with a CRC32 checksum only; servers that want the
+    Content-MD5 the S3 API asked for refuse it, and every roll's clean-up would fail there."""
+    store, sent = wire_store
+    store.delete(["p/a", "p/b"])
+    (delete,) = sent
+    assert delete.method == "POST" and b"<Key>p/a</Key>" in delete.body
+    assert "Content-MD5" in delete.headers  # and correct: the server checks it
+
+
+def test_the_operators_botocore_checksum_setting_still_applies(
+    wire_store: tuple[Any, list[Sent]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our own botocore session still reads botocore's environment: a server that refuses the
+    flexible-checksum headers of a PUT is served with AWS_REQUEST_CHECKSUM_CALCULATION=when_required
+    (README, troubleshooting)."""
+    store, sent = wire_store
+    store.create("p/default", b"x")
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
+    from consumer.storage import S3Store
+
+    endpoint = f"http://127.0.0.1:{sent[0].headers['Host'].rsplit(':', 1)[1]}"
+    S3Store("bucket", endpoint_url=endpoint).create("p/when-required", b"x")
+    checksummed = [any(h.lower().startswith("x-amz-checksum-") for h in r.headers) for r in sent]
+    assert [r.path for r in sent] == ["/bucket/p/default", "/bucket/p/when-required"]
+    assert checksummed == [True, False]
