@@ -49,11 +49,13 @@ from consumer.gather import partition_runs
 from consumer.layout import Layout
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.storage import (
+    REFUSED_HINT,
     FatalStorageError,
     ObjectStore,
     RetryPolicy,
     TransientStorageError,
     probe_conditional_writes,
+    refusal,
 )
 from consumer.worker import PartitionState, PartitionWorker, SharedState
 
@@ -261,14 +263,22 @@ class Runner:
         except (FatalStorageError, TransientStorageError, PositionError) as exc:
             code = self._stopped_by(exc)
         except Exception as exc:
-            self.log.error(
-                "stopped: unexpected error; everything committed is durable, restart me",
-                error=f"{type(exc).__name__}: {exc}",
-            )
-            code = EXIT_FATAL
+            refused = refusal(exc)
+            if refused is not None:  # an answer that will not change: say so, do not ask for a restart
+                self.log.error("stopped: S3 refused a request", error=refused, hint=REFUSED_HINT)
+                code = EXIT_STORAGE
+            else:
+                code = self._unexpected(exc)
         finally:
             self._shutdown(clean=code == EXIT_OK)
         return code
+
+    def _unexpected(self, exc: Exception) -> int:
+        self.log.error(
+            "stopped: unexpected error; everything committed is durable, restart me",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return EXIT_FATAL
 
     def _stopped_by(self, exc: Exception) -> int:
         """Exit status of an S3 or commit error that ended the loop."""

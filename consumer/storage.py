@@ -55,7 +55,14 @@ _FATAL_CODES = {
     "AllAccessDisabled": "all access to the bucket is disabled",
     "InvalidBucketName": "invalid bucket name in --output",
     "EntityTooSmall": "a multipart part below 5 MiB was rejected (bug: please report)",
+    "NotImplemented": "the server does not implement a request or header this consumer sends; "
+    "see README, Troubleshooting (S3-compatible servers)",
 }
+#: What to do about a refusal no code above explains (:func:`refusal`).
+REFUSED_HINT = (
+    "the server will refuse this request again, so a restart does not help; an S3-compatible "
+    "server may lack a header or feature this consumer needs: see README, Troubleshooting"
+)
 
 
 class StorageError(RuntimeError):
@@ -184,6 +191,31 @@ def _client_error_code(exc: BaseException) -> tuple[str, int]:
             return code, status
         seen = seen.__cause__ or seen.__context__
     return "", 0
+
+
+def _client_error_message(exc: BaseException) -> str:
+    """The server's own message of the botocore ClientError in ``exc`` or its causes ("" if none)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict) and "Error" in response:
+            return str(response["Error"].get("Message", "") or "")
+        seen = seen.__cause__ or seen.__context__
+    return ""
+
+
+def refusal(exc: BaseException) -> str | None:
+    """``"<code>: <the server's message>"`` when ``exc`` is S3 refusing a request for good: a 4xx
+    answer the protocol does not handle itself (412, 404, and the transient 409, 429 and 400
+    RequestTimeout are handled), or 501. Retrying, or restarting the process, gets the same
+    answer; the runner ends with exit status 4 and :data:`REFUSED_HINT` instead of calling it
+    unexpected."""
+    code, status = _client_error_code(exc)
+    final = 400 <= status < 500 or status == 501
+    if not final or classify(exc) in ("precondition", "missing", "transient"):
+        return None
+    message = _client_error_message(exc)
+    return f"{code or status}: {message}" if message else str(code or status)
 
 
 def classify(exc: BaseException) -> str:
@@ -447,8 +479,10 @@ class S3Store:
                     self.stats.failed(op, retrying=False)
                     code, _ = _client_error_code(exc)
                     hint = _FATAL_CODES.get(code, "check credentials and bucket")
+                    said = _client_error_message(exc)
                     raise FatalStorageError(
-                        f"S3 {op} on s3://{self.bucket} failed: {code or type(exc).__name__}: {hint}"
+                        f"S3 {op} on s3://{self.bucket} failed: {code or type(exc).__name__}"
+                        f"{f' ({said})' if said else ''}: {hint}"
                     ) from exc
                 if kind != "transient":
                     raise

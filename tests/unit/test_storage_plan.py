@@ -23,6 +23,7 @@ from consumer.storage import (
     needs_equal_parts,
     plan_equal_parts,
     plan_parts,
+    refusal,
 )
 
 MIN_PART = 50
@@ -294,10 +295,35 @@ def wrapped(inner: BaseException, outer: type[BaseException] = OSError) -> BaseE
         (OSError("io"), "transient"),
         (ValueError("bug"), "other"),
         (client_error("InvalidRange", 416), "other"),
+        (client_error("NotImplemented", 501), "fatal"),  # never retried: the answer stays the same
     ],
 )
 def test_classify(exc: BaseException, kind: str) -> None:
     assert classify(exc) == kind
+
+
+def test_refusal_names_answers_that_will_not_change() -> None:
+    """A 4xx the protocol does not handle itself, or a 501: a restart gets the same answer, so the
+    runner says so (exit 4) instead of "unexpected error, restart me"."""
+    said = "Unsupported header 'x-amz-sdk-checksum-algorithm'"
+    unsupported = ClientError(
+        {"Error": {"Code": "InvalidArgument", "Message": said}, "ResponseMetadata": {"HTTPStatusCode": 400}},
+        "PutObject",
+    )
+    assert refusal(wrapped(unsupported)) == f"InvalidArgument: {said}"
+    assert refusal(client_error("MissingContentMD5", 400)) == "MissingContentMD5: MissingContentMD5"
+    assert refusal(client_error("NotImplemented", 501)) == "NotImplemented: NotImplemented"
+    for handled in (
+        client_error("PreconditionFailed", 412),
+        client_error("NoSuchKey", 404),
+        client_error("RequestTimeout", 400),
+        client_error("TooManyRequests", 429),
+        client_error("ConditionalRequestConflict", 409),
+        client_error("SlowDown", 503),
+        ConnectionError("reset"),
+        ValueError("bug"),
+    ):
+        assert refusal(handled) is None, handled
 
 
 @pytest.mark.parametrize(

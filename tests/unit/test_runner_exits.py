@@ -1,0 +1,45 @@
+"""How a run ends when S3 gives an answer that will not change (in-memory doubles, milliseconds).
+
+A 4xx the protocol does not handle itself, or a 501, is refused again after any retry or restart:
+the run ends with exit status 4 and says what the server said and what to do, instead of the
+"unexpected error, restart me" of exit status 5 (``consumer.storage.refusal``)."""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+from structlog.testing import capture_logs
+from test_shutdown import _broker, _runner
+
+from consumer.errors import EXIT_STORAGE
+from consumer.testing import MemoryStore
+
+
+def _refused(code: str, status: int, message: str) -> OSError:
+    """A refusal as s3fs raises it: the botocore error translated into an OSError, chained."""
+    error = ClientError({"Error": {"Code": code, "Message": message},
+                         "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
+    translated = OSError(str(error))
+    translated.__cause__ = error
+    return translated
+
+
+def test_a_refused_request_ends_with_exit_4_and_the_servers_words() -> None:
+    broker, store = _broker(), MemoryStore()
+    said = "Unsupported header 'x-amz-sdk-checksum-algorithm' received for this API call."
+    store.fail_next("put_object", _refused("InvalidArgument", 400, said), times=100)
+    with capture_logs() as logs:
+        assert _runner(broker, store, until_caught_up=True).run() == EXIT_STORAGE
+    (stopped,) = [e for e in logs if e["log_level"] == "error"]
+    assert stopped["event"] == "stopped: S3 refused a request"
+    assert stopped["error"] == f"InvalidArgument: {said}"
+    assert "README" in stopped["hint"] and "restart does not help" in stopped["hint"]
+    assert all(broker.committed_offset("g", "t", p) is None for p in range(4))  # nothing committed
+
+
+def test_an_unexpected_error_still_asks_for_a_restart() -> None:
+    broker, store = _broker(), MemoryStore()
+    store.fail_next("put_object", ValueError("a bug"), times=100)
+    with capture_logs() as logs:
+        assert _runner(broker, store, until_caught_up=True).run() == 5
+    (stopped,) = [e for e in logs if e["log_level"] == "error"]
+    assert stopped["event"].startswith("stopped: unexpected error") and "a bug" in stopped["error"]
