@@ -915,6 +915,7 @@ _DELETED_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>'
     '<DeleteResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/"/>'
 )
+_UNSUPPORTED = "Unsupported header 'x-amz-sdk-checksum-algorithm' received for this API call."
 _ERROR_XML = (
     '<?xml version="1.0" encoding="UTF-8"?>'
     "<Error><Code>{code}</Code><Message>{message}</Message></Error>"
@@ -933,7 +934,8 @@ class Sent:
 def wire_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[Sent]]]:
     """An :class:`S3Store` talking HTTP to a minimal S3-shaped server on 127.0.0.1, and what the
     server received. Like S3 before 2025 and servers such as older MinIO and Ceph RGW, it refuses
-    a multi-object delete without a correct ``Content-MD5``."""
+    a multi-object delete without a correct ``Content-MD5``; like Backblaze B2, a PUT with
+    botocore's flexible-checksum headers."""
     pytest.importorskip("s3fs")
     import base64
     import http.server
@@ -971,8 +973,11 @@ def wire_store(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, list[Sent
             self._reply(200, _LIST_XML.encode())
 
         def do_PUT(self) -> None:
-            self._received()
-            self._reply(200, b"")
+            got = self._received()
+            if "x-amz-sdk-checksum-algorithm" in {h.lower() for h in got.headers}:  # as Backblaze B2
+                self._reply(400, _ERROR_XML.format(code="InvalidArgument", message=_UNSUPPORTED).encode())
+            else:
+                self._reply(200, b"")
 
         def do_POST(self) -> None:
             got = self._received()
@@ -1029,19 +1034,23 @@ def test_a_multi_object_delete_carries_content_md5(wire_store: tuple[Any, list[S
     assert "Content-MD5" in delete.headers  # and correct: the server checks it
 
 
-def test_the_operators_botocore_checksum_setting_still_applies(
+def test_a_server_refusing_checksum_headers_is_named_and_the_operators_setting_serves_it(
     wire_store: tuple[Any, list[Sent]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Our own botocore session still reads botocore's environment: a server that refuses the
-    flexible-checksum headers of a PUT is served with AWS_REQUEST_CHECKSUM_CALCULATION=when_required
-    (README, troubleshooting)."""
-    store, sent = wire_store
-    store.create("p/default", b"x")
-    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
-    from consumer.storage import S3Store
+    """A PUT refused for botocore's flexible-checksum headers is a refusal the runner reports with
+    exit 4 and the server's words (``refusal``); our own botocore session still reads botocore's
+    environment, so AWS_REQUEST_CHECKSUM_CALCULATION=when_required serves such a server (README,
+    Troubleshooting)."""
+    from consumer.storage import PutOutcome, S3Store, refusal
 
+    store, sent = wire_store
+    with pytest.raises(OSError) as refused:
+        store.create("p/default", b"x")
+    assert refusal(refused.value) == f"InvalidArgument: {_UNSUPPORTED}"
+    monkeypatch.setenv("AWS_REQUEST_CHECKSUM_CALCULATION", "when_required")
     endpoint = f"http://127.0.0.1:{sent[0].headers['Host'].rsplit(':', 1)[1]}"
-    S3Store("bucket", endpoint_url=endpoint).create("p/when-required", b"x")
+    served = S3Store("bucket", endpoint_url=endpoint)
+    assert served.create("p/when-required", b"x").outcome is PutOutcome.CREATED
     checksummed = [any(h.lower().startswith("x-amz-checksum-") for h in r.headers) for r in sent]
     assert [r.path for r in sent] == ["/bucket/p/default", "/bucket/p/when-required"]
     assert checksummed == [True, False]
