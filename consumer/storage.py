@@ -180,28 +180,31 @@ class RetryPolicy:
             attempt += 1
 
 
-def _client_error_code(exc: BaseException) -> tuple[str, int]:
-    """(error code, HTTP status) of a botocore ClientError found in ``exc`` or its causes."""
+def _client_error_response(exc: BaseException) -> dict[str, Any] | None:
+    """The parsed S3 answer of the botocore ClientError found in ``exc`` or its causes (s3fs
+    translates ClientErrors into OSErrors and chains the original as the cause)."""
     seen: BaseException | None = exc
     while seen is not None:
         response = getattr(seen, "response", None)
         if isinstance(response, dict) and "Error" in response:
-            code = str(response["Error"].get("Code", ""))
-            status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-            return code, status
+            return response
         seen = seen.__cause__ or seen.__context__
-    return "", 0
+    return None
+
+
+def _client_error_code(exc: BaseException) -> tuple[str, int]:
+    """(error code, HTTP status) of the S3 answer in ``exc`` (``("", 0)`` if none)."""
+    response = _client_error_response(exc)
+    if response is None:
+        return "", 0
+    code = str(response["Error"].get("Code", ""))
+    return code, int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
 
 
 def _client_error_message(exc: BaseException) -> str:
-    """The server's own message of the botocore ClientError in ``exc`` or its causes ("" if none)."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        response = getattr(seen, "response", None)
-        if isinstance(response, dict) and "Error" in response:
-            return str(response["Error"].get("Message", "") or "")
-        seen = seen.__cause__ or seen.__context__
-    return ""
+    """The server's own message in the S3 answer in ``exc`` ("" if none)."""
+    response = _client_error_response(exc)
+    return "" if response is None else str(response["Error"].get("Message", "") or "")
 
 
 def refusal(exc: BaseException) -> str | None:
