@@ -46,6 +46,7 @@ _TRANSIENT_CODES = {
     "502",
     "504",
     "BadDigest",
+    "IncompleteBody",  # the connection broke mid-body: the same request succeeds again
 }
 _FATAL_CODES = {
     "NoSuchBucket": "bucket does not exist: create it or fix --output",
