@@ -51,15 +51,29 @@ def port_free(port: int) -> bool:
     return True
 
 
+def ephemeral_ports() -> range:
+    """The kernel's local ports for outgoing connections. Any client socket of the suite (Kafka,
+    S3, HTTP) may take one of them at any moment, so a server port picked there can be taken
+    between the pick and the server's bind (seen once in CI: a private stack's SeaweedFS port)."""
+    try:
+        lo, hi = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        lo, hi = 32768, 60999
+    return range(lo, hi + 1)
+
+
 def pick_stack_ports(lo: int, hi: int) -> dict[str, str]:
     """Ports for a second stack: Kafka 2, registry 1, SeaweedFS S3_PORT..S3_PORT+8 plus its admin
-    gRPC at S3_PORT+8+10000. A random block in [lo, hi) where all of them are free."""
+    gRPC at S3_PORT+8+10000. A random block in [lo, hi) where all of them are free and none is
+    an ephemeral port (:func:`ephemeral_ports`)."""
     import random
 
     rng = random.Random()
+    ephemeral = ephemeral_ports()
     for _ in range(200):
         base = rng.randrange(lo, hi, 20)
-        if all(port_free(p) for p in [*range(base, base + 19), base + 10 + 8 + 10000]):
+        ports = [*range(base, base + 19), base + 10 + 8 + 10000]
+        if not any(p in ephemeral for p in ports) and all(port_free(p) for p in ports):
             return {
                 "KAFKA_PORT": str(base),
                 "KAFKA_CONTROLLER_PORT": str(base + 1),

@@ -33,8 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def pick_stack_ports() -> dict[str, str]:
-    """A free block in a range apart from tests/stack/test_stack_lifecycle.py's."""
-    return support_pick_ports(40000, 49000)
+    """A free block below the ephemeral ports, apart from test_stack_lifecycle.py's and
+    test_metrics_stack.py's."""
+    return support_pick_ports(12000, 15000)
 
 
 def proc_alive(pid: int) -> bool:

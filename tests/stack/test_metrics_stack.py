@@ -108,7 +108,7 @@ def outage_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     else:
         env = {k: v for k, v in base.items()
                if not k.startswith(("KAFKA_", "S3_", "SEAWEED_")) and k != "REGISTRY_PORT"}
-        env.update(pick_stack_ports(21000, 27000))  # apart from test_stack_lifecycle.py and faults
+        env.update(pick_stack_ports(15000, 18000))  # apart from test_stack_lifecycle.py and faults
         d = tmp_path_factory.mktemp("metrics-stack") / "stack"
         env["STACK_DIR"] = str(d)
         stack = Stack(d, env, private=True)

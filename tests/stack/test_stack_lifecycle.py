@@ -30,7 +30,7 @@ SETTING_KEYS = {
 
 
 def _pick_ports() -> dict[str, str]:
-    return pick_stack_ports(30000, 39000)
+    return pick_stack_ports(10000, 12000)  # below the ephemeral ports; apart from faults and metrics
 
 
 def _run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
