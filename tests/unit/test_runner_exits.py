@@ -6,27 +6,19 @@ the run ends with exit status 4 and says what the server said and what to do, in
 
 from __future__ import annotations
 
-from botocore.exceptions import ClientError
 from structlog.testing import capture_logs
 from test_shutdown import _broker, _runner
+from test_storage_plan import client_error, wrapped
 
 from consumer.errors import EXIT_STORAGE
 from consumer.testing import MemoryStore
 
 
-def _refused(code: str, status: int, message: str) -> OSError:
-    """A refusal as s3fs raises it: the botocore error translated into an OSError, chained."""
-    error = ClientError({"Error": {"Code": code, "Message": message},
-                         "ResponseMetadata": {"HTTPStatusCode": status}}, "PutObject")
-    translated = OSError(str(error))
-    translated.__cause__ = error
-    return translated
-
-
 def test_a_refused_request_ends_with_exit_4_and_the_servers_words() -> None:
     broker, store = _broker(), MemoryStore()
     said = "Unsupported header 'x-amz-sdk-checksum-algorithm' received for this API call."
-    store.fail_next("put_object", _refused("InvalidArgument", 400, said), times=100)
+    refused = wrapped(client_error("InvalidArgument", 400, message=said))  # as s3fs raises it
+    store.fail_next("put_object", refused, times=100)
     with capture_logs() as logs:
         assert _runner(broker, store, until_caught_up=True).run() == EXIT_STORAGE
     (stopped,) = [e for e in logs if e["log_level"] == "error"]

@@ -245,9 +245,10 @@ def test_equal_parts_are_needed_on_r2_only() -> None:
     assert not needs_equal_parts(None)
 
 
-def client_error(code: str, status: int, op: str = "PutObject") -> ClientError:
+def client_error(code: str, status: int, op: str = "PutObject", message: str | None = None) -> ClientError:
     return ClientError(
-        {"Error": {"Code": code, "Message": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, op
+        {"Error": {"Code": code, "Message": message or code}, "ResponseMetadata": {"HTTPStatusCode": status}},
+        op,
     )
 
 
@@ -307,10 +308,7 @@ def test_refusal_names_answers_that_will_not_change() -> None:
     """A 4xx the protocol does not handle itself, or a 501: a restart gets the same answer, so the
     runner says so (exit 4) instead of "unexpected error, restart me"."""
     said = "Unsupported header 'x-amz-sdk-checksum-algorithm'"
-    unsupported = ClientError(
-        {"Error": {"Code": "InvalidArgument", "Message": said}, "ResponseMetadata": {"HTTPStatusCode": 400}},
-        "PutObject",
-    )
+    unsupported = client_error("InvalidArgument", 400, message=said)
     assert refusal(wrapped(unsupported)) == f"InvalidArgument: {said}"
     assert refusal(client_error("MissingContentMD5", 400)) == "MissingContentMD5: MissingContentMD5"
     assert refusal(client_error("NotImplemented", 501)) == "NotImplemented: NotImplemented"
