@@ -11,10 +11,12 @@ use arrow_array::{
     make_array, Array, ArrayRef, BooleanArray, DictionaryArray, FixedSizeBinaryArray, ListArray,
     MapArray, NullArray, PrimitiveArray, RecordBatch, StringArray, StructArray,
 };
-use arrow_buffer::{BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
+use arrow_buffer::{ArrowNativeType, BooleanBufferBuilder, Buffer, NullBuffer, OffsetBuffer, ScalarBuffer};
 use arrow_data::transform::MutableArrayData;
+use arrow_data::ArrayData;
 use arrow_schema::{DataType, SchemaRef};
 
+use crate::logical::Kind;
 use crate::schema::Node;
 use crate::validate::parse_uuid;
 
@@ -225,8 +227,54 @@ pub fn array(node: &Node, arr: &ArrayRef, target: &DataType) -> R<ArrayRef> {
             }
         }
         Node::Null => Ok(Arc::new(NullArray::new(arr.len()))),
+        Node::Int(Some(lt)) | Node::Long(Some(lt)) => match Kind::of(lt) {
+            Some(k) => leaf(&conform(k, arr)?, target),
+            None => leaf(arr, target),
+        },
         _ => leaf(arr, target),
     }
+}
+
+/// Raw dates, times or timestamps as the reference path reads them ([`crate::logical`]): an
+/// error for a value fastavro rejects (the decoder then checks the batch record by record and
+/// names it), fastavro's time of day for one before midnight. Every real value lies inside
+/// [`Kind::identity`] and passes through untouched after one comparison.
+fn conform(k: Kind, arr: &ArrayRef) -> R<ArrayRef> {
+    let data = arr.to_data();
+    match data.data_type() {
+        DataType::Date32 | DataType::Time32(_) => conform_values::<i32>(k, data),
+        DataType::Time64(_) | DataType::Timestamp(_, _) => conform_values::<i64>(k, data),
+        other => Err(format!("{other} for a date, time or timestamp")),
+    }
+}
+
+fn conform_values<T>(k: Kind, data: ArrayData) -> R<ArrayRef>
+where
+    T: ArrowNativeType + Into<i64> + TryFrom<i64>,
+{
+    let (lo, hi) = k.identity();
+    let values: &[T] = &data.buffer::<T>(0)[..data.len()];
+    let outside = |i: usize| {
+        let v: i64 = values[i].into();
+        (v < lo || v > hi) && data.is_valid(i)
+    };
+    if !(0..data.len()).any(outside) {
+        return Ok(make_array(data));
+    }
+    let mut out = values.to_vec();
+    for (i, slot) in out.iter_mut().enumerate() {
+        if outside(i) {
+            let v = k.read(values[i].into())?;
+            *slot = T::try_from(v).map_err(|_| format!("{v} does not fit its column"))?;
+        }
+    }
+    let conformed = ArrayData::builder(data.data_type().clone())
+        .len(data.len())
+        .add_buffer(Buffer::from_vec(out))
+        .nulls(data.nulls().cloned())
+        .build()
+        .map_err(e)?;
+    Ok(make_array(conformed))
 }
 
 /// Same layout, other type parameters (timestamp time zone): reinterpret the buffers.

@@ -5,6 +5,7 @@
 
 pub mod convert;
 pub mod gather;
+pub mod logical;
 pub mod schema;
 pub mod validate;
 

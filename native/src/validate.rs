@@ -4,9 +4,15 @@
 //! the hot path walks every body before arrow-avro sees it — as far as the last field holding
 //! something arrow-avro would accept wrongly ([`structure_prefix`]); a batch that still fails is
 //! checked record by record with the full [`validate`]. Reasons follow fastavro's wording (the
-//! reference path) so dead letters read the same whichever decoder ran.
+//! reference path) so dead letters read the same whichever decoder ran; a date, time or timestamp
+//! fastavro cannot convert to a Python object is a fault here too ([`crate::logical`]).
 
+use crate::logical::Kind;
 use crate::schema::Node;
+
+fn in_range(v: i64, (lo, hi): (i64, i64)) -> bool {
+    lo <= v && v <= hi
+}
 
 pub struct Cursor<'a> {
     buf: &'a [u8],
@@ -294,7 +300,8 @@ pub fn structure(node: &Node, body: &[u8]) -> Result<(), String> {
 /// [`structure`]), or an array whose items can take no bytes, where a corrupt count would make
 /// the decoder loop without reading. Everything else arrow-avro checks itself (lengths, the end
 /// of the body, the branch index of any other union, UTF-8 and enum indices when its batch is
-/// finished), and a batch that fails is checked again record by record with [`validate`].
+/// finished; the conversion checks dates, times and timestamps), and a batch that fails is
+/// checked again record by record with [`validate`].
 pub fn must_walk(node: &Node) -> bool {
     match node {
         Node::Uuid => true,
@@ -406,7 +413,14 @@ fn walk<const UTF8: bool>(node: &Node, c: &mut Cursor<'_>) -> Result<(), String>
     match node {
         Node::Null => Ok(()),
         Node::Boolean => c.fixed_width(1, "boolean"),
-        Node::Int(_) | Node::Long(_) => c.long().map(|_| ()),
+        Node::Int(None) | Node::Long(None) => c.long().map(|_| ()),
+        Node::Int(Some(lt)) | Node::Long(Some(lt)) => {
+            let v = c.long()?;
+            match Kind::of(lt) {
+                Some(k) if !in_range(v, k.identity()) => k.read(v).map(|_| ()),
+                _ => Ok(()),
+            }
+        }
         Node::Float => c.fixed_width(4, "float"),
         Node::Double => c.fixed_width(8, "double"),
         Node::Bytes(_) => {

@@ -528,6 +528,120 @@ def test_bad_uuid_strings_are_bad_records_like_fastavro() -> None:
     assert [i for i, _ in bad] == [1, 4, 5]
 
 
+# fastavro converts dates, times and timestamps to Python objects as it reads them: a value Python
+# cannot hold is a dead letter there, and a time up to an hour before midnight comes back as
+# another time (-1 ms: 00:00:00.999). The native path must agree on both.
+_INT32 = (-(2**31), 2**31 - 1)
+_INT64 = (-(2**63), 2**63 - 1)
+_LOGICAL_EDGES: dict[tuple[str, str], list[int]] = {
+    ("int", "date"): [-719162, -719163, 2932896, 2932897, 2146764484, 2146764485, *_INT32],
+    ("int", "time-millis"): [0, -1, -3599999, -3600000, 86399999, 86400000, *_INT32],
+    ("long", "time-micros"): [
+        0,
+        -1,
+        -3599999999,
+        -3600000000,
+        86399999999,
+        86400000000,
+        # where int(v / 3600000000) as a float first reaches a C int's range, and below it
+        3600000000 * 2**31 - 429,
+        3600000000 * 2**31 - 430,
+        -3600000000 * (2**31 + 1) + 858,
+        -3600000000 * (2**31 + 1) + 859,
+        *_INT64,
+    ],
+    ("long", "timestamp-millis"): [
+        -62135596800000,
+        -62135596800001,
+        253402300799999,
+        253402300800000,
+        86400000 * 10**9,
+        86400000 * (10**9 - 1),
+        2**62,
+        *_INT64,
+    ],
+    ("long", "timestamp-micros"): [
+        -62135596800000000,
+        -62135596800000001,
+        253402300799999999,
+        253402300800000000,
+        2**62,
+        *_INT64,
+    ],
+}
+_LOGICAL_EDGES[("long", "local-timestamp-millis")] = _LOGICAL_EDGES[("long", "timestamp-millis")]
+_LOGICAL_EDGES[("long", "local-timestamp-micros")] = _LOGICAL_EDGES[("long", "timestamp-micros")]
+
+#: Where the value sits: (field type around the logical type t, record value around v).
+_PLACES: dict[str, tuple[Any, Any]] = {
+    "field": (lambda t: t, lambda v: v),
+    "nullable": (lambda t: ["null", t], lambda v: v),
+    "general union": (lambda t: ["null", "string", t], lambda v: v),
+    "map value": (lambda t: {"type": "map", "values": t}, lambda v: {"a": 0, "b": v}),
+    "array item": (lambda t: {"type": "array", "items": t}, lambda v: [v, 0]),
+}
+
+
+@st.composite
+def _logical_case(draw: st.DrawFn) -> tuple[dict[str, Any], list[bytes]]:
+    base, logical = draw(st.sampled_from(sorted(_LOGICAL_EDGES)))
+    wrap, value = _PLACES[draw(st.sampled_from(sorted(_PLACES)))]
+    lo, hi = _INT32 if base == "int" else _INT64
+    values = draw(
+        st.lists(
+            st.one_of(st.sampled_from(_LOGICAL_EDGES[(base, logical)]), st.integers(lo, hi)),
+            min_size=1,
+            max_size=6,
+        )
+    )
+
+    def schema(t: Any) -> dict[str, Any]:
+        return {
+            "type": "record",
+            "name": "L",
+            "fields": [{"name": "s", "type": "string"}, {"name": "x", "type": wrap(t)}],
+        }
+
+    # Encoded as the plain int/long underneath: the same bytes, with no conversion on the way in.
+    bodies = encode(schema(base), [{"s": f"r{i}", "x": value(v)} for i, v in enumerate([0, *values, 0])])
+    return schema({"type": base, "logicalType": logical}), bodies
+
+
+@settings(max_examples=80, deadline=None)
+@given(_logical_case())
+def test_dates_times_and_timestamps_are_read_as_fastavro_reads_them(
+    case: tuple[dict[str, Any], list[bytes]],
+) -> None:
+    """Same dead letters with the same reasons, and the same values, for every date, time and
+    timestamp: past year 9999, before year 1, past midnight, before midnight, wherever it sits."""
+    avro, bodies = case
+    assert_same_decoding(avro, bodies)
+
+
+def test_a_time_before_midnight_and_a_year_past_9999() -> None:
+    avro = {
+        "type": "record",
+        "name": "T",
+        "fields": [
+            {"name": "t", "type": {"type": "int", "logicalType": "time-millis"}},
+            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+        ],
+    }
+    plain = {
+        "type": "record",
+        "name": "T",
+        "fields": [{"name": "t", "type": "int"}, {"name": "ts", "type": "long"}],
+    }
+    bodies = encode(plain, [{"t": -1, "ts": 0}, {"t": 0, "ts": 253402300800000}, {"t": 86400000, "ts": 0}])
+    got, bad = native_way(avro, bodies)
+    assert bad == [
+        (1, "malformed Avro: OverflowError: date value out of range"),
+        (2, "malformed Avro: ValueError: hour must be in 0..23"),
+    ]
+    assert got.column("t").to_pylist() == [dt.time(0, 0, 0, 999000)]  # fastavro's reading of -1 ms
+    assert_same_decoding(avro, bodies)
+
+
 @settings(max_examples=40, deadline=None)
 @given(st.sampled_from(samples.schema_names()), st.integers(0, 2**32), st.data())
 def test_truncated_and_extended_sample_bodies(name: str, seed: int, data: st.DataObject) -> None:
@@ -548,10 +662,8 @@ def test_sample_bodies_with_changed_bytes(name: str, seed: int, data: st.DataObj
     and decode the rest identically.
 
     Reasons are not compared here (the tests above check their wording fault by fault): a random
-    change often makes several faults, and which one is named can differ. fastavro converts values
-    as it reads, so a timestamp out of Python's range comes first there ("OverflowError"), a check
-    the native path does not make; a varint longer than 64 bits wraps differently, so a corrupt
-    length or count differs, and what is read after it.
+    change often makes several faults, and which one is named can differ: a varint longer than 64
+    bits wraps differently, so a corrupt length or count differs, and what is read after it.
 
     One known difference in what is rejected: a *negative* union branch or enum index. fastavro
     indexes a Python list with it (-1: the last branch) and may decode the record; the native
