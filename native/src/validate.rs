@@ -388,7 +388,16 @@ fn index<const UTF8: bool>(c: &mut Cursor<'_>, len: usize) -> Result<usize, Stri
     Err(OUT_OF_RANGE.into())
 }
 
-fn blocks(c: &mut Cursor<'_>, mut each: impl FnMut(&mut Cursor<'_>) -> Result<(), String>) -> Result<(), String> {
+/// The blocks of an array or map, each item read by `each`, as fastavro reads them: item after
+/// item, so a corrupt count fails where fastavro fails (at the first bad item, or at the end of
+/// the data). Items taking at least `item_min_bytes` ≥ 1 bytes each end the loop by then; items
+/// that can take no bytes would not, so a count of those far beyond the data is an EOF at once
+/// (fastavro would build a list of that many items until memory runs out).
+fn blocks(
+    c: &mut Cursor<'_>,
+    item_min_bytes: usize,
+    mut each: impl FnMut(&mut Cursor<'_>) -> Result<(), String>,
+) -> Result<(), String> {
     loop {
         let mut count = c.long()?;
         if count == 0 {
@@ -398,9 +407,7 @@ fn blocks(c: &mut Cursor<'_>, mut each: impl FnMut(&mut Cursor<'_>) -> Result<()
             c.long()?; // block size in bytes
             count = count.checked_neg().ok_or_else(|| eof(""))?;
         }
-        // Items take at least one byte unless they are null-like; a count far beyond the data is
-        // corrupt (fastavro would fail reading past the end, or run out of memory).
-        if count > (1 << 28) && count as u64 > c.remaining() as u64 {
+        if item_min_bytes == 0 && count > (1 << 28) && count as u64 > c.remaining() as u64 {
             return Err(eof(""));
         }
         for _ in 0..count {
@@ -437,8 +444,8 @@ fn walk<const UTF8: bool>(node: &Node, c: &mut Cursor<'_>) -> Result<(), String>
             }
             Ok(())
         }
-        Node::Array(items) => blocks(c, |c| walk::<UTF8>(items, c)),
-        Node::Map(values) => blocks(c, |c| {
+        Node::Array(items) => blocks(c, min_bytes(items), |c| walk::<UTF8>(items, c)),
+        Node::Map(values) => blocks(c, 1, |c| {
             c.string_bytes::<UTF8>()?;
             walk::<UTF8>(values, c)
         }),

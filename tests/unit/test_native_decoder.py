@@ -506,6 +506,35 @@ def test_invalid_utf8_the_structural_walk_leaves_to_arrow_is_still_named_like_fa
     assert all("UnicodeDecodeError" in r for _, r in bad)
 
 
+def test_a_corrupt_item_count_fails_where_fastavro_fails() -> None:
+    """fastavro reads an array's or map's items one by one, whatever the count says: a count far
+    beyond the data fails at the first bad item, with that item's reason, or at the end of the
+    data. (Only items that can take no bytes are cut short at once: they would not run out.)"""
+    avro = {
+        "type": "record",
+        "name": "O",
+        "fields": [
+            {"name": "items", "type": {"type": "array", "items": "string"}},
+            {"name": "tags", "type": {"type": "map", "values": "string"}},
+        ],
+    }
+    huge = b"\x80\x80\x80\x80\x80\x80\x01"  # 2**41 in zig-zag: far more items than bytes
+
+    def s(x: bytes) -> bytes:
+        return bytes([2 * len(x)]) + x
+
+    bodies = [
+        huge + s(b"ok") + s(b"\xff") + b"\x00\x00",  # the 2nd item is not UTF-8
+        huge + s(b"ok") + b"\x61" + b"abc",  # the 2nd item's length is -49
+        huge + s(b"ok") + s(b"fine"),  # the data ends inside the items
+        b"\x02" + s(b"ok") + b"\x00" + huge + s(b"k") + s(b"\xc3("),  # a map value that is not UTF-8
+        encode(avro, [{"items": ["a"], "tags": {"k": "v"}}])[0],
+    ]
+    bad = assert_same_decoding(avro, bodies)
+    assert [i for i, _ in bad] == [0, 1, 2, 3]
+    assert "UnicodeDecodeError" in bad[0][1] and "UnicodeDecodeError" in bad[3][1]
+
+
 def test_bad_uuid_strings_are_bad_records_like_fastavro() -> None:
     avro = {
         "type": "record",
