@@ -46,6 +46,11 @@ def encode(avro: dict[str, Any], records: Sequence[dict[str, Any]]) -> list[byte
     return out
 
 
+def record(name: str, **fields: Any) -> dict[str, Any]:
+    """A record schema with these fields, in this order."""
+    return {"type": "record", "name": name, "fields": [{"name": k, "type": t} for k, t in fields.items()]}
+
+
 def chunk(bodies: Sequence[bytes]) -> tuple[bytes, array.array[int]]:
     ends = array.array("q", itertools.accumulate(len(b) for b in bodies))
     return b"".join(bodies), ends
@@ -510,14 +515,7 @@ def test_a_corrupt_item_count_fails_where_fastavro_fails() -> None:
     """fastavro reads an array's or map's items one by one, whatever the count says: a count far
     beyond the data fails at the first bad item, with that item's reason, or at the end of the
     data. (Only items that can take no bytes are cut short at once: they would not run out.)"""
-    avro = {
-        "type": "record",
-        "name": "O",
-        "fields": [
-            {"name": "items", "type": {"type": "array", "items": "string"}},
-            {"name": "tags", "type": {"type": "map", "values": "string"}},
-        ],
-    }
+    avro = record("O", items={"type": "array", "items": "string"}, tags={"type": "map", "values": "string"})
     huge = b"\x80\x80\x80\x80\x80\x80\x01"  # 2**41 in zig-zag: far more items than bytes
 
     def s(x: bytes) -> bytes:
@@ -625,11 +623,7 @@ def _logical_case(draw: st.DrawFn) -> tuple[dict[str, Any], list[bytes]]:
     )
 
     def schema(t: Any) -> dict[str, Any]:
-        return {
-            "type": "record",
-            "name": "L",
-            "fields": [{"name": "s", "type": "string"}, {"name": "x", "type": wrap(t)}],
-        }
+        return record("L", s="string", x=wrap(t))
 
     # Encoded as the plain int/long underneath: the same bytes, with no conversion on the way in.
     bodies = encode(schema(base), [{"s": f"r{i}", "x": value(v)} for i, v in enumerate([0, *values, 0])])
@@ -648,19 +642,12 @@ def test_dates_times_and_timestamps_are_read_as_fastavro_reads_them(
 
 
 def test_a_time_before_midnight_and_a_year_past_9999() -> None:
-    avro = {
-        "type": "record",
-        "name": "T",
-        "fields": [
-            {"name": "t", "type": {"type": "int", "logicalType": "time-millis"}},
-            {"name": "ts", "type": {"type": "long", "logicalType": "timestamp-millis"}},
-        ],
-    }
-    plain = {
-        "type": "record",
-        "name": "T",
-        "fields": [{"name": "t", "type": "int"}, {"name": "ts", "type": "long"}],
-    }
+    avro = record(
+        "T",
+        t={"type": "int", "logicalType": "time-millis"},
+        ts={"type": "long", "logicalType": "timestamp-millis"},
+    )
+    plain = record("T", t="int", ts="long")
     bodies = encode(plain, [{"t": -1, "ts": 0}, {"t": 0, "ts": 253402300800000}, {"t": 86400000, "ts": 0}])
     got, bad = native_way(avro, bodies)
     assert bad == [
