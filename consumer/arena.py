@@ -221,6 +221,11 @@ class Arena:
         self._runs: list[tuple[int, WriterSchema]] = []
         self._batches: list[pa.RecordBatch] = []
         self._batch_bytes = 0
+        # What the decoded batches occupy: their lengths plus the slack the native decoder reports
+        # (its buffers' capacities; see native.Decoded). ``_batch_bytes`` stays the Arrow size the
+        # encoded-size predictions are learnt from.
+        self._batch_memory = 0
+        self._chunk_slack = 0
         self._batch_avro_bytes = 0
         self.rows = 0  # rows buffered (pending + decoded), dead letters excluded
         self.dead_letters: list[DeadLetter] = []
@@ -239,7 +244,7 @@ class Arena:
         keys, decoded Arrow buffers and dead letters. The fixed coordinate arrays (24 bytes per
         chunk row) are not counted: they are the same small constant for every partition."""
         dl = sum(len(d.value or b"") + len(d.reason) for d in self.dead_letters) if self.dead_letters else 0
-        return len(self._raw) + self._key_bytes + self._batch_bytes + dl
+        return len(self._raw) + self._key_bytes + self._batch_memory + dl
 
     @property
     def predicted_encoded_bytes(self) -> float:
@@ -423,7 +428,9 @@ class Arena:
             batch = self._assign_buckets(batch, kept, raw_bodies)
         if batch is not None and batch.num_rows:
             self._batches.append(batch)
-            self._batch_bytes += batch.get_total_buffer_size()
+            size = batch.get_total_buffer_size()
+            self._batch_bytes += size
+            self._batch_memory += size + self._chunk_slack
             chunk_avro = int(self._ends[keep[-1]])
             self._batch_avro_bytes += chunk_avro
             self.stats.observe_batch(batch, chunk_avro)
@@ -529,14 +536,16 @@ class Arena:
         if self.decoder == "native" and not self._native_tried:
             self._native_tried = True
             self._native = decoder_for(self.schema.avro, self.schema.fingerprint)
+        self._chunk_slack = 0
         if self._native is not None:
             try:
-                values, bad = self._native.decode(self._raw, self._ends, n)
+                values, bad, held = self._native.decode_held(self._raw, self._ends, n)
                 if self._check_decimals and isinstance(values, pa.RecordBatch):
                     # A decimal wider than its declared precision decodes natively without error;
                     # Arrow's full validation finds it (not which row): then the reference path
                     # below decodes the chunk and turns exactly that record into a dead letter.
                     values.validate(full=True)
+                self._chunk_slack = max(0, held - values.get_total_buffer_size())
                 return values, bad
             except pa.ArrowInvalid:
                 pass
@@ -703,7 +712,7 @@ class Arena:
         arrow_bytes = self._batch_bytes
         dead = self.dead_letters
         self._batches = []
-        self._batch_bytes = 0
+        self._batch_bytes = self._batch_memory = 0
         self._batch_avro_bytes = 0
         self.rows = 0
         self.dead_letters = []

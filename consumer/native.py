@@ -20,7 +20,7 @@ from __future__ import annotations
 import array
 import json
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import pyarrow as pa
 import structlog
@@ -36,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
     _IMPORT_ERROR = str(exc)
 
 __all__ = [
+    "Decoded",
     "NativeDecoder",
     "NativeError",
     "NativeUnsupported",
@@ -66,6 +67,17 @@ def import_error() -> str | None:
     return _IMPORT_ERROR
 
 
+class Decoded(NamedTuple):
+    """What one native decode returns. ``held_bytes`` is what the batches' buffers occupy: arrow-avro
+    builds each column in a buffer that starts at 1,024 values and doubles, so a column holds up to
+    twice its length, and a chunk of a few rows holds several times its size. The memory budget
+    counts this, not the lengths pyarrow reports."""
+
+    batches: list[pa.RecordBatch]
+    bad: list[tuple[int, str]]
+    held_bytes: int
+
+
 class NativeDecoder:
     """Decodes chunks of one writer schema; build once per schema, reuse for every chunk."""
 
@@ -89,29 +101,38 @@ class NativeDecoder:
 
     def decode_batches(
         self, raw: bytes | bytearray | memoryview, ends: array.array[int] | Sequence[int], n: int
-    ) -> tuple[list[pa.RecordBatch], list[tuple[int, str]]]:
-        """Every batch (split only past ~1 GiB of body bytes) and the bad records."""
+    ) -> Decoded:
+        """Every batch (split only past ~1 GiB of body bytes), the bad records and the bytes the
+        batches hold."""
         if not isinstance(ends, array.array) or ends.typecode != "q":
             ends = array.array("q", ends)
         try:
-            batches, bad = self._decoder.decode(raw, ends, n)
+            batches, bad, held = self._decoder.decode(raw, ends, n)
         except (RuntimeError, ValueError, BufferError) as exc:
             raise NativeError(str(exc)) from exc
-        return list(batches), [(int(i), str(r)) for i, r in bad]
+        return Decoded(list(batches), [(int(i), str(r)) for i, r in bad], int(held))
+
+    def decode_held(
+        self, raw: bytes | bytearray | memoryview, ends: array.array[int] | Sequence[int], n: int
+    ) -> tuple[pa.RecordBatch, list[tuple[int, str]], int]:
+        """:meth:`decode`, plus the bytes the batch holds in memory: its buffers' capacities, up to
+        twice their lengths (what ``get_total_buffer_size`` counts; see ``Decoded``)."""
+        batches, bad, held = self.decode_batches(raw, ends, n)
+        if len(batches) == 1:
+            return batches[0], bad, held
+        try:  # more than ~1 GiB of bodies in one chunk: one batch only if offsets still fit
+            table = pa.Table.from_batches(batches, schema=self.schema).combine_chunks()
+            (batch,) = table.to_batches(max_chunksize=None)
+        except (pa.ArrowInvalid, ValueError) as exc:
+            raise NativeError(f"chunk too large for one batch: {exc}") from exc
+        return batch, bad, batch.get_total_buffer_size()  # a copy in Arrow's pool, sized exactly
 
     def decode(
         self, raw: bytes | bytearray | memoryview, ends: array.array[int] | Sequence[int], n: int
     ) -> tuple[pa.RecordBatch, list[tuple[int, str]]]:
         """One record batch of the good rows (columns of ``arrow_schema``) and ``[(index, reason)]``
         of the bad ones, in index order."""
-        batches, bad = self.decode_batches(raw, ends, n)
-        if len(batches) == 1:
-            return batches[0], bad
-        try:  # more than ~1 GiB of bodies in one chunk: one batch only if offsets still fit
-            table = pa.Table.from_batches(batches, schema=self.schema).combine_chunks()
-            (batch,) = table.to_batches(max_chunksize=None)
-        except (pa.ArrowInvalid, ValueError) as exc:
-            raise NativeError(f"chunk too large for one batch: {exc}") from exc
+        batch, bad, _held = self.decode_held(raw, ends, n)
         return batch, bad
 
 

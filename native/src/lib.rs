@@ -176,6 +176,19 @@ impl Core {
     }
 }
 
+/// The bytes allocated for a batch's buffers: their capacities, not their lengths. arrow-avro's
+/// builders start at 1,024 values a column and grow by doubling, so a decoded column holds up to
+/// twice its length (several times over for a chunk of a few rows); pyarrow sees only lengths
+/// (`get_total_buffer_size`), and the memory budget must count what is really held.
+pub fn held_bytes(batch: &RecordBatch) -> usize {
+    fn data(d: &arrow_data::ArrayData) -> usize {
+        d.buffers().iter().map(|b| b.capacity().max(b.len())).sum::<usize>()
+            + d.nulls().map_or(0, |n| n.buffer().capacity().max(n.buffer().len()))
+            + d.child_data().iter().map(data).sum::<usize>()
+    }
+    batch.columns().iter().map(|c| data(&c.to_data())).sum()
+}
+
 /// A decoder for one writer schema (built once, reused for every chunk).
 #[pyclass(module = "consumer._native")]
 struct Decoder {
@@ -224,14 +237,15 @@ impl Decoder {
         }
     }
 
-    /// `decode(raw, ends, n) -> (list[pa.RecordBatch], list[(index, reason)])`.
+    /// `decode(raw, ends, n) -> (list[pa.RecordBatch], list[(index, reason)], held bytes)`: the
+    /// bytes the batches' buffers hold ([`held_bytes`]), which is what they cost in memory.
     fn decode<'py>(
         &mut self,
         py: Python<'py>,
         raw: &Bound<'py, PyAny>,
         ends: &Bound<'py, PyAny>,
         n: usize,
-    ) -> PyResult<(Bound<'py, PyList>, Bad)> {
+    ) -> PyResult<(Bound<'py, PyList>, Bad, usize)> {
         let raw_buf = PyUntypedBuffer::get(raw)?;
         let ends_buf = PyUntypedBuffer::get(ends)?;
         if ends_buf.item_size() != 8 {
@@ -253,11 +267,12 @@ impl Decoder {
                 return Err(PyRuntimeError::new_err(format!("native decoder panicked: {}", panic_message(p))));
             }
         };
+        let held = batches.iter().map(held_bytes).sum();
         let list = PyList::empty(py);
         for b in batches {
             list.append(b.to_pyarrow(py)?)?;
         }
-        Ok((list, bad))
+        Ok((list, bad, held))
     }
 }
 
@@ -318,6 +333,18 @@ mod tests {
         let (batches, bad) = c.decode(&raw, &ends, 5).unwrap();
         assert!(bad.is_empty());
         assert_eq!(batches.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), vec![2, 2, 1]);
+    }
+
+    #[test]
+    fn held_bytes_count_capacity_beyond_length() {
+        let mut c = core();
+        let body: &[u8] = b"\x04ab\x02\x02";
+        let (batches, _) = c.decode(body, &[5], 1).unwrap();
+        let held = held_bytes(&batches[0]);
+        let len: usize = batches[0].columns().iter().map(|a| a.get_buffer_memory_size()).sum();
+        // one row in builders sized for 1,024: far more held than the row's few bytes
+        assert!(held >= 1024, "{held}");
+        assert!(held >= len, "{held} < {len}");
     }
 
     #[test]

@@ -249,6 +249,25 @@ def test_nbytes_counts_what_is_held_and_is_zero_when_idle() -> None:
     assert arena.nbytes == 0
 
 
+def test_nbytes_counts_what_native_batches_hold_not_only_their_lengths() -> None:
+    """arrow-avro builds every column in a buffer of at least 1,024 values that doubles as it
+    grows: a decoded chunk of a few rows holds several times its length. The budget must see it
+    (200 partitions of such chunks once held 1.4x what was counted)."""
+    arena = make_arena(chunk_rows=8)
+    for _ in feed(arena, bodies(4 * 8)):
+        pass
+    assert arena._native is not None, "the native decoder is the default"
+    length = sum(b.get_total_buffer_size() for b in arena._batches)
+    assert arena.nbytes >= length + 4 * 1024 * 8  # >= 1,024 int64 slots per chunk, at least
+    python = make_arena(chunk_rows=8)
+    python.decoder = "python"
+    for _ in feed(python, bodies(4 * 8)):
+        pass
+    assert python.nbytes == len(python._raw) + python._key_bytes + sum(
+        b.get_total_buffer_size() for b in python._batches
+    )
+
+
 def test_nbytes_counts_dead_letter_payloads() -> None:
     arena = make_arena()
     base = arena.nbytes

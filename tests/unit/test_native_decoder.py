@@ -813,7 +813,7 @@ def test_a_chunk_split_into_several_batches_is_combined_into_one() -> None:
     bodies = encode(avro, list(samples.generate("page_view", 50)))
     raw, ends = chunk(bodies)
     dec = native.NativeDecoder(avro, batch_bytes=1000)
-    batches, bad = dec.decode_batches(raw, ends, len(bodies))
+    batches, bad, _held = dec.decode_batches(raw, ends, len(bodies))
     assert len(batches) > 3 and sum(b.num_rows for b in batches) == 50 and bad == []
     batch, _ = dec.decode(raw, ends, len(bodies))
     assert_same_batches(batch, python_way(avro, bodies)[0])
