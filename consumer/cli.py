@@ -278,7 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logmod.configure(config.log_format, config.log_level)
     from consumer.decoding import Decoder, load_schema
     from consumer.registry import SchemaRegistryClient
-    from consumer.runner import GroupRunner, Runner
+    from consumer.runner import GroupRunner, Runner, resident_bytes
 
     try:
         schema = load_schema(config.schema) if config.framing == "raw" and config.schema else None
@@ -313,9 +313,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"consumer: replay: {exc}", file=sys.stderr)
             return 2
-        runner: Runner = ReplayRunner(config, store=store, decoder=decoder, start=start, stop=stop)
+        runner: Runner = ReplayRunner(
+            config, store=store, decoder=decoder, start=start, stop=stop, process_rss=resident_bytes
+        )
     else:
-        runner = GroupRunner(config, store=store, decoder=decoder)
+        runner = GroupRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
     runner.install_signal_handlers()
     from consumer.metrics import Observer
 

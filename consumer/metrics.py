@@ -433,8 +433,11 @@ class _Collector(Collector):
 
         yield _single(GaugeMetricFamily, "memory_buffered_bytes",
                       "Bytes buffered by all partitions (compare with the budget)", total_buffered)
-        yield _single(GaugeMetricFamily, "memory_budget_bytes", "--memory-bytes: budget for buffered rows",
+        yield _single(GaugeMetricFamily, "memory_budget_bytes", "--memory-bytes: the process's budget",
                       runner.config.memory_bytes)
+        yield _single(GaugeMetricFamily, "memory_buffer_budget_bytes",
+                      "The buffered rows' share of --memory-bytes (what memory_buffered_bytes is held to)",
+                      runner.memory.buffers)
         yield _single(GaugeMetricFamily, "fetch_paused", "1 while fetching is paused by the memory budget",
                       int(bool(runner.budget_paused)))
         yield _single(GaugeMetricFamily, "open_files", "In-progress files (staged pieces, not rolled yet)",

@@ -31,6 +31,7 @@ from typing import Any
 
 from consumer import faults
 from consumer import log as logmod
+from consumer.budget import MemoryPlan, fetch_bytes
 from consumer.config import Config
 from consumer.decoding import Decoder
 from consumer.errors import (
@@ -122,6 +123,17 @@ class RunStats:
         }
 
 
+def resident_bytes() -> int:
+    """This process's resident set size (0 where /proc is not available)."""
+    import os
+
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 class Runner:
     """The shared poll loop. Subclasses implement :meth:`_start` (subscribe or assign) and
     :meth:`_done` (None while the run goes on, else its exit status), and may filter records in
@@ -139,8 +151,13 @@ class Runner:
         consumer_factory: Callable[[dict[str, Any]], Any] | None = None,
         positions_factory: Callable[[Any], PositionStore] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        process_rss: Callable[[], int] | None = None,
     ) -> None:
         self.config = config
+        #: The process's resident bytes when the run starts (the entry point passes
+        #: :func:`resident_bytes`; the in-memory doubles leave it out: 0).
+        self._process_rss = process_rss or (lambda: 0)
+        self.memory = MemoryPlan.of(config.memory_bytes, config.row_group_bytes)
         self.store = store
         self.decoder = decoder
         self.clock = clock
@@ -167,7 +184,7 @@ class Runner:
         self.positions: PositionStore = (positions_factory or KafkaGroupPositions)(self.consumer)
 
     def _kafka_config(self) -> dict[str, Any]:
-        fetch_bytes = max(1 << 20, min(32 << 20, self.config.memory_bytes // 16))
+        fetch = fetch_bytes(self.config.memory_bytes)
         conf: dict[str, Any] = {
             "bootstrap.servers": self.config.bootstrap_servers,
             "group.id": self.config.group_id,
@@ -178,10 +195,10 @@ class Runner:
             "isolation.level": "read_committed",
             # librdkafka's prefetch is memory the arenas do not see: its queue and each fetch
             # response are bounded by 1/16 of --memory-bytes (1–32 MiB; 1/64 of that per
-            # partition), so the budget covers it.
-            "queued.max.messages.kbytes": fetch_bytes // 1024,
-            "fetch.max.bytes": fetch_bytes,
-            "max.partition.fetch.bytes": max(64 << 10, min(1 << 20, fetch_bytes // 64)),
+            # partition), and the memory plan sets that much aside (consumer.budget).
+            "queued.max.messages.kbytes": fetch // 1024,
+            "fetch.max.bytes": fetch,
+            "max.partition.fetch.bytes": max(64 << 10, min(1 << 20, fetch // 64)),
             "error_cb": self._on_kafka_error,
         }
         conf.update(self.config.kafka_properties)
@@ -252,6 +269,7 @@ class Runner:
     def run(self) -> int:
         """Run until stopped or done; the process exit status (see :mod:`consumer.errors`)."""
         self.log.info("starting", config=self.config.redacted())
+        self._plan_memory()
         code = EXIT_OK
         try:
             probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex))
@@ -428,8 +446,23 @@ class Runner:
         raise exc
 
     # -- memory ----------------------------------------------------------------------------------
+    def _plan_memory(self) -> None:
+        """Share ``--memory-bytes`` out now that the process has started (consumer.budget)."""
+        cfg = self.config
+        self.memory = plan = MemoryPlan.of(cfg.memory_bytes, cfg.row_group_bytes, self._process_rss())
+        mb = 1_000_000
+        parts = {"buffers_mb": round(plan.buffers / mb, 1), "fetch_mb": round(plan.fetch / mb, 1),
+                 "flush_mb": round(plan.flush / mb, 1), "process_mb": round(plan.process / mb, 1)}
+        if plan.too_small:
+            self.log.warning(
+                "--memory-bytes is too small for this process: peak RSS may pass it + 100 MB",
+                memory_bytes=cfg.memory_bytes, hint=f"give it at least {plan.smallest_sufficient // mb} MB "
+                "(or a smaller --row-group-bytes)", **parts)
+        else:
+            self.log.info("memory plan", memory_bytes=cfg.memory_bytes, **parts)
+
     def _enforce_memory_budget(self) -> None:
-        """Keep buffered bytes under ``--memory-bytes``.
+        """Keep buffered bytes under the arenas' share of ``--memory-bytes`` (:attr:`memory`).
 
         Flushing early is only worth it for a partition holding a useful row group (at least
         1/16 of the row-group byte target, 1 MiB at most): flushing hundreds of partitions of a few
@@ -437,7 +470,7 @@ class Runner:
         worth flushing, fetching pauses instead, until age flushes bring the total below 3/4 of
         the budget.
         """
-        budget = self.config.memory_bytes
+        budget = self.memory.buffers
         floor = min(self.config.row_group_bytes // 16, 1 << 20)
         total = sum(w.buffered_bytes for w in self.workers.values())
         while total > budget:

@@ -1,0 +1,74 @@
+"""How ``--memory-bytes`` is shared out, so that the whole process stays within it plus 100 MB.
+
+The bound operators size containers by is the process's peak RSS: ``--memory-bytes`` + 100 MB
+(``docs/operations.md``). The arenas' buffered rows are only part of what the process holds, so
+they get what is left after the parts they do not see:
+
+- **fetch**: librdkafka's prefetch queue, plus one fetch response in flight (twice the fetch size
+  the runner gives librdkafka: 1/16 of the budget, 1–32 MiB);
+- **flush**: encoding a row group holds the Parquet pages being written, the finished piece and
+  its upload (about three row groups' worth of encoded bytes, the byte target);
+- **process**: what the process itself holds once started (interpreter, pyarrow, the S3 and Kafka
+  clients) beyond the 100 MB allowance; measured by the entry point (``cli``) when the run starts.
+
+A budget too small for all that still leaves the arenas a quarter of it, and
+:attr:`MemoryPlan.too_small` says so, for the runner to warn at start.
+
+Pure: the runner applies the plan (``Runner._enforce_memory_budget``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: What the bound allows the process beyond ``--memory-bytes``.
+ALLOWANCE = 100 * 1000 * 1000
+
+
+def fetch_bytes(memory_bytes: int) -> int:
+    """librdkafka's queue and its largest fetch response: 1/16 of the budget, 1–32 MiB."""
+    return max(1 << 20, min(32 << 20, memory_bytes // 16))
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """The budget's parts, in bytes; :attr:`buffers` is what the arenas may hold together."""
+
+    memory_bytes: int
+    fetch: int
+    flush: int
+    process: int
+
+    @classmethod
+    def of(cls, memory_bytes: int, row_group_bytes: int, process_rss: int = 0) -> MemoryPlan:
+        """The plan for a budget, a row-group byte target and the process's RSS at start (0: not
+        known, as in tests on the in-memory doubles)."""
+        return cls(
+            memory_bytes=memory_bytes,
+            fetch=2 * fetch_bytes(memory_bytes),
+            flush=3 * row_group_bytes,
+            process=max(0, process_rss - ALLOWANCE),
+        )
+
+    @property
+    def reserved(self) -> int:
+        return self.fetch + self.flush + self.process
+
+    @property
+    def buffers(self) -> int:
+        return max(self.memory_bytes - self.reserved, self.memory_bytes // 4)
+
+    @property
+    def too_small(self) -> bool:
+        """True when the arenas get less than the budget minus what the rest needs: peak RSS may
+        then pass ``--memory-bytes`` + 100 MB."""
+        return self.memory_bytes - self.reserved < self.memory_bytes // 4
+
+    @property
+    def smallest_sufficient(self) -> int:
+        """About the least ``--memory-bytes`` that is not :attr:`too_small` (to suggest): the
+        prefetch reserve grows with the budget, so a few steps find it."""
+        m = self.memory_bytes
+        while MemoryPlan(m, 2 * fetch_bytes(m), self.flush, self.process).too_small:
+            m = max(m + m // 100, (4 * (2 * fetch_bytes(m) + self.flush + self.process) + 2) // 3)
+        return m
