@@ -199,6 +199,14 @@ class Runner:
             "queued.max.messages.kbytes": fetch // 1024,
             "fetch.max.bytes": fetch,
             "max.partition.fetch.bytes": max(64 << 10, min(1 << 20, fetch // 64)),
+            # librdkafka also keeps up to queued.min.messages per partition (100,000 by default),
+            # beyond what the byte limit counts (its own bookkeeping per message): one per KiB of
+            # the fetch size, 1,000-100,000.
+            "queued.min.messages": max(1000, min(100_000, fetch // 1024)),
+            # When a queue is full librdkafka waits this long before fetching for it again (1 s by
+            # default): the loop drained it long before, and stood idle. 20 ms: 1M page_view
+            # records took 5.5-6.4 s of wall time instead of 10.6-10.8 s, for the same CPU.
+            "fetch.queue.backoff.ms": 20,
             "error_cb": self._on_kafka_error,
         }
         conf.update(self.config.kafka_properties)
