@@ -1,7 +1,7 @@
 """How ``--memory-bytes`` is shared out, so that the whole process stays within it plus 100 MB.
 
 The bound operators size containers by is the process's peak RSS: ``--memory-bytes`` + 100 MB
-(``docs/operations.md``). The arenas' buffered rows are only part of what the process holds, so
+(README, ``--memory-bytes``; docs/guarantees.md, "Bounded memory"). The arenas' buffered rows are only part of what the process holds, so
 they get what is left after the parts they do not see:
 
 - **fetch**: librdkafka's prefetch queue, plus one fetch response in flight (twice the fetch size
