@@ -152,3 +152,30 @@ def test_the_command_sets_its_process_defaults_before_pyarrow_and_the_operator_w
     env |= {"OPENBLAS_NUM_THREADS": "4", "ARROW_DEFAULT_MEMORY_POOL": "mimalloc"}
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["4", "mimalloc"]
+
+
+def test_the_runner_plans_its_memory_when_the_run_starts_and_names_a_budget_too_small() -> None:
+    """The arenas are held to --memory-bytes less prefetch, encoding and the started process
+    beyond 100 MB (consumer.budget), measured when the run starts; a budget too small for the
+    process is named at start, with the least that fits."""
+    from structlog.testing import capture_logs
+
+    from consumer.budget import MemoryPlan
+
+    broker, store = page_view_broker(1, 0), MemoryStore()
+    big = memory_runner(broker, store)
+    big._process_rss = lambda: 130_000_000
+    with capture_logs() as logs:
+        big._plan_memory()
+    assert big.memory == MemoryPlan.of(big.config.memory_bytes, big.config.row_group_bytes, 130_000_000)
+    assert big.memory.process == 30_000_000 and not big.memory.too_small
+    assert [e["event"] for e in logs] == ["memory plan"]
+
+    small = memory_runner(broker, store, memory_bytes=32 << 20, row_group_bytes=8 << 20)
+    small._process_rss = lambda: 130_000_000
+    with capture_logs() as logs:
+        small._plan_memory()
+    assert small.memory.too_small and small.memory.buffers == 8 << 20
+    (warning,) = logs
+    assert warning["log_level"] == "warning" and "too small" in warning["event"]
+    assert f"at least {small.memory.smallest_sufficient // 1_000_000} MB" in warning["hint"]
