@@ -1,4 +1,4 @@
-"""How ``--memory-bytes`` is shared out, so that the whole process stays within it plus 100 MB.
+"""How ``--memory-bytes`` is shared out, aiming at a whole process within it plus 100 MB.
 
 The bound operators size containers by is the process's peak RSS: ``--memory-bytes`` + 100 MB
 (README, ``--memory-bytes``; docs/guarantees.md, "Bounded memory"). The arenas' buffered rows are only part of what the process holds, so
