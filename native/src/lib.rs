@@ -176,17 +176,13 @@ impl Core {
     }
 }
 
-/// The bytes allocated for a batch's buffers: their capacities, not their lengths. arrow-avro's
-/// builders start at 1,024 values a column and grow by doubling, so a decoded column holds up to
-/// twice its length (several times over for a chunk of a few rows); pyarrow sees only lengths
-/// (`get_total_buffer_size`), and the memory budget must count what is really held.
+/// The bytes allocated for a batch's buffers: their capacities, not their lengths (arrow-rs's
+/// `get_array_memory_size`). arrow-avro's builders start at 1,024 values a column and grow by
+/// doubling, so a decoded column holds up to twice its length (several times over for a chunk of a
+/// few rows); pyarrow sees only lengths (`get_total_buffer_size`), and the memory budget must count
+/// what is really held.
 pub fn held_bytes(batch: &RecordBatch) -> usize {
-    fn data(d: &arrow_data::ArrayData) -> usize {
-        d.buffers().iter().map(|b| b.capacity().max(b.len())).sum::<usize>()
-            + d.nulls().map_or(0, |n| n.buffer().capacity().max(n.buffer().len()))
-            + d.child_data().iter().map(data).sum::<usize>()
-    }
-    batch.columns().iter().map(|c| data(&c.to_data())).sum()
+    batch.get_array_memory_size()
 }
 
 /// A decoder for one writer schema (built once, reused for every chunk).
