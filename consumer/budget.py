@@ -1,8 +1,9 @@
 """How ``--memory-bytes`` is shared out, aiming at a whole process within it plus 100 MB.
 
 The bound operators size containers by is the process's peak RSS: ``--memory-bytes`` + 100 MB
-(README, ``--memory-bytes``; docs/guarantees.md, "Bounded memory"). The arenas' buffered rows are only part of what the process holds, so
-they get what is left after the parts they do not see:
+(README, ``--memory-bytes``; docs/guarantees.md, "Bounded memory"). The arenas' buffered rows
+are only part of what the process holds, so they get what is left after the parts they do not
+see:
 
 - **fetch**: librdkafka's prefetch queue, plus one fetch response in flight (twice the fetch size
   the runner gives librdkafka: 1/16 of the budget, 1–32 MiB);
