@@ -15,6 +15,15 @@ see:
 A budget too small for all that still leaves the arenas a quarter of it, and
 :attr:`MemoryPlan.too_small` says so, for the runner to warn at start.
 
+The plan is an estimate made once: librdkafka's threads, the S3 client and the allocators' free
+lists grow after it (glibc keeps memory freed in the middle of its heap). So the runner also reads
+the process's RSS as it runs. Above :attr:`MemoryPlan.soft_limit` (the bound less one flush's
+room) it first hands freed memory back (``malloc_trim`` through pyarrow's system pool), and what
+is still over comes off the arenas' share (:meth:`MemoryPlan.buffers_at`): the largest arenas
+flush early, and their freed memory is reused instead of new memory being taken. This is the
+soft limit of OpenTelemetry's ``memory_limiter`` applied to the one part a consumer can give
+back, its buffered rows.
+
 Pure: the runner applies the plan (``Runner._enforce_memory_budget``).
 """
 
@@ -58,6 +67,31 @@ class MemoryPlan:
     @property
     def buffers(self) -> int:
         return max(self.memory_bytes - self.reserved, self.memory_bytes // 4)
+
+    @property
+    def bound(self) -> int:
+        """The process's peak RSS this plan is for: ``--memory-bytes`` + 100 MB."""
+        return self.memory_bytes + ALLOWANCE
+
+    @property
+    def soft_limit(self) -> int:
+        """RSS above which one more flush (its pages, the piece and its upload) may pass
+        :attr:`bound`."""
+        return self.bound - self.flush
+
+    def over(self, rss: int) -> int:
+        """How far ``rss`` is above :attr:`soft_limit` (0 below it, or when not measured: 0)."""
+        return max(0, rss - self.soft_limit)
+
+    def buffers_at(self, rss: int, buffered: int) -> int:
+        """The arenas' share while the process is at ``rss`` and they hold ``buffered`` bytes:
+        :attr:`buffers`, less what ``rss`` is over the soft limit, taken from what they hold now;
+        never under a quarter of :attr:`buffers`, so that row groups stay useful under pressure
+        that is not theirs (librdkafka, a leak): there fetching pauses instead."""
+        excess = self.over(rss)
+        if not excess:
+            return self.buffers
+        return max(self.buffers // 4, min(self.buffers, buffered - excess))
 
     @property
     def too_small(self) -> bool:

@@ -436,8 +436,9 @@ class _Collector(Collector):
         yield _single(GaugeMetricFamily, "memory_budget_bytes", "--memory-bytes: the process's budget",
                       runner.config.memory_bytes)
         yield _single(GaugeMetricFamily, "memory_buffer_budget_bytes",
-                      "The buffered rows' share of --memory-bytes (what memory_buffered_bytes is held to)",
-                      runner.memory.buffers)
+                      "The buffered rows' share of --memory-bytes (what memory_buffered_bytes is held to; "
+                      "lower while the process's RSS is over the memory plan's soft limit)",
+                      runner.buffers_budget)
         yield _single(GaugeMetricFamily, "fetch_paused", "1 while fetching is paused by the memory budget",
                       int(bool(runner.budget_paused)))
         yield _single(GaugeMetricFamily, "open_files", "In-progress files (staged pieces, not rolled yet)",

@@ -40,3 +40,29 @@ def test_the_buffers_never_get_more_than_the_budget_or_less_than_a_quarter(
     assert memory // 4 <= plan.buffers <= memory
     assert plan.too_small == (plan.buffers == memory // 4 and memory - plan.reserved < memory // 4)
     assert MiB <= fetch_bytes(memory) <= 32 * MiB
+
+
+def test_below_the_soft_limit_the_arenas_get_the_plan_and_above_it_give_up_the_excess() -> None:
+    """The soft limit leaves one flush's room under the bound; what RSS is over it comes off what
+    the arenas hold now."""
+    plan = MemoryPlan.of(128 * MiB, 8 * MiB, process_rss=ALLOWANCE + 10_000_000)
+    assert plan.bound == 128 * MiB + ALLOWANCE and plan.soft_limit == plan.bound - 3 * 8 * MiB
+    assert plan.over(0) == 0 and plan.over(plan.soft_limit) == 0  # not measured / at the limit
+    assert plan.buffers_at(plan.soft_limit, 70_000_000) == plan.buffers
+    assert plan.over(plan.soft_limit + 5_000_000) == 5_000_000
+    assert plan.buffers_at(plan.soft_limit + 5_000_000, 60_000_000) == 55_000_000
+    # never more than the plan gives, never less than a quarter of it
+    assert plan.buffers_at(plan.soft_limit + 1, plan.buffers * 2) == plan.buffers
+    assert plan.buffers_at(plan.bound * 2, 60_000_000) == plan.buffers // 4
+
+
+@given(st.integers(MiB, 1 << 40), st.integers(1, 1 << 30), st.integers(0, 1 << 41), st.integers(0, 1 << 41),
+       st.integers(0, 1 << 41))
+def test_the_squeezed_share_stays_within_a_quarter_and_the_plan_and_falls_as_rss_rises(
+    memory: int, row_group: int, rss: int, more: int, buffered: int
+) -> None:
+    plan = MemoryPlan.of(memory, row_group)
+    share = plan.buffers_at(rss, buffered)
+    assert plan.buffers // 4 <= share <= plan.buffers
+    assert plan.buffers_at(rss + more, buffered) <= share
+    assert (share == plan.buffers) or plan.over(rss) > 0

@@ -5,9 +5,12 @@ tiny row groups."""
 from __future__ import annotations
 
 import gc
+import time
 
+import pytest
 from confluent_kafka import TopicPartition
 
+from consumer.budget import MemoryPlan
 from consumer.testing import MemoryConsumer, MemoryStore, memory_runner, page_view_broker
 from consumer.worker import PartitionWorker
 
@@ -179,3 +182,51 @@ def test_the_runner_plans_its_memory_when_the_run_starts_and_names_a_budget_too_
     (warning,) = logs
     assert warning["log_level"] == "warning" and "too small" in warning["event"]
     assert f"at least {small.memory.smallest_sufficient // 1_000_000} MB" in warning["hint"]
+
+
+def test_rss_over_the_soft_limit_hands_memory_back_then_flushes_the_largest_arenas_early(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The plan is an estimate: when the process's RSS passes the plan's soft limit anyway
+    (librdkafka, the allocator's free lists), freed memory goes back first (at most once a second)
+    and what is still over comes off the arenas' share, so the largest flush early. It does not
+    pause fetching; the same run below the soft limit flushes nothing early."""
+    from structlog.testing import capture_logs
+
+    import consumer.runner as runner_mod
+
+    plan = MemoryPlan.of(8 << 20, 256 << 10, 100_000_000)
+    seconds = [0.0]
+
+    def run(over: int) -> tuple[int, int, int, int]:
+        trims: list[None] = []
+        monkeypatch.setattr(runner_mod, "release_unused_memory", lambda: trims.append(None))
+        broker, store = page_view_broker(2, 3000), MemoryStore()
+        r = memory_runner(broker, store, memory_bytes=8 << 20, row_group_bytes=256 << 10,
+                          row_group_max_age=3600.0, batch_size=100)
+        readings = iter([100_000_000])  # at start (the plan), then over the soft limit by `over`
+        r._process_rss = lambda: next(readings, plan.soft_limit + over)
+        held, paused, polls = [0], [False], [0]
+
+        def watch(consumer: MemoryConsumer) -> None:
+            held[0] = max(held[0], sum(w.buffered_bytes for w in r.workers.values()))
+            paused[0] |= r.budget_paused
+            polls[0] += 1
+            if polls[0] == 60:
+                r.request_stop()
+
+        r.consumer.on_consume = watch
+        began = time.monotonic()
+        with capture_logs() as logs:
+            assert r.run() == 0
+        seconds[0] = time.monotonic() - began
+        assert r.memory == plan and not paused[0]
+        early = sum(1 for e in logs if e["event"] == "memory budget reached: flushing largest arena early")
+        return early, len(trims), held[0], sum("soft limit" in e["event"] for e in logs)
+
+    early, trims, held, said = run(-1)
+    assert (early, trims, said) == (0, 0, 0) and plan.buffers // 4 < held < plan.buffers
+    early, trims, held, said = run(500_000)
+    assert early >= 1 and said == 1
+    assert held <= plan.buffers // 4 + 500_000 + 100 * 2_000  # the squeezed share plus a batch
+    assert 1 <= trims <= 1 + seconds[0] / runner_mod.TRIM_SECONDS  # at most once a second
