@@ -17,7 +17,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench.common import SampledProcess, child_env, json_lines, stack_settings, write_json
+from bench.adapters import ensure_ours_venv
+from bench.common import OURS_VENV, REPO, SampledProcess, child_env, json_lines, stack_settings, write_json
 
 MB = 1_000_000
 
@@ -38,15 +39,17 @@ def run(
         topic = f"bench-parts-{uuid.uuid4().hex[:8]}"
         produce(stack.bootstrap, topic, schema, partitions * per_partition, partitions=partitions)
     rows: list[dict[str, Any]] = []
+    ensure_ours_venv()  # what a user runs: the runtime dependencies only (bench.run does the same)
+    env = child_env(stack) | {"PYTHONPATH": str(REPO)}
     for budget in budgets:
         tag = uuid.uuid4().hex[:8]
         argv = [
-            sys.executable, "-m", "consumer", "run", "--until-caught-up",
+            str(OURS_VENV / "bin" / "python"), "-m", "consumer", "run", "--until-caught-up",
             "--group-id", f"bench-{tag}", "--topic", topic, "--schema", schema,
             "--output", f"s3://{stack.bucket}/bench/partitions-{tag}",
             "--memory-bytes", budget, "--log-format", "json",
         ]
-        proc = SampledProcess(argv, child_env(stack), Path(tempfile.mkdtemp()), f"run-{tag}")
+        proc = SampledProcess(argv, env, Path(tempfile.mkdtemp()), f"run-{tag}")
         res = proc.wait(timeout=1800)
         stopped = next((e for e in json_lines(res.stderr) if e.get("event") == "stopped"), {})
         limit = parse_size(budget) + 100 * MB
