@@ -143,8 +143,10 @@ def release_unused_memory() -> None:
     pa.default_memory_pool().release_unused()
 
 
-#: The least time (seconds) between two trims while RSS is over the memory plan's soft limit.
+#: The least time (seconds) between two trims while RSS is over the memory plan's soft limit,
+#: and between two log lines saying so.
 TRIM_SECONDS = 1.0
+SAY_SECONDS = 60.0
 
 
 class Runner:
@@ -189,7 +191,7 @@ class Runner:
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
-        self._trimmed_at = float("-inf")
+        self._trimmed_at = self._squeeze_said_at = float("-inf")
         self.registry_paused: set[TP] = set()  # partitions waiting for the schema registry
         self.heartbeat: float | None = None  # self.clock() of the poll loop's last iteration (health)
         if consumer_factory is None:
@@ -500,7 +502,8 @@ class Runner:
             release_unused_memory()
             rss = self._process_rss()
         budget = plan.buffers_at(rss, total)
-        if budget < plan.buffers <= self.buffers_budget:
+        if budget < plan.buffers <= self.buffers_budget and now - self._squeeze_said_at >= SAY_SECONDS:
+            self._squeeze_said_at = now  # at a tight budget this comes and goes every few seconds
             self.log.info("process memory over the plan's soft limit: buffering less",
                           rss=rss, soft_limit=plan.soft_limit, buffers=budget)
         self.buffers_budget = budget
