@@ -20,6 +20,9 @@ pub struct Cursor<'a> {
     /// A negative index the full check let through as fastavro does (see [`index`]): reported
     /// only if nothing else is wrong with the body.
     wrapped: bool,
+    /// A varint longer than 10 bytes (Avro's longest long), read wrapped as fastavro reads it
+    /// (see `long_slow`): reported only if nothing else is wrong with the body.
+    overlong: bool,
 }
 
 fn eof(msg: &str) -> String {
@@ -28,14 +31,15 @@ fn eof(msg: &str) -> String {
 
 impl<'a> Cursor<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0, wrapped: false }
+        Self { buf, pos: 0, wrapped: false, overlong: false }
     }
 
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
 
-    /// Zig-zag varint; fastavro reads until a byte without the high bit (no length limit).
+    /// Zig-zag varint; fastavro reads until a byte without the high bit (no length limit; past
+    /// 64 bits, see `long_slow`).
     #[inline]
     fn long(&mut self) -> Result<i64, String> {
         match self.buf.get(self.pos) {
@@ -58,10 +62,12 @@ impl<'a> Cursor<'a> {
                 return Err("IndexError: string index out of range".into());
             };
             self.pos += 1;
-            if shift < 64 {
-                acc |= u64::from(b & 0x7f) << shift;
-            }
-            shift += 7;
+            // fastavro's C `n |= (b & 0x7F) << shift` on a uint64: past 64 bits the shift count
+            // wraps (x86 takes it modulo 64), so an overlong varint reads as the same number
+            // there, and whatever fails after it fails the same way on both paths
+            acc |= u64::from(b & 0x7f).wrapping_shl(shift);
+            self.overlong |= shift > 63;
+            shift = shift.wrapping_add(7);
             if b & 0x80 == 0 {
                 break;
             }
@@ -367,10 +373,15 @@ fn check<const UTF8: bool>(node: &Node, body: &[u8]) -> Result<(), String> {
     if c.wrapped {
         return Err(OUT_OF_RANGE.into());
     }
+    if c.overlong {
+        return Err(OVERLONG.into());
+    }
     Ok(())
 }
 
 const OUT_OF_RANGE: &str = "IndexError: list index out of range";
+/// fastavro reads such a number wrapped and takes the record; arrow-avro cannot read it.
+const OVERLONG: &str = "a varint longer than 10 bytes (no Avro long is; fastavro would read it wrapped)";
 
 /// A union branch or enum symbol index. Outside `0..len` it is corrupt data and the record is
 /// rejected. fastavro indexes a Python list with it, so a negative one wraps (-1: the last) and
@@ -474,6 +485,26 @@ mod tests {
             "1 trailing bytes after the record (wrong schema?)"
         );
         assert_eq!(validate(&n, b"\x06ab").unwrap_err(), "EOFError: Expected 3 bytes, read 2");
+    }
+
+    #[test]
+    fn a_varint_past_64_bits_wraps_as_fastavro_reads_it() {
+        let n = rec(r#""string""#);
+        // ten continuation bytes, then 2 at bit 70, which wraps to bit 6: 128, a length of 64
+        let mut body = vec![0x80u8; 10];
+        body.extend_from_slice(b"\x02ab");
+        assert_eq!(validate(&n, &body).unwrap_err(), "EOFError: Expected 64 bytes, read 2");
+        let mut c = Cursor::new(&[0xffu8; 10][..]);
+        assert!(c.long().is_err()); // never ends: fastavro's IndexError
+        let mut c = Cursor::new(b"\x82\x80\x80\x80\x80\x80\x80\x80\x80\x80\x02");
+        assert_eq!(c.long(), Ok(65));
+        // a long field fastavro would take wrapped: a bad record here, named as such
+        let l = rec(r#""long""#);
+        let mut body = vec![0x80u8; 11];
+        body.push(0x00);
+        assert_eq!(validate(&l, &body).unwrap_err(), OVERLONG);
+        assert_eq!(validate(&l, &body[1..]).unwrap_err(), OVERLONG); // eleven bytes
+        assert_eq!(validate(&l, &body[2..]), Ok(())); // ten: the longest a long may take
     }
 
     #[test]
