@@ -31,7 +31,7 @@ from typing import Any
 
 from consumer import faults
 from consumer import log as logmod
-from consumer.budget import MemoryPlan, fetch_bytes
+from consumer.budget import MemoryPlan, fetch_bytes, fetch_response_bytes
 from consumer.config import Config
 from consumer.decoding import Decoder
 from consumer.errors import (
@@ -211,11 +211,12 @@ class Runner:
             "auto.offset.reset": "earliest",
             "partition.assignment.strategy": "cooperative-sticky",
             "isolation.level": "read_committed",
-            # librdkafka's prefetch is memory the arenas do not see: its queue and each fetch
-            # response are bounded by 1/16 of --memory-bytes (1–32 MiB; 1/64 of that per
-            # partition), and the memory plan sets that much aside (consumer.budget).
+            # librdkafka's prefetch is memory the arenas do not see: its queue is bounded by 1/16
+            # of --memory-bytes (1–32 MiB; 1/64 of that per partition, each fetch response by a
+            # quarter of it, 1-4 MiB: consumer.budget says why), and the memory plan sets twice
+            # the queue aside.
             "queued.max.messages.kbytes": fetch // 1024,
-            "fetch.max.bytes": fetch,
+            "fetch.max.bytes": fetch_response_bytes(self.config.memory_bytes),
             "max.partition.fetch.bytes": max(64 << 10, min(1 << 20, fetch // 64)),
             # librdkafka also keeps up to queued.min.messages per partition (100,000 by default),
             # beyond what the byte limit counts (its own bookkeeping per message): one per KiB of

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.budget import ALLOWANCE, MemoryPlan, fetch_bytes
+from consumer.budget import ALLOWANCE, MemoryPlan, fetch_bytes, fetch_response_bytes
 
 MiB = 1 << 20
 
@@ -66,3 +66,14 @@ def test_the_squeezed_share_stays_within_a_quarter_and_the_plan_and_falls_as_rss
     assert plan.buffers // 4 <= share <= plan.buffers
     assert plan.buffers_at(rss + more, buffered) <= share
     assert (share == plan.buffers) or plan.over(rss) > 0
+
+
+@given(st.integers(1, 1 << 40))
+def test_a_fetch_response_is_a_quarter_of_the_queue_and_1_to_4_mib(memory: int) -> None:
+    """Messages keep their whole fetch response alive; with many partitions several responses
+    stay alive at once, so each is small beside the queue (consumer.budget)."""
+    response = fetch_response_bytes(memory)
+    assert MiB <= response <= 4 * MiB
+    assert response <= fetch_bytes(memory)
+    assert response == max(MiB, min(4 * MiB, fetch_bytes(memory) // 4))
+    assert fetch_response_bytes(128 * MiB) == 2 * MiB and fetch_response_bytes(512 * MiB) == 4 * MiB

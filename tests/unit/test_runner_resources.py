@@ -230,3 +230,17 @@ def test_rss_over_the_soft_limit_hands_memory_back_then_flushes_the_largest_aren
     assert early >= 1 and said == 1
     assert held <= plan.buffers // 4 + 500_000 + 100 * 2_000  # the squeezed share plus a batch
     assert 1 <= trims <= 1 + seconds[0] / runner_mod.TRIM_SECONDS  # at most once a second
+
+
+def test_librdkafka_prefetch_follows_the_budget_and_yields_to_x_settings() -> None:
+    """The queue takes 1/16 of --memory-bytes, a fetch response a quarter of that (1-4 MiB: the
+    messages of a response keep all of it alive, consumer.budget); -X still decides."""
+    broker, store = page_view_broker(1, 0), MemoryStore()
+    conf = memory_runner(broker, store, memory_bytes=128 << 20).consumer.conf
+    assert conf["queued.max.messages.kbytes"] == 8 << 10
+    assert conf["fetch.max.bytes"] == 2 << 20
+    assert conf["max.partition.fetch.bytes"] == 128 << 10 <= conf["fetch.max.bytes"]
+    big = memory_runner(broker, store, memory_bytes=4 << 30).consumer.conf
+    assert big["queued.max.messages.kbytes"] == 32 << 10 and big["fetch.max.bytes"] == 4 << 20
+    mine = memory_runner(broker, store, kafka_properties={"fetch.max.bytes": str(50 << 20)}).consumer.conf
+    assert mine["fetch.max.bytes"] == str(50 << 20)
