@@ -266,11 +266,6 @@ class PartitionWorker:
         staged = [self.layout.parse_staging_key(self.topic, self.partition, o.key, o.size) for o in listing]
         pieces = [s for s in staged if isinstance(s, PieceRef)]
         markers = [s for s in staged if isinstance(s, RollMarker)]
-        dead = []
-        for o in self.store.list(self.layout.dead_letter_dir(self.topic, self.partition)):
-            rng = self.layout.parse_dead_letter_range(o.key)
-            if rng is not None:
-                dead.append((o.key, rng[0], rng[1]))
         problem = layout_mismatch(
             [p.bucket for p in pieces] + [m.bucket for m in markers],
             None if self.bucketing is None else self.bucketing.names,
@@ -278,9 +273,10 @@ class PartitionWorker:
         if problem is not None:
             raise UsageError(f"{self.where}: {problem}")
         if self.bucketing is not None:
-            return self._recover_bucketed(t0, committed, pieces, markers, dead, etags)
+            return self._recover_bucketed(t0, committed, pieces, markers, self._dead_letters(), etags)
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
+        dead = self._dead_letters(since=last_end)
         plan = plan_recovery(committed, pieces, markers, dead, finals, last_end, where=self.where)
         for note in plan.notes:
             self.log.warning(note)
@@ -332,6 +328,25 @@ class PartitionWorker:
         self.files[f.bucket] = f
         self.store.abort_uploads(self.layout.final_key(self.topic, self.partition, f.start, f.bucket))
         return f
+
+    def _dead_letters(self, since: int | None = None) -> list[tuple[str, int, int]]:
+        """(key, from, to) of the partition's dead-letter objects, those starting at ``since`` or
+        later when given (names sort by their first position: one LIST from there).
+
+        Recovery needs only the ones never committed (``to`` past the position it resumes from),
+        to delete them. The plain layout passes the end of the newest final file: a dead-letter
+        object is written by the flush of a range that starts at the committed position, and every
+        recovery deletes those whose range was not committed, so one that was never committed
+        starts at or after any final file's end. A long-running partition with steady bad records
+        no longer lists its whole dead-letter history at every restart and rebalance. (A zombie
+        that writes dead letters after the new owner recovered leaves them in either case.)"""
+        folder = self.layout.dead_letter_dir(self.topic, self.partition)
+        out = []
+        for o in self.store.list(folder, f"{folder}{since:020d}" if since else ""):
+            rng = self.layout.parse_dead_letter_range(o.key)
+            if rng is not None:
+                out.append((o.key, rng[0], rng[1]))
+        return out
 
     def _recover_bucketed(
         self,

@@ -675,3 +675,44 @@ def test_a_roll_lists_the_whole_folder_when_the_known_final_file_is_gone() -> No
     run(w, range(60, 90))
     assert len(listings) == 2  # the page from the known file, which lacks it; then the whole folder
     assert final_offsets(store) == [*range(30), *range(60, 90)]
+
+
+def test_recovery_lists_dead_letters_from_the_newest_final_file_and_still_deletes_uncommitted() -> None:
+    """A partition with steady bad records: its dead-letter folder grows with its history.
+    Recovery needs only the objects never committed (to delete them); those start at or after the
+    newest final file's end, so it lists from there: one page, however long the history. An
+    object of a flush that crashed before its commit is still found and deleted, and the records
+    come back once."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions)
+    w.recover()
+    bad = {i for i in range(300) if i % 7 == 3}
+    run(w, range(300), bad=bad)  # ten final files [0, 300), a dead-letter object per row group
+    folder = LAYOUT.dead_letter_dir("t", 0)
+    history = {LAYOUT.dead_letter_key("t", 0, i % 180, i % 180 + 1 + i // 180) for i in range(2_000)}
+    for key in history:  # more objects committed long ago, all below the newest final file
+        store.objects.setdefault(key, b"")
+    armed = [False]
+
+    def crash_before_the_piece(op: str, key: str) -> None:
+        if armed[0] and op == "put_object" and "/_staging/" in key:
+            raise Crash("after the dead letters of [300, 310), before their piece")
+
+    store.on_op = crash_before_the_piece
+    armed[0] = True
+    with pytest.raises(Crash):
+        run(w, range(300, 310), bad={303})
+    uncommitted = LAYOUT.dead_letter_key("t", 0, 300, 310)
+    assert uncommitted in store.objects and positions.committed("t", 0) == 300
+    pages: list[str] = []
+    store.on_op = lambda op, key: pages.append(key) if op == "list_objects_v2" and key == folder else None
+    w = make_worker(store, positions)
+    w.recover()
+    assert len(pages) == 1  # a whole listing would take three pages of 1,000
+    assert uncommitted not in store.objects and history <= set(store.objects)
+    store.on_op = None
+    run(w, range(300, 330), bad={303})
+    w.finish()
+    rows = final_offsets(store)
+    assert rows == [i for i in range(330) if i not in bad | {303}]
+    assert dead_letter_offsets(store) == sorted(bad | {303})  # each once (the planted ones are empty)
