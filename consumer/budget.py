@@ -103,7 +103,7 @@ class MemoryPlan:
         """The arenas' share while the process is at ``rss`` and they hold ``buffered`` bytes:
         :attr:`buffers`, less what ``rss`` is over the soft limit, taken from what they hold now;
         never under a quarter of :attr:`buffers`, so that row groups stay useful under pressure
-        that is not theirs (librdkafka, a leak): there fetching pauses instead."""
+        that is not theirs (librdkafka, a leak), which flushing cannot relieve."""
         excess = self.over(rss)
         if not excess:
             return self.buffers
