@@ -414,7 +414,7 @@ class Runner:
                     self._guard(worker, worker.flush)
                 if worker.roll_due(now):
                     self._guard(worker, worker.roll_aged)
-            self._enforce_memory_budget()
+            self._enforce_memory_budget(now)
             code = self._done(now)
             if code is not None:
                 return code
@@ -489,13 +489,12 @@ class Runner:
             self.log.info("memory plan", memory_bytes=cfg.memory_bytes, **parts)
         self.buffers_budget = plan.buffers
 
-    def _buffers_now(self, total: int) -> int:
+    def _buffers_now(self, now: float, total: int) -> int:
         """:attr:`buffers_budget` for the process's RSS now (consumer.budget: the soft limit), read
         once per consumed batch (12 µs; a batch of small records takes 30 ms to arrive, and
         checking less often let RSS pass the bound by what arrived in between). Over the soft
         limit, freed memory goes back first (at most once per :data:`TRIM_SECONDS`), so that only
-        what is still held counts against the arenas."""
-        now = self.clock()
+        what is still held counts against the arenas. ``now``: the loop's clock reading."""
         plan = self.memory
         rss = self._process_rss()
         if plan.over(rss) and now - self._trimmed_at >= TRIM_SECONDS:
@@ -510,7 +509,7 @@ class Runner:
         self.buffers_budget = budget
         return budget
 
-    def _enforce_memory_budget(self) -> None:
+    def _enforce_memory_budget(self, now: float) -> None:
         """Keep buffered bytes under the arenas' share of ``--memory-bytes`` (:meth:`_buffers_now`).
 
         Flushing early is only worth it for a partition holding a useful row group (at least
@@ -525,7 +524,7 @@ class Runner:
         """
         floor = min(self.config.row_group_bytes // 16, 1 << 20)
         total = sum(w.buffered_bytes for w in self.workers.values())
-        squeezed = self._buffers_now(total)
+        squeezed = self._buffers_now(now, total)
         while total > squeezed:
             candidates = [w for w in self.workers.values() if w.pending and w.buffered_bytes >= floor]
             if not candidates:
