@@ -7,8 +7,9 @@ N commands on N hosts with distinct host ids form one group. The supervisor:
 
 * starts the members (``consumer run <the same flags> --processes 1 -X group.instance.id=…``);
   with ``--until-caught-up`` every member runs with it, and the command ends when all have;
-* restarts a member that crashed — any exit status other than 0 and the *stop* statuses 2
-  (configuration) and 3 (bad record under ``--on-error fail``), including death by a signal —
+* restarts a member that crashed — any exit status other than 0, 6 (``--until-caught-up`` gave up
+  waiting for partitions held elsewhere: the member is done, the others go on) and the *stop*
+  statuses 2 (configuration) and 3 (bad record under ``--on-error fail``), including death by a signal —
   after an exponential backoff (1 s, 2 s, 4 s … capped at 30 s; reset once a member has run 60 s);
 * on a stop status stops the other members too: the same configuration fails everywhere, and a
   halted partition needs an operator, so the command must end and say so;
@@ -163,13 +164,22 @@ class Supervisor:
         m.last_status = status
         ran = round(now - m.started_at, 1)
         if self.stopping:
+            died_of: dict[str, str] = {}
             if status in (128 + signal.SIGTERM, 128 + signal.SIGINT):
                 # Died of the very signal it was sent, before it had installed its handler (a
-                # member that just started): nothing was consumed, so it stopped as asked.
+                # member that just started): nothing was consumed, so it stopped as asked. The
+                # line says so: a member that ran a while should have stopped by its handler.
+                died_of["died_of"] = signal.Signals(status - 128).name
                 status = m.last_status = EXIT_OK
-            self.log.info("member stopped", member=m.index, status=status, ran_s=ran)
+            self.log.info("member stopped", member=m.index, status=status, ran_s=ran, **died_of)
         elif status == EXIT_OK:
             self.log.info("member finished", member=m.index, status=status, ran_s=ran)
+        elif status == EXIT_INCOMPLETE:
+            # --until-caught-up gave up waiting for partitions another member holds: a restart
+            # would wait the same way, and the others may still be exporting theirs.
+            self.log.warning(
+                "member finished without catching up: not restarted", member=m.index, status=status, ran_s=ran
+            )
         elif status in STOP_STATUSES:
             self.log.error(
                 "member stopped with a status a restart cannot fix: stopping the others",

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
 from consumer.supervisor import (
     Backoff,
@@ -122,6 +123,38 @@ def test_sigterm_reaches_every_member_and_the_command_exits_0() -> None:
     finally:
         timer.cancel()
     assert [m.last_status for m in sup.members] == [0, 0, 0]
+
+
+def test_a_member_dying_of_the_stop_signal_counts_as_stopped_and_the_line_says_so() -> None:
+    """A member that had not installed its handler yet dies of the SIGTERM it is sent. That is a
+    clean stop (it consumed nothing), but the line names the signal: a member that ran a while and
+    still died of it did not stop by its handler, and an operator should be able to see that."""
+    no_handler = "import time\ntime.sleep(60)\n"
+
+    def command(m: Member) -> list[str]:
+        return script(no_handler) if m.index == 0 else script(WAIT_FOR_TERM)
+
+    sup = supervisor(command)
+    timer = stop_after(sup, 1.0)
+    try:
+        with capture_logs() as logs:
+            assert sup.run() == 0
+    finally:
+        timer.cancel()
+    stopped = {e["member"]: e for e in logs if e["event"] == "member stopped"}
+    assert stopped[0]["status"] == 0 and stopped[0]["died_of"] == "SIGTERM"
+    assert stopped[1]["status"] == 0 and "died_of" not in stopped[1]
+
+
+def test_a_member_that_gave_up_catching_up_is_not_restarted_and_the_others_go_on() -> None:
+    def command(m: Member) -> list[str]:
+        done_later = "import time, sys; time.sleep(1); sys.exit(0)"
+        return script("import sys; sys.exit(6)") if m.index == 0 else script(done_later)
+
+    sup = supervisor(command)
+    assert sup.run() == 6
+    assert [m.starts for m in sup.members] == [1, 1]
+    assert [m.last_status for m in sup.members] == [6, 0]  # the other finished its own work
 
 
 def test_stop_while_a_restart_is_pending_reports_the_crash() -> None:
