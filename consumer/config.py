@@ -78,6 +78,9 @@ class Config:
     registry_timeout: float = 300.0  # registry down this long while a new schema id waits: exit
     until_caught_up: bool = False
     caught_up_timeout: float = 300.0  # how long --until-caught-up waits for other members' partitions
+    # static members: partitions owned by no member this long make this member rejoin (0: never);
+    # consumer/orphans.py says why
+    orphan_grace: float = 30.0
     shutdown_timeout: float = 25.0  # SIGTERM → exit bound (below Kubernetes' 30 s grace period)
     processes: int = 1  # group members run from one command (consumer/supervisor.py)
     host_id: str = ""  # static group.instance.id prefix with --processes; "" = the hostname
@@ -183,6 +186,8 @@ class Config:
             p.append(f"metrics-port {self.metrics_port} is not a TCP port (0-65535; 0 picks a free one)")
         if self.stall_timeout <= 0:
             p.append("stall-timeout must be positive")
+        if self.orphan_grace < 0:
+            p.append("orphan-grace must be 0 (never rejoin) or a positive duration")
         if self.stall_exit is not None and self.stall_exit <= self.stall_timeout:
             p.append(f"stall-exit ({self.stall_exit:g}s) must be longer than stall-timeout "
                      f"({self.stall_timeout:g}s), or 'none' to never exit on a stall")
@@ -302,6 +307,7 @@ _CONVERTERS: dict[str, Any] = {
     "poll_timeout": parse_duration,
     "until_caught_up": parse_bool,
     "caught_up_timeout": parse_duration,
+    "orphan_grace": parse_duration,
     "shutdown_timeout": parse_duration,
     "processes": int,
     "kafka_properties": parse_properties,

@@ -450,6 +450,8 @@ class _Collector(Collector):
                       getattr(st, "rebalances", 0))
         yield _single(CounterMetricFamily, "fenced", "Commits refused: partition fenced (owned by another "
                       "member or a stale generation)", getattr(st, "fenced", 0))
+        yield _single(CounterMetricFamily, "orphan_rejoins", "Rejoins that made the group hand out "
+                      "partitions no member owned (static membership)", getattr(st, "orphan_rejoins", 0))
 
         s3 = runner.store.stats
         reqs = CounterMetricFamily(PREFIX + "s3_requests", "S3 requests attempted", labels=["op"])

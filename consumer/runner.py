@@ -48,6 +48,7 @@ from consumer.errors import (
 )
 from consumer.gather import partition_runs
 from consumer.layout import Layout
+from consumer.orphans import GroupView, OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.storage import (
     REFUSED_HINT,
@@ -87,6 +88,7 @@ def _msg_tp(msg: Any) -> tuple[str, int]:
 
 _FATAL = -150  # reported on a message as a plain error whose fatal() is False
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
+_ORPHAN_LOOK_EVERY = 10.0  # seconds between looks at the group's assignment (static members)
 
 
 @dataclass
@@ -100,6 +102,7 @@ class RunStats:
     files: int = 0
     rebalances: int = 0  # assignments received (consumer.metrics)
     fenced: int = 0  # commits refused: partition fenced
+    orphan_rejoins: int = 0  # rejoins that handed out partitions no member owned (consumer/orphans.py)
     started: float = field(default_factory=time.monotonic)
 
     def retire(self, worker: PartitionWorker) -> None:
@@ -648,8 +651,20 @@ class Runner:
 class GroupRunner(Runner):
     """A member of a consumer group (see the module docstring)."""
 
-    def __init__(self, config: Config, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        group_view: Callable[[], GroupView | None] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(config, **kwargs)
+        #: Static members look for partitions no member owns (consumer/orphans.py says why).
+        static = bool(config.kafka_properties.get("group.instance.id"))
+        self._orphans = OrphanWatch(config.orphan_grace) if static and config.orphan_grace > 0 else None
+        self._group_view = group_view or self._describe_group
+        self._next_orphan_look = self.clock() + min(_ORPHAN_LOOK_EVERY, config.orphan_grace / 2)
+        self._admin: Any = None
         self.fenced: set[TP] = set()  # paused after a refused commit, until a rebalance settles
         self.assigned_once = False
         self._rebalanced = False
@@ -678,6 +693,9 @@ class GroupRunner(Runner):
         self._missing_topics = missing
         if self.config.until_caught_up:
             self.targets = self._end_offsets()
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self.consumer.subscribe(
             list(self.config.topics),
             on_assign=self._on_assign,
@@ -772,6 +790,8 @@ class GroupRunner(Runner):
             self._rebalanced = False
             if self.fenced:
                 self._recover_fenced()
+        if self._orphans is not None and not self.stop_requested:
+            self._look_for_orphans()
         if self._missing_topics and not self.assigned_once:
             now = self.clock()
             if now - self._missing_warned >= _MISSING_TOPIC_EVERY:
@@ -782,6 +802,63 @@ class GroupRunner(Runner):
                         "subscribed topic does not exist: waiting for it to be created",
                         topics=self._missing_topics,
                     )
+
+    # -- partitions no member owns ----------------------------------------------------------------
+    def _look_for_orphans(self) -> None:
+        """Now and then, ask the coordinator who owns what; if :class:`OrphanWatch` says this
+        member should heal partitions no member owns, leave the group and join again so it
+        rebalances. Our own partitions are revoked as in any rebalance (flushed, committed) and
+        the cooperative assignor gives them back."""
+        assert self._orphans is not None
+        now = self.clock()
+        if now < self._next_orphan_look:
+            return
+        self._next_orphan_look = now + min(_ORPHAN_LOOK_EVERY, self._orphans.grace / 2)
+        try:
+            md = self.consumer.list_topics(timeout=5.0)
+            topics = [t for t in self.config.topics if t in md.topics]
+            partitions = [(t, p) for t in topics for p in md.topics[t].partitions]
+            me = str(self.consumer.memberid() or "")
+        except Exception as exc:  # metadata unavailable now: look again later
+            self.log.debug("could not read the subscription's partitions", error=str(exc))
+            return
+        heal = self._orphans.look(now, self._group_view() if me else None, partitions, me)
+        if not heal:
+            return
+        self.log.warning(
+            "partitions owned by no member of the group: rejoining so the group rebalances",
+            partitions=[f"{t}[{p}]" for t, p in sorted(heal)],
+            unowned_for_s=self._orphans.grace,
+            hint="a static member that died in the middle of a cooperative rebalance leaves this "
+            "behind; one rebalance hands them out (consumer/orphans.py)",
+        )
+        self.stats.orphan_rejoins += 1
+        self.consumer.unsubscribe()
+        self._subscribe()
+
+    def _describe_group(self) -> GroupView | None:
+        """The group as the coordinator sees it (an AdminClient, made at the first look); None
+        when it does not answer."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        try:
+            if self._admin is None:
+                self._admin = AdminClient(
+                    {"bootstrap.servers": self.config.bootstrap_servers, **self.config.kafka_properties}
+                )
+            group = self.config.group_id
+            desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
+        except Exception as exc:
+            self.log.debug("could not describe the group", error=str(exc))
+            return None
+        return GroupView(
+            stable=desc.state == ConsumerGroupState.STABLE,
+            members={
+                m.member_id: frozenset((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
+                for m in desc.members
+            },
+        )
 
     # -- fencing ---------------------------------------------------------------------------------
     def _fenced(self, worker: PartitionWorker, exc: PartitionFenced) -> None:

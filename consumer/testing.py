@@ -39,6 +39,7 @@ from typing import Any
 
 from consumer import faults
 from consumer.config import MIN_S3_PART
+from consumer.orphans import GroupView
 from consumer.positions import PartitionFenced, PositionError, PositionStore
 from consumer.storage import (
     CopyRange,
@@ -917,6 +918,12 @@ class MemoryBroker:
                 target[id(m)].add(tp)
         g.target = target
 
+    def group_view(self, group_id: str) -> GroupView:
+        """The group as ``describe_consumer_groups`` reports it: stable here (rebalances complete
+        inside ``consume``), and what each member owns."""
+        g = self.group(group_id)
+        return GroupView(stable=True, members={m.memberid(): frozenset(m._owned) for m in g.members})
+
     def _assignable(self, consumer: MemoryConsumer) -> set[TP]:
         """Partitions the group wants ``consumer`` to have that no other member still owns."""
         g = self.group(consumer.group_id)
@@ -977,6 +984,20 @@ class MemoryConsumer:
         self.topics = tuple(topics)
         self._callbacks = {"assign": on_assign, "revoke": on_revoke, "lost": on_lost}
         self.broker._join(self)
+
+    def unsubscribe(self) -> None:
+        """Leave the group as librdkafka's unsubscribe does: revoke what is owned (``on_revoke``),
+        then leave (a static member too: it sends LeaveGroup on unsubscribe, not on close)."""
+        self._check_open()
+        if self._owned and not self._expired and self._callbacks.get("revoke"):
+            self._call("revoke", self._tps(sorted(self._owned)))
+        self._owned = set()
+        self.topics = ()
+        self.broker._leave(self)
+
+    def memberid(self) -> str:
+        """This member's id in its group (stable for the consumer's life here)."""
+        return f"{self.conf.get('group.instance.id') or 'member'}-{id(self):x}"
 
     def assign(self, partitions: Sequence[Any]) -> None:
         """Manual assignment (no group): fetch from each partition's offset."""
