@@ -665,6 +665,7 @@ class GroupRunner(Runner):
         self._group_view = group_view or self._describe_group
         self._next_orphan_look = self.clock() + min(_ORPHAN_LOOK_EVERY, config.orphan_grace / 2)
         self._admin: Any = None
+        self._describe_failed = False  # said once as a warning, then at debug level
         self.fenced: set[TP] = set()  # paused after a refused commit, until a rebalance settles
         self.assigned_once = False
         self._rebalanced = False
@@ -815,9 +816,11 @@ class GroupRunner(Runner):
             return
         self._next_orphan_look = now + min(_ORPHAN_LOOK_EVERY, self._orphans.grace / 2)
         try:
-            md = self.consumer.list_topics(timeout=5.0)
-            topics = [t for t in self.config.topics if t in md.topics]
-            partitions = [(t, p) for t in topics for p in md.topics[t].partitions]
+            partitions = []
+            for topic in self.config.topics:  # only our topics' metadata, not the cluster's
+                meta = self.consumer.list_topics(topic, timeout=5.0).topics.get(topic)
+                if meta is not None and meta.error is None:
+                    partitions += [(topic, p) for p in meta.partitions]
             me = str(self.consumer.memberid() or "")
         except Exception as exc:  # metadata unavailable now: look again later
             self.log.debug("could not read the subscription's partitions", error=str(exc))
@@ -850,7 +853,13 @@ class GroupRunner(Runner):
             group = self.config.group_id
             desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
         except Exception as exc:
-            self.log.debug("could not describe the group", error=str(exc))
+            say = self.log.debug if self._describe_failed else self.log.warning
+            self._describe_failed = True
+            say(
+                "could not ask the coordinator who owns which partition: partitions no member owns "
+                "go unnoticed until it answers (describing a group needs DESCRIBE on it)",
+                error=str(exc),
+            )
             return None
         return GroupView(
             stable=desc.state == ConsumerGroupState.STABLE,

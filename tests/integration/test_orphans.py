@@ -62,7 +62,8 @@ def _wait_for_line(path: Path, line: str, proc: subprocess.Popen[bytes], timeout
         if line in path.read_text(errors="replace").splitlines():
             return
         time.sleep(0.1)
-    raise AssertionError(f"no {line!r} from the bare member (exit {proc.poll()}):\n{path.read_text()[-2000:]}")
+    tail = path.read_text()[-2000:]
+    raise AssertionError(f"no {line!r} from the bare member (exit {proc.poll()}):\n{tail}")
 
 
 def _unowned(stack: Any, group: str, topic: str) -> set[int]:
