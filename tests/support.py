@@ -242,6 +242,18 @@ def offsets_by_partition(table: pa.Table) -> dict[int, list[int]]:
     return out
 
 
+def assert_exported_exactly_once(
+    s3: Any, bucket: str, prefix: str, dest: Path, per_partition: dict[int, int]
+) -> pa.Table:
+    """Nothing is left staged under ``prefix``, and its final files, read back, hold every offset
+    of every partition exactly once. The table, for further checks."""
+    assert staging_keys(s3, bucket, prefix) == []
+    table = read_table(download_finals(s3, bucket, prefix, dest))
+    assert table.num_rows == sum(per_partition.values())
+    assert_exactly_once(table, per_partition)
+    return table
+
+
 def assert_exactly_once(table: pa.Table, per_partition: dict[int, int]) -> None:
     """Every offset 0..count-1 of every partition appears exactly once."""
     got = offsets_by_partition(table)

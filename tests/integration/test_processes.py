@@ -12,12 +12,9 @@ from typing import Any
 
 from support import (
     REPO,
-    assert_exactly_once,
+    assert_exported_exactly_once,
     consumer_cmd,
-    download_finals,
     log_events,
-    read_table,
-    staging_keys,
     start_consumer,
     unique,
 )
@@ -66,10 +63,7 @@ def test_two_processes_until_caught_up_export_every_record_exactly_once(
     assert _instance_ids(events) == {f"{host}-0", f"{host}-1"}
     assert sum(1 for e in events if e.get("event", "").startswith("caught up")) == 2  # both members
     assert next(e for e in events if e.get("event") == "members exited")["statuses"] == [0, 0]
-    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
-    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
-    assert table.num_rows == RECORDS
-    assert_exactly_once(table, res.partition_counts)
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
 
 
 def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exactly_once(
@@ -118,7 +112,4 @@ def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exact
     # The same host id again: the static members take their partitions back and finish the topic.
     again = _run_until_caught_up(topic, group, out, host)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
-    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
-    assert table.num_rows == RECORDS
-    assert_exactly_once(table, res.partition_counts)
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)

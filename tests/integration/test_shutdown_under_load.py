@@ -16,12 +16,9 @@ from typing import Any
 
 import pytest
 from support import (
-    assert_exactly_once,
+    assert_exported_exactly_once,
     count,
-    download_finals,
-    read_table,
     run_consumer,
-    staging_keys,
     start_consumer,
     unique,
 )
@@ -77,7 +74,4 @@ def test_sigterm_under_load_exits_0_within_the_timeout_and_a_restart_loses_nothi
 
     again = run_consumer(topic, group, out, *BIG, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
-    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
-    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
-    assert table.num_rows == RECORDS
-    assert_exactly_once(table, res.partition_counts)
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
