@@ -55,7 +55,7 @@ def _run(name: str, probe: Callable[[], str]) -> CheckResult:
 def check_kafka(config: cfgmod.Config, timeout: float) -> str:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, **config.kafka_properties})
+    admin = AdminClient(cfgmod.admin_config(config))
     md = admin.list_topics(timeout=timeout)
     problems: list[str] = []
     sizes: list[str] = []
@@ -103,7 +103,7 @@ def check_registry(config: cfgmod.Config, timeout: float) -> str:
 def check_group(config: cfgmod.Config, timeout: float) -> str:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": config.bootstrap_servers, **config.kafka_properties})
+    admin = AdminClient(cfgmod.admin_config(config))
     futures = admin.describe_consumer_groups([config.group_id], request_timeout=timeout)
     desc: Any = futures[config.group_id].result(timeout=timeout)
     members = list(desc.members or [])

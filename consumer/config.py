@@ -291,6 +291,24 @@ def parse_properties(items: list[str] | str) -> dict[str, str]:
     return out
 
 
+#: Prefixes of librdkafka properties only a consumer takes (CONFIGURATION.md, scope C). An
+#: AdminClient given one warns on stderr (CONFWARN), once per property and client.
+_CONSUMER_ONLY = (
+    "group.", "partition.assignment.", "session.timeout.", "heartbeat.", "coordinator.query.",
+    "max.poll.", "enable.auto.", "auto.commit.", "auto.offset.", "queued.", "fetch.",
+    "max.partition.fetch.", "offset.store.", "isolation.level", "enable.partition.eof", "check.crcs",
+    "consume.",
+)  # fmt: skip
+
+
+def admin_config(config: Config) -> dict[str, Any]:
+    """An AdminClient's configuration for the cluster ``config`` consumes from: the bootstrap
+    servers and the ``-X`` properties (security, client id, sockets…) but not the consumer-only
+    ones, which librdkafka would warn about on stderr."""
+    props = {k: v for k, v in config.kafka_properties.items() if not k.startswith(_CONSUMER_ONLY)}
+    return {"bootstrap.servers": config.bootstrap_servers, **props}
+
+
 _OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url",
              "metrics_port", "stall_exit", "partition_by"}
 _CONVERTERS: dict[str, Any] = {

@@ -32,7 +32,7 @@ from typing import Any
 from consumer import faults
 from consumer import log as logmod
 from consumer.budget import MemoryPlan, fetch_bytes, fetch_response_bytes
-from consumer.config import Config
+from consumer.config import Config, admin_config
 from consumer.decoding import Decoder
 from consumer.errors import (
     EXIT_BAD_RECORD,
@@ -847,9 +847,7 @@ class GroupRunner(Runner):
 
         try:
             if self._admin is None:
-                self._admin = AdminClient(
-                    {"bootstrap.servers": self.config.bootstrap_servers, **self.config.kafka_properties}
-                )
+                self._admin = AdminClient(admin_config(self.config))
             group = self.config.group_id
             desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
         except Exception as exc:

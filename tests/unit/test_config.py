@@ -6,6 +6,7 @@ always passed explicitly (never os.environ) so the tests do not depend on the sh
 
 from __future__ import annotations
 
+import dataclasses
 from decimal import Decimal
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from consumer.config import (
     COMPRESSIONS,
     Config,
     ConfigError,
+    admin_config,
     env_name,
     load,
     parse_bool,
@@ -568,3 +570,18 @@ def test_an_s3_endpoint_botocore_refuses_is_a_config_error_at_start(
     assert code == 2
     err = capsys.readouterr().err
     assert "consumer: config: S3 client: ValueError: Invalid endpoint: http://exa mple:9" in err
+
+
+def test_an_admin_client_gets_the_cluster_settings_but_not_the_consumer_only_properties() -> None:
+    """librdkafka warns on stderr about every consumer-only property an AdminClient is given."""
+    props = {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN", "client.id": "c",
+        "group.instance.id": "h-0", "session.timeout.ms": "10000", "fetch.queue.backoff.ms": "20",
+        "auto.offset.reset": "earliest", "isolation.level": "read_committed",
+        "enable.auto.commit": "false", "partition.assignment.strategy": "range",
+    }  # fmt: skip
+    cfg = dataclasses.replace(VALID, bootstrap_servers="k:9092", kafka_properties=props)
+    assert admin_config(cfg) == {
+        "bootstrap.servers": "k:9092", "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
+        "client.id": "c",
+    }  # fmt: skip
