@@ -89,6 +89,7 @@ def _msg_tp(msg: Any) -> tuple[str, int]:
 _FATAL = -150  # reported on a message as a plain error whose fatal() is False
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 _ORPHAN_LOOK_EVERY = 10.0  # seconds between looks at the group's assignment (static members)
+_ORPHAN_LOOK_BACKOFF = 60.0  # … after a look the cluster did not answer (each may block up to 5 s)
 
 
 @dataclass
@@ -824,8 +825,12 @@ class GroupRunner(Runner):
             me = str(self.consumer.memberid() or "")
         except Exception as exc:  # metadata unavailable now: look again later
             self.log.debug("could not read the subscription's partitions", error=str(exc))
+            self._next_orphan_look = now + _ORPHAN_LOOK_BACKOFF
             return
-        heal = self._orphans.look(now, self._group_view() if me else None, partitions, me)
+        view = self._group_view() if me else None
+        if view is None and me:  # no answer: do not block the poll loop on it every 10 s
+            self._next_orphan_look = now + _ORPHAN_LOOK_BACKOFF
+        heal = self._orphans.look(now, view, partitions, me)
         if not heal:
             return
         self.log.warning(

@@ -4,6 +4,8 @@ reproduced with real static members on the real broker: tests/integration/test_o
 
 from __future__ import annotations
 
+import itertools
+
 from hypothesis import given
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
@@ -110,3 +112,28 @@ def test_without_static_membership_or_with_grace_0_nothing_is_looked_at() -> Non
     assert _runner(broker, store)._orphans is None
     static = {"group.instance.id": "h"}
     assert _runner(broker, store, kafka_properties=static, orphan_grace=0.0)._orphans is None
+
+
+def test_a_coordinator_that_does_not_answer_is_asked_again_only_after_a_minute() -> None:
+    """Each look may block the poll loop for a few seconds when the cluster does not answer."""
+    broker, store, clock = _broker(), MemoryStore(), FakeClock()
+    runner = _runner(broker, store, clock, kafka_properties={"group.instance.id": "h-0"}, orphan_grace=30.0)
+    asked: list[float] = []
+
+    def silent() -> None:
+        asked.append(clock.now)
+
+    runner._group_view = silent
+    consumes = 0
+
+    def tick(_consumer: MemoryConsumer) -> None:
+        nonlocal consumes
+        consumes += 1
+        clock.now += 5.0
+        if consumes == 40:  # 200 s
+            runner.request_stop()
+
+    runner.consumer.on_consume = tick
+    assert runner.run() == 0
+    assert len(asked) >= 3
+    assert all(b - a >= 60.0 for a, b in itertools.pairwise(asked))
