@@ -12,7 +12,8 @@ from structlog.testing import capture_logs
 from test_shutdown import PARTITIONS, PER_PARTITION, FakeClock, _broker, _runner
 
 from consumer.orphans import GroupView, OrphanWatch, healer, unowned
-from consumer.testing import MemoryConsumer, MemoryStore
+from consumer.runner import GroupRunner
+from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore
 
 ALL = [("t", p) for p in range(4)]
 
@@ -72,28 +73,34 @@ def test_a_rebalance_under_way_a_silent_coordinator_or_other_orphans_start_the_w
     assert watch.look(200.0, view(a=[0, 1], b=[2, 3]), ALL, "b") == frozenset()  # healed
 
 
+def _static_runner(seconds: float) -> tuple[MemoryBroker, GroupRunner, FakeClock]:
+    """A static member on the in-memory broker whose clock moves 5 s per consume; it is asked to
+    stop after ``seconds``."""
+    broker, clock = _broker(), FakeClock()
+    static = {"group.instance.id": "h-0"}
+    runner = _runner(broker, MemoryStore(), clock, kafka_properties=static, orphan_grace=30.0)
+    stop_at = clock.now + seconds
+
+    def tick(_consumer: MemoryConsumer) -> None:
+        clock.now += 5.0
+        if clock.now >= stop_at:
+            runner.request_stop()
+
+    runner.consumer.on_consume = tick
+    return broker, runner, clock
+
+
 def test_a_static_member_rejoins_when_partitions_stay_unowned_and_loses_nothing() -> None:
     """The in-memory group cannot reach the hole (its coordinator recomputes on every join), so
     the coordinator's answer is doctored: partition 3 owned by nobody. The runner must rejoin once
     after the grace, get every partition back, and commit every record exactly at the end."""
-    broker, store, clock = _broker(), MemoryStore(), FakeClock()
-    runner = _runner(broker, store, clock, kafka_properties={"group.instance.id": "h-0"}, orphan_grace=30.0)
+    broker, runner, _ = _static_runner(100.0)
 
     def doctored() -> GroupView:
         real = broker.group_view("g")
         return GroupView(True, {m: tps - {("t", 3)} for m, tps in real.members.items()})
 
     runner._group_view = doctored
-    consumes = 0
-
-    def tick(_consumer: MemoryConsumer) -> None:
-        nonlocal consumes
-        consumes += 1
-        clock.now += 5.0
-        if consumes == 20:
-            runner.request_stop()
-
-    runner.consumer.on_consume = tick
     generation = broker.group("g").generation
     with capture_logs() as logs:
         assert runner.run() == 0
@@ -116,24 +123,13 @@ def test_without_static_membership_or_with_grace_0_nothing_is_looked_at() -> Non
 
 def test_a_coordinator_that_does_not_answer_is_asked_again_only_after_a_minute() -> None:
     """Each look may block the poll loop for a few seconds when the cluster does not answer."""
-    broker, store, clock = _broker(), MemoryStore(), FakeClock()
-    runner = _runner(broker, store, clock, kafka_properties={"group.instance.id": "h-0"}, orphan_grace=30.0)
+    _, runner, clock = _static_runner(200.0)
     asked: list[float] = []
 
     def silent() -> None:
         asked.append(clock.now)
 
     runner._group_view = silent
-    consumes = 0
-
-    def tick(_consumer: MemoryConsumer) -> None:
-        nonlocal consumes
-        consumes += 1
-        clock.now += 5.0
-        if consumes == 40:  # 200 s
-            runner.request_stop()
-
-    runner.consumer.on_consume = tick
     assert runner.run() == 0
     assert len(asked) >= 3
     assert all(b - a >= 60.0 for a, b in itertools.pairwise(asked))
