@@ -315,11 +315,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"consumer: replay: {exc}", file=sys.stderr)
             return 2
-        runner: Runner = ReplayRunner(
-            config, store=store, decoder=decoder, start=start, stop=stop, process_rss=resident_bytes
-        )
-    else:
-        runner = GroupRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
+    try:
+        if replay:
+            runner: Runner = ReplayRunner(
+                config, store=store, decoder=decoder, start=start, stop=stop, process_rss=resident_bytes
+            )
+        else:
+            runner = GroupRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
+    except cfgmod.ConfigError as exc:
+        for problem in exc.problems:
+            print(f"consumer: config: {problem}", file=sys.stderr)
+        return 2
     runner.install_signal_handlers()
     from consumer.metrics import Observer
 

@@ -32,7 +32,7 @@ from typing import Any
 from consumer import faults
 from consumer import log as logmod
 from consumer.budget import MemoryPlan, fetch_bytes, fetch_response_bytes
-from consumer.config import Config, admin_config
+from consumer.config import Config, ConfigError, admin_config
 from consumer.decoding import Decoder
 from consumer.errors import (
     EXIT_BAD_RECORD,
@@ -202,7 +202,14 @@ class Runner:
             from confluent_kafka import Consumer
 
             consumer_factory = Consumer
-        self.consumer = consumer_factory(self._kafka_config())
+        try:
+            self.consumer = consumer_factory(self._kafka_config())
+        except Exception as exc:  # librdkafka refuses a property or a combination of them
+            if type(exc).__name__ != "KafkaException":
+                raise
+            said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+            problem = f"the Kafka client refused its configuration: {said} (check the -X properties)"
+            raise ConfigError([problem]) from exc
         self.positions: PositionStore = (positions_factory or KafkaGroupPositions)(self.consumer)
 
     def _kafka_config(self) -> dict[str, Any]:

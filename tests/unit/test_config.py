@@ -572,6 +572,31 @@ def test_an_s3_endpoint_botocore_refuses_is_a_config_error_at_start(
     assert "consumer: config: S3 client: ValueError: Invalid endpoint: http://exa mple:9" in err
 
 
+@pytest.mark.parametrize(
+    ("props", "said"),
+    [
+        (["no.such.property=1"], 'No such configuration property: "no.such.property"'),
+        (["group.protocol=consumer", "session.timeout.ms=10000"],
+         "`session.timeout.ms` is not supported for `group.protocol=consumer`"),
+    ],
+)  # fmt: skip
+def test_a_kafka_property_librdkafka_refuses_is_a_config_error_at_start(
+    props: list[str], said: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Exit 2 with librdkafka's own words (no traceback); the client is built before any request."""
+    from consumer import cli
+
+    flags = [w for p in props for w in ("-X", p)]
+    code = cli.main(
+        ["run", "--bootstrap-servers", "127.0.0.1:1", "--group-id", "g", "--topic", "t",
+         "--schema", "page_view", "--output", "s3://bucket/prefix", *flags]
+    )  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "consumer: config: the Kafka client refused its configuration: " in err
+    assert said in err
+
+
 def test_an_admin_client_gets_the_cluster_settings_but_not_the_consumer_only_properties() -> None:
     """librdkafka warns on stderr about every consumer-only property an AdminClient is given."""
     props = {
