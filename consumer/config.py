@@ -106,6 +106,15 @@ class Config:
     def prefix(self) -> str:
         return split_output(self.output)[1]
 
+    @property
+    def consumer_protocol(self) -> bool:
+        """True when ``-X group.protocol=consumer``: KIP-848's rebalance protocol (Kafka 4.0 and
+        later), where the coordinator computes assignments and moves partitions one by one. The
+        client then takes no assignor, session timeout or heartbeat interval of its own (the
+        broker's ``group.consumer.*`` settings hold them), and there is no two-round cooperative
+        rebalance to leave partitions unowned (consumer/orphans.py)."""
+        return self.kafka_properties.get("group.protocol", "classic").strip().lower() == "consumer"
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log: secret-looking librdkafka properties masked."""
         out: dict[str, Any] = {}

@@ -69,6 +69,25 @@ class FatalClientError(ConsumerStop):
     status = EXIT_FATAL
 
 
+#: What a broker answers a static member that joins under KIP-848's protocol while its
+#: ``group.instance.id`` is still held (UNRELEASED_INSTANCE_ID). librdkafka hands the application
+#: the text of that fatal error, not its code.
+_UNRELEASED_INSTANCE_ID = "instance id is still used"
+
+
+def fatal_client_hint(said: str) -> str:
+    """What an operator should do about the fatal Kafka client error ``said``."""
+    if _UNRELEASED_INSTANCE_ID in said.lower():
+        return (
+            "the group.instance.id is still held by an earlier member the coordinator has not "
+            "expired yet: a process killed without leaving the group (with group.protocol=consumer "
+            "the broker frees the id after its group.consumer.session.timeout.ms, 45 s by default), "
+            "or another live member with the same id. Start again once that time has passed "
+            "(--processes restarts its members with backoff)."
+        )
+    return "check for a second member with the same group.instance.id, then restart."
+
+
 class RegistryStop(ConsumerStop):
     """The schema registry stayed unreachable past ``--registry-timeout`` while a record needed
     an unseen schema id; nothing was dead-lettered, the record stays uncommitted."""

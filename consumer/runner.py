@@ -45,6 +45,7 @@ from consumer.errors import (
     FatalClientError,
     Incomplete,
     UsageError,
+    fatal_client_hint,
 )
 from consumer.gather import partition_runs
 from consumer.layout import Layout
@@ -220,7 +221,6 @@ class Runner:
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
             "auto.offset.reset": "earliest",
-            "partition.assignment.strategy": "cooperative-sticky",
             "isolation.level": "read_committed",
             # librdkafka's prefetch is memory the arenas do not see: its queue is bounded by 1/16
             # of --memory-bytes (1–32 MiB; 1/64 of that per partition, each fetch response by a
@@ -239,6 +239,10 @@ class Runner:
             "fetch.queue.backoff.ms": 20,
             "error_cb": self._on_kafka_error,
         }
+        if not self.config.consumer_protocol:
+            # the classic protocol's incremental rebalances; under KIP-848's the coordinator
+            # assigns (-X group.remote.assignor), and librdkafka refuses a client-side assignor
+            conf["partition.assignment.strategy"] = "cooperative-sticky"
         conf.update(self.config.kafka_properties)
         return conf
 
@@ -246,7 +250,8 @@ class Runner:
         fatal = bool(err.fatal())
         self.log.warning("kafka client error", error=str(err), fatal=fatal)
         if fatal:
-            self._callback_error = FatalClientError(f"fatal Kafka client error: {err}")
+            hint = fatal_client_hint(str(err))
+            self._callback_error = FatalClientError(f"fatal Kafka client error: {err}. {hint}")
 
     def _new_worker(self, topic: str, partition: int) -> PartitionWorker:
         return PartitionWorker(
@@ -469,7 +474,7 @@ class Runner:
             self._fatal_client = True
             raise FatalClientError(
                 f"fatal Kafka client error: {err}. Nothing uncommitted was written as committed; "
-                "check for a second member with the same group.instance.id, then restart."
+                + fatal_client_hint(str(err))
             )
         self.log.warning("fetch error", error=str(err))
 
@@ -668,7 +673,8 @@ class GroupRunner(Runner):
     ) -> None:
         super().__init__(config, **kwargs)
         #: Static members look for partitions no member owns (consumer/orphans.py says why).
-        static = bool(config.kafka_properties.get("group.instance.id"))
+        #: Under KIP-848's protocol the coordinator moves partitions itself: no hole to look for.
+        static = bool(config.kafka_properties.get("group.instance.id")) and not config.consumer_protocol
         self._orphans = OrphanWatch(config.orphan_grace) if static and config.orphan_grace > 0 else None
         self._group_view = group_view or self._describe_group
         self._next_orphan_look = self.clock() + min(_ORPHAN_LOOK_EVERY, config.orphan_grace / 2)

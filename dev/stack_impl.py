@@ -450,6 +450,13 @@ def _kafka_properties(cfg: Config) -> str:
         "share.coordinator.state.topic.replication.factor": "1",
         "share.coordinator.state.topic.min.isr": "1",
         "group.initial.rebalance.delay.ms": "0",
+        # KIP-848 groups (group.protocol=consumer) take their session timeout from the broker: 10 s
+        # here, as the classic-protocol tests ask for client-side, instead of 45 s (the minimum by
+        # default), so a SIGKILLed static member's id is freed in test time.
+        "group.consumer.min.session.timeout.ms": "6000",
+        "group.consumer.session.timeout.ms": "10000",
+        "group.consumer.min.heartbeat.interval.ms": "1000",
+        "group.consumer.heartbeat.interval.ms": "2000",
         "num.network.threads": "2",
         "num.io.threads": "4",
         # Keep records forever: tests use synthetic (old) timestamps, which time-based

@@ -1,0 +1,102 @@
+"""KIP-848's rebalance protocol (``-X group.protocol=consumer``, Kafka 4.0 and later) on the real
+stack: the coordinator assigns partitions, the client takes no assignor of its own, and a static
+member killed without leaving keeps its id until the broker expires it (10 s on the dev stack;
+``group.consumer.session.timeout.ms``, 45 s by default)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from confluent_kafka.admin import AdminClient
+from support import REPO, assert_exported_exactly_once, consumer_cmd, log_events, start_consumer, unique
+
+from consumer.producer import produce
+
+RECORDS = 80_000
+PROTOCOL = ("-X", "group.protocol=consumer")
+FLAGS = ("--row-group-rows", "5000", "--file-rows", "40000", *PROTOCOL)
+CRASHED = "member crashed: restarting after backoff"
+
+
+def _started(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("event") == "member started"]
+
+
+def _assignments(bootstrap: str, group: str) -> dict[str, list[int]]:
+    """Each member's partitions, by group.instance.id, as the coordinator sees them."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    return {
+        str(m.group_instance_id): sorted(tp.partition for tp in m.assignment.topic_partitions)
+        for m in desc.members
+    }
+
+
+def _until_caught_up(topic: str, group: str, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = consumer_cmd(topic, group, out, *FLAGS, *extra, "--until-caught-up")
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
+
+
+def test_two_processes_under_the_consumer_protocol_export_every_record_exactly_once(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    topic, group, host = unique("kip848"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=21)
+    run = _until_caught_up(topic, group, out, "--processes", "2", "--host-id", host)
+    events = log_events(run.stderr + run.stdout)
+    assert run.returncode == 0, run.stderr[-4000:]
+    assert [e["member"] for e in _started(events)] == [0, 1]  # each once: nothing crashed
+    assert sum(1 for e in events if e.get("event", "").startswith("caught up")) == 2
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
+
+
+def test_a_killed_static_member_waits_for_its_id_and_takes_its_partitions_back(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """SIGKILL leaves no LeaveGroup behind: the restarted member's id is still held, the broker
+    refuses it (UNRELEASED_INSTANCE_ID, fatal for the client), and the member exits 5 with a hint
+    saying so. The supervisor restarts it with backoff until the broker has expired the dead
+    member; then it owns partitions again, and nothing is lost or written twice."""
+    topic, group, host = unique("kip848-kill"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=22)
+    sup = start_consumer(topic, group, out, *FLAGS, "--processes", "2", "--host-id", host)
+    try:
+        sup.wait_for(
+            lambda ev: sum(1 for e in ev if e.get("event") == "starting") == 2
+            and any(e.get("event") == "row group durable" for e in ev),
+            timeout=120,
+            what="both members running and writing",
+        )
+        os.kill(_started(sup.events())[1]["pid"], signal.SIGKILL)
+        sup.wait_for(
+            lambda ev: any(e.get("event") == CRASHED and e.get("status") == 5 for e in ev),
+            timeout=60,
+            what="the restarted member refused while its id is held",
+        )
+        assert "still held by an earlier member" in sup.log()
+        deadline = time.monotonic() + 90
+        owners: dict[str, list[int]] = {}
+        while time.monotonic() < deadline:
+            owners = _assignments(stack.kafka_bootstrap, group)
+            if sorted(owners) == [f"{host}-0", f"{host}-1"] and all(owners.values()):
+                break
+            time.sleep(1)
+        assert sorted(owners) == [f"{host}-0", f"{host}-1"] and all(owners.values()), owners
+        assert sorted(p for ps in owners.values() for p in ps) == [0, 1, 2, 3]
+        code = sup.stop(signal.SIGTERM, timeout=25 + 15)
+    finally:
+        if sup.proc.poll() is None:
+            sup.proc.kill()
+    assert code == 0, sup.log()[-4000:]
+    assert next(e for e in sup.events() if e.get("event") == "members exited")["statuses"] == [0, 0]
+
+    again = _until_caught_up(topic, group, out, "--processes", "2", "--host-id", host)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
