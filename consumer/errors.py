@@ -88,6 +88,12 @@ def fatal_client_hint(said: str) -> str:
     return "check for a second member with the same group.instance.id, then restart."
 
 
+class KafkaUnreachable(ConsumerStop):
+    """The cluster did not answer the requests a run starts with (metadata, end offsets)."""
+
+    status = EXIT_FATAL
+
+
 class RegistryStop(ConsumerStop):
     """The schema registry stayed unreachable past ``--registry-timeout`` while a record needed
     an unseen schema id; nothing was dead-lettered, the record stays uncommitted."""

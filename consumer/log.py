@@ -8,7 +8,9 @@ pass counts, positions, keys and timings only.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -72,3 +74,49 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
 def get(name: str, **context: Any) -> Any:
     """A bound logger named ``name`` carrying ``context`` on every line."""
     return structlog.get_logger(name).bind(**context)
+
+
+class Throttle:
+    """Whether a line that repeats should be logged now: the first of its kind at once, then at
+    most one every ``every`` seconds, saying how many were held back. A broker that is down makes
+    librdkafka report the same refused connection many times a second; one line per half minute
+    says as much. Kinds differ in their text with the digits taken out (``after 3ms`` and ``after
+    0ms`` are one kind)."""
+
+    def __init__(self, every: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every = every
+        self._clock = clock
+        self._kinds: dict[str, tuple[float, int]] = {}  # kind → (when last logged, held back since)
+
+    def admit(self, text: str) -> int | None:
+        """None: hold this line back; else log it, with how many of its kind were held back."""
+        kind = re.sub(r"\d+", "#", text)
+        now = self._clock()
+        last = self._kinds.get(kind)
+        if last is not None and now - last[0] < self.every:
+            self._kinds[kind] = (last[0], last[1] + 1)
+            return None
+        if len(self._kinds) >= 1000:  # text that never repeats: forget, rather than grow
+            self._kinds.clear()
+        self._kinds[kind] = (now, 0)
+        return 0 if last is None else last[1]
+
+
+class LibrdkafkaLog:
+    """librdkafka's own log lines (a refused connection, a fatal error, a CONFWARN…) as events of
+    ``log``, so ``--log-format json`` stays one JSON object per line: without it librdkafka writes
+    ``%3|1796…|FAIL|rdkafka#consumer-1| …`` to stderr itself. Given to a client as its ``logger``
+    property; confluent-kafka calls :meth:`log` with a stdlib level, ``"%s [%s] %s"`` and (facility,
+    client name, text), from inside ``poll``/``consume``."""
+
+    def __init__(self, log: Any, throttle: Throttle | None = None) -> None:
+        self._log = log
+        self._throttle = throttle or Throttle()
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        facility, client, text = args if len(args) == 3 else ("", "", fmt % args if args else fmt)
+        held = self._throttle.admit(f"{facility} {text}")
+        if held is None:
+            return
+        more = {"repeated": held} if held else {}
+        self._log.log(level, "kafka client log", facility=facility, client=client, message=text, **more)

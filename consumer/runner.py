@@ -44,6 +44,7 @@ from consumer.errors import (
     ConsumerStop,
     FatalClientError,
     Incomplete,
+    KafkaUnreachable,
     UsageError,
     fatal_client_hint,
 )
@@ -190,6 +191,8 @@ class Runner:
         self.stop_requested_at: float | None = None  # on self.clock: the shutdown deadline counts from here
         self.stats = RunStats()
         self._callback_error: BaseException | None = None
+        #: a broker down is reported many times a second: one line per kind every 30 s
+        self._kafka_errors = logmod.Throttle()
         self._fatal_client = False
         self.closing = False
         self.close_abandoned = False  # consumer.close() hung and was left behind (see _close_consumer)
@@ -238,6 +241,7 @@ class Runner:
             # records took 5.5-6.4 s of wall time instead of 10.6-10.8 s, for the same CPU.
             "fetch.queue.backoff.ms": 20,
             "error_cb": self._on_kafka_error,
+            "logger": logmod.LibrdkafkaLog(self.log),
         }
         if not self.config.consumer_protocol:
             # the classic protocol's incremental rebalances; under KIP-848's the coordinator
@@ -248,7 +252,10 @@ class Runner:
 
     def _on_kafka_error(self, err: Any) -> None:
         fatal = bool(err.fatal())
-        self.log.warning("kafka client error", error=str(err), fatal=fatal)
+        held = self._kafka_errors.admit(str(err))
+        if held is not None or fatal:
+            more = {"repeated": held} if held else {}
+            self.log.warning("kafka client error", error=str(err), fatal=fatal, **more)
         if fatal:
             hint = fatal_client_hint(str(err))
             self._callback_error = FatalClientError(f"fatal Kafka client error: {err}. {hint}")
@@ -316,7 +323,7 @@ class Runner:
         code = EXIT_OK
         try:
             probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex))
-            self._start()
+            self._start_talking_to_kafka()
             code = self._loop()
         except ConsumerStop as exc:
             code = exc.status
@@ -333,6 +340,21 @@ class Runner:
         finally:
             self._shutdown(clean=code == EXIT_OK)
         return code
+
+    def _start_talking_to_kafka(self) -> None:
+        """:meth:`_start`, whose metadata and offset requests are the run's first to the cluster:
+        a client error there is an address, network or security setting, said as such."""
+        try:
+            self._start()
+        except Exception as exc:
+            if type(exc).__name__ != "KafkaException":
+                raise
+            said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+            raise KafkaUnreachable(
+                f"Kafka did not answer at start ({said}): check --bootstrap-servers "
+                f"({self.config.bootstrap_servers}), that the brokers are up and reachable from here, "
+                "and the -X security settings (`consumer check` tries each). Nothing was read or written."
+            ) from exc
 
     def _unexpected(self, exc: Exception) -> int:
         self.log.error(
@@ -865,7 +887,8 @@ class GroupRunner(Runner):
 
         try:
             if self._admin is None:
-                self._admin = AdminClient(admin_config(self.config))
+                conf: dict[str, Any] = {**admin_config(self.config), "logger": logmod.LibrdkafkaLog(self.log)}
+                self._admin = AdminClient(conf)
             group = self.config.group_id
             desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
         except Exception as exc:

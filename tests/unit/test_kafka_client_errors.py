@@ -1,0 +1,91 @@
+"""What an operator reads when the Kafka client has trouble: a cluster that does not answer at
+start is said as such, librdkafka's own log lines become JSON events, and a broker that stays
+down is one line per half minute, not hundreds."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException
+from structlog.testing import capture_logs
+from test_shutdown import FakeClock, _broker
+
+from consumer import log as logmod
+from consumer.config import Config
+from consumer.decoding import Decoder, load_schema
+from consumer.errors import EXIT_FATAL
+from consumer.runner import GroupRunner
+from consumer.testing import MemoryConsumer, MemoryStore
+
+
+def test_a_line_that_repeats_is_logged_once_per_period_with_how_many_were_held_back() -> None:
+    clock = FakeClock()
+    throttle = logmod.Throttle(every=30.0, clock=clock)
+    refused = "Connect to ipv4#127.0.0.1:{} failed: Connection refused (after {}ms in state CONNECT)"
+    assert throttle.admit(refused.format(1, 0)) == 0  # the first: at once
+    assert throttle.admit(refused.format(1, 3)) is None  # the same kind, digits aside: held back
+    assert throttle.admit("1/1 brokers are down") == 0  # another kind: its own count
+    clock.now += 29.9
+    assert throttle.admit(refused.format(1, 0)) is None
+    clock.now += 0.2
+    assert throttle.admit(refused.format(1, 0)) == 2  # two held back since the last one logged
+    assert throttle.admit(refused.format(1, 0)) is None
+
+
+def test_librdkafka_log_lines_become_events_at_their_level() -> None:
+    """confluent-kafka calls ``logger.log(level, "%s [%s] %s", facility, client, text)``."""
+    kafka_log = logmod.LibrdkafkaLog(logmod.get("test"), logmod.Throttle(clock=FakeClock()))
+    text = "[thrd:k:9092/bootstrap]: k:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed"
+    with capture_logs() as logs:
+        for _ in range(3):
+            kafka_log.log(logging.ERROR, "%s [%s] %s", "FAIL", "rdkafka#consumer-1", text)
+        kafka_log.log(logging.WARNING, "%s [%s] %s", "CONFWARN", "rdkafka#consumer-1", "x ignored")
+    assert logs == [
+        {"event": "kafka client log", "log_level": "error", "facility": "FAIL",
+         "client": "rdkafka#consumer-1", "message": text},
+        {"event": "kafka client log", "log_level": "warning", "facility": "CONFWARN",
+         "client": "rdkafka#consumer-1", "message": "x ignored"},
+    ]  # fmt: skip
+
+
+def test_the_consumer_gets_the_logger_so_librdkafka_writes_nothing_to_stderr_itself() -> None:
+    seen: list[dict[str, Any]] = []
+    factory = _broker().consumer_factory()
+
+    def capture(conf: dict[str, Any]) -> MemoryConsumer:
+        seen.append(conf)
+        return factory(conf)
+
+    config = Config(bootstrap_servers="memory", group_id="g", topics=("t",), output="s3://bucket/out",
+                    schema="page_view")
+    GroupRunner(config, store=MemoryStore(), decoder=Decoder("raw", schema=load_schema("page_view")),
+                consumer_factory=capture)  # fmt: skip
+    assert isinstance(seen[0]["logger"], logmod.LibrdkafkaLog)
+
+
+def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_written() -> None:
+    broker, store = _broker(), MemoryStore()
+    factory = broker.consumer_factory()
+
+    def unreachable(conf: dict[str, Any]) -> MemoryConsumer:
+        consumer = factory(conf)
+
+        def no_metadata(*_args: Any, **_kwargs: Any) -> Any:
+            said = "Failed to get metadata: Local: Broker transport failure"
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, said))
+
+        consumer.list_topics = no_metadata  # type: ignore[method-assign]
+        return consumer
+
+    config = Config(bootstrap_servers="k:9092", group_id="g", topics=("t",), output="s3://bucket/out",
+                    schema="page_view")
+    runner = GroupRunner(config, store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+                         consumer_factory=unreachable)  # fmt: skip
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_FATAL
+    stop = next(e for e in logs if e["event"] == "stopped: KafkaUnreachable")
+    assert stop["error"].startswith("Kafka did not answer at start (Failed to get metadata")
+    assert "check --bootstrap-servers (k:9092)" in stop["error"]
+    assert runner.stats.records == 0
+    assert not [k for k in store.objects if k.endswith(".parquet")]
