@@ -75,8 +75,24 @@ class FatalClientError(ConsumerStop):
 _UNRELEASED_INSTANCE_ID = "instance id is still used"
 
 
+#: What a broker answers a member joining under KIP-848's protocol a group that still has members
+#: of the classic protocol it cannot convert (GROUP_ID_NOT_FOUND; the broker logs "Cannot upgrade
+#: classic group … userData from a custom assignor would be lost": librdkafka's cooperative-sticky
+#: assignor keeps its state in userData).
+_CLASSIC_GROUP = "group id does not exist"
+
+
 def fatal_client_hint(said: str) -> str:
     """What an operator should do about the fatal Kafka client error ``said``."""
+    if _CLASSIC_GROUP in said.lower():
+        return (
+            "with group.protocol=consumer, the broker does not let a member join a group that "
+            "still has members of the classic protocol (it cannot convert their assignor's state). "
+            "Switch protocols with the group empty: stop every member, wait until their sessions "
+            "have expired (session.timeout.ms, 45 s by default; static members do not leave on "
+            "stop), then start them all with -X group.protocol=consumer. Committed offsets are "
+            "kept."
+        )
     if _UNRELEASED_INSTANCE_ID in said.lower():
         return (
             "the group.instance.id is still held by an earlier member the coordinator has not "

@@ -100,3 +100,44 @@ def test_a_killed_static_member_waits_for_its_id_and_takes_its_partitions_back(
     again = _until_caught_up(topic, group, out, "--processes", "2", "--host-id", host)
     assert again.returncode == 0, again.stderr[-4000:]
     assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
+
+
+def test_switching_a_group_from_the_classic_protocol_is_refused_while_classic_members_remain(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The broker converts a classic group to KIP-848's only when no member's assignor state would
+    be lost: librdkafka's cooperative-sticky assignor keeps it in userData once a member has been
+    through a rebalance, which every long-running group has. A member started with the new
+    protocol then exits 5 saying how to switch; once the classic members are stopped and their
+    sessions expired, the new protocol takes the group over from its committed offsets and the
+    topic is exported exactly once."""
+    topic, group = unique("kip848-switch"), unique("g")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=23)
+    classic = ("--row-group-rows", "5000", "--file-rows", "40000", "-X", "session.timeout.ms=10000")
+    first = start_consumer(topic, group, out, *classic, "-X", "group.instance.id=old-0")
+    second = None
+    try:
+        first.wait_for(
+            lambda ev: any(e.get("event") == "row group durable" for e in ev), timeout=120, what="writing"
+        )
+        # a second member: the first goes through a rebalance, as members of a live group have
+        second = start_consumer(topic, group, out, *classic, "-X", "group.instance.id=old-1")
+        second.wait_for(
+            lambda ev: any(e.get("event") == "partitions assigned" and e["partitions"] for e in ev),
+            timeout=60,
+            what="the second member owning partitions",
+        )
+        new = _until_caught_up(topic, group, out)
+        assert new.returncode == 5, new.stderr[-4000:]
+        assert "still has members of the classic protocol" in new.stderr
+        assert first.stop(signal.SIGTERM, timeout=40) == 0
+        assert second.stop(signal.SIGTERM, timeout=40) == 0
+    finally:
+        for member in (first, second):
+            if member is not None and member.proc.poll() is None:
+                member.proc.kill()
+    time.sleep(11)  # static members do not leave on stop: their 10 s sessions must run out
+    again = _until_caught_up(topic, group, out)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)

@@ -67,7 +67,7 @@ def test_a_configuration_the_client_refuses_is_a_config_error_that_quotes_librdk
     ]
 
 
-def test_a_static_member_refused_while_its_id_is_held_is_told_why_and_when_to_come_back() -> None:
+def test_a_member_the_broker_refuses_is_told_why_and_what_to_do() -> None:
     said = (
         'KafkaError{code=_FATAL,val=-150,str="Fatal error: Broker: The instance ID is still used by '
         'another member in the consumer group: ConsumerGroupHeartbeat fatal error"}'
@@ -75,6 +75,8 @@ def test_a_static_member_refused_while_its_id_is_held_is_told_why_and_when_to_co
     hint = fatal_client_hint(said)
     assert "still held by an earlier member" in hint
     assert "group.consumer.session.timeout.ms" in hint
+    classic = "Fatal error: Broker: The group id does not exist: ConsumerGroupHeartbeat fatal error"
+    assert "stop every member, wait until their sessions have expired" in fatal_client_hint(classic)
     assert fatal_client_hint("Static consumer fenced by other consumer") == (
         "check for a second member with the same group.instance.id, then restart."
     )
