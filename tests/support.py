@@ -181,6 +181,24 @@ def start_consumer(
     return Running(proc, log_path)
 
 
+def member_starts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The supervisor's ``member started`` events (``--processes``): member, run and pid."""
+    return [e for e in events if e.get("event") == "member started"]
+
+
+def start_two_members_writing(topic: str, group: str, output: str, *extra: str, host: str) -> Running:
+    """``consumer run --processes 2 --host-id host``, once both members run and one has written a
+    row group."""
+    sup = start_consumer(topic, group, output, *extra, "--processes", "2", "--host-id", host)
+    sup.wait_for(
+        lambda ev: sum(1 for e in ev if e.get("event") == "starting") == 2
+        and any(e.get("event") == "row group durable" for e in ev),
+        timeout=120,
+        what="both members running and writing",
+    )
+    return sup
+
+
 def log_events(text: str) -> list[dict[str, Any]]:
     """The JSON lines of a consumer log (``--log-format json``), parsed."""
     out = []

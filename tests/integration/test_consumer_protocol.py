@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
-from support import REPO, assert_exported_exactly_once, consumer_cmd, log_events, start_consumer, unique
+from support import (
+    REPO,
+    assert_exported_exactly_once,
+    consumer_cmd,
+    log_events,
+    member_starts,
+    start_consumer,
+    start_two_members_writing,
+    unique,
+)
 
 from consumer.producer import produce
 
@@ -21,10 +30,6 @@ RECORDS = 80_000
 PROTOCOL = ("-X", "group.protocol=consumer")
 FLAGS = ("--row-group-rows", "5000", "--file-rows", "40000", *PROTOCOL)
 CRASHED = "member crashed: restarting after backoff"
-
-
-def _started(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e.get("event") == "member started"]
 
 
 def _assignments(bootstrap: str, group: str) -> dict[str, list[int]]:
@@ -51,7 +56,7 @@ def test_two_processes_under_the_consumer_protocol_export_every_record_exactly_o
     run = _until_caught_up(topic, group, out, "--processes", "2", "--host-id", host)
     events = log_events(run.stderr + run.stdout)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert [e["member"] for e in _started(events)] == [0, 1]  # each once: nothing crashed
+    assert [e["member"] for e in member_starts(events)] == [0, 1]  # each once: nothing crashed
     assert sum(1 for e in events if e.get("event", "").startswith("caught up")) == 2
     assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
 
@@ -66,15 +71,9 @@ def test_a_killed_static_member_waits_for_its_id_and_takes_its_partitions_back(
     topic, group, host = unique("kip848-kill"), unique("g"), unique("h")
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
     res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=22)
-    sup = start_consumer(topic, group, out, *FLAGS, "--processes", "2", "--host-id", host)
+    sup = start_two_members_writing(topic, group, out, *FLAGS, host=host)
     try:
-        sup.wait_for(
-            lambda ev: sum(1 for e in ev if e.get("event") == "starting") == 2
-            and any(e.get("event") == "row group durable" for e in ev),
-            timeout=120,
-            what="both members running and writing",
-        )
-        os.kill(_started(sup.events())[1]["pid"], signal.SIGKILL)
+        os.kill(member_starts(sup.events())[1]["pid"], signal.SIGKILL)
         sup.wait_for(
             lambda ev: any(e.get("event") == CRASHED and e.get("status") == 5 for e in ev),
             timeout=60,

@@ -15,7 +15,8 @@ from support import (
     assert_exported_exactly_once,
     consumer_cmd,
     log_events,
-    start_consumer,
+    member_starts,
+    start_two_members_writing,
     unique,
 )
 
@@ -31,10 +32,6 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def _started(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e.get("event") == "member started"]
 
 
 def _instance_ids(events: list[dict[str, Any]]) -> set[str]:
@@ -59,7 +56,7 @@ def test_two_processes_until_caught_up_export_every_record_exactly_once(
     run = _run_until_caught_up(topic, group, out, host)
     events = log_events(run.stderr + run.stdout)
     assert run.returncode == 0, run.stderr[-4000:]
-    assert [e["member"] for e in _started(events)] == [0, 1]  # each once: nothing crashed
+    assert [e["member"] for e in member_starts(events)] == [0, 1]  # each once: nothing crashed
     assert _instance_ids(events) == {f"{host}-0", f"{host}-1"}
     assert sum(1 for e in events if e.get("event", "").startswith("caught up")) == 2  # both members
     assert next(e for e in events if e.get("event") == "members exited")["statuses"] == [0, 0]
@@ -72,18 +69,12 @@ def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exact
     topic, group, host = unique("procs-kill"), unique("g"), unique("h")
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
     res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=12)
-    sup = start_consumer(topic, group, out, *FLAGS, "--processes", "2", "--host-id", host)
+    sup = start_two_members_writing(topic, group, out, *FLAGS, host=host)
     try:
-        sup.wait_for(
-            lambda ev: sum(1 for e in ev if e.get("event") == "starting") == 2
-            and any(e.get("event") == "row group durable" for e in ev),
-            timeout=120,
-            what="both members running and writing",
-        )
-        victim = _started(sup.events())[1]["pid"]
+        victim = member_starts(sup.events())[1]["pid"]
         os.kill(victim, signal.SIGKILL)
         sup.wait_for(
-            lambda ev: any(e["member"] == 1 and e["run"] == 2 for e in _started(ev)),
+            lambda ev: any(e["member"] == 1 and e["run"] == 2 for e in member_starts(ev)),
             timeout=60,
             what="member 1 restarted",
         )
@@ -94,7 +85,7 @@ def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exact
             timeout=60,
             what="the restarted member running",
         )
-        pids = [e["pid"] for e in _started(sup.events())]
+        pids = [e["pid"] for e in member_starts(sup.events())]
         t0 = time.monotonic()
         code = sup.stop(signal.SIGTERM, timeout=25 + 15)
         took = time.monotonic() - t0
