@@ -155,6 +155,21 @@ TRIM_SECONDS = 1.0
 SAY_SECONDS = 60.0
 
 
+def _kafka_said(exc: BaseException) -> str | None:
+    """librdkafka's own words in a ``KafkaException`` (None for any other exception)."""
+    if type(exc).__name__ != "KafkaException":
+        return None
+    err: Any = exc.args[0] if exc.args else None
+    return str(err.str()) if hasattr(err, "str") else str(exc)
+
+
+def _fatal_client_error(err: Any) -> FatalClientError:
+    return FatalClientError(
+        f"fatal Kafka client error: {err}. Nothing uncommitted was written as committed; "
+        + fatal_client_hint(str(err))
+    )
+
+
 class Runner:
     """The shared poll loop. Subclasses implement :meth:`_start` (subscribe or assign) and
     :meth:`_done` (None while the run goes on, else its exit status), and may filter records in
@@ -209,9 +224,9 @@ class Runner:
         try:
             self.consumer = consumer_factory(self._kafka_config())
         except Exception as exc:  # librdkafka refuses a property or a combination of them
-            if type(exc).__name__ != "KafkaException":
+            said = _kafka_said(exc)
+            if said is None:
                 raise
-            said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
             problem = f"the Kafka client refused its configuration: {said} (check the -X properties)"
             raise ConfigError([problem]) from exc
         self.positions: PositionStore = (positions_factory or KafkaGroupPositions)(self.consumer)
@@ -257,8 +272,7 @@ class Runner:
             more = {"repeated": held} if held else {}
             self.log.warning("kafka client error", error=str(err), fatal=fatal, **more)
         if fatal:
-            hint = fatal_client_hint(str(err))
-            self._callback_error = FatalClientError(f"fatal Kafka client error: {err}. {hint}")
+            self._callback_error = _fatal_client_error(err)
 
     def _new_worker(self, topic: str, partition: int) -> PartitionWorker:
         return PartitionWorker(
@@ -347,11 +361,11 @@ class Runner:
         try:
             self._start()
         except Exception as exc:
-            if type(exc).__name__ != "KafkaException":
+            said = _kafka_said(exc)
+            if said is None:
                 raise
-            said = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
             raise KafkaUnreachable(
-                f"Kafka did not answer at start ({said}): check --bootstrap-servers "
+                f"the first requests to Kafka failed ({said}): check --bootstrap-servers "
                 f"({self.config.bootstrap_servers}), that the brokers are up and reachable from here, "
                 "and the -X security settings (`consumer check` tries each). Nothing was read or written."
             ) from exc
@@ -494,10 +508,7 @@ class Runner:
             # e.g. "Static consumer fenced by other consumer with same group.instance.id": the
             # client is unusable; idling on would look alive and do nothing, forever.
             self._fatal_client = True
-            raise FatalClientError(
-                f"fatal Kafka client error: {err}. Nothing uncommitted was written as committed; "
-                + fatal_client_hint(str(err))
-            )
+            raise _fatal_client_error(err)
         self.log.warning("fetch error", error=str(err))
 
     def _guard(self, worker: PartitionWorker, fn: Callable[..., None], *args: Any) -> None:

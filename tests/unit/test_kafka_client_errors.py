@@ -85,7 +85,7 @@ def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_
     with capture_logs() as logs:
         assert runner.run() == EXIT_FATAL
     stop = next(e for e in logs if e["event"] == "stopped: KafkaUnreachable")
-    assert stop["error"].startswith("Kafka did not answer at start (Failed to get metadata")
+    assert stop["error"].startswith("the first requests to Kafka failed (Failed to get metadata")
     assert "check --bootstrap-servers (k:9092)" in stop["error"]
     assert runner.stats.records == 0
     assert not [k for k in store.objects if k.endswith(".parquet")]
