@@ -109,12 +109,18 @@ class LibrdkafkaLog:
     property; confluent-kafka calls :meth:`log` with a stdlib level, ``"%s [%s] %s"`` and (facility,
     client name, text), from inside ``poll``/``consume``."""
 
-    def __init__(self, log: Any, throttle: Throttle | None = None) -> None:
+    def __init__(self, log: Any, throttle: Throttle | None = None, *, debugging: bool = False) -> None:
         self._log = log
         self._throttle = throttle or Throttle()
+        #: ``-X debug=…`` asked librdkafka for its debug lines: they are logged at info level (the
+        #: default filter would drop them) and every one of them, not one per kind
+        self._debugging = debugging
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         facility, client, text = args if len(args) == 3 else ("", "", fmt % args if args else fmt)
+        if level < logging.INFO and self._debugging:
+            self._log.info("kafka client log", facility=facility, client=client, message=text)
+            return
         held = self._throttle.admit(f"{facility} {text}")
         if held is None:
             return

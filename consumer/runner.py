@@ -256,7 +256,7 @@ class Runner:
             # records took 5.5-6.4 s of wall time instead of 10.6-10.8 s, for the same CPU.
             "fetch.queue.backoff.ms": 20,
             "error_cb": self._on_kafka_error,
-            "logger": logmod.LibrdkafkaLog(self.log),
+            "logger": logmod.LibrdkafkaLog(self.log, debugging="debug" in self.config.kafka_properties),
         }
         if not self.config.consumer_protocol:
             # the classic protocol's incremental rebalances; under KIP-848's the coordinator

@@ -49,6 +49,18 @@ def test_librdkafka_log_lines_become_events_at_their_level() -> None:
     ]  # fmt: skip
 
 
+def test_debug_lines_asked_for_with_x_debug_are_all_logged_at_info() -> None:
+    """-X debug=… is a request for librdkafka's debug lines: the info filter must not eat them."""
+    with capture_logs() as logs:
+        for debugging in (False, True):
+            kafka_log = logmod.LibrdkafkaLog(logmod.get("test"), debugging=debugging)
+            for _ in range(2):
+                kafka_log.log(logging.DEBUG, "%s [%s] %s", "HEARTBEAT", "rdkafka#consumer-1", "sent")
+    # without -X debug: at debug level (filtered at info), once per kind; with it: each at info
+    levels = [e["log_level"] for e in logs]
+    assert levels == ["debug", "info", "info"]
+
+
 def test_the_consumer_gets_the_logger_so_librdkafka_writes_nothing_to_stderr_itself() -> None:
     seen: list[dict[str, Any]] = []
     factory = _broker().consumer_factory()
