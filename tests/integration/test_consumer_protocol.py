@@ -32,14 +32,33 @@ FLAGS = ("--row-group-rows", "5000", "--file-rows", "40000", *PROTOCOL)
 CRASHED = "member crashed: restarting after backoff"
 
 
-def _assignments(bootstrap: str, group: str) -> dict[str, list[int]]:
-    """Each member's partitions, by group.instance.id, as the coordinator sees them."""
+def _members(bootstrap: str, group: str) -> dict[str, tuple[str, list[int]]]:
+    """(member id, partitions) of each member, by group.instance.id, as the coordinator sees
+    them. A killed member stays listed, with its partitions, until its session expires: only a
+    new member id tells its successor from it."""
     admin = AdminClient({"bootstrap.servers": bootstrap})
     desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
-    return {
-        str(m.group_instance_id): sorted(tp.partition for tp in m.assignment.topic_partitions)
-        for m in desc.members
-    }
+    out = {}
+    for m in desc.members:
+        partitions = sorted(p.partition for p in m.assignment.topic_partitions)
+        out[str(m.group_instance_id)] = (str(m.member_id), partitions)
+    return out
+
+
+def _wait_for_members(
+    bootstrap: str, group: str, ids: list[str], *, not_ids: frozenset[str] = frozenset(), timeout: float = 90
+) -> dict[str, tuple[str, list[int]]]:
+    """Until every instance in ``ids`` owns partitions under a member id not in ``not_ids``."""
+    deadline = time.monotonic() + timeout
+    members: dict[str, tuple[str, list[int]]] = {}
+    while time.monotonic() < deadline:
+        members = _members(bootstrap, group)
+        if sorted(members) == sorted(ids) and all(
+            parts and member_id not in not_ids for member_id, parts in members.values()
+        ):
+            return members
+        time.sleep(0.5)
+    raise AssertionError(f"members never owned partitions as {ids}: {members}")
 
 
 def _until_caught_up(topic: str, group: str, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -72,7 +91,9 @@ def test_a_killed_static_member_waits_for_its_id_and_takes_its_partitions_back(
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
     res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=22)
     sup = start_two_members_writing(topic, group, out, *FLAGS, host=host)
+    ids = [f"{host}-0", f"{host}-1"]
     try:
+        before = _wait_for_members(stack.kafka_bootstrap, group, ids)  # both joined: the id is held
         os.kill(member_starts(sup.events())[1]["pid"], signal.SIGKILL)
         sup.wait_for(
             lambda ev: any(e.get("event") == CRASHED and e.get("status") == 5 for e in ev),
@@ -80,15 +101,10 @@ def test_a_killed_static_member_waits_for_its_id_and_takes_its_partitions_back(
             what="the restarted member refused while its id is held",
         )
         assert "still held by an earlier member" in sup.log()
-        deadline = time.monotonic() + 90
-        owners: dict[str, list[int]] = {}
-        while time.monotonic() < deadline:
-            owners = _assignments(stack.kafka_bootstrap, group)
-            if sorted(owners) == [f"{host}-0", f"{host}-1"] and all(owners.values()):
-                break
-            time.sleep(1)
-        assert sorted(owners) == [f"{host}-0", f"{host}-1"] and all(owners.values()), owners
-        assert sorted(p for ps in owners.values() for p in ps) == [0, 1, 2, 3]
+        # the restarted process let in: a new member id for the killed one's instance, owning
+        # partitions (the dead member stays listed with its own until its session expires)
+        after = _wait_for_members(stack.kafka_bootstrap, group, ids, not_ids=frozenset({before[ids[1]][0]}))
+        assert sorted(p for _, parts in after.values() for p in parts) == [0, 1, 2, 3]
         code = sup.stop(signal.SIGTERM, timeout=25 + 15)
     finally:
         if sup.proc.poll() is None:
