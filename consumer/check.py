@@ -24,13 +24,13 @@ configuration.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from consumer import config as cfgmod
+from consumer import log as logmod
 
 
 @dataclass(frozen=True)
@@ -53,42 +53,19 @@ def _run(name: str, probe: Callable[[], str]) -> CheckResult:
     return CheckResult(name, True, f"{detail} ({time.monotonic() - started:.2f}s)")
 
 
-class _ClientLines:
-    """A client's ``logger``: librdkafka's own lines (``%3|…|FAIL|…``, one every 50 ms while a
-    broker refuses connections) are kept off the terminal, where this command prints one verdict
-    per check; the first error among them says why a check failed."""
+def _admin(config: cfgmod.Config, lines: logmod.ClientLines) -> Any:
+    from confluent_kafka.admin import AdminClient
 
-    def __init__(self) -> None:
-        self.first_error: str | None = None
-        self._client: Any = None
-
-    def log(self, level: int, fmt: str, *args: Any) -> None:
-        if level >= logging.ERROR and self.first_error is None:
-            self.first_error = str(args[-1]) if args else fmt
-
-    def admin(self, config: cfgmod.Config) -> Any:
-        from confluent_kafka.admin import AdminClient
-
-        conf: dict[str, Any] = {**cfgmod.admin_config(config), "logger": self}
-        self._client = AdminClient(conf)
-        return self._client
-
-    def explain(self, exc: Exception) -> Exception:
-        """``exc``, with librdkafka's first error line added when it said one."""
-        if self._client is not None:
-            self._client.poll(0)  # the lines queued so far reach :meth:`log` only when served
-        if self.first_error is None:
-            return exc
-        said = str(exc) or ("no answer within the timeout" if isinstance(exc, TimeoutError) else "")
-        return RuntimeError("; ".join(filter(None, (said, f"librdkafka: {self.first_error}"))))
+    conf: dict[str, Any] = {**cfgmod.admin_config(config), "logger": lines}
+    return lines.watch(AdminClient(conf))
 
 
 def check_kafka(config: cfgmod.Config, timeout: float) -> str:
-    lines = _ClientLines()
+    lines = logmod.ClientLines()
     try:
-        md = lines.admin(config).list_topics(timeout=timeout)
+        md = _admin(config, lines).list_topics(timeout=timeout)
     except Exception as exc:
-        raise lines.explain(exc) from exc
+        raise RuntimeError(lines.explain(exc)) from exc
     problems: list[str] = []
     sizes: list[str] = []
     for topic in config.topics:
@@ -133,12 +110,12 @@ def check_registry(config: cfgmod.Config, timeout: float) -> str:
 
 
 def check_group(config: cfgmod.Config, timeout: float) -> str:
-    lines = _ClientLines()
-    futures = lines.admin(config).describe_consumer_groups([config.group_id], request_timeout=timeout)
+    lines = logmod.ClientLines()
+    futures = _admin(config, lines).describe_consumer_groups([config.group_id], request_timeout=timeout)
     try:
         desc: Any = futures[config.group_id].result(timeout=timeout)
     except Exception as exc:
-        raise lines.explain(exc) from exc
+        raise RuntimeError(lines.explain(exc)) from exc
     members = list(desc.members or [])
     state = getattr(desc.state, "name", str(desc.state))
     if not members:

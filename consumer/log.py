@@ -7,6 +7,7 @@ pass counts, positions, keys and timings only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import sys
@@ -126,3 +127,36 @@ class LibrdkafkaLog:
             return
         more = {"repeated": held} if held else {}
         self._log.log(level, "kafka client log", facility=facility, client=client, message=text, **more)
+
+
+class ClientLines:
+    """A client's ``logger`` for the commands that print their own verdict (``check``,
+    ``verify``): librdkafka's lines (``%3|…|FAIL|…``, one every 50 ms while a broker refuses
+    connections) are kept off the terminal, and the first error among them says why a request
+    failed (:meth:`explain`)."""
+
+    def __init__(self) -> None:
+        self.first_error: str | None = None
+        self._clients: list[Any] = []
+
+    def log(self, level: int, fmt: str, *args: Any) -> None:
+        if level >= logging.ERROR and self.first_error is None:
+            self.first_error = str(args[-1]) if args else fmt
+
+    def watch(self, client: Any) -> Any:
+        """``client``, whose queued lines :meth:`explain` serves first (they reach :meth:`log`
+        only when the client is polled)."""
+        self._clients.append(client)
+        return client
+
+    def explain(self, exc: BaseException) -> str:
+        """What failed: ``exc``'s own words (librdkafka's, for a KafkaException) and the first
+        error line librdkafka logged."""
+        for client in self._clients:
+            with contextlib.suppress(Exception):
+                client.poll(0)
+        err: Any = exc.args[0] if exc.args else None
+        said = str(err.str()) if type(exc).__name__ == "KafkaException" and hasattr(err, "str") else str(exc)
+        if not said and isinstance(exc, TimeoutError):
+            said = "no answer within the timeout"
+        return "; ".join(filter(None, (said, self.first_error and f"librdkafka: {self.first_error}")))

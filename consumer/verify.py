@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from consumer import log as logmod
 from consumer.bucketing import Template, TemplateError, assign, parse_template, time_column, to_millis
 from consumer.inspect import human_bytes, parquet_metadata
 from consumer.layout import Layout, PieceRef, check_topic_name
@@ -477,9 +478,13 @@ class _Kafka:
         from confluent_kafka import Consumer
 
         self.topic = topic
-        self.base = {"bootstrap.servers": bootstrap, **(extra or {})}
-        self.meta = Consumer({**self.base, "group.id": f"consumer-verify-{uuid.uuid4().hex[:12]}",
-                              "enable.auto.commit": False})
+        self.bootstrap = bootstrap
+        #: librdkafka's own lines: off the terminal (the report is the output); the first error
+        #: explains a failed request
+        self.lines = logmod.ClientLines()
+        self.base: dict[str, Any] = {"bootstrap.servers": bootstrap, **(extra or {}), "logger": self.lines}
+        throwaway = {"group.id": f"consumer-verify-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False}
+        self.meta = self.lines.watch(Consumer({**self.base, **throwaway}))
 
     def close(self) -> None:
         self.meta.close()
@@ -702,6 +707,14 @@ def verify(
             if not kafka:
                 notes.append("no broker: offsets below the low watermark cannot be told apart from loss; "
                              "missing counts assume the log starts at 0")
+    except Exception as exc:
+        if kafka is None or type(exc).__name__ != "KafkaException":
+            raise
+        # not a finding about the output: a question Kafka did not answer (exit 2, not 1)
+        raise VerifyError(
+            f"Kafka at {kafka.bootstrap} did not answer ({kafka.lines.explain(exc)}): check "
+            "--bootstrap-servers and that the brokers are reachable from here; nothing was verified"
+        ) from exc
     finally:
         if kafka:
             kafka.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pytest
 from confluent_kafka import KafkaError, KafkaException
 from structlog.testing import capture_logs
 from test_shutdown import FakeClock, _broker
@@ -101,3 +102,19 @@ def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_
     assert "check --bootstrap-servers (k:9092)" in stop["error"]
     assert runner.stats.records == 0
     assert not [k for k in store.objects if k.endswith(".parquet")]
+
+
+def test_verify_against_a_closed_port_says_kafka_did_not_answer_and_exits_2_not_1(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """Exit 1 means "an invariant is violated": a question Kafka did not answer is not a finding
+    about the output. librdkafka's own lines stay off the terminal (it writes to the descriptor)."""
+    from consumer import cli
+
+    code = cli.main(["verify", "--output", "s3://bucket/out", "--topic", "t", "--group-id", "g",
+                     "--bootstrap-servers", "127.0.0.1:1", "--s3-endpoint-url", "http://127.0.0.1:1"])
+    assert code == 2
+    err = capfd.readouterr().err
+    assert "consumer: verify: Kafka at 127.0.0.1:1 did not answer (Failed to get metadata" in err
+    assert "librdkafka: " in err and "Connection refused" in err
+    assert "|FAIL|rdkafka" not in err and "Traceback" not in err
