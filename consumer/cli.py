@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser(
         "verify",
         help="check the output against Kafka: no loss, no duplicates, only valid final files",
-        description="Exit status: 0 if every invariant holds, 1 if one is violated, 2 on usage errors.",
+        description="Exit status: 0 if every invariant holds, 1 if one is violated, 2 when it could "
+        "not verify (a usage error, or Kafka did not answer).",
     )
     ver.add_argument("--output", default=os.environ.get("CONSUMER_OUTPUT"), help="s3://bucket/prefix")
     ver.add_argument("--topic", required=True)
@@ -415,7 +416,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    """Exit 0 if the output holds every invariant, 1 if not, 2 on usage errors."""
+    """Exit 0 if the output holds every invariant, 1 if not, 2 when it could not verify (usage,
+    Kafka not answering)."""
     import json
 
     from consumer.verify import parse_committed, verify
