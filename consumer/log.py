@@ -129,6 +129,14 @@ class LibrdkafkaLog:
         self._log.log(level, "kafka client log", facility=facility, client=client, message=text, **more)
 
 
+def kafka_said(exc: BaseException) -> str | None:
+    """librdkafka's own words in a ``KafkaException`` (None for any other exception)."""
+    if type(exc).__name__ != "KafkaException":
+        return None
+    err: Any = exc.args[0] if exc.args else None
+    return str(err.str()) if hasattr(err, "str") else str(exc)
+
+
 class ClientLines:
     """A client's ``logger`` for the commands that print their own verdict (``check``,
     ``verify``): librdkafka's lines (``%3|…|FAIL|…``, one every 50 ms while a broker refuses
@@ -155,8 +163,7 @@ class ClientLines:
         for client in self._clients:
             with contextlib.suppress(Exception):
                 client.poll(0)
-        err: Any = exc.args[0] if exc.args else None
-        said = str(err.str()) if type(exc).__name__ == "KafkaException" and hasattr(err, "str") else str(exc)
+        said = kafka_said(exc) or str(exc)
         if not said and isinstance(exc, TimeoutError):
             said = "no answer within the timeout"
         return "; ".join(filter(None, (said, self.first_error and f"librdkafka: {self.first_error}")))

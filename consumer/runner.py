@@ -155,14 +155,6 @@ TRIM_SECONDS = 1.0
 SAY_SECONDS = 60.0
 
 
-def _kafka_said(exc: BaseException) -> str | None:
-    """librdkafka's own words in a ``KafkaException`` (None for any other exception)."""
-    if type(exc).__name__ != "KafkaException":
-        return None
-    err: Any = exc.args[0] if exc.args else None
-    return str(err.str()) if hasattr(err, "str") else str(exc)
-
-
 def _fatal_client_error(err: Any) -> FatalClientError:
     return FatalClientError(
         f"fatal Kafka client error: {err}. Nothing uncommitted was written as committed; "
@@ -224,7 +216,7 @@ class Runner:
         try:
             self.consumer = consumer_factory(self._kafka_config())
         except Exception as exc:  # librdkafka refuses a property or a combination of them
-            said = _kafka_said(exc)
+            said = logmod.kafka_said(exc)
             if said is None:
                 raise
             problem = f"the Kafka client refused its configuration: {said} (check the -X properties)"
@@ -361,7 +353,7 @@ class Runner:
         try:
             self._start()
         except Exception as exc:
-            said = _kafka_said(exc)
+            said = logmod.kafka_said(exc)
             if said is None:
                 raise
             raise KafkaUnreachable(
