@@ -377,23 +377,28 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
-    from consumer.producer import produce
+    from consumer.producer import ProduceError, produce
+    from consumer.registry import RegistryError
 
     if not args.bootstrap_servers:
         print("consumer: produce: pass --bootstrap-servers or set KAFKA_BOOTSTRAP_SERVERS", file=sys.stderr)
         return 2
-    result = produce(
-        args.bootstrap_servers,
-        args.topic,
-        args.schema,
-        args.count,
-        partitions=args.partitions,
-        seed=args.seed,
-        framing=args.framing,
-        registry_url=args.schema_registry_url,
-        start=args.start,
-        spread_hours=args.spread_hours,
-    )
+    try:
+        result = produce(
+            args.bootstrap_servers,
+            args.topic,
+            args.schema,
+            args.count,
+            partitions=args.partitions,
+            seed=args.seed,
+            framing=args.framing,
+            registry_url=args.schema_registry_url,
+            start=args.start,
+            spread_hours=args.spread_hours,
+        )
+    except (ProduceError, RegistryError) as exc:
+        print(f"consumer: produce: {exc}", file=sys.stderr)
+        return 1
     print(
         f"produced {result.count} {args.schema} records to {result.topic} "
         f"({len(result.partition_counts)} partitions, {args.framing} framing"

@@ -18,6 +18,9 @@ Used by tests, benchmarks and the CLI to fill a topic with a known workload. Des
   error, and also if any message is still undelivered, so a caller never believes a topic holds
   N records when it does not.
 * Payloads are never logged (they may be large, and in real use may be personal data).
+* **librdkafka's own lines are log events**, as in a run (``consumer.log.LibrdkafkaLog``): a broker
+  that is down is one line per half minute, not a raw ``%3|…|FAIL|…`` line every few ms on
+  stderr. The admin client's lines only say why a request failed, in the error it raises.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from consumer import log as logmod
 from consumer import samples
 from consumer.registry import SchemaRegistryClient
 
@@ -97,8 +101,10 @@ def ensure_topic(
     partitions than requested is an error, because ``i % partitions`` would target partitions
     that do not exist.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap, **dict(extra_config or {})})
-    existing = _partition_count(admin, topic, timeout_s=min(timeout_s, 10.0))
+    lines = logmod.ClientLines()
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **dict(extra_config or {}), "logger": lines}
+    admin = lines.watch(AdminClient(conf))
+    existing = _partition_count(admin, lines, topic, timeout_s=min(timeout_s, 10.0))
     if existing is None:
         futures = admin.create_topics(
             # replication_factor=-1: the broker's default.replication.factor, so the same call
@@ -113,10 +119,10 @@ def ensure_topic(
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
             if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise ProduceError(f"could not create topic {topic!r}: {exc}") from exc
+                raise ProduceError(f"could not create topic {topic!r}: {lines.explain(exc)}") from exc
     deadline = time.monotonic() + timeout_s
     while True:
-        count = _partition_count(admin, topic, timeout_s=5.0, require_leaders=True)
+        count = _partition_count(admin, lines, topic, timeout_s=5.0, require_leaders=True)
         if count is not None:
             break
         if time.monotonic() > deadline:
@@ -134,15 +140,15 @@ def ensure_topic(
 
 
 def _partition_count(
-    admin: AdminClient, topic: str, timeout_s: float, require_leaders: bool = False
+    admin: AdminClient, lines: logmod.ClientLines, topic: str, timeout_s: float, require_leaders: bool = False
 ) -> int | None:
     """Partition count from metadata, or None if the topic is (not yet) usable."""
     try:
         metadata = admin.list_topics(topic=topic, timeout=timeout_s)
     except KafkaException as exc:
         raise ProduceError(
-            f"cannot read metadata for topic {topic!r} within {timeout_s:.0f}s: {exc}; is a "
-            "Kafka broker listening at the bootstrap address (e.g. `dev/stack status`)?"
+            f"cannot read metadata for topic {topic!r} within {timeout_s:.0f}s ({lines.explain(exc)}); "
+            "is a Kafka broker listening at the bootstrap address (e.g. `dev/stack status`)?"
         ) from exc
     info = metadata.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
@@ -208,6 +214,7 @@ def produce(
 
     config: dict[str, Any] = {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS}
     config.update(extra_config or {})
+    config.setdefault("logger", logmod.LibrdkafkaLog(_log))
     producer = Producer(config)
 
     delivered = [0] * partitions

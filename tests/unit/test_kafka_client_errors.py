@@ -118,3 +118,18 @@ def test_verify_against_a_closed_port_says_kafka_did_not_answer_and_exits_2_not_
     assert "consumer: verify: Kafka at 127.0.0.1:1 did not answer (Failed to get metadata" in err
     assert "librdkafka: " in err and "Connection refused" in err
     assert "|FAIL|rdkafka" not in err and "Traceback" not in err
+
+
+def test_produce_against_a_closed_port_says_why_and_exits_1_without_raw_lines(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """`consumer produce` (the demo's producer) reports a broker it cannot reach in one line with
+    librdkafka's reason, not a traceback under a stream of ``%3|…|FAIL|…`` lines."""
+    from consumer import cli
+
+    code = cli.main(["produce", "--bootstrap-servers", "127.0.0.1:1", "--topic", "t", "--count", "1"])
+    assert code == 1
+    err = capfd.readouterr().err
+    assert "consumer: produce: cannot read metadata for topic 't' within 10s" in err
+    assert "librdkafka: " in err and "Connection refused" in err
+    assert "|FAIL|rdkafka" not in err and "Traceback" not in err
