@@ -36,6 +36,11 @@ _SECRET_HINTS = ("password", "passphrase", "secret", "token", "key.pem", "jaas",
 MIN_S3_PART = 5 * 1024 * 1024
 
 
+#: librdkafka's spellings of ``auto.offset.reset``; here it only says where a partition with no
+#: committed position starts (a position the log no longer holds always stops the run).
+AUTO_OFFSET_RESETS = ("smallest", "earliest", "beginning", "largest", "latest", "end", "error")
+
+
 class ConfigError(ValueError):
     """Invalid configuration; ``problems`` holds one human-readable line per problem."""
 
@@ -214,6 +219,12 @@ class Config:
         for k in self.kafka_properties:
             if k in ("enable.auto.commit", "enable.auto.offset.store"):
                 p.append(f"-X {k} is managed by the consumer (offsets are committed only when durable)")
+        reset = self.kafka_properties.get("auto.offset.reset")
+        if reset is not None and reset not in AUTO_OFFSET_RESETS:
+            p.append(
+                f"-X auto.offset.reset={reset} unknown: use earliest or latest (where a partition with no "
+                "committed position starts), or error (such a partition stops the run)"
+            )
         return p
 
     def validated(self, *, need_group: bool = True) -> Config:

@@ -104,6 +104,42 @@ def fatal_client_hint(said: str) -> str:
     return "check for a second member with the same group.instance.id, then restart."
 
 
+class PositionNotInLog(ConsumerStop):
+    """A partition's position is no longer in its log (Kafka answered OFFSET_OUT_OF_RANGE).
+
+    librdkafka's ``auto.offset.reset`` would jump to one end of the log without a word: forward
+    over records retention deleted before they were read, or back to 0 in a topic deleted and
+    recreated under the same name, whose new records the worker would then drop as already
+    written (their offsets are below its position). Either is a loss nobody sees, so the run
+    stops and says which one it is (:func:`position_not_in_log`)."""
+
+    status = EXIT_FATAL
+
+
+def position_not_in_log(where: str, position: int, low: int | None, high: int | None) -> str:
+    """What happened to ``where``'s ``position`` given the log's watermarks now, and what to do."""
+    head = f"{where}: the position {position} is no longer in the partition's log"
+    if low is not None and high is not None:
+        head += f" (now [{low}, {high}))"
+    if high is not None and position > high:
+        return (
+            f"{head}: the log ends before it, so the topic was deleted and recreated (or truncated). "
+            "Its new records reuse offsets this output prefix already holds, so none was read. "
+            "Export the new topic to another --output prefix with a new --group-id."
+        )
+    if low is not None and position < low:
+        return (
+            f"{head}: records [{position}, {low}) were deleted by retention before they were read, "
+            "and nothing can bring them back. Nothing was skipped silently: to go on without them, "
+            f"move the group's offset to {low} (kafka-consumer-groups --reset-offsets --to-offset "
+            f"{low}) and start again."
+        )
+    return (
+        f"{head}: Kafka answered OFFSET_OUT_OF_RANGE. Check the topic's retention and whether it "
+        "was recreated, then move the group's offset (kafka-consumer-groups --reset-offsets)."
+    )
+
+
 class KafkaUnreachable(ConsumerStop):
     """The cluster did not answer the requests a run starts with (metadata, end offsets)."""
 

@@ -45,8 +45,10 @@ from consumer.errors import (
     FatalClientError,
     Incomplete,
     KafkaUnreachable,
+    PositionNotInLog,
     UsageError,
     fatal_client_hint,
+    position_not_in_log,
 )
 from consumer.gather import partition_runs
 from consumer.layout import Layout
@@ -78,6 +80,13 @@ __all__ = [
 TP = tuple[str, int]
 
 _PARTITION_EOF = -191
+_AUTO_OFFSET_RESET = -140  # the position is not in the log and auto.offset.reset is "error"
+_STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
+_OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
+#: where a partition with no position starts, by -X auto.offset.reset (config.AUTO_OFFSET_RESETS);
+#: "error" leaves it to librdkafka, whose error then stops the run
+_FRESH_START = {"smallest": _OFFSET_BEGINNING, "earliest": _OFFSET_BEGINNING, "beginning": _OFFSET_BEGINNING,
+                "largest": _OFFSET_END, "latest": _OFFSET_END, "end": _OFFSET_END}
 
 # confluent_kafka.Message methods, called from C by map()/groupby() over a consumed batch.
 _msg_error = methodcaller("error")
@@ -230,7 +239,6 @@ class Runner:
             "group.id": self.config.group_id,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
             "isolation.level": "read_committed",
             # librdkafka's prefetch is memory the arenas do not see: its queue is bounded by 1/16
             # of --memory-bytes (1–32 MiB; 1/64 of that per partition, each fetch response by a
@@ -255,7 +263,17 @@ class Runner:
             # assigns (-X group.remote.assignor), and librdkafka refuses a client-side assignor
             conf["partition.assignment.strategy"] = "cooperative-sticky"
         conf.update(self.config.kafka_properties)
+        # -X auto.offset.reset says only where a partition with no position starts (earliest by
+        # default; the assign callback seeks there). A position the log no longer holds stops the
+        # run (PositionNotInLog) instead of jumping to an end of the log without a word.
+        conf["auto.offset.reset"] = "error"
         return conf
+
+    @property
+    def _fresh_start(self) -> int:
+        """The offset a partition with no committed position and nothing in S3 starts from."""
+        reset = str(self.config.kafka_properties.get("auto.offset.reset", "earliest"))
+        return _FRESH_START.get(reset, _OFFSET_INVALID)
 
     def _on_kafka_error(self, err: Any) -> None:
         fatal = bool(err.fatal())
@@ -366,6 +384,7 @@ class Runner:
         self.log.error(
             "stopped: unexpected error; everything committed is durable, restart me",
             error=f"{type(exc).__name__}: {exc}",
+            exc_info=exc,  # a bug of ours: where it happened is what a report needs
         )
         return EXIT_FATAL
 
@@ -414,7 +433,7 @@ class Runner:
                 if err is None:
                     good.append(msg)
                 else:
-                    self._fetch_error(err)
+                    self._fetch_error(err, msg)
             msgs = good
         key = _msg_partition if len(self._topics) == 1 else _msg_tp
         for k, group in groupby(msgs, key=key):
@@ -493,15 +512,31 @@ class Runner:
                 self._fatal_client = True
             raise err
 
-    def _fetch_error(self, err: Any) -> None:
+    def _fetch_error(self, err: Any, msg: Any) -> None:
         if err.code() == _PARTITION_EOF:
             return
+        if err.code() == _AUTO_OFFSET_RESET:
+            raise self._position_not_in_log(msg.topic(), msg.partition(), msg.offset(), str(err))
         if err.fatal() or err.code() == _FATAL:
             # e.g. "Static consumer fenced by other consumer with same group.instance.id": the
             # client is unusable; idling on would look alive and do nothing, forever.
             self._fatal_client = True
             raise _fatal_client_error(err)
         self.log.warning("fetch error", error=str(err))
+
+    def _position_not_in_log(self, topic: str, partition: int, offset: int, said: str) -> PositionNotInLog:
+        """Kafka refused to fetch from a partition's position: which loss it would have been."""
+        from confluent_kafka import TopicPartition
+
+        worker = self.workers.get((topic, partition))
+        position = worker.next_pos if worker is not None and worker.next_pos is not None else offset
+        low = high = None
+        with contextlib.suppress(Exception):
+            low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5.0)
+        problem = position_not_in_log(f"{topic}[{partition}]", position, low, high)
+        self.log.error("position not in the log", topic=topic, partition=partition, position=position,
+                       low=low, high=high, kafka=said)
+        return PositionNotInLog(problem)
 
     def _guard(self, worker: PartitionWorker, fn: Callable[..., None], *args: Any) -> None:
         """Run a worker step; on fencing, stop touching the partition (see subclasses)."""
@@ -780,12 +815,27 @@ class GroupRunner(Runner):
                 self.fenced.discard(key)
                 worker = self._new_worker(tp.topic, tp.partition)
                 pos = worker.recover()
-                if pos is not None:
-                    tp.offset = pos
+                tp.offset = pos if pos is not None else self._fresh_start
                 self.workers[key] = worker
+            if partitions:
+                self._take(consumer, partitions)
             self.log.info("partitions assigned", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
         except BaseException as exc:  # surfaced from the poll loop; librdkafka would swallow it
             self._callback_error = exc
+
+    @staticmethod
+    def _take(consumer: Any, partitions: list[Any]) -> None:
+        """Assign ``partitions`` from the offsets recovery chose. confluent-kafka ignores offsets
+        written into the callback's list: unless the callback assigns, it assigns that list as
+        librdkafka gave it, and fetching starts at the committed offset, or by auto.offset.reset."""
+        from confluent_kafka import KafkaException
+
+        try:
+            consumer.incremental_assign(partitions)  # cooperative-sticky, and KIP-848's protocol
+        except KafkaException as exc:
+            if exc.args[0].code() != _STATE:
+                raise
+            consumer.assign(partitions)  # an eager assignor (-X partition.assignment.strategy=range)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         for tp in partitions:
@@ -945,8 +995,9 @@ class GroupRunner(Runner):
                 worker = self._new_worker(*key)
                 pos = worker.recover()
                 self.workers[key] = worker
-                tp = TopicPartition(key[0], key[1], pos if pos is not None else -2)
-                self.consumer.seek(tp)
+                target = pos if pos is not None else self._fresh_start
+                if target != _OFFSET_INVALID:  # (-X auto.offset.reset=error: librdkafka's own error)
+                    self.consumer.seek(TopicPartition(key[0], key[1], target))
                 self.consumer.resume([TopicPartition(*key)])
                 self.log.info("fenced partition recovered after rebalance", topic=key[0], partition=key[1])
         self.fenced.clear()
@@ -967,6 +1018,8 @@ class GroupRunner(Runner):
                 fetched = self.consumer.position([TopicPartition(*key)])[0].offset
                 if fetched < target:
                     continue
+            elif pos > target and not worker.counters.records:
+                self._check_position_in_log(key, pos)  # past the end seen at start, reading nothing
             self._guard(worker, worker.finish)
             if worker.finished:
                 self.exported.add(key)
@@ -994,6 +1047,18 @@ class GroupRunner(Runner):
                 "start or with files still open (another member holds them); rerun when they are free"
             )
         return None
+
+    def _check_position_in_log(self, key: TP, pos: int) -> None:
+        """A recovered position beyond the log's end (the topic was recreated under its name) would
+        read as caught up at once, before librdkafka's fetch says the position is out of range."""
+        from confluent_kafka import TopicPartition
+
+        try:
+            _, high = self.consumer.get_watermark_offsets(TopicPartition(*key), timeout=5.0, cached=False)
+        except Exception:  # not known now: librdkafka's fetch will tell
+            return
+        if pos > high:
+            raise self._position_not_in_log(key[0], key[1], pos, "the position is past the log's end")
 
     def _check_others(self) -> None:
         from confluent_kafka import TopicPartition

@@ -850,6 +850,14 @@ class MemoryBroker:
     def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         return self.low[(topic, partition)], len(self.logs[(topic, partition)])
 
+    def recreate_topic(self, topic: str) -> None:
+        """The topic was deleted and created again under its name: every partition is empty from
+        offset 0. The groups' committed offsets stay, as a real broker can keep them (seen on
+        Kafka 4.1 when the topic came back within seconds)."""
+        for tp in [tp for tp in self.logs if tp[0] == topic]:
+            self.logs[tp] = []
+            self.low[tp] = 0
+
     def truncate(self, topic: str, partition: int, before: int) -> None:
         """Retention deleted every record below ``before``: the low watermark moves up."""
         self.low[(topic, partition)] = max(
@@ -971,6 +979,7 @@ class MemoryConsumer:
         self._generation = 0
         self._expired = False
         self._manual = False
+        self._assigning: dict[TP, int] | None = None  # offsets given to incremental_assign in a callback
 
     # -- membership --------------------------------------------------------------------------------
     def subscribe(
@@ -1007,6 +1016,18 @@ class MemoryConsumer:
         for tp in partitions:
             self._start((tp.topic, tp.partition), int(tp.offset))
 
+    def incremental_assign(self, partitions: Sequence[Any]) -> None:
+        """Take these partitions from these offsets: inside an assign callback, where fetching
+        starts (see _sync_group); outside one, added to the assignment at once."""
+        self._check_open()
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            if self._assigning is not None:
+                self._assigning[key] = int(tp.offset)
+            else:
+                self._owned.add(key)
+                self._start(key, int(tp.offset))
+
     def assignment(self) -> list[Any]:
         from confluent_kafka import TopicPartition
 
@@ -1042,12 +1063,20 @@ class MemoryConsumer:
         new = b._assignable(self)
         if new or rebalanced:
             # Like librdkafka's cooperative protocol, every completed rebalance ends with an
-            # assign callback, with an empty list when nothing was added.
+            # assign callback, with an empty list when nothing was added. As confluent-kafka: an
+            # offset the callback writes into the list it was given is ignored; one it passes to
+            # incremental_assign() is where fetching starts (else the committed offset).
             tps = self._tps(sorted(new))
-            self._call("assign", tps)
+            self._assigning = {}
+            try:
+                self._call("assign", tps)
+                chosen = self._assigning
+            finally:
+                self._assigning = None
             self._owned |= new
             for tp in tps:
-                self._start((tp.topic, tp.partition), int(tp.offset))
+                key = (tp.topic, tp.partition)
+                self._start(key, chosen.get(key, OFFSET_INVALID))
 
     def _call(self, which: str, tps: list[Any]) -> None:
         cb = self._callbacks[which]
@@ -1059,12 +1088,11 @@ class MemoryConsumer:
         if offset < 0 and offset not in (OFFSET_BEGINNING, OFFSET_END):  # INVALID, STORED
             committed = self.broker.committed_offset(self.group_id, *tp) if self.group_id else None
             offset = committed if committed is not None else OFFSET_BEGINNING
-            if committed is None and self.conf.get("auto.offset.reset", "latest") in (
-                "latest",
-                "largest",
-                "end",
-            ):
+            reset = self.conf.get("auto.offset.reset", "latest")
+            if committed is None and reset in ("latest", "largest", "end"):
                 offset = OFFSET_END
+            elif committed is None and reset == "error":
+                offset = OFFSET_STORED  # nowhere to start: the first consume reports it
         self._fetch[tp] = low if offset == OFFSET_BEGINNING else high if offset == OFFSET_END else offset
         self._app.pop(tp, None)
 
@@ -1086,12 +1114,15 @@ class MemoryConsumer:
                     break
                 low, high = self.broker.watermarks(*tp)
                 pos = self._fetch.get(tp, low)
-                if pos < low:  # offset out of range: auto.offset.reset
-                    pos = (
-                        low
-                        if self.conf.get("auto.offset.reset", "latest") in ("earliest", "smallest")
-                        else high
-                    )
+                if pos == OFFSET_INVALID:  # stopped by an error below until a seek
+                    continue
+                if pos == OFFSET_STORED or pos < low or pos > high:  # out of range: auto.offset.reset
+                    reset = self.conf.get("auto.offset.reset", "latest")
+                    if reset == "error" or pos == OFFSET_STORED:  # one error, then wait for a seek
+                        out.append(self._out_of_range(tp, OFFSET_INVALID if pos == OFFSET_STORED else pos))
+                        self._fetch[tp] = OFFSET_INVALID
+                        continue
+                    pos = low if reset in ("earliest", "smallest", "beginning") else high
                 if pos < high:
                     out.append(self.broker.logs[tp][pos])
                     self._fetch[tp] = self._app[tp] = pos + 1
@@ -1099,6 +1130,15 @@ class MemoryConsumer:
                 else:
                     self._fetch[tp] = pos
         return out
+
+    @staticmethod
+    def _out_of_range(tp: TP, pos: int) -> Message:
+        """What librdkafka hands over for a position not in the log with auto.offset.reset=error."""
+        from confluent_kafka import KafkaError
+
+        said = "fetch failed due to requested offset not available on the broker: Broker: Offset out of range"
+        error = KafkaError(KafkaError._AUTO_OFFSET_RESET, said)
+        return Message(pos, None, topic=tp[0], partition=tp[1], error=error)
 
     def pause(self, partitions: Sequence[Any]) -> None:
         """As librdkafka: the application's pause flag belongs to the partition, not to the

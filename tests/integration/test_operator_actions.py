@@ -310,3 +310,69 @@ def test_fenced_partition_resumes_when_assigned_again(
         )
     )
     assert pairs == sorted((p, o) for p in range(2) for o in range(produced // 2))
+
+
+def _recreate(admin: Any, topic: str) -> None:
+    """Delete ``topic`` and create it again under its name, one partition, empty."""
+    from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+    admin.delete_topics([topic], operation_timeout=30)[topic].result(timeout=30)
+    deadline = time.monotonic() + 60
+    while True:  # the deletion completes in the background: creating may be refused a while
+        try:
+            admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])[topic].result(30)
+            break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+    while admin.list_topics(topic=topic, timeout=10).topics[topic].partitions[0].leader < 0:
+        time.sleep(0.2)
+
+
+def test_a_recreated_topic_stops_with_status_5_and_its_new_records_go_to_a_new_prefix(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Deleted and recreated under its name, the topic's new records reuse offsets already written.
+    librdkafka's auto.offset.reset used to jump back to 0 and the worker dropped every new record as
+    already written, exiting 0: now status 5, nothing read or written, and a new group and prefix
+    export the new topic whole."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
+    assert run_consumer(topic, group, out).returncode == 0
+    before = final_keys(s3, stack.s3_bucket, unique_prefix)
+    _recreate(admin, topic)
+    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=1, seed=7)
+    res = run_consumer(topic, group, out, timeout=120)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "the position 500 is no longer in the partition's log (now [0, 200))" in res.stderr
+    assert "deleted and recreated" in res.stderr
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == before
+    assert not staging_keys(s3, stack.s3_bucket, unique_prefix)
+    fresh = unique_prefix.rstrip("/") + "-recreated/"
+    assert run_consumer(topic, unique("g"), output(stack, fresh)).returncode == 0
+    rows = read_table(download_finals(s3, stack.s3_bucket, fresh, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(200))
+
+
+def test_records_retention_deleted_unread_stop_with_status_5_until_the_offset_is_moved(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The consumer was down while retention deleted records it had not read: status 5 naming the
+    lost range, not a silent jump; after the operator moves the offset past them, the run goes on
+    and the output holds every record that still existed."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1)
+    assert run_consumer(topic, group, out).returncode == 0
+    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, start=300, create_topic=False)
+    admin.delete_records([TopicPartition(topic, 0, 450)])[TopicPartition(topic, 0, 450)].result(timeout=30)
+    res = run_consumer(topic, group, out, timeout=120)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "records [300, 450) were deleted by retention before they were read" in res.stderr
+    assert committed(stack.kafka_bootstrap, group, topic) == [300]
+    reset_offset(admin, group, topic, 450)
+    assert run_consumer(topic, group, out).returncode == 0
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(300)) + list(range(450, 600))

@@ -1,0 +1,109 @@
+"""A partition's position that the log no longer holds stops the run with what happened, instead
+of librdkafka's auto.offset.reset jumping to an end of the log without a word: back to 0 in a
+topic deleted and recreated under its name (whose new records the worker would then drop as
+already written), or forward over records retention deleted before they were read. On the memory
+broker; tests/integration/test_operator_actions.py does the same on the real one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from consumer.config import Config
+from consumer.errors import EXIT_FATAL, position_not_in_log
+from consumer.samples import encode_raw, make_record, parsed_schema
+from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+
+
+def _produce(broker: MemoryBroker, n: int, first: int) -> None:
+    schema = parsed_schema("page_view")
+    for i in range(first, first + n):
+        broker.produce("t", encode_raw(schema, make_record("page_view", i)), key=b"k")
+
+
+def _run(broker: MemoryBroker, store: MemoryStore, **cfg: Any) -> tuple[int, list[dict[str, Any]]]:
+    runner = memory_runner(broker, store, row_group_rows=10, until_caught_up=True, **cfg)
+    with capture_logs() as logs:
+        code = runner.run()
+    return code, logs
+
+
+def _stop(logs: list[dict[str, Any]]) -> str:
+    return str(next(e for e in logs if e["event"] == "stopped: PositionNotInLog")["error"])
+
+
+@pytest.mark.parametrize("until_caught_up", [True, False])
+def test_a_recreated_topic_stops_the_run_and_its_new_records_are_not_dropped_as_written(
+    until_caught_up: bool,
+) -> None:
+    broker, store = page_view_broker(1, 30), MemoryStore()
+    assert _run(broker, store)[0] == 0
+    written = dict(store.objects)
+    broker.recreate_topic("t")
+    _produce(broker, 12, first=5000)
+    runner = memory_runner(broker, store, row_group_rows=10, until_caught_up=until_caught_up)
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_FATAL
+    problem = _stop(logs)
+    assert problem.startswith("t[0]: the position 30 is no longer in the partition's log (now [0, 12))")
+    assert "deleted and recreated" in problem and "another --output prefix with a new --group-id" in problem
+    assert runner.stats.records == 0  # none of the new records was taken for an old one
+    assert store.objects == written and broker.committed_offset("g", "t", 0) == 30
+
+
+def test_records_retention_deleted_before_they_were_read_stop_the_run_until_the_offset_is_moved() -> None:
+    broker, store = page_view_broker(1, 20), MemoryStore()
+    assert _run(broker, store)[0] == 0
+    _produce(broker, 30, first=20)  # offsets 20..49, then retention deletes below 35 unread
+    broker.truncate("t", 0, 35)
+    code, logs = _run(broker, store)
+    assert code == EXIT_FATAL
+    problem = _stop(logs)
+    assert "records [20, 35) were deleted by retention before they were read" in problem
+    assert "--reset-offsets --to-offset 35" in problem
+    assert broker.committed_offset("g", "t", 0) == 20
+    broker.reset_offsets("g", "t", 0, 35)  # the operator's answer: go on without them
+    assert _run(broker, store)[0] == 0
+    assert broker.committed_offset("g", "t", 0) == 50
+
+
+@pytest.mark.parametrize(("reset", "taken"), [(None, 12), ("earliest", 12), ("latest", 4)])
+def test_a_partition_with_no_position_starts_where_x_auto_offset_reset_says(
+    reset: str | None, taken: int
+) -> None:
+    """-X auto.offset.reset keeps its meaning for a partition nothing is known about: where it
+    starts (earliest by default). librdkafka itself is always given "error"."""
+    broker, store = page_view_broker(1, 8), MemoryStore()
+    props = {} if reset is None else {"auto.offset.reset": reset}
+    runner = memory_runner(broker, store, row_group_rows=10, kafka_properties=props)
+    assert runner.consumer.conf["auto.offset.reset"] == "error"
+    calls = 0
+
+    def hook(_consumer: MemoryConsumer) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:  # the first consume assigned the partition
+            _produce(broker, 4, first=100)
+        if calls == 4:
+            runner.request_stop()
+
+    runner.consumer.on_consume = hook
+    with capture_logs() as logs:
+        assert runner.run() == 0
+    assert runner.stats.records == taken, logs
+    assert broker.committed_offset("g", "t", 0) == 12
+
+
+def test_an_unknown_x_auto_offset_reset_is_a_config_problem() -> None:
+    config = Config(bootstrap_servers="k", group_id="g", topics=("t",), output="s3://b/o", schema="page_view",
+                    kafka_properties={"auto.offset.reset": "earlist"})  # fmt: skip
+    assert any("-X auto.offset.reset=earlist unknown" in p for p in config.problems())
+
+
+def test_what_the_stop_says_follows_from_the_watermarks() -> None:
+    assert "deleted and recreated" in position_not_in_log("t[0]", 30, 0, 12)
+    assert "records [20, 35) were deleted by retention" in position_not_in_log("t[0]", 20, 35, 50)
+    unknown = position_not_in_log("t[0]", 20, None, None)
+    assert "OFFSET_OUT_OF_RANGE" in unknown and "now holds" not in unknown
