@@ -15,6 +15,7 @@ from support import (
     download_finals,
     final_keys,
     log_events,
+    offsets_by_partition,
     read_table,
     run_consumer,
     staging_keys,
@@ -376,3 +377,21 @@ def test_records_retention_deleted_unread_stop_with_status_5_until_the_offset_is
     assert run_consumer(topic, group, out).returncode == 0
     rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(300)) + list(range(450, 600))
+
+
+def test_an_eager_assignor_still_starts_where_recovery_says(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The assign callback assigns recovery's positions itself, with incremental_assign under the
+    cooperative protocols and assign() under an eager assignor (-X partition.assignment.strategy):
+    two runs over a growing topic export every record exactly once either way."""
+    topic, group = make_topic(partitions=2), unique("g")
+    out = output(stack, unique_prefix)
+    eager = ("-X", "partition.assignment.strategy=range")
+    produce(stack.kafka_bootstrap, topic, "page_view", 600, partitions=2)
+    assert run_consumer(topic, group, out, *eager).returncode == 0
+    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, start=600, create_topic=False)
+    assert run_consumer(topic, group, out, *eager).returncode == 0
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert offsets_by_partition(rows) == {0: list(range(500)), 1: list(range(500))}
+    assert committed(stack.kafka_bootstrap, group, topic, partitions=2) == [500, 500]
