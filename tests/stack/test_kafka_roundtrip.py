@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from confluent_kafka import (
     OFFSET_INVALID,
     TIMESTAMP_CREATE_TIME,
@@ -156,3 +157,40 @@ def test_offsets_for_times(stack: StackSettings, make_topic: Callable[..., str])
         assert (low, high) == (0, 10)
     finally:
         consumer.close()
+
+
+def _first_offset_after_assign(stack: StackSettings, topic: str, on_assign: Callable[..., None],
+                               strategy: str) -> int:
+    c = _consumer(stack, **{"partition.assignment.strategy": strategy})  # a new group each time
+    try:
+        c.subscribe([topic], on_assign=on_assign)
+        return int(_consume_all(c, 1)[0].offset())
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("strategy", ["cooperative-sticky", "range"])
+def test_an_offset_written_into_the_assign_callbacks_list_is_ignored_an_assigned_one_is_not(
+    stack: StackSettings, make_topic: Callable[..., str], strategy: str
+) -> None:
+    """What the runner's assign callback relies on (and MemoryConsumer models): confluent-kafka
+    assigns the list librdkafka gave unless the callback assigns itself, so fetching starts at the
+    committed offset (here: auto.offset.reset, 0); incremental_assign (cooperative) or assign
+    (eager) from inside the callback starts where it says."""
+    topic = make_topic(partitions=1)
+    _produce(stack, topic, [(0, b"k", b"v", int(time.time() * 1000)) for _ in range(10)])
+
+    def write_only(_c: Consumer, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            tp.offset = 5
+
+    def assign_there(c: Consumer, tps: list[TopicPartition]) -> None:
+        for tp in tps:
+            tp.offset = 5
+        if strategy == "range":
+            c.assign(tps)
+        else:
+            c.incremental_assign(tps)
+
+    assert _first_offset_after_assign(stack, topic, write_only, strategy) == 0
+    assert _first_offset_after_assign(stack, topic, assign_there, strategy) == 5

@@ -1054,3 +1054,26 @@ def test_a_server_refusing_checksum_headers_is_named_and_the_operators_setting_s
     checksummed = [any(h.lower().startswith("x-amz-checksum-") for h in r.headers) for r in sent]
     assert [r.path for r in sent] == ["/bucket/p/default", "/bucket/p/when-required"]
     assert checksummed == [True, False]
+
+
+def test_memory_consumer_ignores_offsets_written_into_the_assign_list_as_confluent_kafka_does() -> None:
+    """tests/stack/test_kafka_roundtrip.py shows it on the real client: an offset written into the
+    assign callback's list is ignored (fetching starts at the committed offset, else by
+    auto.offset.reset); one passed to incremental_assign() from the callback is where it starts."""
+    from confluent_kafka import TopicPartition
+
+    def first_offset(assign: bool) -> int:
+        broker = _broker_with_records(1, 10)
+
+        def on_assign(c: Any, tps: list[TopicPartition]) -> None:
+            for tp in tps:
+                tp.offset = 5
+            if assign:
+                c.incremental_assign(tps)
+
+        c = MemoryConsumer(broker, {"group.id": "g", "auto.offset.reset": "earliest"})
+        c.subscribe(["t"], on_assign=on_assign)
+        return int(c.consume(1)[0].offset())
+
+    assert first_offset(assign=False) == 0
+    assert first_offset(assign=True) == 5
