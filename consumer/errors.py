@@ -116,23 +116,31 @@ class PositionNotInLog(ConsumerStop):
     status = EXIT_FATAL
 
 
-def position_not_in_log(where: str, position: int, low: int | None, high: int | None) -> str:
-    """What happened to ``where``'s ``position`` given the log's watermarks now, and what to do."""
-    head = f"{where}: the position {position} is no longer in the partition's log"
+def position_not_in_log(
+    topic: str, partition: int, position: int, low: int | None, high: int | None, *, replay: bool = False
+) -> str:
+    """What happened to a partition's ``position`` given its log's watermarks now, and what to do
+    (``replay``: a ``consumer replay``, which keeps its positions in S3, not in a group)."""
+    head = f"{topic}[{partition}]: the position {position} is no longer in the partition's log"
     if low is not None and high is not None:
         head += f" (now [{low}, {high}))"
     if high is not None and position > high:
+        again = "Replay it" if replay else "Export the new topic"
         return (
             f"{head}: the log ends before it, so the topic was deleted and recreated (or truncated). "
             "Its new records reuse offsets this output prefix already holds, so none was read. "
-            "Export the new topic to another --output prefix with a new --group-id."
+            f"{again} to another --output prefix" + ("." if replay else " with a new --group-id.")
         )
     if low is not None and position < low:
+        go_on = (
+            f"replay to another --output prefix from there (--from {partition}={low},…)"
+            if replay
+            else f"move the group's offset to {low} (kafka-consumer-groups --reset-offsets "
+            f"--to-offset {low}) and start again"
+        )
         return (
             f"{head}: records [{position}, {low}) were deleted by retention before they were read, "
-            "and nothing can bring them back. Nothing was skipped silently: to go on without them, "
-            f"move the group's offset to {low} (kafka-consumer-groups --reset-offsets --to-offset "
-            f"{low}) and start again."
+            f"and nothing can bring them back. Nothing was skipped silently: to go on without them, {go_on}."
         )
     return (
         f"{head}: Kafka answered OFFSET_OUT_OF_RANGE. Check the topic's retention and whether it "

@@ -59,6 +59,8 @@ class ReplayRunner(Runner):
     """Manual assignment + S3-kept positions + stop positions, on the shared loop of
     :class:`~consumer.runner.Runner`."""
 
+    replaying = True
+
     def __init__(
         self,
         config: Any,
@@ -99,7 +101,13 @@ class ReplayRunner(Runner):
         for tp in tps:
             low, high = watermarks[tp]
             if bound.kind == "offsets":
-                out[tp] = min(max((bound.offsets or {}).get(tp[1], high if edge_is_end else low), low), high)
+                asked = (bound.offsets or {}).get(tp[1])
+                out[tp] = min(max(asked if asked is not None else (high if edge_is_end else low), low), high)
+                if asked is not None and asked < low:
+                    self.log.warning(
+                        "replay bound before the log start: those records no longer exist",
+                        topic=tp[0], partition=tp[1], asked=asked, log_start=low,
+                    )  # fmt: skip
             elif bound.kind == "timestamp":
                 (found,) = self.consumer.offsets_for_times(
                     [TopicPartition(tp[0], tp[1], bound.timestamp_ms or 0)], timeout=10.0

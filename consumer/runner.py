@@ -178,6 +178,8 @@ class Runner:
 
     #: seconds ``consumer.close()`` may take beyond the shutdown deadline before it is abandoned
     close_grace = 5.0
+    #: a ``consumer replay`` (positions kept in S3, no group): what its stop messages advise
+    replaying = False
 
     def __init__(
         self,
@@ -533,7 +535,7 @@ class Runner:
         low = high = None
         with contextlib.suppress(Exception):
             low, high = self.consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=5.0)
-        problem = position_not_in_log(f"{topic}[{partition}]", position, low, high)
+        problem = position_not_in_log(topic, partition, position, low, high, replay=self.replaying)
         self.log.error("position not in the log", topic=topic, partition=partition, position=position,
                        low=low, high=high, kafka=said)
         return PositionNotInLog(problem)

@@ -103,7 +103,48 @@ def test_an_unknown_x_auto_offset_reset_is_a_config_problem() -> None:
 
 
 def test_what_the_stop_says_follows_from_the_watermarks() -> None:
-    assert "deleted and recreated" in position_not_in_log("t[0]", 30, 0, 12)
-    assert "records [20, 35) were deleted by retention" in position_not_in_log("t[0]", 20, 35, 50)
-    unknown = position_not_in_log("t[0]", 20, None, None)
-    assert "OFFSET_OUT_OF_RANGE" in unknown and "now holds" not in unknown
+    assert "deleted and recreated" in position_not_in_log("t", 0, 30, 0, 12)
+    assert "with a new --group-id" in position_not_in_log("t", 0, 30, 0, 12)
+    gone = position_not_in_log("t", 2, 20, 35, 50)
+    assert "records [20, 35) were deleted by retention" in gone and "--to-offset 35" in gone
+    assert "(--from 2=35,…)" in position_not_in_log("t", 2, 20, 35, 50, replay=True)
+    unknown = position_not_in_log("t", 0, 20, None, None)
+    assert "OFFSET_OUT_OF_RANGE" in unknown and "(now" not in unknown
+
+
+def test_a_replay_overtaken_by_retention_says_to_replay_from_the_log_start() -> None:
+    """A replay reading [5, 20) while retention deletes everything below 15: exit 5 naming what
+    was lost and the --from to replay from, not a jump to 15."""
+    from consumer.decoding import Decoder, load_schema
+    from consumer.replay import Bound, ReplayRunner
+
+    broker, store = page_view_broker(1, 25), MemoryStore()
+    runner = ReplayRunner(
+        Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
+               output="s3://bucket/out", schema="page_view", row_group_rows=10, batch_size=3),
+        store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+        start=Bound.parse("0=5"), stop=Bound.parse("0=20"), consumer_factory=broker.consumer_factory(),
+    )  # fmt: skip
+    runner.consumer.on_consume = lambda _c: broker.truncate("t", 0, 15) if runner.stats.records else None
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_FATAL
+    problem = _stop(logs)
+    assert "records [8, 15) were deleted by retention" in problem and "(--from 0=15,…)" in problem
+
+
+def test_a_replay_asked_to_start_before_the_log_start_says_so() -> None:
+    from consumer.decoding import Decoder, load_schema
+    from consumer.replay import Bound, ReplayRunner
+
+    broker, store = page_view_broker(1, 25), MemoryStore()
+    broker.truncate("t", 0, 10)
+    runner = ReplayRunner(
+        Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
+               output="s3://bucket/out", schema="page_view", row_group_rows=10),
+        store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+        start=Bound.parse("0=5"), stop=Bound.parse("0=20"), consumer_factory=broker.consumer_factory(),
+    )  # fmt: skip
+    with capture_logs() as logs:
+        assert runner.run() == 0
+    warned = [e for e in logs if e["event"].startswith("replay bound before the log start")]
+    assert [(e["asked"], e["log_start"]) for e in warned] == [(5, 10)]
