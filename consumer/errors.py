@@ -142,9 +142,11 @@ def position_not_in_log(
             f"{head}: records [{position}, {low}) were deleted by retention before they were read, "
             f"and nothing can bring them back. Nothing was skipped silently: to go on without them, {go_on}."
         )
+    then = "replay with another --from" if replay else (
+        "move the group's offset (kafka-consumer-groups --reset-offsets)")
     return (
         f"{head}: Kafka answered OFFSET_OUT_OF_RANGE. Check the topic's retention and whether it "
-        "was recreated, then move the group's offset (kafka-consumer-groups --reset-offsets)."
+        f"was recreated, then {then}."
     )
 
 

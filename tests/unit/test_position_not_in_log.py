@@ -109,7 +109,8 @@ def test_what_the_stop_says_follows_from_the_watermarks() -> None:
     assert "records [20, 35) were deleted by retention" in gone and "--to-offset 35" in gone
     assert "(--from 2=35,…)" in position_not_in_log("t", 2, 20, 35, 50, replay=True)
     unknown = position_not_in_log("t", 0, 20, None, None)
-    assert "OFFSET_OUT_OF_RANGE" in unknown and "(now" not in unknown
+    assert "OFFSET_OUT_OF_RANGE" in unknown and "(now" not in unknown and "--reset-offsets" in unknown
+    assert "another --from" in position_not_in_log("t", 0, 20, None, None, replay=True)
 
 
 def test_a_replay_overtaken_by_retention_says_to_replay_from_the_log_start() -> None:
