@@ -34,6 +34,19 @@ def _stop(logs: list[dict[str, Any]]) -> str:
     return str(next(e for e in logs if e["event"] == "stopped: PositionNotInLog")["error"])
 
 
+def _replay_5_to_20(broker: MemoryBroker, store: MemoryStore, **cfg: Any) -> Any:
+    """``consumer replay --from 0=5 --to 0=20`` of topic ``t`` into ``s3://bucket/out``."""
+    from consumer.decoding import Decoder, load_schema
+    from consumer.replay import Bound, ReplayRunner
+
+    return ReplayRunner(
+        Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
+               output="s3://bucket/out", schema="page_view", row_group_rows=10, **cfg),
+        store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+        start=Bound.parse("0=5"), stop=Bound.parse("0=20"), consumer_factory=broker.consumer_factory(),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("until_caught_up", [True, False])
 def test_a_recreated_topic_stops_the_run_and_its_new_records_are_not_dropped_as_written(
     until_caught_up: bool,
@@ -116,16 +129,8 @@ def test_what_the_stop_says_follows_from_the_watermarks() -> None:
 def test_a_replay_overtaken_by_retention_says_to_replay_from_the_log_start() -> None:
     """A replay reading [5, 20) while retention deletes everything below 15: exit 5 naming what
     was lost and the --from to replay from, not a jump to 15."""
-    from consumer.decoding import Decoder, load_schema
-    from consumer.replay import Bound, ReplayRunner
-
     broker, store = page_view_broker(1, 25), MemoryStore()
-    runner = ReplayRunner(
-        Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
-               output="s3://bucket/out", schema="page_view", row_group_rows=10, batch_size=3),
-        store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
-        start=Bound.parse("0=5"), stop=Bound.parse("0=20"), consumer_factory=broker.consumer_factory(),
-    )  # fmt: skip
+    runner = _replay_5_to_20(broker, store, batch_size=3)
     runner.consumer.on_consume = lambda _c: broker.truncate("t", 0, 15) if runner.stats.records else None
     with capture_logs() as logs:
         assert runner.run() == EXIT_FATAL
@@ -134,17 +139,9 @@ def test_a_replay_overtaken_by_retention_says_to_replay_from_the_log_start() -> 
 
 
 def test_a_replay_asked_to_start_before_the_log_start_says_so() -> None:
-    from consumer.decoding import Decoder, load_schema
-    from consumer.replay import Bound, ReplayRunner
-
     broker, store = page_view_broker(1, 25), MemoryStore()
     broker.truncate("t", 0, 10)
-    runner = ReplayRunner(
-        Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
-               output="s3://bucket/out", schema="page_view", row_group_rows=10),
-        store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
-        start=Bound.parse("0=5"), stop=Bound.parse("0=20"), consumer_factory=broker.consumer_factory(),
-    )  # fmt: skip
+    runner = _replay_5_to_20(broker, store)
     with capture_logs() as logs:
         assert runner.run() == 0
     warned = [e for e in logs if e["event"].startswith("replay bound before the log start")]
