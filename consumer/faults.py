@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 
 FAULT_EXIT_CODE = 97
 
 _armed: dict[str, int] = {}
 _seen: dict[str, int] = {}
+_lock = threading.Lock()  # partitions recover side by side: the Nth time is counted across threads
 
 
 def arm(spec: str | None) -> None:
@@ -38,8 +40,10 @@ def point(name: str) -> None:
     """Crash here if this point is armed and reached for the armed time."""
     if not _armed or name not in _armed:
         return
-    _seen[name] = _seen.get(name, 0) + 1
-    if _seen[name] >= _armed[name]:
+    with _lock:
+        _seen[name] = _seen.get(name, 0) + 1
+        reached = _seen[name] >= _armed[name]
+    if reached:
         sys.stderr.write(f"FAULT {name}:{_seen[name]} — exiting now\n")
         sys.stderr.flush()
         os._exit(FAULT_EXIT_CODE)

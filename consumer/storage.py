@@ -20,6 +20,7 @@ import base64
 import contextlib
 import hashlib
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -131,18 +132,29 @@ class StoreStats:
     retries_by_op: dict[str, int] = field(default_factory=dict)
     last_request_at: float | None = None
     failing_since: float | None = None
+    #: Recoveries and verify send requests from several threads; ``+=`` is not atomic across them.
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def count(self, op: str) -> None:
-        self.requests[op] = self.requests.get(op, 0) + 1
-        self.last_request_at = time.monotonic()
+        with self._lock:
+            self.requests[op] = self.requests.get(op, 0) + 1
+            self.last_request_at = time.monotonic()
 
     def failed(self, op: str, *, retrying: bool) -> None:
-        self.errors[op] = self.errors.get(op, 0) + 1
-        if retrying:
-            self.retries += 1
-            self.retries_by_op[op] = self.retries_by_op.get(op, 0) + 1
-        if self.failing_since is None:
-            self.failing_since = time.monotonic()
+        with self._lock:
+            self.errors[op] = self.errors.get(op, 0) + 1
+            if retrying:
+                self.retries += 1
+                self.retries_by_op[op] = self.retries_by_op.get(op, 0) + 1
+            if self.failing_since is None:
+                self.failing_since = time.monotonic()
+
+    def moved(self, *, uploaded: int = 0, downloaded: int = 0, copied: int = 0) -> None:
+        """Count bytes sent, received, and copied inside S3 (UploadPartCopy)."""
+        with self._lock:
+            self.bytes_uploaded += uploaded
+            self.bytes_downloaded += downloaded
+            self.bytes_copied_server_side += copied
 
 
 class ObjectStore(Protocol):
@@ -519,7 +531,7 @@ class S3Store:
         """
         try:
             reply = self._call("put_object", Key=key, Body=data, IfNoneMatch="*")
-            self.stats.bytes_uploaded += len(data)
+            self.stats.moved(uploaded=len(data))
             return Created(PutOutcome.CREATED, str(reply.get("ETag", "")).strip('"') or None)
         except Exception as exc:
             if classify(exc) != "precondition":
@@ -534,7 +546,7 @@ class S3Store:
             if classify(exc) in ("precondition", "missing"):
                 return False
             raise
-        self.stats.bytes_uploaded += len(data)
+        self.stats.moved(uploaded=len(data))
         return True
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
@@ -554,7 +566,7 @@ class S3Store:
                 raise
 
         data = self._retrying("get_object", read)
-        self.stats.bytes_downloaded += len(data)
+        self.stats.moved(downloaded=len(data))
         return data
 
     def head(self, key: str) -> ObjectInfo | None:
@@ -621,12 +633,12 @@ class S3Store:
                         CopySourceRange=f"bytes={src.start}-{src.end - 1}",
                     )
                     etag = pr["CopyPartResult"]["ETag"]
-                    self.stats.bytes_copied_server_side += src.length
+                    self.stats.moved(copied=src.length)
                 else:
                     body = self._materialise(part)
                     pr = self._call("upload_part", Key=key, UploadId=upload_id, PartNumber=n, Body=body)
                     etag = pr["ETag"]
-                    self.stats.bytes_uploaded += len(body)
+                    self.stats.moved(uploaded=len(body))
                 done.append({"ETag": etag, "PartNumber": n})
                 faults.point("mid_merge")
             self._call(

@@ -454,7 +454,7 @@ class MemoryStore:
             self._enter("put_if_absent", key)
             try:
                 etag = self.put_object(key, data, if_none_match=True)
-                self.stats.bytes_uploaded += len(data)
+                self.stats.moved(uploaded=len(data))
                 created = Created(PutOutcome.CREATED, etag)
             except PreconditionFailed:
                 created = same_object(self, key, data)
@@ -469,7 +469,7 @@ class MemoryStore:
                 self.put_object(key, data, if_match=etag)
             except (PreconditionFailed, FileNotFoundError):
                 return False
-            self.stats.bytes_uploaded += len(data)
+            self.stats.moved(uploaded=len(data))
             self._leave("replace_if_match")
             return True
 
@@ -481,7 +481,7 @@ class MemoryStore:
             if start is not None and end is not None and end <= start:
                 return b""
             data = self.get_object(key, start, end)
-            self.stats.bytes_downloaded += len(data)
+            self.stats.moved(downloaded=len(data))
             self._leave("get")
             return data
 
@@ -530,11 +530,11 @@ class MemoryStore:
                 for n, part in enumerate(parts, start=1):
                     if len(part) == 1 and isinstance(part[0], CopyRange) and part[0].length >= MIN_S3_PART:
                         self.upload_part_copy(key, upload_id, n, part[0])
-                        self.stats.bytes_copied_server_side += part[0].length
+                        self.stats.moved(copied=part[0].length)
                     else:
                         body = self._materialise(part)
                         self.upload_part(key, upload_id, n, body)
-                        self.stats.bytes_uploaded += len(body)
+                        self.stats.moved(uploaded=len(body))
                     faults.point("mid_merge")
                 self.complete_multipart_upload(key, upload_id, if_none_match=True)
             except Exception as exc:
