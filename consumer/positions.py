@@ -11,8 +11,12 @@ replays racing on one prefix cannot silently interleave.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
 
 from consumer.layout import Layout
 
@@ -56,6 +60,7 @@ class KafkaGroupPositions:
         #: included; set on SIGTERM so the shutdown bound holds (Runner).
         self.give_up_at: float | None = None
         self.commits = 0
+        self._commits_lock = threading.Lock()  # recoveries commit from several threads
         self.on_commit: list[Any] = []  # test hook: callables(topic, partition, position)
 
     def _limit(self, deadline: float) -> float:
@@ -92,7 +97,8 @@ class KafkaGroupPositions:
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else exc
             if err is None:
-                self.commits += 1
+                with self._commits_lock:
+                    self.commits += 1
                 for hook in self.on_commit:
                     hook(topic, partition, position)
                 return
@@ -104,6 +110,55 @@ class KafkaGroupPositions:
                 raise PositionError(f"commit of {topic}[{partition}]@{position} failed: {err}")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+_R = TypeVar("_R")
+
+
+class OwnerThreadPositions:
+    """A :class:`PositionStore` whose calls all run on the thread that made it, whoever asks.
+
+    Kafka's group calls must stay on the thread that polls: ``committed()`` from another thread,
+    while the polling thread is inside a rebalance callback, hung past its own timeout (seen with
+    confluent-kafka 2.12, classic and KIP-848 protocols alike). Partitions recover side by side in
+    threads from that callback (:func:`consumer.worker.recover_all`), so their reads and commits
+    are handed to the owner, which runs them in :meth:`serve` while it waits for the recoveries.
+    """
+
+    def __init__(self, inner: PositionStore) -> None:
+        self.inner = inner
+        self._owner = threading.get_ident()
+        self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        return self._on_owner(lambda: self.inner.committed(topic, partition))
+
+    def commit(self, topic: str, partition: int, position: int) -> None:
+        self._on_owner(lambda: self.inner.commit(topic, partition, position))
+
+    def _on_owner(self, call: Callable[[], _R]) -> _R:
+        if threading.get_ident() == self._owner:
+            return call()
+        done: Future[_R] = Future()
+        self._calls.put((done, call))
+        return done.result()
+
+    def wake(self) -> None:
+        """Make :meth:`serve` look at its condition again (a caller's work may have ended)."""
+        self._calls.put(None)
+
+    def serve(self, finished: Callable[[], bool]) -> None:
+        """On the owner: run the other threads' calls, in order, until ``finished()``, which is
+        checked at start and after every :meth:`wake`."""
+        while not finished():
+            item = self._calls.get()
+            if item is None:
+                continue
+            done, call = item
+            try:
+                done.set_result(call())
+            except BaseException as exc:  # the caller's thread raises it, as if it had called
+                done.set_exception(exc)
 
 
 class S3StatePositions:

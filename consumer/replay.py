@@ -22,6 +22,7 @@ from consumer.errors import EXIT_OK, UsageError
 from consumer.positions import S3StatePositions
 from consumer.progress import Progress, ProgressReporter, compute
 from consumer.runner import TP, Runner
+from consumer.worker import recover_all
 
 
 @dataclass(frozen=True)
@@ -131,9 +132,8 @@ class ReplayRunner(Runner):
         self.starts = self._resolve(self.start_bound, tps, edge_is_end=False)
         self.stops = self._resolve(self.stop_bound, tps, edge_is_end=True)
         assignment = []
-        for tp in tps:
-            worker = self._new_worker(*tp)
-            resumed = worker.recover()
+        workers = [self._new_worker(*tp) for tp in tps]
+        for tp, worker, resumed in zip(tps, workers, recover_all(workers), strict=True):
             self.workers[tp] = worker
             begin = resumed if resumed is not None else self.starts[tp]
             self.starts[tp] = begin

@@ -63,7 +63,7 @@ from consumer.storage import (
     probe_conditional_writes,
     refusal,
 )
-from consumer.worker import PartitionState, PartitionWorker, SharedState
+from consumer.worker import PartitionState, PartitionWorker, SharedState, recover_all
 
 __all__ = [
     "EXIT_BAD_RECORD",
@@ -815,10 +815,10 @@ class GroupRunner(Runner):
                 # across revoke and re-assignment, so it must be resumed explicitly.
                 self._resume.add(key)
                 self.fenced.discard(key)
-                worker = self._new_worker(tp.topic, tp.partition)
-                pos = worker.recover()
+            workers = [self._new_worker(tp.topic, tp.partition) for tp in partitions]
+            for tp, worker, pos in zip(partitions, workers, recover_all(workers), strict=True):
                 tp.offset = pos if pos is not None else self._fresh_start
-                self.workers[key] = worker
+                self.workers[(tp.topic, tp.partition)] = worker
             if partitions:
                 self._take(consumer, partitions)
             self.log.info("partitions assigned", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])

@@ -980,6 +980,7 @@ class MemoryConsumer:
         self._expired = False
         self._manual = False
         self._assigning: dict[TP, int] | None = None  # offsets given to incremental_assign in a callback
+        self._poller: int | None = None  # the thread that calls consume(), once it has
 
     # -- membership --------------------------------------------------------------------------------
     def subscribe(
@@ -1101,6 +1102,7 @@ class MemoryConsumer:
         """Up to ``num_messages`` records from the owned, unpaused partitions (round robin);
         never waits: an empty list when nothing is there."""
         self._check_open()
+        self._poller = threading.get_ident()
         if self.on_consume is not None:
             self.on_consume(self)
         self._sync_group()
@@ -1198,6 +1200,7 @@ class MemoryConsumer:
     def committed(self, partitions: Sequence[Any], timeout: float | None = None) -> list[Any]:
         from confluent_kafka import TopicPartition
 
+        self._check_poller("committed")
         out = []
         for tp in partitions:
             off = self.broker.committed_offset(self.group_id, tp.topic, tp.partition)
@@ -1210,6 +1213,7 @@ class MemoryConsumer:
         """Synchronous commits of explicit offsets only (what KafkaGroupPositions does); refused
         with KafkaException(ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID) when fenced."""
         self._check_open()
+        self._check_poller("commit")
         if message is not None or offsets is None or asynchronous:
             raise NotImplementedError("MemoryConsumer.commit: only commit(offsets=[...], asynchronous=False)")
         self.broker._commit(self, offsets)
@@ -1226,6 +1230,15 @@ class MemoryConsumer:
         self._owned = set()
         self.broker._leave(self)
         self.closed = True
+
+    def _check_poller(self, call: str) -> None:
+        """The real client's group calls hang when made off the polling thread while it is inside
+        a rebalance callback (past their timeout): here any call off that thread fails at once."""
+        if self._poller is not None and threading.get_ident() != self._poller:
+            raise RuntimeError(
+                f"MemoryConsumer.{call}() from a thread that does not poll: the real client can "
+                "hang there; make group calls on the polling thread"
+            )
 
     def _check_open(self) -> None:
         if self.closed:

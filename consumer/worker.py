@@ -39,7 +39,8 @@ import base64
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import methodcaller
@@ -72,7 +73,7 @@ from consumer.parquet_merge import (
     read_key_value_metadata,
     read_layout,
 )
-from consumer.positions import PartitionFenced, PositionStore
+from consumer.positions import OwnerThreadPositions, PartitionFenced, PositionStore
 from consumer.recovery import (
     FinishRoll,
     chain_ending_at,
@@ -91,6 +92,7 @@ __all__ = [
     "PartitionWorker",
     "SharedState",
     "file_identity",
+    "recover_all",
 ]
 
 EMPTY_TABLE = pa.table({})
@@ -1280,6 +1282,43 @@ class PartitionWorker:
     def finished(self) -> bool:
         """Nothing buffered and no open file: every committed position is in a final file."""
         return self.state is PartitionState.READY and not self.pending and not self.files
+
+
+#: Recoveries run side by side at most this many at a time (s3fs keeps 10 connections a client).
+RECOVERY_THREADS = 8
+
+
+def recover_all(workers: Sequence[PartitionWorker], threads: int | None = None) -> list[int | None]:
+    """``worker.recover()`` of each of ``workers``, side by side: their positions, in order.
+
+    A recovery is a few round trips (the committed offset, S3 listings, maybe a roll to finish)
+    and partitions share no state, so an assignment of many partitions waits for the slowest few
+    instead of the sum. The S3 work runs in threads; the Kafka calls (the committed offset, the
+    commits of a roll recovery finishes) stay on this thread (:class:`OwnerThreadPositions`).
+    Every recovery runs to its end even when another fails (each leaves its partition consistent
+    either way), then the failure of the first partition in ``workers``' order is raised, as the
+    loop one after another raised it.
+    """
+    threads = RECOVERY_THREADS if threads is None else threads
+    if len(workers) <= 1 or threads <= 1:
+        return [w.recover() for w in workers]
+    shared = workers[0].positions
+    if any(w.positions is not shared for w in workers):
+        raise ValueError("recover_all: the workers do not share one position store")
+    # Their position reads and commits run here, on the thread that polls Kafka.
+    calls = OwnerThreadPositions(shared)
+    for w in workers:
+        w.positions = calls
+    try:
+        with ThreadPoolExecutor(max_workers=min(threads, len(workers)), thread_name_prefix="recover") as pool:
+            futures = [pool.submit(w.recover) for w in workers]
+            for f in futures:
+                f.add_done_callback(lambda _: calls.wake())
+            calls.serve(lambda: all(f.done() for f in futures))
+    finally:
+        for w in workers:
+            w.positions = shared
+    return [f.result() for f in futures]
 
 
 # confluent_kafka.Message.value, called from C by map() to cut Confluent-framed runs.
