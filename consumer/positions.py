@@ -119,8 +119,8 @@ class OwnerThreadPositions:
     """A :class:`PositionStore` whose calls all run on the thread that made it, whoever asks.
 
     Kafka's group calls must stay on the thread that polls: ``committed()`` from another thread,
-    while the polling thread is inside a rebalance callback, hung past its own timeout (seen with
-    confluent-kafka 2.12, classic and KIP-848 protocols alike). Partitions recover side by side in
+    while the polling thread was inside the assign callback, hung for minutes past its 30 s
+    timeout (confluent-kafka 2.12, Kafka 4.1). Partitions recover side by side in
     threads from that callback (:func:`consumer.worker.recover_all`), so their reads and commits
     are handed to the owner, which runs them in :meth:`serve` while it waits for the recoveries.
     """
