@@ -992,16 +992,15 @@ class GroupRunner(Runner):
         from confluent_kafka import TopicPartition
 
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
-        for key in sorted(self.fenced):
-            if key in owned and key not in self.workers:
-                worker = self._new_worker(*key)
-                pos = worker.recover()
-                self.workers[key] = worker
-                target = pos if pos is not None else self._fresh_start
-                if target != _OFFSET_INVALID:  # (-X auto.offset.reset=error: librdkafka's own error)
-                    self.consumer.seek(TopicPartition(key[0], key[1], target))
-                self.consumer.resume([TopicPartition(*key)])
-                self.log.info("fenced partition recovered after rebalance", topic=key[0], partition=key[1])
+        keys = [key for key in sorted(self.fenced) if key in owned and key not in self.workers]
+        workers = [self._new_worker(*key) for key in keys]
+        for key, worker, pos in zip(keys, workers, recover_all(workers), strict=True):
+            self.workers[key] = worker
+            target = pos if pos is not None else self._fresh_start
+            if target != _OFFSET_INVALID:  # (-X auto.offset.reset=error: librdkafka's own error)
+                self.consumer.seek(TopicPartition(key[0], key[1], target))
+            self.consumer.resume([TopicPartition(*key)])
+            self.log.info("fenced partition recovered after rebalance", topic=key[0], partition=key[1])
         self.fenced.clear()
 
     # -- until caught up -------------------------------------------------------------------------
