@@ -14,7 +14,7 @@ import json
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
@@ -67,20 +67,28 @@ class KafkaGroupPositions:
         return deadline if self.give_up_at is None else min(deadline, self.give_up_at)
 
     def committed(self, topic: str, partition: int) -> int | None:
+        return self.committed_many([(topic, partition)])[(topic, partition)]
+
+    def committed_many(self, keys: Sequence[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+        """The committed offsets of ``keys`` in one request (an assignment's, as it recovers)."""
         from confluent_kafka import KafkaException, TopicPartition
 
+        what = ", ".join(f"{t}[{p}]" for t, p in keys[:3]) + (f" and {len(keys) - 3} more" * (len(keys) > 3))
         deadline = time.monotonic() + self.max_elapsed
         while True:
             try:
-                (tp,) = self.consumer.committed([TopicPartition(topic, partition)], timeout=self.timeout)
+                found = self.consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=self.timeout)
                 break
             except KafkaException as exc:
                 if time.monotonic() > self._limit(deadline):
-                    raise PositionError(f"reading committed offset of {topic}[{partition}]: {exc}") from exc
+                    raise PositionError(f"reading committed offset of {what}: {exc}") from exc
                 time.sleep(0.5)
-        if tp.error:
-            raise PositionError(f"reading committed offset of {topic}[{partition}]: {tp.error}")
-        return int(tp.offset) if tp.offset >= 0 else None
+        out: dict[tuple[str, int], int | None] = {}
+        for tp in found:
+            if tp.error:
+                raise PositionError(f"reading committed offset of {tp.topic}[{tp.partition}]: {tp.error}")
+            out[(tp.topic, tp.partition)] = int(tp.offset) if tp.offset >= 0 else None
+        return out
 
     def commit(self, topic: str, partition: int, position: int) -> None:
         from confluent_kafka import KafkaException, TopicPartition
@@ -129,8 +137,21 @@ class OwnerThreadPositions:
         self.inner = inner
         self._owner = threading.get_ident()
         self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
+        self._read: dict[tuple[str, int], int | None] = {}
+        self._read_lock = threading.Lock()
+
+    def prefetch(self, keys: Sequence[tuple[str, int]]) -> None:
+        """On the owner: read the committed offsets of ``keys`` now, in one request where the store
+        can (Kafka: one OffsetFetch instead of one round trip per partition, each waiting its turn
+        on this thread); each is handed out once, to the next :meth:`committed` of its partition."""
+        many = getattr(self.inner, "committed_many", None)
+        if many is not None and keys:
+            self._read.update(many(keys))
 
     def committed(self, topic: str, partition: int) -> int | None:
+        with self._read_lock:
+            if (topic, partition) in self._read:
+                return self._read.pop((topic, partition))
         return self._on_owner(lambda: self.inner.committed(topic, partition))
 
     def commit(self, topic: str, partition: int, position: int) -> None:

@@ -1307,6 +1307,7 @@ def recover_all(workers: Sequence[PartitionWorker], threads: int | None = None) 
         raise ValueError("recover_all: the workers do not share one position store")
     # Their position reads and commits run here, on the thread that polls Kafka.
     calls = OwnerThreadPositions(shared)
+    calls.prefetch([(w.topic, w.partition) for w in workers])
     for w in workers:
         w.positions = calls
     try:

@@ -14,7 +14,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from consumer.positions import OwnerThreadPositions
-from consumer.testing import MemoryBroker, MemoryStore, memory_runner, page_view_broker
+from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
 from consumer.verify import verify
 
 PARTITIONS = 12
@@ -86,6 +86,24 @@ def test_commits_a_recovery_makes_reach_kafka_through_the_polling_thread() -> No
     _exactly_once(store, broker, 25)
 
 
+def test_an_assignment_reads_its_committed_offsets_in_one_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One OffsetFetch for the assignment, not one round trip per partition, each waiting its turn
+    on the polling thread."""
+    broker, store = page_view_broker(PARTITIONS, 25), MemoryStore()
+    assert _run(broker, store)[0] == 0
+    sizes: list[int] = []
+    real = MemoryConsumer.committed
+
+    def counted(self: MemoryConsumer, partitions: Any, timeout: float | None = None) -> list[Any]:
+        sizes.append(len(partitions))
+        return real(self, partitions, timeout)
+
+    monkeypatch.setattr(MemoryConsumer, "committed", counted)
+    assert _run(broker, _SlowListings(store))[0] == 0
+    assert sizes[0] == PARTITIONS and len(sizes) < PARTITIONS
+    _exactly_once(store, broker, 25)
+
+
 def test_a_failed_recovery_is_raised_once_the_others_have_finished() -> None:
     broker, store = page_view_broker(PARTITIONS, 25), MemoryStore()
     assert _run(broker, store)[0] == 0
@@ -139,6 +157,7 @@ def test_recover_all_returns_positions_in_the_workers_order(threads: int) -> Non
     class Worker:
         def __init__(self, pos: int) -> None:
             self.pos, self.positions = pos, positions
+            self.topic, self.partition = "t", pos
 
         def recover(self) -> int:
             time.sleep(0.001 * (10 - self.pos))
@@ -146,3 +165,25 @@ def test_recover_all_returns_positions_in_the_workers_order(threads: int) -> Non
 
     positions = object()
     assert recover_all([Worker(p) for p in range(10)], threads=threads) == list(range(10))  # type: ignore[list-item]
+
+
+def test_prefetched_offsets_are_handed_out_once_then_read_again() -> None:
+    reads: list[list[tuple[str, int]]] = []
+
+    class Inner:
+        def committed(self, topic: str, partition: int) -> int | None:
+            reads.append([(topic, partition)])
+            return 7
+
+        def committed_many(self, keys: list[tuple[str, int]]) -> dict[tuple[str, int], int | None]:
+            reads.append(list(keys))
+            return {k: None if k[1] == 1 else k[1] for k in keys}
+
+        def commit(self, topic: str, partition: int, position: int) -> None:
+            raise AssertionError("not called")
+
+    calls = OwnerThreadPositions(Inner())
+    calls.prefetch([("t", 0), ("t", 1), ("t", 2)])
+    assert [calls.committed("t", p) for p in (0, 1, 2)] == [0, None, 2]
+    assert calls.committed("t", 2) == 7  # read again, not the prefetched value twice
+    assert reads == [[("t", 0), ("t", 1), ("t", 2)], [("t", 2)]]
