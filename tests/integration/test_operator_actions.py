@@ -347,8 +347,9 @@ def test_a_recreated_topic_stops_with_status_5_and_its_new_records_go_to_a_new_p
     produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=1, seed=7)
     res = run_consumer(topic, group, out, timeout=120)
     assert res.returncode == 5, res.stderr[-3000:]
-    assert "the position 500 is no longer in the partition's log (now [0, 200))" in res.stderr
-    assert "deleted and recreated" in res.stderr
+    said = res.stderr[-3000:]
+    assert "the position 500 is no longer in the partition's log (now [0, 200))" in res.stderr, said
+    assert "deleted and recreated" in res.stderr, said
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == before
     assert not staging_keys(s3, stack.s3_bucket, unique_prefix)
     fresh = unique_prefix.rstrip("/") + "-recreated/"
