@@ -73,7 +73,9 @@ class KafkaGroupPositions:
         """The committed offsets of ``keys`` in one request (an assignment's, as it recovers)."""
         from confluent_kafka import KafkaException, TopicPartition
 
-        what = ", ".join(f"{t}[{p}]" for t, p in keys[:3]) + (f" and {len(keys) - 3} more" * (len(keys) > 3))
+        what = ", ".join(f"{t}[{p}]" for t, p in keys[:3])
+        if len(keys) > 3:
+            what += f" and {len(keys) - 3} more"
         deadline = time.monotonic() + self.max_elapsed
         while True:
             try:

@@ -1293,8 +1293,9 @@ def recover_all(workers: Sequence[PartitionWorker], threads: int | None = None) 
 
     A recovery is a few round trips (the committed offset, S3 listings, maybe a roll to finish)
     and partitions share no state, so an assignment of many partitions waits for the slowest few
-    instead of the sum. The S3 work runs in threads; the Kafka calls (the committed offset, the
-    commits of a roll recovery finishes) stay on this thread (:class:`OwnerThreadPositions`).
+    instead of the sum. The S3 work runs in threads; the Kafka calls (the committed offsets, read
+    for all of them at once, and the commits of rolls that recoveries finish) stay on this thread
+    (:class:`OwnerThreadPositions`).
     Every recovery runs to its end even when another fails (each leaves its partition consistent
     either way), then the failure of the first partition in ``workers``' order is raised, as the
     loop one after another raised it.
