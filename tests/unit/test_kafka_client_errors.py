@@ -5,9 +5,11 @@ down is one line per half minute, not hundreds."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 from confluent_kafka import KafkaError, KafkaException
 from structlog.testing import capture_logs
 from test_shutdown import FakeClock, _broker
@@ -50,6 +52,19 @@ def test_librdkafka_log_lines_become_events_at_their_level() -> None:
     ]  # fmt: skip
 
 
+@pytest.fixture
+def unfiltered_logs() -> Iterator[None]:
+    """structlog as it is before any configuration: a test that ran the CLI earlier in this
+    process left a filter at info level behind, which would drop the debug line looked for."""
+    saved = structlog.get_config()
+    structlog.reset_defaults()
+    try:
+        yield
+    finally:
+        structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("unfiltered_logs")
 def test_debug_lines_asked_for_with_x_debug_are_all_logged_at_info() -> None:
     """-X debug=… is a request for librdkafka's debug lines: the info filter must not eat them."""
     with capture_logs() as logs:
