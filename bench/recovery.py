@@ -6,7 +6,7 @@ partition has a committed offset and a final file, then runs it again with the s
 prefix for each S3 round-trip time and each recovery concurrency. Nothing is left to read, so a
 rerun is its recoveries: the report gives the seconds from start to "partitions assigned", the
 recoveries' own milliseconds and the S3 requests. ``--threads 1`` is the one-after-another
-recovery that ran before ``consumer.worker.recover_all``.
+recovery that ran before ``consumer.side_by_side.recover_all``.
 
 The round trip is made by a proxy in front of the local S3 server (:class:`DelayProxy`) that holds
 every chunk rtt/2 in each direction, as a farther server would; Kafka is not delayed. Results go
@@ -28,9 +28,9 @@ from urllib.parse import urlsplit
 from bench.adapters import ensure_ours_venv
 from bench.common import OURS_VENV, REPO, RESULTS, child_env, json_lines, stack_settings, write_json
 
-#: Runs ours with ``consumer.worker.RECOVERY_THREADS`` set to argv[1], then the CLI on the rest.
+#: Runs ours with ``consumer.side_by_side.RECOVERY_THREADS`` set to argv[1], then the CLI on the rest.
 _WITH_THREADS = (
-    "import sys, consumer.worker as w; w.RECOVERY_THREADS = int(sys.argv[1]); "
+    "import sys, consumer.side_by_side as w; w.RECOVERY_THREADS = int(sys.argv[1]); "
     "from consumer.__main__ import main; sys.exit(main(sys.argv[2:]))"
 )
 

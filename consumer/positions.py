@@ -131,13 +131,18 @@ class OwnerThreadPositions:
     Kafka's group calls must stay on the thread that polls: ``committed()`` from another thread,
     while the polling thread was inside the assign callback, hung for minutes past its 30 s
     timeout (confluent-kafka 2.12, Kafka 4.1). Partitions recover side by side in
-    threads from that callback (:func:`consumer.worker.recover_all`), so their reads and commits
-    are handed to the owner, which runs them in :meth:`serve` while it waits for the recoveries.
+    threads from that callback, and flush side by side in a revoke or a shutdown
+    (:mod:`consumer.side_by_side`), so their reads and commits are handed to the owner, which runs
+    them in :meth:`serve` while it waits for those threads. A store whose ``any_thread`` is true
+    (replay's :class:`S3StatePositions`) is called from the asking thread instead.
     """
 
     def __init__(self, inner: PositionStore) -> None:
         self.inner = inner
         self._owner = threading.get_ident()
+        #: a store that says its calls may come from any thread (replay's S3 objects) is called
+        #: from the asking thread, so its round trips overlap too
+        self._any_thread = bool(getattr(inner, "any_thread", False))
         self._calls: queue.SimpleQueue[tuple[Future[Any], Callable[[], Any]] | None] = queue.SimpleQueue()
         self._read: dict[tuple[str, int], int | None] = {}
         self._read_lock = threading.Lock()
@@ -160,7 +165,7 @@ class OwnerThreadPositions:
         self._on_owner(lambda: self.inner.commit(topic, partition, position))
 
     def _on_owner(self, call: Callable[[], _R]) -> _R:
-        if threading.get_ident() == self._owner:
+        if self._any_thread or threading.get_ident() == self._owner:
             return call()
         done: Future[_R] = Future()
         self._calls.put((done, call))
@@ -186,6 +191,9 @@ class OwnerThreadPositions:
 
 class S3StatePositions:
     """Positions kept as ``_state/topic=…/partition=…`` JSON objects beside a replay's output."""
+
+    #: plain S3 requests, one object per partition: any thread may call (OwnerThreadPositions)
+    any_thread = True
 
     def __init__(self, store: Any, layout: Layout) -> None:
         self.store = store

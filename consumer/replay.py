@@ -22,7 +22,7 @@ from consumer.errors import EXIT_OK, UsageError
 from consumer.positions import S3StatePositions
 from consumer.progress import Progress, ProgressReporter, compute
 from consumer.runner import TP, Runner
-from consumer.worker import recover_all
+from consumer.side_by_side import recover_all
 
 
 @dataclass(frozen=True)

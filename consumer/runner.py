@@ -54,6 +54,7 @@ from consumer.gather import partition_runs
 from consumer.layout import Layout
 from consumer.orphans import GroupView, OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
+from consumer.side_by_side import close_all, recover_all
 from consumer.storage import (
     REFUSED_HINT,
     FatalStorageError,
@@ -63,7 +64,7 @@ from consumer.storage import (
     probe_conditional_writes,
     refusal,
 )
-from consumer.worker import PartitionState, PartitionWorker, SharedState, recover_all
+from consumer.worker import PartitionState, PartitionWorker, SharedState
 
 __all__ = [
     "EXIT_BAD_RECORD",
@@ -642,38 +643,28 @@ class Runner:
         """Make every partition's buffered rows durable and committed, within
         ``--shutdown-timeout`` of the stop request (or of now, when the run ended by itself).
 
-        Workers are closed one after another; before each, the time left is checked and the S3 and
-        commit retries are capped to it. Once the deadline has passed the remaining partitions are
-        not flushed: their rows were never committed, so the next owner consumes them again, and
-        their open files stay staged and resume (nothing uncommitted is ever committed)."""
+        The partitions are flushed side by side (consumer.side_by_side), their S3 and commit
+        retries capped to the time left. A flush not started by the deadline is skipped: its rows
+        were never committed, so the next owner consumes them again, and its open files stay
+        staged and resume (nothing uncommitted is ever committed)."""
         faults.point("during_shutdown")
         self.closing = True
         start = self.stop_requested_at if self.stop_requested_at is not None else self.clock()
         deadline = start + self.config.shutdown_timeout
-        left: list[str] = []
         if self._callback_error is not None:
             self.log.warning("error in a rebalance callback", error=str(self._callback_error))
-        for key, worker in list(self.workers.items()):
-            if not self._fatal_client:  # a dead client cannot commit: leave the rows to the next owner
-                remaining = deadline - self.clock()
-                if remaining <= 0:
-                    if worker.pending:
-                        left.append(worker.where)
-                else:
-                    self._cap_retries(remaining)
-                    try:
-                        worker.close()
-                    except Exception as exc:  # keep closing the others; nothing uncommitted is lost
-                        left.append(worker.where)
-                        self.log.warning(
-                            "could not flush on shutdown",
-                            topic=worker.topic,
-                            partition=worker.partition,
-                            error=str(exc),
-                        )
-                    else:
-                        if worker.pending:  # broken or halted earlier: its rows were not flushed
-                            left.append(worker.where)
+        workers = list(self.workers.values())
+        left = [w.where for w in workers if w.pending]
+        if not self._fatal_client and deadline > self.clock():  # a dead client cannot commit
+            self._cap_retries(deadline - self.clock())
+            closed = close_all(workers, piece_bytes=self.config.row_group_bytes,
+                               go_on=lambda: self.clock() < deadline)
+            left = [c.worker.where for c in closed if c.worker.pending]  # broken, halted or skipped
+            for c in closed:
+                if c.error is not None:  # the others were still flushed; nothing uncommitted is lost
+                    self.log.warning("could not flush on shutdown", topic=c.worker.topic,
+                                     partition=c.worker.partition, error=str(c.error))
+        for key in list(self.workers):
             self._retire(key)
         if left:
             self.log.warning(
@@ -840,21 +831,18 @@ class GroupRunner(Runner):
             consumer.assign(partitions)  # an eager assignor (-X partition.assignment.strategy=range)
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
-        for tp in partitions:
-            key = (tp.topic, tp.partition)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for key in keys:
             self.fenced.discard(key)
             self._resume.discard(key)
-            worker = self.workers.get(key)
-            if worker is None:
-                continue
-            try:
-                worker.close()
-            except PartitionFenced as exc:
-                self.log.warning(
-                    "revoked partition already fenced", error=str(exc), topic=tp.topic, partition=tp.partition
-                )
-            except BaseException as exc:
-                self._callback_error = exc
+        workers = [w for key in keys if (w := self.workers.get(key)) is not None]
+        for c in close_all(workers, piece_bytes=self.config.row_group_bytes):
+            if isinstance(c.error, PartitionFenced):
+                self.log.warning("revoked partition already fenced", error=str(c.error),
+                                 topic=c.worker.topic, partition=c.worker.partition)
+            elif c.error is not None and self._callback_error is None:
+                self._callback_error = c.error
+        for key in keys:
             self._retire(key)
         self.log.info("partitions revoked", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
 

@@ -38,9 +38,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import methodcaller
@@ -73,7 +73,7 @@ from consumer.parquet_merge import (
     read_key_value_metadata,
     read_layout,
 )
-from consumer.positions import OwnerThreadPositions, PartitionFenced, PositionStore
+from consumer.positions import PartitionFenced, PositionStore
 from consumer.recovery import (
     FinishRoll,
     chain_ending_at,
@@ -92,7 +92,6 @@ __all__ = [
     "PartitionWorker",
     "SharedState",
     "file_identity",
-    "recover_all",
 ]
 
 EMPTY_TABLE = pa.table({})
@@ -171,6 +170,10 @@ class SharedState:
     converters: dict[str, RecordConverter] = field(default_factory=dict)
     unmappable: dict[str, str] = field(default_factory=dict)
     counters: dict[tuple[str, int], PartitionCounters] = field(default_factory=dict)  # for metrics
+    #: Held while a flush decodes and encodes (consumer.side_by_side runs flushes in threads): a
+    #: schema's native decoder, converter and statistics are shared by every partition and serve
+    #: one caller at a time. Uncontended in the polling loop, where flushes come one by one.
+    encoding: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 class PartitionWorker:
@@ -832,6 +835,11 @@ class PartitionWorker:
         return (self.arena.nbytes if self.arena else 0) + dl + self.waiting_bytes
 
     @property
+    def piece_bytes(self) -> int:
+        """About how many bytes a flush now would encode (the arena's running ratios; 0: none)."""
+        return int(self.arena.predicted_encoded_bytes) if self.arena is not None else 0
+
+    @property
     def pending(self) -> bool:
         """True when positions past the committed one are buffered (rows or dead letters)."""
         return self.next_pos is not None and self.committed is not None and self.next_pos > self.committed
@@ -898,7 +906,8 @@ class PartitionWorker:
         buckets: pa.Array | None = None
         ends: pa.Array | None = None
         if self.arena is not None:
-            table, dead, arrow_bytes, buckets, ends = self.arena.drain_buckets()
+            with self.shared.encoding:
+                table, dead, arrow_bytes, buckets, ends = self.arena.drain_buckets()
             identity = self.identity
             # Under on_error=fail the drain may have met a bad record: the range ends there.
             halt, self.arena.halted = self.arena.halted, None
@@ -955,7 +964,9 @@ class PartitionWorker:
         rows_total = size_total = 0
         for f, piece, data_len in written:
             if self.arena is not None and piece.rows:
-                self.arena.stats.observe_encoded(arrow_bytes * piece.rows // max(1, table.num_rows), data_len)
+                share = arrow_bytes * piece.rows // max(1, table.num_rows)
+                with self.shared.encoding:
+                    self.arena.stats.observe_encoded(share, data_len)
             f.pieces.append(piece)
             if identity is not None and piece.rows:
                 f.identity = identity
@@ -1012,9 +1023,10 @@ class PartitionWorker:
             meta[AVRO_SCHEMA_KEY] = json.dumps(self.arena.schema.avro, separators=(",", ":"))
             if self.resolving and self.arena.schema.schema_id is not None:
                 meta[READER_ID_KEY] = str(self.arena.schema.schema_id)
-        t0 = self.clock()
-        data = encode_piece(table, self.options, identity or "", meta)
-        self._encode_s += self.clock() - t0
+        with self.shared.encoding:
+            t0 = self.clock()
+            data = encode_piece(table, self.options, identity or "", meta)
+            self._encode_s += self.clock() - t0
         key = self.layout.piece_key(self.topic, self.partition, f.start, from_pos, to_pos, f.bucket)
         faults.point("before_piece_put")
         created = self.store.create(key, data)
@@ -1282,45 +1294,6 @@ class PartitionWorker:
     def finished(self) -> bool:
         """Nothing buffered and no open file: every committed position is in a final file."""
         return self.state is PartitionState.READY and not self.pending and not self.files
-
-
-#: Recoveries run side by side at most this many at a time (s3fs keeps 10 connections a client).
-RECOVERY_THREADS = 8
-
-
-def recover_all(workers: Sequence[PartitionWorker], threads: int | None = None) -> list[int | None]:
-    """``worker.recover()`` of each of ``workers``, side by side: their positions, in order.
-
-    A recovery is a few round trips (the committed offset, S3 listings, maybe a roll to finish)
-    and partitions share no state, so an assignment of many partitions waits for the slowest few
-    instead of the sum. The S3 work runs in threads; the Kafka calls (the committed offsets, read
-    for all of them at once, and the commits of rolls that recoveries finish) stay on this thread
-    (:class:`OwnerThreadPositions`).
-    Every recovery runs to its end even when another fails (each leaves its partition consistent
-    either way), then the failure of the first partition in ``workers``' order is raised, as the
-    loop one after another raised it.
-    """
-    threads = RECOVERY_THREADS if threads is None else threads
-    if len(workers) <= 1 or threads <= 1:
-        return [w.recover() for w in workers]
-    shared = workers[0].positions
-    if any(w.positions is not shared for w in workers):
-        raise ValueError("recover_all: the workers do not share one position store")
-    # Their position reads and commits run here, on the thread that polls Kafka.
-    calls = OwnerThreadPositions(shared)
-    calls.prefetch([(w.topic, w.partition) for w in workers])
-    for w in workers:
-        w.positions = calls
-    try:
-        with ThreadPoolExecutor(max_workers=min(threads, len(workers)), thread_name_prefix="recover") as pool:
-            futures = [pool.submit(w.recover) for w in workers]
-            for f in futures:
-                f.add_done_callback(lambda _: calls.wake())
-            calls.serve(lambda: all(f.done() for f in futures))
-    finally:
-        for w in workers:
-            w.positions = shared
-    return [f.result() for f in futures]
 
 
 # confluent_kafka.Message.value, called from C by map() to cut Confluent-framed runs.

@@ -1,4 +1,4 @@
-"""An assignment of many partitions recovers them side by side (consumer.worker.recover_all): the
+"""An assignment of many partitions recovers them side by side (consumer.side_by_side.recover_all): the
 S3 work of each recovery runs in a thread, while every Kafka call (the committed offset, the
 commits a recovery makes) stays on the thread that polls, because the real client hangs when its
 group calls come from another thread during a rebalance callback. MemoryConsumer fails such a call
@@ -152,7 +152,7 @@ def test_owner_thread_positions_runs_other_threads_calls_on_the_owner() -> None:
 
 @pytest.mark.parametrize("threads", [1, 8])
 def test_recover_all_returns_positions_in_the_workers_order(threads: int) -> None:
-    from consumer.worker import recover_all
+    from consumer.side_by_side import recover_all
 
     class Worker:
         def __init__(self, pos: int) -> None:
@@ -187,3 +187,25 @@ def test_prefetched_offsets_are_handed_out_once_then_read_again() -> None:
     assert [calls.committed("t", p) for p in (0, 1, 2)] == [0, None, 2]
     assert calls.committed("t", 2) == 7  # read again, not the prefetched value twice
     assert reads == [[("t", 0), ("t", 1), ("t", 2)], [("t", 2)]]
+
+
+def test_owner_thread_positions_calls_a_store_that_allows_any_thread_from_the_asking_thread() -> None:
+    """Replay's positions are S3 objects: their round trips overlap instead of queueing."""
+    seen: list[int] = []
+
+    class Inner:
+        any_thread = True
+
+        def committed(self, topic: str, partition: int) -> int | None:
+            seen.append(threading.get_ident())
+            return partition
+
+        def commit(self, topic: str, partition: int, position: int) -> None:
+            seen.append(threading.get_ident())
+
+    calls = OwnerThreadPositions(Inner())
+    asker = threading.Thread(target=lambda: (calls.committed("t", 1), calls.commit("t", 1, 5)))
+    asker.start()
+    asker.join(5)  # nothing serves the owner's queue: a hand-off would never return
+    assert not asker.is_alive()
+    assert seen == [asker.ident, asker.ident]
