@@ -75,3 +75,42 @@ def test_sigterm_under_load_exits_0_within_the_timeout_and_a_restart_loses_nothi
     again = run_consumer(topic, group, out, *BIG, timeout=300)
     assert again.returncode == 0, again.stderr[-4000:]
     assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
+
+
+PARTITIONS_BEHIND_SLOW_S3 = 48
+
+
+def test_sigterm_with_many_partitions_behind_a_slow_s3_flushes_them_side_by_side(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """48 partitions, S3 100 ms away (a delaying proxy), ``--shutdown-timeout 8s``. A flush there
+    takes about 0.3 s, so one after another the drain would need about 14 s and leave half the
+    partitions to the next owner; side by side every partition's rows are made durable."""
+    from urllib.parse import urlsplit
+
+    from bench.recovery import DelayProxy
+
+    endpoint = urlsplit(stack.s3_endpoint)
+    proxy = DelayProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), 0.05)
+    slow = ("--s3-endpoint-url", f"{endpoint.scheme}://127.0.0.1:{proxy.port}")
+    topic, group = unique("drain"), unique("g")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", PARTITIONS_BEHIND_SLOW_S3 * 50,
+                  partitions=PARTITIONS_BEHIND_SLOW_S3, seed=5)  # fmt: skip
+    running = start_consumer(topic, group, out, *BIG, *slow, "--shutdown-timeout", "8s")
+    running.wait_for(lambda ev: count(ev, "partitions assigned") > 0, timeout=120, what="assignment")
+    time.sleep(3)  # 2,400 records: read in well under a second, each partition's wait in its arena
+    assert count(running.events(), "row group durable") == 0
+    t0 = time.monotonic()
+    running.proc.send_signal(signal.SIGTERM)
+    code = running.stop(timeout=8 + 10)
+    took = time.monotonic() - t0
+    events = running.events()
+    assert code == 0, running.log()[-4000:]
+    print(f"{PARTITIONS_BEHIND_SLOW_S3} partitions behind a 100 ms S3: exited {took:.1f}s after SIGTERM")
+    assert not [e for e in events if str(e.get("event", "")).startswith("shutdown: buffered rows")]
+    assert count(events, "row group durable") == PARTITIONS_BEHIND_SLOW_S3
+
+    again = run_consumer(topic, group, out, *BIG, timeout=300)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
