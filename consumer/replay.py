@@ -168,19 +168,21 @@ class ReplayRunner(Runner):
         super()._shutdown(clean=clean)
 
     def _done(self, now: float) -> int | None:
+        reached = []
         for tp in [t for t in self.workers if t not in self.done]:
             w = self.workers[tp]
             if w.waiting:  # records held back for the registry are fetched but not written yet
                 continue
             fetched = self.consumer.position([TopicPartition(*tp)])[0].offset
             if (w.next_pos is not None and w.next_pos >= self.stops[tp]) or fetched >= self.stops[tp]:
-                self._guard(w, w.finish)
-                self.done.add(tp)
-                self.consumer.pause([TopicPartition(*tp)])
+                reached.append(tp)
+        self._finish_all([self.workers[tp] for tp in reached])
+        for tp in reached:
+            self.done.add(tp)
+            self.consumer.pause([TopicPartition(*tp)])
         if len(self.done) == len(self.workers):
             # Partitions that started done still need their staged files finished.
-            for w in self.workers.values():
-                self._guard(w, w.finish)
+            self._finish_all(list(self.workers.values()))
             self.progress.finish(self._progress(now))
             self.log.info(
                 "replay finished: every partition reached its stop position",

@@ -551,6 +551,25 @@ class Runner:
     def _fenced(self, worker: PartitionWorker, exc: PartitionFenced) -> None:
         raise exc
 
+    def _finish_all(self, workers: list[PartitionWorker]) -> list[PartitionWorker]:
+        """``finish()`` of each of ``workers`` side by side (consumer.side_by_side); the ones that
+        finished without an error. A fenced one is handled as :meth:`_guard` does; any other error
+        is raised once every finish has run (the first in ``workers``' order)."""
+        if not workers:
+            return []
+        failed: BaseException | None = None
+        finished = []
+        for c in close_all(workers, piece_bytes=self.config.row_group_bytes, finish=True):
+            if isinstance(c.error, PartitionFenced):
+                self._fenced(c.worker, c.error)
+            elif c.error is not None:
+                failed = failed or c.error
+            else:
+                finished.append(c.worker)
+        if failed is not None:
+            raise failed
+        return finished
+
     # -- memory ----------------------------------------------------------------------------------
     def _plan_memory(self) -> None:
         """Share ``--memory-bytes`` out now that the process has started (consumer.budget)."""
@@ -998,6 +1017,7 @@ class GroupRunner(Runner):
         from confluent_kafka import TopicPartition
 
         # Our own partitions: finish each as it reaches its target, then stop fetching it.
+        reached = []
         for key, worker in list(self.workers.items()):
             target = self.targets.get(key, 0)
             if key in self.exported or worker.state is not PartitionState.READY or worker.waiting:
@@ -1009,8 +1029,10 @@ class GroupRunner(Runner):
                     continue
             elif pos > target and not worker.counters.records:
                 self._check_position_in_log(key, pos)  # past the end seen at start, reading nothing
-            self._guard(worker, worker.finish)
+            reached.append(worker)
+        for worker in self._finish_all(reached):
             if worker.finished:
+                key = (worker.topic, worker.partition)
                 self.exported.add(key)
                 with contextlib.suppress(Exception):
                     self.consumer.pause([TopicPartition(*key)])

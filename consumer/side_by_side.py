@@ -1,4 +1,5 @@
-"""Many partitions at once: recovery on assignment, flushes on revoke and on shutdown.
+"""Many partitions at once: recovery on assignment, flushes on revoke and on shutdown, and the
+last flush and roll of a run that ends when caught up (``--until-caught-up``, ``replay``).
 
 One partition's recovery or flush is a few S3 round trips, one after another, and partitions share
 no state that those round trips change. Done one partition after another, an assignment or a
@@ -67,7 +68,7 @@ def recover_all(workers: Sequence[PartitionWorker], threads: int | None = None) 
 
 @dataclass(frozen=True)
 class Closed:
-    """How one worker's :meth:`~consumer.worker.PartitionWorker.close` went."""
+    """How one worker's :meth:`~consumer.worker.PartitionWorker.close` (or ``finish``) went."""
 
     worker: PartitionWorker
     #: what it raised (its worker is then BROKEN or FENCED, and its rows uncommitted)
@@ -82,9 +83,12 @@ def close_all(
     piece_bytes: int,
     go_on: Callable[[], bool] = lambda: True,
     threads: int | None = None,
+    finish: bool = False,
 ) -> list[Closed]:
     """``worker.close()`` of each of ``workers`` (flush and commit), side by side: how each went,
-    in ``workers``' order. Nothing is raised: every flush runs to its end or its error.
+    in ``workers``' order. Nothing is raised: every flush runs to its end or its error. With
+    ``finish``, ``worker.finish()`` instead (flush, then roll every open file: the end of an
+    ``--until-caught-up`` run or a replay), its rolls' buffers counted with its piece.
 
     ``go_on()`` is asked before each flush starts (and again once the memory gate lets it in); a
     flush it refuses is skipped and its rows stay uncommitted for the partition's next owner. The
@@ -94,25 +98,30 @@ def close_all(
     """
     threads = CLOSE_THREADS if threads is None else threads
     gate = _PieceGate(piece_bytes)
-    order = sorted(range(len(workers)), key=lambda i: -workers[i].piece_bytes)
+    sizes = [w.finish_bytes if finish else w.piece_bytes for w in workers]
+    order = sorted(range(len(workers)), key=lambda i: -sizes[i])
 
-    def close(w: PartitionWorker) -> Closed:
+    def close(i: int) -> Closed:
+        w = workers[i]
         if not go_on():
             return Closed(w, skipped=True)
-        with gate.admit(w.piece_bytes):
+        with gate.admit(sizes[i]):
             if not go_on():
                 return Closed(w, skipped=True)
             try:
-                w.close()
+                if finish:
+                    w.finish()
+                else:
+                    w.close()
             except BaseException as exc:  # the caller reports it; the other flushes go on
                 return Closed(w, error=exc)
         return Closed(w)
 
     if len(workers) <= 1 or threads <= 1:
-        done = {i: close(workers[i]) for i in order}
+        done = {i: close(i) for i in order}
     else:
         with _positions_on_this_thread(workers) as calls:
-            futures = _run_in_threads(calls, threads, [partial(close, workers[i]) for i in order])
+            futures = _run_in_threads(calls, threads, [partial(close, i) for i in order])
         done = {i: f.result() for i, f in zip(order, futures, strict=True)}
     return [done[i] for i in range(len(workers))]
 

@@ -95,6 +95,8 @@ __all__ = [
 ]
 
 EMPTY_TABLE = pa.table({})
+#: The most a roll holds of a file's bytes at once (storage.plan_parts' client-side part target).
+ROLL_PART_BYTES = 8 * 1024 * 1024
 
 FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age survives restarts
@@ -838,6 +840,14 @@ class PartitionWorker:
     def piece_bytes(self) -> int:
         """About how many bytes a flush now would encode (the arena's running ratios; 0: none)."""
         return int(self.arena.predicted_encoded_bytes) if self.arena is not None else 0
+
+    @property
+    def finish_bytes(self) -> int:
+        """About how many bytes :meth:`finish` holds at once: the piece, and each roll's largest
+        client-side part (a file under S3's part minimum is uploaded whole; bigger pieces are
+        copied server-side, smaller ones gathered into parts of about 8 MiB)."""
+        piece = self.piece_bytes
+        return piece + sum(min(f.size + piece, ROLL_PART_BYTES) for f in self.files.values())
 
     @property
     def pending(self) -> bool:

@@ -51,7 +51,7 @@ class _Worker:
 
     def close(self) -> None:
         with self.overlap:
-            time.sleep(0.02)
+            time.sleep(0.05)
             self.log.append(self.name)
             if self.error is not None:
                 raise self.error
@@ -65,10 +65,13 @@ def _workers(sizes: list[int], **errors: BaseException) -> tuple[list[Any], _Ove
 
 @pytest.mark.parametrize(("sizes", "most"), [([30] * 6, 3), ([60] * 6, 1), ([0] * 12, 8)])
 def test_flushes_overlap_while_their_pieces_fit_one_row_group(sizes: list[int], most: int) -> None:
+    """At most what fits (or the 8 threads) at once; more than one whenever more fit (how many
+    actually overlap depends on how fast the threads start on a busy machine)."""
     workers, overlap, _ = _workers(sizes)
     closed = close_all(workers, piece_bytes=100)
     assert [c.worker for c in closed] == workers and not any(c.error or c.skipped for c in closed)
-    assert overlap.most == most
+    assert overlap.most <= most
+    assert overlap.most > 1 or most == 1
 
 
 def test_a_flush_bigger_than_the_reserve_runs_alone() -> None:
@@ -210,3 +213,55 @@ def test_revoked_partitions_are_flushed_side_by_side_from_the_callback() -> None
     assert sorted(durable) == list(range(8))
     assert store.overlap.most > 1
     assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [PER_PARTITION] * PARTITIONS
+
+
+class _SlowRolls:
+    """A MemoryStore whose final-file writes (a roll's compose) take 20 ms, counting overlap."""
+
+    def __init__(self, inner: MemoryStore) -> None:
+        self.inner, self.overlap = inner, _Overlap()
+
+    def compose(self, key: str, segments: Any) -> Any:
+        with self.overlap:
+            time.sleep(0.02)
+            return self.inner.compose(key, segments)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+def test_a_run_until_caught_up_finishes_its_partitions_side_by_side() -> None:
+    """Twelve partitions reach their end in one batch: their last flushes and rolls overlap, each
+    roll's commit made on the polling thread; every record is exported exactly once."""
+    broker, inner = page_view_broker(PARTITIONS, PER_PARTITION), MemoryStore()
+    store = _SlowRolls(inner)
+    runner = _buffered_runner(broker, store, until_caught_up=True)
+    with capture_logs() as logs:
+        assert runner.run() == 0
+    assert sum(e["event"] == "file rolled" for e in logs) == PARTITIONS
+    assert store.overlap.most > 1
+    committed = dict.fromkeys(range(PARTITIONS), PER_PARTITION)
+    assert {p: broker.committed_offset("g", "t", p) for p in range(PARTITIONS)} == committed
+    assert verify(inner, "out", "t", committed=committed, contiguous=True).ok
+
+
+def test_a_replay_finishes_its_partitions_side_by_side() -> None:
+    from consumer.config import Config
+    from consumer.decoding import Decoder
+    from consumer.replay import Bound, ReplayRunner
+    from consumer.samples import load_schema
+
+    broker, inner = page_view_broker(PARTITIONS, PER_PARTITION), MemoryStore()
+    store = _SlowRolls(inner)
+    config = Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
+                    output="s3://bucket/out", schema="page_view", row_group_rows=1000,
+                    batch_size=PARTITIONS * PER_PARTITION)  # fmt: skip
+    runner = ReplayRunner(config, store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+                          start=Bound.parse("beginning"), stop=Bound.parse("end"),
+                          consumer_factory=broker.consumer_factory())  # fmt: skip
+    with capture_logs() as logs:
+        assert runner.run() == 0
+    assert sum(e["event"] == "file rolled" for e in logs) == PARTITIONS
+    assert store.overlap.most > 1
+    committed = dict.fromkeys(range(PARTITIONS), PER_PARTITION)
+    assert verify(inner, "out", "t", committed=committed, contiguous=True).ok
