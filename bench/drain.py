@@ -9,7 +9,11 @@ partitions' row groups were made durable, and how many were left to the next own
 ``--shutdown-timeout`` (25 s, below Kubernetes' 30 s grace) passed first. ``--threads 1`` is the
 one-after-another drain that ran before ``consumer.side_by_side.close_all``.
 
-The round trip is made by :class:`bench.recovery.DelayProxy` in front of the local S3 server;
+Each setting also runs ``consumer run --until-caught-up`` in a fresh group, whose end is every
+partition's last flush and roll (as at the end of a replay): the report gives the seconds from
+"partitions assigned" to "stopped".
+
+The round trip is made by :class:`bench.slow_s3.DelayProxy` in front of the local S3 server;
 Kafka is not delayed. Results go to ``bench/results/drain.json`` and are printed as Markdown.
 """
 
@@ -25,17 +29,10 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from bench.adapters import ensure_ours_venv
-from bench.common import OURS_VENV, REPO, RESULTS, child_env, json_lines, stack_settings, write_json
-from bench.recovery import DelayProxy
-
-#: Runs ours with ``consumer.side_by_side.CLOSE_THREADS`` set to argv[1], then the CLI on the rest.
-_WITH_THREADS = (
-    "import sys, consumer.side_by_side as s; s.CLOSE_THREADS = int(sys.argv[1]); "
-    "from consumer.__main__ import main; sys.exit(main(sys.argv[2:]))"
-)
+from bench.common import REPO, RESULTS, json_lines, stack_settings, write_json
+from bench.slow_s3 import add_arguments, endpoints, env, event_time, ours_cmd, produce_topic, run_to_end
 
 
 def _read_everything(port: int, records: int, timeout_s: float) -> None:
@@ -69,15 +66,11 @@ def _free_port() -> int:
 
 def _run(stack: Any, topic: str, records: int, s3_endpoint: str, threads: int) -> dict[str, Any]:
     group = f"{topic}-{uuid.uuid4().hex[:6]}"
-    cmd = [
-        str(OURS_VENV / "bin" / "python"), "-c", _WITH_THREADS, str(threads), "run",
-        "--group-id", group, "--topic", topic, "--schema", "schemas/order.avsc",
-        "--output", f"s3://{stack.bucket}/bench/{group}", "--s3-endpoint-url", s3_endpoint,
-        "--log-format", "json", "--metrics-port", str(port := _free_port()),
-    ]  # fmt: skip
-    env = child_env(stack) | {"PYTHONPATH": str(REPO)}
+    port = _free_port()
+    cmd = ours_cmd("CLOSE_THREADS", threads, stack, topic, group, f"bench/{group}", s3_endpoint,
+                   "--metrics-port", str(port))  # fmt: skip
     with tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False) as err:
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env(stack), stdout=subprocess.DEVNULL, stderr=err)
         try:
             _read_everything(port, records, 300)
         except BaseException:
@@ -102,39 +95,56 @@ def _run(stack: Any, topic: str, records: int, s3_endpoint: str, threads: int) -
     }
 
 
+def _run_caught_up(stack: Any, topic: str, s3_endpoint: str, threads: int) -> dict[str, Any]:
+    """``consumer run --until-caught-up`` in a fresh group: the seconds from "partitions assigned"
+    (recovery done) to "stopped", which is reading the records, then each partition's last flush
+    and roll."""
+    group = f"{topic}-{uuid.uuid4().hex[:6]}"
+    events = run_to_end(ours_cmd("CLOSE_THREADS", threads, stack, topic, group, f"bench/{group}", s3_endpoint,
+                                 "--until-caught-up"), stack)  # fmt: skip
+    assigned = next(e for e in events if e.get("event") == "partitions assigned")
+    return {
+        "threads": threads,
+        "assigned_to_stopped_s": round(event_time(events[-1]) - event_time(assigned), 2),
+        "files_rolled": sum(e.get("event") == "file rolled" for e in events),
+        "s3_requests": events[-1].get("s3_requests"),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--partitions", type=int, default=200)
-    ap.add_argument("--records-per-partition", type=int, default=100)
-    ap.add_argument("--rtt-ms", default="0,25,50", help="S3 round-trip times to add, comma separated")
-    ap.add_argument("--threads", default="1,8", help="flush concurrencies, comma separated")
+    add_arguments(ap, rtt_ms="0,25,50", threads_help="flush concurrencies, comma separated")
     args = ap.parse_args(argv)
-    from consumer.producer import produce
-
     ensure_ours_venv()
     stack = stack_settings()
-    topic = f"bench-drain-{uuid.uuid4().hex[:8]}"
     records = args.partitions * args.records_per_partition
-    produce(stack.bootstrap, topic, "order", records, partitions=args.partitions)
-    s3 = urlsplit(stack.s3_endpoint)
-    rows = []
-    for rtt in (float(x) for x in args.rtt_ms.split(",")):
-        endpoint = stack.s3_endpoint
-        if rtt > 0:
-            proxy = DelayProxy((s3.hostname or "127.0.0.1", s3.port or 80), rtt / 2000)
-            endpoint = f"{s3.scheme}://127.0.0.1:{proxy.port}"
+    topic = produce_topic(stack, "drain", args.partitions, records)
+    rows: list[dict[str, Any]] = []
+    ends: list[dict[str, Any]] = []
+    for rtt, endpoint in endpoints(stack, args.rtt_ms):
         for threads in (int(x) for x in args.threads.split(",")):
             row = {"rtt_ms": rtt, **_run(stack, topic, records, endpoint, threads)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
+            ended = {"rtt_ms": rtt, **_run_caught_up(stack, topic, endpoint, threads)}
+            ends.append(ended)
+            print(json.dumps(ended), file=sys.stderr)
     write_json(RESULTS / "drain.json", {"partitions": args.partitions,
-                                        "records_per_partition": args.records_per_partition, "runs": rows})
+                                        "records_per_partition": args.records_per_partition,
+                                        "runs": rows, "until_caught_up": ends})  # fmt: skip
     print("| S3 round trip added | flush threads | SIGTERM to exit (s) | row groups made durable "
           "| partitions left to the next owner | S3 requests |")  # fmt: skip
     print("|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['rtt_ms']:.0f} ms | {r['threads']} | {r['sigterm_to_exit_s']} "
               f"| {r['row_groups_durable']} | {r['partitions_left']} | {r['s3_requests']} |")  # fmt: skip
+    print()
+    print("| S3 round trip added | flush threads | `--until-caught-up`: assigned to stopped (s) "
+          "| files rolled | S3 requests |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for r in ends:
+        print(f"| {r['rtt_ms']:.0f} ms | {r['threads']} | {r['assigned_to_stopped_s']} "
+              f"| {r['files_rolled']} | {r['s3_requests']} |")  # fmt: skip
     return 0
 
 

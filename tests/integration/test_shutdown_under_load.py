@@ -88,7 +88,7 @@ def test_sigterm_with_many_partitions_behind_a_slow_s3_flushes_them_side_by_side
     partitions to the next owner; side by side every partition's rows are made durable."""
     from urllib.parse import urlsplit
 
-    from bench.recovery import DelayProxy
+    from bench.slow_s3 import DelayProxy
 
     endpoint = urlsplit(stack.s3_endpoint)
     proxy = DelayProxy((endpoint.hostname or "127.0.0.1", endpoint.port or 80), 0.05)

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 from structlog.testing import capture_logs
+from test_shutdown import _stop_on_second_consume
 
 from consumer.side_by_side import close_all
 from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
@@ -105,19 +106,24 @@ def test_flushes_not_started_by_the_deadline_are_skipped() -> None:
     assert [w.pending for w in workers] == [False, False, True, True]
 
 
-class _SlowPieces:
-    """A MemoryStore whose piece PUTs take 20 ms, as S3's do, counting how many overlap."""
+class _Slow:
+    """A MemoryStore whose ``method`` calls take 20 ms, as S3's do, counting how many overlap:
+    ``create`` (a piece PUT) or ``compose`` (a roll's final file)."""
 
-    def __init__(self, inner: MemoryStore) -> None:
-        self.inner, self.overlap = inner, _Overlap()
-
-    def create(self, key: str, data: bytes) -> Any:
-        with self.overlap:
-            time.sleep(0.02)
-            return self.inner.create(key, data)
+    def __init__(self, inner: MemoryStore, method: str) -> None:
+        self.inner, self.method, self.overlap = inner, method, _Overlap()
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+        call = getattr(self.inner, name)
+        if name != self.method:
+            return call
+
+        def slow(*args: Any) -> Any:
+            with self.overlap:
+                time.sleep(0.02)
+                return call(*args)
+
+        return slow
 
 
 def _buffered_runner(broker: MemoryBroker, store: Any, **cfg: Any) -> Any:
@@ -138,17 +144,9 @@ def test_shutdown_flushes_side_by_side_and_commits_from_the_polling_thread() -> 
     from the polling thread (any other thread fails), and each decodes its last chunk with the
     schema's one native decoder under the encoding lock."""
     broker, inner = page_view_broker(PARTITIONS, PER_PARTITION), MemoryStore()
-    store = _SlowPieces(inner)
+    store = _Slow(inner, "create")
     runner = _buffered_runner(broker, store)
-    consumes = 0
-
-    def stop_on_second(_consumer: MemoryConsumer) -> None:
-        nonlocal consumes
-        consumes += 1
-        if consumes == 2:
-            runner.request_stop()
-
-    runner.consumer.on_consume = stop_on_second
+    _stop_on_second_consume(runner)
     with capture_logs() as logs:
         assert runner.run() == 0
     assert sum(e["event"] == "row group durable" for e in logs) == PARTITIONS
@@ -166,7 +164,7 @@ def test_a_flush_that_fails_on_shutdown_leaves_only_its_partition_uncommitted() 
             raise OSError("access denied")
 
     inner.on_op = fail_p5
-    runner = _buffered_runner(broker, _SlowPieces(inner))
+    runner = _buffered_runner(broker, _Slow(inner, "create"))
     runner.consumer.on_consume = lambda _c: runner.request_stop()
     with capture_logs() as logs:
         assert runner.run() == 0
@@ -184,27 +182,19 @@ def test_revoked_partitions_are_flushed_side_by_side_from_the_callback() -> None
     """A rebalance takes eight partitions away: the revoke callback flushes them side by side and
     commits each from the polling thread, the callback's own."""
     broker, inner = page_view_broker(PARTITIONS, PER_PARTITION), MemoryStore()
-    store = _SlowPieces(inner)
+    store = _Slow(inner, "create")
     runner = _buffered_runner(broker, store)
-    revoked = [TopicPartition("t", p) for p in range(8)]
-    done: list[bool] = []
-
-    def revoke_then_stop(consumer: MemoryConsumer) -> None:
-        if not done:
-            done.append(True)
-            runner._on_revoke(consumer, revoked)
-        runner.request_stop()
-
-    # The first consume assigns and returns every record; the second revokes eight partitions.
     calls = 0
 
-    def hook(consumer: MemoryConsumer) -> None:
+    def revoke_on_second_consume(consumer: MemoryConsumer) -> None:
+        """The first consume assigned every partition and returned every record."""
         nonlocal calls
         calls += 1
         if calls == 2:
-            revoke_then_stop(consumer)
+            runner._on_revoke(consumer, [TopicPartition("t", p) for p in range(8)])
+            runner.request_stop()
 
-    runner.consumer.on_consume = hook
+    runner.consumer.on_consume = revoke_on_second_consume
     with capture_logs() as logs:
         assert runner.run() == 0
     assert runner._callback_error is None
@@ -215,26 +205,11 @@ def test_revoked_partitions_are_flushed_side_by_side_from_the_callback() -> None
     assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [PER_PARTITION] * PARTITIONS
 
 
-class _SlowRolls:
-    """A MemoryStore whose final-file writes (a roll's compose) take 20 ms, counting overlap."""
-
-    def __init__(self, inner: MemoryStore) -> None:
-        self.inner, self.overlap = inner, _Overlap()
-
-    def compose(self, key: str, segments: Any) -> Any:
-        with self.overlap:
-            time.sleep(0.02)
-            return self.inner.compose(key, segments)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-
 def test_a_run_until_caught_up_finishes_its_partitions_side_by_side() -> None:
     """Twelve partitions reach their end in one batch: their last flushes and rolls overlap, each
     roll's commit made on the polling thread; every record is exported exactly once."""
     broker, inner = page_view_broker(PARTITIONS, PER_PARTITION), MemoryStore()
-    store = _SlowRolls(inner)
+    store = _Slow(inner, "compose")
     runner = _buffered_runner(broker, store, until_caught_up=True)
     with capture_logs() as logs:
         assert runner.run() == 0
@@ -252,7 +227,7 @@ def test_a_replay_finishes_its_partitions_side_by_side() -> None:
     from consumer.samples import load_schema
 
     broker, inner = page_view_broker(PARTITIONS, PER_PARTITION), MemoryStore()
-    store = _SlowRolls(inner)
+    store = _Slow(inner, "compose")
     config = Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
                     output="s3://bucket/out", schema="page_view", row_group_rows=1000,
                     batch_size=PARTITIONS * PER_PARTITION)  # fmt: skip
