@@ -32,7 +32,16 @@ from typing import Any
 
 from bench.adapters import ensure_ours_venv
 from bench.common import REPO, RESULTS, json_lines, stack_settings, write_json
-from bench.slow_s3 import add_arguments, endpoints, env, event_time, ours_cmd, produce_topic, run_to_end
+from bench.slow_s3 import (
+    add_arguments,
+    endpoints,
+    env,
+    event_time,
+    ours_cmd,
+    print_table,
+    produce_topic,
+    run_to_end,
+)
 
 
 def _read_everything(port: int, records: int, timeout_s: float) -> None:
@@ -132,19 +141,15 @@ def main(argv: list[str] | None = None) -> int:
     write_json(RESULTS / "drain.json", {"partitions": args.partitions,
                                         "records_per_partition": args.records_per_partition,
                                         "runs": rows, "until_caught_up": ends})  # fmt: skip
-    print("| S3 round trip added | flush threads | SIGTERM to exit (s) | row groups made durable "
-          "| partitions left to the next owner | S3 requests |")  # fmt: skip
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['rtt_ms']:.0f} ms | {r['threads']} | {r['sigterm_to_exit_s']} "
-              f"| {r['row_groups_durable']} | {r['partitions_left']} | {r['s3_requests']} |")  # fmt: skip
+    print_table(["S3 round trip added", "flush threads", "SIGTERM to exit (s)", "row groups made durable",
+                 "partitions left to the next owner", "S3 requests"],
+                [[r["rtt_ms"], r["threads"], r["sigterm_to_exit_s"], r["row_groups_durable"],
+                  r["partitions_left"], r["s3_requests"]] for r in rows])  # fmt: skip
     print()
-    print("| S3 round trip added | flush threads | `--until-caught-up`: assigned to stopped (s) "
-          "| files rolled | S3 requests |")  # fmt: skip
-    print("|---|---|---|---|---|")
-    for r in ends:
-        print(f"| {r['rtt_ms']:.0f} ms | {r['threads']} | {r['assigned_to_stopped_s']} "
-              f"| {r['files_rolled']} | {r['s3_requests']} |")  # fmt: skip
+    print_table(["S3 round trip added", "flush threads", "`--until-caught-up`: assigned to stopped (s)",
+                 "files rolled", "S3 requests"],
+                [[r["rtt_ms"], r["threads"], r["assigned_to_stopped_s"], r["files_rolled"], r["s3_requests"]]
+                 for r in ends])  # fmt: skip
     return 0
 
 

@@ -23,7 +23,15 @@ from typing import Any
 
 from bench.adapters import ensure_ours_venv
 from bench.common import RESULTS, stack_settings, write_json
-from bench.slow_s3 import add_arguments, endpoints, event_time, ours_cmd, produce_topic, run_to_end
+from bench.slow_s3 import (
+    add_arguments,
+    endpoints,
+    event_time,
+    ours_cmd,
+    print_table,
+    produce_topic,
+    run_to_end,
+)
 
 
 def _run(stack: Any, topic: str, group: str, prefix: str, s3_endpoint: str, threads: int) -> dict[str, Any]:
@@ -64,12 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     result = {"partitions": args.partitions, "records_per_partition": args.records_per_partition,
               "first_run": first, "reruns": rows}  # fmt: skip
     write_json(RESULTS / "recovery.json", result)
-    print("| S3 round trip added | recovery threads | assigned after (s) "
-          "| recoveries' own ms (sum / max) | S3 requests |")  # fmt: skip
-    print("|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['rtt_ms']:.0f} ms | {r['threads']} | {r['assigned_after_s']} | "
-              f"{r['recovery_ms_sum']:,} / {r['recovery_ms_max']} | {r['s3_requests']} |")  # fmt: skip
+    print_table(["S3 round trip added", "recovery threads", "assigned after (s)",
+                 "recoveries' own ms (sum / max)", "S3 requests"],
+                [[r["rtt_ms"], r["threads"], r["assigned_after_s"],
+                  f"{r['recovery_ms_sum']:,} / {r['recovery_ms_max']}", r["s3_requests"]]
+                 for r in rows])  # fmt: skip
     return 0
 
 

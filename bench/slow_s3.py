@@ -10,7 +10,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -123,3 +123,11 @@ def run_to_end(cmd: list[str], stack: Any) -> list[dict[str, Any]]:
 
 def event_time(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(str(event["timestamp"]).replace("Z", "+00:00")).timestamp()
+
+
+def print_table(header: list[str], rows: Iterable[list[Any]]) -> None:
+    """A Markdown table on stdout; the first cell of each row is the round trip added (ms)."""
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for row in rows:
+        print(f"| {row[0]:.0f} ms | " + " | ".join(str(c) for c in row[1:]) + " |")
