@@ -231,6 +231,20 @@ def assign(template: Template, millis: pa.Array) -> Assignment:
             pieces.append(pc.strftime(ts, format=text))
     buckets = pc.binary_join_element_wise(*pieces, "") if len(pieces) > 1 else pieces[0]
     buckets = pc.if_else(valid, buckets, pa.scalar(None, pa.string()))
-    end_ts = pc.ceil_temporal(ts, unit=template.unit, ceil_is_strictly_greater=True)
-    ends = pc.cast(pc.cast(end_ts, pa.timestamp("ms", tz="UTC")), pa.int64())
+    ends = pc.cast(pc.cast(_bucket_ends(ts, template), pa.timestamp("ms", tz="UTC")), pa.int64())
     return Assignment(buckets, ends, safe, reasons)
+
+
+def _bucket_ends(ts: pa.Array, template: Template) -> pa.Array:
+    """The instant each row's bucket ends: its local time rounded up to the next ``unit``.
+
+    Rounded in local wall-clock time, then placed back in the zone. Twice a year a DST zone's
+    rounded time is ambiguous or does not exist (Berlin: 02:00 on the last Sunday of October
+    happens twice, on the last Sunday of March not at all), and ``ceil_temporal`` on zoned
+    timestamps then raises — for every record in the hour before the change. Here an ambiguous
+    end is the *first* such instant (the hour before it ends when 02:00 first strikes) and a
+    missing one the instant the clock jumps (the hour before it ends then)."""
+    import pyarrow.compute as pc
+
+    local = pc.ceil_temporal(pc.local_timestamp(ts), unit=template.unit, ceil_is_strictly_greater=True)
+    return pc.assume_timezone(local, timezone=template.timezone, ambiguous="earliest", nonexistent="latest")

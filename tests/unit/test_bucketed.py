@@ -155,6 +155,10 @@ def test_config_reports_a_bad_template_and_time_zone() -> None:
     assert BASE.problems() == []
 
 
+def _hour_label(ms: int, zone: ZoneInfo) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).astimezone(zone).strftime("dt=%Y-%m-%d/hr=%H")
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.integers(-2_000_000_000_000, 2_100_000_000_000), min_size=1, max_size=20),
        st.sampled_from(["UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata"]))
@@ -163,9 +167,35 @@ def test_bucket_of_a_time_is_strftime_in_the_zone(ms: list[int], tz: str) -> Non
     a = assign(t, pa.array(ms, pa.int64()))
     zone = ZoneInfo(tz)
     for m, b, end in zip(ms, a.buckets.to_pylist(), a.ends.to_pylist(), strict=True):
-        local = datetime.fromtimestamp(m / 1000, UTC).astimezone(zone)
-        assert b == local.strftime("dt=%Y-%m-%d/hr=%H")
-        assert m < end <= m + 3600 * 1000 + 1  # the bucket ends after the row, within its hour
+        assert b == _hour_label(m, zone)
+        assert m < end <= m + 2 * 3600 * 1000  # after the row; an hour repeated in a DST fold: two
+        # The bucket is the row's until its end, and not one millisecond longer.
+        assert all(_hour_label(at, zone) == b for at in range(m, end, 15 * 60 * 1000))
+        assert _hour_label(end - 1, zone) == b and _hour_label(end, zone) != b
+
+
+def _utc_ms(*when: int) -> int:
+    return int(datetime(*when, tzinfo=UTC).timestamp() * 1000)
+
+
+@pytest.mark.parametrize(("tz", "row", "end"), [
+    # Berlin, last Sunday of October: 03:00 CEST becomes 02:00 CET, so 02:00-03:00 happens twice.
+    ("Europe/Berlin", _utc_ms(2024, 10, 26, 23, 30), _utc_ms(2024, 10, 27, 0)),  # 01:30 CEST: to 1st 02:00
+    ("Europe/Berlin", _utc_ms(2024, 10, 27, 0, 30), _utc_ms(2024, 10, 27, 2)),  # 02:30 CEST: to 03:00 CET
+    ("Europe/Berlin", _utc_ms(2024, 10, 27, 1, 30), _utc_ms(2024, 10, 27, 2)),  # 02:30 CET: the same bucket
+    # Berlin, last Sunday of March: 02:00 CET becomes 03:00 CEST; 02:xx does not exist.
+    ("Europe/Berlin", _utc_ms(2024, 3, 31, 0, 30), _utc_ms(2024, 3, 31, 1)),  # 01:30 CET: ends at the jump
+    # New York: 02:00 EDT becomes 01:00 EST in November; 02:00 EST becomes 03:00 EDT in March.
+    ("America/New_York", _utc_ms(2024, 11, 3, 4, 30), _utc_ms(2024, 11, 3, 5)),  # 00:30 EDT: the first 01:00
+    ("America/New_York", _utc_ms(2024, 11, 3, 5, 30), _utc_ms(2024, 11, 3, 7)),  # 01:30 EDT: to 02:00 EST
+    ("America/New_York", _utc_ms(2024, 3, 10, 6, 30), _utc_ms(2024, 3, 10, 7)),  # 01:30 EST: ends at the jump
+])  # fmt: skip
+def test_a_bucket_next_to_a_dst_change_ends_when_its_hour_ends(tz: str, row: int, end: int) -> None:
+    """Rounding up to the hour lands on a local time that happens twice or not at all: Arrow's
+    ceil_temporal on zoned times raised there, for every record of the hour before each change."""
+    a = assign(parse_template("dt={ts:%Y-%m-%d}/hr={ts:%H}", tz), pa.array([row], pa.int64()))
+    assert a.ends.to_pylist() == [end]
+    assert a.buckets.to_pylist() == [_hour_label(row, ZoneInfo(tz))]
 
 
 def test_null_and_impossible_times_have_no_bucket() -> None:
