@@ -1,8 +1,9 @@
-"""A revoke or a shutdown flushes its partitions side by side (consumer.side_by_side.close_all):
-each flush's S3 round trips overlap the others', its commit runs on the polling thread (the real
-client hangs otherwise; MemoryConsumer fails at once), its decode and encode take the process's
-encoding lock (a schema's native decoder is shared), and the pieces in flight together stay
-within one row group's worth of bytes, what the memory plan reserves for a flush."""
+"""A revoke or a shutdown flushes its partitions side by side, and a run that ends when caught up
+(or a replay) finishes them side by side (consumer.side_by_side.close_all): each flush's S3 round
+trips overlap the others', its commit runs on the polling thread (the real client hangs
+otherwise; MemoryConsumer fails at once), its decode and encode take the process's encoding lock
+(a schema's native decoder is shared), and the pieces in flight together stay within one row
+group's worth of bytes, what the memory plan reserves for a flush."""
 
 from __future__ import annotations
 
