@@ -305,8 +305,12 @@ def plan_equal_parts(segments: Sequence[Segment], part_size: int = EQUAL_PART_SI
     return parts
 
 
+#: The size a roll's client-side part is flushed at: the most it holds of a file's bytes at once.
+CLIENT_PART_BYTES = 8 * 1024 * 1024
+
+
 def plan_parts(
-    segments: Sequence[Segment], min_part: int = MIN_S3_PART, target_part: int = 8 * 1024 * 1024
+    segments: Sequence[Segment], min_part: int = MIN_S3_PART, target_part: int = CLIENT_PART_BYTES
 ) -> list[list[Segment]]:
     """Group ``segments`` into multipart parts that obey S3's rules.
 

@@ -82,7 +82,7 @@ from consumer.recovery import (
     plan_recovery,
 )
 from consumer.rowgroup import SCHEMA_FINGERPRINT_KEY, WriterOptions, encode_piece
-from consumer.storage import CopyRange, ObjectStore, PutOutcome, Segment
+from consumer.storage import CLIENT_PART_BYTES, CopyRange, ObjectStore, PutOutcome, Segment
 from consumer.typemap import RecordConverter
 
 __all__ = [
@@ -95,8 +95,6 @@ __all__ = [
 ]
 
 EMPTY_TABLE = pa.table({})
-#: The most a roll holds of a file's bytes at once (storage.plan_parts' client-side part target).
-ROLL_PART_BYTES = 8 * 1024 * 1024
 
 FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age survives restarts
@@ -847,7 +845,7 @@ class PartitionWorker:
         client-side part (a file under S3's part minimum is uploaded whole; bigger pieces are
         copied server-side, smaller ones gathered into parts of about 8 MiB)."""
         piece = self.piece_bytes
-        return piece + sum(min(f.size + piece, ROLL_PART_BYTES) for f in self.files.values())
+        return piece + sum(min(f.size + piece, CLIENT_PART_BYTES) for f in self.files.values())
 
     @property
     def pending(self) -> bool:
