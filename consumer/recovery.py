@@ -25,6 +25,13 @@ resumes, a final file, or a roll this plan finishes. Everything else is decided 
   newest final file) and committed, the way Kafka Connect's S3 sink recovers offsets from files.
 * **A broken chain** (a piece removed by someone else): stop (status 5), delete nothing, and list
   what was found.
+
+Every piece names the consumer group that wrote it (``kafka.group_id``; none for a replay), and a
+final file carries its first piece's. One output prefix belongs to one group: when a second group
+(a copied deployment, a renamed group started before the old one stopped) or a replay writes into
+it, the protocol still keeps every offset in at most one final file, but the run that collides
+stops with status 5. :func:`other_writer` words that stop so it names the other group instead of
+suggesting an offset reset nobody made.
 """
 
 from __future__ import annotations
@@ -54,6 +61,23 @@ class RecoveryPlan:
     resume: tuple[PieceRef, ...] = ()  # the open file's chain, continued
     delete: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())  # operator-visible facts, logged as warnings
+
+
+def other_writer(written_by: str | None, group: str | None) -> str | None:
+    """The phrase "written by consumer group 'X' (this run is …)" when output of this prefix was
+    written by another consumer group than this run's (``group``; None for a replay); None when it is the
+    same writer or the writer is not known (a file written before pieces named their group)."""
+    if not written_by or written_by == group:
+        return None
+    this = f"group {group!r}" if group else "a replay"
+    return f"written by consumer group {written_by!r} (this run is {this})"
+
+
+#: What to do about a second writer of one prefix (:func:`other_writer`).
+ONE_WRITER = (
+    "one output prefix belongs to one consumer group (or one replay), and two are writing to this "
+    "one: stop the other writer, or give each its own --output prefix"
+)
 
 
 def layout_mismatch(staged_buckets: Iterable[str], names: tuple[str, ...] | None) -> str | None:
@@ -93,14 +117,18 @@ def plan_recovery(
     last_final_end: int | None,
     *,
     where: str = "",
+    last_final_writer: str | None = None,
+    group: str | None = None,
 ) -> RecoveryPlan:
     """Decide recovery for one partition. Pure: no I/O. Raises :class:`IntegrityError` to stop.
 
     ``dead_letters`` are (key, from, to) of dead-letter objects; ``final_starts`` the first
     positions of the partition's final files; ``last_final_end`` the end position of the newest
     final file (read from its footer), None when there is none. ``where`` names the partition in
-    messages.
+    messages; ``last_final_writer`` is the group that wrote the newest final file and ``group``
+    this run's (None: a replay), so that messages name a second writer of the prefix.
     """
+    foreign = other_writer(last_final_writer, group) if last_final_end is not None else None
     finals = set(final_starts)
     notes: list[str] = []
     commit: int | None = None
@@ -115,8 +143,17 @@ def plan_recovery(
         notes.append(
             f"no committed position in the group (offsets expired or deleted): adopting {pos} "
             "from what S3 holds"
+            + (f"; the newest final file was {foreign}. If that group still runs, {ONE_WRITER}"
+               if foreign else "")
         )
 
+    if last_final_end is not None and pos < last_final_end and foreign:
+        raise IntegrityError(
+            f"{where}: the committed position {pos} is below the end {last_final_end} of a final file "
+            f"{foreign}: {ONE_WRITER}. Nothing was changed. To go on with this group alone, stop "
+            f"the other one, then move this group's offset to {last_final_end} "
+            f"(kafka-consumer-groups --reset-offsets --to-offset {last_final_end})."
+        )
     if last_final_end is not None and pos < last_final_end:
         raise IntegrityError(
             f"{where}: the committed position {pos} is below the end {last_final_end} of a final file "

@@ -75,9 +75,11 @@ from consumer.parquet_merge import (
 )
 from consumer.positions import PartitionFenced, PositionStore
 from consumer.recovery import (
+    ONE_WRITER,
     FinishRoll,
     chain_ending_at,
     layout_mismatch,
+    other_writer,
     plan_bucketed_recovery,
     plan_recovery,
 )
@@ -99,6 +101,7 @@ EMPTY_TABLE = pa.table({})
 FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age survives restarts
 AVRO_SCHEMA_KEY = "avro.schema"
+GROUP_KEY = "kafka.group_id"  # the consumer group that wrote the piece (absent: a replay)
 READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader) schema
 _REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
 BUCKET_END_KEY = "consumer.bucket_end"  # --partition-by: the bucket's end (epoch ms), for the grace rule
@@ -174,6 +177,9 @@ class SharedState:
     #: schema's native decoder, converter and statistics are shared by every partition and serve
     #: one caller at a time. Uncontended in the polling loop, where flushes come one by one.
     encoding: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    #: The consumer group this process commits to, named in every piece it writes (None: a
+    #: replay), so that a second writer of the prefix can be named when the two collide.
+    group_id: str | None = None
 
 
 class PartitionWorker:
@@ -226,6 +232,7 @@ class PartitionWorker:
         # (bucket, start), and per bucket the newest start known to exist, from which a roll's
         # overlap check lists instead of listing the partition's whole history.
         self._final_ends: dict[tuple[str, int], int] = {}
+        self._final_writers: dict[tuple[str, int], str] = {}  # the group a final file names
         self._newest_final: dict[str, int] = {}
         self._named_newest: list[str] = []  # keys under Layout.newest_final_dir (plain layout)
 
@@ -282,7 +289,11 @@ class PartitionWorker:
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
         dead = self._dead_letters(since=last_end)
-        plan = plan_recovery(committed, pieces, markers, dead, finals, last_end, where=self.where)
+        plan = plan_recovery(
+            committed, pieces, markers, dead, finals, last_end, where=self.where,
+            last_final_writer=self._final_writers.get(("", max(finals))) if finals else None,
+            group=self.shared.group_id,
+        )
         for note in plan.notes:
             self.log.warning(note)
         if plan.commit is not None:
@@ -492,6 +503,8 @@ class PartitionWorker:
         try:
             meta = read_key_value_metadata(self._read_layout(key, info.size).footer)
             end = int(meta[TO_KEY])
+            if GROUP_KEY in meta:
+                _remember(self._final_writers, (bucket, start), meta[GROUP_KEY])
         except (ParquetMergeError, KeyError, ValueError) as exc:
             raise IntegrityError(
                 f"final file {key} has no readable Kafka position range in its footer ({exc}); "
@@ -1023,6 +1036,8 @@ class PartitionWorker:
     ) -> tuple[StagedPiece, int]:
         """Encode and PUT one piece of file ``f`` (conditional); (the piece, its encoded length)."""
         meta = {BORN_KEY: repr(f.born_wall)}
+        if self.shared.group_id:
+            meta[GROUP_KEY] = self.shared.group_id
         if f.bucket_end is not None:
             meta[BUCKET_END_KEY] = str(f.bucket_end)
         if f.late:
@@ -1050,7 +1065,12 @@ class PartitionWorker:
                     f"{self.where}: staged piece {key} exists with another schema or writer options; "
                     "remove the partition's _staging/ objects of this range and restart"
                 )
-            self.log.warning("piece already existed with other bytes; keeping it", key=key)
+            writer = read_key_value_metadata(layout.footer).get(GROUP_KEY)
+            foreign = other_writer(writer, self.shared.group_id)
+            if foreign:
+                self.log.error(f"piece of this range already {foreign}: {ONE_WRITER}; keeping it", key=key)
+            else:
+                self.log.warning("piece already existed with other bytes; keeping it", key=key)
             size, etag, rows = info.size, info.etag, layout.num_rows
         else:
             # The ETag S3 gave (the MD5 is not it under SSE-KMS), for the roll's check that
@@ -1189,13 +1209,20 @@ class PartitionWorker:
             prev = self._final_range(before[-1], bucket)
             if prev[1] > start:
                 clash = prev
-        if clash is not None:
+        if clash is None:
+            return
+        foreign = other_writer(self._final_writers.get((bucket, clash[0])), self.shared.group_id)
+        if foreign:
             raise IntegrityError(
                 f"{self.where}: the file [{start}, {end}) would overlap the final file "
-                f"[{clash[0]}, {clash[1]}): the group's offsets were moved backwards (reset?). "
-                "Nothing was published. To re-export history use `consumer replay` to another "
-                f"prefix; to continue here, move the group's offset to {max(end, clash[1])}."
+                f"[{clash[0]}, {clash[1]}) {foreign}: {ONE_WRITER}. Nothing was published."
             )
+        raise IntegrityError(
+            f"{self.where}: the file [{start}, {end}) would overlap the final file "
+            f"[{clash[0]}, {clash[1]}): the group's offsets were moved backwards (reset?). "
+            "Nothing was published. To re-export history use `consumer replay` to another "
+            f"prefix; to continue here, move the group's offset to {max(end, clash[1])}."
+        )
 
     def _finish_roll(self, f: FileState, end: int) -> None:
         t0 = self.clock()
@@ -1249,6 +1276,13 @@ class PartitionWorker:
         except ParquetMergeError as exc:
             raise IntegrityError(f"final file {final_key} does not read back: {exc}") from exc
         meta = read_key_value_metadata(final_layout.footer)
+        foreign = other_writer(meta.get(GROUP_KEY), self.shared.group_id)
+        if (meta.get(FROM_KEY) != str(f.start) or meta.get(TO_KEY) != str(end)) and foreign:
+            raise IntegrityError(
+                f"final file s3://…/{final_key} exists with positions "
+                f"[{meta.get(FROM_KEY)}, {meta.get(TO_KEY)}) but this roll covers [{f.start}, {end}); "
+                f"it was {foreign}: {ONE_WRITER}. Nothing of that file was changed."
+            )
         if meta.get(FROM_KEY) != str(f.start) or meta.get(TO_KEY) != str(end):
             raise IntegrityError(
                 f"final file s3://…/{final_key} exists with positions "
@@ -1321,9 +1355,10 @@ def _missing(key: str) -> Any:
 _REMEMBERED = 64
 
 _K = TypeVar("_K")
+_V = TypeVar("_V")
 
 
-def _remember(cache: dict[_K, int], key: _K, value: int) -> None:
+def _remember(cache: dict[_K, _V], key: _K, value: _V) -> None:
     """Set ``cache[key]``, forgetting the least recently set entry beyond :data:`_REMEMBERED`."""
     cache.pop(key, None)
     cache[key] = value

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from consumer.errors import IntegrityError
 from consumer.layout import Layout, PieceRef, RollMarker
-from consumer.recovery import RecoveryPlan, plan_recovery
+from consumer.recovery import RecoveryPlan, other_writer, plan_recovery
 
 L = Layout("out")
 
@@ -89,6 +89,39 @@ def test_expired_offsets_with_only_final_files_adopt_their_end() -> None:
 def test_backward_reset_into_final_files_stops() -> None:
     with pytest.raises(IntegrityError, match="moved backwards"):
         plan(25, [], finals=[0], last_end=50)
+
+
+def test_a_final_file_of_another_group_names_that_group_instead_of_a_reset() -> None:
+    """Two groups writing one prefix (a copied deployment, a renamed group started before the old
+    one stopped) look like a backward reset to the one that falls behind: say what it is."""
+    with pytest.raises(IntegrityError, match=r"written by consumer group 'old' \(this run is group 'new'\): "
+                       r"one output prefix belongs to one consumer group.*offset to 50"):
+        plan_recovery(25, [], [], [], [0], 50, where="t[0]", last_final_writer="old", group="new")
+    with pytest.raises(IntegrityError, match="moved backwards"):  # its own file: a reset indeed
+        plan_recovery(25, [], [], [], [0], 50, where="t[0]", last_final_writer="new", group="new")
+
+
+def test_adopting_a_position_from_another_groups_files_names_that_group() -> None:
+    """A renamed group adopts what S3 proves (as with expired offsets), and says whose it was."""
+    p = plan_recovery(None, [], [], [], [0], 70, where="t[0]", last_final_writer="old", group="new")
+    assert p.position == 70 and p.commit == 70
+    assert any("written by consumer group 'old'" in n and "If that group still runs" in n for n in p.notes)
+    same = plan_recovery(None, [], [], [], [0], 70, where="t[0]", last_final_writer="new", group="new")
+    assert not any("written by" in n for n in same.notes)
+
+
+@pytest.mark.parametrize(
+    ("written_by", "group", "said"),
+    [
+        ("a", "b", "written by consumer group 'a' (this run is group 'b')"),
+        ("a", None, "written by consumer group 'a' (this run is a replay)"),
+        ("a", "a", None),
+        (None, "b", None),  # a replay's file, or one written before pieces named their group
+        ("", "b", None),
+    ],
+)
+def test_other_writer(written_by: str | None, group: str | None, said: str | None) -> None:
+    assert other_writer(written_by, group) == said
 
 
 def test_backward_reset_inside_a_staged_row_group_stops_and_names_both_boundaries() -> None:

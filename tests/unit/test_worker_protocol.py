@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from structlog.testing import capture_logs
 
 from consumer import log as logmod
 from consumer.config import Config
@@ -82,7 +83,7 @@ def make_worker(
         positions=positions,
         layout=LAYOUT,
         decoder=decoder or Decoder("raw", schema=load_schema("page_view")),
-        shared=SharedState(),
+        shared=SharedState(group_id=config.group_id),
         log=logmod.get("test"),
         **kw,
     )
@@ -226,6 +227,51 @@ def test_overlap_with_any_final_file_is_refused_at_roll() -> None:
     positions.reset("t", 0, 0)
     with pytest.raises(IntegrityError):
         w.recover()  # the committed position 0 is below the final file's end: stop at once
+
+
+# -- two consumer groups writing one prefix ----------------------------------------------------------
+def test_pieces_and_final_files_name_the_group_that_wrote_them() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=20))
+    w.recover()
+    run(w, range(30))  # final [0, 20), piece [20, 30) staged
+    [(key, _)] = finals(store)
+    pieces = [k for k in staged(store) if k.endswith(".piece")]
+    assert pieces and all(footer_kv(store.objects[k])["kafka.group_id"] == "g" for k in [key, *pieces])
+
+
+def test_a_second_group_on_the_prefix_is_named_when_their_files_collide() -> None:
+    """Groups "a" and "b" write one prefix with other file budgets (a copied deployment with
+    changed flags). Each offset stays in at most one final file, as before; what changes is that
+    the run that collides says it met another group, instead of suggesting an offset reset."""
+    store = MemoryStore()
+    a = make_worker(store, MemoryPositions(), replace(BASE, group_id="a", file_rows=30))
+    b = make_worker(store, MemoryPositions(), replace(BASE, group_id="b", file_rows=20))
+    a.recover()
+    b.recover()
+    run(b, range(10))  # b's piece [0, 10)
+    with capture_logs() as logs:
+        run(a, range(10))  # the same range: b's piece is kept (same records), and b is named
+    [said] = [e for e in logs if "written by consumer group 'b'" in e["event"]]
+    assert said["log_level"] == "error" and "this run is group 'a'" in said["event"]
+    run(b, range(10, 20))  # b rolls [0, 20)
+    with pytest.raises(IntegrityError, match=r"exists with positions \[0, 20\).*written by consumer "
+                       r"group 'b' \(this run is group 'a'\): one output prefix belongs to one"):
+        run(a, range(10, 30))  # a's roll of [0, 30) meets b's final file
+    assert final_offsets(store) == list(range(20))
+
+
+def test_a_group_behind_another_groups_final_files_names_it_at_recovery() -> None:
+    store = MemoryStore()
+    b = make_worker(store, MemoryPositions(), replace(BASE, group_id="b", file_rows=50))
+    b.recover()
+    run(b, range(50))
+    positions = MemoryPositions()
+    positions.reset("t", 0, 20)  # group "a" committed 20 here before "b" took over the prefix
+    a = make_worker(store, positions, replace(BASE, group_id="a"))
+    with pytest.raises(IntegrityError, match=r"written by consumer group 'b' \(this run is group 'a'\)"):
+        a.recover()
+    assert final_offsets(store) == list(range(50))
 
 
 # -- item 4: a store that ignores If-None-Match ------------------------------------------------------
