@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from support import (
@@ -396,3 +397,33 @@ def test_an_eager_assignor_still_starts_where_recovery_says(
     rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert offsets_by_partition(rows) == {0: list(range(500)), 1: list(range(500))}
     assert committed(stack.kafka_bootstrap, group, topic, partitions=2) == [500, 500]
+
+
+def test_a_second_group_on_one_prefix_is_named_and_no_offset_reaches_two_files(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A deployment copied with a new --group-id (and other file budgets) onto a live prefix: the
+    new group adopts what S3 proves and names the group whose files it continues; when the old
+    group comes back behind the new one's files, it stops with status 5 naming the new group
+    (it used to suggest an offset reset nobody made). Every offset is in exactly one final file."""
+    topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1)
+    assert run_consumer(topic, old, out, "--file-rows", "1000", "--row-group-rows", "500").returncode == 0
+    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1, start=3000, create_topic=False)
+    res = run_consumer(topic, new, out, "--file-rows", "1500", "--row-group-rows", "500")
+    assert res.returncode == 0, res.stderr[-3000:]
+    [adopted] = [e["event"] for e in log_events(res.stderr) if "adopting" in e.get("event", "")]
+    assert f"adopting 3000 from what S3 holds; the newest final file was written by consumer group {old!r} " \
+           f"(this run is group {new!r})" in adopted, adopted
+
+    back = run_consumer(topic, old, out, "--file-rows", "1000", "--row-group-rows", "500")
+    assert back.returncode == 5, back.stderr[-3000:]
+    assert f"written by consumer group {new!r} (this run is group {old!r}): one output prefix belongs " \
+           "to one consumer group" in back.stderr, back.stderr[-3000:]
+
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(6000))
+    groups = {pq.read_metadata(p).metadata[b"kafka.group_id"].decode()
+              for p in sorted(tmp_path.rglob("*.parquet"))}
+    assert groups == {old, new}
