@@ -18,11 +18,11 @@ alone.
   offset, reason, key, value and timestamp, inside the object's range; no good record is there;
 * every final file parses; its footer says ``kafka.topic``, ``kafka.partition`` (= its folder),
   ``kafka.from_position`` (= the first position in its name), ``kafka.to_position``,
-  ``kafka.row_groups`` (= its row groups) and ``avro.schema`` (= the writer schema; a missing one
-  is reported last, as :class:`MissingWriterSchema`); its rows lie in [from, to); files of a
-  partition do not overlap, and what lies between two files' ranges, before the first or after the
-  last, is dead letters only (so ``to_position`` is the next file's ``from_position`` unless a whole
-  range in between is dead letters);
+  ``kafka.row_groups`` (= its row groups), ``kafka.group_id`` (= the group) and ``avro.schema``
+  (= the writer schema; a missing one is reported last, as :class:`MissingWriterSchema`); its
+  rows lie in [from, to); files of a partition do not overlap, and what lies between two files'
+  ranges, before the first or after the last, is dead letters only (so ``to_position`` is the
+  next file's ``from_position`` unless a whole range in between is dead letters);
 * offsets: rows ∪ dead letters = 0..end-1 of every partition, disjoint, each row exactly once;
 * values: every row (all columns of the writer schema, maps key by key, logical types exactly,
   plus ``kafka_key`` and ``kafka_timestamp``) equals the record produced at its position.
@@ -512,6 +512,7 @@ def prove(
         assert kv.get("kafka.from_position") == str(first), (
             f"{where}: kafka.from_position {kv.get('kafka.from_position')!r}, its name says {first}"
         )
+        assert kv.get("kafka.group_id") == group, f"{where}: kafka.group_id {kv.get('kafka.group_id')!r}"
         groups = pf.metadata.num_row_groups
         assert kv.get("kafka.row_groups") == str(groups), (
             f"{where}: kafka.row_groups {kv.get('kafka.row_groups')!r}, the file has {groups}"
