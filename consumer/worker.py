@@ -294,6 +294,12 @@ class PartitionWorker:
             last_final_writer=self._final_writers.get(("", max(finals))) if finals else None,
             group=self.shared.group_id,
         )
+        doomed = set(plan.delete)
+        self._refuse_deleting_foreign_pieces(
+            [p for p in pieces if p.key in doomed and p.file_start not in finals
+             and (plan.position is None or p.to_pos > plan.position)],
+            plan.position,
+        )
         for note in plan.notes:
             self.log.warning(note)
         if plan.commit is not None:
@@ -405,6 +411,26 @@ class PartitionWorker:
             deleted_strays=len(deletes),
             high_water=high_water,
         )
+
+    def _refuse_deleting_foreign_pieces(self, doomed: list[PieceRef], position: int | None) -> None:
+        """Recovery deletes the staged pieces past the committed position of files not final: this
+        group wrote them and never committed them. One that another consumer group wrote may hold
+        that group's committed rows, so stop instead, before anything changes. Costs a footer read
+        of each such piece (usually none; a crash between a piece's PUT and its commit leaves one)."""
+        for ref in doomed:
+            writer = read_key_value_metadata(self._load_piece(ref).layout.footer).get(GROUP_KEY)
+            foreign = other_writer(writer, self.shared.group_id)
+            if foreign:
+                takeover = (
+                    f" If that group has stopped for good and this one takes its place, move this "
+                    f"group's offset to where {writer!r} committed (kafka-consumer-groups --describe "
+                    f"--group {writer})." if self.shared.group_id else ""
+                )
+                raise IntegrityError(
+                    f"{self.where}: recovery would delete the staged piece [{ref.from_pos}, "
+                    f"{ref.to_pos}) past this run's position {position}, but it was {foreign}: "
+                    f"{ONE_WRITER}. Nothing was deleted.{takeover}"
+                )
 
     def _file_of(self, chain: list[StagedPiece]) -> FileState:
         """The in-progress file of a staged chain: identity of its last piece with rows, birth time

@@ -274,6 +274,37 @@ def test_a_group_behind_another_groups_final_files_names_it_at_recovery() -> Non
     assert final_offsets(store) == list(range(50))
 
 
+@pytest.mark.parametrize("group", ["b", ""])  # "": a replay
+def test_recovery_never_deletes_a_piece_another_group_wrote(group: str) -> None:
+    """Recovery deletes the pieces past the committed position as this group's uncommitted work.
+    A piece of another group may hold that group's committed rows: stop, and delete nothing."""
+    store = MemoryStore()
+    a = make_worker(store, MemoryPositions(), replace(BASE, group_id="a", file_rows=None))
+    a.recover()
+    run(a, range(30))  # pieces [0, 10), [10, 20), [20, 30), committed 30 in group "a"
+    before = staged(store)
+    positions = MemoryPositions()
+    positions.reset("t", 0, 10)  # this run stands at 10 (it wrote [0, 10) too, or was reset there)
+    b = make_worker(store, positions, replace(BASE, group_id=group, file_rows=None))
+    this = f"group {group!r}" if group else "a replay"
+    with pytest.raises(IntegrityError, match=rf"would delete the staged piece \[10, 20\) past this run's "
+                       rf"position 10, but it was written by consumer group 'a' \(this run is {this}\)"):
+        b.recover()
+    assert staged(store) == before
+    assert positions.committed("t", 0) == 10
+
+
+def test_recovery_still_deletes_its_own_uncommitted_pieces() -> None:
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(30))
+    positions.reset("t", 0, 10)  # as if [10, 30) had been PUT and the process died before commits
+    again = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert again.recover() == 10
+    assert len(staged(store)) == 1  # [0, 10) resumes; [10, 20) and [20, 30) are read again
+
+
 # -- item 4: a store that ignores If-None-Match ------------------------------------------------------
 def test_probe_refuses_a_store_without_conditional_writes() -> None:
     good = MemoryStore()
