@@ -427,3 +427,24 @@ def test_a_second_group_on_one_prefix_is_named_and_no_offset_reaches_two_files(
     groups = {pq.read_metadata(p).metadata[b"kafka.group_id"].decode()
               for p in sorted(tmp_path.rglob("*.parquet"))}
     assert groups == {old, new}
+
+
+def test_recovery_does_not_delete_the_staged_rows_of_another_group(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Group "b" stands at 1000 on a prefix whose open file group "a" has staged and committed up
+    to 3000. Its recovery would delete [1000, 3000) as its own uncommitted work, and group "a"
+    would have lost committed rows: it stops with status 5 naming "a", and deletes nothing."""
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix)
+    other = unique("g-other")
+    reset_offset(admin, other, topic, 1000)
+    staged_before = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    res = run_consumer(topic, other, out)
+    assert res.returncode == 5, res.stderr[-3000:]
+    said = (f"would delete the staged piece [1000, 2000) past this run's position 1000, but it was "
+            f"written by consumer group {group!r} (this run is group {other!r})")
+    assert said in res.stderr, res.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged_before
+    assert run_consumer(topic, group, out).returncode == 0  # the owner finishes its file
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(3000))
