@@ -31,9 +31,9 @@ final file carries its first piece's. One output prefix belongs to one group: wh
 (a copied deployment, a renamed group started before the old one stopped) or a replay writes into
 it, the protocol still keeps every offset in at most one final file, but the run that collides
 stops with status 5. :func:`other_writer` words that stop so it names the other group instead of
-suggesting an offset reset nobody made. The pieces a plan deletes past the committed position are
-this group's uncommitted work only if this group wrote them: the worker reads their writer first
-and stops rather than delete another group's (possibly committed) rows.
+suggesting an offset reset nobody made. The pieces and dead letters a plan deletes past the
+committed position are this group's uncommitted work only if this group wrote them: the worker
+reads their writer first and stops rather than delete another group's (possibly committed) records.
 """
 
 from __future__ import annotations

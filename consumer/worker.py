@@ -38,6 +38,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -102,6 +103,8 @@ FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age survives restarts
 AVRO_SCHEMA_KEY = "avro.schema"
 GROUP_KEY = "kafka.group_id"  # the consumer group that wrote the piece (absent: a replay)
+#: The writer a dead-letter object's first line names (its ``group_id``, after topic and partition).
+_DEAD_LETTER_GROUP = re.compile(rb'"group_id": ("(?:[^"\\]|\\.)*"|null)')
 READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader) schema
 _REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
 BUCKET_END_KEY = "consumer.bucket_end"  # --partition-by: the bucket's end (epoch ms), for the grace rule
@@ -295,9 +298,10 @@ class PartitionWorker:
             group=self.shared.group_id,
         )
         doomed = set(plan.delete)
-        self._refuse_deleting_foreign_pieces(
+        self._refuse_deleting_foreign_objects(
             [p for p in pieces if p.key in doomed and p.file_start not in finals
              and (plan.position is None or p.to_pos > plan.position)],
+            [d for d in dead if d[0] in doomed],
             plan.position,
         )
         for note in plan.notes:
@@ -412,13 +416,20 @@ class PartitionWorker:
             high_water=high_water,
         )
 
-    def _refuse_deleting_foreign_pieces(self, doomed: list[PieceRef], position: int | None) -> None:
-        """Recovery deletes the staged pieces past the committed position of files not final: this
-        group wrote them and never committed them. One that another consumer group wrote may hold
-        that group's committed rows, so stop instead, before anything changes. Costs a footer read
-        of each such piece (usually none; a crash between a piece's PUT and its commit leaves one)."""
-        for ref in doomed:
-            writer = read_key_value_metadata(self._load_piece(ref).layout.footer).get(GROUP_KEY)
+    def _refuse_deleting_foreign_objects(
+        self, pieces: list[PieceRef], dead_letters: list[tuple[str, int, int]], position: int | None
+    ) -> None:
+        """Recovery deletes the staged pieces and dead letters past the committed position (of
+        files not final): this group wrote them and never committed them. Ones another consumer
+        group wrote may hold that group's committed records, so stop instead, before anything
+        changes. Costs one read of each (usually none; a crash between a PUT and its commit leaves
+        one)."""
+        found = [
+            (f"staged piece [{p.from_pos}, {p.to_pos})",
+             read_key_value_metadata(self._load_piece(p).layout.footer).get(GROUP_KEY))
+            for p in pieces
+        ] + [(f"dead-letter object [{a}, {b})", self._dead_letter_writer(key)) for key, a, b in dead_letters]
+        for what, writer in found:
             foreign = other_writer(writer, self.shared.group_id)
             if foreign:
                 takeover = (
@@ -427,10 +438,15 @@ class PartitionWorker:
                     f"--group {writer})." if self.shared.group_id else ""
                 )
                 raise IntegrityError(
-                    f"{self.where}: recovery would delete the staged piece [{ref.from_pos}, "
-                    f"{ref.to_pos}) past this run's position {position}, but it was {foreign}: "
-                    f"{ONE_WRITER}. Nothing was deleted.{takeover}"
+                    f"{self.where}: recovery would delete the {what} past this run's position "
+                    f"{position}, but it was {foreign}: {ONE_WRITER}. Nothing was deleted.{takeover}"
                 )
+
+    def _dead_letter_writer(self, key: str) -> str | None:
+        """The group named by a dead-letter object's first line (None: a replay's, or older)."""
+        found = _DEAD_LETTER_GROUP.search(self.store.get(key, 0, 2048))
+        writer = json.loads(found.group(1)) if found else None
+        return writer if isinstance(writer, str) else None
 
     def _file_of(self, chain: list[StagedPiece]) -> FileState:
         """The in-progress file of a staged chain: identity of its last piece with rows, birth time
@@ -1112,6 +1128,7 @@ class PartitionWorker:
                 {
                     "topic": self.topic,
                     "partition": self.partition,
+                    "group_id": self.shared.group_id,  # who wrote it (recovery's check; None: replay)
                     "offset": d.offset,
                     "timestamp": d.timestamp,
                     "reason": d.reason,

@@ -294,6 +294,26 @@ def test_recovery_never_deletes_a_piece_another_group_wrote(group: str) -> None:
     assert positions.committed("t", 0) == 10
 
 
+def test_recovery_never_deletes_dead_letters_another_group_wrote() -> None:
+    """Group "a" between the two PUTs of a flush: its range's dead letters are written, its piece
+    not yet. Another group's recovery would delete them as its own uncommitted work, and "a" would
+    then commit the range without them: a silent drop. It stops instead, and deletes nothing."""
+    store = MemoryStore()
+    a = make_worker(store, MemoryPositions(), replace(BASE, group_id="a", file_rows=None))
+    a.recover()
+    run(a, range(20), bad={15})  # pieces [0, 10) and [10, 20); the dead letter of offset 15
+    [last] = [k for k in staged(store) if k.endswith("-00000000000000000020.piece")]
+    del store.objects[last]  # as if "a" were between its dead-letter PUT and its piece PUT
+    positions = MemoryPositions()
+    positions.reset("t", 0, 10)
+    b = make_worker(store, positions, replace(BASE, group_id="b", file_rows=None))
+    said = (r"would delete the dead-letter object \[10, 20\) past this run's position 10, but it was "
+            r"written by consumer group 'a' \(this run is group 'b'\)")
+    with pytest.raises(IntegrityError, match=said):
+        b.recover()
+    assert dead_letter_offsets(store) == [15]
+
+
 def test_recovery_still_deletes_its_own_uncommitted_pieces() -> None:
     store, positions = MemoryStore(), MemoryPositions()
     w = make_worker(store, positions, replace(BASE, file_rows=None))
