@@ -15,7 +15,7 @@ alone.
 * the topic holds what we think (high watermarks = planned ends) and the group's committed position
   of every partition is its end;
 * dead letters: every bad record is in exactly one object under ``_dead_letters/``, with its
-  offset, reason, key, value and timestamp, inside the object's range; no good record is there;
+  offset, reason, key, value, timestamp and group, inside the object's range; no good record is there;
 * every final file parses; its footer says ``kafka.topic``, ``kafka.partition`` (= its folder),
   ``kafka.from_position`` (= the first position in its name), ``kafka.to_position``,
   ``kafka.row_groups`` (= its row groups), ``kafka.group_id`` (= the group) and ``avro.schema``
@@ -482,6 +482,7 @@ def prove(
             )
             assert d["value_b64"] == _b64(br.value), f"dead letter {p}:{o}: value differs ({br.kind})"
             assert d["key_b64"] == _b64(br.key), f"dead letter {p}:{o}: key differs"
+            assert d.get("group_id") == group, f"dead letter {p}:{o}: group_id {d.get('group_id')!r}"
             assert d["timestamp"] == br.timestamp, (
                 f"dead letter {p}:{o}: timestamp {d['timestamp']} != {br.timestamp}"
             )
