@@ -67,8 +67,9 @@ class RecoveryPlan:
 
 def other_writer(written_by: str | None, group: str | None) -> str | None:
     """The phrase "written by consumer group 'X' (this run is …)" when output of this prefix was
-    written by another consumer group than this run's (``group``; None for a replay); None when it is the
-    same writer or the writer is not known (a file written before pieces named their group)."""
+    written by another consumer group than this run's (``group``; None for a replay); None when
+    it is the same writer, or the writer is not known (a replay's file, or one written before
+    pieces named their group)."""
     if not written_by or written_by == group:
         return None
     this = f"group {group!r}" if group else "a replay"

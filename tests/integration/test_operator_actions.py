@@ -402,8 +402,8 @@ def test_an_eager_assignor_still_starts_where_recovery_says(
 def test_a_second_group_on_one_prefix_is_named_and_no_offset_reaches_two_files(
     stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
-    """A deployment copied with a new --group-id (and other file budgets) onto a live prefix: the
-    new group adopts what S3 proves and names the group whose files it continues; when the old
+    """A second group on the prefix (a deployment copied with a new --group-id and other file
+    budgets): it adopts what S3 proves and names the group whose files it continues; when the old
     group comes back behind the new one's files, it stops with status 5 naming the new group
     (it used to suggest an offset reset nobody made). Every offset is in exactly one final file."""
     topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
