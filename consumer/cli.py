@@ -342,9 +342,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             code = runner.run()
     finally:
         observer.stop()
-    if runner.close_abandoned:
-        # librdkafka is stuck inside close(): destroying the client at exit would block the same
-        # way. Everything durable is written and committed; end the process here.
+    if runner.exit_without_client:
+        # librdkafka is stuck inside close(), or close was skipped (a static member): destroying
+        # the client at exit would block or close it after all. Everything durable is written and
+        # committed; end the process here.
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -163,9 +163,9 @@ class ReplayRunner(Runner):
             partitions_done=len(self.done),
         )
 
-    def _shutdown(self, *, clean: bool) -> None:
+    def _shutdown(self, *, status: int) -> None:
         self.progress.close()
-        super()._shutdown(clean=clean)
+        super()._shutdown(status=status)
 
     def _done(self, now: float) -> int | None:
         reached = []

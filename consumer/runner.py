@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -50,6 +51,7 @@ from consumer.errors import (
     fatal_client_hint,
     position_not_in_log,
 )
+from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
 from consumer.layout import Layout
 from consumer.orphans import GroupView, OrphanWatch
@@ -179,6 +181,8 @@ class Runner:
 
     #: seconds ``consumer.close()`` may take beyond the shutdown deadline before it is abandoned
     close_grace = 5.0
+    #: seconds after that before the native exit timer ends a process whose close holds the GIL
+    exit_timer_margin = 2.0
     #: a ``consumer replay`` (positions kept in S3, no group): what its stop messages advise
     replaying = False
 
@@ -214,7 +218,9 @@ class Runner:
         self._kafka_errors = logmod.Throttle()
         self._fatal_client = False
         self.closing = False
-        self.close_abandoned = False  # consumer.close() hung and was left behind (see _close_consumer)
+        #: the command must end the process with ``os._exit``, not destroy the Kafka client (see
+        #: :meth:`_close_consumer`): close hung, or was skipped for a static member
+        self.exit_without_client = False
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
@@ -365,7 +371,7 @@ class Runner:
             else:
                 code = self._unexpected(exc)
         finally:
-            self._shutdown(clean=code == EXIT_OK)
+            self._shutdown(status=code)
         return code
 
     def _start_talking_to_kafka(self) -> None:
@@ -658,7 +664,7 @@ class Runner:
         self.budget_paused = pause
 
     # -- shutdown --------------------------------------------------------------------------------
-    def _shutdown(self, *, clean: bool) -> None:
+    def _shutdown(self, *, status: int) -> None:
         """Make every partition's buffered rows durable and committed, within
         ``--shutdown-timeout`` of the stop request (or of now, when the run ended by itself).
 
@@ -693,10 +699,16 @@ class Runner:
                 shutdown_timeout_s=self.config.shutdown_timeout,
                 deadline_passed=self.clock() >= deadline,
             )
-        self._close_consumer(deadline)
-        self.log.info("stopped", clean=clean, **self.stats.summary(self.store))
+        # Every offset is committed and nothing below commits: the run's summary is final.
+        self.log.info("stopped", clean=status == EXIT_OK, **self.stats.summary(self.store))
+        self._close_consumer(deadline, status)
 
-    def _close_consumer(self, deadline: float) -> None:
+    def _keeps_client_open(self) -> bool:
+        """Whether ending the process without ``consumer.close()`` is what the group would see
+        anyway (a static member: see :class:`GroupRunner`)."""
+        return False
+
+    def _close_consumer(self, deadline: float, status: int) -> None:
         """``consumer.close()``, bounded by the shutdown deadline plus :attr:`close_grace`.
 
         librdkafka can block forever inside close when a rebalance reaches the member there: the
@@ -706,9 +718,17 @@ class Runner:
         Walking away is safe: every offset was committed synchronously before this point and
         close commits nothing (auto commit is off), so the group only sees this member's session
         expire, as after a crash. The process must then end without destroying the client, which
-        would block the same way: :attr:`close_abandoned` tells the command to ``os._exit``."""
+        would block the same way: :attr:`exit_without_client` tells the command to ``os._exit``.
+
+        confluent-kafka makes those calls from its rebalance callback holding the GIL, so a close
+        stuck there stops every Python thread, this wait included. The native exit timer
+        (:mod:`consumer.exit_timer`) needs no GIL: it ends the process with ``status`` shortly after
+        this wait would have."""
         import threading
 
+        if self._keeps_client_open():
+            self.exit_without_client = True
+            return
         done = threading.Event()
         failed: list[BaseException] = []
 
@@ -720,17 +740,27 @@ class Runner:
             finally:
                 done.set()
 
-        threading.Thread(target=close, name="kafka-close", daemon=True).start()
         wait = max(deadline - self.clock(), 0.0) + self.close_grace
-        if not done.wait(wait):
-            self.close_abandoned = True
+        sys.stdout.flush()  # the timer ends the process without flushing what Python buffered
+        sys.stderr.flush()
+        disarm = exit_after(
+            wait + self.exit_timer_margin, status,
+            f"consumer: the Kafka client's close did not return within {wait:.0f}s and holds the "
+            f"GIL: exiting with status {status} without it (every offset was already committed; "
+            "the group sees this member's session expire)",
+        )
+        threading.Thread(target=close, name="kafka-close", daemon=True).start()
+        if not done.wait(wait):  # the timer stays armed: the command exits before it fires
+            self.exit_without_client = True
             self.log.warning(
                 "consumer close did not return: exiting without it (every offset was already "
                 "committed; the group sees this member's session expire)",
                 waited_s=round(wait, 1),
             )
-        elif failed:
-            self.log.warning("consumer close failed", error=str(failed[0]))
+        else:
+            disarm()
+            if failed:
+                self.log.warning("consumer close failed", error=str(failed[0]))
 
 
 class GroupRunner(Runner):
@@ -748,6 +778,7 @@ class GroupRunner(Runner):
         #: Static members look for partitions no member owns (consumer/orphans.py says why).
         #: Under KIP-848's protocol the coordinator moves partitions itself: no hole to look for.
         static = bool(config.kafka_properties.get("group.instance.id")) and not config.consumer_protocol
+        self._static = static
         self._orphans = OrphanWatch(config.orphan_grace) if static and config.orphan_grace > 0 else None
         self._group_view = group_view or self._describe_group
         self._next_orphan_look = self.clock() + min(_ORPHAN_LOOK_EVERY, config.orphan_grace / 2)
@@ -769,6 +800,14 @@ class GroupRunner(Runner):
         """Subscribed topics that did not exist at the last check, while nothing was ever assigned
         (the member idles and warns; ``/readyz`` says so)."""
         return [] if self.assigned_once else list(self._missing_topics)
+
+    def _keeps_client_open(self) -> bool:
+        """A static member of the classic protocol (``--processes`` members) does not leave the
+        group on close (KIP-345: the coordinator keeps its partitions until its session expires,
+        so a restart gets them back without a rebalance): close would change nothing the group
+        sees, and it is where librdkafka can hang (:meth:`Runner._close_consumer`). So the member
+        ends without it. Under KIP-848's protocol close does tell the coordinator: it is kept."""
+        return self._static
 
     # -- start -----------------------------------------------------------------------------------
     def _start(self) -> None:

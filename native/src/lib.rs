@@ -1,9 +1,12 @@
 //! `consumer._native`: decodes a chunk of unframed Avro bodies (one writer schema, concatenated,
 //! with end offsets) straight into Arrow record batches of the exact `typemap.arrow_schema`
 //! types, handed to pyarrow through the Arrow C data interface. Bad bodies are reported by
-//! index with a fastavro-compatible reason and left out of the batches.
+//! index with a fastavro-compatible reason and left out of the batches. One thing besides:
+//! `exit_after`, a process exit that still works while a stuck thread holds the GIL
+//! (`exit_timer`).
 
 pub mod convert;
+pub mod exit_timer;
 pub mod gather;
 pub mod logical;
 pub mod schema;
@@ -277,6 +280,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Decoder>()?;
     m.add_function(wrap_pyfunction!(gather::gather, m)?)?;
     m.add_function(wrap_pyfunction!(gather::partition_runs, m)?)?;
+    m.add_class::<exit_timer::ExitTimer>()?;
+    m.add_function(wrap_pyfunction!(exit_timer::exit_after, m)?)?;
     m.add("UnsupportedSchema", m.py().get_type::<UnsupportedSchema>())?;
     m.add("BATCH_BYTES", BATCH_BYTES)?;
     Ok(())

@@ -8,6 +8,9 @@ test takes milliseconds.
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -267,7 +270,7 @@ def test_a_close_that_hangs_is_abandoned_after_the_deadline_with_everything_comm
     runner.consumer.close = stuck.wait  # never set: close never returns
     try:
         assert runner.run() == 0
-        assert runner.close_abandoned
+        assert runner.exit_without_client
     finally:
         stuck.set()
     committed = [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)]
@@ -279,4 +282,80 @@ def test_a_close_that_returns_is_not_abandoned() -> None:
     broker, store = _broker(), MemoryStore()
     runner = _runner(broker, store, until_caught_up=True)
     assert runner.run() == 0
-    assert not runner.close_abandoned and runner.consumer.closed
+    assert not runner.exit_without_client and runner.consumer.closed
+
+
+def test_a_static_member_of_the_classic_protocol_ends_without_close() -> None:
+    """KIP-345: a static member does not leave the group on close, so close changes nothing the
+    group sees; it is only where librdkafka can hang. The command exits without it."""
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=True, kafka_properties={"group.instance.id": "h-0"})
+    assert runner.run() == 0
+    assert runner.exit_without_client and not runner.consumer.closed
+    assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [PER_PARTITION] * PARTITIONS
+
+
+def test_a_static_member_of_kip_848_still_closes() -> None:
+    """Under KIP-848's protocol close tells the coordinator the static member left for now."""
+    broker, store = _broker(), MemoryStore()
+    props = {"group.instance.id": "h-0", "group.protocol": "consumer"}
+    runner = _runner(broker, store, until_caught_up=True, kafka_properties=props)
+    assert runner.run() == 0
+    assert not runner.exit_without_client and runner.consumer.closed
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+
+#: A run whose close blocks in C *holding the GIL*, as confluent-kafka's rebalance callback does
+#: when librdkafka never answers it inside close (ctypes.PyDLL keeps the GIL during the call).
+_CLOSE_HOLDS_THE_GIL = """
+import ctypes, sys
+from consumer.testing import MemoryStore
+from tests.unit.test_shutdown import _broker, _runner
+runner = _runner(_broker(), MemoryStore(), until_caught_up=True, shutdown_timeout=0.5)
+runner.close_grace = runner.exit_timer_margin = 0.5
+runner.consumer.close = lambda: ctypes.PyDLL(None).sleep(120)
+code = runner.run()
+print("run returned", code)
+sys.exit(code)
+"""
+
+
+def test_a_close_stuck_holding_the_gil_still_ends_the_process_with_the_runs_status() -> None:
+    """No Python code runs again once the close thread holds the GIL: the bound above cannot fire.
+    The native exit timer does, with the status the run earned (0: everything was committed)."""
+    proc = subprocess.run([sys.executable, "-c", _CLOSE_HOLDS_THE_GIL], cwd=_ROOT, capture_output=True,
+                          timeout=90)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert b"close did not return" in proc.stderr and b"holds the GIL" in proc.stderr
+    assert b"run returned" not in proc.stdout  # the main thread never ran again
+    assert b'"stopped"' in proc.stdout or b"stopped" in proc.stdout  # said before the close
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+def test_the_exit_timer_ends_the_process_with_its_status_unless_cancelled(cancel: bool) -> None:
+    script = (
+        "import sys, time\n"
+        "from consumer.exit_timer import exit_after\n"
+        "disarm = exit_after(0.2, 7, 'timer fired')\n"
+        + ("disarm(); disarm()\n" if cancel else "")
+        + "time.sleep(1.5)\n"
+        "sys.exit(0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=_ROOT, capture_output=True, timeout=60)
+    assert proc.returncode == (0 if cancel else 7)
+    assert (b"timer fired" in proc.stderr) is not cancel
+
+
+def test_without_the_extension_the_exit_timer_falls_back_to_faulthandler() -> None:
+    """It still needs no GIL, but can only exit with status 1 (after every thread's stack)."""
+    script = (
+        "import time\n"
+        "import consumer.exit_timer as et\n"
+        "et._native = None\n"
+        "et.exit_after(0.2, 7, 'unused')\n"
+        "time.sleep(5)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=_ROOT, capture_output=True, timeout=60)
+    assert proc.returncode == 1
+    assert b"Timeout" in proc.stderr and b"Thread" in proc.stderr
