@@ -393,6 +393,16 @@ class PartitionWorker:
             last = self._final_range(self._note_final(bucket, max(starts)), bucket)[1] if starts else None
             finals[bucket] = (set(starts), last)
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where)
+        deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
+        doomed = set(deletes)
+        # Here a zombie's whole bucket file is deleted too, below the position: check every piece
+        # of an open file that goes (a group's own zombie is the group itself).
+        self._refuse_deleting_foreign_objects(
+            [p for p in pieces
+             if p.key in doomed and p.file_start not in finals.get(p.bucket, (set(), None))[0]],
+            [d for d in dead if d[0] in doomed],
+            plan.position,
+        )
         for note in plan.notes:
             self.log.warning(note)
         if plan.commit is not None:
@@ -402,7 +412,6 @@ class PartitionWorker:
         for _bucket, bplan in sorted(plan.buckets.items()):
             if bplan.resume:
                 self._resume(bplan.resume, etags)
-        deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         if deletes:
             self.store.delete(deletes)
         return self._ready_at(
@@ -423,12 +432,23 @@ class PartitionWorker:
         files not final): this group wrote them and never committed them. Ones another consumer
         group wrote may hold that group's committed records, so stop instead, before anything
         changes. Costs one read of each (usually none; a crash between a PUT and its commit leaves
-        one)."""
+        one). The bucketed layout also deletes a zombie's bucket files below the position: the
+        same check covers them."""
+
+        def beyond(to_pos: int) -> str:
+            if position is None or to_pos > position:
+                return f"past this run's position {position}"
+            return f"of a file that does not chain to this run's position {position}"  # bucketed
+
+        def piece(p: PieceRef) -> str:
+            bucket = f" of bucket {p.bucket}" if p.bucket else ""
+            return f"staged piece [{p.from_pos}, {p.to_pos}){bucket} {beyond(p.to_pos)}"
+
         found = [
-            (f"staged piece [{p.from_pos}, {p.to_pos})",
-             read_key_value_metadata(self._load_piece(p).layout.footer).get(GROUP_KEY))
+            (piece(p), read_key_value_metadata(self._load_piece(p).layout.footer).get(GROUP_KEY))
             for p in pieces
-        ] + [(f"dead-letter object [{a}, {b})", self._dead_letter_writer(key)) for key, a, b in dead_letters]
+        ] + [(f"dead-letter object [{a}, {b}) {beyond(b)}", self._dead_letter_writer(key))
+             for key, a, b in dead_letters]
         for what, writer in found:
             foreign = other_writer(writer, self.shared.group_id)
             if foreign:
@@ -438,8 +458,8 @@ class PartitionWorker:
                     f"--group {writer})." if self.shared.group_id else ""
                 )
                 raise IntegrityError(
-                    f"{self.where}: recovery would delete the {what} past this run's position "
-                    f"{position}, but it was {foreign}: {ONE_WRITER}. Nothing was deleted.{takeover}"
+                    f"{self.where}: recovery would delete the {what}, but it was {foreign}: "
+                    f"{ONE_WRITER}. Nothing was deleted.{takeover}"
                 )
 
     def _dead_letter_writer(self, key: str) -> str | None:

@@ -79,7 +79,8 @@ def make_worker(
     store: MemoryStore, positions: MemoryPositions, config: Config = BASE, **kw: Any
 ) -> PartitionWorker:
     return PartitionWorker("t", 0, config=config, store=store, positions=positions, layout=LAYOUT,
-                           decoder=Decoder("raw", schema=load_schema("page_view")), shared=SharedState(),
+                           decoder=Decoder("raw", schema=load_schema("page_view")),
+                           shared=SharedState(group_id=config.group_id),
                            log=logmod.get("test"), **kw)
 
 
@@ -494,6 +495,47 @@ def test_a_zombie_s_bucket_file_is_deleted_not_published() -> None:
     w.finish()
     check_exactly_once(store, 15, set())
     assert staged(store) == []
+
+
+def test_recovery_never_deletes_bucket_pieces_another_group_wrote() -> None:
+    """As in the plain layout: pieces past this run's position may hold another group's committed
+    rows. Stop, name the group, delete nothing."""
+    store = MemoryStore()
+    a = make_worker(store, MemoryPositions(), replace(BASE, group_id="a", file_rows=None))
+    a.recover()
+    run(a, range(30))  # three flushes into every open bucket file, committed 30 in group "a"
+    before = staged(store)
+    positions = MemoryPositions()
+    positions.reset("t", 0, 10)
+    b = make_worker(store, positions, replace(BASE, group_id="b", file_rows=None))
+    with pytest.raises(IntegrityError, match=r"would delete the staged piece \[10, 20\) of bucket "
+                       r"dt=.* past this run's position 10, but it was written by consumer group 'a' "
+                       r"\(this run is group 'b'\)"):
+        b.recover()
+    assert staged(store) == before and positions.committed("t", 0) == 10
+
+
+def test_a_zombie_bucket_file_of_another_group_is_not_deleted() -> None:
+    """The zombie rule deletes a whole bucket file that does not chain to the position, below it
+    too. Written by another group, it is that group's: stop instead."""
+    store, positions = MemoryStore(), MemoryPositions()
+    owner = make_worker(store, positions, replace(BASE, file_rows=None))
+    owner.recover()
+    run(owner, range(4))
+    owner.flush()  # committed 4
+    other = make_worker(store, positions, replace(BASE, group_id="z", file_rows=None))
+    other.recover()
+    run(other, [4, 5])
+    other.flush()  # "z" opens a bucket file at 4 and (sharing the doubles' positions) commits 6
+    positions.reset("t", 0, 4)
+    run(owner, range(4, 12))
+    owner.close()  # committed 12: its own files chain to 12, the file "z" opened at 4 does not
+    before = staged(store)
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    with pytest.raises(IntegrityError, match=r"of a file that does not chain to this run's position 12, "
+                       r"but it was written by consumer group 'z' \(this run is group 'g'\)"):
+        w.recover()
+    assert staged(store) == before
 
 
 # -- every store request is a crash point ----------------------------------------------------------
