@@ -29,7 +29,8 @@ __all__ = ["exit_after"]
 
 def exit_after(seconds: float, status: int, message: str) -> Callable[[], None]:
     """End the process with ``status`` after ``seconds``, saying ``message`` on stderr, unless the
-    returned function is called first (it disarms; calling it again does nothing)."""
+    returned function is called first (it disarms; calling it again does nothing). Dropping it
+    does not disarm."""
     line = message.rstrip("\n") + "\n"
     if _native is not None:
         timer = _native.exit_after(seconds, status, line.encode())

@@ -8,8 +8,7 @@
 
 use pyo3::prelude::*;
 use std::io::Write;
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -19,33 +18,54 @@ extern "C" {
     fn _exit(status: std::os::raw::c_int) -> !;
 }
 
-/// Runs `fire` after `after` unless the returned sender is dropped (or sent to) first.
-fn spawn(after: Duration, fire: impl FnOnce() + Send + 'static) -> Sender<()> {
-    let (tx, rx) = mpsc::channel::<()>();
+/// Whether the timer was cancelled, and the wake-up for its thread.
+#[derive(Default)]
+struct Arming {
+    cancelled: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Arming {
+    fn cancel(&self) {
+        if let Ok(mut cancelled) = self.cancelled.lock() {
+            *cancelled = true;
+        }
+        self.wake.notify_all();
+    }
+}
+
+/// Runs `fire` after `after` unless cancelled first. Only `cancel` disarms: dropping every handle
+/// leaves the timer armed (an armed last resort must not depend on a Python object staying alive).
+fn spawn(after: Duration, fire: impl FnOnce() + Send + 'static) -> Arc<Arming> {
+    let arming = Arc::new(Arming::default());
+    let waits = arming.clone();
     thread::Builder::new()
         .name("exit-timer".into())
         .spawn(move || {
-            if let Err(RecvTimeoutError::Timeout) = rx.recv_timeout(after) {
+            let Ok(cancelled) = waits.cancelled.lock() else { return };
+            let Ok((cancelled, _)) = waits.wake.wait_timeout_while(cancelled, after, |c| !*c) else {
+                return;
+            };
+            if !*cancelled {
+                drop(cancelled);
                 fire();
             }
         })
         .expect("spawn the exit timer thread");
-    tx
+    arming
 }
 
-/// An armed exit; `cancel()` disarms it.
+/// An armed exit; `cancel()` disarms it (dropping it does not).
 #[pyclass(module = "consumer._native")]
 pub struct ExitTimer {
-    armed: Mutex<Option<Sender<()>>>,
+    arming: Arc<Arming>,
 }
 
 #[pymethods]
 impl ExitTimer {
     /// Disarm: the process is not ended. Calling it again does nothing.
     fn cancel(&self) {
-        if let Ok(mut armed) = self.armed.lock() {
-            armed.take();
-        }
+        self.arming.cancel();
     }
 }
 
@@ -56,21 +76,20 @@ pub fn exit_after(seconds: f64, status: i32, message: Vec<u8>) -> PyResult<ExitT
     if !seconds.is_finite() || seconds < 0.0 {
         return Err(pyo3::exceptions::PyValueError::new_err("seconds must be finite and >= 0"));
     }
-    let tx = spawn(Duration::from_secs_f64(seconds), move || {
+    let arming = spawn(Duration::from_secs_f64(seconds), move || {
         let mut err = std::io::stderr().lock();
         let _ = err.write_all(&message);
         let _ = err.flush();
         // SAFETY: `_exit` takes an int and never returns; nothing after it runs.
         unsafe { _exit(status) }
     });
-    Ok(ExitTimer { armed: Mutex::new(Some(tx)) })
+    Ok(ExitTimer { arming })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
 
     #[test]
     fn fires_after_the_delay() {
@@ -82,11 +101,22 @@ mod tests {
     }
 
     #[test]
-    fn a_dropped_sender_disarms_it() {
+    fn cancel_disarms_it() {
         let fired = Arc::new(AtomicBool::new(false));
         let f = fired.clone();
-        drop(spawn(Duration::from_millis(100), move || f.store(true, Ordering::SeqCst)));
+        let arming = spawn(Duration::from_millis(100), move || f.store(true, Ordering::SeqCst));
+        arming.cancel();
+        arming.cancel();
         thread::sleep(Duration::from_millis(400));
         assert!(!fired.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn dropping_the_handle_keeps_it_armed() {
+        let fired = Arc::new(AtomicBool::new(false));
+        let f = fired.clone();
+        drop(spawn(Duration::from_millis(50), move || f.store(true, Ordering::SeqCst)));
+        thread::sleep(Duration::from_millis(500));
+        assert!(fired.load(Ordering::SeqCst));
     }
 }

@@ -359,3 +359,17 @@ def test_without_the_extension_the_exit_timer_falls_back_to_faulthandler() -> No
     proc = subprocess.run([sys.executable, "-c", script], cwd=_ROOT, capture_output=True, timeout=60)
     assert proc.returncode == 1
     assert b"Timeout" in proc.stderr and b"Thread" in proc.stderr
+
+
+def test_an_exit_timer_nobody_holds_stays_armed() -> None:
+    """The runner drops its handle when the close it guards was abandoned: the timer must still
+    fire if the process is then stuck before it exits."""
+    script = (
+        "import gc, time\n"
+        "from consumer.exit_timer import exit_after\n"
+        "exit_after(0.2, 9, 'still armed')\n"
+        "gc.collect()\n"
+        "time.sleep(3)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=_ROOT, capture_output=True, timeout=60)
+    assert proc.returncode == 9 and b"still armed" in proc.stderr
