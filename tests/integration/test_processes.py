@@ -34,6 +34,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting for a reaper (an orphan is reparented to whoever reaps)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
 def _instance_ids(events: list[dict[str, Any]]) -> set[str]:
     return {
         e["config"]["kafka_properties"].get("group.instance.id")
@@ -101,6 +110,38 @@ def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exact
     assert stopped == 2, sup.log()[-6000:]  # the SIGKILLed run logs nothing
 
     # The same host id again: the static members take their partitions back and finish the topic.
+    again = _run_until_caught_up(topic, group, out, host)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
+
+
+def test_a_supervisor_killed_by_sigkill_takes_its_members_down_cleanly(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """No handler runs in a SIGKILLed supervisor: the kernel SIGTERMs the members
+    (PR_SET_PDEATHSIG), and each stops as after a forwarded SIGTERM, within its shutdown bound.
+    A member that outlived its supervisor would hold its partitions and static id while a new
+    supervisor started new members with the same ids."""
+    topic, group, host = unique("procs-orphan"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=13)
+    sup = start_two_members_writing(topic, group, out, *FLAGS, host=host)
+    pids = [e["pid"] for e in member_starts(sup.events())]
+    try:
+        sup.proc.kill()
+        sup.proc.wait(timeout=10)
+        deadline = time.monotonic() + 25 + 15  # --shutdown-timeout + close + margin
+        while any(_running(p) for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        survivors = [p for p in pids if _running(p)]
+    finally:
+        for p in pids:
+            if _running(p):
+                os.kill(p, signal.SIGKILL)
+    assert not survivors, f"members outlived their SIGKILLed supervisor:\n{sup.log()[-4000:]}"
+    stopped = [e for e in sup.events() if e.get("event") == "stopped"]
+    assert len(stopped) == 2 and all(e["clean"] for e in stopped), sup.log()[-6000:]
+
     again = _run_until_caught_up(topic, group, out, host)
     assert again.returncode == 0, again.stderr[-4000:]
     assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
