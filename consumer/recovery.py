@@ -26,8 +26,9 @@ resumes, a final file, or a roll this plan finishes. Everything else is decided 
 * **A broken chain** (a piece removed by someone else): stop (status 5), delete nothing, and list
   what was found.
 
-Every piece names the consumer group that wrote it (``kafka.group_id``; none for a replay), and a
-final file carries its first piece's. One output prefix belongs to one group: when a second group
+Every piece names the consumer group that wrote it (``kafka.group_id``; a replay's says
+``consumer.replay`` instead: its writer is :data:`REPLAY_WRITER`), and a final file carries its
+first piece's. One output prefix belongs to one group: when a second group
 (a copied deployment, a renamed group started before the old one stopped) or a replay writes into
 it, the protocol still keeps every offset in at most one final file, but the run that collides
 stops with status 5. :func:`other_writer` words that stop so it names the other group instead of
@@ -65,15 +66,19 @@ class RecoveryPlan:
     notes: tuple[str, ...] = field(default=())  # operator-visible facts, logged as warnings
 
 
+#: The writer of what a replay wrote (a replay joins no group). No consumer group id is empty.
+REPLAY_WRITER = ""
+
+
 def other_writer(written_by: str | None, group: str | None) -> str | None:
     """The phrase "written by consumer group 'X' (this run is …)" when output of this prefix was
-    written by another consumer group than this run's (``group``; None for a replay); None when
-    it is the same writer, or the writer is not known (a replay's file, or one written before
-    pieces named their group)."""
-    if not written_by or written_by == group:
+    written by another writer than this run, a consumer group (``group``) or a replay (None);
+    ``written_by`` is a group id, :data:`REPLAY_WRITER`, or None when the writer is not known (an
+    object written before pieces named their writer): None when it is the same writer or unknown."""
+    if written_by is None or written_by == (group or REPLAY_WRITER):
         return None
-    this = f"group {group!r}" if group else "a replay"
-    return f"written by consumer group {written_by!r} (this run is {this})"
+    other = "a replay" if written_by == REPLAY_WRITER else f"consumer group {written_by!r}"
+    return f"written by {other} (this run is {f'group {group!r}' if group else 'a replay'})"
 
 
 #: What to do about a second writer of one prefix (:func:`other_writer`).
@@ -128,8 +133,9 @@ def plan_recovery(
     ``dead_letters`` are (key, from, to) of dead-letter objects; ``final_starts`` the first
     positions of the partition's final files; ``last_final_end`` the end position of the newest
     final file (read from its footer), None when there is none. ``where`` names the partition in
-    messages; ``last_final_writer`` is the group that wrote the newest final file and ``group``
-    this run's (None: a replay), so that messages name a second writer of the prefix.
+    messages; ``last_final_writer`` is the writer of the newest final file (see
+    :func:`other_writer`) and ``group`` this run's (None: a replay), so that messages name a second
+    writer of the prefix.
     """
     foreign = other_writer(last_final_writer, group) if last_final_end is not None else None
     finals = set(final_starts)
@@ -146,16 +152,17 @@ def plan_recovery(
         notes.append(
             f"no committed position in the group (offsets expired or deleted): adopting {pos} "
             "from what S3 holds"
-            + (f"; the newest final file was {foreign}. If that group still runs, {ONE_WRITER}"
+            + (f"; the newest final file was {foreign}. If it still writes here, {ONE_WRITER}"
                if foreign else "")
         )
 
     if last_final_end is not None and pos < last_final_end and foreign:
         raise IntegrityError(
             f"{where}: the committed position {pos} is below the end {last_final_end} of a final file "
-            f"{foreign}: {ONE_WRITER}. Nothing was changed. To go on with this group alone, stop "
-            f"the other one, then move this group's offset to {last_final_end} "
-            f"(kafka-consumer-groups --reset-offsets --to-offset {last_final_end})."
+            f"{foreign}: {ONE_WRITER}. Nothing was changed. "
+            + (f"To go on with this group alone, stop the other writer, then move this group's "
+               f"offset to {last_final_end} (kafka-consumer-groups --reset-offsets --to-offset "
+               f"{last_final_end})." if group else "Replay to another --output prefix.")
         )
     if last_final_end is not None and pos < last_final_end:
         raise IntegrityError(

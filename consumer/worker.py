@@ -77,6 +77,7 @@ from consumer.parquet_merge import (
 from consumer.positions import PartitionFenced, PositionStore
 from consumer.recovery import (
     ONE_WRITER,
+    REPLAY_WRITER,
     FinishRoll,
     chain_ending_at,
     layout_mismatch,
@@ -103,7 +104,9 @@ FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age survives restarts
 AVRO_SCHEMA_KEY = "avro.schema"
 GROUP_KEY = "kafka.group_id"  # the consumer group that wrote the piece (absent: a replay)
-#: The writer a dead-letter object's first line names (its ``group_id``, after topic and partition).
+REPLAY_KEY = "consumer.replay"  # "true" in what a replay wrote
+#: The writer a dead-letter object's first line names (its ``group_id``, after topic and partition;
+#: null: a replay).
 _DEAD_LETTER_GROUP = re.compile(rb'"group_id": ("(?:[^"\\]|\\.)*"|null)')
 READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader) schema
 _REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
@@ -445,7 +448,7 @@ class PartitionWorker:
             return f"staged piece [{p.from_pos}, {p.to_pos}){bucket} {beyond(p.to_pos)}"
 
         found = [
-            (piece(p), read_key_value_metadata(self._load_piece(p).layout.footer).get(GROUP_KEY))
+            (piece(p), writer_of(read_key_value_metadata(self._load_piece(p).layout.footer)))
             for p in pieces
         ] + [(f"dead-letter object [{a}, {b}) {beyond(b)}", self._dead_letter_writer(key))
              for key, a, b in dead_letters]
@@ -455,7 +458,7 @@ class PartitionWorker:
                 takeover = (
                     f" If that group has stopped for good and this one takes its place, move this "
                     f"group's offset to where {writer!r} committed (kafka-consumer-groups --describe "
-                    f"--group {writer})." if self.shared.group_id else ""
+                    f"--group {writer})." if self.shared.group_id and writer != REPLAY_WRITER else ""
                 )
                 raise IntegrityError(
                     f"{self.where}: recovery would delete the {what}, but it was {foreign}: "
@@ -463,10 +466,14 @@ class PartitionWorker:
                 )
 
     def _dead_letter_writer(self, key: str) -> str | None:
-        """The group named by a dead-letter object's first line (None: a replay's, or older)."""
+        """The writer of a dead-letter object, from its first line: the group it names, or
+        :data:`REPLAY_WRITER` for ``null`` (written by a replay); None for one written before
+        lines named their writer."""
         found = _DEAD_LETTER_GROUP.search(self.store.get(key, 0, 2048))
-        writer = json.loads(found.group(1)) if found else None
-        return writer if isinstance(writer, str) else None
+        if found is None:
+            return None
+        writer = json.loads(found.group(1))
+        return writer if isinstance(writer, str) else REPLAY_WRITER
 
     def _file_of(self, chain: list[StagedPiece]) -> FileState:
         """The in-progress file of a staged chain: identity of its last piece with rows, birth time
@@ -565,8 +572,8 @@ class PartitionWorker:
         try:
             meta = read_key_value_metadata(self._read_layout(key, info.size).footer)
             end = int(meta[TO_KEY])
-            if GROUP_KEY in meta:
-                _remember(self._final_writers, (bucket, start), meta[GROUP_KEY])
+            if (writer := writer_of(meta)) is not None:
+                _remember(self._final_writers, (bucket, start), writer)
         except (ParquetMergeError, KeyError, ValueError) as exc:
             raise IntegrityError(
                 f"final file {key} has no readable Kafka position range in its footer ({exc}); "
@@ -1100,6 +1107,8 @@ class PartitionWorker:
         meta = {BORN_KEY: repr(f.born_wall)}
         if self.shared.group_id:
             meta[GROUP_KEY] = self.shared.group_id
+        else:
+            meta[REPLAY_KEY] = "true"
         if f.bucket_end is not None:
             meta[BUCKET_END_KEY] = str(f.bucket_end)
         if f.late:
@@ -1127,8 +1136,7 @@ class PartitionWorker:
                     f"{self.where}: staged piece {key} exists with another schema or writer options; "
                     "remove the partition's _staging/ objects of this range and restart"
                 )
-            writer = read_key_value_metadata(layout.footer).get(GROUP_KEY)
-            foreign = other_writer(writer, self.shared.group_id)
+            foreign = other_writer(writer_of(read_key_value_metadata(layout.footer)), self.shared.group_id)
             if foreign:
                 self.log.error(f"piece of this range already {foreign}: {ONE_WRITER}; keeping it", key=key)
             else:
@@ -1339,7 +1347,7 @@ class PartitionWorker:
         except ParquetMergeError as exc:
             raise IntegrityError(f"final file {final_key} does not read back: {exc}") from exc
         meta = read_key_value_metadata(final_layout.footer)
-        foreign = other_writer(meta.get(GROUP_KEY), self.shared.group_id)
+        foreign = other_writer(writer_of(meta), self.shared.group_id)
         if (meta.get(FROM_KEY) != str(f.start) or meta.get(TO_KEY) != str(end)) and foreign:
             raise IntegrityError(
                 f"final file s3://…/{final_key} exists with positions "
@@ -1407,6 +1415,14 @@ _msg_value = methodcaller("value")
 
 def _identity_of(layout: PieceLayout) -> str | None:
     return read_key_value_metadata(layout.footer).get(SCHEMA_FINGERPRINT_KEY) or None
+
+
+def writer_of(meta: Mapping[str, str]) -> str | None:
+    """Who wrote a piece or final file, from its footer: the consumer group it names,
+    :data:`REPLAY_WRITER` for a replay's, None for one written before pieces named their writer."""
+    if GROUP_KEY in meta:
+        return meta[GROUP_KEY]
+    return REPLAY_WRITER if meta.get(REPLAY_KEY) == "true" else None
 
 
 def _missing(key: str) -> Any:

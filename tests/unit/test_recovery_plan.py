@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from consumer.errors import IntegrityError
 from consumer.layout import Layout, PieceRef, RollMarker
-from consumer.recovery import RecoveryPlan, other_writer, plan_recovery
+from consumer.recovery import REPLAY_WRITER, RecoveryPlan, other_writer, plan_recovery
 
 L = Layout("out")
 
@@ -105,7 +105,7 @@ def test_adopting_a_position_from_another_groups_files_names_that_group() -> Non
     """A renamed group adopts what S3 proves (as with expired offsets), and says whose it was."""
     p = plan_recovery(None, [], [], [], [0], 70, where="t[0]", last_final_writer="old", group="new")
     assert p.position == 70 and p.commit == 70
-    assert any("written by consumer group 'old'" in n and "If that group still runs" in n for n in p.notes)
+    assert any("written by consumer group 'old'" in n and "If it still writes here" in n for n in p.notes)
     same = plan_recovery(None, [], [], [], [0], 70, where="t[0]", last_final_writer="new", group="new")
     assert not any("written by" in n for n in same.notes)
 
@@ -116,8 +116,10 @@ def test_adopting_a_position_from_another_groups_files_names_that_group() -> Non
         ("a", "b", "written by consumer group 'a' (this run is group 'b')"),
         ("a", None, "written by consumer group 'a' (this run is a replay)"),
         ("a", "a", None),
-        (None, "b", None),  # a replay's file, or one written before pieces named their group
-        ("", "b", None),
+        (None, "b", None),  # written before pieces named their writer
+        (None, None, None),
+        (REPLAY_WRITER, "b", "written by a replay (this run is group 'b')"),
+        (REPLAY_WRITER, None, None),
     ],
 )
 def test_other_writer(written_by: str | None, group: str | None, said: str | None) -> None:

@@ -294,6 +294,29 @@ def test_recovery_never_deletes_a_piece_another_group_wrote(group: str) -> None:
     assert positions.committed("t", 0) == 10
 
 
+@pytest.mark.parametrize("bad", [set(), {15}])
+def test_a_groups_recovery_never_deletes_what_a_replay_wrote(bad: set[int]) -> None:
+    """A replay pointed at a group's prefix (or a group at a replay's): the replay's pieces and
+    dead letters past the group's position are the replay's committed rows (its positions live
+    in S3). They name their writer as a replay, so the group stops instead of deleting them."""
+    store = MemoryStore()
+    replay = make_worker(store, MemoryPositions(), replace(BASE, group_id="", file_rows=None))
+    replay.recover()
+    run(replay, range(20), bad=bad)
+    if bad:  # the replay between its dead-letter PUT and its piece PUT
+        [last] = [k for k in staged(store) if k.endswith("-00000000000000000020.piece")]
+        del store.objects[last]
+    before = sorted(store.objects)
+    positions = MemoryPositions()
+    positions.reset("t", 0, 10)
+    group = make_worker(store, positions, replace(BASE, group_id="g", file_rows=None))
+    what = "dead-letter object" if bad else "staged piece"
+    with pytest.raises(IntegrityError, match=rf"would delete the {what} \[10, 20\) past this run's "
+                       r"position 10, but it was written by a replay \(this run is group 'g'\)"):
+        group.recover()
+    assert sorted(store.objects) == before
+
+
 def test_recovery_never_deletes_dead_letters_another_group_wrote() -> None:
     """Group "a" between the two PUTs of a flush: its range's dead letters are written, its piece
     not yet. Another group's recovery would delete them as its own uncommitted work, and "a" would
