@@ -313,7 +313,8 @@ import ctypes, sys
 from consumer.testing import MemoryStore
 from tests.unit.test_shutdown import _broker, _runner
 runner = _runner(_broker(), MemoryStore(), until_caught_up=True, shutdown_timeout=0.5)
-runner.close_grace = runner.exit_timer_margin = 0.5
+runner.close_grace = 5.0  # ample time for the close thread to take the GIL first, even under load
+runner.exit_timer_margin = 0.5
 runner.consumer.close = lambda: ctypes.PyDLL(None).sleep(120)
 code = runner.run()
 print("run returned", code)
