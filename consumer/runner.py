@@ -221,6 +221,10 @@ class Runner:
         #: the command must end the process with ``os._exit``, not destroy the Kafka client (see
         #: :meth:`_close_consumer`): close hung, or was skipped for a static member
         self.exit_without_client = False
+        #: Disarms the exit timer that :meth:`_close_consumer` leaves armed when it abandons a
+        #: close (the process is to end at once; the timer ends it if something holds it up). Only
+        #: a caller that keeps the process alive after such a run (a test) calls it.
+        self.disarm_exit_timer: Callable[[], None] = lambda: None
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
@@ -743,7 +747,7 @@ class Runner:
         wait = max(deadline - self.clock(), 0.0) + self.close_grace
         sys.stdout.flush()  # the timer ends the process without flushing what Python buffered
         sys.stderr.flush()
-        disarm = exit_after(
+        self.disarm_exit_timer = exit_after(
             wait + self.exit_timer_margin, status,
             f"consumer: the Kafka client's close did not return within {wait:.0f}s and holds the "
             f"GIL: exiting with status {status} without it (every offset was already committed; "
@@ -758,7 +762,7 @@ class Runner:
                 waited_s=round(wait, 1),
             )
         else:
-            disarm()
+            self.disarm_exit_timer()
             if failed:
                 self.log.warning("consumer close failed", error=str(failed[0]))
 
