@@ -21,20 +21,27 @@ _writer: Callable[[str], None] | None = None
 
 
 class _Stderr:
-    """stderr for structlog, with a switch: while a progress bar is drawn, log lines go through
-    :func:`set_writer`'s function so they appear above the bar instead of through it."""
+    """stderr for structlog, one whole line per write. ``print()`` writes a message and its newline
+    separately; under ``PYTHONUNBUFFERED`` (as in our Docker image) each is its own write(2), so the
+    members of ``--processes N``, which share the supervisor's stderr, would splice their lines
+    (``{…}{…}`` then two newlines) and break every JSON log reader. Holding text until its
+    newline makes each line one write, which a pipe keeps whole (up to PIPE_BUF bytes).
+
+    While a progress bar is drawn, lines go through :func:`set_writer`'s function instead, so they
+    appear above the bar rather than through it."""
 
     def __init__(self) -> None:
-        self._pending = ""  # print() writes the message and its newline separately
+        self._pending = ""
 
     def write(self, text: str) -> int:
-        if _writer is None:
-            sys.stderr.write(text)
-            return len(text)
         self._pending += text
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
-            _writer(line + "\n")
+            if _writer is None:
+                sys.stderr.write(line + "\n")
+                sys.stderr.flush()
+            else:
+                _writer(line + "\n")
         return len(text)
 
     def flush(self) -> None:
