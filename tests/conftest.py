@@ -7,17 +7,83 @@ seconds from cached downloads) and FAILS — never skips — when it cannot.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from pathlib import Path
 from typing import Any
 
+import fault_table
 import pytest
 from support import StackSettings, run_stack
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# -- taking turns on the one stack ----------------------------------------------------------------
+# dev/test runs the tests that use the stack on two xdist workers. A test marked ``shares_stack``
+# may run beside another such test: it only reads and writes its own topics, groups and prefixes,
+# and waits for outcomes rather than for time. Every other stack test runs alone, because its
+# timings (session timeouts, frozen members, outages, benchmarks) assume a quiet machine, and its
+# module's tests stay on one worker (module-scoped fixtures such as a private stack start once).
+# Unmarked is the safe default: a new test shares the stack only when someone decided it may.
+TURNS = REPO / ".cache" / "stack-turns"
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return config.pluginmanager.hasplugin("dsession")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if _is_xdist_controller(session.config):
+        fault_table.forget_workers()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Each worker wrote its part of the fault table; make it the run's one file."""
+    if _is_xdist_controller(session.config):
+        fault_table.merge_workers()
+
+
+def _under_xdist_outside_unit(item: pytest.Item) -> bool:
+    return "PYTEST_XDIST_WORKER" in os.environ and "unit" not in item.path.relative_to(REPO).parts[:2]
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("shares_stack") is None and item.get_closest_marker("xdist_group") is None:
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+@contextlib.contextmanager
+def _flock(path: Path, mode: int) -> Iterator[None]:
+    with path.open("a") as fh:
+        fcntl.flock(fh, mode)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+    """Under xdist, hold the stack shared or alone for the test's setup, call and teardown. A test
+    that must run alone first takes the turnstile, so the other worker starts no new shared test
+    while it waits for the running one to end (a writer-preferring readers-writer lock)."""
+    if not _under_xdist_outside_unit(item):
+        return (yield)
+    TURNS.mkdir(parents=True, exist_ok=True)
+    turnstile, stack_lock = TURNS / "turnstile", TURNS / "stack"
+    if item.get_closest_marker("shares_stack") is not None:
+        with contextlib.ExitStack() as turn:
+            with _flock(turnstile, fcntl.LOCK_SH):
+                turn.enter_context(_flock(stack_lock, fcntl.LOCK_SH))
+            return (yield)
+    with _flock(turnstile, fcntl.LOCK_EX), _flock(stack_lock, fcntl.LOCK_EX):
+        return (yield)
 
 
 @pytest.fixture(scope="session")

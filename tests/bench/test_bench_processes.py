@@ -10,7 +10,9 @@ import pytest
 
 from bench import processes
 
-pytestmark = pytest.mark.stack
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py. One worker runs
+# every bench test: the harness creates its venvs in .cache on first use.
+pytestmark = [pytest.mark.stack, pytest.mark.shares_stack, pytest.mark.xdist_group("bench")]
 
 
 def test_processes_harness_tiny_run(stack: Any, monkeypatch: Any, capsys: Any) -> None:

@@ -18,7 +18,9 @@ from bench.history import run_history
 from bench.run import median_run, steady_state
 from bench.soak import flatness, run_soak
 
-pytestmark = pytest.mark.stack
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py. One worker runs
+# every bench test: the harness creates its venvs in .cache on first use.
+pytestmark = [pytest.mark.stack, pytest.mark.shares_stack, pytest.mark.xdist_group("bench")]
 
 
 def test_flatness_verdict() -> None:

@@ -36,20 +36,17 @@ outcome (:func:`record_outcome`), so ``dev/fault-report`` builds the table from 
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
-import os
-import subprocess
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import fault_table
 import pyarrow as pa
 import pyarrow.parquet as pq
 from support import (
-    REPO,
     assert_values_as_produced,
     download_finals,
     list_keys,
@@ -633,70 +630,9 @@ def finish_and_prove(
     )
 
 
-# -- results: one file per run ------------------------------------------------------------------
-
-RESULTS = Path(os.environ.get("FAULT_TABLE", REPO / ".cache" / "fault-table.jsonl"))
-_run: dict[str, str] = {}
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _append(row: dict[str, Any]) -> None:
-    with RESULTS.open("a") as fh:
-        fh.write(json.dumps(row, default=str) + "\n")
-
-
-def _git_describe() -> str:
-    """HEAD's short hash, with "+ uncommitted consumer/ changes" when the tested code differs."""
-
-    def git(*args: str) -> str:
-        res = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=False)
-        return res.stdout.strip()
-
-    head = git("rev-parse", "--short", "HEAD")
-    dirty = git("status", "--porcelain", "--", "consumer")
-    return f"{head} + uncommitted consumer/ changes" if dirty else head
-
-
-def start_run(selected: list[str], deselected: list[str]) -> str:
-    """Create the results file afresh for this run (earlier runs' rows are gone), naming the
-    fault tests it runs and those it left out."""
-    run_id = f"{_now()}-{uuid.uuid4().hex[:8]}"
-    commit = os.environ.get("FAULT_RUN_COMMIT") or _git_describe()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    header = {
-        "run_id": run_id,
-        "started": _now(),
-        "commit": commit,
-        "selected": selected,
-        "deselected": deselected,
-    }
-    RESULTS.write_text(json.dumps(header) + "\n")
-    _run["id"] = run_id
-    return run_id
-
-
-def end_run() -> None:
-    if "id" in _run:
-        _append({"run_id": _run["id"], "finished": _now()})
-
-
-def current_test() -> str:
-    return os.environ.get("PYTEST_CURRENT_TEST", "?").rsplit(" ", 1)[0]
-
-
-def record(row: dict[str, Any]) -> None:
-    """A scenario row of the fault table, for the current test of the current run. Whether it
-    reads "pass" is decided by the test's outcome (:func:`record_outcome`), not here."""
-    assert "id" in _run, "no fault-test run started (the session fixture in tests/faults/conftest.py)"
-    _append({"run_id": _run["id"], "test": current_test(), **row})
-
-
 def record_pass(fault: str, kind: str, proof: Proof, **extra: Any) -> None:
     """A scenario proven by :func:`prove` (call it after every assertion of the test)."""
-    record({"fault": fault, "kind": kind, **proof.row(), **extra})
+    fault_table.record({"fault": fault, "kind": kind, **proof.row(), **extra})
 
 
 def proven(prove_it: Callable[[], Proof], fault: str, kind: str, **extra: Any) -> Proof:
@@ -710,8 +646,3 @@ def proven(prove_it: Callable[[], Proof], fault: str, kind: str, **extra: Any) -
         raise
     record_pass(fault, kind, proof, **extra)
     return proof
-
-
-def record_outcome(test: str, outcome: str, detail: str = "") -> None:
-    if "id" in _run:
-        _append({"run_id": _run["id"], "test": test, "outcome": outcome, "detail": detail[:500]})

@@ -1,7 +1,7 @@
 """Fixtures for the fault tests.
 
 ``fault_run`` (session, autouse) starts a fresh results file for the fault table (see
-``checker.py``) and records every fault test's outcome in it, so ``dev/fault-report`` builds the
+``tests/fault_table.py``) and records every fault test's outcome in it, so ``dev/fault-report`` builds the
 table from this run alone.
 
 Fixtures for fault tests that break the infrastructure itself:
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import checker
+import fault_table
 import pytest
 from support import pick_stack_ports as support_pick_ports
 from support import run_stack
@@ -188,9 +188,9 @@ def fault_run(request: pytest.FixtureRequest) -> Iterator[str]:
     not_collected = [
         f"tests/faults/{f.name}" for f in sorted(Path(__file__).parent.glob("test_*.py")) if f.name not in ran
     ]
-    run_id = checker.start_run(selected, sorted(set(_deselected)) + not_collected)
+    run_id = fault_table.start_run(selected, sorted(set(_deselected)) + not_collected)
     yield run_id
-    checker.end_run()
+    fault_table.end_run()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -204,5 +204,5 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if rep.when == "setup" and rep.failed:
                 outcome = "error"
         detail = getattr(rep, "wasxfail", "") or (str(rep.longrepr)[-500:] if rep.failed else "")
-        checker.record_outcome(item.nodeid, outcome, detail)
+        fault_table.record_outcome(item.nodeid, outcome, detail)
     return rep

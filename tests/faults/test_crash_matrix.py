@@ -31,6 +31,9 @@ from support import final_keys, list_keys, run_consumer, start_consumer, unique
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
 
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
+
 
 # (point, occurrence): small budgets so every point is reached several times per run.
 def case(point: str, nth: int, *marks: pytest.MarkDecorator) -> Any:

@@ -11,9 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow.dataset as ds
+import pytest
 from support import REPO, download_finals, final_keys, run_consumer, staging_keys, unique
 
 from consumer.producer import produce
+
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
 
 TEMPLATE = "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}"
 ARGS = ("--partition-by", TEMPLATE, "--row-group-rows", "100", "--max-open-buckets", "3")

@@ -35,6 +35,9 @@ from support import (
 
 from consumer.producer import produce
 
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
+
 E2E_RECORDS = int(os.environ.get("E2E_RECORDS", "50000"))  # the benchmarks cover millions
 # Value comparison is Python-heavy; wide records are compared on a deterministic subset.
 VALUE_STRIDE = {"page_view": 1, "order": 2, "metrics": 5}

@@ -27,7 +27,8 @@ from support import (
 from consumer.producer import produce
 from consumer.samples import encode_raw, make_record, parsed_schema
 
-pytestmark = pytest.mark.stack
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = [pytest.mark.stack, pytest.mark.shares_stack]
 
 SCHEMA = parsed_schema("page_view")
 

@@ -10,10 +10,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
 from support import REPO, download_finals, list_keys, read_table, staging_keys, unique
 
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
+
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
 
 
 def replay(

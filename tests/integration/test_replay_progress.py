@@ -13,9 +13,13 @@ import termios
 import time
 from typing import Any
 
+import pytest
 from support import REPO, log_events, unique
 
 from consumer.producer import produce
+
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
 
 RECORDS = 120_000
 

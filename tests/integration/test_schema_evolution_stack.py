@@ -21,6 +21,7 @@ from typing import Any
 
 import fastavro
 import pyarrow.parquet as pq
+import pytest
 from faults.faultproxy import FaultProxy
 from support import (
     download_finals,
@@ -31,6 +32,9 @@ from support import (
 )
 
 from consumer.registry import SchemaRegistryClient
+
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
 
 V1: dict[str, Any] = {
     "type": "record", "name": "Evt", "namespace": "ex",

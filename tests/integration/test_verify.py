@@ -24,6 +24,9 @@ from consumer.layout import Layout
 from consumer.producer import produce
 from consumer.verify import VerifyReport, verify
 
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
+
 REPO = Path(__file__).resolve().parents[2]
 N = 10_000  # 5000 per partition → files of 2000, 2000, 1000 rows per partition
 

@@ -20,6 +20,9 @@ from consumer.positions import PositionError, S3StatePositions
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
 from consumer.worker import PartitionWorker, SharedState
 
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
+
 
 @dataclass
 class Message:

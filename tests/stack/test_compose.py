@@ -36,6 +36,9 @@ if TYPE_CHECKING:
     from support import StackSettings
 
 REPO = Path(__file__).resolve().parents[2]
+# Only its own topics, groups and prefixes, and waits for outcomes: see tests/conftest.py. One worker runs the
+# module (its fixtures build a wheel once).
+pytestmark = [pytest.mark.shares_stack, pytest.mark.xdist_group("compose")]
 STACK_VARS = {
     "KAFKA_BOOTSTRAP_SERVERS",
     "S3_ENDPOINT_URL",
