@@ -95,9 +95,13 @@ def record_outcome(test: str, outcome: str, detail: str = "") -> None:
         _append({"run_id": _run["id"], "test": test, "outcome": outcome, "detail": detail[:500]})
 
 
+def _worker_files() -> list[Path]:
+    return sorted(RESULTS.parent.glob(f"{RESULTS.stem}.gw*{RESULTS.suffix}"))
+
+
 def forget_workers() -> None:
     """Remove workers' files a run left behind (the controller calls this before workers start)."""
-    for part in RESULTS.parent.glob(f"{RESULTS.stem}.gw*{RESULTS.suffix}"):
+    for part in _worker_files():
         part.unlink()
 
 
@@ -105,7 +109,7 @@ def merge_workers() -> None:
     """Merge the workers' files into the run's one file, under the first worker's run id; the run
     is ``finished`` only when every worker's part is. Nothing happens when no worker ran a fault
     test (the run's file, if any, is left as it was)."""
-    parts = sorted(RESULTS.parent.glob(f"{RESULTS.stem}.gw*{RESULTS.suffix}"))
+    parts = _worker_files()
     if not parts:
         return
     rows = [[json.loads(line) for line in p.read_text().splitlines() if line.strip()] for p in parts]
