@@ -8,16 +8,80 @@ pass counts, positions, keys and timings only.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
+import os
 import re
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import structlog
 
 _writer: Callable[[str], None] | None = None
+
+#: The environment variable through which ``--processes N`` hands its members the descriptor of
+#: the file whose lock they write their lines under (:func:`share_lines`).
+LINE_LOCK_FD_ENV = "CONSUMER_LOG_LOCK_FD"
+
+
+class LineLock:
+    """Whole lines from several processes writing into one stderr, whatever their length.
+
+    One ``write(2)`` into a pipe stays whole only up to PIPE_BUF (4,096 bytes on Linux); a longer
+    line, such as an error with its traceback rendered into JSON, goes in parts, and another
+    member's line can land between them. So every line is written while holding a POSIX record
+    lock on one file all members share (``lockf``: owned by the process, so processes holding
+    the same inherited descriptor still exclude each other; a thread lock covers this process's
+    own threads). The members inherit the stderr itself, not a pipe to the supervisor, so their
+    last lines still reach it when the supervisor has died.
+
+    The lock is waited for at most ``patience`` seconds: a member frozen (SIGSTOP) between
+    taking and releasing it must not stop every other member's logging, and with it their work;
+    after that the line is written unlocked, and may be split, as it always could be before."""
+
+    def __init__(self, fd: int | None = None, patience: float = 0.5) -> None:
+        self.fd = fd
+        self.patience = patience
+        self._threads = threading.Lock()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        with self._threads:
+            locked = self.fd is not None and self._lock(self.fd)
+            try:
+                yield
+            finally:
+                if locked:
+                    assert self.fd is not None
+                    with contextlib.suppress(OSError):
+                        fcntl.lockf(self.fd, fcntl.LOCK_UN)
+
+    def _lock(self, fd: int) -> bool:
+        deadline = time.monotonic() + self.patience
+        pause = 0.0005
+        while True:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except (BlockingIOError, PermissionError):  # held by another member: wait a little
+                if time.monotonic() >= deadline:
+                    return False
+                time.sleep(pause)
+                pause = min(pause * 2, 0.01)
+            except OSError:  # not a lockable descriptor (closed, wrong kind): write unlocked
+                return False
+
+
+_lines = LineLock()
+
+
+def share_lines(fd: int | None) -> None:
+    """Write this process's lines under the lock of the file open as ``fd`` (None: no lock);
+    every process writing into the same stderr must share it (:class:`LineLock`)."""
+    _lines.fd = fd
 
 
 class _Stderr:
@@ -25,7 +89,8 @@ class _Stderr:
     separately; under ``PYTHONUNBUFFERED`` (as in our Docker image) each is its own write(2), so the
     members of ``--processes N``, which share the supervisor's stderr, would splice their lines
     (``{…}{…}`` then two newlines) and break every JSON log reader. Holding text until its
-    newline makes each line one write, which a pipe keeps whole (up to PIPE_BUF bytes).
+    newline makes each line one write, which a pipe keeps whole up to PIPE_BUF bytes, and longer
+    lines are written under the members' shared :class:`LineLock`.
 
     While a progress bar is drawn, lines go through :func:`set_writer`'s function instead, so they
     appear above the bar rather than through it."""
@@ -38,8 +103,9 @@ class _Stderr:
         while "\n" in self._pending:
             line, self._pending = self._pending.split("\n", 1)
             if _writer is None:
-                sys.stderr.write(line + "\n")
-                sys.stderr.flush()
+                with _lines.held():
+                    sys.stderr.write(line + "\n")
+                    sys.stderr.flush()
             else:
                 _writer(line + "\n")
         return len(text)
@@ -57,6 +123,9 @@ def set_writer(writer: Callable[[str], None] | None) -> None:
 
 def configure(fmt: str = "auto", level: str = "info") -> None:
     """Configure structlog once per process. ``fmt`` is ``auto`` (console on a TTY), json or console."""
+    inherited = os.environ.get(LINE_LOCK_FD_ENV, "")
+    if inherited.isdigit():  # a member of ``--processes N`` (consumer.supervisor)
+        share_lines(int(inherited))
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())

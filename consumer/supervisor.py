@@ -16,7 +16,9 @@ N commands on N hosts with distinct host ids form one group. The supervisor:
 * forwards SIGTERM/SIGINT to every member, waits ``--shutdown-timeout`` + 5 s for them (each
   bounds its own flush by ``--shutdown-timeout``), then SIGKILLs what is left (safe: nothing
   uncommitted is ever committed) — give the pod a grace period above that;
-* asks the kernel to SIGTERM the members if the supervisor itself dies (``PR_SET_PDEATHSIG``).
+* asks the kernel to SIGTERM the members if the supervisor itself dies (``PR_SET_PDEATHSIG``);
+* shares one lock file with the members, under which each process writes its log lines, so that
+  lines longer than a pipe keeps whole (a traceback) are never spliced (:class:`log.LineLock`).
 
 Exit status: 0 when every member's last exit was 0; otherwise the most severe last exit status of
 any member, in this order: 5 (integrity / fatal client), 4 (S3), any other crash status (e.g. a
@@ -34,6 +36,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -137,6 +140,9 @@ class Supervisor:
         self.stop_requested = False
         self.stopping = False
         self.kill_at: float | None = None
+        #: while :meth:`run` runs, the descriptor of the file under whose lock every member and
+        #: the supervisor write their log lines (inherited by each member; unlinked at once)
+        self._line_lock: int | None = None
 
     def request_stop(self, *_: Any) -> None:
         self.stop_requested = True
@@ -148,8 +154,13 @@ class Supervisor:
     # -- members ---------------------------------------------------------------------------------
     def _start(self, m: Member) -> None:
         argv = self.command(m)
+        env = self.env
+        fds: tuple[int, ...] = ()
+        if self._line_lock is not None:
+            env = {**(os.environ if env is None else env), logmod.LINE_LOCK_FD_ENV: str(self._line_lock)}
+            fds = (self._line_lock,)
         m.proc = subprocess.Popen(
-            argv, env=self.env, preexec_fn=_die_with_parent if sys.platform == "linux" else None
+            argv, env=env, pass_fds=fds, preexec_fn=_die_with_parent if sys.platform == "linux" else None
         )
         m.started_at = self.clock()
         m.restart_at = None
@@ -216,6 +227,16 @@ class Supervisor:
 
     # -- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
+        with tempfile.TemporaryFile(prefix="consumer-log-lock-") as lock:
+            self._line_lock = lock.fileno()
+            logmod.share_lines(self._line_lock)
+            try:
+                return self._run()
+            finally:
+                logmod.share_lines(None)
+                self._line_lock = None
+
+    def _run(self) -> int:
         self.log.info("supervising", members=[m.instance_id for m in self.members])
         for m in self.members:
             self._start(m)

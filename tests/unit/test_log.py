@@ -1,4 +1,4 @@
-"""Log lines stay whole when processes share a stderr (``--processes N`` under PYTHONUNBUFFERED)."""
+"""Log lines stay whole when processes share a stderr (``--processes N``, PYTHONUNBUFFERED or long lines)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,84 @@ def test_two_unbuffered_processes_sharing_one_log_file_keep_every_line_whole(tmp
     assert sorted((e["member"], e["i"]) for e in events) == [
         (m, i) for m in (0, 1) for i in range(2000)
     ]
+
+
+# A member that logs long lines, as an error with its traceback rendered into JSON is: far above
+# PIPE_BUF (4,096 bytes), which is as much as one write into a pipe is guaranteed to keep whole.
+_LONG_WRITER = """
+from consumer import log
+log.configure("json")
+out = log.get("member")
+for i in range(150):
+    out.info("long line", member={member}, i=i, pad="x" * 40_000)
+"""
+
+_SUPERVISOR = """
+import sys
+from consumer import log
+from consumer.supervisor import Supervisor
+log.configure("json")
+writer = sys.argv[1]
+sup = Supervisor(lambda m: [sys.executable, "-c", writer.format(member=m.index)], ["a", "b", "c"],
+                 shutdown_timeout=5.0)
+sys.exit(sup.run())
+"""
+
+
+def test_members_of_a_supervisor_never_splice_lines_longer_than_a_pipe_keeps_whole() -> None:
+    # The supervisor's stderr is a pipe, as under Docker or systemd; its three members inherit it
+    # and write 40 KB lines at once. Without the shared lock (tried: members started without
+    # CONSUMER_LOG_LOCK_FD) lines came out spliced and did not parse.
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop(logmod.LINE_LOCK_FD_ENV, None)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SUPERVISOR, _LONG_WRITER], stderr=subprocess.PIPE, env=env, cwd=REPO,
+        timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    events = [json.loads(line) for line in proc.stderr.decode().splitlines()]  # spliced: no parse
+    longs = sorted((e["member"], e["i"]) for e in events if e["event"] == "long line")
+    assert longs == [(m, i) for m in range(3) for i in range(150)]
+    assert sum(e["event"] == "member finished" for e in events) == 3  # the supervisor's own lines
+
+
+_HOLDER = """
+import fcntl, os, sys, time
+fd = int(sys.argv[1])
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_member_frozen_while_holding_the_line_lock_delays_the_others_only_briefly(tmp_path: Path) -> None:
+    # A member stopped (SIGSTOP) between taking and releasing the lock must not stop every other
+    # member's logging, and with it their work: after `patience` the line goes out unlocked.
+    with (tmp_path / "lock").open("w+b") as lock:
+        holder = subprocess.Popen(
+            [sys.executable, "-c", _HOLDER, str(lock.fileno())], stdout=subprocess.PIPE,
+            pass_fds=(lock.fileno(),),
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+            line_lock = logmod.LineLock(lock.fileno(), patience=0.2)
+            started = time.monotonic()
+            with line_lock.held():
+                waited = time.monotonic() - started
+            assert 0.2 <= waited < 10
+        finally:
+            holder.kill()
+            holder.wait()
+        with line_lock.held():  # the holder is gone (its lock with it): taken at once
+            pass
+
+
+def test_without_a_shared_lock_file_lines_are_written_unlocked() -> None:
+    line_lock = logmod.LineLock(None)
+    with line_lock.held():
+        pass
+    closed = logmod.LineLock(10_000, patience=5.0)  # not an open descriptor: no wait, no error
+    started = time.monotonic()
+    with closed.held():
+        pass
+    assert time.monotonic() - started < 1
