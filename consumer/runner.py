@@ -22,6 +22,7 @@ import contextlib
 import dataclasses
 import signal
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -164,6 +165,9 @@ def release_unused_memory() -> None:
 #: The least time (seconds) between two trims while RSS is over the memory plan's soft limit,
 #: and between two log lines saying so.
 TRIM_SECONDS = 1.0
+#: The same between two trims after the flushes of a revoke, a shutdown or a run's end (a flush
+#: takes longer than this; 200 small partitions do not trim 200 times).
+RELIEF_SECONDS = 0.1
 SAY_SECONDS = 60.0
 
 
@@ -228,7 +232,8 @@ class Runner:
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
-        self._trimmed_at = self._squeeze_said_at = float("-inf")
+        self._trimmed_at = self._squeeze_said_at = self._relieved_at = float("-inf")
+        self._relief_lock = threading.Lock()
         self.registry_paused: set[TP] = set()  # partitions waiting for the schema registry
         self.heartbeat: float | None = None  # self.clock() of the poll loop's last iteration (health)
         if consumer_factory is None:
@@ -569,7 +574,8 @@ class Runner:
             return []
         failed: BaseException | None = None
         finished = []
-        for c in close_all(workers, piece_bytes=self.config.row_group_bytes, finish=True):
+        for c in close_all(workers, piece_bytes=self.config.row_group_bytes, finish=True,
+                           after_each=self._relieve_memory):
             if isinstance(c.error, PartitionFenced):
                 self._fenced(c.worker, c.error)
             elif c.error is not None:
@@ -616,6 +622,19 @@ class Runner:
                           rss=rss, soft_limit=plan.soft_limit, buffers=budget)
         self.buffers_budget = budget
         return budget
+
+    def _relieve_memory(self) -> None:
+        """After one of several flushes of a revoke, a shutdown or the end of a run (which no poll
+        loop watches): over the plan's soft limit, hand what the flush let go of back to the
+        system before the next one takes more. Measured on ``wide`` (4 partitions, 512MiB), the
+        last flushes and rolls of a caught-up run took the peak from about 600 to 633–694 MB,
+        over the bound of 637, because each one's memory came on top of the previous one's."""
+        with self._relief_lock:  # called from the flushes' threads
+            now = self.clock()
+            if now - self._relieved_at < RELIEF_SECONDS or not self.memory.over(self._process_rss()):
+                return
+            self._relieved_at = now
+        release_unused_memory()
 
     def _enforce_memory_budget(self, now: float) -> None:
         """Keep buffered bytes under the arenas' share of ``--memory-bytes`` (:meth:`_buffers_now`).
@@ -687,7 +706,7 @@ class Runner:
         if not self._fatal_client and deadline > self.clock():  # a dead client cannot commit
             self._cap_retries(deadline - self.clock())
             closed = close_all(workers, piece_bytes=self.config.row_group_bytes,
-                               go_on=lambda: self.clock() < deadline)
+                               go_on=lambda: self.clock() < deadline, after_each=self._relieve_memory)
             left = [c.worker.where for c in closed if c.worker.pending]  # broken, halted or skipped
             for c in closed:
                 if c.error is not None:  # the others were still flushed; nothing uncommitted is lost
@@ -899,7 +918,7 @@ class GroupRunner(Runner):
             self.fenced.discard(key)
             self._resume.discard(key)
         workers = [w for key in keys if (w := self.workers.get(key)) is not None]
-        for c in close_all(workers, piece_bytes=self.config.row_group_bytes):
+        for c in close_all(workers, piece_bytes=self.config.row_group_bytes, after_each=self._relieve_memory):
             if isinstance(c.error, PartitionFenced):
                 self.log.warning("revoked partition already fenced", error=str(c.error),
                                  topic=c.worker.topic, partition=c.worker.partition)

@@ -241,3 +241,24 @@ def test_a_replay_finishes_its_partitions_side_by_side() -> None:
     assert store.overlap.most > 1
     committed = dict.fromkeys(range(PARTITIONS), PER_PARTITION)
     assert verify(inner, "out", "t", committed=committed, contiguous=True).ok
+
+
+@pytest.mark.parametrize("threads", [1, 8])
+def test_after_each_flush_ends_even_a_failed_one_the_hook_runs_once(threads: int) -> None:
+    """The runner's memory relief runs after every flush (its piece and rows let go), including
+    one that failed, and not for one skipped at the deadline."""
+    workers, _, log = _workers([10, 50, 30], w1=OSError("S3 kept failing"))
+    ended: list[list[int]] = []
+    lock = threading.Lock()
+
+    def after() -> None:
+        with lock:
+            ended.append(list(log))
+
+    close_all(workers, piece_bytes=100, threads=threads, after_each=after)
+    assert len(ended) == 3 and sorted(len(e) for e in ended) == [1, 2, 3]  # each after its flush
+    ended.clear()
+    for w in workers:
+        w.pending = True
+    closed = close_all(workers, piece_bytes=100, threads=threads, go_on=lambda: False, after_each=after)
+    assert all(c.skipped for c in closed) and ended == []

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import gc
 import time
+from typing import Any
 
 import pytest
 from confluent_kafka import TopicPartition
 
 from consumer.budget import MemoryPlan
 from consumer.testing import MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+from consumer.verify import verify
 from consumer.worker import PartitionWorker
 
 
@@ -200,10 +202,11 @@ def test_rss_over_the_soft_limit_hands_memory_back_then_flushes_the_largest_aren
 
     def run(over: int) -> tuple[int, int, int, int]:
         trims: list[None] = []
-        monkeypatch.setattr(runner_mod, "release_unused_memory", lambda: trims.append(None))
         broker, store = page_view_broker(2, 3000), MemoryStore()
         r = memory_runner(broker, store, memory_bytes=8 << 20, row_group_bytes=256 << 10,
                           row_group_max_age=3600.0, batch_size=100)
+        # the poll loop's trims (the shutdown's flushes have their own: the next test)
+        monkeypatch.setattr(runner_mod, "release_unused_memory", lambda: r.closing or trims.append(None))
         readings = iter([100_000_000])  # at start (the plan), then over the soft limit by `over`
         r._process_rss = lambda: next(readings, plan.soft_limit + over)
         held, paused, polls = [0], [False], [0]
@@ -230,6 +233,42 @@ def test_rss_over_the_soft_limit_hands_memory_back_then_flushes_the_largest_aren
     assert early >= 1 and said == 1
     assert held <= plan.buffers // 4 + 500_000 + 100 * 2_000  # the squeezed share plus a batch
     assert 1 <= trims <= 1 + seconds[0] / runner_mod.TRIM_SECONDS  # at most once a second
+
+
+@pytest.mark.parametrize("over", [-1, 500_000])
+def test_the_last_flushes_of_a_run_hand_memory_back_when_over_the_soft_limit(
+    monkeypatch: pytest.MonkeyPatch, over: int
+) -> None:
+    """No poll loop watches RSS while a run that caught up finishes its partitions, so each flush
+    that ends there hands back what it let go of when the process is over the soft limit (on
+    `wide`, without it, the last flushes and rolls took the peak over the bound)."""
+    import consumer.runner as runner_mod
+
+    trims: list[None] = []
+    monkeypatch.setattr(runner_mod, "release_unused_memory", lambda: trims.append(None))
+    monkeypatch.setattr(runner_mod, "RELIEF_SECONDS", 0.0)  # (else at most one every 0.1 s)
+    broker, store = page_view_broker(3, 50), MemoryStore()
+    r = memory_runner(broker, store, until_caught_up=True)
+    finishing = [False]
+    real_finish_all = r._finish_all
+
+    def finish_all(workers: list[Any]) -> list[Any]:
+        finishing[0] = True
+        try:
+            return real_finish_all(workers)
+        finally:
+            finishing[0] = False
+            finished.append(len(trims))
+
+    finished: list[int] = []
+    r._finish_all = finish_all
+    readings = iter([100_000_000])  # at start (the plan); then below, or over, the soft limit
+    r._process_rss = lambda: next(readings, r.memory.soft_limit + (over if finishing[0] else -1))
+    assert r.run() == 0
+    assert finished == [3 if over > 0 else 0]  # once per partition finished
+    committed = dict.fromkeys(range(3), 50)
+    assert {p: broker.committed_offset("g", "t", p) for p in range(3)} == committed
+    assert verify(store, "out", "t", committed=committed, contiguous=True).ok
 
 
 def test_librdkafka_prefetch_follows_the_budget_and_yields_to_x_settings() -> None:
