@@ -211,13 +211,15 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
             w(f"### Stage profile (`{wl}`, ours under cProfile)\n")
             w(
                 "Own time of every function charged to the `consumer.*` module that (transitively) called "
-                "it, grouped into stages (`bench/profile_stages.py`). cProfile slows the run "
+                "it, grouped into stages (`bench/profile_stages.py`); shares are of the work, not of threads "
+                "waiting (cProfile counts wall time). cProfile slows the run "
                 f"({prof['wall_s_under_profiler']} s wall), so only the shares matter.\n"
             )
             w("| stage | seconds | share |")
             w("|---|---|---|")
             for s in prof["stages"]:
-                w(f"| {s['stage']} | {s['seconds']:.2f} | {s['share'] * 100:.0f} % |")
+                share = "–" if s["share"] is None else f"{s['share'] * 100:.0f} %"
+                w(f"| {s['stage']} | {s['seconds']:.2f} | {share} |")
             w("")
             w(
                 f"**Top pipeline cost: {prof['top_stage']}.** Heaviest functions (own time): "
