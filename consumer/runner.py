@@ -575,7 +575,7 @@ class Runner:
         failed: BaseException | None = None
         finished = []
         for c in close_all(workers, piece_bytes=self.config.row_group_bytes, finish=True,
-                           after_each=self._relieve_memory):
+                           before_each=self._relieve_memory):
             if isinstance(c.error, PartitionFenced):
                 self._fenced(c.worker, c.error)
             elif c.error is not None:
@@ -624,11 +624,12 @@ class Runner:
         return budget
 
     def _relieve_memory(self) -> None:
-        """After one of several flushes of a revoke, a shutdown or the end of a run (which no poll
-        loop watches): over the plan's soft limit, hand what the flush let go of back to the
-        system before the next one takes more. Measured on ``wide`` (4 partitions, 512MiB), the
-        last flushes and rolls of a caught-up run took the peak from about 600 to 633–694 MB,
-        over the bound of 637, because each one's memory came on top of the previous one's."""
+        """As each of the flushes of a revoke, a shutdown or the end of a run starts (no poll loop
+        watches them): over the plan's soft limit, hand what is free (what the flushes before it
+        let go of) back to the system before this one takes more. Measured on ``wide`` (4
+        partitions, 512MiB), the last flushes and rolls of a caught-up run took the peak from
+        about 600 to 633–694 MB, over the bound of 637, each one's memory coming on top of the
+        previous one's."""
         with self._relief_lock:  # called from the flushes' threads
             now = self.clock()
             if now - self._relieved_at < RELIEF_SECONDS or not self.memory.over(self._process_rss()):
@@ -706,7 +707,7 @@ class Runner:
         if not self._fatal_client and deadline > self.clock():  # a dead client cannot commit
             self._cap_retries(deadline - self.clock())
             closed = close_all(workers, piece_bytes=self.config.row_group_bytes,
-                               go_on=lambda: self.clock() < deadline, after_each=self._relieve_memory)
+                               go_on=lambda: self.clock() < deadline, before_each=self._relieve_memory)
             left = [c.worker.where for c in closed if c.worker.pending]  # broken, halted or skipped
             for c in closed:
                 if c.error is not None:  # the others were still flushed; nothing uncommitted is lost
@@ -918,7 +919,8 @@ class GroupRunner(Runner):
             self.fenced.discard(key)
             self._resume.discard(key)
         workers = [w for key in keys if (w := self.workers.get(key)) is not None]
-        for c in close_all(workers, piece_bytes=self.config.row_group_bytes, after_each=self._relieve_memory):
+        relieve = self._relieve_memory
+        for c in close_all(workers, piece_bytes=self.config.row_group_bytes, before_each=relieve):
             if isinstance(c.error, PartitionFenced):
                 self.log.warning("revoked partition already fenced", error=str(c.error),
                                  topic=c.worker.topic, partition=c.worker.partition)

@@ -84,7 +84,7 @@ def close_all(
     go_on: Callable[[], bool] = lambda: True,
     threads: int | None = None,
     finish: bool = False,
-    after_each: Callable[[], None] = lambda: None,
+    before_each: Callable[[], None] = lambda: None,
 ) -> list[Closed]:
     """``worker.close()`` of each of ``workers`` (flush and commit), side by side: how each went,
     in ``workers``' order. Nothing is raised: every flush runs to its end or its error. With
@@ -95,10 +95,11 @@ def close_all(
     flush it refuses is skipped and its rows stay uncommitted for the partition's next owner. The
     biggest arenas start first, so when the shutdown deadline cuts the drain short the most rows
     are already durable. ``piece_bytes``: what the pieces of flushes running together may add up
-    to (the row-group byte target); a single bigger one runs alone. ``after_each()`` is called
-    (on the flush's thread) when a flush has ended and let go of its piece and its rows: the
-    runner hands the memory they held back to the system there when the process is over its
-    plan's soft limit, because no poll loop does it while the last flushes of a run go on.
+    to (the row-group byte target); a single bigger one runs alone. ``before_each()`` is called
+    (on the flush's thread) as a flush starts: the runner hands memory that is free (what the
+    flushes before it let go of, what the poll loop left) back to the system there when the
+    process is over its plan's soft limit, because no poll loop does it while the last flushes
+    of a run go on.
     """
     threads = CLOSE_THREADS if threads is None else threads
     gate = _PieceGate(piece_bytes)
@@ -113,14 +114,13 @@ def close_all(
             if not go_on():
                 return Closed(w, skipped=True)
             try:
+                before_each()
                 if finish:
                     w.finish()
                 else:
                     w.close()
             except BaseException as exc:  # the caller reports it; the other flushes go on
                 return Closed(w, error=exc)
-            finally:
-                after_each()
         return Closed(w)
 
     if len(workers) <= 1 or threads <= 1:

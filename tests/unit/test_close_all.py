@@ -244,21 +244,23 @@ def test_a_replay_finishes_its_partitions_side_by_side() -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 8])
-def test_after_each_flush_ends_even_a_failed_one_the_hook_runs_once(threads: int) -> None:
-    """The runner's memory relief runs after every flush (its piece and rows let go), including
-    one that failed, and not for one skipped at the deadline."""
+def test_before_each_flush_starts_the_hook_runs_once_and_not_for_one_skipped(threads: int) -> None:
+    """The runner's memory relief runs as every flush starts (a failing one too), before that
+    flush takes memory, and not for one skipped at the deadline."""
     workers, _, log = _workers([10, 50, 30], w1=OSError("S3 kept failing"))
-    ended: list[list[int]] = []
+    started: list[list[int]] = []
     lock = threading.Lock()
 
-    def after() -> None:
+    def before() -> None:
         with lock:
-            ended.append(list(log))
+            started.append(list(log))
 
-    close_all(workers, piece_bytes=100, threads=threads, after_each=after)
-    assert len(ended) == 3 and sorted(len(e) for e in ended) == [1, 2, 3]  # each after its flush
-    ended.clear()
+    close_all(workers, piece_bytes=100, threads=threads, before_each=before)
+    assert len(started) == 3 and len(log) == 3
+    if threads == 1:  # one after another: each before its own flush, after the previous ones
+        assert started == [[], [1], [1, 2]]
     for w in workers:
         w.pending = True
-    closed = close_all(workers, piece_bytes=100, threads=threads, go_on=lambda: False, after_each=after)
-    assert all(c.skipped for c in closed) and ended == []
+    started.clear()
+    closed = close_all(workers, piece_bytes=100, threads=threads, go_on=lambda: False, before_each=before)
+    assert all(c.skipped for c in closed) and started == []
