@@ -89,8 +89,8 @@ class _Stderr:
     separately; under ``PYTHONUNBUFFERED`` (as in our Docker image) each is its own write(2), so the
     members of ``--processes N``, which share the supervisor's stderr, would splice their lines
     (``{…}{…}`` then two newlines) and break every JSON log reader. Holding text until its
-    newline makes each line one write, which a pipe keeps whole up to PIPE_BUF bytes, and longer
-    lines are written under the members' shared :class:`LineLock`.
+    newline makes each line one write, which a pipe keeps whole up to PIPE_BUF bytes; each is
+    also written under the members' shared :class:`LineLock`, so longer ones stay whole too.
 
     While a progress bar is drawn, lines go through :func:`set_writer`'s function instead, so they
     appear above the bar rather than through it."""

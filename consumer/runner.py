@@ -165,8 +165,8 @@ def release_unused_memory() -> None:
 #: The least time (seconds) between two trims while RSS is over the memory plan's soft limit,
 #: and between two log lines saying so.
 TRIM_SECONDS = 1.0
-#: The same between two trims after the flushes of a revoke, a shutdown or a run's end (a flush
-#: takes longer than this; 200 small partitions do not trim 200 times).
+#: The same between two trims as the flushes of a revoke, a shutdown or a run's end start (one
+#: flush takes longer than this; 200 small partitions do not trim 200 times).
 RELIEF_SECONDS = 0.1
 SAY_SECONDS = 60.0
 
