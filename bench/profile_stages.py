@@ -48,6 +48,10 @@ _WAITS = (
 )
 
 
+def _is_wait(func: Func) -> bool:
+    return func[0] == "~" and func[2] in _WAITS
+
+
 def _module_of(func: Func) -> str | None:
     filename = func[0].replace("\\", "/")
     marker = "/consumer/"
@@ -85,7 +89,7 @@ def stage_split(prof_path: str) -> dict[str, Any]:
     by_module: dict[str, float] = defaultdict(float)
     waiting = 0.0
     for func, (_cc, _nc, tt, _ct, _callers) in stats.items():
-        if func[0] == "~" and func[2] in _WAITS:
+        if _is_wait(func):
             waiting += tt
             continue
         for m, f in owners(func).items():
@@ -102,7 +106,7 @@ def stage_split(prof_path: str) -> dict[str, Any]:
     if waiting:
         stages.append({"stage": WAITING, "seconds": round(waiting, 3), "share": None})
     # The heaviest library functions, for naming what the top stage spends its time in.
-    working = {f: v for f, v in stats.items() if not (f[0] == "~" and f[2] in _WAITS)}
+    working = {f: v for f, v in stats.items() if not _is_wait(f)}
     top_funcs = sorted(working.items(), key=lambda kv: -kv[1][2])[:12]
     return {
         "total_s": round(total, 3),

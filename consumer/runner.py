@@ -232,8 +232,8 @@ class Runner:
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
-        self._trimmed_at = self._squeeze_said_at = self._relieved_at = float("-inf")
-        self._relief_lock = threading.Lock()
+        self._trimmed_at = self._squeeze_said_at = float("-inf")
+        self._trim_lock = threading.Lock()
         self.registry_paused: set[TP] = set()  # partitions waiting for the schema registry
         self.heartbeat: float | None = None  # self.clock() of the poll loop's last iteration (health)
         if consumer_factory is None:
@@ -611,9 +611,7 @@ class Runner:
         what is still held counts against the arenas. ``now``: the loop's clock reading."""
         plan = self.memory
         rss = self._process_rss()
-        if plan.over(rss) and now - self._trimmed_at >= TRIM_SECONDS:
-            self._trimmed_at = now
-            release_unused_memory()
+        if self._hand_back(rss, now, TRIM_SECONDS):
             rss = self._process_rss()
         budget = plan.buffers_at(rss, total)
         if budget < plan.buffers <= self.buffers_budget and now - self._squeeze_said_at >= SAY_SECONDS:
@@ -630,12 +628,18 @@ class Runner:
         partitions, 512MiB), the last flushes and rolls of a caught-up run took the peak from
         about 600 to 633–694 MB, over the bound of 637, each one's memory coming on top of the
         previous one's."""
-        with self._relief_lock:  # called from the flushes' threads
-            now = self.clock()
-            if now - self._relieved_at < RELIEF_SECONDS or not self.memory.over(self._process_rss()):
-                return
-            self._relieved_at = now
+        self._hand_back(self._process_rss(), self.clock(), RELIEF_SECONDS)
+
+    def _hand_back(self, rss: int, now: float, every: float) -> bool:
+        """Whether freed memory was handed back to the system now: only with ``rss`` over the
+        plan's soft limit, and at most once every ``every`` seconds (the flushes' threads call it
+        too, hence the lock)."""
+        with self._trim_lock:
+            if not self.memory.over(rss) or now - self._trimmed_at < every:
+                return False
+            self._trimmed_at = now
         release_unused_memory()
+        return True
 
     def _enforce_memory_budget(self, now: float) -> None:
         """Keep buffered bytes under the arenas' share of ``--memory-bytes`` (:meth:`_buffers_now`).
