@@ -17,7 +17,7 @@ from typing import Any
 
 import fault_table
 import pytest
-from support import StackSettings, run_stack
+from support import S3Server, StackSettings, minio_server, run_stack, s3_client
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -113,24 +113,31 @@ def stack() -> StackSettings:
 @pytest.fixture(scope="session")
 def s3(stack: StackSettings) -> Any:
     """A boto3 S3 client for the stack (path-style, no retries so failures are visible)."""
-    import boto3
-    from botocore.config import Config
+    return s3_client(stack.s3_endpoint, stack.aws_access_key_id, stack.aws_secret_access_key,
+                     stack.aws_region)
 
-    return boto3.client(
-        "s3",
-        endpoint_url=stack.s3_endpoint,
-        aws_access_key_id=stack.aws_access_key_id,
-        aws_secret_access_key=stack.aws_secret_access_key,
-        region_name=stack.aws_region,
-        config=Config(
-            s3={"addressing_style": "path"},
-            retries={"max_attempts": 1, "mode": "standard"},
-            # Only send checksums when the operation requires them: SeaweedFS and older
-            # S3-compatibles do not all understand the newer default CRC trailers.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
-        ),
-    )
+
+@pytest.fixture(scope="session")
+def seaweedfs(stack: StackSettings) -> S3Server:
+    """The stack's S3 server, described as :func:`minio` describes its own."""
+    return S3Server("seaweedfs", stack.s3_endpoint, stack.s3_bucket, stack.aws_access_key_id,
+                    stack.aws_secret_access_key)
+
+
+@pytest.fixture(scope="session")
+def minio(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real MinIO server (``dev/minio`` builds it), one per test worker, with the stack's
+    credentials: the consumer reaches it with the same AWS_* environment, given its endpoint."""
+    with minio_server(tmp_path_factory.mktemp("minio") / "data", stack.aws_access_key_id,
+                      stack.aws_secret_access_key, stack.s3_bucket) as server:
+        yield server
+
+
+@pytest.fixture(params=["seaweedfs", "minio"])
+def s3_server(request: pytest.FixtureRequest) -> S3Server:
+    """Each of the two real S3 servers in turn: a test that takes it runs once on each."""
+    found: S3Server = request.getfixturevalue(request.param)
+    return found
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ from checker import (
     proven,
     summary,
 )
-from support import final_keys, list_keys, run_consumer, start_consumer, unique
+from support import S3Server, final_keys, list_keys, run_consumer, start_consumer, unique
 
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
@@ -96,7 +96,7 @@ def static_member() -> tuple[str, ...]:
 
 def crash_then_prove(
     stack: Any,
-    s3: Any,
+    server: S3Server,
     prefix: str,
     tmp: Path,
     expected: Expected,
@@ -105,46 +105,73 @@ def crash_then_prove(
     kind: str,
 ) -> Proof:
     """Run the consumer once per fault spec (each must crash at its point), then finish, prove and
-    record the scenario (also when only the footers' avro.schema is missing: a known bug)."""
+    record the scenario (also when only the footers' avro.schema is missing: a known bug). The
+    output goes to ``server``: the stack's SeaweedFS or a MinIO."""
     group = unique("g")
-    out = f"s3://{stack.s3_bucket}/{prefix.rstrip('/')}"
+    out = f"s3://{server.bucket}/{prefix.rstrip('/')}"
+    env = {"S3_ENDPOINT_URL": server.endpoint}
     for spec in faults:
         crashed = run_consumer(
-            expected.topic, group, out, *args, schema=expected.schema, env={"CONSUMER_FAULT": spec}
+            expected.topic, group, out, *args, schema=expected.schema, env={**env, "CONSUMER_FAULT": spec}
         )
         assert crashed.returncode == FAULT_EXIT_CODE, (
             f"fault {spec} was not reached (exit {crashed.returncode}):\n{crashed.stderr[-3000:]}"
         )
     return proven(
         lambda: finish_and_prove(
-            s3=s3,
-            bucket=stack.s3_bucket,
+            s3=server.client(),
+            bucket=server.bucket,
             prefix=prefix,
             bootstrap=stack.kafka_bootstrap,
             group=group,
             expected=expected,
             tmp=tmp,
             args=args,
+            env=env,
         ),
         " → ".join(faults),
-        kind,
+        kind if server.name == "seaweedfs" else f"{kind}, on {server.name}",
     )
 
 
 @pytest.mark.parametrize(("point", "nth"), CASES)
 def test_kill_at_point_then_recover(
-    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, point: str, nth: int
+    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
     topic = unique("crash")
     res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2)
     expected = Expected.plain(topic, "page_view", res.partition_counts)
     args = (*SMALL, *static_member())
-    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, "kill at point")
+    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args,
+                     "kill at point")
+
+
+# Kills with the output on MinIO (dev/minio) instead: each point follows a different S3 call the
+# protocol rests on (a conditional create, a replace of the marker if unchanged, a roll's compose,
+# recovery's listing), here as a second server implements it. The mid-merge kill is below.
+MINIO_CASES = [
+    case("after_piece_put", 1),
+    case("after_marker_put", 2),
+    case("after_final_put", 1),
+    case("during_recovery", 1),
+]
+
+
+@pytest.mark.parametrize(("point", "nth"), MINIO_CASES)
+def test_kill_at_point_then_recover_on_minio(
+    stack: Any, minio: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
+) -> None:
+    topic = unique("crash-minio")
+    res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2)
+    expected = Expected.plain(topic, "page_view", res.partition_counts)
+    args = (*SMALL, *static_member())
+    crash_then_prove(stack, minio, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args,
+                     "kill at point")
 
 
 @pytest.mark.parametrize(("point", "nth"), BAD_CASES)
 def test_kill_at_point_with_bad_records_in_range(
-    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, point: str, nth: int
+    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
     """The same with 50 bad records among the 4,000 good ones: dead letters are written before the
     piece of their range, so a crash between the two (``after_dead_letter_put``) or around the
@@ -155,10 +182,12 @@ def test_kill_at_point_with_bad_records_in_range(
     assert expected.bad_count == len(BAD)
     args = (*SMALL, *static_member())
     kind = f"kill at point, {len(BAD)} bad records in range"
-    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
+    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
 
 
-def test_repeated_kills_at_different_points(stack: Any, s3: Any, unique_prefix: str, tmp_path: Path) -> None:
+def test_repeated_kills_at_different_points(
+    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path
+) -> None:
     """Several crashes in a row, at different points, before the run may finish; bad records in
     the input, so one of the crashes falls between a dead-letter PUT and its piece PUT."""
     topic = unique("crash-seq")
@@ -175,17 +204,22 @@ def test_repeated_kills_at_different_points(stack: Any, s3: Any, unique_prefix: 
     ]
     args = (*SMALL, *static_member())
     kind = f"seven kills in a row, {len(bad)} bad records in range"
-    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, sequence, args, kind)
+    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, sequence, args, kind)
 
 
+@pytest.mark.parametrize("server_name", ["seaweedfs", "minio"])
 def test_kill_mid_merge_of_a_multipart_final_file(
-    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+    stack: Any, request: pytest.FixtureRequest, unique_prefix: str, tmp_path: Path, server_name: str
 ) -> None:
     """Pieces ≥ 5 MiB are assembled server-side with UploadPartCopy; a crash between parts leaves an
-    unfinished multipart upload that is never visible, and recovery aborts it and redoes the roll."""
+    unfinished multipart upload that is never visible, and recovery aborts it and redoes the roll.
+    On SeaweedFS and on MinIO."""
+    server: S3Server = request.getfixturevalue(server_name)
+    s3 = server.client()
     topic = unique("crash-merge")
     group = unique("g")
-    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    out = f"s3://{server.bucket}/{unique_prefix.rstrip('/')}"
+    env = {"S3_ENDPOINT_URL": server.endpoint}
     res = produce(stack.kafka_bootstrap, topic, "metrics", 40_000, partitions=1)
     expected = Expected.plain(topic, "metrics", res.partition_counts)
     big = (
@@ -199,18 +233,20 @@ def test_kill_mid_merge_of_a_multipart_final_file(
         "64MiB",
         *static_member(),
     )
-    crashed = run_consumer(topic, group, out, *big, schema="metrics", env={"CONSUMER_FAULT": "mid_merge:1"})
+    crashed = run_consumer(topic, group, out, *big, schema="metrics",
+                           env={**env, "CONSUMER_FAULT": "mid_merge:1"})
     assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr[-3000:]
-    finals = [k for k, _ in list_keys(s3, stack.s3_bucket, unique_prefix) if k.endswith(".parquet")]
+    finals = [k for k, _ in list_keys(s3, server.bucket, unique_prefix) if k.endswith(".parquet")]
     assert finals == [], "an unfinished multipart upload must not be visible"
-    done = run_consumer(topic, group, out, *big, schema="metrics")
+    done = run_consumer(topic, group, out, *big, schema="metrics", env=env)
     assert done.returncode == 0, done.stderr[-4000:]
     copied = summary(done.stderr)["s3_bytes_copied"]
     assert copied >= 5 * 2**20, f"expected server-side UploadPartCopy of ≥ 5 MiB pieces, copied {copied}"
+    assert s3.list_multipart_uploads(Bucket=server.bucket, Prefix=unique_prefix).get("Uploads", []) == []
     proven(
         lambda: prove(
             s3=s3,
-            bucket=stack.s3_bucket,
+            bucket=server.bucket,
             prefix=unique_prefix,
             bootstrap=stack.kafka_bootstrap,
             group=group,
@@ -218,7 +254,7 @@ def test_kill_mid_merge_of_a_multipart_final_file(
             tmp=tmp_path,
         ),
         "mid_merge:1",
-        "kill between UploadPartCopy parts",
+        "kill between UploadPartCopy parts" + ("" if server.name == "seaweedfs" else f", on {server.name}"),
         s3_bytes_copied=copied,
     )
 
@@ -332,7 +368,7 @@ BUCKETED_CASES = [
 
 @pytest.mark.parametrize(("point", "nth"), BUCKETED_CASES)
 def test_kill_at_point_in_the_bucketed_layout(
-    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, point: str, nth: int
+    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
     topic = unique("crash-bucket")
     expected = produce_with_bad(
@@ -340,4 +376,4 @@ def test_kill_at_point_in_the_bucketed_layout(
     )
     args = (*BUCKETED, *static_member())
     kind = f"kill at point, bucketed layout (5 shuffled hours), {len(BUCKETED_BAD)} bad records"
-    crash_then_prove(stack, s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
+    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)

@@ -1,7 +1,11 @@
-"""S3 facts our commit protocol relies on, checked against the real SeaweedFS of `dev/stack`.
+"""S3 facts our commit protocol relies on, checked against two real servers: the SeaweedFS of
+`dev/stack` and a MinIO (`dev/minio`), each test once on each.
 
-Observed on SeaweedFS 4.48 (`weed mini`), all matching AWS S3:
+Observed on SeaweedFS 4.48 (`weed mini`) and MinIO (commit of 2026-02-12), matching AWS S3 but for
+one answer:
 - PutObject with If-None-Match: * -> 412 PreconditionFailed on an existing key, 200 on a new key.
+- PutObject with If-Match: <etag> -> 412 once the object changed; when it is gone, 404 NoSuchKey
+  (MinIO, as AWS S3) or 412 (SeaweedFS): the consumer reads either as "changed".
 - CompleteMultipartUpload with If-None-Match: * -> 412 when the key already exists.
 - A non-last part under 5 MiB (even 5 MiB - 1 byte) -> 400 EntityTooSmall at
   CompleteMultipartUpload; exactly 5 MiB is accepted. The failed upload stays listed (abortable).
@@ -21,9 +25,15 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 if TYPE_CHECKING:
-    from support import StackSettings
+    from support import S3Server
 
 MiB = 1024 * 1024
+
+
+@pytest.fixture
+def s3(s3_server: S3Server) -> Any:
+    """A client of this test's server (in this module, instead of conftest's client of the stack)."""
+    return s3_server.client()
 
 
 def _error(exc: pytest.ExceptionInfo[ClientError]) -> tuple[str, int]:
@@ -48,68 +58,88 @@ def _upload_parts(s3: Any, bucket: str, key: str, bodies: list[bytes]) -> tuple[
 
 
 def test_conditional_put_refuses_to_overwrite_existing_key(
-    s3: Any, stack: StackSettings, unique_prefix: str
+    s3: Any, s3_server: S3Server, unique_prefix: str
 ) -> None:
     key = unique_prefix + "obj"
-    s3.put_object(Bucket=stack.s3_bucket, Key=key, Body=b"first", IfNoneMatch="*")
+    s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"first", IfNoneMatch="*")
     with pytest.raises(ClientError) as exc:
-        s3.put_object(Bucket=stack.s3_bucket, Key=key, Body=b"second", IfNoneMatch="*")
+        s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"second", IfNoneMatch="*")
     assert _error(exc) == ("PreconditionFailed", 412)
-    body = s3.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read()
+    body = s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read()
     assert body == b"first"
 
 
-def test_conditional_put_succeeds_on_new_key(s3: Any, stack: StackSettings, unique_prefix: str) -> None:
+def test_conditional_put_succeeds_on_new_key(s3: Any, s3_server: S3Server, unique_prefix: str) -> None:
     key = unique_prefix + "new"
-    resp = s3.put_object(Bucket=stack.s3_bucket, Key=key, Body=b"x", IfNoneMatch="*")
+    resp = s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"x", IfNoneMatch="*")
     assert resp["ResponseMetadata"]["HTTPStatusCode"] == 200
-    assert s3.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read() == b"x"
+    assert s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == b"x"
+
+
+def test_put_if_match_refuses_a_changed_or_missing_object(
+    s3: Any, s3_server: S3Server, unique_prefix: str
+) -> None:
+    """What the consumer's replace-if-unchanged (the progress marker) rests on."""
+    key = unique_prefix + "etag"
+    first = s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"v1")["ETag"]
+    s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"v2", IfMatch=first)
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"v3", IfMatch=first)
+    assert _error(exc) == ("PreconditionFailed", 412)
+    assert s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == b"v2"
+    with pytest.raises(ClientError) as gone:
+        s3.put_object(Bucket=s3_server.bucket, Key=key + "-gone", Body=b"v1", IfMatch=first)
+    # AWS S3 and MinIO answer 404 NoSuchKey, SeaweedFS 412: the consumer takes either as "changed"
+    answers = {"minio": ("NoSuchKey", 404), "seaweedfs": ("PreconditionFailed", 412)}
+    assert _error(gone) == answers[s3_server.name]
+    with pytest.raises(ClientError):
+        s3.head_object(Bucket=s3_server.bucket, Key=key + "-gone")
 
 
 def test_conditional_complete_multipart_refuses_existing_key(
-    s3: Any, stack: StackSettings, unique_prefix: str
+    s3: Any, s3_server: S3Server, unique_prefix: str
 ) -> None:
     key = unique_prefix + "exists"
-    s3.put_object(Bucket=stack.s3_bucket, Key=key, Body=b"old")
-    upload_id, etags = _upload_parts(s3, stack.s3_bucket, key, [b"new"])
+    s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"old")
+    upload_id, etags = _upload_parts(s3, s3_server.bucket, key, [b"new"])
     with pytest.raises(ClientError) as exc:
-        _complete(s3, stack.s3_bucket, key, upload_id, etags, IfNoneMatch="*")
+        _complete(s3, s3_server.bucket, key, upload_id, etags, IfNoneMatch="*")
     assert _error(exc) == ("PreconditionFailed", 412)
-    assert s3.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read() == b"old"
-    s3.abort_multipart_upload(Bucket=stack.s3_bucket, Key=key, UploadId=upload_id)
+    assert s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == b"old"
+    s3.abort_multipart_upload(Bucket=s3_server.bucket, Key=key, UploadId=upload_id)
 
 
 @pytest.mark.parametrize("first_part_size", [1024, 5 * MiB - 1])
-def test_seaweedfs_rejects_non_last_part_under_5mib(
-    s3: Any, stack: StackSettings, unique_prefix: str, first_part_size: int
+def test_a_non_last_part_under_5mib_is_refused(
+    s3: Any, s3_server: S3Server, unique_prefix: str, first_part_size: int
 ) -> None:
-    """SeaweedFS enforces S3's 5 MiB minimum for non-last parts at CompleteMultipartUpload."""
+    """S3's 5 MiB minimum for non-last parts, enforced at CompleteMultipartUpload."""
     key = unique_prefix + "small-parts"
-    upload_id, etags = _upload_parts(s3, stack.s3_bucket, key, [b"a" * first_part_size, b"b" * 1024])
+    upload_id, etags = _upload_parts(s3, s3_server.bucket, key, [b"a" * first_part_size, b"b" * 1024])
     with pytest.raises(ClientError) as exc:
-        _complete(s3, stack.s3_bucket, key, upload_id, etags)
+        _complete(s3, s3_server.bucket, key, upload_id, etags)
     assert _error(exc) == ("EntityTooSmall", 400)
     with pytest.raises(ClientError) as head:
-        s3.head_object(Bucket=stack.s3_bucket, Key=key)
+        s3.head_object(Bucket=s3_server.bucket, Key=key)
     assert _error(head)[1] == 404
     # The upload survives the failed completion and can (must) be aborted.
-    uploads = s3.list_multipart_uploads(Bucket=stack.s3_bucket, Prefix=key).get("Uploads", [])
+    uploads = s3.list_multipart_uploads(Bucket=s3_server.bucket, Prefix=key).get("Uploads", [])
     assert [u["UploadId"] for u in uploads] == [upload_id]
-    s3.abort_multipart_upload(Bucket=stack.s3_bucket, Key=key, UploadId=upload_id)
+    s3.abort_multipart_upload(Bucket=s3_server.bucket, Key=key, UploadId=upload_id)
 
 
-def test_exactly_5mib_non_last_part_is_accepted(s3: Any, stack: StackSettings, unique_prefix: str) -> None:
+def test_exactly_5mib_non_last_part_is_accepted(s3: Any, s3_server: S3Server, unique_prefix: str) -> None:
     key = unique_prefix + "five"
     body = [b"a" * (5 * MiB), b"b" * 10]
-    upload_id, etags = _upload_parts(s3, stack.s3_bucket, key, body)
-    _complete(s3, stack.s3_bucket, key, upload_id, etags)
-    assert s3.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read() == b"".join(body)
+    upload_id, etags = _upload_parts(s3, s3_server.bucket, key, body)
+    _complete(s3, s3_server.bucket, key, upload_id, etags)
+    assert s3.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read() == b"".join(body)
 
 
 def test_upload_part_copy_with_range_copies_exact_bytes(
-    s3: Any, stack: StackSettings, unique_prefix: str
+    s3: Any, s3_server: S3Server, unique_prefix: str
 ) -> None:
-    bucket = stack.s3_bucket
+    bucket = s3_server.bucket
     src_a, src_b, dst = unique_prefix + "src-a", unique_prefix + "src-b", unique_prefix + "dst"
     a = os.urandom(12 * MiB)
     b = os.urandom(3 * MiB)
@@ -142,50 +172,50 @@ def test_upload_part_copy_with_range_copies_exact_bytes(
     assert got == expected
 
 
-def test_wrong_secret_key_is_refused(stack: StackSettings) -> None:
+def test_wrong_secret_key_is_refused(s3_server: S3Server) -> None:
     bad = boto3.client(
         "s3",
-        endpoint_url=stack.s3_endpoint,
-        aws_access_key_id=stack.aws_access_key_id,
-        aws_secret_access_key=stack.aws_secret_access_key + "-wrong",
+        endpoint_url=s3_server.endpoint,
+        aws_access_key_id=s3_server.key_id,
+        aws_secret_access_key=s3_server.secret + "-wrong",
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
     with pytest.raises(ClientError) as exc:
-        bad.list_objects_v2(Bucket=stack.s3_bucket, MaxKeys=1)
+        bad.list_objects_v2(Bucket=s3_server.bucket, MaxKeys=1)
     assert _error(exc) == ("SignatureDoesNotMatch", 403)
     with pytest.raises(ClientError) as exc:
-        bad.put_object(Bucket=stack.s3_bucket, Key="should-not-exist", Body=b"x")
+        bad.put_object(Bucket=s3_server.bucket, Key="should-not-exist", Body=b"x")
     assert _error(exc)[1] == 403
 
 
-def test_unknown_access_key_is_refused(stack: StackSettings) -> None:
+def test_unknown_access_key_is_refused(s3_server: S3Server) -> None:
     bad = boto3.client(
         "s3",
-        endpoint_url=stack.s3_endpoint,
+        endpoint_url=s3_server.endpoint,
         aws_access_key_id="nobody",
         aws_secret_access_key="nothing",
         region_name="us-east-1",
         config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
     )
     with pytest.raises(ClientError) as exc:
-        bad.list_objects_v2(Bucket=stack.s3_bucket, MaxKeys=1)
+        bad.list_objects_v2(Bucket=s3_server.bucket, MaxKeys=1)
     assert _error(exc)[1] == 403
 
 
 def test_incomplete_multipart_upload_is_not_readable(
-    s3: Any, stack: StackSettings, unique_prefix: str
+    s3: Any, s3_server: S3Server, unique_prefix: str
 ) -> None:
     key = unique_prefix + "incomplete"
-    upload_id, _ = _upload_parts(s3, stack.s3_bucket, key, [b"x" * (5 * MiB), b"y" * 100])
+    upload_id, _ = _upload_parts(s3, s3_server.bucket, key, [b"x" * (5 * MiB), b"y" * 100])
     try:
         with pytest.raises(ClientError) as head:
-            s3.head_object(Bucket=stack.s3_bucket, Key=key)
+            s3.head_object(Bucket=s3_server.bucket, Key=key)
         assert _error(head)[1] == 404
         with pytest.raises(ClientError) as get:
-            s3.get_object(Bucket=stack.s3_bucket, Key=key)
+            s3.get_object(Bucket=s3_server.bucket, Key=key)
         assert _error(get) == ("NoSuchKey", 404)
-        listed = s3.list_objects_v2(Bucket=stack.s3_bucket, Prefix=unique_prefix)
+        listed = s3.list_objects_v2(Bucket=s3_server.bucket, Prefix=unique_prefix)
         assert listed.get("KeyCount", 0) == 0
     finally:
-        s3.abort_multipart_upload(Bucket=stack.s3_bucket, Key=key, UploadId=upload_id)
+        s3.abort_multipart_upload(Bucket=s3_server.bucket, Key=key, UploadId=upload_id)

@@ -1,0 +1,86 @@
+"""The consumer's own S3 client (:class:`consumer.storage.S3Store`) against two real servers, the
+stack's SeaweedFS and a MinIO (``dev/minio``): every call the protocol makes, with the answers it
+depends on. The in-memory double (``consumer.testing``) is checked against the same rules in the
+unit tests; this is where the rules meet servers that implement them on their own.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from consumer.storage import CopyRange, PutOutcome, S3Store, Segment, probe_conditional_writes
+
+if TYPE_CHECKING:
+    from support import S3Server
+
+# Only its own prefixes, and a MinIO of its worker: see tests/conftest.py.
+pytestmark = pytest.mark.shares_stack
+
+MiB = 1024 * 1024
+
+
+def _store(s3_server: S3Server, **kw: Any) -> S3Store:
+    return S3Store(s3_server.bucket, endpoint_url=s3_server.endpoint, **kw)
+
+
+def test_conditional_creates_and_replaces(s3_server: S3Server, unique_prefix: str) -> None:
+    store = _store(s3_server)
+    probe_conditional_writes(store, unique_prefix + "probe")  # raises on a server that ignores them
+    key = unique_prefix + "piece"
+    created = store.create(key, b"piece-1")
+    assert created.outcome is PutOutcome.CREATED and created.etag
+    # a retry after a lost reply finds its own bytes; anyone else's bytes are someone else's
+    assert store.put_if_absent(key, b"piece-1") is PutOutcome.EXISTS_SAME
+    assert store.put_if_absent(key, b"piece-2") is PutOutcome.EXISTS_OTHER
+    assert store.get(key) == b"piece-1"
+    assert store.replace_if_match(key, b"piece-3", created.etag)
+    assert not store.replace_if_match(key, b"piece-4", created.etag)  # changed since
+    assert not store.replace_if_match(unique_prefix + "gone", b"x", created.etag)  # absent
+    assert store.get(key) == b"piece-3"
+    assert store.head(unique_prefix + "gone") is None
+
+
+@pytest.mark.parametrize("equal_parts", [False, True], ids=["s3-parts", "equal-parts"])
+def test_compose_copies_big_ranges_and_uploads_small_ones(
+    s3_server: S3Server, unique_prefix: str, equal_parts: bool
+) -> None:
+    """A roll's compose: pieces of ≥ 5 MiB copied server-side, smaller ones and the footer passed
+    through the client; with ``equal_parts`` (R2's rule) every part but the last is 8 MiB. Both
+    plans must complete on a server that enforces the 5 MiB minimum, and give the same bytes."""
+    store = _store(s3_server, equal_parts=equal_parts)
+    big, small = os.urandom(11 * MiB), os.urandom(MiB + 17)
+    store.create(unique_prefix + "big", big)
+    store.create(unique_prefix + "small", small)
+    segments: list[Segment] = [
+        CopyRange(unique_prefix + "small", 0, len(small)),
+        CopyRange(unique_prefix + "big", 3, len(big)),
+        CopyRange(unique_prefix + "small", 5, len(small)),
+        b"footer",
+    ]
+    final = unique_prefix + "final"
+    assert store.compose(final, segments) is PutOutcome.CREATED
+    assert store.get(final) == small + big[3:] + small[5:] + b"footer"
+    if not equal_parts:
+        # the big range never passed through the client
+        assert store.stats.bytes_copied_server_side >= 5 * MiB
+    # composing over an existing object is refused and leaves no upload behind
+    assert store.compose(final, [b"other", *segments[1:]]) is PutOutcome.EXISTS_OTHER
+    assert store.get(final) == small + big[3:] + small[5:] + b"footer"
+    assert store.abort_uploads(final) == 0
+
+
+def test_an_upload_left_by_a_crash_is_invisible_and_aborted(s3_server: S3Server, unique_prefix: str) -> None:
+    """What recovery meets after a kill mid-roll: an unfinished multipart upload to the final key."""
+    key = unique_prefix + "final"
+    s3 = s3_server.client()
+    upload = s3.create_multipart_upload(Bucket=s3_server.bucket, Key=key)["UploadId"]
+    s3.upload_part(Bucket=s3_server.bucket, Key=key, UploadId=upload, PartNumber=1, Body=b"x" * (5 * MiB))
+    store = _store(s3_server)
+    assert store.head(key) is None
+    assert [o.key for o in store.list(unique_prefix)] == []
+    assert store.abort_uploads(key) == 1
+    assert store.abort_uploads(key) == 0
+    assert store.compose(key, [b"whole"]) is PutOutcome.CREATED
