@@ -10,6 +10,7 @@ Each case appends a row to the fault table (see ``checker.proven``).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -167,6 +168,38 @@ def test_kill_at_point_then_recover_on_minio(
     args = (*SMALL, *static_member())
     crash_then_prove(stack, minio, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args,
                      "kill at point")
+
+
+@pytest.fixture(scope="module")
+def versioned_minio(minio: S3Server) -> S3Server:
+    """The MinIO, with a bucket of its own that keeps every version of every key (S3 versioning)."""
+    server = dataclasses.replace(minio, name="minio, versioned bucket", bucket=f"{minio.bucket}-versioned")
+    s3 = server.client()
+    if server.bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=server.bucket)
+    s3.put_bucket_versioning(Bucket=server.bucket, VersioningConfiguration={"Status": "Enabled"})
+    return server
+
+
+@pytest.mark.parametrize(("point", "nth"), [case("after_piece_put", 2), case("after_final_put", 1)])
+def test_kill_at_point_then_recover_in_a_versioned_bucket(
+    stack: Any, versioned_minio: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
+) -> None:
+    """Buckets with versioning on: recovery deletes uncommitted pieces and the next run creates the
+    same keys again (``If-None-Match: *`` must see a delete marker as no object), and a roll deletes
+    the pieces it merged. Every deleted staged object stays behind as a noncurrent version, which
+    is what the README's lifecycle rule for versioned buckets is for."""
+    topic = unique("crash-versioned")
+    res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2)
+    expected = Expected.plain(topic, "page_view", res.partition_counts)
+    args = (*SMALL, *static_member())
+    crash_then_prove(stack, versioned_minio, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args,
+                     "kill at point")
+    s3 = versioned_minio.client()
+    listed = s3.list_object_versions(Bucket=versioned_minio.bucket, Prefix=unique_prefix)
+    kept = [v for v in listed.get("Versions", []) if "/_staging/" in v["Key"] and not v["IsLatest"]]
+    markers = [m for m in listed.get("DeleteMarkers", []) if "/_staging/" in m["Key"]]
+    assert kept and markers, "deleted staged pieces stay as noncurrent versions behind delete markers"
 
 
 @pytest.mark.parametrize(("point", "nth"), BAD_CASES)
