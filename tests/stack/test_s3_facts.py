@@ -7,6 +7,7 @@ one answer:
 - PutObject with If-Match: <etag> -> 412 once the object changed; when it is gone, 404 NoSuchKey
   (MinIO, as AWS S3) or 412 (SeaweedFS): the consumer reads either as "changed".
 - CompleteMultipartUpload with If-None-Match: * -> 412 when the key already exists.
+- In a versioned bucket a deleted key (a delete marker on top) is created again with If-None-Match: *.
 - A non-last part under 5 MiB (even 5 MiB - 1 byte) -> 400 EntityTooSmall at
   CompleteMultipartUpload; exactly 5 MiB is accepted. The failed upload stays listed (abortable).
 - UploadPartCopy with CopySourceRange copies exactly the requested bytes (inclusive range).
@@ -94,6 +95,31 @@ def test_put_if_match_refuses_a_changed_or_missing_object(
     assert _error(gone) == answers[s3_server.name]
     with pytest.raises(ClientError):
         s3.head_object(Bucket=s3_server.bucket, Key=key + "-gone")
+
+
+def test_a_deleted_key_is_created_again_in_a_versioned_bucket(
+    s3: Any, s3_server: S3Server, unique_prefix: str
+) -> None:
+    """With versioning on, a delete leaves a delete marker, and a conditional create of that key
+    succeeds as for a key never written: recovery deletes uncommitted pieces and writes the same
+    keys again."""
+    bucket = f"{s3_server.bucket}-versioned"
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    key = unique_prefix + "piece"
+    s3.put_object(Bucket=bucket, Key=key, Body=b"first", IfNoneMatch="*")
+    with pytest.raises(ClientError) as exc:
+        s3.put_object(Bucket=bucket, Key=key, Body=b"second", IfNoneMatch="*")
+    assert _error(exc) == ("PreconditionFailed", 412)
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": key}]})
+    with pytest.raises(ClientError) as head:
+        s3.head_object(Bucket=bucket, Key=key)
+    assert _error(head)[1] == 404
+    s3.put_object(Bucket=bucket, Key=key, Body=b"again", IfNoneMatch="*")
+    assert s3.get_object(Bucket=bucket, Key=key)["Body"].read() == b"again"
+    versions = s3.list_object_versions(Bucket=bucket, Prefix=key)
+    assert len(versions.get("Versions", [])) == 2 and len(versions.get("DeleteMarkers", [])) == 1
 
 
 def test_conditional_complete_multipart_refuses_existing_key(
