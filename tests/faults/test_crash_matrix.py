@@ -135,16 +135,21 @@ def crash_then_prove(
     )
 
 
-@pytest.mark.parametrize(("point", "nth"), CASES)
-def test_kill_at_point_then_recover(
-    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
-) -> None:
+def kill_once_then_prove(stack: Any, server: S3Server, prefix: str, tmp: Path, point: str, nth: int) -> None:
+    """4,000 ``page_view`` records on 2 partitions, one kill at ``point`` (the ``nth`` time it is
+    reached), then finish and prove the output on ``server``."""
     topic = unique("crash")
     res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2)
     expected = Expected.plain(topic, "page_view", res.partition_counts)
     args = (*SMALL, *static_member())
-    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args,
-                     "kill at point")
+    crash_then_prove(stack, server, prefix, tmp, expected, [f"{point}:{nth}"], args, "kill at point")
+
+
+@pytest.mark.parametrize(("point", "nth"), CASES)
+def test_kill_at_point_then_recover(
+    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
+) -> None:
+    kill_once_then_prove(stack, seaweedfs, unique_prefix, tmp_path, point, nth)
 
 
 # Kills with the output on MinIO (dev/minio) instead: each point follows a different S3 call the
@@ -162,12 +167,7 @@ MINIO_CASES = [
 def test_kill_at_point_then_recover_on_minio(
     stack: Any, minio: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
-    topic = unique("crash-minio")
-    res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2)
-    expected = Expected.plain(topic, "page_view", res.partition_counts)
-    args = (*SMALL, *static_member())
-    crash_then_prove(stack, minio, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args,
-                     "kill at point")
+    kill_once_then_prove(stack, minio, unique_prefix, tmp_path, point, nth)
 
 
 @pytest.fixture(scope="module")
@@ -189,12 +189,7 @@ def test_kill_at_point_then_recover_in_a_versioned_bucket(
     same keys again (``If-None-Match: *`` must see a delete marker as no object), and a roll deletes
     the pieces it merged. Every deleted staged object stays behind as a noncurrent version, which
     is what the README's lifecycle rule for versioned buckets is for."""
-    topic = unique("crash-versioned")
-    res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2)
-    expected = Expected.plain(topic, "page_view", res.partition_counts)
-    args = (*SMALL, *static_member())
-    crash_then_prove(stack, versioned_minio, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args,
-                     "kill at point")
+    kill_once_then_prove(stack, versioned_minio, unique_prefix, tmp_path, point, nth)
     s3 = versioned_minio.client()
     listed = s3.list_object_versions(Bucket=versioned_minio.bucket, Prefix=unique_prefix)
     kept = [v for v in listed.get("Versions", []) if "/_staging/" in v["Key"] and not v["IsLatest"]]
