@@ -159,7 +159,7 @@ def minio_server(data: Path, key_id: str, secret: str, bucket: str) -> Iterator[
             )
         endpoint = f"http://127.0.0.1:{port}"
         try:
-            if _wait_ready(proc, endpoint + "/minio/health/ready", timeout=60):
+            if _wait_ready(proc, endpoint + "/minio/health/ready", log_path, timeout=60):
                 server = S3Server("minio", endpoint, bucket, key_id, secret)
                 server.client().create_bucket(Bucket=bucket)
                 yield server
@@ -175,7 +175,7 @@ def minio_server(data: Path, key_id: str, secret: str, bucket: str) -> Iterator[
     raise RuntimeError(f"MinIO did not start:\n{log_path.read_text(errors='replace')[-3000:]}")
 
 
-def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool:
+def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout: float) -> bool:
     """True once ``url`` answers 200; False if ``proc`` exits first (its port was taken)."""
     import urllib.request
 
@@ -187,7 +187,8 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float) -> bool
             if r.status == 200:
                 return True
         time.sleep(0.2)
-    raise RuntimeError(f"MinIO not ready at {url} after {timeout:.0f}s")
+    raise RuntimeError(f"MinIO not ready at {url} after {timeout:.0f}s:\n"
+                       f"{log_path.read_text(errors='replace')[-3000:]}")
 
 
 def unique(name: str) -> str:

@@ -80,7 +80,7 @@ def test_conditional_put_succeeds_on_new_key(s3: Any, s3_server: S3Server, uniqu
 def test_put_if_match_refuses_a_changed_or_missing_object(
     s3: Any, s3_server: S3Server, unique_prefix: str
 ) -> None:
-    """What the consumer's replace-if-unchanged (the progress marker) rests on."""
+    """What fences a replay rests on: its positions object under `_state/` is replaced only if unchanged."""
     key = unique_prefix + "etag"
     first = s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"v1")["ETag"]
     s3.put_object(Bucket=s3_server.bucket, Key=key, Body=b"v2", IfMatch=first)
