@@ -7,6 +7,7 @@ seconds from cached downloads) and FAILS — never skips — when it cannot.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import os
 import time
@@ -87,12 +88,16 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 @pytest.fixture(scope="session")
-def stack() -> StackSettings:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[StackSettings]:
     """The running local stack (started with `dev/stack up` if needed). Exports AWS_* and
     AWS_REGION (plus the other settings) into os.environ for code under test.
 
     ``TEST_STACK_DIR=<dir>``: use the stack already running in that STACK_DIR instead (started
-    with ``STACK_DIR=<dir> KAFKA_PORT=… S3_PORT=… dev/stack up``; never started or stopped here)."""
+    with ``STACK_DIR=<dir> KAFKA_PORT=… S3_PORT=… dev/stack up``; never started or stopped here).
+
+    ``TEST_S3=minio``: the stack's S3 is a MinIO (``dev/minio``) started for the session, with the
+    stack's bucket and credentials, instead of its SeaweedFS: every test that writes to "the
+    stack" writes to MinIO. Tests that start a private stack of their own keep its SeaweedFS."""
     # Use the default stack regardless of a STACK_DIR/port override leaking from the caller.
     env = {k: v for k, v in os.environ.items() if k != "STACK_DIR"}
     if os.environ.get("TEST_STACK_DIR"):
@@ -106,8 +111,23 @@ def stack() -> StackSettings:
             pytrace=False,
         )
     settings = StackSettings.from_env_lines(res.stdout)
-    os.environ.update(settings.as_env())
-    return settings
+    with contextlib.ExitStack() as on_exit:
+        if _stack_s3_name() == "minio":
+            server = on_exit.enter_context(minio_server(
+                tmp_path_factory.mktemp("stack-minio") / "data", settings.aws_access_key_id,
+                settings.aws_secret_access_key, settings.s3_bucket,
+            ))
+            settings = dataclasses.replace(settings, s3_endpoint=server.endpoint)
+        os.environ.update(settings.as_env())
+        yield settings
+
+
+def _stack_s3_name() -> str:
+    name = os.environ.get("TEST_S3") or "seaweedfs"
+    if name not in ("seaweedfs", "minio"):
+        pytest.fail(f"TEST_S3={name!r}: the stack's S3 is 'seaweedfs' (the default) or 'minio'",
+                    pytrace=False)
+    return name
 
 
 @pytest.fixture(scope="session")
@@ -118,9 +138,10 @@ def s3(stack: StackSettings) -> Any:
 
 
 @pytest.fixture(scope="session")
-def seaweedfs(stack: StackSettings) -> S3Server:
-    """The stack's S3 server, described as :func:`minio` describes its own."""
-    return S3Server("seaweedfs", stack.s3_endpoint, stack.s3_bucket, stack.aws_access_key_id,
+def stack_s3(stack: StackSettings) -> S3Server:
+    """The stack's S3 server (SeaweedFS, or MinIO under ``TEST_S3=minio``), described as
+    :func:`minio` describes its own."""
+    return S3Server(_stack_s3_name(), stack.s3_endpoint, stack.s3_bucket, stack.aws_access_key_id,
                     stack.aws_secret_access_key)
 
 
@@ -133,9 +154,10 @@ def minio(stack: StackSettings, tmp_path_factory: pytest.TempPathFactory) -> Ite
         yield server
 
 
-@pytest.fixture(params=["seaweedfs", "minio"])
+@pytest.fixture(params=["stack_s3", "minio"], ids=["stack-s3", "minio"])
 def s3_server(request: pytest.FixtureRequest) -> S3Server:
-    """Each of the two real S3 servers in turn: a test that takes it runs once on each."""
+    """Each of the two real S3 servers in turn, the stack's and a MinIO: a test that takes it runs
+    once on each."""
     found: S3Server = request.getfixturevalue(request.param)
     return found
 

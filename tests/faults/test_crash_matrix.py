@@ -147,9 +147,9 @@ def kill_once_then_prove(stack: Any, server: S3Server, prefix: str, tmp: Path, p
 
 @pytest.mark.parametrize(("point", "nth"), CASES)
 def test_kill_at_point_then_recover(
-    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
+    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
-    kill_once_then_prove(stack, seaweedfs, unique_prefix, tmp_path, point, nth)
+    kill_once_then_prove(stack, stack_s3, unique_prefix, tmp_path, point, nth)
 
 
 # Kills with the output on MinIO (dev/minio) instead: each point follows a different S3 call the
@@ -199,7 +199,7 @@ def test_kill_at_point_then_recover_in_a_versioned_bucket(
 
 @pytest.mark.parametrize(("point", "nth"), BAD_CASES)
 def test_kill_at_point_with_bad_records_in_range(
-    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
+    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
     """The same with 50 bad records among the 4,000 good ones: dead letters are written before the
     piece of their range, so a crash between the two (``after_dead_letter_put``) or around the
@@ -210,11 +210,11 @@ def test_kill_at_point_with_bad_records_in_range(
     assert expected.bad_count == len(BAD)
     args = (*SMALL, *static_member())
     kind = f"kill at point, {len(BAD)} bad records in range"
-    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
+    crash_then_prove(stack, stack_s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
 
 
 def test_repeated_kills_at_different_points(
-    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path
+    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path
 ) -> None:
     """Several crashes in a row, at different points, before the run may finish; bad records in
     the input, so one of the crashes falls between a dead-letter PUT and its piece PUT."""
@@ -232,10 +232,10 @@ def test_repeated_kills_at_different_points(
     ]
     args = (*SMALL, *static_member())
     kind = f"seven kills in a row, {len(bad)} bad records in range"
-    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, sequence, args, kind)
+    crash_then_prove(stack, stack_s3, unique_prefix, tmp_path, expected, sequence, args, kind)
 
 
-@pytest.mark.parametrize("server_name", ["seaweedfs", "minio"])
+@pytest.mark.parametrize("server_name", ["stack_s3", "minio"])
 def test_kill_mid_merge_of_a_multipart_final_file(
     stack: Any, request: pytest.FixtureRequest, unique_prefix: str, tmp_path: Path, server_name: str
 ) -> None:
@@ -396,7 +396,7 @@ BUCKETED_CASES = [
 
 @pytest.mark.parametrize(("point", "nth"), BUCKETED_CASES)
 def test_kill_at_point_in_the_bucketed_layout(
-    stack: Any, seaweedfs: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
+    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path, point: str, nth: int
 ) -> None:
     topic = unique("crash-bucket")
     expected = produce_with_bad(
@@ -404,4 +404,4 @@ def test_kill_at_point_in_the_bucketed_layout(
     )
     args = (*BUCKETED, *static_member())
     kind = f"kill at point, bucketed layout (5 shuffled hours), {len(BUCKETED_BAD)} bad records"
-    crash_then_prove(stack, seaweedfs, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
+    crash_then_prove(stack, stack_s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
