@@ -107,6 +107,10 @@ class Layout:
         return m["topic"], int(m["partition"]), int(m["first"])
 
     # -- staging -----------------------------------------------------------------------------
+    def staging_root(self) -> str:
+        """The folder every staged object of this prefix lives under."""
+        return self._join("_staging") + "/"
+
     def staging_dir(self, topic: str, partition: int) -> str:
         return self._join("_staging", f"topic={topic}", f"partition={partition}") + "/"
 

@@ -354,6 +354,22 @@ class Runner:
             if current is None or isinstance(current, float):
                 target.give_up_at = give_up_at if current is None else min(current, give_up_at)  # type: ignore[union-attr]
 
+    def _warn_if_deleted_versions_pile_up(self) -> None:
+        """Every roll deletes the staged pieces it merged: in a bucket that keeps every version they
+        stay, about the output's size again, unless a lifecycle rule expires noncurrent versions.
+        Said once at start; nothing else changes (the protocol works the same on such a bucket)."""
+        staging = self.layout.staging_root()
+        if self.store.keeps_deleted_versions(staging):
+            self.log.warning(
+                "the bucket keeps every version and no lifecycle rule expires noncurrent versions "
+                "of the staging folder: each staged piece stays after its roll deletes it (about "
+                "the output's size again)",
+                staging=staging,
+                hint="add a lifecycle rule that expires noncurrent versions under the prefix's "
+                "_staging/, _state/, _newest_final/ and _rolled/ folders (README, 'S3 servers "
+                "and buckets')",
+            )
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
@@ -365,6 +381,7 @@ class Runner:
         code = EXIT_OK
         try:
             probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex))
+            self._warn_if_deleted_versions_pile_up()
             self._start_talking_to_kafka()
             code = self._loop()
         except ConsumerStop as exc:

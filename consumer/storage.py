@@ -171,6 +171,7 @@ class ObjectStore(Protocol):
     def delete(self, keys: Sequence[str]) -> None: ...
     def compose(self, key: str, segments: Sequence[Segment]) -> PutOutcome: ...
     def abort_uploads(self, key: str) -> int: ...
+    def keeps_deleted_versions(self, prefix: str) -> bool | None: ...
 
 
 @dataclass(frozen=True)
@@ -683,6 +684,24 @@ class S3Store:
                 n += 1
         return n
 
+    def keeps_deleted_versions(self, prefix: str) -> bool | None:
+        """True when the bucket keeps every version (versioning on) and no enabled lifecycle rule
+        expires the noncurrent versions of keys under ``prefix``; None when the bucket would not
+        say (the two reads refused or failed). Two requests, once at start, never retried."""
+        try:
+            status = self._fs.call_s3("get_bucket_versioning", Bucket=self.bucket).get("Status")
+            if status != "Enabled":
+                return False
+            try:
+                rules = self._fs.call_s3("get_bucket_lifecycle_configuration", Bucket=self.bucket)["Rules"]
+            except Exception as exc:
+                if _client_error_code(exc)[0] != "NoSuchLifecycleConfiguration":
+                    raise
+                rules = []
+        except Exception:
+            return None
+        return not any(expires_noncurrent_under(rule, prefix) for rule in rules)
+
 
 def same_object(store: ObjectStore, key: str, data: bytes) -> Created:
     """After a 412 on a create: EXISTS_SAME if ``key`` holds exactly ``data`` (our own write whose
@@ -699,6 +718,19 @@ def same_object(store: ObjectStore, key: str, data: bytes) -> Created:
     except FileNotFoundError:
         return Created(PutOutcome.EXISTS_OTHER, None)
     return Created(PutOutcome.EXISTS_SAME if same else PutOutcome.EXISTS_OTHER, info.etag)
+
+
+def expires_noncurrent_under(rule: dict[str, Any], prefix: str) -> bool:
+    """True when the lifecycle ``rule`` (as S3 returns it) is enabled, expires noncurrent
+    versions, and applies to keys under ``prefix``: its filter's prefix is a beginning of
+    ``prefix``, or lies under it (a rule for the ``_staging/`` folder). A rule filtered by tags or
+    object sizes counts too: whether it applies cannot be told from the keys."""
+    if rule.get("Status") != "Enabled" or "NoncurrentVersionExpiration" not in rule:
+        return False
+    where = rule.get("Filter", {})
+    where = where.get("And", where)
+    rule_prefix = str(where.get("Prefix", rule.get("Prefix", "")))
+    return prefix.startswith(rule_prefix) or rule_prefix.startswith(prefix)
 
 
 def probe_conditional_writes(store: ObjectStore, key: str) -> None:

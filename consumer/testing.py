@@ -245,6 +245,9 @@ class MemoryStore:
         #: size. ``equal_parts`` is S3Store's switch of the same name (compose plans such parts).
         self.equal_parts_required = False
         self.equal_parts = False
+        #: A bucket with versioning on and no lifecycle rule that expires noncurrent versions
+        #: (what :meth:`keeps_deleted_versions` answers; None: the bucket would not say).
+        self.versioned_without_expiry: bool | None = False
         self._etags: dict[str, tuple[bytes, str]] = {}  # key → (the bytes it was computed for, etag)
         self._faults = _Faults(OPS | REQUESTS)
         self._ids = itertools.count(1)
@@ -553,6 +556,9 @@ class MemoryStore:
             self.abort_multipart_upload(key, upload_id)
         except Exception:  # best effort, as in S3Store: abort_uploads() sweeps at recovery
             return
+
+    def keeps_deleted_versions(self, prefix: str) -> bool | None:
+        return self.versioned_without_expiry
 
     def abort_uploads(self, key: str) -> int:
         """Abort unfinished multipart uploads to exactly ``key``; how many there were."""

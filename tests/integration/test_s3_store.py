@@ -84,3 +84,25 @@ def test_an_upload_left_by_a_crash_is_invisible_and_aborted(s3_server: S3Server,
     assert store.abort_uploads(key) == 1
     assert store.abort_uploads(key) == 0
     assert store.compose(key, [b"whole"]) is PutOutcome.CREATED
+
+
+def test_keeps_deleted_versions_reads_versioning_and_lifecycle(
+    s3_server: S3Server, unique_prefix: str
+) -> None:
+    """What the warning at start rests on: off, on without a rule, on with a rule for the folder."""
+    staging = unique_prefix + "_staging/"
+    assert _store(s3_server).keeps_deleted_versions(staging) is False
+    s3, bucket = s3_server.client(), f"{s3_server.bucket}-lifecycle"
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket)
+    s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
+    versioned = S3Store(bucket, endpoint_url=s3_server.endpoint)
+    assert versioned.keeps_deleted_versions(staging) is True
+    rule = {"ID": "staging", "Status": "Enabled", "Filter": {"Prefix": staging},
+            "NoncurrentVersionExpiration": {"NoncurrentDays": 1}}
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [rule]})
+    try:
+        assert versioned.keeps_deleted_versions(staging) is False
+        assert versioned.keeps_deleted_versions("elsewhere/_staging/") is True
+    finally:
+        s3.delete_bucket_lifecycle(Bucket=bucket)

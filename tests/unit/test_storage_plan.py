@@ -9,6 +9,7 @@ inputs for real, with the source bytes a deterministic function of (key, positio
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
@@ -20,6 +21,7 @@ from consumer.storage import (
     RetryPolicy,
     Segment,
     classify,
+    expires_noncurrent_under,
     needs_equal_parts,
     plan_equal_parts,
     plan_parts,
@@ -396,3 +398,27 @@ def test_connect_builds_the_client_at_start_without_a_request() -> None:
     assert client is not None and sum(store.stats.requests.values()) == 0
     store.connect()  # idempotent: the same client
     assert store._fs._s3 is client
+
+
+# -- lifecycle rules that expire what a versioned bucket keeps ---------------------------------
+def _rule(**kw: Any) -> dict[str, Any]:
+    return {"ID": "r", "Status": "Enabled", "NoncurrentVersionExpiration": {"NoncurrentDays": 1}, **kw}
+
+
+@pytest.mark.parametrize(
+    ("rule", "covers"),
+    [
+        (_rule(Filter={"Prefix": "out/_staging/"}), True),  # the folder itself
+        (_rule(Filter={"Prefix": "out/"}), True),  # the whole output
+        (_rule(Filter={}), True),  # the whole bucket
+        (_rule(Prefix="out/_st"), True),  # the old top-level Prefix
+        (_rule(Filter={"And": {"Prefix": "out/_staging/t/", "Tags": [{"Key": "k", "Value": "v"}]}}), True),
+        (_rule(Filter={"Prefix": "other/"}), False),
+        (_rule(Filter={"Prefix": "out/_staging/"}, Status="Disabled"), False),
+        ({"ID": "r", "Status": "Enabled", "Expiration": {"Days": 30}, "Filter": {"Prefix": ""}}, False),
+    ],
+)
+def test_a_lifecycle_rule_covers_the_staging_folder_when_it_expires_noncurrent_versions_there(
+    rule: dict[str, Any], covers: bool
+) -> None:
+    assert expires_noncurrent_under(rule, "out/_staging/") is covers

@@ -1077,3 +1077,21 @@ def test_memory_consumer_ignores_offsets_written_into_the_assign_list_as_conflue
 
     assert first_offset(assign=False) == 0
     assert first_offset(assign=True) == 5
+
+
+@pytest.mark.parametrize(("kept", "warned"), [(True, 1), (False, 0), (None, 0)])
+def test_a_run_warns_once_when_the_bucket_keeps_what_rolls_delete(kept: bool | None, warned: int) -> None:
+    """Versioning on and no rule expiring noncurrent versions: said once at start, with the fix;
+    off, covered by a rule, or not known (the bucket would not say): nothing. The run is the same."""
+    from structlog.testing import capture_logs
+
+    broker, store = _broker_with_records(2, 25), MemoryStore()
+    store.versioned_without_expiry = kept
+    with capture_logs() as logs:
+        assert _runner(broker, store, row_group_rows=10, until_caught_up=True).run() == 0
+    said = [e for e in logs if "keeps every version" in str(e.get("event"))]
+    assert len(said) == warned
+    if said:
+        assert said[0]["log_level"] == "warning" and said[0]["staging"] == "out/_staging/"
+        assert "lifecycle rule" in said[0]["hint"]
+    assert _final_offsets(store) == {0: list(range(25)), 1: list(range(25))}
