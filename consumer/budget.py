@@ -54,6 +54,21 @@ def fetch_response_bytes(memory_bytes: int) -> int:
     return max(1 << 20, min(4 << 20, fetch_bytes(memory_bytes) // 4))
 
 
+def batch_messages(batch_size: int, current: int, consumed: int, consumed_bytes: int, cap: int) -> int:
+    """How many messages the next ``consume()`` asks for: ``--batch-size``, or fewer, so that a batch
+    of records the size of the last batch's (``consumed`` of them, ``consumed_bytes`` together)
+    holds about ``cap`` bytes (:attr:`MemoryPlan.batch`); ``current`` when the last batch was
+    empty, at least 1.
+
+    The soft limit leaves room for one consumed batch as large as a fetch response, and a count
+    alone does not keep that promise: 5,000 ``metrics`` records of 1 KB are 5 MB, held twice while
+    they are dispatched (the messages, then each partition's gathered copy). Records under
+    ``cap / --batch-size`` (800 bytes with the defaults) are not affected."""
+    if consumed <= 0 or consumed_bytes <= 0:
+        return current
+    return max(1, min(batch_size, cap * consumed // consumed_bytes))
+
+
 @dataclass(frozen=True)
 class MemoryPlan:
     """The budget's parts, in bytes; :attr:`buffers` is what the arenas may hold together."""
@@ -83,6 +98,11 @@ class MemoryPlan:
         return max(self.memory_bytes - self.reserved, self.memory_bytes // 4)
 
     @property
+    def batch(self) -> int:
+        """About what one consumed batch may hold: one fetch response (:func:`batch_messages`)."""
+        return fetch_response_bytes(self.memory_bytes)
+
+    @property
     def bound(self) -> int:
         """The process's peak RSS this plan is for: ``--memory-bytes`` + 100 MB."""
         return self.memory_bytes + ALLOWANCE
@@ -91,8 +111,8 @@ class MemoryPlan:
     def soft_limit(self) -> int:
         """RSS above which one more flush (its pages, the piece and its upload) may pass
         :attr:`bound`, with room for what arrives before the next reading (a fetch response, a
-        consumed batch: two fetch responses' worth). Without that room 1M ``page_view`` records
-        at 128MiB peaked 0-1 MB over the bound in some runs."""
+        consumed batch of at most :attr:`batch` bytes: two fetch responses' worth). Without that
+        room 1M ``page_view`` records at 128MiB peaked 0-1 MB over the bound in some runs."""
         return self.bound - self.flush - 2 * fetch_response_bytes(self.memory_bytes)
 
     def over(self, rss: int) -> int:

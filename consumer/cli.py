@@ -62,7 +62,8 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
                             "(<topic>-value, default), record (record full name), topic-record"}),
     ("--registry-timeout", {"help": "registry unreachable this long while a new schema id waits: "
                             "exit (5m); until then the partition pauses and retries"}),
-    ("--batch-size", {"help": "records per consume() call"}),
+    ("--batch-size", {"help": "records per consume() call (fewer, for large records, while the process is "
+                      "over its memory plan's soft limit)"}),
     ("--log-format", {"choices": ("auto", "json", "console")}),
     ("--log-level", {}),
     ("--metrics-port", {"help": "serve Prometheus /metrics, /healthz and /readyz on this port (off)"}),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumer.budget import ALLOWANCE, MemoryPlan, fetch_bytes, fetch_response_bytes
+from consumer.budget import ALLOWANCE, MemoryPlan, batch_messages, fetch_bytes, fetch_response_bytes
 
 MiB = 1 << 20
 
@@ -78,3 +78,30 @@ def test_a_fetch_response_is_a_quarter_of_the_queue_and_1_to_4_mib(memory: int) 
     assert response <= fetch_bytes(memory)
     assert response == max(MiB, min(4 * MiB, fetch_bytes(memory) // 4))
     assert fetch_response_bytes(128 * MiB) == 2 * MiB and fetch_response_bytes(512 * MiB) == 4 * MiB
+
+
+def test_a_batch_of_large_records_asks_for_fewer_so_it_holds_about_one_fetch_response() -> None:
+    """The soft limit's room counts a consumed batch as one fetch response; ``--batch-size`` alone
+    would let 5,000 records of 1 KB hold 5 MB."""
+    cap = MemoryPlan.of(128 * MiB, 8 * MiB).batch
+    assert cap == fetch_response_bytes(128 * MiB) == 2 * MiB
+    assert batch_messages(5000, 5000, 5000, 5000 * 1000, cap) == cap // 1000  # `metrics`: 2,097
+    assert batch_messages(5000, 5000, 5000, 5000 * 117, cap) == 5000  # `page_view`: unchanged
+    assert batch_messages(5000, 2097, 2097, 2097 * 117, cap) == 5000  # smaller records again: back
+    assert batch_messages(5000, 2097, 0, 0, cap) == 2097  # an empty batch says nothing
+    assert batch_messages(5000, 5000, 3, 3 * 50 * MiB, cap) == 1  # records over the cap: one at a time
+
+
+@given(st.integers(1, 100_000), st.integers(1, 100_000), st.integers(0, 100_000), st.integers(0, 1 << 40),
+       st.integers(MiB, 4 * MiB))
+def test_the_next_batch_stays_within_batch_size_and_about_the_cap(
+    batch_size: int, current: int, consumed: int, consumed_bytes: int, cap: int
+) -> None:
+    n = batch_messages(batch_size, current, consumed, consumed_bytes, cap)
+    if consumed == 0 or consumed_bytes == 0:
+        assert n == current
+        return
+    assert 1 <= n <= batch_size
+    # n records of the last batch's mean size fit the cap, and one more would not
+    assert n == 1 or n * consumed_bytes <= cap * consumed
+    assert n == batch_size or (n + 1) * consumed_bytes > cap * consumed

@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from consumer.budget import MemoryPlan
-from consumer.testing import MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
 from consumer.verify import verify
 from consumer.worker import PartitionWorker
 
@@ -283,3 +283,44 @@ def test_librdkafka_prefetch_follows_the_budget_and_yields_to_x_settings() -> No
     assert big["queued.max.messages.kbytes"] == 32 << 10 and big["fetch.max.bytes"] == 4 << 20
     mine = memory_runner(broker, store, kafka_properties={"fetch.max.bytes": str(50 << 20)}).consumer.conf
     assert mine["fetch.max.bytes"] == str(50 << 20)
+
+
+
+@pytest.mark.parametrize("over", [-1, 500_000])
+def test_over_the_soft_limit_large_records_are_consumed_about_one_fetch_response_at_a_time(over: int) -> None:
+    """--batch-size counts records; the memory plan counts a consumed batch as one fetch response
+    (1 MiB at this budget). Over the plan's soft limit, after a batch of 100 KB records the loop
+    asks for about ten at a time; under it, --batch-size stays. Either way every record ends up
+    durable and committed, in files that verify."""
+    from consumer.samples import encode_raw, make_record, parsed_schema
+
+    schema = parsed_schema("page_view")
+    broker, store = MemoryBroker(), MemoryStore()
+    broker.create_topic("t", 1)
+    for i in range(70):
+        broker.produce("t", encode_raw(schema, {**make_record("page_view", i), "url": "u" * 100_000}))
+    r = memory_runner(broker, store, memory_bytes=16 << 20, row_group_bytes=1 << 20, batch_size=50,
+                      row_group_max_age=3600.0, until_caught_up=True)
+    plan = MemoryPlan.of(16 << 20, 1 << 20, 100_000_000)
+    readings = iter([100_000_000])  # at start (the plan), then `over` the soft limit
+    r._process_rss = lambda: next(readings, plan.soft_limit + over)
+    asked: list[int] = []
+    consume = r.consumer.consume
+
+    def counted(num_messages: int = 1, timeout: float = -1) -> list[Any]:
+        asked.append(num_messages)
+        got: list[Any] = consume(num_messages, timeout)
+        return got
+
+    r.consumer.consume = counted
+    assert r.run() == 0
+    assert r.memory == plan and plan.batch == 1 << 20
+    each = len(encode_raw(schema, {**make_record("page_view", 0), "url": "u" * 100_000}))
+    if over < 0:
+        assert asked[:2] == [50, 50] and set(asked) == {50}  # 50 records, then the last 20
+    else:
+        assert len(asked) >= 3 and asked[0] == 50  # nothing known yet: --batch-size
+        assert abs(asked[1] - (1 << 20) // each) <= 1  # ten records of ~100 KB
+        assert set(asked[2:]) == {asked[1]}  # the same again, and after an empty batch
+    assert broker.committed_offset("g", "t", 0) == 70
+    assert verify(store, "out", "t", committed={0: 70}, contiguous=True).ok
