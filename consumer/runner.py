@@ -209,6 +209,8 @@ class Runner:
         #: what the next ``consume()`` asks for: ``--batch-size``, fewer for large records
         #: (consumer.budget.batch_messages)
         self.batch_messages = config.batch_size
+        #: the process's RSS at the loop's last reading (:meth:`_buffers_now`; 0 before the first)
+        self.last_rss = 0
         self.store = store
         self.decoder = decoder
         self.clock = clock
@@ -636,6 +638,7 @@ class Runner:
         rss = self._process_rss()
         if self._hand_back(rss, now, TRIM_SECONDS):
             rss = self._process_rss()
+        self.last_rss = rss
         budget = plan.buffers_at(rss, total)
         if budget < plan.buffers <= self.buffers_budget and now - self._squeeze_said_at >= SAY_SECONDS:
             self._squeeze_said_at = now  # at a tight budget this comes and goes every few seconds
@@ -649,10 +652,10 @@ class Runner:
         plan's soft limit (:meth:`_buffers_now`), fewer when records are large, so that a batch
         holds about one fetch response (consumer.budget.batch_messages). Measured on ``wide``
         (1 KB records) at 128MiB: with 5,000 records a batch, peak RSS passed the bound in 7 of 59
-        runs, by up to 4.3 MB; capped, in none of 20 (the highest 229.8 MB of 234.2). Only over the
+        runs, by up to 4.3 MB; capped, in none of 23 (the highest 230.1 MB of 234.2). Only over the
         soft limit: batches of 4,194 instead of 5,000 made a 512MiB run of the same records 7 %
         longer, at the same CPU (docs/benchmarks.md, nineteenth pass)."""
-        if self.buffers_budget >= self.memory.buffers:
+        if not self.memory.over(self.last_rss):
             return self.config.batch_size
         return batch_messages(
             self.config.batch_size, self.batch_messages, consumed, consumed_bytes, self.memory.batch
