@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import platform
 import signal
@@ -34,6 +35,20 @@ class Stack:
     s3_endpoint: str
     bucket: str
     env: dict[str, str]
+
+
+def client_logger(name: str) -> logging.Logger:
+    """A ``logger`` for the harness's own Kafka clients (``{"logger": client_logger(...)}``): their
+    librdkafka lines come out as ``[bench <name>] LEVEL message`` on stderr, beside the harness's
+    own, instead of librdkafka's raw ``%5|1796…|PARTCNT|rdkafka#producer-1|`` format."""
+    logger = logging.getLogger(f"bench.{name}")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(f"[bench {name}] %(levelname)s %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+    return logger
 
 
 def stack_settings() -> Stack:

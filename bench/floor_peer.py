@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 
 
@@ -24,12 +26,20 @@ def main(argv: list[str] | None = None) -> int:
 
     from confluent_kafka import Consumer
 
+    # librdkafka's lines as "[floor] LEVEL message" on stderr, not in its raw format (a log line is
+    # rare: this costs the loop nothing)
+    logger = logging.getLogger("floor")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[floor] %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
     c = Consumer(
         {
             "bootstrap.servers": args.bootstrap,
             "group.id": args.group_id,
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "logger": logger,
         }
     )
     c.subscribe([args.topic])

@@ -29,6 +29,7 @@ from bench.common import (
     RESULTS,
     WORKLOADS,
     Stack,
+    client_logger,
     machine_info,
     percentile,
     stack_settings,
@@ -65,12 +66,15 @@ def _end_offsets(stack: Stack, topic: str) -> dict[int, int] | None:
     from confluent_kafka import Consumer, TopicPartition
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient({"bootstrap.servers": stack.bootstrap}).list_topics(topic=topic, timeout=10)
+    md = AdminClient({"bootstrap.servers": stack.bootstrap, "logger": client_logger("admin")}).list_topics(
+        topic=topic, timeout=10
+    )
     info = md.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
         return None
     c = Consumer(
-        {"bootstrap.servers": stack.bootstrap, "group.id": "bench-probe", "enable.auto.commit": False}
+        {"bootstrap.servers": stack.bootstrap, "group.id": "bench-probe", "enable.auto.commit": False,
+         "logger": client_logger("probe")}
     )
     try:
         return {
@@ -264,7 +268,7 @@ def _wait_group_stable(stack: Stack, group: str, timeout_s: float) -> None:
     from confluent_kafka import ConsumerGroupState
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": stack.bootstrap})
+    admin = AdminClient({"bootstrap.servers": stack.bootstrap, "logger": client_logger("admin")})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -314,7 +318,8 @@ def run_latency(
     done = threading.Event()
 
     def produce_loop() -> None:
-        producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5, "acks": "all"})
+        producer = Producer({"bootstrap.servers": stack.bootstrap, "linger.ms": 5, "acks": "all",
+                             "logger": client_logger("producer")})
         parsed = samples.parsed_schema(schema)
 
         def on_delivery(err: Any, msg: Any) -> None:
@@ -340,7 +345,8 @@ def run_latency(
 
     thread = threading.Thread(target=produce_loop, daemon=True)
     thread.start()
-    watcher = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": group, "enable.auto.commit": False})
+    watcher = Consumer({"bootstrap.servers": stack.bootstrap, "group.id": group, "enable.auto.commit": False,
+                        "logger": client_logger("watcher")})
     tps = [TopicPartition(topic, p) for p in range(partitions)]
     seen = [0] * partitions  # index into produced[p] of the first not-yet-committed record
     latencies: list[float] = []
