@@ -113,7 +113,7 @@ class MemoryPlan:
         :attr:`bound`, with room for what arrives before the next reading (a fetch response, a
         consumed batch of at most :attr:`batch` bytes: two fetch responses' worth). Without that
         room 1M ``page_view`` records at 128MiB peaked 0-1 MB over the bound in some runs."""
-        return self.bound - self.flush - 2 * fetch_response_bytes(self.memory_bytes)
+        return self.bound - self.flush - 2 * self.batch
 
     def over(self, rss: int) -> int:
         """How far ``rss`` is above :attr:`soft_limit` (0 below it, or when not measured: 0)."""

@@ -297,8 +297,11 @@ def test_over_the_soft_limit_large_records_are_consumed_about_one_fetch_response
     schema = parsed_schema("page_view")
     broker, store = MemoryBroker(), MemoryStore()
     broker.create_topic("t", 1)
+    def large(i: int) -> bytes:
+        return encode_raw(schema, {**make_record("page_view", i), "url": "u" * 100_000})
+
     for i in range(70):
-        broker.produce("t", encode_raw(schema, {**make_record("page_view", i), "url": "u" * 100_000}))
+        broker.produce("t", large(i))
     r = memory_runner(broker, store, memory_bytes=16 << 20, row_group_bytes=1 << 20, batch_size=50,
                       row_group_max_age=3600.0, until_caught_up=True)
     plan = MemoryPlan.of(16 << 20, 1 << 20, 100_000_000)
@@ -315,7 +318,7 @@ def test_over_the_soft_limit_large_records_are_consumed_about_one_fetch_response
     r.consumer.consume = counted
     assert r.run() == 0
     assert r.memory == plan and plan.batch == 1 << 20
-    each = len(encode_raw(schema, {**make_record("page_view", 0), "url": "u" * 100_000}))
+    each = len(large(0))
     if over < 0:
         assert asked[:2] == [50, 50] and set(asked) == {50}  # 50 records, then the last 20
     else:
