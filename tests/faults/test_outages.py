@@ -1,6 +1,6 @@
-"""Infrastructure outages while the consumer runs: S3 down, a flaky network path to S3, and a
-Kafka broker restart. Real processes on a private stack (see conftest.py ``private_stack``), so
-stopping a service disturbs nobody else.
+"""Infrastructure outages while the consumer runs: S3 down, a flaky network path to S3, S3 answering
+every write with ``503 SlowDown``, and a Kafka broker restart. Real processes on a private stack
+(see conftest.py ``private_stack``), so stopping a service disturbs nobody else.
 
 After each scenario the consumer is stopped, a final ``--until-caught-up`` run finishes the work,
 and ``checker.prove`` reads every final file back: every offset a row of exactly one final file,
@@ -13,8 +13,10 @@ appends a row to the fault table (``checker.proven``).
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
+import tracemalloc
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from checker import Expected, Proof, finish_and_prove, prove, proven
 from faultproxy import FaultProxy
+from refusingproxy import RefusingProxy
 from support import (
     Running,
     count,
@@ -31,7 +34,9 @@ from support import (
 )
 from test_crash_matrix import static_member
 
+from consumer.cli import settled_heap
 from consumer.producer import produce
+from consumer.storage import PutOutcome, RetryPolicy, S3Store, TransientStorageError
 
 if TYPE_CHECKING:  # the fixture's class; "conftest" may name tests/conftest.py at run time
     from conftest import PrivateStack
@@ -302,7 +307,120 @@ def test_s3_through_fault_injecting_proxy(private_stack: PrivateStack, tmp_path:
     )
 
 
-# -- 3. broker restart --------------------------------------------------------------------------
+# -- 3. S3 refusing writes (503 SlowDown) -------------------------------------------------------
+
+
+def test_refused_writes_keep_no_copy_of_the_body_between_attempts(
+    private_stack: PrivateStack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every write answered ``503 SlowDown``: what a refused attempt allocated (aiohttp's copy of
+    the body, held in a reference cycle through s3fs's error) is freed before the next attempt,
+    with the collector's thresholds a run sets (``settled_heap``). Before, each refused attempt
+    kept one more copy: an S3 that refused a consumer's writes for a minute took it past its
+    memory bound (docs/benchmarks.md, twentieth pass)."""
+    ps = private_stack
+    ps.up()
+    for k, v in ps.consumer_env().items():
+        monkeypatch.setenv(k, v)
+    body = os.urandom(4 << 20)
+    key = f"tests/{unique('refused')}/piece.parquet"
+    attempts: list[float] = []
+    with RefusingProxy(ps.s3_port) as proxy:
+        store = S3Store(
+            ps.bucket,
+            endpoint_url=proxy.url,
+            retry=RetryPolicy(base=0.01, cap=0.02, max_elapsed=3.0),
+            on_retry=lambda op, exc, delay: attempts.append(delay),
+        )
+        store.connect()
+        proxy.refuse()
+        with settled_heap(batch_size=5_000):
+            tracemalloc.start()
+            try:
+                with pytest.raises(TransientStorageError, match="kept failing"):
+                    store.create(key, body)
+                held, _ = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+        refused = proxy.refused
+        proxy.accept()
+        created = store.create(key, body)
+    print(
+        f"refused writes: {refused} requests refused, {len(attempts)} retries, "
+        f"{held / 1e6:.1f} MB still held after them"
+    )
+    assert refused >= 5 and len(attempts) >= 4, f"too few refused attempts: {refused}"
+    # The last attempt's garbage is left for the caller's next collection: at most one copy.
+    assert held < 1.5 * len(body), (
+        f"{held / 1e6:.1f} MB held after {refused} refused attempts of a {len(body) / 1e6:.1f} MB body"
+    )
+    assert created.outcome is PutOutcome.CREATED
+    assert store.get(key) == body
+
+
+def test_s3_refusing_writes_consumer_retries_then_finishes(
+    private_stack: PrivateStack, tmp_path: Path
+) -> None:
+    ps = private_stack
+    ps.up()
+    s3 = ps.s3_client()
+    topic, group, prefix = unique("s3-refusing"), unique("g"), f"tests/{unique('s3-refusing')}/"
+    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
+    args = (*SMALL, *static_member())
+    first = produce(ps.bootstrap, topic, "page_view", 1_500, partitions=PARTITIONS)
+    with RefusingProxy(ps.s3_port) as proxy:
+        running = start_consumer(topic, group, out, *args, env=ps.consumer_env(proxy.url))
+        try:
+            running.wait_for(
+                lambda ev: durable(ev) >= 2, timeout=60, what="row groups durable before refusals"
+            )
+            proxy.refuse()
+            refused_at = time.monotonic()
+            second = produce(
+                ps.bootstrap, topic, "page_view", 1_500, partitions=PARTITIONS, start=first.count
+            )
+            while time.monotonic() - refused_at < 15:
+                assert running.proc.poll() is None, (
+                    f"consumer died while S3 refused writes:\n{running.log()[-4000:]}"
+                )
+                time.sleep(0.5)
+            refused_s = time.monotonic() - refused_at
+            retries_during = count(running.events(), RETRY)
+            durable_at_accept = durable(running.events())
+            refused = proxy.refused
+            assert refused >= 2 and retries_during >= 1, (
+                f"{refused} writes refused, {retries_during} retries logged:\n{running.log()[-3000:]}"
+            )
+            proxy.accept()
+            running.wait_for(
+                lambda ev: durable(ev) > durable_at_accept,
+                timeout=60,
+                what="a row group durable once S3 accepted writes again",
+            )
+            stop_running(running)
+        finally:
+            if running.proc.poll() is None:
+                running.stop()
+    print(
+        f"S3 refusing writes {refused_s:.0f}s: {refused} writes refused, {retries_during} retries logged, "
+        f"retried {retry_kinds(running.events())}"
+    )
+    finish_and_verify(
+        ps,
+        s3,
+        fault=f"S3 answered 503 SlowDown to every write for {refused_s:.0f}s ({refused} refused)",
+        kind="S3 refusing writes",
+        topic=topic,
+        group=group,
+        prefix=prefix,
+        tmp=tmp_path,
+        args=args,
+        produced=first.count + second.count,
+        producer_errors=[],
+    )
+
+
+# -- 4. broker restart --------------------------------------------------------------------------
 
 
 def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> None:
