@@ -478,6 +478,8 @@ class S3Store:
             config_kwargs={
                 "connect_timeout": connect_timeout,
                 "read_timeout": read_timeout,
+                # botocore's max_attempts counts retries: one quick retry of its own (after up to
+                # a second), which covers a kept-alive connection the server closed; then ours.
                 "retries": {"max_attempts": 1, "mode": "standard"},
                 "user_agent": _user_agent(),
             },
