@@ -18,7 +18,7 @@ from typing import Any
 
 import fault_table
 import pytest
-from support import S3Server, StackSettings, minio_server, run_stack, s3_client
+from support import S3Server, StackSettings, kafka_conf, minio_server, run_stack, s3_client
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -167,7 +167,7 @@ def admin(stack: StackSettings) -> Any:
     """A confluent_kafka AdminClient for the stack's broker."""
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    return AdminClient(kafka_conf({"bootstrap.servers": stack.kafka_bootstrap}))
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -189,6 +190,13 @@ def _wait_ready(proc: subprocess.Popen[bytes], url: str, log_path: Path, timeout
         time.sleep(0.2)
     raise RuntimeError(f"MinIO not ready at {url} after {timeout:.0f}s:\n"
                        f"{log_path.read_text(errors='replace')[-3000:]}")
+
+
+def kafka_conf(conf: dict[str, Any]) -> dict[str, Any]:
+    """A test's own Kafka client configuration: ``conf`` and a logger, so that librdkafka's lines
+    (a topic deleted under a producer still open, a broker restarting) go through ``logging``,
+    which pytest shows with a failing test, instead of raw onto the run's stderr."""
+    return {**conf, "logger": logging.getLogger("tests.kafka")}
 
 
 def unique(name: str) -> str:

@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 from support import (
     assert_values_as_produced,
     download_finals,
+    kafka_conf,
     list_keys,
     log_events,
     run_consumer,
@@ -147,12 +148,12 @@ class Expected:
         ends = high_watermarks(bootstrap, topic, partitions)
         good: dict[int, dict[int, int]] = {p: {} for p in range(partitions)}
         c = Consumer(
-            {
+            kafka_conf({
                 "bootstrap.servers": bootstrap,
                 "group.id": f"readback-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
                 "enable.partition.eof": True,
-            }
+            })
         )
         try:
             c.assign([TopicPartition(topic, p, 0) for p in range(partitions) if ends[p] > 0])
@@ -294,7 +295,9 @@ def produce_with_bad(
         return cb
 
     producer = Producer(
-        {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+        kafka_conf(
+            {"bootstrap.servers": bootstrap, "enable.idempotence": True, "acks": "all", "linger.ms": 20}
+        )
     )
     for r in sends:
         while True:
@@ -323,11 +326,11 @@ def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, in
     from confluent_kafka import Consumer, TopicPartition
 
     c = Consumer(
-        {
+        kafka_conf({
             "bootstrap.servers": bootstrap,
             "group.id": f"wm-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
-        }
+        })
     )
     try:
         out = {}
@@ -344,7 +347,7 @@ def committed_positions(bootstrap: str, group: str, topic: str, partitions: int)
     """The group's committed position per partition (negative: nothing committed)."""
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer(kafka_conf({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}))
     try:
         tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=30)
         for tp in tps:

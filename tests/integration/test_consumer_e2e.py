@@ -23,6 +23,7 @@ from support import (
     download_finals,
     duckdb_counts,
     final_keys,
+    kafka_conf,
     list_keys,
     log_events,
     read_footer_metadata,
@@ -144,7 +145,8 @@ def test_files_roll_near_the_byte_budget(stack: Any, s3: Any, unique_prefix: str
 def _committed(stack: Any, group: str, topic: str, partitions: int) -> dict[int, int]:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": group, "enable.auto.commit": False})
+    conf = {"bootstrap.servers": stack.kafka_bootstrap, "group.id": group, "enable.auto.commit": False}
+    c = Consumer(kafka_conf(conf))
     try:
         tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return {tp.partition: tp.offset for tp in tps}
@@ -367,7 +369,7 @@ def test_confluent_wire_format_through_the_registry(
 def _produce_values(stack: Any, topic: str, values: list[bytes], partition: int = 0) -> None:
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": stack.kafka_bootstrap})
+    p = Producer(kafka_conf({"bootstrap.servers": stack.kafka_bootstrap}))
     for v in values:
         p.produce(topic, v, partition=partition)
     assert p.flush(30) == 0

@@ -17,6 +17,7 @@ from support import (
     REPO,
     assert_exported_exactly_once,
     consumer_cmd,
+    kafka_conf,
     log_events,
     member_starts,
     start_consumer,
@@ -36,7 +37,7 @@ def _members(bootstrap: str, group: str) -> dict[str, tuple[str, list[int]]]:
     """(member id, partitions) of each member, by group.instance.id, as the coordinator sees
     them. A killed member stays listed, with its partitions, until its session expires: only a
     new member id tells its successor from it."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin = AdminClient(kafka_conf({"bootstrap.servers": bootstrap}))
     desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
     out = {}
     for m in desc.members:

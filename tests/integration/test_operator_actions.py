@@ -15,6 +15,7 @@ from support import (
     REPO,
     download_finals,
     final_keys,
+    kafka_conf,
     log_events,
     offsets_by_partition,
     read_table,
@@ -34,14 +35,14 @@ SCHEMA = parsed_schema("page_view")
 
 
 def produce_raw(bootstrap: str, topic: str, values: list[bytes | None]) -> None:
-    p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5})
+    p = Producer(kafka_conf({"bootstrap.servers": bootstrap, "linger.ms": 5}))
     for v in values:
         p.produce(topic, v, partition=0)
     assert p.flush(30) == 0
 
 
 def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> list[int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+    c = Consumer(kafka_conf({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}))
     try:
         tps = c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
         return [tp.offset for tp in tps]

@@ -19,6 +19,7 @@ from support import (
     REPO,
     assert_exported_exactly_once,
     consumer_cmd,
+    kafka_conf,
     log_events,
     unique,
 )
@@ -66,7 +67,7 @@ def _wait_for_line(path: Path, line: str, proc: subprocess.Popen[bytes], timeout
 def _unowned(stack: Any, group: str, topic: str) -> set[int]:
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": stack.kafka_bootstrap})
+    admin = AdminClient(kafka_conf({"bootstrap.servers": stack.kafka_bootstrap}))
     desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
     owned = {tp.partition for m in desc.members for tp in m.assignment.topic_partitions if tp.topic == topic}
     return set(range(4)) - owned

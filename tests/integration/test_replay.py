@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, download_finals, list_keys, read_table, staging_keys, unique
+from support import REPO, download_finals, kafka_conf, list_keys, read_table, staging_keys, unique
 
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
@@ -103,7 +103,7 @@ def test_replay_slice_resumes_after_kill_and_is_idempotent(
     # A replay joins no group: the live group's committed offsets are untouched.
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "consumer-replay"})
+    c = Consumer(kafka_conf({"bootstrap.servers": stack.kafka_bootstrap, "group.id": "consumer-replay"}))
     try:
         committed = c.committed([TopicPartition(topic, 0), TopicPartition(topic, 1)], timeout=10)
     finally:

@@ -25,6 +25,7 @@ import pytest
 from faults.faultproxy import FaultProxy
 from support import (
     download_finals,
+    kafka_conf,
     list_keys,
     read_footer_metadata,
     start_consumer,
@@ -99,7 +100,7 @@ def produce(bootstrap: str, topic: str, ids: dict[int, int], plan: list[tuple[in
     """Produce (version, i) records, record i to partition i % 2; note (partition, offset) → (version, i)."""
     from confluent_kafka import Producer
 
-    p = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    p = Producer(kafka_conf({"bootstrap.servers": bootstrap, "enable.idempotence": True}))
     parsed = {v: fastavro.parse_schema(s) for v, s in VERSIONS.items()}
 
     def done(err: Any, msg: Any, version: int, i: int) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import kafka_conf
 
 from consumer.cli import make_store
 from consumer.layout import Layout
@@ -57,7 +58,8 @@ def consumed(stack: Any, s3: Any) -> Iterator[Output]:
     from confluent_kafka.admin import AdminClient
 
     with contextlib.suppress(Exception):
-        for fut in AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).delete_topics([topic]).values():
+        admin = AdminClient(kafka_conf({"bootstrap.servers": stack.kafka_bootstrap}))
+        for fut in admin.delete_topics([topic]).values():
             fut.result(timeout=30)
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import yaml
+from support import kafka_conf
 
 if TYPE_CHECKING:
     from support import StackSettings
@@ -530,7 +531,7 @@ def test_init_script_creates_bucket_and_topic_idempotently(
     topic = f"compose-init-{uuid.uuid4().hex[:8]}"
     env = _on_stack(_env(init), target_stack, S3_BUCKET=bucket, CONSUMER_TOPICS=topic)
     s3 = _s3_client(target_stack)
-    admin = AdminClient({"bootstrap.servers": target_stack.kafka_bootstrap})
+    admin = AdminClient(kafka_conf({"bootstrap.servers": target_stack.kafka_bootstrap}))
     try:
         for attempt in (1, 2):  # the second run finds both and must still exit 0
             res = subprocess.run(

@@ -17,6 +17,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from support import kafka_conf
 
 if TYPE_CHECKING:
     from support import StackSettings
@@ -33,12 +34,12 @@ def _consumer(stack: StackSettings, group: str | None = None, **extra: Any) -> C
         "enable.partition.eof": False,
         **extra,
     }
-    return Consumer(conf)
+    return Consumer(kafka_conf(conf))
 
 
 def _produce(stack: StackSettings, topic: str, records: list[tuple[int, bytes, bytes, int]]) -> None:
     producer = Producer(
-        {"bootstrap.servers": stack.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5}
+        kafka_conf({"bootstrap.servers": stack.kafka_bootstrap, "enable.idempotence": True, "linger.ms": 5})
     )
     errors: list[KafkaError] = []
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from support import REPO, Running, count, pick_stack_ports, run_stack, start_consumer, unique
+from support import REPO, Running, count, kafka_conf, pick_stack_ports, run_stack, start_consumer, unique
 
 from consumer.producer import produce
 
@@ -205,7 +205,7 @@ class Producer:
 def produce_bad_records(bootstrap: str, topic: str) -> None:
     from confluent_kafka import Producer as KafkaProducer
 
-    p = KafkaProducer({"bootstrap.servers": bootstrap})
+    p = KafkaProducer(kafka_conf({"bootstrap.servers": bootstrap}))
     p.produce(topic, value=None, key=b"tombstone", partition=0)
     p.produce(topic, value=b"\x99 not avro at all", key=b"garbage", partition=1)
     assert p.flush(30) == 0
