@@ -133,17 +133,33 @@ def stays_up(running: Running, seconds: float, what: str) -> list[int]:
     return samples
 
 
+@dataclass(frozen=True)
+class Scenario:
+    """One scenario's own topic, group and output prefix, and the consumer's flags."""
+
+    topic: str
+    group: str
+    prefix: str
+    bucket: str
+    args: tuple[str, ...]
+
+    @classmethod
+    def new(cls, ps: PrivateStack, name: str, args: tuple[str, ...]) -> Scenario:
+        return cls(unique(name), unique("g"), f"tests/{unique(name)}/", ps.bucket, args)
+
+    @property
+    def out(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix.rstrip('/')}"
+
+
 def finish_and_verify(
     ps: PrivateStack,
     s3: Any,
+    sc: Scenario,
     *,
     fault: str,
     kind: str,
-    topic: str,
-    group: str,
-    prefix: str,
     tmp: Path,
-    args: tuple[str, ...],
     produced: int,
     producer_errors: list[str],
     env: dict[str, str] | None = None,
@@ -153,6 +169,7 @@ def finish_and_verify(
     one), then ``checker.prove`` and a fault-table row. ``produced``: records 0..produced-1 were
     acknowledged; with ``producer_errors`` the topic may also hold retried ones, so what it holds
     is read back (every value must be one of the records up to the last one attempted)."""
+    topic = sc.topic
     if producer_errors:
         expected = Expected.from_topic(
             ps.bootstrap, topic, "page_view", PARTITIONS, range(produced + BackgroundProducer.burst)
@@ -166,15 +183,15 @@ def finish_and_verify(
     common: dict[str, Any] = {
         "s3": s3,
         "bucket": ps.bucket,
-        "prefix": prefix,
+        "prefix": sc.prefix,
         "bootstrap": ps.bootstrap,
-        "group": group,
+        "group": sc.group,
         "expected": expected,
         "tmp": tmp,
     }
     if final_run:
         return proven(
-            lambda: finish_and_prove(**common, args=args, env=env or ps.consumer_env(), timeout=180),
+            lambda: finish_and_prove(**common, args=sc.args, env=env or ps.consumer_env(), timeout=180),
             fault,
             kind,
             producer_errors=len(producer_errors),
@@ -208,9 +225,8 @@ def durable(events: list[dict[str, Any]]) -> int:
 def test_s3_outage_consumer_waits_bounded_then_resumes(private_stack: PrivateStack, tmp_path: Path) -> None:
     ps = private_stack
     s3 = ps.s3_client()
-    topic, group, prefix = unique("s3-outage"), unique("g"), f"tests/{unique('s3-outage')}/"
-    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
-    args = (*SMALL, *static_member())
+    sc = Scenario.new(ps, "s3-outage", (*SMALL, *static_member()))
+    topic, group, out, args = sc.topic, sc.group, sc.out, sc.args
     first = produce(ps.bootstrap, topic, "page_view", 1_000, partitions=PARTITIONS)
     bg = BackgroundProducer(ps.bootstrap, topic, start=first.count, limit=4_000).start_thread()
     running = start_consumer(topic, group, out, *args, env=ps.consumer_env())
@@ -253,13 +269,10 @@ def test_s3_outage_consumer_waits_bounded_then_resumes(private_stack: PrivateSta
     finish_and_verify(
         ps,
         s3,
+        sc,
         fault=f"S3 (SeaweedFS) stopped {outage_s:.0f}s (+{restart_s:.0f}s restart)",
         kind="S3 outage",
-        topic=topic,
-        group=group,
-        prefix=prefix,
         tmp=tmp_path,
-        args=args,
         produced=first.count + bg.produced,
         producer_errors=bg.errors,
     )
@@ -272,9 +285,8 @@ def test_s3_through_fault_injecting_proxy(private_stack: PrivateStack, tmp_path:
     ps = private_stack
     ps.up()  # idempotent; heals the stack if an earlier test left something down
     s3 = ps.s3_client()
-    topic, group, prefix = unique("s3-proxy"), unique("g"), f"tests/{unique('s3-proxy')}/"
-    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
-    args = (*SMALL, *static_member())
+    sc = Scenario.new(ps, "s3-proxy", (*SMALL, *static_member()))
+    topic, group, out, args = sc.topic, sc.group, sc.out, sc.args
     res = produce(ps.bootstrap, topic, "page_view", 4_000, partitions=PARTITIONS)
     with FaultProxy(ps.s3_port, fault_rate=0.25, streak=3, seed=20240611, max_lifetime_s=240) as proxy:
         t0 = time.monotonic()
@@ -301,13 +313,10 @@ def test_s3_through_fault_injecting_proxy(private_stack: PrivateStack, tmp_path:
     finish_and_verify(
         ps,
         s3,
+        sc,
         fault=f"TCP proxy, 25% faulty requests in streaks of 3 {counts}",
         kind="flaky S3 network",
-        topic=topic,
-        group=group,
-        prefix=prefix,
         tmp=tmp_path,
-        args=args,
         produced=res.count,
         producer_errors=[],
         final_run=False,
@@ -372,9 +381,8 @@ def test_s3_refusing_writes_consumer_retries_then_finishes(
     ps = private_stack
     ps.up()
     s3 = ps.s3_client()
-    topic, group, prefix = unique("s3-refusing"), unique("g"), f"tests/{unique('s3-refusing')}/"
-    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
-    args = (*SMALL, *static_member())
+    sc = Scenario.new(ps, "s3-refusing", (*SMALL, *static_member()))
+    topic, group, out, args = sc.topic, sc.group, sc.out, sc.args
     first = produce(ps.bootstrap, topic, "page_view", 1_500, partitions=PARTITIONS)
     with RefusingProxy(ps.s3_port) as proxy:
         running = start_consumer(topic, group, out, *args, env=ps.consumer_env(proxy.url))
@@ -417,13 +425,10 @@ def test_s3_refusing_writes_consumer_retries_then_finishes(
     finish_and_verify(
         ps,
         s3,
+        sc,
         fault=f"S3 answered 503 SlowDown to every write for {refused_s:.0f}s ({refused} refused)",
         kind="S3 refusing writes",
-        topic=topic,
-        group=group,
-        prefix=prefix,
         tmp=tmp_path,
-        args=args,
         produced=first.count + second.count,
         producer_errors=[],
     )
@@ -436,11 +441,10 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
     ps = private_stack
     ps.up()
     s3 = ps.s3_client()
-    topic, group, prefix = unique("broker"), unique("g"), f"tests/{unique('broker')}/"
-    out = f"s3://{ps.bucket}/{prefix.rstrip('/')}"
     # Dynamic membership here: with group.instance.id set, the restarted coordinator fences the
     # (only) member with FENCED_INSTANCE_ID, which librdkafka raises as a fatal error (reported).
-    args = SMALL
+    sc = Scenario.new(ps, "broker", SMALL)
+    topic, group, out, args = sc.topic, sc.group, sc.out, sc.args
     first = produce(ps.bootstrap, topic, "page_view", 1_000, partitions=PARTITIONS)
     bg = BackgroundProducer(ps.bootstrap, topic, start=first.count, limit=3_000).start_thread()
     running = start_consumer(topic, group, out, *args, env=ps.consumer_env())
@@ -477,13 +481,10 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
     finish_and_verify(
         ps,
         s3,
+        sc,
         fault="Kafka broker SIGTERM + restart",
         kind="broker restart",
-        topic=topic,
-        group=group,
-        prefix=prefix,
         tmp=tmp_path,
-        args=args,
         produced=first.count + bg.produced,
         producer_errors=bg.errors,
     )
