@@ -67,6 +67,7 @@ from consumer.storage import (
     probe_conditional_writes,
     refusal,
 )
+from consumer.tail_probe import Tail, TailProbe, probe_config
 from consumer.worker import PartitionState, PartitionWorker, SharedState
 
 __all__ = [
@@ -245,6 +246,7 @@ class Runner:
             from confluent_kafka import Consumer
 
             consumer_factory = Consumer
+        self._consumer_factory = consumer_factory
         try:
             self.consumer = consumer_factory(self._kafka_config())
         except Exception as exc:  # librdkafka refuses a property or a combination of them
@@ -862,6 +864,7 @@ class GroupRunner(Runner):
         self._missing_warned = 0.0
         self._next_check = 0.0
         self._waiting_since: float | None = None
+        self._tail_probe: TailProbe | None = None  # made at the first short committed offset
 
     @property
     def missing_topics(self) -> list[str]:
@@ -876,6 +879,12 @@ class GroupRunner(Runner):
         sees, and it is where librdkafka can hang (:meth:`Runner._close_consumer`). So the member
         ends without it. Under KIP-848's protocol close does tell the coordinator: it is kept."""
         return self._static
+
+    def _shutdown(self, *, status: int) -> None:
+        if self._tail_probe is not None:  # not a group member: its close is quick
+            with contextlib.suppress(Exception):
+                self._tail_probe.close()
+        super()._shutdown(status=status)
 
     # -- start -----------------------------------------------------------------------------------
     def _start(self) -> None:
@@ -1181,18 +1190,39 @@ class GroupRunner(Runner):
             raise self._position_not_in_log(key[0], key[1], pos, "the position is past the log's end")
 
     def _check_others(self) -> None:
-        from confluent_kafka import TopicPartition
-
+        """Prove other members' partitions exported: committed at their target (or with nothing
+        left to read below it) and no file still open (empty staging). Read from outside the
+        group (:mod:`consumer.tail_probe` says why)."""
         todo = [k for k in self.targets if k not in self.exported and k not in self.workers]
         if not todo:
             return
+        if self._tail_probe is None:
+            self._tail_probe = TailProbe(self._consumer_factory, probe_config(self._kafka_config()))
         try:
-            committed = self.consumer.committed([TopicPartition(*k) for k in todo], timeout=10.0)
+            offsets = self._tail_probe.committed(todo)
         except Exception as exc:
             self.log.warning("could not read committed offsets of other members", error=str(exc))
             return
-        for tp in committed:
-            key = (tp.topic, tp.partition)
-            done = tp.error is None and tp.offset >= self.targets[key]
-            if done and not self.store.list(self.layout.staging_dir(*key)):
+        done = [k for k, offset in offsets.items() if offset >= self.targets[k]]
+        short = {k: offset for k, offset in offsets.items() if offset < self.targets[k]}
+        probed = self._nothing_left(short) if short and all(k in self.exported for k in self.workers) else []
+        for key in done + probed:  # (probed only while this member waits for the others)
+            if not self.store.list(self.layout.staging_dir(*key)):
                 self.exported.add(key)
+                if key in probed:
+                    self.log.info("partition exported: nothing left to read between its committed "
+                                  "offset and the end offset (transaction markers or aborted records)",
+                                  topic=key[0], partition=key[1], committed=short[key],
+                                  end_offset=self.targets[key])
+
+    def _nothing_left(self, committed: dict[TP, int]) -> list[TP]:
+        """Partitions whose committed offset stops short of the target with no record left below
+        it (a transactional topic's last markers, aborted records)."""
+        assert self._tail_probe is not None
+        try:
+            tails = self._tail_probe.tails(committed, self.targets)
+        except Exception as exc:  # the next check asks again
+            self.log.warning("could not read other members' partitions past their committed offsets",
+                             error=str(exc))
+            return []
+        return [k for k, tail in tails.items() if tail is Tail.EMPTY]

@@ -810,14 +810,18 @@ class MemoryBroker:
     (:meth:`truncate` moves the low watermark), committed offsets per group, a cooperative
     rebalance (a partition moves only after its old owner's ``on_revoke`` ran), commits refused
     with ILLEGAL_GENERATION / UNKNOWN_MEMBER_ID from a member that missed a rebalance or was
-    expelled (:meth:`expire`: max.poll.interval exceeded), and the operator's offset reset. Not
-    modelled: transactions (every record is committed), compaction, timing (``consume`` never
-    waits for records), threads (call from one thread).
+    expelled (:meth:`expire`: max.poll.interval exceeded), the operator's offset reset, and what a
+    transactional producer leaves for a ``read_committed`` reader (:meth:`end_transaction`:
+    markers and aborted records take offsets that are never delivered). Not modelled: open
+    transactions (the last stable offset), compaction, timing (``consume`` never waits for
+    records), threads (call from one thread).
     """
 
     def __init__(self) -> None:
         self.logs: dict[TP, list[Message]] = {}
         self.low: dict[TP, int] = {}
+        #: offsets read_committed never delivers: transaction markers, records of aborted ones
+        self.invisible: dict[TP, set[int]] = {}
         self.groups: dict[str, _Group] = {}
         #: (KafkaError code, times) for the next commits of any consumer: e.g.
         #: ``broker.commit_errors.append((KafkaError.COORDINATOR_NOT_AVAILABLE, 2))``.
@@ -853,6 +857,16 @@ class MemoryBroker:
         )
         return offset
 
+    def end_transaction(self, topic: str, partition: int = 0, *, aborted: Sequence[bytes | None] = ()) -> int:
+        """What a transactional producer leaves at the end of a transaction in this partition: the
+        records of ``aborted`` (written, then aborted), then the commit or abort marker. None of
+        them is ever delivered, and a consumer's position moves past them as librdkafka's does.
+        Returns the end offset after the marker."""
+        hidden = self.invisible.setdefault((topic, partition), set())
+        for value in (*aborted, None):
+            hidden.add(self.produce(topic, value, partition=partition))
+        return len(self.logs[(topic, partition)])
+
     def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         return self.low[(topic, partition)], len(self.logs[(topic, partition)])
 
@@ -863,6 +877,7 @@ class MemoryBroker:
         for tp in [tp for tp in self.logs if tp[0] == topic]:
             self.logs[tp] = []
             self.low[tp] = 0
+            self.invisible.pop(tp, None)
 
     def truncate(self, topic: str, partition: int, before: int) -> None:
         """Retention deleted every record below ``before``: the low watermark moves up."""
@@ -982,6 +997,7 @@ class MemoryConsumer:
         self._paused: set[TP] = set()
         self._fetch: dict[TP, int] = {}  # next offset to return
         self._app: dict[TP, int] = {}  # position(): after the last returned record, or seeked
+        self._eof_at: dict[TP, int] = {}  # enable.partition.eof: the end last reported, per partition
         self._generation = 0
         self._expired = False
         self._manual = False
@@ -1022,6 +1038,14 @@ class MemoryConsumer:
         self._owned = {(tp.topic, tp.partition) for tp in partitions}
         for tp in partitions:
             self._start((tp.topic, tp.partition), int(tp.offset))
+
+    def unassign(self) -> None:
+        """End a manual assignment."""
+        self._check_open()
+        for tp in self._owned:
+            self._fetch.pop(tp, None)
+            self._app.pop(tp, None)
+        self._owned = set()
 
     def incremental_assign(self, partitions: Sequence[Any]) -> None:
         """Take these partitions from these offsets: inside an assign callback, where fetching
@@ -1102,6 +1126,7 @@ class MemoryConsumer:
                 offset = OFFSET_STORED  # nowhere to start: the first consume reports it
         self._fetch[tp] = low if offset == OFFSET_BEGINNING else high if offset == OFFSET_END else offset
         self._app.pop(tp, None)
+        self._eof_at.pop(tp, None)
 
     # -- fetching --------------------------------------------------------------------------------
     def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
@@ -1132,12 +1157,24 @@ class MemoryConsumer:
                         continue
                     pos = low if reset in ("earliest", "smallest", "beginning") else high
                 if pos < high:
-                    out.append(self.broker.logs[tp][pos])
+                    if pos not in self.broker.invisible.get(tp, ()):
+                        out.append(self.broker.logs[tp][pos])
                     self._fetch[tp] = self._app[tp] = pos + 1
                     progress = True
                 else:
                     self._fetch[tp] = pos
+                    if self.conf.get("enable.partition.eof") and self._eof_at.get(tp) != high:
+                        self._eof_at[tp] = high
+                        out.append(self._end_of_partition(tp, high))
         return out
+
+    @staticmethod
+    def _end_of_partition(tp: TP, high: int) -> Message:
+        """librdkafka's event for a partition read to its end (``enable.partition.eof``)."""
+        from confluent_kafka import KafkaError
+
+        error = KafkaError(KafkaError._PARTITION_EOF, "Fetch from broker reached end of partition")
+        return Message(high, None, topic=tp[0], partition=tp[1], error=error)
 
     @staticmethod
     def _out_of_range(tp: TP, pos: int) -> Message:
@@ -1189,7 +1226,9 @@ class MemoryConsumer:
         for tp in partitions:
             low, high = self.broker.watermarks(tp.topic, tp.partition)
             log = self.broker.logs[(tp.topic, tp.partition)]
-            found = next((m.offset() for m in log[low:high] if m.timestamp()[1] >= tp.offset), OFFSET_END)
+            hidden = self.broker.invisible.get((tp.topic, tp.partition), set())
+            found = next((m.offset() for m in log[low:high]
+                          if m.offset() not in hidden and m.timestamp()[1] >= tp.offset), OFFSET_END)
             out.append(TopicPartition(tp.topic, tp.partition, found))
         return out
 

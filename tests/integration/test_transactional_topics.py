@@ -104,11 +104,13 @@ def assert_exported(s3: Any, bucket: str, prefix: str, tmp: Path, landed: dict[t
     assert checked == len(landed)
 
 
-def verify(out: str, topic: str, group: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+def assert_verified(out: str, topic: str, group: str) -> None:
+    """``consumer verify`` (which reads the log) agrees with the group's offsets and the files."""
+    checked = subprocess.run(
         [sys.executable, "-m", "consumer", "verify", "--output", out, "--topic", topic, "--group-id", group],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
+    assert checked.returncode == 0 and "OK:" in checked.stdout, checked.stdout[-3000:] + checked.stderr[-900:]
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +139,22 @@ def test_a_transactional_topic_is_exported_exactly_once_without_its_aborted_reco
     done = run_consumer(topic, group, out, *args)
     assert done.returncode == 0, done.stderr[-4000:]
     assert_exported(s3, stack.s3_bucket, unique_prefix, tmp_path, landed)
-    checked = verify(out, topic, group)
-    assert checked.returncode == 0 and "OK:" in checked.stdout, (
-        checked.stdout[-3000:] + checked.stderr[-2000:]
-    )
+    assert_verified(out, topic, group)
+
+
+def test_two_member_processes_prove_each_others_partitions_done_past_the_last_markers(
+    stack: Any, s3: Any, tx_topic: tuple[str, dict[tuple[int, int], int]], unique_prefix: str, tmp_path: Path,
+) -> None:
+    """Each member's committed offset stops before its partition's last marker. A member that is
+    done reads the group's offsets from outside it and on past the other's committed offset
+    (consumer.tail_probe), finds nothing left below the end, and ends. Before, depending on who
+    joined first, both waited for each other until --caught-up-timeout and exited 6, or the one
+    left learnt nothing until the first one's static session expired (45 s by default, which this
+    test keeps): a --caught-up-timeout of 20 s failed either way."""
+    topic, landed = tx_topic
+    group, out = unique("g"), f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    done = run_consumer(topic, group, out, *ARGS, "--processes", "2", "--caught-up-timeout", "20s")
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "nothing left to read between its committed offset and the end offset" in done.stderr
+    assert_exported(s3, stack.s3_bucket, unique_prefix, tmp_path, landed)
+    assert_verified(out, topic, group)

@@ -829,6 +829,32 @@ def test_memory_consumer_offsets_watermarks_and_retention() -> None:
     assert c.committed([tp])[0].offset == 0
 
 
+def test_memory_consumer_skips_markers_and_aborted_records_as_read_committed_does() -> None:
+    """As measured on Kafka 4.1 with librdkafka 2.16 (read_committed, enable.partition.eof): 10
+    committed records (0-9), their marker (10), an aborted transaction of 10 (11-20) and its
+    marker (21). Read from 0 or from anywhere in 9-21, the consumer delivers the records left,
+    then the end of the partition at 22, and its position is 22."""
+    from confluent_kafka import KafkaError, TopicPartition
+
+    broker = _broker_with_records(1, 10)
+    assert broker.end_transaction("t", 0) == 11
+    assert broker.end_transaction("t", 0, aborted=[b"x"] * 10) == 22
+    c = MemoryConsumer(broker, {"group.id": "g", "enable.partition.eof": True})
+    tp = TopicPartition("t", 0)
+    for start, delivered in [(0, list(range(10))), (9, [9]), (10, []), (15, []), (21, [])]:
+        c.assign([TopicPartition("t", 0, start)])
+        got = c.consume(100)
+        assert [m.offset() for m in got if m.error() is None] == delivered
+        assert [(m.error().code(), m.offset()) for m in got if m.error() is not None] == [
+            (KafkaError._PARTITION_EOF, 22)
+        ]
+        assert c.consume(100) == []  # the end is said once
+        assert c.position([tp])[0].offset == 22
+        c.unassign()
+    (found,) = c.offsets_for_times([TopicPartition("t", 0, 1_700_000_000_010)])
+    assert found.offset == -1  # markers and aborted records have no timestamp a reader finds
+
+
 def test_group_runner_expelled_mid_flush_is_fenced_rejoins_and_loses_nothing() -> None:
     """Expelled between a piece PUT and its commit: the commit is refused (UNKNOWN_MEMBER_ID →
     PartitionFenced), the partition is paused, lost, reassigned, recovered (the uncommitted piece
