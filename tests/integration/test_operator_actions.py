@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from support import (
     REPO,
+    count,
     download_finals,
     final_keys,
     kafka_conf,
@@ -450,3 +451,39 @@ def test_recovery_does_not_delete_the_staged_rows_of_another_group(
     assert run_consumer(topic, group, out).returncode == 0  # the owner finishes its file
     rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(3000))
+
+
+def test_partitions_added_to_a_topic_while_a_member_runs_are_exported_from_their_start(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """``kafka-topics --alter --partitions``: the member learns of the new partitions at its next
+    metadata refresh (5 min by default; 1 s here), the group rebalances, and the new partitions
+    start at their first offset (nothing in S3, no committed offset) while the old ones go on
+    where they were. Every record of all four partitions ends up exactly once."""
+    from confluent_kafka.admin import NewPartitions  # type: ignore[attr-defined]
+
+    topic, group, out = make_topic(partitions=2), unique("g"), output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 2000, partitions=2, create_topic=False)
+    refresh = ("-X", "topic.metadata.refresh.interval.ms=1000")
+    run = start_consumer(topic, group, out, "--row-group-rows", "500", *refresh)
+    try:
+        run.wait_for(lambda ev: count(ev, "row group durable") == 4, what="2,000 rows durable")
+        admin.create_partitions([NewPartitions(topic, 4)])[topic].result(timeout=30)
+        # records 2000..5999: record i to partition i % 4, so 1,000 more in each partition
+        produce(stack.kafka_bootstrap, topic, "page_view", 4000, partitions=4, create_topic=False, start=2000)
+        run.wait_for(
+            lambda ev: count(ev, "row group durable") == 12, timeout=90,
+            what="the new partitions' rows durable",
+        )
+    finally:
+        assert run.stop() == 0, run.log()[-3000:]
+    assigned = [sorted(e["partitions"]) for e in run.events() if e.get("event") == "partitions assigned"]
+    assert assigned[0] == [f"{topic}[0]", f"{topic}[1]"], assigned
+    assert [f"{topic}[2]", f"{topic}[3]"] in assigned, assigned  # added to the assignment, the rest kept
+    done = run_consumer(topic, group, out, "--row-group-rows", "500")
+    assert done.returncode == 0, done.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    got = offsets_by_partition(table)
+    assert {p: sorted(o) for p, o in got.items()} == {0: list(range(2000)), 1: list(range(2000)),
+                                                      2: list(range(1000)), 3: list(range(1000))}
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
