@@ -88,6 +88,7 @@ _PARTITION_EOF = -191
 _AUTO_OFFSET_RESET = -140  # the position is not in the log and auto.offset.reset is "error"
 _STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
 _OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
+_LOOK_AT_OTHERS_EVERY = 2.0  # seconds, --until-caught-up (GroupRunner._check_others)
 #: where a partition with no position starts, by -X auto.offset.reset (config.AUTO_OFFSET_RESETS);
 #: "error" leaves it to librdkafka, whose error then stops the run
 _FRESH_START = {"smallest": _OFFSET_BEGINNING, "earliest": _OFFSET_BEGINNING, "beginning": _OFFSET_BEGINNING,
@@ -862,7 +863,10 @@ class GroupRunner(Runner):
         self.exported: set[TP] = set()  # … partitions proven committed at their target, files final
         self._missing_topics: list[str] = []
         self._missing_warned = 0.0
-        self._next_check = 0.0
+        #: when to look at the other members' partitions next (--until-caught-up): every 2 s, the
+        #: first time 2 s after the start, when a member of a settled group has its partitions and
+        #: a lone member, owning them all, needs no second client to look (consumer.tail_probe)
+        self._next_check = self.clock() + _LOOK_AT_OTHERS_EVERY
         self._waiting_since: float | None = None
         self._tail_probe: TailProbe | None = None  # made at the first short committed offset
 
@@ -1159,7 +1163,7 @@ class GroupRunner(Runner):
             return EXIT_OK
         # The others' partitions: proven done by the group's committed offsets and empty staging.
         if now >= self._next_check:
-            self._next_check = now + 2.0
+            self._next_check = now + _LOOK_AT_OTHERS_EVERY
             self._check_others()
             if set(self.targets) <= self.exported:
                 self.log.info("caught up: every partition of the topics is committed and final")

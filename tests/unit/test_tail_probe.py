@@ -128,3 +128,12 @@ def test_a_file_still_open_keeps_the_others_partition_waiting() -> None:
     store.create(runner.layout.staging_dir("t", 0) + "piece", b"open")
     assert runner.run() == EXIT_INCOMPLETE
     other.close()
+
+
+def test_a_lone_member_makes_no_second_client() -> None:
+    """It owns every partition before its first look at the others (2 s after the start)."""
+    broker, store = _two_partitions_ending_in_markers(), MemoryStore()
+    runner = memory_runner(broker, store, row_group_rows=4, until_caught_up=True)
+    assert runner.run() == EXIT_OK
+    assert runner._tail_probe is None
+    assert [broker.committed_offset("g", "t", p) for p in range(2)] == [10, 10]
