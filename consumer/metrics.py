@@ -5,7 +5,11 @@ Every metric this process exports is defined here, in one custom :class:`Collect
 *at scrape time* from counters the runner, the workers and the store keep anyway (``store.stats``,
 the workers' positions and buffers, :class:`PartitionCounters`), so the hot path pays nothing: the
 runner counts records per worker with two integer additions, and the only metric pushed as an
-event is the commit latency histogram (once per row group).
+event is the commit latency histogram (once per row group). A scrape never calls the Kafka client:
+confluent-kafka held a scrape's ``get_watermark_offsets`` back while the loop thread sat in
+``consume()`` (1-12 s a scrape on an idle member, past Prometheus's 10 s scrape timeout), so the
+loop notes each partition's log end offset and read-past position itself
+(``Runner._note_kafka_view``).
 
 HTTP (``--metrics-port``, off by default), one small threaded server:
 
@@ -399,8 +403,12 @@ class _Collector(Collector):
         yield from (records, consumed, rows, groups, group_bytes, commits, files, file_bytes, dead)
 
         buffered = gauge("buffered_bytes", "Bytes buffered for rows and dead letters not yet durable")
-        lag = gauge("lag_offsets", "Log end offset minus the committed position (offsets to consume)")
-        end = gauge("log_end_offset", "High watermark as last fetched (librdkafka's cached watermarks)")
+        lag = gauge("lag_offsets",
+                    "Log end offset minus the committed position, or minus the position read past "
+                    "transaction markers and aborted records when that is further (offsets to consume; "
+                    "0 when caught up, on a transactional topic too)")
+        end = gauge("log_end_offset",
+                    "High watermark as last fetched (librdkafka's cached watermarks, noted every second)")
         committed = gauge("committed_offset", "Committed position: every offset below it is durable in S3")
         fresh = gauge("freshness_seconds",
                       "Seconds the oldest buffered record has waited since the partition's last commit "
@@ -420,12 +428,11 @@ class _Collector(Collector):
             pos = w.committed
             if pos is not None:
                 committed.add_metric(lv, pos)
-            # Not while the loop thread closes the client: a handle being destroyed is not to be touched.
-            high = None if runner.closing else _high_watermark(runner.consumer, w.topic, w.partition)
+            high = w.log_end  # noted by the loop thread: a scrape never calls the Kafka client
             if high is not None:
                 end.add_metric(lv, high)
                 if pos is not None:
-                    lag.add_metric(lv, max(0, high - pos))
+                    lag.add_metric(lv, max(0, high - max(pos, w.read_past or 0)))
             waited = now - w.first_append_at if w.pending and w.first_append_at is not None else 0.0
             fresh.add_metric(lv, max(0.0, waited))
             held.add_metric(lv, len(getattr(w, "waiting", None) or ()))
@@ -487,21 +494,6 @@ class _Collector(Collector):
 def _single(kind: Any, name: str, doc: str, value: float) -> Metric:
     m: Metric = kind(PREFIX + name, doc, value=value)
     return m
-
-
-def _high_watermark(consumer: Any, topic: str, partition: int) -> int | None:
-    """The log end offset from librdkafka's cache (updated by every fetch response): no broker
-    round trip per scrape."""
-    from confluent_kafka import TopicPartition
-
-    try:
-        wm = consumer.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
-    except Exception:
-        return None
-    if not wm:
-        return None
-    high = int(wm[1])
-    return high if high >= 0 else None
 
 
 def _server(observer: Observer, host: str, port: int) -> ThreadingHTTPServer:

@@ -89,6 +89,7 @@ _AUTO_OFFSET_RESET = -140  # the position is not in the log and auto.offset.rese
 _STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
 _OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
 _LOOK_AT_OTHERS_EVERY = 2.0  # seconds, --until-caught-up (GroupRunner._check_others)
+_KAFKA_VIEW_EVERY = 1.0  # seconds between notes of the partitions' watermarks (Runner._note_kafka_view)
 #: where a partition with no position starts, by -X auto.offset.reset (config.AUTO_OFFSET_RESETS);
 #: "error" leaves it to librdkafka, whose error then stops the run
 _FRESH_START = {"smallest": _OFFSET_BEGINNING, "earliest": _OFFSET_BEGINNING, "beginning": _OFFSET_BEGINNING,
@@ -240,6 +241,7 @@ class Runner:
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
         self._trimmed_at = self._squeeze_said_at = float("-inf")
+        self._next_kafka_view = 0.0
         self._trim_lock = threading.Lock()
         self.registry_paused: set[TP] = set()  # partitions waiting for the schema registry
         self.heartbeat: float | None = None  # self.clock() of the poll loop's last iteration (health)
@@ -513,6 +515,7 @@ class Runner:
                 if worker.waiting:
                     self._registry_pause(worker)
             now = self.heartbeat = self.clock()
+            unseen = []  # no log end noted yet (just assigned): noted at every batch until it is
             for worker in list(self.workers.values()):
                 if worker.retry_due(now):
                     self._guard(worker, worker.retry_waiting)
@@ -522,12 +525,48 @@ class Runner:
                     self._guard(worker, worker.flush)
                 if worker.roll_due(now):
                     self._guard(worker, worker.roll_aged)
+                if worker.log_end is None:
+                    unseen.append(worker)
             self._enforce_memory_budget(now)
+            if now >= self._next_kafka_view:
+                self._next_kafka_view = now + _KAFKA_VIEW_EVERY
+                self._note_kafka_view(list(self.workers.values()))
+            elif unseen:
+                self._note_kafka_view(unseen)
             self.batch_messages = self._next_batch_messages(len(msgs), consumed_bytes)
             code = self._done(now)
             if code is not None:
                 return code
         return EXIT_OK
+
+    def _note_kafka_view(self, workers: list[PartitionWorker]) -> None:
+        """Note, for the metrics, these partitions' log end offset (librdkafka's cached watermarks:
+        no request) and, where nothing is buffered, the position read past
+        (PartitionWorker.log_end, .read_past). From the loop thread: confluent-kafka 2.16 held a
+        scrape's ``get_watermark_offsets`` back while this thread sat in ``consume()``, 1-12 s
+        per scrape here, past Prometheus's 10 s scrape timeout. And here, between batches, every
+        record consumed has reached its worker, so a worker with nothing pending has every
+        record below the position committed: what lies between is transaction markers and
+        aborted records, which a lag counted from the committed offset would report as work
+        forever."""
+        from confluent_kafka import TopicPartition
+
+        for w in workers:
+            with contextlib.suppress(Exception):  # not known now: the next note
+                marks = self.consumer.get_watermark_offsets(TopicPartition(w.topic, w.partition), cached=True)
+                if marks and marks[1] is not None and marks[1] >= 0:
+                    w.log_end = int(marks[1])
+        idle = [w for w in workers if w.state is PartitionState.READY
+                and not w.pending and not w.waiting and w.committed is not None]
+        if not idle:
+            return
+        try:
+            positions = self.consumer.position([TopicPartition(w.topic, w.partition) for w in idle])
+        except Exception:  # the next note
+            return
+        for w, tp in zip(idle, positions, strict=True):
+            if tp.error is None and w.committed is not None and tp.offset > w.committed:
+                w.read_past = int(tp.offset)
 
     # -- registry outage -------------------------------------------------------------------------
     def _registry_pause(self, worker: PartitionWorker) -> None:

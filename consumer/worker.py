@@ -219,6 +219,13 @@ class PartitionWorker:
         self.state = PartitionState.NEW
         self.committed: int | None = None  # durable and committed: every position below is in S3
         self.next_pos: int | None = None  # position after the last record appended
+        #: Kafka's view of the partition, noted by the runner's loop thread for the metrics (a
+        #: scrape never calls the Kafka client; the protocol never reads these): the log end
+        #: offset from librdkafka's cached watermarks, and the position read past while nothing was
+        #: buffered — no record below it is left to export, and it runs ahead of ``committed``
+        #: over what read_committed never delivers (transaction markers, aborted records).
+        self.log_end: int | None = None
+        self.read_past: int | None = None
         # The open files, by bucket path: at most one in the plain layout (bucket ""); under
         # --partition-by one per bucket that has rows since its last roll. Every flush writes one
         # piece into every open file, so each file's chain ends at the committed position.
