@@ -11,6 +11,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -111,29 +112,37 @@ def test_a_run_is_visible_in_the_scrape_with_plausible_values() -> None:
     assert _get(m, "kafka_parquet_open_files") == 0
 
 
-def test_lag_reaches_zero_past_transaction_markers_and_aborted_records() -> None:
-    """A transactional topic's partition ends with markers (and here an aborted transaction): its
-    committed offset stops at 10 of 15 for good. Counted from there, the lag gauge said 5 forever
-    and a lag alert never cleared; once the member has read past them with nothing buffered, it
-    says 0. The committed offset stays what Kafka holds."""
+def _scrapes_of_partition_0(
+    broker: MemoryBroker, when: Callable[[Any], bool], **cfg: Any
+) -> list[dict[Any, float]]:
+    """Eight scrapes of a member of ``broker``, one per poll once ``when(worker of t[0])`` holds,
+    its clock a second further at every poll (the loop notes Kafka's view every second)."""
     clock = FakeClock()
-    broker = _broker(1, 10)
-    broker.end_transaction("t", 0, aborted=[b"x", b"y", b"z"])
-    broker.end_transaction("t", 0)
-    runner = _runner(broker, MemoryStore(), clock=clock, row_group_rows=10)
+    runner = _runner(broker, MemoryStore(), clock=clock, **cfg)
     observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
     scrapes: list[dict[Any, float]] = []
 
     def step(_c: MemoryConsumer) -> None:
-        clock.t += 1.0  # past the runner's 5 s between notes of idle positions within 8 polls
-        if runner.workers and runner.workers[("t", 0)].committed == 10:
+        clock.t += 1.0
+        if runner.workers and when(runner.workers[("t", 0)]):
             scrapes.append(_values(observer.scrape().decode()))
         if len(scrapes) == 8:
             runner.request_stop()
 
     runner.consumer.on_consume = step
     assert runner.run() == 0
-    last = scrapes[-1]
+    return scrapes
+
+
+def test_lag_reaches_zero_past_transaction_markers_and_aborted_records() -> None:
+    """A transactional topic's partition ends with markers (and here an aborted transaction): its
+    committed offset stops at 10 of 15 for good. Counted from there, the lag gauge said 5 forever
+    and a lag alert never cleared; once the member has read past them with nothing buffered, it
+    says 0. The committed offset stays what Kafka holds."""
+    broker = _broker(1, 10)
+    broker.end_transaction("t", 0, aborted=[b"x", b"y", b"z"])
+    broker.end_transaction("t", 0)
+    last = _scrapes_of_partition_0(broker, lambda w: w.committed == 10, row_group_rows=10)[-1]
     assert _get(last, "kafka_parquet_lag_offsets", topic="t", partition="0") == 0
     assert _get(last, "kafka_parquet_committed_offset", topic="t", partition="0") == 10
     assert _get(last, "kafka_parquet_log_end_offset", topic="t", partition="0") == 15
@@ -141,22 +150,9 @@ def test_lag_reaches_zero_past_transaction_markers_and_aborted_records() -> None
 
 def test_lag_counts_buffered_records_from_the_committed_offset() -> None:
     """Records consumed but not yet durable are still lag, markers or not after them."""
-    clock = FakeClock()
     broker = _broker(1, 10)
     broker.end_transaction("t", 0)
-    runner = _runner(broker, MemoryStore(), clock=clock, row_group_rows=100)
-    observer = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
-    scrapes: list[dict[Any, float]] = []
-
-    def step(_c: MemoryConsumer) -> None:
-        clock.t += 1.0
-        if runner.workers and runner.workers[("t", 0)].next_pos == 10:
-            scrapes.append(_values(observer.scrape().decode()))
-        if len(scrapes) == 8:
-            runner.request_stop()
-
-    runner.consumer.on_consume = step
-    assert runner.run() == 0
+    scrapes = _scrapes_of_partition_0(broker, lambda w: w.next_pos == 10, row_group_rows=100)
     assert {_get(v, "kafka_parquet_lag_offsets", topic="t", partition="0") for v in scrapes} == {11}
 
 
