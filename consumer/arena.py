@@ -516,7 +516,9 @@ class Arena:
             try:
                 self.converter.to_batch([record], self._kafka_arrays([i]))
             except Exception as exc:
-                reason = f"value not representable in the column types: {type(exc).__name__}: {exc}"[:300]
+                reason = self.converter.decimal_refusal(record) or (
+                    f"value not representable in the column types: {type(exc).__name__}: {exc}"[:300]
+                )
                 if self.on_error == "fail":
                     self.halted = self._dead_letter(i, reason, bodies[i])
                     self.rows -= len(keep) - len(good_keep)

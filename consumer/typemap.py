@@ -614,6 +614,76 @@ def arrow_schema(avro_schema: AvroSchema) -> pa.Schema:
     return pa.schema(_top_record(avro_schema).fields)
 
 
+def decimal_refusal_reason(precision: int, scale: int) -> str:
+    """The dead-letter reason for a decimal with more than ``precision`` digits."""
+    return (f"value not representable in the column types: a decimal with more than {precision} "
+            f"digits does not fit decimal({precision}, {scale})")
+
+
+def _named_types(schema: Any, namespace: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Named types (records, enums, fixed) of an Avro schema by short and full name."""
+    out = {} if out is None else out
+    if isinstance(schema, list):
+        for branch in schema:
+            _named_types(branch, namespace, out)
+    elif isinstance(schema, dict):
+        t = schema.get("type")
+        if t in ("record", "error", "enum", "fixed") and isinstance(schema.get("name"), str):
+            name = schema["name"]
+            ns = schema.get("namespace", namespace) if "." not in name else name.rpartition(".")[0]
+            out[name.rpartition(".")[2]] = schema
+            out[f"{ns}.{name.rpartition('.')[2]}" if ns else name] = schema
+            namespace = ns or ""
+        if t in ("record", "error"):
+            for f in schema.get("fields", []):
+                _named_types(f.get("type"), namespace, out)
+        elif t == "array":
+            _named_types(schema.get("items"), namespace, out)
+        elif t == "map":
+            _named_types(schema.get("values"), namespace, out)
+        elif isinstance(t, (dict, list)):
+            _named_types(t, namespace, out)
+    return out
+
+
+def _decimal_refusal(schema: Any, value: Any, names: Mapping[str, Any]) -> str | None:
+    """The first decimal below ``value`` (decoded from ``schema``) beyond its precision."""
+    if value is None:
+        return None
+    if isinstance(schema, str):
+        schema = names.get(schema)
+    if isinstance(schema, list):  # a union: every branch the value could have come from
+        for branch in schema:
+            if (reason := _decimal_refusal(branch, value, names)) is not None:
+                return reason
+        return None
+    if not isinstance(schema, dict):
+        return None
+    t = schema.get("type")
+    if isinstance(t, (dict, list)):
+        return _decimal_refusal(t, value, names)
+    if schema.get("logicalType") == "decimal" and t in ("bytes", "fixed"):
+        scale = schema.get("scale", 0)
+        if isinstance(value, decimal.Decimal) and value.is_finite() and value.as_tuple().exponent != -scale:
+            return decimal_refusal_reason(schema["precision"], scale)
+        return None
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
+        value = value[1]  # (name, record) of a union branch
+    if t in ("record", "error") and isinstance(value, dict):
+        for f in schema.get("fields", []):
+            if (reason := _decimal_refusal(f.get("type"), value.get(f.get("name")), names)) is not None:
+                return reason
+    elif t == "array" and isinstance(value, list):
+        for item in value:
+            if (reason := _decimal_refusal(schema.get("items"), item, names)) is not None:
+                return reason
+    elif t == "map" and isinstance(value, dict):
+        for item in value.values():
+            if (reason := _decimal_refusal(schema.get("values"), item, names)) is not None:
+                return reason
+    return None
+
+
 class RecordConverter:
     """Converts fastavro-decoded records of one writer schema into Arrow record batches.
 
@@ -626,6 +696,8 @@ class RecordConverter:
     """
 
     def __init__(self, avro_schema: AvroSchema, extra_fields: Sequence[pa.Field] = ()) -> None:
+        self._avro = avro_schema
+        self._names: dict[str, Any] | None = None  # named types, for decimal_refusal
         self._root = _top_record(avro_schema)
         self._extra = list(extra_fields)
         self.schema: pa.Schema = pa.schema([*self._root.fields, *self._extra])
@@ -633,6 +705,18 @@ class RecordConverter:
         self._required = [
             i for i, f in enumerate(self._root.fields) if not f.nullable
         ]
+
+    def decimal_refusal(self, record: Any) -> str | None:
+        """Why ``record`` holds a decimal its column cannot store, or None.
+
+        A decimal with more digits than its precision: fastavro reads it anyway, rounded to that
+        many significant digits (so its exponent is no longer ``-scale``), and pyarrow refuses it
+        in words that change with the size of the value. This reason is the one the native
+        decoder gives for the same bytes (``native/src/validate.rs``, ``decimal_overflow``), so a
+        dead letter reads the same whichever decoder ran."""
+        if self._names is None:
+            self._names = _named_types(self._avro)
+        return _decimal_refusal(self._avro, record, self._names)
 
     def to_batch(
         self, records: list[dict[str, Any]], extra_columns: Sequence[pa.Array] = ()

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
-use arrow_array::types::{ArrowPrimitiveType, Int32Type};
+use arrow_array::types::{ArrowPrimitiveType, Decimal128Type, Decimal256Type, Int32Type};
 use arrow_array::{
     make_array, Array, ArrayRef, BooleanArray, DictionaryArray, FixedSizeBinaryArray, ListArray,
     MapArray, NullArray, PrimitiveArray, RecordBatch, StringArray, StructArray,
@@ -40,6 +40,27 @@ pub fn batch(node: &Node, decoded: &RecordBatch, target: &SchemaRef) -> R<Record
         .collect::<R<Vec<_>>>()?;
     let opts = arrow_array::RecordBatchOptions::new().with_row_count(Some(decoded.num_rows()));
     RecordBatch::try_new_with_options(target.clone(), cols, &opts).map_err(e)
+}
+
+/// Whether every decimal of `array` (at any depth) has at most its column's precision in digits.
+/// arrow-avro stores a decimal of up to 16 (or 32) bytes whatever its precision, and Parquet
+/// would then hold a wrong number (a fixed width for the precision, too narrow for the value):
+/// a batch where one does not fit is decoded again record by record, and the full check
+/// (`validate::decimal_overflow`) names it.
+pub fn decimals_fit(array: &dyn Array) -> bool {
+    match array.data_type() {
+        DataType::Decimal128(p, _) => array.as_primitive::<Decimal128Type>().validate_decimal_precision(*p).is_ok(),
+        DataType::Decimal256(p, _) => array.as_primitive::<Decimal256Type>().validate_decimal_precision(*p).is_ok(),
+        DataType::Struct(_) => array.as_struct().columns().iter().all(|c| decimals_fit(c.as_ref())),
+        DataType::List(_) => decimals_fit(array.as_list::<i32>().values().as_ref()),
+        DataType::LargeList(_) => decimals_fit(array.as_list::<i64>().values().as_ref()),
+        DataType::Map(_, _) => decimals_fit(array.as_map().entries()),
+        DataType::Union(fields, _) => {
+            let u = array.as_union();
+            fields.iter().all(|(id, _)| decimals_fit(u.child(id).as_ref()))
+        }
+        _ => true,
+    }
 }
 
 /// The rows of a dense union's child `j` spread over the union's length, null elsewhere.

@@ -38,6 +38,9 @@ pub struct Core {
     node: Node,
     /// Leading top-level fields the structural walk reads ([`validate::walked_fields`]).
     walked: usize,
+    /// Whether the schema holds a decimal: its batches are checked for values beyond their
+    /// precision ([`convert::decimals_fit`]).
+    decimals: bool,
     emitted: String,
     target: SchemaRef,
     inner: Option<AvroDecoder>,
@@ -69,7 +72,8 @@ impl Core {
         let node = schema::parse(schema_json).map_err(|e| e.to_string())?;
         let emitted = schema::emit(&node).to_string();
         let walked = validate::walked_fields(&node);
-        let mut core = Self { node, walked, emitted, target, inner: None, batch_bytes: BATCH_BYTES };
+        let decimals = schema::has_decimal(&node);
+        let mut core = Self { node, walked, decimals, emitted, target, inner: None, batch_bytes: BATCH_BYTES };
         core.inner = Some(core.build().map_err(|e| format!("unsupported by the native decoder: {e}"))?);
         // Self-check: an empty batch must convert to exactly the target schema.
         let (batches, _) = core.decode(&[], &[], 0)?;
@@ -126,7 +130,11 @@ impl Core {
                 decoded.push(b);
             }
             for b in &decoded {
-                out.push(convert::batch(&self.node, b, &self.target)?);
+                let batch = convert::batch(&self.node, b, &self.target)?;
+                if self.decimals && !batch.columns().iter().all(|c| convert::decimals_fit(c.as_ref())) {
+                    return Err("a decimal beyond its precision".into());
+                }
+                out.push(batch);
             }
             Ok(())
         })();
@@ -148,7 +156,7 @@ impl Core {
                 // (a bad string before a bad branch index is the string).
                 Err(reason) => {
                     let first = validate::validate(&self.node, &raw[s..e]).err().unwrap_or(reason);
-                    bad.push((i, format!("malformed Avro: {first}")));
+                    bad.push((i, validate::dead_letter_reason(&first)));
                 }
             }
         }
@@ -162,7 +170,7 @@ impl Core {
                 for &i in &good {
                     let (s, e) = spans[i];
                     if let Err(reason) = validate::validate(&self.node, &raw[s..e]) {
-                        bad.push((i, format!("malformed Avro: {reason}")));
+                        bad.push((i, validate::dead_letter_reason(&reason)));
                         continue;
                     }
                     match self.decode_rows(raw, &spans, &[i]) {

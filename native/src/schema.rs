@@ -303,6 +303,17 @@ fn primitive_with_logical(p: &str, logical: Option<&str>, obj: &Map<String, Valu
 }
 
 /// Parses a writer schema (JSON text) into a resolved tree; the top level must be a record.
+/// Whether `node` holds a decimal anywhere.
+pub fn has_decimal(node: &Node) -> bool {
+    match node {
+        Node::Bytes(Some(_)) | Node::Fixed(_, Some(_)) => true,
+        Node::Record(fields) => fields.iter().any(|(_, f)| has_decimal(f)),
+        Node::Array(items) | Node::Map(items) => has_decimal(items),
+        Node::Union(branches) => branches.iter().any(has_decimal),
+        _ => false,
+    }
+}
+
 pub fn parse(text: &str) -> R<Node> {
     let v: Value = serde_json::from_str(text).map_err(|e| Unsupported(format!("schema JSON: {e}")))?;
     let top = v.as_object().and_then(|o| o.get("type")).and_then(Value::as_str);

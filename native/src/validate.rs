@@ -23,6 +23,9 @@ pub struct Cursor<'a> {
     /// A varint longer than 10 bytes (Avro's longest long), read wrapped as fastavro reads it
     /// (see `long_slow`): reported only if nothing else is wrong with the body.
     overlong: bool,
+    /// The first decimal whose value its column cannot hold ([`decimal_overflow`]): fastavro reads
+    /// it, and the conversion to Arrow refuses it, so it is reported only if the body is sound.
+    decimal: Option<String>,
 }
 
 fn eof(msg: &str) -> String {
@@ -31,7 +34,7 @@ fn eof(msg: &str) -> String {
 
 impl<'a> Cursor<'a> {
     pub fn new(buf: &'a [u8]) -> Self {
-        Self { buf, pos: 0, wrapped: false, overlong: false }
+        Self { buf, pos: 0, wrapped: false, overlong: false, decimal: None }
     }
 
     pub fn remaining(&self) -> usize {
@@ -376,7 +379,90 @@ fn check<const UTF8: bool>(node: &Node, body: &[u8]) -> Result<(), String> {
     if c.overlong {
         return Err(OVERLONG.into());
     }
+    if let Some(reason) = c.decimal {
+        return Err(reason);
+    }
     Ok(())
+}
+
+/// How a reason of [`validate`] reads in a dead letter: a fault of the bytes is malformed Avro; a
+/// decimal its column cannot hold is what the reference path says of a value Arrow refuses.
+pub fn dead_letter_reason(reason: &str) -> String {
+    if reason.starts_with(UNREPRESENTABLE) {
+        reason.to_string()
+    } else {
+        format!("malformed Avro: {reason}")
+    }
+}
+
+/// The reference path's words for a value Arrow refuses (`consumer/arena.py`).
+pub const UNREPRESENTABLE: &str = "value not representable in the column types: ";
+
+/// Why the decimal of unscaled big-endian two's complement `bytes` does not fit a column of
+/// `precision` and `scale`; None when it fits: at most `precision` digits.
+///
+/// Beyond that arrow-avro stores it anyway (or fails on more than 16 bytes), and Parquet would hold
+/// a wrong number. fastavro reads it rounded to `precision` significant digits and pyarrow refuses
+/// it, in words that change with the size of the value; both paths give this reason instead
+/// (`consumer.typemap.decimal_refusal_reason`).
+pub fn decimal_overflow(bytes: &[u8], precision: u8, scale: i8) -> Option<String> {
+    if decimal_digits(&magnitude(bytes)).len() <= usize::from(precision) {
+        return None;
+    }
+    Some(format!(
+        "{UNREPRESENTABLE}a decimal with more than {precision} digits does not fit decimal({precision}, {scale})"
+    ))
+}
+
+/// The magnitude of a big-endian two's complement integer, big-endian.
+fn magnitude(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    if bytes.first().is_some_and(|b| b & 0x80 != 0) {
+        for b in out.iter_mut() {
+            *b = !*b;
+        }
+        for b in out.iter_mut().rev() {
+            let (v, overflow) = b.overflowing_add(1);
+            *b = v;
+            if !overflow {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// The decimal digits of a big-endian unsigned integer, most significant first (none for zero).
+fn decimal_digits(be: &[u8]) -> Vec<u8> {
+    let be = &be[be.iter().position(|&b| b != 0).unwrap_or(be.len())..];
+    if be.len() <= 16 {
+        let v = be.iter().fold(0u128, |acc, &b| (acc << 8) | u128::from(b));
+        return if v == 0 { Vec::new() } else { v.to_string().bytes().map(|c| c - b'0').collect() };
+    }
+    // base 10^9 by long division of 32-bit limbs (most significant first), least significant first
+    let mut limbs: Vec<u32> = Vec::with_capacity(be.len() / 4 + 1);
+    let head = be.len() % 4;
+    if head > 0 {
+        limbs.push(be[..head].iter().fold(0u32, |acc, &b| (acc << 8) | u32::from(b)));
+    }
+    limbs.extend(be[head..].chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])));
+    let mut groups: Vec<u32> = Vec::new();
+    while limbs.iter().any(|&l| l != 0) {
+        let mut rem = 0u64;
+        for l in limbs.iter_mut() {
+            let cur = (rem << 32) | u64::from(*l);
+            *l = (cur / 1_000_000_000) as u32;
+            rem = cur % 1_000_000_000;
+        }
+        groups.push(rem as u32);
+        let zeros = limbs.iter().take_while(|&&l| l == 0).count();
+        limbs.drain(..zeros);
+    }
+    let mut text = groups.last().map(|g| g.to_string()).unwrap_or_default();
+    for g in groups.iter().rev().skip(1) {
+        text.push_str(&format!("{g:09}"));
+    }
+    text.bytes().map(|c| c - b'0').collect()
 }
 
 const OUT_OF_RANGE: &str = "IndexError: list index out of range";
@@ -441,13 +527,23 @@ fn walk<const UTF8: bool>(node: &Node, c: &mut Cursor<'_>) -> Result<(), String>
         }
         Node::Float => c.fixed_width(4, "float"),
         Node::Double => c.fixed_width(8, "double"),
-        Node::Bytes(_) => {
+        Node::Bytes(dec) => {
             let n = c.long()?;
-            c.take(n).map(|_| ())
+            let bytes = c.take(n)?;
+            if let (true, Some((p, s)), None) = (UTF8, dec, &c.decimal) {
+                c.decimal = decimal_overflow(bytes, *p, *s);
+            }
+            Ok(())
         }
         Node::String => c.string_bytes::<UTF8>().map(|_| ()),
         Node::Uuid => c.uuid(),
-        Node::Fixed(size, _) => c.take(*size as i64).map(|_| ()),
+        Node::Fixed(size, dec) => {
+            let bytes = c.take(*size as i64)?;
+            if let (true, Some((p, s)), None) = (UTF8, dec, &c.decimal) {
+                c.decimal = decimal_overflow(bytes, *p, *s);
+            }
+            Ok(())
+        }
         Node::Enum(symbols) => index::<UTF8>(c, symbols.len()).map(|_| ()),
         Node::Record(fields) => {
             for (_, f) in fields {
@@ -474,6 +570,48 @@ mod tests {
 
     fn rec(field: &str) -> Node {
         parse(&format!(r#"{{"type":"record","name":"R","fields":[{{"name":"f","type":{field}}}]}}"#)).unwrap()
+    }
+
+    #[test]
+    fn decimals_fit_their_precision_in_digits() {
+        let be = |v: i128| {
+            let b = v.to_be_bytes();
+            let skip = b.iter().zip(&b[1..]).take_while(|(x, y)| (**x == 0 && **y < 0x80) || (**x == 0xff && **y >= 0x80)).count();
+            b[skip..].to_vec()
+        };
+        assert_eq!(decimal_overflow(&be(999_999_999_999), 12, 2), None);
+        assert_eq!(decimal_overflow(&be(-999_999_999_999), 12, 2), None);
+        assert_eq!(decimal_overflow(&be(0), 1, 0), None);
+        let said = decimal_overflow(&be(1_000_000_000_000), 12, 2).unwrap();
+        assert_eq!(said, "value not representable in the column types: a decimal with more than 12 digits does not fit decimal(12, 2)");
+        assert!(decimal_overflow(&be(-1_000_000_000_000), 12, 2).is_some());
+        assert!(decimal_overflow(&be(i128::MIN), 38, 0).is_some()); // 39 digits
+        assert_eq!(decimal_overflow(&[0x80], 3, 0), None); // -128
+        assert_eq!(decimal_overflow(&[0x80], 2, 0).map(|_| ()), Some(()));
+        // 10^40 (17 bytes): past u128, by long division
+        let mut ten40 = vec![0u8; 17];
+        let mut v: Vec<u32> = vec![1];
+        for _ in 0..40 {
+            let mut carry = 0u64;
+            for l in v.iter_mut() {
+                let x = u64::from(*l) * 10 + carry;
+                *l = x as u32;
+                carry = x >> 32;
+            }
+            if carry > 0 {
+                v.push(carry as u32);
+            }
+        }
+        for (i, l) in v.iter().enumerate() {
+            for (j, byte) in l.to_le_bytes().iter().enumerate() {
+                if i * 4 + j < 17 {
+                    ten40[16 - (i * 4 + j)] = *byte;
+                }
+            }
+        }
+        assert_eq!(decimal_digits(&ten40).len(), 41);
+        assert!(decimal_overflow(&ten40, 40, 0).is_some());
+        assert_eq!(decimal_overflow(&ten40, 41, 0), None);
     }
 
     #[test]

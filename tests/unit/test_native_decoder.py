@@ -57,8 +57,26 @@ def chunk(bodies: Sequence[bytes]) -> tuple[bytes, array.array[int]]:
 
 
 def python_way(avro: dict[str, Any], bodies: Sequence[bytes]) -> tuple[pa.RecordBatch, list[tuple[int, str]]]:
+    """fastavro and the converter, as the arena runs them: a record whose value Arrow refuses (a
+    decimal beyond its precision) becomes a dead letter with the arena's reason."""
     records, bad = decode_bodies(WriterSchema.of(avro), [memoryview(b) for b in bodies])
-    return RecordConverter(avro).to_batch(records), bad
+    converter = RecordConverter(avro)
+    try:
+        return converter.to_batch(records), bad
+    except pa.ArrowInvalid:
+        pass
+    failed = {i for i, _ in bad}
+    good = [i for i in range(len(bodies)) if i not in failed]
+    kept = []
+    for i, r in zip(good, records, strict=True):
+        try:
+            converter.to_batch([r])
+        except pa.ArrowInvalid as exc:
+            said = f"value not representable in the column types: {type(exc).__name__}: {exc}"[:300]
+            bad.append((i, converter.decimal_refusal(r) or said))
+            continue
+        kept.append(r)
+    return converter.to_batch(kept), sorted(bad)
 
 
 def native_way(avro: dict[str, Any], bodies: Sequence[bytes]) -> tuple[pa.RecordBatch, list[tuple[int, str]]]:
@@ -729,6 +747,63 @@ def test_sample_bodies_with_changed_bytes(name: str, seed: int, data: st.DataObj
     assert_same_batches(got, want)
 
 
+def _decimal_bytes(unscaled: int, size: int | None = None) -> bytes:
+    """The unscaled value as Avro stores a decimal: big-endian two's complement (``size`` bytes for
+    a fixed, else as few as hold it)."""
+    n = size if size is not None else (unscaled.bit_length() + 8) // 8
+    return unscaled.to_bytes(n, "big", signed=True)
+
+
+def _avro_bytes(data: bytes) -> bytes:
+    n, out = len(data) << 1, bytearray()  # zig-zag of a non-negative length
+    while n > 0x7F:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out) + bytes([n]) + data
+
+
+@pytest.mark.parametrize("unscaled", [
+    10**12 - 1, -(10**12 - 1), 10**12, 10**12 + 1, -(10**12), 10**15, 10**13 - 1, 5 * 10**12 + 5,
+    123456789012345, 2**127, -(2**127), 10**40, 10**49, -(10**60),
+])
+def test_a_decimal_beyond_its_precision_is_a_dead_letter_both_ways(unscaled: int) -> None:
+    """A producer wrote a decimal with more digits than the schema's precision. arrow-avro stored
+    it anyway (up to 16 bytes) and Parquet then held a wrong number: 10**15 at precision 12 read
+    back as -1258999068426.24. Both paths now refuse it with the same reason, wherever the
+    decimal sits (a field, a fixed, inside an array), and keep the other records."""
+    dec = {"type": "bytes", "logicalType": "decimal", "precision": 12, "scale": 2}
+    fixed = {"type": "fixed", "name": "F", "size": 32, "logicalType": "decimal", "precision": 12, "scale": 2}
+    avro = record("R", d=dec, f=fixed, items={"type": "array", "items": dec})
+    ok = _decimal_bytes(12345)
+
+    def body(d: bytes, f: bytes, items: list[bytes]) -> bytes:
+        if not items:
+            return _avro_bytes(d) + f + b"\x00"
+        return _avro_bytes(d) + f + bytes([len(items) << 1]) + b"".join(map(_avro_bytes, items)) + b"\x00"
+    value = _decimal_bytes(unscaled)
+    bodies = [
+        body(ok, _decimal_bytes(7, 32), [ok]),
+        body(value, _decimal_bytes(7, 32), [ok]),  # the field
+        body(ok, _decimal_bytes(unscaled, 32), []),  # the fixed
+        body(ok, _decimal_bytes(7, 32), [ok, value]),  # inside the array
+        body(ok, _decimal_bytes(-7, 32), []),
+    ]
+    bad = assert_same_decoding(avro, bodies)
+    fits = len(str(abs(unscaled))) <= 12
+    assert [i for i, _ in bad] == ([] if fits else [1, 2, 3])
+    said = "value not representable in the column types: a decimal with more than 12 digits does not fit "
+    assert {r for _, r in bad} <= {said + "decimal(12, 2)"}
+
+
+def test_a_wide_decimal_column_refuses_what_is_beyond_it_too() -> None:
+    """Precision 50 (a decimal256 column): 10**50 has 51 digits."""
+    dec = {"type": "bytes", "logicalType": "decimal", "precision": 50, "scale": 3}
+    avro = record("R", d=dec)
+    bodies = [_avro_bytes(_decimal_bytes(v)) for v in (10**49, 10**50, -(10**50) + 1, -(10**50))]
+    bad = assert_same_decoding(avro, bodies)
+    assert [i for i, _ in bad] == [1, 3]
+
+
 # --------------------------------------------------------------------------- fallback
 
 
@@ -800,6 +875,27 @@ def test_arena_drains_identical_tables_with_either_decoder(name: str) -> None:
     for col in p_table.schema.names:
         assert n_table.column(col).to_pylist() == p_table.column(col).to_pylist(), col
     assert n_dead == p_dead and [o for o, _, _ in n_dead] == [1007, 1070, 1150]
+
+
+def test_arena_dead_letters_a_decimal_beyond_its_precision_alike_with_either_decoder() -> None:
+    """``order``'s total is decimal(12, 2): a producer wrote 10**15 (16 digits) into record 5."""
+    avro = samples.load_schema("order")
+    records = list(samples.generate("order", 40))
+    bodies = encode(avro, records)
+    wide = dict(records[5], total=decimal.Decimal(10**15).scaleb(-2))
+    parsed = fastavro.parse_schema({**avro, "fields": [
+        dict(f, type={**f["type"], "precision": 20}) if f["name"] == "total" else f for f in avro["fields"]
+    ]})
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, parsed, wide)  # same bytes as a precision-12 writer would need
+    bodies[5] = buf.getvalue()
+    n_table, n_dead, _ = _drain("native", "order", bodies)
+    p_table, p_dead, _ = _drain("python", "order", bodies)
+    assert n_table.num_rows == p_table.num_rows == 39
+    assert n_table.to_pylist() == p_table.to_pylist()
+    assert n_dead == p_dead and [(o, r) for o, r, _ in n_dead] == [(1005, (
+        "value not representable in the column types: a decimal with more than 12 digits does not fit "
+        "decimal(12, 2)"))]
 
 
 def test_arena_on_error_fail_halts_at_the_same_record_with_either_decoder() -> None:
