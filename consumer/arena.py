@@ -543,9 +543,11 @@ class Arena:
             try:
                 values, bad, held = self._native.decode_held(self._raw, self._ends, n)
                 if self._check_decimals and isinstance(values, pa.RecordBatch):
-                    # A decimal wider than its declared precision decodes natively without error;
-                    # Arrow's full validation finds it (not which row): then the reference path
-                    # below decodes the chunk and turns exactly that record into a dead letter.
+                    # A decimal wider than its declared precision: the native decoder names it
+                    # itself now (native/src/validate.rs, decimal_overflow). Arrow's full check
+                    # stays as a second guard (3.1 ms per 20k `order` records, ~1.5 % of a run):
+                    # should one slip through, the reference path below decodes the chunk and
+                    # turns exactly that record into a dead letter.
                     values.validate(full=True)
                 self._chunk_slack = max(0, held - values.get_total_buffer_size())
                 return values, bad
