@@ -200,7 +200,6 @@ class Arena:
         # Chunk decoder: "native" (consumer._native, built on first use; None → fastavro) or "python".
         self.decoder = decoder
         self._native: NativeDecoder | None = None
-        self._check_decimals = any(_has_decimal(f.type) for f in converter.schema)
         self._native_tried = False
         self._natives: dict[str, NativeDecoder | None] = {}  # per writer schema (resolved chunks)
         # Raw chunk: bodies back to back, end offsets, coordinates. Pre-sized from the stats when
@@ -542,13 +541,6 @@ class Arena:
         if self._native is not None:
             try:
                 values, bad, held = self._native.decode_held(self._raw, self._ends, n)
-                if self._check_decimals and isinstance(values, pa.RecordBatch):
-                    # A decimal wider than its declared precision: the native decoder names it
-                    # itself now (native/src/validate.rs, decimal_overflow). Arrow's full check
-                    # stays as a second guard (3.1 ms per 20k `order` records, ~1.5 % of a run):
-                    # should one slip through, the reference path below decodes the chunk and
-                    # turns exactly that record into a dead letter.
-                    values.validate(full=True)
                 self._chunk_slack = max(0, held - values.get_total_buffer_size())
                 return values, bad
             except pa.ArrowInvalid:
@@ -639,11 +631,6 @@ class Arena:
             perm = sorted(range(len(order)), key=order.__getitem__)
             batch = batch.take(pa.array(perm, pa.int32()))
         bad.sort()
-        if self._check_decimals:
-            try:
-                batch.validate(full=True)
-            except pa.ArrowInvalid:
-                return None
         return batch, bad
 
     def _values_to_batch(self, records: Any, kafka: list[pa.Array]) -> pa.RecordBatch:
@@ -740,12 +727,6 @@ class _Bodies(Sequence[memoryview]):
 
     def __iter__(self) -> Iterator[memoryview]:
         return (self[i] for i in range(self.n))
-
-
-def _has_decimal(t: pa.DataType) -> bool:
-    if pa.types.is_decimal(t):
-        return True
-    return any(_has_decimal(t.field(i).type) for i in range(t.num_fields))
 
 
 _TIMESTAMP_MS = pa.timestamp("ms", tz="UTC")
