@@ -591,13 +591,13 @@ def _load(avro_schema: AvroSchema) -> Any:
     return avro_schema
 
 
-def _top_record(avro_schema: AvroSchema) -> _RecordNode:
+def _top_record(avro_schema: AvroSchema, mapper: _Mapper | None = None) -> _RecordNode:
     schema = _load(avro_schema)
     typ = schema.get("type") if isinstance(schema, Mapping) else schema
     if typ not in ("record", "error"):
         shown = typ if isinstance(typ, str) else json.dumps(schema, default=str)[:100]
         raise TypeMappingError(f"top-level Avro schema must be a record, got {shown!r}")
-    node, _ = _Mapper().node(schema, None)
+    node, _ = (mapper or _Mapper()).node(schema, None)
     assert isinstance(node, _RecordNode)
     return node
 
@@ -620,68 +620,52 @@ def decimal_refusal_reason(precision: int, scale: int) -> str:
             f"digits does not fit decimal({precision}, {scale})")
 
 
-def _named_types(schema: Any, namespace: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Named types (records, enums, fixed) of an Avro schema by short and full name."""
-    out = {} if out is None else out
-    if isinstance(schema, list):
-        for branch in schema:
-            _named_types(branch, namespace, out)
-    elif isinstance(schema, dict):
-        t = schema.get("type")
-        if t in ("record", "error", "enum", "fixed") and isinstance(schema.get("name"), str):
-            name = schema["name"]
-            ns = schema.get("namespace", namespace) if "." not in name else name.rpartition(".")[0]
-            out[name.rpartition(".")[2]] = schema
-            out[f"{ns}.{name.rpartition('.')[2]}" if ns else name] = schema
-            namespace = ns or ""
-        if t in ("record", "error"):
-            for f in schema.get("fields", []):
-                _named_types(f.get("type"), namespace, out)
-        elif t == "array":
-            _named_types(schema.get("items"), namespace, out)
-        elif t == "map":
-            _named_types(schema.get("values"), namespace, out)
-        elif isinstance(t, (dict, list)):
-            _named_types(t, namespace, out)
-    return out
-
-
-def _decimal_refusal(schema: Any, value: Any, names: Mapping[str, Any]) -> str | None:
-    """The first decimal below ``value`` (decoded from ``schema``) beyond its precision."""
+def _decimal_refusal(schema: Any, value: Any, mapper: _Mapper, namespace: str | None) -> str | None:
+    """The first decimal below ``value`` (decoded from ``schema``) beyond its precision; names are
+    resolved as the plan resolved them (``mapper``)."""
     if value is None:
         return None
     if isinstance(schema, str):
-        schema = names.get(schema)
+        if schema in _PRIMITIVES:
+            return None
+        full, schema = mapper._lookup(schema, namespace)
+        namespace = full.rsplit(".", 1)[0] if "." in full else None
     if isinstance(schema, list):  # a union: every branch the value could have come from
         for branch in schema:
-            if (reason := _decimal_refusal(branch, value, names)) is not None:
+            if (reason := _decimal_refusal(branch, value, mapper, namespace)) is not None:
                 return reason
         return None
-    if not isinstance(schema, dict):
+    if not isinstance(schema, Mapping):
         return None
     t = schema.get("type")
-    if isinstance(t, (dict, list)):
-        return _decimal_refusal(t, value, names)
+    if isinstance(t, (Mapping, list)) or (isinstance(t, str) and t not in _PRIMITIVES and t not in _COMPLEX):
+        return _decimal_refusal(t, value, mapper, namespace)
     if schema.get("logicalType") == "decimal" and t in ("bytes", "fixed"):
         scale = schema.get("scale", 0)
         if isinstance(value, decimal.Decimal) and value.is_finite() and value.as_tuple().exponent != -scale:
             return decimal_refusal_reason(schema["precision"], scale)
         return None
-    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[1], dict):
-        value = value[1]  # (name, record) of a union branch
-    if t in ("record", "error") and isinstance(value, dict):
-        for f in schema.get("fields", []):
-            if (reason := _decimal_refusal(f.get("type"), value.get(f.get("name")), names)) is not None:
-                return reason
+    if t in ("record", "error"):
+        full = mapper._fullname(schema, namespace)
+        namespace = full.rsplit(".", 1)[0] if "." in full else None
+        if isinstance(value, tuple) and len(value) == 2:
+            value = value[1]  # (name, record) of a union branch
+        if isinstance(value, Mapping):
+            for f in schema.get("fields", []):
+                if (reason := _decimal_refusal(f.get("type"), value.get(f.get("name")), mapper, namespace)):
+                    return reason
     elif t == "array" and isinstance(value, list):
         for item in value:
-            if (reason := _decimal_refusal(schema.get("items"), item, names)) is not None:
+            if (reason := _decimal_refusal(schema.get("items"), item, mapper, namespace)) is not None:
                 return reason
-    elif t == "map" and isinstance(value, dict):
+    elif t == "map" and isinstance(value, Mapping):
         for item in value.values():
-            if (reason := _decimal_refusal(schema.get("values"), item, names)) is not None:
+            if (reason := _decimal_refusal(schema.get("values"), item, mapper, namespace)) is not None:
                 return reason
     return None
+
+
+_COMPLEX: Final = frozenset({"record", "error", "enum", "fixed", "array", "map"})
 
 
 class RecordConverter:
@@ -696,9 +680,9 @@ class RecordConverter:
     """
 
     def __init__(self, avro_schema: AvroSchema, extra_fields: Sequence[pa.Field] = ()) -> None:
-        self._avro = avro_schema
-        self._names: dict[str, Any] | None = None  # named types, for decimal_refusal
-        self._root = _top_record(avro_schema)
+        self._avro = _load(avro_schema)
+        self._mapper = _Mapper()  # its named types resolve names for decimal_refusal too
+        self._root = _top_record(avro_schema, self._mapper)
         self._extra = list(extra_fields)
         self.schema: pa.Schema = pa.schema([*self._root.fields, *self._extra])
         self._avro_schema = pa.schema(self._root.fields)
@@ -714,9 +698,7 @@ class RecordConverter:
         in words that change with the size of the value. This reason is the one the native
         decoder gives for the same bytes (``native/src/validate.rs``, ``decimal_overflow``), so a
         dead letter reads the same whichever decoder ran."""
-        if self._names is None:
-            self._names = _named_types(self._avro)
-        return _decimal_refusal(self._avro, record, self._names)
+        return _decimal_refusal(self._avro, record, self._mapper, None)
 
     def to_batch(
         self, records: list[dict[str, Any]], extra_columns: Sequence[pa.Array] = ()

@@ -720,3 +720,25 @@ def test_property_round_trip(tmp_path_factory: pytest.TempPathFactory,
 
 
 # ----------------------------------------------------------------------------- throughput
+
+
+def test_decimal_refusal_finds_a_decimal_beyond_its_precision_through_named_types() -> None:
+    """fastavro rounds such a decimal to its precision, so its exponent is no longer -scale; the
+    decimal may sit behind a name, in a union, an array or a record of another namespace."""
+    from decimal import Context
+
+    avro = {"type": "record", "name": "R", "namespace": "a.b", "fields": [
+        {"name": "x", "type": {"type": "fixed", "name": "Money", "size": 8, "logicalType": "decimal",
+                               "precision": 5, "scale": 2}},
+        {"name": "ys", "type": {"type": "array", "items": ["null", "Money"]}},
+        {"name": "z", "type": ["null", {"type": "record", "name": "Inner", "namespace": "c",
+                                        "fields": [{"name": "m", "type": "a.b.Money"}]}]},
+    ]}
+    c = RecordConverter(json.dumps(avro))
+    ok, bad = Decimal("123.45"), Context(prec=5).create_decimal(10**7).scaleb(-2)
+    said = "value not representable in the column types: a decimal with more than 5 digits does not fit "
+    said += "decimal(5, 2)"
+    assert c.decimal_refusal({"x": ok, "ys": [None, ok], "z": {"m": ok}}) is None
+    assert c.decimal_refusal({"x": bad, "ys": [], "z": None}) == said
+    assert c.decimal_refusal({"x": ok, "ys": [None, bad], "z": None}) == said
+    assert c.decimal_refusal({"x": ok, "ys": [], "z": ("c.Inner", {"m": bad})}) == said
