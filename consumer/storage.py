@@ -40,7 +40,6 @@ _TRANSIENT_CODES = {
     "InternalError",
     "ServiceUnavailable",
     "Throttling",
-    "RequestTimeTooSkewed",
     "OperationAborted",
     "ConditionalRequestConflict",
     "503",
@@ -50,11 +49,24 @@ _TRANSIENT_CODES = {
     "BadDigest",
     "IncompleteBody",  # the connection broke mid-body: the same request succeeds again
 }
+_EXPIRED_CREDENTIALS = (
+    "the credentials' session token expired and this process cannot renew it (AWS_SESSION_TOKEN "
+    "or a profile's temporary keys): give it new credentials, or ones that renew themselves "
+    "(instance profile, web identity, SSO, credential_process), and restart"
+)
 _FATAL_CODES = {
     "NoSuchBucket": "bucket does not exist: create it or fix --output",
     "AccessDenied": "access denied: check the credentials' permissions on the bucket",
     "InvalidAccessKeyId": "invalid access key id: check AWS_ACCESS_KEY_ID / the AWS profile",
     "SignatureDoesNotMatch": "signature mismatch: check AWS_SECRET_ACCESS_KEY",
+    # temporary credentials (a session token) that this process cannot renew: new ones and a
+    # restart help; a provider that refreshes itself keeps it from happening again
+    "ExpiredToken": _EXPIRED_CREDENTIALS,
+    "TokenRefreshRequired": _EXPIRED_CREDENTIALS,
+    "InvalidToken": "the session token is malformed or not valid: check AWS_SESSION_TOKEN / the AWS profile",
+    # signed requests are refused 15 minutes off the server's clock; botocore does not correct it
+    "RequestTimeTooSkewed": "this machine's clock is more than 15 minutes off the S3 server's: "
+    "set it right (NTP) and restart",
     "AllAccessDisabled": "all access to the bucket is disabled",
     "InvalidBucketName": "invalid bucket name in --output",
     "EntityTooSmall": "a multipart part below 5 MiB was rejected (bug: please report)",

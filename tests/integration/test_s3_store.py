@@ -6,12 +6,22 @@ unit tests; this is where the rules meet servers that implement them on their ow
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import TYPE_CHECKING, Any
+from unittest import mock
 
+import botocore.auth
 import pytest
 
-from consumer.storage import CopyRange, PutOutcome, S3Store, Segment, probe_conditional_writes
+from consumer.storage import (
+    CopyRange,
+    FatalStorageError,
+    PutOutcome,
+    S3Store,
+    Segment,
+    probe_conditional_writes,
+)
 
 if TYPE_CHECKING:
     from support import S3Server
@@ -106,3 +116,25 @@ def test_keeps_deleted_versions_reads_versioning_and_lifecycle(
         assert versioned.keeps_deleted_versions("elsewhere/_staging/") is True
     finally:
         s3.delete_bucket_lifecycle(Bucket=bucket)
+
+
+def test_a_clock_hours_off_stops_at_once_and_says_to_set_the_clock(
+    s3_server: S3Server, unique_prefix: str
+) -> None:
+    """Requests signed two hours off the server's clock: both servers answer 403
+    RequestTimeTooSkewed. Retrying gets the same answer and the credentials are not at fault, so
+    the store stops after one request and names the clock (it used to say "check credentials")."""
+    store = _store(s3_server)
+    signed_at = botocore.auth.get_current_datetime
+
+    def two_hours_behind(*args: Any, **kwargs: Any) -> datetime.datetime:
+        return signed_at(*args, **kwargs) - datetime.timedelta(hours=2)
+
+    with (
+        mock.patch.object(botocore.auth, "get_current_datetime", two_hours_behind),
+        pytest.raises(FatalStorageError, match="RequestTimeTooSkewed") as stopped,
+    ):
+        store.create(unique_prefix + "skewed", b"x")
+    assert "clock is more than 15 minutes off" in str(stopped.value)
+    assert store.stats.requests["put_object"] == 1  # no retry
+    assert store.head(unique_prefix + "skewed") is None  # nothing written

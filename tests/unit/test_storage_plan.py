@@ -281,6 +281,10 @@ def wrapped(inner: BaseException, outer: type[BaseException] = OSError) -> BaseE
         (client_error("InvalidAccessKeyId", 403), "fatal"),
         (client_error("SignatureDoesNotMatch", 403), "fatal"),
         (client_error("", 401), "fatal"),
+        (client_error("RequestTimeTooSkewed", 403), "fatal"),  # retries are refused alike
+        (client_error("ExpiredToken", 400), "fatal"),
+        (client_error("TokenRefreshRequired", 400), "fatal"),
+        (client_error("InvalidToken", 400), "fatal"),
         (PermissionError("denied"), "fatal"),
         (client_error("SlowDown", 503), "transient"),
         (client_error("ServiceUnavailable", 503), "transient"),
