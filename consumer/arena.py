@@ -543,9 +543,7 @@ class Arena:
                 values, bad, held = self._native.decode_held(self._raw, self._ends, n)
                 self._chunk_slack = max(0, held - values.get_total_buffer_size())
                 return values, bad
-            except pa.ArrowInvalid:
-                pass
-            except NativeError as exc:
+            except (NativeError, pa.ArrowInvalid) as exc:  # never silently slower: say so once
                 warn_once(f"chunk:{self.schema.fingerprint}", "native decode failed: chunk decoded "
                           "with fastavro", schema=self.schema.fingerprint, reason=str(exc)[:300])
         return decode_bodies(self.schema, bodies)

@@ -913,18 +913,29 @@ def test_arena_on_error_fail_halts_at_the_same_record_with_either_decoder() -> N
     )
 
 
+@pytest.mark.parametrize(
+    "failure", [native.NativeError("simulated failure"), pa.ArrowInvalid("simulated import failure")]
+)
 def test_arena_decodes_a_chunk_with_fastavro_when_the_native_decoder_fails(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, failure: Exception
 ) -> None:
+    """Both a failure inside the extension and one handing its batch to pyarrow: the chunk is
+    decoded by fastavro, and one warning says so (never silently slower). The failure is raised
+    at the bottom, where the arena's call reaches the extension."""
+    from structlog.testing import capture_logs
+
     bodies = encode(samples.load_schema("order"), list(samples.generate("order", 100)))
     want, want_dead, _ = _drain("python", "order", bodies)
 
     def broken(self: native.NativeDecoder, *args: Any) -> Any:
-        raise native.NativeError("simulated failure")
+        raise failure
 
-    monkeypatch.setattr(native.NativeDecoder, "decode", broken)
-    got, got_dead, _ = _drain("native", "order", bodies)
+    monkeypatch.setattr(native.NativeDecoder, "decode_batches", broken)
+    monkeypatch.setattr(native, "_warned", set())
+    with capture_logs() as logs:
+        got, got_dead, _ = _drain("native", "order", bodies)
     assert got.to_pylist() == want.to_pylist() and got_dead == want_dead == []
+    assert [e["event"] for e in logs] == ["native decode failed: chunk decoded with fastavro"]
 
 
 def test_a_chunk_split_into_several_batches_is_combined_into_one() -> None:
