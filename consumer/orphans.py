@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-TP = tuple[str, int]
+from consumer.kafka_names import TP
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer import log as logmod
-
-TP = tuple[str, int]
+from consumer.kafka_names import TP
 
 
 @dataclass(frozen=True)

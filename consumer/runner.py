@@ -54,6 +54,7 @@ from consumer.errors import (
 )
 from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
+from consumer.kafka_names import PARTITION_EOF, TP
 from consumer.layout import Layout
 from consumer.orphans import GroupView, OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
@@ -82,9 +83,6 @@ __all__ = [
     "Runner",
 ]
 
-TP = tuple[str, int]
-
-_PARTITION_EOF = -191
 _AUTO_OFFSET_RESET = -140  # the position is not in the log and auto.offset.reset is "error"
 _STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
 _OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
@@ -598,7 +596,7 @@ class Runner:
             raise err
 
     def _fetch_error(self, err: Any, msg: Any) -> None:
-        if err.code() == _PARTITION_EOF:
+        if err.code() == PARTITION_EOF:
             return
         if err.code() == _AUTO_OFFSET_RESET:
             raise self._position_not_in_log(msg.topic(), msg.partition(), msg.offset(), str(err))

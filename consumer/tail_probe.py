@@ -31,9 +31,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-TP = tuple[str, int]
+from consumer.kafka_names import PARTITION_EOF, TP
 
-_PARTITION_EOF = -191
 _OFFSET_BEGINNING = -2
 
 #: what the probe's consumer sets over the member's own Kafka configuration (which brings the
@@ -137,7 +136,7 @@ class TailProbe:
                     err = msg.error()
                     if err is None:
                         first.setdefault(key, int(msg.offset()))
-                    elif err.code() == _PARTITION_EOF:
+                    elif err.code() == PARTITION_EOF:
                         at_end.add(key)
                 for tp in c.position([tp_type(t, p) for t, p in keys]):
                     key = (tp.topic, tp.partition)

@@ -39,6 +39,7 @@ from typing import Any
 
 from consumer import faults
 from consumer.config import MIN_S3_PART
+from consumer.kafka_names import TP
 from consumer.orphans import GroupView
 from consumer.positions import PartitionFenced, PositionError, PositionStore
 from consumer.storage import (
@@ -769,8 +770,6 @@ def crash_at(op: str, *, key_part: str = "", nth: int = 1) -> OnOp:
 # Kafka: an in-memory topic log and a consumer with the slice of confluent_kafka.Consumer we use
 # ----------------------------------------------------------------------------------------------
 OFFSET_BEGINNING, OFFSET_END, OFFSET_STORED, OFFSET_INVALID = -2, -1, -1000, -1001
-
-TP = tuple[str, int]
 
 
 @dataclass
