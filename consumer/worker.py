@@ -78,7 +78,9 @@ from consumer.positions import PartitionFenced, PositionStore
 from consumer.recovery import (
     ONE_WRITER,
     REPLAY_WRITER,
+    BucketedPlan,
     FinishRoll,
+    RecoveryPlan,
     chain_ending_at,
     layout_mismatch,
     other_writer,
@@ -308,16 +310,12 @@ class PartitionWorker:
             group=self.shared.group_id,
         )
         doomed = set(plan.delete)
-        self._refuse_deleting_foreign_objects(
+        self._begin_plan(
+            plan,
             [p for p in pieces if p.key in doomed and p.file_start not in finals
              and (plan.position is None or p.to_pos > plan.position)],
             [d for d in dead if d[0] in doomed],
-            plan.position,
         )
-        for note in plan.notes:
-            self.log.warning(note)
-        if plan.commit is not None:
-            self.positions.commit(self.topic, self.partition, plan.commit)
         self._finish_planned(plan.finish, etags)
         resumed = None
         if plan.resume:
@@ -407,16 +405,12 @@ class PartitionWorker:
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
         # of an open file that goes (a group's own zombie is the group itself).
-        self._refuse_deleting_foreign_objects(
+        self._begin_plan(
+            plan,
             [p for p in pieces
              if p.key in doomed and p.file_start not in finals.get(p.bucket, (set(), None))[0]],
             [d for d in dead if d[0] in doomed],
-            plan.position,
         )
-        for note in plan.notes:
-            self.log.warning(note)
-        if plan.commit is not None:
-            self.positions.commit(self.topic, self.partition, plan.commit)
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
         for _bucket, bplan in sorted(plan.buckets.items()):
@@ -434,6 +428,21 @@ class PartitionWorker:
             deleted_strays=len(deletes),
             high_water=high_water,
         )
+
+    def _begin_plan(
+        self,
+        plan: RecoveryPlan | BucketedPlan,
+        doomed_pieces: list[PieceRef],
+        doomed_dead_letters: list[tuple[str, int, int]],
+    ) -> None:
+        """What every recovery plan starts with, in either layout, before it changes anything in
+        S3: refuse to delete what another writer staged, say the plan's notes, and commit the
+        position it adopted from S3 (so that a crash from here on resumes from it)."""
+        self._refuse_deleting_foreign_objects(doomed_pieces, doomed_dead_letters, plan.position)
+        for note in plan.notes:
+            self.log.warning(note)
+        if plan.commit is not None:
+            self.positions.commit(self.topic, self.partition, plan.commit)
 
     def _refuse_deleting_foreign_objects(
         self, pieces: list[PieceRef], dead_letters: list[tuple[str, int, int]], position: int | None
