@@ -35,6 +35,9 @@ stops with status 5. :func:`other_writer` words that stop so it names the other 
 suggesting an offset reset nobody made. The pieces and dead letters a plan deletes past the
 committed position are this group's uncommitted work only if this group wrote them: the worker
 reads their writer first and stops rather than delete another group's (possibly committed) records.
+Before a position is adopted from what another group wrote, the worker asks the coordinator
+about that group (:func:`still_writing`): a group that still runs this partition would otherwise
+be met only later, when the two groups' files first differ.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from consumer.errors import IntegrityError
+from consumer.kafka_names import TP
 from consumer.layout import Layout, PieceRef, RollMarker
+from consumer.orphans import GroupView
 
 
 @dataclass(frozen=True)
@@ -86,6 +91,21 @@ ONE_WRITER = (
     "one output prefix belongs to one consumer group (or one replay), and two are writing to this "
     "one: stop the other writer, or give each its own --output prefix"
 )
+
+
+def still_writing(view: GroupView, tp: TP) -> str | None:
+    """How another consumer group, as the coordinator describes it (``view``), still writes
+    partition ``tp``, or None when it does not: a member owns ``tp``, or the group has members and
+    is between assignments (any of them may get ``tp``). A group with members that all own other
+    partitions, or with none, does not write ``tp`` now."""
+    if not view.members:
+        return None
+    members = f"{len(view.members)} member{'s' if len(view.members) > 1 else ''}"
+    if any(tp in owned for owned in view.members.values()):
+        return f"it has {members}, and one of them owns this partition"
+    if not view.stable:
+        return f"it has {members} and is rebalancing"
+    return None
 
 
 def layout_mismatch(staged_buckets: Iterable[str], names: tuple[str, ...] | None) -> str | None:

@@ -879,6 +879,7 @@ class GroupRunner(Runner):
         config: Config,
         *,
         group_view: Callable[[], GroupView | None] | None = None,
+        describe_group: Callable[[str], GroupView | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
@@ -891,7 +892,9 @@ class GroupRunner(Runner):
         self._group_view = group_view or self._describe_group
         self._next_orphan_look = self.clock() + min(_ORPHAN_LOOK_EVERY, config.orphan_grace / 2)
         self._admin: Any = None
+        self._admin_lock = threading.Lock()
         self._describe_failed = False  # said once as a warning, then at debug level
+        self.shared.describe_group = describe_group or self._describe_other_group
         self.fenced: set[TP] = set()  # paused after a refused commit, until a rebalance settles
         self.assigned_once = False
         self._rebalanced = False
@@ -1101,17 +1104,9 @@ class GroupRunner(Runner):
         self._subscribe()
 
     def _describe_group(self) -> GroupView | None:
-        """The group as the coordinator sees it (an AdminClient, made at the first look); None
-        when it does not answer."""
-        from confluent_kafka import ConsumerGroupState
-        from confluent_kafka.admin import AdminClient
-
+        """This group as the coordinator sees it; None when it does not answer."""
         try:
-            if self._admin is None:
-                conf: dict[str, Any] = {**admin_config(self.config), "logger": logmod.LibrdkafkaLog(self.log)}
-                self._admin = AdminClient(conf)
-            group = self.config.group_id
-            desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
+            return self._describe(self.config.group_id)
         except Exception as exc:
             say = self.log.debug if self._describe_failed else self.log.warning
             self._describe_failed = True
@@ -1121,6 +1116,27 @@ class GroupRunner(Runner):
                 error=str(exc),
             )
             return None
+
+    def _describe_other_group(self, group: str) -> GroupView | None:
+        """Another consumer group as the coordinator sees it (recovery asks before adopting what
+        that group wrote; the worker says it when there is no answer): None when it does not answer."""
+        try:
+            return self._describe(group)
+        except Exception as exc:
+            self.log.debug("describing a consumer group failed", other_group=group, error=str(exc))
+            return None
+
+    def _describe(self, group: str) -> GroupView:
+        """A consumer group as the coordinator sees it, through an AdminClient made at the first
+        look (from any thread: recoveries run side by side); raises when it does not answer."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        with self._admin_lock:
+            if self._admin is None:
+                conf: dict[str, Any] = {**admin_config(self.config), "logger": logmod.LibrdkafkaLog(self.log)}
+                self._admin = AdminClient(conf)
+        desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
         return GroupView(
             stable=desc.state == ConsumerGroupState.STABLE,
             members={

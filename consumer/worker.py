@@ -41,7 +41,7 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from operator import methodcaller
@@ -66,6 +66,7 @@ from consumer.evolution import VersionedSchema, choose_reader, subject_for
 from consumer.gather import gather
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.metrics import PartitionCounters
+from consumer.orphans import GroupView
 from consumer.parquet_merge import (
     ParquetMergeError,
     PieceLayout,
@@ -86,6 +87,7 @@ from consumer.recovery import (
     other_writer,
     plan_bucketed_recovery,
     plan_recovery,
+    still_writing,
 )
 from consumer.rowgroup import SCHEMA_FINGERPRINT_KEY, WriterOptions, encode_piece
 from consumer.storage import CLIENT_PART_BYTES, CopyRange, ObjectStore, PutOutcome, Segment
@@ -188,6 +190,10 @@ class SharedState:
     #: The consumer group this process commits to, named in every piece it writes (None: a
     #: replay), so that a second writer of the prefix can be named when the two collide.
     group_id: str | None = None
+    #: The coordinator's view of another consumer group (None: it did not answer), asked before
+    #: recovery adopts a position from what that group wrote; unset (None) for a replay and on the
+    #: in-memory doubles unless a test sets it. Set by the runner, which owns the Kafka clients.
+    describe_group: Callable[[str], GroupView | None] | None = None
 
 
 class PartitionWorker:
@@ -315,6 +321,8 @@ class PartitionWorker:
             [p for p in pieces if p.key in doomed and p.file_start not in finals
              and (plan.position is None or p.to_pos > plan.position)],
             [d for d in dead if d[0] in doomed],
+            sources=pieces,
+            final_writer=self._final_writers.get(("", max(finals))) if finals and last_end == plan.commit else None,
         )
         self._finish_planned(plan.finish, etags)
         resumed = None
@@ -410,6 +418,7 @@ class PartitionWorker:
             [p for p in pieces
              if p.key in doomed and p.file_start not in finals.get(p.bucket, (set(), None))[0]],
             [d for d in dead if d[0] in doomed],
+            sources=pieces,
         )
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
@@ -434,15 +443,62 @@ class PartitionWorker:
         plan: RecoveryPlan | BucketedPlan,
         doomed_pieces: list[PieceRef],
         doomed_dead_letters: list[tuple[str, int, int]],
+        *,
+        sources: Sequence[PieceRef] = (),
+        final_writer: str | None = None,
     ) -> None:
         """What every recovery plan starts with, in either layout, before it changes anything in
-        S3: refuse to delete what another writer staged, say the plan's notes, and commit the
-        position it adopted from S3 (so that a crash from here on resumes from it)."""
+        S3: refuse to delete what another writer staged, refuse to adopt a position from a group
+        that still writes here, say the plan's notes, and commit the position it adopted from S3
+        (so that a crash from here on resumes from it). ``sources``: the staged pieces, of which
+        those ending at the adopted position are what it comes from; ``final_writer``: the writer
+        of the final file it comes from, if it does."""
         self._refuse_deleting_foreign_objects(doomed_pieces, doomed_dead_letters, plan.position)
+        if plan.commit is not None:
+            self._refuse_adopting_from_a_running_group(
+                plan.commit, [p for p in sources if p.to_pos == plan.commit], final_writer
+            )
         for note in plan.notes:
             self.log.warning(note)
         if plan.commit is not None:
             self.positions.commit(self.topic, self.partition, plan.commit)
+
+    def _refuse_adopting_from_a_running_group(
+        self, position: int, pieces: list[PieceRef], final_writer: str | None
+    ) -> None:
+        """This group has no committed position, and ``position`` is adopted from ``pieces`` or a
+        final file that another consumer group wrote. If that group still runs this partition
+        (:func:`~consumer.recovery.still_writing`), the two would write one prefix until their
+        files first differ, and only then would one of them stop: stop now instead, before
+        anything is committed or deleted. Costs one footer read of each piece (adoption is rare);
+        when the coordinator does not answer, adopt as before and say so."""
+        describe = self.shared.describe_group
+        if describe is None:
+            return
+        writers = {final_writer} | {
+            writer_of(read_key_value_metadata(self._load_piece(p).layout.footer)) for p in pieces
+        }
+        for writer in sorted(w for w in writers if w and other_writer(w, self.shared.group_id)):
+            view = describe(writer)
+            if view is None:
+                self.log.warning(
+                    "could not ask the coordinator whether the consumer group that wrote this "
+                    "partition's output still runs: adopting its position as before (describing "
+                    "a group needs DESCRIBE on it)", other_group=writer, position=position,
+                )
+                continue
+            how = still_writing(view, (self.topic, self.partition))
+            if how is not None:
+                raise IntegrityError(
+                    f"{self.where}: this group has no committed position, and the output here was "
+                    f"last written by consumer group {writer!r}, which still runs: {how}. "
+                    f"{ONE_WRITER}. Nothing was committed or deleted. If {writer!r} was stopped a "
+                    "moment ago, its static members leave the group when their session times out "
+                    "(session.timeout.ms): start again after that. If it now writes elsewhere, "
+                    f"commit this group's start yourself (kafka-consumer-groups --reset-offsets "
+                    f"--group {self.shared.group_id} --topic {self.topic}:{self.partition} "
+                    f"--to-offset {position} --execute) and start again."
+                )
 
     def _refuse_deleting_foreign_objects(
         self, pieces: list[PieceRef], dead_letters: list[tuple[str, int, int]], position: int | None

@@ -432,6 +432,40 @@ def test_a_second_group_on_one_prefix_is_named_and_no_offset_reaches_two_files(
     assert groups == {old, new}
 
 
+def test_a_second_group_stops_at_once_while_the_first_still_writes_the_partition(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A deployment copied with a new --group-id while the old one still runs: the new group has
+    no committed position, and recovery would adopt the old group's staged rows. It asks the
+    coordinator first, finds the old group's member owning the partition, and stops with status 5
+    naming it, committing and deleting nothing. Once the old group has stopped, the new one adopts
+    and finishes the file: every offset in one final file."""
+    topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 2000, partitions=1)
+    running = start_consumer(topic, old, out, "--row-group-rows", "500")
+    try:
+        running.wait_for(
+            lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 2000
+                           for e in ev),
+            what="2000 rows committed",
+        )
+        staged_before = staging_keys(s3, stack.s3_bucket, unique_prefix)
+        res = run_consumer(topic, new, out, timeout=120)
+        assert res.returncode == 5, res.stderr[-3000:]
+        assert f"last written by consumer group {old!r}, which still runs: it has 1 member, and one of " \
+               "them owns this partition" in res.stderr, res.stderr[-3000:]
+        assert committed(stack.kafka_bootstrap, new, topic) == [-1001]  # nothing committed
+        assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged_before
+    finally:
+        assert running.stop() == 0, running.log()[-3000:]
+    res = run_consumer(topic, new, out)  # the old group has left: adopt its position and finish
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert any("adopting 2000 from what S3 holds" in e.get("event", "") for e in log_events(res.stderr))
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(2000))
+
+
 def test_recovery_does_not_delete_the_staged_rows_of_another_group(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:

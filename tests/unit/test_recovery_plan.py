@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from consumer.errors import IntegrityError
 from consumer.layout import Layout, PieceRef, RollMarker
-from consumer.recovery import REPLAY_WRITER, RecoveryPlan, other_writer, plan_recovery
+from consumer.orphans import GroupView
+from consumer.recovery import REPLAY_WRITER, RecoveryPlan, other_writer, plan_recovery, still_writing
 
 L = Layout("out")
 
@@ -222,3 +223,20 @@ def test_a_committed_position_is_never_deleted_unless_something_kept_holds_it(
             assert all(a.to_pos == b.from_pos for a, b in itertools.pairwise(ch))
     if p.resume:
         assert p.resume[-1].to_pos == pos
+
+
+@pytest.mark.parametrize(
+    ("view", "how"),
+    [
+        (GroupView(stable=True, members={}), None),
+        (GroupView(stable=False, members={}), None),
+        (GroupView(stable=True, members={"m": frozenset({("t", 1)})}), None),
+        (GroupView(stable=True, members={"m": frozenset({("t", 0)})}),
+         "it has 1 member, and one of them owns this partition"),
+        (GroupView(stable=True, members={"m": frozenset(), "n": frozenset({("t", 0), ("t", 1)})}),
+         "it has 2 members, and one of them owns this partition"),
+        (GroupView(stable=False, members={"m": frozenset()}), "it has 1 member and is rebalancing"),
+    ],
+)
+def test_still_writing_a_partition(view: GroupView, how: str | None) -> None:
+    assert still_writing(view, ("t", 0)) == how

@@ -23,6 +23,7 @@ from consumer.config import Config
 from consumer.decoding import Decoder
 from consumer.errors import BadRecordStop, IntegrityError, StorageContractError
 from consumer.layout import Layout
+from consumer.orphans import GroupView
 from consumer.positions import PartitionFenced
 from consumer.registry import RegistryError
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
@@ -272,6 +273,70 @@ def test_a_group_behind_another_groups_final_files_names_it_at_recovery() -> Non
     with pytest.raises(IntegrityError, match=r"written by consumer group 'b' \(this run is group 'a'\)"):
         a.recover()
     assert final_offsets(store) == list(range(50))
+
+
+OWNS_IT = GroupView(stable=True, members={"b-1": frozenset({("t", 0)})})
+
+
+def group_b_staged_30(file_rows: int | None = None) -> MemoryStore:
+    """Group "b" wrote [0, 30) to the prefix: staged pieces (or, with file_rows 30, a final file)."""
+    store = MemoryStore()
+    b = make_worker(store, MemoryPositions(), replace(BASE, group_id="b", file_rows=file_rows))
+    b.recover()
+    run(b, range(30))
+    return store
+
+
+@pytest.mark.parametrize("file_rows", [None, 30], ids=["from-staged-pieces", "from-a-final-file"])
+def test_no_position_is_adopted_from_a_group_that_still_writes_the_partition(file_rows: int | None) -> None:
+    """A deployment copied with a new group id while the old group runs: group "a" has no
+    committed position, and what S3 holds was written by "b", whose member owns the partition.
+    Adopting would make two groups write one prefix until their files first differ. Stop at once
+    (status 5), name "b", and commit and delete nothing."""
+    store = group_b_staged_30(file_rows)
+    before = dict(store.objects)
+    positions = MemoryPositions()
+    a = make_worker(store, positions, replace(BASE, group_id="a", file_rows=file_rows))
+    asked: list[str] = []
+    a.shared.describe_group = lambda group: asked.append(group) or OWNS_IT
+    with pytest.raises(IntegrityError, match=r"last written by consumer group 'b', which still runs: it "
+                       r"has 1 member, and one of them owns this partition. one output prefix belongs "
+                       r"to one consumer group.*Nothing was committed or deleted.*--reset-offsets --group a "
+                       r"--topic t:0 --to-offset 30 --execute"):
+        a.recover()
+    assert asked == ["b"]
+    assert positions.committed("t", 0) is None and store.objects == before
+
+
+@pytest.mark.parametrize(
+    ("view", "warned"),
+    [
+        (GroupView(stable=True, members={}), False),  # stopped: no members
+        (GroupView(stable=True, members={"b-1": frozenset({("t", 1)})}), False),  # owns others only
+        (None, True),  # the coordinator did not answer: adopt as before, and say so
+    ],
+    ids=["no-members", "other-partitions", "no-answer"],
+)
+def test_a_position_is_adopted_from_a_group_that_does_not_write_the_partition(
+    view: GroupView | None, warned: bool
+) -> None:
+    store = group_b_staged_30()
+    positions = MemoryPositions()
+    a = make_worker(store, positions, replace(BASE, group_id="a", file_rows=None))
+    a.shared.describe_group = lambda group: view
+    with capture_logs() as logs:
+        assert a.recover() == 30
+    assert positions.committed("t", 0) == 30
+    assert any("whether the consumer group that wrote" in e["event"] for e in logs) == warned
+
+
+def test_a_group_adopting_its_own_output_asks_no_one() -> None:
+    """Offsets expired or deleted: the pieces are this group's own, so the coordinator is not asked."""
+    store = group_b_staged_30()
+    positions = MemoryPositions()
+    b = make_worker(store, positions, replace(BASE, group_id="b", file_rows=None))
+    b.shared.describe_group = lambda group: pytest.fail(f"asked about {group}")
+    assert b.recover() == 30 and positions.committed("t", 0) == 30
 
 
 @pytest.mark.parametrize("group", ["b", ""])  # "": a replay
