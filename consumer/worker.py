@@ -322,7 +322,8 @@ class PartitionWorker:
              and (plan.position is None or p.to_pos > plan.position)],
             [d for d in dead if d[0] in doomed],
             sources=pieces,
-            final_writer=self._final_writers.get(("", max(finals))) if finals and last_end == plan.commit else None,
+            final_writer=(self._final_writers.get(("", max(finals)))
+                          if finals and last_end == plan.commit else None),
         )
         self._finish_planned(plan.finish, etags)
         resumed = None
