@@ -3,6 +3,11 @@
 Loggers are bound with partition context (``topic``, ``partition``) by the worker, so every line
 about a row group or a roll says whose it is. Nothing here logs payloads or credentials: callers
 pass counts, positions, keys and timings only.
+
+Lines that do not come from our loggers become lines of the same format too (:func:`configure`):
+Python's warnings and the warnings and errors of libraries that use the standard ``logging``
+module (botocore, s3fs, aiohttp). Written by Python itself they would be plain text, several
+lines a warning, among the JSON lines a log shipper parses, and outside the members' line lock.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import re
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -146,6 +152,34 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
+    warnings.showwarning = _log_python_warning
+    root = logging.getLogger()
+    root.handlers = [h for h in root.handlers if not isinstance(h, _ToStructlog)] + [_ToStructlog()]
+    root.setLevel(logging.WARNING)  # libraries' info and debug chatter stays out
+
+
+def _log_python_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int,
+    file: Any = None, line: str | None = None,
+) -> None:
+    """``warnings.showwarning``: a Python warning as one log line (not Python's two of text)."""
+    structlog.get_logger("python").warning(
+        "python warning", category=category.__name__, message=str(message), where=f"{filename}:{lineno}"
+    )
+
+
+class _ToStructlog(logging.Handler):
+    """Records of libraries that log through the standard ``logging`` module, as our lines
+    (instead of ``logging.lastResort``'s bare text on stderr)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            structlog.get_logger("library").log(record.levelno, record.getMessage(), **fields)
+        except Exception:
+            self.handleError(record)
 
 
 def get(name: str, **context: Any) -> Any:

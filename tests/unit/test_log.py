@@ -154,3 +154,36 @@ def test_without_a_shared_lock_file_lines_are_written_unlocked() -> None:
     with closed.held():
         pass
     assert time.monotonic() - started < 1
+
+
+_NOT_OURS = """
+import logging, warnings
+from consumer import log
+log.configure("json")
+warnings.warn("a library's warning", FutureWarning)
+logging.getLogger("botocore.credentials").warning("Found credentials in %s", "environment variables")
+logging.getLogger("s3fs").info("not shown: a library's info")
+try:
+    1 / 0
+except ZeroDivisionError:
+    logging.getLogger("aiohttp.client").error("request failed", exc_info=True)
+"""
+
+
+def test_python_warnings_and_library_log_records_are_lines_of_the_log_too() -> None:
+    """Python would write a warning as two lines of text, and a library's warning through
+    ``logging.lastResort`` as bare text: lines a log shipper cannot parse among the JSON ones."""
+    res = subprocess.run(
+        [sys.executable, "-c", _NOT_OURS], capture_output=True, text=True, cwd=REPO, timeout=60
+    )
+    assert res.returncode == 0, res.stderr
+    events = [json.loads(line) for line in res.stderr.splitlines()]  # every line is JSON
+    assert [(e["event"], e["level"]) for e in events] == [
+        ("python warning", "warning"),
+        ("Found credentials in environment variables", "warning"),
+        ("request failed", "error"),
+    ]
+    assert events[0]["category"] == "FutureWarning" and events[0]["message"] == "a library's warning"
+    assert events[0]["where"].endswith(":5")
+    assert events[1]["logger"] == "botocore.credentials"
+    assert events[2]["logger"] == "aiohttp.client" and "ZeroDivisionError" in events[2]["exception"]
