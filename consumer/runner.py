@@ -201,6 +201,7 @@ class Runner:
         positions_factory: Callable[[Any], PositionStore] | None = None,
         clock: Callable[[], float] = time.monotonic,
         process_rss: Callable[[], int] | None = None,
+        describe_group: Callable[[str], GroupView | None] | None = None,
     ) -> None:
         self.config = config
         #: The process's resident bytes when the run starts (the entry point passes
@@ -218,6 +219,10 @@ class Runner:
         self.layout = Layout(config.prefix)
         self._topics = tuple(config.topics)
         self.shared = SharedState()
+        #: an AdminClient, made at the first look at a consumer group (:meth:`_describe`)
+        self._admin: Any = None
+        self._admin_lock = threading.Lock()
+        self.shared.describe_group = describe_group or self._describe_other_group
         self.log = logmod.get("consumer.runner", group=config.group_id)
         self.workers: dict[TP, PartitionWorker] = {}
         self.stop_requested = False
@@ -446,6 +451,34 @@ class Runner:
             return EXIT_FATAL
         self.log.error("stopped: S3 error", error=str(exc))
         return EXIT_STORAGE
+
+    def _describe_other_group(self, group: str) -> GroupView | None:
+        """Another consumer group as the coordinator sees it (recovery asks before adopting what
+        that group wrote; the worker says it when there is no answer): None when it does not answer."""
+        try:
+            return self._describe(group)
+        except Exception as exc:
+            self.log.debug("describing a consumer group failed", other_group=group, error=str(exc))
+            return None
+
+    def _describe(self, group: str) -> GroupView:
+        """A consumer group as the coordinator sees it, through an AdminClient made at the first
+        look (from any thread: recoveries run side by side); raises when it does not answer."""
+        from confluent_kafka import ConsumerGroupState
+        from confluent_kafka.admin import AdminClient
+
+        with self._admin_lock:
+            if self._admin is None:
+                conf: dict[str, Any] = {**admin_config(self.config), "logger": logmod.LibrdkafkaLog(self.log)}
+                self._admin = AdminClient(conf)
+        desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
+        return GroupView(
+            stable=desc.state == ConsumerGroupState.STABLE,
+            members={
+                m.member_id: frozenset((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
+                for m in desc.members
+            },
+        )
 
     def _start(self) -> None:
         raise NotImplementedError
@@ -879,7 +912,6 @@ class GroupRunner(Runner):
         config: Config,
         *,
         group_view: Callable[[], GroupView | None] | None = None,
-        describe_group: Callable[[str], GroupView | None] | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(config, **kwargs)
@@ -891,10 +923,7 @@ class GroupRunner(Runner):
         self._orphans = OrphanWatch(config.orphan_grace) if static and config.orphan_grace > 0 else None
         self._group_view = group_view or self._describe_group
         self._next_orphan_look = self.clock() + min(_ORPHAN_LOOK_EVERY, config.orphan_grace / 2)
-        self._admin: Any = None
-        self._admin_lock = threading.Lock()
         self._describe_failed = False  # said once as a warning, then at debug level
-        self.shared.describe_group = describe_group or self._describe_other_group
         self.fenced: set[TP] = set()  # paused after a refused commit, until a rebalance settles
         self.assigned_once = False
         self._rebalanced = False
@@ -1116,34 +1145,6 @@ class GroupRunner(Runner):
                 error=str(exc),
             )
             return None
-
-    def _describe_other_group(self, group: str) -> GroupView | None:
-        """Another consumer group as the coordinator sees it (recovery asks before adopting what
-        that group wrote; the worker says it when there is no answer): None when it does not answer."""
-        try:
-            return self._describe(group)
-        except Exception as exc:
-            self.log.debug("describing a consumer group failed", other_group=group, error=str(exc))
-            return None
-
-    def _describe(self, group: str) -> GroupView:
-        """A consumer group as the coordinator sees it, through an AdminClient made at the first
-        look (from any thread: recoveries run side by side); raises when it does not answer."""
-        from confluent_kafka import ConsumerGroupState
-        from confluent_kafka.admin import AdminClient
-
-        with self._admin_lock:
-            if self._admin is None:
-                conf: dict[str, Any] = {**admin_config(self.config), "logger": logmod.LibrdkafkaLog(self.log)}
-                self._admin = AdminClient(conf)
-        desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
-        return GroupView(
-            stable=desc.state == ConsumerGroupState.STABLE,
-            members={
-                m.member_id: frozenset((tp.topic, tp.partition) for tp in m.assignment.topic_partitions)
-                for m in desc.members
-            },
-        )
 
     # -- fencing ---------------------------------------------------------------------------------
     def _fenced(self, worker: PartitionWorker, exc: PartitionFenced) -> None:

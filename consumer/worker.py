@@ -489,17 +489,24 @@ class PartitionWorker:
                 )
                 continue
             how = still_writing(view, (self.topic, self.partition))
-            if how is not None:
-                raise IntegrityError(
-                    f"{self.where}: this group has no committed position, and the output here was "
-                    f"last written by consumer group {writer!r}, which still runs: {how}. "
-                    f"{ONE_WRITER}. Nothing was committed or deleted. If {writer!r} was stopped a "
-                    "moment ago, its static members leave the group when their session times out "
-                    "(session.timeout.ms): start again after that. If it now writes elsewhere, "
-                    f"commit this group's start yourself (kafka-consumer-groups --reset-offsets "
-                    f"--group {self.shared.group_id} --topic {self.topic}:{self.partition} "
+            if how is None:
+                continue
+            group = self.shared.group_id
+            if group:
+                remedy = (
+                    f"If {writer!r} was stopped a moment ago, its static members leave the group "
+                    "when their session times out (session.timeout.ms): start again after that. If "
+                    "it now writes elsewhere, commit this group's start yourself (kafka-consumer-groups "
+                    f"--reset-offsets --group {group} --topic {self.topic}:{self.partition} "
                     f"--to-offset {position} --execute) and start again."
                 )
+            else:
+                remedy = "A replay re-exports history into a prefix of its own: give it another --output."
+            raise IntegrityError(
+                f"{self.where}: {'this group' if group else 'this replay'} has no position of its own "
+                f"here, and the output here was last written by consumer group {writer!r}, which "
+                f"still runs: {how}. {ONE_WRITER}. Nothing was committed or deleted. {remedy}"
+            )
 
     def _refuse_deleting_foreign_objects(
         self, pieces: list[PieceRef], dead_letters: list[tuple[str, int, int]], position: int | None

@@ -4,6 +4,8 @@ them, or leave a process alive doing nothing. Every test reads the outcome back 
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -438,8 +440,9 @@ def test_a_second_group_stops_at_once_while_the_first_still_writes_the_partition
     """A deployment copied with a new --group-id while the old one still runs: the new group has
     no committed position, and recovery would adopt the old group's staged rows. It asks the
     coordinator first, finds the old group's member owning the partition, and stops with status 5
-    naming it, committing and deleting nothing. Once the old group has stopped, the new one adopts
-    and finishes the file: every offset in one final file."""
+    naming it, committing and deleting nothing; a replay pointed at the prefix stops the same way.
+    Once the old group has stopped, the new one adopts and finishes the file: every offset in one
+    final file."""
     topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 2000, partitions=1)
@@ -453,9 +456,16 @@ def test_a_second_group_stops_at_once_while_the_first_still_writes_the_partition
         staged_before = staging_keys(s3, stack.s3_bucket, unique_prefix)
         res = run_consumer(topic, new, out, timeout=120)
         assert res.returncode == 5, res.stderr[-3000:]
-        assert f"last written by consumer group {old!r}, which still runs: it has 1 member, and one of " \
+        assert f"was last written by consumer group {old!r}, which still runs: it has 1 member, and one of " \
                "them owns this partition" in res.stderr, res.stderr[-3000:]
         assert committed(stack.kafka_bootstrap, new, topic) == [-1001]  # nothing committed
+        replay = subprocess.run(  # a replay pointed at the prefix by mistake: the same
+            [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
+             "--output", out, "--log-format", "json"],
+            capture_output=True, text=True, timeout=120, cwd=REPO,
+        )
+        assert replay.returncode == 5, replay.stderr[-3000:]
+        assert "this replay has no position of its own here" in replay.stderr, replay.stderr[-3000:]
         assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged_before
     finally:
         assert running.stop() == 0, running.log()[-3000:]

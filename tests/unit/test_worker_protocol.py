@@ -288,21 +288,32 @@ def group_b_staged_30(file_rows: int | None = None) -> MemoryStore:
 
 
 @pytest.mark.parametrize("file_rows", [None, 30], ids=["from-staged-pieces", "from-a-final-file"])
-def test_no_position_is_adopted_from_a_group_that_still_writes_the_partition(file_rows: int | None) -> None:
-    """A deployment copied with a new group id while the old group runs: group "a" has no
-    committed position, and what S3 holds was written by "b", whose member owns the partition.
-    Adopting would make two groups write one prefix until their files first differ. Stop at once
-    (status 5), name "b", and commit and delete nothing."""
+@pytest.mark.parametrize(
+    ("group", "remedy"),
+    [
+        ("a", r"--reset-offsets --group a --topic t:0 --to-offset 30 --execute"),
+        ("", r"A replay re-exports history into a prefix of its own: give it another --output"),
+    ],
+    ids=["a-group", "a-replay"],
+)
+def test_no_position_is_adopted_from_a_group_that_still_writes_the_partition(
+    file_rows: int | None, group: str, remedy: str
+) -> None:
+    """A deployment copied with a new group id while the old group runs, or a replay pointed at
+    its prefix: there is no position of this writer's own, and what S3 holds was written by "b",
+    whose member owns the partition. Adopting would make two writers share one prefix until their
+    files first differ. Stop at once (status 5), name "b", and commit and delete nothing."""
     store = group_b_staged_30(file_rows)
     before = dict(store.objects)
     positions = MemoryPositions()
-    a = make_worker(store, positions, replace(BASE, group_id="a", file_rows=file_rows))
+    a = make_worker(store, positions, replace(BASE, group_id=group, file_rows=file_rows))
     asked: list[str] = []
-    a.shared.describe_group = lambda group: asked.append(group) or OWNS_IT
-    with pytest.raises(IntegrityError, match=r"last written by consumer group 'b', which still runs: it "
-                       r"has 1 member, and one of them owns this partition. one output prefix belongs "
-                       r"to one consumer group.*Nothing was committed or deleted.*--reset-offsets --group a "
-                       r"--topic t:0 --to-offset 30 --execute"):
+    a.shared.describe_group = lambda other: asked.append(other) or OWNS_IT
+    who = "this group" if group else "this replay"
+    with pytest.raises(IntegrityError, match=rf"{who} has no position of its own here, and the output here "
+                       r"was last written by consumer group 'b', which still runs: it has 1 member, and "
+                       r"one of them owns this partition. one output prefix belongs to one consumer "
+                       rf"group.*Nothing was committed or deleted. .*{remedy}"):
         a.recover()
     assert asked == ["b"]
     assert positions.committed("t", 0) is None and store.objects == before
