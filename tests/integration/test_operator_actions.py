@@ -434,8 +434,9 @@ def test_a_second_group_on_one_prefix_is_named_and_no_offset_reaches_two_files(
     assert groups == {old, new}
 
 
+@pytest.mark.parametrize("protocol", ["classic", "consumer"])  # the old group's (KIP-848: Kafka 4.0+)
 def test_a_second_group_stops_at_once_while_the_first_still_writes_the_partition(
-    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path, protocol: str
 ) -> None:
     """A deployment copied with a new --group-id while the old one still runs: the new group has
     no committed position, and recovery would adopt the old group's staged rows. It asks the
@@ -446,7 +447,7 @@ def test_a_second_group_stops_at_once_while_the_first_still_writes_the_partition
     topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 2000, partitions=1)
-    running = start_consumer(topic, old, out, "--row-group-rows", "500")
+    running = start_consumer(topic, old, out, "--row-group-rows", "500", "-X", f"group.protocol={protocol}")
     try:
         running.wait_for(
             lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 2000
