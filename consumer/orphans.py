@@ -23,19 +23,10 @@ Asking the coordinator and rejoining is the runner's (:class:`consumer.runner.Gr
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from consumer.kafka_names import TP
-
-
-@dataclass(frozen=True)
-class GroupView:
-    """What the coordinator says about the group: whether it is stable (no rebalance under way)
-    and each member's assigned partitions, by member id."""
-
-    stable: bool
-    members: Mapping[str, frozenset[TP]]
+from consumer.kafka_names import TP, GroupView
 
 
 def unowned(partitions: Iterable[TP], view: GroupView) -> frozenset[TP]:

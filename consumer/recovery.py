@@ -46,9 +46,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from consumer.errors import IntegrityError
-from consumer.kafka_names import TP
+from consumer.kafka_names import TP, GroupView
 from consumer.layout import Layout, PieceRef, RollMarker
-from consumer.orphans import GroupView
 
 
 @dataclass(frozen=True)

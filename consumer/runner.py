@@ -54,9 +54,9 @@ from consumer.errors import (
 )
 from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
-from consumer.kafka_names import PARTITION_EOF, TP
+from consumer.kafka_names import PARTITION_EOF, TP, GroupView
 from consumer.layout import Layout
-from consumer.orphans import GroupView, OrphanWatch
+from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.side_by_side import close_all, recover_all
 from consumer.storage import (

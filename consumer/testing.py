@@ -39,8 +39,7 @@ from typing import Any
 
 from consumer import faults
 from consumer.config import MIN_S3_PART
-from consumer.kafka_names import TP
-from consumer.orphans import GroupView
+from consumer.kafka_names import TP, GroupView
 from consumer.positions import PartitionFenced, PositionError, PositionStore
 from consumer.storage import (
     CopyRange,

@@ -64,9 +64,9 @@ from consumer.decoding import (
 from consumer.errors import BadRecordStop, IntegrityError, RegistryStop, UsageError
 from consumer.evolution import VersionedSchema, choose_reader, subject_for
 from consumer.gather import gather
+from consumer.kafka_names import GroupView
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.metrics import PartitionCounters
-from consumer.orphans import GroupView
 from consumer.parquet_merge import (
     ParquetMergeError,
     PieceLayout,

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 from test_shutdown import PARTITIONS, PER_PARTITION, FakeClock, _broker, _runner
 
-from consumer.orphans import GroupView, OrphanWatch, healer, unowned
+from consumer.kafka_names import GroupView
+from consumer.orphans import OrphanWatch, healer, unowned
 from consumer.runner import GroupRunner
 from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore
 

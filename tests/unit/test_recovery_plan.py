@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from consumer.errors import IntegrityError
+from consumer.kafka_names import GroupView
 from consumer.layout import Layout, PieceRef, RollMarker
-from consumer.orphans import GroupView
 from consumer.recovery import REPLAY_WRITER, RecoveryPlan, other_writer, plan_recovery, still_writing
 
 L = Layout("out")

@@ -22,8 +22,8 @@ from consumer import log as logmod
 from consumer.config import Config
 from consumer.decoding import Decoder
 from consumer.errors import BadRecordStop, IntegrityError, StorageContractError
+from consumer.kafka_names import GroupView
 from consumer.layout import Layout
-from consumer.orphans import GroupView
 from consumer.positions import PartitionFenced
 from consumer.registry import RegistryError
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
