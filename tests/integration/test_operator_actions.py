@@ -477,6 +477,36 @@ def test_a_second_group_stops_at_once_while_the_first_still_writes_the_partition
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(2000))
 
 
+def test_a_second_group_waits_out_a_stopped_static_member_of_the_first(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A static member (``group.instance.id``) stops without leaving its group: the coordinator
+    keeps it as a member, owning its partitions, until its session times out. A new group that
+    would adopt its output exits 5 until then, saying why; after the session expires it adopts."""
+    topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 1000, partitions=1)
+    running = start_consumer(topic, old, out, "--row-group-rows", "500",
+                             "-X", f"group.instance.id={old}-1", "-X", "session.timeout.ms=6000")
+    running.wait_for(
+        lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 1000
+                       for e in ev),
+        what="1000 rows committed",
+    )
+    assert running.stop() == 0, running.log()[-3000:]
+    stopped_at = time.monotonic()
+    res = run_consumer(topic, new, out, timeout=120)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "its static members leave the group when their session times out" in res.stderr
+    while admin.describe_consumer_groups([old])[old].result(timeout=30).members:
+        assert time.monotonic() - stopped_at < 60, "the static member's session did not expire"
+        time.sleep(1)
+    res = run_consumer(topic, new, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(1000))
+
+
 def test_recovery_does_not_delete_the_staged_rows_of_another_group(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
