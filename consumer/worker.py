@@ -476,9 +476,7 @@ class PartitionWorker:
         describe = self.shared.describe_group
         if describe is None:
             return
-        writers = {final_writer} | {
-            writer_of(read_key_value_metadata(self._load_piece(p).layout.footer)) for p in pieces
-        }
+        writers = {final_writer} | {self._piece_writer(p) for p in pieces}
         for writer in sorted(w for w in writers if w and other_writer(w, self.shared.group_id)):
             view = describe(writer)
             if view is None:
@@ -528,7 +526,7 @@ class PartitionWorker:
             return f"staged piece [{p.from_pos}, {p.to_pos}){bucket} {beyond(p.to_pos)}"
 
         found = [
-            (piece(p), writer_of(read_key_value_metadata(self._load_piece(p).layout.footer)))
+            (piece(p), self._piece_writer(p))
             for p in pieces
         ] + [(f"dead-letter object [{a}, {b}) {beyond(b)}", self._dead_letter_writer(key))
              for key, a, b in dead_letters]
@@ -544,6 +542,10 @@ class PartitionWorker:
                     f"{self.where}: recovery would delete the {what}, but it was {foreign}: "
                     f"{ONE_WRITER}. Nothing was deleted.{takeover}"
                 )
+
+    def _piece_writer(self, ref: PieceRef) -> str | None:
+        """The writer a staged piece names in its footer (one ranged read of the footer)."""
+        return writer_of(read_key_value_metadata(self._load_piece(ref).layout.footer))
 
     def _dead_letter_writer(self, key: str) -> str | None:
         """The writer of a dead-letter object, from its first line: the group it names, or
