@@ -492,8 +492,9 @@ class PartitionWorker:
             group = self.shared.group_id
             if group:
                 remedy = (
-                    f"If {writer!r} was stopped a moment ago, its static members leave the group "
-                    "when their session times out (session.timeout.ms): start again after that. If "
+                    f"If {writer!r} was stopped a moment ago, its static members, and any member "
+                    "that crashed, leave the group when their session times out (session.timeout.ms): "
+                    "start again after that. If "
                     "it now writes elsewhere, commit this group's start yourself (kafka-consumer-groups "
                     f"--reset-offsets --group {group} --topic {self.topic}:{self.partition} "
                     f"--to-offset {position} --execute) and start again."

@@ -4,6 +4,7 @@ them, or leave a process alive doing nothing. Every test reads the outcome back 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import time
@@ -497,12 +498,49 @@ def test_a_second_group_waits_out_a_stopped_static_member_of_the_first(
     stopped_at = time.monotonic()
     res = run_consumer(topic, new, out, timeout=120)
     assert res.returncode == 5, res.stderr[-3000:]
-    assert "its static members leave the group when their session times out" in res.stderr
+    assert "its static members, and any member that crashed, leave the group when their session " \
+           "times out" in res.stderr
     while admin.describe_consumer_groups([old])[old].result(timeout=30).members:
         assert time.monotonic() - stopped_at < 60, "the static member's session did not expire"
         time.sleep(1)
     res = run_consumer(topic, new, out)
     assert res.returncode == 0, res.stderr[-3000:]
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(1000))
+
+
+def test_a_second_group_waits_out_a_crashed_member_of_the_first(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A dynamic member killed with SIGKILL never sends its LeaveGroup: the coordinator keeps it,
+    owning its partition, until its session times out, exactly as a stopped static member. A new
+    group that would adopt its output exits 5 until then, committing nothing and saying that a
+    crashed member stays until its session times out; after that it adopts and finishes."""
+    topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 1000, partitions=1)
+    running = start_consumer(topic, old, out, "--row-group-rows", "500", "-X", "session.timeout.ms=10000")
+    running.wait_for(
+        lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 1000
+                       for e in ev),
+        what="1000 rows committed",
+    )
+    running.stop(signal.SIGKILL)
+    killed_at = time.monotonic()
+    assert admin.describe_consumer_groups([old])[old].result(timeout=30).members, "no member left behind"
+    staged_before = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    res = run_consumer(topic, new, out, timeout=120)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "and one of them owns this partition" in res.stderr, res.stderr[-3000:]
+    assert "any member that crashed, leave the group when their session times out" in res.stderr
+    assert committed(stack.kafka_bootstrap, new, topic) == [-1001]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged_before
+    while admin.describe_consumer_groups([old])[old].result(timeout=30).members:
+        assert time.monotonic() - killed_at < 60, "the crashed member's session did not expire"
+        time.sleep(1)
+    res = run_consumer(topic, new, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert any("adopting 1000 from what S3 holds" in e.get("event", "") for e in log_events(res.stderr))
     rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(1000))
 
