@@ -70,6 +70,9 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--stall-timeout", {"help": "records waiting this long past --row-group-max-age raise the stall "
                          "alarm: error logs, /readyz 503 (5m)"}),
     ("--stall-exit", {"help": "… and this long: exit with status 7 (15m; 'none' never exits)"}),
+    ("--accept-topic-id", {"help": "continue output read from an earlier topic of the same name from the "
+                           "topic with this id (KIP-516): only for a topic moved to another cluster "
+                           "with its offsets kept; recovery names the id when it stops"}),
     ("--orphan-grace", {"help": "static membership: partitions owned by no group member this long "
                         "make one member rejoin so the group rebalances (30s; 0 never)"}),
 ]

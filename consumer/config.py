@@ -98,6 +98,9 @@ class Config:
     stall_timeout: float = 300.0  # records waiting this long past row-group-max-age: stall alarm
     stall_exit: float | None = 900.0  # … this long: exit 7 so a supervisor restarts us (None: never)
     partition_by: str | None = None  # time-bucketed layout template (consumer/bucketing.py); None: plain
+    # the one new topic id (KIP-516) recovery may continue older output from: a topic moved to
+    # another cluster with its offsets kept (PartitionWorker._refuse_another_incarnation)
+    accept_topic_id: str | None = None
     timezone: str = "UTC"  # IANA zone the buckets are formatted in
     bucket_grace: float = 600.0  # a bucket file rolls once the watermark is this far past its end
     max_open_buckets: int = 8  # open bucket files per partition (the oldest rolls above it)
@@ -330,7 +333,7 @@ def admin_config(config: Config) -> dict[str, Any]:
 
 
 _OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url",
-             "metrics_port", "stall_exit", "partition_by"}
+             "metrics_port", "stall_exit", "partition_by", "accept_topic_id"}
 _CONVERTERS: dict[str, Any] = {
     "topics": parse_list,
     "kafka_columns": parse_list,

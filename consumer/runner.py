@@ -87,6 +87,7 @@ _AUTO_OFFSET_RESET = -140  # the position is not in the log and auto.offset.rese
 _STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
 _OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
 _LOOK_AT_OTHERS_EVERY = 2.0  # seconds, --until-caught-up (GroupRunner._check_others)
+_TOPIC_ID_FOR = 10.0  # seconds one answer about a topic's id serves recoveries (Runner._topic_id_now)
 _KAFKA_VIEW_EVERY = 1.0  # seconds between notes of the partitions' watermarks (Runner._note_kafka_view)
 #: where a partition with no position starts, by -X auto.offset.reset (config.AUTO_OFFSET_RESETS);
 #: "error" leaves it to librdkafka, whose error then stops the run
@@ -202,6 +203,7 @@ class Runner:
         clock: Callable[[], float] = time.monotonic,
         process_rss: Callable[[], int] | None = None,
         describe_group: Callable[[str], GroupView | None] | None = None,
+        topic_id: Callable[[str, bool], str | None] | None = None,
     ) -> None:
         self.config = config
         #: The process's resident bytes when the run starts (the entry point passes
@@ -223,6 +225,11 @@ class Runner:
         self._admin: Any = None
         self._admin_lock = threading.Lock()
         self.shared.describe_group = describe_group or self._describe_other_group
+        #: topic → (when asked, its id): recoveries of one rebalance share one answer
+        self._topic_ids: dict[str, tuple[float, str | None]] = {}
+        self._topic_id_failed = False  # said once as a warning, then at debug level
+        # Against a real cluster the AdminClient says it; the in-memory doubles only when given.
+        self.shared.topic_id = topic_id or (self._topic_id_now if consumer_factory is None else None)
         self.log = logmod.get("consumer.runner", group=config.group_id)
         self.workers: dict[TP, PartitionWorker] = {}
         self.stop_requested = False
@@ -461,17 +468,52 @@ class Runner:
             self.log.debug("describing a consumer group failed", other_group=group, error=str(exc))
             return None
 
-    def _describe(self, group: str) -> GroupView:
-        """A consumer group as the coordinator sees it, through an AdminClient made at the first
-        look (from any thread: recoveries run side by side); raises when it does not answer."""
-        from confluent_kafka import ConsumerGroupState
+    def _admin_client(self) -> Any:
+        """The AdminClient, made at its first use (from any thread: recoveries run side by side)."""
         from confluent_kafka.admin import AdminClient
 
         with self._admin_lock:
             if self._admin is None:
                 conf: dict[str, Any] = {**admin_config(self.config), "logger": logmod.LibrdkafkaLog(self.log)}
                 self._admin = AdminClient(conf)
-        desc = self._admin.describe_consumer_groups([group], request_timeout=5.0)[group].result()
+            return self._admin
+
+    def _topic_id_now(self, topic: str, fresh: bool) -> str | None:
+        """The topic's id (KIP-516) as the cluster says it, for the workers' checks that they read
+        the topic their output came from: asked now when ``fresh`` (before a flush), else an
+        answer up to ``_TOPIC_ID_FOR`` seconds old will do (recoveries). None when the cluster
+        does not say (Kafka before 2.8, no DESCRIBE on the topic, no answer): the check is then
+        skipped, with one warning."""
+        from confluent_kafka import TopicCollection
+
+        now = self.clock()
+        with self._admin_lock:
+            known = self._topic_ids.get(topic)
+        if known is not None and not fresh and now - known[0] < _TOPIC_ID_FOR:
+            return known[1]
+        try:
+            asked = self._admin_client().describe_topics(TopicCollection([topic]), request_timeout=5.0)
+            desc = asked[topic].result()
+            said = str(desc.topic_id) if desc.topic_id is not None else ""
+            topic_id = said if said.strip("A=") else None  # all zeros: the broker has no ids
+            if topic_id is None:
+                raise ValueError("the broker gave no topic id")
+        except Exception as exc:
+            level = self.log.debug if self._topic_id_failed else self.log.warning
+            self._topic_id_failed = True
+            level("could not read the topic's id: a topic deleted and created again under its name "
+                  "is not detected by this recovery", topic=topic, error=str(exc))
+            topic_id = None
+        with self._admin_lock:
+            self._topic_ids[topic] = (now, topic_id)
+        return topic_id
+
+    def _describe(self, group: str) -> GroupView:
+        """A consumer group as the coordinator sees it, through the AdminClient; raises when it
+        does not answer."""
+        from confluent_kafka import ConsumerGroupState
+
+        desc = self._admin_client().describe_consumer_groups([group], request_timeout=5.0)[group].result()
         return GroupView(
             stable=desc.state == ConsumerGroupState.STABLE,
             members={

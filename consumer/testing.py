@@ -824,12 +824,28 @@ class MemoryBroker:
         #: (KafkaError code, times) for the next commits of any consumer: e.g.
         #: ``broker.commit_errors.append((KafkaError.COORDINATOR_NOT_AVAILABLE, 2))``.
         self.commit_errors: list[tuple[int, int]] = []
+        #: each topic's id (KIP-516), new at every creation; None (a cluster before Kafka 2.8)
+        #: for every topic once a test sets ``broker.topic_ids = None``
+        self.topic_ids: dict[str, str] | None = {}
+        self._created = 0
 
     # -- topics ----------------------------------------------------------------------------------
     def create_topic(self, topic: str, partitions: int = 1) -> None:
         for p in range(partitions):
             self.logs.setdefault((topic, p), [])
             self.low.setdefault((topic, p), 0)
+        if self.topic_ids is not None and topic not in self.topic_ids:
+            self._new_topic_id(topic)
+
+    def _new_topic_id(self, topic: str) -> None:
+        assert self.topic_ids is not None
+        self._created += 1
+        self.topic_ids[topic] = f"{topic}-id{self._created}"
+
+    def topic_id(self, topic: str, fresh: bool = True) -> str | None:
+        """The topic's id as ``describe_topics`` says it (the runner's ``topic_id``; always fresh
+        here); None for a topic that does not exist, or on a cluster without ids."""
+        return None if self.topic_ids is None else self.topic_ids.get(topic)
 
     def partitions(self, topic: str) -> list[int]:
         return sorted(p for t, p in self.logs if t == topic)
@@ -868,14 +884,20 @@ class MemoryBroker:
     def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
         return self.low[(topic, partition)], len(self.logs[(topic, partition)])
 
-    def recreate_topic(self, topic: str) -> None:
+    def recreate_topic(self, topic: str, *, offsets_kept: bool = True) -> None:
         """The topic was deleted and created again under its name: every partition is empty from
-        offset 0. The groups' committed offsets stay, as a real broker can keep them (seen on
-        Kafka 4.1 when the topic came back within seconds)."""
+        offset 0, and the topic has a new id. The groups' committed offsets stay, as a real broker
+        can keep them (seen on Kafka 4.1 when the topic came back within seconds), or
+        (``offsets_kept=False``) are gone with the topic, as the stack's broker usually does."""
         for tp in [tp for tp in self.logs if tp[0] == topic]:
             self.logs[tp] = []
             self.low[tp] = 0
             self.invisible.pop(tp, None)
+            if not offsets_kept:
+                for g in self.groups.values():
+                    g.offsets.pop(tp, None)
+        if self.topic_ids is not None:
+            self._new_topic_id(topic)
 
     def truncate(self, topic: str, partition: int, before: int) -> None:
         """Retention deleted every record below ``before``: the low watermark moves up."""
@@ -1369,5 +1391,6 @@ def memory_runner(
         store=store,
         decoder=value_decoder or Decoder("raw", schema=load_schema("page_view")),
         consumer_factory=broker.consumer_factory(),
+        topic_id=broker.topic_id,
         **kwargs,
     )

@@ -108,6 +108,9 @@ FROM_KEY, TO_KEY = "kafka.from_position", "kafka.to_position"
 BORN_KEY = "consumer.file_born_at"  # wall-clock birth of the file, so its age survives restarts
 AVRO_SCHEMA_KEY = "avro.schema"
 GROUP_KEY = "kafka.group_id"  # the consumer group that wrote the piece (absent: a replay)
+#: The id (KIP-516) of the topic the rows were read from: a topic deleted and created again under
+#: its name gets a new one, and its offsets start again at 0 (see _refuse_another_incarnation).
+TOPIC_ID_KEY = "kafka.topic_id"
 REPLAY_KEY = "consumer.replay"  # "true" in what a replay wrote
 #: The writer a dead-letter object's first line names (its ``group_id``, after topic and partition;
 #: null: a replay).
@@ -194,6 +197,11 @@ class SharedState:
     #: recovery adopts a position from what that group wrote; unset (None) for a replay and on the
     #: in-memory doubles unless a test sets it. Set by the runner, which owns the Kafka clients.
     describe_group: Callable[[str], GroupView | None] | None = None
+    #: The topic's id as the cluster names it now (KIP-516; None: unknown): ``(topic, fresh)``,
+    #: asked at every recovery (a recent answer will do) and before every flush (``fresh``: asked
+    #: now), and written into every piece. Set by the runner against a real cluster; on the
+    #: in-memory doubles only when a test sets it (MemoryBroker.topic_id).
+    topic_id: Callable[[str, bool], str | None] | None = None
 
 
 class PartitionWorker:
@@ -254,6 +262,9 @@ class PartitionWorker:
         # overlap check lists instead of listing the partition's whole history.
         self._final_ends: dict[tuple[str, int], int] = {}
         self._final_writers: dict[tuple[str, int], str] = {}  # the group a final file names
+        self._final_topic_ids: dict[tuple[str, int], str] = {}  # the topic id a final file names
+        #: the topic's id when this assignment recovered (None: unknown), named in every piece
+        self.topic_id: str | None = None
         self._newest_final: dict[str, int] = {}
         self._named_newest: list[str] = []  # keys under Layout.newest_final_dir (plain layout)
 
@@ -292,6 +303,7 @@ class PartitionWorker:
     def recover(self) -> int | None:
         """Rebuild state from the committed position and staged objects; the position to seek to."""
         t0 = self.clock()
+        self.topic_id = self.shared.topic_id(self.topic, False) if self.shared.topic_id else None
         committed = self.positions.committed(self.topic, self.partition)
         faults.point("during_recovery")
         listing = self.store.list(self.layout.staging_dir(self.topic, self.partition))
@@ -324,6 +336,7 @@ class PartitionWorker:
             sources=pieces,
             final_writer=(self._final_writers.get(("", max(finals)))
                           if finals and last_end == plan.commit else None),
+            final_topic_ids=[self._final_topic_ids.get(("", max(finals)))] if finals else [],
         )
         self._finish_planned(plan.finish, etags)
         resumed = None
@@ -405,10 +418,15 @@ class PartitionWorker:
                   for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))]
         high_water = max((r for r in rolled if r is not None), default=None)
         finals: dict[str, tuple[set[int], int | None]] = {}
+        final_topic_ids: list[str | None] = []
         for bucket in {p.bucket for p in pieces} | {m.bucket for m in markers}:
             starts = self._final_starts(bucket)
             last = self._final_range(self._note_final(bucket, max(starts)), bucket)[1] if starts else None
             finals[bucket] = (set(starts), last)
+            if starts:
+                final_topic_ids.append(self._final_topic_ids.get((bucket, max(starts))))
+        if high_water is not None and self.topic_id:
+            final_topic_ids.append(self._rolled_topic_id(high_water))
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where)
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         doomed = set(deletes)
@@ -420,6 +438,7 @@ class PartitionWorker:
              if p.key in doomed and p.file_start not in finals.get(p.bucket, (set(), None))[0]],
             [d for d in dead if d[0] in doomed],
             sources=pieces,
+            final_topic_ids=final_topic_ids,
         )
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
@@ -447,13 +466,17 @@ class PartitionWorker:
         *,
         sources: Sequence[PieceRef] = (),
         final_writer: str | None = None,
+        final_topic_ids: Sequence[str | None] = (),
     ) -> None:
         """What every recovery plan starts with, in either layout, before it changes anything in
-        S3: refuse to delete what another writer staged, refuse to adopt a position from a group
-        that still writes here, say the plan's notes, and commit the position it adopted from S3
-        (so that a crash from here on resumes from it). ``sources``: the staged pieces, of which
-        those ending at the adopted position are what it comes from; ``final_writer``: the writer
-        of the final file it comes from, if it does."""
+        S3: refuse to continue output read from an earlier topic of the same name, refuse to
+        delete what another writer staged, refuse to adopt a position from a group that still
+        writes here, say the plan's notes, and commit the position it adopted from S3 (so that a
+        crash from here on resumes from it). ``sources``: the staged pieces, of which those ending
+        at the adopted position are what it comes from; ``final_writer``: the writer of the final
+        file it comes from, if it does; ``final_topic_ids``: the topic ids the newest final files
+        name (read with their range)."""
+        self._refuse_another_incarnation(sources, final_topic_ids)
         self._refuse_deleting_foreign_objects(doomed_pieces, doomed_dead_letters, plan.position)
         if plan.commit is not None:
             self._refuse_adopting_from_a_running_group(
@@ -463,6 +486,75 @@ class PartitionWorker:
             self.log.warning(note)
         if plan.commit is not None:
             self.positions.commit(self.topic, self.partition, plan.commit)
+
+    def _refuse_a_topic_recreated_since_recovery(self) -> None:
+        """Before a flush writes anything: the topic must still be the one recovery found. A topic
+        deleted and created again while this member reads it starts again at offset 0, and
+        librdkafka fetches on from the old position: the buffered records may be the new topic's,
+        taken for the old one's next ones, with the records below the position skipped. Costs one
+        metadata request per flush; when the cluster does not answer, the flush goes on (the next
+        recovery checks again)."""
+        if self.topic_id is None or self.shared.topic_id is None:
+            return
+        now = self.shared.topic_id(self.topic, True)
+        if now is None or now == self.topic_id:
+            return
+        raise IntegrityError(
+            f"{self.where}: topic {self.topic!r} was deleted and created again under its name while "
+            f"this member read it (topic id {self.topic_id}, now {now}): its offsets started again at 0, "
+            "so the records buffered here may be the new topic's, read from the old position. None of "
+            "them was written or committed. Export the new topic to another --output with a new "
+            "--group-id."
+        )
+
+    def _rolled_topic_id(self, end: int) -> str | None:
+        """The topic id the rolled high-water marker at ``end`` holds (bucketed layout; empty in
+        markers written before ids were recorded, and None when it is gone)."""
+        try:
+            said = self.store.get(self.layout.rolled_key(self.topic, self.partition, end))
+        except FileNotFoundError:
+            return None
+        return said.decode(errors="replace") or None
+
+    def _refuse_another_incarnation(
+        self, pieces: Sequence[PieceRef], final_topic_ids: Sequence[str | None]
+    ) -> None:
+        """The topic was deleted and created again under its name since the newest output here was
+        written (its id, KIP-516, changed): the new topic's offsets start again at 0, so a
+        committed or adopted position would take its records for ones already written and skip
+        them, silently, and its next records would land in the old topic's files. Stop before
+        anything is committed or deleted. Costs one footer read of the newest staged piece.
+
+        Output that names no id (written before ids were recorded, or with the cluster's ids
+        unknown) is not checked; neither is anything when the cluster does not say the id now.
+        ``--accept-topic-id`` names the one new id to continue from (a topic moved to another
+        cluster with its offsets kept): its pieces then name the new id, so the next recovery
+        passes without it."""
+        now = self.topic_id
+        if now is None:
+            return
+        named = set(final_topic_ids)
+        newest = max(pieces, key=lambda p: (p.to_pos, p.from_pos), default=None)
+        if newest is not None:
+            named.add(read_key_value_metadata(self._load_piece(newest).layout.footer).get(TOPIC_ID_KEY))
+        earlier = sorted(i for i in named if i and i != now)
+        if not earlier:
+            return
+        if self.config.accept_topic_id == now:
+            self.log.warning(
+                "continuing output read from another topic of this name, as --accept-topic-id says",
+                topic_id_in_s3=earlier, topic_id=now,
+            )
+            return
+        raise IntegrityError(
+            f"{self.where}: the output here was read from an earlier topic {self.topic!r} (topic id "
+            f"{', '.join(earlier)}), and the topic is now another one (id {now}): it was deleted and "
+            "created again under its name, so its offsets started again at 0 and this run would "
+            "take its records for ones already written, and skip them. Nothing was committed or "
+            "deleted. Export the new topic to another --output with a new --group-id. Only if the "
+            "topic was moved to another cluster with its offsets kept (Cluster Linking, a restore), "
+            f"start once with --accept-topic-id {now}."
+        )
 
     def _refuse_adopting_from_a_running_group(
         self, position: int, pieces: list[PieceRef], final_writer: str | None
@@ -657,6 +749,8 @@ class PartitionWorker:
             end = int(meta[TO_KEY])
             if (writer := writer_of(meta)) is not None:
                 _remember(self._final_writers, (bucket, start), writer)
+            if topic_id := meta.get(TOPIC_ID_KEY):
+                _remember(self._final_topic_ids, (bucket, start), topic_id)
         except (ParquetMergeError, KeyError, ValueError) as exc:
             raise IntegrityError(
                 f"final file {key} has no readable Kafka position range in its footer ({exc}); "
@@ -1069,6 +1163,7 @@ class PartitionWorker:
     def _flush(self, upto: int | None) -> None:
         if not self.pending:
             return
+        self._refuse_a_topic_recreated_since_recovery()
         assert self.committed is not None and self.next_pos is not None
         from_pos, to_pos = self.committed, (upto if upto is not None else self.next_pos)
         if self.arena is None and not self.dead_letters:
@@ -1188,6 +1283,8 @@ class PartitionWorker:
     ) -> tuple[StagedPiece, int]:
         """Encode and PUT one piece of file ``f`` (conditional); (the piece, its encoded length)."""
         meta = {BORN_KEY: repr(f.born_wall)}
+        if self.topic_id:
+            meta[TOPIC_ID_KEY] = self.topic_id
         if self.shared.group_id:
             meta[GROUP_KEY] = self.shared.group_id
         else:
@@ -1386,8 +1483,10 @@ class PartitionWorker:
         if self.bucketing is not None:
             # The rolled high-water: recovery refuses a committed position below it (a backward
             # reset into buckets whose files are all final) with one LIST. Written after the
-            # marker and the fencing re-commit, before the final file can exist.
-            self.store.put_if_absent(self.layout.rolled_key(self.topic, self.partition, end), b"")
+            # marker and the fencing re-commit, before the final file can exist. It holds the
+            # topic's id, which recovery compares when no staged piece is left to read it from.
+            self.store.put_if_absent(self.layout.rolled_key(self.topic, self.partition, end),
+                                     (self.topic_id or "").encode())
         with_rows = [p for p in f.pieces if p.layout.num_row_groups > 0]
         if not with_rows:
             # Every record of the file went to dead letters: nothing to publish.
@@ -1408,6 +1507,8 @@ class PartitionWorker:
             TO_KEY: str(end),
             "kafka.row_groups": str(len(layouts)),
         }
+        if self.topic_id:  # the newest pieces' (the first one's may name an id accepted away)
+            kv[TOPIC_ID_KEY] = self.topic_id
         trailer = merged_trailer(layouts, kv)
         segments: list[Segment] = []
         for i, p in enumerate(with_rows):

@@ -355,14 +355,89 @@ def test_a_recreated_topic_stops_with_status_5_and_its_new_records_go_to_a_new_p
     res = run_consumer(topic, group, out, timeout=120)
     assert res.returncode == 5, res.stderr[-3000:]
     said = res.stderr[-3000:]
-    assert "the position 500 is no longer in the partition's log (now [0, 200))" in res.stderr, said
-    assert "deleted and recreated" in res.stderr, said
+    # recovery compares the topic's id with the one its files name, before the position matters
+    assert f"the output here was read from an earlier topic {topic!r} (topic id " in res.stderr, said
+    assert "it was deleted and created again under its name" in res.stderr, said
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == before
     assert not staging_keys(s3, stack.s3_bucket, unique_prefix)
     fresh = unique_prefix.rstrip("/") + "-recreated/"
     assert run_consumer(topic, unique("g"), output(stack, fresh)).returncode == 0
     rows = read_table(download_finals(s3, stack.s3_bucket, fresh, tmp_path))
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(200))
+
+
+@pytest.mark.parametrize("output_state", ["final", "staged"])
+def test_a_recreated_topic_longer_than_the_output_stops_with_status_5_and_nothing_is_skipped(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path, output_state: str
+) -> None:
+    """The new topic already holds more records than the old output: its offsets are all in the
+    log, so no position check can see it. The broker dropped the group's offsets with the topic,
+    and recovery used to adopt the old output's end (500) and export the new records from 500 on,
+    skipping 0..499 and exiting 0. The files name the topic's id: now status 5, nothing committed,
+    read or deleted, and a new group and prefix export the new topic whole."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
+    if output_state == "final":
+        assert run_consumer(topic, group, out, "--row-group-rows", "200").returncode == 0
+    else:
+        running = start_consumer(topic, group, out, "--row-group-rows", "200", "--row-group-max-age", "2s")
+        running.wait_for(
+            lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 500 for e in ev),
+            what="500 rows committed",
+        )
+        assert running.stop() == 0
+        assert staging_keys(s3, stack.s3_bucket, unique_prefix)
+    finals = final_keys(s3, stack.s3_bucket, unique_prefix)
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    _recreate(admin, topic)
+    produce(stack.kafka_bootstrap, topic, "page_view", 800, partitions=1, seed=7)
+    kept = committed(stack.kafka_bootstrap, group, topic)
+    res = run_consumer(topic, group, out, "--row-group-rows", "200", timeout=120)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert f"the output here was read from an earlier topic {topic!r}" in res.stderr, res.stderr[-3000:]
+    assert "--accept-topic-id " in res.stderr
+    assert committed(stack.kafka_bootstrap, group, topic) == kept
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == finals
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged
+    fresh = unique_prefix.rstrip("/") + "-recreated/"
+    assert run_consumer(topic, unique("g"), output(stack, fresh)).returncode == 0
+    rows = read_table(download_finals(s3, stack.s3_bucket, fresh, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(800))
+
+
+def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_is_written(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    """Deleted and recreated under a running member, refilled at once past the member's position:
+    librdkafka fetches on from that position in the new topic. The flush asks for the topic's id
+    first and stops the run with status 5; nothing of the new topic reaches S3 or the group's
+    offsets. (Whether librdkafka first answers OFFSET_OUT_OF_RANGE, which stops the run too,
+    depends on when it fetches: both end in status 5 with nothing written.)"""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
+    running = start_consumer(topic, group, out, "--row-group-rows", "200", "--row-group-max-age", "2s")
+    try:
+        running.wait_for(
+            lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 500 for e in ev),
+            what="500 rows committed",
+        )
+        written = staging_keys(s3, stack.s3_bucket, unique_prefix)
+        _recreate(admin, topic)
+        produce(stack.kafka_bootstrap, topic, "page_view", 800, partitions=1, seed=7)
+        deadline = time.monotonic() + 60
+        while running.proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+    finally:
+        code = running.stop()
+    assert code == 5, running.log()[-3000:]
+    stopped = [e for e in running.events() if str(e.get("event", "")).startswith("stopped:")]
+    assert stopped, running.log()[-3000:]
+    assert stopped[0]["event"] in ("stopped: IntegrityError", "stopped: PositionNotInLog"), stopped
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == written
+    assert not final_keys(s3, stack.s3_bucket, unique_prefix)
+    assert committed(stack.kafka_bootstrap, group, topic)[0] in (500, -1001)
 
 
 def test_records_retention_deleted_unread_stop_with_status_5_until_the_offset_is_moved(
