@@ -88,6 +88,7 @@ _STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
 _OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
 _LOOK_AT_OTHERS_EVERY = 2.0  # seconds, --until-caught-up (GroupRunner._check_others)
 _TOPIC_ID_FOR = 10.0  # seconds one answer about a topic's id serves recoveries (Runner._topic_id_now)
+_TOPIC_ID_QUIET = 30.0  # … and after no answer, seconds flushes go on without asking
 _KAFKA_VIEW_EVERY = 1.0  # seconds between notes of the partitions' watermarks (Runner._note_kafka_view)
 #: where a partition with no position starts, by -X auto.offset.reset (config.AUTO_OFFSET_RESETS);
 #: "error" leaves it to librdkafka, whose error then stops the run
@@ -483,13 +484,16 @@ class Runner:
         the topic their output came from: asked now when ``fresh`` (before a flush), else an
         answer up to ``_TOPIC_ID_FOR`` seconds old will do (recoveries). None when the cluster
         does not say (Kafka before 2.8, no DESCRIBE on the topic, no answer): the check is then
-        skipped, with one warning."""
+        skipped, with one warning, and not asked again for ``_TOPIC_ID_QUIET`` seconds."""
         from confluent_kafka import TopicCollection
 
         now = self.clock()
         with self._admin_lock:
             known = self._topic_ids.get(topic)
-        if known is not None and not fresh and now - known[0] < _TOPIC_ID_FOR:
+        if known is not None and now - known[0] < (_TOPIC_ID_QUIET if known[1] is None else _TOPIC_ID_FOR) \
+                and not (fresh and known[1] is not None):
+            # a recent answer, or a recent silence: a broker outage must not add the request's
+            # timeout to every flush
             return known[1]
         try:
             asked = self._admin_client().describe_topics(TopicCollection([topic]), request_timeout=5.0)

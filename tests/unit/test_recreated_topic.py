@@ -182,3 +182,43 @@ def test_a_topic_recreated_while_a_member_reads_it_stops_the_next_flush_before_i
                            "read it (topic id t-id1, now t-id2)")
     assert "None of them was written or committed" in said
     assert written and store.objects == written
+
+
+class _Admin:
+    """``AdminClient.describe_topics`` answering with ``topic_id``, or raising when it is None."""
+
+    def __init__(self, topic_id: str | None) -> None:
+        self.topic_id, self.calls = topic_id, 0
+
+    def describe_topics(self, topics: Any, request_timeout: float) -> dict[str, Any]:
+        from concurrent.futures import Future
+        from types import SimpleNamespace
+
+        self.calls += 1
+        if self.topic_id is None:
+            raise RuntimeError("KafkaError{code=_TRANSPORT}")
+        answer: Future[Any] = Future()
+        answer.set_result(SimpleNamespace(topic_id=self.topic_id))
+        return {"t": answer}
+
+
+def test_flushes_ask_for_the_topic_id_each_time_but_not_while_the_cluster_does_not_answer() -> None:
+    """The runner's lookup against a real cluster: a flush asks every time; recoveries share an
+    answer for 10 s; after no answer nobody asks for 30 s, so a broker outage does not add the
+    request's timeout to every flush. All zeros (a broker without ids) counts as no answer."""
+    from consumer.runner import Runner
+
+    now = [0.0]
+    runner = memory_runner(page_view_broker(1, 1), MemoryStore(), clock=lambda: now[0])
+    ask = Runner._topic_id_now.__get__(runner)
+    runner._admin = admin = _Admin("abc")
+    assert [ask("t", True), ask("t", True), ask("t", False)] == ["abc"] * 3 and admin.calls == 2
+    now[0] = 11.0
+    assert ask("t", False) == "abc" and admin.calls == 3
+    runner._admin = down = _Admin(None)
+    with capture_logs() as logs:
+        assert ask("t", True) is None and ask("t", True) is None and ask("t", False) is None
+    assert down.calls == 1 and [e["log_level"] for e in logs] == ["warning"]
+    now[0] = 42.0
+    runner._admin = _Admin("AAAAAAAAAAAAAAAAAAAAAA")
+    assert ask("t", True) is None
