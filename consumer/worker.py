@@ -265,6 +265,8 @@ class PartitionWorker:
         self._final_topic_ids: dict[tuple[str, int], str] = {}  # the topic id a final file names
         #: the topic's id when this assignment recovered (None: unknown), named in every piece
         self.topic_id: str | None = None
+        #: staged pieces read by this recovery, by key (_load_piece); emptied when it ends
+        self._read_in_recovery: dict[str, StagedPiece] = {}
         self._newest_final: dict[str, int] = {}
         self._named_newest: list[str] = []  # keys under Layout.newest_final_dir (plain layout)
 
@@ -357,6 +359,7 @@ class PartitionWorker:
 
     def _ready_at(self, position: int | None, t0: float, **recovered: Any) -> int | None:
         """The end of every recovery: the partition reads from ``position``, and says so."""
+        self._read_in_recovery.clear()
         self.committed = position
         self.next_pos = position
         self.state = PartitionState.READY
@@ -760,11 +763,20 @@ class PartitionWorker:
         return start, end
 
     def _load_piece(self, ref: PieceRef, etag: str | None = None) -> StagedPiece:
+        """A staged piece's footer and layout (one ranged read). Within a recovery each piece is
+        read once: its checks (topic id, the writer of adopted or doomed pieces) read the footers
+        that the resume or the finished roll then uses."""
+        known = self._read_in_recovery.get(ref.key)
+        if known is not None:
+            return StagedPiece(known.ref, known.layout, known.rows, etag)
         size = ref.size or (self.store.head(ref.key) or _missing(ref.key)).size
         layout = self._read_layout(ref.key, size)
         if not ref.size:
             ref = PieceRef(ref.file_start, ref.from_pos, ref.to_pos, ref.key, size, ref.bucket)
-        return StagedPiece(ref, layout, layout.num_rows, etag)
+        piece = StagedPiece(ref, layout, layout.num_rows, etag)
+        if self.state is PartitionState.NEW:
+            self._read_in_recovery[ref.key] = piece
+        return piece
 
     def _read_layout(self, key: str, size: int) -> PieceLayout:
         return read_layout(lambda start, end: self.store.get(key, start, end), size)
