@@ -490,11 +490,12 @@ class Runner:
         now = self.clock()
         with self._admin_lock:
             known = self._topic_ids.get(topic)
-        if known is not None and now - known[0] < (_TOPIC_ID_QUIET if known[1] is None else _TOPIC_ID_FOR) \
-                and not (fresh and known[1] is not None):
-            # a recent answer, or a recent silence: a broker outage must not add the request's
-            # timeout to every flush
-            return known[1]
+        if known is not None:
+            asked_at, answer = known
+            if answer is None and now - asked_at < _TOPIC_ID_QUIET:
+                return None  # a broker outage must not add the request's timeout to every flush
+            if answer is not None and not fresh and now - asked_at < _TOPIC_ID_FOR:
+                return answer
         try:
             asked = self._admin_client().describe_topics(TopicCollection([topic]), request_timeout=5.0)
             desc = asked[topic].result()

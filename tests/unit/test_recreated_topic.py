@@ -206,11 +206,9 @@ def test_flushes_ask_for_the_topic_id_each_time_but_not_while_the_cluster_does_n
     """The runner's lookup against a real cluster: a flush asks every time; recoveries share an
     answer for 10 s; after no answer nobody asks for 30 s, so a broker outage does not add the
     request's timeout to every flush. All zeros (a broker without ids) counts as no answer."""
-    from consumer.runner import Runner
-
     now = [0.0]
     runner = memory_runner(page_view_broker(1, 1), MemoryStore(), clock=lambda: now[0])
-    ask = Runner._topic_id_now.__get__(runner)
+    ask = runner._topic_id_now  # what the runner uses against a real cluster
     runner._admin = admin = _Admin("abc")
     assert [ask("t", True), ask("t", True), ask("t", False)] == ["abc"] * 3 and admin.calls == 2
     now[0] = 11.0
