@@ -143,9 +143,13 @@ class _ObservedPositions:
         out: int | None = self._inner.committed(topic, partition)
         return out
 
-    def commit(self, topic: str, partition: int, position: int) -> None:
+    def note(self, topic: str, partition: int) -> str:
+        out: str = self._inner.note(topic, partition)
+        return out
+
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
         try:
-            self._inner.commit(topic, partition, position)
+            self._inner.commit(topic, partition, position, note)
         except BaseException as exc:
             self._observer._commit_failed(exc)
             raise

@@ -6,16 +6,27 @@ the group's committed offset (what lag monitors read, and what fences a zombie: 
 stale generation fails). Replay jobs must not disturb the live group, so they keep the same fact
 in a small object next to their output, replaced conditionally (If-Match on its ETag) so two
 replays racing on one prefix cannot silently interleave.
+
+**What a commit says about itself.** Kafka keeps a string with every committed offset (its
+metadata). Every commit of this consumer puts a :func:`commit_note` there: what holds the rows below
+the position in S3 (staged pieces of the open file, or a file being rolled) and the output they are
+in. An operator's ``kafka-consumer-groups --reset-offsets`` writes an empty one, and so do older
+versions. Recovery reads it with the position: a position this consumer committed after staging
+the rows below it, with nothing in that output reaching it any more, means staged pieces were
+deleted behind its back (a lifecycle rule on ``_staging/``, a clean-up), not an operator's reset
+forwards, and the run stops instead of skipping those records (consumer.recovery).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from consumer.layout import Layout
@@ -33,7 +44,54 @@ class PositionError(RuntimeError):
 
 class PositionStore(Protocol):
     def committed(self, topic: str, partition: int) -> int | None: ...
-    def commit(self, topic: str, partition: int, position: int) -> None: ...
+    def note(self, topic: str, partition: int) -> str:
+        """The note committed with the position :meth:`committed` last read ('' when none)."""
+        ...
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None: ...
+
+
+#: The first word of every :func:`commit_note`, and its version.
+NOTE_MAGIC = "kafka-parquet-consumer/1"
+#: What holds the rows below a committed position: the open file's staged pieces (a flush), or a
+#: file whose roll was decided at it (a roll's re-commit, or a position adopted from a final file).
+STAGED, ROLLED = "staged", "rolled"
+#: Kafka refuses metadata over ``offset.metadata.max.bytes`` (4096 by default): a longer output
+#: URL is named by its hash.
+_OUTPUT_IN_NOTE = 512
+
+
+@dataclass(frozen=True)
+class CommitNote:
+    """A parsed :func:`commit_note`."""
+
+    held: str
+    output: str
+
+    def staged_in(self, output: str) -> bool:
+        """Whether the rows below the position were staged in ``output`` when it was committed."""
+        return self.held == STAGED and self.output == note_output(output)
+
+
+def note_output(output: str) -> str:
+    """``output`` as a note names it: itself, or its hash when it is too long for Kafka."""
+    if len(output) <= _OUTPUT_IN_NOTE:
+        return output
+    return "sha256:" + hashlib.sha256(output.encode()).hexdigest()
+
+
+def commit_note(held: str, output: str) -> str:
+    """The metadata committed with a position: who committed it, what holds the rows below it
+    (:data:`STAGED` or :data:`ROLLED`) and in which output."""
+    return f"{NOTE_MAGIC} {held} {note_output(output)}"
+
+
+def parse_note(note: str) -> CommitNote | None:
+    """The note of a committed position; None when this consumer did not write it (an operator's
+    reset, an older version, another tool)."""
+    parts = note.split(" ", 2)
+    if len(parts) != 3 or parts[0] != NOTE_MAGIC or parts[1] not in (STAGED, ROLLED):
+        return None
+    return CommitNote(parts[1], parts[2])
 
 
 _FENCED = {
@@ -62,6 +120,7 @@ class KafkaGroupPositions:
         self.commits = 0
         self._commits_lock = threading.Lock()  # recoveries commit from several threads
         self.on_commit: list[Any] = []  # test hook: callables(topic, partition, position)
+        self._notes: dict[tuple[str, int], str] = {}  # the note of each position last read
 
     def _limit(self, deadline: float) -> float:
         return deadline if self.give_up_at is None else min(deadline, self.give_up_at)
@@ -90,9 +149,13 @@ class KafkaGroupPositions:
             if tp.error:
                 raise PositionError(f"reading committed offset of {tp.topic}[{tp.partition}]: {tp.error}")
             out[(tp.topic, tp.partition)] = int(tp.offset) if tp.offset >= 0 else None
+            self._notes[(tp.topic, tp.partition)] = (tp.metadata or "") if tp.offset >= 0 else ""
         return out
 
-    def commit(self, topic: str, partition: int, position: int) -> None:
+    def note(self, topic: str, partition: int) -> str:
+        return self._notes.get((topic, partition), "")
+
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
         from confluent_kafka import KafkaException, TopicPartition
 
         deadline = time.monotonic() + self.max_elapsed
@@ -101,7 +164,7 @@ class KafkaGroupPositions:
             err: Any = None
             try:
                 result = self.consumer.commit(
-                    offsets=[TopicPartition(topic, partition, position)], asynchronous=False
+                    offsets=[TopicPartition(topic, partition, position, note)], asynchronous=False
                 )
                 err = next((tp.error for tp in result or [] if tp.error), None)
             except KafkaException as exc:
@@ -161,8 +224,11 @@ class OwnerThreadPositions:
                 return self._read.pop((topic, partition))
         return self._on_owner(lambda: self.inner.committed(topic, partition))
 
-    def commit(self, topic: str, partition: int, position: int) -> None:
-        self._on_owner(lambda: self.inner.commit(topic, partition, position))
+    def note(self, topic: str, partition: int) -> str:
+        return self.inner.note(topic, partition)  # what the read of the position kept: no call
+
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
+        self._on_owner(lambda: self.inner.commit(topic, partition, position, note))
 
     def _on_owner(self, call: Callable[[], _R]) -> _R:
         if self._any_thread or threading.get_ident() == self._owner:
@@ -211,7 +277,11 @@ class S3StatePositions:
             self._etags[(topic, partition)] = info.etag
         return int(json.loads(data)["position"])
 
-    def commit(self, topic: str, partition: int, position: int) -> None:
+    def note(self, topic: str, partition: int) -> str:
+        """Replays keep no note: a replay's output is its own, and nobody resets its state by hand."""
+        return ""
+
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
         from consumer.storage import PutOutcome
 
         key = self.layout.state_key(topic, partition)

@@ -25,6 +25,12 @@ resumes, a final file, or a roll this plan finishes. Everything else is decided 
   newest final file) and committed, the way Kafka Connect's S3 sink recovers offsets from files.
 * **A broken chain** (a piece removed by someone else): stop (status 5), delete nothing, and list
   what was found.
+* **Staged rows deleted behind the consumer's back** (a lifecycle rule expiring ``_staging/``, a
+  clean-up): the newest pieces are gone, so nothing in S3 reaches ``C`` any more, which by itself
+  looks like a reset forwards. The commit's note (consumer.positions) tells them apart: this
+  consumer committed ``C`` once the rows below it were staged in this output, while an operator's
+  reset leaves no note. So stop (status 5), change nothing, and name the records that are in no
+  file and the offset that exports them again.
 
 Every piece names the consumer group that wrote it (``kafka.group_id``; a replay's says
 ``consumer.replay`` instead: its writer is :data:`REPLAY_WRITER`), and a final file carries its
@@ -146,6 +152,7 @@ def plan_recovery(
     where: str = "",
     last_final_writer: str | None = None,
     group: str | None = None,
+    staged_here: bool = False,
 ) -> RecoveryPlan:
     """Decide recovery for one partition. Pure: no I/O. Raises :class:`IntegrityError` to stop.
 
@@ -154,7 +161,8 @@ def plan_recovery(
     final file (read from its footer), None when there is none. ``where`` names the partition in
     messages; ``last_final_writer`` is the writer of the newest final file (see
     :func:`other_writer`) and ``group`` this run's (None: a replay), so that messages name a second
-    writer of the prefix.
+    writer of the prefix. ``staged_here``: the committed position's note says this consumer
+    committed it once the rows below it were staged in this output.
     """
     foreign = other_writer(last_final_writer, group) if last_final_end is not None else None
     finals = set(final_starts)
@@ -201,6 +209,8 @@ def plan_recovery(
     chain = chain_ending_at(list(pieces), pos)
     if not chain:
         _refuse_a_position_inside_a_piece(where, pos, pieces, finals)
+        if staged_here and (last_final_end is None or last_final_end < pos):
+            _refuse_a_position_nothing_holds(where, pos, pieces, finals, last_final_end)
     if chain:
         start = chain[0].file_start
         covered[start] = pos
@@ -286,6 +296,43 @@ def _refuse_a_position_inside_a_piece(
             f"that row group's start, move the group's offset to {p.from_pos}; to continue after "
             f"it, to {p.to_pos} (kafka-consumer-groups --reset-offsets --to-offset)."
         )
+
+
+def _refuse_a_position_nothing_holds(
+    where: str, pos: int, pieces: Sequence[PieceRef], finals: set[int], last_final_end: int | None
+) -> None:
+    """The group's position was committed by this consumer once the rows below it were staged
+    here, and no staged chain or final file reaches it any more: the newest staged pieces were
+    deleted (a lifecycle rule on ``_staging/``, a clean-up, a restore of an older copy). Going on
+    would skip their records without a word, as if the operator had moved the offset forwards.
+    Stop, change nothing, and name the records that are in no file. A hole further down (pieces
+    beyond the reach are still there) is left to the broken-chain stop, which lists them."""
+    open_pieces = [p for p in pieces if p.from_pos < pos and p.file_start not in finals]
+    reach, held = last_final_end, (
+        f"the newest final file ends at {last_final_end}" if last_final_end is not None
+        else "S3 holds no final file and no staged piece of this partition"
+    )
+    for start in sorted({p.file_start for p in open_pieces}):
+        longest = _longest_chain([p for p in open_pieces if p.file_start == start], start)
+        end = longest[-1].to_pos if longest else None
+        if end is not None and (reach is None or end > reach):
+            reach, held = end, f"the staged pieces of the file starting at {start} end at {end}"
+    if any(p.to_pos > (reach or 0) for p in open_pieces):
+        return
+    again = (f"move the group's offset back to {reach} (kafka-consumer-groups --reset-offsets "
+             f"--to-offset {reach})" if reach is not None
+             else "move the group's offset back to the log's start (kafka-consumer-groups "
+                  "--reset-offsets --to-earliest)")
+    lost = f"[{reach}, {pos})" if reach is not None else f"below {pos}"
+    raise IntegrityError(
+        f"{where}: the committed position {pos} was committed by this consumer once the rows below "
+        f"it were staged in this output, but nothing here reaches it any more: {held}. Staged "
+        "pieces were deleted by someone else (a lifecycle rule expiring _staging/, a clean-up, a "
+        f"restore of an older copy), and the records {lost} are in no file. Nothing was changed. "
+        f"To export them again, {again} while Kafka still holds them; to go on without them, move "
+        f"it to {pos} the same way (a reset by hand is the operator's decision, and the next run "
+        "goes on from there)."
+    )
 
 
 def _stranded(where: str, committed: int | None, stranded: list[PieceRef]) -> None:

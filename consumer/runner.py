@@ -963,6 +963,7 @@ class GroupRunner(Runner):
     ) -> None:
         super().__init__(config, **kwargs)
         self.shared.group_id = config.group_id  # named in every piece (a replay names none)
+        self.shared.output = config.output  # named in every commit's note (consumer.positions)
         #: Static members look for partitions no member owns (consumer/orphans.py says why).
         #: Under KIP-848's protocol the coordinator moves partitions itself: no hole to look for.
         static = bool(config.kafka_properties.get("group.instance.id")) and not config.consumer_protocol

@@ -576,11 +576,13 @@ class MemoryStore:
 class MemoryPositions:
     """:class:`~consumer.positions.PositionStore` in memory, with the group's fencing.
 
-    ``history`` lists every successful commit as ``(topic, partition, position)``, in order.
+    ``history`` lists every successful commit as ``(topic, partition, position)``, in order;
+    ``notes`` the note committed with each position (consumer.positions.commit_note).
     """
 
     def __init__(self, *, on_op: OnOp | None = None) -> None:
         self.positions: dict[tuple[str, int], int] = {}
+        self.notes: dict[tuple[str, int], str] = {}
         self.history: list[tuple[str, int, int]] = []
         self.fenced: set[tuple[str, int]] = set()
         self.on_op: OnOp | None = on_op  # called with (op, "topic[partition]") before each call
@@ -615,8 +617,9 @@ class MemoryPositions:
 
     def reset(self, topic: str, partition: int, position: int | None) -> None:
         """An operator's ``kafka-consumer-groups --reset-offsets`` (None: delete the offset). Not
-        a commit of ours, so not in ``history``."""
+        a commit of ours, so not in ``history``; like the tool, it leaves no note."""
         with self._lock:
+            self.notes.pop((topic, partition), None)
             if position is None:
                 self.positions.pop((topic, partition), None)
             else:
@@ -638,7 +641,11 @@ class MemoryPositions:
                 raise exc
             return pos
 
-    def commit(self, topic: str, partition: int, position: int) -> None:
+    def note(self, topic: str, partition: int) -> str:
+        with self._lock:
+            return self.notes.get((topic, partition), "")
+
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
         with self._lock:
             self._enter("commit", topic, partition)
             if (topic, partition) in self.fenced:
@@ -646,6 +653,7 @@ class MemoryPositions:
                     f"commit of {topic}[{partition}]@{position} refused: ILLEGAL_GENERATION"
                 )
             self.positions[(topic, partition)] = position
+            self.notes[(topic, partition)] = note
             self.history.append((topic, partition, position))
             exc = self._faults.take("commit", after=True)
             if exc is not None:
@@ -798,6 +806,7 @@ class _Group:
     generation: int = 0
     target: dict[int, set[TP]] = field(default_factory=dict)  # id(member) → partitions it should own
     offsets: dict[TP, int] = field(default_factory=dict)
+    notes: dict[TP, str] = field(default_factory=dict)  # the metadata committed with each offset
 
 
 class MemoryBroker:
@@ -896,6 +905,7 @@ class MemoryBroker:
             if not offsets_kept:
                 for g in self.groups.values():
                     g.offsets.pop(tp, None)
+                    g.notes.pop(tp, None)
         if self.topic_ids is not None:
             self._new_topic_id(topic)
 
@@ -913,8 +923,15 @@ class MemoryBroker:
         g = self.groups.get(group_id)
         return g.offsets.get((topic, partition)) if g is not None else None
 
+    def committed_note(self, group_id: str, topic: str, partition: int) -> str:
+        """The metadata committed with the group's offset ('' when none)."""
+        g = self.groups.get(group_id)
+        return g.notes.get((topic, partition), "") if g is not None else ""
+
     def reset_offsets(self, group_id: str, topic: str, partition: int, offset: int | None) -> None:
-        """``kafka-consumer-groups --reset-offsets`` (None: delete the committed offset)."""
+        """``kafka-consumer-groups --reset-offsets`` (None: delete the committed offset). The tool
+        commits no metadata, so the offset's note goes."""
+        self.group(group_id).notes.pop((topic, partition), None)
         offsets = self.group(group_id).offsets
         if offset is None:
             offsets.pop((topic, partition), None)
@@ -996,6 +1013,7 @@ class MemoryBroker:
             raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
         for tp in offsets:
             g.offsets[(tp.topic, tp.partition)] = int(tp.offset)
+            g.notes[(tp.topic, tp.partition)] = tp.metadata or ""
 
 
 class MemoryConsumer:
@@ -1269,7 +1287,9 @@ class MemoryConsumer:
         out = []
         for tp in partitions:
             off = self.broker.committed_offset(self.group_id, tp.topic, tp.partition)
-            out.append(TopicPartition(tp.topic, tp.partition, OFFSET_INVALID if off is None else off))
+            note = self.broker.committed_note(self.group_id, tp.topic, tp.partition)
+            out.append(TopicPartition(tp.topic, tp.partition, OFFSET_INVALID if off is None else off,
+                                      note if off is not None else ""))
         return out
 
     def commit(
@@ -1284,7 +1304,7 @@ class MemoryConsumer:
         self.broker._commit(self, offsets)
         from confluent_kafka import TopicPartition
 
-        return [TopicPartition(tp.topic, tp.partition, tp.offset) for tp in offsets]
+        return [TopicPartition(tp.topic, tp.partition, tp.offset, tp.metadata or "") for tp in offsets]
 
     def close(self) -> None:
         """Revoke everything (``on_revoke``, as librdkafka's close does), then leave the group."""

@@ -75,7 +75,15 @@ from consumer.parquet_merge import (
     read_key_value_metadata,
     read_layout,
 )
-from consumer.positions import PartitionFenced, PositionStore
+from consumer.positions import (
+    ROLLED,
+    STAGED,
+    PartitionFenced,
+    PositionStore,
+    commit_note,
+    note_output,
+    parse_note,
+)
 from consumer.recovery import (
     ONE_WRITER,
     REPLAY_WRITER,
@@ -202,6 +210,9 @@ class SharedState:
     #: now), and written into every piece. Set by the runner against a real cluster; on the
     #: in-memory doubles only when a test sets it (MemoryBroker.topic_id).
     topic_id: Callable[[str, bool], str | None] | None = None
+    #: The output (``s3://bucket/prefix``) a group's commits name in their note, so that recovery
+    #: tells a position whose staged rows were deleted from one committed for another output.
+    output: str = ""
 
 
 class PartitionWorker:
@@ -307,6 +318,7 @@ class PartitionWorker:
         t0 = self.clock()
         self.topic_id = self.shared.topic_id(self.topic, False) if self.shared.topic_id else None
         committed = self.positions.committed(self.topic, self.partition)
+        staged_here = committed is not None and self._committed_after_staging()
         faults.point("during_recovery")
         listing = self.store.list(self.layout.staging_dir(self.topic, self.partition))
         etags = {o.key: o.etag for o in listing}
@@ -327,7 +339,7 @@ class PartitionWorker:
         plan = plan_recovery(
             committed, pieces, markers, dead, finals, last_end, where=self.where,
             last_final_writer=self._final_writers.get(("", max(finals))) if finals else None,
-            group=self.shared.group_id,
+            group=self.shared.group_id, staged_here=staged_here,
         )
         doomed = set(plan.delete)
         self._begin_plan(
@@ -356,6 +368,23 @@ class PartitionWorker:
             finished_rolls=len(plan.finish),
             deleted_strays=len(plan.delete),
         )
+
+    def _committed_after_staging(self) -> bool:
+        """Whether the committed position's note says this consumer committed it after the rows
+        below it were staged in this output (consumer.positions). A note naming another output
+        is said once: the group's last commit was for other files (a new --output on purpose, or
+        a mistyped one)."""
+        note = parse_note(self.positions.note(self.topic, self.partition))
+        if note is None:
+            return False
+        if note.output != note_output(self.shared.output):
+            self.log.warning(
+                "the committed position was committed while writing to another output: this run "
+                "writes new files here, and the records below the position are in that output",
+                committed_for=note.output,
+                output=self.shared.output,
+            )
+        return note.staged_in(self.shared.output)
 
     def _ready_at(self, position: int | None, t0: float, **recovered: Any) -> int | None:
         """The end of every recovery: the partition reads from ``position``, and says so."""
@@ -488,7 +517,8 @@ class PartitionWorker:
         for note in plan.notes:
             self.log.warning(note)
         if plan.commit is not None:
-            self.positions.commit(self.topic, self.partition, plan.commit)
+            held = STAGED if any(p.to_pos == plan.commit for p in sources) else ROLLED
+            self.positions.commit(self.topic, self.partition, plan.commit, self._note(held))
 
     def _refuse_a_topic_recreated_since_recovery(self) -> None:
         """Before a flush writes anything: the topic must still be the one recovery found. A topic
@@ -1237,7 +1267,7 @@ class PartitionWorker:
             rows_table = groups[bucket][0] if bucket in groups else empty
             written.append((f, *self._put_piece(f, rows_table, identity, from_pos, to_pos)))
         faults.point("after_piece_put")
-        self.positions.commit(self.topic, self.partition, to_pos)
+        self.positions.commit(self.topic, self.partition, to_pos, self._note(STAGED))
         faults.point("after_commit")
         self.committed = to_pos
         self.first_append_at = None
@@ -1275,6 +1305,11 @@ class PartitionWorker:
         due = self._rolls_due()
         if due:
             self._roll_files(due)
+
+    def _note(self, held: str) -> str:
+        """What a commit of this group says about what holds the rows below it; a replay (its
+        positions are its own objects in S3) says nothing."""
+        return commit_note(held, self.shared.output) if self.shared.group_id else ""
 
     def _split(
         self, table: pa.Table, buckets: pa.Array | None, ends: pa.Array | None
@@ -1438,7 +1473,7 @@ class PartitionWorker:
         faults.point("after_marker_put")
         # Re-commit the same position: a member that lost the partition fails here and stops
         # before it can publish a final file.
-        self.positions.commit(self.topic, self.partition, end)
+        self.positions.commit(self.topic, self.partition, end, self._note(ROLLED))
         self._finish_roll(f, end)
         del self.files[f.bucket]
 

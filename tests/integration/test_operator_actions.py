@@ -141,6 +141,46 @@ def test_backward_offset_reset_inside_a_staged_row_group_stops_then_a_boundary_c
     assert committed(stack.kafka_bootstrap, group, topic) == [3000]
 
 
+def committed_note(bootstrap: str, group: str, topic: str) -> str:
+    """The metadata Kafka keeps with the group's offset of partition 0."""
+    c = Consumer(kafka_conf({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}))
+    try:
+        return str(c.committed([TopicPartition(topic, 0)], timeout=10)[0].metadata or "")
+    finally:
+        c.close()
+
+
+def test_staged_rows_deleted_by_someone_else_stop_with_status_5_until_the_offset_is_moved_back(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Row groups [0, 1000) [1000, 2000) [2000, 3000) staged and committed; an outsider (a
+    lifecycle rule on _staging/, a clean-up) deletes the newest piece. The commit's note on the
+    real broker says the rows were staged here, so the restart stops with status 5 naming
+    [2000, 3000) instead of skipping it as a reset forwards, changing nothing. The operator moves
+    the offset back to 2000 (which clears the note, as kafka-consumer-groups does), and the file
+    then holds every offset once."""
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix)
+    assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 staged {out}"
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    newest = [k for k in staged if k.endswith("-00000000000000003000.piece")]
+    assert len(newest) == 1
+    s3.delete_object(Bucket=stack.s3_bucket, Key=newest[0])
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "the records [2000, 3000) are in no file. Nothing was changed." in res.stderr
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == [k for k in staged if k != newest[0]]
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+    reset_offset(admin, group, topic, 2000)
+    assert committed_note(stack.kafka_bootstrap, group, topic) == ""
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+    assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 rolled {out}"
+
+
 def test_backward_offset_reset_into_final_files_stops_with_status_5(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
 ) -> None:

@@ -52,11 +52,11 @@ class FailingFirstCommit(S3StatePositions):
         super().__init__(*args)
         self.failures = 1
 
-    def commit(self, topic: str, partition: int, position: int) -> None:
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
         if self.failures:
             self.failures -= 1
             raise PositionError("coordinator unavailable (injected)")
-        super().commit(topic, partition, position)
+        super().commit(topic, partition, position, note)
 
 
 def _worker(stack: Any, prefix: str, positions: Any) -> PartitionWorker:

@@ -219,7 +219,7 @@ def test_health_states_follow_the_loop_s3_and_commits() -> None:
     store.stats.failing_since = None
 
     class Refusing:
-        def commit(self, topic: str, partition: int, position: int) -> None:
+        def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
             raise RuntimeError("coordinator unavailable")
 
     observer2 = Observer(runner, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)

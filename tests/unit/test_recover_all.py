@@ -126,7 +126,7 @@ def test_owner_thread_positions_runs_other_threads_calls_on_the_owner() -> None:
                 raise RuntimeError("refused")
             return partition * 10
 
-        def commit(self, topic: str, partition: int, position: int) -> None:
+        def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
             seen.append(("commit", threading.get_ident()))
 
     calls = OwnerThreadPositions(Inner())
@@ -179,7 +179,7 @@ def test_prefetched_offsets_are_handed_out_once_then_read_again() -> None:
             reads.append(list(keys))
             return {k: None if k[1] == 1 else k[1] for k in keys}
 
-        def commit(self, topic: str, partition: int, position: int) -> None:
+        def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
             raise AssertionError("not called")
 
     calls = OwnerThreadPositions(Inner())
@@ -200,7 +200,7 @@ def test_owner_thread_positions_calls_a_store_that_allows_any_thread_from_the_as
             seen.append(threading.get_ident())
             return partition
 
-        def commit(self, topic: str, partition: int, position: int) -> None:
+        def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
             seen.append(threading.get_ident())
 
     calls = OwnerThreadPositions(Inner())

@@ -41,8 +41,10 @@ def plan(
     dead: list[tuple[str, int, int]] = (),
     finals: list[int] = (),  # type: ignore[assignment]
     last_end: int | None = None,
+    staged_here: bool = False,
 ) -> RecoveryPlan:
-    return plan_recovery(committed, pieces, markers, dead, finals, last_end, where="t[0]")
+    return plan_recovery(committed, pieces, markers, dead, finals, last_end, where="t[0]",
+                         staged_here=staged_here)
 
 
 def test_fresh_partition() -> None:
@@ -148,6 +150,28 @@ def test_a_removed_middle_piece_is_not_mistaken_for_a_forward_reset() -> None:
         plan(40, [pieces[0], pieces[2]])  # [0,10) chains, [20,30) would be lost by finishing at 10
 
 
+def test_a_position_committed_after_staging_that_nothing_reaches_stops_and_names_what_is_lost() -> None:
+    pieces = chain(0, 10, 20)  # [20, 30) was deleted by someone else
+    with pytest.raises(IntegrityError, match=r"the records \[20, 30\) are in no file"):
+        plan(30, pieces, staged_here=True)
+    with pytest.raises(IntegrityError, match=r"newest final file ends at 50.*records \[50, 70\)"):
+        plan(70, chain(0, 10, 20), finals=[0], last_end=50, staged_here=True)
+    with pytest.raises(IntegrityError, match=r"records below 30 are in no file.*--to-earliest"):
+        plan(30, [], staged_here=True)
+    # The same output read as before when the commit says nothing (an operator's reset forwards).
+    assert plan(30, pieces).finish[0].end == 20
+    assert plan(30, []).position == 30
+    # What reaches the position is no reason to stop.
+    assert plan(20, pieces, staged_here=True).resume == tuple(pieces)
+    assert plan(50, [], finals=[0], last_end=50, staged_here=True).position == 50
+
+
+def test_a_hole_below_staged_pieces_is_still_the_broken_chain_stop_that_lists_them() -> None:
+    pieces = chain(0, 10, 20, 30)
+    with pytest.raises(IntegrityError, match="do not chain"):
+        plan(30, [pieces[0], pieces[2]], staged_here=True)
+
+
 def test_leftovers_of_a_final_file_are_deleted() -> None:
     old = chain(0, 10, 20)
     p = plan(25, [*old, *chain(20, 25)], [marker(0, 20)], finals=[0], last_end=20)
@@ -223,6 +247,24 @@ def test_a_committed_position_is_never_deleted_unless_something_kept_holds_it(
             assert all(a.to_pos == b.from_pos for a, b in itertools.pairwise(ch))
     if p.resume:
         assert p.resume[-1].to_pos == pos
+
+
+@settings(max_examples=400, deadline=None)
+@given(scenario())
+def test_a_position_committed_after_staging_goes_on_only_from_what_s3_holds(
+    case: tuple[int | None, list[PieceRef], list[RollMarker], list[int], int | None],
+) -> None:
+    """When the commit says its rows were staged here, a plan that goes on resumes a chain ending
+    at the position, finishes a roll there, or starts at a final file's end: never past a gap."""
+    committed, pieces, markers, finals, final_end = case
+    if committed is None:
+        return
+    try:
+        p = plan(committed, pieces, markers, finals=finals, last_end=final_end, staged_here=True)
+    except IntegrityError:
+        return
+    reached = {final_end} | {f.end for f in p.finish} | ({p.resume[-1].to_pos} if p.resume else set())
+    assert p.position in reached
 
 
 @pytest.mark.parametrize(
