@@ -319,6 +319,12 @@ def _refuse_a_position_nothing_holds(
             reach, held = end, f"the staged pieces of the file starting at {start} end at {end}"
     if any(p.to_pos > (reach or 0) for p in open_pieces):
         return
+    _nothing_reaches(where, pos, reach, held)
+
+
+def _nothing_reaches(where: str, pos: int, reach: int | None, held: str) -> None:
+    """Stop: the rows below ``pos`` were staged here when it was committed, and S3 now reaches
+    only ``reach`` (``held`` says by what; None: nothing at all)."""
     again = (f"move the group's offset back to {reach} (kafka-consumer-groups --reset-offsets "
              f"--to-offset {reach})" if reach is not None
              else "move the group's offset back to the log's start (kafka-consumer-groups "
@@ -431,6 +437,7 @@ def plan_bucketed_recovery(
     high_water: int | None,
     *,
     where: str = "",
+    staged_here: bool = False,
 ) -> BucketedPlan:
     """Decide recovery for one partition whose files are split by time bucket. Pure.
 
@@ -453,6 +460,10 @@ def plan_bucketed_recovery(
       bucket's newest final file is the owner's (any chain to ``C`` holds that bucket's rows of
       ``[start, C)``, so an other one is a subset of it).
     * A file with a piece ending at ``C`` but no chain to it lost a piece: stop (status 5).
+    * ``staged_here`` (the commit's note: its rows were staged in this output) with no open file
+      reaching ``C`` and no rolled file either: the newest pieces were deleted by someone else,
+      as in the plain layout (stop, status 5). A whole bucket file deleted while another still
+      reaches ``C`` is not seen: nothing says which buckets were open.
     """
     notes: list[str] = []
     files: dict[tuple[str, int], list[PieceRef]] = {}
@@ -504,6 +515,17 @@ def plan_bucketed_recovery(
         ends = [c[-1].to_pos for k, v in committed_pieces.items() if (c := _longest_chain(v, k[1]))]
         if ends:
             anchor = max(ends)
+    if staged_here and anchor != pos and (high_water is None or high_water < pos):
+        reach = max((x for x in (anchor, high_water) if x is not None), default=None)
+        holes = [p for v in committed_pieces.values() for p in v if p.to_pos > (reach or 0)]
+        if not holes:
+            if reach is None:
+                held = "S3 holds no rolled bucket file and no staged piece of this partition"
+            elif reach == anchor:
+                held = f"the open bucket files' staged pieces end at {anchor}"
+            else:
+                held = f"the newest rolled bucket file ends at {high_water}"
+            _nothing_reaches(where, pos, reach, held)
     delete: list[str] = []
     plans: dict[str, RecoveryPlan] = {}
     orphans = 0

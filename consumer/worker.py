@@ -332,7 +332,8 @@ class PartitionWorker:
         if problem is not None:
             raise UsageError(f"{self.where}: {problem}")
         if self.bucketing is not None:
-            return self._recover_bucketed(t0, committed, pieces, markers, self._dead_letters(), etags)
+            return self._recover_bucketed(t0, committed, pieces, markers, self._dead_letters(), etags,
+                                          staged_here)
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
         dead = self._dead_letters(since=last_end)
@@ -444,6 +445,7 @@ class PartitionWorker:
         markers: list[RollMarker],
         dead: list[tuple[str, int, int]],
         etags: Mapping[str, str | None],
+        staged_here: bool,
     ) -> int | None:
         """Recovery under --partition-by: today's plan per bucket (see plan_bucketed_recovery)."""
         rolled = [self.layout.parse_rolled(o.key)
@@ -459,7 +461,8 @@ class PartitionWorker:
                 final_topic_ids.append(self._final_topic_ids.get((bucket, max(starts))))
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
-        plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where)
+        plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
+                                      staged_here=staged_here)
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece

@@ -399,6 +399,33 @@ def test_restart_resumes_every_open_bucket_file() -> None:
     check_exactly_once(store, 20, set())
 
 
+def test_staged_pieces_deleted_by_someone_else_stop_recovery_with_nothing_changed() -> None:
+    """The newest pieces of every open bucket file deleted (a lifecycle rule on _staging/): the
+    commit's note says their rows were staged here, so recovery stops instead of reading the gap
+    as a reset forwards; moved back to what S3 holds, every offset is exported once."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None, row_group_rows=4))
+    w.recover()
+    run(w, range(12))
+    w.close()
+    assert positions.positions[("t", 0)] == 12
+    newest = [k for k in staged(store) if k.endswith("-00000000000000000012.piece")]
+    assert newest
+    for key in newest:
+        del store.objects[key]
+    left = dict(store.objects)
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None, row_group_rows=4))
+    with pytest.raises(IntegrityError, match=r"the records \[8, 12\) are in no file"):
+        w2.recover()
+    assert store.objects == left and positions.positions[("t", 0)] == 12
+    positions.reset("t", 0, 8)  # kafka-consumer-groups --reset-offsets --to-offset 8
+    w3 = make_worker(store, positions, replace(BASE, file_rows=None, row_group_rows=4))
+    assert w3.recover() == 8
+    run(w3, range(8, 20))
+    w3.finish()
+    check_exactly_once(store, 20, set())
+
+
 def test_expired_offsets_adopt_the_lowest_end_of_the_open_bucket_files() -> None:
     """A crash mid-flush leaves new bucket files at `to` and some old ones at `from`."""
     store, positions = MemoryStore(), MemoryPositions()
