@@ -72,8 +72,11 @@ def _stopped_with(logs: list[dict[str, Any]]) -> str:
     return str(next(e for e in logs if e["event"] == "stopped: IntegrityError")["error"])
 
 
-def _history(broker: MemoryBroker, store: MemoryStore, history: str) -> int:
-    """Output whose newest staged rows an outsider will delete; the committed position."""
+def _staged_output(history: str = "staged only") -> tuple[MemoryBroker, MemoryStore, int]:
+    """Output whose newest staged rows an outsider will delete: the broker, the store and the
+    committed position."""
+    broker, store = MemoryBroker(), MemoryStore()
+    broker.create_topic("t", 1)
     if history == "final file, then staged":
         _produce(broker, 0, 30)
         assert _run(broker, store)[0] == 0  # final [0, 30)
@@ -83,7 +86,7 @@ def _history(broker: MemoryBroker, store: MemoryStore, history: str) -> int:
     _stage(broker, store, polls=4)
     committed = broker.committed_offset("g", "t", 0)
     assert committed in (30, 60) and _staged(store)
-    return committed
+    return broker, store, committed
 
 
 @pytest.mark.parametrize("deleted", ["every staged piece", "the newest staged piece"])
@@ -91,10 +94,7 @@ def _history(broker: MemoryBroker, store: MemoryStore, history: str) -> int:
 def test_staged_rows_deleted_from_under_the_group_stop_the_next_run_with_nothing_changed(
     deleted: str, history: str
 ) -> None:
-    broker = MemoryBroker()
-    broker.create_topic("t", 1)
-    store = MemoryStore()
-    committed = _history(broker, store, history)
+    broker, store, committed = _staged_output(history)
     gone = _staged(store) if deleted == "every staged piece" else _staged(store)[-1:]
     for key in gone:
         del store.objects[key]
@@ -121,10 +121,7 @@ def test_staged_rows_deleted_from_under_the_group_stop_the_next_run_with_nothing
 
 
 def test_going_on_without_the_deleted_rows_is_the_operators_reset_to_the_committed_position() -> None:
-    broker = MemoryBroker()
-    broker.create_topic("t", 1)
-    store = MemoryStore()
-    committed = _history(broker, store, "staged only")
+    broker, store, committed = _staged_output()
     for key in _staged(store):
         del store.objects[key]
     assert _run(broker, store)[0] == EXIT_FATAL
@@ -150,10 +147,7 @@ def test_final_files_expired_by_the_outputs_retention_are_not_taken_for_deleted_
 
 
 def test_an_operators_reset_forwards_still_goes_on_and_names_the_skipped_range() -> None:
-    broker = MemoryBroker()
-    broker.create_topic("t", 1)
-    store = MemoryStore()
-    _history(broker, store, "staged only")
+    broker, store, _ = _staged_output()
     _produce(broker, 30, 30)
     broker.reset_offsets("g", "t", 0, 45)  # --to-offset 45: skip a backlog
     code, logs, _ = _run(broker, store)
@@ -163,10 +157,7 @@ def test_an_operators_reset_forwards_still_goes_on_and_names_the_skipped_range()
 
 
 def test_a_group_moved_to_another_output_goes_on_there_and_says_where_its_position_came_from() -> None:
-    broker = MemoryBroker()
-    broker.create_topic("t", 1)
-    store = MemoryStore()
-    _history(broker, store, "staged only")
+    broker, store, _ = _staged_output()
     _produce(broker, 30, 20)
     code, logs, _ = _run(broker, store, output="s3://bucket/moved")
     assert code == 0
@@ -180,10 +171,7 @@ def test_a_group_moved_to_another_output_goes_on_there_and_says_where_its_positi
 def test_positions_committed_without_a_note_keep_the_old_reading() -> None:
     """Commits of an older version (or another tool) say nothing: a gap is read as a reset
     forwards, as before; the next flush writes a note."""
-    broker = MemoryBroker()
-    broker.create_topic("t", 1)
-    store = MemoryStore()
-    _history(broker, store, "staged only")
+    broker, store, _ = _staged_output()
     broker.group("g").notes.clear()
     for key in _staged(store):
         del store.objects[key]
@@ -191,6 +179,7 @@ def test_positions_committed_without_a_note_keep_the_old_reading() -> None:
     code, _, _ = _run(broker, store)
     assert code == 0
     assert _offsets(store) == list(range(30, 50))
+    assert broker.committed_note("g", "t", 0) == commit_note("rolled", "s3://bucket/out")
 
 
 def test_a_file_of_dead_letters_only_is_rolled_without_a_file_and_is_not_taken_for_deleted_staging() -> None:
