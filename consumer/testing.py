@@ -33,7 +33,7 @@ import errno
 import hashlib
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +69,7 @@ __all__ = [
     "Message",
     "PreconditionFailed",
     "Upload",
+    "at_consume",
     "crash_at",
     "md5_etag",
     "memory_runner",
@@ -1414,3 +1415,21 @@ def memory_runner(
         topic_id=broker.topic_id,
         **kwargs,
     )
+
+
+def at_consume(consumer: MemoryConsumer, actions: Mapping[int, Callable[[], object]]) -> None:
+    """Run ``actions[n]()`` as the ``n``-th ``consume()`` of ``consumer`` starts (counted from 1),
+    e.g. ``at_consume(runner.consumer, {4: runner.request_stop})``: a SIGTERM, or what a test does
+    to the world (produce, reset, recreate), at a known point of a run. The first consume joins
+    the group and assigns; the records it returns are durable once a later one starts only if a
+    flush made them so."""
+    calls = 0
+
+    def hook(_consumer: MemoryConsumer) -> None:
+        nonlocal calls
+        calls += 1
+        action = actions.get(calls)
+        if action is not None:
+            action()
+
+    consumer.on_consume = hook

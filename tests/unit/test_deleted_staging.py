@@ -22,7 +22,13 @@ from structlog.testing import capture_logs
 from consumer.errors import EXIT_FATAL
 from consumer.positions import NOTE_MAGIC, commit_note, note_output, parse_note
 from consumer.samples import encode_raw, make_record, parsed_schema
-from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+from consumer.testing import (
+    MemoryBroker,
+    MemoryStore,
+    at_consume,
+    memory_runner,
+    page_view_broker,
+)
 
 
 def _produce(broker: MemoryBroker, first: int, n: int) -> None:
@@ -42,15 +48,7 @@ def _stage(broker: MemoryBroker, store: MemoryStore, polls: int) -> None:
     """Run until ``polls`` consumes are done (their row groups durable in the open file), then
     SIGTERM: the file stays open."""
     runner = memory_runner(broker, store, row_group_rows=10)
-    calls = 0
-
-    def hook(_consumer: MemoryConsumer) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == polls:
-            runner.request_stop()
-
-    runner.consumer.on_consume = hook
+    at_consume(runner.consumer, {polls: runner.request_stop})
     assert runner.run() == 0
 
 

@@ -22,7 +22,14 @@ from consumer import config as cfgmod
 from consumer.errors import EXIT_STALLED
 from consumer.metrics import REASONS, Observer, PartitionCounters, reason_class
 from consumer.storage import RetryPolicy, StoreStats
-from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+from consumer.testing import (
+    MemoryBroker,
+    MemoryConsumer,
+    MemoryStore,
+    at_consume,
+    memory_runner,
+    page_view_broker,
+)
 from consumer.worker import PartitionState
 
 
@@ -160,15 +167,7 @@ def test_counters_survive_a_partition_being_revoked_and_assigned_again() -> None
     broker, store = _broker(1, 25), MemoryStore()
     first = _runner(broker, store, row_group_rows=10, batch_size=12)
     observer = Observer(first, registry=CollectorRegistry(auto_describe=True), exit=lambda code: None)
-    calls = 0
-
-    def stop(_c: MemoryConsumer) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            first.request_stop()
-
-    first.consumer.on_consume = stop
+    at_consume(first.consumer, {2: first.request_stop})
     assert first.run() == 0
     v = _values(observer.scrape().decode())
     assert _get(v, "kafka_parquet_records_consumed_total", topic="t", partition="0") == 24

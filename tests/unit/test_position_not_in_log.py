@@ -14,7 +14,13 @@ from structlog.testing import capture_logs
 from consumer.config import Config
 from consumer.errors import EXIT_FATAL, position_not_in_log
 from consumer.samples import encode_raw, make_record, parsed_schema
-from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+from consumer.testing import (
+    MemoryBroker,
+    MemoryStore,
+    at_consume,
+    memory_runner,
+    page_view_broker,
+)
 
 
 def _produce(broker: MemoryBroker, n: int, first: int) -> None:
@@ -96,17 +102,8 @@ def test_a_partition_with_no_position_starts_where_x_auto_offset_reset_says(
     props = {} if reset is None else {"auto.offset.reset": reset}
     runner = memory_runner(broker, store, row_group_rows=10, kafka_properties=props)
     assert runner.consumer.conf["auto.offset.reset"] == "error"
-    calls = 0
-
-    def hook(_consumer: MemoryConsumer) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:  # the first consume assigned the partition
-            _produce(broker, 4, first=100)
-        if calls == 4:
-            runner.request_stop()
-
-    runner.consumer.on_consume = hook
+    # the first consume assigned the partition
+    at_consume(runner.consumer, {2: lambda: _produce(broker, 4, first=100), 4: runner.request_stop})
     with capture_logs() as logs:
         assert runner.run() == 0
     assert runner.stats.records == taken, logs

@@ -17,7 +17,13 @@ from structlog.testing import capture_logs
 
 from consumer.errors import EXIT_FATAL
 from consumer.samples import encode_raw, make_record, parsed_schema
-from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, memory_runner, page_view_broker
+from consumer.testing import (
+    MemoryBroker,
+    MemoryStore,
+    at_consume,
+    memory_runner,
+    page_view_broker,
+)
 from consumer.worker import TOPIC_ID_KEY
 
 
@@ -41,15 +47,7 @@ def _stopped_with(logs: list[dict[str, Any]]) -> str:
 def _stage_without_rolling(broker: MemoryBroker, store: MemoryStore) -> None:
     """Run until the partition's 30 records are durable in an open file, then SIGTERM."""
     runner = memory_runner(broker, store, row_group_rows=10)
-    calls = 0
-
-    def hook(_consumer: MemoryConsumer) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 4:
-            runner.request_stop()
-
-    runner.consumer.on_consume = hook
+    at_consume(runner.consumer, {4: runner.request_stop})
     assert runner.run() == 0
     assert broker.committed_offset("g", "t", 0) == 30
     assert any("/_staging/" in k for k in store.objects) and not _finals(store)
@@ -162,19 +160,15 @@ def test_a_topic_recreated_while_a_member_reads_it_stops_the_next_flush_before_i
     before it writes anything, and stops the run."""
     broker, store = page_view_broker(1, 30), MemoryStore()
     runner = memory_runner(broker, store, row_group_rows=10)
-    calls, written = 0, {}
+    written: dict[str, bytes] = {}
 
-    def hook(_consumer: MemoryConsumer) -> None:
-        nonlocal calls, written
-        calls += 1
-        if calls == 3:  # the 30 old records are durable and committed
-            written = dict(store.objects)
-            broker.recreate_topic("t", offsets_kept=False)
-            _produce(broker, 50, first=5000)  # the consumer's position, 30, is inside the new log
-        if calls == 10:  # without the check the run would go on: end it
-            runner.request_stop()
+    def recreate() -> None:  # the 30 old records are durable and committed
+        written.update(store.objects)
+        broker.recreate_topic("t", offsets_kept=False)
+        _produce(broker, 50, first=5000)  # the consumer's position, 30, is inside the new log
 
-    runner.consumer.on_consume = hook
+    # without the check the run would go on: the tenth consume ends it
+    at_consume(runner.consumer, {3: recreate, 10: runner.request_stop})
     with capture_logs() as logs:
         assert runner.run() == EXIT_FATAL
     said = _stopped_with(logs)

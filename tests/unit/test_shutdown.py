@@ -23,7 +23,7 @@ from consumer.layout import Layout
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
 from consumer.storage import RetryPolicy, TransientStorageError
-from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore
+from consumer.testing import MemoryBroker, MemoryConsumer, MemoryStore, at_consume
 
 PARTITIONS, PER_PARTITION = 4, 30
 
@@ -69,15 +69,8 @@ def _runner(broker: MemoryBroker, store: Any, clock: FakeClock | None = None, **
 
 
 def _stop_on_second_consume(runner: GroupRunner) -> None:
-    calls = 0
-
-    def hook(_consumer: MemoryConsumer) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:  # the first consume assigned all partitions and returned every record
-            runner.request_stop()
-
-    runner.consumer.on_consume = hook
+    # the first consume assigned all partitions and returned every record
+    at_consume(runner.consumer, {2: runner.request_stop})
 
 
 def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:

@@ -47,6 +47,7 @@ from consumer.testing import (
     Message,
     PreconditionFailed,
     Upload,
+    at_consume,
     crash_at,
     md5_etag,
     memory_runner,
@@ -733,15 +734,7 @@ def test_group_runner_on_the_memory_broker_until_caught_up() -> None:
 def test_group_runner_stopped_and_restarted_continues_the_same_file() -> None:
     broker, store = _broker_with_records(2, 25), MemoryStore()
     first = _runner(broker, store, row_group_rows=10, batch_size=12)
-    consumes = 0
-
-    def stop_after_two(consumer: MemoryConsumer) -> None:
-        nonlocal consumes
-        consumes += 1
-        if consumes == 3:
-            first.request_stop()
-
-    first.consumer.on_consume = stop_after_two
+    at_consume(first.consumer, {3: first.request_stop})
     assert first.run() == 0
     # 3 batches of 12, round robin over 2 partitions: 18 each, made durable on shutdown
     assert [broker.committed_offset("g", "t", p) for p in (0, 1)] == [18, 18]
