@@ -29,7 +29,11 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
+import structlog
+
 from consumer.layout import Layout
+
+_log = structlog.get_logger(__name__)
 
 
 class PartitionFenced(RuntimeError):
@@ -121,6 +125,9 @@ class KafkaGroupPositions:
         self._commits_lock = threading.Lock()  # recoveries commit from several threads
         self.on_commit: list[Any] = []  # test hook: callables(topic, partition, position)
         self._notes: dict[tuple[str, int], str] = {}  # the note of each position last read
+        #: The cluster refused a note as too long (``offset.metadata.max.bytes`` set below this
+        #: consumer's few dozen bytes): commits go on without one, said once.
+        self.notes_refused = False
 
     def _limit(self, deadline: float) -> float:
         return deadline if self.give_up_at is None else min(deadline, self.give_up_at)
@@ -162,6 +169,8 @@ class KafkaGroupPositions:
         delay = 0.1
         while True:
             err: Any = None
+            if self.notes_refused:
+                note = ""
             try:
                 result = self.consumer.commit(
                     offsets=[TopicPartition(topic, partition, position, note)], asynchronous=False
@@ -176,6 +185,15 @@ class KafkaGroupPositions:
                     hook(topic, partition, position)
                 return
             name = err.name() if hasattr(err, "name") else str(err)
+            if name == "OFFSET_METADATA_TOO_LARGE" and note:
+                self.notes_refused = True
+                _log.warning(
+                    "the cluster refuses the offset metadata this consumer commits (its "
+                    "offset.metadata.max.bytes is below the note's length): commits go on without "
+                    "it, so staged pieces deleted by someone else will look like a reset forwards",
+                    note_bytes=len(note.encode()),
+                )
+                continue
             if name in _FENCED:
                 raise PartitionFenced(f"commit of {topic}[{partition}]@{position} refused: {name}")
             retriable = bool(getattr(err, "retriable", lambda: True)()) or name in ("_WAIT_COORD", "_TRANSPORT", "_ALL_BROKERS_DOWN", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS")  # noqa: E501 - librdkafka marks these transient coordinator errors non-retriable

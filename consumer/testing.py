@@ -834,6 +834,9 @@ class MemoryBroker:
         #: (KafkaError code, times) for the next commits of any consumer: e.g.
         #: ``broker.commit_errors.append((KafkaError.COORDINATOR_NOT_AVAILABLE, 2))``.
         self.commit_errors: list[tuple[int, int]] = []
+        #: The broker's ``offset.metadata.max.bytes``: a commit with longer metadata is refused
+        #: with OFFSET_METADATA_TOO_LARGE, as Kafka does.
+        self.metadata_max_bytes = 4096
         #: each topic's id (KIP-516), new at every creation; None (a cluster before Kafka 2.8)
         #: for every topic once a test sets ``broker.topic_ids = None``
         self.topic_ids: dict[str, str] | None = {}
@@ -1012,6 +1015,8 @@ class MemoryBroker:
             raise KafkaException(KafkaError(KafkaError.UNKNOWN_MEMBER_ID))
         if consumer._generation != g.generation:
             raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
+        if any(len((tp.metadata or "").encode()) > self.metadata_max_bytes for tp in offsets):
+            raise KafkaException(KafkaError(KafkaError.OFFSET_METADATA_TOO_LARGE))
         for tp in offsets:
             g.offsets[(tp.topic, tp.partition)] = int(tp.offset)
             g.notes[(tp.topic, tp.partition)] = tp.metadata or ""

@@ -211,6 +211,19 @@ def test_every_commit_says_what_holds_the_rows_below_it() -> None:
     assert staged == f"{NOTE_MAGIC} staged s3://bucket/out"
 
 
+def test_a_cluster_that_refuses_the_note_gets_commits_without_one_and_a_warning() -> None:
+    """A broker whose ``offset.metadata.max.bytes`` is below the note's length refuses the commit
+    (OFFSET_METADATA_TOO_LARGE): the run goes on without notes, says so once, and loses nothing."""
+    broker, store = page_view_broker(1, 30), MemoryStore()
+    broker.metadata_max_bytes = 10
+    code, logs, _ = _run(broker, store)
+    assert code == 0
+    assert _offsets(store) == list(range(30))
+    assert broker.committed_offset("g", "t", 0) == 30 and broker.committed_note("g", "t", 0) == ""
+    said = [e for e in logs if e["event"].startswith("the cluster refuses the offset metadata")]
+    assert len(said) == 1 and said[0]["log_level"] == "warning"
+
+
 def test_a_note_names_a_long_output_by_its_hash_and_reads_back() -> None:
     long = "s3://bucket/" + "x" * 600
     note = commit_note("staged", long)
