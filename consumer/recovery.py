@@ -209,8 +209,6 @@ def plan_recovery(
     chain = chain_ending_at(list(pieces), pos)
     if not chain:
         _refuse_a_position_inside_a_piece(where, pos, pieces, finals)
-        if staged_here and (last_final_end is None or last_final_end < pos):
-            _refuse_a_position_nothing_holds(where, pos, pieces, finals, last_final_end)
     if chain:
         start = chain[0].file_start
         covered[start] = pos
@@ -262,6 +260,8 @@ def plan_recovery(
             stranded.append(p)
     if stranded:
         _stranded(where, pos, stranded)
+    if staged_here and not chain and (last_final_end is None or last_final_end < pos):
+        _refuse_a_position_nothing_holds(where, pos, pieces, finals, last_final_end)
     # Markers of files not being finished are decisions superseded (a zombie's, or a finished roll's).
     delete += [m.key for m in markers if m.file_start not in finishing]
     delete += [key for key, _frm, to in dead_letters if to > pos]  # never committed: written again
@@ -305,8 +305,9 @@ def _refuse_a_position_nothing_holds(
     here, and no staged chain or final file reaches it any more: the newest staged pieces were
     deleted (a lifecycle rule on ``_staging/``, a clean-up, a restore of an older copy). Going on
     would skip their records without a word, as if the operator had moved the offset forwards.
-    Stop, change nothing, and name the records that are in no file. A hole further down (pieces
-    beyond the reach are still there) is left to the broken-chain stop, which lists them."""
+    Stop, change nothing, and name the records that are in no file. It is checked after the
+    broken-chain stop, so that a hole further down (pieces beyond it are still there) is reported
+    by that stop, which lists them."""
     open_pieces = [p for p in pieces if p.from_pos < pos and p.file_start not in finals]
     reach, held = last_final_end, (
         f"the newest final file ends at {last_final_end}" if last_final_end is not None
@@ -317,8 +318,6 @@ def _refuse_a_position_nothing_holds(
         end = longest[-1].to_pos if longest else None
         if end is not None and (reach is None or end > reach):
             reach, held = end, f"the staged pieces of the file starting at {start} end at {end}"
-    if any(p.to_pos > (reach or 0) for p in open_pieces):
-        return
     _nothing_reaches(where, pos, reach, held)
 
 
@@ -515,17 +514,6 @@ def plan_bucketed_recovery(
         ends = [c[-1].to_pos for k, v in committed_pieces.items() if (c := _longest_chain(v, k[1]))]
         if ends:
             anchor = max(ends)
-    if staged_here and anchor != pos and (high_water is None or high_water < pos):
-        reach = max((x for x in (anchor, high_water) if x is not None), default=None)
-        holes = [p for v in committed_pieces.values() for p in v if p.to_pos > (reach or 0)]
-        if not holes:
-            if reach is None:
-                held = "S3 holds no rolled bucket file and no staged piece of this partition"
-            elif reach == anchor:
-                held = f"the open bucket files' staged pieces end at {anchor}"
-            else:
-                held = f"the newest rolled bucket file ends at {high_water}"
-            _nothing_reaches(where, pos, reach, held)
     delete: list[str] = []
     plans: dict[str, RecoveryPlan] = {}
     orphans = 0
@@ -557,6 +545,17 @@ def plan_bucketed_recovery(
                              where=f"{where} bucket {bucket}")
         notes += plan.notes
         plans[bucket] = plan
+    if staged_here and anchor != pos and (high_water is None or high_water < pos):
+        # After the buckets' plans, so that a hole further down is reported by the broken-chain
+        # stop, which lists the pieces beyond it.
+        reach = max((x for x in (anchor, high_water) if x is not None), default=None)
+        if reach is None:
+            held = "S3 holds no rolled bucket file and no staged piece of this partition"
+        elif reach == anchor:
+            held = f"the open bucket files' staged pieces end at {anchor}"
+        else:
+            held = f"the newest rolled bucket file ends at {high_water}"
+        _nothing_reaches(where, pos, reach, held)
     if orphans:
         notes.append(
             f"{orphans} staged piece(s) in bucket files that do not chain to the committed position "

@@ -8,15 +8,23 @@ or a final file. Otherwise the plan stops (IntegrityError) and deletes nothing.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from consumer.errors import IntegrityError
 from consumer.kafka_names import GroupView
 from consumer.layout import Layout, PieceRef, RollMarker
-from consumer.recovery import REPLAY_WRITER, RecoveryPlan, other_writer, plan_recovery, still_writing
+from consumer.recovery import (
+    REPLAY_WRITER,
+    RecoveryPlan,
+    other_writer,
+    plan_bucketed_recovery,
+    plan_recovery,
+    still_writing,
+)
 
 L = Layout("out")
 
@@ -251,6 +259,8 @@ def test_a_committed_position_is_never_deleted_unless_something_kept_holds_it(
 
 @settings(max_examples=400, deadline=None)
 @given(scenario())
+# A piece overlapping the chain's end ([3, 6) beside [4, 5)) is not a chain to the position.
+@example((6, [*chain(0, 1, 2, 4, 5), piece(0, 3, 6)], [], [], None))
 def test_a_position_committed_after_staging_goes_on_only_from_what_s3_holds(
     case: tuple[int | None, list[PieceRef], list[RollMarker], list[int], int | None],
 ) -> None:
@@ -265,6 +275,20 @@ def test_a_position_committed_after_staging_goes_on_only_from_what_s3_holds(
         return
     reached = {final_end} | {f.end for f in p.finish} | ({p.resume[-1].to_pos} if p.resume else set())
     assert p.position in reached
+
+
+def test_a_bucketed_position_committed_after_staging_stops_at_a_piece_that_only_overlaps() -> None:
+    """The same rule in the time-bucketed layout: a piece [3, 6) overlapping the chain that ends
+    at 5 does not reach 6, so the run stops; a hole further down is the broken-chain stop."""
+    def bucket(pieces: list[PieceRef]) -> list[PieceRef]:
+        return [replace(p, bucket="2026-12-04") for p in pieces]
+
+    overlapping = bucket([*chain(0, 1, 2, 4, 5), piece(0, 3, 6)])
+    with pytest.raises(IntegrityError, match=r"the records \[5, 6\) are in no file"):
+        plan_bucketed_recovery(6, overlapping, [], [], {}, None, staged_here=True)
+    with pytest.raises(IntegrityError, match=r"do not chain to it .*\[4, 6\) of file 0"):
+        plan_bucketed_recovery(6, bucket([*chain(0, 2), piece(0, 4, 6)]), [], [], {}, None,
+                               staged_here=True)
 
 
 @pytest.mark.parametrize(
