@@ -134,6 +134,37 @@ def test_commit_offsets_and_read_back_with_committed(
         c2.close()
 
 
+def test_a_commit_s_note_is_offset_metadata_and_a_note_over_the_broker_s_limit_is_dropped(
+    stack: StackSettings, make_topic: Callable[..., str]
+) -> None:
+    """The note every commit carries (what holds the rows below it) is the offset's metadata, read
+    back with the position. The broker refuses metadata over `offset.metadata.max.bytes` (4096 by
+    default) with OFFSET_METADATA_TOO_LARGE, raised by `commit()`: the position is committed
+    again without it, and later commits send none."""
+    from consumer.positions import KafkaGroupPositions
+
+    topic = make_topic(partitions=1)
+    group = f"note-{uuid.uuid4().hex[:8]}"
+    note = "kafka-parquet-consumer/1 staged s3://bucket/out/"
+    consumer = _consumer(stack, group)
+    try:
+        positions = KafkaGroupPositions(consumer, max_elapsed=30.0)
+        positions.commit(topic, 0, 7, note=note)
+        assert positions.committed_many([(topic, 0)]) == {(topic, 0): 7}
+        assert positions.note(topic, 0) == note
+        assert not positions.notes_refused
+
+        positions.commit(topic, 0, 9, note="x" * 5000)
+        assert positions.notes_refused
+        assert positions.committed_many([(topic, 0)]) == {(topic, 0): 9}
+        assert positions.note(topic, 0) == ""
+        positions.commit(topic, 0, 11, note=note)  # the cluster said no once: no more notes
+        assert positions.committed_many([(topic, 0)]) == {(topic, 0): 11}
+        assert positions.note(topic, 0) == ""
+    finally:
+        consumer.close()
+
+
 def test_offsets_for_times(stack: StackSettings, make_topic: Callable[..., str]) -> None:
     topic = make_topic(partitions=2)
     base = int(time.time() * 1000) - 3_600_000  # recent: within any retention window
