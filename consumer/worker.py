@@ -1270,7 +1270,10 @@ class PartitionWorker:
             rows_table = groups[bucket][0] if bucket in groups else empty
             written.append((f, *self._put_piece(f, rows_table, identity, from_pos, to_pos)))
         faults.point("after_piece_put")
-        self.positions.commit(self.topic, self.partition, to_pos, self._note(STAGED))
+        # No piece at all: under --partition-by, dead letters only while no bucket file is open.
+        # Final files and dead letters hold the rows below to_pos then, nothing staged.
+        held = STAGED if written else ROLLED
+        self.positions.commit(self.topic, self.partition, to_pos, self._note(held))
         faults.point("after_commit")
         self.committed = to_pos
         self.first_append_at = None

@@ -426,6 +426,34 @@ def test_staged_pieces_deleted_by_someone_else_stop_recovery_with_nothing_change
     check_exactly_once(store, 20, set())
 
 
+@pytest.mark.parametrize("before", ["nothing", "a rolled bucket file"])
+def test_dead_letters_while_no_bucket_file_is_open_are_not_taken_for_deleted_staging(before: str) -> None:
+    """A flush of bad records only, while no bucket file is open, writes dead letters and no
+    piece: its commit must not say its rows were staged, or the next recovery would stop (exit 5)
+    as if someone had deleted them."""
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=None, row_group_rows=4)
+    first = 0
+    if before == "a rolled bucket file":
+        w = make_worker(store, positions, cfg)
+        w.recover()
+        run(w, range(8))
+        w.finish()
+        first = 8
+    w = make_worker(store, positions, cfg)
+    assert w.recover() == (first or None)  # None: a fresh start
+    bad = set(range(first, first + 4))
+    run(w, sorted(bad), bad=bad)
+    w.flush()
+    w.close()
+    assert positions.positions[("t", 0)] == first + 4 and not staged(store)
+    w2 = make_worker(store, positions, cfg)
+    assert w2.recover() == first + 4
+    run(w2, range(first + 4, first + 8))
+    w2.finish()
+    check_exactly_once(store, first + 8, bad)
+
+
 def test_expired_offsets_adopt_the_lowest_end_of_the_open_bucket_files() -> None:
     """A crash mid-flush leaves new bucket files at `to` and some old ones at `from`."""
     store, positions = MemoryStore(), MemoryPositions()
