@@ -71,6 +71,7 @@ __all__ = [
     "Upload",
     "at_consume",
     "crash_at",
+    "crash_at_request",
     "md5_etag",
     "memory_runner",
     "messages",
@@ -770,6 +771,22 @@ def crash_at(op: str, *, key_part: str = "", nth: int = 1) -> OnOp:
             seen += 1
             if seen == nth:
                 raise Crash(f"crash at {op} #{nth} ({key})")
+
+    return hook
+
+
+def crash_at_request(n: int) -> OnOp:
+    """An ``on_op`` for ``MemoryStore`` that raises ``Crash`` as the ``n``-th request (counted from
+    1) starts, e.g. ``store.on_op = crash_at_request(5)``: a kill -9 at a known point, before the
+    request reaches the store. A test that counts a scenario's requests first can crash at every
+    one of them in turn."""
+    seen = 0
+
+    def hook(op: str, key: str) -> None:
+        nonlocal seen
+        seen += 1
+        if seen == n:
+            raise Crash(f"crash at request {n} ({op} {key})")
 
     return hook
 

@@ -28,7 +28,7 @@ from consumer.errors import BadRecordStop, IntegrityError, UsageError
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.positions import PartitionFenced
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
-from consumer.testing import Crash, MemoryPositions, MemoryStore, Message
+from consumer.testing import Crash, MemoryPositions, MemoryStore, Message, crash_at_request
 from consumer.verify import verify
 from consumer.worker import PartitionState, PartitionWorker, SharedState
 
@@ -227,7 +227,7 @@ def test_a_flush_writes_one_piece_into_every_open_bucket_file_then_commits_once(
     run(w, range(10))  # hours 0..4 → 5 buckets, one flush
     assert len(w.files) == 5 and positions.committed("t", 0) == 10
     store.on_op = lambda op, key: ops.append((op, key))
-    positions.on_op = lambda op, *a: ops.append((op, ""))  # type: ignore[assignment]
+    positions.on_op = lambda op, *a: ops.append((op, ""))
     run(w, [10, 15])  # both hour 0 (10*7 % 5 == 0): one bucket touched
     w.flush()
     puts = [k for op, k in ops if op == "put_object"]
@@ -615,17 +615,6 @@ def count_requests(upto: int) -> int:
     return sum(store.stats.requests.values())
 
 
-def crash_after(n: int) -> Callable[[str, str], None]:
-    seen = 0
-
-    def hook(op: str, key: str) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            raise Crash(f"crash at request {n} ({op} {key})")
-    return hook
-
-
 def crash_points() -> Iterator[int]:
     yield from range(1, count_requests(UPTO) + 1)
 
@@ -633,7 +622,7 @@ def crash_points() -> Iterator[int]:
 @pytest.mark.parametrize("n", list(crash_points()))
 def test_a_crash_at_any_store_request_of_a_bucketed_run_keeps_every_offset_exactly_once(n: int) -> None:
     store, positions = MemoryStore(), MemoryPositions()
-    store.on_op = crash_after(n)
+    store.on_op = crash_at_request(n)
     with pytest.raises(Crash):
         scenario(store, positions, upto=UPTO)
     store.on_op = None

@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_bucketed import BASE, make_worker, msg, staged
 
-from consumer.testing import Crash, MemoryPositions, MemoryStore
+from consumer.testing import Crash, MemoryPositions, MemoryStore, crash_at_request
 from consumer.worker import PartitionWorker
 
 CONFIGS = {
@@ -33,18 +33,6 @@ step = st.one_of(
     st.tuples(st.just("restart"), st.just(0)),
     st.tuples(st.just("crash"), st.integers(1, 12)),
 )
-
-
-def _crash_after(n: int) -> object:
-    seen = 0
-
-    def hook(op: str, key: str) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            raise Crash(f"crash at request {n} ({op} {key})")
-
-    return hook
 
 
 def _exported(store: MemoryStore) -> list[int]:
@@ -86,7 +74,7 @@ def test_a_worker_s_own_history_never_makes_recovery_stop(
             w.close()
             w, nxt = start()
         else:  # crash at the n-th store request of the next records and flush
-            store.on_op = _crash_after(n)  # type: ignore[assignment]
+            store.on_op = crash_at_request(n)
             try:
                 for i in range(nxt, nxt + 5):
                     w.append(msg(i, bad=i in bad))

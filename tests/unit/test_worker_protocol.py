@@ -28,7 +28,7 @@ from consumer.positions import PartitionFenced
 from consumer.registry import RegistryError
 from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
 from consumer.storage import probe_conditional_writes
-from consumer.testing import Crash, MemoryPositions, MemoryStore, Message, crash_at
+from consumer.testing import Crash, MemoryPositions, MemoryStore, Message, crash_at, crash_at_request
 from consumer.worker import AVRO_SCHEMA_KEY, PartitionState, PartitionWorker, SharedState
 
 PREFIX = "out"
@@ -120,7 +120,7 @@ def footer_kv(data: bytes) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in meta.items()}
 
 
-def run(worker: PartitionWorker, offsets: range | list[int], bad: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+def run(worker: PartitionWorker, offsets: range | list[int], bad: set[int] = frozenset()) -> None:
     for i in offsets:
         worker.append(msg(i, bad=i in bad))
 
@@ -658,18 +658,6 @@ def count_requests(upto: int) -> int:
     return sum(store.stats.requests.values())
 
 
-def crash_after(n: int) -> Callable[[str, str], None]:
-    seen = 0
-
-    def hook(op: str, key: str) -> None:
-        nonlocal seen
-        seen += 1
-        if seen == n:
-            raise Crash(f"crash at request {n} ({op} {key})")
-
-    return hook
-
-
 def crash_points() -> Iterator[int]:
     yield from range(1, count_requests(60) + 1)
 
@@ -677,7 +665,7 @@ def crash_points() -> Iterator[int]:
 @pytest.mark.parametrize("n", list(crash_points()))
 def test_a_crash_at_any_store_request_keeps_every_offset_exactly_once(n: int) -> None:
     store, positions = MemoryStore(), MemoryPositions()
-    store.on_op = crash_after(n)
+    store.on_op = crash_at_request(n)
     with pytest.raises(Crash):
         scenario(store, positions, upto=60)
     store.on_op = None
