@@ -29,11 +29,12 @@ can stop at a named point. Raise :class:`Crash` (a ``BaseException``) from ``on_
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import itertools
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -254,6 +255,7 @@ class MemoryStore:
         self._faults = _Faults(OPS | REQUESTS)
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
+        self._calls = threading.local()  # .depth: how deep this thread is in store calls
 
     # -- switches ------------------------------------------------------------------------------
     def fail_next(
@@ -295,6 +297,31 @@ class MemoryStore:
         exc = self._faults.take(op, after=True)
         if exc is not None:
             raise exc
+
+    @contextlib.contextmanager
+    def _serving(self, op: str, key: str) -> Iterator[None]:
+        """One ObjectStore call, atomic towards other threads. ``on_op`` sees an outermost call
+        before the lock is taken: a hook may hold this thread there (a slow request, a paused
+        process) while other threads' calls go on, as they would against S3."""
+        depth = getattr(self._calls, "depth", 0)
+        if depth == 0 and self.on_op is not None:
+            self.on_op(op, key)
+        with self._lock:
+            self._calls.depth = depth + 1
+            try:
+                if depth > 0 and self.on_op is not None:
+                    self.on_op(op, key)
+                exc = self._faults.take(op, after=False)
+                if exc is not None:
+                    raise exc
+                yield
+            finally:
+                self._calls.depth = depth
+
+    def inside_a_call(self) -> bool:
+        """Whether this thread is inside a store call: an ``on_op`` hook that held the thread
+        there would hold every other thread's calls too."""
+        return getattr(self._calls, "depth", 0) > 0
 
     def _request(self, op: str, key: str) -> None:
         self.stats.count(op)  # S3Store counts every attempt, failed ones included
@@ -455,8 +482,7 @@ class MemoryStore:
         (same bytes) is told from someone else's as S3Store does it (:func:`same_object`). A lax
         server (``ignore_conditional_writes``) overwrites: CREATED. Faults and ``on_op`` see it
         as ``put_if_absent``."""
-        with self._lock:
-            self._enter("put_if_absent", key)
+        with self._serving("put_if_absent", key):
             try:
                 etag = self.put_object(key, data, if_none_match=True)
                 self.stats.moved(uploaded=len(data))
@@ -468,8 +494,7 @@ class MemoryStore:
 
     def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
         """As S3Store: PUT with ``If-Match``; False if the key is gone or has another ETag."""
-        with self._lock:
-            self._enter("replace_if_match", key)
+        with self._serving("replace_if_match", key):
             try:
                 self.put_object(key, data, if_match=etag)
             except (PreconditionFailed, FileNotFoundError):
@@ -481,8 +506,7 @@ class MemoryStore:
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` (whole object by default); FileNotFoundError if absent. Like
         S3Store, ``end <= start`` is ``b""`` without a request."""
-        with self._lock:
-            self._enter("get", key)
+        with self._serving("get", key):
             if start is not None and end is not None and end <= start:
                 return b""
             data = self.get_object(key, start, end)
@@ -491,8 +515,7 @@ class MemoryStore:
             return data
 
     def head(self, key: str) -> ObjectInfo | None:
-        with self._lock:
-            self._enter("head", key)
+        with self._serving("head", key):
             info = self.head_object(key)
             self._leave("head")
             return info
@@ -500,8 +523,7 @@ class MemoryStore:
     def list(self, prefix: str, start_after: str = "") -> list[ObjectInfo]:
         """Every object under ``prefix`` after ``start_after``, sorted by key, one request per 1000
         keys (as S3Store)."""
-        with self._lock:
-            self._enter("list", prefix)
+        with self._serving("list", prefix):
             out: list[ObjectInfo] = []
             while True:
                 page = self.list_objects_v2(prefix, out[-1].key if out else start_after)
@@ -512,8 +534,7 @@ class MemoryStore:
             return out
 
     def delete(self, keys: Sequence[str]) -> None:
-        with self._lock:
-            self._enter("delete", keys[0] if keys else "")
+        with self._serving("delete", keys[0] if keys else ""):
             for i in range(0, len(keys), 1000):
                 self.delete_objects(keys[i : i + 1000])
             self._leave("delete")
@@ -523,8 +544,7 @@ class MemoryStore:
         else a multipart upload (UploadPartCopy for ranges ≥ 5 MiB) completed with
         ``If-None-Match: *`` — EXISTS_OTHER if the key appeared meanwhile. On an error the upload
         is aborted; on :class:`Crash` it is left behind, invisible, for ``abort_uploads``."""
-        with self._lock:
-            self._enter("compose", key)
+        with self._serving("compose", key):
             parts = plan_equal_parts(segments) if self.equal_parts else plan_parts(segments)
             if len(parts) <= 1:
                 outcome = self.put_if_absent(key, self._materialise(parts[0] if parts else []))
@@ -564,8 +584,7 @@ class MemoryStore:
 
     def abort_uploads(self, key: str) -> int:
         """Abort unfinished multipart uploads to exactly ``key``; how many there were."""
-        with self._lock:
-            self._enter("abort_uploads", key)
+        with self._serving("abort_uploads", key):
             n = 0
             for up in self.list_multipart_uploads(key):
                 if up.key == key:
