@@ -58,7 +58,7 @@ from consumer.kafka_names import PARTITION_EOF, TP, GroupView
 from consumer.layout import Layout
 from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
-from consumer.side_by_side import close_all, recover_all
+from consumer.side_by_side import close_all, recover_each
 from consumer.storage import (
     REFUSED_HINT,
     FatalStorageError,
@@ -1064,11 +1064,20 @@ class GroupRunner(Runner):
                 self._resume.add(key)
                 self.fenced.discard(key)
             workers = [self._new_worker(tp.topic, tp.partition) for tp in partitions]
-            for tp, worker, pos in zip(partitions, workers, recover_all(workers), strict=True):
-                tp.offset = pos if pos is not None else self._fresh_start
-                self.workers[(tp.topic, tp.partition)] = worker
+            outcomes = recover_each(workers)
+            failed = next((r.error for r in outcomes if r.error is not None
+                           and not isinstance(r.error, PartitionFenced)), None)
+            if failed is not None:
+                raise failed
+            for tp, r in zip(partitions, outcomes, strict=True):
+                if r.error is None:  # fenced ones: fetched from the committed offset, paused below
+                    tp.offset = r.position if r.position is not None else self._fresh_start
+                    self.workers[(tp.topic, tp.partition)] = r.worker
             if partitions:
                 self._take(consumer, partitions)
+            for r in outcomes:
+                if isinstance(r.error, PartitionFenced):
+                    self._fenced(r.worker, r.error)
             self.log.info("partitions assigned", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
         except BaseException as exc:  # surfaced from the poll loop; librdkafka would swallow it
             self._callback_error = exc
@@ -1225,14 +1234,20 @@ class GroupRunner(Runner):
         owned = {(tp.topic, tp.partition) for tp in self.consumer.assignment()}
         keys = [key for key in sorted(self.fenced) if key in owned and key not in self.workers]
         workers = [self._new_worker(*key) for key in keys]
-        for key, worker, pos in zip(keys, workers, recover_all(workers), strict=True):
-            self.workers[key] = worker
-            target = pos if pos is not None else self._fresh_start
+        outcomes = recover_each(workers)
+        self.fenced.clear()
+        for key, r in zip(keys, outcomes, strict=True):
+            if isinstance(r.error, PartitionFenced):  # fenced again: the group moved on meanwhile
+                self._fenced(r.worker, r.error)
+                continue
+            if r.error is not None:
+                raise r.error
+            self.workers[key] = r.worker
+            target = r.position if r.position is not None else self._fresh_start
             if target != _OFFSET_INVALID:  # (-X auto.offset.reset=error: librdkafka's own error)
                 self.consumer.seek(TopicPartition(key[0], key[1], target))
             self.consumer.resume([TopicPartition(*key)])
             self.log.info("fenced partition recovered after rebalance", topic=key[0], partition=key[1])
-        self.fenced.clear()
 
     # -- until caught up -------------------------------------------------------------------------
     def _done(self, now: float) -> int | None:

@@ -39,7 +39,9 @@ from typing import TypeVar
 from consumer.positions import OwnerThreadPositions
 from consumer.worker import PartitionWorker
 
-__all__ = ["CLOSE_THREADS", "RECOVERY_THREADS", "Closed", "close_all", "recover_all"]
+__all__ = [
+    "CLOSE_THREADS", "RECOVERY_THREADS", "Closed", "Recovered", "close_all", "recover_all", "recover_each",
+]
 
 #: Recoveries run side by side at most this many at a time (s3fs keeps 10 connections a client).
 RECOVERY_THREADS = 8
@@ -49,21 +51,48 @@ CLOSE_THREADS = 8
 _R = TypeVar("_R")
 
 
-def recover_all(workers: Sequence[PartitionWorker], threads: int | None = None) -> list[int | None]:
-    """``worker.recover()`` of each of ``workers``, side by side: their positions, in order.
+@dataclass(frozen=True)
+class Recovered:
+    """How one worker's :meth:`~consumer.worker.PartitionWorker.recover` went."""
+
+    worker: PartitionWorker
+    #: where the partition reads from (None: nothing committed or found, the fresh start)
+    position: int | None = None
+    #: what it raised (a fenced one: the member lost the partition while recovering it)
+    error: BaseException | None = None
+
+
+def recover_each(workers: Sequence[PartitionWorker], threads: int | None = None) -> list[Recovered]:
+    """``worker.recover()`` of each of ``workers``, side by side: how each went, in order.
 
     The committed offsets are read for all of them at once, on this thread, before the recoveries
-    start. Every recovery runs to its end even when another fails (each leaves its partition
-    consistent either way), then the failure of the first partition in ``workers``' order is
-    raised, as the loop one after another raised it.
-    """
+    start. Every recovery runs to its end even when another fails: each leaves its partition
+    consistent either way, and the caller decides per partition (a fenced one waits for the group
+    to settle, any other failure stops the run)."""
     threads = RECOVERY_THREADS if threads is None else threads
     if len(workers) <= 1 or threads <= 1:
-        return [w.recover() for w in workers]
+        return [_recovered(w, w.recover) for w in workers]
     with _positions_on_this_thread(workers) as calls:
         calls.prefetch([(w.topic, w.partition) for w in workers])
-        futures = _run_in_threads(calls, threads, [w.recover for w in workers])
+        futures = _run_in_threads(calls, threads, [partial(_recovered, w, w.recover) for w in workers])
     return [f.result() for f in futures]
+
+
+def _recovered(worker: PartitionWorker, recover: Callable[[], int | None]) -> Recovered:
+    try:
+        return Recovered(worker, position=recover())
+    except Exception as exc:  # a crash (BaseException) is not an outcome: it ends the process
+        return Recovered(worker, error=exc)
+
+
+def recover_all(workers: Sequence[PartitionWorker], threads: int | None = None) -> list[int | None]:
+    """:func:`recover_each`, for callers that stop at any failure: the positions, in order, or
+    the failure of the first partition in ``workers``' order, raised once every recovery ran."""
+    outcomes = recover_each(workers, threads)
+    for r in outcomes:
+        if r.error is not None:
+            raise r.error
+    return [r.position for r in outcomes]
 
 
 @dataclass(frozen=True)
