@@ -49,7 +49,8 @@ class PositionError(RuntimeError):
 class PositionStore(Protocol):
     def committed(self, topic: str, partition: int) -> int | None: ...
     def note(self, topic: str, partition: int) -> str:
-        """The note committed with the position :meth:`committed` last read ('' when none)."""
+        """The note of the position :meth:`committed` last read or :meth:`commit` last wrote
+        ('' when none)."""
         ...
     def commit(self, topic: str, partition: int, position: int, note: str = "") -> None: ...
 
@@ -181,6 +182,7 @@ class KafkaGroupPositions:
             if err is None:
                 with self._commits_lock:
                     self.commits += 1
+                    self._notes[(topic, partition)] = note
                 for hook in self.on_commit:
                     hook(topic, partition, position)
                 return

@@ -36,6 +36,7 @@ position and what S3 holds (see there); the worker carries the plan out.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import re
@@ -79,6 +80,7 @@ from consumer.positions import (
     ROLLED,
     STAGED,
     PartitionFenced,
+    PositionError,
     PositionStore,
     commit_note,
     note_output,
@@ -318,6 +320,16 @@ class PartitionWorker:
         t0 = self.clock()
         self.topic_id = self.shared.topic_id(self.topic, False) if self.shared.topic_id else None
         committed = self.positions.committed(self.topic, self.partition)
+        try:
+            return self._recover_from(t0, committed)
+        except IntegrityError as stop:
+            # What S3 holds may disagree with a position read before the member lost the
+            # partition: the new owner went on meanwhile. Only a member that still owns it stops.
+            with contextlib.suppress(PositionError):  # Kafka not answering: the stop stands
+                self._confirm_ownership(committed)
+            raise stop
+
+    def _recover_from(self, t0: float, committed: int | None) -> int | None:
         staged_here = committed is not None and self._committed_after_staging()
         faults.point("during_recovery")
         listing = self.store.list(self.layout.staging_dir(self.topic, self.partition))
@@ -358,6 +370,7 @@ class PartitionWorker:
         if plan.resume:
             resumed = self._resume(plan.resume, etags).start
         if plan.delete:
+            self._confirm_ownership(plan.commit if plan.commit is not None else committed)
             self.store.delete(list(plan.delete))
         return self._ready_at(
             plan.position,
@@ -481,6 +494,7 @@ class PartitionWorker:
             if bplan.resume:
                 self._resume(bplan.resume, etags)
         if deletes:
+            self._confirm_ownership(plan.commit if plan.commit is not None else committed)
             self.store.delete(deletes)
         return self._ready_at(
             plan.position,
@@ -522,6 +536,21 @@ class PartitionWorker:
         if plan.commit is not None:
             held = STAGED if any(p.to_pos == plan.commit for p in sources) else ROLLED
             self.positions.commit(self.topic, self.partition, plan.commit, self._note(held))
+
+    def _confirm_ownership(self, position: int | None) -> None:
+        """Before recovery deletes anything or stops the run: commit the group's position again
+        (``position``: the one read, or the one the plan adopted; None: nothing to confirm), as a
+        roll does before it publishes. A member can lose the partition while it recovers it
+        (kicked out when recovery outlasts max.poll.interval.ms, e.g. in an S3 brown-out); the new
+        owner may have staged and committed rows past the position read here since, and deleting
+        them as strays would lose them. In the same generation nobody else can have moved the
+        position; the commit of a member that lost the partition fails (PartitionFenced), and the
+        run pauses the partition until the group settles. With the note last read or written, so
+        the commit says what it said before."""
+        if position is None:
+            return
+        note = self.positions.note(self.topic, self.partition)
+        self.positions.commit(self.topic, self.partition, position, note)
 
     def _refuse_a_topic_recreated_since_recovery(self) -> None:
         """Before a flush writes anything: the topic must still be the one recovery found. A topic
