@@ -111,3 +111,38 @@ def test_no_fault_when_unset_or_unreached() -> None:
         assert proc.returncode == 0, (spec, proc.stderr)
         assert proc.stdout.splitlines()[-1] == "unflushed tailsurvived"
         assert "ATEXIT RAN" in proc.stderr
+
+
+def test_a_freeze_stops_the_process_at_the_point_until_sigcont_then_it_goes_on() -> None:
+    import signal
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k != "CONSUMER_FAULT"}
+    env["CONSUMER_FAULT"] = "x:2:freeze"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        state = ""
+        for _ in range(300):  # the process stops itself ('T' in /proc/<pid>/stat)
+            with open(f"/proc/{proc.pid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+            if state == "T":
+                break
+            time.sleep(0.05)
+        assert state == "T"
+        os.kill(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.splitlines()[:2] == ["reach 1", "reach 2"]  # frozen at the 2nd, then on: once only
+    assert out.splitlines()[-1] == "unflushed tailsurvived"
+    assert "FAULT x:2 — freezing now (SIGSTOP)" in err
+
+
+def test_arm_rejects_an_unknown_action(disarmed: None) -> None:
+    faults.arm("a:1:freeze")
+    assert faults._armed == {"a": 1} and faults._frozen == {"a"}
+    with pytest.raises(ValueError, match="unknown action 'pause'"):
+        faults.arm("a:1:pause")
