@@ -371,6 +371,86 @@ def test_zombie_member_is_fenced_and_corrupts_nothing(
     assert proof.records == feeder.total
 
 
+def _frozen(pid: int) -> bool:
+    """Whether the process stopped itself (state 'T' in /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0] == "T"
+
+
+def test_a_member_frozen_in_its_recovery_leaves_the_new_owner_s_rows_alone(
+    stack: Any, s3: Any, make_topic: Callable[..., str], unique_prefix: str, tmp_path: Path
+) -> None:
+    """A member stops dead in the middle of recovering its assignment (SIGSTOP at the
+    ``during_recovery`` point: it has read the committed positions, it has not listed S3 yet),
+    past the session timeout. Another member takes every partition over, stages rows past those
+    positions and commits them. Then the first one is thawed and goes on with its recovery from
+    the positions it read: the new owner's pieces look like strays past them. It must find out
+    that the partitions are no longer its own before it deletes anything (it deleted them; the next
+    recovery then stopped with status 5, the rows in no file)."""
+    topic = make_topic(partitions=PARTITIONS, prefix="frozen-recovery")
+    group = unique("g-frozen-recovery")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    args = (*SMALL, *FAST_EVICTION)
+    everything = {f"{topic}[{p}]" for p in range(PARTITIONS)}
+    feeder = Feeder(stack.kafka_bootstrap, topic, chunk=200, pause=0.4, seed=2)
+    feeder.produce(1_000)
+    members: list[Running] = []
+    t0 = time.monotonic()
+    try:
+        # Every partition staged and committed, no file rolled yet (250 rows each, files of 500).
+        first = start_consumer(topic, group, out, *args)
+        members.append(first)
+        wait_until(lambda: durable_partitions(first.events()) == everything, 90, "the first member writing",
+                   members)  # fmt: skip
+        assert first.stop(signal.SIGTERM, timeout=90) == 0, first.log()[-3000:]
+        zombie = start_consumer(topic, group, out, *args, env={"CONSUMER_FAULT": "during_recovery:1:freeze"})
+        members.append(zombie)
+        wait_until(lambda: _frozen(zombie.proc.pid), 90, "the member freezing in its recovery", [zombie])
+        frozen_at = time.monotonic()
+        feeder.start()
+        owner = start_consumer(topic, group, out, *args)
+        members.append(owner)
+
+        # The owner's row groups start at 250, the positions the frozen member read: past them.
+        wait_until(lambda: durable_partitions(owner.events()) == everything, 90,
+                   "the new owner writing every partition", [owner])  # fmt: skip
+        frozen_s = time.monotonic() - frozen_at
+        mark = len(zombie.events())
+        os.kill(zombie.proc.pid, signal.SIGCONT)
+
+        def noticed() -> bool:
+            return any(e.get("event") in NOTICED for e in zombie.events()[mark:])
+
+        wait_until(noticed, 60, "the thawed member noticing it lost its partitions", [zombie, owner])
+        time.sleep(4)  # records keep coming with both members in the group
+        feeder.stop()
+        codes = [m.stop(signal.SIGTERM, timeout=90) for m in (zombie, owner)]
+    finally:
+        reap(members)
+        with contextlib.suppress(AssertionError, RuntimeError):  # (RuntimeError: never started)
+            feeder.stop()
+    assert codes == [0, 0], (codes, [m.log()[-3000:] for m in (zombie, owner)])
+    after = zombie.events()[mark:]
+    fenced = [e for e in after if e.get("event") == "partition fenced: pausing it until the group settles"]
+    proof = finish_and_prove(
+        stack,
+        s3,
+        topic,
+        group,
+        unique_prefix,
+        tmp_path,
+        feeder.counts,
+        args,
+        f"SIGSTOP a member inside its recovery (positions read, S3 not listed) for {frozen_s:.0f}s "
+        "(session timeout 6s) while another member takes over and writes, then SIGCONT",
+        "member frozen mid-recovery",
+        fenced_recoveries=len(fenced),
+        zombie_errors_after_thaw=[e["error"] for e in after if "error" in e][:5],
+        seconds_before_final_run=round(time.monotonic() - t0, 1),
+    )
+    assert proof.records == feeder.total
+
+
 BUCKETED = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--max-open-buckets", "3",
             "--bucket-grace", "2h")
 
