@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import threading
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 from unittest.mock import patch
 
@@ -28,7 +29,18 @@ from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryStore, memory_runner
 
 PARTITIONS = 3
-CONFIG: dict[str, Any] = {"row_group_rows": 4, "file_rows": 10, "batch_size": 5}
+CONFIGS: dict[str, dict[str, Any]] = {
+    "plain": {"row_group_rows": 4, "file_rows": 10, "batch_size": 5},
+    # Each partition's records spread over three hours, shuffled: up to three files open at once.
+    "bucketed": {
+        "row_group_rows": 4,
+        "file_rows": 6,
+        "batch_size": 5,
+        "partition_by": "dt={ts:%Y-%m-%d}/hr={ts:%H}",
+        "max_open_buckets": 2,
+        "bucket_grace": 86400.0,
+    },
+}
 WAIT = 30.0  # seconds a member may take from one consume() to the next: more is a hang
 
 
@@ -111,8 +123,9 @@ def _produce(broker: MemoryBroker, produced: list[int], partition: int, n: int) 
     schema = parsed_schema("page_view")
     for _ in range(n):
         i = produced[partition]
-        broker.produce("t", encode_raw(schema, make_record("page_view", partition * 1000 + i)),
-                       partition=partition, key=b"k")  # fmt: skip
+        record = make_record("page_view", partition * 1000 + i)
+        record["ts"] += timedelta(hours=i * 7 % 3)  # the plain layout ignores it
+        broker.produce("t", encode_raw(schema, record), partition=partition, key=b"k")
         produced[partition] += 1
 
 
@@ -140,25 +153,48 @@ step = st.one_of(
 
 
 @settings(max_examples=60, deadline=None)
-@given(steps=st.lists(step, min_size=4, max_size=50))
+@given(steps=st.lists(step, min_size=4, max_size=50), layout=st.sampled_from(sorted(CONFIGS)))
 # Found by this test. A member (1) is paused while it recovers p1, having read the committed
 # position 4 (or 5); the group moves on without it, and the other member stages and commits p1 to
 # 9 (or rolls it to 10). Member 1 then went on from what it had read: it deleted the new pieces
 # as strays past 4 (the next run stopped: "committed 9, staged here, nothing reaches it"), or took
 # the final file past 5 for an operator's reset backwards and stopped with status 5. Now it
 # confirms that it still owns the partition before it deletes or stops (a commit, fenced here).
-@example(steps=[("produce", 1, 5), ("turn", 0, 1), ("join", 0, 0), ("expel", 0, 0), ("produce", 1, 4),
-                ("pause_at_request", 1, 5)])  # fmt: skip
-@example(steps=[("produce", 1, 1), ("stop", 0, 0), ("join", 0, 0), ("produce", 1, 5), ("turn", 0, 1),
-                ("join", 0, 0), ("expel", 0, 0), ("produce", 1, 4), ("pause_at_request", 1, 5)])  # fmt: skip
+@example(
+    steps=[
+        ("produce", 1, 5),
+        ("turn", 0, 1),
+        ("join", 0, 0),
+        ("expel", 0, 0),
+        ("produce", 1, 4),
+        ("pause_at_request", 1, 5),
+    ],
+    layout="plain",
+)
+@example(
+    steps=[
+        ("produce", 1, 1),
+        ("stop", 0, 0),
+        ("join", 0, 0),
+        ("produce", 1, 5),
+        ("turn", 0, 1),
+        ("join", 0, 0),
+        ("expel", 0, 0),
+        ("produce", 1, 4),
+        ("pause_at_request", 1, 5),
+    ],
+    layout="plain",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
-@example(steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)])
-def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]]) -> None:
-    with (patch.object(side_by_side, "RECOVERY_THREADS", 1), patch.object(side_by_side, "CLOSE_THREADS", 1)):
-        _history(steps)  # one thread per member: each S3 request is known to be its own
+@example(
+    steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"
+)
+def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
+    with patch.object(side_by_side, "RECOVERY_THREADS", 1), patch.object(side_by_side, "CLOSE_THREADS", 1):
+        _history(steps, CONFIGS[layout])  # one thread per member: each S3 request is known to be its own
 
 
-def _history(steps: list[tuple[str, int, int]]) -> None:
+def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     broker, store, clock = MemoryBroker(), MemoryStore(), Clock()
     broker.create_topic("t", PARTITIONS)
     produced = [0] * PARTITIONS
@@ -173,7 +209,7 @@ def _history(steps: list[tuple[str, int, int]]) -> None:
     store.on_op = on_op
 
     def join() -> Member:
-        m = Member(memory_runner(broker, store, clock=clock, **CONFIG), threads=threads)
+        m = Member(memory_runner(broker, store, clock=clock, **config), threads=threads)
         members.append(m)
         m.start()
         return m
@@ -211,8 +247,9 @@ def _history(steps: list[tuple[str, int, int]]) -> None:
             if m.alive:
                 m.stop()
                 assert m.status == EXIT_OK
-        last = Member(memory_runner(broker, store, clock=clock, until_caught_up=True, **CONFIG),
-                      threads=threads)  # fmt: skip
+        last = Member(
+            memory_runner(broker, store, clock=clock, until_caught_up=True, **config), threads=threads
+        )
         last.start()
         while last.thread is not None and last.thread.is_alive():
             last.turn()
