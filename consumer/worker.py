@@ -322,11 +322,19 @@ class PartitionWorker:
         committed = self.positions.committed(self.topic, self.partition)
         try:
             return self._recover_from(t0, committed)
-        except IntegrityError as stop:
+        except (IntegrityError, FileNotFoundError) as stop:
             # What S3 holds may disagree with a position read before the member lost the
-            # partition: the new owner went on meanwhile. Only a member that still owns it stops.
+            # partition: the new owner went on meanwhile (wrote past it, or rolled and deleted the
+            # pieces listed here). Only a member that still owns the partition stops.
             with contextlib.suppress(PositionError):  # Kafka not answering: the stop stands
                 self._confirm_ownership(committed)
+            if isinstance(stop, FileNotFoundError):
+                raise IntegrityError(
+                    f"{self.where}: an object recovery listed a moment ago is gone ({stop}), and this "
+                    "member still owns the partition: something else deletes under the prefix (a "
+                    "second consumer group or replay writing to it, a lifecycle rule on _staging/). "
+                    "Stop it; the next run recovers from what S3 holds then."
+                ) from stop
             raise stop
 
     def _recover_from(self, t0: float, committed: int | None) -> int | None:

@@ -185,6 +185,24 @@ step = st.one_of(
     ],
     layout="plain",
 )
+# A member held in its recovery (it had listed p1's pieces) while another rolled the bucket's file
+# and deleted them: reading them ended the run as an unexpected error (FileNotFoundError).
+@example(
+    steps=[
+        ("produce", 0, 3),
+        ("produce", 1, 3),
+        ("join", 0, 0),
+        ("expel", 1, 0),
+        ("turn", 0, 1),
+        ("join", 0, 0),
+        ("join", 0, 0),
+        ("stop", 0, 0),
+        ("pause_at_request", 2, 4),
+        ("stop", 0, 0),
+        ("expel", 0, 0),
+    ],
+    layout="bucketed",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"
