@@ -247,6 +247,7 @@ class PartitionWorker:
         self.options = WriterOptions(compression=config.compression)
         self.state = PartitionState.NEW
         self.committed: int | None = None  # durable and committed: every position below is in S3
+        self._group_position: int | None = None  # during recovery: the group's, as last read or written
         self.next_pos: int | None = None  # position after the last record appended
         #: Kafka's view of the partition, noted by the runner's loop thread for the metrics (a
         #: scrape never calls the Kafka client; the protocol never reads these): the log end
@@ -320,6 +321,7 @@ class PartitionWorker:
         t0 = self.clock()
         self.topic_id = self.shared.topic_id(self.topic, False) if self.shared.topic_id else None
         committed = self.positions.committed(self.topic, self.partition)
+        self._group_position = committed
         try:
             return self._recover_from(t0, committed)
         except (IntegrityError, FileNotFoundError) as stop:
@@ -327,7 +329,7 @@ class PartitionWorker:
             # partition: the new owner went on meanwhile (wrote past it, or rolled and deleted the
             # pieces listed here). Only a member that still owns the partition stops.
             with contextlib.suppress(PositionError):  # Kafka not answering: the stop stands
-                self._confirm_ownership(committed)
+                self._confirm_ownership()
             if isinstance(stop, FileNotFoundError):
                 raise IntegrityError(
                     f"{self.where}: an object recovery listed a moment ago is gone ({stop}), and this "
@@ -378,7 +380,7 @@ class PartitionWorker:
         if plan.resume:
             resumed = self._resume(plan.resume, etags).start
         if plan.delete:
-            self._confirm_ownership(plan.commit if plan.commit is not None else committed)
+            self._confirm_ownership()
             self.store.delete(list(plan.delete))
         return self._ready_at(
             plan.position,
@@ -502,7 +504,7 @@ class PartitionWorker:
             if bplan.resume:
                 self._resume(bplan.resume, etags)
         if deletes:
-            self._confirm_ownership(plan.commit if plan.commit is not None else committed)
+            self._confirm_ownership()
             self.store.delete(deletes)
         return self._ready_at(
             plan.position,
@@ -544,10 +546,11 @@ class PartitionWorker:
         if plan.commit is not None:
             held = STAGED if any(p.to_pos == plan.commit for p in sources) else ROLLED
             self.positions.commit(self.topic, self.partition, plan.commit, self._note(held))
+            self._group_position = plan.commit
 
-    def _confirm_ownership(self, position: int | None) -> None:
+    def _confirm_ownership(self) -> None:
         """Before recovery deletes anything or stops the run: commit the group's position again
-        (``position``: the one read, or the one the plan adopted; None: nothing to confirm), as a
+        (the one read, or the one the plan adopted and committed; none: nothing to confirm), as a
         roll does before it publishes. A member can lose the partition while it recovers it
         (kicked out when recovery outlasts max.poll.interval.ms, e.g. in an S3 brown-out); the new
         owner may have staged and committed rows past the position read here since, and deleting
@@ -555,10 +558,10 @@ class PartitionWorker:
         position; the commit of a member that lost the partition fails (PartitionFenced), and the
         run pauses the partition until the group settles. With the note last read or written, so
         the commit says what it said before."""
-        if position is None:
+        if self._group_position is None:
             return
         note = self.positions.note(self.topic, self.partition)
-        self.positions.commit(self.topic, self.partition, position, note)
+        self.positions.commit(self.topic, self.partition, self._group_position, note)
 
     def _refuse_a_topic_recreated_since_recovery(self) -> None:
         """Before a flush writes anything: the topic must still be the one recovery found. A topic
