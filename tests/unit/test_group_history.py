@@ -1,8 +1,9 @@
 """A consumer group's bad day, drawn by hypothesis: members join, leave, are killed (kill -9),
 expelled by the coordinator, or held in the middle of a recovery, a flush or a roll (before any S3
-request) while the others go on — a zombie that wakes up later — and records keep arriving on
-several partitions. Whatever the order, once the survivors stop and one member catches up, every
-offset is in exactly one final file, and no member stopped with an error.
+request) while the others go on — a zombie that wakes up later — or stopped by an S3 call that
+keeps failing, and records keep arriving on several partitions. Whatever the order, once the
+survivors stop and one member catches up, every offset is in exactly one final file, and no member
+stopped with an error other than S3's.
 
 The members are real :class:`~consumer.runner.GroupRunner` loops on the in-memory broker and
 store, each on its own thread, taking turns: a member runs until its next ``consume()`` (or its
@@ -24,8 +25,9 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from consumer import side_by_side
-from consumer.errors import EXIT_OK
+from consumer.errors import EXIT_OK, EXIT_STORAGE
 from consumer.samples import encode_raw, make_record, parsed_schema
+from consumer.storage import TransientStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryStore, memory_runner
 
 PARTITIONS = 3
@@ -41,6 +43,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "bucket_grace": 86400.0,
     },
 }
+#: How a member may end: on its stop, or on its own when S3 keeps failing (the group goes on).
+ENDED_WELL = (EXIT_OK, EXIT_STORAGE)
 WAIT = 30.0  # seconds a member may take from one consume() to the next: more is a hang
 
 
@@ -149,6 +153,7 @@ step = st.one_of(
     st.tuples(st.just("kill"), st.integers(0, 3), st.just(0)),
     st.tuples(st.just("expel"), st.integers(0, 3), st.just(0)),
     st.tuples(st.just("pause_at_request"), st.integers(0, 3), st.integers(1, 8)),
+    st.tuples(st.just("s3_error"), st.just(0), st.integers(1, 12)),
 )
 
 
@@ -218,11 +223,19 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     produced = [0] * PARTITIONS
     members: list[Member] = []
     threads: dict[int, Member] = {}
+    fail_in: list[int] = []  # the n-th outermost store call from now fails, whoever makes it
 
-    def on_op(_op: str, _key: str) -> None:
+    def on_op(op: str, _key: str) -> None:
+        if store.inside_a_call():  # a call's own requests: part of it
+            return
         m = threads.get(threading.get_ident())
-        if m is not None and not store.inside_a_call():  # a call's own requests: part of it
+        if m is not None:
             m.on_request()
+        if fail_in:
+            fail_in[0] -= 1
+            if fail_in[0] == 0:
+                fail_in.clear()
+                raise TransientStorageError(f"injected: S3 kept failing {op} (retries exhausted)")
 
     store.on_op = on_op
 
@@ -250,7 +263,9 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 m.turn(b)
             elif kind == "stop":
                 m.stop()
-                assert m.status == EXIT_OK
+                assert m.status in ENDED_WELL
+            elif kind == "s3_error":  # an S3 outage outlasting the retries, for one call
+                fail_in[:] = [b]
             elif kind == "kill":  # kill -9: it never runs again, and the coordinator expels it
                 m.killed = True
                 broker.expire(m.runner.consumer)
@@ -259,12 +274,14 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             elif kind == "pause_at_request":  # park it mid-flush or mid-roll: the others go on
                 m.pause_in = b
                 m.turn()
+        fail_in.clear()
         for m in members:
             m.pause_in = None
         for m in members:
             if m.alive:
                 m.stop()
-                assert m.status == EXIT_OK
+                assert m.status in ENDED_WELL
+        assert all(m.status in ENDED_WELL for m in members if not m.killed), [m.status for m in members]
         last = Member(
             memory_runner(broker, store, clock=clock, until_caught_up=True, **config), threads=threads
         )
