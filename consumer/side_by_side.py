@@ -71,16 +71,16 @@ def recover_each(workers: Sequence[PartitionWorker], threads: int | None = None)
     to settle, any other failure stops the run)."""
     threads = RECOVERY_THREADS if threads is None else threads
     if len(workers) <= 1 or threads <= 1:
-        return [_recovered(w, w.recover) for w in workers]
+        return [_recovered(w) for w in workers]
     with _positions_on_this_thread(workers) as calls:
         calls.prefetch([(w.topic, w.partition) for w in workers])
-        futures = _run_in_threads(calls, threads, [partial(_recovered, w, w.recover) for w in workers])
+        futures = _run_in_threads(calls, threads, [partial(_recovered, w) for w in workers])
     return [f.result() for f in futures]
 
 
-def _recovered(worker: PartitionWorker, recover: Callable[[], int | None]) -> Recovered:
+def _recovered(worker: PartitionWorker) -> Recovered:
     try:
-        return Recovered(worker, position=recover())
+        return Recovered(worker, position=worker.recover())
     except Exception as exc:  # a crash (BaseException) is not an outcome: it ends the process
         return Recovered(worker, error=exc)
 

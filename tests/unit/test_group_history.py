@@ -113,11 +113,16 @@ class Member:
             self._wait()
 
     def stop(self) -> None:
+        """SIGTERM, then let it run to its end."""
         self.runner.request_stop()
+        self.run_to_end()
+
+    def run_to_end(self) -> None:
         while self.thread is not None and self.thread.is_alive():
             self.go.release()
             self._wait()
-        self.thread.join(WAIT) if self.thread else None
+        if self.thread is not None:
+            self.thread.join(WAIT)
 
     def _wait(self) -> None:
         assert self.parked.acquire(timeout=WAIT), "a member did not reach its next consume()"
@@ -286,8 +291,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             memory_runner(broker, store, clock=clock, until_caught_up=True, **config), threads=threads
         )
         last.start()
-        while last.thread is not None and last.thread.is_alive():
-            last.turn()
+        last.run_to_end()
         assert last.status == EXIT_OK
         assert _final_offsets(store) == {p: list(range(produced[p])) for p in range(PARTITIONS)}
     finally:
