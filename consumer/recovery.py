@@ -459,6 +459,9 @@ def plan_bucketed_recovery(
       bucket's newest final file is the owner's (any chain to ``C`` holds that bucket's rows of
       ``[start, C)``, so an other one is a subset of it).
     * A file with a piece ending at ``C`` but no chain to it lost a piece: stop (status 5).
+    * No open file chaining to ``C``, nothing rolled reaching it, and a piece of an open file with
+      ``C`` strictly inside: an offset reset backwards into a row group, as in the plain layout
+      (stop, status 5, nothing changed), not a zombie's leftovers.
     * ``staged_here`` (the commit's note: its rows were staged in this output) with no open file
       reaching ``C`` and no rolled file either: the newest pieces were deleted by someone else,
       as in the plain layout (stop, status 5). A whole bucket file deleted while another still
@@ -514,6 +517,13 @@ def plan_bucketed_recovery(
         ends = [c[-1].to_pos for k, v in committed_pieces.items() if (c := _longest_chain(v, k[1]))]
         if ends:
             anchor = max(ends)
+    if anchor != pos and (high_water is None or high_water < pos):
+        # No open file reaches C and no rolled file holds the rows below it: as in the plain
+        # layout, a piece of an open file with C strictly inside is the owner's row group and C a
+        # reset backwards to no boundary. Taking its files for a zombie's leftovers deleted rows
+        # below C (found by tests/unit/test_group_history.py).
+        for (bucket, _start), v in sorted(open_files.items()):
+            _refuse_a_position_inside_a_piece(f"{where} bucket {bucket}", pos, v, set())
     delete: list[str] = []
     plans: dict[str, RecoveryPlan] = {}
     orphans = 0

@@ -291,6 +291,24 @@ def test_a_bucketed_position_committed_after_staging_stops_at_a_piece_that_only_
                                staged_here=True)
 
 
+def test_a_bucketed_reset_backwards_into_a_row_group_stops_and_changes_nothing() -> None:
+    """As in the plain layout: an offset moved back strictly inside the staged row groups of the
+    open bucket files stops the run, naming both boundaries. It used to take those files for a
+    zombie's leftovers (nothing chained to the position), delete them, and lose the rows below the
+    position (found by tests/unit/test_group_history.py); a boundary goes on as before."""
+    pieces = [replace(p, bucket=b) for b in ("hr=08", "hr=09") for p in chain(0, 2, 4)]
+    with pytest.raises(IntegrityError, match=r"position 1 is inside the durable row group \[0, 2\)"):
+        plan_bucketed_recovery(1, pieces, [], [], {}, None)
+    with pytest.raises(IntegrityError, match=r"position 3 is inside the durable row group \[2, 4\)"):
+        plan_bucketed_recovery(3, pieces, [], [], {}, None, staged_here=True)
+    at_a_boundary = plan_bucketed_recovery(2, pieces, [], [], {}, None)
+    assert at_a_boundary.position == 2
+    assert {p.to_pos for b in at_a_boundary.buckets.values() for p in b.resume} == {2}
+    # Past everything a rolled file holds, the same; at the rolled end, a zombie's piece across it goes.
+    zombie = [replace(piece(1, 1, 4), bucket="hr=09")]
+    assert plan_bucketed_recovery(2, zombie, [], [], {}, 2).delete == (zombie[0].key,)
+
+
 @pytest.mark.parametrize(
     ("view", "how"),
     [
