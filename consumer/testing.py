@@ -274,6 +274,11 @@ class MemoryStore:
         with self._lock:
             self._faults.add(op, exc, times, after)
 
+    def disarm(self) -> None:
+        """Forget every failure :meth:`fail_next` armed that has not fired yet (the outage is over)."""
+        with self._lock:
+            self._faults.armed.clear()
+
     def etag(self, key: str) -> str:
         """The object's ETag (unquoted); KeyError if absent."""
         data = self.objects[key]

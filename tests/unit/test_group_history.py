@@ -1,9 +1,12 @@
 """A consumer group's bad day, drawn by hypothesis: members join, leave, are killed (kill -9),
 expelled by the coordinator, or held in the middle of a recovery, a flush or a roll (before any S3
 request) while the others go on — a zombie that wakes up later — or stopped by an S3 call that
-keeps failing, and records keep arriving on several partitions. Whatever the order, once the
-survivors stop and one member catches up, every offset is in exactly one final file, and no member
-stopped with an error other than S3's.
+keeps failing or whose reply is lost after it took effect, or by a Kafka commit that fails (before
+or after the coordinator took it); an operator stops the group and resets a partition's offset
+(expired, moved to the latest, re-set where it is without the consumer's note); and records keep
+arriving on several partitions. Whatever the order, once the survivors stop and one member catches
+up, every offset is in exactly one final file (but those an operator's reset to the latest skipped,
+which are in at most one), and no member stopped with an error other than the injected ones.
 
 The members are real :class:`~consumer.runner.GroupRunner` loops on the in-memory broker and
 store, each on its own thread, taking turns: a member runs until its next ``consume()`` (or its
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import io
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -25,7 +29,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from consumer import side_by_side
-from consumer.errors import EXIT_OK, EXIT_STORAGE
+from consumer.errors import EXIT_FATAL, EXIT_OK, EXIT_STORAGE
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import TransientStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryStore, memory_runner
@@ -45,6 +49,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
 }
 #: How a member may end: on its stop, or on its own when S3 keeps failing (the group goes on).
 ENDED_WELL = (EXIT_OK, EXIT_STORAGE)
+#: ... and one whose commit the coordinator refused for good (not a fencing) ends with status 5.
+REFUSED_COMMIT = (*ENDED_WELL, EXIT_FATAL)
 WAIT = 30.0  # seconds a member may take from one consume() to the next: more is a hang
 
 
@@ -55,6 +61,38 @@ class Clock:
         return 1000.0
 
 
+class Broker(MemoryBroker):
+    """The memory broker, whose ``n``-th commit from now fails as a drawn step says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail_commit: list[int] = []  # [commits to go, how]
+        self.on_refused: Any = lambda: None  # called on the thread whose commit is refused for good
+
+    def _commit(self, consumer: MemoryConsumer, offsets: Sequence[Any]) -> None:
+        from confluent_kafka import KafkaError, KafkaException
+
+        if self.fail_commit:
+            self.fail_commit[0] -= 1
+            if self.fail_commit[0] == 0:
+                how = self.fail_commit[1]
+                self.fail_commit.clear()
+                if how == COMMIT_UNAVAILABLE:  # the coordinator moves: retried
+                    moved = KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE, "injected", retriable=True)
+                    raise KafkaException(moved)
+                if how == COMMIT_TOOK_EFFECT:  # the coordinator took it, the reply said otherwise
+                    super()._commit(consumer, offsets)
+                self.on_refused()
+                refused = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "injected", retriable=False)
+                raise KafkaException(refused)
+        super()._commit(consumer, offsets)
+
+
+COMMIT_UNAVAILABLE, COMMIT_REFUSED, COMMIT_TOOK_EFFECT = range(3)
+#: An operator's reset of one partition's offset, with the group stopped.
+RESET_EXPIRED, RESET_TO_LATEST, RESET_TO_CURRENT = range(3)
+
+
 @dataclass
 class Member:
     """One runner on its own thread, parked at the start of each ``consume()`` until let go."""
@@ -63,6 +101,8 @@ class Member:
     go: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     parked: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     killed: bool = False
+    refused: bool = False  # a commit of its was refused for good: it may end with status 5
+    refuses_reset: bool = False  # it ended with status 5 on an operator's reset backwards
     status: int | None = None
     thread: threading.Thread | None = None
     pause_in: int | None = None  # park before its n-th S3 request from now (in a flush, a roll)
@@ -116,6 +156,11 @@ class Member:
         """SIGTERM, then let it run to its end."""
         self.runner.request_stop()
         self.run_to_end()
+        assert self.ended_well, self.status
+
+    @property
+    def ended_well(self) -> bool:
+        return self.status in (REFUSED_COMMIT if self.refused or self.refuses_reset else ENDED_WELL)
 
     def run_to_end(self) -> None:
         while self.thread is not None and self.thread.is_alive():
@@ -136,6 +181,11 @@ def _produce(broker: MemoryBroker, produced: list[int], partition: int, n: int) 
         record["ts"] += timedelta(hours=i * 7 % 3)  # the plain layout ignores it
         broker.produce("t", encode_raw(schema, record), partition=partition, key=b"k")
         produced[partition] += 1
+
+
+def _objects_of(store: MemoryStore, partition: int) -> dict[str, bytes]:
+    """Every object of ``partition``: final files, staged pieces and markers."""
+    return {k: v for k, v in store.objects.items() if f"/partition={partition}/" in k}
 
 
 def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:
@@ -159,6 +209,10 @@ step = st.one_of(
     st.tuples(st.just("expel"), st.integers(0, 3), st.just(0)),
     st.tuples(st.just("pause_at_request"), st.integers(0, 3), st.integers(1, 8)),
     st.tuples(st.just("s3_error"), st.just(0), st.integers(1, 12)),
+    st.tuples(st.just("s3_lost_reply"), st.just(0), st.integers(1, 12)),
+    st.tuples(st.just("commit_fails"), st.integers(0, 2), st.integers(1, 3)),
+    st.tuples(st.just("reset"), st.integers(0, PARTITIONS - 1), st.integers(0, 2)),
+    st.tuples(st.just("reset_back"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
 )
 
 
@@ -213,6 +267,12 @@ step = st.one_of(
     ],
     layout="bucketed",
 )
+# An operator moved the offset back from 2 to 1, inside the row group [0, 2) of two open bucket
+# files: recovery took both files for a zombie's leftovers, deleted them and lost offset 0. It
+# stops now (status 5, nothing changed), as the plain layout does.
+@example(
+    steps=[("join", 0, 0), ("produce", 0, 1), ("produce", 0, 1), ("reset_back", 0, 1)], layout="bucketed"
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"
@@ -223,12 +283,14 @@ def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int,
 
 
 def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
-    broker, store, clock = MemoryBroker(), MemoryStore(), Clock()
+    broker, store, clock = Broker(), MemoryStore(), Clock()
     broker.create_topic("t", PARTITIONS)
     produced = [0] * PARTITIONS
+    skipped: list[set[int]] = [set() for _ in range(PARTITIONS)]  # by an operator's reset forwards
     members: list[Member] = []
     threads: dict[int, Member] = {}
     fail_in: list[int] = []  # the n-th outermost store call from now fails, whoever makes it
+    lose_in: list[int] = []  # ... takes effect, and then its reply is lost
 
     def on_op(op: str, _key: str) -> None:
         if store.inside_a_call():  # a call's own requests: part of it
@@ -236,13 +298,24 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         m = threads.get(threading.get_ident())
         if m is not None:
             m.on_request()
+        if lose_in:
+            lose_in[0] -= 1
+            if lose_in[0] == 0:
+                lose_in.clear()
+                store.fail_next(op, TransientStorageError(f"injected: {op}'s replies were lost"), after=True)
         if fail_in:
             fail_in[0] -= 1
             if fail_in[0] == 0:
                 fail_in.clear()
                 raise TransientStorageError(f"injected: S3 kept failing {op} (retries exhausted)")
 
+    def on_refused() -> None:
+        m = threads.get(threading.get_ident())
+        assert m is not None, "a commit off its member's thread"
+        m.refused = True
+
     store.on_op = on_op
+    broker.on_refused = on_refused
 
     def join() -> Member:
         m = Member(memory_runner(broker, store, clock=clock, **config), threads=threads)
@@ -254,6 +327,13 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         alive = [m for m in members if m.alive]
         return alive[i % len(alive)] if alive else None
 
+    def stop_all() -> None:
+        for m in members:
+            m.pause_in = None
+        for m in members:
+            if m.alive:
+                m.stop()
+
     try:
         join()
         for kind, a, b in steps:
@@ -262,15 +342,48 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 _produce(broker, produced, a, b)
             elif kind == "join":
                 join()
+            elif kind == "s3_error":  # an S3 outage outlasting the retries, for one call
+                fail_in[:] = [b]
+            elif kind == "s3_lost_reply":  # ... for the replies of one call that went through
+                lose_in[:] = [b]
+            elif kind == "commit_fails":
+                broker.fail_commit[:] = [b, a]
+            elif kind == "reset":  # the operator stops the group, resets a partition, starts it again
+                stop_all()
+                committed = broker.committed_offset("g", "t", a)
+                if b == RESET_EXPIRED:  # offsets.retention.minutes passed
+                    broker.reset_offsets("g", "t", a, None)
+                elif b == RESET_TO_LATEST:  # skip the backlog: what S3 did not hold yet is skipped
+                    broker.reset_offsets("g", "t", a, produced[a])
+                    skipped[a].update(range(committed or 0, produced[a]))
+                elif committed is not None:  # --to-current: where it is, without the consumer's note
+                    broker.reset_offsets("g", "t", a, committed)
+                join()
+            elif kind == "reset_back":  # to export some records again: refused, or read again
+                stop_all()
+                committed = broker.committed_offset("g", "t", a)
+                if committed:
+                    before = _objects_of(store, a)
+                    broker.reset_offsets("g", "t", a, b % committed)
+                    fail_in.clear()  # no injected failure ends this run before its recovery has
+                    lose_in.clear()  # decided (the operator watches it)
+                    store.disarm()
+                    broker.fail_commit.clear()
+                    m = join()
+                    m.turn(2)  # it recovers its partitions
+                    if m.status == EXIT_FATAL:  # refused before anything of the partition changed
+                        m.refuses_reset = True
+                        assert _objects_of(store, a) == before, "a refused reset changed the partition"
+                        broker.reset_offsets("g", "t", a, committed)  # the operator undoes it
+                        join()
+                else:
+                    join()
             elif m is None:
                 continue
             elif kind == "turn":
                 m.turn(b)
             elif kind == "stop":
                 m.stop()
-                assert m.status in ENDED_WELL
-            elif kind == "s3_error":  # an S3 outage outlasting the retries, for one call
-                fail_in[:] = [b]
             elif kind == "kill":  # kill -9: it never runs again, and the coordinator expels it
                 m.killed = True
                 broker.expire(m.runner.consumer)
@@ -280,20 +393,22 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 m.pause_in = b
                 m.turn()
         fail_in.clear()
-        for m in members:
-            m.pause_in = None
-        for m in members:
-            if m.alive:
-                m.stop()
-                assert m.status in ENDED_WELL
-        assert all(m.status in ENDED_WELL for m in members if not m.killed), [m.status for m in members]
+        lose_in.clear()
+        store.disarm()
+        broker.fail_commit.clear()
+        stop_all()
+        assert all(m.ended_well for m in members if not m.killed), [m.status for m in members]
         last = Member(
             memory_runner(broker, store, clock=clock, until_caught_up=True, **config), threads=threads
         )
         last.start()
         last.run_to_end()
         assert last.status == EXIT_OK
-        assert _final_offsets(store) == {p: list(range(produced[p])) for p in range(PARTITIONS)}
+        found = _final_offsets(store)
+        for p in range(PARTITIONS):
+            assert len(found[p]) == len(set(found[p])), f"p{p}: an offset in two final files"
+            assert set(found[p]) <= set(range(produced[p]))
+            assert set(range(produced[p])) - skipped[p] <= set(found[p]), f"p{p}: offsets in no final file"
     finally:
         for m in members:
             if m.thread is not None and m.thread.is_alive():
