@@ -67,13 +67,16 @@ def reset_offset(admin: Any, group: str, topic: str, to: int) -> None:
     )[group].result(timeout=30)
 
 
-def three_staged_row_groups(stack: Any, make_topic: Any, prefix: str) -> tuple[str, str, str]:
+def three_staged_row_groups(
+    stack: Any, make_topic: Any, prefix: str, *args: str, spread_hours: int = 0
+) -> tuple[str, str, str]:
     """A one-partition topic of 3,000 records whose consumer stopped with row groups [0, 1000),
-    [1000, 2000) and [2000, 3000) committed into its open file: (topic, group, output)."""
+    [1000, 2000) and [2000, 3000) committed into its open file (or, with ``spread_hours`` and
+    ``--partition-by``, into each hour's): (topic, group, output)."""
     topic, group = make_topic(partitions=1), unique("g")
     out = output(stack, prefix)
-    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1)
-    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
+    produce(stack.kafka_bootstrap, topic, "page_view", 3000, partitions=1, spread_hours=spread_hours)
+    run = start_consumer(topic, group, out, "--row-group-rows", "1000", *args)
     run.wait_for(
         lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 3000 for e in ev),
         what="3000 rows committed",
@@ -135,6 +138,32 @@ def test_backward_offset_reset_inside_a_staged_row_group_stops_then_a_boundary_c
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
     reset_offset(admin, group, topic, 2000)
     res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+
+
+def test_backward_offset_reset_inside_the_first_row_group_of_bucket_files_stops_then_a_boundary_continues(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The same under --partition-by, inside the first row group, where no staged chain ends at or
+    below the position: [0, 1000) [1000, 2000) [2000, 3000) staged into three hours' files, the
+    group reset to 500 → status 5 naming 0 and 1000, nothing changed. That run used to take the
+    three files for a fenced member's leftovers, delete them, and go on from 500: offsets 0..499
+    were in no file, exit 0. Reset to 0 → everything is read again, each offset once."""
+    bucketed = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}")
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix, *bucketed, spread_hours=3)
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    assert len({k.rsplit("/", 2)[0] for k in staged if k.endswith(".piece")}) == 3, staged  # three files
+    reset_offset(admin, group, topic, 500)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *bucketed)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "inside the durable row group [0, 1000)" in res.stderr
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
+    reset_offset(admin, group, topic, 0)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *bucketed)
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
