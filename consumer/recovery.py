@@ -427,6 +427,22 @@ class BucketedPlan:
     notes: tuple[str, ...] = ()
 
 
+def one_flush_only(
+    pieces: Sequence[PieceRef], finals: dict[str, tuple[set[int], int | None]]
+) -> tuple[int, int] | None:
+    """``(from, to)`` when every open bucket file holds one piece, all of ``[from, to)``: what
+    one flush leaves, the first of a file set, finished or cut short by a crash. With no committed
+    position nothing else tells the two apart; the rows the pieces hold can
+    (:func:`plan_bucketed_recovery`'s ``rows_of_one_flush``)."""
+    open_pieces = [p for p in pieces if p.file_start not in finals.get(p.bucket, (set(), None))[0]]
+    ranges = {(p.from_pos, p.to_pos) for p in open_pieces}
+    files = {(p.bucket, p.file_start) for p in open_pieces}
+    if len(ranges) != 1 or len(files) != len(open_pieces):
+        return None
+    start, end = ranges.pop()
+    return (start, end) if all(start == f for _b, f in files) else None
+
+
 def plan_bucketed_recovery(
     committed: int | None,
     pieces: Sequence[PieceRef],
@@ -437,6 +453,7 @@ def plan_bucketed_recovery(
     *,
     where: str = "",
     staged_here: bool = False,
+    rows_of_one_flush: int | None = None,
 ) -> BucketedPlan:
     """Decide recovery for one partition whose files are split by time bucket. Pure.
 
@@ -450,8 +467,12 @@ def plan_bucketed_recovery(
     * **No committed position**: a crash mid-flush leaves some files at ``to`` and some at
       ``from`` (files opened by the flush are written first), so the position adopted is the
       *minimum* of the open files' chain ends — or, when every open file is a single piece from
-      the same start (all may have been opened by the crashed flush), that start. Else the
-      high-water, else a fresh start.
+      the same start (all may have been opened by the crashed flush), that start, unless
+      ``rows_of_one_flush`` (the pieces' rows and dead letters of that range) shows every record
+      of ``[from, to)`` is there: the flush finished (its commit expired since), and ``to`` is
+      adopted. Going back to ``from`` deleted durable rows, and stopped the run for good when
+      retention had deleted them from Kafka meanwhile (a group down past both offset and record
+      retention). Else the high-water, else a fresh start.
     * **Leftovers of a zombie**: a fenced member opens bucket files at its own flush boundaries,
       so its pieces can sit in files the owner never had. A file that does not chain to ``C``
       (nor to the forward-reset end) holds no committed row the owner's files do not also hold:
@@ -483,7 +504,10 @@ def plan_bucketed_recovery(
         chains = {k: c for k, c in chains.items() if c}
         if chains:
             starts = {k[1] for k in chains}
-            if len(starts) == 1 and all(len(c) == 1 for c in chains.values()):
+            only = one_flush_only(pieces, finals)
+            if only is not None and rows_of_one_flush == only[1] - only[0]:
+                pos = only[1]  # that flush finished: every record of its range is in a piece
+            elif len(starts) == 1 and all(len(c) == 1 for c in chains.values()):
                 pos = starts.pop()
             else:
                 pos = min(c[-1].to_pos for c in chains.values())

@@ -94,6 +94,7 @@ from consumer.recovery import (
     RecoveryPlan,
     chain_ending_at,
     layout_mismatch,
+    one_flush_only,
     other_writer,
     plan_bucketed_recovery,
     plan_recovery,
@@ -484,8 +485,10 @@ class PartitionWorker:
                 final_topic_ids.append(self._final_topic_ids.get((bucket, max(starts))))
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
+        only = one_flush_only(pieces, finals) if committed is None else None
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
-                                      staged_here=staged_here)
+                                      staged_here=staged_here,
+                                      rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags))
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
@@ -516,6 +519,27 @@ class PartitionWorker:
             deleted_strays=len(deletes),
             high_water=high_water,
         )
+
+    def _records_held(
+        self,
+        span: tuple[int, int] | None,
+        pieces: list[PieceRef],
+        finals: dict[str, tuple[set[int], int | None]],
+        dead: list[tuple[str, int, int]],
+        etags: Mapping[str, str | None],
+    ) -> int | None:
+        """The rows of the open files' pieces of ``span`` plus its dead letters (a footer read per
+        piece, a GET per dead-letter object): asked only when one flush's pieces are all that is
+        left and no position is committed (:func:`one_flush_only`)."""
+        if span is None:
+            return None
+        ours = [p for p in pieces if (p.from_pos, p.to_pos) == span
+                and p.file_start not in finals.get(p.bucket, (set(), None))[0]]
+        rows = sum(self._load_piece(p, etags.get(p.key)).rows for p in ours)
+        for key, frm, to in dead:
+            if (frm, to) == span:
+                rows += self.store.get(key).count(b"\n")
+        return rows
 
     def _begin_plan(
         self,

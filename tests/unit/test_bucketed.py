@@ -499,6 +499,29 @@ def test_expired_offsets_with_only_new_bucket_files_adopt_their_start() -> None:
     check_exactly_once(store, 6, set())
 
 
+@pytest.mark.parametrize("bad", [set(), {1}])
+def test_expired_offsets_after_a_finished_first_flush_keep_its_rows(bad: set[int]) -> None:
+    """One flush staged [0, 3) into new bucket files (and a dead letter) and committed 3; then the
+    offsets expired (a group down past offsets.retention.minutes). Every record of [0, 3) is in a
+    piece or a dead letter, so that flush finished: 3 is adopted and its pieces stay. Recovery used
+    to go back to 0 and delete them: durable rows, which retention may have deleted from Kafka by
+    then (found by tests/unit/test_group_history.py)."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, [0, 1, 2], bad=bad)
+    w.flush()
+    assert positions.committed("t", 0) == 3
+    pieces = staged(store)
+    positions.reset("t", 0, None)  # offsets expired
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() == 3
+    assert staged(store) == pieces
+    run(w2, range(3, 6))
+    w2.finish()
+    check_exactly_once(store, 6, bad)
+
+
 def _crash_at_piece(n: int) -> Callable[[str, str], None]:
     seen = 0
 

@@ -20,6 +20,7 @@ from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.recovery import (
     REPLAY_WRITER,
     RecoveryPlan,
+    one_flush_only,
     other_writer,
     plan_bucketed_recovery,
     plan_recovery,
@@ -289,6 +290,21 @@ def test_a_bucketed_position_committed_after_staging_stops_at_a_piece_that_only_
     with pytest.raises(IntegrityError, match=r"do not chain to it .*\[4, 6\) of file 0"):
         plan_bucketed_recovery(6, bucket([*chain(0, 2), piece(0, 4, 6)]), [], [], {}, None,
                                staged_here=True)
+
+
+def test_one_flush_s_pieces_are_kept_without_a_committed_position_only_when_all_its_records_are_in() -> None:
+    """No committed position, and each open bucket file holds one piece [0, 3): one flush, cut
+    short by a crash (go back to 0) or finished with its commit expired since (keep it, adopt 3).
+    The rows the pieces and dead letters hold tell them apart; a missing count goes back, as before."""
+    pieces = [replace(piece(0, 0, 3), bucket=b) for b in ("hr=04", "hr=06")]
+    assert one_flush_only(pieces, {}) == (0, 3)
+    assert one_flush_only([*pieces, replace(piece(0, 3, 4), bucket="hr=04")], {}) is None  # a chain
+    assert one_flush_only([*pieces, replace(piece(2, 2, 3), bucket="hr=08")], {}) is None  # other starts
+    assert plan_bucketed_recovery(None, pieces, [], [], {}, None, rows_of_one_flush=3).position == 3
+    for rows in (None, 2):
+        cut_short = plan_bucketed_recovery(None, pieces, [], [], {}, None, rows_of_one_flush=rows)
+        assert cut_short.position == 0
+        assert set(cut_short.delete) == {p.key for p in pieces}
 
 
 def test_a_bucketed_reset_backwards_into_a_row_group_stops_and_changes_nothing() -> None:
