@@ -3,10 +3,15 @@ expelled by the coordinator, or held in the middle of a recovery, a flush or a r
 request) while the others go on — a zombie that wakes up later — or stopped by an S3 call that
 keeps failing or whose reply is lost after it took effect, or by a Kafka commit that fails (before
 or after the coordinator took it); an operator stops the group and resets a partition's offset
-(expired, moved to the latest, re-set where it is without the consumer's note); and records keep
-arriving on several partitions. Whatever the order, once the survivors stop and one member catches
-up, every offset is in exactly one final file (but those an operator's reset to the latest skipped,
-which are in at most one), and no member stopped with an error other than the injected ones.
+(expired, moved to the latest, re-set where it is without the consumer's note, moved backwards),
+or the group stays down until retention deletes records it had not read; and records keep
+arriving on several partitions. A reset backwards must stop the run with status 5 and the
+partition's objects unchanged (the operator then undoes it), or go on; lost records must stop it
+with status 5 too, after its recovery (the operator then moves the offset to the log start), unless
+nothing committed reached them. Whatever the order, once the survivors stop and one member catches up,
+every offset is in exactly one final file (but those skipped by a reset to the latest or deleted
+unread, which are in at most one), and no member stopped with an error other than the injected
+ones.
 
 The members are real :class:`~consumer.runner.GroupRunner` loops on the in-memory broker and
 store, each on its own thread, taking turns: a member runs until its next ``consume()`` (or its
@@ -102,7 +107,7 @@ class Member:
     parked: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     killed: bool = False
     refused: bool = False  # a commit of its was refused for good: it may end with status 5
-    refuses_reset: bool = False  # it ended with status 5 on an operator's reset backwards
+    asks_operator: bool = False  # it stopped with status 5 on a reset backwards or lost records
     status: int | None = None
     thread: threading.Thread | None = None
     pause_in: int | None = None  # park before its n-th S3 request from now (in a flush, a roll)
@@ -160,7 +165,7 @@ class Member:
 
     @property
     def ended_well(self) -> bool:
-        return self.status in (REFUSED_COMMIT if self.refused or self.refuses_reset else ENDED_WELL)
+        return self.status in (REFUSED_COMMIT if self.refused or self.asks_operator else ENDED_WELL)
 
     def run_to_end(self) -> None:
         while self.thread is not None and self.thread.is_alive():
@@ -213,6 +218,7 @@ step = st.one_of(
     st.tuples(st.just("commit_fails"), st.integers(0, 2), st.integers(1, 3)),
     st.tuples(st.just("reset"), st.integers(0, PARTITIONS - 1), st.integers(0, 2)),
     st.tuples(st.just("reset_back"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
+    st.tuples(st.just("retention"), st.integers(0, PARTITIONS - 1), st.integers(1, 40)),
 )
 
 
@@ -327,6 +333,13 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         alive = [m for m in members if m.alive]
         return alive[i % len(alive)] if alive else None
 
+    def quiet() -> None:
+        """No injected failure is pending (the operator restarts the group and watches it)."""
+        fail_in.clear()
+        lose_in.clear()
+        store.disarm()
+        broker.fail_commit.clear()
+
     def stop_all() -> None:
         for m in members:
             m.pause_in = None
@@ -362,21 +375,34 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             elif kind == "reset_back":  # to export some records again: refused, or read again
                 stop_all()
                 committed = broker.committed_offset("g", "t", a)
-                if committed:
+                low = broker.watermarks("t", a)[0]
+                if committed and committed > low:  # back, but not before the log start
                     before = _objects_of(store, a)
-                    broker.reset_offsets("g", "t", a, b % committed)
-                    fail_in.clear()  # no injected failure ends this run before its recovery has
-                    lose_in.clear()  # decided (the operator watches it)
-                    store.disarm()
-                    broker.fail_commit.clear()
+                    broker.reset_offsets("g", "t", a, low + b % (committed - low))
+                    quiet()  # no injected failure ends this run before its recovery has decided
                     m = join()
                     m.turn(2)  # it recovers its partitions
                     if m.status == EXIT_FATAL:  # refused before anything of the partition changed
-                        m.refuses_reset = True
+                        m.asks_operator = True
                         assert _objects_of(store, a) == before, "a refused reset changed the partition"
                         broker.reset_offsets("g", "t", a, committed)  # the operator undoes it
                         join()
                 else:
+                    join()
+            elif kind == "retention":  # the group was down too long: records nobody read are gone
+                stop_all()
+                committed = broker.committed_offset("g", "t", a)
+                low = min(b, produced[a])
+                broker.truncate("t", a, low)
+                quiet()
+                m = join()
+                m.turn(3)  # it recovers, seeks, and fetches
+                # What was neither read nor committed before the log start is gone: said with status
+                # 5 when the group's position (or what S3 holds) is below it, else nothing says it.
+                skipped[a].update(range(committed or 0, low))
+                if m.status == EXIT_FATAL:  # after its recovery: it may have finished decided
+                    m.asks_operator = True  # rolls and dropped pieces of a flush never committed
+                    broker.reset_offsets("g", "t", a, low)  # the operator accepts the loss
                     join()
             elif m is None:
                 continue
@@ -392,10 +418,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             elif kind == "pause_at_request":  # park it mid-flush or mid-roll: the others go on
                 m.pause_in = b
                 m.turn()
-        fail_in.clear()
-        lose_in.clear()
-        store.disarm()
-        broker.fail_commit.clear()
+        quiet()
         stop_all()
         assert all(m.ended_well for m in members if not m.killed), [m.status for m in members]
         last = Member(
