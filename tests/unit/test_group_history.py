@@ -279,6 +279,13 @@ step = st.one_of(
 @example(
     steps=[("join", 0, 0), ("produce", 0, 1), ("produce", 0, 1), ("reset_back", 0, 1)], layout="bucketed"
 )
+# One flush staged [0, 2) into two bucket files and committed 2; retention deleted offset 0 and the
+# group's offsets expired. Recovery took the lone pieces for a flush cut short, adopted 0, deleted
+# them, and stopped: offset 0, durable in S3, was lost. Their rows account for [0, 2) now: kept.
+@example(
+    steps=[("produce", 0, 1), ("produce", 0, 1), ("retention", 0, 1), ("reset", 0, RESET_EXPIRED)],
+    layout="bucketed",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"
