@@ -170,6 +170,29 @@ def test_backward_offset_reset_inside_the_first_row_group_of_bucket_files_stops_
     assert committed(stack.kafka_bootstrap, group, topic) == [3000]
 
 
+def test_a_bucketed_flush_outlives_expired_offsets_and_retention_of_its_records(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """One flush staged [0, 3000) into three hours' files and committed 3000; the group stayed
+    down past offset retention (its offsets are gone) and record retention (offsets below 1500
+    deleted). The pieces' rows account for the whole range, so recovery adopts 3000 and keeps
+    them. It used to take them for a flush cut short by a crash: it adopted 0, deleted them, and
+    stopped with status 5 saying records [0, 1500) were deleted by retention: rows that had been
+    durable in S3."""
+    bucketed = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--row-group-rows", "3000")
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix, *bucketed, spread_hours=3)
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    assert len([k for k in staged if k.endswith("-00000000000000003000.piece")]) == 3, staged
+    admin.delete_consumer_groups([group])[group].result(timeout=30)
+    admin.delete_records([TopicPartition(topic, 0, 1500)])[TopicPartition(topic, 0, 1500)].result(timeout=30)
+    res = run_consumer(topic, group, out, *bucketed)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "adopting 3000" in res.stderr
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+
+
 def committed_note(bootstrap: str, group: str, topic: str) -> str:
     """The metadata Kafka keeps with the group's offset of partition 0."""
     c = Consumer(kafka_conf({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}))
