@@ -347,6 +347,21 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         store.disarm()
         broker.fail_commit.clear()
 
+    def restart_and_watch(p: int, records_may_be_gone: bool) -> bool:
+        """The operator starts the group again after acting on partition ``p`` and watches its
+        recovery. Status 5 there says records below the log start are in no file (after recovery:
+        it may have finished decided rolls and dropped pieces never committed); the operator then
+        accepts their loss, moves the offset to the log start and starts it again. True if so."""
+        quiet()
+        m = join()
+        m.turn(3)  # it recovers, seeks, and fetches
+        if m.status != EXIT_FATAL or not records_may_be_gone:
+            return False
+        m.asks_operator = True
+        broker.reset_offsets("g", "t", p, broker.watermarks("t", p)[0])
+        join()
+        return True
+
     def stop_all() -> None:
         for m in members:
             m.pause_in = None
@@ -378,7 +393,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                     skipped[a].update(range(committed or 0, produced[a]))
                 elif committed is not None:  # --to-current: where it is, without the consumer's note
                     broker.reset_offsets("g", "t", a, committed)
-                join()
+                if restart_and_watch(a, b == RESET_EXPIRED):  # S3 proves a position retention passed
+                    skipped[a].update(range(broker.watermarks("t", a)[0]))
             elif kind == "reset_back":  # to export some records again: refused, or read again
                 stop_all()
                 committed = broker.committed_offset("g", "t", a)
@@ -401,16 +417,10 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 committed = broker.committed_offset("g", "t", a)
                 low = min(b, produced[a])
                 broker.truncate("t", a, low)
-                quiet()
-                m = join()
-                m.turn(3)  # it recovers, seeks, and fetches
                 # What was neither read nor committed before the log start is gone: said with status
                 # 5 when the group's position (or what S3 holds) is below it, else nothing says it.
                 skipped[a].update(range(committed or 0, low))
-                if m.status == EXIT_FATAL:  # after its recovery: it may have finished decided
-                    m.asks_operator = True  # rolls and dropped pieces of a flush never committed
-                    broker.reset_offsets("g", "t", a, low)  # the operator accepts the loss
-                    join()
+                restart_and_watch(a, True)
             elif m is None:
                 continue
             elif kind == "turn":
