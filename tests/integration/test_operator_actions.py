@@ -122,48 +122,41 @@ def test_forward_offset_reset_keeps_the_committed_rows(
     assert committed(stack.kafka_bootstrap, group, topic) == [3500]
 
 
+BUCKETED = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}")
+
+
+@pytest.mark.parametrize(
+    ("layout", "inside", "row_group", "boundary"),
+    [
+        ((), 2500, "[2000, 3000)", 2000),
+        # Under --partition-by, inside the first row group, where no staged chain ends at or below
+        # the position: that run used to take the three hours' files for a fenced member's
+        # leftovers, delete them, and go on from 500: offsets 0..499 were in no file, exit 0.
+        (BUCKETED, 500, "[0, 1000)", 0),
+    ],
+    ids=["plain", "bucketed-first-row-group"],
+)
 def test_backward_offset_reset_inside_a_staged_row_group_stops_then_a_boundary_continues(
-    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path,
+    layout: tuple[str, ...], inside: int, row_group: str, boundary: int,
 ) -> None:
-    """Row groups [0, 1000) [1000, 2000) [2000, 3000) staged, the group reset to 2500 (inside the
-    last) → status 5 naming 2000 and 3000, nothing changed; reset to 2000 → [2000, 3000) is read
-    again and the file holds every offset once."""
-    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix)
+    """Row groups [0, 1000) [1000, 2000) [2000, 3000) staged (under --partition-by into three
+    hours' files), the group reset inside one → status 5 naming its two boundaries, nothing
+    changed; reset to a boundary → the rest is read again and every offset is in a file once."""
+    topic, group, out = three_staged_row_groups(
+        stack, make_topic, unique_prefix, *layout, spread_hours=3 if layout else 0
+    )
     staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
-    reset_offset(admin, group, topic, 2500)
-    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    files = {k.rsplit("/", 2)[0] for k in staged if k.endswith(".piece")}
+    assert len(files) == (3 if layout else 1), staged
+    reset_offset(admin, group, topic, inside)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *layout)
     assert res.returncode == 5, res.stderr[-3000:]
-    assert "inside the durable row group [2000, 3000)" in res.stderr
+    assert f"inside the durable row group {row_group}" in res.stderr
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
-    reset_offset(admin, group, topic, 2000)
-    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
-    assert res.returncode == 0, res.stderr[-3000:]
-    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
-    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
-    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
-
-
-def test_backward_offset_reset_inside_the_first_row_group_of_bucket_files_stops_then_a_boundary_continues(
-    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
-) -> None:
-    """The same under --partition-by, inside the first row group, where no staged chain ends at or
-    below the position: [0, 1000) [1000, 2000) [2000, 3000) staged into three hours' files, the
-    group reset to 500 → status 5 naming 0 and 1000, nothing changed. That run used to take the
-    three files for a fenced member's leftovers, delete them, and go on from 500: offsets 0..499
-    were in no file, exit 0. Reset to 0 → everything is read again, each offset once."""
-    bucketed = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}")
-    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix, *bucketed, spread_hours=3)
-    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
-    assert len({k.rsplit("/", 2)[0] for k in staged if k.endswith(".piece")}) == 3, staged  # three files
-    reset_offset(admin, group, topic, 500)
-    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *bucketed)
-    assert res.returncode == 5, res.stderr[-3000:]
-    assert "inside the durable row group [0, 1000)" in res.stderr
-    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged
-    assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
-    reset_offset(admin, group, topic, 0)
-    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *bucketed)
+    reset_offset(admin, group, topic, boundary)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *layout)
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
@@ -179,7 +172,7 @@ def test_a_bucketed_flush_outlives_expired_offsets_and_retention_of_its_records(
     them. It used to take them for a flush cut short by a crash: it adopted 0, deleted them, and
     stopped with status 5 saying records [0, 1500) were deleted by retention: rows that had been
     durable in S3."""
-    bucketed = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--row-group-rows", "3000")
+    bucketed = (*BUCKETED, "--row-group-rows", "3000")
     topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix, *bucketed, spread_hours=3)
     staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
     assert len([k for k in staged if k.endswith("-00000000000000003000.piece")]) == 3, staged
