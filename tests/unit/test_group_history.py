@@ -357,8 +357,10 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         m.turn(3)  # it recovers, seeks, and fetches
         if m.status != EXIT_FATAL or not records_may_be_gone:
             return False
+        low, position = broker.watermarks("t", p)[0], broker.committed_offset("g", "t", p)
+        assert position is None or position < low, f"status 5 at {position}, in the log from {low}"
         m.asks_operator = True
-        broker.reset_offsets("g", "t", p, broker.watermarks("t", p)[0])
+        broker.reset_offsets("g", "t", p, low)
         join()
         return True
 
