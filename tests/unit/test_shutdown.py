@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,9 +92,20 @@ def test_shutdown_stops_flushing_at_the_deadline_and_a_restart_loses_nothing(
     monkeypatch.setattr("consumer.side_by_side.CLOSE_THREADS", threads)
     broker, store, clock = _broker(), MemoryStore(), FakeClock()
 
+    # Side by side, the four PUTs are in flight together and take the same 10 s: the clock moves
+    # once all four have started (a thread scheduled late must not find the deadline passed by
+    # PUTs it in truth ran beside). The hook sees the call (``put_if_absent``) before the store's
+    # lock, as S3 would let four requests in at once.
+    together = threading.Barrier(PARTITIONS, timeout=30.0) if threads > 1 else None
+
     def slow_piece_put(op: str, key: str) -> None:
-        if op == "put_object" and key.endswith(".piece"):
-            clock.now += 10.0  # every piece PUT takes 10 s
+        if not key.endswith(".piece"):
+            return
+        if together is None:
+            if op == "put_object":
+                clock.now += 10.0  # one at a time, every piece PUT takes 10 s
+        elif op == "put_if_absent" and together.wait() == 0:
+            clock.now += 10.0
 
     store.on_op = slow_piece_put
     runner = _runner(broker, store, clock, shutdown_timeout=25.0)
