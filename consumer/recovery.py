@@ -48,7 +48,7 @@ be met only later, when the two groups' files first differ.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from consumer.errors import IntegrityError
@@ -298,6 +298,29 @@ def _refuse_a_position_inside_a_piece(
         )
 
 
+def _refuse_a_position_inside_dead_letters(
+    where: str, pos: int, dead_letters: Sequence[tuple[str, int, int]]
+) -> None:
+    """Under ``--partition-by``, with no bucket file open a flush of bad records only leaves its
+    dead-letter object and nothing else: a position strictly inside its range, where no other
+    object ends, is an offset moved backwards into that flush (as
+    :func:`_refuse_a_position_inside_a_piece` for a row group). Deleting the object as never
+    committed lost the dead letters below the position (found by
+    tests/unit/test_group_history.py). Stop, change nothing, name both boundaries."""
+    if any(to == pos for _k, _f, to in dead_letters):
+        return
+    inside = sorted((frm, to) for _k, frm, to in dead_letters if frm < pos < to)
+    if inside:
+        frm, to = inside[0]
+        raise IntegrityError(
+            f"{where}: the committed position {pos} is inside [{frm}, {to}), the range of a durable "
+            "dead-letter object (a flush of bad records only): the group's offsets were moved "
+            "backwards (reset?) to a position that is not a flush boundary. Nothing was changed. "
+            f"To consume again from that flush's start, move the group's offset to {frm}; to "
+            f"continue after it, to {to} (kafka-consumer-groups --reset-offsets --to-offset)."
+        )
+
+
 def _refuse_a_position_nothing_holds(
     where: str, pos: int, pieces: Sequence[PieceRef], finals: set[int], last_final_end: int | None
 ) -> None:
@@ -443,6 +466,43 @@ def one_flush_only(
     return (start, end) if all(start == f for _b, f in files) else None
 
 
+def dead_letters_from(
+    start: int | None, dead_letters: Sequence[tuple[str, int, int]]
+) -> list[tuple[str, int, int]]:
+    """The dead-letter objects that follow one another from ``start`` (None: the lowest one), as
+    long as exactly one starts where the last ended. Under ``--partition-by`` a flush of bad
+    records only, while no bucket file is open, leaves its dead-letter object and nothing else;
+    with no committed position these are the candidates for :func:`past_dead_letters`."""
+    by_start: dict[int, list[tuple[str, int, int]]] = {}
+    for d in dead_letters:
+        by_start.setdefault(d[1], []).append(d)
+    at = min(by_start, default=None) if start is None else start
+    run: list[tuple[str, int, int]] = []
+    while at is not None and len(by_start.get(at, ())) == 1:
+        d = by_start[at][0]
+        run.append(d)
+        at = d[2]
+    return run
+
+
+def past_dead_letters(
+    start: int | None,
+    dead_letters: Sequence[tuple[str, int, int]],
+    records: Mapping[str, int],
+) -> int | None:
+    """``start`` moved past the dead-letter objects that follow it and hold a line for every offset
+    of their range (``records``: their lines, as counted): each is all a flush of bad records only
+    left, and that flush finished. A count can miss records (offsets with no record, as
+    transaction markers leave) but never invent them, so an object it does not fill stops the
+    move, and the records from there are read again."""
+    pos = start
+    for key, frm, to in dead_letters_from(start, dead_letters):
+        if records.get(key) != to - frm:
+            break
+        pos = to
+    return pos
+
+
 def plan_bucketed_recovery(
     committed: int | None,
     pieces: Sequence[PieceRef],
@@ -454,6 +514,7 @@ def plan_bucketed_recovery(
     where: str = "",
     staged_here: bool = False,
     rows_of_one_flush: int | None = None,
+    dead_letter_records: Mapping[str, int] | None = None,
 ) -> BucketedPlan:
     """Decide recovery for one partition whose files are split by time bucket. Pure.
 
@@ -472,7 +533,10 @@ def plan_bucketed_recovery(
       of ``[from, to)`` is there: the flush finished (its commit expired since), and ``to`` is
       adopted. Going back to ``from`` deleted durable rows, and stopped the run for good when
       retention had deleted them from Kafka meanwhile (a group down past both offset and record
-      retention). Else the high-water, else a fresh start.
+      retention). Else the high-water, else a fresh start, moved past the dead-letter objects
+      that follow it and hold every record of their range (``dead_letter_records``: their line
+      counts; :func:`past_dead_letters`): a flush of bad records only while no bucket file was
+      open leaves nothing else, and reading them again lost them when retention had deleted them.
     * **Leftovers of a zombie**: a fenced member opens bucket files at its own flush boundaries,
       so its pieces can sit in files the owner never had. A file that does not chain to ``C``
       (nor to the forward-reset end) holds no committed row the owner's files do not also hold:
@@ -482,7 +546,9 @@ def plan_bucketed_recovery(
     * A file with a piece ending at ``C`` but no chain to it lost a piece: stop (status 5).
     * No open file chaining to ``C``, nothing rolled reaching it, and a piece of an open file with
       ``C`` strictly inside: an offset reset backwards into a row group, as in the plain layout
-      (stop, status 5, nothing changed), not a zombie's leftovers.
+      (stop, status 5, nothing changed), not a zombie's leftovers. The same for a dead-letter
+      object with ``C`` strictly inside (and none ending at ``C``): with no bucket file open, all
+      a flush of bad records only leaves.
     * ``staged_here`` (the commit's note: its rows were staged in this output) with no open file
       reaching ``C`` and no rolled file either: the newest pieces were deleted by someone else,
       as in the plain layout (stop, status 5). A whole bucket file deleted while another still
@@ -515,6 +581,13 @@ def plan_bucketed_recovery(
                 pos = max(pos, high_water)
         else:
             pos = high_water
+        held = "the lowest end of the open bucket files"
+        if not open_files:
+            reach = past_dead_letters(pos, dead_letters, dead_letter_records or {})
+            if reach != pos:
+                pos, held = reach, "the end of dead-letter objects holding every record below it"
+            elif pos is not None:
+                held = "the end of the newest rolled bucket file"
         if pos is None:
             if pieces:
                 _stranded(where, None, list(pieces))
@@ -522,7 +595,7 @@ def plan_bucketed_recovery(
         commit = pos
         notes.append(
             f"no committed position in the group (offsets expired or deleted): adopting {pos} "
-            "from what S3 holds (the lowest end of the open bucket files)"
+            f"from what S3 holds ({held})"
         )
     if high_water is not None and pos < high_water:
         raise IntegrityError(
@@ -548,6 +621,7 @@ def plan_bucketed_recovery(
         # below C (found by tests/unit/test_group_history.py).
         for (bucket, _start), v in sorted(open_files.items()):
             _refuse_a_position_inside_a_piece(f"{where} bucket {bucket}", pos, v, set())
+        _refuse_a_position_inside_dead_letters(where, pos, dead_letters)
     delete: list[str] = []
     plans: dict[str, RecoveryPlan] = {}
     orphans = 0

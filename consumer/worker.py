@@ -93,6 +93,7 @@ from consumer.recovery import (
     FinishRoll,
     RecoveryPlan,
     chain_ending_at,
+    dead_letters_from,
     layout_mismatch,
     one_flush_only,
     other_writer,
@@ -488,7 +489,9 @@ class PartitionWorker:
         only = one_flush_only(pieces, finals) if committed is None else None
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
                                       staged_here=staged_here,
-                                      rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags))
+                                      rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags),
+                                      dead_letter_records=self._dead_letters_past(
+                                          committed, pieces, finals, high_water, dead))
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
@@ -540,6 +543,22 @@ class PartitionWorker:
             if (frm, to) == span:
                 rows += self.store.get(key).count(b"\n")
         return rows
+
+    def _dead_letters_past(
+        self,
+        committed: int | None,
+        pieces: list[PieceRef],
+        finals: dict[str, tuple[set[int], int | None]],
+        high_water: int | None,
+        dead: list[tuple[str, int, int]],
+    ) -> dict[str, int]:
+        """The lines of the dead-letter objects that follow the rolled high-water (a GET each):
+        asked only with no committed position and no open bucket file, where they may be all a
+        finished flush left (:func:`past_dead_letters`)."""
+        if committed is not None or any(p.file_start not in finals.get(p.bucket, (set(), None))[0]
+                                        for p in pieces):
+            return {}
+        return {key: self.store.get(key).count(b"\n") for key, _f, _t in dead_letters_from(high_water, dead)}
 
     def _begin_plan(
         self,

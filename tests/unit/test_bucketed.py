@@ -522,6 +522,59 @@ def test_expired_offsets_after_a_finished_first_flush_keep_its_rows(bad: set[int
     check_exactly_once(store, 6, bad)
 
 
+@pytest.mark.parametrize("flushes", [[range(10, 13)], [range(10, 12), range(12, 15)]])
+def test_expired_offsets_after_flushes_of_bad_records_only_keep_their_dead_letters(
+    flushes: list[range],
+) -> None:
+    """Every bucket file rolled, then flushes of bad records only: with no bucket file open each
+    leaves its dead-letter object and nothing else, and commits. The offsets expire. Every offset
+    of each object's range has its line, so those flushes finished: recovery adopts the end of the
+    last one and keeps them. It used to adopt the rolled high-water (10) and delete them to read
+    the records again, which lost them when retention had deleted the records from Kafka too."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(10))
+    w.finish()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w.recover() == 10
+    bad = {i for r in flushes for i in r}
+    for r in flushes:
+        run(w, r, bad=bad)
+        w.flush()
+    end = flushes[-1].stop
+    assert positions.committed("t", 0) == end and staged(store) == []
+    letters = sorted(k for k in store.objects if "_dead_letters/" in k)
+    assert len(letters) == len(flushes)
+    positions.reset("t", 0, None)  # offsets expired
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() == end
+    assert positions.committed("t", 0) == end
+    assert sorted(k for k in store.objects if "_dead_letters/" in k) == letters
+    run(w2, range(end, end + 3))
+    w2.finish()
+    check_exactly_once(store, end + 3, bad)
+
+
+def test_expired_offsets_after_a_dead_letter_object_with_gaps_read_its_range_again() -> None:
+    """Offset 11 holds no record (a transaction marker): the object's two lines do not prove the
+    flush of [10, 13) finished, so recovery goes back to the high-water and reads them again."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(10))
+    w.finish()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, [10, 12], bad={10, 12})
+    w.flush(upto=13)
+    assert positions.committed("t", 0) == 13
+    positions.reset("t", 0, None)
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() == 10
+    assert not [k for k in store.objects if "_dead_letters/" in k]
+
+
 def _crash_at_piece(n: int) -> Callable[[str, str], None]:
     seen = 0
 

@@ -20,8 +20,10 @@ from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.recovery import (
     REPLAY_WRITER,
     RecoveryPlan,
+    dead_letters_from,
     one_flush_only,
     other_writer,
+    past_dead_letters,
     plan_bucketed_recovery,
     plan_recovery,
     still_writing,
@@ -305,6 +307,53 @@ def test_one_flush_s_pieces_are_kept_without_a_committed_position_only_when_all_
         cut_short = plan_bucketed_recovery(None, pieces, [], [], {}, None, rows_of_one_flush=rows)
         assert cut_short.position == 0
         assert set(cut_short.delete) == {p.key for p in pieces}
+
+
+def test_dead_letter_objects_that_hold_every_record_move_an_adopted_bucketed_position() -> None:
+    """No committed position and no open bucket file: the flushes after the last roll had bad
+    records only, so their dead-letter objects are all that holds [10, 16). Those whose lines
+    account for every offset of their range finished; the adopted position moves past them and
+    they stay. The first one short of its range (an offset with no record), or two objects from
+    one start (whose are they?), stop the move: the records from there are read again."""
+    dead = [(f"dl{a}", a, b) for a, b in ((10, 12), (12, 14), (14, 16))]
+    assert dead_letters_from(10, dead) == dead
+    assert dead_letters_from(None, dead) == dead
+    assert dead_letters_from(11, dead) == []
+    assert dead_letters_from(10, [*dead, ("other", 12, 13)]) == dead[:1]
+    full = {"dl10": 2, "dl12": 2, "dl14": 2}
+    assert past_dead_letters(10, dead, full) == 16
+    assert past_dead_letters(10, dead, {**full, "dl12": 1}) == 12
+    assert past_dead_letters(None, dead, full) == 16
+    assert past_dead_letters(None, [], {}) is None
+
+    moved = plan_bucketed_recovery(None, [], [], dead, {}, 10, dead_letter_records=full)
+    assert (moved.position, moved.commit, moved.delete) == (16, 16, ())
+    assert "dead-letter objects" in moved.notes[0]
+    short = plan_bucketed_recovery(None, [], [], dead, {}, 10, dead_letter_records={**full, "dl12": 1})
+    assert (short.position, set(short.delete)) == (12, {"dl12", "dl14"})
+    never_rolled = plan_bucketed_recovery(None, [], [], dead, {}, None, dead_letter_records=full)
+    assert never_rolled.position == 16
+    # Not counted (or an open file exists, where a flush of bad records leaves zero-row pieces):
+    # the high-water, as before.
+    assert plan_bucketed_recovery(None, [], [], dead, {}, 10).position == 10
+    opened = [replace(piece(16, 16, 18), bucket="hr=04")]
+    assert plan_bucketed_recovery(None, opened, [], dead, {}, 10, dead_letter_records=full).position == 16
+
+
+def test_a_bucketed_reset_backwards_into_a_flush_of_bad_records_only_stops() -> None:
+    """With no bucket file open, the dead-letter object [10, 14) is all a flush of bad records
+    left. An offset moved back to 12 used to delete it as never committed (its dead letters
+    below 12 were lost); now the run stops, naming both boundaries. At a boundary it goes on, and a
+    fenced member's object across the position is deleted where the owner's ends there."""
+    dead = [("dl10", 10, 14), ("dl14", 14, 16)]
+    with pytest.raises(IntegrityError, match=r"position 12 is inside \[10, 14\).*offset to 10; .* to 14"):
+        plan_bucketed_recovery(12, [], [], dead, {}, 10)
+    with pytest.raises(IntegrityError, match=r"inside \[10, 14\)"):
+        plan_bucketed_recovery(12, [], [], dead, {}, None)
+    assert set(plan_bucketed_recovery(10, [], [], dead, {}, 10).delete) == {"dl10", "dl14"}
+    assert plan_bucketed_recovery(14, [], [], dead, {}, 10).delete == ("dl14",)
+    zombie = [*dead, ("zombie", 12, 18)]
+    assert set(plan_bucketed_recovery(14, [], [], zombie, {}, 10).delete) == {"dl14", "zombie"}
 
 
 def test_a_bucketed_reset_backwards_into_a_row_group_stops_and_changes_nothing() -> None:
