@@ -22,7 +22,8 @@ resumes, a final file, or a roll this plan finishes. Everything else is decided 
   offset back.
 * **No committed position** (offsets expired, group deleted) but output exists: S3 itself proves
   what is durable, so the position is adopted from it (the end of the newest chain, else of the
-  newest final file) and committed, the way Kafka Connect's S3 sink recovers offsets from files.
+  newest final file, moved past the dead-letter objects after it that hold every record of their
+  range) and committed, the way Kafka Connect's S3 sink recovers offsets from files.
 * **A broken chain** (a piece removed by someone else): stop (status 5), delete nothing, and list
   what was found.
 * **Staged rows deleted behind the consumer's back** (a lifecycle rule expiring ``_staging/``, a
@@ -153,6 +154,7 @@ def plan_recovery(
     last_final_writer: str | None = None,
     group: str | None = None,
     staged_here: bool = False,
+    dead_letter_records: Mapping[str, int] | None = None,
 ) -> RecoveryPlan:
     """Decide recovery for one partition. Pure: no I/O. Raises :class:`IntegrityError` to stop.
 
@@ -162,7 +164,9 @@ def plan_recovery(
     messages; ``last_final_writer`` is the writer of the newest final file (see
     :func:`other_writer`) and ``group`` this run's (None: a replay), so that messages name a second
     writer of the prefix. ``staged_here``: the committed position's note says this consumer
-    committed it once the rows below it were staged in this output.
+    committed it once the rows below it were staged in this output. ``dead_letter_records``: the
+    lines of the dead-letter objects that follow the newest final file, counted when no position
+    is committed and no file is open (see :func:`past_dead_letters`).
     """
     foreign = other_writer(last_final_writer, group) if last_final_end is not None else None
     finals = set(final_starts)
@@ -171,6 +175,10 @@ def plan_recovery(
     pos = committed
     if pos is None:
         pos = _adopt(pieces, last_final_end)
+        if all(p.file_start in finals for p in pieces):
+            # No open file: flushes of bad records only after the last roll (their file, of no
+            # rows, published nothing) left their dead-letter objects and nothing else.
+            pos = past_dead_letters(pos, dead_letters, dead_letter_records or {})
         if pos is None:
             if pieces:
                 _stranded(where, None, list(pieces))
@@ -209,6 +217,8 @@ def plan_recovery(
     chain = chain_ending_at(list(pieces), pos)
     if not chain:
         _refuse_a_position_inside_a_piece(where, pos, pieces, finals)
+        if last_final_end != pos:
+            _refuse_a_position_inside_dead_letters(where, pos, dead_letters)
     if chain:
         start = chain[0].file_start
         covered[start] = pos
@@ -301,12 +311,15 @@ def _refuse_a_position_inside_a_piece(
 def _refuse_a_position_inside_dead_letters(
     where: str, pos: int, dead_letters: Sequence[tuple[str, int, int]]
 ) -> None:
-    """Under ``--partition-by``, with no bucket file open a flush of bad records only leaves its
-    dead-letter object and nothing else: a position strictly inside its range, where no other
-    object ends, is an offset moved backwards into that flush (as
-    :func:`_refuse_a_position_inside_a_piece` for a row group). Deleting the object as never
-    committed lost the dead letters below the position (found by
-    tests/unit/test_group_history.py). Stop, change nothing, name both boundaries."""
+    """A position strictly inside the range of a dead-letter object, where no other object ends
+    (checked when no staged chain or final file ends there): an offset moved backwards into a
+    flush of bad records only (as :func:`_refuse_a_position_inside_a_piece` for a row group).
+    Such a flush leaves nothing else once its file is rolled (a file of no rows publishes
+    nothing), or under ``--partition-by`` while no bucket file is open. Deleting the object as
+    never committed lost the dead letters below the position (found by
+    tests/unit/test_group_history.py, in both layouts). Stop, change nothing, name both
+    boundaries. A fenced member's object across a position the owner's flushes end at is still
+    deleted."""
     if any(to == pos for _k, _f, to in dead_letters):
         return
     inside = sorted((frm, to) for _k, frm, to in dead_letters if frm < pos < to)
@@ -314,7 +327,7 @@ def _refuse_a_position_inside_dead_letters(
         frm, to = inside[0]
         raise IntegrityError(
             f"{where}: the committed position {pos} is inside [{frm}, {to}), the range of a durable "
-            "dead-letter object (a flush of bad records only): the group's offsets were moved "
+            "dead-letter object (a flush whose records were all bad): the group's offsets were moved "
             "backwards (reset?) to a position that is not a flush boundary. Nothing was changed. "
             f"To consume again from that flush's start, move the group's offset to {frm}; to "
             f"continue after it, to {to} (kafka-consumer-groups --reset-offsets --to-offset)."

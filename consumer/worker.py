@@ -365,6 +365,8 @@ class PartitionWorker:
             committed, pieces, markers, dead, finals, last_end, where=self.where,
             last_final_writer=self._final_writers.get(("", max(finals))) if finals else None,
             group=self.shared.group_id, staged_here=staged_here,
+            dead_letter_records=self._dead_letter_lines(
+                committed, any(p.file_start not in finals for p in pieces), last_end, dead),
         )
         doomed = set(plan.delete)
         self._begin_plan(
@@ -487,11 +489,12 @@ class PartitionWorker:
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
         only = one_flush_only(pieces, finals) if committed is None else None
+        open_pieces = any(p.file_start not in finals.get(p.bucket, (set(), None))[0] for p in pieces)
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
                                       staged_here=staged_here,
                                       rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags),
-                                      dead_letter_records=self._dead_letters_past(
-                                          committed, pieces, finals, high_water, dead))
+                                      dead_letter_records=self._dead_letter_lines(
+                                          committed, open_pieces, high_water, dead))
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
@@ -544,21 +547,16 @@ class PartitionWorker:
                 rows += self.store.get(key).count(b"\n")
         return rows
 
-    def _dead_letters_past(
-        self,
-        committed: int | None,
-        pieces: list[PieceRef],
-        finals: dict[str, tuple[set[int], int | None]],
-        high_water: int | None,
-        dead: list[tuple[str, int, int]],
+    def _dead_letter_lines(
+        self, committed: int | None, open_pieces: bool, start: int | None, dead: list[tuple[str, int, int]]
     ) -> dict[str, int]:
-        """The lines of the dead-letter objects that follow the rolled high-water (a GET each):
-        asked only with no committed position and no open bucket file, where they may be all a
-        finished flush left (:func:`past_dead_letters`)."""
-        if committed is not None or any(p.file_start not in finals.get(p.bucket, (set(), None))[0]
-                                        for p in pieces):
+        """The lines of the dead-letter objects that follow ``start`` (the newest final file's or
+        rolled bucket file's end; a GET each): asked only with no committed position and no open
+        file, where they may be all that finished flushes of bad records only left
+        (:func:`~consumer.recovery.past_dead_letters`)."""
+        if committed is not None or open_pieces:
             return {}
-        return {key: self.store.get(key).count(b"\n") for key, _f, _t in dead_letters_from(high_water, dead)}
+        return {key: self.store.get(key).count(b"\n") for key, _f, _t in dead_letters_from(start, dead)}
 
     def _begin_plan(
         self,

@@ -4,6 +4,7 @@ them, or leave a process alive doing nothing. Every test reads the outcome back 
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -186,41 +187,47 @@ def test_a_bucketed_flush_outlives_expired_offsets_and_retention_of_its_records(
     assert committed(stack.kafka_bootstrap, group, topic) == [3000]
 
 
-def test_a_bucketed_flush_of_bad_records_only_survives_a_reset_into_it_and_expired_offsets(
-    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+@pytest.mark.parametrize("layout", [(), BUCKETED], ids=["plain", "bucketed"])
+def test_a_flush_of_bad_records_only_survives_a_reset_into_it_and_expired_offsets(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path,
+    layout: tuple[str, ...],
 ) -> None:
-    """Under --partition-by, 500 good records rolled (no bucket file open), then 300 bad ones: their
-    flush leaves the dead-letter object [500, 800) and nothing else, and commits 800.
-    - An offset moved back to 650 stops with status 5 naming [500, 800), nothing changed. That run
-      used to delete the object as never committed and read from 650: the dead letters of
-      [500, 650) were lost.
+    """500 good records rolled, then 300 bad ones: their dead-letter objects are all that holds
+    [500, 800) (the file of no rows publishes nothing when it rolls; under --partition-by no
+    bucket file is opened), and 800 is committed.
+    - An offset moved back inside one of them stops with status 5 naming its range, nothing
+      changed. That run used to delete the objects as never committed and read from there: the
+      dead letters below the position were lost.
     - The operator undoes it; then the group's offsets expire and retention deletes the records
-      below 700. Recovery adopts 800 past the object, whose 300 lines account for its range, and
-      keeps it. It used to adopt the rolled 500, delete the object to read the records again, and
-      stop with status 5: [500, 700) were gone from Kafka too."""
+      below 700. Recovery adopts 800 past the objects, whose lines account for their ranges, and
+      keeps them. It used to adopt 500, delete them to read the records again, and stop with
+      status 5: [500, 700) were gone from Kafka too."""
     topic, group = make_topic(partitions=1), unique("g")
     out = output(stack, unique_prefix)
     good = [encode_raw(SCHEMA, make_record("page_view", i)) for i in range(800)]
     produce_raw(stack.kafka_bootstrap, topic, list(good[:500]))
-    assert (res := run_consumer(topic, group, out, *BUCKETED)).returncode == 0, res.stderr[-3000:]
-    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    assert (res := run_consumer(topic, group, out, *layout)).returncode == 0, res.stderr[-3000:]
     produce_raw(stack.kafka_bootstrap, topic, [v + b"\x00\x01" for v in good[500:]])
-    assert (res := run_consumer(topic, group, out, *BUCKETED)).returncode == 0, res.stderr[-3000:]
+    assert (res := run_consumer(topic, group, out, *layout)).returncode == 0, res.stderr[-3000:]
     assert committed(stack.kafka_bootstrap, group, topic) == [800]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
     before = dict(_all(s3, stack.s3_bucket, unique_prefix))
-    letters = [k for k in before if "_dead_letters/" in k]
-    assert [k.rsplit("/", 1)[1] for k in letters] == [f"{500:020d}-{800:020d}.jsonl"], letters
+    ranges = sorted(tuple(int(x) for x in k.rsplit("/", 1)[1].removesuffix(".jsonl").split("-"))
+                    for k in before if "_dead_letters/" in k)
+    assert ranges[0][0] == 500 and ranges[-1][1] == 800, ranges
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges)), ranges
+    frm, to = next(r for r in ranges if r[1] - r[0] >= 2)
 
-    reset_offset(admin, group, topic, 650)
-    res = run_consumer(topic, group, out, *BUCKETED)
+    reset_offset(admin, group, topic, (frm + to) // 2)
+    res = run_consumer(topic, group, out, *layout)
     assert res.returncode == 5, res.stderr[-3000:]
-    assert "position 650 is inside [500, 800)" in res.stderr
+    assert f"position {(frm + to) // 2} is inside [{frm}, {to})" in res.stderr
     assert dict(_all(s3, stack.s3_bucket, unique_prefix)) == before
     reset_offset(admin, group, topic, 800)  # the operator undoes it
 
     admin.delete_consumer_groups([group])[group].result(timeout=30)
     admin.delete_records([TopicPartition(topic, 0, 700)])[TopicPartition(topic, 0, 700)].result(timeout=30)
-    res = run_consumer(topic, group, out, *BUCKETED)
+    res = run_consumer(topic, group, out, *layout)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "adopting 800" in res.stderr
     assert dict(_all(s3, stack.s3_bucket, unique_prefix)) == before

@@ -306,13 +306,17 @@ step = st.one_of(
     steps=[("produce", 0, 1), ("produce", 0, 1), ("retention", 0, 1), ("reset", 0, RESET_EXPIRED)],
     layout="bucketed",
 )
-# Two bad records only, with no bucket file open: one flush left the dead-letter object [0, 2)
-# and nothing else, and committed 2. An operator moved the offset back to 1: recovery deleted the
-# object as never committed and read from 1 again, so offset 0's dead letter was lost. It stops
-# now (status 5, nothing changed), as inside a row group.
+# Bad records only: a flush left the dead-letter object [0, 2) (or [0, 4), its file of no rows
+# then finished as nothing) and nothing else, and committed its end. An operator moved the offset
+# back to 1: recovery deleted the object as never committed and read from 1 again, so offset 0's
+# dead letter was lost. It stops now (status 5, nothing changed), as inside a row group.
 @example(
     steps=[("produce", 0, 1), ("produce_bad", 1, 2), ("join", 0, 0), ("reset_back", 1, 1)],
     layout="bucketed",
+)
+@example(
+    steps=[("produce", 0, 1), ("produce_bad", 1, 5), ("reset", 1, RESET_TO_LATEST), ("reset_back", 1, 1)],
+    layout="plain",
 )
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(

@@ -356,6 +356,28 @@ def test_a_bucketed_reset_backwards_into_a_flush_of_bad_records_only_stops() -> 
     assert set(plan_bucketed_recovery(14, [], [], zombie, {}, 10).delete) == {"dl14", "zombie"}
 
 
+def test_a_reset_backwards_into_a_flush_of_bad_records_only_stops_in_the_plain_layout_too() -> None:
+    """A file whose records were all bad publishes nothing when it rolls: its dead-letter objects
+    are all that holds [0, 4). An offset moved back to 1 used to delete [0, 4) as never committed
+    (offset 0's dead letter lost); now it stops. At a boundary of any object it goes on: 0 reads it
+    all again; 4 (where the object ends, not a chain) keeps it and deletes a fenced member's [2, 6)."""
+    dead = [("dl0", 0, 4)]
+    with pytest.raises(IntegrityError, match=r"position 1 is inside \[0, 4\).*offset to 0; .* to 4"):
+        plan(1, [], dead=dead)
+    assert plan(0, [], dead=dead).delete == ("dl0",)
+    assert plan(4, [], dead=[*dead, ("zombie", 2, 6)]).delete == ("zombie",)
+    # A final file ending at the position is a boundary too.
+    assert plan(6, [], dead=[("dl4", 4, 8)], finals=[0], last_end=6).position == 6
+    # With expired offsets the final file's end moves past the objects that hold every record of
+    # their range; an open file (whose zero-row pieces hold such flushes) leaves it as it was.
+    after = [("dl6", 6, 8), ("dl8", 8, 9)]
+    moved = plan_recovery(None, [], [], after, [0], 6, dead_letter_records={"dl6": 2, "dl8": 1})
+    assert (moved.position, moved.commit, moved.delete) == (9, 9, ())
+    assert plan_recovery(None, [], [], after, [0], 6, dead_letter_records={"dl6": 1}).position == 6
+    opened = plan_recovery(None, chain(9, 12), [], after, [0], 6, dead_letter_records={"dl6": 2, "dl8": 1})
+    assert opened.position == 12 and opened.delete == ()
+
+
 def test_a_bucketed_reset_backwards_into_a_row_group_stops_and_changes_nothing() -> None:
     """As in the plain layout: an offset moved back strictly inside the staged row groups of the
     open bucket files stops the run, naming both boundaries. It used to take those files for a

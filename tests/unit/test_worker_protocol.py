@@ -191,6 +191,38 @@ def test_expired_offsets_adopt_the_position_s3_proves() -> None:
     assert final_offsets(store) == list(range(40))
 
 
+def test_expired_offsets_after_a_file_of_bad_records_only_keep_its_dead_letters() -> None:
+    """[0, 10) rolled; then a file of bad records only, [10, 20): its roll published nothing and
+    its dead-letter objects are all that holds it. The offsets expire. Every offset of the objects'
+    ranges has its line, so recovery adopts 20 and keeps them. It used to adopt 10 (the final
+    file's end) and delete them to read the records again: lost when retention had deleted those
+    records from Kafka too. A reset backwards into them stops (status 5) and changes nothing."""
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=10, row_group_rows=5)
+    w = make_worker(store, positions, cfg)
+    w.recover()
+    run(w, range(20), bad=set(range(10, 20)))
+    w.finish()  # the file of no rows is finished as nothing
+    assert final_offsets(store) == list(range(10)) and staged(store) == []
+    assert positions.committed("t", 0) == 20
+    letters = {k: v for k, v in store.objects.items() if "_dead_letters/" in k}
+    assert len(letters) == 2
+    before = dict(store.objects)
+    positions.reset("t", 0, 12)
+    with pytest.raises(IntegrityError, match=r"position 12 is inside \[10, 15\)"):
+        make_worker(store, positions, cfg).recover()
+    assert store.objects == before
+    positions.reset("t", 0, None)  # offsets expired
+    w2 = make_worker(store, positions, cfg)
+    assert w2.recover() == 20
+    assert positions.committed("t", 0) == 20
+    assert {k: v for k, v in store.objects.items() if "_dead_letters/" in k} == letters
+    run(w2, range(20, 25))
+    w2.finish()
+    assert final_offsets(store) == [*range(10), *range(20, 25)]
+    assert dead_letter_offsets(store) == list(range(10, 20))
+
+
 def test_a_piece_removed_by_someone_else_stops_recovery_and_deletes_nothing() -> None:
     store, positions = MemoryStore(), MemoryPositions()
     open_file_with_30_committed(store, positions)
