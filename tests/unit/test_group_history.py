@@ -5,10 +5,12 @@ keeps failing or whose reply is lost after it took effect, or by a Kafka commit 
 or after the coordinator took it); an operator stops the group and resets a partition's offset
 (expired, moved to the latest, re-set where it is without the consumer's note, moved backwards),
 or the group stays down until retention deletes records it had not read; and records keep
-arriving on several partitions, some of them malformed. A reset backwards must stop the run with
-status 5 and the partition's objects unchanged (the operator then undoes it), or go on; lost
-records must stop it with status 5 too, after its recovery (the operator then moves the offset to
-the log start), unless nothing committed reached them. Whatever the order, once the survivors
+arriving on several partitions, some of them malformed (and, with the Confluent framing, of
+versions of the subject registered meanwhile, each a new reader schema that rolls the open
+files). A reset backwards must stop the run with status 5 and the partition's objects unchanged
+(the operator then undoes it), or go on; lost records must stop it with status 5 too, after its
+recovery (the operator then moves the offset to the log start), unless nothing committed reached
+them. Whatever the order, once the survivors
 stop and one member catches up, every good record's offset is in exactly one final file and
 every bad one's in a dead letter (but those skipped by a reset to the latest or deleted unread,
 which are in at most one final file), no final file holds a bad record's offset, and no member
@@ -31,15 +33,17 @@ from datetime import timedelta
 from typing import Any
 from unittest.mock import patch
 
+import fastavro
 import pyarrow.parquet as pq
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from consumer import side_by_side
+from consumer.decoding import Decoder
 from consumer.errors import EXIT_FATAL, EXIT_OK, EXIT_STORAGE
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import TransientStorageError
-from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryStore, memory_runner
+from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryRegistry, MemoryStore, memory_runner
 
 PARTITIONS = 3
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -53,7 +57,30 @@ CONFIGS: dict[str, dict[str, Any]] = {
         "max_open_buckets": 2,
         "bucket_grace": 86400.0,
     },
+    # Confluent framing, with the subject's versions registered while the group runs: each new
+    # version the members meet changes the reader schema, so the open files roll on the spot.
+    "evolving": {
+        "row_group_rows": 4,
+        "file_rows": 10,
+        "batch_size": 5,
+        "framing": "confluent",
+        "schema": None,
+        "schema_registry_url": "http://unused",
+    },
 }
+SUBJECT = "t-value"
+#: The subject's versions, in the order an "evolve" step registers them: a field dropped, a type
+#: promoted (int → long → double), a field added with a default and renamed through an alias.
+VERSIONS: list[dict[str, Any]] = [
+    {"type": "record", "name": "Evt", "fields": [
+        {"name": "id", "type": "long"}, {"name": "n", "type": "int"}, {"name": "old", "type": "string"}]},
+    {"type": "record", "name": "Evt", "fields": [
+        {"name": "id", "type": "long"}, {"name": "n", "type": "long"},
+        {"name": "country", "type": "string", "default": "zz"}]},
+    {"type": "record", "name": "Evt", "fields": [
+        {"name": "id", "type": "long"}, {"name": "n", "type": "double"},
+        {"name": "land", "type": "string", "default": "zz", "aliases": ["country"]}]},
+]
 #: How a member may end: on its stop, or on its own when S3 keeps failing (the group goes on).
 ENDED_WELL = (EXIT_OK, EXIT_STORAGE)
 #: ... and one whose commit the coordinator refused for good (not a fencing) ends with status 5.
@@ -181,15 +208,26 @@ class Member:
 
 
 def _produce(broker: MemoryBroker, produced: list[int], partition: int, n: int,
-             bad: set[int] | None = None) -> None:
+             bad: set[int] | None = None, registry: MemoryRegistry | None = None) -> None:
     """``n`` records into ``partition``; into ``bad`` too, their offsets are malformed Avro (trailing
-    bytes): dead letters."""
+    bytes): dead letters. With a ``registry``, Confluent-framed records of its versions by turns
+    (producers not all upgraded at once)."""
     schema = parsed_schema("page_view")
     for _ in range(n):
         i = produced[partition]
-        record = make_record("page_view", partition * 1000 + i)
-        record["ts"] += timedelta(hours=i * 7 % 3)  # the plain layout ignores it
-        value = encode_raw(schema, record)
+        if registry is None:
+            record = make_record("page_view", partition * 1000 + i)
+            record["ts"] += timedelta(hours=i * 7 % 3)  # the plain layout ignores it
+            value = encode_raw(schema, record)
+        else:
+            ids = registry.subjects[SUBJECT]
+            sid = ids[i % len(ids)]
+            body = io.BytesIO()
+            fields = {"id": i, "n": i, "old": "o", "country": "c", "land": "l"}
+            avro = registry.schemas[sid]
+            fastavro.schemaless_writer(body, fastavro.parse_schema(avro),
+                                       {f["name"]: fields[f["name"]] for f in avro["fields"]})
+            value = b"\x00" + sid.to_bytes(4, "big") + body.getvalue()
         if bad is not None:
             value += b"\x00\x00"
             bad.add(i)
@@ -239,6 +277,7 @@ step = st.one_of(
     st.tuples(st.just("reset"), st.integers(0, PARTITIONS - 1), st.integers(0, 2)),
     st.tuples(st.just("reset_back"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("retention"), st.integers(0, PARTITIONS - 1), st.integers(1, 40)),
+    st.tuples(st.just("evolve"), st.just(0), st.just(0)),
 )
 
 
@@ -329,6 +368,14 @@ def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int,
 
 def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     broker, store, clock = Broker(), MemoryStore(), Clock()
+    registry: MemoryRegistry | None = None
+    if config.get("framing") == "confluent":
+        registry = MemoryRegistry()
+        registry.register(SUBJECT, VERSIONS[0])
+
+    def runner(**extra: Any) -> Any:
+        decoder = Decoder("confluent", registry=registry) if registry is not None else None
+        return memory_runner(broker, store, clock=clock, value_decoder=decoder, **config, **extra)
     broker.create_topic("t", PARTITIONS)
     produced = [0] * PARTITIONS
     bad: list[set[int]] = [set() for _ in range(PARTITIONS)]  # malformed records: dead letters
@@ -364,7 +411,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     broker.on_refused = on_refused
 
     def join() -> Member:
-        m = Member(memory_runner(broker, store, clock=clock, **config), threads=threads)
+        m = Member(runner(), threads=threads)
         members.append(m)
         m.start()
         return m
@@ -409,9 +456,12 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         for kind, a, b in steps:
             m = live(a)
             if kind == "produce":
-                _produce(broker, produced, a, b)
+                _produce(broker, produced, a, b, registry=registry)
             elif kind == "produce_bad":
-                _produce(broker, produced, a, b, bad[a])
+                _produce(broker, produced, a, b, bad[a], registry=registry)
+            elif kind == "evolve":  # a new version of the subject: its producers start at once
+                if registry is not None and len(registry.subjects[SUBJECT]) < len(VERSIONS):
+                    registry.register(SUBJECT, VERSIONS[len(registry.subjects[SUBJECT])])
             elif kind == "join":
                 join()
             elif kind == "s3_error":  # an S3 outage outlasting the retries, for one call
@@ -476,7 +526,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         stop_all()
         assert all(m.ended_well for m in members if not m.killed), [m.status for m in members]
         last = Member(
-            memory_runner(broker, store, clock=clock, until_caught_up=True, **config), threads=threads
+            runner(until_caught_up=True), threads=threads
         )
         last.start()
         last.run_to_end()
