@@ -469,7 +469,11 @@ def _recreate(admin: Any, topic: str) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
-    while admin.list_topics(topic=topic, timeout=10).topics[topic].partitions[0].leader < 0:
+    while True:  # metadata may name the new topic before its partition (or its leader) is known
+        partitions = admin.list_topics(topic=topic, timeout=10).topics[topic].partitions
+        if 0 in partitions and partitions[0].leader >= 0:
+            break
+        assert time.monotonic() < deadline, f"{topic}[0] has no leader after its recreation"
         time.sleep(0.2)
 
 
