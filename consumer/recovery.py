@@ -516,6 +516,29 @@ def past_dead_letters(
     return pos
 
 
+def files_gone(
+    flush_files: Mapping[str, int],
+    pos: int,
+    pieces: Sequence[PieceRef],
+    finals: Mapping[str, tuple[set[int], int | None]],
+) -> list[tuple[str, int]]:
+    """(bucket, file start) of the files the flush that committed ``pos`` wrote into
+    (``flush_files``, as its pieces record them) of which S3 holds neither a staged piece ending
+    at ``pos`` nor a final file: a roll after that flush leaves the bucket's newest final file
+    starting there and ending at ``pos``. Under ``--partition-by`` a bucket file deleted whole by
+    someone else, while the others still reach ``pos``, is otherwise not seen: its rows are lost
+    without a word."""
+    gone = []
+    for bucket, start in sorted(flush_files.items()):
+        if any(p.bucket == bucket and p.file_start == start and p.to_pos == pos for p in pieces):
+            continue
+        starts, end = finals.get(bucket, (set(), None))
+        if start in starts and end == pos:
+            continue
+        gone.append((bucket, start))
+    return gone
+
+
 def plan_bucketed_recovery(
     committed: int | None,
     pieces: Sequence[PieceRef],
@@ -565,7 +588,8 @@ def plan_bucketed_recovery(
     * ``staged_here`` (the commit's note: its rows were staged in this output) with no open file
       reaching ``C`` and no rolled file either: the newest pieces were deleted by someone else,
       as in the plain layout (stop, status 5). A whole bucket file deleted while another still
-      reaches ``C`` is not seen: nothing says which buckets were open.
+      reaches ``C`` is caught by the worker before this plan (:func:`files_gone`: the pieces
+      name the files their flush wrote into).
     """
     notes: list[str] = []
     files: dict[tuple[str, int], list[PieceRef]] = {}

@@ -94,6 +94,7 @@ from consumer.recovery import (
     RecoveryPlan,
     chain_ending_at,
     dead_letters_from,
+    files_gone,
     layout_mismatch,
     one_flush_only,
     other_writer,
@@ -131,6 +132,9 @@ READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader
 _REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
 BUCKET_END_KEY = "consumer.bucket_end"  # --partition-by: the bucket's end (epoch ms), for the grace rule
 BUCKET_LATE_KEY = "consumer.bucket_late"  # "1": the file was opened after its bucket's grace had passed
+#: --partition-by: every file the piece's flush wrote into, as {bucket: file start} (JSON). Recovery
+#: checks that each still reaches the committed position (see _refuse_a_bucket_file_gone).
+FLUSH_FILES_KEY = "consumer.flush_files"
 
 # Kept for callers of the old private name (tests/unit/test_recovery_chain.py).
 _chain_ending_at = chain_ending_at
@@ -488,6 +492,8 @@ class PartitionWorker:
                 final_topic_ids.append(self._final_topic_ids.get((bucket, max(starts))))
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
+        if staged_here and committed is not None:
+            self._refuse_a_bucket_file_gone(committed, pieces, finals, etags)
         only = one_flush_only(pieces, finals) if committed is None else None
         open_pieces = any(p.file_start not in finals.get(p.bucket, (set(), None))[0] for p in pieces)
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
@@ -546,6 +552,50 @@ class PartitionWorker:
             if (frm, to) == span:
                 rows += self.store.get(key).count(b"\n")
         return rows
+
+    def _refuse_a_bucket_file_gone(
+        self,
+        pos: int,
+        pieces: list[PieceRef],
+        finals: dict[str, tuple[set[int], int | None]],
+        etags: Mapping[str, str | None],
+    ) -> None:
+        """Under --partition-by, with the position committed once its rows were staged here: every
+        file the flush that committed it wrote into must still reach it (:func:`files_gone`).
+        What that flush wrote into is read from the pieces ending at the position (footers the
+        resume reads anyway); where they disagree (a fenced member's piece of the same range), only
+        the files all of them name are checked. Pieces written before the list was recorded say
+        nothing: no check."""
+        said: set[tuple[str, int]] | None = None
+        for p in (p for p in pieces if p.to_pos == pos and p.from_pos < pos):
+            footer = self._load_piece(p, etags.get(p.key)).layout.footer
+            listed = read_key_value_metadata(footer).get(FLUSH_FILES_KEY)
+            if listed is None:
+                return
+            files = {(b, int(start)) for b, start in json.loads(listed).items()}
+            said = files if said is None else said & files
+        if not said:
+            return
+        known = dict(finals)
+        for bucket in {b for b, _start in said} - set(known):  # rolled since: their final files
+            starts = self._final_starts(bucket)
+            known[bucket] = (set(starts), self._final_range(max(starts), bucket)[1] if starts else None)
+        gone = files_gone(dict(said), pos, pieces, known)
+        if not gone:
+            return
+        first = min(start for _b, start in gone)
+        raise IntegrityError(
+            f"{self.where}: the flush that committed {pos} wrote into the bucket file(s) "
+            + ", ".join(f"{b} (from {start})" for b, start in gone)
+            + f", and S3 holds no staged piece of it ending at {pos} and no final file of it: deleted "
+            "by someone else (a clean-up of _staging/, a lifecycle rule). Their rows are in no file, "
+            "and going on would skip them without a word. Nothing was changed. To export them again, "
+            f"move the group's offset back to {first} (kafka-consumer-groups --reset-offsets "
+            f"--to-offset {first}): the other buckets' staged rows from there are read again too. If "
+            f"that is refused (a bucket file rolled past {first}), export [{first}, {pos}) with "
+            f"`consumer replay` to another prefix, then commit {pos} by hand (--to-offset {pos}), "
+            "which clears this consumer's note, to go on without them here."
+        )
 
     def _dead_letter_lines(
         self, committed: int | None, open_pieces: bool, start: int | None, dead: list[tuple[str, int, int]]
@@ -1346,10 +1396,14 @@ class PartitionWorker:
         empty = table.schema.empty_table() if table.num_columns else EMPTY_TABLE
         written: list[tuple[FileState, StagedPiece, int]] = []
         t_put, self._encode_s = self.clock(), 0.0
+        flush_files = None
+        if self.bucketing is not None:
+            starts = {b: self.files[b].start for b in order}
+            flush_files = json.dumps(starts, sort_keys=True, separators=(",", ":"))
         for bucket in order:
             f = self.files[bucket]
             rows_table = groups[bucket][0] if bucket in groups else empty
-            written.append((f, *self._put_piece(f, rows_table, identity, from_pos, to_pos)))
+            written.append((f, *self._put_piece(f, rows_table, identity, from_pos, to_pos, flush_files)))
         faults.point("after_piece_put")
         # No piece at all: under --partition-by, dead letters only while no bucket file is open.
         # Final files and dead letters hold the rows below to_pos then, nothing staged.
@@ -1413,7 +1467,8 @@ class PartitionWorker:
         return out
 
     def _put_piece(
-        self, f: FileState, table: pa.Table, identity: str | None, from_pos: int, to_pos: int
+        self, f: FileState, table: pa.Table, identity: str | None, from_pos: int, to_pos: int,
+        flush_files: str | None = None,
     ) -> tuple[StagedPiece, int]:
         """Encode and PUT one piece of file ``f`` (conditional); (the piece, its encoded length)."""
         meta = {BORN_KEY: repr(f.born_wall)}
@@ -1427,6 +1482,8 @@ class PartitionWorker:
             meta[BUCKET_END_KEY] = str(f.bucket_end)
         if f.late:
             meta[BUCKET_LATE_KEY] = "1"
+        if flush_files is not None:
+            meta[FLUSH_FILES_KEY] = flush_files
         if table.num_rows and self.arena is not None:
             meta[AVRO_SCHEMA_KEY] = json.dumps(self.arena.schema.avro, separators=(",", ":"))
             if self.resolving and self.arena.schema.schema_id is not None:

@@ -276,6 +276,33 @@ def test_staged_rows_deleted_by_someone_else_stop_with_status_5_until_the_offset
     assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 rolled {out}"
 
 
+def test_a_bucket_file_deleted_whole_stops_with_status_5_until_the_offset_is_moved_to_its_start(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Under --partition-by, row groups [0, 1000) [1000, 2000) [2000, 3000) staged into three
+    hours' files; an outsider deletes one hour's file whole. The other two still reach 3000, so
+    the restart used to go on and that hour's rows were in no file, exit 0. Every piece names the
+    files its flush wrote into: the restart stops with status 5 naming it, changing nothing; the
+    offset moved back to its start exports every offset once."""
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix, *BUCKETED, spread_hours=3)
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    files = sorted({k.rsplit("/", 2)[0] for k in staged if k.endswith(".piece")})
+    assert len(files) == 3, staged
+    doomed = [k for k in staged if k.startswith(files[1] + "/")]
+    for key in doomed:
+        s3.delete_object(Bucket=stack.s3_bucket, Key=key)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *BUCKETED)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "deleted by someone else" in res.stderr and "offset back to 0" in res.stderr
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == [k for k in staged if k not in doomed]
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == []
+    reset_offset(admin, group, topic, 0)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *BUCKETED)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
+
+
 def test_backward_offset_reset_into_final_files_stops_with_status_5(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
 ) -> None:

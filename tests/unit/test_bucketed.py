@@ -575,6 +575,53 @@ def test_expired_offsets_after_a_dead_letter_object_with_gaps_read_its_range_aga
     assert not [k for k in store.objects if "_dead_letters/" in k]
 
 
+def test_a_bucket_file_deleted_whole_stops_recovery_and_a_reset_to_its_start_exports_it_again() -> None:
+    """Ten records staged into five hours' files and committed (the note: staged here). Someone
+    deletes every piece of one hour's file; the others still reach the position, so nothing else
+    sees it, and its rows were skipped without a word. Every piece names the files its flush wrote
+    into: recovery stops, naming that file, and changes nothing. The offset moved back to the
+    file's start reads every bucket's rows from there again, each once."""
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=None)
+    w = make_worker(store, positions, cfg)
+    w.recover()
+    run(w, range(10))
+    w.flush()
+    assert positions.committed("t", 0) == 10
+    files = {k.rsplit("/", 2)[0] for k in staged(store)}
+    assert len(files) == 5
+    doomed = sorted(files)[2]
+    for key in [k for k in staged(store) if k.startswith(doomed + "/")]:
+        del store.objects[key]
+    before = dict(store.objects)
+    with pytest.raises(IntegrityError, match=r"deleted by someone else.*offset back to 0"):
+        make_worker(store, positions, cfg).recover()
+    assert store.objects == before
+    positions.reset("t", 0, 0)  # kafka-consumer-groups --reset-offsets --to-offset 0: no note
+    w2 = make_worker(store, positions, cfg)
+    assert w2.recover() == 0
+    run(w2, range(15))
+    w2.finish()
+    check_exactly_once(store, 15, set())
+
+
+def test_a_bucket_file_rolled_after_the_flush_is_not_taken_for_a_deleted_one() -> None:
+    """max-open-buckets 2 rolls the oldest files right after the flush that committed the position:
+    their final files end there, and recovery goes on."""
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=None, max_open_buckets=2)
+    w = make_worker(store, positions, cfg)
+    w.recover()
+    run(w, range(10))
+    w.flush()
+    assert finals(store) and staged(store)
+    w2 = make_worker(store, positions, cfg)
+    assert w2.recover() == 10
+    run(w2, range(10, 15))
+    w2.finish()
+    check_exactly_once(store, 15, set())
+
+
 def _crash_at_piece(n: int) -> Callable[[str, str], None]:
     seen = 0
 

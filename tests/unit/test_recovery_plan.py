@@ -21,6 +21,7 @@ from consumer.recovery import (
     REPLAY_WRITER,
     RecoveryPlan,
     dead_letters_from,
+    files_gone,
     one_flush_only,
     other_writer,
     past_dead_letters,
@@ -376,6 +377,18 @@ def test_a_reset_backwards_into_a_flush_of_bad_records_only_stops_in_the_plain_l
     assert plan_recovery(None, [], [], after, [0], 6, dead_letter_records={"dl6": 1}).position == 6
     opened = plan_recovery(None, chain(9, 12), [], after, [0], 6, dead_letter_records={"dl6": 2, "dl8": 1})
     assert opened.position == 12 and opened.delete == ()
+
+
+def test_files_gone_are_those_of_the_last_flush_with_no_piece_and_no_final_file_at_the_position() -> None:
+    """The flush that committed 6 wrote into hr=04 (from 0), hr=05 (from 2) and hr=06 (from 4).
+    hr=05 rolled right after it (its final file [2, 6)); hr=06's pieces are gone."""
+    flush = {"hr=04": 0, "hr=05": 2, "hr=06": 4}
+    pieces = [replace(p, bucket="hr=04") for p in chain(0, 2, 4, 6)]
+    finals = {"hr=05": ({2}, 6), "hr=06": (set(), None)}
+    assert files_gone(flush, 6, pieces, finals) == [("hr=06", 4)]
+    assert files_gone(flush, 6, [*pieces, replace(piece(4, 4, 6), bucket="hr=06")], finals) == []
+    # A final file of the bucket that ends elsewhere is not that flush's file.
+    assert files_gone(flush, 6, pieces, {**finals, "hr=05": ({2}, 5)}) == [("hr=05", 2), ("hr=06", 4)]
 
 
 def test_a_bucketed_reset_backwards_into_a_row_group_stops_and_changes_nothing() -> None:
