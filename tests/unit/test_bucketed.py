@@ -522,6 +522,19 @@ def test_expired_offsets_after_a_finished_first_flush_keep_its_rows(bad: set[int
     check_exactly_once(store, 6, bad)
 
 
+def _ten_rolled() -> tuple[MemoryStore, MemoryPositions, PartitionWorker]:
+    """Records 0..9 in final bucket files (none open, the rolled high-water 10), and a new
+    worker recovered at 10."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(10))
+    w.finish()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w.recover() == 10
+    return store, positions, w
+
+
 @pytest.mark.parametrize("flushes", [[range(10, 13)], [range(10, 12), range(12, 15)]])
 def test_expired_offsets_after_flushes_of_bad_records_only_keep_their_dead_letters(
     flushes: list[range],
@@ -531,13 +544,7 @@ def test_expired_offsets_after_flushes_of_bad_records_only_keep_their_dead_lette
     of each object's range has its line, so those flushes finished: recovery adopts the end of the
     last one and keeps them. It used to adopt the rolled high-water (10) and delete them to read
     the records again, which lost them when retention had deleted the records from Kafka too."""
-    store, positions = MemoryStore(), MemoryPositions()
-    w = make_worker(store, positions, replace(BASE, file_rows=None))
-    w.recover()
-    run(w, range(10))
-    w.finish()
-    w = make_worker(store, positions, replace(BASE, file_rows=None))
-    assert w.recover() == 10
+    store, positions, w = _ten_rolled()
     bad = {i for r in flushes for i in r}
     for r in flushes:
         run(w, r, bad=bad)
@@ -559,13 +566,7 @@ def test_expired_offsets_after_flushes_of_bad_records_only_keep_their_dead_lette
 def test_expired_offsets_after_a_dead_letter_object_with_gaps_read_its_range_again() -> None:
     """Offset 11 holds no record (a transaction marker): the object's two lines do not prove the
     flush of [10, 13) finished, so recovery goes back to the high-water and reads them again."""
-    store, positions = MemoryStore(), MemoryPositions()
-    w = make_worker(store, positions, replace(BASE, file_rows=None))
-    w.recover()
-    run(w, range(10))
-    w.finish()
-    w = make_worker(store, positions, replace(BASE, file_rows=None))
-    w.recover()
+    store, positions, w = _ten_rolled()
     run(w, [10, 12], bad={10, 12})
     w.flush(upto=13)
     assert positions.committed("t", 0) == 13
