@@ -569,10 +569,11 @@ class PartitionWorker:
         said: set[tuple[str, int]] | None = None
         for p in (p for p in pieces if p.to_pos == pos and p.from_pos < pos):
             footer = self._load_piece(p, etags.get(p.key)).layout.footer
-            listed = read_key_value_metadata(footer).get(FLUSH_FILES_KEY)
-            if listed is None:
+            try:
+                files = {(str(b), int(start))
+                         for b, start in json.loads(read_key_value_metadata(footer)[FLUSH_FILES_KEY]).items()}
+            except (KeyError, ValueError, TypeError, AttributeError):  # not recorded (or not ours)
                 return
-            files = {(b, int(start)) for b, start in json.loads(listed).items()}
             said = files if said is None else said & files
         if not said:
             return
