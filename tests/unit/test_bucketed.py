@@ -606,6 +606,26 @@ def test_a_bucket_file_deleted_whole_stops_recovery_and_a_reset_to_its_start_exp
     check_exactly_once(store, 15, set())
 
 
+def test_pieces_written_before_the_file_list_was_recorded_turn_the_check_off(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A piece of an earlier version names no files (no ``consumer.flush_files``): recovery cannot
+    tell a bucket file deleted whole and goes on as that version did, rather than stop on what
+    it cannot know."""
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=None)
+    w = make_worker(store, positions, cfg)
+    w.recover()
+    monkeypatch.setattr("consumer.worker.FLUSH_FILES_KEY", "consumer.some_other_key")
+    run(w, range(10))
+    w.flush()
+    monkeypatch.undo()
+    doomed = sorted({k.rsplit("/", 2)[0] for k in staged(store)})[2]
+    for key in [k for k in staged(store) if k.startswith(doomed + "/")]:
+        del store.objects[key]
+    assert make_worker(store, positions, cfg).recover() == 10
+
+
 def test_a_bucket_file_rolled_after_the_flush_is_not_taken_for_a_deleted_one() -> None:
     """max-open-buckets 2 rolls the oldest files right after the flush that committed the position:
     their final files end there, and recovery goes on."""
