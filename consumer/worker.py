@@ -550,7 +550,7 @@ class PartitionWorker:
         rows = sum(self._load_piece(p, etags.get(p.key)).rows for p in ours)
         for key, frm, to in dead:
             if (frm, to) == span:
-                rows += self.store.get(key).count(b"\n")
+                rows += self._dead_letter_count(key)
         return rows
 
     def _refuse_a_bucket_file_gone(
@@ -607,7 +607,11 @@ class PartitionWorker:
         (:func:`~consumer.recovery.past_dead_letters`)."""
         if committed is not None or open_pieces:
             return {}
-        return {key: self.store.get(key).count(b"\n") for key, _f, _t in dead_letters_from(start, dead)}
+        return {key: self._dead_letter_count(key) for key, _f, _t in dead_letters_from(start, dead)}
+
+    def _dead_letter_count(self, key: str) -> int:
+        """The records a dead-letter object holds: one JSON line each (a GET)."""
+        return self.store.get(key).count(b"\n")
 
     def _begin_plan(
         self,
