@@ -1622,9 +1622,20 @@ class PartitionWorker:
         faults.point("after_marker_put")
         # Re-commit the same position: a member that lost the partition fails here and stops
         # before it can publish a final file.
-        self.positions.commit(self.topic, self.partition, end, self._note(ROLLED))
+        self.positions.commit(self.topic, self.partition, end, self._note(self._held_after_roll(f)))
         self._finish_roll(f, end)
         del self.files[f.bucket]
+
+    def _held_after_roll(self, f: FileState) -> str:
+        """What a roll's re-commit says holds the rows below the position: the final file, unless
+        other bucket files stay open (--partition-by). Every flush writes a piece into each of
+        them, so they still hold their rows below it staged: the note says so, and recovery then
+        checks they are all still there. A roll of one bucket file (over --max-open-buckets, or
+        old) used to say "rolled", which turned those checks off: a bucket file deleted from
+        _staging/ after it went unseen and its rows were lost (found by
+        tests/unit/test_group_history.py)."""
+        others = any(g.pieces for bucket, g in self.files.items() if bucket != f.bucket)
+        return STAGED if others else ROLLED
 
     def _check_pieces(self, f: FileState, listing: dict[str, Any]) -> None:
         """Every piece is still what was written: a store that ignores If-None-Match lets a

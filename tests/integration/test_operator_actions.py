@@ -4,6 +4,7 @@ them, or leave a process alive doing nothing. Every test reads the outcome back 
 
 from __future__ import annotations
 
+import io
 import itertools
 import signal
 import subprocess
@@ -301,6 +302,40 @@ def test_a_bucket_file_deleted_whole_stops_with_status_5_until_the_offset_is_mov
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert sorted(table.column("kafka_offset").to_pylist()) == list(range(3000))
+
+
+def test_a_bucket_file_deleted_after_another_rolled_stops_with_status_5_until_its_loss_is_accepted(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The same three hours at --max-open-buckets 2: each flush rolls the oldest hour's file right
+    after it commits, and that roll's re-commit said "rolled", which turned the check off. An
+    outsider then deleted one of the two files still open: the restart exited 0 with that hour's
+    rows in no file. It says "staged" now while files stay open: status 5, nothing changed; the
+    operator, told the hour rolled past the file's start, commits 3000 by hand to go on without
+    those rows, and every other offset is in one file."""
+    bucketed = (*BUCKETED, "--max-open-buckets", "2")
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix, *bucketed, spread_hours=3)
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    files = sorted({k.rsplit("/", 2)[0] for k in staged if k.endswith(".piece")})
+    assert len(files) == 2 and final_keys(s3, stack.s3_bucket, unique_prefix), staged
+    doomed = [k for k in staged if k.startswith(files[0] + "/")]
+    lost: set[int] = set()
+    for key in doomed:
+        body = s3.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read()
+        if key.endswith(".piece"):
+            lost.update(pq.read_table(io.BytesIO(body)).column("kafka_offset").to_pylist())
+        s3.delete_object(Bucket=stack.s3_bucket, Key=key)
+    assert lost
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *bucketed)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "deleted by someone else" in res.stderr
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == [k for k in staged if k not in doomed]
+    reset_offset(admin, group, topic, 3000)  # the operator accepts the loss: no note
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000", *bucketed)
+    assert res.returncode == 0, res.stderr[-3000:]
+    offsets = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)).column(
+        "kafka_offset").to_pylist()
+    assert sorted(offsets) == sorted(set(range(3000)) - lost)
 
 
 def test_backward_offset_reset_into_final_files_stops_with_status_5(

@@ -4,7 +4,9 @@ request) while the others go on — a zombie that wakes up later — or stopped 
 keeps failing or whose reply is lost after it took effect, or by a Kafka commit that fails (before
 or after the coordinator took it); an operator stops the group and resets a partition's offset
 (expired, moved to the latest, re-set where it is without the consumer's note, moved backwards),
-or the group stays down until retention deletes records it had not read; and records keep
+or the group stays down until retention deletes records it had not read; a clean-up deletes a
+staged object (which must stop the restart with status 5 and nothing changed, the operator then
+restoring it, or lose nothing); and records keep
 arriving on several partitions, some of them malformed (and, with the Confluent framing, of
 versions of the subject registered meanwhile, each a new reader schema that rolls the open
 files). A reset backwards must stop the run with status 5 and the partition's objects unchanged
@@ -278,6 +280,7 @@ step = st.one_of(
     st.tuples(st.just("reset_back"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("retention"), st.integers(0, PARTITIONS - 1), st.integers(1, 40)),
     st.tuples(st.just("evolve"), st.just(0), st.just(0)),
+    st.tuples(st.just("delete_staged"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
 )
 
 
@@ -356,6 +359,13 @@ step = st.one_of(
 @example(
     steps=[("produce", 0, 1), ("produce_bad", 1, 5), ("reset", 1, RESET_TO_LATEST), ("reset_back", 1, 1)],
     layout="plain",
+)
+# One flush staged [0, 3) into three hours' files; over --max-open-buckets 2 the oldest rolled, and
+# its re-commit said "rolled". A clean-up then deleted one of the two files still open: with that
+# note recovery did not check them, and resumed the other one. Offset 1 was in no file.
+@example(
+    steps=[("produce", 0, 1), ("produce", 0, 1), ("produce", 0, 1), ("delete_staged", 0, 0)],
+    layout="bucketed",
 )
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
@@ -496,6 +506,23 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                         m.asks_operator = True
                         assert _objects_of(store, a) == before, "a refused reset changed the partition"
                         broker.reset_offsets("g", "t", a, committed)  # the operator undoes it
+                        join()
+                else:
+                    join()
+            elif kind == "delete_staged":  # a lifecycle rule or a clean-up deletes a staged object
+                stop_all()
+                keys = sorted(k for k in _objects_of(store, a) if "/_staging/" in f"/{k}")
+                if keys:
+                    key = keys[b % len(keys)]
+                    data = store.objects.pop(key)
+                    before = _objects_of(store, a)
+                    quiet()
+                    m = join()
+                    m.turn(3)  # it recovers its partitions
+                    if m.status == EXIT_FATAL:  # said loudly, before anything of the partition changed
+                        m.asks_operator = True
+                        assert _objects_of(store, a) == before, "a stop on a deletion changed the partition"
+                        store.objects[key] = data  # the operator restores it (a versioned bucket)
                         join()
                 else:
                     join()
