@@ -277,6 +277,30 @@ def test_staged_rows_deleted_by_someone_else_stop_with_status_5_until_the_offset
     assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 rolled {out}"
 
 
+def test_a_position_re_set_by_the_operator_gets_its_note_back_at_the_next_recovery(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    """The operator re-sets the offset where it is (--to-offset 3000: Kafka drops the note), and the
+    group runs again with nothing new to read: no flush, no commit. A deletion of the newest piece
+    then looked like a reset forwards, and the next run went on with [2000, 3000) in no file, exit
+    0. The recovery that resumes the pieces now commits 3000 again with its note on the real
+    broker, so that deletion stops the next run with status 5, changing nothing."""
+    topic, group, out = three_staged_row_groups(stack, make_topic, unique_prefix)
+    reset_offset(admin, group, topic, 3000)
+    assert committed_note(stack.kafka_bootstrap, group, topic) == ""
+    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
+    run.wait_for(lambda ev: any(e.get("event") == "partition recovered" for e in ev), what="recovery")
+    assert run.stop() == 0
+    assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 staged {out}"
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    newest = [k for k in staged if k.endswith("-00000000000000003000.piece")]
+    s3.delete_object(Bucket=stack.s3_bucket, Key=newest[0])
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "the records [2000, 3000) are in no file. Nothing was changed." in res.stderr
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == [k for k in staged if k != newest[0]]
+
+
 def test_a_bucket_file_deleted_whole_stops_with_status_5_until_the_offset_is_moved_to_its_start(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:

@@ -130,6 +130,25 @@ def test_going_on_without_the_deleted_rows_is_the_operators_reset_to_the_committ
     assert _offsets(store) == list(range(30, 50))
 
 
+def test_a_position_without_a_note_gets_one_from_the_recovery_that_resumes_its_pieces() -> None:
+    """The operator re-set the offset where it was (``--to-offset 30``: no note), and the group
+    ran again with nothing new to read, so it committed nothing. A clean-up then deleted the
+    newest piece: with no note that looked like a reset forwards, and the run went on at 30 with
+    [20, 30) in no file, exit 0 (found by tests/unit/test_group_history.py). Recovery that resumes
+    staged pieces reaching a position without a note commits it again with one."""
+    broker, store, committed = _staged_output()
+    broker.reset_offsets("g", "t", 0, committed)
+    assert broker.committed_note("g", "t", 0) == ""
+    _stage(broker, store, polls=1)  # nothing new to read: no flush, no commit of its own
+    note = parse_note(broker.committed_note("g", "t", 0))
+    assert note is not None and note.held == "staged"
+    del store.objects[_staged(store)[-1]]
+    left = dict(store.objects)
+    code, logs, _ = _run(broker, store)
+    assert code == EXIT_FATAL and "nothing here reaches it" in _stopped_with(logs)
+    assert store.objects == left
+
+
 def test_final_files_expired_by_the_outputs_retention_are_not_taken_for_deleted_staging() -> None:
     """A lifecycle rule expiring old output is no loss: the group's last commit was a roll's."""
     broker, store = page_view_broker(1, 30), MemoryStore()

@@ -367,6 +367,14 @@ step = st.one_of(
     steps=[("produce", 0, 1), ("produce", 0, 1), ("produce", 0, 1), ("delete_staged", 0, 0)],
     layout="bucketed",
 )
+# Offset 0 staged and committed; the operator re-set the offset where it was (no note), and the
+# group, with nothing new to read, committed nothing of its own. A clean-up deleted the piece:
+# with no note that looked like a reset forwards, and offset 0 was in no file. Recovery resuming
+# pieces that reach a position without a note now commits it again with one.
+@example(
+    steps=[("produce", 0, 1), ("join", 0, 0), ("reset", 0, RESET_TO_CURRENT), ("delete_staged", 0, 0)],
+    layout="plain",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"
