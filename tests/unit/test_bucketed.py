@@ -626,15 +626,22 @@ def test_pieces_written_before_the_file_list_was_recorded_turn_the_check_off(
     assert make_worker(store, positions, cfg).recover() == 10
 
 
-def test_a_bucket_file_rolled_after_the_flush_is_not_taken_for_a_deleted_one() -> None:
-    """max-open-buckets 2 rolls the oldest files right after the flush that committed the position:
-    their final files end there, and recovery goes on."""
+def _ten_flushed_at_two_open_buckets() -> tuple[MemoryStore, MemoryPositions, Config]:
+    """One flush of [0, 10) into five hours' files at --max-open-buckets 2: the three oldest roll
+    right after it commits, two stay open."""
     store, positions = MemoryStore(), MemoryPositions()
     cfg = replace(BASE, file_rows=None, max_open_buckets=2)
     w = make_worker(store, positions, cfg)
     w.recover()
     run(w, range(10))
     w.flush()
+    return store, positions, cfg
+
+
+def test_a_bucket_file_rolled_after_the_flush_is_not_taken_for_a_deleted_one() -> None:
+    """max-open-buckets 2 rolls the oldest files right after the flush that committed the position:
+    their final files end there, and recovery goes on."""
+    store, positions, cfg = _ten_flushed_at_two_open_buckets()
     assert finals(store) and staged(store)
     w2 = make_worker(store, positions, cfg)
     assert w2.recover() == 10
@@ -650,12 +657,7 @@ def test_a_bucket_file_deleted_after_another_one_rolled_stops_recovery() -> None
     While other bucket files stay open a roll's re-commit says "staged": recovery stops and changes
     nothing. The rolled hour refuses a reset to the file's start, so the operator exports that
     range to another prefix and commits 10 by hand (no note): the run goes on from there."""
-    store, positions = MemoryStore(), MemoryPositions()
-    cfg = replace(BASE, file_rows=None, max_open_buckets=2)
-    w = make_worker(store, positions, cfg)
-    w.recover()
-    run(w, range(10))
-    w.flush()
+    store, positions, cfg = _ten_flushed_at_two_open_buckets()
     open_files = sorted({k.rsplit("/", 2)[0] for k in staged(store)})
     assert len(open_files) == 2 and positions.committed("t", 0) == 10
     for key in [k for k in staged(store) if k.startswith(open_files[0] + "/")]:
