@@ -493,8 +493,11 @@ class PartitionWorker:
                 final_topic_ids.append(self._final_topic_ids.get((bucket, max(starts))))
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
+        gone: list[tuple[str, int]] = []
+        if committed is not None and (staged_here or not self._noted()):
+            gone = self._bucket_files_gone(committed, pieces, finals, etags)
         if staged_here and committed is not None:
-            self._refuse_a_bucket_file_gone(committed, pieces, finals, etags)
+            self._refuse_a_bucket_file_gone(committed, gone)
         only = one_flush_only(pieces, finals) if committed is None else None
         open_pieces = any(p.file_start not in finals.get(p.bucket, (set(), None))[0] for p in pieces)
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
@@ -514,8 +517,10 @@ class PartitionWorker:
             sources=pieces,
             final_topic_ids=final_topic_ids,
         )
+        # A file of the flush gone without a note: an operator's reset to go on without it (the
+        # stop's remedy), which a "staged" note would undo at the next recovery.
         self._note_a_position_without_one(committed, plan.position,
-                                          any(b.resume for b in plan.buckets.values()))
+                                          any(b.resume for b in plan.buckets.values()) and not gone)
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
         for _bucket, bplan in sorted(plan.buckets.items()):
@@ -556,19 +561,18 @@ class PartitionWorker:
                 rows += self._dead_letter_count(key)
         return rows
 
-    def _refuse_a_bucket_file_gone(
+    def _bucket_files_gone(
         self,
         pos: int,
         pieces: list[PieceRef],
         finals: dict[str, tuple[set[int], int | None]],
         etags: Mapping[str, str | None],
-    ) -> None:
-        """Under --partition-by, with the position committed once its rows were staged here: every
-        file the flush that committed it wrote into must still reach it (:func:`files_gone`).
-        What that flush wrote into is read from the pieces ending at the position (footers the
-        resume reads anyway); where they disagree (a fenced member's piece of the same range), only
-        the files all of them name are checked. Pieces written before the list was recorded say
-        nothing: no check."""
+    ) -> list[tuple[str, int]]:
+        """Under --partition-by: the files the flush that committed ``pos`` wrote into that no
+        longer reach it (:func:`files_gone`). What that flush wrote into is read from the pieces
+        ending at the position (footers the resume reads anyway); where they disagree (a fenced
+        member's piece of the same range), only the files all of them name are checked. Pieces
+        written before the list was recorded say nothing: none."""
         said: set[tuple[str, int]] | None = None
         for p in (p for p in pieces if p.to_pos == pos and p.from_pos < pos):
             footer = self._load_piece(p, etags.get(p.key)).layout.footer
@@ -576,15 +580,20 @@ class PartitionWorker:
                 files = {(str(b), int(start))
                          for b, start in json.loads(read_key_value_metadata(footer)[FLUSH_FILES_KEY]).items()}
             except (KeyError, ValueError, TypeError, AttributeError):  # not recorded (or not ours)
-                return
+                return []
             said = files if said is None else said & files
         if not said:
-            return
+            return []
         known = dict(finals)
         for bucket in {b for b, _start in said} - set(known):  # rolled since: their final files
             starts = self._final_starts(bucket)
             known[bucket] = (set(starts), self._final_range(max(starts), bucket)[1] if starts else None)
-        gone = files_gone(dict(said), pos, pieces, known)
+        return files_gone(dict(said), pos, pieces, known)
+
+    def _refuse_a_bucket_file_gone(self, pos: int, gone: list[tuple[str, int]]) -> None:
+        """With the position committed once its rows were staged here (its note), every file the
+        flush that committed it wrote into must still reach it: ``gone`` names those that do not
+        (:meth:`_bucket_files_gone`)."""
         if not gone:
             return
         first = min(start for _b, start in gone)
@@ -647,6 +656,10 @@ class PartitionWorker:
             self.positions.commit(self.topic, self.partition, plan.commit, self._note(held))
             self._group_position = plan.commit
 
+    def _noted(self) -> bool:
+        """Whether the committed position carries a note of this consumer (any output)."""
+        return parse_note(self.positions.note(self.topic, self.partition)) is not None
+
     def _note_a_position_without_one(self, committed: int | None, position: int | None, staged: bool) -> None:
         """The committed position carries no note of this consumer (an operator's reset, an
         earlier version) and recovery resumes staged pieces that reach it: commit it again with
@@ -655,7 +668,7 @@ class PartitionWorker:
         without a word (found by tests/unit/test_group_history.py). One commit, and only then."""
         if committed is None or position != committed or not staged or not self.shared.group_id:
             return
-        if parse_note(self.positions.note(self.topic, self.partition)) is not None:
+        if self._noted():
             return
         self.positions.commit(self.topic, self.partition, committed, self._note(STAGED))
 
