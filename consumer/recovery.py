@@ -579,7 +579,9 @@ def plan_bucketed_recovery(
       it is deleted. Per bucket the oldest file chaining to ``C`` that starts at or after the
       bucket's newest final file is the owner's (any chain to ``C`` holds that bucket's rows of
       ``[start, C)``, so an other one is a subset of it).
-    * A file with a piece ending at ``C`` but no chain to it lost a piece: stop (status 5).
+    * A file with a piece ending at ``C`` but no chain to it lost a piece: stop (status 5). So
+      does one with a piece ending where the open files reach before a forward reset: taken for a
+      zombie's file, its pieces were deleted, and their rows with them.
     * No open file chaining to ``C``, nothing rolled reaching it, and a piece of an open file with
       ``C`` strictly inside: an offset reset backwards into a row group, as in the plain layout
       (stop, status 5, nothing changed), not a zombie's leftovers. The same for a dead-letter
@@ -677,8 +679,11 @@ def plan_bucketed_recovery(
             if start == owner:
                 kept += v
                 continue
-            suspect = [p for p in v if p.to_pos == pos and p.from_pos < pos]
-            if suspect and not is_final(b, start) and not chain_ending_at(v, pos):
+            # A piece ending where the owner's files reach (C, or the end before a forward reset),
+            # in a file with no chain to it: the piece before it was removed, not a zombie's file.
+            reached = {pos} if anchor is None else {pos, anchor}
+            suspect = [p for p in v if p.to_pos in reached and p.from_pos < p.to_pos]
+            if suspect and not is_final(b, start) and not any(chain_ending_at(v, e) for e in reached):
                 _stranded(where, pos, v)
             orphans += sum(1 for p in v if p.from_pos < pos and not is_final(b, start))
             delete += [p.key for p in v]

@@ -681,6 +681,33 @@ def test_a_bucket_file_deleted_after_another_one_rolled_stops_recovery() -> None
     assert offsets == sorted(set(range(15)) - lost)
 
 
+def test_a_forward_reset_never_takes_a_file_that_lost_its_first_piece_for_a_zombies() -> None:
+    """Two flushes, [0, 5) and [5, 10), into five hours' files; a clean-up deletes the first piece
+    of one of them, and the operator moves the offset forward to 12 (no note). The other files
+    chain to 10, and are finished. That one's piece [5, 10) chains to nothing: recovery took it
+    for a fenced member's leftovers and deleted it ("their rows are in the owner's files"), and
+    offset 5, durable, committed, and in no other file, was lost (found by
+    tests/unit/test_group_history.py). A piece ending where the others reach, in a file without a
+    chain to it, lost the piece before it: stop (status 5), and change nothing."""
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=None)
+    w = make_worker(store, positions, cfg)
+    w.recover()
+    run(w, range(5))
+    w.flush()
+    run(w, range(5, 10))
+    w.flush()
+    hour0 = sorted({k.rsplit("/", 2)[0] for k in staged(store)})[0]
+    first = [k for k in staged(store) if k.startswith(hour0 + "/") and k.endswith(f"-{5:020d}.piece")]
+    assert len(first) == 1
+    del store.objects[first[0]]
+    positions.reset("t", 0, 12)
+    before = dict(store.objects)
+    with pytest.raises(IntegrityError, match=r"do not chain to it and no final file holds them: \[5, 10\)"):
+        make_worker(store, positions, cfg).recover()
+    assert store.objects == before
+
+
 def _crash_at_piece(n: int) -> Callable[[str, str], None]:
     seen = 0
 

@@ -295,6 +295,20 @@ def test_a_bucketed_position_committed_after_staging_stops_at_a_piece_that_only_
                                staged_here=True)
 
 
+def test_a_bucketed_forward_reset_stops_at_a_file_whose_first_piece_is_gone() -> None:
+    """The offset moved forward to 12 (no note); hour b's file lost its piece [0, 5). Its piece
+    [5, 10) ends where hour a's file reaches, with no chain to it: not a zombie's file to delete
+    (its rows are in no other file) but a removed piece, so stop. A zombie's file, which chains
+    from its own start, is still deleted."""
+    a = [replace(p, bucket="a") for p in chain(0, 5, 10)]
+    b = [replace(piece(0, 5, 10), bucket="b")]
+    with pytest.raises(IntegrityError, match=r"do not chain to it .*\[5, 10\) of file 0"):
+        plan_bucketed_recovery(12, a + b, [], [], {}, None)
+    zombie = [replace(p, bucket="b") for p in chain(5, 8)]
+    plan = plan_bucketed_recovery(12, a + zombie, [], [], {}, None)
+    assert {p.key for p in zombie} <= set(plan.delete)
+
+
 def test_one_flush_s_pieces_are_kept_without_a_committed_position_only_when_all_its_records_are_in() -> None:
     """No committed position, and each open bucket file holds one piece [0, 3): one flush, cut
     short by a crash (go back to 0) or finished with its commit expired since (keep it, adopt 3).
