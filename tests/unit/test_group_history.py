@@ -285,6 +285,7 @@ step = st.one_of(
     st.tuples(st.just("retention"), st.integers(0, PARTITIONS - 1), st.integers(1, 40)),
     st.tuples(st.just("evolve"), st.just(0), st.just(0)),
     st.tuples(st.just("delete_staged"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
+    st.tuples(st.just("delete_live"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
 )
 
 
@@ -388,6 +389,14 @@ step = st.one_of(
            ("delete_staged", 0, 0)],
     layout="bucketed",
 )
+# Offsets 0..4 staged into three hours' files (one rolled at 4), retention took offset 5 unread, and
+# the operator moved the offset to 6 (no note). A clean-up deleted hour 09's first piece while the
+# group ran: recovery took the file's piece [4, 5) for a fenced member's leftovers and deleted it.
+# Offset 4 was in no file. It stops now (status 5, nothing changed).
+@example(
+    steps=[("produce", 0, 1), ("produce", 0, 5), ("retention", 0, 6), ("delete_live", 0, 0)],
+    layout="bucketed",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"
@@ -441,11 +450,29 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     store.on_op = on_op
     broker.on_refused = on_refused
 
+    deleted: list[tuple[str, bytes]] = []  # staged objects deleted while the group ran
+    stops_then: list[int] = []  # ... and how many members had stopped with status 5 by then
+
     def join() -> Member:
-        m = Member(runner(), threads=threads)
+        m = Member(runner(), threads=threads, asks_operator=bool(deleted))
         members.append(m)
         m.start()
         return m
+
+    def delete_staged(p: int, i: int) -> tuple[str, bytes] | None:
+        """A lifecycle rule or a clean-up deletes the ``i``-th staged object of partition ``p``.
+        With no note at the group's position (an operator's reset, and no recovery since), a
+        deletion of the newest pieces looks like a reset forwards and is taken for one (said):
+        their records may be skipped."""
+        keys = sorted(k for k in _objects_of(store, p) if "/_staging/" in f"/{k}")
+        if not keys:
+            return None
+        key = keys[i % len(keys)]
+        data = store.objects.pop(key)
+        piece = _PIECE.search(key)
+        if piece and not broker.committed_note("g", "t", p):
+            skipped[p].update(range(int(piece[1]), int(piece[2])))
+        return key, data
 
     def live(i: int) -> Member | None:
         alive = [m for m in members if m.alive]
@@ -476,11 +503,18 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         return True
 
     def stop_all() -> None:
+        """The operator stops the group. Objects deleted while it ran are restored (a versioned
+        bucket) if a member stopped with status 5 since: that told the operator."""
         for m in members:
             m.pause_in = None
         for m in members:
             if m.alive:
                 m.stop()
+        if deleted and sum(m.status == EXIT_FATAL for m in members) > stops_then[0]:
+            for key, data in deleted:
+                store.objects.setdefault(key, data)
+        deleted.clear()
+        stops_then.clear()
 
     try:
         join()
@@ -532,15 +566,9 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                     join()
             elif kind == "delete_staged":  # a lifecycle rule or a clean-up deletes a staged object
                 stop_all()
-                keys = sorted(k for k in _objects_of(store, a) if "/_staging/" in f"/{k}")
-                if keys:
-                    key = keys[b % len(keys)]
-                    data = store.objects.pop(key)
-                    piece = _PIECE.search(key)
-                    if piece and not broker.committed_note("g", "t", a):
-                        # No note (an operator's reset, and no recovery since): a deletion of the
-                        # newest pieces looks like a reset forwards, and is taken for one (said).
-                        skipped[a].update(range(int(piece[1]), int(piece[2])))
+                gone = delete_staged(a, b)
+                if gone is not None:
+                    key, data = gone
                     before = _objects_of(store, a)
                     quiet()
                     m = join()
@@ -552,6 +580,13 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                         join()
                 else:
                     join()
+            elif kind == "delete_live":  # ... while the group runs: a member may stop on it (status 5)
+                gone = delete_staged(a, b)
+                if gone is not None:
+                    deleted.append(gone)
+                    stops_then[:] = stops_then or [sum(x.status == EXIT_FATAL for x in members)]
+                    for x in members:
+                        x.asks_operator = True
             elif kind == "retention":  # the group was down too long: records nobody read are gone
                 stop_all()
                 committed = broker.committed_offset("g", "t", a)
