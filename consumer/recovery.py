@@ -551,6 +551,7 @@ def plan_bucketed_recovery(
     staged_here: bool = False,
     rows_of_one_flush: int | None = None,
     dead_letter_records: Mapping[str, int] | None = None,
+    flush_files: Mapping[str, int] | None = None,
 ) -> BucketedPlan:
     """Decide recovery for one partition whose files are split by time bucket. Pure.
 
@@ -602,6 +603,19 @@ def plan_bucketed_recovery(
         return start in finals.get(bucket, (set(), None))[0]
 
     open_files = {k: v for k, v in files.items() if not is_final(*k)}
+
+    def _named_owner(bucket: str) -> int | None:
+        """With no file of the bucket reaching the position: the one the flush that committed it
+        wrote into (``flush_files``), still open. Its newest pieces are gone (deleted by someone
+        else, with no note to say so, or an operator's reset forwards): it is the owner's file, so
+        its chain is finished as a forward reset's, not deleted as a fenced member's leftovers
+        (which lost its committed rows; found by tests/unit/test_group_history.py)."""
+        start = (flush_files or {}).get(bucket)
+        last_end = finals.get(bucket, (set(), None))[1]
+        if start is None or (bucket, start) not in open_files or (last_end is not None and start < last_end):
+            return None
+        return start
+
     commit: int | None = None
     pos = committed
     if pos is None:
@@ -671,7 +685,7 @@ def plan_bucketed_recovery(
             if b == bucket and anchor is not None and (last_end is None or start >= last_end)
             and (chain := chain_ending_at(v, anchor)) and chain[0].file_start == start
         )
-        owner = candidates[0] if candidates else None
+        owner = candidates[0] if candidates else _named_owner(bucket)
         kept: list[PieceRef] = []
         for (b, start), v in files.items():
             if b != bucket:

@@ -493,15 +493,16 @@ class PartitionWorker:
                 final_topic_ids.append(self._final_topic_ids.get((bucket, max(starts))))
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
+        named = self._flush_files(committed, pieces, etags) if committed is not None else {}
         gone: list[tuple[str, int]] = []
         if committed is not None and (staged_here or not self._noted()):
-            gone = self._bucket_files_gone(committed, pieces, finals, etags)
+            gone = self._bucket_files_gone(committed, named, pieces, finals)
         if staged_here and committed is not None:
             self._refuse_a_bucket_file_gone(committed, gone)
         only = one_flush_only(pieces, finals) if committed is None else None
         open_pieces = any(p.file_start not in finals.get(p.bucket, (set(), None))[0] for p in pieces)
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
-                                      staged_here=staged_here,
+                                      staged_here=staged_here, flush_files=named,
                                       rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags),
                                       dead_letter_records=self._dead_letter_lines(
                                           committed, open_pieces, high_water, dead))
@@ -561,18 +562,13 @@ class PartitionWorker:
                 rows += self._dead_letter_count(key)
         return rows
 
-    def _bucket_files_gone(
-        self,
-        pos: int,
-        pieces: list[PieceRef],
-        finals: dict[str, tuple[set[int], int | None]],
-        etags: Mapping[str, str | None],
-    ) -> list[tuple[str, int]]:
-        """Under --partition-by: the files the flush that committed ``pos`` wrote into that no
-        longer reach it (:func:`files_gone`). What that flush wrote into is read from the pieces
-        ending at the position (footers the resume reads anyway); where they disagree (a fenced
-        member's piece of the same range), only the files all of them name are checked. Pieces
-        written before the list was recorded say nothing: none."""
+    def _flush_files(
+        self, pos: int, pieces: list[PieceRef], etags: Mapping[str, str | None]
+    ) -> dict[str, int]:
+        """Under --partition-by: bucket → start of each file the flush that committed ``pos``
+        wrote into, as the pieces ending at it say (footers the resume reads anyway); where they
+        disagree (a fenced member's piece of the same range), the files all of them name. Pieces
+        written before the list was recorded say nothing: empty."""
         said: set[tuple[str, int]] | None = None
         for p in (p for p in pieces if p.to_pos == pos and p.from_pos < pos):
             footer = self._load_piece(p, etags.get(p.key)).layout.footer
@@ -580,15 +576,26 @@ class PartitionWorker:
                 files = {(str(b), int(start))
                          for b, start in json.loads(read_key_value_metadata(footer)[FLUSH_FILES_KEY]).items()}
             except (KeyError, ValueError, TypeError, AttributeError):  # not recorded (or not ours)
-                return []
+                return {}
             said = files if said is None else said & files
-        if not said:
+        return dict(sorted(said or ()))
+
+    def _bucket_files_gone(
+        self,
+        pos: int,
+        named: dict[str, int],
+        pieces: list[PieceRef],
+        finals: dict[str, tuple[set[int], int | None]],
+    ) -> list[tuple[str, int]]:
+        """The files of the flush that committed ``pos`` (``named``) that no longer reach it
+        (:func:`files_gone`), their final files read for buckets rolled since."""
+        if not named:
             return []
         known = dict(finals)
-        for bucket in {b for b, _start in said} - set(known):  # rolled since: their final files
+        for bucket in set(named) - set(known):  # rolled since: their final files
             starts = self._final_starts(bucket)
             known[bucket] = (set(starts), self._final_range(max(starts), bucket)[1] if starts else None)
-        return files_gone(dict(said), pos, pieces, known)
+        return files_gone(named, pos, pieces, known)
 
     def _refuse_a_bucket_file_gone(self, pos: int, gone: list[tuple[str, int]]) -> None:
         """With the position committed once its rows were staged here (its note), every file the

@@ -708,6 +708,34 @@ def test_a_forward_reset_never_takes_a_file_that_lost_its_first_piece_for_a_zomb
     assert store.objects == before
 
 
+def test_a_file_of_the_last_flush_that_lost_its_newest_piece_keeps_its_rows_without_a_note() -> None:
+    """Two flushes into five hours' files, the offset re-set where it was (no note), then a
+    clean-up deletes hour 04's newest piece [5, 10). With no note that is what a reset forwards
+    leaves. The other files reach 10, and that file's chain [0, 5) was deleted as a fenced
+    member's leftovers: offset 0, durable and committed, was lost (found by
+    tests/unit/test_group_history.py). The pieces ending at 10 name that file as one their flush
+    wrote into: it is the owner's, so its chain is finished as a forward reset's, and only the
+    deleted piece's record is missing."""
+    store, positions = MemoryStore(), MemoryPositions()
+    cfg = replace(BASE, file_rows=None)
+    w = make_worker(store, positions, cfg)
+    w.recover()
+    run(w, range(5))
+    w.flush()
+    run(w, range(5, 10))
+    w.flush()
+    positions.reset("t", 0, 10)  # kafka-consumer-groups --reset-offsets --to-offset 10: no note
+    hour04 = sorted({k.rsplit("/", 2)[0] for k in staged(store)})[0]
+    newest = [k for k in staged(store) if k.startswith(hour04 + "/") and k.endswith(f"-{10:020d}.piece")]
+    lost = pq.read_table(io.BytesIO(store.objects.pop(newest[0]))).column("kafka_offset").to_pylist()
+    assert lost == [5]
+    w2 = make_worker(store, positions, cfg)
+    assert w2.recover() == 10
+    w2.finish()
+    offsets = sorted(o for _k, t in finals(store) for o in t.column("kafka_offset").to_pylist())
+    assert offsets == [i for i in range(10) if i != 5]
+
+
 def _crash_at_piece(n: int) -> Callable[[str, str], None]:
     seen = 0
 

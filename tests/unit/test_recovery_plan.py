@@ -309,6 +309,20 @@ def test_a_bucketed_forward_reset_stops_at_a_file_whose_first_piece_is_gone() ->
     assert {p.key for p in zombie} <= set(plan.delete)
 
 
+def test_a_bucket_file_the_last_flush_wrote_into_is_finished_not_deleted_when_it_falls_short() -> None:
+    """Position 10 with no note; hour a's file reaches it, hour b's file only 5. Taken alone, b's
+    file looks like a fenced member's leftovers (deleted). When the pieces ending at 10 name b's
+    file as one their flush wrote into (``flush_files``), it is the owner's: its chain is finished
+    as a forward reset's, and its rows are kept."""
+    a = [replace(p, bucket="a") for p in chain(0, 5, 10)]
+    b = [replace(p, bucket="b") for p in chain(0, 5)]
+    unnamed = plan_bucketed_recovery(10, a + b, [], [], {}, None)
+    assert {p.key for p in b} <= set(unnamed.delete)
+    named = plan_bucketed_recovery(10, a + b, [], [], {}, None, flush_files={"a": 0, "b": 0})
+    assert not {p.key for p in b} & set(named.delete)
+    assert [(f.file_start, f.end) for f in named.buckets["b"].finish] == [(0, 5)]
+
+
 def test_one_flush_s_pieces_are_kept_without_a_committed_position_only_when_all_its_records_are_in() -> None:
     """No committed position, and each open bucket file holds one piece [0, 3): one flush, cut
     short by a crash (go back to 0) or finished with its commit expired since (keep it, adopt 3).
