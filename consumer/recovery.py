@@ -376,6 +376,21 @@ def _nothing_reaches(where: str, pos: int, reach: int | None, held: str) -> None
     )
 
 
+def _open_files_gone(where: str, pos: int) -> None:
+    """Stop: under --partition-by a bucket file rolled at ``pos`` while other bucket files stayed
+    open (the position's note says so), and S3 holds no staged piece of them any more."""
+    raise IntegrityError(
+        f"{where}: a bucket file rolled at the committed position {pos} while other bucket files "
+        "stayed open, and S3 holds no staged piece of those any more: deleted by someone else (a "
+        "lifecycle rule expiring _staging/, a clean-up). Their records, from the files' starts up "
+        f"to {pos}, are in no file, and going on would skip them without a word. Nothing was "
+        f"changed. A reset below {pos} is refused (a bucket file rolled there): export the range "
+        f"they held with `consumer replay` to another prefix, then commit {pos} by hand "
+        f"(kafka-consumer-groups --reset-offsets --to-offset {pos}), which clears this consumer's "
+        "note, to go on without them here."
+    )
+
+
 def _stranded(where: str, committed: int | None, stranded: list[PieceRef]) -> None:
     ranges = ", ".join(f"[{p.from_pos}, {p.to_pos}) of file {p.file_start}" for p in sorted(stranded)[:8])
     raise IntegrityError(
@@ -709,6 +724,11 @@ def plan_bucketed_recovery(
                              where=f"{where} bucket {bucket}")
         notes += plan.notes
         plans[bucket] = plan
+    if staged_here and anchor != pos and high_water == pos:
+        # A bucket file rolled at C while others stayed open: that roll's re-commit says "staged"
+        # only then, so their pieces must still reach C. All of them were deleted (a lifecycle
+        # rule on _staging/): the rolled file alone was taken for all there was.
+        _open_files_gone(where, pos)
     if staged_here and anchor != pos and (high_water is None or high_water < pos):
         # After the buckets' plans, so that a hole further down is reported by the broken-chain
         # stop, which lists the pieces beyond it.

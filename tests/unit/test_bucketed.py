@@ -681,6 +681,22 @@ def test_a_bucket_file_deleted_after_another_one_rolled_stops_recovery() -> None
     assert offsets == sorted(set(range(15)) - lost)
 
 
+def test_every_open_bucket_file_deleted_after_another_rolled_stops_recovery() -> None:
+    """The same flush, then a lifecycle rule on _staging/ deletes every staged object: the two
+    files still open are gone, and the rolled high-water (10) reached the position, so recovery
+    took the rolled files for all there was and went on (found by tests/unit/test_group_history.py).
+    A roll's re-commit says "staged" only while other files stay open, so with that note some
+    staged piece must reach the position: stop, naming the replay route, and change nothing."""
+    store, positions, cfg = _ten_flushed_at_two_open_buckets()
+    for key in staged(store):
+        del store.objects[key]
+    before = dict(store.objects)
+    with pytest.raises(IntegrityError, match=r"a bucket file rolled at the committed position 10 while "
+                       r"other bucket files stayed open, and S3 holds no staged piece of those any more"):
+        make_worker(store, positions, cfg).recover()
+    assert store.objects == before
+
+
 def test_a_forward_reset_never_takes_a_file_that_lost_its_first_piece_for_a_zombies() -> None:
     """Two flushes, [0, 5) and [5, 10), into five hours' files; a clean-up deletes the first piece
     of one of them, and the operator moves the offset forward to 12 (no note). The other files

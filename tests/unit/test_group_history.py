@@ -47,6 +47,7 @@ from consumer.errors import EXIT_FATAL, EXIT_OK, EXIT_STORAGE
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import TransientStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryRegistry, MemoryStore, memory_runner
+from consumer.worker import PartitionWorker
 
 PARTITIONS = 3
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -405,6 +406,13 @@ step = st.one_of(
     steps=[("produce", 0, 14), ("turn", 0, 2), ("reset_back", 0, 0), ("delete_live", 0, 4)],
     layout="bucketed",
 )
+# One flush into three hours' files, the oldest rolled at 4; a clean-up deleted both files still
+# open. The rolled high-water reached 4, so recovery took the rolled file for all there was, and
+# offsets 1 and 2 were in no file. A "staged" note with no piece reaching it stops now.
+@example(
+    steps=[("produce", 0, 4), ("turn", 0, 1), ("delete_live", 0, 0), ("delete_live", 0, 0)],
+    layout="bucketed",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"
@@ -458,7 +466,16 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     store.on_op = on_op
     broker.on_refused = on_refused
 
-    deleted: list[tuple[str, bytes]] = []  # staged objects deleted while the group ran
+    #: staged objects deleted while the group ran: key, bytes, partition, its recoveries then
+    deleted: list[tuple[str, bytes, int, int]] = []
+    recoveries = [0] * PARTITIONS  # recoveries of each partition that went on (did not stop)
+    ready_at = PartitionWorker._ready_at
+
+    def counted(worker: PartitionWorker, *args: Any, **kwargs: Any) -> int | None:
+        recoveries[worker.partition] += 1
+        return ready_at(worker, *args, **kwargs)
+
+    counting = patch.object(PartitionWorker, "_ready_at", counted)
     stops_then: list[int] = []  # ... and how many members had stopped with status 5 by then
 
     def join() -> Member:
@@ -519,8 +536,11 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             if m.alive:
                 m.stop()
         if deleted and sum(m.status == EXIT_FATAL for m in members) > stops_then[0]:
-            for key, data in deleted:
-                store.objects.setdefault(key, data)
+            # Not those a recovery of the partition went on past since: it took them for a reset
+            # forwards (no note), and they are no longer the partition's to restore.
+            for key, data, p, then in deleted:
+                if recoveries[p] == then:
+                    store.objects.setdefault(key, data)
             deleted.clear()
             stops_then.clear()
 
@@ -535,6 +555,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         deleted.clear()
         stops_then.clear()
 
+    counting.start()
     try:
         join()
         for kind, a, b in steps:
@@ -605,7 +626,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             elif kind == "delete_live":  # ... while the group runs: a member may stop on it (status 5)
                 gone = delete_staged(a, b)
                 if gone is not None:
-                    deleted.append(gone)
+                    deleted.append((*gone, a, recoveries[a]))
                     stops_then[:] = stops_then or [sum(x.status == EXIT_FATAL for x in members)]
                     for x in members:
                         x.asks_operator = True
@@ -661,3 +682,4 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 m.killed = True
                 m.go.release()
                 m.thread.join(WAIT)
+        counting.stop()
