@@ -224,6 +224,11 @@ def plan_recovery(
         covered[start] = pos
         if (start, pos) in by_marker:
             finish.append(FinishRoll(start, pos, tuple(chain), needs_marker=False))
+        elif start in finals and start == max(finals) and last_final_end == pos:
+            # The roll wrote this file's final file and stopped before deleting its pieces, and
+            # its marker was deleted since (a clean-up of _staging/): finish it, do not resume a
+            # file that is final already (its next roll would meet the final file and stop).
+            finish.append(FinishRoll(start, pos, tuple(chain), needs_marker=True))
         else:
             resume = tuple(chain)
     else:

@@ -413,6 +413,14 @@ step = st.one_of(
     steps=[("produce", 0, 4), ("turn", 0, 1), ("delete_live", 0, 0), ("delete_live", 0, 0)],
     layout="bucketed",
 )
+# p1's roll of [0, 10) wrote its final file, then S3 failed past the shutdown bound before the
+# pieces were deleted; a clean-up deleted the roll marker. Recovery resumed the final file as an
+# open one, and its next roll stopped on it (status 5). The roll is finished now.
+@example(
+    steps=[("reset", 0, RESET_EXPIRED), ("produce", 1, 11), ("s3_error", 0, 9), ("pause_at_request", 0, 2),
+           ("delete_staged", 1, 3)],
+    layout="evolving",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"

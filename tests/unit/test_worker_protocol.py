@@ -658,6 +658,32 @@ def test_roll_finished_after_a_crash_keeps_the_avro_schema() -> None:
     assert kv["kafka.from_position"] == "0" and kv["kafka.to_position"] == "20"
 
 
+def test_a_roll_whose_final_file_exists_is_finished_when_its_marker_was_deleted() -> None:
+    """A roll wrote its final file and stopped before deleting the pieces (a crash, or S3 failing
+    past the shutdown bound); a clean-up then deleted the roll marker. Recovery saw a chain to the
+    position and no marker, and resumed the file as an open one: its next roll met the final file
+    and stopped with status 5, telling the operator to remove old files (found by
+    tests/unit/test_group_history.py). The final file ending at the position is that file's: the
+    roll is finished, and the run goes on with every offset once."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    store.on_op = crash_at("delete_objects", key_part="/_staging/")  # after the final file
+    with pytest.raises(Crash):
+        w.finish()
+    store.on_op = None
+    assert len(finals(store)) == 1
+    (marker,) = [k for k in staged(store) if "/roll-" in k]
+    del store.objects[marker]
+    w2 = make_worker(store, positions, replace(BASE, file_rows=None))
+    assert w2.recover() == 20
+    assert staged(store) == [] and w2.file is None
+    run(w2, range(20, 25))
+    w2.finish()
+    assert final_offsets(store) == list(range(25))
+
+
 # -- fencing ----------------------------------------------------------------------------------------
 def test_a_fenced_worker_never_writes_again() -> None:
     store, positions = MemoryStore(), MemoryPositions()
