@@ -697,14 +697,8 @@ def test_every_open_bucket_file_deleted_after_another_rolled_stops_recovery() ->
     assert store.objects == before
 
 
-def test_a_forward_reset_never_takes_a_file_that_lost_its_first_piece_for_a_zombies() -> None:
-    """Two flushes, [0, 5) and [5, 10), into five hours' files; a clean-up deletes the first piece
-    of one of them, and the operator moves the offset forward to 12 (no note). The other files
-    chain to 10, and are finished. That one's piece [5, 10) chains to nothing: recovery took it
-    for a fenced member's leftovers and deleted it ("their rows are in the owner's files"), and
-    offset 5, durable, committed, and in no other file, was lost (found by
-    tests/unit/test_group_history.py). A piece ending where the others reach, in a file without a
-    chain to it, lost the piece before it: stop (status 5), and change nothing."""
+def _two_flushes_into_five_hours() -> tuple[MemoryStore, MemoryPositions, Config]:
+    """Flushes [0, 5) and [5, 10) into five hours' files, all open, 10 committed."""
     store, positions = MemoryStore(), MemoryPositions()
     cfg = replace(BASE, file_rows=None)
     w = make_worker(store, positions, cfg)
@@ -713,6 +707,18 @@ def test_a_forward_reset_never_takes_a_file_that_lost_its_first_piece_for_a_zomb
     w.flush()
     run(w, range(5, 10))
     w.flush()
+    return store, positions, cfg
+
+
+def test_a_forward_reset_never_takes_a_file_that_lost_its_first_piece_for_a_zombies() -> None:
+    """Two flushes, [0, 5) and [5, 10), into five hours' files; a clean-up deletes the first piece
+    of one of them, and the operator moves the offset forward to 12 (no note). The other files
+    chain to 10, and are finished. That one's piece [5, 10) chains to nothing: recovery took it
+    for a fenced member's leftovers and deleted it ("their rows are in the owner's files"), and
+    offset 5, durable, committed, and in no other file, was lost (found by
+    tests/unit/test_group_history.py). A piece ending where the others reach, in a file without a
+    chain to it, lost the piece before it: stop (status 5), and change nothing."""
+    store, positions, cfg = _two_flushes_into_five_hours()
     hour0 = sorted({k.rsplit("/", 2)[0] for k in staged(store)})[0]
     first = [k for k in staged(store) if k.startswith(hour0 + "/") and k.endswith(f"-{5:020d}.piece")]
     assert len(first) == 1
@@ -732,14 +738,7 @@ def test_a_file_of_the_last_flush_that_lost_its_newest_piece_keeps_its_rows_with
     tests/unit/test_group_history.py). The pieces ending at 10 name that file as one their flush
     wrote into: it is the owner's, so its chain is finished as a forward reset's, and only the
     deleted piece's record is missing."""
-    store, positions = MemoryStore(), MemoryPositions()
-    cfg = replace(BASE, file_rows=None)
-    w = make_worker(store, positions, cfg)
-    w.recover()
-    run(w, range(5))
-    w.flush()
-    run(w, range(5, 10))
-    w.flush()
+    store, positions, cfg = _two_flushes_into_five_hours()
     positions.reset("t", 0, 10)  # kafka-consumer-groups --reset-offsets --to-offset 10: no note
     hour04 = sorted({k.rsplit("/", 2)[0] for k in staged(store)})[0]
     newest = [k for k in staged(store) if k.startswith(hour04 + "/") and k.endswith(f"-{10:020d}.piece")]
