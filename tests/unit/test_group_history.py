@@ -474,16 +474,25 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     store.on_op = on_op
     broker.on_refused = on_refused
 
-    #: staged objects deleted while the group ran: key, bytes, partition, its recoveries then
+    #: staged objects deleted while the group ran: key, bytes, partition, the S3 listings then
     deleted: list[tuple[str, bytes, int, int]] = []
-    recoveries = [0] * PARTITIONS  # recoveries of each partition that went on (did not stop)
-    ready_at = PartitionWorker._ready_at
+    listings = [0]  # recoveries started so far (each lists the partition's staging first)
+    went_on: list[tuple[int, int]] = []  # (partition, its listing) of recoveries that did not stop
+    recover_from = PartitionWorker._recover_from
 
     def counted(worker: PartitionWorker, *args: Any, **kwargs: Any) -> int | None:
-        recoveries[worker.partition] += 1
-        return ready_at(worker, *args, **kwargs)
+        listings[0] += 1
+        mine = listings[0]
+        position = recover_from(worker, *args, **kwargs)
+        went_on.append((worker.partition, mine))
+        return position
 
-    counting = patch.object(PartitionWorker, "_ready_at", counted)
+    def accepted(p: int, then: int) -> bool:
+        """A recovery of ``p`` that started after the deletion went on: it took the deletion for
+        a reset forwards (no note), and the object is no longer the partition's to restore."""
+        return any(q == p and mine > then for q, mine in went_on)
+
+    counting = patch.object(PartitionWorker, "_recover_from", counted)
     stops_then: list[int] = []  # ... and how many members had stopped with status 5 by then
 
     def join() -> Member:
@@ -544,10 +553,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             if m.alive:
                 m.stop()
         if deleted and sum(m.status == EXIT_FATAL for m in members) > stops_then[0]:
-            # Not those a recovery of the partition went on past since: it took them for a reset
-            # forwards (no note), and they are no longer the partition's to restore.
             for key, data, p, then in deleted:
-                if recoveries[p] == then:
+                if not accepted(p, then):
                     store.objects.setdefault(key, data)
             deleted.clear()
             stops_then.clear()
@@ -634,7 +641,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             elif kind == "delete_live":  # ... while the group runs: a member may stop on it (status 5)
                 gone = delete_staged(a, b)
                 if gone is not None:
-                    deleted.append((*gone, a, recoveries[a]))
+                    deleted.append((*gone, a, listings[0]))
                     stops_then[:] = stops_then or [sum(x.status == EXIT_FATAL for x in members)]
                     for x in members:
                         x.asks_operator = True
