@@ -275,7 +275,11 @@ def plan_recovery(
             stranded.append(p)
     if stranded:
         _stranded(where, pos, stranded)
-    if staged_here and not chain and (last_final_end is None or last_final_end < pos):
+    # A roll decided at the position (its marker, of a file not final yet) also says the file's
+    # pieces reached it: its re-commit says "rolled" before the final file exists, so a piece
+    # deleted after a roll cut short looked like a reset forwards (found by the property).
+    decided = any(m.end == pos and m.file_start not in finals for m in markers)
+    if (staged_here or decided) and not chain and (last_final_end is None or last_final_end < pos):
         _refuse_a_position_nothing_holds(where, pos, pieces, finals, last_final_end)
     # Markers of files not being finished are decisions superseded (a zombie's, or a finished roll's).
     delete += [m.key for m in markers if m.file_start not in finishing]
@@ -379,6 +383,23 @@ def _nothing_reaches(where: str, pos: int, reach: int | None, held: str) -> None
         f"it to {pos} the same way (a reset by hand is the operator's decision, and the next run "
         "goes on from there)."
     )
+
+
+def _every_file_reaches(files: Mapping[tuple[str, int], list[PieceRef]], end: int) -> bool:
+    """Whether every open bucket file with pieces chains from its start to ``end``, or starts at
+    or after it. After a forward reset (no file reaches the position) the owner's files are
+    anchored at the highest such end: a flush cut short writes the files it opens first, so the
+    newest chain end can be a piece of that flush, never committed, while the owner's files
+    still end where it started. Anchoring there took them for a fenced member's leftovers and
+    deleted their committed rows (found by tests/unit/test_group_history.py). When no end fits
+    (a zombie's file in the way), the newest chain end is the anchor, as before."""
+    for (_bucket, start), pieces in files.items():
+        if not pieces or start >= end:
+            continue
+        chain = chain_ending_at(pieces, end)
+        if not chain or chain[0].from_pos != start:
+            return False
+    return True
 
 
 def _open_files_gone(where: str, pos: int) -> None:
@@ -684,9 +705,10 @@ def plan_bucketed_recovery(
     if any(chain_ending_at(v, pos) for v in committed_pieces.values()):
         anchor = pos
     else:
-        ends = [c[-1].to_pos for k, v in committed_pieces.items() if (c := _longest_chain(v, k[1]))]
+        ends = sorted({c[-1].to_pos for k, v in committed_pieces.items() if (c := _longest_chain(v, k[1]))},
+                      reverse=True)
         if ends:
-            anchor = max(ends)
+            anchor = next((e for e in ends if _every_file_reaches(committed_pieces, e)), ends[0])
     if anchor != pos and (high_water is None or high_water < pos):
         # No open file reaches C and no rolled file holds the rows below it: as in the plain
         # layout, a piece of an open file with C strictly inside is the owner's row group and C a

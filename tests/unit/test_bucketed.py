@@ -763,16 +763,14 @@ def _crash_at_piece(n: int) -> Callable[[str, str], None]:
     return hook
 
 
-@pytest.mark.xfail(strict=True, reason="known: a forward reset after a flush cut short takes the cut "
-                   "flush's new file for the owner's and deletes the owner's files as a zombie's "
-                   "(found by tests/unit/test_group_history.py; not fixed yet)")
 def test_a_forward_reset_after_a_flush_cut_short_keeps_the_committed_rows() -> None:
     """Hours 04 and 06 staged to 2 and committed. The next flush opens hour 08's file at 2 and
     writes its piece [2, 6) first (files opened by a flush are written first), then dies before
     the others; 2 stays committed. The operator moves the offset forward to 10 (no note). With no
     file reaching 10, recovery anchors the owner's files at the newest chain end, 6: the cut
     flush's new file. Hours 04 and 06, which chain to 2 only, are taken for a fenced member's
-    leftovers and deleted, and offsets 0 and 1, committed, are in no file."""
+    leftovers and deleted, and offsets 0 and 1, committed, were in no file. The anchor is now
+    the highest end every file reaches (or starts after): 2."""
     store, positions = MemoryStore(), MemoryPositions()
     cfg = replace(BASE, file_rows=None)
     w = make_worker(store, positions, cfg)

@@ -421,6 +421,22 @@ step = st.one_of(
            ("delete_staged", 1, 3)],
     layout="evolving",
 )
+# A shutdown flush of p2 opened hour 08's file at 8 and wrote its piece first, then S3 failed; 8
+# stayed committed. A reset to the latest: no file reached 12, and recovery anchored the owner's
+# files at the cut flush's piece end (11), deleting hours 09 and 10 (chains to 8) as a zombie's.
+@example(
+    steps=[("produce", 0, 1), ("stop", 0, 0), ("produce", 2, 12), ("reset_back", 0, 0), ("s3_error", 0, 2),
+           ("reset", 2, RESET_TO_LATEST)],
+    layout="bucketed",
+)
+# p1's roll of [0, 10) re-committed 10 ("rolled") and died before its final file; a clean-up
+# deleted the piece [8, 10). Recovery took the chain to 8 for a reset forwards and skipped 8 and 9.
+# The roll's marker says the pieces reached 10: it stops now.
+@example(
+    steps=[("join", 0, 0), ("produce", 0, 1), ("produce", 0, 11), ("produce", 1, 10), ("delete_staged", 0, 0),
+           ("reset_back", 1, 0), ("s3_error", 0, 3), ("delete_staged", 1, 2)],
+    layout="evolving",
+)
 # A recovery fenced by its own commit (an adoption) ended the run as an unexpected error.
 @example(
     steps=[("join", 0, 0), ("expel", 0, 0), ("produce", 1, 1), ("pause_at_request", 1, 5)], layout="plain"

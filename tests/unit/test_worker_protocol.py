@@ -658,6 +658,27 @@ def test_roll_finished_after_a_crash_keeps_the_avro_schema() -> None:
     assert kv["kafka.from_position"] == "0" and kv["kafka.to_position"] == "20"
 
 
+def test_a_piece_deleted_after_a_roll_was_cut_short_stops_recovery() -> None:
+    """A roll of [0, 20) wrote its marker and re-committed 20 ("rolled"), then died before the
+    final file. A clean-up deleted the newest piece: with that note, recovery took the chain
+    ending at 10 for a reset forwards, finished [0, 10) and skipped [10, 20) without a stop (found
+    by tests/unit/test_group_history.py). The marker says the file's pieces reached 20: stop."""
+    store, positions = MemoryStore(), MemoryPositions()
+    w = make_worker(store, positions, replace(BASE, file_rows=None))
+    w.recover()
+    run(w, range(20))
+    store.on_op = crash_at("head_object", key_part=".parquet")  # after the marker and re-commit
+    with pytest.raises(Crash):
+        w.finish()
+    store.on_op = None
+    newest = [k for k in staged(store) if k.endswith(f"-{20:020d}.piece")]
+    del store.objects[newest[0]]
+    before = dict(store.objects)
+    with pytest.raises(IntegrityError, match=r"nothing here reaches it"):
+        make_worker(store, positions, replace(BASE, file_rows=None)).recover()
+    assert store.objects == before
+
+
 def test_a_roll_whose_final_file_exists_is_finished_when_its_marker_was_deleted() -> None:
     """A roll wrote its final file and stopped before deleting the pieces (a crash, or S3 failing
     past the shutdown bound); a clean-up then deleted the roll marker. Recovery saw a chain to the
