@@ -641,7 +641,9 @@ def test_row_count_file_budget_is_not_overshot() -> None:
 
 
 # -- item 15: whoever finishes a roll writes the same footer -----------------------------------------
-def test_roll_finished_after_a_crash_keeps_the_avro_schema() -> None:
+def _a_roll_of_20_cut_short_after_its_re_commit() -> tuple[MemoryStore, MemoryPositions]:
+    """Records 0..19 staged; the roll of [0, 20) wrote its marker, re-committed 20, and died
+    before its final file."""
     store, positions = MemoryStore(), MemoryPositions()
     w = make_worker(store, positions, replace(BASE, file_rows=None))
     w.recover()
@@ -650,6 +652,11 @@ def test_roll_finished_after_a_crash_keeps_the_avro_schema() -> None:
     with pytest.raises(Crash):
         w.finish()
     store.on_op = None
+    return store, positions
+
+
+def test_roll_finished_after_a_crash_keeps_the_avro_schema() -> None:
+    store, positions = _a_roll_of_20_cut_short_after_its_re_commit()
     assert finals(store) == []
     make_worker(store, positions).recover()  # finishes the interrupted roll
     ((key, _),) = finals(store)
@@ -663,14 +670,7 @@ def test_a_piece_deleted_after_a_roll_was_cut_short_stops_recovery() -> None:
     final file. A clean-up deleted the newest piece: with that note, recovery took the chain
     ending at 10 for a reset forwards, finished [0, 10) and skipped [10, 20) without a stop (found
     by tests/unit/test_group_history.py). The marker says the file's pieces reached 20: stop."""
-    store, positions = MemoryStore(), MemoryPositions()
-    w = make_worker(store, positions, replace(BASE, file_rows=None))
-    w.recover()
-    run(w, range(20))
-    store.on_op = crash_at("head_object", key_part=".parquet")  # after the marker and re-commit
-    with pytest.raises(Crash):
-        w.finish()
-    store.on_op = None
+    store, positions = _a_roll_of_20_cut_short_after_its_re_commit()
     newest = [k for k in staged(store) if k.endswith(f"-{20:020d}.piece")]
     del store.objects[newest[0]]
     before = dict(store.objects)
