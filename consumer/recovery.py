@@ -717,6 +717,7 @@ def plan_bucketed_recovery(
         for (bucket, _start), v in sorted(open_files.items()):
             _refuse_a_position_inside_a_piece(f"{where} bucket {bucket}", pos, v, set())
         _refuse_a_position_inside_dead_letters(where, pos, dead_letters)
+    reached = {pos} if anchor is None else {pos, anchor}  # where the owner's files reach
     delete: list[str] = []
     plans: dict[str, RecoveryPlan] = {}
     orphans = 0
@@ -737,7 +738,6 @@ def plan_bucketed_recovery(
                 continue
             # A piece ending where the owner's files reach (C, or the end before a forward reset),
             # in a file with no chain to it: the piece before it was removed, not a zombie's file.
-            reached = {pos} if anchor is None else {pos, anchor}
             suspect = [p for p in v if p.to_pos in reached and p.from_pos < p.to_pos]
             if suspect and not is_final(b, start) and not any(chain_ending_at(v, e) for e in reached):
                 _stranded(where, pos, v)
