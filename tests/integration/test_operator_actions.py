@@ -689,6 +689,46 @@ def test_records_retention_deleted_unread_stop_with_status_5_until_the_offset_is
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(300)) + list(range(450, 600))
 
 
+@pytest.mark.parametrize("layout", [(), BUCKETED], ids=["plain", "bucketed"])
+def test_output_expired_by_a_lifecycle_rule_is_neither_written_again_nor_in_the_way(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path,
+    layout: tuple[str, ...],
+) -> None:
+    """The prefix keeps N days of output: a lifecycle rule on it (but ``_staging/``) expires what
+    was written longest ago. A quiet partition's whole output expires (final files, dead
+    letters, the names of the newest final and rolled files): the next run goes on from the
+    committed position, writing nothing again. Then the group's offsets expire, and retention
+    deletes the records below the new file: recovery adopts the newest final file's end (under
+    --partition-by, the rolled one's), so nothing is read or written twice. The same sequence,
+    any order and layout, is drawn by tests/unit/test_group_history.py."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    args = ("--row-group-rows", "500", "--file-rows", "1000", *layout)
+    good = [encode_raw(SCHEMA, make_record("page_view", i)) for i in range(3000)]
+    produce_raw(stack.kafka_bootstrap, topic, [*good[:1990], *(v + b"\x00\x01" for v in good[1990:2000])])
+    assert (res := run_consumer(topic, group, out, *args)).returncode == 0, res.stderr[-3000:]
+    written = [k for k, _ in _all(s3, stack.s3_bucket, unique_prefix)]
+    assert any("_dead_letters/" in k for k in written)
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    for key in written:  # the rule's days passed with nothing new to read
+        s3.delete_object(Bucket=stack.s3_bucket, Key=key)
+
+    produce_raw(stack.kafka_bootstrap, topic, good[2000:])
+    assert (res := run_consumer(topic, group, out, *args)).returncode == 0, res.stderr[-3000:]
+    finals = final_keys(s3, stack.s3_bucket, unique_prefix)
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path / "a"))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(2000, 3000))
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+
+    admin.delete_consumer_groups([group])[group].result(timeout=30)
+    admin.delete_records([TopicPartition(topic, 0, 2000)])[TopicPartition(topic, 0, 2000)].result(timeout=30)
+    res = run_consumer(topic, group, out, *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "adopting 3000" in res.stderr
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == finals
+    assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+
+
 def test_an_eager_assignor_still_starts_where_recovery_says(
     stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:

@@ -6,7 +6,8 @@ or after the coordinator took it); an operator stops the group and resets a part
 (expired, moved to the latest, re-set where it is without the consumer's note, moved backwards),
 or the group stays down until retention deletes records it had not read; a clean-up deletes a
 staged object (which must stop the restart with status 5 and nothing changed, the operator then
-restoring it, or lose nothing); and records keep
+restoring it, or lose nothing); a lifecycle rule keeping N days of output expires its oldest
+final files and dead letters (which are then in no file, or in one written again); and records keep
 arriving on several partitions, some of them malformed (and, with the Confluent framing, of
 versions of the subject registered meanwhile, each a new reader schema that rolls the open
 files). A reset backwards must stop the run with status 5 and the partition's objects unchanged
@@ -287,6 +288,7 @@ step = st.one_of(
     st.tuples(st.just("evolve"), st.just(0), st.just(0)),
     st.tuples(st.just("delete_staged"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("delete_live"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
+    st.tuples(st.just("expire_output"), st.integers(0, PARTITIONS - 1), st.integers(1, 8)),
 )
 
 
@@ -460,6 +462,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     produced = [0] * PARTITIONS
     bad: list[set[int]] = [set() for _ in range(PARTITIONS)]  # malformed records: dead letters
     skipped: list[set[int]] = [set() for _ in range(PARTITIONS)]  # by an operator's reset forwards
+    expired: list[set[int]] = [set() for _ in range(PARTITIONS)]  # output a lifecycle rule expired
     members: list[Member] = []
     threads: dict[int, Member] = {}
     fail_in: list[int] = []  # the n-th outermost store call from now fails, whoever makes it
@@ -531,6 +534,29 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         if piece and not broker.committed_note("g", "t", p):
             skipped[p].update(range(int(piece[1]), int(piece[2])))
         return key, data
+
+    def expire_output(p: int, b: int) -> None:
+        """A lifecycle rule (keep N days) expires what partition ``p`` wrote longest ago: up to
+        ``(b + 1) // 2`` of its oldest objects, all written before its oldest staged object. Odd
+        ``b``: a rule on the whole prefix but ``_staging/`` (final files, dead letters, the names of
+        the newest final and rolled files); even: on the final files' folders only (README, "S3
+        servers and buckets"). Files roll by age (--file-max-age, 1 h) long before such a rule's
+        days, so nothing staged is that old, nor are the siblings of a file that rolled while
+        others stayed open. The records of what expired may be in no file, or in one written
+        again (the old one is gone)."""
+        older: list[str] = []
+        for key in _objects_of(store, p):  # in the order they were written
+            if "/_staging/" in f"/{key}":
+                break
+            if b % 2 or key.endswith(".parquet"):
+                older.append(key)
+        for key in older[:(b + 1) // 2]:
+            data = store.objects.pop(key)
+            if key.endswith(".parquet"):
+                offsets = pq.read_table(io.BytesIO(data), columns=["kafka_offset"]).column(0)
+                expired[p].update(offsets.to_pylist())
+            elif "/_dead_letters/" in f"/{key}":
+                expired[p].update(json.loads(line)["offset"] for line in data.decode().splitlines())
 
     def live(i: int) -> Member | None:
         alive = [m for m in members if m.alive]
@@ -661,6 +687,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                     stops_then[:] = stops_then or [sum(x.status == EXIT_FATAL for x in members)]
                     for x in members:
                         x.asks_operator = True
+            elif kind == "expire_output":  # while the group runs, as a lifecycle rule does
+                expire_output(a, b)
             elif kind == "retention":  # the group was down too long: records nobody read are gone
                 stop_all()
                 settle_deletions()
@@ -701,6 +729,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         found, letters = _final_offsets(store), _dead_letter_offsets(store)
         for p in range(PARTITIONS):
             assert len(found[p]) == len(set(found[p])), f"p{p}: an offset in two final files"
+            skipped[p] |= expired[p]
             assert set(found[p]) <= set(range(produced[p])) - bad[p]
             assert letters[p] <= bad[p], f"p{p}: a dead letter for a good record"
             good = set(range(produced[p])) - bad[p] - skipped[p]
