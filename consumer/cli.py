@@ -212,6 +212,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "(every row in the bucket its time says)")
     ver.add_argument("--timezone", default=os.environ.get("CONSUMER_TIMEZONE") or "UTC",
                      help="the run's --timezone (UTC)")
+    ver.add_argument("--since", metavar="WHEN",
+                     help="check for loss only from here on, for an output kept N days by a lifecycle "
+                     "rule: a duration before now (7d, 36h), an ISO time, ts:<epoch ms> or "
+                     "PARTITION=OFFSET,…; duplicates and files are checked everywhere")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
     return parser
@@ -429,8 +433,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     """Exit 0 if the output holds every invariant, 1 if not, 2 when it could not verify (usage,
     Kafka not answering)."""
     import json
+    import time
 
-    from consumer.verify import parse_committed, verify
+    from consumer.verify import parse_committed, parse_since, verify
 
     if not args.output:
         print("consumer: verify: pass --output s3://bucket/prefix (or set CONSUMER_OUTPUT)", file=sys.stderr)
@@ -438,6 +443,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     try:
         bucket, prefix = cfgmod.split_output(args.output)
         committed = parse_committed(args.committed) if args.committed else None
+        since = parse_since(args.since, time.time()) if args.since else None
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)
         return 2
@@ -454,6 +460,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             allow_staging=args.allow_staging,
             partition_by=args.partition_by,
             timezone=args.timezone,
+            since=since,
         )
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)

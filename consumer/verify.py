@@ -20,6 +20,11 @@ final file before deleting its pieces, so every offset below the positions read 
 piece or a final file we list — a live consumer never produces a false "missing". Offsets that are
 only in staged pieces count as present (they are durable and the roll will carry them into a final
 file; invariant 1 says exactly that) and are shown separately.
+
+An output that keeps N days (a lifecycle rule expiring old final files, README "Keeping N days of
+output") no longer holds what Kafka may still hold below it: ``since`` (``--since 7d``, an ISO
+time or ``P=OFFSET,…``) checks for loss only from there on. Duplicates, overlaps and files are
+checked everywhere, since an expired file takes its rows with it but never adds any.
 """
 
 from __future__ import annotations
@@ -82,6 +87,7 @@ class PartitionReport:
     staged: int = 0  # expected offsets found only in staged pieces (durable, not yet rolled)
     dead_letters: int = 0  # expected offsets found only in dead-letter objects
     beyond_end: int = 0  # offsets in final files at/after the high watermark: Kafka never had them
+    checked_from: int | None = None  # ``since``: loss is checked from this offset on, not the log start
 
     @property
     def ok(self) -> bool:
@@ -96,13 +102,15 @@ class PartitionReport:
             "missing": [list(r) for r in self.missing], "duplicate_count": self.duplicate_count,
             "duplicated": self.duplicated, "beyond_committed": self.beyond_committed,
             "beyond_end": self.beyond_end, "staged": self.staged, "dead_letters": self.dead_letters,
-            "files": self.files, "rows": self.rows,
+            "files": self.files, "rows": self.rows, "checked_from": self.checked_from,
         }
 
     def to_line(self) -> str:
         parts = [
             f"{self.topic}[{self.partition}]", "OK  " if self.ok else "FAIL",
-            f"committed={_fmt(self.committed)}", f"expected={self.expected}",
+            f"committed={_fmt(self.committed)}",
+            *([f"from={self.checked_from}"] if self.checked_from is not None else []),
+            f"expected={self.expected}",
             f"present={self.present}", f"files={self.files}", f"rows={self.rows}",
         ]
         if self.staged:
@@ -227,6 +235,46 @@ def parse_committed(text: str) -> dict[int, int]:
     if not out:
         raise VerifyError("--committed is empty: use PARTITION=OFFSET, e.g. 0=123,1=456")
     return out
+
+
+@dataclass(frozen=True)
+class Since:
+    """Where checking for loss starts (``--since``): per partition offsets, or the first offset
+    whose timestamp is at or after ``timestamp_ms`` (Kafka's offsets-for-times)."""
+
+    text: str
+    offsets: dict[int, int] | None = None
+    timestamp_ms: int | None = None
+
+
+_SINCE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, now: float) -> Since:
+    """``'7d'`` / ``'36h'`` (that long before ``now``, Unix seconds), an ISO time (UTC unless it
+    says otherwise), ``'ts:<ms>'`` or ``'0=100,1=250'`` → :class:`Since` (the CLI's ``--since``)."""
+    from datetime import UTC, datetime
+
+    text = text.strip()
+    if "=" in text:
+        try:
+            return Since(text, offsets=parse_committed(text))
+        except VerifyError as exc:
+            raise VerifyError(str(exc).replace("--committed", "--since")) from None
+    if text.startswith("ts:") and text[3:].isdigit():
+        return Since(text, timestamp_ms=int(text[3:]))
+    if len(text) > 1 and text[-1] in _SINCE_UNITS and text[:-1].replace(".", "", 1).isdigit():
+        return Since(text, timestamp_ms=int((now - float(text[:-1]) * _SINCE_UNITS[text[-1]]) * 1000))
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise VerifyError(
+            f"--since {text!r} not understood: use a duration (7d, 36h, 90m), an ISO time "
+            "(2026-12-01T00:00:00Z), ts:<epoch ms> or PARTITION=OFFSET,…"
+        ) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return Since(text, timestamp_ms=int(moment.timestamp() * 1000))
 
 
 # -- reading offsets out of Parquet objects ------------------------------------------------------
@@ -504,6 +552,15 @@ class _Kafka:
                                                     cached=False)
         return int(low), int(high)
 
+    def offsets_for_times(self, partitions: Sequence[int], timestamp_ms: int) -> dict[int, int | None]:
+        """The first offset of each partition whose timestamp is at or after ``timestamp_ms``; None
+        when no record is that recent."""
+        from confluent_kafka import TopicPartition
+
+        asked = [TopicPartition(self.topic, p, timestamp_ms) for p in partitions]
+        found = self.meta.offsets_for_times(asked, timeout=15)
+        return {tp.partition: (tp.offset if tp.offset >= 0 else None) for tp in found}
+
     def committed(self, group_id: str, partitions: Sequence[int]) -> dict[int, int | None]:
         from confluent_kafka import Consumer, TopicPartition
 
@@ -583,13 +640,15 @@ def verify(
     workers: int = 32,
     partition_by: str | None = None,
     timezone: str = "UTC",
+    since: Since | None = None,
 ) -> VerifyReport:
     """Check ``topic``'s output under ``prefix`` (see the module docstring for what and why).
 
     Committed positions: ``committed`` if given, else ``group_id``'s committed offsets, else the
     high watermarks (everything Kafka holds must be there). Without ``bootstrap_servers`` only the
     files are checked (duplicates, bad files, staging; missing only against ``committed`` with
-    ``contiguous=True`` semantics from offset 0, since the log cannot be asked).
+    ``contiguous=True`` semantics from offset 0, since the log cannot be asked). ``since``: loss
+    is checked only from there on (output kept N days; see the module docstring).
     """
     t0 = time.monotonic()
     check_topic_name(topic)
@@ -625,6 +684,18 @@ def verify(
             positions_from = "nothing (no broker and no positions: only duplicates and files checked)"
         if group_id and not kafka and committed is None:
             raise VerifyError("--group-id needs --bootstrap-servers to read the group's committed offsets")
+        starts: dict[int, int] = {}  # where loss is checked from, per partition (``since``)
+        if since is not None and since.offsets is not None:
+            starts = dict(since.offsets)
+        elif since is not None:
+            if not kafka or partitions is None:
+                raise VerifyError(f"--since {since.text} needs --bootstrap-servers: Kafka says which "
+                                  "offset that time is (or give PARTITION=OFFSET,…)")
+            found_at = kafka.offsets_for_times(partitions, since.timestamp_ms or 0)
+            starts = {p: highs_before[p] if o is None else o for p, o in found_at.items()}
+        if since is not None:
+            notes.append(f"--since {since.text}: loss is checked from each partition's 'from' on "
+                         "(output expired below it); duplicates and files everywhere")
 
         # 2. Staging, then dead letters, then final files.
         topic_dir = layout._join(f"topic={topic}") + "/"
@@ -698,7 +769,7 @@ def verify(
                 highs_after[p] = kafka.watermarks(p)[1]
         expected_by_part: dict[int, pa.Array] = {}
         if kafka and not contiguous:
-            want = {p: (lows.get(p, 0), positions.get(p) or 0) for p in partitions}
+            want = {p: (max(lows.get(p, 0), starts.get(p, 0)), positions.get(p) or 0) for p in partitions}
             expected_by_part = kafka.offsets({p: (a, b) for p, (a, b) in want.items()})
             expected_from = "Kafka (offsets read from the log)"
         else:
@@ -772,10 +843,11 @@ def verify(
             duplicated = dup_vals.slice(0, MAX_LISTED).to_pylist()
 
         pos = positions.get(p)
-        low = lows.get(p, 0)
+        low = max(lows.get(p, 0), starts.get(p, 0))
         rep = PartitionReport(topic, p, pos, 0, len(distinct), files=files, rows=rows,
                               low_watermark=lows.get(p), high_watermark=highs_after.get(p),
-                              duplicated=duplicated, duplicate_count=dup_count)
+                              duplicated=duplicated, duplicate_count=dup_count,
+                              checked_from=low if since is not None else None)
         if pos is not None:
             rep.beyond_committed = int(pc.sum(pc.greater_equal(distinct, pos)).as_py() or 0)
         if p in highs_after:

@@ -713,12 +713,24 @@ def test_output_expired_by_a_lifecycle_rule_is_neither_written_again_nor_in_the_
     for key in written:  # the rule's days passed with nothing new to read
         s3.delete_object(Bucket=stack.s3_bucket, Key=key)
 
+    time.sleep(0.05)
+    kept_from = time.time()  # what the rule keeps: written from here on
+    time.sleep(0.05)
     produce_raw(stack.kafka_bootstrap, topic, good[2000:])
     assert (res := run_consumer(topic, group, out, *args)).returncode == 0, res.stderr[-3000:]
     finals = final_keys(s3, stack.s3_bucket, unique_prefix)
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path / "a"))
     assert sorted(table.column("kafka_offset").to_pylist()) == list(range(2000, 3000))
     assert committed(stack.kafka_bootstrap, group, topic) == [3000]
+    # verify: what Kafka still holds below the kept output is loss, unless told where to start.
+    since = f"ts:{int(kept_from * 1000)}"
+    verdicts = [subprocess.run(
+        [sys.executable, "-m", "consumer", "verify", "--output", out, "--topic", topic,
+         "--group-id", group, "--bootstrap-servers", stack.kafka_bootstrap, *layout, *extra],
+        capture_output=True, text=True, timeout=120, cwd=REPO) for extra in ([], ["--since", since])]
+    assert verdicts[0].returncode == 1 and "MISSING=2000 in 1 range(s): [0, 2000)" in verdicts[0].stdout
+    assert verdicts[1].returncode == 0, verdicts[1].stdout + verdicts[1].stderr
+    assert "from=2000" in verdicts[1].stdout
 
     admin.delete_consumer_groups([group])[group].result(timeout=30)
     admin.delete_records([TopicPartition(topic, 0, 2000)])[TopicPartition(topic, 0, 2000)].result(timeout=30)
