@@ -231,8 +231,9 @@ class Upload:
 class MemoryStore:
     """:class:`~consumer.storage.ObjectStore` in memory, with S3's rules where the protocol needs them.
 
-    ``objects`` maps key → bytes (read it in assertions; assigning plants an object as a single
-    PUT would). ``uploads`` holds unfinished multipart uploads by upload id.
+    ``objects`` maps key → bytes, oldest write first as S3's Last-Modified orders them (read it in
+    assertions; assigning plants an object as a single PUT would). ``uploads`` holds unfinished
+    multipart uploads by upload id.
     """
 
     def __init__(self, *, on_op: OnOp | None = None) -> None:
@@ -334,6 +335,7 @@ class MemoryStore:
 
     def _store(self, key: str, data: bytes, etag: str | None = None) -> None:
         data = bytes(data)
+        self.objects.pop(key, None)  # ``objects`` is in the order of S3's Last-Modified: a write renews it
         self.objects[key] = data
         self._etags[key] = (data, etag or self._new_etag(data))
 
