@@ -391,6 +391,26 @@ class Runner:
                 "and buckets')",
             )
 
+    def _warn_if_staging_expires(self) -> None:
+        """A lifecycle rule that expires current objects of the staging folder (a rule on the
+        whole prefix, meant to keep N days of output) also expires staged pieces: committed rows
+        of files not yet final. Files roll within --file-max-age, so that takes a group down
+        longer than the rule's age, or files kept open that long; the partition then stops with
+        status 5 and its rows are in no file. Said once at start; the run is the same."""
+        staging = self.layout.staging_root()
+        rule = self.store.expires_current(staging)
+        if rule is not None:
+            self.log.warning(
+                "a lifecycle rule expires current objects of the staging folder: a staged piece "
+                "older than that (a group down that long, or a file open that long) holds "
+                "committed rows in no other file, and its partition will stop with status 5",
+                staging=staging,
+                rule=rule,
+                file_max_age=self.config.file_max_age,
+                hint="limit the rule to the final files (<prefix>/topic=) and _dead_letters/ "
+                "(README, 'Keeping N days of output')",
+            )
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
@@ -403,6 +423,7 @@ class Runner:
         try:
             probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex))
             self._warn_if_deleted_versions_pile_up()
+            self._warn_if_staging_expires()
             self._start_talking_to_kafka()
             code = self._loop()
         except ConsumerStop as exc:

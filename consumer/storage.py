@@ -185,6 +185,7 @@ class ObjectStore(Protocol):
     def compose(self, key: str, segments: Sequence[Segment]) -> PutOutcome: ...
     def abort_uploads(self, key: str) -> int: ...
     def keeps_deleted_versions(self, prefix: str) -> bool | None: ...
+    def expires_current(self, prefix: str) -> str | None: ...
 
 
 @dataclass(frozen=True)
@@ -732,6 +733,16 @@ class S3Store:
             return None
         return not any(expires_noncurrent_under(rule, prefix) for rule in rules)
 
+    def expires_current(self, prefix: str) -> str | None:
+        """Which enabled lifecycle rule expires the current objects under ``prefix`` ("rule 'x'
+        after 30 days"); None when none does, or the bucket would not say. One request, never
+        retried."""
+        try:
+            rules = self._fs.call_s3("get_bucket_lifecycle_configuration", Bucket=self.bucket)["Rules"]
+        except Exception:
+            return None  # no configuration, or not allowed to read it
+        return next((said for rule in rules if (said := expires_current_under(rule, prefix))), None)
+
 
 def same_object(store: ObjectStore, key: str, data: bytes) -> Created:
     """After a 412 on a create: EXISTS_SAME if ``key`` holds exactly ``data`` (our own write whose
@@ -750,17 +761,34 @@ def same_object(store: ObjectStore, key: str, data: bytes) -> Created:
     return Created(PutOutcome.EXISTS_SAME if same else PutOutcome.EXISTS_OTHER, info.etag)
 
 
-def expires_noncurrent_under(rule: dict[str, Any], prefix: str) -> bool:
-    """True when the lifecycle ``rule`` (as S3 returns it) is enabled, expires noncurrent
-    versions, and applies to keys under ``prefix``: its filter's prefix is a beginning of
-    ``prefix``, or lies under it (a rule for the ``_staging/`` folder). A rule filtered by tags or
-    object sizes counts too: whether it applies cannot be told from the keys."""
-    if rule.get("Status") != "Enabled" or "NoncurrentVersionExpiration" not in rule:
+def _applies_under(rule: dict[str, Any], prefix: str) -> bool:
+    """Whether an enabled lifecycle ``rule`` applies to keys under ``prefix``: its filter's prefix
+    is a beginning of ``prefix``, or lies under it (a rule for the ``_staging/`` folder). A rule
+    filtered by tags or object sizes counts too: whether it applies cannot be told from the keys."""
+    if rule.get("Status") != "Enabled":
         return False
     where = rule.get("Filter", {})
     where = where.get("And", where)
     rule_prefix = str(where.get("Prefix", rule.get("Prefix", "")))
     return prefix.startswith(rule_prefix) or rule_prefix.startswith(prefix)
+
+
+def expires_noncurrent_under(rule: dict[str, Any], prefix: str) -> bool:
+    """True when the lifecycle ``rule`` (as S3 returns it) is enabled, expires noncurrent
+    versions, and applies to keys under ``prefix`` (:func:`_applies_under`)."""
+    return "NoncurrentVersionExpiration" in rule and _applies_under(rule, prefix)
+
+
+def expires_current_under(rule: dict[str, Any], prefix: str) -> str | None:
+    """What the lifecycle ``rule`` does to the *current* objects under ``prefix`` ("rule 'x' after
+    30 days"), or None when it does not expire them: it is not enabled, does not apply there, or
+    only removes expired delete markers."""
+    expiration = rule.get("Expiration") or {}
+    when = (f"after {expiration['Days']} days" if "Days" in expiration
+            else f"on {expiration['Date']}" if "Date" in expiration else None)
+    if when is None or not _applies_under(rule, prefix):
+        return None
+    return f"rule {rule.get('ID', '(no id)')!r} {when}"
 
 
 def probe_conditional_writes(store: ObjectStore, key: str) -> None:

@@ -252,6 +252,9 @@ class MemoryStore:
         #: A bucket with versioning on and no lifecycle rule that expires noncurrent versions
         #: (what :meth:`keeps_deleted_versions` answers; None: the bucket would not say).
         self.versioned_without_expiry: bool | None = False
+        #: A lifecycle rule expiring current objects (what :meth:`expires_current` answers for
+        #: every prefix, e.g. "rule 'keep' after 30 days"; None: no such rule).
+        self.current_expiry: str | None = None
         self._etags: dict[str, tuple[bytes, str]] = {}  # key → (the bytes it was computed for, etag)
         self._faults = _Faults(OPS | REQUESTS)
         self._ids = itertools.count(1)
@@ -588,6 +591,9 @@ class MemoryStore:
 
     def keeps_deleted_versions(self, prefix: str) -> bool | None:
         return self.versioned_without_expiry
+
+    def expires_current(self, prefix: str) -> str | None:
+        return self.current_expiry
 
     def abort_uploads(self, key: str) -> int:
         """Abort unfinished multipart uploads to exactly ``key``; how many there were."""

@@ -118,6 +118,27 @@ def test_keeps_deleted_versions_reads_versioning_and_lifecycle(
         s3.delete_bucket_lifecycle(Bucket=bucket)
 
 
+def test_expires_current_reads_the_lifecycle_rules_the_server_keeps(
+    s3_server: S3Server, unique_prefix: str
+) -> None:
+    """What the warning about expiring staged pieces rests on: no rule; a rule keeping 30 days of
+    the whole prefix (names it); one on the final files only (the README's, nothing said)."""
+    staging = unique_prefix + "_staging/"
+    s3, bucket = s3_server.client(), f"{s3_server.bucket}-expiry"
+    if bucket not in {b["Name"] for b in s3.list_buckets()["Buckets"]}:
+        s3.create_bucket(Bucket=bucket)
+    store = S3Store(bucket, endpoint_url=s3_server.endpoint)
+    assert store.expires_current(staging) is None
+    for rule_prefix, said in ((unique_prefix, "rule 'keep' after 30 days"), (unique_prefix + "topic=", None)):
+        rule = {"ID": "keep", "Status": "Enabled", "Filter": {"Prefix": rule_prefix},
+                "Expiration": {"Days": 30}}
+        s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [rule]})
+        try:
+            assert store.expires_current(staging) == said
+        finally:
+            s3.delete_bucket_lifecycle(Bucket=bucket)
+
+
 def test_a_clock_hours_off_stops_at_once_and_says_to_set_the_clock(
     s3_server: S3Server, unique_prefix: str
 ) -> None:

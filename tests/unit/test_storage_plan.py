@@ -21,6 +21,7 @@ from consumer.storage import (
     RetryPolicy,
     Segment,
     classify,
+    expires_current_under,
     expires_noncurrent_under,
     needs_equal_parts,
     plan_equal_parts,
@@ -426,3 +427,28 @@ def test_a_lifecycle_rule_covers_the_staging_folder_when_it_expires_noncurrent_v
     rule: dict[str, Any], covers: bool
 ) -> None:
     assert expires_noncurrent_under(rule, "out/_staging/") is covers
+
+
+def _expiring(**kw: Any) -> dict[str, Any]:
+    return {"ID": "keep", "Status": "Enabled", **kw}
+
+
+@pytest.mark.parametrize(
+    ("rule", "said"),
+    [
+        (_expiring(Expiration={"Days": 30}, Filter={"Prefix": "out/"}), "rule 'keep' after 30 days"),
+        (_expiring(Expiration={"Days": 7}, Filter={}), "rule 'keep' after 7 days"),  # the whole bucket
+        (_expiring(Expiration={"Date": "2027-01-01T00:00:00Z"}, Prefix="out/_staging/"),
+         "rule 'keep' on 2027-01-01T00:00:00Z"),
+        # Keeping N days of output as the README says: the final files and dead letters only.
+        (_expiring(Expiration={"Days": 30}, Filter={"Prefix": "out/topic="}), None),
+        (_expiring(Expiration={"Days": 30}, Filter={"Prefix": "out/_dead_letters/"}), None),
+        (_expiring(Expiration={"Days": 30}, Filter={"Prefix": "out/"}, Status="Disabled"), None),
+        (_expiring(Expiration={"ExpiredObjectDeleteMarker": True}, Filter={"Prefix": "out/"}), None),
+        (_rule(Filter={"Prefix": "out/"}), None),  # noncurrent versions only
+    ],
+)
+def test_a_lifecycle_rule_expiring_current_objects_of_the_staging_folder_is_named(
+    rule: dict[str, Any], said: str | None
+) -> None:
+    assert expires_current_under(rule, "out/_staging/") == said

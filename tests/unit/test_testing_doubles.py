@@ -1098,6 +1098,25 @@ def test_memory_consumer_ignores_offsets_written_into_the_assign_list_as_conflue
     assert first_offset(assign=True) == 5
 
 
+@pytest.mark.parametrize("rule", ["rule 'keep-30d' after 30 days", None])
+def test_a_run_warns_once_when_a_lifecycle_rule_expires_staged_pieces(rule: str | None) -> None:
+    """A rule expiring the current objects of the staging folder (one on the whole prefix, meant
+    to keep N days of output): said once at start, naming the rule and the fix. The run is the
+    same."""
+    from structlog.testing import capture_logs
+
+    broker, store = _broker_with_records(1, 25), MemoryStore()
+    store.current_expiry = rule
+    with capture_logs() as logs:
+        assert _runner(broker, store, row_group_rows=10, until_caught_up=True).run() == 0
+    said = [e for e in logs if "expires current objects of the staging folder" in str(e.get("event"))]
+    assert len(said) == (rule is not None)
+    if said:
+        assert said[0]["log_level"] == "warning" and said[0]["rule"] == rule
+        assert said[0]["staging"] == "out/_staging/" and "<prefix>/topic=" in said[0]["hint"]
+    assert _final_offsets(store) == {0: list(range(25))}
+
+
 @pytest.mark.parametrize(("kept", "warned"), [(True, 1), (False, 0), (None, 0)])
 def test_a_run_warns_once_when_the_bucket_keeps_what_rolls_delete(kept: bool | None, warned: int) -> None:
     """Versioning on and no rule expiring noncurrent versions: said once at start, with the fix;
