@@ -103,7 +103,14 @@ from consumer.recovery import (
     still_writing,
 )
 from consumer.rowgroup import SCHEMA_FINGERPRINT_KEY, WriterOptions, encode_piece
-from consumer.storage import CLIENT_PART_BYTES, CopyRange, ObjectStore, PutOutcome, Segment
+from consumer.storage import (
+    CLIENT_PART_BYTES,
+    CopyRange,
+    ObjectStore,
+    PutOutcome,
+    Segment,
+    TransientStorageError,
+)
 from consumer.typemap import RecordConverter
 
 __all__ = [
@@ -288,6 +295,7 @@ class PartitionWorker:
         #: staged pieces read by this recovery, by key (_load_piece); emptied when it ends
         self._read_in_recovery: dict[str, StagedPiece] = {}
         self._newest_final: dict[str, int] = {}
+        self._recovery_listing: dict[str, str | None] | None = None  # staging as recovery listed it
         self._named_newest: list[str] = []  # keys under Layout.newest_final_dir (plain layout)
 
         # Records held back while the registry is unreachable for an unseen schema id: kept in
@@ -336,6 +344,13 @@ class PartitionWorker:
             # pieces listed here). Only a member that still owns the partition stops.
             with contextlib.suppress(PositionError):  # Kafka not answering: the stop stands
                 self._confirm_ownership()
+            if isinstance(stop, FileNotFoundError) and self._staging_as_listed():
+                raise TransientStorageError(
+                    f"{self.where}: output that recovery listed a moment ago is gone ({stop}), while "
+                    "every staged object it listed is still there: a lifecycle rule expiring old "
+                    "output (or a clean-up) deleted it meanwhile. The next run recovers from what "
+                    "S3 holds then; a supervisor (--processes, Kubernetes) restarts it."
+                ) from stop
             if isinstance(stop, FileNotFoundError):
                 raise IntegrityError(
                     f"{self.where}: an object recovery listed a moment ago is gone ({stop}), and this "
@@ -345,11 +360,22 @@ class PartitionWorker:
                 ) from stop
             raise stop
 
+    def _staging_as_listed(self) -> bool:
+        """Whether the partition's staging folder still holds exactly what recovery listed (the
+        same keys and ETags): then an object that vanished during recovery was output (a final
+        file, a dead letter), not a staged one."""
+        if self._recovery_listing is None:
+            return False
+        listing = self.store.list(self.layout.staging_dir(self.topic, self.partition))
+        return {o.key: o.etag for o in listing} == self._recovery_listing
+
     def _recover_from(self, t0: float, committed: int | None) -> int | None:
         staged_here = committed is not None and self._committed_after_staging()
         faults.point("during_recovery")
+        self._recovery_listing = None
         listing = self.store.list(self.layout.staging_dir(self.topic, self.partition))
         etags = {o.key: o.etag for o in listing}
+        self._recovery_listing = dict(etags)
         staged = [self.layout.parse_staging_key(self.topic, self.partition, o.key, o.size) for o in listing]
         pieces = [s for s in staged if isinstance(s, PieceRef)]
         markers = [s for s in staged if isinstance(s, RollMarker)]

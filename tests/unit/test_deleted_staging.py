@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from structlog.testing import capture_logs
 
-from consumer.errors import EXIT_FATAL
+from consumer.errors import EXIT_FATAL, EXIT_STORAGE
 from consumer.positions import NOTE_MAGIC, commit_note, note_output, parse_note
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.testing import (
@@ -161,6 +161,36 @@ def test_final_files_expired_by_the_outputs_retention_are_not_taken_for_deleted_
     assert code == 0
     assert _offsets(store) == list(range(30, 50))
     assert not [e for e in logs if e["log_level"] in ("warning", "error")]
+
+
+@pytest.mark.parametrize("vanishing", ["final file", "staged piece"])
+def test_an_object_gone_while_recovery_reads_it_stops_for_a_restart_only_when_it_was_output(
+    vanishing: str,
+) -> None:
+    """An object vanishes between recovery's listing and its read of it (found by
+    tests/unit/test_group_history.py). Output (a final file a lifecycle rule expires) is no loss:
+    the run ends with status 4, which a supervisor restarts, and the next run goes on from what S3
+    holds. A staged piece is committed rows: status 5, as before, for the operator."""
+    broker, store, committed = _staged_output("final file, then staged")
+    target = next(iter(_finals(store))) if vanishing == "final file" else _staged(store)[0]
+
+    def expire_when_read(op: str, key: str) -> None:
+        if key == target and op not in ("list", "put_if_absent") and target in store.objects:
+            del store.objects[target]
+
+    store.on_op = expire_when_read
+    code, logs, _ = _run(broker, store)
+    store.on_op = None
+    if vanishing == "staged piece":
+        assert code == EXIT_FATAL and "an object recovery listed a moment ago is gone" in _stopped_with(logs)
+        return
+    assert code == EXIT_STORAGE, [e["event"] for e in logs if e["log_level"] == "error"]
+    said = next(e for e in logs if e["event"] == "stopped: S3 error")["error"]
+    assert "while every staged object it listed is still there" in said and target in said
+    assert broker.committed_offset("g", "t", 0) == committed
+    _produce(broker, committed, 20)
+    assert _run(broker, store)[0] == 0
+    assert _offsets(store) == list(range(30, committed + 20))
 
 
 def test_an_operators_reset_forwards_still_goes_on_and_names_the_skipped_range() -> None:
