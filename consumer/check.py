@@ -10,7 +10,8 @@ What a passing check proves, and what it does not:
   loads — the process would not exit 2 on start;
 * ``kafka``: the brokers answer a metadata request and every configured topic exists;
 * ``s3``: the bucket answers a one-key LIST under the output prefix with the process's
-  credentials (a missing bucket or a rejected key fails; nothing is written);
+  credentials (a missing bucket or a rejected key fails; nothing is written); a lifecycle rule
+  that expires current objects of the staging folder is named on the ``ok`` line;
 * ``registry`` (confluent framing only): the registry answers ``GET /subjects``;
 * ``group`` (only with ``--group-active``): the consumer group has at least one member. A member
   whose poll loop stops for ``max.poll.interval.ms`` (5 min by default) is removed from the group,
@@ -31,6 +32,7 @@ from typing import Any
 
 from consumer import config as cfgmod
 from consumer import log as logmod
+from consumer.layout import Layout
 
 
 @dataclass(frozen=True)
@@ -95,9 +97,11 @@ def check_s3(config: cfgmod.Config, timeout: float) -> str:
     # One bounded LIST under the prefix (GET, so S3 names the error: NoSuchBucket, AccessDenied,
     # SignatureDoesNotMatch all raise); nothing is written.
     store._call("list_objects_v2", Prefix=f"{config.prefix}/" if config.prefix else "", MaxKeys=1)
+    rule = store.expires_current(Layout(config.prefix).staging_root())
     return f"bucket {config.bucket!r} reachable" + (
         f" at {config.s3_endpoint_url}" if config.s3_endpoint_url else ""
-    )
+    ) + (f"; warning: lifecycle {rule} expires staged pieces too (README, 'Keeping N days of output')"
+         if rule else "")
 
 
 def check_registry(config: cfgmod.Config, timeout: float) -> str:

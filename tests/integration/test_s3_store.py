@@ -14,6 +14,8 @@ from unittest import mock
 import botocore.auth
 import pytest
 
+from consumer.check import check_s3
+from consumer.config import Config
 from consumer.storage import (
     CopyRange,
     FatalStorageError,
@@ -135,6 +137,14 @@ def test_expires_current_reads_the_lifecycle_rules_the_server_keeps(
         s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [rule]})
         try:
             assert store.expires_current(staging) == said
+            # `consumer check` names such a rule on its s3 line, which stays ok.
+            config = Config(bootstrap_servers="unused", group_id="g", topics=("t",), schema="page_view",
+                            output=f"s3://{bucket}/{unique_prefix.rstrip('/')}",
+                            s3_endpoint_url=s3_server.endpoint)
+            line = check_s3(config, 10.0)
+            assert line.startswith(f"bucket {bucket!r} reachable")
+            warned = "warning: lifecycle rule 'keep' after 30 days expires staged pieces" in line
+            assert warned == bool(said)
         finally:
             s3.delete_bucket_lifecycle(Bucket=bucket)
 
