@@ -231,9 +231,10 @@ class Upload:
 class MemoryStore:
     """:class:`~consumer.storage.ObjectStore` in memory, with S3's rules where the protocol needs them.
 
-    ``objects`` maps key → bytes, oldest write first as S3's Last-Modified orders them (read it in
-    assertions; assigning plants an object as a single PUT would). ``uploads`` holds unfinished
-    multipart uploads by upload id.
+    ``objects`` maps key → bytes (read it in assertions; assigning plants an object as a single
+    PUT would). ``last_modified`` orders the writes as S3's Last-Modified does (a number per write;
+    an object restored by assigning it again keeps its old one, as an undeleted version does).
+    ``uploads`` holds unfinished multipart uploads by upload id.
     """
 
     def __init__(self, *, on_op: OnOp | None = None) -> None:
@@ -256,6 +257,8 @@ class MemoryStore:
         #: every prefix, e.g. "rule 'keep' after 30 days"; None: no such rule).
         self.current_expiry: str | None = None
         self._etags: dict[str, tuple[bytes, str]] = {}  # key → (the bytes it was computed for, etag)
+        self.last_modified: dict[str, int] = {}  # key → the number of its last write (see above)
+        self._writes = itertools.count(1)
         self._faults = _Faults(OPS | REQUESTS)
         self._ids = itertools.count(1)
         self._lock = threading.RLock()
@@ -338,8 +341,8 @@ class MemoryStore:
 
     def _store(self, key: str, data: bytes, etag: str | None = None) -> None:
         data = bytes(data)
-        self.objects.pop(key, None)  # ``objects`` is in the order of S3's Last-Modified: a write renews it
         self.objects[key] = data
+        self.last_modified[key] = next(self._writes)
         self._etags[key] = (data, etag or self._new_etag(data))
 
     # -- request level (S3's rules; what S3Store's methods are made of) --------------------------

@@ -554,7 +554,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         others stayed open. The records of what expired may be in no file, or in one written
         again (the old one is gone)."""
         older: list[str] = []
-        for key in _objects_of(store, p):  # in the order they were written
+        pending = {key for key, _data, q, _then in deleted if q == p}  # staged, deleted, to restore
+        for key in sorted({*_objects_of(store, p), *pending}, key=lambda k: store.last_modified.get(k, 0)):
             if "/_staging/" in f"/{key}":
                 break
             if b % 2 or key.endswith(".parquet"):
