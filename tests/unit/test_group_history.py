@@ -48,6 +48,7 @@ from consumer.errors import EXIT_FATAL, EXIT_OK, EXIT_STORAGE
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import TransientStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryRegistry, MemoryStore, memory_runner
+from consumer.verify import verify
 from consumer.worker import PartitionWorker
 
 PARTITIONS = 3
@@ -746,6 +747,14 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             assert good <= set(found[p]), f"p{p}: offsets in no final file"
             # Dead letters are at least once (a crash may write one again), never lost.
             assert bad[p] - skipped[p] <= letters[p], f"p{p}: bad records in no dead letter"
+        # `consumer verify` (without Kafka: every offset below the end counts) finds the same.
+        report = verify(store, "out", "t", committed=dict(enumerate(produced)),
+                        partition_by=config.get("partition_by"), workers=2)
+        assert not report.bad_files and not report.staging_objects, report.to_text()
+        for rep in report.partitions:
+            gone = set(range(produced[rep.partition])) - set(found[rep.partition]) - letters[rep.partition]
+            assert (rep.duplicate_count, rep.missing_count) == (0, len(gone)), report.to_text()
+            assert [a for a, _b in rep.missing[:1]] == sorted(gone)[:1], report.to_text()
     finally:
         for m in members:
             if m.thread is not None and m.thread.is_alive():
