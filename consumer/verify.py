@@ -877,6 +877,12 @@ def verify(
                                                        value_set=distinct))).as_py() or 0)
         reports.append(rep)
 
+    if since is None and any(r.missing_count for r in reports):
+        rule = store.expires_current(topic_dir)
+        if rule is not None:
+            notes.append(f"a lifecycle {rule} expires final files here: offsets missing below the "
+                         "oldest file it keeps may have expired, not been lost. Check from where it "
+                         "keeps with --since (e.g. --since 29d for a 30-day rule)")
     staging_keys = sorted(o.key for o in staging)
     report = VerifyReport(
         partitions=reports, bad_files=bad, staging_objects=staging_keys,

@@ -79,3 +79,19 @@ def test_a_since_time_needs_kafka_to_say_which_offset_it_is() -> None:
     store, _ = _expired_output()
     with pytest.raises(VerifyError, match="needs --bootstrap-servers"):
         verify(store, "out", "t", committed={0: 30}, since=parse_since("7d", NOW))
+
+
+def test_missing_offsets_under_a_lifecycle_rule_point_to_since() -> None:
+    """The bucket has a rule expiring the final files: a report with missing offsets says that they
+    may have expired, and how to check from where the rule keeps. Without missing offsets, or with
+    --since given, nothing is said (and the bucket is not asked)."""
+    store, _ = _expired_output()
+    store.current_expiry = "rule 'keep-30d' after 30 days"
+    report = verify(store, "out", "t", committed={0: 30})
+    said = [n for n in report.notes if "lifecycle rule 'keep-30d' after 30 days" in n]
+    assert not report.ok and len(said) == 1 and "--since 29d" in said[0]
+    assert "note: a lifecycle rule" in report.to_text()
+    report = verify(store, "out", "t", committed={0: 30}, since=parse_since("0=10", NOW))
+    assert report.ok and not [n for n in report.notes if "lifecycle" in n]
+    store.current_expiry = None
+    assert not [n for n in verify(store, "out", "t", committed={0: 30}).notes if "lifecycle" in n]
