@@ -155,6 +155,7 @@ def plan_recovery(
     group: str | None = None,
     staged_here: bool = False,
     dead_letter_records: Mapping[str, int] | None = None,
+    gone_final_start: int | None = None,
 ) -> RecoveryPlan:
     """Decide recovery for one partition. Pure: no I/O. Raises :class:`IntegrityError` to stop.
 
@@ -166,7 +167,11 @@ def plan_recovery(
     writer of the prefix. ``staged_here``: the committed position's note says this consumer
     committed it once the rows below it were staged in this output. ``dead_letter_records``: the
     lines of the dead-letter objects that follow the newest final file, counted when no position
-    is committed and no file is open (see :func:`past_dead_letters`).
+    is committed and no file is open (see :func:`past_dead_letters`). ``gone_final_start``: the
+    newest final file, which ends at ``last_final_end``, is gone (a lifecycle rule expired it, or
+    someone deleted it); only its name under ``_newest_final/`` still says where it started and
+    ended. Its end counts as a final file's: adopted when the group has no position, and a
+    position below it is a reset backwards (it would export what that file held once more).
     """
     foreign = other_writer(last_final_writer, group) if last_final_end is not None else None
     finals = set(final_starts)
@@ -198,6 +203,17 @@ def plan_recovery(
             + (f"To go on with this group alone, stop the other writer, then move this group's "
                f"offset to {last_final_end} (kafka-consumer-groups --reset-offsets --to-offset "
                f"{last_final_end})." if group else "Replay to another --output prefix.")
+        )
+    if last_final_end is not None and pos < last_final_end and gone_final_start is not None:
+        raise IntegrityError(
+            f"{where}: the committed position {pos} is below the end {last_final_end} of the final "
+            f"file that started at {gone_final_start}, which is gone (a lifecycle rule expired it, "
+            "or it was deleted; _newest_final/ still names it): the group's offsets were moved "
+            "backwards (reset?). Consuming again would export those offsets once more, so nothing "
+            "was changed. To continue, move the group's offset to "
+            f"{last_final_end} (kafka-consumer-groups --reset-offsets --to-offset {last_final_end}). "
+            "To export them again on purpose, use `consumer replay --output s3://…/another-prefix`, "
+            "or delete this partition's _newest_final/ object under the prefix first."
         )
     if last_final_end is not None and pos < last_final_end:
         raise IntegrityError(

@@ -297,6 +297,7 @@ class PartitionWorker:
         self._newest_final: dict[str, int] = {}
         self._recovery_listing: dict[str, str | None] | None = None  # staging as recovery listed it
         self._named_newest: list[str] = []  # keys under Layout.newest_final_dir (plain layout)
+        self._named_start: int | None = None  # the newest start named there at recovery
 
         # Records held back while the registry is unreachable for an unseen schema id: kept in
         # order, uncommitted, and appended again by retry_waiting (see the runner's pause).
@@ -390,13 +391,20 @@ class PartitionWorker:
                                           staged_here)
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
+        writer = self._final_writers.get(("", max(finals))) if finals else None
+        topic_ids = [self._final_topic_ids.get(("", max(finals)))] if finals else []
+        gone = self._named_final_gone(finals, last_end)
+        if gone is not None:
+            last_end, writer = gone.end, gone.writer
+            topic_ids.append(gone.topic_id)
         dead = self._dead_letters(since=last_end)
         plan = plan_recovery(
             committed, pieces, markers, dead, finals, last_end, where=self.where,
-            last_final_writer=self._final_writers.get(("", max(finals))) if finals else None,
+            last_final_writer=writer,
             group=self.shared.group_id, staged_here=staged_here,
             dead_letter_records=self._dead_letter_lines(
                 committed, any(p.file_start not in finals for p in pieces), last_end, dead),
+            gone_final_start=gone.start if gone is not None else None,
         )
         doomed = set(plan.delete)
         self._begin_plan(
@@ -405,9 +413,8 @@ class PartitionWorker:
              and (plan.position is None or p.to_pos > plan.position)],
             [d for d in dead if d[0] in doomed],
             sources=pieces,
-            final_writer=(self._final_writers.get(("", max(finals)))
-                          if finals and last_end == plan.commit else None),
-            final_topic_ids=[self._final_topic_ids.get(("", max(finals)))] if finals else [],
+            final_writer=writer if last_end is not None and last_end == plan.commit else None,
+            final_topic_ids=topic_ids,
         )
         self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
         self._finish_planned(plan.finish, etags)
@@ -935,6 +942,7 @@ class PartitionWorker:
         listed = self.store.list(self.layout.newest_final_dir(self.topic, self.partition))
         self._named_newest = [o.key for o in listed]
         named = [s for o in listed if (s := self.layout.parse_newest_final(o.key)) is not None]
+        self._named_start = max(named, default=None)
         if named and (starts := self._final_starts_from(max(named))) is not None:
             older = (s for s in sorted(staged) if s < max(named))
             final = [s for s in older
@@ -942,12 +950,32 @@ class PartitionWorker:
             return final + starts
         return self._final_starts()
 
-    def _name_newest_final(self, start: int) -> list[str]:
-        """After a plain-layout roll: name its file as the newest final one for later recoveries.
-        Returns the names before it, for the roll to delete with the file's staging folder (a crash
-        before that leaves two: recovery takes the newest)."""
+    def _named_final_gone(self, finals: Sequence[int], last_end: int | None) -> NamedFinal | None:
+        """The newest final file named under ``_newest_final/``, when it is gone and ended past
+        every final file left (a lifecycle rule expired the partition's newest files, or someone
+        deleted them): what its name holds, so that recovery neither adopts nor reads again below
+        its end. None when the named file is there, or its name holds nothing (written by an
+        earlier version). Costs one GET, only when the named file is missing."""
+        start = self._named_start
+        if start is None or (finals and max(finals) >= start):
+            return None
+        try:
+            body = self.store.get(self.layout.newest_final_key(self.topic, self.partition, start))
+        except FileNotFoundError:
+            return None
+        named = NamedFinal.parse(start, body)
+        if named is None or (last_end is not None and named.end <= last_end):
+            return None
+        return named
+
+    def _name_newest_final(self, start: int, end: int, meta: Mapping[str, str]) -> list[str]:
+        """After a plain-layout roll: name its file as the newest final one for later recoveries,
+        with its end, topic id and writer (``meta``: its footer's), which outlive the file when a
+        lifecycle rule expires it. Returns the names before it, for the roll to delete with the
+        file's staging folder (a crash before that leaves two: recovery takes the newest)."""
         key = self.layout.newest_final_key(self.topic, self.partition, start)
-        self.store.put_if_absent(key, b"")
+        named = NamedFinal(start, end, meta.get(TOPIC_ID_KEY), writer_of(meta))
+        self.store.put_if_absent(key, named.body())
         older = [k for k in self._named_newest if k != key]
         self._named_newest = [key]
         return older
@@ -1819,7 +1847,7 @@ class PartitionWorker:
         self._note_final(f.bucket, f.start)
         unnamed: list[str] = []
         if self.bucketing is None and f.start >= self._newest_final.get("", f.start):
-            unnamed = self._name_newest_final(f.start)
+            unnamed = self._name_newest_final(f.start, end, meta)
         if listing or unnamed:
             self.store.delete([*listing, *unnamed])
         faults.point("after_piece_delete")
@@ -1867,6 +1895,34 @@ _msg_value = methodcaller("value")
 
 def _identity_of(layout: PieceLayout) -> str | None:
     return read_key_value_metadata(layout.footer).get(SCHEMA_FINGERPRINT_KEY) or None
+
+
+@dataclass(frozen=True)
+class NamedFinal:
+    """What the plain layout's ``_newest_final/<start>`` object says of the file it names: its
+    range, the topic id it was read from and its writer. Empty in objects written by earlier
+    versions, which named only the start."""
+
+    start: int
+    end: int
+    topic_id: str | None
+    writer: str | None
+
+    def body(self) -> bytes:
+        return json.dumps({"end": self.end, "topic_id": self.topic_id, "writer": self.writer}).encode()
+
+    @staticmethod
+    def parse(start: int, body: bytes) -> NamedFinal | None:
+        """None for an empty body (an earlier version's) or anything this code did not write."""
+        try:
+            said = json.loads(body)
+            end, topic_id, writer = said["end"], said.get("topic_id"), said.get("writer")
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return None
+        if not isinstance(end, int) or end <= start:
+            return None
+        return NamedFinal(start, end, topic_id if isinstance(topic_id, str) else None,
+                          writer if isinstance(writer, str) else None)
 
 
 def writer_of(meta: Mapping[str, str]) -> str | None:

@@ -741,6 +741,42 @@ def test_output_expired_by_a_lifecycle_rule_is_neither_written_again_nor_in_the_
     assert committed(stack.kafka_bootstrap, group, topic) == [3000]
 
 
+@pytest.mark.parametrize("layout", [(), BUCKETED], ids=["plain", "bucketed"])
+def test_output_expired_by_the_readmes_rule_is_not_exported_again_when_the_offsets_expire_too(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, layout: tuple[str, ...],
+) -> None:
+    """The README's rule (final files and dead letters) expired a quiet partition's whole output,
+    and the group's offsets expired too. What the rule leaves (``_newest_final/``, ``_rolled/``)
+    says where that output ended: recovery adopts it, and nothing is exported again. A reset
+    backwards into the expired output is refused with status 5, as one into output still there.
+    (The plain layout used to start again from the log's start.) Unit tests:
+    tests/unit/test_expired_output.py."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    args = ("--row-group-rows", "500", "--file-rows", "1000", *layout)
+    good = [encode_raw(SCHEMA, make_record("page_view", i)) for i in range(2000)]
+    produce_raw(stack.kafka_bootstrap, topic, [*good[:1990], *(v + b"\x00\x01" for v in good[1990:])])
+    assert (res := run_consumer(topic, group, out, *args)).returncode == 0, res.stderr[-3000:]
+    for key, _size in _all(s3, stack.s3_bucket, unique_prefix):
+        if key[len(unique_prefix):].lstrip("/").startswith(("topic=", "_dead_letters/")):
+            s3.delete_object(Bucket=stack.s3_bucket, Key=key)
+    left = sorted(k for k, _ in _all(s3, stack.s3_bucket, unique_prefix))
+    assert left and not final_keys(s3, stack.s3_bucket, unique_prefix)
+
+    admin.delete_consumer_groups([group])[group].result(timeout=30)
+    res = run_consumer(topic, group, out, *args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "adopting 2000" in res.stderr
+    assert sorted(k for k, _ in _all(s3, stack.s3_bucket, unique_prefix)) == left
+    assert committed(stack.kafka_bootstrap, group, topic) == [2000]
+
+    reset_offset(admin, group, topic, 0)
+    res = run_consumer(topic, group, out, *args)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert "the committed position 0 is below the end 2000" in res.stderr
+    assert sorted(k for k, _ in _all(s3, stack.s3_bucket, unique_prefix)) == left
+
+
 def test_an_eager_assignor_still_starts_where_recovery_says(
     stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:

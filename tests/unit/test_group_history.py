@@ -473,6 +473,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     bad: list[set[int]] = [set() for _ in range(PARTITIONS)]  # malformed records: dead letters
     skipped: list[set[int]] = [set() for _ in range(PARTITIONS)]  # by an operator's reset forwards
     expired: list[set[int]] = [set() for _ in range(PARTITIONS)]  # output a lifecycle rule expired
+    # A rule took the names of the newest final and rolled files too: the position they say is gone.
+    names_expired = [False] * PARTITIONS
     members: list[Member] = []
     threads: dict[int, Member] = {}
     fail_in: list[int] = []  # the n-th outermost store call from now fails, whoever makes it
@@ -549,11 +551,12 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         """A lifecycle rule (keep N days) expires what partition ``p`` wrote longest ago: up to
         ``(b + 1) // 2`` of its oldest objects, all written before its oldest staged object. Odd
         ``b``: a rule on the whole prefix but ``_staging/`` (final files, dead letters, the names of
-        the newest final and rolled files); even: on the final files' folders only (README, "S3
-        servers and buckets"). Files roll by age (--file-max-age, 1 h) long before such a rule's
-        days, so nothing staged is that old, nor are the siblings of a file that rolled while
-        others stayed open. The records of what expired may be in no file, or in one written
-        again (the old one is gone)."""
+        the newest final and rolled files); even: on the final files' folders only (README,
+        "Keeping N days of output"). Files roll by age (--file-max-age, 1 h) long before such a
+        rule's days, so nothing staged is that old, nor are the siblings of a file that rolled
+        while others stayed open. The records of what expired may be in no file, or in one written
+        again (the old one is gone) once the rule took the names too; while the names are left,
+        they say where the expired output ended, and nothing expired is written again."""
         older: list[str] = []
         pending = {key for key, _data, q, _then in deleted if q == p}  # staged, deleted, to restore
         for key in sorted({*_objects_of(store, p), *pending}, key=lambda k: store.last_modified.get(k, 0)):
@@ -563,6 +566,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 older.append(key)
         for key in older[:(b + 1) // 2]:
             data = store.objects.pop(key)
+            names_expired[p] |= "/_newest_final/" in f"/{key}" or "/_rolled/" in f"/{key}"
             if key.endswith(".parquet"):
                 offsets = pq.read_table(io.BytesIO(data), columns=["kafka_offset"]).column(0)
                 expired[p].update(offsets.to_pylist())
@@ -740,6 +744,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         found, letters = _final_offsets(store), _dead_letter_offsets(store)
         for p in range(PARTITIONS):
             assert len(found[p]) == len(set(found[p])), f"p{p}: an offset in two final files"
+            if not names_expired[p]:  # they say where the expired output ended: nothing is read again
+                assert not expired[p] & set(found[p]), f"p{p}: expired output written again"
             skipped[p] |= expired[p]
             assert set(found[p]) <= set(range(produced[p])) - bad[p]
             assert letters[p] <= bad[p], f"p{p}: a dead letter for a good record"
