@@ -183,6 +183,7 @@ class ObjectStore(Protocol):
     def list(self, prefix: str, start_after: str = "") -> list[ObjectInfo]: ...
     def delete(self, keys: Sequence[str]) -> None: ...
     def compose(self, key: str, segments: Sequence[Segment]) -> PutOutcome: ...
+    def put_if_absent_multipart(self, key: str, data: bytes) -> PutOutcome: ...
     def abort_uploads(self, key: str) -> int: ...
     def keeps_deleted_versions(self, prefix: str) -> bool | None: ...
     def expires_current(self, prefix: str) -> str | None: ...
@@ -653,6 +654,17 @@ class S3Store:
         parts = plan_equal_parts(segments) if self.equal_parts else plan_parts(segments)
         if len(parts) <= 1:
             return self.put_if_absent(key, self._materialise(parts[0] if parts else []))
+        return self._multipart_if_absent(key, parts, fault_point="mid_merge")
+
+    def put_if_absent_multipart(self, key: str, data: bytes) -> PutOutcome:
+        """``data`` as a multipart upload of one part, completed with ``If-None-Match: *``, as
+        :meth:`compose` completes a file of several parts: the start-up probe checks that the
+        server refuses it when ``key`` exists (some honour the condition on PutObject only)."""
+        return self._multipart_if_absent(key, [[data]], fault_point=None)
+
+    def _multipart_if_absent(
+        self, key: str, parts: Sequence[Sequence[Segment]], *, fault_point: str | None
+    ) -> PutOutcome:
         r = self._call("create_multipart_upload", Key=key)
         upload_id = r["UploadId"]
         try:
@@ -676,7 +688,8 @@ class S3Store:
                     etag = pr["ETag"]
                     self.stats.moved(uploaded=len(body))
                 done.append({"ETag": etag, "PartNumber": n})
-                faults.point("mid_merge")
+                if fault_point:
+                    faults.point(fault_point)
             self._call(
                 "complete_multipart_upload",
                 Key=key,
@@ -791,26 +804,41 @@ def expires_current_under(rule: dict[str, Any], prefix: str) -> str | None:
     return f"rule {rule.get('ID', '(no id)')!r} {when}"
 
 
+_CONDITIONAL_SERVERS = (
+    "use AWS S3, or a server that implements If-None-Match on PutObject and "
+    "CompleteMultipartUpload (MinIO, SeaweedFS ≥ 3.80, Ceph RGW ≥ 19)."
+)
+
+
 def probe_conditional_writes(store: ObjectStore, key: str) -> None:
     """Refuse to run on a store that ignores ``If-None-Match: *``.
 
     The protocol's fencing and its "never overwrite" rule rest on conditional creates: without
     them a zombie can overwrite a committed piece and a roll would splice a cached footer onto new
-    bytes. So at start a probe object is created twice; the second create must be refused (412).
-    Three small requests per start, then the probe is deleted.
+    bytes. So at start a probe object is created, then created again with a PUT and with a
+    multipart upload (what a final file over one part is); both must be refused (412). A server
+    may honour the condition on one and not the other. Six small requests per start (the refused
+    upload is aborted), then the probe is deleted.
     """
     from consumer.errors import StorageContractError
 
     first = store.put_if_absent(key, b"probe-1")
-    second = store.put_if_absent(key, b"probe-2")
     try:
+        second = store.put_if_absent(key, b"probe-2")
         if first is not PutOutcome.CREATED or second is not PutOutcome.EXISTS_OTHER:
             raise StorageContractError(
                 "the S3 bucket does not honour conditional writes (a second PUT with "
                 f"If-None-Match: * of {key} was {second.name}, not refused with 412). This consumer "
-                "needs them to never overwrite committed data: use AWS S3, or a server that "
-                "implements If-None-Match on PutObject and CompleteMultipartUpload (MinIO, "
-                "SeaweedFS ≥ 3.80, Ceph RGW ≥ 19)."
+                f"needs them to never overwrite committed data: {_CONDITIONAL_SERVERS}"
+            )
+        third = store.put_if_absent_multipart(key, b"probe-3")
+        if third is not PutOutcome.EXISTS_OTHER:
+            raise StorageContractError(
+                "the S3 bucket honours conditional writes on PutObject but not on "
+                f"CompleteMultipartUpload (a multipart upload of {key} completed with If-None-Match: * "
+                f"was {third.name}, not refused with 412). Final files larger than 5 MiB are "
+                "completed that way, and one must never overwrite another writer's: "
+                f"{_CONDITIONAL_SERVERS}"
             )
     finally:
         store.delete([key])

@@ -244,6 +244,8 @@ class MemoryStore:
         self.on_op: OnOp | None = on_op
         #: A lax S3-compatible server: If-None-Match / If-Match are ignored (writes always win).
         self.ignore_conditional_writes = False
+        #: A server that honours If-None-Match on PutObject but not on CompleteMultipartUpload.
+        self.ignore_conditional_completes = False
         #: S3 with SSE-KMS: an object's ETag is not the MD5 of its bytes (opaque, still unique).
         self.opaque_etags = False
         #: Cloudflare R2: a multipart upload completes only when every part but the last has one
@@ -465,7 +467,8 @@ class MemoryStore:
                 f"S3 complete_multipart_upload on {key} failed: InvalidPart: all non-trailing parts "
                 "must have the same length"
             )
-        if if_none_match and key in self.objects and not self.ignore_conditional_writes:
+        lax = self.ignore_conditional_writes or self.ignore_conditional_completes
+        if if_none_match and key in self.objects and not lax:
             raise PreconditionFailed(f"412 PreconditionFailed: {key} exists")
         del self.uploads[upload_id]
         etag = multipart_etag(bodies)
@@ -561,27 +564,40 @@ class MemoryStore:
             parts = plan_equal_parts(segments) if self.equal_parts else plan_parts(segments)
             if len(parts) <= 1:
                 outcome = self.put_if_absent(key, self._materialise(parts[0] if parts else []))
-                self._leave("compose")
-                return outcome
-            upload_id = self.create_multipart_upload(key)
-            try:
-                for n, part in enumerate(parts, start=1):
-                    if len(part) == 1 and isinstance(part[0], CopyRange) and part[0].length >= MIN_S3_PART:
-                        self.upload_part_copy(key, upload_id, n, part[0])
-                        self.stats.moved(copied=part[0].length)
-                    else:
-                        body = self._materialise(part)
-                        self.upload_part(key, upload_id, n, body)
-                        self.stats.moved(uploaded=len(body))
-                    faults.point("mid_merge")
-                self.complete_multipart_upload(key, upload_id, if_none_match=True)
-            except Exception as exc:
-                self._abort(key, upload_id)
-                if isinstance(exc, PreconditionFailed):
-                    return PutOutcome.EXISTS_OTHER
-                raise
+            else:
+                outcome = self._multipart_if_absent(key, parts, fault_point="mid_merge")
             self._leave("compose")
-            return PutOutcome.CREATED
+            return outcome
+
+    def put_if_absent_multipart(self, key: str, data: bytes) -> PutOutcome:
+        """As S3Store: one part, completed with ``If-None-Match: *`` (the start-up probe's)."""
+        with self._serving("put_if_absent_multipart", key):
+            outcome = self._multipart_if_absent(key, [[data]], fault_point=None)
+            self._leave("put_if_absent_multipart")
+            return outcome
+
+    def _multipart_if_absent(
+        self, key: str, parts: Sequence[Sequence[Segment]], *, fault_point: str | None
+    ) -> PutOutcome:
+        upload_id = self.create_multipart_upload(key)
+        try:
+            for n, part in enumerate(parts, start=1):
+                if len(part) == 1 and isinstance(part[0], CopyRange) and part[0].length >= MIN_S3_PART:
+                    self.upload_part_copy(key, upload_id, n, part[0])
+                    self.stats.moved(copied=part[0].length)
+                else:
+                    body = self._materialise(part)
+                    self.upload_part(key, upload_id, n, body)
+                    self.stats.moved(uploaded=len(body))
+                if fault_point:
+                    faults.point(fault_point)
+            self.complete_multipart_upload(key, upload_id, if_none_match=True)
+        except Exception as exc:
+            self._abort(key, upload_id)
+            if isinstance(exc, PreconditionFailed):
+                return PutOutcome.EXISTS_OTHER
+            raise
+        return PutOutcome.CREATED
 
     def _materialise(self, part: Sequence[Segment]) -> bytes:
         return b"".join(s if isinstance(s, bytes) else self.get(s.key, s.start, s.end) for s in part)

@@ -41,6 +41,8 @@ def _store(s3_server: S3Server, **kw: Any) -> S3Store:
 def test_conditional_creates_and_replaces(s3_server: S3Server, unique_prefix: str) -> None:
     store = _store(s3_server)
     probe_conditional_writes(store, unique_prefix + "probe")  # raises on a server that ignores them
+    assert store.head(unique_prefix + "probe") is None  # the probe leaves nothing behind:
+    assert store.abort_uploads(unique_prefix + "probe") == 0  # its refused upload was aborted
     key = unique_prefix + "piece"
     created = store.create(key, b"piece-1")
     assert created.outcome is PutOutcome.CREATED and created.etag

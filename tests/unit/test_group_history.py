@@ -483,6 +483,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     def on_op(op: str, _key: str) -> None:
         if store.inside_a_call():  # a call's own requests: part of it
             return
+        if op == "put_if_absent_multipart":  # the start-up probe's last call, added after the
+            return  # histories pinned below: not counted, so that they still draw what they did
         m = threads.get(threading.get_ident())
         if m is not None:
             m.on_request()

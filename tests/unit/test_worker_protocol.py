@@ -467,6 +467,23 @@ def test_probe_refuses_a_store_without_conditional_writes() -> None:
         probe_conditional_writes(lax, "out/_probe/x")
 
 
+def test_probe_refuses_a_store_that_honours_the_condition_on_put_only() -> None:
+    """A final file over one part is completed as a multipart upload with ``If-None-Match: *``; a
+    server may honour the condition on PutObject and ignore it there, and then a roll could
+    overwrite another writer's final file. Refused at start, with nothing left behind."""
+    good = MemoryStore()
+    probe_conditional_writes(good, "out/_probe/x")
+    assert good.stats.requests["complete_multipart_upload"] == 1
+    assert good.stats.requests["abort_multipart_upload"] == 1  # the refused upload is not left
+    assert not good.objects and not good.uploads
+    half = MemoryStore()
+    half.ignore_conditional_completes = True
+    with pytest.raises(StorageContractError, match="honours conditional writes on PutObject but not on "
+                                                   "CompleteMultipartUpload"):
+        probe_conditional_writes(half, "out/_probe/x")
+    assert not half.objects and not half.uploads
+
+
 def test_roll_refuses_a_piece_overwritten_after_it_was_written() -> None:
     store, positions = MemoryStore(), MemoryPositions()
     w = make_worker(store, positions, replace(BASE, file_rows=None))
