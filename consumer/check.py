@@ -11,7 +11,11 @@ What a passing check proves, and what it does not:
 * ``kafka``: the brokers answer a metadata request and every configured topic exists;
 * ``s3``: the bucket answers a one-key LIST under the output prefix with the process's
   credentials (a missing bucket or a rejected key fails; nothing is written); a lifecycle rule
-  that expires current objects of the staging folder is named on the ``ok`` line;
+  that expires current objects of the staging folder is named on the ``ok`` line. With
+  ``--write``, also what ``run`` probes at start: an object under ``<prefix>/_probe/`` is created,
+  created again with a PUT and with a multipart upload (both must be refused: conditional
+  writes), and deleted — credentials that may only read, or a server that ignores the condition,
+  fail here instead of at the first start;
 * ``registry`` (confluent framing only): the registry answers ``GET /subjects``;
 * ``group`` (only with ``--group-active``): the consumer group has at least one member. A member
   whose poll loop stops for ``max.poll.interval.ms`` (5 min by default) is removed from the group,
@@ -26,6 +30,7 @@ configuration.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -83,8 +88,8 @@ def check_kafka(config: cfgmod.Config, timeout: float) -> str:
     return f"{len(md.brokers)} broker(s), topics {', '.join(sizes)}"
 
 
-def check_s3(config: cfgmod.Config, timeout: float) -> str:
-    from consumer.storage import RetryPolicy, S3Store
+def check_s3(config: cfgmod.Config, timeout: float, write: bool = False) -> str:
+    from consumer.storage import RetryPolicy, S3Store, probe_conditional_writes
 
     store = S3Store(
         config.bucket,
@@ -97,11 +102,15 @@ def check_s3(config: cfgmod.Config, timeout: float) -> str:
     # One bounded LIST under the prefix (GET, so S3 names the error: NoSuchBucket, AccessDenied,
     # SignatureDoesNotMatch all raise); nothing is written.
     store._call("list_objects_v2", Prefix=f"{config.prefix}/" if config.prefix else "", MaxKeys=1)
-    rule = store.expires_current(Layout(config.prefix).staging_root())
+    layout = Layout(config.prefix)
+    if write:
+        probe_conditional_writes(store, layout.probe_key(uuid.uuid4().hex))
+    rule = store.expires_current(layout.staging_root())
     return f"bucket {config.bucket!r} reachable" + (
         f" at {config.s3_endpoint_url}" if config.s3_endpoint_url else ""
-    ) + (f"; warning: lifecycle {rule} expires staged pieces too (README, 'Keeping N days of output')"
-         if rule else "")
+    ) + ("; writable, with conditional writes (PUT and multipart)" if write else "") + (
+        f"; warning: lifecycle {rule} expires staged pieces too (README, 'Keeping N days of output')"
+        if rule else "")
 
 
 def check_registry(config: cfgmod.Config, timeout: float) -> str:
@@ -128,12 +137,12 @@ def check_group(config: cfgmod.Config, timeout: float) -> str:
 
 
 def run_checks(
-    config: cfgmod.Config, *, timeout: float = 10.0, group_active: bool = False
+    config: cfgmod.Config, *, timeout: float = 10.0, group_active: bool = False, write: bool = False
 ) -> list[CheckResult]:
     """Probe every dependency of ``config`` (assumed valid); one result per check, in order."""
     results = [
         _run("kafka", lambda: check_kafka(config, timeout)),
-        _run("s3", lambda: check_s3(config, timeout)),
+        _run("s3", lambda: check_s3(config, timeout, write)),
     ]
     if config.framing == "confluent" and config.schema_registry_url:
         results.append(_run("registry", lambda: check_registry(config, timeout)))

@@ -154,6 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also require the consumer group to have at least one member",
     )
+    check.add_argument(
+        "--write",
+        action="store_true",
+        help="also write under the output prefix what `run` probes at start (an object under "
+        "_probe/, created once and refused twice: conditional writes by PUT and multipart), then "
+        "delete it",
+    )
     check.add_argument("--timeout", type=float, default=10.0, help="seconds per probe (default 10)")
 
     prod = sub.add_parser("produce", help="produce seeded sample Avro records to a topic")
@@ -365,7 +372,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from consumer.check import run_checks
     from consumer.decoding import load_schema
 
-    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "group_active", "timeout")}
+    flags = {k: v for k, v in vars(args).items()
+             if k not in ("command", "config", "group_active", "timeout", "write")}
     try:
         config = cfgmod.load(flags, config_file=args.config).validated()
     except cfgmod.ConfigError as exc:
@@ -379,7 +387,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"consumer: config: schema {config.schema!r}: {exc}", file=sys.stderr)
             return 2
     print(f"ok   config: valid ({config.framing} framing, topics {', '.join(config.topics)})")
-    results = run_checks(config, timeout=args.timeout, group_active=args.group_active)
+    results = run_checks(config, timeout=args.timeout, group_active=args.group_active, write=args.write)
     for result in results:
         print(result.line(), file=sys.stdout if result.ok else sys.stderr)
     return 0 if all(r.ok for r in results) else 1

@@ -50,8 +50,9 @@ def test_check_run_verify_show_and_replay_on_minio(
     budgets = ("--row-group-rows", "500", "--file-rows", "2000")
 
     check = _cli(minio, "check", "--group-id", group, "--topic", topic, "--schema", "page_view",
-                 "--output", out)
+                 "--output", out, "--write")
     assert check.returncode == 0, check.stdout + check.stderr[-3000:]
+    assert "writable, with conditional writes (PUT and multipart)" in check.stdout
 
     run = run_consumer(topic, group, out, *budgets, env={"S3_ENDPOINT_URL": minio.endpoint})
     assert run.returncode == 0, run.stderr[-4000:]

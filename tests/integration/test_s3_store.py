@@ -151,6 +151,21 @@ def test_expires_current_reads_the_lifecycle_rules_the_server_keeps(
             s3.delete_bucket_lifecycle(Bucket=bucket)
 
 
+def test_check_with_write_probes_conditional_writes_and_leaves_nothing_behind(
+    s3_server: S3Server, unique_prefix: str
+) -> None:
+    """`consumer check --write` runs what `run` probes at start, before a deployment first starts."""
+    config = Config(bootstrap_servers="unused", group_id="g", topics=("t",), schema="page_view",
+                    output=f"s3://{s3_server.bucket}/{unique_prefix.rstrip('/')}",
+                    s3_endpoint_url=s3_server.endpoint)
+    line = check_s3(config, 10.0, write=True)
+    assert "reachable" in line and "writable, with conditional writes (PUT and multipart)" in line
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=unique_prefix)
+    assert listed.get("KeyCount", 0) == 0
+    uploads = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket, Prefix=unique_prefix)
+    assert not uploads.get("Uploads")
+
+
 def test_a_clock_hours_off_stops_at_once_and_says_to_set_the_clock(
     s3_server: S3Server, unique_prefix: str
 ) -> None:
