@@ -475,7 +475,8 @@ class Runner:
             return EXIT_OK
         if isinstance(exc, PositionError):
             self.log.error(
-                "stopped: cannot commit positions (Kafka coordinator unavailable too long)", error=str(exc)
+                "stopped: cannot read or commit positions (Kafka coordinator unavailable too long)",
+                error=str(exc),
             )
             return EXIT_FATAL
         self.log.error("stopped: S3 error", error=str(exc))

@@ -10,7 +10,7 @@ from structlog.testing import capture_logs
 from test_shutdown import _broker, _runner
 from test_storage_plan import client_error, wrapped
 
-from consumer.errors import EXIT_STORAGE
+from consumer.errors import EXIT_FATAL, EXIT_STORAGE
 from consumer.testing import MemoryStore
 
 
@@ -35,3 +35,27 @@ def test_an_unexpected_error_still_asks_for_a_restart() -> None:
         assert _runner(broker, store, until_caught_up=True).run() == 5
     (stopped,) = [e for e in logs if e["log_level"] == "error"]
     assert stopped["event"].startswith("stopped: unexpected error") and "a bug" in stopped["error"]
+
+
+def test_committed_offsets_that_cannot_be_read_end_the_run_before_anything_is_written() -> None:
+    """The coordinator does not answer the recovery's read of the committed offsets within the
+    retry budget: exit 5 naming the read, with nothing staged, committed or deleted (the next
+    start reads them again)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=True)
+    runner.positions.max_elapsed = 0.2
+
+    def unanswered(*_args: object, **_kwargs: object) -> None:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "coordinator load in progress"))
+
+    runner.consumer.committed = unanswered
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_FATAL
+    (stopped,) = [e for e in logs if e["log_level"] == "error"]
+    assert stopped["event"] == ("stopped: cannot read or commit positions (Kafka coordinator "
+                                "unavailable too long)")
+    assert stopped["error"].startswith("reading committed offset of t[")
+    assert not [k for k in store.objects if "/_probe/" not in k]
+    assert all(broker.committed_offset("g", "t", p) is None for p in range(4))
