@@ -421,7 +421,8 @@ class Runner:
         self._plan_memory()
         code = EXIT_OK
         try:
-            probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex))
+            probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex),
+                                     if_match=self.replaying)
             self._warn_if_deleted_versions_pile_up()
             self._warn_if_staging_expires()
             self._start_talking_to_kafka()

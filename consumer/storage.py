@@ -810,7 +810,7 @@ _CONDITIONAL_SERVERS = (
 )
 
 
-def probe_conditional_writes(store: ObjectStore, key: str) -> None:
+def probe_conditional_writes(store: ObjectStore, key: str, *, if_match: bool = False) -> None:
     """Refuse to run on a store that ignores ``If-None-Match: *``.
 
     The protocol's fencing and its "never overwrite" rule rest on conditional creates: without
@@ -818,7 +818,9 @@ def probe_conditional_writes(store: ObjectStore, key: str) -> None:
     bytes. So at start a probe object is created, then created again with a PUT and with a
     multipart upload (what a final file over one part is); both must be refused (412). A server
     may honour the condition on one and not the other. Six small requests per start (the refused
-    upload is aborted), then the probe is deleted.
+    upload is aborted), then the probe is deleted. ``if_match`` (replays, whose positions are S3
+    objects replaced with ``If-Match``): a replace with an ETag the object does not have must be
+    refused too, or two runs of one replay would overwrite each other's position.
     """
     from consumer.errors import StorageContractError
 
@@ -839,6 +841,14 @@ def probe_conditional_writes(store: ObjectStore, key: str) -> None:
                 f"was {third.name}, not refused with 412). Final files larger than 5 MiB are "
                 "completed that way, and one must never overwrite another writer's: "
                 f"{_CONDITIONAL_SERVERS}"
+            )
+        if if_match and store.replace_if_match(key, b"probe-4", "0" * 32):
+            raise StorageContractError(
+                "the S3 bucket does not honour If-Match on PutObject (a PUT of "
+                f"{key} with an ETag it does not have was not refused with 412). A replay keeps "
+                "its positions in S3 and replaces them with If-Match, so that two runs of one "
+                "replay cannot overwrite each other's: use AWS S3, or a server that implements "
+                "If-Match on PutObject (MinIO, SeaweedFS)."
             )
     finally:
         store.delete([key])

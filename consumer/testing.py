@@ -246,6 +246,8 @@ class MemoryStore:
         self.ignore_conditional_writes = False
         #: A server that honours If-None-Match on PutObject but not on CompleteMultipartUpload.
         self.ignore_conditional_completes = False
+        #: A server that honours If-None-Match but ignores If-Match (a replace always wins).
+        self.ignore_if_match = False
         #: S3 with SSE-KMS: an object's ETag is not the MD5 of its bytes (opaque, still unique).
         self.opaque_etags = False
         #: Cloudflare R2: a multipart upload completes only when every part but the last has one
@@ -358,7 +360,7 @@ class MemoryStore:
         if not self.ignore_conditional_writes:
             if if_none_match and key in self.objects:
                 raise PreconditionFailed(f"412 PreconditionFailed: {key} exists")
-            if if_match is not None:
+            if if_match is not None and not self.ignore_if_match:
                 if key not in self.objects:
                     raise _no_such_key(key)
                 if self.etag(key) != if_match:

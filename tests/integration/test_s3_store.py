@@ -43,6 +43,8 @@ def test_conditional_creates_and_replaces(s3_server: S3Server, unique_prefix: st
     probe_conditional_writes(store, unique_prefix + "probe")  # raises on a server that ignores them
     assert store.head(unique_prefix + "probe") is None  # the probe leaves nothing behind:
     assert store.abort_uploads(unique_prefix + "probe") == 0  # its refused upload was aborted
+    probe_conditional_writes(store, unique_prefix + "probe", if_match=True)  # a replay's
+    assert store.head(unique_prefix + "probe") is None
     key = unique_prefix + "piece"
     created = store.create(key, b"piece-1")
     assert created.outcome is PutOutcome.CREATED and created.etag

@@ -484,6 +484,18 @@ def test_probe_refuses_a_store_that_honours_the_condition_on_put_only() -> None:
     assert not half.objects and not half.uploads
 
 
+def test_a_replays_probe_also_refuses_a_store_that_ignores_if_match() -> None:
+    """A replay keeps its positions in S3 and replaces them with If-Match; a group run does not,
+    so only a replay's probe asks for it."""
+    store = MemoryStore()
+    store.ignore_if_match = True
+    probe_conditional_writes(store, "out/_probe/x")  # a group run's
+    with pytest.raises(StorageContractError, match="does not honour If-Match on PutObject"):
+        probe_conditional_writes(store, "out/_probe/x", if_match=True)
+    assert not store.objects
+    probe_conditional_writes(MemoryStore(), "out/_probe/x", if_match=True)
+
+
 def test_roll_refuses_a_piece_overwritten_after_it_was_written() -> None:
     store, positions = MemoryStore(), MemoryPositions()
     w = make_worker(store, positions, replace(BASE, file_rows=None))
