@@ -1,8 +1,9 @@
 """A consumer group's bad day, drawn by hypothesis: members join, leave, are killed (kill -9),
 expelled by the coordinator, or held in the middle of a recovery, a flush or a roll (before any S3
 request) while the others go on — a zombie that wakes up later — or stopped by an S3 call that
-keeps failing or whose reply is lost after it took effect, or by a Kafka commit that fails (before
-or after the coordinator took it); an operator stops the group and resets a partition's offset
+keeps failing or whose reply is lost after it took effect, by a Kafka commit that fails (before
+or after the coordinator took it), or by a read of the committed offsets that fails; an operator
+stops the group and resets a partition's offset
 (expired, moved to the latest, re-set where it is without the consumer's note, moved backwards),
 or the group stays down until retention deletes records it had not read; a clean-up deletes a
 staged object (which must stop the restart with status 5 and nothing changed, the operator then
@@ -108,6 +109,23 @@ class Broker(MemoryBroker):
         super().__init__()
         self.fail_commit: list[int] = []  # [commits to go, how]
         self.on_refused: Any = lambda: None  # called on the thread whose commit is refused for good
+        #: [reads to go]: that read of committed offsets by a member answers an error for each
+        #: partition (the coordinator unavailable past the client's retries, an ACL revoked)
+        self.fail_read: list[int] = []
+
+    def consumer_factory(self) -> Any:
+        return lambda conf: Consumer(self, conf)
+
+    def read_fails(self) -> bool:
+        """Called by a member's read of committed offsets: True if this one must fail."""
+        if not self.fail_read:
+            return False
+        self.fail_read[0] -= 1
+        if self.fail_read[0] > 0:
+            return False
+        self.fail_read.clear()
+        self.on_refused()
+        return True
 
     def _commit(self, consumer: MemoryConsumer, offsets: Sequence[Any]) -> None:
         from confluent_kafka import KafkaError, KafkaException
@@ -126,6 +144,29 @@ class Broker(MemoryBroker):
                 refused = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "injected", retriable=False)
                 raise KafkaException(refused)
         super()._commit(consumer, offsets)
+
+
+@dataclass
+class _Answer:
+    """One partition of a failed OffsetFetch answer, as confluent-kafka's TopicPartition reads."""
+
+    topic: str
+    partition: int
+    error: str
+    offset: int = -1001
+    metadata: str = ""
+
+
+class Consumer(MemoryConsumer):
+    """The memory consumer, whose reads of committed offsets fail as a drawn step says."""
+
+    broker: Broker
+
+    def committed(self, partitions: Sequence[Any], timeout: float | None = None) -> list[Any]:
+        out = super().committed(partitions, timeout)
+        if self.broker.read_fails():
+            return [_Answer(tp.topic, tp.partition, "COORDINATOR_NOT_AVAILABLE (injected)") for tp in out]
+        return out
 
 
 COMMIT_UNAVAILABLE, COMMIT_REFUSED, COMMIT_TOOK_EFFECT = range(3)
@@ -283,6 +324,7 @@ step = st.one_of(
     st.tuples(st.just("s3_error"), st.just(0), st.integers(1, 12)),
     st.tuples(st.just("s3_lost_reply"), st.just(0), st.integers(1, 12)),
     st.tuples(st.just("commit_fails"), st.integers(0, 2), st.integers(1, 3)),
+    st.tuples(st.just("read_fails"), st.just(0), st.integers(1, 3)),
     st.tuples(st.just("reset"), st.integers(0, PARTITIONS - 1), st.integers(0, 2)),
     st.tuples(st.just("reset_back"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("retention"), st.integers(0, PARTITIONS - 1), st.integers(1, 40)),
@@ -585,6 +627,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         lose_in.clear()
         store.disarm()
         broker.fail_commit.clear()
+        broker.fail_read.clear()
 
     def restart_and_watch(p: int, records_may_be_gone: bool) -> bool:
         """The operator starts the group again after acting on partition ``p`` and watches its
@@ -649,6 +692,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 lose_in[:] = [b]
             elif kind == "commit_fails":
                 broker.fail_commit[:] = [b, a]
+            elif kind == "read_fails":
+                broker.fail_read[:] = [b]
             elif kind == "reset":  # the operator stops the group, resets a partition, starts it again
                 stop_all()
                 settle_deletions()
