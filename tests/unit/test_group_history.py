@@ -46,6 +46,7 @@ from hypothesis import strategies as st
 from consumer import side_by_side
 from consumer.decoding import Decoder
 from consumer.errors import EXIT_FATAL, EXIT_OK, EXIT_STORAGE
+from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import TransientStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryRegistry, MemoryStore, memory_runner
@@ -568,6 +569,14 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         return any(q == p and mine > then for q, mine in went_on)
 
     counting = patch.object(PartitionWorker, "_recover_from", counted)
+    unexpected: list[str] = []  # errors a member stopped on that no step explains: bugs
+    report_unexpected = GroupRunner._unexpected
+
+    def recorded(runner_: GroupRunner, exc: Exception) -> int:
+        unexpected.append(f"{type(exc).__name__}: {exc}")
+        return report_unexpected(runner_, exc)
+
+    noting = patch.object(GroupRunner, "_unexpected", recorded)
     stops_then: list[int] = []  # ... and how many members had stopped with status 5 by then
 
     def join() -> Member:
@@ -673,6 +682,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         stops_then.clear()
 
     counting.start()
+    noting.start()
     try:
         join()
         for kind, a, b in steps:
@@ -782,6 +792,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         stop_all()
         settle_deletions()
         assert all(m.ended_well for m in members if not m.killed), [m.status for m in members]
+        assert not unexpected, unexpected
         last = Member(
             runner(until_caught_up=True), threads=threads
         )
@@ -815,3 +826,4 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 m.go.release()
                 m.thread.join(WAIT)
         counting.stop()
+        noting.stop()
