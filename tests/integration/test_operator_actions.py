@@ -4,6 +4,7 @@ them, or leave a process alive doing nothing. Every test reads the outcome back 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
 import signal
@@ -631,6 +632,38 @@ def test_a_recreated_topic_longer_than_the_output_stops_with_status_5_and_nothin
     assert run_consumer(topic, unique("g"), output(stack, fresh)).returncode == 0
     rows = read_table(download_finals(s3, stack.s3_bucket, fresh, tmp_path))
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(800))
+
+
+@pytest.mark.parametrize("layout", [(), BUCKETED], ids=["plain", "bucketed"])
+@pytest.mark.parametrize("offsets", ["as_the_broker_left_them", "deleted"])
+def test_a_recreated_topic_whose_old_output_is_dead_letters_only_stops_with_status_5(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, layout: tuple[str, ...],
+    offsets: str,
+) -> None:
+    """Every record of the old topic was bad: its dead letters were all the output, and nothing
+    named the topic's id. Recreated and refilled, the new topic was read from the old position
+    (the group's offset kept, or adopted from the dead letters): its first 300 records skipped,
+    the rest written beside the old dead letters, exit 0. Dead letters now name the topic id:
+    status 5 before anything is committed, written or deleted."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce_raw(stack.kafka_bootstrap, topic,
+                [encode_raw(SCHEMA, make_record("page_view", i)) + b"\x00\x01" for i in range(300)])
+    assert (res := run_consumer(topic, group, out, *layout)).returncode == 0, res.stderr[-3000:]
+    before = dict(_all(s3, stack.s3_bucket, unique_prefix))
+    assert before and all("/_dead_letters/" in k for k in before), sorted(before)
+    _recreate(admin, topic)
+    if offsets == "deleted":  # the broker may have dropped them with the topic already
+        with contextlib.suppress(Exception):
+            admin.delete_consumer_groups([group])[group].result(timeout=30)
+    produce_raw(stack.kafka_bootstrap, topic,
+                [encode_raw(SCHEMA, make_record("page_view", i)) for i in range(500)])
+    kept = committed(stack.kafka_bootstrap, group, topic)
+    res = run_consumer(topic, group, out, *layout, timeout=120)
+    assert res.returncode == 5, res.stderr[-3000:]
+    assert f"the output here was read from an earlier topic {topic!r}" in res.stderr, res.stderr[-3000:]
+    assert committed(stack.kafka_bootstrap, group, topic) == kept
+    assert dict(_all(s3, stack.s3_bucket, unique_prefix)) == before
 
 
 def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_is_written(

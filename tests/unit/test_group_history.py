@@ -28,6 +28,7 @@ exactly.
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -256,7 +257,7 @@ class Member:
 
 
 def _produce(broker: MemoryBroker, produced: list[int], partition: int, n: int,
-             bad: set[int] | None = None, registry: MemoryRegistry | None = None) -> None:
+             bad: set[int] | None = None, registry: MemoryRegistry | None = None, key: bytes = b"k") -> None:
     """``n`` records into ``partition``; into ``bad`` too, their offsets are malformed Avro (trailing
     bytes): dead letters. With a ``registry``, Confluent-framed records of its versions by turns
     (producers not all upgraded at once)."""
@@ -279,7 +280,7 @@ def _produce(broker: MemoryBroker, produced: list[int], partition: int, n: int,
         if bad is not None:
             value += b"\x00\x00"
             bad.add(i)
-        broker.produce("t", value, partition=partition, key=b"k")
+        broker.produce("t", value, partition=partition, key=key)
         produced[partition] += 1
 
 
@@ -311,6 +312,36 @@ def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:
     return {p: sorted(v) for p, v in out.items()}
 
 
+def _check_incarnations(store: MemoryStore, produced: list[int], bad: list[set[int]]) -> None:
+    """After the topic was deleted and created again: no file holds records of both topics, no
+    offset of either is in two final files, and a partition that holds output of the old topic
+    (final rows or dead letters) holds none of the new one, whose offsets started again at 0.
+    ``produced`` and ``bad`` are the new topic's."""
+    both = (b"k", NEW_KEY)
+    rows: dict[bytes, dict[int, list[int]]] = {k: {p: [] for p in range(PARTITIONS)} for k in both}
+    letters: dict[bytes, dict[int, set[int]]] = {k: {p: set() for p in range(PARTITIONS)} for k in both}
+    for key, data in store.objects.items():
+        if key.endswith(".parquet") and "/_" not in f"/{key}":
+            t = pq.read_table(io.BytesIO(data), columns=["kafka_partition", "kafka_offset", "kafka_key"])
+            keys = set(t.column(2).to_pylist())
+            assert len(keys) <= 1, f"{key}: records of both topics in one file"
+            for p, o, k in zip(*(c.to_pylist() for c in t.columns), strict=True):
+                rows[k][p].append(o)
+        elif "/_dead_letters/" in f"/{key}":
+            for line in data.decode().splitlines():
+                letter = json.loads(line)
+                letters[base64.b64decode(letter["key_b64"])][letter["partition"]].add(letter["offset"])
+    for p in range(PARTITIONS):
+        for k in rows:
+            assert len(rows[k][p]) == len(set(rows[k][p])), f"p{p}: an offset in two final files"
+        assert set(rows[NEW_KEY][p]) <= set(range(produced[p])) - bad[p]
+        assert letters[NEW_KEY][p] <= bad[p], f"p{p}: a dead letter for a good record"
+        if rows[b"k"][p] or letters[b"k"][p]:
+            assert not rows[NEW_KEY][p] and not letters[NEW_KEY][p], (
+                f"p{p}: output of the new topic beside the old one's: {sorted(rows[NEW_KEY][p])}, "
+                f"dead letters {sorted(letters[NEW_KEY][p])}")
+
+
 produce = st.tuples(st.just("produce"), st.integers(0, PARTITIONS - 1), st.integers(1, 25))
 step = st.one_of(
     produce,
@@ -333,7 +364,12 @@ step = st.one_of(
     st.tuples(st.just("delete_staged"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("delete_live"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("expire_output"), st.integers(0, PARTITIONS - 1), st.integers(1, 8)),
+    st.tuples(st.just("recreate"), st.just(0), st.integers(0, 3)),
 )
+#: The Kafka key of the records produced after the topic was deleted and created again.
+NEW_KEY = b"new"
+#: Operator actions on the old topic's group and output: not drawn once the topic was recreated.
+OLD_TOPIC_ONLY = ("reset", "reset_back", "retention", "delete_staged", "delete_live", "expire_output")
 
 
 @settings(max_examples=60, deadline=None)
@@ -496,6 +532,16 @@ step = st.one_of(
            ("pause_at_request", 0, 4), ("expire_output", 0, 1)],
     layout="evolving",
 )
+# A partition whose every record was bad held dead letters only; the topic was deleted and
+# created again with the group's offset kept at 1: the new topic's offset 0 was skipped and its
+# offset 1 written beside the old dead letters. Dead letters now name the topic id, and recovery
+# compares the newest one's when nothing newer names one.
+@example(
+    steps=[("produce_bad", 1, 1), ("join", 0, 0), ("recreate", 0, 2), ("produce", 1, 2)], layout="bucketed"
+)
+@example(
+    steps=[("produce_bad", 0, 1), ("recreate", 0, 3), ("produce", 0, 2)], layout="plain"
+)
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with patch.object(side_by_side, "RECOVERY_THREADS", 1), patch.object(side_by_side, "CLOSE_THREADS", 1):
         _history(steps, CONFIGS[layout])  # one thread per member: each S3 request is known to be its own
@@ -520,6 +566,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     names_expired = [False] * PARTITIONS
     members: list[Member] = []
     threads: dict[int, Member] = {}
+    recreated = False  # the topic was deleted and created again: what follows is checked apart
     fail_in: list[int] = []  # the n-th outermost store call from now fails, whoever makes it
     lose_in: list[int] = []  # ... takes effect, and then its reply is lost
 
@@ -580,7 +627,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     stops_then: list[int] = []  # ... and how many members had stopped with status 5 by then
 
     def join() -> Member:
-        m = Member(runner(), threads=threads, asks_operator=bool(deleted))
+        m = Member(runner(), threads=threads, asks_operator=bool(deleted) or recreated)
         members.append(m)
         m.start()
         return m
@@ -687,10 +734,25 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         join()
         for kind, a, b in steps:
             m = live(a)
+            if recreated and kind in OLD_TOPIC_ONLY:
+                continue
+            key = NEW_KEY if recreated else b"k"
             if kind == "produce":
-                _produce(broker, produced, a, b, registry=registry)
+                _produce(broker, produced, a, b, registry=registry, key=key)
             elif kind == "produce_bad":
-                _produce(broker, produced, a, b, bad[a], registry=registry)
+                _produce(broker, produced, a, b, bad[a], registry=registry, key=key)
+            elif kind == "recreate":  # deleted and created again under its name (KIP-516: a new id)
+                if recreated or deleted:
+                    continue
+                if b >= 2:  # with the group stopped; else under its running members
+                    stop_all()
+                broker.recreate_topic("t", offsets_kept=b % 2 == 0)
+                recreated = True
+                produced, bad = [0] * PARTITIONS, [set() for _ in range(PARTITIONS)]
+                for x in members:  # each may stop with status 5, saying the topic is another
+                    x.asks_operator = True
+                if b >= 2:
+                    join()
             elif kind == "evolve":  # a new version of the subject: its producers start at once
                 if registry is not None and len(registry.subjects[SUBJECT]) < len(VERSIONS):
                     registry.register(SUBJECT, VERSIONS[len(registry.subjects[SUBJECT])])
@@ -798,6 +860,11 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         )
         last.start()
         last.run_to_end()
+        assert not unexpected, unexpected
+        if recreated:  # it may stop too: the operator exports the new topic to another prefix
+            assert last.status in (EXIT_OK, EXIT_FATAL), last.status
+            _check_incarnations(store, produced, bad)
+            return
         assert last.status == EXIT_OK
         found, letters = _final_offsets(store), _dead_letter_offsets(store)
         for p in range(PARTITIONS):
