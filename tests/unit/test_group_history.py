@@ -312,6 +312,18 @@ def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:
     return {p: sorted(v) for p, v in out.items()}
 
 
+def _flags(b: int) -> dict[str, Any]:
+    """Budgets, Kafka columns and compression a rolling change of flags may set (never the
+    layout: --partition-by cannot change under a prefix, and says so)."""
+    return {
+        "row_group_rows": (3, 4, 5, 2)[b % 4],
+        "file_rows": (10, 6, 13, 7)[b // 4 % 4],
+        "kafka_columns": (("partition", "offset", "timestamp", "key"),
+                          ("partition", "offset", "key"))[b // 16 % 2],
+        "compression": ("zstd", "snappy")[b // 32 % 2],
+    }
+
+
 def _check_incarnations(store: MemoryStore, produced: list[int], bad: list[set[int]]) -> None:
     """After the topic was deleted and created again: no file holds records of both topics, no
     offset of either is in two final files, and a partition that holds output of the old topic
@@ -365,6 +377,7 @@ step = st.one_of(
     st.tuples(st.just("delete_live"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("expire_output"), st.integers(0, PARTITIONS - 1), st.integers(1, 8)),
     st.tuples(st.just("recreate"), st.just(0), st.integers(0, 3)),
+    st.tuples(st.just("reconfigure"), st.just(0), st.integers(0, 63)),
 )
 #: The Kafka key of the records produced after the topic was deleted and created again.
 NEW_KEY = b"new"
@@ -554,9 +567,12 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         registry = MemoryRegistry()
         registry.register(SUBJECT, VERSIONS[0])
 
+    reconfigured: dict[str, Any] = {}  # what a rolling change of flags set for members started since
+
     def runner(**extra: Any) -> Any:
         decoder = Decoder("confluent", registry=registry) if registry is not None else None
-        return memory_runner(broker, store, clock=clock, value_decoder=decoder, **config, **extra)
+        return memory_runner(broker, store, clock=clock, value_decoder=decoder,
+                             **{**config, **reconfigured, **extra})
     broker.create_topic("t", PARTITIONS)
     produced = [0] * PARTITIONS
     bad: list[set[int]] = [set() for _ in range(PARTITIONS)]  # malformed records: dead letters
@@ -758,6 +774,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                     registry.register(SUBJECT, VERSIONS[len(registry.subjects[SUBJECT])])
             elif kind == "join":
                 join()
+            elif kind == "reconfigure":  # a rolling deployment of other flags: old and new side by side
+                reconfigured.update(_flags(b))
             elif kind == "s3_error":  # an S3 outage outlasting the retries, for one call
                 fail_in[:] = [b]
             elif kind == "s3_lost_reply":  # ... for the replies of one call that went through
