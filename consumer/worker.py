@@ -131,12 +131,11 @@ GROUP_KEY = "kafka.group_id"  # the consumer group that wrote the piece (absent:
 #: The id (KIP-516) of the topic the rows were read from: a topic deleted and created again under
 #: its name gets a new one, and its offsets start again at 0 (see _refuse_another_incarnation).
 TOPIC_ID_KEY = "kafka.topic_id"
-#: A dead-letter line names its topic, partition and topic id first: they fit in this many bytes.
-_DEAD_LETTER_HEAD = 1024
-_DEAD_LETTER_TOPIC_ID = re.compile(rb'"topic_id": "([^"]+)"')
 REPLAY_KEY = "consumer.replay"  # "true" in what a replay wrote
-#: The writer a dead-letter object's first line names (its ``group_id``, after topic and partition;
-#: null: a replay).
+#: A dead-letter line names its topic, partition, topic id and writer (its ``group_id``; null: a
+#: replay) first: they fit in this many bytes, read from its object's start.
+_DEAD_LETTER_HEAD = 2048
+_DEAD_LETTER_TOPIC_ID = re.compile(rb'"topic_id": "([^"]+)"')
 _DEAD_LETTER_GROUP = re.compile(rb'"group_id": ("(?:[^"\\]|\\.)*"|null)')
 READER_ID_KEY = "consumer.reader_schema_id"  # registry id of the file's (reader) schema
 _REGISTRY_BACKOFF = (1.0, 30.0)  # first and longest pause between retries of an unseen schema id
@@ -401,8 +400,10 @@ class PartitionWorker:
             last_end, writer = gone.end, gone.writer
             topic_ids.append(gone.topic_id)
         dead = self._dead_letters(since=last_end)
-        topic_ids.append(self._newest_dead_letter_topic_id(
-            dead, max([last_end or 0, *(p.to_pos for p in pieces)])))
+        letters = self._newest_dead_letters(dead, max([last_end or 0, *(p.to_pos for p in pieces)]),
+                                            committed)
+        if letters is not None:
+            topic_ids.append(letters.topic_id)
         plan = plan_recovery(
             committed, pieces, markers, dead, finals, last_end, where=self.where,
             last_final_writer=writer,
@@ -418,7 +419,8 @@ class PartitionWorker:
              and (plan.position is None or p.to_pos > plan.position)],
             [d for d in dead if d[0] in doomed],
             sources=pieces,
-            final_writer=writer if last_end is not None and last_end == plan.commit else None,
+            final_writer=letters.writer if letters is not None and letters.end == plan.commit
+            else writer if last_end is not None and last_end == plan.commit else None,
             final_topic_ids=topic_ids,
         )
         self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
@@ -532,7 +534,9 @@ class PartitionWorker:
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
         ends = [high_water or 0, *(p.to_pos for p in pieces), *(e or 0 for _s, e in finals.values())]
-        final_topic_ids.append(self._newest_dead_letter_topic_id(dead, max(ends)))
+        letters = self._newest_dead_letters(dead, max(ends), committed)
+        if letters is not None:
+            final_topic_ids.append(letters.topic_id)
         named = self._flush_files(committed, pieces, etags) if committed is not None else {}
         gone: list[tuple[str, int]] = []
         if committed is not None and (staged_here or not self._noted()):
@@ -556,6 +560,7 @@ class PartitionWorker:
              if p.key in doomed and p.file_start not in finals.get(p.bucket, (set(), None))[0]],
             [d for d in dead if d[0] in doomed],
             sources=pieces,
+            final_writer=letters.writer if letters is not None and letters.end == plan.commit else None,
             final_topic_ids=final_topic_ids,
         )
         # A file of the flush gone without a note: an operator's reset to go on without it (the
@@ -688,8 +693,8 @@ class PartitionWorker:
         writes here, say the plan's notes, and commit the position it adopted from S3 (so that a
         crash from here on resumes from it). ``sources``: the staged pieces, of which those ending
         at the adopted position are what it comes from; ``final_writer``: the writer of the final
-        file it comes from, if it does; ``final_topic_ids``: the topic ids the newest final files
-        name (read with their range)."""
+        file or the dead letters it comes from, if it does; ``final_topic_ids``: the topic ids the
+        newest final files (or dead letters) name."""
         self._refuse_another_incarnation(sources, final_topic_ids)
         self._refuse_deleting_foreign_objects(doomed_pieces, doomed_dead_letters, plan.position)
         if plan.commit is not None:
@@ -754,22 +759,25 @@ class PartitionWorker:
             "--group-id."
         )
 
-    def _newest_dead_letter_topic_id(self, dead: Sequence[tuple[str, int, int]], after: int) -> str | None:
-        """The topic id the newest of ``dead`` names, if it ends past ``after`` (the end of every
-        other output recovery found): then nothing else says which topic the position was read
-        from. A partition whose every record so far was bad holds dead letters only; with the
-        topic deleted and created again, its position (kept, or adopted from them) skipped the new
-        topic's first records (found by tests/unit/test_group_history.py). One ranged GET, only
-        then; None for dead letters written before ids were recorded, or gone meanwhile."""
+    def _newest_dead_letters(
+        self, dead: Sequence[tuple[str, int, int]], after: int, committed: int | None
+    ) -> NewestDeadLetters | None:
+        """The newest of ``dead``, if it ends past ``after`` (the end of every other output
+        recovery found): then only its lines say which topic the position was read from, and
+        which group wrote up to it. A partition whose every record so far was bad holds dead
+        letters only; with the topic deleted and created again, its position (kept, or adopted
+        from them) skipped the new topic's first records (found by
+        tests/unit/test_group_history.py), and a position adopted from them asked no one whether
+        their writer still runs. One ranged GET, only then, and only when there is a topic id to
+        compare or no position of the group's own; None when gone meanwhile."""
         newest = max(dead, key=lambda d: (d[2], d[1]), default=None)
-        if newest is None or newest[2] <= after or self.topic_id is None:
+        if newest is None or newest[2] <= after or (self.topic_id is None and committed is not None):
             return None
         try:
-            head = self.store.get(newest[0], 0, _DEAD_LETTER_HEAD)
+            topic_id, writer = self._dead_letter_head(newest[0])
         except FileNotFoundError:
             return None
-        found = _DEAD_LETTER_TOPIC_ID.search(head)
-        return found[1].decode() if found else None
+        return NewestDeadLetters(newest[2], topic_id, writer)
 
     def _rolled_topic_id(self, end: int) -> str | None:
         """The topic id the rolled high-water marker at ``end`` holds (bucketed layout; empty in
@@ -905,14 +913,18 @@ class PartitionWorker:
         return writer_of(read_key_value_metadata(self._load_piece(ref).layout.footer))
 
     def _dead_letter_writer(self, key: str) -> str | None:
-        """The writer of a dead-letter object, from its first line: the group it names, or
-        :data:`REPLAY_WRITER` for ``null`` (written by a replay); None for one written before
-        lines named their writer."""
-        found = _DEAD_LETTER_GROUP.search(self.store.get(key, 0, 2048))
-        if found is None:
-            return None
-        writer = json.loads(found.group(1))
-        return writer if isinstance(writer, str) else REPLAY_WRITER
+        return self._dead_letter_head(key)[1]
+
+    def _dead_letter_head(self, key: str) -> tuple[str | None, str | None]:
+        """The topic id and the writer a dead-letter object's first line names: the group, or
+        :data:`REPLAY_WRITER` for ``null`` (written by a replay). None for either in lines written
+        before they named it. One ranged GET; FileNotFoundError when the object is gone."""
+        head = self.store.get(key, 0, _DEAD_LETTER_HEAD)
+        topic_id = _DEAD_LETTER_TOPIC_ID.search(head)
+        found = _DEAD_LETTER_GROUP.search(head)
+        writer = None if found is None else json.loads(found.group(1))
+        return (topic_id[1].decode() if topic_id else None,
+                None if found is None else writer if isinstance(writer, str) else REPLAY_WRITER)
 
     def _file_of(self, chain: list[StagedPiece]) -> FileState:
         """The in-progress file of a staged chain: identity of its last piece with rows, birth time
@@ -1645,9 +1657,8 @@ class PartitionWorker:
                 {
                     "topic": self.topic,
                     "partition": self.partition,
-                    # read by recovery when a dead letter is the newest output (near the line's start)
-                    "topic_id": self.topic_id,
-                    "group_id": self.shared.group_id,  # who wrote it (recovery's check; None: replay)
+                    "topic_id": self.topic_id,  # recovery's checks read these two from the start
+                    "group_id": self.shared.group_id,  # who wrote it (None: a replay)
                     "offset": d.offset,
                     "timestamp": d.timestamp,
                     "reason": d.reason,
@@ -1921,6 +1932,16 @@ _msg_value = methodcaller("value")
 
 def _identity_of(layout: PieceLayout) -> str | None:
     return read_key_value_metadata(layout.footer).get(SCHEMA_FINGERPRINT_KEY) or None
+
+
+@dataclass(frozen=True)
+class NewestDeadLetters:
+    """What recovery reads of a partition's newest dead-letter object when nothing newer holds
+    output: where it ends, and the topic id and writer its first line names (None: not named)."""
+
+    end: int
+    topic_id: str | None
+    writer: str | None
 
 
 @dataclass(frozen=True)

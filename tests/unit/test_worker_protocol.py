@@ -311,15 +311,20 @@ OWNS_IT = GroupView(stable=True, members={"b-1": frozenset({("t", 0)})})
 
 
 def group_b_staged_30(file_rows: int | None = None) -> MemoryStore:
-    """Group "b" wrote [0, 30) to the prefix: staged pieces (or, with file_rows 30, a final file)."""
+    """Group "b" wrote [0, 30) to the prefix: staged pieces (or, with file_rows 30, a final file;
+    with file_rows 0, every record was bad: dead letters only)."""
     store = MemoryStore()
-    b = make_worker(store, MemoryPositions(), replace(BASE, group_id="b", file_rows=file_rows))
+    b = make_worker(store, MemoryPositions(), replace(BASE, group_id="b", file_rows=file_rows or None))
     b.recover()
-    run(b, range(30))
+    run(b, range(30), bad=set(range(30)) if file_rows == 0 else set())
+    if file_rows == 0:
+        b.finish()  # flushed, and the file of no rows rolled: it publishes nothing
+        assert store.objects and all("/_dead_letters/" in k for k in store.objects)
     return store
 
 
-@pytest.mark.parametrize("file_rows", [None, 30], ids=["from-staged-pieces", "from-a-final-file"])
+@pytest.mark.parametrize("file_rows", [None, 30, 0],
+                         ids=["from-staged-pieces", "from-a-final-file", "from-dead-letters"])
 @pytest.mark.parametrize(
     ("group", "remedy"),
     [
