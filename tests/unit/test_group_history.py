@@ -1,29 +1,29 @@
-"""A consumer group's bad day, drawn by hypothesis: members join, leave, are killed (kill -9),
-expelled by the coordinator, or held in the middle of a recovery, a flush or a roll (before any S3
-request) while the others go on — a zombie that wakes up later — or stopped by an S3 call that
-keeps failing or whose reply is lost after it took effect, by a Kafka commit that fails (before
-or after the coordinator took it), or by a read of the committed offsets that fails; an operator
-stops the group and resets a partition's offset
-(expired, moved to the latest, re-set where it is without the consumer's note, moved backwards),
-or the group stays down until retention deletes records it had not read; a clean-up deletes a
-staged object (which must stop the restart with status 5 and nothing changed, the operator then
-restoring it, or lose nothing); a lifecycle rule keeping N days of output expires its oldest
-final files and dead letters (which are then in no file, or in one written again); and records keep
-arriving on several partitions, some of them malformed (and, with the Confluent framing, of
-versions of the subject registered meanwhile, each a new reader schema that rolls the open
-files). A reset backwards must stop the run with status 5 and the partition's objects unchanged
-(the operator then undoes it), or go on; lost records must stop it with status 5 too, after its
-recovery (the operator then moves the offset to the log start), unless nothing committed reached
-them. Whatever the order, once the survivors
-stop and one member catches up, every good record's offset is in exactly one final file and
-every bad one's in a dead letter (but those skipped by a reset to the latest or deleted unread,
-which are in at most one final file), no final file holds a bad record's offset, and no member
-stopped with an error other than the injected ones.
+"""A consumer group's bad day, drawn by hypothesis: members join, leave, are killed (kill -9), expelled
+by the coordinator, or held in the middle of a recovery, a flush or a roll (before any S3 request)
+while the others go on — a zombie that wakes up later — or stopped by an S3 call that keeps failing
+or whose reply is lost after it took effect, by a Kafka commit that fails (before or after the
+coordinator took it), or by a read of the committed offsets that fails; an operator stops the group
+and resets a partition's offset (expired, moved to the latest, re-set where it is without the
+consumer's note, moved backwards), or the group stays down until retention deletes records it had
+not read; a clean-up deletes a staged object (which must stop the restart with status 5 and nothing
+changed, the operator then restoring it, or lose nothing); a lifecycle rule keeping N days of output
+expires its oldest final files and dead letters (which are then in no file, or in one written
+again); an operator adds a partition, deletes the topic and creates it again (after which nothing of
+the new topic may land beside the old one's output), or rolls out other budgets, Kafka columns or
+compression to the members started from then on; and records keep arriving on several partitions,
+some of them malformed (and, with the Confluent framing, of versions of the subject registered
+meanwhile, each a new reader schema that rolls the open files). A reset backwards must stop the run
+with status 5 and the partition's objects unchanged (the operator then undoes it), or go on; lost
+records must stop it with status 5 too, after its recovery (the operator then moves the offset to
+the log start), unless nothing committed reached them. Whatever the order, once the survivors stop
+and one member catches up, every good record's offset is in exactly one final file and every bad
+one's in a dead letter (but those skipped by a reset to the latest or deleted unread, which are in
+at most one final file), no final file holds a bad record's offset, and no member stopped with an
+error other than the injected ones.
 
-The members are real :class:`~consumer.runner.GroupRunner` loops on the in-memory broker and
-store, each on its own thread, taking turns: a member runs until its next ``consume()`` (or its
-next S3 request, when the step says so) only when the test lets it, so a drawn history replays
-exactly.
+The members are real :class:`~consumer.runner.GroupRunner` loops on the in-memory broker and store,
+each on its own thread, taking turns: a member runs until its next ``consume()`` (or its next S3
+request, when the step says so) only when the test lets it, so a drawn history replays exactly.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from consumer.testing import Crash, MemoryBroker, MemoryConsumer, MemoryRegistry
 from consumer.verify import verify
 from consumer.worker import PartitionWorker
 
-PARTITIONS = 3
+PARTITIONS = 4  # the topic's partitions once an operator added one; it starts with 3
 CONFIGS: dict[str, dict[str, Any]] = {
     "plain": {"row_group_rows": 4, "file_rows": 10, "batch_size": 5},
     # Each partition's records spread over three hours, shuffled: up to three files open at once.
@@ -378,7 +378,11 @@ step = st.one_of(
     st.tuples(st.just("expire_output"), st.integers(0, PARTITIONS - 1), st.integers(1, 8)),
     st.tuples(st.just("recreate"), st.just(0), st.integers(0, 3)),
     st.tuples(st.just("reconfigure"), st.just(0), st.integers(0, 63)),
+    st.tuples(st.just("add_partition"), st.just(0), st.just(0)),
 )
+#: Steps whose first number is a partition (of those the topic has then).
+ON_A_PARTITION = ("produce", "produce_bad", "reset", "reset_back", "retention", "delete_staged",
+                  "delete_live", "expire_output")
 #: The Kafka key of the records produced after the topic was deleted and created again.
 NEW_KEY = b"new"
 #: Operator actions on the old topic's group and output: not drawn once the topic was recreated.
@@ -573,7 +577,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         decoder = Decoder("confluent", registry=registry) if registry is not None else None
         return memory_runner(broker, store, clock=clock, value_decoder=decoder,
                              **{**config, **reconfigured, **extra})
-    broker.create_topic("t", PARTITIONS)
+    broker.create_topic("t", PARTITIONS - 1)
     produced = [0] * PARTITIONS
     bad: list[set[int]] = [set() for _ in range(PARTITIONS)]  # malformed records: dead letters
     skipped: list[set[int]] = [set() for _ in range(PARTITIONS)]  # by an operator's reset forwards
@@ -749,6 +753,8 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
     try:
         join()
         for kind, a, b in steps:
+            if kind in ON_A_PARTITION:
+                a %= len(broker.partitions("t"))
             m = live(a)
             if recreated and kind in OLD_TOPIC_ONLY:
                 continue
@@ -774,6 +780,10 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                     registry.register(SUBJECT, VERSIONS[len(registry.subjects[SUBJECT])])
             elif kind == "join":
                 join()
+            elif kind == "add_partition":  # kafka-topics --alter --partitions 4, the group running
+                if len(broker.partitions("t")) < PARTITIONS:
+                    broker.create_topic("t", PARTITIONS)
+                    broker._rebalance(broker.group("g"))  # the members' next metadata refresh
             elif kind == "reconfigure":  # a rolling deployment of other flags: old and new side by side
                 reconfigured.update(_flags(b))
             elif kind == "s3_error":  # an S3 outage outlasting the retries, for one call
