@@ -287,12 +287,15 @@ class S3StatePositions:
         self._etags: dict[tuple[str, int], str] = {}
 
     def committed(self, topic: str, partition: int) -> int | None:
+        """The position the state object holds, and its ETag for the next commit. The ETag is read
+        first: if another writer replaces the object in between, the position read is newer than
+        the ETag and this writer's next commit is refused (fenced), never the other's."""
         key = self.layout.state_key(topic, partition)
+        info = self.store.head(key)
         try:
             data = self.store.get(key)
         except FileNotFoundError:
             return None
-        info = self.store.head(key)
         if info is not None:
             self._etags[(topic, partition)] = info.etag
         return int(json.loads(data)["position"])
@@ -302,15 +305,40 @@ class S3StatePositions:
         return ""
 
     def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
+        """Create or replace the state object only if it is still the one this writer read or
+        wrote (If-None-Match / If-Match): a second replay of the prefix is fenced. The next ETag
+        is the one S3's reply gives: a HEAD after the PUT could see another writer's object and
+        let this writer overwrite it next time."""
         from consumer.storage import PutOutcome
 
         key = self.layout.state_key(topic, partition)
         body = json.dumps({"topic": topic, "partition": partition, "position": position}).encode()
         etag = self._etags.get((topic, partition))
         if etag is None:
-            if self.store.put_if_absent(key, body) is PutOutcome.EXISTS_OTHER:
+            created = self.store.create(key, body)
+            if created.outcome is PutOutcome.EXISTS_OTHER:
                 raise PartitionFenced(f"replay state {key} was created by another writer")
-        elif not self.store.replace_if_match(key, body, etag):
-            raise PartitionFenced(f"replay state {key} was changed by another writer")
+            new = created.etag
+        else:
+            new = self.store.replace_if_match(key, body, etag)
+            if new is None:
+                new = self._ours_after_a_lost_reply(key, body)
+            if new is None:
+                raise PartitionFenced(f"replay state {key} was changed by another writer")
+        if not new:  # a server whose reply names no ETag: ask for it (the race above stays open)
+            info = self.store.head(key)
+            new = info.etag if info else ""
+        self._etags[(topic, partition)] = new
+
+    def _ours_after_a_lost_reply(self, key: str, body: bytes) -> str | None:
+        """A PUT that took effect but whose reply was lost is retried (S3Store), and its own
+        If-Match then refuses the retry: the object holds exactly ``body``. Its ETag (read before
+        its bytes, as :meth:`committed` does) then; None when it holds something else."""
         info = self.store.head(key)
-        self._etags[(topic, partition)] = info.etag if info else ""
+        if info is None:
+            return None
+        try:
+            data: bytes = self.store.get(key)
+        except FileNotFoundError:
+            return None
+        return str(info.etag) if data == body else None

@@ -18,8 +18,8 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from consumer.errors import EXIT_OK, UsageError
-from consumer.positions import S3StatePositions
+from consumer.errors import EXIT_OK, IntegrityError, UsageError
+from consumer.positions import PartitionFenced, S3StatePositions
 from consumer.progress import Progress, ProgressReporter, compute
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
@@ -92,6 +92,17 @@ class ReplayRunner(Runner):
         # A bar on a terminal, JSON "replay progress" events otherwise (consumer/progress.py).
         bar = ProgressReporter.want_bar(config.log_format) if progress_bar is None else progress_bar
         self.progress = ProgressReporter(self.log, bar=bar, every=progress_every)
+
+    def _fenced(self, worker: Any, exc: PartitionFenced) -> None:
+        """The partition's ``_state`` object changed under this replay: another replay writes this
+        prefix (a job started twice, a pod thought dead). Nothing past the other's position was
+        committed by this one. A restart would race it again, so say who to stop (status 5)."""
+        raise IntegrityError(
+            f"{worker.where}: another replay writes this output prefix ({exc}). This replay "
+            "committed nothing past the other's position and stops. Let one of them finish (or stop "
+            "both): a replay run again afterwards resumes from what S3 holds and completes the "
+            "slice; two replays of one slice need two --output prefixes."
+        ) from exc
 
     def _resolve(self, bound: Bound, tps: list[TP], *, edge_is_end: bool) -> dict[TP, int]:
         out: dict[TP, int] = {}

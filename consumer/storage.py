@@ -177,7 +177,7 @@ class ObjectStore(Protocol):
 
     def put_if_absent(self, key: str, data: bytes) -> PutOutcome: ...
     def create(self, key: str, data: bytes) -> Created: ...
-    def replace_if_match(self, key: str, data: bytes, etag: str) -> bool: ...
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None: ...
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes: ...
     def head(self, key: str) -> ObjectInfo | None: ...
     def list(self, prefix: str, start_after: str = "") -> list[ObjectInfo]: ...
@@ -575,16 +575,18 @@ class S3Store:
                 raise
         return same_object(self, key, data)
 
-    def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
-        """Overwrite ``key`` only if its ETag is still ``etag``; False if someone changed it."""
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None:
+        """Overwrite ``key`` only if its ETag is still ``etag``: the new ETag, from S3's reply
+        (empty if it gave none), or None if someone changed or deleted it. The reply's ETag, not
+        a HEAD after it: another writer may replace the object in between."""
         try:
-            self._call("put_object", Key=key, Body=data, IfMatch=f'"{etag}"')
+            reply = self._call("put_object", Key=key, Body=data, IfMatch=f'"{etag}"')
         except Exception as exc:
             if classify(exc) in ("precondition", "missing"):
-                return False
+                return None
             raise
         self.stats.moved(uploaded=len(data))
-        return True
+        return str(reply.get("ETag", "")).strip('"')
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` of ``key`` (whole object by default); FileNotFoundError if absent."""
@@ -842,7 +844,7 @@ def probe_conditional_writes(store: ObjectStore, key: str, *, if_match: bool = F
                 "completed that way, and one must never overwrite another writer's: "
                 f"{_CONDITIONAL_SERVERS}"
             )
-        if if_match and store.replace_if_match(key, b"probe-4", "0" * 32):
+        if if_match and store.replace_if_match(key, b"probe-4", "0" * 32) is not None:
             raise StorageContractError(
                 "the S3 bucket does not honour If-Match on PutObject (a PUT of "
                 f"{key} with an ETag it does not have was not refused with 412). A replay keeps "

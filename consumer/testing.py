@@ -510,16 +510,17 @@ class MemoryStore:
             self._leave("put_if_absent")
             return created
 
-    def replace_if_match(self, key: str, data: bytes, etag: str) -> bool:
-        """As S3Store: PUT with ``If-Match``; False if the key is gone or has another ETag."""
+    def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None:
+        """As S3Store: PUT with ``If-Match``; the new ETag, or None if the key is gone or has
+        another ETag."""
         with self._serving("replace_if_match", key):
             try:
-                self.put_object(key, data, if_match=etag)
+                new = self.put_object(key, data, if_match=etag)
             except (PreconditionFailed, FileNotFoundError):
-                return False
+                return None
             self.stats.moved(uploaded=len(data))
             self._leave("replace_if_match")
-            return True
+            return new
 
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
         """Bytes ``[start, end)`` (whole object by default); FileNotFoundError if absent. Like

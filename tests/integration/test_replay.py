@@ -126,3 +126,52 @@ def test_replay_from_a_timestamp(stack: Any, s3: Any, unique_prefix: str, tmp_pa
     first = next(o for o in range(2_000) if timestamp_ms_for("page_view", make_record("page_view", o)) >= ts)
     assert first <= 1_200
     assert sorted(offsets.to_pylist()) == list(range(first, 2_000))
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP: state T in /proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "T"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_second_replay_of_the_prefix_fences_the_first_which_says_so(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A replay job started twice (a retried Kubernetes Job whose first pod was thought dead): the
+    first freezes after its second commit, the second runs the whole slice, then the first wakes
+    up. Its next commit finds the `_state` object changed (If-Match): status 5, saying another
+    replay writes the prefix; before, "unexpected error … restart me". A replay run again then
+    completes nothing new and leaves the slice whole: every offset in one final file."""
+    import signal
+    import time
+
+    topic = unique("replay-twice")
+    produce(stack.kafka_bootstrap, topic, "page_view", 3_000, partitions=1)
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    cmd = [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
+           "--output", out, "--row-group-rows", "300", "--log-format", "json"]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             env={**os.environ, "CONSUMER_FAULT": "after_commit:2:freeze"})
+    try:
+        deadline = time.monotonic() + 60
+        while not _stopped(first.pid):
+            assert first.poll() is None and time.monotonic() < deadline, "the first replay never froze"
+            time.sleep(0.1)
+        second = replay(topic, out)
+        assert second.returncode == 0, second.stderr[-3000:]
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=120)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 5, err[-3000:]
+    assert "another replay writes this output prefix" in err, err[-3000:]
+    assert "unexpected error" not in err, err[-3000:]
+    again = replay(topic, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    offsets = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)).column("kafka_offset")
+    assert sorted(offsets.to_pylist()) == list(range(3_000))

@@ -52,9 +52,10 @@ def test_conditional_creates_and_replaces(s3_server: S3Server, unique_prefix: st
     assert store.put_if_absent(key, b"piece-1") is PutOutcome.EXISTS_SAME
     assert store.put_if_absent(key, b"piece-2") is PutOutcome.EXISTS_OTHER
     assert store.get(key) == b"piece-1"
-    assert store.replace_if_match(key, b"piece-3", created.etag)
-    assert not store.replace_if_match(key, b"piece-4", created.etag)  # changed since
-    assert not store.replace_if_match(unique_prefix + "gone", b"x", created.etag)  # absent
+    replaced = store.replace_if_match(key, b"piece-3", created.etag)
+    assert replaced and replaced == store.head(key).etag  # the reply's ETag: the object's now
+    assert store.replace_if_match(key, b"piece-4", created.etag) is None  # changed since
+    assert store.replace_if_match(unique_prefix + "gone", b"x", created.etag) is None  # absent
     assert store.get(key) == b"piece-3"
     assert store.head(unique_prefix + "gone") is None
 

@@ -211,16 +211,16 @@ def test_conditional_put_is_412_at_request_level(backend: Backend) -> None:
 
 def test_replace_if_match_follows_the_etag(backend: Backend) -> None:
     s, key = backend.store, backend.prefix + "_state"
-    assert s.replace_if_match(key, b"x", md5_etag(b"x")) is False  # absent
+    assert s.replace_if_match(key, b"x", md5_etag(b"x")) is None  # absent
     s.put_if_absent(key, b"v1")
     info = s.head(key)
     assert info is not None
     assert (info.size, info.etag) == (2, hashlib.md5(b"v1").hexdigest())
-    assert s.replace_if_match(key, b"v2", md5_etag(b"other")) is False
+    assert s.replace_if_match(key, b"v2", md5_etag(b"other")) is None
     assert s.get(key) == b"v1"
-    assert s.replace_if_match(key, b"v2", info.etag) is True
+    assert s.replace_if_match(key, b"v2", info.etag) == md5_etag(b"v2")  # its new ETag
     assert s.get(key) == b"v2"
-    assert s.replace_if_match(key, b"v3", info.etag) is False  # the ETag moved on
+    assert s.replace_if_match(key, b"v3", info.etag) is None  # the ETag moved on
     assert s.head(backend.prefix + "absent") is None
 
 
@@ -541,7 +541,7 @@ def test_lax_server_overwrites() -> None:
     assert s.put_if_absent("k", b"one") is PutOutcome.CREATED
     assert s.put_if_absent("k", b"two") is PutOutcome.CREATED
     assert s.objects["k"] == b"two"
-    assert s.replace_if_match("k", b"three", "not-the-etag") is True
+    assert s.replace_if_match("k", b"three", "not-the-etag") is not None
     s.objects["src"] = b"s" * (6 * MiB)
     assert s.compose("k", [CopyRange("src", 0, 6 * MiB), b"!"]) is PutOutcome.CREATED
     assert s.objects["k"] == b"s" * (6 * MiB) + b"!"
