@@ -8,13 +8,24 @@ refused must say that another replay writes the prefix, not that an unexpected e
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
+from unittest.mock import patch
 
+import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
+from consumer import side_by_side
+from consumer.config import Config
+from consumer.decoding import Decoder
 from consumer.layout import Layout
 from consumer.positions import PartitionFenced, S3StatePositions
-from consumer.testing import MemoryStore, md5_etag
+from consumer.replay import Bound, ReplayRunner
+from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
+from consumer.testing import Crash, MemoryBroker, MemoryStore, at_consume, crash_at_request, md5_etag
 
 LAYOUT = Layout("out")
 KEY = LAYOUT.state_key("t", 0)
@@ -97,17 +108,6 @@ def test_two_replays_of_one_prefix_the_fenced_one_says_so_and_a_rerun_completes_
     """A replay started twice: the second runs (and stops) in the middle of the first. The first's
     next commit is refused: status 5 naming the other replay, not "unexpected error … restart me".
     A replay run again afterwards completes the slice, every offset in one final file."""
-    import io
-
-    import pyarrow.parquet as pq
-    from structlog.testing import capture_logs
-
-    from consumer.config import Config
-    from consumer.decoding import Decoder
-    from consumer.replay import Bound, ReplayRunner
-    from consumer.samples import encode_raw, load_schema, make_record, parsed_schema
-    from consumer.testing import MemoryBroker, at_consume
-
     broker, store = MemoryBroker(), MemoryStore()
     broker.create_topic("t", 1)
     for i in range(200):
@@ -136,4 +136,66 @@ def test_two_replays_of_one_prefix_the_fenced_one_says_so_and_a_rerun_completes_
     offsets = [o for k, v in store.objects.items() if k.endswith(".parquet") and "/_" not in k
                for o in pq.read_table(io.BytesIO(v)).column("kafka_offset").to_pylist()]
     assert sorted(offsets) == list(range(200))
+    assert not [k for k in store.objects if "/_staging/" in k]
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    first_for=st.integers(1, 12),
+    second_for=st.one_of(st.none(), st.integers(1, 12)),
+    second_dies_at=st.one_of(st.none(), st.integers(1, 60)),
+    row_group_rows=st.sampled_from([7, 10, 25]),
+    file_rows=st.sampled_from([None, 30, 50]),
+)
+def test_two_replays_of_one_slice_interleaved_leave_every_offset_once(
+    first_for: int, second_for: int | None, second_dies_at: int | None, row_group_rows: int,
+    file_rows: int | None,
+) -> None:
+    """The first replay runs ``first_for`` batches; a second copy of it then runs ``second_for``
+    batches (None: to its end) or is killed at its ``second_dies_at``-th S3 request; the first
+    goes on. The first ends well or says another replay writes the prefix (status 5); a replay
+    run again then completes the slice: every offset in exactly one final file, nothing staged."""
+    broker, store = MemoryBroker(), MemoryStore()
+    broker.create_topic("t", 2)
+    for i in range(120):
+        broker.produce("t", encode_raw(parsed_schema("page_view"), make_record("page_view", i)),
+                       partition=i % 2, key=b"k")
+
+    def replay() -> ReplayRunner:
+        config = Config(bootstrap_servers="memory", group_id="consumer-replay", topics=("t",),
+                        output="s3://bucket/out", schema="page_view", row_group_rows=row_group_rows,
+                        file_rows=file_rows, batch_size=5)
+        return ReplayRunner(config, store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+                            start=Bound.parse("0=0,1=0"), stop=Bound.parse("0=60,1=60"),
+                            consumer_factory=broker.consumer_factory())
+
+    def second() -> None:
+        other = replay()
+        if second_for is not None:
+            at_consume(other.consumer, {second_for + 1: other.request_stop})
+        if second_dies_at is not None:
+            store.on_op = crash_at_request(second_dies_at)
+        try:
+            assert other.run() in (0, 5)
+        except Crash:
+            pass
+        finally:
+            store.on_op = None
+
+    with patch.object(side_by_side, "RECOVERY_THREADS", 1), patch.object(side_by_side, "CLOSE_THREADS", 1):
+        first = replay()
+        at_consume(first.consumer, {first_for + 1: second})
+        with capture_logs() as logs:
+            code = first.run()
+        stops = [e for e in logs if e["event"].startswith("stopped:")]
+        fenced = code == 5 and "another replay writes this output prefix" in stops[0]["error"]
+        assert code == 0 or fenced, stops
+        assert replay().run() == 0
+    offsets: dict[int, list[int]] = {0: [], 1: []}
+    for key, data in store.objects.items():
+        if key.endswith(".parquet") and "/_" not in key:
+            t = pq.read_table(io.BytesIO(data), columns=["kafka_partition", "kafka_offset"])
+            for p, o in zip(t.column(0).to_pylist(), t.column(1).to_pylist(), strict=True):
+                offsets[p].append(o)
+    assert {p: sorted(v) for p, v in offsets.items()} == {0: list(range(60)), 1: list(range(60))}
     assert not [k for k in store.objects if "/_staging/" in k]
