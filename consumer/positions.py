@@ -147,11 +147,18 @@ class KafkaGroupPositions:
         while True:
             try:
                 found = self.consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=self.timeout)
-                break
             except KafkaException as exc:
                 if time.monotonic() > self._limit(deadline):
                     raise PositionError(f"reading committed offset of {what}: {exc}") from exc
                 time.sleep(0.5)
+                continue
+            failed = [tp for tp in found if tp.error]
+            # A partition's own error that may pass (a transaction's offsets not stable yet, a
+            # coordinator loading or moving) is asked again while there is time, as the whole
+            # request's are (the Java client does the same since KAFKA-20165).
+            if not failed or not all(map(_retriable, failed)) or time.monotonic() > self._limit(deadline):
+                break
+            time.sleep(0.5)
         out: dict[tuple[str, int], int | None] = {}
         for tp in found:
             if tp.error:
@@ -203,6 +210,12 @@ class KafkaGroupPositions:
                 raise PositionError(f"commit of {topic}[{partition}]@{position} failed: {err}")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _retriable(tp: Any) -> bool:
+    """Whether a partition's error in an OffsetFetch answer may pass if asked again."""
+    retriable = getattr(tp.error, "retriable", None)
+    return bool(retriable()) if callable(retriable) else False
 
 
 _R = TypeVar("_R")
