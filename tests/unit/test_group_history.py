@@ -389,7 +389,7 @@ NEW_KEY = b"new"
 OLD_TOPIC_ONLY = ("reset", "reset_back", "retention", "delete_staged", "delete_live", "expire_output")
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(steps=st.lists(step, min_size=4, max_size=50), layout=st.sampled_from(sorted(CONFIGS)))
 # Found by this test. A member (1) is paused while it recovers p1, having read the committed
 # position 4 (or 5); the group moves on without it, and the other member stages and commits p1 to
