@@ -2,24 +2,24 @@
 by the coordinator, or held in the middle of a recovery, a flush or a roll (before any S3 request)
 while the others go on — a zombie that wakes up later — or stopped by an S3 call that keeps failing
 or whose reply is lost after it took effect, by a Kafka commit that fails (before or after the
-coordinator took it), or by a read of the committed offsets that fails; an operator stops the group
-and resets a partition's offset (expired, moved to the latest, re-set where it is without the
-consumer's note, moved backwards), or the group stays down until retention deletes records it had
-not read; a clean-up deletes a staged object (which must stop the restart with status 5 and nothing
-changed, the operator then restoring it, or lose nothing); a lifecycle rule keeping N days of output
-expires its oldest final files and dead letters (which are then in no file, or in one written
-again); an operator adds a partition, deletes the topic and creates it again (after which nothing of
-the new topic may land beside the old one's output), or rolls out other budgets, Kafka columns or
-compression to the members started from then on; and records keep arriving on several partitions,
-some of them malformed (and, with the Confluent framing, of versions of the subject registered
-meanwhile, each a new reader schema that rolls the open files). A reset backwards must stop the run
-with status 5 and the partition's objects unchanged (the operator then undoes it), or go on; lost
-records must stop it with status 5 too, after its recovery (the operator then moves the offset to
-the log start), unless nothing committed reached them. Whatever the order, once the survivors stop
-and one member catches up, every good record's offset is in exactly one final file and every bad
-one's in a dead letter (but those skipped by a reset to the latest or deleted unread, which are in
-at most one final file), no final file holds a bad record's offset, and no member stopped with an
-error other than the injected ones.
+coordinator took it), or by a read of the committed offsets that fails (for good, or once and
+retriable, then asked again); an operator stops the group and resets a partition's offset (expired,
+moved to the latest, re-set where it is without the consumer's note, moved backwards), or the group
+stays down until retention deletes records it had not read; a clean-up deletes a staged object
+(which must stop the restart with status 5 and nothing changed, the operator then restoring it, or
+lose nothing); a lifecycle rule keeping N days of output expires its oldest final files and dead
+letters (which are then in no file, or in one written again); an operator adds a partition, deletes
+the topic and creates it again (after which nothing of the new topic may land beside the old one's
+output), or rolls out other budgets, Kafka columns or compression to the members started from then
+on; and records keep arriving on several partitions, some of them malformed (and, with the Confluent
+framing, of versions of the subject registered meanwhile, each a new reader schema that rolls the
+open files). A reset backwards must stop the run with status 5 and the partition's objects unchanged
+(the operator then undoes it), or go on; lost records must stop it with status 5 too, after its
+recovery (the operator then moves the offset to the log start), unless nothing committed reached
+them. Whatever the order, once the survivors stop and one member catches up, every good record's
+offset is in exactly one final file and every bad one's in a dead letter (but those skipped by a
+reset to the latest or deleted unread, which are in at most one final file), no final file holds a
+bad record's offset, and no member stopped with an error other than the injected ones.
 
 The members are real :class:`~consumer.runner.GroupRunner` loops on the in-memory broker and store,
 each on its own thread, taking turns: a member runs until its next ``consume()`` (or its next S3
@@ -33,9 +33,11 @@ import io
 import json
 import re
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 from unittest.mock import patch
 
@@ -44,7 +46,7 @@ import pyarrow.parquet as pq
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from consumer import side_by_side
+from consumer import positions, side_by_side
 from consumer.decoding import Decoder
 from consumer.errors import EXIT_FATAL, EXIT_OK, EXIT_STORAGE
 from consumer.runner import GroupRunner
@@ -94,6 +96,8 @@ VERSIONS: list[dict[str, Any]] = [
 ENDED_WELL = (EXIT_OK, EXIT_STORAGE)
 #: ... and one whose commit the coordinator refused for good (not a fencing) ends with status 5.
 REFUSED_COMMIT = (*ENDED_WELL, EXIT_FATAL)
+#: ``time`` as consumer.positions sees it here: retries of a commit or a read go on at once.
+NO_WAITING = SimpleNamespace(monotonic=time.monotonic, sleep=lambda _seconds: None)
 WAIT = 30.0  # seconds a member may take from one consume() to the next: more is a hang
 
 
@@ -111,23 +115,29 @@ class Broker(MemoryBroker):
         super().__init__()
         self.fail_commit: list[int] = []  # [commits to go, how]
         self.on_refused: Any = lambda: None  # called on the thread whose commit is refused for good
-        #: [reads to go]: that read of committed offsets by a member answers an error for each
-        #: partition (the coordinator unavailable past the client's retries, an ACL revoked)
+        #: [reads to go, how]: that read of committed offsets by a member answers an error for each
+        #: partition: for good (the coordinator away past the client's retries, an ACL revoked), or
+        #: once and retriable (a transactional producer's offsets not stable yet)
         self.fail_read: list[int] = []
 
     def consumer_factory(self) -> Any:
         return lambda conf: Consumer(self, conf)
 
-    def read_fails(self) -> bool:
-        """Called by a member's read of committed offsets: True if this one must fail."""
+    def read_fails(self) -> Any:
+        """Called by a member's read of committed offsets: the error this one answers, or None."""
+        from confluent_kafka import KafkaError
+
         if not self.fail_read:
-            return False
+            return None
         self.fail_read[0] -= 1
         if self.fail_read[0] > 0:
-            return False
+            return None
+        how = self.fail_read[1]
         self.fail_read.clear()
+        if how == READ_UNSTABLE:
+            return KafkaError(KafkaError.UNSTABLE_OFFSET_COMMIT, "injected", retriable=True)
         self.on_refused()
-        return True
+        return KafkaError(KafkaError.COORDINATOR_NOT_AVAILABLE, "injected: for good", retriable=False)
 
     def _commit(self, consumer: MemoryConsumer, offsets: Sequence[Any]) -> None:
         from confluent_kafka import KafkaError, KafkaException
@@ -154,7 +164,7 @@ class _Answer:
 
     topic: str
     partition: int
-    error: str
+    error: Any
     offset: int = -1001
     metadata: str = ""
 
@@ -166,12 +176,14 @@ class Consumer(MemoryConsumer):
 
     def committed(self, partitions: Sequence[Any], timeout: float | None = None) -> list[Any]:
         out = super().committed(partitions, timeout)
-        if self.broker.read_fails():
-            return [_Answer(tp.topic, tp.partition, "COORDINATOR_NOT_AVAILABLE (injected)") for tp in out]
+        error = self.broker.read_fails()
+        if error is not None:
+            return [_Answer(tp.topic, tp.partition, error) for tp in out]
         return out
 
 
 COMMIT_UNAVAILABLE, COMMIT_REFUSED, COMMIT_TOOK_EFFECT = range(3)
+READ_REFUSED, READ_UNSTABLE = range(2)
 #: An operator's reset of one partition's offset, with the group stopped.
 RESET_EXPIRED, RESET_TO_LATEST, RESET_TO_CURRENT = range(3)
 
@@ -368,7 +380,7 @@ step = st.one_of(
     st.tuples(st.just("s3_error"), st.just(0), st.integers(1, 12)),
     st.tuples(st.just("s3_lost_reply"), st.just(0), st.integers(1, 12)),
     st.tuples(st.just("commit_fails"), st.integers(0, 2), st.integers(1, 3)),
-    st.tuples(st.just("read_fails"), st.just(0), st.integers(1, 3)),
+    st.tuples(st.just("read_fails"), st.integers(0, 1), st.integers(1, 3)),
     st.tuples(st.just("reset"), st.integers(0, PARTITIONS - 1), st.integers(0, 2)),
     st.tuples(st.just("reset_back"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
     st.tuples(st.just("retention"), st.integers(0, PARTITIONS - 1), st.integers(1, 40)),
@@ -549,6 +561,13 @@ OLD_TOPIC_ONLY = ("reset", "reset_back", "retention", "delete_staged", "delete_l
            ("pause_at_request", 0, 4), ("expire_output", 0, 1)],
     layout="evolving",
 )
+# A read of the committed offsets answered a retriable error (unstable offsets) for every
+# partition: asked again, it goes on; the first member's stop ends that member only.
+@example(
+    steps=[("produce", 0, 3), ("read_fails", 1, 1), ("turn", 0, 2), ("produce", 0, 3), ("turn", 0, 2),
+           ("read_fails", 0, 1), ("join", 0, 0), ("turn", 1, 3), ("produce", 1, 4)],
+    layout="plain",
+)
 # A partition whose every record was bad held dead letters only; the topic was deleted and
 # created again with the group's offset kept at 1: the new topic's offset 0 was skipped and its
 # offset 1 written beside the old dead letters. Dead letters now name the topic id, and recovery
@@ -560,7 +579,11 @@ OLD_TOPIC_ONLY = ("reset", "reset_back", "retention", "delete_staged", "delete_l
     steps=[("produce_bad", 0, 1), ("recreate", 0, 3), ("produce", 0, 2)], layout="plain"
 )
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
-    with patch.object(side_by_side, "RECOVERY_THREADS", 1), patch.object(side_by_side, "CLOSE_THREADS", 1):
+    with (
+        patch.object(side_by_side, "RECOVERY_THREADS", 1),
+        patch.object(side_by_side, "CLOSE_THREADS", 1),
+        patch.object(positions, "time", NO_WAITING),  # the Kafka client's retries, at once
+    ):
         _history(steps, CONFIGS[layout])  # one thread per member: each S3 request is known to be its own
 
 
@@ -793,7 +816,7 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
             elif kind == "commit_fails":
                 broker.fail_commit[:] = [b, a]
             elif kind == "read_fails":
-                broker.fail_read[:] = [b]
+                broker.fail_read[:] = [b, a]
             elif kind == "reset":  # the operator stops the group, resets a partition, starts it again
                 stop_all()
                 settle_deletions()
