@@ -322,7 +322,7 @@ class S3StatePositions:
         wrote (If-None-Match / If-Match): a second replay of the prefix is fenced. The next ETag
         is the one S3's reply gives: a HEAD after the PUT could see another writer's object and
         let this writer overwrite it next time."""
-        from consumer.storage import PutOutcome
+        from consumer.storage import PutOutcome, same_object
 
         key = self.layout.state_key(topic, partition)
         body = json.dumps({"topic": topic, "partition": partition, "position": position}).encode()
@@ -334,8 +334,9 @@ class S3StatePositions:
             new = created.etag
         else:
             new = self.store.replace_if_match(key, body, etag)
-            if new is None:
-                new = self._ours_after_a_lost_reply(key, body)
+            if new is None:  # a retry of a PUT that took effect (its reply lost) is refused too
+                found = same_object(self.store, key, body)
+                new = found.etag if found.outcome is PutOutcome.EXISTS_SAME else None
             if new is None:
                 raise PartitionFenced(f"replay state {key} was changed by another writer")
         if not new:  # a server whose reply names no ETag: ask for it (the race above stays open)
@@ -343,15 +344,3 @@ class S3StatePositions:
             new = info.etag if info else ""
         self._etags[(topic, partition)] = new
 
-    def _ours_after_a_lost_reply(self, key: str, body: bytes) -> str | None:
-        """A PUT that took effect but whose reply was lost is retried (S3Store), and its own
-        If-Match then refuses the retry: the object holds exactly ``body``. Its ETag (read before
-        its bytes, as :meth:`committed` does) then; None when it holds something else."""
-        info = self.store.head(key)
-        if info is None:
-            return None
-        try:
-            data: bytes = self.store.get(key)
-        except FileNotFoundError:
-            return None
-        return str(info.etag) if data == body else None
