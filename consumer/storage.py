@@ -23,7 +23,7 @@ import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -107,11 +107,19 @@ class Created(NamedTuple):
     etag: str | None
 
 
+#: User metadata of an object (``x-amz-meta-<name>``): lower-case names, US-ASCII values, as S3
+#: requires of them; None or empty for none.
+Metadata = Mapping[str, str] | None
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str
     size: int
     etag: str = ""
+    #: The object's user metadata (``x-amz-meta-*``, names in lower case): what a HEAD says; empty
+    #: in a listing, which does not carry it.
+    metadata: Mapping[str, str] = field(default_factory=dict, compare=False)
 
 
 @dataclass(frozen=True)
@@ -175,8 +183,8 @@ class ObjectStore(Protocol):
 
     stats: StoreStats
 
-    def put_if_absent(self, key: str, data: bytes) -> PutOutcome: ...
-    def create(self, key: str, data: bytes) -> Created: ...
+    def put_if_absent(self, key: str, data: bytes, metadata: Metadata = None) -> PutOutcome: ...
+    def create(self, key: str, data: bytes, metadata: Metadata = None) -> Created: ...
     def replace_if_match(self, key: str, data: bytes, etag: str) -> str | None: ...
     def get(self, key: str, start: int | None = None, end: int | None = None) -> bytes: ...
     def head(self, key: str) -> ObjectInfo | None: ...
@@ -555,19 +563,21 @@ class S3Store:
         return self._retrying(op, lambda: self._fs.call_s3(op, Bucket=self.bucket, **kwargs))
 
     # -- operations ----------------------------------------------------------------------------
-    def put_if_absent(self, key: str, data: bytes) -> PutOutcome:
+    def put_if_absent(self, key: str, data: bytes, metadata: Metadata = None) -> PutOutcome:
         """Create ``key`` only if absent (``If-None-Match: *``); see :meth:`create`."""
-        return self.create(key, data).outcome
+        return self.create(key, data, metadata).outcome
 
-    def create(self, key: str, data: bytes) -> Created:
+    def create(self, key: str, data: bytes, metadata: Metadata = None) -> Created:
         """Create ``key`` only if absent (``If-None-Match: *``), with its ETag from S3's reply.
 
         A retry after a lost reply finds our own object: that is reported as EXISTS_SAME, so
         callers can treat "already durable" as success. Our own object is told from someone
         else's by the MD5 ETag, or, where S3's ETag is not the MD5 (SSE-KMS), by its bytes.
+        ``metadata``: user metadata, which :meth:`head` returns.
         """
+        extra = {"Metadata": dict(metadata)} if metadata else {}
         try:
-            reply = self._call("put_object", Key=key, Body=data, IfNoneMatch="*")
+            reply = self._call("put_object", Key=key, Body=data, IfNoneMatch="*", **extra)
             self.stats.moved(uploaded=len(data))
             return Created(PutOutcome.CREATED, str(reply.get("ETag", "")).strip('"') or None)
         except Exception as exc:
@@ -615,7 +625,8 @@ class S3Store:
             if classify(exc) == "missing":
                 return None
             raise
-        return ObjectInfo(key, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'))
+        return ObjectInfo(key, int(r["ContentLength"]), str(r.get("ETag", "")).strip('"'),
+                          {str(k).lower(): str(v) for k, v in (r.get("Metadata") or {}).items()})
 
     def list(self, prefix: str, start_after: str = "") -> list[ObjectInfo]:
         """Every object under ``prefix`` (after the key ``start_after``, if given), sorted by key;

@@ -46,6 +46,7 @@ from consumer.storage import (
     CopyRange,
     Created,
     FatalStorageError,
+    Metadata,
     ObjectInfo,
     ObjectStore,
     PutOutcome,
@@ -261,6 +262,7 @@ class MemoryStore:
         #: every prefix, e.g. "rule 'keep' after 30 days"; None: no such rule).
         self.current_expiry: str | None = None
         self._etags: dict[str, tuple[bytes, str]] = {}  # key → (the bytes it was computed for, etag)
+        self._metadata: dict[str, tuple[bytes, dict[str, str]]] = {}  # key → (its bytes, user metadata)
         self.last_modified: dict[str, int] = {}  # key → the number of its last write (see above)
         self._writes = itertools.count(1)
         self._faults = _Faults(OPS | REQUESTS)
@@ -343,15 +345,25 @@ class MemoryStore:
         self.stats.count(op)  # S3Store counts every attempt, failed ones included
         self._enter(op, key)
 
-    def _store(self, key: str, data: bytes, etag: str | None = None) -> None:
+    def _store(self, key: str, data: bytes, etag: str | None = None,
+               metadata: Mapping[str, str] | None = None) -> None:
         data = bytes(data)
         self.objects[key] = data
         self.last_modified[key] = next(self._writes)
         self._etags[key] = (data, etag or self._new_etag(data))
+        self._metadata[key] = (data, dict(metadata or {}))
+
+    def user_metadata(self, key: str) -> dict[str, str]:
+        """The user metadata the last write of ``key`` through this store gave it (none for bytes
+        a test put into :attr:`objects` itself); KeyError if absent."""
+        data = self.objects[key]
+        known = self._metadata.get(key)
+        return dict(known[1]) if known is not None and known[0] is data else {}
 
     # -- request level (S3's rules; what S3Store's methods are made of) --------------------------
     def put_object(
-        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None,
+        metadata: Mapping[str, str] | None = None,
     ) -> str:
         """PutObject; ``if_none_match`` is ``If-None-Match: *``, ``if_match`` an unquoted ETag.
         Returns the new ETag; :class:`PreconditionFailed` (412) or FileNotFoundError (If-Match on
@@ -365,7 +377,7 @@ class MemoryStore:
                     raise _no_such_key(key)
                 if self.etag(key) != if_match:
                     raise PreconditionFailed(f"412 PreconditionFailed: {key} has another ETag")
-        self._store(key, data)
+        self._store(key, data, metadata=metadata)
         self._leave("put_object")
         return self.etag(key)
 
@@ -394,7 +406,8 @@ class MemoryStore:
 
     def head_object(self, key: str) -> ObjectInfo | None:
         self._request("head_object", key)
-        info = ObjectInfo(key, len(self.objects[key]), self.etag(key)) if key in self.objects else None
+        info = (ObjectInfo(key, len(self.objects[key]), self.etag(key), self.user_metadata(key))
+                if key in self.objects else None)
         self._leave("head_object")
         return info
 
@@ -491,18 +504,18 @@ class MemoryStore:
         return out
 
     # -- ObjectStore ---------------------------------------------------------------------------
-    def put_if_absent(self, key: str, data: bytes) -> PutOutcome:
+    def put_if_absent(self, key: str, data: bytes, metadata: Metadata = None) -> PutOutcome:
         """As S3Store: :meth:`create`'s outcome."""
-        return self.create(key, data).outcome
+        return self.create(key, data, metadata).outcome
 
-    def create(self, key: str, data: bytes) -> Created:
+    def create(self, key: str, data: bytes, metadata: Metadata = None) -> Created:
         """As S3Store: conditional PUT with the ETag of the reply; on 412 our own earlier write
         (same bytes) is told from someone else's as S3Store does it (:func:`same_object`). A lax
         server (``ignore_conditional_writes``) overwrites: CREATED. Faults and ``on_op`` see it
         as ``put_if_absent``."""
         with self._serving("put_if_absent", key):
             try:
-                etag = self.put_object(key, data, if_none_match=True)
+                etag = self.put_object(key, data, if_none_match=True, metadata=metadata)
                 self.stats.moved(uploaded=len(data))
                 created = Created(PutOutcome.CREATED, etag)
             except PreconditionFailed:

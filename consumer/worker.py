@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from operator import methodcaller
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote
 
 import pyarrow as pa
 
@@ -560,7 +561,9 @@ class PartitionWorker:
              if p.key in doomed and p.file_start not in finals.get(p.bucket, (set(), None))[0]],
             [d for d in dead if d[0] in doomed],
             sources=pieces,
-            final_writer=letters.writer if letters is not None and letters.end == plan.commit else None,
+            final_writer=letters.writer if letters is not None and letters.end == plan.commit
+            else self._rolled_writer(high_water) if plan.commit is not None and plan.commit == high_water
+            else None,
             final_topic_ids=final_topic_ids,
         )
         # A file of the flush gone without a note: an operator's reset to go on without it (the
@@ -778,6 +781,18 @@ class PartitionWorker:
         except FileNotFoundError:
             return None
         return NewestDeadLetters(newest[2], topic_id, writer)
+
+    def _writer_names(self) -> dict[str, str]:
+        """What names this run as the writer of what it writes (footers, the rolled marker's
+        metadata): its consumer group, or that it is a replay; :func:`writer_of` reads it."""
+        return {GROUP_KEY: self.shared.group_id} if self.shared.group_id else {REPLAY_KEY: "true"}
+
+    def _rolled_writer(self, end: int) -> str | None:
+        """The writer the rolled high-water marker at ``end`` names in its metadata (bucketed
+        layout): a group, :data:`REPLAY_WRITER`, or None for a marker written before markers named
+        it, or gone. One HEAD; only a recovery that adopts the marker's end asks."""
+        info = self.store.head(self.layout.rolled_key(self.topic, self.partition, end))
+        return None if info is None else writer_of({k: unquote(v) for k, v in info.metadata.items()})
 
     def _rolled_topic_id(self, end: int) -> str | None:
         """The topic id the rolled high-water marker at ``end`` holds (bucketed layout; empty in
@@ -1604,10 +1619,7 @@ class PartitionWorker:
         meta = {BORN_KEY: repr(f.born_wall)}
         if self.topic_id:
             meta[TOPIC_ID_KEY] = self.topic_id
-        if self.shared.group_id:
-            meta[GROUP_KEY] = self.shared.group_id
-        else:
-            meta[REPLAY_KEY] = "true"
+        meta.update(self._writer_names())
         if f.bucket_end is not None:
             meta[BUCKET_END_KEY] = str(f.bucket_end)
         if f.late:
@@ -1818,8 +1830,11 @@ class PartitionWorker:
             # reset into buckets whose files are all final) with one LIST. Written after the
             # marker and the fencing re-commit, before the final file can exist. It holds the
             # topic's id, which recovery compares when no staged piece is left to read it from.
+            # Its user metadata names the writer, for a group that adopts its end (the body stays
+            # the id alone, which earlier versions read).
             self.store.put_if_absent(self.layout.rolled_key(self.topic, self.partition, end),
-                                     (self.topic_id or "").encode())
+                                     (self.topic_id or "").encode(),
+                                     {k: quote(v, safe="") for k, v in self._writer_names().items()})
         with_rows = [p for p in f.pieces if p.layout.num_row_groups > 0]
         if not with_rows:
             # Every record of the file went to dead letters: nothing to publish.

@@ -901,6 +901,40 @@ def test_a_second_group_stops_at_once_while_the_first_still_writes_the_partition
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(2000))
 
 
+def test_under_partition_by_a_second_group_stops_while_the_first_runs_past_a_roll(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The same copied deployment under --partition-by, at the moment the old group has just
+    rolled its whole file: no staged piece is left to name the writer, only the rolled marker.
+    Its S3 metadata names the old group, so the new one asks the coordinator and stops with
+    status 5, committing nothing (it used to adopt the marker's end and write beside the old
+    group). Once the old group has stopped, the new one adopts and goes on."""
+    topic, old, new = make_topic(partitions=1), unique("g-old"), unique("g-new")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 2000, partitions=1)
+    flags = ("--partition-by", "y={ts:%Y}", "--file-rows", "2000", "--row-group-rows", "500")
+    running = start_consumer(topic, old, out, *flags)
+    try:
+        running.wait_for(
+            lambda ev: any(e.get("event") == "file rolled" and e.get("to_position") == 2000 for e in ev),
+            what="the file of 2000 rows rolled",
+        )
+        assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+        res = run_consumer(topic, new, out, *flags, timeout=120)
+        assert res.returncode == 5, res.stderr[-3000:]
+        assert f"was last written by consumer group {old!r}, which still runs: it has 1 member, and one of " \
+               "them owns this partition" in res.stderr, res.stderr[-3000:]
+        assert committed(stack.kafka_bootstrap, new, topic) == [-1001]  # nothing committed
+    finally:
+        assert running.stop() == 0, running.log()[-3000:]
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1, start=2000, create_topic=False)
+    res = run_consumer(topic, new, out, *flags)  # the old group has left: adopt its position
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert any("adopting 2000 from what S3 holds" in e.get("event", "") for e in log_events(res.stderr))
+    rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(2500))
+
+
 def test_a_second_group_waits_out_a_stopped_static_member_of_the_first(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:

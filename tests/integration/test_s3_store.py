@@ -60,6 +60,22 @@ def test_conditional_creates_and_replaces(s3_server: S3Server, unique_prefix: st
     assert store.head(unique_prefix + "gone") is None
 
 
+def test_user_metadata_of_a_create_comes_back_from_a_head(s3_server: S3Server, unique_prefix: str) -> None:
+    """The rolled marker names its writer in user metadata (``x-amz-meta-<name>``): the names the
+    worker gives it, with a dot and an underscore, come back in lower case from a HEAD, whatever
+    case the server answers in; a listing carries none."""
+    store = _store(s3_server)
+    key = unique_prefix + "marker"
+    meta = {"kafka.group_id": "b%C3%A9%2F%C3%BC%25", "consumer.replay": "true"}
+    assert store.put_if_absent(key, b"", meta) is PutOutcome.CREATED
+    info = store.head(key)
+    assert info is not None and dict(info.metadata) == meta
+    assert store.put_if_absent(key, b"", meta) is PutOutcome.EXISTS_SAME  # a retry's
+    assert [o.metadata for o in store.list(unique_prefix)] == [{}]
+    store.create(unique_prefix + "plain", b"x")
+    assert store.head(unique_prefix + "plain").metadata == {}
+
+
 @pytest.mark.parametrize("equal_parts", [False, True], ids=["s3-parts", "equal-parts"])
 def test_compose_copies_big_ranges_and_uploads_small_ones(
     s3_server: S3Server, unique_prefix: str, equal_parts: bool

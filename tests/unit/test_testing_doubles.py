@@ -189,6 +189,20 @@ def test_put_if_absent_never_overwrites_and_tells_own_retry_from_other(backend: 
     assert s.stats.bytes_uploaded == 5
 
 
+def test_user_metadata_of_a_create_comes_back_from_a_head_only(backend: Backend) -> None:
+    """What the rolled marker's writer rests on: the metadata a create gave comes back from a HEAD
+    (names in lower case), a listing carries none, and a later plain PUT drops it, as in S3."""
+    s, key = backend.store, backend.prefix + "marker"
+    meta = {"kafka.group_id": "b%C3%A9", "consumer.replay": "true"}
+    assert s.put_if_absent(key, b"", meta) is PutOutcome.CREATED
+    info = s.head(key)
+    assert info is not None and dict(info.metadata) == meta
+    assert [o.metadata for o in s.list(backend.prefix)] == [{}]
+    backend.raw.put_object(key, b"")
+    info = s.head(key)
+    assert info is not None and dict(info.metadata) == {}
+
+
 def test_with_etags_that_are_not_md5s_a_retry_is_still_told_from_another_writer() -> None:
     """S3 with SSE-KMS: ETags are not the MD5 of the bytes. Our own retry is still EXISTS_SAME
     (by its bytes), another writer's object EXISTS_OTHER, and create() returns S3's ETag."""

@@ -356,6 +356,66 @@ def test_no_position_is_adopted_from_a_group_that_still_writes_the_partition(
     assert positions.committed("t", 0) is None and store.objects == before
 
 
+def group_b_rolled_under_partition_by(writer: str) -> tuple[MemoryStore, Config]:
+    """Under ``--partition-by``, ``writer`` (a group id, or "" for a replay) wrote the partition and
+    rolled every bucket file: the newest output is the rolled high-water marker, and no staged
+    piece is left to name the writer."""
+    store = MemoryStore()
+    config = replace(BASE, partition_by="y={duration_ms:%Y}", bucket_grace=86400.0, max_open_buckets=8,
+                     file_rows=9)
+    b = make_worker(store, MemoryPositions(), replace(config, group_id=writer))
+    b.recover()
+    run(b, range(30))
+    b.finish()
+    assert not [k for k in store.objects if "/_staging/" in k]
+    assert [k for k in store.objects if "/_rolled/" in k]
+    return store, config
+
+
+@pytest.mark.parametrize(
+    ("writer", "group", "named", "remedy"),
+    [
+        ("b", "a", "consumer group 'b'", r"--reset-offsets --group a --topic t:0 --to-offset 30 --execute"),
+        ("b", "", "consumer group 'b'", r"A replay re-exports history into a prefix of its own"),
+        ("bé/ü%", "a", "consumer group 'bé/ü%'", r"--to-offset 30"),
+    ],
+    ids=["group-after-group", "replay-after-group", "group-id-not-ascii"],
+)
+def test_under_partition_by_no_position_is_adopted_from_a_rolled_marker_of_a_running_writer(
+    writer: str, group: str, named: str, remedy: str
+) -> None:
+    """The newest output is the ``_rolled/`` marker of a writer that still runs (a deployment
+    copied with a new group id; a replay pointed at its prefix). The marker's end used to be
+    adopted without asking anyone, since only pieces, final files and dead letters named their
+    writer. Its S3 metadata names it now (percent-encoded: metadata is ASCII), and adopting asks
+    the coordinator as in the plain layout: stop, commit and delete nothing."""
+    store, config = group_b_rolled_under_partition_by(writer)
+    before = dict(store.objects)
+    positions = MemoryPositions()
+    a = make_worker(store, positions, replace(config, group_id=group))
+    asked: list[str] = []
+    a.shared.describe_group = lambda other: asked.append(other) or OWNS_IT
+    with pytest.raises(IntegrityError, match=rf"was last written by {named}, which still runs.*"
+                                             rf"Nothing was committed or deleted. .*{remedy}"):
+        a.recover()
+    assert asked == [writer]
+    assert positions.committed("t", 0) is None and store.objects == before
+
+
+def test_under_partition_by_a_rolled_marker_of_an_earlier_version_is_adopted_as_before() -> None:
+    """A marker written before markers named their writer carries no metadata: its end is adopted
+    without asking, as before (the writer is not known), and nothing breaks."""
+    store, config = group_b_rolled_under_partition_by("b")
+    for key in [k for k in store.objects if "/_rolled/" in k]:
+        store.put_object(key, store.objects[key])  # as an earlier version wrote it: no metadata
+        info = store.head(key)
+        assert info is not None and info.metadata == {}
+    positions = MemoryPositions()
+    a = make_worker(store, positions, replace(config, group_id="a"))
+    a.shared.describe_group = lambda other: pytest.fail(f"asked about {other}")
+    assert a.recover() == 30 and positions.committed("t", 0) == 30
+
+
 @pytest.mark.parametrize(
     ("view", "warned"),
     [
