@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import gc
 import hashlib
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any, NamedTuple, Protocol, TypeVar
@@ -73,6 +74,22 @@ _FATAL_CODES = {
     "NotImplemented": "the server does not implement a request or header this consumer sends; "
     "see README, Troubleshooting (S3-compatible servers)",
 }
+#: The IAM action each request needs (README, *Permissions*): named when S3 denies one.
+_IAM_ACTIONS = {
+    "put_object": "s3:PutObject",
+    "create_multipart_upload": "s3:PutObject",
+    "upload_part": "s3:PutObject",
+    "complete_multipart_upload": "s3:PutObject",
+    "upload_part_copy": "s3:PutObject and s3:GetObject",
+    # S3 answers 403, not 404, for a key that is not there when ListBucket is not allowed
+    "get_object": "s3:GetObject (and s3:ListBucket)",
+    "head_object": "s3:GetObject (and s3:ListBucket)",
+    "list_objects_v2": "s3:ListBucket",
+    "delete_objects": "s3:DeleteObject",
+    "abort_multipart_upload": "s3:AbortMultipartUpload",
+    "list_multipart_uploads": "s3:ListBucketMultipartUploads",
+}
+
 #: What to do about a refusal no code above explains (:func:`refusal`).
 REFUSED_HINT = (
     "the server will refuse this request again, so a restart does not help; an S3-compatible "
@@ -90,6 +107,23 @@ class TransientStorageError(StorageError):
 
 class FatalStorageError(StorageError):
     """An error retrying cannot fix (missing bucket, bad credentials, access denied)."""
+
+
+class KeysNotDeleted(Exception):
+    """Keys a DeleteObjects answer lists as not deleted, with the first one's error code and
+    message where :func:`classify` and the error messages look for them (as in a ClientError)."""
+
+    def __init__(self, errors: Sequence[Mapping[str, Any]]) -> None:
+        first = errors[0]
+        code = str(first.get("Code", ""))
+        status = 403 if code == "AccessDenied" else 500 if code in _TRANSIENT_CODES else 400
+        said = str(first.get("Message", "") or "")
+        self.response = {
+            "Error": {"Code": code, "Message": f"{said + '; ' if said else ''}{len(errors)} key(s) not "
+                                               f"deleted, the first {first.get('Key')}"},
+            "ResponseMetadata": {"HTTPStatusCode": status},
+        }
+        super().__init__(f"{code}: {len(errors)} key(s) not deleted, the first {first.get('Key')}")
 
 
 class PutOutcome(Enum):
@@ -537,8 +571,12 @@ class S3Store:
                     self.stats.failing_since = None  # S3 answered
                 if kind == "fatal":
                     self.stats.failed(op, retrying=False)
-                    code, _ = _client_error_code(exc)
+                    code, status = _client_error_code(exc)
                     hint = _FATAL_CODES.get(code, "check credentials and bucket")
+                    denied = code == "AccessDenied" or (status == 403 and code in ("", "403"))
+                    if denied and op in _IAM_ACTIONS:
+                        hint = (f"access denied: the credentials need {_IAM_ACTIONS[op]} on the "
+                                "bucket and prefix (README, Permissions)")
                     said = _client_error_message(exc)
                     raise FatalStorageError(
                         f"S3 {op} on s3://{self.bucket} failed: {code or type(exc).__name__}"
@@ -647,15 +685,24 @@ class S3Store:
             token = r.get("NextContinuationToken")
 
     def delete(self, keys: Sequence[str]) -> None:
+        """Delete ``keys`` (a missing one is not an error), 1,000 a request.
+
+        DeleteObjects answers 200 and lists the keys it did not delete, each with its own error
+        code: those are retried like a failed request when the code is transient (SlowDown,
+        InternalError), and stop the run like one when it is not (AccessDenied: a bucket policy
+        that lets the credentials write but not delete)."""
         for i in range(0, len(keys), 1000):
-            batch = keys[i : i + 1000]
-            r = self._call(
-                "delete_objects",
-                Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True},
-            )
-            errors = [e for e in (r.get("Errors") or []) if e.get("Code") != "NoSuchKey"]
-            if errors:
-                raise TransientStorageError(f"S3 delete failed for {len(errors)} keys: {errors[0]}")
+            left = list(keys[i : i + 1000])
+            self._retrying("delete_objects", functools.partial(self._delete_some, left))
+
+    def _delete_some(self, left: MutableSequence[str]) -> None:
+        """One DeleteObjects of ``left``; the keys it did not delete stay in ``left``, and raise."""
+        r = self._fs.call_s3("delete_objects", Bucket=self.bucket,
+                             Delete={"Objects": [{"Key": k} for k in left], "Quiet": True})
+        errors = [e for e in (r.get("Errors") or []) if e.get("Code") != "NoSuchKey"]
+        if errors:
+            left[:] = [str(e.get("Key")) for e in errors]
+            raise KeysNotDeleted(errors)
 
     def compose(self, key: str, segments: Sequence[Segment]) -> PutOutcome:
         """Create ``key`` (if absent) as the concatenation of ``segments``.

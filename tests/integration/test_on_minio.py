@@ -34,27 +34,59 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.shares_stack
 
 
-def _cli(server: S3Server, *args: str) -> subprocess.CompletedProcess[str]:
+def _cli_as(
+    server: S3Server, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "consumer", *args], capture_output=True, text=True, timeout=180, cwd=REPO,
-        env={**os.environ, "S3_ENDPOINT_URL": server.endpoint},
+        env={**os.environ, "S3_ENDPOINT_URL": server.endpoint, **(env or {})},
     )
 
 
+def readme_policy(bucket: str, prefix: str) -> dict[str, Any]:
+    """The IAM policy README's *Permissions* shows, for ``bucket`` and ``prefix``: the test and
+    the README cannot drift apart."""
+    text = (REPO / "README.md").read_text()
+    block = text.split("**Permissions.**", 1)[1].split("```json", 1)[1].split("```", 1)[0]
+    policy: dict[str, Any] = json.loads(block.replace("BUCKET", bucket).replace("PREFIX", prefix.rstrip("/")))
+    return policy
+
+
+def credentials_under(server: S3Server, policy: dict[str, Any]) -> dict[str, str]:
+    """Temporary credentials that may do only what ``policy`` allows: MinIO's STS AssumeRole with a
+    session policy, which MinIO enforces on every request as AWS enforces an IAM policy."""
+    import boto3
+
+    sts = boto3.client("sts", endpoint_url=server.endpoint, aws_access_key_id=server.key_id,
+                       aws_secret_access_key=server.secret, region_name="us-east-1")
+    said = sts.assume_role(RoleArn="arn:minio:iam:::role/consumer-test", RoleSessionName="consumer-test",
+                           Policy=json.dumps(policy), DurationSeconds=3600)["Credentials"]
+    return {"AWS_ACCESS_KEY_ID": said["AccessKeyId"], "AWS_SECRET_ACCESS_KEY": said["SecretAccessKey"],
+            "AWS_SESSION_TOKEN": said["SessionToken"]}
+
+
+@pytest.mark.parametrize("credentials", ["root", "readme-policy"])
 def test_check_run_verify_show_and_replay_on_minio(
-    stack: Any, minio: S3Server, unique_prefix: str, tmp_path: Path
+    stack: Any, minio: S3Server, unique_prefix: str, tmp_path: Path, credentials: str
 ) -> None:
+    """The whole day, with the server's root user and with credentials that may do no more than the
+    README's policy allows (so the policy is enough, and stays so)."""
     topic, group = unique("minio"), unique("g")
     res = produce(stack.kafka_bootstrap, topic, "page_view", 6_000, partitions=2, seed=3)
     out = f"s3://{minio.bucket}/{unique_prefix}live"
     budgets = ("--row-group-rows", "500", "--file-rows", "2000")
+    env = (credentials_under(minio, readme_policy(minio.bucket, unique_prefix))
+           if credentials == "readme-policy" else {})
+
+    def _cli(server: S3Server, *args: str) -> subprocess.CompletedProcess[str]:
+        return _cli_as(server, *args, env=env)
 
     check = _cli(minio, "check", "--group-id", group, "--topic", topic, "--schema", "page_view",
                  "--output", out, "--write")
     assert check.returncode == 0, check.stdout + check.stderr[-3000:]
     assert "writable, with conditional writes (PUT and multipart)" in check.stdout
 
-    run = run_consumer(topic, group, out, *budgets, env={"S3_ENDPOINT_URL": minio.endpoint})
+    run = run_consumer(topic, group, out, *budgets, env={"S3_ENDPOINT_URL": minio.endpoint, **env})
     assert run.returncode == 0, run.stderr[-4000:]
     s3 = minio.client()
     assert staging_keys(s3, minio.bucket, unique_prefix + "live") == []
@@ -85,3 +117,27 @@ def test_check_run_verify_show_and_replay_on_minio(
         p.relative_to(tmp_path / "live") for p in paths
     ]
     assert read_table(replayed).sort_by("kafka_offset").equals(table.sort_by("kafka_offset"))
+
+
+def test_without_delete_permission_run_stops_at_start_and_names_the_permission(
+    stack: Any, minio: S3Server, unique_prefix: str
+) -> None:
+    """Credentials that may write but not delete (a common bucket policy): a roll could publish a
+    file and never remove its pieces, and recovery could not clear a crash's leftovers. The start-up
+    probe meets it: exit 4, naming s3:DeleteObject and the README's list, before any record is
+    read or offset committed."""
+    topic, group = unique("minio"), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1, seed=3)
+    policy = readme_policy(minio.bucket, unique_prefix)
+    for statement in policy["Statement"]:
+        statement["Action"] = [a for a in statement["Action"] if a != "s3:DeleteObject"]
+    env = {"S3_ENDPOINT_URL": minio.endpoint, **credentials_under(minio, policy)}
+    run = run_consumer(topic, group, f"s3://{minio.bucket}/{unique_prefix}live", env=env)
+    assert run.returncode == 4, run.stderr[-3000:]
+    assert "S3 delete_objects on s3://" in run.stderr and "AccessDenied" in run.stderr, run.stderr[-3000:]
+    assert "the credentials need s3:DeleteObject on the bucket and prefix (README, Permissions)" in run.stderr
+    assert "partitions assigned" not in run.stderr
+    s3 = minio.client()
+    listed = s3.list_objects_v2(Bucket=minio.bucket, Prefix=unique_prefix).get("Contents", [])
+    left = [o["Key"] for o in listed]
+    assert all("/_probe/" in k for k in left), left  # only the probe it could not remove

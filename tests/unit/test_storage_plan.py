@@ -452,3 +452,53 @@ def test_a_lifecycle_rule_expiring_current_objects_of_the_staging_folder_is_name
     rule: dict[str, Any], said: str | None
 ) -> None:
     assert expires_current_under(rule, "out/_staging/") == said
+
+
+# -- DeleteObjects: keys it lists as not deleted ---------------------------------------------
+class _DeleteAnswers:
+    """Stands in for s3fs's ``call_s3`` on DeleteObjects only: each call takes the next of
+    ``answers`` (the per-key errors S3 lists in a 200 answer) and records the keys it was asked."""
+
+    def __init__(self, answers: list[list[dict[str, str]]]) -> None:
+        self.answers, self.asked = answers, []
+
+    def call_s3(self, op: str, **kwargs: Any) -> dict[str, Any]:
+        assert op == "delete_objects"
+        self.asked.append([o["Key"] for o in kwargs["Delete"]["Objects"]])
+        return {"Errors": self.answers.pop(0)} if self.answers else {}
+
+
+def _store_answering(answers: list[list[dict[str, str]]]) -> tuple[Any, _DeleteAnswers]:
+    from consumer.storage import RetryPolicy, S3Store
+
+    store = S3Store("b", endpoint_url="http://127.0.0.1:9",
+                    retry=RetryPolicy(base=0.001, cap=0.001, max_elapsed=5))
+    fake = _DeleteAnswers(answers)
+    store._fs = fake  # type: ignore[assignment]
+    return store, fake
+
+
+def test_keys_a_delete_lists_with_a_transient_error_are_asked_again_alone() -> None:
+    """S3 deletes what it can and lists the rest (SlowDown, InternalError): those keys alone are
+    sent again, as a failed request would be; a key already gone (NoSuchKey) is not an error."""
+    store, fake = _store_answering([
+        [{"Key": "b", "Code": "SlowDown", "Message": "Please reduce your request rate."},
+         {"Key": "c", "Code": "NoSuchKey"}],
+    ])
+    store.delete(["a", "b", "c"])
+    assert fake.asked == [["a", "b", "c"], ["b"]]
+    assert store.stats.requests["delete_objects"] == 2
+
+
+def test_a_key_a_delete_is_denied_stops_with_the_permission_it_needs() -> None:
+    """A bucket policy that allows writing but not deleting: S3 answers 200 and lists every key as
+    AccessDenied. That is not retried (it would be denied again) and names s3:DeleteObject."""
+    from consumer.storage import FatalStorageError
+
+    denied = {"Key": "a", "Code": "AccessDenied", "Message": "Access Denied"}
+    store, fake = _store_answering([[denied]])
+    said = (r"S3 delete_objects on s3://b failed: AccessDenied \(Access Denied; 1 key\(s\) not deleted, "
+            r"the first a\): access denied: the credentials need s3:DeleteObject")
+    with pytest.raises(FatalStorageError, match=said):
+        store.delete(["a"])
+    assert fake.asked == [["a"]]
