@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from checker import Expected, Proof, finish_and_prove, prove, proven
 from faultproxy import FaultProxy
-from refusingproxy import RefusingProxy
+from s3proxy import S3Proxy
 from support import (
     Running,
     count,
@@ -341,7 +341,7 @@ def test_refused_writes_keep_no_copy_of_the_body_between_attempts(
     body = os.urandom(4 << 20)
     key = f"tests/{unique('refused')}/piece.parquet"
     attempts: list[float] = []
-    with RefusingProxy(ps.s3_port) as proxy:
+    with S3Proxy(ps.s3_port) as proxy:
         store = S3Store(
             ps.bucket,
             endpoint_url=proxy.url,
@@ -384,7 +384,7 @@ def test_s3_refusing_writes_consumer_retries_then_finishes(
     sc = Scenario.new(ps, "s3-refusing", (*SMALL, *static_member()))
     topic, group, out, args = sc.topic, sc.group, sc.out, sc.args
     first = produce(ps.bootstrap, topic, "page_view", 1_500, partitions=PARTITIONS)
-    with RefusingProxy(ps.s3_port) as proxy:
+    with S3Proxy(ps.s3_port) as proxy:
         running = start_consumer(topic, group, out, *args, env=ps.consumer_env(proxy.url))
         try:
             running.wait_for(

@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import datetime
 import os
+import subprocess
+import sys
+import uuid
 from typing import TYPE_CHECKING, Any
 from unittest import mock
+from urllib.parse import urlsplit
 
 import botocore.auth
 import pytest
+from s3proxy import S3Proxy
+from support import REPO, run_consumer
 
 from consumer.check import check_s3
 from consumer.config import Config
+from consumer.errors import StorageContractError
+from consumer.producer import produce
 from consumer.storage import (
     CopyRange,
     FatalStorageError,
@@ -32,6 +40,12 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.shares_stack
 
 MiB = 1024 * 1024
+
+
+def _port(s3_server: S3Server) -> int:
+    port = urlsplit(s3_server.endpoint).port
+    assert port is not None
+    return port
 
 
 def _store(s3_server: S3Server, **kw: Any) -> S3Store:
@@ -183,6 +197,56 @@ def test_check_with_write_probes_conditional_writes_and_leaves_nothing_behind(
     assert listed.get("KeyCount", 0) == 0
     uploads = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket, Prefix=unique_prefix)
     assert not uploads.get("Uploads")
+
+
+@pytest.mark.parametrize(
+    ("what", "said"),
+    [
+        ("all", r"does not honour conditional writes \(a second PUT with If-None-Match: \* .* was CREATED"),
+        ("completes", r"honours conditional writes on PutObject but not on CompleteMultipartUpload"),
+        ("if-match", r"does not honour If-Match on PutObject"),
+    ],
+)
+def test_the_probe_refuses_a_real_server_that_ignores_conditional_writes(
+    s3_server: S3Server, unique_prefix: str, what: str, said: str
+) -> None:
+    """The server answers writes as one that ignores the conditions (a proxy drops them and signs
+    the requests again): everywhere, only on multipart completions, or only If-Match (what a replay
+    needs). The start-up probe names which, and leaves nothing behind."""
+    with S3Proxy(_port(s3_server)) as proxy:
+        proxy.ignore_conditions(what, s3_server.key_id, s3_server.secret)
+        store = S3Store(s3_server.bucket, endpoint_url=proxy.url)
+        with pytest.raises(StorageContractError, match=said):
+            probe_conditional_writes(store, unique_prefix + "probe", if_match=True)
+        assert proxy.ignored >= 1
+        assert store.head(unique_prefix + "probe") is None
+    uploads = s3_server.client().list_multipart_uploads(Bucket=s3_server.bucket, Prefix=unique_prefix)
+    assert not uploads.get("Uploads")
+
+
+def test_run_and_check_refuse_a_real_server_that_ignores_conditional_writes(
+    stack: Any, s3_server: S3Server, unique_prefix: str
+) -> None:
+    """`consumer check --write` and `consumer run` on a server that ignores If-None-Match: status
+    1 and 4, saying so, before any record is read or offset committed; nothing left in S3."""
+    topic, group = f"lax-{uuid.uuid4().hex[:8]}", f"g-{uuid.uuid4().hex[:8]}"
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1)
+    with S3Proxy(_port(s3_server)) as proxy:
+        proxy.ignore_conditions("all", s3_server.key_id, s3_server.secret)
+        out = f"s3://{s3_server.bucket}/{unique_prefix}live"
+        env = {**os.environ, "S3_ENDPOINT_URL": proxy.url}
+        check = subprocess.run(
+            [sys.executable, "-m", "consumer", "check", "--group-id", group, "--topic", topic,
+             "--schema", "page_view", "--output", out, "--write"],
+            capture_output=True, text=True, timeout=120, cwd=REPO, env=env,
+        )
+        assert check.returncode == 1, check.stdout + check.stderr[-3000:]
+        assert "does not honour conditional writes" in check.stdout + check.stderr
+        run = run_consumer(topic, group, out, env={"S3_ENDPOINT_URL": proxy.url}, timeout=120)
+        assert run.returncode == 4, run.stderr[-3000:]
+        assert "does not honour conditional writes" in run.stderr and "partitions assigned" not in run.stderr
+    listed = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=unique_prefix)
+    assert listed.get("KeyCount", 0) == 0
 
 
 def test_a_clock_hours_off_stops_at_once_and_says_to_set_the_clock(
