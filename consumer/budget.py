@@ -143,3 +143,40 @@ class MemoryPlan:
         while MemoryPlan(m, 2 * fetch_bytes(m), self.flush, self.process).too_small:
             m = max(m + m // 100, (4 * (2 * fetch_bytes(m) + self.flush + self.process) + 2) // 3)
         return m
+
+
+#: The share of a container's memory limit kept free of the budget's aim: the kernel counts page
+#: cache and its own buffers against the limit too, and RSS is read once per batch.
+LIMIT_MARGIN = 10
+
+
+def fit_to_limit(memory_bytes: int, limit: int | None, processes: int, given: bool) -> tuple[int, str | None]:
+    """``--memory-bytes`` for ``processes`` members under a container memory ``limit``: (the
+    budget, a problem to stop on or None).
+
+    Each member aims at ``memory_bytes`` + :data:`ALLOWANCE`; all of them together must stay under
+    the limit less a tenth. A budget that fits is kept. The default that does not is lowered to
+    what fits; a budget given by hand that does not is a problem (the kernel would kill the
+    process under load, and again after every restart), and so is a limit too small for any."""
+    if limit is None:
+        return memory_bytes, None
+    room = limit - limit // LIMIT_MARGIN
+    most = room // processes - ALLOWANCE
+    if memory_bytes <= most:
+        return memory_bytes, None
+    mb = 1000 * 1000
+    members = f"{processes} members each aim" if processes > 1 else "the process aims"
+    if given:
+        return memory_bytes, (
+            f"memory-bytes {memory_bytes // mb} MB: {members} at a peak of it + {ALLOWANCE // mb} MB, "
+            f"over the container's memory limit of {limit // mb} MB (cgroup), less a tenth kept free; "
+            f"the kernel would kill it under load. Set --memory-bytes to at most {max(most, 0) // mb}MB, "
+            "or raise the container's limit"
+        )
+    if most < 32 * 1024 * 1024:
+        return memory_bytes, (
+            f"the container's memory limit of {limit // mb} MB (cgroup) is too small for "
+            f"{processes} member(s): each needs about {ALLOWANCE // mb} MB plus a --memory-bytes of "
+            f"at least 32 MiB, and a tenth of the limit is kept free. Raise the container's limit"
+        )
+    return most, None

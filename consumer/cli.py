@@ -13,6 +13,7 @@ import gc
 import os
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 # Process-wide settings read when pyarrow is first imported (consumer.config), so they are set
@@ -26,7 +27,9 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
 from consumer import config as cfgmod
+from consumer import container
 from consumer import log as logmod
+from consumer.budget import fit_to_limit
 
 _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--bootstrap-servers", {"help": "Kafka bootstrap servers (KAFKA_BOOTSTRAP_SERVERS)"}),
@@ -282,18 +285,36 @@ def settled_heap(batch_size: int) -> Iterator[None]:
             gc.disable()
 
 
+def fit_to_container(config: cfgmod.Config, given: frozenset[str]) -> cfgmod.Config:
+    """``config`` with ``--memory-bytes`` fitted under the container's memory limit, if it is the
+    default (:func:`consumer.budget.fit_to_limit`); ConfigError for a budget given by hand that the
+    container cannot hold. ``--processes N`` members share the limit: the supervisor hands each its
+    share as a flag."""
+    budget, problem = fit_to_limit(config.memory_bytes, container.memory_limit(), config.processes,
+                                   given="memory_bytes" in given)
+    if problem is not None:
+        raise cfgmod.ConfigError([problem])
+    return replace(config, memory_bytes=budget)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     replay = args.command == "replay"
     flags = {k: v for k, v in vars(args).items() if k not in ("command", "config", "start", "stop")}
     if replay and not flags.get("group_id"):
         flags["group_id"] = "consumer-replay"  # librdkafka wants one; a replay never commits to it
     try:
-        config = cfgmod.load(flags, config_file=args.config).validated()
+        loaded, given = cfgmod.load_given(flags, config_file=args.config)
+        config = fit_to_container(loaded, given).validated()
     except cfgmod.ConfigError as exc:
         for problem in exc.problems:
             print(f"consumer: config: {problem}", file=sys.stderr)
         return 2
     logmod.configure(config.log_format, config.log_level)
+    if config.memory_bytes != loaded.memory_bytes:
+        logmod.get("consumer.cli").info(
+            "memory budget fitted to the container's memory limit", memory_bytes=config.memory_bytes,
+            default=loaded.memory_bytes, limit=container.memory_limit(), processes=config.processes,
+        )
     from consumer.decoding import Decoder, load_schema
     from consumer.registry import SchemaRegistryClient
     from consumer.runner import GroupRunner, Runner, resident_bytes
@@ -309,7 +330,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         gc.enable()  # the supervisor lives as long as its members; the entry paused the collector
 
         return supervise(
-            args.run_args,
+            [*args.run_args, "--memory-bytes", str(config.memory_bytes)]
+            if config.memory_bytes != loaded.memory_bytes else args.run_args,
             processes=config.processes,
             host_id=config.host_id,
             shutdown_timeout=config.shutdown_timeout,

@@ -412,6 +412,16 @@ def load(
     "not given". Raises :class:`ConfigError` listing every unparsable value; call
     :meth:`Config.validated` afterwards for cross-field checks.
     """
+    return load_given(flags, env, config_file)[0]
+
+
+def load_given(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: str | Path | None = None,
+) -> tuple[Config, frozenset[str]]:
+    """:func:`load`, and the names of the settings the file, the environment or the flags gave
+    (the others are defaults, which the entry point may fit to where it runs)."""
     env = os.environ if env is None else env
     flags = flags or {}
     names = {f.name for f in fields(Config)}
@@ -454,4 +464,5 @@ def load(
 
     if problems:
         raise ConfigError(problems)
-    return replace(Config(), **{k: v for k, v in values.items() if v is not None or k in _OPTIONAL})
+    given = {k: v for k, v in values.items() if v is not None or k in _OPTIONAL}
+    return replace(Config(), **given), frozenset(given)
