@@ -397,7 +397,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items()
              if k not in ("command", "config", "group_active", "timeout", "write")}
     try:
-        config = cfgmod.load(flags, config_file=args.config).validated()
+        config = fit_to_container(*cfgmod.load_given(flags, config_file=args.config)).validated()
     except cfgmod.ConfigError as exc:
         for problem in exc.problems:
             print(f"consumer: config: {problem}", file=sys.stderr)

@@ -44,6 +44,19 @@ def test_invalid_configuration_exits_2(
     assert "output missing" in err
 
 
+def test_a_memory_budget_the_container_cannot_hold_exits_2(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`check` refuses what `run` would refuse at start: a budget set by hand over the container's
+    memory limit (tests/unit/test_container.py has the rule)."""
+    from consumer import container
+
+    monkeypatch.setattr(container, "memory_limit", lambda: 512 << 20)
+    monkeypatch.setenv("CONSUMER_MEMORY_BYTES", "1GiB")
+    assert cli.main(["check"]) == 2
+    assert "over the container's memory limit of 536 MB (cgroup)" in capsys.readouterr().err
+
+
 def test_unknown_schema_exits_2(
     env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
