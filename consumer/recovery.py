@@ -609,6 +609,8 @@ def plan_bucketed_recovery(
     rows_of_one_flush: int | None = None,
     dead_letter_records: Mapping[str, int] | None = None,
     flush_files: Mapping[str, int] | None = None,
+    rolled_writer: str | None = None,
+    group: str | None = None,
 ) -> BucketedPlan:
     """Decide recovery for one partition whose files are split by time bucket. Pure.
 
@@ -650,7 +652,12 @@ def plan_bucketed_recovery(
       as in the plain layout (stop, status 5). A whole bucket file deleted while another still
       reaches ``C`` is caught by the worker before this plan (:func:`files_gone`: the pieces
       name the files their flush wrote into).
+    * ``rolled_writer``: who rolled the file ending at ``high_water`` (a group, a replay; None when
+      not known or not read). Another writer than ``group`` is named, as in the plain layout,
+      where its end is adopted and where a position below it stops the run: two writers share the
+      prefix, and no one moved offsets backwards.
     """
+    foreign = other_writer(rolled_writer, group) if high_water is not None else None
     notes: list[str] = []
     files: dict[tuple[str, int], list[PieceRef]] = {}
     for p in pieces:
@@ -706,6 +713,16 @@ def plan_bucketed_recovery(
         notes.append(
             f"no committed position in the group (offsets expired or deleted): adopting {pos} "
             f"from what S3 holds ({held})"
+            + (f"; the newest rolled bucket file was {foreign}. If it still writes here, {ONE_WRITER}"
+               if foreign and pos == high_water else "")
+        )
+    if high_water is not None and pos < high_water and foreign:
+        raise IntegrityError(
+            f"{where}: the committed position {pos} is below the end {high_water} of a bucket file "
+            f"{foreign}: {ONE_WRITER}. Nothing was changed. "
+            + (f"To go on with this group alone, stop the other writer, then move this group's "
+               f"offset to {high_water} (kafka-consumer-groups --reset-offsets --to-offset "
+               f"{high_water})." if group else "Replay to another --output prefix.")
         )
     if high_water is not None and pos < high_water:
         raise IntegrityError(

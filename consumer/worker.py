@@ -546,11 +546,16 @@ class PartitionWorker:
             self._refuse_a_bucket_file_gone(committed, gone)
         only = one_flush_only(pieces, finals) if committed is None else None
         open_pieces = any(p.file_start not in finals.get(p.bucket, (set(), None))[0] for p in pieces)
+        # Who rolled the newest file, only where the plan names it: a position adopted from its
+        # end, or one below it (one HEAD; the marker's metadata, see _finish_roll).
+        names_rolled = high_water is not None and (committed is None or committed < high_water)
+        rolled_writer = self._rolled_writer(high_water) if names_rolled and high_water is not None else None
         plan = plan_bucketed_recovery(committed, pieces, markers, dead, finals, high_water, where=self.where,
                                       staged_here=staged_here, flush_files=named,
                                       rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags),
                                       dead_letter_records=self._dead_letter_lines(
-                                          committed, open_pieces, high_water, dead))
+                                          committed, open_pieces, high_water, dead),
+                                      rolled_writer=rolled_writer, group=self.shared.group_id)
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
@@ -562,8 +567,7 @@ class PartitionWorker:
             [d for d in dead if d[0] in doomed],
             sources=pieces,
             final_writer=letters.writer if letters is not None and letters.end == plan.commit
-            else self._rolled_writer(high_water) if plan.commit is not None and plan.commit == high_water
-            else None,
+            else rolled_writer if plan.commit is not None and plan.commit == high_water else None,
             final_topic_ids=final_topic_ids,
         )
         # A file of the flush gone without a note: an operator's reset to go on without it (the

@@ -930,7 +930,9 @@ def test_under_partition_by_a_second_group_stops_while_the_first_runs_past_a_rol
     produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1, start=2000, create_topic=False)
     res = run_consumer(topic, new, out, *flags)  # the old group has left: adopt its position
     assert res.returncode == 0, res.stderr[-3000:]
-    assert any("adopting 2000 from what S3 holds" in e.get("event", "") for e in log_events(res.stderr))
+    assert any("adopting 2000 from what S3 holds (the end of the newest rolled bucket file); the newest "
+               f"rolled bucket file was written by consumer group {old!r} (this run is group {new!r})"
+               in e.get("event", "") for e in log_events(res.stderr)), res.stderr[-3000:]
     rows = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
     assert sorted(rows.column("kafka_offset").to_pylist()) == list(range(2500))
 

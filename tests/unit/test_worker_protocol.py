@@ -402,6 +402,28 @@ def test_under_partition_by_no_position_is_adopted_from_a_rolled_marker_of_a_run
     assert positions.committed("t", 0) is None and store.objects == before
 
 
+def test_under_partition_by_a_group_behind_another_s_rolled_file_is_told_so_not_of_a_reset() -> None:
+    """Group "a" committed 20, then "b" took over the prefix and rolled its files to 30 (a renamed
+    deployment; "a" comes back). Below the rolled high-water, "a" was told its offsets were moved
+    backwards and to reset them; the marker names "b" now, and so does the stop, as in the plain
+    layout. When "a" has no position, the adoption warning names "b" too."""
+    store, config = group_b_rolled_under_partition_by("b")
+    before = dict(store.objects)
+    positions = MemoryPositions()
+    positions.reset("t", 0, 20)
+    a = make_worker(store, positions, replace(config, group_id="a"))
+    with pytest.raises(IntegrityError, match=r"committed position 20 is below the end 30 of a bucket file "
+                                             r"written by consumer group 'b' \(this run is group 'a'\)"):
+        a.recover()
+    assert store.objects == before and positions.committed("t", 0) == 20
+    fresh = make_worker(store, MemoryPositions(), replace(config, group_id="a"))
+    fresh.shared.describe_group = lambda other: GroupView(stable=True, members={})  # "b" has stopped
+    with capture_logs() as logs:
+        assert fresh.recover() == 30
+    assert any("the newest rolled bucket file was written by consumer group 'b' (this run is group 'a')"
+               in e["event"] for e in logs)
+
+
 def test_under_partition_by_a_rolled_marker_of_an_earlier_version_is_adopted_as_before() -> None:
     """A marker written before markers named their writer carries no metadata: its end is adopted
     without asking, as before (the writer is not known), and nothing breaks."""
