@@ -397,7 +397,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     flags = {k: v for k, v in vars(args).items()
              if k not in ("command", "config", "group_active", "timeout", "write")}
     try:
-        config = fit_to_container(*cfgmod.load_given(flags, config_file=args.config)).validated()
+        loaded, given = cfgmod.load_given(flags, config_file=args.config)
+        config = fit_to_container(loaded, given).validated()
     except cfgmod.ConfigError as exc:
         for problem in exc.problems:
             print(f"consumer: config: {problem}", file=sys.stderr)
@@ -409,6 +410,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(f"consumer: config: schema {config.schema!r}: {exc}", file=sys.stderr)
             return 2
     print(f"ok   config: valid ({config.framing} framing, topics {', '.join(config.topics)})")
+    if (limit := container.memory_limit()) is not None:
+        mb = 1000 * 1000
+        lowered = " (the default, lowered to fit)" if config.memory_bytes < loaded.memory_bytes else ""
+        print(f"ok   memory: --memory-bytes {config.memory_bytes // mb} MB{lowered}, + 100 MB for each of "
+              f"{config.processes} member(s), fits the container's limit of {limit // mb} MB")
     results = run_checks(config, timeout=args.timeout, group_active=args.group_active, write=args.write)
     for result in results:
         print(result.line(), file=sys.stdout if result.ok else sys.stderr)

@@ -57,6 +57,17 @@ def test_a_memory_budget_the_container_cannot_hold_exits_2(
     assert "over the container's memory limit of 536 MB (cgroup)" in capsys.readouterr().err
 
 
+def test_check_says_the_memory_budget_fits_the_container(
+    env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from consumer import container
+
+    monkeypatch.setattr(container, "memory_limit", lambda: 512 << 20)
+    cli.main(["check", "--timeout", "0.5"])  # nothing answers: exit 1, after the config lines
+    assert ("ok   memory: --memory-bytes 383 MB (the default, lowered to fit), + 100 MB for each of 1 "
+            "member(s), fits the container's limit of 536 MB") in capsys.readouterr().out
+
+
 def test_unknown_schema_exits_2(
     env: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
