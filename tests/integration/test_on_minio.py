@@ -124,14 +124,18 @@ def test_without_delete_permission_run_stops_at_start_and_names_the_permission(
 ) -> None:
     """Credentials that may write but not delete (a common bucket policy): a roll could publish a
     file and never remove its pieces, and recovery could not clear a crash's leftovers. The start-up
-    probe meets it: exit 4, naming s3:DeleteObject and the README's list, before any record is
-    read or offset committed."""
+    probe meets it: `check --write` fails (exit 1) and `run` exits 4, both naming s3:DeleteObject
+    and the README's list, before any record is read or offset committed."""
     topic, group = unique("minio"), unique("g")
     produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1, seed=3)
     policy = readme_policy(minio.bucket, unique_prefix)
     for statement in policy["Statement"]:
         statement["Action"] = [a for a in statement["Action"] if a != "s3:DeleteObject"]
     env = {"S3_ENDPOINT_URL": minio.endpoint, **credentials_under(minio, policy)}
+    check = _cli_as(minio, "check", "--group-id", group, "--topic", topic, "--schema", "page_view",
+                    "--output", f"s3://{minio.bucket}/{unique_prefix}live", "--write", env=env)
+    assert check.returncode == 1, check.stdout + check.stderr[-3000:]
+    assert "the credentials need s3:DeleteObject" in check.stderr, check.stdout + check.stderr[-3000:]
     run = run_consumer(topic, group, f"s3://{minio.bucket}/{unique_prefix}live", env=env)
     assert run.returncode == 4, run.stderr[-3000:]
     assert "S3 delete_objects on s3://" in run.stderr and "AccessDenied" in run.stderr, run.stderr[-3000:]
@@ -140,4 +144,4 @@ def test_without_delete_permission_run_stops_at_start_and_names_the_permission(
     s3 = minio.client()
     listed = s3.list_objects_v2(Bucket=minio.bucket, Prefix=unique_prefix).get("Contents", [])
     left = [o["Key"] for o in listed]
-    assert all("/_probe/" in k for k in left), left  # only the probe it could not remove
+    assert all("/_probe/" in k for k in left), left  # only the probes it could not remove
