@@ -6,7 +6,8 @@ them to statuses in :func:`exit_status`, and the CLI returns it.
 
 ====  ===========================================================================================
   0   done: stopped on request, or ``--until-caught-up``/``replay`` finished everything
-  2   configuration or usage: a flag, a missing topic, a bad schema file — fix the invocation
+  2   configuration or usage: a flag, a missing topic, a bad schema file, an ACL Kafka lacks for
+      this client (READ on a topic or the group) — fix the invocation or the grant
   3   ``--on-error fail`` met a bad record: everything before it is durable and committed
   4   S3 refused or kept failing (missing bucket, bad keys, a server without conditional
       writes, an outage longer than the retry bound) — nothing undurable was committed
@@ -48,6 +49,11 @@ class UsageError(ConsumerStop):
     """The invocation cannot work as given (e.g. a topic that does not exist)."""
 
     status = EXIT_CONFIG
+
+
+class KafkaNotAuthorized(UsageError):
+    """The cluster refuses this client's principal what a run needs (its ACLs): reading a topic,
+    using the group. Idling on would look alive and read nothing, for good."""
 
 
 class BadRecordStop(ConsumerStop):

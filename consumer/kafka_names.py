@@ -15,6 +15,43 @@ TP = tuple[str, int]
 #: partition", delivered as a message's error when ``enable.partition.eof`` is on.
 PARTITION_EOF = -191
 
+#: Kafka's codes for "this principal may not" (TOPIC_, GROUP_, CLUSTER_AUTHORIZATION_FAILED):
+#: the ACL each run needs, by code. A broker also answers TOPIC_AUTHORIZATION_FAILED for a topic
+#: that does not exist, to a principal that may not describe it.
+NOT_AUTHORIZED = {29: "topic", 30: "group", 31: "cluster"}
+
+
+def not_authorized(code: int, topic: str | None, group: str | None, said: str) -> str | None:
+    """What to tell an operator whose cluster refuses this client an operation (``code``, one of
+    :data:`NOT_AUTHORIZED`; ``said``: the client's own words), or None for another error. Kafka
+    names no principal here: the remedy is written for the one the -X security settings log in
+    as, the ACLs of a Kafka Connect or Java consumer (READ and DESCRIBE on each topic, READ on
+    the group)."""
+    what = NOT_AUTHORIZED.get(code)
+    if what is None:
+        return None
+    if what == "topic":
+        name = f"topic {topic!r}" if topic else "a subscribed topic"
+        return (
+            f"Kafka does not authorize this client to read {name} ({said}); a broker says the same "
+            "of a topic that does not exist. Check --topic, and grant the principal the -X security "
+            "settings log in as READ and DESCRIBE on it (kafka-acls --add --allow-principal "
+            f"User:<name> --operation Read --operation Describe --topic {topic or '<topic>'}), then "
+            "start again. Everything committed is durable."
+        )
+    if what == "group":
+        return (
+            f"Kafka does not authorize this client to use consumer group {group!r} ({said}). Grant "
+            "the principal the -X security settings log in as READ on it (kafka-acls --add "
+            f"--allow-principal User:<name> --operation Read --group {group}), then start again. "
+            "Everything committed is durable."
+        )
+    return (
+        f"Kafka does not authorize this client for a cluster operation ({said}): see the broker's "
+        "authorizer log for the operation, grant it to the principal the -X security settings log "
+        "in as, then start again. Everything committed is durable."
+    )
+
 
 @dataclass(frozen=True)
 class GroupView:

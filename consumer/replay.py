@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from consumer.errors import EXIT_OK, IntegrityError, UsageError
+from consumer.errors import EXIT_OK, IntegrityError
 from consumer.positions import PartitionFenced, S3StatePositions
 from consumer.progress import Progress, ProgressReporter, compute
 from consumer.runner import TP, Runner
@@ -135,10 +135,7 @@ class ReplayRunner(Runner):
         for topic in self.config.topics:
             info = metadata.topics.get(topic)
             if info is None or info.error is not None:
-                raise UsageError(
-                    f"topic {topic!r} does not exist on {self.config.bootstrap_servers}: "
-                    "check the name (--topic)"
-                )
+                raise self._topic_not_found([topic])
             tps += [(topic, p) for p in sorted(info.partitions)]
         self.starts = self._resolve(self.start_bound, tps, edge_is_end=False)
         self.stops = self._resolve(self.stop_bound, tps, edge_is_end=True)

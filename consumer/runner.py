@@ -25,7 +25,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import methodcaller
@@ -46,6 +46,7 @@ from consumer.errors import (
     ConsumerStop,
     FatalClientError,
     Incomplete,
+    KafkaNotAuthorized,
     KafkaUnreachable,
     PositionNotInLog,
     UsageError,
@@ -54,7 +55,7 @@ from consumer.errors import (
 )
 from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
-from consumer.kafka_names import PARTITION_EOF, TP, GroupView
+from consumer.kafka_names import PARTITION_EOF, TP, GroupView, not_authorized
 from consumer.layout import Layout
 from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
@@ -322,6 +323,32 @@ class Runner:
             self.log.warning("kafka client error", error=str(err), fatal=fatal, **more)
         if fatal:
             self._callback_error = _fatal_client_error(err)
+        elif self._callback_error is None and (said := self._not_authorized(err, None)) is not None:
+            self._callback_error = KafkaNotAuthorized(said)  # the loop raises it after its poll
+
+    def _topic_not_found(self, missing: Sequence[str]) -> ConsumerStop:
+        """Why the topics ``missing`` are not in the cluster's metadata: a topic this client may not
+        describe is left out of it as if it did not exist, so each is asked for by name, and the
+        broker's answer tells an ACL to grant (KafkaNotAuthorized) from a name to check."""
+        for topic in missing:
+            with contextlib.suppress(Exception):
+                info = self.consumer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
+                said = None if info is None or info.error is None else self._not_authorized(info.error, topic)
+                if said is not None:
+                    return KafkaNotAuthorized(said)
+        return UsageError(
+            f"topic {', '.join(repr(t) for t in missing)} does not exist on "
+            f"{self.config.bootstrap_servers}: check the name (--topic)"
+        )
+
+    def _not_authorized(self, err: Any, topic: str | None) -> str | None:
+        """Why to stop (status 2) when the cluster refuses this client an ACL the run needs: a
+        topic it may not read, a group it may not use; None for any other error. librdkafka
+        reports those and carries on, so the member stayed in the group reading nothing, for good,
+        after one warning (or, with --until-caught-up, waited out its timeout and blamed other
+        members). The Java client throws from poll() and Kafka Connect fails the task; here the
+        buffered rows are flushed and committed as at a SIGTERM, and the message names the ACL."""
+        return not_authorized(err.code(), topic, self.config.group_id, str(err))
 
     def _new_worker(self, topic: str, partition: int) -> PartitionWorker:
         return PartitionWorker(
@@ -703,6 +730,8 @@ class Runner:
             return
         if err.code() == _AUTO_OFFSET_RESET:
             raise self._position_not_in_log(msg.topic(), msg.partition(), msg.offset(), str(err))
+        if (said := self._not_authorized(err, msg.topic())) is not None:
+            raise KafkaNotAuthorized(said)
         if err.fatal() or err.code() == _FATAL:
             # e.g. "Static consumer fenced by other consumer with same group.instance.id": the
             # client is unusable; idling on would look alive and do nothing, forever.
@@ -1034,10 +1063,7 @@ class GroupRunner(Runner):
     def _start(self) -> None:
         missing = self._missing(self.config.topics)
         if missing and self.config.until_caught_up:
-            raise UsageError(
-                f"topic {', '.join(repr(t) for t in missing)} does not exist on "
-                f"{self.config.bootstrap_servers}: check the name (--topic)"
-            )
+            raise self._topic_not_found(missing)
         self._missing_topics = missing
         if self.config.until_caught_up:
             self.targets = self._end_offsets()

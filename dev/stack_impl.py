@@ -74,6 +74,7 @@ class Config:
     stack_dir: Path
     kafka_port: int
     kafka_controller_port: int
+    kafka_sasl_port: int
     s3_port: int
     s3_grpc_port: int
     seaweed_master_port: int
@@ -92,10 +93,14 @@ class Config:
     def from_env() -> Config:
         stack_dir = Path(os.environ.get("STACK_DIR") or CACHE / "stack").resolve()
         s3 = _env_int("S3_PORT", 18333)
+        kafka = _env_int("KAFKA_PORT", 19092)
         return Config(
             stack_dir=stack_dir,
-            kafka_port=_env_int("KAFKA_PORT", 19092),
+            kafka_port=kafka,
             kafka_controller_port=_env_int("KAFKA_CONTROLLER_PORT", 19093),
+            # A second listener that asks for a login (SASL/PLAIN) and applies ACLs, for the tests
+            # of a client Kafka does not authorize; the plain listener's clients may do anything.
+            kafka_sasl_port=_env_int("KAFKA_SASL_PORT", kafka + 3),
             s3_port=s3,
             # SeaweedFS needs several more ports; by default they sit just above S3_PORT.
             # (The admin server's gRPC port is always admin port + 10000: its embedded worker
@@ -137,6 +142,7 @@ class Config:
     def settings(self) -> dict[str, str]:
         return {
             "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_port}",
+            "KAFKA_SASL_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_sasl_port}",
             "S3_ENDPOINT_URL": f"http://{HOST}:{self.s3_port}",
             "S3_BUCKET": self.s3_bucket,
             "AWS_ACCESS_KEY_ID": self.access_key,
@@ -149,6 +155,7 @@ class Config:
         return {
             "KAFKA_PORT": self.kafka_port,
             "KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
+            "KAFKA_SASL_PORT": self.kafka_sasl_port,
             "S3_PORT": self.s3_port,
             "SEAWEED_S3_GRPC_PORT": self.s3_grpc_port,
             "SEAWEED_MASTER_PORT": self.seaweed_master_port,
@@ -426,16 +433,30 @@ def _jvm_args(heap: str, short_lived: bool = False) -> list[str]:
     ]
 
 
+#: The logins the SASL listener knows (dev only): a user the tests grant ACLs to, or not.
+SASL_USERS = {"consumer-test": "consumer-test-secret"}
+
+
 def _kafka_properties(cfg: Config) -> str:
     data = cfg.stack_dir / "kafka" / "data"
+    users = " ".join(f'user_{name}="{secret}"' for name, secret in SASL_USERS.items())
     props = {
         "process.roles": "broker,controller",
         "node.id": "1",
-        "listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},CONTROLLER://{HOST}:{cfg.kafka_controller_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port}",
+        "listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},CONTROLLER://{HOST}:{cfg.kafka_controller_port},"
+        f"SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
-        "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listener.security.protocol.map":
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+        # ACLs apply to the SASL listener's users only: the plain listener's clients (the stack,
+        # the tests, dev/demo) are ANONYMOUS, a super user, as without an authorizer.
+        "sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_plaintext.plain.sasl.jaas.config":
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+        "super.users": "User:ANONYMOUS",
         "controller.quorum.bootstrap.servers": f"{HOST}:{cfg.kafka_controller_port}",
         "log.dirs": str(data),
         "num.partitions": "4",

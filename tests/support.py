@@ -553,6 +553,8 @@ class StackSettings:
     aws_secret_access_key: str
     schema_registry_url: str | None
     aws_region: str = "us-east-1"
+    #: The broker's listener that asks for a login and applies ACLs (dev/stack_impl.SASL_USERS).
+    kafka_sasl_bootstrap: str | None = None
 
     @staticmethod
     def from_env_lines(text: str) -> StackSettings:
@@ -578,6 +580,7 @@ class StackSettings:
             aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
             schema_registry_url=env.get("SCHEMA_REGISTRY_URL") or None,
             aws_region=env.get("AWS_REGION", "us-east-1"),
+            kafka_sasl_bootstrap=env.get("KAFKA_SASL_BOOTSTRAP_SERVERS") or None,
         )
 
     def as_env(self) -> dict[str, str]:

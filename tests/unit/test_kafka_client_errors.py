@@ -148,3 +148,21 @@ def test_produce_against_a_closed_port_says_why_and_exits_1_without_raw_lines(
     assert "consumer: produce: cannot read metadata for topic 't' within 10s" in err
     assert "librdkafka: " in err and "Connection refused" in err
     assert "|FAIL|rdkafka" not in err and "Traceback" not in err
+
+
+# -- ACLs the cluster does not grant ---------------------------------------------------------
+def test_an_acl_kafka_refuses_is_named_with_the_grant_to_make() -> None:
+    """TOPIC_/GROUP_/CLUSTER_AUTHORIZATION_FAILED (29, 30, 31) stop the run with the ACL to grant;
+    any other code is not this module's to explain."""
+    from consumer.kafka_names import not_authorized
+
+    topic = not_authorized(29, "events", "g", "Broker: Topic authorization failed")
+    assert topic is not None
+    assert topic.startswith("Kafka does not authorize this client to read topic 'events' (Broker: Topic "
+                            "authorization failed); a broker says the same")
+    assert "--operation Read --operation Describe --topic events" in topic
+    group = not_authorized(30, None, "g", "Group authorization failed.")
+    assert group is not None and "use consumer group 'g'" in group and "--operation Read --group g" in group
+    cluster = not_authorized(31, None, "g", "Cluster authorization failed")
+    assert cluster is not None and "cluster operation" in cluster
+    assert not_authorized(3, "events", "g", "Unknown topic or partition") is None

@@ -1,0 +1,143 @@
+"""A client the cluster does not authorize, on the stack broker's SASL listener (it applies ACLs;
+see dev/stack_impl.py): the run stops with exit status 2 and names the ACL to grant, instead of
+idling in the group reading nothing after one warning (or, with --until-caught-up, waiting out
+its timeout and blaming other members), as it did. Java's consumer throws from poll() there and
+Kafka Connect fails the task.
+
+Each case is one ACL missing: DESCRIBE/READ on the topic at start, READ on the group at start,
+and READ on the topic taken away while the run consumes (the rows it held are committed; granted
+again, a new run exports the rest, every offset once).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import (
+    REPO,
+    assert_exactly_once,
+    consumer_cmd,
+    download_finals,
+    log_events,
+    read_table,
+    start_consumer,
+    unique,
+)
+
+from consumer.producer import produce
+
+pytestmark = pytest.mark.shares_stack
+
+USER, SECRET = "consumer-test", "consumer-test-secret"  # dev/stack_impl.SASL_USERS
+
+
+def sasl(stack: Any) -> list[str]:
+    if not stack.kafka_sasl_bootstrap:
+        pytest.fail("the stack has no SASL listener: restart it (dev/stack down; dev/stack up)")
+    return ["--bootstrap-servers", stack.kafka_sasl_bootstrap, "-X", "security.protocol=SASL_PLAINTEXT",
+            "-X", "sasl.mechanism=PLAIN", "-X", f"sasl.username={USER}", "-X", f"sasl.password={SECRET}"]
+
+
+def grant(admin: Any, *grants: tuple[str, str, str], revoke: bool = False) -> None:
+    """ACLs for the test user: (``"topic"``/``"group"``, name, ``"READ"``/``"DESCRIBE"``)."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+    bindings = [AclBinding(kinds[kind], name, ResourcePatternType.LITERAL, f"User:{USER}", "*",
+                           getattr(AclOperation, op), AclPermissionType.ALLOW) for kind, name, op in grants]
+    if revoke:
+        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                                    b.operation, b.permission_type) for b in bindings]
+        futures = admin.delete_acls(filters)
+    else:
+        futures = admin.create_acls(bindings)
+    for f in futures.values():
+        f.result(timeout=30)
+
+
+def run(stack: Any, topic: str, group: str, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    cmd = consumer_cmd(topic, group, out, "--until-caught-up", "--caught-up-timeout", "60s", *sasl(stack),
+                       *extra)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
+
+
+def stop_reason(stderr: str) -> str:
+    return next((e["error"] for e in log_events(stderr) if e["event"].startswith("stopped: ")), "")
+
+
+def test_a_topic_the_client_may_not_read_stops_the_start_naming_the_acl(
+    stack: Any, admin: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    topic, group = make_topic(partitions=1), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1, create_topic=False)
+    grant(admin, ("group", group, "READ"))
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    for extra in ((), ("--until-caught-up",)):  # a long-running member too (it used to idle)
+        cmd = consumer_cmd(topic, group, out, *sasl(stack), *extra)
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert res.returncode == 2, res.stderr[-3000:]
+        said = stop_reason(res.stderr)
+        assert said.startswith(f"Kafka does not authorize this client to read topic {topic!r} ("), said
+        assert f"--operation Read --operation Describe --topic {topic}" in said, said
+    replay = subprocess.run(
+        [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
+         "--output", f"{out}-replay", "--log-format", "json", *sasl(stack)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert replay.returncode == 2, replay.stderr[-3000:]
+    said = stop_reason(replay.stderr)
+    assert said.startswith(f"Kafka does not authorize this client to read topic {topic!r}"), said
+
+
+def test_a_group_the_client_may_not_use_stops_the_start_naming_the_acl(
+    stack: Any, admin: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    topic, group = make_topic(partitions=2), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=2, create_topic=False)
+    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"))
+    started = time.monotonic()
+    res = run(stack, topic, group, f"s3://{stack.s3_bucket}/{unique_prefix}out")
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert time.monotonic() - started < 50  # not the --caught-up-timeout of 60 s it used to wait out
+    said = stop_reason(res.stderr)
+    assert said.startswith(f"Kafka does not authorize this client to use consumer group {group!r} ("), said
+    assert f"--operation Read --group {group}" in said, said
+
+
+def test_read_taken_away_mid_run_stops_it_and_granted_again_a_new_run_exports_every_offset_once(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    topic, group = make_topic(partitions=2), unique("g")
+    first = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    acls = (("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"))
+    grant(admin, *acls)
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    running = start_consumer(topic, group, out, "--row-group-max-age", "1s", *sasl(stack))
+    try:
+        running.wait_for(lambda ev: sum(e.get("event") == "row group durable" for e in ev) >= 2,
+                         what="both partitions' first rows durable")
+        grant(admin, ("topic", topic, "READ"), revoke=True)
+        then = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, start=400,
+                       create_topic=False)
+        assert running.proc.wait(timeout=60) == 2, running.log()[-3000:]
+    finally:
+        running.stop()
+    said = stop_reason(running.log())
+    assert said.startswith(f"Kafka does not authorize this client to read topic {topic!r} ("), said
+    grant(admin, *acls)
+    res = run(stack, topic, group, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
+    assert_exactly_once(table, {p: first.partition_counts[p] + then.partition_counts[p] for p in range(2)})
