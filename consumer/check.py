@@ -29,6 +29,7 @@ configuration.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,7 @@ from typing import Any
 
 from consumer import config as cfgmod
 from consumer import log as logmod
+from consumer.kafka_names import not_authorized
 from consumer.layout import Layout
 
 
@@ -69,8 +71,9 @@ def _admin(config: cfgmod.Config, lines: logmod.ClientLines) -> Any:
 
 def check_kafka(config: cfgmod.Config, timeout: float) -> str:
     lines = logmod.ClientLines()
+    admin = _admin(config, lines)
     try:
-        md = _admin(config, lines).list_topics(timeout=timeout)
+        md = admin.list_topics(timeout=timeout)
     except Exception as exc:
         raise RuntimeError(lines.explain(exc)) from exc
     problems: list[str] = []
@@ -78,14 +81,48 @@ def check_kafka(config: cfgmod.Config, timeout: float) -> str:
     for topic in config.topics:
         t = md.topics.get(topic)
         if t is None:
+            # A topic the principal may not describe is left out of the listing; asked by name,
+            # the broker says which (an ACL), as the run does at start.
+            with contextlib.suppress(Exception):
+                t = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
+        error = None if t is None else t.error
+        said = None if error is None else not_authorized(error.code(), topic, config.group_id, str(error))
+        if said is not None:
+            problems.append(said)
+        elif t is None or (t.error is not None and t.error.code() == _UNKNOWN_TOPIC):
             problems.append(f"topic {topic!r} does not exist")
         elif t.error is not None:
             problems.append(f"topic {topic!r}: {t.error}")
         else:
             sizes.append(f"{topic}[{len(t.partitions)}]")
+    if not problems and config.group_id and (said := _group_refused(admin, config, timeout)):
+        problems.append(said)
     if problems:
         raise RuntimeError("; ".join(problems))
     return f"{len(md.brokers)} broker(s), topics {', '.join(sizes)}"
+
+
+#: Kafka's UNKNOWN_TOPIC_OR_PART.
+_UNKNOWN_TOPIC = 3
+
+
+def _group_refused(admin: Any, config: cfgmod.Config, timeout: float) -> str | None:
+    """What to grant when the principal may not use the consumer group (one OffsetFetch, what
+    the run's first read of its positions is); None when it may, or the answer says nothing."""
+    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+
+    try:
+        futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(config.group_id)],
+                                                    request_timeout=timeout)
+        for future in futures.values():
+            future.result(timeout=timeout)
+    except KafkaException as exc:
+        err = exc.args[0] if exc.args else None
+        if err is not None and hasattr(err, "code"):
+            return not_authorized(err.code(), None, config.group_id, str(err))
+    except Exception:
+        return None
+    return None
 
 
 def check_s3(config: cfgmod.Config, timeout: float, write: bool = False) -> str:

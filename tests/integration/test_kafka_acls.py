@@ -73,6 +73,15 @@ def run(stack: Any, topic: str, group: str, out: str, *extra: str) -> subprocess
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
 
 
+def check(stack: Any, topic: str, group: str) -> subprocess.CompletedProcess[str]:
+    """`consumer check` as the test user: what `run` would meet, one line per dependency."""
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", "check", "--group-id", group, "--topic", topic, "--schema",
+         "page_view", "--output", f"s3://{stack.s3_bucket}/unused", *sasl(stack)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+
+
 def stop_reason(stderr: str) -> str:
     return next((e["error"] for e in log_events(stderr) if e["event"].startswith("stopped: ")), "")
 
@@ -83,6 +92,10 @@ def test_a_topic_the_client_may_not_read_stops_the_start_naming_the_acl(
     topic, group = make_topic(partitions=1), unique("g")
     produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1, create_topic=False)
     grant(admin, ("group", group, "READ"))
+    checked = check(stack, topic, group)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"FAIL kafka: RuntimeError: Kafka does not authorize this client to read topic {topic!r}" \
+        in checked.stderr
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
     for extra in ((), ("--until-caught-up",)):  # a long-running member too (it used to idle)
         cmd = consumer_cmd(topic, group, out, *sasl(stack), *extra)
@@ -107,6 +120,9 @@ def test_a_group_the_client_may_not_use_stops_the_start_naming_the_acl(
     topic, group = make_topic(partitions=2), unique("g")
     produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=2, create_topic=False)
     grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"))
+    checked = check(stack, topic, group)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert f"Kafka does not authorize this client to use consumer group {group!r}" in checked.stderr
     started = time.monotonic()
     res = run(stack, topic, group, f"s3://{stack.s3_bucket}/{unique_prefix}out")
     assert res.returncode == 2, res.stderr[-3000:]
