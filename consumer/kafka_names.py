@@ -40,11 +40,12 @@ def not_authorized(code: int, topic: str | None, group: str | None, said: str) -
             "start again. Everything committed is durable."
         )
     if what == "group":
+        name = f"consumer group {group!r}" if group else "its consumer group (--group-id)"
         return (
-            f"Kafka does not authorize this client to use consumer group {group!r} ({said}). Grant "
+            f"Kafka does not authorize this client to use {name} ({said}). Grant "
             "the principal the -X security settings log in as READ on it (kafka-acls --add "
-            f"--allow-principal User:<name> --operation Read --group {group}), then start again. "
-            "Everything committed is durable."
+            f"--allow-principal User:<name> --operation Read --group {group or '<group>'}), then start "
+            "again. Everything committed is durable."
         )
     return (
         f"Kafka does not authorize this client for a cluster operation ({said}): see the broker's "

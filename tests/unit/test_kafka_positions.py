@@ -40,6 +40,7 @@ class Coordinator:
 
 UNSTABLE = KafkaError(KafkaError.UNSTABLE_OFFSET_COMMIT, "pending transaction", retriable=True)
 DENIED = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "no READ on the group", retriable=False)
+REFUSED = KafkaError(KafkaError.INVALID_REQUEST, "a request the broker refuses", retriable=False)
 
 
 def test_a_partition_error_that_may_pass_is_asked_again() -> None:
@@ -50,10 +51,24 @@ def test_a_partition_error_that_may_pass_is_asked_again() -> None:
 
 
 def test_a_partition_error_that_will_not_pass_stops_at_once() -> None:
+    kafka = Coordinator(REFUSED)
+    with (
+        patch.object(positions.time, "sleep") as slept,
+        pytest.raises(PositionError, match=r"t\[0\]: .*a request the broker refuses"),
+    ):
+        KafkaGroupPositions(kafka).committed("t", 0)
+    assert kafka.calls == 1 and not slept.called
+
+
+def test_a_group_the_client_may_not_use_is_an_acl_to_grant_not_an_outage() -> None:
+    """GROUP_AUTHORIZATION_FAILED stops at once with the grant to make (status 2), where it said
+    "cannot read or commit positions (Kafka coordinator unavailable too long)" (status 5)."""
+    from consumer.errors import KafkaNotAuthorized
+
     kafka = Coordinator(DENIED)
     with (
         patch.object(positions.time, "sleep") as slept,
-        pytest.raises(PositionError, match=r"t\[0\]: .*no READ"),
+        pytest.raises(KafkaNotAuthorized, match=r"does not authorize this client to use its consumer group"),
     ):
         KafkaGroupPositions(kafka).committed("t", 0)
     assert kafka.calls == 1 and not slept.called
