@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 REPO = Path(__file__).resolve().parents[2]
 SETTING_KEYS = {
     "KAFKA_BOOTSTRAP_SERVERS",
+    "KAFKA_SASL_BOOTSTRAP_SERVERS",
     "S3_ENDPOINT_URL",
     "S3_BUCKET",
     "AWS_ACCESS_KEY_ID",

@@ -153,7 +153,8 @@ class Broker(MemoryBroker):
                 if how == COMMIT_TOOK_EFFECT:  # the coordinator took it, the reply said otherwise
                     super()._commit(consumer, offsets)
                 self.on_refused()
-                refused = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "injected", retriable=False)
+                # refused for good, and not an ACL (that is status 2: test_kafka_acls.py)
+                refused = KafkaError(KafkaError.INVALID_COMMIT_OFFSET_SIZE, "injected", retriable=False)
                 raise KafkaException(refused)
         super()._commit(consumer, offsets)
 
