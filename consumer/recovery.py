@@ -197,13 +197,7 @@ def plan_recovery(
         )
 
     if last_final_end is not None and pos < last_final_end and foreign:
-        raise IntegrityError(
-            f"{where}: the committed position {pos} is below the end {last_final_end} of a final file "
-            f"{foreign}: {ONE_WRITER}. Nothing was changed. "
-            + (f"To go on with this group alone, stop the other writer, then move this group's "
-               f"offset to {last_final_end} (kafka-consumer-groups --reset-offsets --to-offset "
-               f"{last_final_end})." if group else "Replay to another --output prefix.")
-        )
+        raise _behind_another_writer(where, pos, last_final_end, "a final file", foreign, group)
     if last_final_end is not None and pos < last_final_end and gone_final_start is not None:
         raise IntegrityError(
             f"{where}: the committed position {pos} is below the end {last_final_end} of the final "
@@ -596,6 +590,21 @@ def files_gone(
     return gone
 
 
+def _behind_another_writer(
+    where: str, pos: int, end: int, what: str, foreign: str, group: str | None
+) -> IntegrityError:
+    """The stop for a position below the end of ``what`` (a final file, a bucket file) that
+    another writer wrote (``foreign``, from :func:`other_writer`): two writers share the prefix,
+    and no one moved offsets backwards."""
+    return IntegrityError(
+        f"{where}: the committed position {pos} is below the end {end} of {what} {foreign}: "
+        f"{ONE_WRITER}. Nothing was changed. "
+        + (f"To go on with this group alone, stop the other writer, then move this group's offset "
+           f"to {end} (kafka-consumer-groups --reset-offsets --to-offset {end})." if group
+           else "Replay to another --output prefix.")
+    )
+
+
 def plan_bucketed_recovery(
     committed: int | None,
     pieces: Sequence[PieceRef],
@@ -717,13 +726,7 @@ def plan_bucketed_recovery(
                if foreign and pos == high_water else "")
         )
     if high_water is not None and pos < high_water and foreign:
-        raise IntegrityError(
-            f"{where}: the committed position {pos} is below the end {high_water} of a bucket file "
-            f"{foreign}: {ONE_WRITER}. Nothing was changed. "
-            + (f"To go on with this group alone, stop the other writer, then move this group's "
-               f"offset to {high_water} (kafka-consumer-groups --reset-offsets --to-offset "
-               f"{high_water})." if group else "Replay to another --output prefix.")
-        )
+        raise _behind_another_writer(where, pos, high_water, "a bucket file", foreign, group)
     if high_water is not None and pos < high_water:
         raise IntegrityError(
             f"{where}: the committed position {pos} is below the end {high_water} of a bucket file "

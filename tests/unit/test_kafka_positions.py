@@ -13,6 +13,7 @@ import pytest
 from confluent_kafka import KafkaError
 
 from consumer import positions
+from consumer.errors import KafkaNotAuthorized
 from consumer.positions import KafkaGroupPositions, PositionError
 
 
@@ -50,26 +51,21 @@ def test_a_partition_error_that_may_pass_is_asked_again() -> None:
     assert kafka.calls == 3 and slept.call_count == 2
 
 
-def test_a_partition_error_that_will_not_pass_stops_at_once() -> None:
-    kafka = Coordinator(REFUSED)
-    with (
-        patch.object(positions.time, "sleep") as slept,
-        pytest.raises(PositionError, match=r"t\[0\]: .*a request the broker refuses"),
-    ):
-        KafkaGroupPositions(kafka).committed("t", 0)
-    assert kafka.calls == 1 and not slept.called
-
-
-def test_a_group_the_client_may_not_use_is_an_acl_to_grant_not_an_outage() -> None:
-    """GROUP_AUTHORIZATION_FAILED stops at once with the grant to make (status 2), where it said
-    "cannot read or commit positions (Kafka coordinator unavailable too long)" (status 5)."""
-    from consumer.errors import KafkaNotAuthorized
-
-    kafka = Coordinator(DENIED)
-    with (
-        patch.object(positions.time, "sleep") as slept,
-        pytest.raises(KafkaNotAuthorized, match=r"does not authorize this client to use its consumer group"),
-    ):
+@pytest.mark.parametrize(
+    ("error", "raised", "said"),
+    [
+        (REFUSED, PositionError, r"t\[0\]: .*a request the broker refuses"),
+        # an ACL to grant (status 2), where it said "cannot read or commit positions (Kafka
+        # coordinator unavailable too long)" (status 5)
+        (DENIED, KafkaNotAuthorized, r"does not authorize this client to use its consumer group"),
+    ],
+    ids=["refused", "not-authorized"],
+)
+def test_a_partition_error_that_will_not_pass_stops_at_once(
+    error: KafkaError, raised: type[Exception], said: str
+) -> None:
+    kafka = Coordinator(error)
+    with patch.object(positions.time, "sleep") as slept, pytest.raises(raised, match=said):
         KafkaGroupPositions(kafka).committed("t", 0)
     assert kafka.calls == 1 and not slept.called
 
