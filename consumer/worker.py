@@ -794,7 +794,7 @@ class PartitionWorker:
     def _rolled_writer(self, end: int) -> str | None:
         """The writer the rolled high-water marker at ``end`` names in its metadata (bucketed
         layout): a group, :data:`REPLAY_WRITER`, or None for a marker written before markers named
-        it, or gone. One HEAD; only a recovery that adopts the marker's end asks."""
+        it, or gone. One HEAD, by a recovery that adopts the marker's end or stops below it."""
         info = self.store.head(self.layout.rolled_key(self.topic, self.partition, end))
         return None if info is None else writer_of({k: unquote(v) for k, v in info.metadata.items()})
 
