@@ -48,7 +48,7 @@ from hypothesis import strategies as st
 
 from consumer import positions, side_by_side
 from consumer.decoding import Decoder
-from consumer.errors import EXIT_FATAL, EXIT_OK, EXIT_STORAGE
+from consumer.errors import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_STORAGE
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import TransientStorageError
@@ -96,6 +96,8 @@ VERSIONS: list[dict[str, Any]] = [
 ENDED_WELL = (EXIT_OK, EXIT_STORAGE)
 #: ... and one whose commit the coordinator refused for good (not a fencing) ends with status 5.
 REFUSED_COMMIT = (*ENDED_WELL, EXIT_FATAL)
+#: ... and one whose group the coordinator stopped authorizing (an ACL taken away) with status 2.
+DENIED_COMMIT = (*ENDED_WELL, EXIT_CONFIG)
 #: ``time`` as consumer.positions sees it here: retries of a commit or a read go on at once.
 NO_WAITING = SimpleNamespace(monotonic=time.monotonic, sleep=lambda _seconds: None)
 WAIT = 30.0  # seconds a member may take from one consume() to the next: more is a hang
@@ -115,6 +117,7 @@ class Broker(MemoryBroker):
         super().__init__()
         self.fail_commit: list[int] = []  # [commits to go, how]
         self.on_refused: Any = lambda: None  # called on the thread whose commit is refused for good
+        self.on_denied: Any = lambda: None  # ... whose commit is refused as not authorized
         #: [reads to go, how]: that read of committed offsets by a member answers an error for each
         #: partition: for good (the coordinator away past the client's retries, an ACL revoked), or
         #: once and retriable (a transactional producer's offsets not stable yet)
@@ -152,6 +155,10 @@ class Broker(MemoryBroker):
                     raise KafkaException(moved)
                 if how == COMMIT_TOOK_EFFECT:  # the coordinator took it, the reply said otherwise
                     super()._commit(consumer, offsets)
+                if how == COMMIT_NOT_AUTHORIZED:  # READ on the group taken away (and given back)
+                    self.on_denied()
+                    denied = KafkaError(KafkaError.GROUP_AUTHORIZATION_FAILED, "injected", retriable=False)
+                    raise KafkaException(denied)
                 self.on_refused()
                 # refused for good, and not an ACL (that is status 2: test_kafka_acls.py)
                 refused = KafkaError(KafkaError.INVALID_COMMIT_OFFSET_SIZE, "injected", retriable=False)
@@ -183,7 +190,7 @@ class Consumer(MemoryConsumer):
         return out
 
 
-COMMIT_UNAVAILABLE, COMMIT_REFUSED, COMMIT_TOOK_EFFECT = range(3)
+COMMIT_UNAVAILABLE, COMMIT_REFUSED, COMMIT_TOOK_EFFECT, COMMIT_NOT_AUTHORIZED = range(4)
 READ_REFUSED, READ_UNSTABLE = range(2)
 #: An operator's reset of one partition's offset, with the group stopped.
 RESET_EXPIRED, RESET_TO_LATEST, RESET_TO_CURRENT = range(3)
@@ -198,6 +205,7 @@ class Member:
     parked: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(0))
     killed: bool = False
     refused: bool = False  # a commit of its was refused for good: it may end with status 5
+    denied: bool = False  # ... refused as not authorized (an ACL): it may end with status 2
     asks_operator: bool = False  # it stopped with status 5 on a reset backwards or lost records
     status: int | None = None
     thread: threading.Thread | None = None
@@ -256,7 +264,8 @@ class Member:
 
     @property
     def ended_well(self) -> bool:
-        return self.status in (REFUSED_COMMIT if self.refused or self.asks_operator else ENDED_WELL)
+        allowed = REFUSED_COMMIT if self.refused or self.asks_operator else ENDED_WELL
+        return self.status in allowed or (self.denied and self.status in DENIED_COMMIT)
 
     def run_to_end(self) -> None:
         while self.thread is not None and self.thread.is_alive():
@@ -380,7 +389,7 @@ step = st.one_of(
     st.tuples(st.just("pause_at_request"), st.integers(0, 3), st.integers(1, 8)),
     st.tuples(st.just("s3_error"), st.just(0), st.integers(1, 12)),
     st.tuples(st.just("s3_lost_reply"), st.just(0), st.integers(1, 12)),
-    st.tuples(st.just("commit_fails"), st.integers(0, 2), st.integers(1, 3)),
+    st.tuples(st.just("commit_fails"), st.integers(0, 3), st.integers(1, 3)),
     st.tuples(st.just("read_fails"), st.integers(0, 1), st.integers(1, 3)),
     st.tuples(st.just("reset"), st.integers(0, PARTITIONS - 1), st.integers(0, 2)),
     st.tuples(st.just("reset_back"), st.integers(0, PARTITIONS - 1), st.integers(0, 40)),
@@ -638,8 +647,14 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
         assert m is not None, "a commit off its member's thread"
         m.refused = True
 
+    def on_denied() -> None:
+        m = threads.get(threading.get_ident())
+        assert m is not None, "a commit off its member's thread"
+        m.denied = True
+
     store.on_op = on_op
     broker.on_refused = on_refused
+    broker.on_denied = on_denied
 
     #: staged objects deleted while the group ran: key, bytes, partition, the S3 listings then
     deleted: list[tuple[str, bytes, int, int]] = []
