@@ -7,7 +7,8 @@ them to statuses in :func:`exit_status`, and the CLI returns it.
 ====  ===========================================================================================
   0   done: stopped on request, or ``--until-caught-up``/``replay`` finished everything
   2   configuration or usage: a flag, a missing topic, a bad schema file, an ACL Kafka lacks for
-      this client (READ on a topic or the group) — fix the invocation or the grant
+      this client (READ on a topic or the group), a login Kafka refuses (SASL credentials) — fix
+      the invocation, the grant or the credentials
   3   ``--on-error fail`` met a bad record: everything before it is durable and committed
   4   S3 refused or kept failing (missing bucket, bad keys, a server without conditional
       writes, an outage longer than the retry bound) — nothing undurable was committed
@@ -54,6 +55,12 @@ class UsageError(ConsumerStop):
 class KafkaNotAuthorized(UsageError):
     """The cluster refuses this client's principal what a run needs (its ACLs): reading a topic,
     using the group. Idling on would look alive and read nothing, for good."""
+
+
+class KafkaLoginRefused(UsageError):
+    """A broker refuses this client's login (SASL), at start or when a connection logs in again
+    mid-run: the client can neither fetch nor commit, and a retry with the same credentials is
+    refused too. Like the Java consumer's AuthenticationException, it ends the run."""
 
 
 class BadRecordStop(ConsumerStop):

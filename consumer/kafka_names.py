@@ -54,6 +54,28 @@ def not_authorized(code: int, topic: str | None, group: str | None, said: str) -
     )
 
 
+#: librdkafka's code (``KafkaError._AUTHENTICATION``) for "a broker refused this client's login"
+#: and Kafka's SASL_AUTHENTICATION_FAILED: a wrong user or password, a SCRAM password changed on
+#: the cluster while the client still logs in with the old one (connections log in again every
+#: ``connections.max.reauth.ms``), a mechanism the listener does not enable.
+LOGIN_REFUSED = frozenset({-169, 58})
+
+
+def login_refused(code: int, said: str) -> str | None:
+    """What to tell an operator whose cluster refuses this client's login (``said``: the client's
+    own words, which name the mechanism and never the password), or None for another error. Not
+    an outage to wait out: the same credentials are refused again on every try."""
+    if code not in LOGIN_REFUSED:
+        return None
+    return (
+        f"Kafka refused this client's login ({said}). Check the -X security settings: "
+        "sasl.username and sasl.password (after a password change or a rotated secret on the "
+        "cluster's side, start with the new one), and that sasl.mechanism is one the listener "
+        "enables; `consumer check` tries them. Then start again. Everything committed is durable; "
+        "rows not yet committed are consumed again."
+    )
+
+
 @dataclass(frozen=True)
 class GroupView:
     """What the coordinator says about a consumer group (DescribeGroups): whether it is stable (no

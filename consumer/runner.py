@@ -46,6 +46,7 @@ from consumer.errors import (
     ConsumerStop,
     FatalClientError,
     Incomplete,
+    KafkaLoginRefused,
     KafkaNotAuthorized,
     KafkaUnreachable,
     PositionNotInLog,
@@ -55,7 +56,7 @@ from consumer.errors import (
 )
 from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
-from consumer.kafka_names import PARTITION_EOF, TP, GroupView, not_authorized
+from consumer.kafka_names import PARTITION_EOF, TP, GroupView, login_refused, not_authorized
 from consumer.layout import Layout
 from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
@@ -323,8 +324,11 @@ class Runner:
             self.log.warning("kafka client error", error=str(err), fatal=fatal, **more)
         if fatal:
             self._callback_error = _fatal_client_error(err)
-        elif self._callback_error is None and (said := self._not_authorized(err, None)) is not None:
-            self._callback_error = KafkaNotAuthorized(said)  # the loop raises it after its poll
+        elif self._callback_error is None:  # the loop raises it after its poll
+            if (said := self._not_authorized(err, None)) is not None:
+                self._callback_error = KafkaNotAuthorized(said)
+            elif (said := login_refused(err.code(), err.str())) is not None:
+                self._callback_error = KafkaLoginRefused(said)
 
     def _topic_not_found(self, missing: Sequence[str]) -> ConsumerStop:
         """Why the topics ``missing`` are not in the cluster's metadata: a topic this client may not
@@ -479,6 +483,11 @@ class Runner:
             said = logmod.kafka_said(exc)
             if said is None:
                 raise
+            with contextlib.suppress(Exception):  # the client's error events say why, once served
+                self.consumer.poll(0)
+            if isinstance(self._callback_error, KafkaLoginRefused):
+                self._fatal_client = True
+                raise self._callback_error from exc
             raise KafkaUnreachable(
                 f"the first requests to Kafka failed ({said}): check --bootstrap-servers "
                 f"({self.config.bootstrap_servers}), that the brokers are up and reachable from here, "
@@ -721,7 +730,9 @@ class Runner:
     def _raise_callback_error(self) -> None:
         if self._callback_error is not None:
             err, self._callback_error = self._callback_error, None
-            if isinstance(err, FatalClientError):
+            if isinstance(err, (FatalClientError, KafkaLoginRefused)):
+                # A client refused its login cannot commit either: a commit would wait for a
+                # coordinator it cannot reach (minutes), so the shutdown does not flush.
                 self._fatal_client = True
             raise err
 

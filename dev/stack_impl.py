@@ -435,6 +435,8 @@ def _jvm_args(heap: str, short_lived: bool = False) -> list[str]:
 
 #: The logins the SASL listener knows (dev only): a user the tests grant ACLs to, or not.
 SASL_USERS = {"consumer-test": "consumer-test-secret"}
+#: How long a SCRAM login on the SASL listener lasts before the client must log in again.
+SCRAM_REAUTH_MS = 5000
 
 
 def _kafka_properties(cfg: Config) -> str:
@@ -452,9 +454,15 @@ def _kafka_properties(cfg: Config) -> str:
             "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
         # ACLs apply to the SASL listener's users only: the plain listener's clients (the stack,
         # the tests, dev/demo) are ANONYMOUS, a super user, as without an authorizer.
-        "sasl.enabled.mechanisms": "PLAIN",
+        "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
         "listener.name.sasl_plaintext.plain.sasl.jaas.config":
             f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
+        # SCRAM users are made by the tests (AlterUserScramCredentials), which change a password
+        # while a run consumes: its connections must log in again within seconds (KIP-368), as a
+        # broker with connections.max.reauth.ms does when an operator rotates credentials.
+        "listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config":
+            "org.apache.kafka.common.security.scram.ScramLoginModule required;",
+        "listener.name.sasl_plaintext.scram-sha-256.connections.max.reauth.ms": str(SCRAM_REAUTH_MS),
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
         "super.users": "User:ANONYMOUS",
         "controller.quorum.bootstrap.servers": f"{HOST}:{cfg.kafka_controller_port}",

@@ -1,12 +1,14 @@
-"""A client the cluster does not authorize, on the stack broker's SASL listener (it applies ACLs;
-see dev/stack_impl.py): the run stops with exit status 2 and names the ACL to grant, instead of
+"""A client the cluster does not authorize or whose login it refuses, on the stack broker's SASL
+listener (it applies ACLs; see dev/stack_impl.py): the run stops with exit status 2 and names the
+ACL to grant or the login settings to check, instead of
 idling in the group reading nothing after one warning (or, with --until-caught-up, waiting out
 its timeout and blaming other members), as it did. Java's consumer throws from poll() there and
 Kafka Connect fails the task.
 
 Each case is one ACL missing: DESCRIBE/READ on the topic at start, READ on the group at start,
 and READ on the topic taken away while the run consumes (the rows it held are committed; granted
-again, a new run exports the rest, every offset once).
+again, a new run exports the rest, every offset once). And a SCRAM password changed while a run
+consumes, as an operator rotating credentials does: the next login is refused.
 """
 
 from __future__ import annotations
@@ -36,15 +38,27 @@ pytestmark = pytest.mark.shares_stack
 USER, SECRET = "consumer-test", "consumer-test-secret"  # dev/stack_impl.SASL_USERS
 
 
-def sasl(stack: Any) -> list[str]:
+def sasl(stack: Any, mechanism: str = "PLAIN", user: str = USER, password: str = SECRET) -> list[str]:
     if not stack.kafka_sasl_bootstrap:
         pytest.fail("the stack has no SASL listener: restart it (dev/stack down; dev/stack up)")
     return ["--bootstrap-servers", stack.kafka_sasl_bootstrap, "-X", "security.protocol=SASL_PLAINTEXT",
-            "-X", "sasl.mechanism=PLAIN", "-X", f"sasl.username={USER}", "-X", f"sasl.password={SECRET}"]
+            "-X", f"sasl.mechanism={mechanism}", "-X", f"sasl.username={user}",
+            "-X", f"sasl.password={password}"]
 
 
-def grant(admin: Any, *grants: tuple[str, str, str], revoke: bool = False) -> None:
-    """ACLs for the test user: (``"topic"``/``"group"``, name, ``"READ"``/``"DESCRIBE"``)."""
+def scram_password(admin: Any, user: str, password: str) -> None:
+    """Make ``user`` a SCRAM-SHA-256 login with ``password``, or change its password
+    (AlterUserScramCredentials, what ``kafka-configs --alter --add-config SCRAM-SHA-256=…`` does)."""
+    from confluent_kafka.admin import ScramCredentialInfo, ScramMechanism, UserScramCredentialUpsertion
+
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_256, 4096)
+    upsert = UserScramCredentialUpsertion(user, info, password.encode())
+    for f in admin.alter_user_scram_credentials([upsert]).values():
+        f.result(timeout=30)
+
+
+def grant(admin: Any, *grants: tuple[str, str, str], revoke: bool = False, user: str = USER) -> None:
+    """ACLs for ``user``: (``"topic"``/``"group"``, name, ``"READ"``/``"DESCRIBE"``)."""
     from confluent_kafka.admin import (
         AclBinding,
         AclBindingFilter,
@@ -55,7 +69,7 @@ def grant(admin: Any, *grants: tuple[str, str, str], revoke: bool = False) -> No
     )
 
     kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
-    bindings = [AclBinding(kinds[kind], name, ResourcePatternType.LITERAL, f"User:{USER}", "*",
+    bindings = [AclBinding(kinds[kind], name, ResourcePatternType.LITERAL, f"User:{user}", "*",
                            getattr(AclOperation, op), AclPermissionType.ALLOW) for kind, name, op in grants]
     if revoke:
         filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
@@ -67,9 +81,10 @@ def grant(admin: Any, *grants: tuple[str, str, str], revoke: bool = False) -> No
         f.result(timeout=30)
 
 
-def run(stack: Any, topic: str, group: str, out: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    cmd = consumer_cmd(topic, group, out, "--until-caught-up", "--caught-up-timeout", "60s", *sasl(stack),
-                       *extra)
+def run(stack: Any, topic: str, group: str, out: str, *extra: str,
+        login: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    cmd = consumer_cmd(topic, group, out, "--until-caught-up", "--caught-up-timeout", "60s",
+                       *(sasl(stack) if login is None else login), *extra)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
 
 
@@ -160,6 +175,59 @@ def test_read_taken_away_mid_run_stops_it_and_granted_again_a_new_run_exports_ev
     assert said.startswith(f"Kafka does not authorize this client to {what}"), said
     grant(admin, *acls)
     res = run(stack, topic, group, out)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
+    assert_exactly_once(table, {p: first.partition_counts[p] + then.partition_counts[p] for p in range(2)})
+
+
+def test_a_password_changed_mid_run_stops_it_at_the_next_login_and_the_new_one_exports_every_offset_once(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The broker makes SCRAM connections log in again every few seconds (KIP-368,
+    dev/stack_impl.SCRAM_REAUTH_MS), as a cluster with connections.max.reauth.ms does. Before, the
+    member then idled for good, warning, and a flush's commit waited for a coordinator it could not
+    reach: after SIGTERM the process went on for 150 s, against a bound of 32. Now the refused
+    login stops the run with status 2 within seconds, without a flush; the old password is refused
+    at start (status 2, not 5 blaming the address) and by `consumer check`; the new one exports
+    every offset once."""
+    topic, group, user = make_topic(partitions=2), unique("g"), unique("scram")
+    scram_password(admin, user, "first-secret")
+    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"), user=user)
+    first = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    old = sasl(stack, "SCRAM-SHA-256", user, "first-secret")
+    running = start_consumer(topic, group, out, "--row-group-max-age", "1s", "-X", "session.timeout.ms=6000",
+                             *old)
+    try:
+        running.wait_for(lambda ev: sum(e.get("event") == "row group durable" for e in ev) >= 2,
+                         what="both partitions' first rows durable")
+        scram_password(admin, user, "second-secret")
+        changed = time.monotonic()
+        then = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, start=400,
+                       create_topic=False)
+        assert running.proc.wait(timeout=90) == 2, running.log()[-3000:]
+        assert time.monotonic() - changed < 45  # a login every 5 s; the shutdown flushes nothing
+    finally:
+        running.stop()
+    said = stop_reason(running.log())
+    assert said.startswith("Kafka refused this client's login ("), said
+    assert "SCRAM-SHA-256" in said and "sasl.username and sasl.password" in said, said
+    assert "second-secret" not in running.log() and "first-secret" not in running.log()
+
+    started = time.monotonic()
+    res = run(stack, topic, group, out, login=old)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert time.monotonic() - started < 30
+    assert stop_reason(res.stderr).startswith("Kafka refused this client's login ("), res.stderr[-3000:]
+    checked = subprocess.run(
+        [sys.executable, "-m", "consumer", "check", "--group-id", group, "--topic", topic, "--schema",
+         "page_view", "--output", f"s3://{stack.s3_bucket}/unused", *old],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert checked.returncode == 1 and "FAIL kafka" in checked.stderr, checked.stdout + checked.stderr
+    assert "SASL authentication error" in checked.stderr, checked.stderr
+
+    res = run(stack, topic, group, out, login=sasl(stack, "SCRAM-SHA-256", user, "second-secret"))
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
     assert_exactly_once(table, {p: first.partition_counts[p] + then.partition_counts[p] for p in range(2)})

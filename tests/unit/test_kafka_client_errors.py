@@ -17,7 +17,7 @@ from test_shutdown import FakeClock, _broker
 from consumer import log as logmod
 from consumer.config import Config
 from consumer.decoding import Decoder, load_schema
-from consumer.errors import EXIT_FATAL
+from consumer.errors import EXIT_CONFIG, EXIT_FATAL
 from consumer.runner import GroupRunner
 from consumer.testing import MemoryConsumer, MemoryStore
 
@@ -166,3 +166,75 @@ def test_an_acl_kafka_refuses_is_named_with_the_grant_to_make() -> None:
     cluster = not_authorized(31, None, "g", "Cluster authorization failed")
     assert cluster is not None and "cluster operation" in cluster
     assert not_authorized(3, "events", "g", "Unknown topic or partition") is None
+
+
+# -- a login the cluster refuses ---------------------------------------------------------------
+_REFUSED = ("sasl_plaintext://k:9095/1: SASL authentication error: Authentication failed during "
+            "re-authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256")
+
+
+def test_a_refused_login_is_named_with_the_settings_to_check() -> None:
+    """librdkafka's _AUTHENTICATION (-169) and Kafka's SASL_AUTHENTICATION_FAILED (58): the
+    credentials, not the network; any other code is not this message's."""
+    from consumer.kafka_names import login_refused
+
+    said = login_refused(KafkaError._AUTHENTICATION, _REFUSED)
+    assert said is not None and said.startswith(f"Kafka refused this client's login ({_REFUSED})")
+    assert "sasl.username and sasl.password" in said and "sasl.mechanism" in said
+    assert login_refused(58, "Authentication failed") is not None
+    assert login_refused(KafkaError._TRANSPORT, "Broker transport failure") is None
+    assert login_refused(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down") is None
+
+
+def test_a_login_refused_at_start_stops_with_status_2_not_as_an_unreachable_cluster() -> None:
+    """The first request fails as "Broker transport failure"; the client's error event says why.
+    Before, the run waited out the metadata timeout and exited 5 blaming the address."""
+    broker, store = _broker(), MemoryStore()
+    factory = broker.consumer_factory()
+
+    def refused(conf: dict[str, Any]) -> MemoryConsumer:
+        consumer = factory(conf)
+
+        def no_metadata(*_args: Any, **_kwargs: Any) -> Any:
+            said = "Failed to get metadata: Local: Broker transport failure"
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, said))
+
+        consumer.list_topics = no_metadata  # type: ignore[method-assign]
+        consumer.poll = lambda *_: conf["error_cb"](KafkaError(KafkaError._AUTHENTICATION, _REFUSED))  # type: ignore[attr-defined]
+        return consumer
+
+    config = Config(bootstrap_servers="k:9095", group_id="g", topics=("t",), output="s3://bucket/out",
+                    schema="page_view")
+    runner = GroupRunner(config, store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
+                         consumer_factory=refused)  # fmt: skip
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_CONFIG
+    stop = next(e for e in logs if e["event"] == "stopped: KafkaLoginRefused")
+    assert stop["error"].startswith("Kafka refused this client's login (sasl_plaintext://")
+    assert not [k for k in store.objects if k.endswith(".parquet")]
+
+
+def test_a_login_refused_mid_run_stops_with_status_2_without_a_flush_and_a_restart_loses_nothing() -> None:
+    """A SCRAM password changed on the cluster: the next time a connection logs in (KIP-368
+    re-authentication, or a reconnect) it is refused, and every later one too. Before, the member
+    idled for good, and a flush's commit waited minutes for a coordinator it could not reach.
+    Now the run stops at the next poll with status 2; the held rows are not flushed (nothing
+    could commit them) and are consumed again, once, by the next run."""
+    from test_shutdown import PARTITIONS, PER_PARTITION, _final_offsets, _runner
+
+    from consumer.testing import at_consume
+
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store)
+    refuse = lambda: runner.consumer.conf["error_cb"](KafkaError(KafkaError._AUTHENTICATION, _REFUSED))  # noqa: E731
+    at_consume(runner.consumer, {2: refuse})
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_CONFIG
+    assert any(e["event"] == "stopped: KafkaLoginRefused" for e in logs)
+    assert runner.stats.records == PARTITIONS * PER_PARTITION  # consumed, held, not flushed
+    assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [None] * PARTITIONS
+    assert _final_offsets(store) == {}
+
+    again = _runner(broker, store, until_caught_up=True)
+    assert again.run() == 0
+    assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
