@@ -250,6 +250,7 @@ class Runner:
         #: close (the process is to end at once; the timer ends it if something holds it up). Only
         #: a caller that keeps the process alive after such a run (a test) calls it.
         self.disarm_exit_timer: Callable[[], None] = lambda: None
+        self._disarm_flush_bound: Callable[[], None] = lambda: None
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
@@ -927,6 +928,32 @@ class Runner:
         self.closing = True
         start = self.stop_requested_at if self.stop_requested_at is not None else self.clock()
         deadline = start + self.config.shutdown_timeout
+        self._disarm_flush_bound = self._arm_flush_bound(deadline, status)
+        try:
+            self._flush_and_close(deadline, status)
+        finally:
+            self._disarm_flush_bound()
+
+    def _arm_flush_bound(self, deadline: float, status: int) -> Callable[[], None]:
+        """The native exit timer over the shutdown's flushes, until :meth:`_close_consumer` arms
+        its own: the retries are capped to the deadline, but one call can block past it. A
+        synchronous commit waits for a group coordinator it cannot reach (its login refused, the
+        coordinator's broker cut off) up to the session timeout, and longer: after SIGTERM a run
+        whose login was refused went on for 150 s. Ending the process then loses nothing: what
+        was not committed is consumed again, and an S3 write cut short is a crash the protocol
+        recovers from."""
+        wait = max(deadline - self.clock(), 0.0) + self.close_grace + self.exit_timer_margin
+        sys.stdout.flush()  # the timer ends the process without flushing what Python buffered
+        sys.stderr.flush()
+        return exit_after(
+            wait, status,
+            f"consumer: the shutdown's flushes did not end within {wait:.1f}s (--shutdown-timeout "
+            f"{self.config.shutdown_timeout:g}s, then {self.close_grace + self.exit_timer_margin:g}s "
+            f"more): a call to Kafka or S3 is blocked. Exiting with status {status}: everything "
+            "committed is durable, and rows not committed are consumed again",
+        )
+
+    def _flush_and_close(self, deadline: float, status: int) -> None:
         if self._callback_error is not None:
             self.log.warning("error in a rebalance callback", error=str(self._callback_error))
         workers = list(self.workers.values())
@@ -994,6 +1021,7 @@ class Runner:
         wait = max(deadline - self.clock(), 0.0) + self.close_grace
         sys.stdout.flush()  # the timer ends the process without flushing what Python buffered
         sys.stderr.flush()
+        self._disarm_flush_bound()  # the close's own timer takes over
         self.disarm_exit_timer = exit_after(
             wait + self.exit_timer_margin, status,
             f"consumer: the Kafka client's close did not return within {wait:.0f}s and holds the "

@@ -384,3 +384,30 @@ def test_an_exit_timer_nobody_holds_stays_armed() -> None:
     )
     proc = _python(script)
     assert proc.returncode == 9 and b"still armed" in proc.stderr
+
+
+#: A run whose last flush's commit never returns, as a synchronous commit waits for a group
+#: coordinator the client cannot reach (its login refused mid-run: 150 s after SIGTERM on the
+#: stack, against a bound of 32 s). The wait does not hold the GIL.
+_COMMIT_NEVER_RETURNS = """
+import sys, threading
+from consumer.testing import MemoryStore, at_consume
+from tests.unit.test_shutdown import _broker, _runner
+runner = _runner(_broker(), MemoryStore(), shutdown_timeout=0.5)
+runner.close_grace = 0.5
+runner.exit_timer_margin = 0.5
+at_consume(runner.consumer, {2: runner.request_stop})  # SIGTERM: the rows held are flushed
+runner.consumer.commit = lambda *a, **k: threading.Event().wait()
+code = runner.run()
+print("run returned", code)
+sys.exit(code)
+"""
+
+
+def test_a_flush_blocked_past_the_shutdown_bound_still_ends_the_process_with_the_runs_status() -> None:
+    """The retries are capped to the deadline, but one call may block past it: the native exit
+    timer bounds the flushes as it bounds the close, and nothing uncommitted was committed."""
+    proc = _python(_COMMIT_NEVER_RETURNS, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert b"the shutdown's flushes did not end within" in proc.stderr and b"status 0" in proc.stderr
+    assert b"run returned" not in proc.stdout
