@@ -38,7 +38,7 @@ from typing import Any
 
 from consumer import config as cfgmod
 from consumer import log as logmod
-from consumer.kafka_names import not_authorized
+from consumer.kafka_names import login_principal, not_authorized
 from consumer.layout import Layout
 
 
@@ -86,7 +86,8 @@ def check_kafka(config: cfgmod.Config, timeout: float) -> str:
             with contextlib.suppress(Exception):
                 t = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
         error = None if t is None else t.error
-        said = None if error is None else not_authorized(error.code(), topic, config.group_id, str(error))
+        said = None if error is None else not_authorized(error.code(), topic, config.group_id, str(error),
+                                                         login_principal(config.kafka_properties))
         if said is not None:
             problems.append(said)
         elif t is None or (t.error is not None and t.error.code() == _UNKNOWN_TOPIC):
@@ -119,7 +120,8 @@ def _group_refused(admin: Any, config: cfgmod.Config, timeout: float) -> str | N
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
         if err is not None and hasattr(err, "code"):
-            return not_authorized(err.code(), None, config.group_id, str(err))
+            return not_authorized(err.code(), None, config.group_id, str(err),
+                                  login_principal(config.kafka_properties))
     except Exception:
         return None
     return None

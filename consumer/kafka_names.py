@@ -21,36 +21,56 @@ PARTITION_EOF = -191
 NOT_AUTHORIZED = {29: "topic", 30: "group", 31: "cluster"}
 
 
-def not_authorized(code: int, topic: str | None, group: str | None, said: str) -> str | None:
+#: The SASL mechanisms whose login name is, by Kafka's default principal builder, the principal
+#: ACLs name (``User:<sasl.username>``). GSSAPI maps a Kerberos name by rules, OAUTHBEARER takes
+#: a token's claim, SSL a certificate's DN: for those the principal is not in the settings.
+_NAMED_BY_USERNAME = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
+
+
+def login_principal(properties: Mapping[str, object]) -> str | None:
+    """The principal the cluster sees this client as, from its ``-X`` properties, when they say
+    it: ``User:<sasl.username>`` for a SASL/PLAIN or SCRAM login; else None."""
+    protocol = str(properties.get("security.protocol", "plaintext")).upper()
+    mechanism = str(properties.get("sasl.mechanism", properties.get("sasl.mechanisms", "GSSAPI"))).upper()
+    username = properties.get("sasl.username")
+    if protocol.startswith("SASL_") and mechanism in _NAMED_BY_USERNAME and username:
+        return f"User:{username}"
+    return None
+
+
+def not_authorized(
+    code: int, topic: str | None, group: str | None, said: str, principal: str | None = None
+) -> str | None:
     """What to tell an operator whose cluster refuses this client an operation (``code``, one of
     :data:`NOT_AUTHORIZED`; ``said``: the client's own words), or None for another error. Kafka
-    names no principal here: the remedy is written for the one the -X security settings log in
-    as, the ACLs of a Kafka Connect or Java consumer (READ and DESCRIBE on each topic, READ on
-    the group)."""
+    names no principal in its answer: the remedy names the one the -X security settings log in
+    as when they say it (:func:`login_principal`), and asks for the ACLs of a Kafka Connect or
+    Java consumer (READ and DESCRIBE on each topic, READ on the group)."""
     what = NOT_AUTHORIZED.get(code)
     if what is None:
         return None
+    who = f"the principal {principal} (what the -X SASL login maps to by default)" if principal else \
+        "the principal the -X security settings log in as"
+    user = principal or "User:<name>"
     if what == "topic":
         name = f"topic {topic!r}" if topic else "a subscribed topic"
         return (
             f"Kafka does not authorize this client to read {name} ({said}); a broker says the same "
-            "of a topic that does not exist. Check --topic, and grant the principal the -X security "
-            "settings log in as READ and DESCRIBE on it (kafka-acls --add --allow-principal "
-            f"User:<name> --operation Read --operation Describe --topic {topic or '<topic>'}), then "
-            "start again. Everything committed is durable."
+            f"of a topic that does not exist. Check --topic, and grant {who} READ and DESCRIBE on "
+            f"it (kafka-acls --add --allow-principal {user} --operation Read --operation Describe "
+            f"--topic {topic or '<topic>'}), then start again. Everything committed is durable."
         )
     if what == "group":
         name = f"consumer group {group!r}" if group else "its consumer group (--group-id)"
         return (
-            f"Kafka does not authorize this client to use {name} ({said}). Grant "
-            "the principal the -X security settings log in as READ on it (kafka-acls --add "
-            f"--allow-principal User:<name> --operation Read --group {group or '<group>'}), then start "
-            "again. Everything committed is durable."
+            f"Kafka does not authorize this client to use {name} ({said}). Grant {who} READ on it "
+            f"(kafka-acls --add --allow-principal {user} --operation Read --group "
+            f"{group or '<group>'}), then start again. Everything committed is durable."
         )
     return (
         f"Kafka does not authorize this client for a cluster operation ({said}): see the broker's "
-        "authorizer log for the operation, grant it to the principal the -X security settings log "
-        "in as, then start again. Everything committed is durable."
+        f"authorizer log for the operation, grant it to {who}, then start again. Everything "
+        "committed is durable."
     )
 
 

@@ -117,8 +117,20 @@ _FENCED = {
 class KafkaGroupPositions:
     """Committed offsets of the consumer group, committed synchronously one partition at a time."""
 
-    def __init__(self, consumer: Any, *, timeout: float = 30.0, max_elapsed: float = 60.0) -> None:
+    def __init__(
+        self,
+        consumer: Any,
+        *,
+        timeout: float = 30.0,
+        max_elapsed: float = 60.0,
+        group: str | None = None,
+        principal: str | None = None,
+    ) -> None:
         self.consumer = consumer
+        #: what a refusal (an ACL the cluster does not grant) names: the group, and the principal
+        #: the -X settings log in as when they say it (kafka_names.login_principal)
+        self.group = group
+        self.principal = principal
         self.timeout = timeout
         self.max_elapsed = max_elapsed
         #: An absolute ``time.monotonic()`` bound on every retry loop, one already running
@@ -150,7 +162,7 @@ class KafkaGroupPositions:
             try:
                 found = self.consumer.committed([TopicPartition(t, p) for t, p in keys], timeout=self.timeout)
             except KafkaException as exc:
-                _refuse_if_not_authorized(exc.args[0] if exc.args else None, None)
+                self._refuse_if_not_authorized(exc.args[0] if exc.args else None, None)
                 if time.monotonic() > self._limit(deadline):
                     raise PositionError(f"reading committed offset of {what}: {exc}") from exc
                 time.sleep(0.5)
@@ -164,7 +176,7 @@ class KafkaGroupPositions:
             time.sleep(0.5)
         out: dict[tuple[str, int], int | None] = {}
         for tp in found:
-            _refuse_if_not_authorized(tp.error, tp.topic)
+            self._refuse_if_not_authorized(tp.error, tp.topic)
             if tp.error:
                 raise PositionError(f"reading committed offset of {tp.topic}[{tp.partition}]: {tp.error}")
             out[(tp.topic, tp.partition)] = int(tp.offset) if tp.offset >= 0 else None
@@ -209,22 +221,21 @@ class KafkaGroupPositions:
                 continue
             if name in _FENCED:
                 raise PartitionFenced(f"commit of {topic}[{partition}]@{position} refused: {name}")
-            _refuse_if_not_authorized(err, topic)
+            self._refuse_if_not_authorized(err, topic)
             retriable = bool(getattr(err, "retriable", lambda: True)()) or name in ("_WAIT_COORD", "_TRANSPORT", "_ALL_BROKERS_DOWN", "COORDINATOR_NOT_AVAILABLE", "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS")  # noqa: E501 - librdkafka marks these transient coordinator errors non-retriable
             if not retriable or time.monotonic() > self._limit(deadline):
                 raise PositionError(f"commit of {topic}[{partition}]@{position} failed: {err}")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
 
-
-def _refuse_if_not_authorized(err: Any, topic: str | None) -> None:
-    """Raise :class:`~consumer.errors.KafkaNotAuthorized` when ``err`` (a KafkaError, or None) is
-    the cluster refusing the principal the group or the topic: not an outage to wait out, and
-    "coordinator unavailable" would send the operator the wrong way."""
-    code = getattr(err, "code", None)
-    said = not_authorized(code(), topic, None, str(err)) if callable(code) else None
-    if said is not None:
-        raise KafkaNotAuthorized(said)
+    def _refuse_if_not_authorized(self, err: Any, topic: str | None) -> None:
+        """Raise :class:`~consumer.errors.KafkaNotAuthorized` when ``err`` (a KafkaError, or None)
+        is the cluster refusing the principal the group or the topic: not an outage to wait out,
+        and "coordinator unavailable" would send the operator the wrong way."""
+        code = getattr(err, "code", None)
+        said = not_authorized(code(), topic, self.group, str(err), self.principal) if callable(code) else None
+        if said is not None:
+            raise KafkaNotAuthorized(said)
 
 
 def _retriable(tp: Any) -> bool:

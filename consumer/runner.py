@@ -56,7 +56,14 @@ from consumer.errors import (
 )
 from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
-from consumer.kafka_names import PARTITION_EOF, TP, GroupView, login_refused, not_authorized
+from consumer.kafka_names import (
+    PARTITION_EOF,
+    TP,
+    GroupView,
+    login_principal,
+    login_refused,
+    not_authorized,
+)
 from consumer.layout import Layout
 from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
@@ -272,7 +279,11 @@ class Runner:
                 raise
             problem = f"the Kafka client refused its configuration: {said} (check the -X properties)"
             raise ConfigError([problem]) from exc
-        self.positions: PositionStore = (positions_factory or KafkaGroupPositions)(self.consumer)
+        self.positions: PositionStore = (
+            positions_factory(self.consumer) if positions_factory is not None else KafkaGroupPositions(
+                self.consumer, group=config.group_id or None,
+                principal=login_principal(config.kafka_properties))
+        )
 
     def _kafka_config(self) -> dict[str, Any]:
         fetch = fetch_bytes(self.config.memory_bytes)
@@ -353,7 +364,8 @@ class Runner:
         after one warning (or, with --until-caught-up, waited out its timeout and blamed other
         members). The Java client throws from poll() and Kafka Connect fails the task; here the
         buffered rows are flushed and committed as at a SIGTERM, and the message names the ACL."""
-        return not_authorized(err.code(), topic, self.config.group_id, str(err))
+        return not_authorized(err.code(), topic, self.config.group_id, str(err),
+                              login_principal(self.config.kafka_properties))
 
     def _new_worker(self, topic: str, partition: int) -> PartitionWorker:
         return PartitionWorker(

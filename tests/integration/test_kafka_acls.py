@@ -118,7 +118,8 @@ def test_a_topic_the_client_may_not_read_stops_the_start_naming_the_acl(
         assert res.returncode == 2, res.stderr[-3000:]
         said = stop_reason(res.stderr)
         assert said.startswith(f"Kafka does not authorize this client to read topic {topic!r} ("), said
-        assert f"--operation Read --operation Describe --topic {topic}" in said, said
+        grant_line = f"--allow-principal User:{USER} --operation Read --operation Describe --topic {topic}"
+        assert grant_line in said, said
     replay = subprocess.run(
         [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
          "--output", f"{out}-replay", "--log-format", "json", *sasl(stack)],
@@ -144,7 +145,7 @@ def test_a_group_the_client_may_not_use_stops_the_start_naming_the_acl(
     assert time.monotonic() - started < 50  # not the --caught-up-timeout of 60 s it used to wait out
     said = stop_reason(res.stderr)
     assert said.startswith(f"Kafka does not authorize this client to use consumer group {group!r} ("), said
-    assert f"--operation Read --group {group}" in said, said
+    assert f"--allow-principal User:{USER} --operation Read --group {group}" in said, said
 
 
 @pytest.mark.parametrize("taken", ["topic", "group"])
@@ -173,6 +174,7 @@ def test_read_taken_away_mid_run_stops_it_and_granted_again_a_new_run_exports_ev
     said = stop_reason(running.log())
     what = f"read topic {topic!r} (" if taken == "topic" else "use "
     assert said.startswith(f"Kafka does not authorize this client to {what}"), said
+    assert f"--allow-principal User:{USER} --operation Read" in said, said  # a commit's refusal too
     grant(admin, *acls)
     res = run(stack, topic, group, out)
     assert res.returncode == 0, res.stderr[-3000:]
