@@ -1,5 +1,6 @@
 """Infrastructure outages while the consumer runs: S3 down, a flaky network path to S3, S3 answering
-every write with ``503 SlowDown``, and a Kafka broker restart. Real processes on a private stack
+every write with ``503 SlowDown``, a Kafka broker restart, and a broker that stops answering at a
+SIGTERM. Real processes on a private stack
 (see conftest.py ``private_stack``), so stopping a service disturbs nobody else.
 
 After each scenario the consumer is stopped, a final ``--until-caught-up`` run finishes the work,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import threading
 import time
 import tracemalloc
@@ -488,6 +490,48 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
         produced=first.count + bg.produced,
         producer_errors=bg.errors,
     )
+
+
+# -- 5. a broker that stops answering at SIGTERM -------------------------------------------------
+def test_a_broker_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
+    private_stack: PrivateStack, tmp_path: Path
+) -> None:
+    """The broker is frozen (SIGSTOP: its connections stay open and nothing answers, as with a host
+    in a long pause or a network that drops packets) while the consumer holds rows, and the
+    consumer gets SIGTERM. Its shutdown flushes them, and the flush's synchronous commit waits for
+    the coordinator: the process was still running 120 s after the SIGTERM (--shutdown-timeout
+    25 s). Now the exit timer ends it at the bound with status 0. With the broker thawed, a run
+    exports every record exactly once."""
+    ps = private_stack
+    ps.up()
+    s3 = ps.s3_client()
+    timeout, over = 5.0, 7.0  # --shutdown-timeout; Runner.close_grace + exit_timer_margin
+    sc = Scenario.new(ps, "frozen", ("--row-group-max-age", "10m", "--shutdown-timeout", f"{timeout:g}s",
+                                     "--batch-size", "250"))
+    produced = produce(ps.bootstrap, sc.topic, "page_view", 2_000, partitions=PARTITIONS).count
+    running = start_consumer(sc.topic, sc.group, sc.out, *sc.args, env=ps.consumer_env())
+    kafka = ps.pid("kafka")
+    try:
+        running.wait_for(lambda ev: count(ev, "partitions assigned") >= 1, timeout=60, what="assignment")
+        stays_up(running, 3, "reading 2,000 records")  # held: no row group is due for 10 minutes
+        os.killpg(kafka, signal.SIGSTOP)
+        try:
+            time.sleep(1)
+            running.proc.send_signal(signal.SIGTERM)
+            stopped = time.monotonic()
+            status = running.proc.wait(timeout=90)
+            took = time.monotonic() - stopped
+        finally:
+            os.killpg(kafka, signal.SIGCONT)
+    finally:
+        if running.proc.poll() is None:
+            running.stop()
+    assert status == 0, running.log()[-4000:]
+    assert took < timeout + over + 5, f"{took:.1f}s after SIGTERM:\n{running.log()[-4000:]}"
+    assert "the shutdown's flushes did not end within" in running.log(), running.log()[-4000:]
+    print(f"frozen broker: the process ended {took:.1f}s after SIGTERM (bound {timeout + over:g}s)")
+    finish_and_verify(ps, s3, sc, fault="Kafka broker frozen (SIGSTOP) at SIGTERM", kind="broker frozen",
+                      tmp=tmp_path, produced=produced, producer_errors=[])
 
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
