@@ -492,29 +492,31 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
     )
 
 
-# -- 5. a broker that stops answering at SIGTERM -------------------------------------------------
-def test_a_broker_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
-    private_stack: PrivateStack, tmp_path: Path
+# -- 5. a server that stops answering at SIGTERM -------------------------------------------------
+@pytest.mark.parametrize("frozen", ["kafka", "s3"])
+def test_a_server_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
+    private_stack: PrivateStack, tmp_path: Path, frozen: str
 ) -> None:
-    """The broker is frozen (SIGSTOP: its connections stay open and nothing answers, as with a host
-    in a long pause or a network that drops packets) while the consumer holds rows, and the
-    consumer gets SIGTERM. Its shutdown flushes them, and the flush's synchronous commit waits for
-    the coordinator: the process was still running 120 s after the SIGTERM (--shutdown-timeout
-    25 s). Now the exit timer ends it at the bound with status 0. With the broker thawed, a run
-    exports every record exactly once."""
+    """The broker or the S3 server is frozen (SIGSTOP: its connections stay open and nothing
+    answers, as with a host in a long pause or a network that drops packets) while the consumer
+    holds rows, and the consumer gets SIGTERM. Its shutdown flushes them: the flush's synchronous
+    commit waits for the coordinator, or its PUT for an answer (60 s read timeout). With the broker
+    frozen the process was still running 120 s after the SIGTERM (--shutdown-timeout 25 s). Now
+    the exit timer ends it at the bound with status 0. Thawed, a run exports every record exactly
+    once."""
     ps = private_stack
     ps.up()
     s3 = ps.s3_client()
     timeout, over = 5.0, 7.0  # --shutdown-timeout; Runner.close_grace + exit_timer_margin
-    sc = Scenario.new(ps, "frozen", ("--row-group-max-age", "10m", "--shutdown-timeout", f"{timeout:g}s",
-                                     "--batch-size", "250"))
+    args = ("--row-group-max-age", "10m", "--shutdown-timeout", f"{timeout:g}s", "--batch-size", "250")
+    sc = Scenario.new(ps, f"frozen-{frozen}", args)
     produced = produce(ps.bootstrap, sc.topic, "page_view", 2_000, partitions=PARTITIONS).count
     running = start_consumer(sc.topic, sc.group, sc.out, *sc.args, env=ps.consumer_env())
-    kafka = ps.pid("kafka")
+    server = ps.pid(frozen)
     try:
         running.wait_for(lambda ev: count(ev, "partitions assigned") >= 1, timeout=60, what="assignment")
         stays_up(running, 3, "reading 2,000 records")  # held: no row group is due for 10 minutes
-        os.killpg(kafka, signal.SIGSTOP)
+        os.killpg(server, signal.SIGSTOP)
         try:
             time.sleep(1)
             running.proc.send_signal(signal.SIGTERM)
@@ -522,15 +524,16 @@ def test_a_broker_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
             status = running.proc.wait(timeout=90)
             took = time.monotonic() - stopped
         finally:
-            os.killpg(kafka, signal.SIGCONT)
+            os.killpg(server, signal.SIGCONT)
     finally:
         if running.proc.poll() is None:
             running.stop()
     assert status == 0, running.log()[-4000:]
     assert took < timeout + over + 5, f"{took:.1f}s after SIGTERM:\n{running.log()[-4000:]}"
     assert "the shutdown's flushes did not end within" in running.log(), running.log()[-4000:]
-    print(f"frozen broker: the process ended {took:.1f}s after SIGTERM (bound {timeout + over:g}s)")
-    finish_and_verify(ps, s3, sc, fault="Kafka broker frozen (SIGSTOP) at SIGTERM", kind="broker frozen",
+    print(f"{frozen} frozen: the process ended {took:.1f}s after SIGTERM (bound {timeout + over:g}s)")
+    what = "Kafka broker" if frozen == "kafka" else "S3 server"
+    finish_and_verify(ps, s3, sc, fault=f"{what} frozen (SIGSTOP) at SIGTERM", kind=f"{frozen} frozen",
                       tmp=tmp_path, produced=produced, producer_errors=[])
 
 
