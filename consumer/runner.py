@@ -114,6 +114,7 @@ def _msg_tp(msg: Any) -> tuple[str, int]:
     return (msg.topic(), msg.partition())
 
 _FATAL = -150  # reported on a message as a plain error whose fatal() is False
+_ALL_BROKERS_DOWN = -187
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 _ORPHAN_LOOK_EVERY = 10.0  # seconds between looks at the group's assignment (static members)
 _ORPHAN_LOOK_BACKOFF = 60.0  # … after a look the cluster did not answer (each may block up to 5 s)
@@ -258,6 +259,9 @@ class Runner:
         #: a caller that keeps the process alive after such a run (a test) calls it.
         self.disarm_exit_timer: Callable[[], None] = lambda: None
         self._disarm_flush_bound: Callable[[], None] = lambda: None
+        #: the client's first error event but "all brokers down" (which says no more than the
+        #: request's failure): why the first requests failed, said at start
+        self._first_kafka_error: str | None = None
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
@@ -330,6 +334,8 @@ class Runner:
 
     def _on_kafka_error(self, err: Any) -> None:
         fatal = bool(err.fatal())
+        if self._first_kafka_error is None and err.code() != _ALL_BROKERS_DOWN:
+            self._first_kafka_error = str(err.str())
         held = self._kafka_errors.admit(str(err))
         if held is not None or fatal:
             more = {"repeated": held} if held else {}
@@ -501,6 +507,8 @@ class Runner:
             if isinstance(self._callback_error, KafkaLoginRefused):
                 self._fatal_client = True
                 raise self._callback_error from exc
+            if self._first_kafka_error:  # e.g. "Connection refused", a TLS handshake's reason
+                said = f"{said}; librdkafka: {self._first_kafka_error}"
             raise KafkaUnreachable(
                 f"the first requests to Kafka failed ({said}): check --bootstrap-servers "
                 f"({self.config.bootstrap_servers}), that the brokers are up and reachable from here, "

@@ -92,7 +92,13 @@ def test_the_consumer_gets_the_logger_so_librdkafka_writes_nothing_to_stderr_its
     assert isinstance(seen[0]["logger"], logmod.LibrdkafkaLog)
 
 
+_REFUSED_CONNECTION = ("k:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed: Connection refused "
+                       "(after 0ms in state CONNECT)")
+
+
 def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_written() -> None:
+    """With the client's own first error (not "all brokers down", which says nothing more): a
+    refused connection, a TLS handshake's reason (librdkafka names ssl.ca.location there)."""
     broker, store = _broker(), MemoryStore()
     factory = broker.consumer_factory()
 
@@ -103,7 +109,12 @@ def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_
             said = "Failed to get metadata: Local: Broker transport failure"
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, said))
 
+        def events(*_: Any) -> None:  # what the client queued while the request failed
+            conf["error_cb"](KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+            conf["error_cb"](KafkaError(KafkaError._TRANSPORT, _REFUSED_CONNECTION))
+
         consumer.list_topics = no_metadata  # type: ignore[method-assign]
+        consumer.poll = events  # type: ignore[attr-defined]
         return consumer
 
     config = Config(bootstrap_servers="k:9092", group_id="g", topics=("t",), output="s3://bucket/out",
@@ -113,7 +124,8 @@ def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_
     with capture_logs() as logs:
         assert runner.run() == EXIT_FATAL
     stop = next(e for e in logs if e["event"] == "stopped: KafkaUnreachable")
-    assert stop["error"].startswith("the first requests to Kafka failed (Failed to get metadata")
+    assert stop["error"].startswith("the first requests to Kafka failed (Failed to get metadata: Local: "
+                                    f"Broker transport failure; librdkafka: {_REFUSED_CONNECTION}): ")
     assert "check --bootstrap-servers (k:9092)" in stop["error"]
     assert runner.stats.records == 0
     assert not [k for k in store.objects if k.endswith(".parquet")]
