@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import signal
 import sys
 import threading
@@ -464,6 +465,34 @@ class Runner:
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
+        self._bound_from_the_signal()
+
+    def _bound_from_the_signal(self) -> None:
+        """Arm the native exit timer the moment SIGTERM/SIGINT arrives, for the whole stop.
+
+        Python runs :meth:`request_stop` only once the main thread is back in Python code, and a
+        synchronous commit in a flush of the loop blocks in C until librdkafka answers: with the
+        broker frozen, a minute and more. The signal reaches the wakeup fd at once, though, so a
+        thread reading it arms the timer then: --shutdown-timeout + 7 s from the signal, one second
+        after the shutdown's own timers (which know the run's status) would have fired. It ends
+        the process with status 0, what a stop request earns."""
+        read, write = os.pipe()
+        os.set_blocking(write, False)
+        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        stops = {int(signal.SIGTERM), int(signal.SIGINT)}
+        bound = self.config.shutdown_timeout + self.close_grace + self.exit_timer_margin + 1.0
+
+        def watch() -> None:
+            while not stops & set(os.read(read, 64)):
+                pass
+            exit_after(
+                bound, EXIT_OK,
+                f"consumer: still running {bound:g}s after the stop signal (--shutdown-timeout "
+                f"{self.config.shutdown_timeout:g}s): a call to Kafka or S3 is blocked. Exiting with "
+                "status 0: everything committed is durable, and rows not committed are consumed again",
+            )
+
+        threading.Thread(target=watch, name="stop-signal-bound", daemon=True).start()
 
     def run(self) -> int:
         """Run until stopped or done; the process exit status (see :mod:`consumer.errors`)."""

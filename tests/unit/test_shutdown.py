@@ -411,3 +411,35 @@ def test_a_flush_blocked_past_the_shutdown_bound_still_ends_the_process_with_the
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert b"the shutdown's flushes did not end within" in proc.stderr and b"status 0" in proc.stderr
     assert b"run returned" not in proc.stdout
+
+
+#: SIGTERM while the loop itself is blocked in a call that does not return (a flush's commit in
+#: C, waiting for a broker that stopped answering): Python runs the handler only between
+#: bytecodes, and the shutdown never starts. ``Event.wait`` resumes after the handler ran, as such
+#: a call goes on.
+_LOOP_BLOCKED_AT_SIGTERM = """
+import os, signal, sys, threading
+from consumer.testing import MemoryStore, at_consume
+from tests.unit.test_shutdown import _broker, _runner
+runner = _runner(_broker(), MemoryStore(), shutdown_timeout=0.5)
+runner.close_grace = 0.5
+runner.exit_timer_margin = 0.5
+runner.install_signal_handlers()
+
+def blocked():
+    os.kill(os.getpid(), signal.SIGTERM)
+    threading.Event().wait()
+
+at_consume(runner.consumer, {2: blocked})
+code = runner.run()
+print("run returned", code)
+sys.exit(code)
+"""
+
+
+def test_sigterm_while_the_loop_is_blocked_still_ends_the_process_at_the_bound() -> None:
+    """The timer is armed from the signal itself (its wakeup fd), not when the shutdown starts."""
+    proc = _python(_LOOP_BLOCKED_AT_SIGTERM, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()[-2000:]
+    assert b"consumer: still running 2.5s after the stop signal" in proc.stderr, proc.stderr.decode()[-2000:]
+    assert b"run returned" not in proc.stdout
