@@ -493,22 +493,24 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
 
 
 # -- 5. a server that stops answering at SIGTERM -------------------------------------------------
-@pytest.mark.parametrize("frozen", ["kafka", "s3"])
+@pytest.mark.parametrize(("frozen", "rows"), [("kafka", "held"), ("s3", "held"), ("kafka", "flushing")])
 def test_a_server_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
-    private_stack: PrivateStack, tmp_path: Path, frozen: str
+    private_stack: PrivateStack, tmp_path: Path, frozen: str, rows: str
 ) -> None:
     """The broker or the S3 server is frozen (SIGSTOP: its connections stay open and nothing
-    answers, as with a host in a long pause or a network that drops packets) while the consumer
-    holds rows, and the consumer gets SIGTERM. Its shutdown flushes them: the flush's synchronous
-    commit waits for the coordinator, or its PUT for an answer (60 s read timeout). With the broker
-    frozen the process was still running 120 s after the SIGTERM (--shutdown-timeout 25 s). Now
-    the exit timer ends it at the bound with status 0. Thawed, a run exports every record exactly
-    once."""
+    answers, as with a host in a long pause or a network that drops packets), then the consumer
+    gets SIGTERM. With rows ``held`` (no row group due), the shutdown flushes them: the flush's
+    synchronous commit waits for the coordinator, or its PUT for an answer (60 s read timeout).
+    With rows ``flushing``, the poll loop's own flush is blocked in its commit when the signal
+    comes, so Python does not even run the handler. Both broker cases were still running 120 s
+    after the SIGTERM (--shutdown-timeout 25 s). Now an exit timer ends the process at the bound
+    with status 0. Thawed, a run exports every record exactly once."""
     ps = private_stack
     ps.up()
     s3 = ps.s3_client()
-    timeout, over = 5.0, 7.0  # --shutdown-timeout; Runner.close_grace + exit_timer_margin
-    args = ("--row-group-max-age", "10m", "--shutdown-timeout", f"{timeout:g}s", "--batch-size", "250")
+    timeout, over = 5.0, 8.0  # --shutdown-timeout; the timers' grace (Runner._bound_from_the_signal)
+    age = "10m" if rows == "held" else "1s"
+    args = ("--row-group-max-age", age, "--shutdown-timeout", f"{timeout:g}s", "--batch-size", "250")
     sc = Scenario.new(ps, f"frozen-{frozen}", args)
     produced = produce(ps.bootstrap, sc.topic, "page_view", 2_000, partitions=PARTITIONS).count
     running = start_consumer(sc.topic, sc.group, sc.out, *sc.args, env=ps.consumer_env())
@@ -516,9 +518,13 @@ def test_a_server_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
     try:
         running.wait_for(lambda ev: count(ev, "partitions assigned") >= 1, timeout=60, what="assignment")
         stays_up(running, 3, "reading 2,000 records")  # held: no row group is due for 10 minutes
+        if rows == "flushing":  # rows the next flush (within 1 s) takes, and commits, once frozen
+            produced += produce(ps.bootstrap, sc.topic, "page_view", 500, partitions=PARTITIONS,
+                                start=produced, create_topic=False).count
+            time.sleep(0.3)
         os.killpg(server, signal.SIGSTOP)
         try:
-            time.sleep(1)
+            time.sleep(1 if rows == "held" else 3)
             running.proc.send_signal(signal.SIGTERM)
             stopped = time.monotonic()
             status = running.proc.wait(timeout=90)
@@ -530,11 +536,13 @@ def test_a_server_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
             running.stop()
     assert status == 0, running.log()[-4000:]
     assert took < timeout + over + 5, f"{took:.1f}s after SIGTERM:\n{running.log()[-4000:]}"
-    assert "the shutdown's flushes did not end within" in running.log(), running.log()[-4000:]
-    print(f"{frozen} frozen: the process ended {took:.1f}s after SIGTERM (bound {timeout + over:g}s)")
+    said = "the shutdown's flushes did not end within" if rows == "held" else "after the stop signal"
+    assert said in running.log(), running.log()[-4000:]
+    print(f"{frozen} frozen, rows {rows}: the process ended {took:.1f}s after SIGTERM "
+          f"(bound {timeout + over:g}s)")
     what = "Kafka broker" if frozen == "kafka" else "S3 server"
-    finish_and_verify(ps, s3, sc, fault=f"{what} frozen (SIGSTOP) at SIGTERM", kind=f"{frozen} frozen",
-                      tmp=tmp_path, produced=produced, producer_errors=[])
+    finish_and_verify(ps, s3, sc, fault=f"{what} frozen (SIGSTOP) at SIGTERM, rows {rows}",
+                      kind=f"{frozen} frozen", tmp=tmp_path, produced=produced, producer_errors=[])
 
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
