@@ -38,7 +38,7 @@ from typing import Any
 
 from consumer import config as cfgmod
 from consumer import log as logmod
-from consumer.kafka_names import login_principal, not_authorized
+from consumer.kafka_names import login_principal, login_refused, not_authorized
 from consumer.layout import Layout
 
 
@@ -65,7 +65,7 @@ def _run(name: str, probe: Callable[[], str]) -> CheckResult:
 def _admin(config: cfgmod.Config, lines: logmod.ClientLines) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    conf: dict[str, Any] = {**cfgmod.admin_config(config), "logger": lines}
+    conf: dict[str, Any] = {**cfgmod.admin_config(config), "logger": lines, "error_cb": lines.error}
     return lines.watch(AdminClient(conf))
 
 
@@ -75,7 +75,10 @@ def check_kafka(config: cfgmod.Config, timeout: float) -> str:
     try:
         md = admin.list_topics(timeout=timeout)
     except Exception as exc:
-        raise RuntimeError(lines.explain(exc)) from exc
+        explained = lines.explain(exc)  # serves the client's queued events first
+        event = lines.first_event
+        refused = None if event is None else login_refused(event.code(), str(event.str()))
+        raise RuntimeError(refused or explained) from exc
     problems: list[str] = []
     sizes: list[str] = []
     for topic in config.topics:

@@ -255,7 +255,15 @@ class ClientLines:
 
     def __init__(self) -> None:
         self.first_error: str | None = None
+        #: the client's first error event (its ``error_cb``): a KafkaError, whose code says more
+        #: than a log line's text (a refused login)
+        self.first_event: Any = None
         self._clients: list[Any] = []
+
+    def error(self, err: Any) -> None:
+        """The client's ``error_cb``."""
+        if self.first_event is None:
+            self.first_event = err
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         if level >= logging.ERROR and self.first_error is None:

@@ -190,7 +190,8 @@ def test_a_password_changed_mid_run_stops_it_at_the_next_login_and_the_new_one_e
     member then idled for good, warning, and a flush's commit waited for a coordinator it could not
     reach: after SIGTERM the process went on for 150 s, against a bound of 32. Now the refused
     login stops the run with status 2 within seconds, without a flush; the old password is refused
-    at start (status 2, not 5 blaming the address) and by `consumer check`; the new one exports
+    at start (status 2, not 5 blaming the address) and by `consumer check` (its `kafka` line says
+    so); the new one exports
     every offset once."""
     topic, group, user = make_topic(partitions=2), unique("g"), unique("scram")
     scram_password(admin, user, "first-secret")
@@ -227,6 +228,7 @@ def test_a_password_changed_mid_run_stops_it_at_the_next_login_and_the_new_one_e
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
     assert checked.returncode == 1 and "FAIL kafka" in checked.stderr, checked.stdout + checked.stderr
+    assert "FAIL kafka: RuntimeError: Kafka refused this client's login (" in checked.stderr, checked.stderr
     assert "SASL authentication error" in checked.stderr, checked.stderr
 
     res = run(stack, topic, group, out, login=sasl(stack, "SCRAM-SHA-256", user, "second-secret"))
