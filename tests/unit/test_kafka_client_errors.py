@@ -96,31 +96,38 @@ _REFUSED_CONNECTION = ("k:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed: 
                        "(after 0ms in state CONNECT)")
 
 
-def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_written() -> None:
-    """With the client's own first error (not "all brokers down", which says nothing more): a
-    refused connection, a TLS handshake's reason (librdkafka names ssl.ca.location there)."""
+def _first_requests_fail(*events: KafkaError, bootstrap: str = "k:9092") -> tuple[GroupRunner, MemoryStore]:
+    """A run whose first request (metadata) fails as "Broker transport failure", and whose client
+    has queued ``events`` for its error callback by then (served at the next poll)."""
     broker, store = _broker(), MemoryStore()
     factory = broker.consumer_factory()
 
-    def unreachable(conf: dict[str, Any]) -> MemoryConsumer:
+    def failing(conf: dict[str, Any]) -> MemoryConsumer:
         consumer = factory(conf)
 
         def no_metadata(*_args: Any, **_kwargs: Any) -> Any:
             said = "Failed to get metadata: Local: Broker transport failure"
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, said))
 
-        def events(*_: Any) -> None:  # what the client queued while the request failed
-            conf["error_cb"](KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
-            conf["error_cb"](KafkaError(KafkaError._TRANSPORT, _REFUSED_CONNECTION))
+        def served(*_: Any) -> None:
+            for event in events:
+                conf["error_cb"](event)
 
         consumer.list_topics = no_metadata  # type: ignore[method-assign]
-        consumer.poll = events  # type: ignore[attr-defined]
+        consumer.poll = served  # type: ignore[attr-defined]
         return consumer
 
-    config = Config(bootstrap_servers="k:9092", group_id="g", topics=("t",), output="s3://bucket/out",
+    config = Config(bootstrap_servers=bootstrap, group_id="g", topics=("t",), output="s3://bucket/out",
                     schema="page_view")
-    runner = GroupRunner(config, store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
-                         consumer_factory=unreachable)  # fmt: skip
+    decoder = Decoder("raw", schema=load_schema("page_view"))
+    return GroupRunner(config, store=store, decoder=decoder, consumer_factory=failing), store
+
+
+def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_written() -> None:
+    """With the client's own first error (not "all brokers down", which says nothing more): a
+    refused connection, a TLS handshake's reason (librdkafka names ssl.ca.location there)."""
+    runner, store = _first_requests_fail(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"),
+                                         KafkaError(KafkaError._TRANSPORT, _REFUSED_CONNECTION))
     with capture_logs() as logs:
         assert runner.run() == EXIT_FATAL
     stop = next(e for e in logs if e["event"] == "stopped: KafkaUnreachable")
@@ -221,24 +228,7 @@ def test_a_refused_login_is_named_with_the_settings_to_check() -> None:
 def test_a_login_refused_at_start_stops_with_status_2_not_as_an_unreachable_cluster() -> None:
     """The first request fails as "Broker transport failure"; the client's error event says why.
     Before, the run waited out the metadata timeout and exited 5 blaming the address."""
-    broker, store = _broker(), MemoryStore()
-    factory = broker.consumer_factory()
-
-    def refused(conf: dict[str, Any]) -> MemoryConsumer:
-        consumer = factory(conf)
-
-        def no_metadata(*_args: Any, **_kwargs: Any) -> Any:
-            said = "Failed to get metadata: Local: Broker transport failure"
-            raise KafkaException(KafkaError(KafkaError._TRANSPORT, said))
-
-        consumer.list_topics = no_metadata  # type: ignore[method-assign]
-        consumer.poll = lambda *_: conf["error_cb"](KafkaError(KafkaError._AUTHENTICATION, _REFUSED))  # type: ignore[attr-defined]
-        return consumer
-
-    config = Config(bootstrap_servers="k:9095", group_id="g", topics=("t",), output="s3://bucket/out",
-                    schema="page_view")
-    runner = GroupRunner(config, store=store, decoder=Decoder("raw", schema=load_schema("page_view")),
-                         consumer_factory=refused)  # fmt: skip
+    runner, store = _first_requests_fail(KafkaError(KafkaError._AUTHENTICATION, _REFUSED), bootstrap="k:9095")
     with capture_logs() as logs:
         assert runner.run() == EXIT_CONFIG
     stop = next(e for e in logs if e["event"] == "stopped: KafkaLoginRefused")
