@@ -43,6 +43,7 @@ from unittest.mock import patch
 
 import fastavro
 import pyarrow.parquet as pq
+from confluent_kafka import KafkaError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -401,6 +402,7 @@ step = st.one_of(
     st.tuples(st.just("recreate"), st.just(0), st.integers(0, 3)),
     st.tuples(st.just("reconfigure"), st.just(0), st.integers(0, 63)),
     st.tuples(st.just("add_partition"), st.just(0), st.just(0)),
+    st.tuples(st.just("login_refused"), st.integers(0, 3), st.just(0)),
 )
 #: Steps whose first number is a partition (of those the topic has then).
 ON_A_PARTITION = ("produce", "produce_bad", "reset", "reset_back", "retention", "delete_staged",
@@ -913,6 +915,11 @@ def _history(steps: list[tuple[str, int, int]], config: dict[str, Any]) -> None:
                 broker.expire(m.runner.consumer)
             elif kind == "pause_at_request":  # park it mid-flush or mid-roll: the others go on
                 m.pause_in = b
+                m.turn()
+            elif kind == "login_refused":  # its password changed: the next login is refused (status 2)
+                m.denied = True
+                refused = KafkaError(KafkaError._AUTHENTICATION, "injected: login refused")
+                m.runner.consumer.conf["error_cb"](refused)
                 m.turn()
             if deleted and sum(x.status == EXIT_FATAL for x in members) > stops_then[0]:
                 stop_all()  # a stop on a deletion pages the operator, who restores it at once
