@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from support import REPO, consumer_cmd, log_events, unique
 
-from consumer.budget import ALLOWANCE
+from consumer.budget import ALLOWANCE, SUPERVISOR_ALLOWANCE
 from consumer.producer import produce
 
 pytestmark = pytest.mark.shares_stack
@@ -96,6 +96,6 @@ def test_members_of_one_container_share_its_limit(stack: Any, make_topic: Any, u
         ran = run_in(procs, consumer_cmd(topic, group, output(stack, unique_prefix), "--until-caught-up",
                                          "--processes", "2"))
         assert ran.returncode == 0, ran.stderr[-3000:]
-        share = (limit - limit // 10) // 2 - ALLOWANCE
+        share = (limit - limit // 10 - SUPERVISOR_ALLOWANCE) // 2 - ALLOWANCE
         plans = [e for e in log_events(ran.stderr) if e["event"] == "memory plan"]
         assert len(plans) == 2 and {p["memory_bytes"] for p in plans} == {share}, plans
