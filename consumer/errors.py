@@ -14,7 +14,8 @@ them to statuses in :func:`exit_status`, and the CLI returns it.
       writes, an outage longer than the retry bound) — nothing undurable was committed
   5   the output or the group is in a state this process must not touch on its own: an offset
       reset into already-written files, staged pieces that do not chain, a fatal Kafka client
-      error (e.g. two members with one ``group.instance.id``), positions that cannot be committed
+      error (e.g. two members with one ``group.instance.id``), positions that cannot be committed,
+      a topic deleted under the run
   6   ``--until-caught-up`` gave up waiting for partitions held by other members
   7   stalled: records waited longer than ``--row-group-max-age`` + ``--stall-exit`` without
       becoming durable and committed (S3 or the group coordinator kept failing, or the memory
@@ -115,6 +116,27 @@ def fatal_client_hint(said: str) -> str:
             "(--processes restarts its members with backoff)."
         )
     return "check for a second member with the same group.instance.id, then restart."
+
+
+class TopicDeleted(ConsumerStop):
+    """A topic this run reads was deleted under it: it is gone from the cluster's metadata. The
+    member stayed assigned and read nothing, for good, after one warning. The group's offsets went
+    with the topic, so what it holds past them can be staged but never committed; and a topic
+    created again under the name is another topic to Kafka."""
+
+    status = EXIT_FATAL
+
+
+def topic_deleted(topics: list[str]) -> str:
+    names = ", ".join(repr(t) for t in topics)
+    return (
+        f"topic {names} was deleted while this consumer read it (the cluster no longer lists it). "
+        "The output up to each partition's committed position is complete. The rows read past it "
+        "are written to staging where S3 takes them, but no commit can follow (the group's offsets "
+        "went with the topic): they stay there, uncommitted. Remove the topic from --topic; a topic "
+        "created again under the name is another topic to Kafka: export it to a new --output "
+        "prefix with a new group."
+    )
 
 
 class PositionNotInLog(ConsumerStop):

@@ -51,9 +51,11 @@ from consumer.errors import (
     KafkaNotAuthorized,
     KafkaUnreachable,
     PositionNotInLog,
+    TopicDeleted,
     UsageError,
     fatal_client_hint,
     position_not_in_log,
+    topic_deleted,
 )
 from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
@@ -116,6 +118,10 @@ def _msg_tp(msg: Any) -> tuple[str, int]:
 
 _FATAL = -150  # reported on a message as a plain error whose fatal() is False
 _ALL_BROKERS_DOWN = -187
+#: librdkafka's "desired partition is no longer available" and Kafka's UNKNOWN_TOPIC_OR_PART: what
+#: the client says once a topic it reads is deleted (Runner._check_topics_still_exist asks first)
+_TOPIC_GONE = frozenset({-190, 3})
+_UNKNOWN_TOPIC_OR_PART = 3
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 _ORPHAN_LOOK_EVERY = 10.0  # seconds between looks at the group's assignment (static members)
 _ORPHAN_LOOK_BACKOFF = 60.0  # … after a look the cluster did not answer (each may block up to 5 s)
@@ -263,6 +269,9 @@ class Runner:
         #: the client's first error event but "all brokers down" (which says no more than the
         #: request's failure): why the first requests failed, said at start
         self._first_kafka_error: str | None = None
+        #: the client said a topic or partition is unknown: whether a topic read was deleted is
+        #: asked after the next poll (:meth:`_check_topics_still_exist`)
+        self._topic_may_be_gone = False
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
@@ -337,6 +346,8 @@ class Runner:
         fatal = bool(err.fatal())
         if self._first_kafka_error is None and err.code() != _ALL_BROKERS_DOWN:
             self._first_kafka_error = str(err.str())
+        if err.code() in _TOPIC_GONE:
+            self._topic_may_be_gone = True
         held = self._kafka_errors.admit(str(err))
         if held is not None or fatal:
             more = {"repeated": held} if held else {}
@@ -682,6 +693,8 @@ class Runner:
         while not self.stop_requested:
             msgs = self.consumer.consume(num_messages=self.batch_messages, timeout=cfg.poll_timeout)
             self._raise_callback_error()
+            if self._topic_may_be_gone:
+                self._check_topics_still_exist()
             self._after_poll()
             consumed_bytes = 0
             for tp, run, run_bytes in self._by_partition(msgs):
@@ -725,6 +738,22 @@ class Runner:
             if code is not None:
                 return code
         return EXIT_OK
+
+    def _check_topics_still_exist(self) -> None:
+        """Stop (TopicDeleted, status 5) when a topic this run holds partitions of is gone from the
+        cluster's metadata: the client said a partition or topic is unknown. Asked, not assumed:
+        the same codes can come while a leader moves. No answer proves nothing: asked again at
+        the client's next such word."""
+        self._topic_may_be_gone = False
+        held = sorted({w.topic for w in self.workers.values()})
+        try:
+            md = self.consumer.list_topics(timeout=10.0)
+        except Exception:
+            return
+        gone = [t for t in held if t not in md.topics
+                or getattr(md.topics[t].error, "code", lambda: None)() == _UNKNOWN_TOPIC_OR_PART]
+        if gone:
+            raise TopicDeleted(topic_deleted(gone))
 
     def _note_kafka_view(self, workers: list[PartitionWorker]) -> None:
         """Note, for the metrics, these partitions' log end offset (librdkafka's cached watermarks:

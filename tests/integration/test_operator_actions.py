@@ -672,8 +672,9 @@ def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_
     """Deleted and recreated under a running member, refilled at once past the member's position:
     librdkafka fetches on from that position in the new topic. The flush asks for the topic's id
     first and stops the run with status 5; nothing of the new topic reaches S3 or the group's
-    offsets. (Whether librdkafka first answers OFFSET_OUT_OF_RANGE, which stops the run too,
-    depends on when it fetches: both end in status 5 with nothing written.)"""
+    offsets. (Whether librdkafka first answers OFFSET_OUT_OF_RANGE, which stops the run too, or
+    first says the partition is unknown while the topic is gone, which stops it as a deleted topic,
+    depends on when it fetches: all end in status 5 with nothing written.)"""
     topic, group = make_topic(partitions=1), unique("g")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
@@ -694,10 +695,40 @@ def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_
     assert code == 5, running.log()[-3000:]
     stopped = [e for e in running.events() if str(e.get("event", "")).startswith("stopped:")]
     assert stopped, running.log()[-3000:]
-    assert stopped[0]["event"] in ("stopped: IntegrityError", "stopped: PositionNotInLog"), stopped
+    assert stopped[0]["event"] in ("stopped: IntegrityError", "stopped: PositionNotInLog",
+                                   "stopped: TopicDeleted"), stopped
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == written
     assert not final_keys(s3, stack.s3_bucket, unique_prefix)
     assert committed(stack.kafka_bootstrap, group, topic)[0] in (500, -1001)
+
+
+def test_a_topic_deleted_while_the_consumer_runs_stops_it_with_status_5_and_its_held_rows_stay_staged(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    """Deleted under a running member that holds rows (no row group due for 10 minutes): the
+    member used to stay assigned, reading nothing, after one warning, for good. Now it stops with
+    status 5 naming the topic; the rows it held are written to staging, which is the only copy
+    left, and nothing is committed or made final (the group's offsets went with the topic)."""
+    topic, group = make_topic(partitions=2), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    running = start_consumer(topic, group, out, "--row-group-max-age", "10m")
+    try:
+        running.wait_for(lambda ev: any(e.get("event") == "partitions assigned" for e in ev),
+                         what="assignment")
+        time.sleep(3)  # 400 records read and held
+        admin.delete_topics([topic], operation_timeout=30)[topic].result(timeout=30)
+        status = running.proc.wait(timeout=90)
+    finally:
+        running.stop()
+    assert status == 5, running.log()[-3000:]
+    stopped = [e for e in running.events() if str(e.get("event", "")).startswith("stopped:")]
+    assert stopped and stopped[0]["event"] == "stopped: TopicDeleted", running.log()[-3000:]
+    assert stopped[0]["error"].startswith(f"topic {topic!r} was deleted while this consumer read it")
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix), "the rows held were not staged"
+    assert not final_keys(s3, stack.s3_bucket, unique_prefix)
+    flushed = [e for e in running.events() if e.get("event") == "could not flush on shutdown"]
+    assert {e["partition"] for e in flushed} == {0, 1}, running.log()[-3000:]  # commits refused
 
 
 def test_records_retention_deleted_unread_stop_with_status_5_until_the_offset_is_moved(

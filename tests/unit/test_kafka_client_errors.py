@@ -260,3 +260,37 @@ def test_a_login_refused_mid_run_stops_with_status_2_without_a_flush_and_a_resta
     again = _runner(broker, store, until_caught_up=True)
     assert again.run() == 0
     assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
+
+
+# -- a topic deleted under the run -----------------------------------------------------------------
+_GONE = KafkaError(KafkaError._UNKNOWN_PARTITION, "t [0]: desired partition is no longer available")
+
+
+@pytest.mark.parametrize("deleted", [True, False])
+def test_a_topic_deleted_mid_run_stops_it_with_status_5_naming_it(deleted: bool) -> None:
+    """The client says a partition is unknown once the topic is deleted, and the member stayed
+    assigned, reading nothing, for good. The run asks the cluster first: the same word while the
+    topic is still listed (a leader moving) changes nothing."""
+    from test_shutdown import _broker, _runner
+
+    from consumer.testing import at_consume
+
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=not deleted)
+    listed = runner.consumer.list_topics
+
+    def delete() -> None:
+        if deleted:
+            runner.consumer.list_topics = lambda *a, **k: type(listed())({})  # type: ignore[method-assign]
+        runner.consumer.conf["error_cb"](_GONE)
+
+    at_consume(runner.consumer, {2: delete})
+    with capture_logs() as logs:
+        status = runner.run()
+    if not deleted:
+        assert status == 0
+        return
+    assert status == EXIT_FATAL
+    stop = next(e for e in logs if e["event"] == "stopped: TopicDeleted")
+    assert stop["error"].startswith("topic 't' was deleted while this consumer read it")
+    assert "a new --output prefix with a new group" in stop["error"]
