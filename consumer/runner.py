@@ -484,7 +484,7 @@ class Runner:
         Python runs :meth:`request_stop` only once the main thread is back in Python code, and a
         synchronous commit in a flush of the loop blocks in C until librdkafka answers: with the
         broker frozen, a minute and more. The signal reaches the wakeup fd at once, though, so a
-        thread reading it arms the timer then: --shutdown-timeout + 7 s from the signal, one second
+        thread reading it arms the timer then: --shutdown-timeout + 8 s from the signal, one second
         after the shutdown's own timers (which know the run's status) would have fired. It ends
         the process with status 0, what a stop request earns."""
         read, write = os.pipe()
