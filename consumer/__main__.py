@@ -11,15 +11,20 @@ shutdown otherwise runs full collections over every object of the process, only 
 go back to the operating system a moment later (0.15-0.2 CPU-s at the end of every run; 3 % of a
 1M-record run). Modules are still torn down and their finalizers run as before; only cycles among
 objects that lived the whole process are left to the process's exit.
+
+A crash in native code (librdkafka, pyarrow, the decoder) prints every thread's Python stack to
+stderr (:mod:`faulthandler`) before the process dies, so a status of -11 says where it happened.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import gc
 from collections.abc import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    faulthandler.enable()
     gc.disable()
     from consumer.cli import main as cli_main
 

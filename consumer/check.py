@@ -32,7 +32,7 @@ from __future__ import annotations
 import contextlib
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,16 +62,26 @@ def _run(name: str, probe: Callable[[], str]) -> CheckResult:
     return CheckResult(name, True, f"{detail} ({time.monotonic() - started:.2f}s)")
 
 
-def _admin(config: cfgmod.Config, lines: logmod.ClientLines) -> Any:
+@contextlib.contextmanager
+def _admin(config: cfgmod.Config, lines: logmod.ClientLines) -> Iterator[Any]:
+    """An AdminClient, destroyed on this thread when the check is done. Dropped instead, it would
+    wait for the cycle collector (it and ``lines`` refer to each other), which may run on any
+    thread, librdkafka's own among them: a client destroyed there crashes the process
+    (confluent-kafka-python issues 1761 and 2129). A health check once died of SIGSEGV in CI."""
     from confluent_kafka.admin import AdminClient
 
     conf: dict[str, Any] = {**cfgmod.admin_config(config), "logger": lines, "error_cb": lines.error}
-    return lines.watch(AdminClient(conf))
+    with AdminClient(conf) as admin:
+        yield lines.watch(admin)
 
 
 def check_kafka(config: cfgmod.Config, timeout: float) -> str:
     lines = logmod.ClientLines()
-    admin = _admin(config, lines)
+    with _admin(config, lines) as admin:
+        return _check_kafka(admin, lines, config, timeout)
+
+
+def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, timeout: float) -> str:
     try:
         md = admin.list_topics(timeout=timeout)
     except Exception as exc:
@@ -166,11 +176,12 @@ def check_registry(config: cfgmod.Config, timeout: float) -> str:
 
 def check_group(config: cfgmod.Config, timeout: float) -> str:
     lines = logmod.ClientLines()
-    futures = _admin(config, lines).describe_consumer_groups([config.group_id], request_timeout=timeout)
-    try:
-        desc: Any = futures[config.group_id].result(timeout=timeout)
-    except Exception as exc:
-        raise RuntimeError(lines.explain(exc)) from exc
+    with _admin(config, lines) as admin:
+        futures = admin.describe_consumer_groups([config.group_id], request_timeout=timeout)
+        try:
+            desc: Any = futures[config.group_id].result(timeout=timeout)
+        except Exception as exc:
+            raise RuntimeError(lines.explain(exc)) from exc
     members = list(desc.members or [])
     state = getattr(desc.state, "name", str(desc.state))
     if not members:

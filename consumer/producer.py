@@ -103,40 +103,44 @@ def ensure_topic(
     """
     lines = logmod.ClientLines()
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **dict(extra_config or {}), "logger": lines}
-    admin = lines.watch(AdminClient(conf))
-    existing = _partition_count(admin, lines, topic, timeout_s=min(timeout_s, 10.0))
-    if existing is None:
-        futures = admin.create_topics(
-            # replication_factor=-1: the broker's default.replication.factor, so the same call
-            # works on a 1-broker dev stack and a 3-broker cluster.
-            [NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
-            operation_timeout=timeout_s,
-            request_timeout=timeout_s,
-        )
-        try:
-            futures[topic].result()
-            _log.info("topic_created", topic=topic, partitions=partitions)
-        except KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-                raise ProduceError(f"could not create topic {topic!r}: {lines.explain(exc)}") from exc
-    deadline = time.monotonic() + timeout_s
-    while True:
-        count = _partition_count(admin, lines, topic, timeout_s=5.0, require_leaders=True)
-        if count is not None:
-            break
-        if time.monotonic() > deadline:
-            raise ProduceError(
-                f"topic {topic!r} did not appear with leaders for all partitions within "
-                f"{timeout_s:.0f}s; is the broker at {bootstrap} healthy?"
+    # Destroyed here, on this thread: left to the cycle collector (the client and its logger refer
+    # to each other) it may be destroyed on librdkafka's own thread, which crashes the process
+    # (check._admin).
+    with AdminClient(conf) as admin:
+        lines.watch(admin)
+        existing = _partition_count(admin, lines, topic, timeout_s=min(timeout_s, 10.0))
+        if existing is None:
+            futures = admin.create_topics(
+                # replication_factor=-1: the broker's default.replication.factor, so the same call
+                # works on a 1-broker dev stack and a 3-broker cluster.
+                [NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
+                operation_timeout=timeout_s,
+                request_timeout=timeout_s,
             )
-        time.sleep(0.1)
-    if count < partitions:
-        raise ProduceError(
-            f"topic {topic!r} already exists with {count} partitions, fewer than the "
-            f"{partitions} requested; delete it or pass partitions={count}"
-        )
-    return count
+            try:
+                futures[topic].result()
+                _log.info("topic_created", topic=topic, partitions=partitions)
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                if not (isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS):
+                    raise ProduceError(f"could not create topic {topic!r}: {lines.explain(exc)}") from exc
+        deadline = time.monotonic() + timeout_s
+        while True:
+            count = _partition_count(admin, lines, topic, timeout_s=5.0, require_leaders=True)
+            if count is not None:
+                break
+            if time.monotonic() > deadline:
+                raise ProduceError(
+                    f"topic {topic!r} did not appear with leaders for all partitions within "
+                    f"{timeout_s:.0f}s; is the broker at {bootstrap} healthy?"
+                )
+            time.sleep(0.1)
+        if count < partitions:
+            raise ProduceError(
+                f"topic {topic!r} already exists with {count} partitions, fewer than the "
+                f"{partitions} requested; delete it or pass partitions={count}"
+            )
+        return count
 
 
 def _partition_count(

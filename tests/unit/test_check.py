@@ -90,3 +90,30 @@ def test_unreachable_dependencies_fail_each_within_the_timeout(
     assert "|FAIL|rdkafka" not in err
     kafka = next(line for line in err.splitlines() if line.startswith("FAIL kafka: "))
     assert "librdkafka: " in kafka and "Connection refused" in kafka, kafka
+
+
+def test_check_destroys_its_kafka_clients_before_it_returns(
+    env: None, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Each admin client refers to its logger and the logger to it, so dropped it would live until
+    the cycle collector came, on whatever thread allocated then: librdkafka's own, when a request's
+    answer arrives (confluent-kafka-python issues 1761 and 2129), and a client destroyed on its own
+    thread crashes the process. A health check died of SIGSEGV in CI. So `check` destroys each
+    client itself, on its thread, before it returns."""
+    import gc
+
+    from confluent_kafka.admin import AdminClient
+
+    gc.collect()
+    gc.disable()  # whatever `check` leaves stays where this test can see it
+    try:
+        before = {id(o) for o in gc.get_objects() if isinstance(o, AdminClient)}
+        assert cli.main(["check", "--group-active", "--timeout", "1"]) == 1
+        made = [o for o in gc.get_objects() if isinstance(o, AdminClient) and id(o) not in before]
+    finally:
+        gc.enable()
+    capfd.readouterr()
+    assert made, "check made no admin client: this test no longer tests anything"
+    for client in made:
+        with pytest.raises(RuntimeError, match="closed"):
+            client.poll(0)
