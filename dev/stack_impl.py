@@ -75,6 +75,7 @@ class Config:
     kafka_port: int
     kafka_controller_port: int
     kafka_sasl_port: int
+    kafka_ssl_port: int
     s3_port: int
     s3_grpc_port: int
     seaweed_master_port: int
@@ -101,6 +102,9 @@ class Config:
             # A second listener that asks for a login (SASL/PLAIN) and applies ACLs, for the tests
             # of a client Kafka does not authorize; the plain listener's clients may do anything.
             kafka_sasl_port=_env_int("KAFKA_SASL_PORT", kafka + 3),
+            # A third that speaks TLS, with a certificate of the stack's own CA (tls_dir), for the
+            # tests of a client that must trust the broker's certificate.
+            kafka_ssl_port=_env_int("KAFKA_SSL_PORT", kafka + 4),
             s3_port=s3,
             # SeaweedFS needs several more ports; by default they sit just above S3_PORT.
             # (The admin server's gRPC port is always admin port + 10000: its embedded worker
@@ -138,11 +142,18 @@ class Config:
     def log_file(self, name: str) -> Path:
         return self.log_dir / f"{name}.log"
 
+    @property
+    def tls_dir(self) -> Path:
+        return self.stack_dir / "tls"
+
     # Settings --------------------------------------------------------------------------------
     def settings(self) -> dict[str, str]:
         return {
             "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_port}",
             "KAFKA_SASL_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_sasl_port}",
+            "KAFKA_SSL_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_ssl_port}",
+            # What a client of the TLS listener sets ssl.ca.location to.
+            "KAFKA_SSL_CA_LOCATION": str(self.tls_dir / f"{TLS_CA}.pem"),
             "S3_ENDPOINT_URL": f"http://{HOST}:{self.s3_port}",
             "S3_BUCKET": self.s3_bucket,
             "AWS_ACCESS_KEY_ID": self.access_key,
@@ -156,6 +167,7 @@ class Config:
             "KAFKA_PORT": self.kafka_port,
             "KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
             "KAFKA_SASL_PORT": self.kafka_sasl_port,
+            "KAFKA_SSL_PORT": self.kafka_ssl_port,
             "S3_PORT": self.s3_port,
             "SEAWEED_S3_GRPC_PORT": self.s3_grpc_port,
             "SEAWEED_MASTER_PORT": self.seaweed_master_port,
@@ -446,12 +458,18 @@ def _kafka_properties(cfg: Config) -> str:
         "process.roles": "broker,controller",
         "node.id": "1",
         "listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},CONTROLLER://{HOST}:{cfg.kafka_controller_port},"
-        f"SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port}",
-        "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port}",
+        f"SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port},SSL://{HOST}:{cfg.kafka_ssl_port}",
+        "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port},"
+        f"SSL://{HOST}:{cfg.kafka_ssl_port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map":
-            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT",
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL",
+        # The TLS listener: a key and certificate chain in one PEM file (tls_dir, made at `up`),
+        # read again at every start, so a test may swap it while the broker is down. No client
+        # certificates: its clients are ANONYMOUS, like the plain listener's.
+        "listener.name.ssl.ssl.keystore.type": "PEM",
+        "listener.name.ssl.ssl.keystore.location": str(cfg.tls_dir / TLS_BROKER_KEYSTORE),
         # ACLs apply to the SASL listener's users only: the plain listener's clients (the stack,
         # the tests, dev/demo) are ANONYMOUS, a super user, as without an authorizer.
         "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
@@ -495,6 +513,53 @@ def _kafka_properties(cfg: Config) -> str:
     return "".join(f"{k}={v}\n" for k, v in props.items())
 
 
+#: The stack's certificate authority (``tls_dir/ca.pem``, its key ``ca.key``) and the broker's
+#: keystore (its key, its certificate for 127.0.0.1 and localhost, and the CA's certificate).
+TLS_CA = "ca"
+TLS_BROKER_KEYSTORE = "broker-keystore.pem"
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    try:
+        res = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, check=False)
+    except FileNotFoundError:
+        raise StackError("the TLS listener's certificates need the openssl command: install it") from None
+    if res.returncode != 0:
+        raise StackError(f"openssl {args[0]} failed: {res.stderr.strip()[-2000:]}")
+
+
+def make_ca(tls: Path, name: str) -> Path:
+    """A self-signed certificate authority ``tls/<name>.pem`` (key ``<name>.key``)."""
+    tls.mkdir(parents=True, exist_ok=True)
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3650",
+             "-subj", f"/CN=consumer-dev {name}", "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=tls)
+    return tls / f"{name}.pem"
+
+
+def issue_broker_keystore(tls: Path, ca: str, out: str) -> Path:
+    """``tls/<out>``: a new key and a certificate for 127.0.0.1 and localhost signed by CA ``ca``,
+    with the CA's certificate, as one PEM file (PKCS#8 key first), Kafka's PEM keystore."""
+    ext = tls / "broker.ext"
+    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+             "-keyout", "broker.key", "-out", "broker.csr", cwd=tls)
+    _openssl("x509", "-req", "-in", "broker.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-set_serial", str(uuid.uuid4().int >> 66), "-days", "3650", "-extfile", ext.name,
+             "-out", "broker.crt", cwd=tls)
+    text = "".join((tls / n).read_text() for n in ("broker.key", "broker.crt", f"{ca}.pem"))
+    for n in ("broker.key", "broker.csr", "broker.crt", ext.name):
+        (tls / n).unlink()
+    _atomic_write(tls / out, text)
+    return tls / out
+
+
+def ensure_tls(cfg: Config) -> None:
+    """The TLS listener's CA and keystore, made once per STACK_DIR (kept across restarts)."""
+    if not (cfg.tls_dir / TLS_BROKER_KEYSTORE).exists():
+        make_ca(cfg.tls_dir, TLS_CA)
+        issue_broker_keystore(cfg.tls_dir, TLS_CA, TLS_BROKER_KEYSTORE)
+
+
 def _new_cluster_id() -> str:
     """Like Kafka's Uuid.randomUuid(): 16 random bytes, URL-safe base64 without padding, never
     starting with '-' (the storage tool's argument parser would take it for an option)."""
@@ -513,6 +578,7 @@ def start_kafka(cfg: Config) -> int:
     data = kdir / "data"
     props_file = kdir / "server.properties"
     kdir.mkdir(parents=True, exist_ok=True)
+    ensure_tls(cfg)
     _atomic_write(props_file, _kafka_properties(cfg))
     if not (data / "meta.properties").exists():
         shutil.rmtree(data, ignore_errors=True)
@@ -734,7 +800,7 @@ def registry_ready(cfg: Config) -> bool:
 def _service_ports(cfg: Config) -> dict[str, dict[str, int]]:
     ports = cfg.all_ports()
     return {
-        "kafka": {k: ports[k] for k in ("KAFKA_PORT", "KAFKA_CONTROLLER_PORT")},
+        "kafka": {k: ports[k] for k in ports if k.startswith("KAFKA_")},
         "s3": {k: v for k, v in ports.items() if k.startswith("SEAWEED") or k == "S3_PORT"},
         "registry": {"REGISTRY_PORT": ports["REGISTRY_PORT"]},
     }

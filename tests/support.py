@@ -555,6 +555,9 @@ class StackSettings:
     aws_region: str = "us-east-1"
     #: The broker's listener that asks for a login and applies ACLs (dev/stack_impl.SASL_USERS).
     kafka_sasl_bootstrap: str | None = None
+    #: The broker's TLS listener and the CA file its clients trust (dev/stack_impl.ensure_tls).
+    kafka_ssl_bootstrap: str | None = None
+    kafka_ssl_ca: str | None = None
 
     @staticmethod
     def from_env_lines(text: str) -> StackSettings:
@@ -581,6 +584,8 @@ class StackSettings:
             schema_registry_url=env.get("SCHEMA_REGISTRY_URL") or None,
             aws_region=env.get("AWS_REGION", "us-east-1"),
             kafka_sasl_bootstrap=env.get("KAFKA_SASL_BOOTSTRAP_SERVERS") or None,
+            kafka_ssl_bootstrap=env.get("KAFKA_SSL_BOOTSTRAP_SERVERS") or None,
+            kafka_ssl_ca=env.get("KAFKA_SSL_CA_LOCATION") or None,
         )
 
     def as_env(self) -> dict[str, str]:
@@ -608,3 +613,18 @@ def parse_env_lines(text: str) -> dict[str, str]:
         key, _, value = line.partition("=")
         out[key.strip()] = value.strip()
     return out
+
+
+def dev_stack_impl() -> Any:
+    """``dev/stack_impl``, the stack's own code: its TLS helpers (``make_ca``,
+    ``issue_broker_keystore``) make the certificates of a CA the broker does not use."""
+    import importlib.util
+
+    if "stack_impl" in sys.modules:
+        return sys.modules["stack_impl"]
+    spec = importlib.util.spec_from_file_location("stack_impl", REPO / "dev" / "stack_impl.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["stack_impl"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
