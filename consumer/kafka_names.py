@@ -81,10 +81,30 @@ def not_authorized(
 LOGIN_REFUSED = frozenset({-169, 58})
 
 
+#: OpenSSL's words when this client does not trust a broker's certificate: a chain no CA in
+#: ``ssl.ca.location`` signed (a certificate rotated to a new CA), an expired certificate, or a name
+#: that is not the address connected to. librdkafka says them in a failed handshake's error (code
+#: ``_SSL``); the same handshake fails on every try until the client's settings or the broker's
+#: certificate change. A handshake cut short (a broker restarting) says other words, and is retried.
+UNTRUSTED_CERTIFICATE = "certificate verify failed"
+#: librdkafka's ``KafkaError._SSL``.
+_SSL = -181
+
+
 def login_refused(code: int, said: str) -> str | None:
     """What to tell an operator whose cluster refuses this client's login (``said``: the client's
-    own words, which name the mechanism and never the password), or None for another error. Not
-    an outage to wait out: the same credentials are refused again on every try."""
+    own words, which name the mechanism and never the password), or whose broker's certificate
+    this client does not trust (TLS: like the Java client's SslAuthenticationException, an
+    AuthenticationException), or None for another error. Not an outage to wait out: the same
+    login is refused again on every try."""
+    if code == _SSL and UNTRUSTED_CERTIFICATE in said:
+        return (
+            f"this client does not trust the Kafka broker's certificate ({said}). Check -X "
+            "ssl.ca.location: the CA that signed the brokers' certificates (after the cluster moves "
+            "to a new CA, trust both until every broker has moved), and that the bootstrap address is "
+            "a name in the certificate; `consumer check` tries them. Then start again. Everything "
+            "committed is durable; rows not yet committed are consumed again."
+        )
     if code not in LOGIN_REFUSED:
         return None
     return (

@@ -30,6 +30,7 @@ from s3proxy import S3Proxy
 from support import (
     Running,
     count,
+    dev_stack_impl,
     run_consumer,
     start_consumer,
     unique,
@@ -490,6 +491,60 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
         produced=first.count + bg.produced,
         producer_errors=bg.errors,
     )
+
+
+# -- 4b. a broker certificate renewed by a CA the client does not trust --------------------------
+
+
+def test_a_broker_certificate_renewed_by_an_untrusted_ca_stops_the_run_with_status_2_and_loses_nothing(
+    private_stack: PrivateStack, tmp_path: Path
+) -> None:
+    """An operator renews the brokers' certificates with a new CA before the clients trust it; a
+    broker takes its new keystore when it restarts. The run, on the TLS listener, reconnects and
+    every handshake fails ("certificate verify failed"), which librdkafka retries for good: the
+    member would idle, read nothing and say so only in warnings. Now it stops with status 2 naming
+    ssl.ca.location, without a flush (no commit could follow: its rows are consumed again), and a
+    run that trusts both CAs exports every offset once."""
+    ps = private_stack
+    ps.up()
+    impl = dev_stack_impl()
+    keystore = ps.stack_dir / "tls" / impl.TLS_BROKER_KEYSTORE
+    original = keystore.read_bytes()
+    renewal = tmp_path / "renewal"
+    renewed_ca = impl.make_ca(renewal, "renewed")
+    renewed = impl.issue_broker_keystore(renewal, "renewed", impl.TLS_BROKER_KEYSTORE)
+    old_ca = Path(ps.settings["KAFKA_SSL_CA_LOCATION"])
+    both = tmp_path / "both-cas.pem"
+    both.write_text(old_ca.read_text() + renewed_ca.read_text())
+    ssl = ("--bootstrap-servers", ps.settings["KAFKA_SSL_BOOTSTRAP_SERVERS"], "-X", "security.protocol=SSL")
+    sc = Scenario.new(ps, "tls-renewal", (*SMALL, *ssl, "-X", f"ssl.ca.location={both}"))
+    first = produce(ps.bootstrap, sc.topic, "page_view", 1_000, partitions=PARTITIONS)
+    running = start_consumer(sc.topic, sc.group, sc.out, *SMALL, *ssl, "-X", f"ssl.ca.location={old_ca}",
+                             env=ps.consumer_env())
+    try:
+        running.wait_for(lambda ev: durable(ev) >= 3, timeout=60, what="rows durable before the renewal")
+        ps.terminate("kafka")
+        keystore.write_bytes(renewed.read_bytes())
+        ps.up()
+        back = time.monotonic()
+        then = produce(ps.bootstrap, sc.topic, "page_view", 600, partitions=PARTITIONS, start=first.count,
+                       create_topic=False)
+        assert running.proc.wait(timeout=90) == 2, running.log()[-4000:]
+        waited = time.monotonic() - back
+        said = next((e["error"] for e in running.events() if e["event"].startswith("stopped: ")), "")
+        assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
+        assert "certificate verify failed" in said and "ssl.ca.location" in said, said
+        print(f"TLS renewal: stopped with status 2 {waited:.1f}s after the broker came back")
+        finish_and_verify(ps, ps.s3_client(), sc, fault="Kafka broker certificate renewed by a CA the client "
+                          "does not trust (broker restart)", kind="broker restart", tmp=tmp_path,
+                          produced=first.count + then.count, producer_errors=[])
+    finally:
+        if running.proc.poll() is None:
+            running.stop()
+        if keystore.read_bytes() != original:  # the module's other tests meet the stack as it was
+            ps.terminate("kafka")
+            keystore.write_bytes(original)
+            ps.up()
 
 
 # -- 5. a server that stops answering at SIGTERM -------------------------------------------------

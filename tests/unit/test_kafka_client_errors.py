@@ -124,8 +124,8 @@ def _first_requests_fail(*events: KafkaError, bootstrap: str = "k:9092") -> tupl
 
 
 def test_a_cluster_that_does_not_answer_at_start_is_said_as_such_and_nothing_is_written() -> None:
-    """With the client's own first error (not "all brokers down", which says nothing more): a
-    refused connection, a TLS handshake's reason (librdkafka names ssl.ca.location there)."""
+    """With the client's own first error (not "all brokers down", which says nothing more), e.g.
+    a refused connection."""
     runner, store = _first_requests_fail(KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"),
                                          KafkaError(KafkaError._TRANSPORT, _REFUSED_CONNECTION))
     with capture_logs() as logs:
@@ -260,6 +260,38 @@ def test_a_login_refused_mid_run_stops_with_status_2_without_a_flush_and_a_resta
     again = _runner(broker, store, until_caught_up=True)
     assert again.run() == 0
     assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
+
+
+# -- a broker certificate the client does not trust (TLS) ------------------------------------------
+_UNTRUSTED = ("ssl://k:9093/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate verify "
+              "failed: broker certificate could not be verified, verify that ssl.ca.location is correctly "
+              "configured or root CA certificates are installed (install ca-certificates package) "
+              "(after 33ms in state SSL_HANDSHAKE)")  # librdkafka 2.x, said to a client trusting another CA
+
+
+def test_a_broker_certificate_the_client_does_not_trust_is_named_with_ssl_ca_location() -> None:
+    """A handshake that fails verification (_SSL, "certificate verify failed") fails so on every
+    try; a handshake cut short does not say it, and is an outage to wait out."""
+    from consumer.kafka_names import login_refused
+
+    said = login_refused(KafkaError._SSL, _UNTRUSTED)
+    assert said is not None and said.startswith(f"this client does not trust the Kafka broker's certificate "
+                                                f"({_UNTRUSTED})")
+    assert "ssl.ca.location" in said and "trust both" in said
+    assert login_refused(KafkaError._SSL, "ssl://k:9093/1: SSL handshake failed: Disconnected") is None
+    assert login_refused(KafkaError._TRANSPORT, "certificate verify failed") is None
+
+
+def test_a_broker_certificate_not_trusted_at_start_stops_with_status_2_not_as_unreachable() -> None:
+    """Before, the run waited out the metadata timeout and exited 5 blaming the address."""
+    runner, store = _first_requests_fail(KafkaError(KafkaError._SSL, _UNTRUSTED),
+                                         KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"),
+                                         bootstrap="k:9093")
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_CONFIG
+    stop = next(e for e in logs if e["event"] == "stopped: KafkaLoginRefused")
+    assert stop["error"].startswith("this client does not trust the Kafka broker's certificate (ssl://k:9093")
+    assert not [k for k in store.objects if k.endswith(".parquet")]
 
 
 # -- a topic deleted under the run -----------------------------------------------------------------

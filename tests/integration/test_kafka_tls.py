@@ -1,0 +1,98 @@
+"""A run over the stack broker's TLS listener (its own CA: dev/stack_impl.ensure_tls), as against
+a cluster that encrypts its connections (MSK, Confluent Cloud, most production clusters).
+
+Trusting the broker's CA (``-X ssl.ca.location``), a run exports every offset once and `consumer
+check` passes. Trusting another CA, the start stops with exit status 2 within seconds, naming
+``ssl.ca.location``; it used to stop with status 5 after 10 s, blaming the address. `consumer check`
+and `replay` say the same. A certificate rotated while a run consumes is a fault test
+(tests/faults/test_outages.py): it needs the broker restarted.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import (
+    REPO,
+    assert_exactly_once,
+    consumer_cmd,
+    dev_stack_impl,
+    download_finals,
+    log_events,
+    read_table,
+    unique,
+)
+
+from consumer.producer import produce
+
+pytestmark = pytest.mark.shares_stack
+
+
+def tls(stack: Any, ca: str | None = None) -> list[str]:
+    """The flags of a client of the TLS listener that trusts ``ca`` (default: the stack's CA)."""
+    if not stack.kafka_ssl_bootstrap or not stack.kafka_ssl_ca:
+        pytest.fail("the stack has no TLS listener: restart it (dev/stack down; dev/stack up)")
+    return ["--bootstrap-servers", stack.kafka_ssl_bootstrap, "-X", "security.protocol=SSL",
+            "-X", f"ssl.ca.location={ca or stack.kafka_ssl_ca}"]
+
+
+def other_ca(tmp_path: Path) -> str:
+    """A CA that signed nothing the broker presents."""
+    return str(dev_stack_impl().make_ca(tmp_path / "tls", "other"))
+
+
+def check(stack: Any, topic: str, group: str, flags: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "consumer", "check", "--group-id", group, "--topic", topic, "--schema",
+         "page_view", "--output", f"s3://{stack.s3_bucket}/unused", *flags],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+
+
+def stop_reason(stderr: str) -> str:
+    return next((e["error"] for e in log_events(stderr) if e["event"].startswith("stopped: ")), "")
+
+
+def test_a_run_over_tls_exports_every_offset_once(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    topic, group = make_topic(partitions=2), unique("g")
+    produced = produce(stack.kafka_bootstrap, topic, "page_view", 600, partitions=2, create_topic=False)
+    checked = check(stack, topic, group, tls(stack))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "ok   kafka: 1 broker(s)" in checked.stdout, checked.stdout
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *tls(stack)),
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
+    assert_exactly_once(table, produced.partition_counts)
+
+
+def test_a_broker_certificate_the_client_does_not_trust_stops_the_start_with_status_2_naming_ssl_ca_location(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    topic, group = make_topic(partitions=1), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 50, partitions=1, create_topic=False)
+    untrusting = tls(stack, other_ca(tmp_path))
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    for command in (consumer_cmd(topic, group, out, *untrusting),
+                    [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
+                     "--output", f"{out}-replay", "--log-format", "json", *untrusting]):
+        started = time.monotonic()
+        res = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+        assert res.returncode == 2, res.stderr[-3000:]
+        assert time.monotonic() - started < 30, "a refused certificate is not an outage to wait out"
+        said = stop_reason(res.stderr)
+        assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
+        assert "certificate verify failed" in said and "ssl.ca.location" in said, said
+    assert "Contents" not in s3.list_objects_v2(Bucket=stack.s3_bucket, Prefix=f"{unique_prefix}out")
+    checked = check(stack, topic, group, untrusting)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "FAIL kafka: RuntimeError: this client does not trust the Kafka broker's certificate (" \
+        in checked.stderr, checked.stderr
