@@ -76,6 +76,7 @@ class Config:
     kafka_controller_port: int
     kafka_sasl_port: int
     kafka_ssl_port: int
+    kafka_mtls_port: int
     s3_port: int
     s3_grpc_port: int
     seaweed_master_port: int
@@ -105,6 +106,8 @@ class Config:
             # A third that speaks TLS, with a certificate of the stack's own CA (tls_dir), for the
             # tests of a client that must trust the broker's certificate.
             kafka_ssl_port=_env_int("KAFKA_SSL_PORT", kafka + 4),
+            # And one that also asks the client for a certificate of that CA (mutual TLS).
+            kafka_mtls_port=_env_int("KAFKA_MTLS_PORT", kafka + 5),
             s3_port=s3,
             # SeaweedFS needs several more ports; by default they sit just above S3_PORT.
             # (The admin server's gRPC port is always admin port + 10000: its embedded worker
@@ -152,6 +155,8 @@ class Config:
             "KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_port}",
             "KAFKA_SASL_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_sasl_port}",
             "KAFKA_SSL_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_ssl_port}",
+            # Its clients' certificate and key: client.pem and client.key beside the CA file.
+            "KAFKA_MTLS_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_mtls_port}",
             # What a client of the TLS listener sets ssl.ca.location to.
             "KAFKA_SSL_CA_LOCATION": str(self.tls_dir / f"{TLS_CA}.pem"),
             "S3_ENDPOINT_URL": f"http://{HOST}:{self.s3_port}",
@@ -168,6 +173,7 @@ class Config:
             "KAFKA_CONTROLLER_PORT": self.kafka_controller_port,
             "KAFKA_SASL_PORT": self.kafka_sasl_port,
             "KAFKA_SSL_PORT": self.kafka_ssl_port,
+            "KAFKA_MTLS_PORT": self.kafka_mtls_port,
             "S3_PORT": self.s3_port,
             "SEAWEED_S3_GRPC_PORT": self.s3_grpc_port,
             "SEAWEED_MASTER_PORT": self.seaweed_master_port,
@@ -458,18 +464,25 @@ def _kafka_properties(cfg: Config) -> str:
         "process.roles": "broker,controller",
         "node.id": "1",
         "listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},CONTROLLER://{HOST}:{cfg.kafka_controller_port},"
-        f"SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port},SSL://{HOST}:{cfg.kafka_ssl_port}",
+        f"SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port},SSL://{HOST}:{cfg.kafka_ssl_port},"
+        f"MTLS://{HOST}:{cfg.kafka_mtls_port}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port},"
-        f"SSL://{HOST}:{cfg.kafka_ssl_port}",
+        f"SSL://{HOST}:{cfg.kafka_ssl_port},MTLS://{HOST}:{cfg.kafka_mtls_port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map":
-            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL",
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL",
         # The TLS listener: a key and certificate chain in one PEM file (tls_dir, made at `up`),
         # read again at every start, so a test may swap it while the broker is down. No client
         # certificates: its clients are ANONYMOUS, like the plain listener's.
         "listener.name.ssl.ssl.keystore.type": "PEM",
         "listener.name.ssl.ssl.keystore.location": str(cfg.tls_dir / TLS_BROKER_KEYSTORE),
+        # Mutual TLS: the same keystore, and a client certificate of the stack's CA required.
+        "listener.name.mtls.ssl.keystore.type": "PEM",
+        "listener.name.mtls.ssl.keystore.location": str(cfg.tls_dir / TLS_BROKER_KEYSTORE),
+        "listener.name.mtls.ssl.truststore.type": "PEM",
+        "listener.name.mtls.ssl.truststore.location": str(cfg.tls_dir / f"{TLS_CA}.pem"),
+        "listener.name.mtls.ssl.client.auth": "required",
         # ACLs apply to the SASL listener's users only: the plain listener's clients (the stack,
         # the tests, dev/demo) are ANONYMOUS, a super user, as without an authorizer.
         "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",
@@ -482,7 +495,7 @@ def _kafka_properties(cfg: Config) -> str:
             "org.apache.kafka.common.security.scram.ScramLoginModule required;",
         "listener.name.sasl_plaintext.scram-sha-256.connections.max.reauth.ms": str(SCRAM_REAUTH_MS),
         "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-        "super.users": "User:ANONYMOUS",
+        "super.users": f"User:ANONYMOUS;User:CN={TLS_CLIENT_CN}",
         "controller.quorum.bootstrap.servers": f"{HOST}:{cfg.kafka_controller_port}",
         "log.dirs": str(data),
         "num.partitions": "4",
@@ -517,6 +530,10 @@ def _kafka_properties(cfg: Config) -> str:
 #: keystore (its key, its certificate for 127.0.0.1 and localhost, and the CA's certificate).
 TLS_CA = "ca"
 TLS_BROKER_KEYSTORE = "broker-keystore.pem"
+#: A client certificate of the stack's CA (``tls/client.pem``, key ``client.key``), which the
+#: mutual-TLS listener maps to the principal ``User:CN=consumer-test``, a super user.
+TLS_CLIENT = "client"
+TLS_CLIENT_CN = "consumer-test"
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -536,28 +553,41 @@ def make_ca(tls: Path, name: str) -> Path:
     return tls / f"{name}.pem"
 
 
+def issue_certificate(tls: Path, ca: str, name: str, cn: str, san: str = "", days: int = 3650) -> Path:
+    """``tls/<name>.pem`` (its PKCS#8 key: ``<name>.key``): a new key and its certificate for
+    ``cn`` (and ``san``, e.g. ``IP:127.0.0.1``) signed by CA ``ca``, valid ``days`` days (0: it has
+    expired a second later)."""
+    ext = tls / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=tls)
+    _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+             "-set_serial", str(uuid.uuid4().int >> 66), "-days", str(days), "-extfile", ext.name,
+             "-out", f"{name}.pem", cwd=tls)
+    for n in (f"{name}.csr", ext.name):
+        (tls / n).unlink()
+    return tls / f"{name}.pem"
+
+
 def issue_broker_keystore(tls: Path, ca: str, out: str) -> Path:
     """``tls/<out>``: a new key and a certificate for 127.0.0.1 and localhost signed by CA ``ca``,
     with the CA's certificate, as one PEM file (PKCS#8 key first), Kafka's PEM keystore."""
-    ext = tls / "broker.ext"
-    ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
-             "-keyout", "broker.key", "-out", "broker.csr", cwd=tls)
-    _openssl("x509", "-req", "-in", "broker.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-             "-set_serial", str(uuid.uuid4().int >> 66), "-days", "3650", "-extfile", ext.name,
-             "-out", "broker.crt", cwd=tls)
-    text = "".join((tls / n).read_text() for n in ("broker.key", "broker.crt", f"{ca}.pem"))
-    for n in ("broker.key", "broker.csr", "broker.crt", ext.name):
+    issue_certificate(tls, ca, "broker", "localhost", "IP:127.0.0.1,DNS:localhost")
+    text = "".join((tls / n).read_text() for n in ("broker.key", "broker.pem", f"{ca}.pem"))
+    for n in ("broker.key", "broker.pem"):
         (tls / n).unlink()
     _atomic_write(tls / out, text)
     return tls / out
 
 
 def ensure_tls(cfg: Config) -> None:
-    """The TLS listener's CA and keystore, made once per STACK_DIR (kept across restarts)."""
+    """The TLS listeners' CA and keystore, and the client certificate the mutual-TLS listener
+    trusts, made once per STACK_DIR (kept across restarts)."""
     if not (cfg.tls_dir / TLS_BROKER_KEYSTORE).exists():
         make_ca(cfg.tls_dir, TLS_CA)
         issue_broker_keystore(cfg.tls_dir, TLS_CA, TLS_BROKER_KEYSTORE)
+    if not (cfg.tls_dir / f"{TLS_CLIENT}.pem").exists():
+        issue_certificate(cfg.tls_dir, TLS_CA, TLS_CLIENT, TLS_CLIENT_CN)
 
 
 def _new_cluster_id() -> str:
