@@ -5,6 +5,7 @@ Kept free of confluent-kafka so that the pure layer can use them.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -89,14 +90,22 @@ LOGIN_REFUSED = frozenset({-169, 58})
 UNTRUSTED_CERTIFICATE = "certificate verify failed"
 #: librdkafka's ``KafkaError._SSL``.
 _SSL = -181
+#: The TLS alerts a broker sends a client whose certificate it refuses (mutual TLS): an expired
+#: one (a Java broker says "certificate unknown"), one of a CA it does not trust or none at all
+#: ("bad certificate"), a revoked one. librdkafka says them when its first request's answer is
+#: read (code ``_TRANSPORT``: "Receive failed: … ssl/tls alert bad certificate"); like an untrusted
+#: broker, they come again on every try until a certificate changes.
+CERTIFICATE_REFUSED = re.compile(
+    r"alert (bad certificate|certificate (unknown|expired|revoked|required)|unknown ca)")
+_TRANSPORT = -195
 
 
 def login_refused(code: int, said: str) -> str | None:
     """What to tell an operator whose cluster refuses this client's login (``said``: the client's
     own words, which name the mechanism and never the password), or whose broker's certificate
-    this client does not trust (TLS: like the Java client's SslAuthenticationException, an
-    AuthenticationException), or None for another error. Not an outage to wait out: the same
-    login is refused again on every try."""
+    this client does not trust, or whose own certificate a broker refuses (TLS: like the Java
+    client's SslAuthenticationException, an AuthenticationException), or None for another error.
+    Not an outage to wait out: the same login is refused again on every try."""
     if code == _SSL and UNTRUSTED_CERTIFICATE in said:
         return (
             f"this client does not trust the Kafka broker's certificate ({said}). Check -X "
@@ -104,6 +113,15 @@ def login_refused(code: int, said: str) -> str | None:
             "to a new CA, trust both until every broker has moved), and that the bootstrap address is "
             "a name in the certificate; `consumer check` tries them. Then start again. Everything "
             "committed is durable; rows not yet committed are consumed again."
+        )
+    if code in (_SSL, _TRANSPORT) and CERTIFICATE_REFUSED.search(said):
+        return (
+            f"the Kafka broker refused this client's certificate ({said}). Check -X "
+            "ssl.certificate.location and ssl.key.location: a certificate that has not expired, "
+            "signed by a CA the brokers trust (after a renewal, start with the new one; a CA the "
+            "cluster stopped trusting needs a certificate of the one it trusts now); `consumer check` "
+            "tries them. Then start again. Everything committed is durable; rows not yet committed "
+            "are consumed again."
         )
     if code not in LOGIN_REFUSED:
         return None

@@ -46,6 +46,30 @@ def other_ca(tmp_path: Path) -> str:
     return str(dev_stack_impl().make_ca(tmp_path / "tls", "other"))
 
 
+def mtls(stack: Any, certificate: Path | None = None) -> list[str]:
+    """The flags of a client of the mutual-TLS listener presenting ``certificate`` (its key beside
+    it, ``.key``; default: the stack's client certificate, a super user)."""
+    if not stack.kafka_mtls_bootstrap or not stack.kafka_ssl_ca:
+        pytest.fail("the stack has no mutual-TLS listener: restart it (dev/stack down; dev/stack up)")
+    cert = certificate or Path(stack.kafka_ssl_ca).parent / "client.pem"
+    return ["--bootstrap-servers", stack.kafka_mtls_bootstrap, "-X", "security.protocol=SSL",
+            "-X", f"ssl.ca.location={stack.kafka_ssl_ca}", "-X", f"ssl.certificate.location={cert}",
+            "-X", f"ssl.key.location={cert.with_suffix('.key')}"]
+
+
+def expired_certificate(stack: Any, tmp_path: Path) -> Path:
+    """A client certificate of the stack's CA, for the same name as the good one, that has expired."""
+    impl = dev_stack_impl()
+    work = tmp_path / "tls"
+    work.mkdir(parents=True, exist_ok=True)
+    ca = Path(stack.kafka_ssl_ca)
+    for name in ("ca.pem", "ca.key"):
+        (work / name).write_bytes((ca.parent / name).read_bytes())
+    cert = Path(impl.issue_certificate(work, "ca", "expired", impl.TLS_CLIENT_CN, days=0))
+    time.sleep(1.5)  # valid for the second it was made in
+    return cert
+
+
 def check(stack: Any, topic: str, group: str, flags: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "consumer", "check", "--group-id", group, "--topic", topic, "--schema",
@@ -96,3 +120,33 @@ def test_a_broker_certificate_the_client_does_not_trust_stops_the_start_with_sta
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert "FAIL kafka: RuntimeError: this client does not trust the Kafka broker's certificate (" \
         in checked.stderr, checked.stderr
+
+
+def test_a_client_certificate_the_broker_refuses_stops_the_start_with_status_2_a_valid_one_exports_once(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Mutual TLS: client certificates expire, and the job that renews them can fail. The broker
+    refuses an expired one at every handshake: status 2 naming ssl.certificate.location, where the
+    run used to exit 5 after 10 s blaming the address. With a valid one, every offset once."""
+    topic, group = make_topic(partitions=2), unique("g")
+    produced = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    refused = mtls(stack, expired_certificate(stack, tmp_path))
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    started = time.monotonic()
+    res = subprocess.run(consumer_cmd(topic, group, out, *refused), capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert time.monotonic() - started < 30, "a refused certificate is not an outage to wait out"
+    said = stop_reason(res.stderr)
+    assert said.startswith("the Kafka broker refused this client's certificate ("), said
+    assert "ssl.certificate.location" in said, said
+    checked = check(stack, topic, group, refused)
+    assert checked.returncode == 1, checked.stdout + checked.stderr
+    assert "FAIL kafka: RuntimeError: the Kafka broker refused this client's certificate (" \
+        in checked.stderr, checked.stderr
+
+    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *mtls(stack)),
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
+    assert_exactly_once(table, produced.partition_counts)

@@ -282,6 +282,24 @@ def test_a_broker_certificate_the_client_does_not_trust_is_named_with_ssl_ca_loc
     assert login_refused(KafkaError._TRANSPORT, "certificate verify failed") is None
 
 
+def test_a_client_certificate_the_broker_refuses_is_named_with_ssl_certificate_location() -> None:
+    """Mutual TLS, librdkafka 2.x against the stack's Kafka 4.1 (said when the first request's
+    answer is read): an expired certificate, one of another CA or none. Other transport errors
+    are outages, waited out."""
+    from consumer.kafka_names import login_refused
+
+    for alert in ("error:0A000416:SSL routines::ssl/tls alert certificate unknown: SSL alert number 46",
+                  "error:0A000412:SSL routines::ssl/tls alert bad certificate: SSL alert number 42"):
+        event = f"ssl://k:9093/bootstrap: Receive failed: {alert} (after 13ms in state APIVERSION_QUERY)"
+        said = login_refused(KafkaError._TRANSPORT, event)
+        assert said is not None and said.startswith(f"the Kafka broker refused this client's certificate "
+                                                    f"({event})")
+        assert "ssl.certificate.location and ssl.key.location" in said
+    assert login_refused(KafkaError._TRANSPORT, "ssl://k:9093/1: Receive failed: Disconnected") is None
+    assert login_refused(KafkaError._TRANSPORT, "sasl_plaintext://k:9095/1: Connect to ipv4#k:9095 failed: "
+                                                "Connection refused") is None
+
+
 def test_a_broker_certificate_not_trusted_at_start_stops_with_status_2_not_as_unreachable() -> None:
     """Before, the run waited out the metadata timeout and exited 5 blaming the address."""
     runner, store = _first_requests_fail(KafkaError(KafkaError._SSL, _UNTRUSTED),
