@@ -6,6 +6,9 @@ check` passes. Trusting another CA, the start stops with exit status 2 within se
 ``ssl.ca.location``; it used to stop with status 5 after 10 s, blaming the address. `consumer check`
 and `replay` say the same. A certificate rotated while a run consumes is a fault test
 (tests/faults/test_outages.py): it needs the broker restarted.
+
+On the mutual-TLS listener, a client certificate the broker refuses (expired) stops the start the
+same way, naming ``ssl.certificate.location``; a valid one exports every offset once.
 """
 
 from __future__ import annotations
