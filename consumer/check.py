@@ -38,7 +38,7 @@ from typing import Any
 
 from consumer import config as cfgmod
 from consumer import log as logmod
-from consumer.kafka_names import login_principal, login_refused, not_authorized
+from consumer.kafka_names import broker_untrusted, login_principal, login_refused, not_authorized
 from consumer.layout import Layout
 
 
@@ -57,7 +57,7 @@ def _run(name: str, probe: Callable[[], str]) -> CheckResult:
     try:
         detail = probe()
     except Exception as exc:  # every failure becomes one readable line
-        text = str(exc)[:300] or ("no answer within the timeout" if isinstance(exc, TimeoutError) else "")
+        text = str(exc)[:1200] or ("no answer within the timeout" if isinstance(exc, TimeoutError) else "")
         return CheckResult(name, False, f"{type(exc).__name__}: {text}")
     return CheckResult(name, True, f"{detail} ({time.monotonic() - started:.2f}s)")
 
@@ -87,7 +87,8 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
     except Exception as exc:
         explained = lines.explain(exc)  # serves the client's queued events first
         event = lines.first_event
-        refused = None if event is None else login_refused(event.code(), str(event.str()))
+        refused = None if event is None else login_refused(event.code(), str(event.str()),
+                                                           _why_untrusted(event, config))
         raise RuntimeError(refused or explained) from exc
     problems: list[str] = []
     sizes: list[str] = []
@@ -114,6 +115,14 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
     if problems:
         raise RuntimeError("; ".join(problems))
     return f"{len(md.brokers)} broker(s), topics {', '.join(sizes)}"
+
+
+def _why_untrusted(event: Any, config: cfgmod.Config) -> str | None:
+    """OpenSSL's reason when ``event`` is a broker certificate this client does not trust."""
+    from consumer.tls_probe import why_untrusted
+
+    said = str(event.str())
+    return why_untrusted(said, config.kafka_properties) if broker_untrusted(event.code(), said) else None
 
 
 #: Kafka's UNKNOWN_TOPIC_OR_PART.

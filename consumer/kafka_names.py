@@ -100,20 +100,31 @@ CERTIFICATE_REFUSED = re.compile(
 _TRANSPORT = -195
 
 
-def login_refused(code: int, said: str) -> str | None:
+def broker_untrusted(code: int, said: str) -> bool:
+    """Whether the client error (``code``, ``said``) is a broker certificate this client does not
+    trust: the case where a handshake of our own says why (``consumer.tls_probe``)."""
+    return code == _SSL and UNTRUSTED_CERTIFICATE in said
+
+
+def login_refused(code: int, said: str, why: str | None = None) -> str | None:
     """What to tell an operator whose cluster refuses this client's login (``said``: the client's
     own words, which name the mechanism and never the password), or whose broker's certificate
-    this client does not trust, or whose own certificate a broker refuses (TLS: like the Java
-    client's SslAuthenticationException, an AuthenticationException), or None for another error.
-    Not an outage to wait out: the same login is refused again on every try."""
-    if code == _SSL and UNTRUSTED_CERTIFICATE in said:
-        return (
-            f"this client does not trust the Kafka broker's certificate ({said}). Check -X "
-            "ssl.ca.location: the CA that signed the brokers' certificates (after the cluster moves "
-            "to a new CA, trust both until every broker has moved), and that the bootstrap address is "
-            "a name in the certificate; `consumer check` tries them. Then start again. Everything "
-            "committed is durable; rows not yet committed are consumed again."
-        )
+    this client does not trust (``why``: OpenSSL's reason, when a handshake of our own said it), or
+    whose own certificate a broker refuses (TLS: like the Java client's SslAuthenticationException,
+    an AuthenticationException), or None for another error. Not an outage to wait out: the same
+    login is refused again on every try."""
+    if broker_untrusted(code, said):
+        if why and "expired" in why:
+            advice = ("A certificate of the broker's chain has expired: it is renewed on the brokers' side, "
+                      "and no setting of this client makes it trusted. Then start again.")
+        else:
+            advice = ("Check -X ssl.ca.location: the CA that signed the brokers' certificates (after the "
+                      "cluster moves to a new CA, trust both until every broker has moved), and that the "
+                      "bootstrap address is a name in the certificate; `consumer check` tries them. Then "
+                      "start again.")
+        checked = f"; asked again, OpenSSL says: {why}" if why else ""
+        return (f"this client does not trust the Kafka broker's certificate ({said}{checked}). {advice} "
+                "Everything committed is durable; rows not yet committed are consumed again.")
     if code in (_SSL, _TRANSPORT) and CERTIFICATE_REFUSED.search(said):
         return (
             f"the Kafka broker refused this client's certificate ({said}). Check -X "

@@ -63,6 +63,7 @@ from consumer.kafka_names import (
     PARTITION_EOF,
     TP,
     GroupView,
+    broker_untrusted,
     login_principal,
     login_refused,
     not_authorized,
@@ -81,6 +82,7 @@ from consumer.storage import (
     refusal,
 )
 from consumer.tail_probe import Tail, TailProbe, probe_config
+from consumer.tls_probe import why_untrusted
 from consumer.worker import PartitionState, PartitionWorker, SharedState
 
 __all__ = [
@@ -357,8 +359,16 @@ class Runner:
         elif self._callback_error is None:  # the loop raises it after its poll
             if (said := self._not_authorized(err, None)) is not None:
                 self._callback_error = KafkaNotAuthorized(said)
-            elif (said := login_refused(err.code(), err.str())) is not None:
+            elif (said := login_refused(err.code(), err.str(), self._why_untrusted(err))) is not None:
                 self._callback_error = KafkaLoginRefused(said)
+
+    def _why_untrusted(self, err: Any) -> str | None:
+        """OpenSSL's reason, asked with a handshake of our own, when ``err`` is a broker certificate
+        this client does not trust (librdkafka says only "certificate verify failed"); the run
+        stops on it, so this is asked once."""
+        if not broker_untrusted(err.code(), str(err.str())):
+            return None
+        return why_untrusted(str(err.str()), self.config.kafka_properties)
 
     def _topic_not_found(self, missing: Sequence[str]) -> ConsumerStop:
         """Why the topics ``missing`` are not in the cluster's metadata: a topic this client may not

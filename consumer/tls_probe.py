@@ -1,0 +1,54 @@
+"""Why a broker's certificate failed verification, in OpenSSL's words.
+
+librdkafka says "certificate verify failed" for every reason a broker's certificate is refused, and
+the reasons have different owners: a CA the client's ``ssl.ca.location`` lacks (the client's
+settings), a certificate that has expired (the brokers' operators), a name that is not the address
+connected to (either). One handshake of our own with the same broker and the same trust settings
+says which (``SSLCertVerificationError.verify_message``: "certificate has expired", "unable to get
+local issuer certificate", "IP address mismatch, …"), as the Java client's exception does.
+
+Asked once, when a run or `consumer check` is about to stop on such a refusal; never in the loop.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+from collections.abc import Mapping
+
+#: The broker a librdkafka error is about: ``ssl://host:port/…`` or ``sasl_ssl://host:port/…``.
+_ADDRESS = re.compile(r"\b(?:sasl_)?ssl://(\[[^\]]+\]|[^:/\s]+):(\d+)/", re.IGNORECASE)
+
+
+def broker_address(said: str) -> tuple[str, int] | None:
+    """The host and port librdkafka's error ``said`` names, or None."""
+    m = _ADDRESS.search(said)
+    return None if m is None else (m.group(1).strip("[]"), int(m.group(2)))
+
+
+def why_untrusted(said: str, properties: Mapping[str, object], timeout: float = 3.0) -> str | None:
+    """OpenSSL's reason for refusing the certificate of the broker ``said`` names, trusting what
+    the client's ``properties`` (its ``-X`` settings) make it trust; None when it cannot tell (no
+    address in ``said``, no answer, or the certificate verifies now)."""
+    address = broker_address(said)
+    if address is None:
+        return None
+    ca = str(properties.get("ssl.ca.location") or "")
+    if ca in ("", "probe"):
+        context = ssl.create_default_context()
+    elif os.path.isdir(ca):
+        context = ssl.create_default_context(capath=ca)
+    else:
+        context = ssl.create_default_context(cafile=ca)
+    if str(properties.get("ssl.endpoint.identification.algorithm", "https")).lower() == "none":
+        context.check_hostname = False
+    try:
+        with socket.create_connection(address, timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=address[0]):
+            return None
+    except ssl.SSLCertVerificationError as exc:
+        return str(exc.verify_message or exc.reason or "") or None
+    except (OSError, ValueError):
+        return None

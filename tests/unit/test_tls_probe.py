@@ -1,0 +1,135 @@
+"""Why a broker's certificate is not trusted, asked with a handshake of our own (consumer.tls_probe):
+librdkafka says "certificate verify failed" for an expired certificate, a CA the client lacks and
+a name that does not match alike, and each is someone else's to fix.
+
+Real handshakes, no broker: a TLS server of the standard library presents certificates of a CA
+made here (dev/stack_impl's openssl helpers); librdkafka itself connects to it in the last test.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+from support import dev_stack_impl
+
+from consumer.config import Config
+from consumer.decoding import Decoder, load_schema
+from consumer.errors import EXIT_CONFIG
+from consumer.kafka_names import broker_untrusted, login_refused
+from consumer.runner import GroupRunner
+from consumer.testing import MemoryStore
+from consumer.tls_probe import broker_address, why_untrusted
+
+_SAID = ("ssl://127.0.0.1:{port}/bootstrap: SSL handshake failed: error:0A000086:SSL routines::certificate "
+         "verify failed")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    impl = dev_stack_impl()
+    d = tmp_path_factory.mktemp("pki")
+    impl.make_ca(d, "ca")
+    impl.make_ca(d, "other")
+    here = "IP:127.0.0.1,DNS:localhost"
+    impl.issue_certificate(d, "ca", "good", "localhost", here)
+    impl.issue_certificate(d, "ca", "expired", "localhost", here, days=0)
+    impl.issue_certificate(d, "ca", "elsewhere", "elsewhere.example", "DNS:elsewhere.example")
+    time.sleep(1.2)  # "expired" was valid for the second it was made in
+    return d
+
+
+@contextlib.contextmanager
+def tls_server(pki: Path, name: str) -> Iterator[int]:
+    """A TLS server on 127.0.0.1 presenting certificate ``name``; yields its port."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(pki / f"{name}.pem", pki / f"{name}.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with contextlib.suppress(OSError), conn:
+                conn.settimeout(2)
+                with context.wrap_socket(conn, server_side=True) as tls:
+                    tls.recv(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(5)
+        listener.close()
+
+
+def test_the_broker_an_error_is_about_is_read_from_librdkafka_s_words() -> None:
+    assert broker_address(_SAID.format(port=9093)) == ("127.0.0.1", 9093)
+    assert broker_address("sasl_ssl://b-1.kafka.example.com:9096/1: SSL handshake failed") == \
+        ("b-1.kafka.example.com", 9096)
+    assert broker_address("ssl://[::1]:9093/bootstrap: SSL handshake failed") == ("::1", 9093)
+    assert broker_address("1/1 brokers are down") is None
+
+
+@pytest.mark.parametrize(("name", "ca", "reason"), [
+    ("expired", "ca", "certificate has expired"),
+    ("good", "other", "unable to get local issuer certificate"),
+    ("elsewhere", "ca", "IP address mismatch"),
+])
+def test_openssl_says_why_a_broker_certificate_is_not_trusted(
+    pki: Path, name: str, ca: str, reason: str
+) -> None:
+    with tls_server(pki, name) as port:
+        why = why_untrusted(_SAID.format(port=port), {"ssl.ca.location": str(pki / f"{ca}.pem")})
+    assert why is not None and reason in why, why
+
+
+def test_a_certificate_that_verifies_now_or_a_broker_that_does_not_answer_adds_nothing(pki: Path) -> None:
+    with tls_server(pki, "good") as port:
+        assert why_untrusted(_SAID.format(port=port), {"ssl.ca.location": str(pki / "ca.pem")}) is None
+    with tls_server(pki, "elsewhere") as port:  # names are not checked: only the chain is
+        unchecked = {"ssl.ca.location": str(pki / "ca.pem"), "ssl.endpoint.identification.algorithm": "none"}
+        assert why_untrusted(_SAID.format(port=port), unchecked) is None
+    with socket.create_server(("127.0.0.1", 0)) as closed:
+        port = closed.getsockname()[1]
+    assert why_untrusted(_SAID.format(port=port), {"ssl.ca.location": str(pki / "ca.pem")}) is None
+
+
+def test_an_expired_broker_certificate_is_said_to_be_the_brokers_to_renew() -> None:
+    said = _SAID.format(port=9093)
+    assert broker_untrusted(-181, said) and not broker_untrusted(-195, said)
+    expired = login_refused(-181, said, "certificate has expired")
+    assert expired is not None and "; asked again, OpenSSL says: certificate has expired)" in expired
+    assert "renewed on the brokers' side" in expired and "ssl.ca.location" not in expired
+    other = login_refused(-181, said, "unable to get local issuer certificate")
+    assert other is not None and "Check -X ssl.ca.location" in other
+
+
+def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_2_saying_so(
+    pki: Path,
+) -> None:
+    """librdkafka against a real TLS server (not a broker: the handshake is all that happens)."""
+    with tls_server(pki, "expired") as port:
+        config = Config(bootstrap_servers=f"127.0.0.1:{port}", group_id="g", topics=("t",),
+                        output="s3://bucket/out", schema="page_view",
+                        kafka_properties={"security.protocol": "SSL", "ssl.ca.location": str(pki / "ca.pem")})
+        decoder = Decoder("raw", schema=load_schema("page_view"))
+        runner = GroupRunner(config, store=MemoryStore(), decoder=decoder)
+        with capture_logs() as logs:
+            assert runner.run() == EXIT_CONFIG
+    said = next(e["error"] for e in logs if e["event"].startswith("stopped: "))
+    assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
+    assert "OpenSSL says: certificate has expired" in said and "renewed on the brokers' side" in said, said
