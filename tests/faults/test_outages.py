@@ -496,35 +496,56 @@ def test_kafka_broker_restart(private_stack: PrivateStack, tmp_path: Path) -> No
 # -- 4b. a broker certificate renewed by a CA the client does not trust --------------------------
 
 
-def test_a_broker_certificate_renewed_by_an_untrusted_ca_stops_the_run_with_status_2_and_loses_nothing(
-    private_stack: PrivateStack, tmp_path: Path
+@pytest.mark.parametrize("side", ["broker", "client"])
+def test_a_certificate_renewed_by_a_ca_the_other_side_does_not_trust_stops_the_run_with_status_2(
+    private_stack: PrivateStack, tmp_path: Path, side: str
 ) -> None:
-    """An operator renews the brokers' certificates with a new CA before the clients trust it; a
-    broker takes its new keystore when it restarts. The run, on the TLS listener, reconnects and
-    every handshake fails ("certificate verify failed"), which librdkafka retries for good: the
-    member would idle, read nothing and say so only in warnings. Now it stops with status 2 naming
-    ssl.ca.location, without a flush (no commit could follow: its rows are consumed again), and a
-    run that trusts both CAs exports every offset once."""
+    """An operator moves the cluster to a new CA before every client follows; a broker takes its
+    new keystore or truststore when it restarts. ``broker``: the broker's certificate is renewed
+    by the new CA, which the client does not trust yet (TLS listener: "certificate verify
+    failed"). ``client``: on the mutual-TLS listener the broker now trusts only client
+    certificates of the new CA ("alert bad certificate"). Either way the run reconnects and every
+    handshake fails the same way, which librdkafka retries for good: the member idled, read nothing
+    and said so only in warnings. Now it stops with status 2 naming the setting to change, without
+    a flush (no commit could follow: its rows are consumed again), and a run set up for the new CA
+    exports every offset once, the rows of the first run included."""
     ps = private_stack
     ps.up()
     impl = dev_stack_impl()
-    keystore = ps.stack_dir / "tls" / impl.TLS_BROKER_KEYSTORE
-    original = keystore.read_bytes()
+    tls = ps.stack_dir / "tls"
     renewal = tmp_path / "renewal"
     renewed_ca = impl.make_ca(renewal, "renewed")
-    renewed = impl.issue_broker_keystore(renewal, "renewed", impl.TLS_BROKER_KEYSTORE)
-    old_ca = Path(ps.settings["KAFKA_SSL_CA_LOCATION"])
-    both = tmp_path / "both-cas.pem"
-    both.write_text(old_ca.read_text() + renewed_ca.read_text())
-    ssl = ("--bootstrap-servers", ps.settings["KAFKA_SSL_BOOTSTRAP_SERVERS"], "-X", "security.protocol=SSL")
-    sc = Scenario.new(ps, "tls-renewal", (*SMALL, *ssl, "-X", f"ssl.ca.location={both}"))
+    old_ca = tmp_path / "old-ca.pem"  # the stack's CA as the run started with it
+    old_ca.write_bytes(Path(ps.settings["KAFKA_SSL_CA_LOCATION"]).read_bytes())
+    if side == "broker":
+        swap = {tls / impl.TLS_BROKER_KEYSTORE:
+                impl.issue_broker_keystore(renewal, "renewed", impl.TLS_BROKER_KEYSTORE).read_bytes()}
+        both = tmp_path / "both-cas.pem"
+        both.write_text(old_ca.read_text() + renewed_ca.read_text())
+        listener = ("--bootstrap-servers", ps.settings["KAFKA_SSL_BOOTSTRAP_SERVERS"],
+                    "-X", "security.protocol=SSL")
+        before = (*listener, "-X", f"ssl.ca.location={old_ca}")
+        after = (*listener, "-X", f"ssl.ca.location={both}")
+        refusal, setting = "this client does not trust the Kafka broker's certificate (", "ssl.ca.location"
+    else:
+        swap = {tls / f"{impl.TLS_CA}.pem": renewed_ca.read_bytes()}  # the listener's truststore
+        renewed_client = impl.issue_certificate(renewal, "renewed", "client", impl.TLS_CLIENT_CN)
+        listener = ("--bootstrap-servers", ps.settings["KAFKA_MTLS_BOOTSTRAP_SERVERS"],
+                    "-X", "security.protocol=SSL", "-X", f"ssl.ca.location={old_ca}")
+        before = (*listener, "-X", f"ssl.certificate.location={tls / 'client.pem'}",
+                  "-X", f"ssl.key.location={tls / 'client.key'}")
+        after = (*listener, "-X", f"ssl.certificate.location={renewed_client}",
+                 "-X", f"ssl.key.location={renewed_client.with_suffix('.key')}")
+        refusal, setting = "the Kafka broker refused this client's certificate (", "ssl.certificate.location"
+    originals = {path: path.read_bytes() for path in swap}
+    sc = Scenario.new(ps, f"tls-renewal-{side}", (*SMALL, *after))
     first = produce(ps.bootstrap, sc.topic, "page_view", 1_000, partitions=PARTITIONS)
-    running = start_consumer(sc.topic, sc.group, sc.out, *SMALL, *ssl, "-X", f"ssl.ca.location={old_ca}",
-                             env=ps.consumer_env())
+    running = start_consumer(sc.topic, sc.group, sc.out, *SMALL, *before, env=ps.consumer_env())
     try:
         running.wait_for(lambda ev: durable(ev) >= 3, timeout=60, what="rows durable before the renewal")
         ps.terminate("kafka")
-        keystore.write_bytes(renewed.read_bytes())
+        for path, data in swap.items():
+            path.write_bytes(data)
         ps.up()
         back = time.monotonic()
         then = produce(ps.bootstrap, sc.topic, "page_view", 600, partitions=PARTITIONS, start=first.count,
@@ -532,18 +553,18 @@ def test_a_broker_certificate_renewed_by_an_untrusted_ca_stops_the_run_with_stat
         assert running.proc.wait(timeout=90) == 2, running.log()[-4000:]
         waited = time.monotonic() - back
         said = next((e["error"] for e in running.events() if e["event"].startswith("stopped: ")), "")
-        assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
-        assert "certificate verify failed" in said and "ssl.ca.location" in said, said
-        print(f"TLS renewal: stopped with status 2 {waited:.1f}s after the broker came back")
-        finish_and_verify(ps, ps.s3_client(), sc, fault="Kafka broker certificate renewed by a CA the client "
-                          "does not trust (broker restart)", kind="broker restart", tmp=tmp_path,
+        assert said.startswith(refusal) and setting in said, said
+        print(f"TLS renewal ({side}): stopped with status 2 {waited:.1f}s after the broker came back")
+        finish_and_verify(ps, ps.s3_client(), sc, fault=f"the cluster moved to a new CA, the {side}'s "
+                          "certificate first (broker restart)", kind="broker restart", tmp=tmp_path,
                           produced=first.count + then.count, producer_errors=[])
     finally:
         if running.proc.poll() is None:
             running.stop()
-        if keystore.read_bytes() != original:  # the module's other tests meet the stack as it was
-            ps.terminate("kafka")
-            keystore.write_bytes(original)
+        if any(path.read_bytes() != data for path, data in originals.items()):
+            ps.terminate("kafka")  # the module's other tests meet the stack as it was
+            for path, data in originals.items():
+                path.write_bytes(data)
             ps.up()
 
 
