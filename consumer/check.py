@@ -38,7 +38,13 @@ from typing import Any
 
 from consumer import config as cfgmod
 from consumer import log as logmod
-from consumer.kafka_names import broker_untrusted, login_principal, login_refused, not_authorized
+from consumer.kafka_names import (
+    UNKNOWN_TOPIC_OR_PART,
+    broker_untrusted,
+    login_principal,
+    login_refused,
+    not_authorized,
+)
 from consumer.layout import Layout
 
 
@@ -104,7 +110,7 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
                                                          login_principal(config.kafka_properties))
         if said is not None:
             problems.append(said)
-        elif t is None or (t.error is not None and t.error.code() == _UNKNOWN_TOPIC):
+        elif t is None or (t.error is not None and t.error.code() == UNKNOWN_TOPIC_OR_PART):
             problems.append(f"topic {topic!r} does not exist")
         elif t.error is not None:
             problems.append(f"topic {topic!r}: {t.error}")
@@ -123,10 +129,6 @@ def _why_untrusted(event: Any, config: cfgmod.Config) -> str | None:
 
     said = str(event.str())
     return why_untrusted(said, config.kafka_properties) if broker_untrusted(event.code(), said) else None
-
-
-#: Kafka's UNKNOWN_TOPIC_OR_PART.
-_UNKNOWN_TOPIC = 3
 
 
 def _group_refused(admin: Any, config: cfgmod.Config, timeout: float) -> str | None:

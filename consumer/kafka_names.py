@@ -15,6 +15,9 @@ TP = tuple[str, int]
 #: librdkafka's code (``KafkaError._PARTITION_EOF``) for "the fetch reached the end of the
 #: partition", delivered as a message's error when ``enable.partition.eof`` is on.
 PARTITION_EOF = -191
+#: Kafka's UNKNOWN_TOPIC_OR_PART: a topic's metadata error when it does not exist (or, to a
+#: principal that may not describe it, seems not to), and what a fetch says once it is deleted.
+UNKNOWN_TOPIC_OR_PART = 3
 
 #: Kafka's codes for "this principal may not" (TOPIC_, GROUP_, CLUSTER_AUTHORIZATION_FAILED):
 #: the ACL each run needs, by code. A broker also answers TOPIC_AUTHORIZATION_FAILED for a topic

@@ -62,6 +62,7 @@ from consumer.gather import partition_runs
 from consumer.kafka_names import (
     PARTITION_EOF,
     TP,
+    UNKNOWN_TOPIC_OR_PART,
     GroupView,
     broker_untrusted,
     login_principal,
@@ -122,8 +123,7 @@ _FATAL = -150  # reported on a message as a plain error whose fatal() is False
 _ALL_BROKERS_DOWN = -187
 #: librdkafka's "desired partition is no longer available" and Kafka's UNKNOWN_TOPIC_OR_PART: what
 #: the client says once a topic it reads is deleted (Runner._check_topics_still_exist asks first)
-_TOPIC_GONE = frozenset({-190, 3})
-_UNKNOWN_TOPIC_OR_PART = 3
+_TOPIC_GONE = frozenset({-190, UNKNOWN_TOPIC_OR_PART})
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 _ORPHAN_LOOK_EVERY = 10.0  # seconds between looks at the group's assignment (static members)
 _ORPHAN_LOOK_BACKOFF = 60.0  # … after a look the cluster did not answer (each may block up to 5 s)
@@ -761,7 +761,7 @@ class Runner:
         except Exception:
             return
         gone = [t for t in held if t not in md.topics
-                or getattr(md.topics[t].error, "code", lambda: None)() == _UNKNOWN_TOPIC_OR_PART]
+                or getattr(md.topics[t].error, "code", lambda: None)() == UNKNOWN_TOPIC_OR_PART]
         if gone:
             raise TopicDeleted(topic_deleted(gone))
 
