@@ -271,6 +271,8 @@ class Runner:
         #: the client's first error event but "all brokers down" (which says no more than the
         #: request's failure): why the first requests failed, said at start
         self._first_kafka_error: str | None = None
+        #: whether a handshake of our own already asked why a broker's certificate is not trusted
+        self._tls_probed = False
         #: the client said a topic or partition is unknown: whether a topic read was deleted is
         #: asked after the next poll (:meth:`_check_topics_still_exist`)
         self._topic_may_be_gone = False
@@ -365,9 +367,10 @@ class Runner:
     def _why_untrusted(self, err: Any) -> str | None:
         """OpenSSL's reason, asked with a handshake of our own, when ``err`` is a broker certificate
         this client does not trust (librdkafka says only "certificate verify failed"); the run
-        stops on it, so this is asked once."""
-        if not broker_untrusted(err.code(), str(err.str())):
+        stops on it, so this is asked once a run (the client repeats the error while it closes)."""
+        if self._tls_probed or not broker_untrusted(err.code(), str(err.str())):
             return None
+        self._tls_probed = True
         return why_untrusted(str(err.str()), self.config.kafka_properties)
 
     def _topic_not_found(self, missing: Sequence[str]) -> ConsumerStop:

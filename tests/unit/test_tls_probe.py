@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -119,9 +120,19 @@ def test_an_expired_broker_certificate_is_said_to_be_the_brokers_to_renew() -> N
 
 
 def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_2_saying_so(
-    pki: Path,
+    pki: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """librdkafka against a real TLS server (not a broker: the handshake is all that happens)."""
+    """librdkafka against a real TLS server (not a broker: the handshake is all that happens). The
+    client repeats the error until it is closed; the run asks OpenSSL once."""
+    from consumer import runner as runner_module
+
+    asked: list[str] = []
+
+    def counted(said: str, properties: Any, timeout: float = 3.0) -> str | None:
+        asked.append(said)
+        return why_untrusted(said, properties, timeout)
+
+    monkeypatch.setattr(runner_module, "why_untrusted", counted)
     with tls_server(pki, "expired") as port:
         config = Config(bootstrap_servers=f"127.0.0.1:{port}", group_id="g", topics=("t",),
                         output="s3://bucket/out", schema="page_view",
@@ -133,3 +144,4 @@ def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_
     said = next(e["error"] for e in logs if e["event"].startswith("stopped: "))
     assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
     assert "OpenSSL says: certificate has expired" in said and "renewed on the brokers' side" in said, said
+    assert len(asked) == 1, asked
