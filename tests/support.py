@@ -618,6 +618,11 @@ def parse_env_lines(text: str) -> dict[str, str]:
     return out
 
 
+def stop_reason(stderr: str) -> str:
+    """The error of a run's ``stopped: …`` event (its JSON log), or ''."""
+    return next((e["error"] for e in log_events(stderr) if e["event"].startswith("stopped: ")), "")
+
+
 def dev_stack_impl() -> Any:
     """``dev/stack_impl``, the stack's own code: its TLS helpers (``make_ca``,
     ``issue_broker_keystore``) make the certificates of a CA the broker does not use."""

@@ -33,6 +33,7 @@ from support import (
     dev_stack_impl,
     run_consumer,
     start_consumer,
+    stop_reason,
     unique,
 )
 from test_crash_matrix import static_member
@@ -552,7 +553,7 @@ def test_a_certificate_renewed_by_a_ca_the_other_side_does_not_trust_stops_the_r
                        create_topic=False)
         assert running.proc.wait(timeout=90) == 2, running.log()[-4000:]
         waited = time.monotonic() - back
-        said = next((e["error"] for e in running.events() if e["event"].startswith("stopped: ")), "")
+        said = stop_reason(running.log())
         assert said.startswith(refusal) and setting in said, said
         print(f"TLS renewal ({side}): stopped with status 2 {waited:.1f}s after the broker came back")
         finish_and_verify(ps, ps.s3_client(), sc, fault=f"the cluster moved to a new CA, the {side}'s "

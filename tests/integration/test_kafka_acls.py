@@ -25,9 +25,9 @@ from support import (
     assert_exactly_once,
     consumer_cmd,
     download_finals,
-    log_events,
     read_table,
     start_consumer,
+    stop_reason,
     unique,
 )
 
@@ -95,10 +95,6 @@ def check(stack: Any, topic: str, group: str) -> subprocess.CompletedProcess[str
          "page_view", "--output", f"s3://{stack.s3_bucket}/unused", *sasl(stack)],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
-
-
-def stop_reason(stderr: str) -> str:
-    return next((e["error"] for e in log_events(stderr) if e["event"].startswith("stopped: ")), "")
 
 
 def test_a_topic_the_client_may_not_read_stops_the_start_naming_the_acl(

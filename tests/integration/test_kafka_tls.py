@@ -26,8 +26,8 @@ from support import (
     consumer_cmd,
     dev_stack_impl,
     download_finals,
-    log_events,
     read_table,
+    stop_reason,
     unique,
 )
 
@@ -79,10 +79,6 @@ def check(stack: Any, topic: str, group: str, flags: list[str]) -> subprocess.Co
          "page_view", "--output", f"s3://{stack.s3_bucket}/unused", *flags],
         capture_output=True, text=True, timeout=120, cwd=REPO,
     )
-
-
-def stop_reason(stderr: str) -> str:
-    return next((e["error"] for e in log_events(stderr) if e["event"].startswith("stopped: ")), "")
 
 
 def test_a_run_over_tls_exports_every_offset_once(
