@@ -41,11 +41,11 @@ from consumer import log as logmod
 from consumer.kafka_names import (
     UNKNOWN_TOPIC_OR_PART,
     broker_untrusted,
-    login_principal,
     login_refused,
     not_authorized,
 )
 from consumer.layout import Layout
+from consumer.principal import client_principal
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
                 t = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
         error = None if t is None else t.error
         said = None if error is None else not_authorized(error.code(), topic, config.group_id, str(error),
-                                                         login_principal(config.kafka_properties))
+                                                         client_principal(config.kafka_properties))
         if said is not None:
             problems.append(said)
         elif t is None or (t.error is not None and t.error.code() == UNKNOWN_TOPIC_OR_PART):
@@ -145,7 +145,7 @@ def _group_refused(admin: Any, config: cfgmod.Config, timeout: float) -> str | N
         err = exc.args[0] if exc.args else None
         if err is not None and hasattr(err, "code"):
             return not_authorized(err.code(), None, config.group_id, str(err),
-                                  login_principal(config.kafka_properties))
+                                  client_principal(config.kafka_properties))
     except Exception:
         return None
     return None

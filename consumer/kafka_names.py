@@ -6,8 +6,10 @@ Kept free of confluent-kafka so that the pure layer can use them.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 #: A partition of a topic, as every module keys it: ``(topic, partition number)``.
 TP = tuple[str, int]
@@ -25,37 +27,28 @@ UNKNOWN_TOPIC_OR_PART = 3
 NOT_AUTHORIZED = {29: "topic", 30: "group", 31: "cluster"}
 
 
-#: The SASL mechanisms whose login name is, by Kafka's default principal builder, the principal
-#: ACLs name (``User:<sasl.username>``). GSSAPI maps a Kerberos name by rules, OAUTHBEARER takes
-#: a token's claim, SSL a certificate's DN: for those the principal is not in the settings.
-_NAMED_BY_USERNAME = frozenset({"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"})
+class Principal(NamedTuple):
+    """Whom the cluster sees this client as (``User:…``, what ``kafka-acls --allow-principal``
+    takes) and why that is the name, for an operator reading a refusal (``consumer.principal``)."""
 
-
-def login_principal(properties: Mapping[str, object]) -> str | None:
-    """The principal the cluster sees this client as, from its ``-X`` properties, when they say
-    it: ``User:<sasl.username>`` for a SASL/PLAIN or SCRAM login; else None."""
-    protocol = str(properties.get("security.protocol", "plaintext")).upper()
-    mechanism = str(properties.get("sasl.mechanism", properties.get("sasl.mechanisms", "GSSAPI"))).upper()
-    username = properties.get("sasl.username")
-    if protocol.startswith("SASL_") and mechanism in _NAMED_BY_USERNAME and username:
-        return f"User:{username}"
-    return None
+    name: str
+    because: str
 
 
 def not_authorized(
-    code: int, topic: str | None, group: str | None, said: str, principal: str | None = None
+    code: int, topic: str | None, group: str | None, said: str, principal: Principal | None = None
 ) -> str | None:
     """What to tell an operator whose cluster refuses this client an operation (``code``, one of
     :data:`NOT_AUTHORIZED`; ``said``: the client's own words), or None for another error. Kafka
     names no principal in its answer: the remedy names the one the -X security settings log in
-    as when they say it (:func:`login_principal`), and asks for the ACLs of a Kafka Connect or
+    as when they say it (``consumer.principal``), and asks for the ACLs of a Kafka Connect or
     Java consumer (READ and DESCRIBE on each topic, READ on the group)."""
     what = NOT_AUTHORIZED.get(code)
     if what is None:
         return None
-    who = f"the principal {principal} (what the -X SASL login maps to by default)" if principal else \
+    who = f"the principal {principal.name} ({principal.because})" if principal else \
         "the principal the -X security settings log in as"
-    user = principal or "User:<name>"
+    user = shlex.quote(principal.name) if principal else "User:<name>"
     if what == "topic":
         name = f"topic {topic!r}" if topic else "a subscribed topic"
         return (

@@ -32,7 +32,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 
 from consumer.errors import KafkaNotAuthorized
-from consumer.kafka_names import not_authorized
+from consumer.kafka_names import Principal, not_authorized
 from consumer.layout import Layout
 
 _log = structlog.get_logger(__name__)
@@ -124,11 +124,11 @@ class KafkaGroupPositions:
         timeout: float = 30.0,
         max_elapsed: float = 60.0,
         group: str | None = None,
-        principal: str | None = None,
+        principal: Principal | None = None,
     ) -> None:
         self.consumer = consumer
         #: what a refusal (an ACL the cluster does not grant) names: the group, and the principal
-        #: the -X settings log in as when they say it (kafka_names.login_principal)
+        #: the -X settings log in as when they say it (consumer.principal)
         self.group = group
         self.principal = principal
         self.timeout = timeout

@@ -65,13 +65,13 @@ from consumer.kafka_names import (
     UNKNOWN_TOPIC_OR_PART,
     GroupView,
     broker_untrusted,
-    login_principal,
     login_refused,
     not_authorized,
 )
 from consumer.layout import Layout
 from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
+from consumer.principal import client_principal
 from consumer.side_by_side import close_all, recover_each
 from consumer.storage import (
     REFUSED_HINT,
@@ -273,6 +273,9 @@ class Runner:
         self._first_kafka_error: str | None = None
         #: whether a handshake of our own already asked why a broker's certificate is not trusted
         self._tls_probed = False
+        #: whom a refusal names (what -X logs in as; the client certificate is read once, as
+        #: librdkafka read it at start)
+        self._principal = client_principal(config.kafka_properties)
         #: the client said a topic or partition is unknown: whether a topic read was deleted is
         #: asked after the next poll (:meth:`_check_topics_still_exist`)
         self._topic_may_be_gone = False
@@ -300,7 +303,7 @@ class Runner:
         self.positions: PositionStore = (
             positions_factory(self.consumer) if positions_factory is not None else KafkaGroupPositions(
                 self.consumer, group=config.group_id or None,
-                principal=login_principal(config.kafka_properties))
+                principal=self._principal)
         )
 
     def _kafka_config(self) -> dict[str, Any]:
@@ -395,8 +398,7 @@ class Runner:
         after one warning (or, with --until-caught-up, waited out its timeout and blamed other
         members). The Java client throws from poll() and Kafka Connect fails the task; here the
         buffered rows are flushed and committed as at a SIGTERM, and the message names the ACL."""
-        return not_authorized(err.code(), topic, self.config.group_id, str(err),
-                              login_principal(self.config.kafka_properties))
+        return not_authorized(err.code(), topic, self.config.group_id, str(err), self._principal)
 
     def _new_worker(self, topic: str, partition: int) -> PartitionWorker:
         return PartitionWorker(

@@ -553,13 +553,14 @@ def make_ca(tls: Path, name: str) -> Path:
     return tls / f"{name}.pem"
 
 
-def issue_certificate(tls: Path, ca: str, name: str, cn: str, san: str = "", days: int = 3650) -> Path:
+def issue_certificate(tls: Path, ca: str, name: str, cn: str, san: str = "", days: int = 3650,
+                      subject: str | None = None) -> Path:
     """``tls/<name>.pem`` (its PKCS#8 key: ``<name>.key``): a new key and its certificate for
     ``cn`` (and ``san``, e.g. ``IP:127.0.0.1``) signed by CA ``ca``, valid ``days`` days (0: it has
-    expired a second later)."""
+    expired a second later). ``subject`` (openssl's ``/C=DE/O=…/CN=…``, UTF-8) replaces ``/CN=<cn>``."""
     ext = tls / f"{name}.ext"
     ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-utf8", "-subj", subject or f"/CN={cn}",
              "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=tls)
     _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
              "-set_serial", str(uuid.uuid4().int >> 66), "-days", str(days), "-extfile", ext.name,

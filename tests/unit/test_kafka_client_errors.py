@@ -187,26 +187,6 @@ def test_an_acl_kafka_refuses_is_named_with_the_grant_to_make() -> None:
     assert not_authorized(3, "events", "g", "Unknown topic or partition") is None
 
 
-def test_the_grant_names_the_principal_when_the_login_settings_say_it() -> None:
-    """Kafka's answer names no principal; a SASL/PLAIN or SCRAM login's is ``User:<sasl.username>``
-    by the broker's default principal builder. GSSAPI, OAUTHBEARER and SSL map theirs otherwise."""
-    from consumer.kafka_names import login_principal, not_authorized
-
-    scram = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "etl"}
-    assert login_principal(scram) == "User:etl"
-    assert login_principal({**scram, "sasl.mechanism": "plain"}) == "User:etl"
-    assert login_principal({**scram, "sasl.mechanisms": "PLAIN", "sasl.mechanism": "PLAIN"}) == "User:etl"
-    assert login_principal({**scram, "sasl.mechanism": "OAUTHBEARER"}) is None
-    assert login_principal({k: v for k, v in scram.items() if k != "sasl.mechanism"}) is None  # GSSAPI
-    assert login_principal({**scram, "security.protocol": "SSL"}) is None
-    assert login_principal({}) is None
-    topic = not_authorized(29, "events", "g", "Topic authorization failed", "User:etl")
-    assert topic is not None and "grant the principal User:etl (what the -X SASL login maps" in topic
-    assert "--allow-principal User:etl --operation Read --operation Describe --topic events" in topic
-    group = not_authorized(30, None, "g", "Group authorization failed.", "User:etl")
-    assert group is not None and "--allow-principal User:etl --operation Read --group g" in group
-
-
 # -- a login the cluster refuses ---------------------------------------------------------------
 _REFUSED = ("sasl_plaintext://k:9095/1: SASL authentication error: Authentication failed during "
             "re-authentication due to invalid credentials with SASL mechanism SCRAM-SHA-256")
