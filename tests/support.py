@@ -636,3 +636,28 @@ def dev_stack_impl() -> Any:
     sys.modules["stack_impl"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def grant(admin: Any, *grants: tuple[str, str, str], principal: str, revoke: bool = False) -> None:
+    """ACLs for ``principal`` (``User:…``): (``"topic"``/``"group"``, name, ``"READ"``/``"DESCRIBE"``),
+    granted (CreateAcls) or taken away (DeleteAcls)."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclBindingFilter,
+        AclOperation,
+        AclPermissionType,
+        ResourcePatternType,
+        ResourceType,
+    )
+
+    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
+    bindings = [AclBinding(kinds[kind], name, ResourcePatternType.LITERAL, principal, "*",
+                           getattr(AclOperation, op), AclPermissionType.ALLOW) for kind, name, op in grants]
+    if revoke:
+        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
+                                    b.operation, b.permission_type) for b in bindings]
+        futures = admin.delete_acls(filters)
+    else:
+        futures = admin.create_acls(bindings)
+    for f in futures.values():
+        f.result(timeout=30)

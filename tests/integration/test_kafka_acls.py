@@ -25,6 +25,7 @@ from support import (
     assert_exactly_once,
     consumer_cmd,
     download_finals,
+    grant,
     read_table,
     start_consumer,
     stop_reason,
@@ -57,30 +58,6 @@ def scram_password(admin: Any, user: str, password: str) -> None:
         f.result(timeout=30)
 
 
-def grant(admin: Any, *grants: tuple[str, str, str], revoke: bool = False, user: str = USER) -> None:
-    """ACLs for ``user``: (``"topic"``/``"group"``, name, ``"READ"``/``"DESCRIBE"``)."""
-    from confluent_kafka.admin import (
-        AclBinding,
-        AclBindingFilter,
-        AclOperation,
-        AclPermissionType,
-        ResourcePatternType,
-        ResourceType,
-    )
-
-    kinds = {"topic": ResourceType.TOPIC, "group": ResourceType.GROUP}
-    bindings = [AclBinding(kinds[kind], name, ResourcePatternType.LITERAL, f"User:{user}", "*",
-                           getattr(AclOperation, op), AclPermissionType.ALLOW) for kind, name, op in grants]
-    if revoke:
-        filters = [AclBindingFilter(b.restype, b.name, b.resource_pattern_type, b.principal, b.host,
-                                    b.operation, b.permission_type) for b in bindings]
-        futures = admin.delete_acls(filters)
-    else:
-        futures = admin.create_acls(bindings)
-    for f in futures.values():
-        f.result(timeout=30)
-
-
 def run(stack: Any, topic: str, group: str, out: str, *extra: str,
         login: list[str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = consumer_cmd(topic, group, out, "--until-caught-up", "--caught-up-timeout", "60s",
@@ -102,7 +79,7 @@ def test_a_topic_the_client_may_not_read_stops_the_start_naming_the_acl(
 ) -> None:
     topic, group = make_topic(partitions=1), unique("g")
     produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1, create_topic=False)
-    grant(admin, ("group", group, "READ"))
+    grant(admin, ("group", group, "READ"), principal=f"User:{USER}")
     checked = check(stack, topic, group)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert f"FAIL kafka: RuntimeError: Kafka does not authorize this client to read topic {topic!r}" \
@@ -131,7 +108,7 @@ def test_a_group_the_client_may_not_use_stops_the_start_naming_the_acl(
 ) -> None:
     topic, group = make_topic(partitions=2), unique("g")
     produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=2, create_topic=False)
-    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"))
+    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), principal=f"User:{USER}")
     checked = check(stack, topic, group)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert f"Kafka does not authorize this client to use consumer group {group!r}" in checked.stderr
@@ -153,7 +130,7 @@ def test_read_taken_away_mid_run_stops_it_and_granted_again_a_new_run_exports_ev
     topic, group = make_topic(partitions=2), unique("g")
     first = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
     acls = (("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"))
-    grant(admin, *acls)
+    grant(admin, *acls, principal=f"User:{USER}")
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
     # A member refused its group cannot leave it: the next run waits out its session, kept short.
     running = start_consumer(topic, group, out, "--row-group-max-age", "1s", "-X", "session.timeout.ms=6000",
@@ -161,7 +138,8 @@ def test_read_taken_away_mid_run_stops_it_and_granted_again_a_new_run_exports_ev
     try:
         running.wait_for(lambda ev: sum(e.get("event") == "row group durable" for e in ev) >= 2,
                          what="both partitions' first rows durable")
-        grant(admin, (taken, topic if taken == "topic" else group, "READ"), revoke=True)
+        grant(admin, (taken, topic if taken == "topic" else group, "READ"), revoke=True,
+              principal=f"User:{USER}")
         then = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, start=400,
                        create_topic=False)
         assert running.proc.wait(timeout=60) == 2, running.log()[-3000:]
@@ -171,7 +149,7 @@ def test_read_taken_away_mid_run_stops_it_and_granted_again_a_new_run_exports_ev
     what = f"read topic {topic!r} (" if taken == "topic" else "use "
     assert said.startswith(f"Kafka does not authorize this client to {what}"), said
     assert f"--allow-principal User:{USER} --operation Read" in said, said  # a commit's refusal too
-    grant(admin, *acls)
+    grant(admin, *acls, principal=f"User:{USER}")
     res = run(stack, topic, group, out)
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
@@ -191,7 +169,8 @@ def test_a_password_changed_mid_run_stops_it_at_the_next_login_and_the_new_one_e
     every offset once."""
     topic, group, user = make_topic(partitions=2), unique("g"), unique("scram")
     scram_password(admin, user, "first-secret")
-    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"), user=user)
+    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"),
+          principal=f"User:{user}")
     first = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
     old = sasl(stack, "SCRAM-SHA-256", user, "first-secret")

@@ -8,11 +8,13 @@ and `replay` say the same. A certificate rotated while a run consumes is a fault
 (tests/faults/test_outages.py): it needs the broker restarted.
 
 On the mutual-TLS listener, a client certificate the broker refuses (expired) stops the start the
-same way, naming ``ssl.certificate.location``; a valid one exports every offset once.
+same way, naming ``ssl.certificate.location``; a valid one exports every offset once. A valid one
+the cluster's ACLs do not cover stops the start naming its principal, as the broker writes it.
 """
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 import time
@@ -26,6 +28,7 @@ from support import (
     consumer_cmd,
     dev_stack_impl,
     download_finals,
+    grant,
     read_table,
     stop_reason,
     unique,
@@ -145,6 +148,50 @@ def test_a_client_certificate_the_broker_refuses_stops_the_start_with_status_2_a
         in checked.stderr, checked.stderr
 
     res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *mtls(stack)),
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
+    assert_exactly_once(table, produced.partition_counts)
+
+
+def test_a_certificate_the_acls_do_not_cover_stops_the_start_naming_its_principal_which_granted_exports_once(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Mutual TLS with ACLs (MSK, Strimzi): Kafka names a certificate's client by its subject, in
+    Java's RFC 2253 form (last part first, commas escaped), and ``kafka-acls`` needs that string
+    exactly; the refusal used to say only "the principal the -X security settings log in as". The
+    principal the message names is granted as it stands (parsed from its command), and a run then
+    exports every offset once: the name is the broker's."""
+    topic, group = make_topic(partitions=2), unique("g")
+    produced = produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=2, create_topic=False)
+    impl = dev_stack_impl()
+    work = tmp_path / "tls"
+    work.mkdir()
+    ca = Path(stack.kafka_ssl_ca)
+    for name in ("ca.pem", "ca.key"):
+        (work / name).write_bytes((ca.parent / name).read_bytes())
+    reader = mtls(stack, impl.issue_certificate(
+        work, "ca", "reader", "-", subject="/C=DE/O=Acme, Inc./OU=Data Platform/CN=etl reader #2"))
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    res = subprocess.run(consumer_cmd(topic, group, out, *reader), capture_output=True, text=True,
+                         timeout=120, cwd=REPO)
+    assert res.returncode == 2, res.stderr[-3000:]
+    said = stop_reason(res.stderr)
+    principal = "User:CN=etl reader \\#2,OU=Data Platform,O=Acme\\, Inc.,C=DE"
+    # The group or the topic, whichever the client asks for first.
+    assert said.startswith((f"Kafka does not authorize this client to read topic {topic!r} (",
+                            f"Kafka does not authorize this client to use consumer group {group!r} (")), said
+    assert f"rant the principal {principal} (what the -X TLS client certificate's subject" in said, said
+    command = shlex.split(said[said.index("(kafka-acls "):].split(")")[0][1:])
+    named = command[command.index("--allow-principal") + 1]
+    assert named == principal
+    checked = check(stack, topic, group, reader)
+    assert checked.returncode == 1 and f"--allow-principal {shlex.quote(principal)}" in checked.stderr, \
+        checked.stdout + checked.stderr
+
+    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"),
+          principal=named)
+    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *reader),
                          capture_output=True, text=True, timeout=180, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
