@@ -336,6 +336,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             host_id=config.host_id,
             shutdown_timeout=config.shutdown_timeout,
             metrics_port=getattr(config, "metrics_port", None),
+            bounded=config.until_caught_up,
         )
     registry = SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
     decoder = Decoder(config.framing, schema=schema, registry=registry)

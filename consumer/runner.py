@@ -54,6 +54,7 @@ from consumer.errors import (
     TopicDeleted,
     UsageError,
     fatal_client_hint,
+    interrupted,
     position_not_in_log,
     topic_deleted,
 )
@@ -253,6 +254,10 @@ class Runner:
         self.log = logmod.get("consumer.runner", group=config.group_id)
         self.workers: dict[TP, PartitionWorker] = {}
         self.stop_requested = False
+        #: the signal that asked for the stop (request_stop); a bounded job's status names it
+        self.stop_signal: int = signal.SIGTERM
+        #: the bounded job did all it was run for (_done said so): a signal now is not an interruption
+        self.finished = False
         self.stop_requested_at: float | None = None  # on self.clock: the shutdown deadline counts from here
         self.stats = RunStats()
         self._callback_error: BaseException | None = None
@@ -422,14 +427,38 @@ class Runner:
         return worker
 
     # -- lifecycle -------------------------------------------------------------------------------
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int = signal.SIGTERM, *_: Any) -> None:
         """SIGTERM/SIGINT: finish the current batch, then :meth:`_shutdown` within
         ``--shutdown-timeout`` of this moment. S3 and commit retries that start from now on are
         capped to that bound already, so a flush running into an outage cannot outlive it."""
         if self.stop_requested_at is None:
             self.stop_requested_at = self.clock()
+            self.stop_signal = signum
             self._cap_retries(self.config.shutdown_timeout)
         self.stop_requested = True
+
+    @property
+    def bounded(self) -> bool:
+        """A job that ends by itself once its work is done (``replay``, ``--until-caught-up``):
+        stopped before that, it has not done what it was run for, and its status says so."""
+        return self.replaying or self.config.until_caught_up
+
+    def stop_status(self, signum: int) -> int:
+        """What a stop by signal ``signum`` earns now: 0, or for a bounded job that has not
+        finished, 128 + the signal (errors.interrupted)."""
+        return interrupted(signum) if self.bounded and not self.finished else EXIT_OK
+
+    def _stopped_on_request(self) -> int:
+        """The status of a run that ended because it was asked to (:meth:`request_stop`)."""
+        status = self.stop_status(self.stop_signal)
+        if status == EXIT_OK:
+            return status
+        self.log.warning(
+            "stopped by a signal before the job finished: what it committed is durable, and "
+            "running it again resumes",
+            signal=signal.Signals(self.stop_signal).name, status=status,
+        )
+        return status
 
     def _cap_retries(self, seconds: float) -> None:
         """Bound the retry time of the store's and the position store's calls to ``seconds`` from
@@ -501,7 +530,8 @@ class Runner:
         broker frozen, a minute and more. The signal reaches the wakeup fd at once, though, so a
         thread reading it arms the timer then: --shutdown-timeout + 8 s from the signal, one second
         after the shutdown's own timers (which know the run's status) would have fired. It ends
-        the process with status 0, what a stop request earns."""
+        the process with the status a stop request earns: 0, or 128 + N for a bounded job that had
+        not finished (:meth:`_stopped_on_request`)."""
         read, write = os.pipe()
         os.set_blocking(write, False)
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
@@ -509,13 +539,15 @@ class Runner:
         bound = self.config.shutdown_timeout + self.close_grace + self.exit_timer_margin + 1.0
 
         def watch() -> None:
-            while not stops & set(os.read(read, 64)):
+            while not (came := stops & set(os.read(read, 64))):
                 pass
+            status = self.stop_status(min(came))
             exit_after(
-                bound, EXIT_OK,
+                bound, status,
                 f"consumer: still running {bound:g}s after the stop signal (--shutdown-timeout "
                 f"{self.config.shutdown_timeout:g}s): a call to Kafka or S3 is blocked. Exiting with "
-                "status 0: everything committed is durable, and rows not committed are consumed again",
+                f"status {status}: everything committed is durable, and rows not committed are "
+                "consumed again",
             )
 
         threading.Thread(target=watch, name="stop-signal-bound", daemon=True).start()
@@ -585,7 +617,7 @@ class Runner:
             # up is the bounded shutdown working, not a failure. That partition's rows stay
             # uncommitted (its worker is broken); the others are still flushed in _shutdown.
             self.log.warning("stop requested: a flush gave up within the shutdown bound", error=str(exc))
-            return EXIT_OK
+            return self._stopped_on_request()
         if isinstance(exc, PositionError):
             self.log.error(
                 "stopped: cannot read or commit positions (Kafka coordinator unavailable too long)",
@@ -751,8 +783,9 @@ class Runner:
             self.batch_messages = self._next_batch_messages(len(msgs), consumed_bytes)
             code = self._done(now)
             if code is not None:
+                self.finished = code == EXIT_OK
                 return code
-        return EXIT_OK
+        return self._stopped_on_request()
 
     def _check_topics_still_exist(self) -> None:
         """Stop (TopicDeleted, status 5) when a topic this run holds partitions of is gone from the

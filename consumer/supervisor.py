@@ -24,7 +24,10 @@ Exit status: 0 when every member's last exit was 0; otherwise the most severe la
 any member, in this order: 5 (integrity / fatal client), 4 (S3), any other crash status (e.g. a
 member that was still waiting to be restarted, or 128+N for death by signal N), 3 (bad record),
 2 (configuration), 6 (``--until-caught-up`` incomplete). A member that dies of the SIGTERM or
-SIGINT it was sent during a stop (before its handlers were installed) counts as 0.
+SIGINT it was sent during a stop (before its handlers were installed) counts as 0. With
+``--until-caught-up`` (a bounded job), a signal N that stopped the command before every member
+finished makes it exit 128 + N, as each member does (``errors.interrupted``): not done, a rerun
+resumes.
 """
 
 from __future__ import annotations
@@ -43,7 +46,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer import log as logmod
-from consumer.errors import EXIT_BAD_RECORD, EXIT_CONFIG, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_OK, EXIT_STORAGE
+from consumer.errors import (
+    EXIT_BAD_RECORD,
+    EXIT_CONFIG,
+    EXIT_FATAL,
+    EXIT_INCOMPLETE,
+    EXIT_OK,
+    EXIT_STORAGE,
+    interrupted,
+)
 
 #: Exit statuses after which a member is not restarted (restarting cannot help).
 STOP_STATUSES = frozenset({EXIT_CONFIG, EXIT_BAD_RECORD})
@@ -98,6 +109,7 @@ class Member:
     restart_at: float | None = None
     last_status: int | None = None  # exit status of the last run
     starts: int = 0
+    stopped_unfinished: bool = False  # ended by the stop's signal, by its handler or not
 
     @property
     def live(self) -> bool:
@@ -128,6 +140,7 @@ class Supervisor:
         env: dict[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
         kill_grace: float = KILL_GRACE,
+        bounded: bool = False,
     ) -> None:
         self.command = command
         self.kill_grace = kill_grace
@@ -138,13 +151,19 @@ class Supervisor:
         self.clock = clock
         self.log = logmod.get("consumer.supervisor")
         self.stop_requested = False
+        #: ``--until-caught-up``: the members end by themselves once done
+        self.bounded = bounded
+        #: the signal that stopped the command (None: not a signal, e.g. a member's stop status)
+        self.stop_signal: int | None = None
         self.stopping = False
         self.kill_at: float | None = None
         #: while :meth:`run` runs, the descriptor of the file under whose lock every member and
         #: the supervisor write their log lines (inherited by each member; unlinked at once)
         self._line_lock: int | None = None
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int = signal.SIGTERM, *_: Any) -> None:
+        if not self.stop_requested:
+            self.stop_signal = signum
         self.stop_requested = True
 
     def install_signal_handlers(self) -> None:
@@ -180,8 +199,10 @@ class Supervisor:
                 # Died of the very signal it was sent, before it had installed its handler (a
                 # member that just started): nothing was consumed, so it stopped as asked. The
                 # line says so: a member that ran a while should have stopped by its handler.
+                # (A member of a bounded job exits so by its handler too: stopped unfinished.)
                 died_of["died_of"] = signal.Signals(status - 128).name
                 status = m.last_status = EXIT_OK
+                m.stopped_unfinished = True
             self.log.info("member stopped", member=m.index, status=status, ran_s=ran, **died_of)
         elif status == EXIT_OK:
             self.log.info("member finished", member=m.index, status=status, ran_s=ran)
@@ -266,6 +287,9 @@ class Supervisor:
             time.sleep(POLL)
         statuses = [m.last_status if m.last_status is not None else EXIT_OK for m in self.members]
         code = overall_status(statuses)
+        if code == EXIT_OK and self.bounded and self.stop_signal is not None and any(
+                m.stopped_unfinished for m in self.members):
+            code = interrupted(self.stop_signal)  # the job was stopped before it was done
         self.log.info("members exited", statuses=statuses, status=code)
         return code
 
@@ -291,8 +315,10 @@ def supervise(
     host_id: str,
     shutdown_timeout: float,
     metrics_port: int | None = None,
+    bounded: bool = False,
 ) -> int:
-    """Run ``processes`` members with ``run_args`` (the flags given to ``consumer run``)."""
+    """Run ``processes`` members with ``run_args`` (the flags given to ``consumer run``);
+    ``bounded``: with ``--until-caught-up``."""
     env = dict(os.environ)
     env.pop("CONSUMER_PROCESSES", None)
     sup = Supervisor(
@@ -300,6 +326,7 @@ def supervise(
         instance_ids(host_id, processes),
         shutdown_timeout=shutdown_timeout,
         env=env,
+        bounded=bounded,
     )
     sup.install_signal_handlers()
     aggregator = MetricsAggregator(metrics_port, processes) if metrics_port else None

@@ -175,3 +175,50 @@ def test_a_second_replay_of_the_prefix_fences_the_first_which_says_so(
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
     offsets = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)).column("kafka_offset")
     assert sorted(offsets.to_pylist()) == list(range(3_000))
+
+
+@pytest.mark.parametrize("job", ["replay", "until-caught-up"])
+def test_a_bounded_job_stopped_by_sigterm_before_its_end_exits_143_and_a_rerun_finishes_it(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, job: str
+) -> None:
+    """A replay or a ``run --until-caught-up`` is a job: status 0 tells a Kubernetes Job, an
+    Airflow task or a ``&&`` chain that the slice is exported. SIGTERMed half-way (a node drained,
+    a spot instance reclaimed) it used to exit 0 too, and the scheduler took the half for the
+    whole. Now it commits what it holds, as any stop does, and exits 143 (128 + SIGTERM); run
+    again, it finishes the job: every offset in exactly one final file."""
+    import signal
+    import time
+
+    from support import consumer_cmd
+
+    topic, group = unique(f"bounded-{job}"), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 3_000, partitions=1)
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    if job == "replay":
+        cmd = [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
+               "--output", out, "--row-group-rows", "300", "--batch-size", "500", "--log-format", "json"]
+    else:
+        cmd = consumer_cmd(topic, group, out, "--until-caught-up", "--row-group-rows", "300",
+                           "--batch-size", "500")  # records left to read after the thaw
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                             env={**os.environ, "CONSUMER_FAULT": "after_commit:2:freeze"})
+    try:
+        deadline = time.monotonic() + 60
+        while not _stopped(first.pid):  # frozen after its second commit: half-way, for sure
+            assert first.poll() is None and time.monotonic() < deadline, "the job never froze"
+            time.sleep(0.1)
+        first.send_signal(signal.SIGTERM)
+        first.send_signal(signal.SIGCONT)
+        _, err = first.communicate(timeout=60)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert first.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert "stopped by a signal before the job finished" in err, err[-3000:]
+    assert not any(k.endswith(".parquet") for k, _ in list_keys(s3, stack.s3_bucket, unique_prefix))
+
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    offsets = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path)).column("kafka_offset")
+    assert sorted(offsets.to_pylist()) == list(range(3_000))

@@ -123,7 +123,7 @@ def test_two_replays_of_one_prefix_the_fenced_one_says_so_and_a_rerun_completes_
     def second() -> None:
         other = replay()
         at_consume(other.consumer, {6: other.request_stop})
-        assert other.run() == 0
+        assert other.run() == 143  # SIGTERM before it finished: 128 + 15, not "done"
 
     first = replay()
     at_consume(first.consumer, {4: second})
@@ -178,7 +178,7 @@ def test_two_replays_of_one_slice_interleaved_leave_every_offset_once(
         if second_dies_at is not None:
             store.on_op = crash_at_request(second_dies_at)
         try:
-            assert other.run() in (0, 5)
+            assert other.run() in (0, 5, 143)  # 143: stopped before its end
         except Crash:
             pass
         finally:

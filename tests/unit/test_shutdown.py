@@ -17,6 +17,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from structlog.testing import capture_logs
 
 from consumer.config import Config
 from consumer.decoding import Decoder
@@ -55,9 +56,11 @@ def _runner(broker: MemoryBroker, store: Any, clock: FakeClock | None = None, **
         topics=("t",),
         output="s3://bucket/out",
         schema="page_view",
-        row_group_rows=1000,  # nothing is flushed before the stop: every row waits in an arena
-        batch_size=PARTITIONS * PER_PARTITION,
-        **cfg,
+        **{
+            "row_group_rows": 1000,  # nothing is flushed before the stop: every row waits in an arena
+            "batch_size": PARTITIONS * PER_PARTITION,
+            **cfg,
+        },
     )
     kwargs: dict[str, Any] = {"clock": clock} if clock is not None else {}
     return GroupRunner(
@@ -443,3 +446,40 @@ def test_sigterm_while_the_loop_is_blocked_still_ends_the_process_at_the_bound()
     assert proc.returncode == 0, proc.stderr.decode()[-2000:]
     assert b"consumer: still running 2.5s after the stop signal" in proc.stderr, proc.stderr.decode()[-2000:]
     assert b"run returned" not in proc.stdout
+
+
+# -- a bounded job stopped before it finished ------------------------------------------------
+@pytest.mark.parametrize(("signum", "status"), [(15, 143), (2, 130)])
+def test_until_caught_up_stopped_by_a_signal_before_it_finished_exits_128_plus_the_signal(
+    signum: int, status: int
+) -> None:
+    """``--until-caught-up`` is a job: 0 means "every partition is committed and final", and a
+    Kubernetes Job, an Airflow task or a ``&&`` chain takes it for done. Stopped by SIGTERM (or
+    Ctrl-C) before that, it flushes and commits what it holds as any stop does, and exits 128 + N,
+    what a shell says of a process the signal ended; it used to exit 0. A rerun finishes the job:
+    every record once. A long-running member stopped the same way still exits 0 (its normal end)."""
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=True, batch_size=PER_PARTITION)  # 1/4 a batch
+    at_consume(runner.consumer, {2: lambda: runner.request_stop(signum)})
+    with capture_logs() as logs:
+        assert runner.run() == status
+    said = [e for e in logs if e["event"].startswith("stopped by a signal before the job finished")]
+    assert said and said[0]["status"] == status, logs
+    assert not _final_offsets(store)  # flushed and committed, not yet final
+    assert _runner(broker, store, until_caught_up=True).run() == 0
+    assert _final_offsets(store) == {p: list(range(PER_PARTITION)) for p in range(PARTITIONS)}
+
+    unbounded = _runner(_broker(), MemoryStore())
+    at_consume(unbounded.consumer, {2: lambda: unbounded.request_stop(signum)})
+    assert unbounded.run() == 0
+
+
+def test_until_caught_up_that_finished_exits_0_whatever_comes_after() -> None:
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=True)
+    assert runner.run() == 0 and runner.finished
+    # What the signal's own exit timer would exit with: a signal once the job is done is not an
+    # interruption; before, it is.
+    assert runner.stop_status(15) == 0
+    assert _runner(broker, store, until_caught_up=True).stop_status(15) == 143
+    assert _runner(broker, store).stop_status(2) == 0

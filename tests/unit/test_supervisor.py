@@ -146,6 +146,50 @@ def test_a_member_dying_of_the_stop_signal_counts_as_stopped_and_the_line_says_s
     assert stopped[1]["status"] == 0 and "died_of" not in stopped[1]
 
 
+INTERRUPTED_BY_TERM = (  # a member of a bounded job: its handler exits 128 + 15 (errors.interrupted)
+    "import signal, sys, time\n"
+    "signal.signal(signal.SIGTERM, lambda *a: sys.exit(143))\n"
+    "time.sleep(60)\n"
+)
+
+
+def test_until_caught_up_stopped_by_a_signal_before_every_member_finished_exits_128_plus_it() -> None:
+    """With --until-caught-up the command is a job: a signal that stops it before every member
+    finished makes it exit 128 + N, like each member, whether a member stopped by its handler or
+    died of the signal; 0 would say the export is complete. One whose members had all finished
+    exits 0; a member's stop status still wins over the interruption it causes."""
+    def command(m: Member) -> list[str]:
+        return script("import sys; sys.exit(0)") if m.index == 0 else script(INTERRUPTED_BY_TERM)
+
+    for signum, status in ((signal.SIGTERM, 143), (signal.SIGINT, 130)):
+        sup = supervisor(command, bounded=True)
+        timer = threading.Timer(1.0, sup.request_stop, args=(signum,))
+        timer.start()
+        try:
+            assert sup.run() == status
+        finally:
+            timer.cancel()
+        assert [m.last_status for m in sup.members] == [0, 0]
+    sup = supervisor(lambda m: script("import time\ntime.sleep(60)\n"), bounded=True)  # no handler
+    timer = stop_after(sup, 1.0)
+    try:
+        assert sup.run() == 143
+    finally:
+        timer.cancel()
+
+    sup = supervisor(lambda m: script("import sys; sys.exit(0)"), bounded=True)
+    assert sup.run() == 0
+    sup = supervisor(lambda m: script("import sys; sys.exit(3)" if m.index == 0 else INTERRUPTED_BY_TERM),
+                     bounded=True)
+    assert sup.run() == 3  # the supervisor stopped the other itself: no signal stopped the job
+    sup = supervisor(lambda m: script(INTERRUPTED_BY_TERM), bounded=False)
+    timer = stop_after(sup, 1.0)
+    try:
+        assert sup.run() == 0  # a long-running group: stopping is its normal end
+    finally:
+        timer.cancel()
+
+
 def test_a_member_that_gave_up_catching_up_is_not_restarted_and_the_others_go_on() -> None:
     def command(m: Member) -> list[str]:
         done_later = "import time, sys; time.sleep(1); sys.exit(0)"
