@@ -199,8 +199,12 @@ class Supervisor:
                 # Died of the very signal it was sent, before it had installed its handler (a
                 # member that just started): nothing was consumed, so it stopped as asked. The
                 # line says so: a member that ran a while should have stopped by its handler.
-                # (A member of a bounded job exits so by its handler too: stopped unfinished.)
-                died_of["died_of"] = signal.Signals(status - 128).name
+                # A member of a bounded job that its handler stopped before it finished exits
+                # with the same number (errors.interrupted): it stopped as asked, unfinished.
+                if returncode < 0:
+                    died_of["died_of"] = signal.Signals(status - 128).name
+                else:
+                    died_of["unfinished_by"] = signal.Signals(status - 128).name
                 status = m.last_status = EXIT_OK
                 m.stopped_unfinished = True
             self.log.info("member stopped", member=m.index, status=status, ran_s=ran, **died_of)

@@ -166,10 +166,13 @@ def test_until_caught_up_stopped_by_a_signal_before_every_member_finished_exits_
         timer = threading.Timer(1.0, sup.request_stop, args=(signum,))
         timer.start()
         try:
-            assert sup.run() == status
+            with capture_logs() as logs:
+                assert sup.run() == status
         finally:
             timer.cancel()
         assert [m.last_status for m in sup.members] == [0, 0]
+        (stopped,) = [e for e in logs if e["event"] == "member stopped"]
+        assert stopped["unfinished_by"] == "SIGTERM" and "died_of" not in stopped  # by its handler
     sup = supervisor(lambda m: script("import time\ntime.sleep(60)\n"), bounded=True)  # no handler
     timer = stop_after(sup, 1.0)
     try:
