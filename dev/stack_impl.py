@@ -77,6 +77,7 @@ class Config:
     kafka_sasl_port: int
     kafka_ssl_port: int
     kafka_mtls_port: int
+    kafka_sasl_ssl_port: int
     s3_port: int
     s3_grpc_port: int
     seaweed_master_port: int
@@ -108,6 +109,8 @@ class Config:
             kafka_ssl_port=_env_int("KAFKA_SSL_PORT", kafka + 4),
             # And one that also asks the client for a certificate of that CA (mutual TLS).
             kafka_mtls_port=_env_int("KAFKA_MTLS_PORT", kafka + 5),
+            # And a login over TLS (SASL_SSL, PLAIN), what most managed clusters ask for.
+            kafka_sasl_ssl_port=_env_int("KAFKA_SASL_SSL_PORT", kafka + 6),
             s3_port=s3,
             # SeaweedFS needs several more ports; by default they sit just above S3_PORT.
             # (The admin server's gRPC port is always admin port + 10000: its embedded worker
@@ -157,6 +160,8 @@ class Config:
             "KAFKA_SSL_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_ssl_port}",
             # Its clients' certificate and key: client.pem and client.key beside the CA file.
             "KAFKA_MTLS_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_mtls_port}",
+            # The SASL listener's logins, over TLS (trusting KAFKA_SSL_CA_LOCATION).
+            "KAFKA_SASL_SSL_BOOTSTRAP_SERVERS": f"{HOST}:{self.kafka_sasl_ssl_port}",
             # What a client of the TLS listener sets ssl.ca.location to.
             "KAFKA_SSL_CA_LOCATION": str(self.tls_dir / f"{TLS_CA}.pem"),
             "S3_ENDPOINT_URL": f"http://{HOST}:{self.s3_port}",
@@ -174,6 +179,7 @@ class Config:
             "KAFKA_SASL_PORT": self.kafka_sasl_port,
             "KAFKA_SSL_PORT": self.kafka_ssl_port,
             "KAFKA_MTLS_PORT": self.kafka_mtls_port,
+            "KAFKA_SASL_SSL_PORT": self.kafka_sasl_ssl_port,
             "S3_PORT": self.s3_port,
             "SEAWEED_S3_GRPC_PORT": self.s3_grpc_port,
             "SEAWEED_MASTER_PORT": self.seaweed_master_port,
@@ -465,13 +471,15 @@ def _kafka_properties(cfg: Config) -> str:
         "node.id": "1",
         "listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},CONTROLLER://{HOST}:{cfg.kafka_controller_port},"
         f"SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port},SSL://{HOST}:{cfg.kafka_ssl_port},"
-        f"MTLS://{HOST}:{cfg.kafka_mtls_port}",
+        f"MTLS://{HOST}:{cfg.kafka_mtls_port},SASL_SSL://{HOST}:{cfg.kafka_sasl_ssl_port}",
         "advertised.listeners": f"PLAINTEXT://{HOST}:{cfg.kafka_port},SASL_PLAINTEXT://{HOST}:{cfg.kafka_sasl_port},"
-        f"SSL://{HOST}:{cfg.kafka_ssl_port},MTLS://{HOST}:{cfg.kafka_mtls_port}",
+        f"SSL://{HOST}:{cfg.kafka_ssl_port},MTLS://{HOST}:{cfg.kafka_mtls_port},"
+        f"SASL_SSL://{HOST}:{cfg.kafka_sasl_ssl_port}",
         "controller.listener.names": "CONTROLLER",
         "inter.broker.listener.name": "PLAINTEXT",
         "listener.security.protocol.map":
-            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL",
+            "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,"
+            "SASL_SSL:SASL_SSL",
         # The TLS listener: a key and certificate chain in one PEM file (tls_dir, made at `up`),
         # read again at every start, so a test may swap it while the broker is down. No client
         # certificates: its clients are ANONYMOUS, like the plain listener's.
@@ -483,6 +491,12 @@ def _kafka_properties(cfg: Config) -> str:
         "listener.name.mtls.ssl.truststore.type": "PEM",
         "listener.name.mtls.ssl.truststore.location": str(cfg.tls_dir / f"{TLS_CA}.pem"),
         "listener.name.mtls.ssl.client.auth": "required",
+        # SASL over TLS: the same keystore and the SASL listener's PLAIN users and ACLs.
+        "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+        "listener.name.sasl_ssl.ssl.keystore.location": str(cfg.tls_dir / TLS_BROKER_KEYSTORE),
+        "listener.name.sasl_ssl.sasl.enabled.mechanisms": "PLAIN",
+        "listener.name.sasl_ssl.plain.sasl.jaas.config":
+            f"org.apache.kafka.common.security.plain.PlainLoginModule required {users};",
         # ACLs apply to the SASL listener's users only: the plain listener's clients (the stack,
         # the tests, dev/demo) are ANONYMOUS, a super user, as without an authorizer.
         "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256",

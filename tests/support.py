@@ -560,6 +560,7 @@ class StackSettings:
     kafka_ssl_ca: str | None = None
     #: The listener that also asks for a client certificate (client.pem/client.key beside the CA).
     kafka_mtls_bootstrap: str | None = None
+    kafka_sasl_ssl_bootstrap: str | None = None
 
     @staticmethod
     def from_env_lines(text: str) -> StackSettings:
@@ -589,6 +590,7 @@ class StackSettings:
             kafka_ssl_bootstrap=env.get("KAFKA_SSL_BOOTSTRAP_SERVERS") or None,
             kafka_ssl_ca=env.get("KAFKA_SSL_CA_LOCATION") or None,
             kafka_mtls_bootstrap=env.get("KAFKA_MTLS_BOOTSTRAP_SERVERS") or None,
+            kafka_sasl_ssl_bootstrap=env.get("KAFKA_SASL_SSL_BOOTSTRAP_SERVERS") or None,
         )
 
     def as_env(self) -> dict[str, str]:

@@ -10,6 +10,9 @@ and `replay` say the same. A certificate rotated while a run consumes is a fault
 On the mutual-TLS listener, a client certificate the broker refuses (expired) stops the start the
 same way, naming ``ssl.certificate.location``; a valid one exports every offset once. A valid one
 the cluster's ACLs do not cover stops the start naming its principal, as the broker writes it.
+
+Over SASL_SSL (a login over TLS, what most managed clusters ask for) a run exports every offset
+once, and an untrusted broker and a refused login are each said as themselves.
 """
 
 from __future__ import annotations
@@ -196,3 +199,58 @@ def test_a_certificate_the_acls_do_not_cover_stops_the_start_naming_its_principa
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
     assert_exactly_once(table, produced.partition_counts)
+
+
+def sasl_ssl(stack: Any, ca: str | None = None, password: str | None = None) -> list[str]:
+    """The flags of a SASL/PLAIN login over TLS (the stack's SASL user, its ACLs) trusting ``ca``."""
+    if not stack.kafka_sasl_ssl_bootstrap or not stack.kafka_ssl_ca:
+        pytest.fail("the stack has no SASL_SSL listener: restart it (dev/stack down; dev/stack up)")
+    ((user, secret),) = dev_stack_impl().SASL_USERS.items()
+    return ["--bootstrap-servers", stack.kafka_sasl_ssl_bootstrap, "-X", "security.protocol=SASL_SSL",
+            "-X", "sasl.mechanism=PLAIN", "-X", f"sasl.username={user}",
+            "-X", f"sasl.password={password or secret}", "-X", f"ssl.ca.location={ca or stack.kafka_ssl_ca}"]
+
+
+def test_a_run_over_sasl_ssl_exports_every_offset_once(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A login over TLS, what Confluent Cloud, MSK with SCRAM and Aiven ask for: with its ACLs
+    granted, `check` passes and a run exports every offset once."""
+    topic, group = make_topic(partitions=2), unique("g")
+    produced = produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=2, create_topic=False)
+    ((user, _),) = dev_stack_impl().SASL_USERS.items()
+    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"),
+          principal=f"User:{user}")
+    checked = check(stack, topic, group, sasl_ssl(stack))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *sasl_ssl(stack)),
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
+    assert_exactly_once(table, produced.partition_counts)
+
+
+def test_over_sasl_ssl_an_untrusted_broker_or_a_refused_login_stops_the_start_with_status_2(
+    stack: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The two refusals of a SASL_SSL start, each said as itself: the TLS handshake (another CA:
+    naming ssl.ca.location, with OpenSSL's reason from a handshake of our own with the
+    ``sasl_ssl://`` broker librdkafka names) comes before the login (a wrong password: naming the
+    SASL settings)."""
+    topic, group = make_topic(partitions=1), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 20, partitions=1, create_topic=False)
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    for flags, start in ((sasl_ssl(stack, ca=other_ca(tmp_path)),
+                          "this client does not trust the Kafka broker's certificate ("),
+                         (sasl_ssl(stack, password="not-the-password"),
+                          "Kafka refused this client's login (")):
+        started = time.monotonic()
+        res = subprocess.run(consumer_cmd(topic, group, out, *flags), capture_output=True, text=True,
+                             timeout=120, cwd=REPO)
+        assert res.returncode == 2, res.stderr[-3000:]
+        assert time.monotonic() - started < 30, "a refusal is not an outage to wait out"
+        said = stop_reason(res.stderr)
+        assert said.startswith(start), said
+        if "trust" in start:
+            assert "ssl.ca.location" in said and "asked again, OpenSSL says: " in said, said
