@@ -158,6 +158,7 @@ def check_s3(config: cfgmod.Config, timeout: float, write: bool = False) -> str:
         config.bucket,
         endpoint_url=config.s3_endpoint_url,
         region=config.s3_region,
+        encryption=config.s3_encryption(),
         retry=RetryPolicy(base=0.2, cap=1.0, max_elapsed=timeout),
         connect_timeout=min(5.0, timeout),
         read_timeout=timeout,

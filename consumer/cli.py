@@ -37,6 +37,9 @@ _RUN_FLAGS: list[tuple[str, dict[str, Any]]] = [
     ("--topic", {"dest": "topics", "action": "append", "help": "topic to consume (repeatable)"}),
     ("--output", {"help": "s3://bucket/prefix for Parquet output"}),
     ("--s3-endpoint-url", {"help": "S3 endpoint for S3-compatible servers (S3_ENDPOINT_URL)"}),
+    ("--s3-sse", {"choices": cfgmod.S3_SSE, "help": "server-side encryption sent with every object "
+                  "written, for a bucket policy that demands it (default: the bucket's own)"}),
+    ("--s3-sse-kms-key-id", {"help": "with --s3-sse aws:kms: the KMS key (id, ARN or alias)"}),
     ("--framing", {"choices": cfgmod.FRAMINGS, "help": "raw Avro or Confluent wire format"}),
     ("--schema", {"help": "writer schema for raw framing: a name in schemas/ or an .avsc path"}),
     ("--schema-registry-url", {"help": "Confluent-compatible registry (SCHEMA_REGISTRY_URL)"}),
@@ -231,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1") -> Any:
+def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1",
+               encryption: dict[str, str] | None = None) -> Any:
     from consumer.storage import S3Store
 
     log = logmod.get("consumer.storage")
@@ -245,7 +249,8 @@ def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1")
             retry_in_s=round(delay, 2),
         )
 
-    store = S3Store(bucket, endpoint_url=endpoint_url, region=region, on_retry=on_retry)
+    store = S3Store(bucket, endpoint_url=endpoint_url, region=region, on_retry=on_retry,
+                    encryption=encryption)
     if store.equal_parts:
         log.info("the endpoint takes multipart uploads of equal parts only (Cloudflare R2): rolls "
                  "compose final files in 8 MiB parts, across piece boundaries through this process")
@@ -340,7 +345,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     registry = SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
     decoder = Decoder(config.framing, schema=schema, registry=registry)
-    store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region)
+    store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region, config.s3_encryption())
     try:
         store.connect()
     except Exception as exc:  # e.g. an endpoint URL botocore refuses; no request was sent

@@ -27,6 +27,10 @@ from consumer.bucketing import TemplateError, parse_template
 KAFKA_COLUMNS = ("topic", "partition", "offset", "timestamp", "key", "headers")
 COMPRESSIONS = ("zstd", "snappy", "gzip", "lz4", "brotli", "none")
 ON_ERROR = ("dead-letter", "fail")
+#: S3's server-side encryption a bucket policy may demand on every write (``x-amz-server-side-
+#: encryption``): S3-managed keys, a KMS key, or two layers of KMS (what Kafka Connect's S3 sink
+#: calls ``s3.ssea.name``).
+S3_SSE = ("AES256", "aws:kms", "aws:kms:dsse")
 DECODERS = ("native", "python")  # native: consumer._native (Rust); python: fastavro
 FRAMINGS = ("raw", "confluent")
 SCHEMA_EVOLUTIONS = ("resolve", "roll")  # resolve: one reader schema per file; roll: file per writer
@@ -59,6 +63,9 @@ class Config:
     output: str = ""  # s3://bucket/prefix
     s3_endpoint_url: str | None = None
     s3_region: str = "us-east-1"
+    #: sent with every object this consumer writes (None: the bucket's default encryption)
+    s3_sse: str | None = None
+    s3_sse_kms_key_id: str | None = None  # with aws:kms: that key, not the account's default
     framing: str = "raw"
     schema: str | None = None  # a name from schemas/ or a path to an .avsc (raw framing)
     schema_registry_url: str | None = None
@@ -123,6 +130,14 @@ class Config:
         rebalance to leave partitions unowned (consumer/orphans.py)."""
         return self.kafka_properties.get("group.protocol", "classic").strip().lower() == "consumer"
 
+    def s3_encryption(self) -> dict[str, str]:
+        """The server-side encryption arguments of every S3 write (PutObject,
+        CreateMultipartUpload), or none for the bucket's default."""
+        out = {"ServerSideEncryption": self.s3_sse} if self.s3_sse else {}
+        if self.s3_sse_kms_key_id:
+            out["SSEKMSKeyId"] = self.s3_sse_kms_key_id
+        return out
+
     def redacted(self) -> dict[str, Any]:
         """The settings as a dict safe to log: secret-looking librdkafka properties masked."""
         out: dict[str, Any] = {}
@@ -162,6 +177,10 @@ class Config:
             p.append("raw framing needs a writer schema: pass --schema NAME|PATH.avsc")
         if self.framing == "confluent" and not self.schema_registry_url:
             p.append("confluent framing needs --schema-registry-url (or SCHEMA_REGISTRY_URL)")
+        if self.s3_sse is not None and self.s3_sse not in S3_SSE:
+            p.append(f"s3-sse {self.s3_sse!r} unknown: use one of {', '.join(S3_SSE)}")
+        if self.s3_sse_kms_key_id and not (self.s3_sse or "").startswith("aws:kms"):
+            p.append("s3-sse-kms-key-id names a KMS key: pass --s3-sse aws:kms (or aws:kms:dsse) too")
         if self.compression not in COMPRESSIONS:
             p.append(f"compression {self.compression!r} unknown: use one of {', '.join(COMPRESSIONS)}")
         for c in self.kafka_columns:
@@ -332,7 +351,8 @@ def admin_config(config: Config) -> dict[str, Any]:
     return {"bootstrap.servers": config.bootstrap_servers, **props}
 
 
-_OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url",
+_OPTIONAL = {"file_rows", "file_max_age", "schema", "schema_registry_url", "s3_endpoint_url", "s3_sse",
+             "s3_sse_kms_key_id",
              "metrics_port", "stall_exit", "partition_by", "accept_topic_id"}
 _CONVERTERS: dict[str, Any] = {
     "topics": parse_list,

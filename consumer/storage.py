@@ -509,10 +509,15 @@ class S3Store:
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         equal_parts: bool | None = None,
+        encryption: Mapping[str, str] | None = None,
     ) -> None:
         import s3fs  # imported here so pure-logic users of this module do not pay for it
 
         self.bucket = bucket
+        #: Server-side encryption arguments sent with every write that creates an object
+        #: (PutObject, CreateMultipartUpload; its parts and copies inherit it), for a bucket policy
+        #: that refuses writes without them (Config.s3_encryption).
+        self.encryption = dict(encryption or {})
         #: Rolls compose final files from parts of one size (:func:`plan_equal_parts`); by default
         #: only on endpoints that require it (:func:`needs_equal_parts`).
         self.equal_parts = needs_equal_parts(endpoint_url) if equal_parts is None else equal_parts
@@ -615,7 +620,7 @@ class S3Store:
         """
         extra = {"Metadata": dict(metadata)} if metadata else {}
         try:
-            reply = self._call("put_object", Key=key, Body=data, IfNoneMatch="*", **extra)
+            reply = self._call("put_object", Key=key, Body=data, IfNoneMatch="*", **extra, **self.encryption)
             self.stats.moved(uploaded=len(data))
             return Created(PutOutcome.CREATED, str(reply.get("ETag", "")).strip('"') or None)
         except Exception as exc:
@@ -628,7 +633,7 @@ class S3Store:
         (empty if it gave none), or None if someone changed or deleted it. The reply's ETag, not
         a HEAD after it: another writer may replace the object in between."""
         try:
-            reply = self._call("put_object", Key=key, Body=data, IfMatch=f'"{etag}"')
+            reply = self._call("put_object", Key=key, Body=data, IfMatch=f'"{etag}"', **self.encryption)
         except Exception as exc:
             if classify(exc) in ("precondition", "missing"):
                 return None
@@ -725,7 +730,7 @@ class S3Store:
     def _multipart_if_absent(
         self, key: str, parts: Sequence[Sequence[Segment]], *, fault_point: str | None
     ) -> PutOutcome:
-        r = self._call("create_multipart_upload", Key=key)
+        r = self._call("create_multipart_upload", Key=key, **self.encryption)
         upload_id = r["UploadId"]
         try:
             done: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@ file, and check the invariants (every (partition, offset) exactly once, values a
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
 import json
@@ -133,9 +134,12 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def minio_server(data: Path, key_id: str, secret: str, bucket: str) -> Iterator[S3Server]:
+def minio_server(data: Path, key_id: str, secret: str, bucket: str,
+                 kms_key: str | None = None) -> Iterator[S3Server]:
     """A real MinIO server (built by ``dev/minio``) on a free port, storing under ``data``, its
-    root user ``key_id``/``secret`` and ``bucket`` created; stopped by its PID on exit."""
+    root user ``key_id``/``secret`` and ``bucket`` created; stopped by its PID on exit. With
+    ``kms_key`` (a name) it has a KMS of one static key of that name, so it takes server-side
+    encryption (SSE-S3 and SSE-KMS) as AWS S3 does."""
     built = subprocess.run([str(REPO / "dev" / "minio")], capture_output=True, text=True, timeout=1800)
     if built.returncode != 0:
         raise RuntimeError(f"dev/minio failed (rc={built.returncode}):\n{built.stderr[-3000:]}")
@@ -152,6 +156,8 @@ def minio_server(data: Path, key_id: str, secret: str, bucket: str) -> Iterator[
             "MINIO_BROWSER": "off",
             "MINIO_UPDATE": "off",
         }
+        if kms_key:
+            env["MINIO_KMS_SECRET_KEY"] = f"{kms_key}:{base64.b64encode(os.urandom(32)).decode()}"
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 [binary, "server", str(data), "--quiet", "--address", f"127.0.0.1:{port}",

@@ -18,6 +18,7 @@ from support import (
     REPO,
     assert_exactly_once,
     assert_values_as_produced,
+    consumer_cmd,
     download_finals,
     read_table,
     run_consumer,
@@ -145,3 +146,52 @@ def test_without_delete_permission_run_stops_at_start_and_names_the_permission(
     listed = s3.list_objects_v2(Bucket=minio.bucket, Prefix=unique_prefix).get("Contents", [])
     left = [o["Key"] for o in listed]
     assert all("/_probe/" in k for k in left), left  # only the probes it could not remove
+
+
+@pytest.mark.parametrize("sse", [("AES256",), ("aws:kms", "consumer-test-key")], ids=["sse-s3", "sse-kms"])
+def test_every_object_a_run_writes_is_encrypted_as_asked_across_a_kill(
+    stack: Any, unique_prefix: str, tmp_path: Path, sse: tuple[str, ...]
+) -> None:
+    """A bucket policy that refuses unencrypted writes (common in enterprises) needs the
+    encryption header on every write: `--s3-sse` sends it with each PutObject and
+    CreateMultipartUpload, as Kafka Connect's `s3.ssea.name` does. On a MinIO with a KMS key, every
+    object a run leaves (final files, state and markers), through a kill and a resume, is encrypted
+    as asked, `check --write` writes its probe so, and the rows are every offset once. Under SSE-KMS
+    an ETag is not the MD5 of the bytes: the resume's checks of what the killed run wrote (a piece
+    PUT again finds its own) run on a real server that says so."""
+    from support import minio_server
+
+    from consumer.faults import FAULT_EXIT_CODE
+
+    flags = ["--s3-sse", sse[0], *(["--s3-sse-kms-key-id", sse[1]] if len(sse) > 1 else [])]
+    topic, group = unique("sse"), unique("g")
+    res = produce(stack.kafka_bootstrap, topic, "page_view", 4_000, partitions=2, seed=5)
+    with minio_server(tmp_path / "minio", stack.aws_access_key_id, stack.aws_secret_access_key,
+                      "sse-bucket", kms_key="consumer-test-key") as server:
+        out = f"s3://{server.bucket}/{unique_prefix}live"
+        check = _cli_as(server, "check", "--group-id", group, "--topic", topic, "--schema", "page_view",
+                        "--output", out, "--write", *flags)
+        assert check.returncode == 0, check.stdout + check.stderr[-3000:]
+        env = {"S3_ENDPOINT_URL": server.endpoint}
+        budgets = ("--row-group-rows", "500", "--file-rows", "1500", *flags)
+        killed = subprocess.run(
+            consumer_cmd(topic, group, out, "--until-caught-up", *budgets), capture_output=True,
+            text=True, timeout=180, cwd=REPO,
+            env={**os.environ, **env, "CONSUMER_FAULT": "after_piece_put:3"},
+        )
+        assert killed.returncode == FAULT_EXIT_CODE, killed.stderr[-3000:]
+        run = run_consumer(topic, group, out, *budgets, env=env)
+        assert run.returncode == 0, run.stderr[-4000:]
+        s3 = server.client()
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=server.bucket)
+                for o in page.get("Contents", [])]
+        assert any(k.endswith(".parquet") for k in keys) and any("/_state/" in k or "/_newest_final/" in k
+                                                                  for k in keys), keys
+        for key in keys:
+            head = s3.head_object(Bucket=server.bucket, Key=key)
+            assert head.get("ServerSideEncryption") == sse[0], (key, head)
+            if len(sse) > 1:
+                assert sse[1] in head.get("SSEKMSKeyId", ""), (key, head)
+        assert staging_keys(s3, server.bucket, unique_prefix + "live") == []
+        table = read_table(download_finals(s3, server.bucket, unique_prefix + "live/", tmp_path / "out"))
+        assert_exactly_once(table, res.partition_counts)

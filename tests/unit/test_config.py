@@ -610,3 +610,20 @@ def test_an_admin_client_gets_the_cluster_settings_but_not_the_consumer_only_pro
         "bootstrap.servers": "k:9092", "security.protocol": "SASL_SSL", "sasl.mechanism": "PLAIN",
         "client.id": "c",
     }  # fmt: skip
+
+
+# -- S3 server-side encryption ---------------------------------------------------------------
+def test_s3_encryption_is_sent_as_asked_and_a_wrong_setting_is_refused() -> None:
+    """``--s3-sse`` and ``--s3-sse-kms-key-id`` (or ``CONSUMER_S3_SSE``…) become the arguments of
+    every S3 write; nothing is sent by default (the bucket's own encryption applies)."""
+    assert VALID.s3_encryption() == {}
+    kms = dataclasses.replace(VALID, s3_sse="aws:kms", s3_sse_kms_key_id="alias/exports")
+    assert kms.problems() == []
+    assert kms.s3_encryption() == {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": "alias/exports"}
+    assert dataclasses.replace(VALID, s3_sse="AES256").s3_encryption() == {"ServerSideEncryption": "AES256"}
+    loaded = load({"s3_sse": "aws:kms:dsse"}, env={"CONSUMER_S3_SSE_KMS_KEY_ID": "k1"})
+    assert loaded.s3_encryption() == {"ServerSideEncryption": "aws:kms:dsse", "SSEKMSKeyId": "k1"}
+    assert dataclasses.replace(VALID, s3_sse="aes256").problems() == [
+        "s3-sse 'aes256' unknown: use one of AES256, aws:kms, aws:kms:dsse"]
+    (said,) = dataclasses.replace(VALID, s3_sse="AES256", s3_sse_kms_key_id="k").problems()
+    assert said.startswith("s3-sse-kms-key-id names a KMS key: pass --s3-sse aws:kms")
