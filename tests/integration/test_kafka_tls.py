@@ -69,12 +69,8 @@ def mtls(stack: Any, certificate: Path | None = None) -> list[str]:
 def expired_certificate(stack: Any, tmp_path: Path) -> Path:
     """A client certificate of the stack's CA, for the same name as the good one, that has expired."""
     impl = dev_stack_impl()
-    work = tmp_path / "tls"
-    work.mkdir(parents=True, exist_ok=True)
-    ca = Path(stack.kafka_ssl_ca)
-    for name in ("ca.pem", "ca.key"):
-        (work / name).write_bytes((ca.parent / name).read_bytes())
-    cert = Path(impl.issue_certificate(work, "ca", "expired", impl.TLS_CLIENT_CN, days=0))
+    cert = Path(impl.issue_certificate(stack_ca(stack, tmp_path), "ca", "expired", impl.TLS_CLIENT_CN,
+                                       days=0))
     time.sleep(1.5)  # valid for the second it was made in
     return cert
 
@@ -87,6 +83,38 @@ def check(stack: Any, topic: str, group: str, flags: list[str]) -> subprocess.Co
     )
 
 
+def exports_every_offset_once(stack: Any, s3: Any, topic: str, group: str, out: str, prefix: str,
+                              flags: list[str], produced: Any, tmp_path: Path) -> None:
+    """``run --until-caught-up`` with ``flags`` exits 0 and the finals under ``prefix`` hold every
+    offset ``produced`` once."""
+    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *flags),
+                         capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert res.returncode == 0, res.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, prefix, tmp_path))
+    assert_exactly_once(table, produced.partition_counts)
+
+
+def refused_at_start(command: list[str]) -> str:
+    """Run ``command``, which must stop with status 2 within 30 s (a refusal is not an outage to
+    wait out): the reason it logged."""
+    started = time.monotonic()
+    res = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert time.monotonic() - started < 30, "a refusal is not an outage to wait out"
+    return stop_reason(res.stderr)
+
+
+def stack_ca(stack: Any, tmp_path: Path) -> Path:
+    """A work folder holding a copy of the stack CA's certificate and key (``ca``), to issue more
+    client certificates of it with ``dev_stack_impl().issue_certificate``."""
+    work = tmp_path / "tls"
+    work.mkdir(parents=True, exist_ok=True)
+    ca = Path(stack.kafka_ssl_ca)
+    for name in ("ca.pem", "ca.key"):
+        (work / name).write_bytes((ca.parent / name).read_bytes())
+    return work
+
+
 def test_a_run_over_tls_exports_every_offset_once(
     stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
@@ -96,11 +124,8 @@ def test_a_run_over_tls_exports_every_offset_once(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "ok   kafka: 1 broker(s)" in checked.stdout, checked.stdout
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
-    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *tls(stack)),
-                         capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
-    assert_exactly_once(table, produced.partition_counts)
+    exports_every_offset_once(stack, s3, topic, group, out, f"{unique_prefix}out/", tls(stack), produced,
+                              tmp_path)
 
 
 def test_a_broker_certificate_the_client_does_not_trust_stops_the_start_with_status_2_naming_ssl_ca_location(
@@ -113,11 +138,7 @@ def test_a_broker_certificate_the_client_does_not_trust_stops_the_start_with_sta
     for command in (consumer_cmd(topic, group, out, *untrusting),
                     [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
                      "--output", f"{out}-replay", "--log-format", "json", *untrusting]):
-        started = time.monotonic()
-        res = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
-        assert res.returncode == 2, res.stderr[-3000:]
-        assert time.monotonic() - started < 30, "a refused certificate is not an outage to wait out"
-        said = stop_reason(res.stderr)
+        said = refused_at_start(command)
         assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
         assert "certificate verify failed" in said and "ssl.ca.location" in said, said
     assert "Contents" not in s3.list_objects_v2(Bucket=stack.s3_bucket, Prefix=f"{unique_prefix}out")
@@ -137,12 +158,7 @@ def test_a_client_certificate_the_broker_refuses_stops_the_start_with_status_2_a
     produced = produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
     refused = mtls(stack, expired_certificate(stack, tmp_path))
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
-    started = time.monotonic()
-    res = subprocess.run(consumer_cmd(topic, group, out, *refused), capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
-    assert res.returncode == 2, res.stderr[-3000:]
-    assert time.monotonic() - started < 30, "a refused certificate is not an outage to wait out"
-    said = stop_reason(res.stderr)
+    said = refused_at_start(consumer_cmd(topic, group, out, *refused))
     assert said.startswith("the Kafka broker refused this client's certificate ("), said
     assert "ssl.certificate.location" in said, said
     checked = check(stack, topic, group, refused)
@@ -150,11 +166,8 @@ def test_a_client_certificate_the_broker_refuses_stops_the_start_with_status_2_a
     assert "FAIL kafka: RuntimeError: the Kafka broker refused this client's certificate (" \
         in checked.stderr, checked.stderr
 
-    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *mtls(stack)),
-                         capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
-    assert_exactly_once(table, produced.partition_counts)
+    exports_every_offset_once(stack, s3, topic, group, out, f"{unique_prefix}out/", mtls(stack), produced,
+                              tmp_path)
 
 
 def test_a_certificate_the_acls_do_not_cover_stops_the_start_naming_its_principal_which_granted_exports_once(
@@ -167,19 +180,11 @@ def test_a_certificate_the_acls_do_not_cover_stops_the_start_naming_its_principa
     exports every offset once: the name is the broker's."""
     topic, group = make_topic(partitions=2), unique("g")
     produced = produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=2, create_topic=False)
-    impl = dev_stack_impl()
-    work = tmp_path / "tls"
-    work.mkdir()
-    ca = Path(stack.kafka_ssl_ca)
-    for name in ("ca.pem", "ca.key"):
-        (work / name).write_bytes((ca.parent / name).read_bytes())
-    reader = mtls(stack, impl.issue_certificate(
-        work, "ca", "reader", "-", subject="/C=DE/O=Acme, Inc./OU=Data Platform/CN=etl reader #2"))
+    reader = mtls(stack, dev_stack_impl().issue_certificate(
+        stack_ca(stack, tmp_path), "ca", "reader", "-",
+        subject="/C=DE/O=Acme, Inc./OU=Data Platform/CN=etl reader #2"))
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
-    res = subprocess.run(consumer_cmd(topic, group, out, *reader), capture_output=True, text=True,
-                         timeout=120, cwd=REPO)
-    assert res.returncode == 2, res.stderr[-3000:]
-    said = stop_reason(res.stderr)
+    said = refused_at_start(consumer_cmd(topic, group, out, *reader))
     principal = "User:CN=etl reader \\#2,OU=Data Platform,O=Acme\\, Inc.,C=DE"
     # The group or the topic, whichever the client asks for first.
     assert said.startswith((f"Kafka does not authorize this client to read topic {topic!r} (",
@@ -194,11 +199,8 @@ def test_a_certificate_the_acls_do_not_cover_stops_the_start_naming_its_principa
 
     grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), ("group", group, "READ"),
           principal=named)
-    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *reader),
-                         capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
-    assert_exactly_once(table, produced.partition_counts)
+    exports_every_offset_once(stack, s3, topic, group, out, f"{unique_prefix}out/", reader, produced,
+                              tmp_path)
 
 
 def sasl_ssl(stack: Any, ca: str | None = None, password: str | None = None) -> list[str]:
@@ -224,11 +226,8 @@ def test_a_run_over_sasl_ssl_exports_every_offset_once(
     checked = check(stack, topic, group, sasl_ssl(stack))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
-    res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *sasl_ssl(stack)),
-                         capture_output=True, text=True, timeout=180, cwd=REPO)
-    assert res.returncode == 0, res.stderr[-3000:]
-    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}out/", tmp_path))
-    assert_exactly_once(table, produced.partition_counts)
+    exports_every_offset_once(stack, s3, topic, group, out, f"{unique_prefix}out/", sasl_ssl(stack),
+                              produced, tmp_path)
 
 
 def test_over_sasl_ssl_an_untrusted_broker_or_a_refused_login_stops_the_start_with_status_2(
@@ -245,12 +244,7 @@ def test_over_sasl_ssl_an_untrusted_broker_or_a_refused_login_stops_the_start_wi
                           "this client does not trust the Kafka broker's certificate ("),
                          (sasl_ssl(stack, password="not-the-password"),
                           "Kafka refused this client's login (")):
-        started = time.monotonic()
-        res = subprocess.run(consumer_cmd(topic, group, out, *flags), capture_output=True, text=True,
-                             timeout=120, cwd=REPO)
-        assert res.returncode == 2, res.stderr[-3000:]
-        assert time.monotonic() - started < 30, "a refusal is not an outage to wait out"
-        said = stop_reason(res.stderr)
+        said = refused_at_start(consumer_cmd(topic, group, out, *flags))
         assert said.startswith(start), said
         if "trust" in start:
             assert "ssl.ca.location" in said and "asked again, OpenSSL says: " in said, said
