@@ -40,6 +40,7 @@ from consumer import config as cfgmod
 from consumer import log as logmod
 from consumer.kafka_names import (
     UNKNOWN_TOPIC_OR_PART,
+    Principal,
     broker_untrusted,
     login_refused,
     not_authorized,
@@ -98,6 +99,7 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
         raise RuntimeError(refused or explained) from exc
     problems: list[str] = []
     sizes: list[str] = []
+    principal = client_principal(config.kafka_properties)
     for topic in config.topics:
         t = md.topics.get(topic)
         if t is None:
@@ -107,7 +109,7 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
                 t = admin.list_topics(topic=topic, timeout=timeout).topics.get(topic)
         error = None if t is None else t.error
         said = None if error is None else not_authorized(error.code(), topic, config.group_id, str(error),
-                                                         client_principal(config.kafka_properties))
+                                                         principal)
         if said is not None:
             problems.append(said)
         elif t is None or (t.error is not None and t.error.code() == UNKNOWN_TOPIC_OR_PART):
@@ -116,11 +118,13 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
             problems.append(f"topic {topic!r}: {t.error}")
         else:
             sizes.append(f"{topic}[{len(t.partitions)}]")
-    if not problems and config.group_id and (said := _group_refused(admin, config, timeout)):
+    if not problems and config.group_id and (said := _group_refused(admin, config, timeout, principal)):
         problems.append(said)
     if problems:
         raise RuntimeError("; ".join(problems))
-    return f"{len(md.brokers)} broker(s), topics {', '.join(sizes)}"
+    # Whom the grants are for: what an operator writing ACLs for this client needs to know.
+    who = f", as {principal.name}" if principal else ""
+    return f"{len(md.brokers)} broker(s), topics {', '.join(sizes)}{who}"
 
 
 def _why_untrusted(event: Any, config: cfgmod.Config) -> str | None:
@@ -131,7 +135,9 @@ def _why_untrusted(event: Any, config: cfgmod.Config) -> str | None:
     return why_untrusted(said, config.kafka_properties) if broker_untrusted(event.code(), said) else None
 
 
-def _group_refused(admin: Any, config: cfgmod.Config, timeout: float) -> str | None:
+def _group_refused(
+    admin: Any, config: cfgmod.Config, timeout: float, principal: Principal | None
+) -> str | None:
     """What to grant when the principal may not use the consumer group (one OffsetFetch, what
     the run's first read of its positions is); None when it may, or the answer says nothing."""
     from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
@@ -144,8 +150,7 @@ def _group_refused(admin: Any, config: cfgmod.Config, timeout: float) -> str | N
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
         if err is not None and hasattr(err, "code"):
-            return not_authorized(err.code(), None, config.group_id, str(err),
-                                  client_principal(config.kafka_properties))
+            return not_authorized(err.code(), None, config.group_id, str(err), principal)
     except Exception:
         return None
     return None

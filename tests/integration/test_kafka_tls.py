@@ -123,6 +123,7 @@ def test_a_run_over_tls_exports_every_offset_once(
     checked = check(stack, topic, group, tls(stack))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "ok   kafka: 1 broker(s)" in checked.stdout, checked.stdout
+    assert ", as User:ANONYMOUS (" in checked.stdout, checked.stdout  # TLS with no client certificate
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
     exports_every_offset_once(stack, s3, topic, group, out, f"{unique_prefix}out/", tls(stack), produced,
                               tmp_path)
@@ -225,6 +226,7 @@ def test_a_run_over_sasl_ssl_exports_every_offset_once(
           principal=f"User:{user}")
     checked = check(stack, topic, group, sasl_ssl(stack))
     assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f", as User:{user} (" in checked.stdout, checked.stdout
     out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
     exports_every_offset_once(stack, s3, topic, group, out, f"{unique_prefix}out/", sasl_ssl(stack),
                               produced, tmp_path)
