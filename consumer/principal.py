@@ -74,9 +74,14 @@ def _unsecured_token_principal(properties: Mapping[str, object]) -> str | None:
     return None
 
 
+#: The -X properties by which librdkafka presents a client certificate: a PEM file or text, a
+#: PKCS#12 keystore, or an OpenSSL engine (an HSM) that holds it.
+_CERTIFICATE_SOURCES = ("ssl.certificate.location", "ssl.certificate.pem", "ssl.keystore.location",
+                        "ssl.engine.location", "ssl.engine.id")
+
+
 def _presents_certificate(properties: Mapping[str, object]) -> bool:
-    return any(properties.get(k) for k in ("ssl.certificate.location", "ssl.certificate.pem",
-                                           "ssl.keystore.location", "ssl_engine_callback_data"))
+    return any(properties.get(k) for k in _CERTIFICATE_SOURCES)
 
 
 def client_principal(properties: Mapping[str, object]) -> Principal | None:

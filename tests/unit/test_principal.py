@@ -33,6 +33,7 @@ SCRAM = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sa
     ({}, None, "User:ANONYMOUS"),  # plaintext
     ({"security.protocol": "ssl"}, "CN=reader,O=Acme\\, Inc.", "User:CN=reader,O=Acme\\, Inc."),
     ({"security.protocol": "SSL", "ssl.keystore.location": "k.p12"}, None, None),  # PKCS#12: unread
+    ({"security.protocol": "SSL", "ssl.engine.id": "pkcs11"}, None, None),  # a certificate in an HSM
     ({**SCRAM, "ssl.certificate.location": "c.pem"}, "CN=x", "User:etl"),  # SASL names it
 ])
 def test_the_principal_follows_from_the_login_settings(
