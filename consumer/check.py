@@ -94,8 +94,8 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
     except Exception as exc:
         explained = lines.explain(exc)  # serves the client's queued events first
         event = lines.first_event
-        refused = None if event is None else login_refused(event.code(), str(event.str()),
-                                                           _why_untrusted(event, config))
+        refused = None if event is None else login_refused(
+            event.code(), str(event.str()), _why_untrusted(event, config), config.kafka_properties)
         raise RuntimeError(refused or explained) from exc
     problems: list[str] = []
     sizes: list[str] = []

@@ -102,19 +102,42 @@ def broker_untrusted(code: int, said: str) -> bool:
     return code == _SSL and UNTRUSTED_CERTIFICATE in said
 
 
-def login_refused(code: int, said: str, why: str | None = None) -> str | None:
+#: The -X settings that make a client trust a broker's certificate. librdkafka trusts the CAs of
+#: both when both are set (2.16: a broker of either CA verifies), and the system's CAs when neither is.
+TRUST_SETTINGS = ("ssl.ca.location", "ssl.ca.pem")
+#: The -X settings by which a client presents its own certificate and key (mutual TLS); the
+#: files are what the advice names when the settings name none.
+CERTIFICATE_SETTINGS = ("ssl.certificate.location", "ssl.certificate.pem", "ssl.key.location", "ssl.key.pem",
+                        "ssl.keystore.location")
+_FILES = ("ssl.certificate.location", "ssl.key.location")
+
+
+def _settings_named(
+    properties: Mapping[str, object] | None, names: tuple[str, ...], default: tuple[str, ...]
+) -> str:
+    """The settings of ``names`` the client's ``properties`` set ("a, b and c"), else ``default``'s:
+    the ones an operator must look at are the ones this deployment uses."""
+    used = [n for n in names if properties and properties.get(n) not in (None, "", "probe")] or list(default)
+    return used[0] if len(used) == 1 else f"{', '.join(used[:-1])} and {used[-1]}"
+
+
+def login_refused(
+    code: int, said: str, why: str | None = None, properties: Mapping[str, object] | None = None
+) -> str | None:
     """What to tell an operator whose cluster refuses this client's login (``said``: the client's
     own words, which name the mechanism and never the password), or whose broker's certificate
     this client does not trust (``why``: OpenSSL's reason, when a handshake of our own said it), or
     whose own certificate a broker refuses (TLS: like the Java client's SslAuthenticationException,
     an AuthenticationException), or None for another error. Not an outage to wait out: the same
-    login is refused again on every try."""
+    login is refused again on every try. The advice names the TLS settings the client's -X
+    ``properties`` use (a CA given inline as ``ssl.ca.pem``, a keystore), else the usual files."""
     if broker_untrusted(code, said):
         if why and "expired" in why:
             advice = ("A certificate of the broker's chain has expired: it is renewed on the brokers' side, "
                       "and no setting of this client makes it trusted. Then start again.")
         else:
-            advice = ("Check -X ssl.ca.location: the CA that signed the brokers' certificates (after the "
+            trust = _settings_named(properties, TRUST_SETTINGS, TRUST_SETTINGS[:1])
+            advice = (f"Check -X {trust}: the CA that signed the brokers' certificates (after the "
                       "cluster moves to a new CA, trust both until every broker has moved), and that the "
                       "bootstrap address is a name in the certificate; `consumer check` tries them. Then "
                       "start again.")
@@ -122,9 +145,10 @@ def login_refused(code: int, said: str, why: str | None = None) -> str | None:
         return (f"this client does not trust the Kafka broker's certificate ({said}{checked}). {advice} "
                 "Everything committed is durable; rows not yet committed are consumed again.")
     if code in (_SSL, _TRANSPORT) and CERTIFICATE_REFUSED.search(said):
+        mine = _settings_named(properties, CERTIFICATE_SETTINGS, _FILES)
         return (
             f"the Kafka broker refused this client's certificate ({said}). Check -X "
-            "ssl.certificate.location and ssl.key.location: a certificate that has not expired, "
+            f"{mine}: a certificate that has not expired, "
             "signed by a CA the brokers trust (after a renewal, start with the new one; a CA the "
             "cluster stopped trusting needs a certificate of the one it trusts now); `consumer check` "
             "tries them. Then start again. Everything committed is durable; rows not yet committed "

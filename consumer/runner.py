@@ -369,7 +369,8 @@ class Runner:
         elif self._callback_error is None:  # the loop raises it after its poll
             if (said := self._not_authorized(err, None)) is not None:
                 self._callback_error = KafkaNotAuthorized(said)
-            elif (said := login_refused(err.code(), err.str(), self._why_untrusted(err))) is not None:
+            elif (said := login_refused(err.code(), err.str(), self._why_untrusted(err),
+                                         self.config.kafka_properties)) is not None:
                 self._callback_error = KafkaLoginRefused(said)
 
     def _why_untrusted(self, err: Any) -> str | None:

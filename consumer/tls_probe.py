@@ -1,7 +1,7 @@
 """Why a broker's certificate failed verification, in OpenSSL's words.
 
 librdkafka says "certificate verify failed" for every reason a broker's certificate is refused, and
-the reasons have different owners: a CA the client's ``ssl.ca.location`` lacks (the client's
+the reasons have different owners: a CA the client's ``ssl.ca.location`` or ``ssl.ca.pem`` lacks (the client's
 settings), a certificate that has expired (the brokers' operators), a name that is not the address
 connected to (either). One handshake of our own with the same broker and the same trust settings
 says which (``SSLCertVerificationError.verify_message``: "certificate has expired", "unable to get
@@ -35,13 +35,10 @@ def why_untrusted(said: str, properties: Mapping[str, object], timeout: float = 
     address = broker_address(said)
     if address is None:
         return None
-    ca = str(properties.get("ssl.ca.location") or "")
-    if ca in ("", "probe"):
-        context = ssl.create_default_context()
-    elif os.path.isdir(ca):
-        context = ssl.create_default_context(capath=ca)
-    else:
-        context = ssl.create_default_context(cafile=ca)
+    try:
+        context = _trusting(properties)
+    except (OSError, ValueError):  # a file or PEM text librdkafka would have refused at start
+        return None
     if str(properties.get("ssl.endpoint.identification.algorithm", "https")).lower() == "none":
         context.check_hostname = False
     try:
@@ -52,3 +49,18 @@ def why_untrusted(said: str, properties: Mapping[str, object], timeout: float = 
         return str(exc.verify_message or exc.reason or "") or None
     except (OSError, ValueError):
         return None
+
+
+def _trusting(properties: Mapping[str, object]) -> ssl.SSLContext:
+    """A client context trusting what librdkafka trusts with these ``-X`` settings: the CAs of
+    ``ssl.ca.location`` (a file or a directory) and of ``ssl.ca.pem`` (PEM text, as given inline
+    where no file can be mounted) together, or the system's CAs when neither is set. Trusting the
+    system's CAs instead of an inline CA turned an expired broker certificate into "unable to get
+    local issuer certificate", and the advice to the client's settings instead of the brokers'."""
+    ca = str(properties.get("ssl.ca.location") or "")
+    pem = str(properties.get("ssl.ca.pem") or "") or None
+    if ca in ("", "probe") and pem is None:
+        return ssl.create_default_context()
+    located = ca not in ("", "probe")
+    return ssl.create_default_context(cafile=ca if located and not os.path.isdir(ca) else None,
+                                      capath=ca if located and os.path.isdir(ca) else None, cadata=pem)

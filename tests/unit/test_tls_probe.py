@@ -98,6 +98,61 @@ def test_openssl_says_why_a_broker_certificate_is_not_trusted(
     assert why is not None and reason in why, why
 
 
+def _trusting(pki: Path, setting: str, ca: str) -> dict[str, str]:
+    """-X settings trusting CA ``ca`` through ``setting``: its file, or its PEM text inline."""
+    pem = pki / f"{ca}.pem"
+    return {setting: str(pem) if setting == "ssl.ca.location" else pem.read_text()}
+
+
+@pytest.mark.parametrize(("name", "ca", "reason"), [
+    ("expired", "ca", "certificate has expired"),
+    ("good", "other", "unable to get local issuer certificate"),
+])
+def test_a_ca_given_inline_as_ssl_ca_pem_is_the_one_the_handshake_trusts(
+    pki: Path, name: str, ca: str, reason: str
+) -> None:
+    """A CA given as PEM text (a secret in an environment variable, where no file is mounted).
+    The probe used to trust the system's CAs then, and said "unable to get local issuer
+    certificate" of an expired broker certificate: advice to fix the client's CA, not the
+    brokers' certificate."""
+    with tls_server(pki, name) as port:
+        why = why_untrusted(_SAID.format(port=port), _trusting(pki, "ssl.ca.pem", ca))
+    assert why is not None and reason in why, why
+
+
+def test_the_cas_of_ssl_ca_location_and_ssl_ca_pem_are_trusted_together_as_librdkafka_does(pki: Path) -> None:
+    """librdkafka 2.16 verifies a broker of either CA when both settings are given (checked by
+    hand against this server), as in a move to a new CA that trusts both for a while."""
+    with tls_server(pki, "good") as port:
+        said = _SAID.format(port=port)
+        for location, pem in (("other", "ca"), ("ca", "other")):
+            both = {**_trusting(pki, "ssl.ca.location", location), **_trusting(pki, "ssl.ca.pem", pem)}
+            assert why_untrusted(said, both) is None, (location, pem)
+        # text librdkafka refuses at start: nothing to add
+        assert why_untrusted(said, {"ssl.ca.pem": "not a certificate"}) is None
+
+
+def test_the_advice_names_the_tls_settings_the_client_uses() -> None:
+    """An operator whose CA is inline must be sent to ``ssl.ca.pem``, not to a file it has not."""
+    untrusted = _SAID.format(port=9093)
+    for properties, named in (({}, "Check -X ssl.ca.location:"),
+                              ({"ssl.ca.location": "probe"}, "Check -X ssl.ca.location:"),
+                              ({"ssl.ca.pem": "-----BEGIN…"}, "Check -X ssl.ca.pem:"),
+                              ({"ssl.ca.location": "/ca.pem", "ssl.ca.pem": "-----BEGIN…"},
+                               "Check -X ssl.ca.location and ssl.ca.pem:")):
+        said = login_refused(-181, untrusted, "unable to get local issuer certificate", properties)
+        assert said is not None and named in said, (properties, said)
+    refused = ("ssl://k:9093/bootstrap: Receive failed: error:0A000412:SSL routines::ssl/tls alert bad "
+               "certificate")
+    for properties, named in (({}, "Check -X ssl.certificate.location and ssl.key.location:"),
+                              ({"ssl.certificate.pem": "…", "ssl.key.pem": "…"},
+                               "Check -X ssl.certificate.pem and ssl.key.pem:"),
+                              ({"ssl.keystore.location": "/client.p12", "ssl.keystore.password": "…"},
+                               "Check -X ssl.keystore.location:")):
+        said = login_refused(-195, refused, None, properties)
+        assert said is not None and named in said, (properties, said)
+
+
 def test_a_certificate_that_verifies_now_or_a_broker_that_does_not_answer_adds_nothing(pki: Path) -> None:
     with tls_server(pki, "good") as port:
         assert why_untrusted(_SAID.format(port=port), {"ssl.ca.location": str(pki / "ca.pem")}) is None
@@ -119,11 +174,13 @@ def test_an_expired_broker_certificate_is_said_to_be_the_brokers_to_renew() -> N
     assert other is not None and "Check -X ssl.ca.location" in other
 
 
+@pytest.mark.parametrize("setting", ["ssl.ca.location", "ssl.ca.pem"])
 def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_2_saying_so(
-    pki: Path, monkeypatch: pytest.MonkeyPatch
+    pki: Path, monkeypatch: pytest.MonkeyPatch, setting: str
 ) -> None:
     """librdkafka against a real TLS server (not a broker: the handshake is all that happens). The
-    client repeats the error until it is closed; the run asks OpenSSL once."""
+    client repeats the error until it is closed; the run asks OpenSSL once, trusting what the
+    client trusts (a CA file, or the same CA inline)."""
     from consumer import runner as runner_module
 
     asked: list[str] = []
@@ -136,7 +193,7 @@ def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_
     with tls_server(pki, "expired") as port:
         config = Config(bootstrap_servers=f"127.0.0.1:{port}", group_id="g", topics=("t",),
                         output="s3://bucket/out", schema="page_view",
-                        kafka_properties={"security.protocol": "SSL", "ssl.ca.location": str(pki / "ca.pem")})
+                        kafka_properties={"security.protocol": "SSL", **_trusting(pki, setting, "ca")})
         decoder = Decoder("raw", schema=load_schema("page_view"))
         runner = GroupRunner(config, store=MemoryStore(), decoder=decoder)
         with capture_logs() as logs:
