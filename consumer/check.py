@@ -175,11 +175,15 @@ def check_s3(config: cfgmod.Config, timeout: float, write: bool = False) -> str:
     if write:
         probe_conditional_writes(store, layout.probe_key(uuid.uuid4().hex))
     rule = store.expires_current(layout.staging_root())
+    staged = layout.staged_partitions(o.key for o in store.list(layout.staging_root()))
+    unfinished = sorted(t for t in staged if t not in config.topics)
     return f"bucket {config.bucket!r} reachable" + (
         f" at {config.s3_endpoint_url}" if config.s3_endpoint_url else ""
     ) + ("; writable, with conditional writes (PUT and multipart)" if write else "") + (
         f"; warning: lifecycle {rule} expires staged pieces too (README, 'Keeping N days of output')"
-        if rule else "")
+        if rule else "") + (
+        f"; warning: open files of topics not in --topic: {', '.join(unfinished)} (README, 'Taking a "
+        "topic out of --topic')" if unfinished else "")
 
 
 def check_registry(config: cfgmod.Config, timeout: float) -> str:

@@ -33,6 +33,7 @@ The plain layout is the empty bucket: its keys are byte for byte those above.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -40,6 +41,7 @@ _SEGMENT = r"[A-Za-z][A-Za-z0-9_]*=[A-Za-z0-9._-]+"
 _BUCKET = r"(?:(?P<bucket>" + _SEGMENT + r"(?:/" + _SEGMENT + r")*)/)?"
 _PIECE_RE = re.compile(r"^" + _BUCKET + r"(?P<file>\d{20})/(?P<from>\d{20})-(?P<to>\d{20})\.piece$")
 _MARKER_RE = re.compile(r"^" + _BUCKET + r"(?P<file>\d{20})/roll-(?P<end>\d{20})$")
+_STAGED_RE = re.compile(r"topic=(?P<topic>[^/]+)/partition=(?P<partition>\d+)/")
 _ROLLED_RE = re.compile(r"^(?P<end>\d{20})$")
 _DEAD_RE = re.compile(r"^(?P<from>\d{20})-(?P<to>\d{20})\.jsonl$")
 _FINAL_RE = re.compile(
@@ -113,6 +115,17 @@ class Layout:
 
     def staging_dir(self, topic: str, partition: int) -> str:
         return self._join("_staging", f"topic={topic}", f"partition={partition}") + "/"
+
+    def staged_partitions(self, keys: Iterable[str]) -> dict[str, set[int]]:
+        """The partitions, by topic, that ``keys`` (listed under :meth:`staging_root`) hold staged
+        objects of: the partitions with a file open (or a roll not finished)."""
+        root = self.staging_root()
+        out: dict[str, set[int]] = {}
+        for key in keys:
+            m = _STAGED_RE.match(key, len(root)) if key.startswith(root) else None
+            if m:
+                out.setdefault(m["topic"], set()).add(int(m["partition"]))
+        return out
 
     def file_staging_dir(self, topic: str, partition: int, file_start: int, bucket: str = "") -> str:
         return self.staging_dir(topic, partition) + (f"{bucket}/" if bucket else "") + f"{file_start:020d}/"

@@ -518,6 +518,28 @@ class Runner:
                 "(README, 'Keeping N days of output')",
             )
 
+    def _warn_of_open_files_not_subscribed(self) -> None:
+        """Files left open by a topic taken out of ``--topic``: a revoke stages and commits what a
+        partition holds and leaves its file open for the next owner to resume, so once no member
+        subscribes to the topic, those committed rows stay in staged pieces, which no query reads,
+        for good. Said once at start (one LIST of the staging folder); one bounded run of that
+        topic makes every file final. Members of the group that still subscribe to it (another
+        deployment, a rollout half done) resume them themselves."""
+        staged = self.layout.staged_partitions(o.key for o in self.store.list(self.layout.staging_root()))
+        for topic, partitions in sorted(staged.items()):
+            if topic in self.config.topics:
+                continue
+            self.log.warning(
+                "this output holds open files of a topic this run does not consume: their staged "
+                "pieces hold committed rows that are in no final file, and stay so while no member "
+                "of the group consumes the topic",
+                topic=topic,
+                partitions=sorted(partitions),
+                hint=f"if the topic was taken out of --topic, run once with this group and output: "
+                f"consumer run --topic {topic} --until-caught-up (it makes every file of the topic "
+                "final, then exits)",
+            )
+
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
@@ -563,6 +585,7 @@ class Runner:
                                      if_match=self.replaying)
             self._warn_if_deleted_versions_pile_up()
             self._warn_if_staging_expires()
+            self._warn_of_open_files_not_subscribed()
             self._start_talking_to_kafka()
             code = self._loop()
         except ConsumerStop as exc:

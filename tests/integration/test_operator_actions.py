@@ -1090,3 +1090,52 @@ def test_partitions_added_to_a_topic_while_a_member_runs_are_exported_from_their
     assert {p: sorted(o) for p, o in got.items()} == {0: list(range(2000)), 1: list(range(2000)),
                                                       2: list(range(1000)), 3: list(range(1000))}
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+
+
+def test_a_topic_taken_out_of_the_subscription_is_named_at_start_and_one_bounded_run_finishes_its_files(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """An operator stops exporting a topic by taking it out of ``--topic``. The revoke of the last
+    run that consumed it staged and committed its rows and left its files open for the next owner,
+    and there is none: those committed rows sat in staged pieces, which no query reads, with no
+    word. Now every start (and ``consumer check``'s s3 line) names the topic, and the remedy it
+    names, one ``--until-caught-up`` run of that topic with the same group and output, makes its
+    files final with every offset once."""
+    kept, dropped = make_topic(partitions=1), make_topic(partitions=2)
+    group, out = unique("g"), output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, kept, "page_view", 300, partitions=1, create_topic=False)
+    produce(stack.kafka_bootstrap, dropped, "page_view", 400, partitions=2, create_topic=False)
+    both = start_consumer(kept, group, out, "--topic", dropped, "--row-group-rows", "100")
+    try:
+        both.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
+                      == 700, what="700 rows durable")
+    finally:
+        assert both.stop() == 0, both.log()[-3000:]
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    assert any(f"/topic={dropped}/" in k for k in staged) and any(f"/topic={kept}/" in k for k in staged)
+    assert not final_keys(s3, stack.s3_bucket, unique_prefix)
+
+    checked = subprocess.run(
+        [sys.executable, "-m", "consumer", "check", "--group-id", group, "--topic", kept, "--schema",
+         "page_view", "--output", out], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"warning: open files of topics not in --topic: {dropped} " in checked.stdout + checked.stderr
+
+    alone = run_consumer(kept, group, out)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    named = [e for e in log_events(alone.stderr) if str(e.get("event", "")).startswith(
+        "this output holds open files of a topic this run does not consume")]
+    assert [(e["topic"], e["partitions"]) for e in named] == [(dropped, [0, 1])], alone.stderr[-3000:]
+    assert f"consumer run --topic {dropped} --until-caught-up" in named[0]["hint"]
+    assert all(f"/topic={dropped}/" in k for k in staging_keys(s3, stack.s3_bucket, unique_prefix))
+
+    finish = run_consumer(dropped, group, out)
+    assert finish.returncode == 0, finish.stderr[-3000:]
+    assert not [e for e in log_events(finish.stderr) if str(e.get("event", "")).startswith(
+        "this output holds open files")]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    prefix = unique_prefix.rstrip("/")
+    every = {kept: {0: list(range(300))}, dropped: {0: list(range(200)), 1: list(range(200))}}
+    for topic, expected in every.items():
+        table = read_table(download_finals(s3, stack.s3_bucket, f"{prefix}/topic={topic}", tmp_path / topic))
+        assert {p: sorted(o) for p, o in offsets_by_partition(table).items()} == expected, topic

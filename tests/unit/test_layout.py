@@ -17,6 +17,7 @@ TOPIC = st.from_regex(r"[A-Za-z0-9._-]{1,60}", fullmatch=True)
 PARTITION = st.integers(0, 10_000)
 POS = st.integers(0, 2**62)
 PREFIX = st.sampled_from(["", "out", "a/b/c", "data/raw=1"])
+BUCKET = st.sampled_from(["", "dt=2026-11-30/hr=06"])
 
 
 @FAST
@@ -51,6 +52,23 @@ def test_final_key_round_trip(prefix: str, topic: str, partition: int, file_star
     named = layout.newest_final_key(topic, partition, file_start)
     assert named.startswith(layout.newest_final_dir(topic, partition))
     assert Layout.parse_newest_final(named) == file_start and Layout.parse_final_name(named) is None
+
+
+@FAST
+@given(prefix=PREFIX, staged=st.lists(st.tuples(TOPIC, PARTITION, POS, POS, BUCKET, st.booleans()),
+                                      max_size=8))
+def test_the_partitions_with_staged_objects_are_read_back_from_a_listing_of_the_staging_folder(
+    prefix: str, staged: list[tuple[str, int, int, int, str, bool]]
+) -> None:
+    """What a start names when a topic it does not consume has files open (runner)."""
+    layout = Layout(prefix)
+    keys = [layout.piece_key(t, p, f, f, f + n, b) if piece else layout.roll_marker_key(t, p, f, f + n, b)
+            for t, p, f, n, b, piece in staged]
+    expected: dict[str, set[int]] = {}
+    for t, p, *_ in staged:
+        expected.setdefault(t, set()).add(p)
+    outside = [layout.final_key("t", 0, 0), Layout("elsewhere").piece_key("t", 1, 0, 0, 1)]
+    assert layout.staged_partitions(keys + outside) == expected
 
 
 @FAST
