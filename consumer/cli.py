@@ -1,4 +1,4 @@
-"""Command line: ``consumer run | replay | check | produce | show | verify``.
+"""Command line: ``consumer run | replay | finish | check | produce | show | verify``.
 
 Every ``run`` flag is also an environment variable (``CONSUMER_<FLAG>``, e.g.
 ``CONSUMER_ROW_GROUP_BYTES=8MiB``) and a key of the optional TOML file (``--config``). Invalid
@@ -145,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="end offsets seen at start (default) | 0=900,1=999 | ts:<epoch ms> | ISO time",
     )
+
+    finish = sub.add_parser(
+        "finish",
+        help="make the open files of a topic deleted from the cluster final (its last rows are staged "
+        "only); exits 0 when every one is final",
+        description="After a topic is deleted, its files left open by the group's last run stay "
+        "staged: no run can consume the topic again to finish them. This job checks that the "
+        "cluster says the topic does not exist, then rolls every staged file of it (with the same "
+        "--group-id and --output as the runs) to its final file, keeping every staged row. A topic "
+        "that exists is refused: `consumer run --topic <t> --until-caught-up` finishes its files.",
+    )
+    _add_run_flags(finish)
 
     check = sub.add_parser(
         "check",
@@ -329,7 +341,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     except Exception as exc:
         print(f"consumer: config: schema {config.schema!r}: {exc}", file=sys.stderr)
         return 2
-    if not replay and config.processes > 1:
+    if args.command == "run" and config.processes > 1:
         from consumer.supervisor import supervise
 
         gc.enable()  # the supervisor lives as long as its members; the entry paused the collector
@@ -364,6 +376,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             runner: Runner = ReplayRunner(
                 config, store=store, decoder=decoder, start=start, stop=stop, process_rss=resident_bytes
             )
+        elif args.command == "finish":
+            from consumer.finish import FinishRunner
+
+            runner = FinishRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
         else:
             runner = GroupRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
     except cfgmod.ConfigError as exc:
@@ -516,13 +532,14 @@ def main(argv: Sequence[str] | None = None, *, collector_paused: bool = False) -
     start-up (:mod:`consumer.__main__`); a run turns it back on when its start-up is over
     (:func:`settled_heap`), every other command here."""
     args = build_parser().parse_args(argv)
-    if collector_paused and args.command not in ("run", "replay"):
+    if collector_paused and args.command not in ("run", "replay", "finish"):
         gc.enable()
     words = list(sys.argv[1:] if argv is None else argv)
     args.run_args = words[words.index("run") + 1 :] if args.command == "run" else []  # for --processes
     handlers = {
         "run": cmd_run,
         "replay": cmd_run,
+        "finish": cmd_run,
         "check": cmd_check,
         "produce": cmd_produce,
         "show": cmd_show,

@@ -143,9 +143,10 @@ def topic_deleted(topics: list[str]) -> str:
         f"topic {names} was deleted while this consumer read it (the cluster no longer lists it). "
         "The output up to each partition's committed position is complete. The rows read past it "
         "are written to staging where S3 takes them, but no commit can follow (the group's offsets "
-        "went with the topic): they stay there, uncommitted. Remove the topic from --topic; a topic "
-        "created again under the name is another topic to Kafka: export it to a new --output "
-        "prefix with a new group."
+        "went with the topic): they stay there, uncommitted. Remove the topic from --topic, and run "
+        f"`consumer finish --topic {topics[0]}` (same group and output) to make its open files final "
+        "with every staged row. A topic created again under the name is another topic to Kafka: "
+        "export it to a new --output prefix with a new group."
     )
 
 

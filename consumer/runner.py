@@ -537,7 +537,7 @@ class Runner:
                 partitions=sorted(partitions),
                 hint=f"if the topic was taken out of --topic, run once with this group and output: "
                 f"consumer run --topic {topic} --until-caught-up (it makes every file of the topic "
-                "final, then exits)",
+                f"final, then exits); if it was deleted from the cluster: consumer finish --topic {topic}",
             )
 
     def install_signal_handlers(self) -> None:

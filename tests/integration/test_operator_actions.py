@@ -1139,3 +1139,58 @@ def test_a_topic_taken_out_of_the_subscription_is_named_at_start_and_one_bounded
     for topic, expected in every.items():
         table = read_table(download_finals(s3, stack.s3_bucket, f"{prefix}/topic={topic}", tmp_path / topic))
         assert {p: sorted(o) for p, o in offsets_by_partition(table).items()} == expected, topic
+
+
+def finish_files(topic: str, group: str, out: str) -> subprocess.CompletedProcess[str]:
+    """``consumer finish`` of ``topic``, with the runs' group and output."""
+    cmd = [sys.executable, "-m", "consumer", "finish", "--group-id", group, "--topic", topic, "--output", out,
+           "--schema", "page_view", "--log-format", "json"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
+
+
+def test_a_deleted_topic_s_open_files_are_made_final_by_consumer_finish_with_every_staged_row(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """An operator stops the export of a topic and deletes the topic. The last run left its files
+    open (a stop commits into staged pieces), and a run the deletion stopped staged the rows it
+    held, uncommitted: the only copy. No run can consume the topic to finish them, so they sat in
+    staged pieces, which no query reads, for good. ``consumer finish`` makes them final, every
+    staged row once; while the topic exists it refuses and names the run that finishes it."""
+    topic, group = make_topic(partitions=2), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    first = start_consumer(topic, group, out, "--row-group-rows", "100")
+    try:
+        first.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
+                       == 400, what="400 rows durable")
+    finally:
+        assert first.stop() == 0, first.log()[-3000:]
+
+    refused = finish_files(topic, group, out)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert f"consumer run --topic {topic} --until-caught-up" in refused.stderr
+    assert not final_keys(s3, stack.s3_bucket, unique_prefix)
+
+    # records 400..599, 100 more a partition, held by a run when the topic is deleted
+    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
+    running = start_consumer(topic, group, out, "--row-group-max-age", "10m")
+    try:
+        running.wait_for(lambda ev: any(e.get("event") == "partitions assigned" for e in ev),
+                         what="assignment")
+        time.sleep(3)  # the 200 records read and held
+        admin.delete_topics([topic], operation_timeout=30)[topic].result(timeout=30)
+        assert running.proc.wait(timeout=90) == 5, running.log()[-3000:]
+    finally:
+        running.stop()
+    assert not final_keys(s3, stack.s3_bucket, unique_prefix)
+
+    done = finish_files(topic, group, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path / "finals"))
+    assert {p: sorted(o) for p, o in offsets_by_partition(table).items()} == {0: list(range(300)),
+                                                                              1: list(range(300))}
+    finals = final_keys(s3, stack.s3_bucket, unique_prefix)
+    again = finish_files(topic, group, out)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert final_keys(s3, stack.s3_bucket, unique_prefix) == finals

@@ -1,0 +1,118 @@
+"""Finishing the open files of a deleted topic: ``consumer finish``.
+
+A stop, a revoke or a rebalance commits what a partition holds into its open file's staged pieces
+and leaves the file open for the partition's next owner; a topic deleted under a run leaves the
+rows it held staged too, the only copy left (:class:`~consumer.errors.TopicDeleted`). For a topic
+that still exists, one ``consumer run --until-caught-up`` of it makes every file final. For a
+deleted one nothing could: there is no log to consume and no group offset (Kafka deletes a
+topic's committed offsets with it), so its last rows stayed in staged pieces, which no query
+reads, for good.
+
+This job makes them final without Kafka's records. It runs only once the cluster says the topic
+does not exist (asked by name: a topic this principal may not describe is refused, not taken for
+deleted). Every partition with staged objects is recovered as a run would recover it, with the
+end of what S3 holds as its position (:class:`StagedEndPositions`: the rows staged are the ones
+to keep, since no one can read them again), then rolled to its final file. Nothing is consumed
+and nothing is committed to Kafka. The same worker and the same roll as a run: a finish killed
+half-way finishes when run again, and a finished one run again does nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from consumer.errors import EXIT_OK, UsageError
+from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
+from consumer.layout import Layout, PieceRef
+from consumer.runner import TP, Runner
+from consumer.side_by_side import recover_all
+
+
+class StagedEndPositions:
+    """The positions of a deleted topic's partitions: where their staged objects end.
+
+    Kafka dropped the group's offsets with the topic. Taking the end of what is staged as the
+    committed position makes recovery resume each file as it stands, every staged piece counted
+    as committed (the rows past the last commit, written when the run found the topic gone,
+    included): with no log to read them from again, that is what they are. Commits go nowhere."""
+
+    #: no Kafka call: any thread may ask (consumer.positions.OwnerThreadPositions)
+    any_thread = True
+
+    def __init__(self, ends: dict[TP, int]) -> None:
+        self.ends = ends  # the runner's: filled once the listing is read
+
+    def committed(self, topic: str, partition: int) -> int | None:
+        return self.ends.get((topic, partition))
+
+    def note(self, topic: str, partition: int) -> str:
+        return ""
+
+    def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
+        self.ends[(topic, partition)] = position
+
+
+def staged_ends(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, ...]) -> dict[TP, int]:
+    """For each partition of ``topics`` with staged objects among ``keys`` ((key, size) listed
+    under the staging folder), the highest offset they reach: a piece's end or an unfinished
+    roll's."""
+    ends: dict[TP, int] = {}
+    for key, size in keys:
+        for topic, partitions in layout.staged_partitions([key]).items():
+            for partition in partitions if topic in topics else ():
+                ref = layout.parse_staging_key(topic, partition, key, size)
+                end = ref.to_pos if isinstance(ref, PieceRef) else getattr(ref, "end", None)
+                if end is not None:
+                    ends[(topic, partition)] = max(end, ends.get((topic, partition), end))
+    return ends
+
+
+class FinishRunner(Runner):
+    """Recover and roll every staged partition of the (deleted) topics, then exit 0."""
+
+    def __init__(self, config: Any, *, store: Any, decoder: Any, **kwargs: Any) -> None:
+        self._ends: dict[TP, int] = {}
+        super().__init__(
+            config, store=store, decoder=decoder,
+            positions_factory=lambda _consumer: StagedEndPositions(self._ends),
+            topic_id=lambda _topic, _fresh: None,  # the topic is gone: no id to compare with
+            **kwargs,
+        )
+
+    @property
+    def bounded(self) -> bool:
+        return True
+
+    def _refuse_unless_deleted(self, topic: str) -> None:
+        """Go on only when the cluster says ``topic`` does not exist."""
+        info = self.consumer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
+        error = None if info is None else info.error
+        if info is not None and error is None:
+            raise UsageError(
+                f"topic {topic!r} exists in the cluster: its files are made final by consuming it, "
+                f"with this group and output: consumer run --topic {topic} --until-caught-up. "
+                "`consumer finish` is for a topic deleted from the cluster."
+            )
+        code = error.code() if error is not None else UNKNOWN_TOPIC_OR_PART
+        if code != UNKNOWN_TOPIC_OR_PART:
+            said = not_authorized(code, topic, self.config.group_id, str(error), self._principal)
+            raise UsageError(said or f"topic {topic!r}: the cluster did not say it is deleted ({error}); "
+                             "nothing was finished")
+
+    def _start(self) -> None:
+        for topic in self.config.topics:
+            self._refuse_unless_deleted(topic)
+        keys = [(o.key, o.size) for o in self.store.list(self.layout.staging_root())]
+        self._ends.update(staged_ends(self.layout, keys, tuple(self.config.topics)))
+        tps = sorted(self._ends)
+        workers = [self._new_worker(*tp) for tp in tps]
+        recover_all(workers)
+        self.workers.update(zip(tps, workers, strict=True))
+        self.log.info("finishing the open files of deleted topics", topics=list(self.config.topics),
+                      partitions=[f"{t}[{p}]" for t, p in tps])
+
+    def _done(self, now: float) -> int | None:
+        self._finish_all(list(self.workers.values()))
+        self.log.info("finished: every staged file of the deleted topics is final",
+                      partitions=len(self.workers))
+        return EXIT_OK
