@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -1148,6 +1149,13 @@ def finish_files(topic: str, group: str, out: str) -> subprocess.CompletedProces
     return subprocess.run(cmd, capture_output=True, text=True, timeout=180, cwd=REPO)
 
 
+def verify_files(topic: str, out: str) -> subprocess.CompletedProcess[str]:
+    """``consumer verify`` of the files alone (no Kafka: the topic is gone)."""
+    env = {k: v for k, v in os.environ.items() if k != "KAFKA_BOOTSTRAP_SERVERS"}
+    return subprocess.run([sys.executable, "-m", "consumer", "verify", "--output", out, "--topic", topic],
+                          capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+
+
 def test_a_deleted_topic_s_open_files_are_made_final_by_consumer_finish_with_every_staged_row(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
@@ -1183,10 +1191,13 @@ def test_a_deleted_topic_s_open_files_are_made_final_by_consumer_finish_with_eve
     finally:
         running.stop()
     assert not final_keys(s3, stack.s3_bucket, unique_prefix)
+    assert verify_files(topic, out).returncode == 1  # stray staging: rows in no final file
 
     done = finish_files(topic, group, out)
     assert done.returncode == 0, done.stderr[-3000:]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    checked = verify_files(topic, out)  # the files alone: the topic is gone
+    assert checked.returncode == 0, checked.stdout + checked.stderr
     table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path / "finals"))
     assert {p: sorted(o) for p, o in offsets_by_partition(table).items()} == {0: list(range(300)),
                                                                               1: list(range(300))}
