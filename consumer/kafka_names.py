@@ -135,6 +135,13 @@ def login_refused(
         if why and "expired" in why:
             advice = ("A certificate of the broker's chain has expired: it is renewed on the brokers' side, "
                       "and no setting of this client makes it trusted. Then start again.")
+        elif why and "revoked" in why:
+            advice = ("The broker's certificate is revoked (the CRL of -X ssl.crl.location lists it): it is "
+                      "replaced on the brokers' side with one its CA has not revoked. Then start again.")
+        elif why and "unable to get certificate CRL" in why:
+            advice = ("Check -X ssl.crl.location: it holds no CRL of the CA that signed the broker's "
+                      "certificate, and with a CRL file set, librdkafka needs one for every broker "
+                      "certificate. Then start again.")
         else:
             trust = _settings_named(properties, TRUST_SETTINGS, TRUST_SETTINGS[:1])
             advice = (f"Check -X {trust}: the CA that signed the brokers' certificates (after the "

@@ -54,13 +54,20 @@ def why_untrusted(said: str, properties: Mapping[str, object], timeout: float = 
 def _trusting(properties: Mapping[str, object]) -> ssl.SSLContext:
     """A client context trusting what librdkafka trusts with these ``-X`` settings: the CAs of
     ``ssl.ca.location`` (a file or a directory) and of ``ssl.ca.pem`` (PEM text, as given inline
-    where no file can be mounted) together, or the system's CAs when neither is set. Trusting the
+    where no file can be mounted) together, or the system's CAs when neither is set; with
+    ``ssl.crl.location``, a broker certificate its CRLs list is refused as revoked. Trusting the
     system's CAs instead of an inline CA turned an expired broker certificate into "unable to get
     local issuer certificate", and the advice to the client's settings instead of the brokers'."""
     ca = str(properties.get("ssl.ca.location") or "")
     pem = str(properties.get("ssl.ca.pem") or "") or None
-    if ca in ("", "probe") and pem is None:
-        return ssl.create_default_context()
     located = ca not in ("", "probe")
-    return ssl.create_default_context(cafile=ca if located and not os.path.isdir(ca) else None,
-                                      capath=ca if located and os.path.isdir(ca) else None, cadata=pem)
+    if not located and pem is None:
+        context = ssl.create_default_context()
+    else:
+        context = ssl.create_default_context(cafile=ca if located and not os.path.isdir(ca) else None,
+                                             capath=ca if located and os.path.isdir(ca) else None, cadata=pem)
+    crl = str(properties.get("ssl.crl.location") or "")
+    if crl:  # as librdkafka: the CRLs of that file, checked for the broker's own certificate
+        context.load_verify_locations(cafile=crl)
+        context.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
+    return context

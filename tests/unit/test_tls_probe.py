@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -174,13 +175,11 @@ def test_an_expired_broker_certificate_is_said_to_be_the_brokers_to_renew() -> N
     assert other is not None and "Check -X ssl.ca.location" in other
 
 
-@pytest.mark.parametrize("setting", ["ssl.ca.location", "ssl.ca.pem"])
-def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_2_saying_so(
-    pki: Path, monkeypatch: pytest.MonkeyPatch, setting: str
-) -> None:
-    """librdkafka against a real TLS server (not a broker: the handshake is all that happens). The
-    client repeats the error until it is closed; the run asks OpenSSL once, trusting what the
-    client trusts (a CA file, or the same CA inline)."""
+def _run_stops_saying(pki: Path, monkeypatch: pytest.MonkeyPatch, server: str, trust: dict[str, str]) -> str:
+    """A run of librdkafka against a real TLS server presenting certificate ``server`` (not a
+    broker: the handshake is all that happens), with the -X settings ``trust``: it must stop with
+    status 2 having asked OpenSSL once (the client repeats the error until it is closed); what it
+    said."""
     from consumer import runner as runner_module
 
     asked: list[str] = []
@@ -190,15 +189,77 @@ def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_
         return why_untrusted(said, properties, timeout)
 
     monkeypatch.setattr(runner_module, "why_untrusted", counted)
-    with tls_server(pki, "expired") as port:
+    with tls_server(pki, server) as port:
         config = Config(bootstrap_servers=f"127.0.0.1:{port}", group_id="g", topics=("t",),
                         output="s3://bucket/out", schema="page_view",
-                        kafka_properties={"security.protocol": "SSL", **_trusting(pki, setting, "ca")})
+                        kafka_properties={"security.protocol": "SSL", **trust})
         decoder = Decoder("raw", schema=load_schema("page_view"))
         runner = GroupRunner(config, store=MemoryStore(), decoder=decoder)
         with capture_logs() as logs:
             assert runner.run() == EXIT_CONFIG
-    said = next(e["error"] for e in logs if e["event"].startswith("stopped: "))
+    said: str = next(e["error"] for e in logs if e["event"].startswith("stopped: "))
     assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
-    assert "OpenSSL says: certificate has expired" in said and "renewed on the brokers' side" in said, said
     assert len(asked) == 1, asked
+    return said
+
+
+@pytest.mark.parametrize("setting", ["ssl.ca.location", "ssl.ca.pem"])
+def test_a_run_against_a_broker_whose_certificate_has_expired_stops_with_status_2_saying_so(
+    pki: Path, monkeypatch: pytest.MonkeyPatch, setting: str
+) -> None:
+    """The handshake of our own trusts what the client trusts: a CA file, or the same CA inline."""
+    said = _run_stops_saying(pki, monkeypatch, "expired", _trusting(pki, setting, "ca"))
+    assert "OpenSSL says: certificate has expired" in said and "renewed on the brokers' side" in said, said
+
+
+# -- revocation (ssl.crl.location) ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def crls(pki: Path) -> Path:
+    """In ``pki``: certificate ``revoked`` of CA ``ca``, and CRLs ``ca.crl`` (revoking it) and
+    ``other.crl`` (CA ``other``'s, revoking nothing), made by ``openssl ca``."""
+    dev_stack_impl().issue_certificate(pki, "ca", "revoked", "localhost", "IP:127.0.0.1,DNS:localhost")
+    for ca, revoke in (("ca", "revoked.pem"), ("other", None)):
+        (pki / f"{ca}.index").write_text("")
+        (pki / f"{ca}.crlnumber").write_text("01\n")
+        (pki / f"{ca}.cnf").write_text(f"[ ca ]\ndefault_ca = c\n[ c ]\ndatabase = {ca}.index\n"
+                                       f"crlnumber = {ca}.crlnumber\ndefault_md = sha256\n"
+                                       "default_crl_days = 30\n")
+        signing = ["openssl", "ca", "-config", f"{ca}.cnf", "-keyfile", f"{ca}.key", "-cert", f"{ca}.pem"]
+        for args in ([["-revoke", revoke]] if revoke else []) + [["-gencrl", "-out", f"{ca}.crl"]]:
+            subprocess.run([*signing, *args], cwd=pki, check=True, capture_output=True)
+    return pki
+
+
+@pytest.mark.parametrize(("name", "crl", "reason"), [
+    ("revoked", "ca", "certificate revoked"),
+    ("good", "other", "unable to get certificate CRL"),
+])
+def test_a_crl_file_is_checked_as_librdkafka_checks_it(crls: Path, name: str, crl: str, reason: str) -> None:
+    """librdkafka 2.16 with ``ssl.crl.location`` (checked by hand against this server): a broker
+    certificate the CRL lists fails verification, and so does one whose CA has no CRL in the file.
+    The probe used to verify both without the CRL, and named no reason."""
+    trust = {"ssl.ca.location": str(crls / "ca.pem"), "ssl.crl.location": str(crls / f"{crl}.crl")}
+    with tls_server(crls, name) as port:
+        why = why_untrusted(_SAID.format(port=port), trust)
+        assert why is not None and reason in why, why
+    with tls_server(crls, "good") as port:
+        ca_crl = {**trust, "ssl.crl.location": str(crls / "ca.crl")}
+        assert why_untrusted(_SAID.format(port=port), ca_crl) is None
+
+
+def test_a_revoked_broker_certificate_is_the_brokers_to_replace_and_a_crl_missing_is_the_clients() -> None:
+    untrusted = _SAID.format(port=9093)
+    crl = {"ssl.crl.location": "/crl.pem"}
+    revoked = login_refused(-181, untrusted, "certificate revoked", crl)
+    assert revoked is not None and "replaced on the brokers' side" in revoked, revoked
+    assert "Check -X ssl.ca.location" not in revoked
+    missing = login_refused(-181, untrusted, "unable to get certificate CRL", crl)
+    assert missing is not None and "Check -X ssl.crl.location" in missing, missing
+
+
+def test_a_run_against_a_broker_whose_certificate_is_revoked_stops_with_status_2_saying_so(
+    crls: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust = {"ssl.ca.location": str(crls / "ca.pem"), "ssl.crl.location": str(crls / "ca.crl")}
+    said = _run_stops_saying(crls, monkeypatch, "revoked", trust)
+    assert "OpenSSL says: certificate revoked" in said and "replaced on the brokers' side" in said, said
