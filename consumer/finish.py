@@ -19,13 +19,16 @@ half-way finishes when run again, and a finished one run again does nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from consumer.errors import EXIT_OK, UsageError
 from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
 from consumer.layout import Layout, PieceRef
+from consumer.parquet_merge import read_key_value_metadata, read_layout
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
+from consumer.worker import TOPIC_ID_KEY
 
 
 class StagedEndPositions:
@@ -70,24 +73,41 @@ def staged_ends(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, 
 class FinishRunner(Runner):
     """Recover and roll every staged partition of the (deleted) topics, then exit 0."""
 
-    def __init__(self, config: Any, *, store: Any, decoder: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, config: Any, *, store: Any, decoder: Any,
+        current_topic_id: Callable[[str], str | None] | None = None, **kwargs: Any,
+    ) -> None:
         self._ends: dict[TP, int] = {}
         super().__init__(
             config, store=store, decoder=decoder,
             positions_factory=lambda _consumer: StagedEndPositions(self._ends),
-            topic_id=lambda _topic, _fresh: None,  # the topic is gone: no id to compare with
+            # the topic the files were read from is gone: no id of it to compare with
+            topic_id=lambda _topic, _fresh: None,
             **kwargs,
         )
+        #: the id (KIP-516) of the topic of that name now, if one was created again (the in-memory
+        #: doubles give theirs)
+        self._current_topic_id = current_topic_id or (lambda topic: self._topic_id_now(topic, True))
 
     @property
     def bounded(self) -> bool:
         return True
 
-    def _refuse_unless_deleted(self, topic: str) -> None:
-        """Go on only when the cluster says ``topic`` does not exist."""
+    def _refuse_unless_deleted(self, topic: str, keys: list[tuple[str, int]]) -> None:
+        """Go on only when the cluster says ``topic`` does not exist, or that the topic of that
+        name now is another one than the staged files were read from (deleted and created again:
+        its id, KIP-516, is not the one every staged file names)."""
         info = self.consumer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
         error = None if info is None else info.error
         if info is not None and error is None:
+            now, named = self._current_topic_id(topic), self._staged_topic_ids(topic, keys)
+            if now is not None and named and None not in named and now not in named:
+                self.log.warning(
+                    "the topic was deleted and created again: the open files here are of the earlier "
+                    "one, and are finished; export the new one to another --output with a new group",
+                    topic=topic, topic_id_in_s3=sorted(i for i in named if i), topic_id=now,
+                )
+                return
             raise UsageError(
                 f"topic {topic!r} exists in the cluster: its files are made final by consuming it, "
                 f"with this group and output: consumer run --topic {topic} --until-caught-up. "
@@ -99,10 +119,28 @@ class FinishRunner(Runner):
             raise UsageError(said or f"topic {topic!r}: the cluster did not say it is deleted ({error}); "
                              "nothing was finished")
 
+    def _staged_topic_ids(self, topic: str, keys: list[tuple[str, int]]) -> set[str | None]:
+        """The topic id each staged partition of ``topic`` names in its newest piece's footer
+        (None: a piece that names none). One ranged read a partition."""
+        newest: dict[int, PieceRef] = {}
+        for key, size in keys:
+            for partition in self.layout.staged_partitions([key]).get(topic, ()):
+                ref = self.layout.parse_staging_key(topic, partition, key, size)
+                if isinstance(ref, PieceRef) and ref.to_pos > getattr(newest.get(partition), "to_pos", -1):
+                    newest[partition] = ref
+        return {self._topic_id_in(ref) for ref in newest.values()}
+
+    def _topic_id_in(self, piece: PieceRef) -> str | None:
+        def fetch(start: int, end: int) -> bytes:
+            data: bytes = self.store.get(piece.key, start, end)
+            return data
+
+        return read_key_value_metadata(read_layout(fetch, piece.size).footer).get(TOPIC_ID_KEY)
+
     def _start(self) -> None:
-        for topic in self.config.topics:
-            self._refuse_unless_deleted(topic)
         keys = [(o.key, o.size) for o in self.store.list(self.layout.staging_root())]
+        for topic in self.config.topics:
+            self._refuse_unless_deleted(topic, keys)
         self._ends.update(staged_ends(self.layout, keys, tuple(self.config.topics)))
         tps = sorted(self._ends)
         workers = [self._new_worker(*tp) for tp in tps]

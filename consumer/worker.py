@@ -842,7 +842,9 @@ class PartitionWorker:
             f"{', '.join(earlier)}), and the topic is now another one (id {now}): it was deleted and "
             "created again under its name, so its offsets started again at 0 and this run would "
             "take its records for ones already written, and skip them. Nothing was committed or "
-            "deleted. Export the new topic to another --output with a new --group-id. Only if the "
+            "deleted. Export the new topic to another --output with a new --group-id; `consumer "
+            f"finish --topic {self.topic}` (this group and output) makes the earlier topic's open files "
+            "here final. Only if the "
             "topic was moved to another cluster with its offsets kept (Cluster Linking, a restore), "
             f"start once with --accept-topic-id {now}."
         )

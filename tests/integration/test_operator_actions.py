@@ -1205,3 +1205,31 @@ def test_a_deleted_topic_s_open_files_are_made_final_by_consumer_finish_with_eve
     again = finish_files(topic, group, out)
     assert again.returncode == 0, again.stderr[-3000:]
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == finals
+
+
+def test_the_open_files_of_a_topic_deleted_and_created_again_are_made_final_by_consumer_finish(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Deleted and created again under its name (a purge): a run of the old prefix stops with
+    status 5 and the new topic goes to a new prefix, but the old topic's open files stayed staged.
+    The topic of that name exists, yet its id is not the one the files name: ``consumer finish``
+    makes them final, and reads nothing of the new topic."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
+    first = start_consumer(topic, group, out, "--row-group-rows", "100")
+    try:
+        first.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
+                       == 300, what="300 rows durable")
+    finally:
+        assert first.stop() == 0, first.log()[-3000:]
+    _recreate(admin, topic)
+    produce(stack.kafka_bootstrap, topic, "page_view", 50, partitions=1, create_topic=False, seed=7)
+
+    done = finish_files(topic, group, out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert any(str(e.get("event", "")).startswith("the topic was deleted and created again")
+               for e in log_events(done.stderr)), done.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(300))

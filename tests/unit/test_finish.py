@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from consumer.config import Config
 from consumer.decoding import Decoder, load_schema
@@ -61,7 +62,8 @@ def _staged_then_deleted(broker: MemoryBroker, store: MemoryStore, config: Confi
 
 
 def _finish(broker: MemoryBroker, store: MemoryStore, config: Config) -> int:
-    runner = FinishRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    runner = FinishRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                          current_topic_id=broker.topic_id)
     return runner.run()
 
 
@@ -97,14 +99,20 @@ def test_a_deleted_topic_s_open_files_become_final_with_every_staged_row(partiti
 
 
 def test_a_topic_that_exists_is_refused_with_the_run_that_finishes_it() -> None:
+    """The same topic the files were read from (their id is its id): a run finishes them."""
     broker, store = _broker(), MemoryStore()
     config = _config()
-    runner = GroupRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    runner = GroupRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                         topic_id=broker.topic_id)
     at_consume(runner.consumer, {6: runner.request_stop})
     assert runner.run() == EXIT_OK
     staged = sorted(_staged(store))
-    finish = FinishRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
-    assert finish.run() == EXIT_CONFIG
+    finish = FinishRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                          current_topic_id=broker.topic_id)
+    with capture_logs() as logs:
+        assert finish.run() == EXIT_CONFIG
+    said = next(e["error"] for e in logs if e["event"] == "stopped: UsageError")
+    assert "consumer run --topic t --until-caught-up" in said, said
     assert sorted(_staged(store)) == staged and not _finals(store)
 
 
@@ -128,3 +136,26 @@ def test_the_end_of_what_is_staged_is_each_partition_s_position() -> None:
             (layout.roll_marker_key("t", 1, 0, 40), 0), (layout.piece_key("t", 1, 0, 0, 40), 1),
             (layout.piece_key("other", 0, 0, 0, 99), 1), ("out/_staging/stray", 1)]
     assert staged_ends(layout, keys, ("t",)) == {("t", 0): 25, ("t", 1): 40}
+
+
+@pytest.mark.parametrize("ids_named", [True, False])
+def test_the_files_of_a_topic_deleted_and_created_again_are_finished_only_when_their_id_says_so(
+    ids_named: bool
+) -> None:
+    """The topic of that name now is another one (a new id, KIP-516): the open files here are of
+    the earlier topic, whose log is gone, and are finished. Files that name no id (written before
+    ids were recorded) cannot tell the two apart: refused, as for a topic that exists."""
+    broker, store = _broker(), MemoryStore()
+    config = _config()
+    runner = GroupRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                         topic_id=broker.topic_id if ids_named else None)
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK
+    broker.recreate_topic("t", offsets_kept=False)
+    if ids_named:
+        assert _finish(broker, store, config) == EXIT_OK
+        assert _staged(store) == [] and _finals(store) == EVERY
+    else:
+        staged = sorted(_staged(store))
+        assert _finish(broker, store, config) == EXIT_CONFIG
+        assert sorted(_staged(store)) == staged and not _finals(store)
