@@ -10,11 +10,12 @@ reads, for good.
 
 This job makes them final without Kafka's records. It runs only once the cluster says the topic
 does not exist (asked by name: a topic this principal may not describe is refused, not taken for
-deleted). Every partition with staged objects is recovered as a run would recover it, with the
-end of what S3 holds as its position (:class:`StagedEndPositions`: the rows staged are the ones
-to keep, since no one can read them again), then rolled to its final file. Nothing is consumed
-and nothing is committed to Kafka. The same worker and the same roll as a run: a finish killed
-half-way finishes when run again, and a finished one run again does nothing.
+deleted), or that the topic of that name now is another one (deleted and created again: an id,
+KIP-516, that no staged file names). Every partition with staged objects is recovered as a run
+would recover it, with the end of what S3 holds as its position (:class:`StagedEndPositions`: the
+rows staged are the ones to keep, since no one can read them again), then rolled to its final
+file. Nothing is consumed and nothing is committed to Kafka. The same worker and the same roll as
+a run: a finish killed half-way finishes when run again, and a finished one run again does nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 
 from consumer.errors import EXIT_OK, UsageError
 from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
-from consumer.layout import Layout, PieceRef
+from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.parquet_merge import read_key_value_metadata, read_layout
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
@@ -55,19 +56,27 @@ class StagedEndPositions:
         self.ends[(topic, partition)] = position
 
 
-def staged_ends(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, ...]) -> dict[TP, int]:
-    """For each partition of ``topics`` with staged objects among ``keys`` ((key, size) listed
-    under the staging folder), the highest offset they reach: a piece's end or an unfinished
-    roll's."""
-    ends: dict[TP, int] = {}
+Staged = dict[TP, list[PieceRef | RollMarker]]
+
+
+def staged_of(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, ...]) -> Staged:
+    """The pieces and roll markers among ``keys`` ((key, size) listed under the staging folder)
+    of each partition of ``topics`` that has any."""
+    out: Staged = {}
     for key, size in keys:
         for topic, partitions in layout.staged_partitions([key]).items():
             for partition in partitions if topic in topics else ():
                 ref = layout.parse_staging_key(topic, partition, key, size)
-                end = ref.to_pos if isinstance(ref, PieceRef) else getattr(ref, "end", None)
-                if end is not None:
-                    ends[(topic, partition)] = max(end, ends.get((topic, partition), end))
-    return ends
+                if ref is not None:
+                    out.setdefault((topic, partition), []).append(ref)
+    return out
+
+
+def staged_ends(staged: Staged) -> dict[TP, int]:
+    """The highest offset each partition's staged objects reach: a piece's end or an unfinished
+    roll's."""
+    return {tp: max(r.to_pos if isinstance(r, PieceRef) else r.end for r in refs)
+            for tp, refs in staged.items()}
 
 
 class FinishRunner(Runner):
@@ -93,14 +102,14 @@ class FinishRunner(Runner):
     def bounded(self) -> bool:
         return True
 
-    def _refuse_unless_deleted(self, topic: str, keys: list[tuple[str, int]]) -> None:
+    def _refuse_unless_deleted(self, topic: str, staged: Staged) -> None:
         """Go on only when the cluster says ``topic`` does not exist, or that the topic of that
         name now is another one than the staged files were read from (deleted and created again:
         its id, KIP-516, is not the one every staged file names)."""
         info = self.consumer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
         error = None if info is None else info.error
         if info is not None and error is None:
-            now, named = self._current_topic_id(topic), self._staged_topic_ids(topic, keys)
+            now, named = self._current_topic_id(topic), self._staged_topic_ids(staged)
             if now is not None and named and None not in named and now not in named:
                 self.log.warning(
                     "the topic was deleted and created again: the open files here are of the earlier "
@@ -119,16 +128,12 @@ class FinishRunner(Runner):
             raise UsageError(said or f"topic {topic!r}: the cluster did not say it is deleted ({error}); "
                              "nothing was finished")
 
-    def _staged_topic_ids(self, topic: str, keys: list[tuple[str, int]]) -> set[str | None]:
-        """The topic id each staged partition of ``topic`` names in its newest piece's footer
-        (None: a piece that names none). One ranged read a partition."""
-        newest: dict[int, PieceRef] = {}
-        for key, size in keys:
-            for partition in self.layout.staged_partitions([key]).get(topic, ()):
-                ref = self.layout.parse_staging_key(topic, partition, key, size)
-                if isinstance(ref, PieceRef) and ref.to_pos > getattr(newest.get(partition), "to_pos", -1):
-                    newest[partition] = ref
-        return {self._topic_id_in(ref) for ref in newest.values()}
+    def _staged_topic_ids(self, staged: Staged) -> set[str | None]:
+        """The topic id each staged partition names in its newest piece's footer (None: a piece
+        that names none). One ranged read a partition."""
+        newest = (max((r for r in refs if isinstance(r, PieceRef)), key=lambda r: r.to_pos, default=None)
+                  for refs in staged.values())
+        return {self._topic_id_in(ref) for ref in newest if ref is not None}
 
     def _topic_id_in(self, piece: PieceRef) -> str | None:
         def fetch(start: int, end: int) -> bytes:
@@ -139,9 +144,14 @@ class FinishRunner(Runner):
 
     def _start(self) -> None:
         keys = [(o.key, o.size) for o in self.store.list(self.layout.staging_root())]
+        staged = staged_of(self.layout, keys, tuple(self.config.topics))
         for topic in self.config.topics:
-            self._refuse_unless_deleted(topic, keys)
-        self._ends.update(staged_ends(self.layout, keys, tuple(self.config.topics)))
+            of_topic = {tp: refs for tp, refs in staged.items() if tp[0] == topic}
+            self._refuse_unless_deleted(topic, of_topic)
+            if not of_topic:
+                self.log.warning("nothing to finish: this output holds no open file of the topic (check "
+                                 "--output and --topic)", topic=topic, staging=self.layout.staging_root())
+        self._ends.update(staged_ends(staged))
         tps = sorted(self._ends)
         workers = [self._new_worker(*tp) for tp in tps]
         recover_all(workers)

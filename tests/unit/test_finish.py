@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 from consumer.config import Config
 from consumer.decoding import Decoder, load_schema
 from consumer.errors import EXIT_CONFIG, EXIT_OK
-from consumer.finish import FinishRunner, staged_ends
+from consumer.finish import FinishRunner, staged_ends, staged_of
 from consumer.layout import Layout
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
@@ -135,7 +135,7 @@ def test_the_end_of_what_is_staged_is_each_partition_s_position() -> None:
     keys = [(layout.piece_key("t", 0, 0, 0, 10), 1), (layout.piece_key("t", 0, 0, 10, 25), 1),
             (layout.roll_marker_key("t", 1, 0, 40), 0), (layout.piece_key("t", 1, 0, 0, 40), 1),
             (layout.piece_key("other", 0, 0, 0, 99), 1), ("out/_staging/stray", 1)]
-    assert staged_ends(layout, keys, ("t",)) == {("t", 0): 25, ("t", 1): 40}
+    assert staged_ends(staged_of(layout, keys, ("t",))) == {("t", 0): 25, ("t", 1): 40}
 
 
 @pytest.mark.parametrize("ids_named", [True, False])
@@ -159,3 +159,14 @@ def test_the_files_of_a_topic_deleted_and_created_again_are_finished_only_when_t
         staged = sorted(_staged(store))
         assert _finish(broker, store, config) == EXIT_CONFIG
         assert sorted(_staged(store)) == staged and not _finals(store)
+
+
+def test_a_topic_with_no_open_file_in_this_output_is_said_and_nothing_is_written() -> None:
+    """A wrong --output or --topic: nothing to finish, and the operator is told so."""
+    broker, store = _broker(), MemoryStore()
+    for key in [k for k in broker.logs if k[0] == "t"]:
+        del broker.logs[key]
+    with capture_logs() as logs:
+        assert _finish(broker, store, _config()) == EXIT_OK
+    assert any(e["event"].startswith("nothing to finish") and e["topic"] == "t" for e in logs), logs
+    assert not [k for k in store.objects if not k.startswith("out/_probe/")]
