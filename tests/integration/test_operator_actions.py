@@ -1093,6 +1093,17 @@ def test_partitions_added_to_a_topic_while_a_member_runs_are_exported_from_their
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == []
 
 
+def committed_into_open_files(topic: str, group: str, out: str, rows: int, *extra: str) -> None:
+    """Run a member until ``rows`` rows are durable in row groups of 100, then SIGTERM it: every
+    row committed into staged pieces, every file left open for the next owner."""
+    run = start_consumer(topic, group, out, "--row-group-rows", "100", *extra)
+    try:
+        run.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
+                     == rows, what=f"{rows} rows durable")
+    finally:
+        assert run.stop() == 0, run.log()[-3000:]
+
+
 def test_a_topic_taken_out_of_the_subscription_is_named_at_start_and_one_bounded_run_finishes_its_files(
     stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
@@ -1106,12 +1117,7 @@ def test_a_topic_taken_out_of_the_subscription_is_named_at_start_and_one_bounded
     group, out = unique("g"), output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, kept, "page_view", 300, partitions=1, create_topic=False)
     produce(stack.kafka_bootstrap, dropped, "page_view", 400, partitions=2, create_topic=False)
-    both = start_consumer(kept, group, out, "--topic", dropped, "--row-group-rows", "100")
-    try:
-        both.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
-                      == 700, what="700 rows durable")
-    finally:
-        assert both.stop() == 0, both.log()[-3000:]
+    committed_into_open_files(kept, group, out, 700, "--topic", dropped)
     staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
     assert any(f"/topic={dropped}/" in k for k in staged) and any(f"/topic={kept}/" in k for k in staged)
     assert not final_keys(s3, stack.s3_bucket, unique_prefix)
@@ -1167,12 +1173,7 @@ def test_a_deleted_topic_s_open_files_are_made_final_by_consumer_finish_with_eve
     topic, group = make_topic(partitions=2), unique("g")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
-    first = start_consumer(topic, group, out, "--row-group-rows", "100")
-    try:
-        first.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
-                       == 400, what="400 rows durable")
-    finally:
-        assert first.stop() == 0, first.log()[-3000:]
+    committed_into_open_files(topic, group, out, 400)
 
     refused = finish_files(topic, group, out)
     assert refused.returncode == 2, refused.stderr[-3000:]
@@ -1217,12 +1218,7 @@ def test_the_open_files_of_a_topic_deleted_and_created_again_are_made_final_by_c
     topic, group = make_topic(partitions=1), unique("g")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
-    first = start_consumer(topic, group, out, "--row-group-rows", "100")
-    try:
-        first.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
-                       == 300, what="300 rows durable")
-    finally:
-        assert first.stop() == 0, first.log()[-3000:]
+    committed_into_open_files(topic, group, out, 300)
     _recreate(admin, topic)
     produce(stack.kafka_bootstrap, topic, "page_view", 50, partitions=1, create_topic=False, seed=7)
 
