@@ -31,8 +31,8 @@ T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
 
 
 def _config(**cfg: Any) -> Config:
-    return Config(bootstrap_servers="memory", group_id="g", topics=("t",), output="s3://bucket/out",
-                  schema="page_view", **{"row_group_rows": 10, "batch_size": 25, **cfg})
+    return Config(bootstrap_servers="memory", group_id="g", output="s3://bucket/out", schema="page_view",
+                  **{"topics": ("t",), "row_group_rows": 10, "batch_size": 25, **cfg})
 
 
 def _broker() -> MemoryBroker:
@@ -170,3 +170,19 @@ def test_a_topic_with_no_open_file_in_this_output_is_said_and_nothing_is_written
         assert _finish(broker, store, _config()) == EXIT_OK
     assert any(e["event"].startswith("nothing to finish") and e["topic"] == "t" for e in logs), logs
     assert not [k for k in store.objects if not k.startswith("out/_probe/")]
+
+
+def test_a_start_names_the_topics_with_files_open_that_it_does_not_consume() -> None:
+    """A topic taken out of --topic (or deleted): its open files are named at every start, with
+    both remedies; the topics the run consumes are not."""
+    broker, store = _broker(), MemoryStore()
+    broker.create_topic("u", 1)
+    _staged_then_deleted(broker, store, _config())
+    runner = GroupRunner(_config(topics=("u",), until_caught_up=True), store=store, decoder=_decoder(),
+                         consumer_factory=broker.consumer_factory())
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_OK
+    named = [e for e in logs if e["event"].startswith("this output holds open files of a topic")]
+    assert [(e["topic"], e["partitions"]) for e in named] == [("t", [0, 1])], named
+    assert "consumer run --topic t --until-caught-up" in named[0]["hint"]
+    assert "consumer finish --topic t" in named[0]["hint"]
