@@ -64,11 +64,11 @@ def staged_of(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, ..
     of each partition of ``topics`` that has any."""
     out: Staged = {}
     for key, size in keys:
-        for topic, partitions in layout.staged_partitions([key]).items():
-            for partition in partitions if topic in topics else ():
-                ref = layout.parse_staging_key(topic, partition, key, size)
-                if ref is not None:
-                    out.setdefault((topic, partition), []).append(ref)
+        where = layout.staged_partition(key)
+        if where is not None and where[0] in topics:
+            ref = layout.parse_staging_key(*where, key, size)
+            if ref is not None:
+                out.setdefault(where, []).append(ref)
     return out
 
 

@@ -116,15 +116,19 @@ class Layout:
     def staging_dir(self, topic: str, partition: int) -> str:
         return self._join("_staging", f"topic={topic}", f"partition={partition}") + "/"
 
+    def staged_partition(self, key: str) -> tuple[str, int] | None:
+        """The (topic, partition) a key listed under :meth:`staging_root` is staged for, or None."""
+        root = self.staging_root()
+        m = _STAGED_RE.match(key, len(root)) if key.startswith(root) else None
+        return (m["topic"], int(m["partition"])) if m else None
+
     def staged_partitions(self, keys: Iterable[str]) -> dict[str, set[int]]:
         """The partitions, by topic, that ``keys`` (listed under :meth:`staging_root`) hold staged
         objects of: the partitions with a file open (or a roll not finished)."""
-        root = self.staging_root()
         out: dict[str, set[int]] = {}
-        for key in keys:
-            m = _STAGED_RE.match(key, len(root)) if key.startswith(root) else None
-            if m:
-                out.setdefault(m["topic"], set()).add(int(m["partition"]))
+        for where in map(self.staged_partition, keys):
+            if where is not None:
+                out.setdefault(where[0], set()).add(where[1])
         return out
 
     def file_staging_dir(self, topic: str, partition: int, file_start: int, bucket: str = "") -> str:
