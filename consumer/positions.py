@@ -31,6 +31,7 @@ from typing import Any, Protocol, TypeVar
 
 import structlog
 
+from consumer.config import split_output
 from consumer.errors import KafkaNotAuthorized
 from consumer.kafka_names import Principal, not_authorized
 from consumer.layout import Layout
@@ -76,7 +77,7 @@ class CommitNote:
 
     def staged_in(self, output: str) -> bool:
         """Whether the rows below the position were staged in ``output`` when it was committed."""
-        return self.held == STAGED and self.output == note_output(output)
+        return self.held == STAGED and same_output(self.output, output)
 
 
 def note_output(output: str) -> str:
@@ -84,6 +85,17 @@ def note_output(output: str) -> str:
     if len(output) <= _OUTPUT_IN_NOTE:
         return output
     return "sha256:" + hashlib.sha256(output.encode()).hexdigest()
+
+
+def same_output(named: str, output: str) -> bool:
+    """Whether a note's output (:func:`note_output`) is ``output``, written alike or not (with a
+    trailing slash: the same files)."""
+    if named == note_output(output):
+        return True
+    try:
+        return split_output(named) == split_output(output)
+    except ValueError:  # a long output named by its hash
+        return False
 
 
 def commit_note(held: str, output: str) -> str:

@@ -84,8 +84,8 @@ from consumer.positions import (
     PositionError,
     PositionStore,
     commit_note,
-    note_output,
     parse_note,
+    same_output,
 )
 from consumer.recovery import (
     ONE_WRITER,
@@ -451,12 +451,17 @@ class PartitionWorker:
         note = parse_note(self.positions.note(self.topic, self.partition))
         if note is None:
             return False
-        if note.output != note_output(self.shared.output):
+        if not same_output(note.output, self.shared.output):
             self.log.warning(
                 "the committed position was committed while writing to another output: this run "
-                "writes new files here, and the records below the position are in that output",
+                "writes new files here, and the records below the position are in that output"
+                + (", the last of them in a file left open there (staged, read by no query): once "
+                   "this run has committed, make it final with `consumer finish` of that output"
+                   if note.held == STAGED else ""),
                 committed_for=note.output,
                 output=self.shared.output,
+                **({"hint": f"consumer finish --group-id {self.shared.group_id} --topic {self.topic} "
+                            f"--output {note.output}"} if note.held == STAGED else {}),
             )
         return note.staged_in(self.shared.output)
 
