@@ -148,13 +148,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     finish = sub.add_parser(
         "finish",
-        help="make the open files of a topic deleted from the cluster final (its last rows are staged "
-        "only); exits 0 when every one is final",
+        help="make final the open files no run will finish: of a topic deleted from the cluster (its "
+        "last rows are staged only), or in an output the group moved from; exits 0 when every one is "
+        "final",
         description="After a topic is deleted, its files left open by the group's last run stay "
         "staged: no run can consume the topic again to finish them. This job checks that the "
         "cluster says the topic does not exist, then rolls every staged file of it (with the same "
-        "--group-id and --output as the runs) to its final file, keeping every staged row. A topic "
-        "that exists is refused: `consumer run --topic <t> --until-caught-up` finishes its files.",
+        "--group-id and --output as the runs) to its final file, keeping every staged row. The same "
+        "for an output the group has moved from (--output changed, and the group's commits of every "
+        "staged partition name the new one): each file is finished where the new output begins. "
+        "Otherwise a topic that exists is refused: `consumer run --topic <t> --until-caught-up` "
+        "finishes its files.",
     )
     _add_run_flags(finish)
 
@@ -379,7 +383,13 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif args.command == "finish":
             from consumer.finish import FinishRunner
 
-            runner = FinishRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
+            def store_for(bucket: str) -> Any:
+                other = make_store(bucket, config.s3_endpoint_url, config.s3_region, config.s3_encryption())
+                other.connect()
+                return other
+
+            runner = FinishRunner(config, store=store, decoder=decoder, process_rss=resident_bytes,
+                                  store_for=store_for)
         else:
             runner = GroupRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
     except cfgmod.ConfigError as exc:

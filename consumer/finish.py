@@ -1,4 +1,4 @@
-"""Finishing the open files of a deleted topic: ``consumer finish``.
+"""Finishing the open files no run will finish: ``consumer finish``.
 
 A stop, a revoke or a rebalance commits what a partition holds into its open file's staged pieces
 and leaves the file open for the partition's next owner; a topic deleted under a run leaves the
@@ -16,6 +16,12 @@ would recover it, with the end of what S3 holds as its position (:class:`StagedE
 rows staged are the ones to keep, since no one can read them again), then rolled to its final
 file. Nothing is consumed and nothing is committed to Kafka. The same worker and the same roll as
 a run: a finish killed half-way finishes when run again, and a finished one run again does nothing.
+
+An output the group has **moved from** (``--output`` changed, the topic still consumed) is the
+same case: its open files hold rows the group committed, and no run of the group will write there
+again. Once the group's commits of every staged partition name the other output, this job finishes
+them too, each at the position where the other output begins (:func:`cut_at`), so that no row is
+left in neither output.
 """
 
 from __future__ import annotations
@@ -23,10 +29,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from consumer.config import split_output
 from consumer.errors import EXIT_OK, UsageError
 from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.parquet_merge import read_key_value_metadata, read_layout
+from consumer.positions import KafkaGroupPositions, parse_note, same_output
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
 from consumer.worker import TOPIC_ID_KEY
@@ -79,14 +87,45 @@ def staged_ends(staged: Staged) -> dict[TP, int]:
             for tp, refs in staged.items()}
 
 
+def first_positions(store: Any, layout: Layout, topic: str) -> dict[int, int]:
+    """The first offset each partition of ``topic`` has in ``layout``'s output: where its earliest
+    file starts, final or still open. One listing of the topic's folder, one of its staging."""
+    out: dict[int, int] = {}
+    for o in store.list(layout.topic_dir(topic)):
+        named = Layout.parse_final_name(o.key)
+        if named is not None:
+            out[named[1]] = min(named[2], out.get(named[1], named[2]))
+    keys = [(o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))]
+    for (_topic, p), refs in staged_of(layout, keys, (topic,)).items():
+        first = min(r.file_start for r in refs)
+        out[p] = min(first, out.get(p, first))
+    return out
+
+
+def cut_at(refs: list[PieceRef | RollMarker], begins: int | None) -> int:
+    """Where a file left open in an output the group has moved from ends: at the first staged
+    boundary (a piece's end, a decided roll's) at or past ``begins``, the position the new output
+    begins at, so that every row is in one output or both and none in neither. The group's next
+    commits went to the new output, so what this one staged past there was never committed here
+    (a piece whose commit a crash cut short), and the new output holds those rows. All of what is
+    staged when ``begins`` is unknown or past it."""
+    ends = sorted({r.to_pos if isinstance(r, PieceRef) else r.end for r in refs})
+    return next((e for e in ends if begins is not None and e >= begins), ends[-1])
+
+
 class FinishRunner(Runner):
-    """Recover and roll every staged partition of the (deleted) topics, then exit 0."""
+    """Recover and roll every staged partition of the topics (deleted, or whose group moved to
+    another output), then exit 0."""
 
     def __init__(
         self, config: Any, *, store: Any, decoder: Any,
-        current_topic_id: Callable[[str], str | None] | None = None, **kwargs: Any,
+        current_topic_id: Callable[[str], str | None] | None = None,
+        store_for: Callable[[str], Any] | None = None, **kwargs: Any,
     ) -> None:
         self._ends: dict[TP, int] = {}
+        #: a store of another bucket, where the group's output moved to (the CLI's: same endpoint
+        #: and credentials)
+        self._store_for = store_for
         super().__init__(
             config, store=store, decoder=decoder,
             positions_factory=lambda _consumer: StagedEndPositions(self._ends),
@@ -94,6 +133,10 @@ class FinishRunner(Runner):
             topic_id=lambda _topic, _fresh: None,
             **kwargs,
         )
+        # The files are the group's: what it staged past a position is its own to delete, and the
+        # final files name it as their writer, as a run's would.
+        self.shared.group_id = config.group_id
+        self.shared.output = config.output
         #: the id (KIP-516) of the topic of that name now, if one was created again (the in-memory
         #: doubles give theirs)
         self._current_topic_id = current_topic_id or (lambda topic: self._topic_id_now(topic, True))
@@ -102,10 +145,12 @@ class FinishRunner(Runner):
     def bounded(self) -> bool:
         return True
 
-    def _refuse_unless_deleted(self, topic: str, staged: Staged) -> None:
-        """Go on only when the cluster says ``topic`` does not exist, or that the topic of that
-        name now is another one than the staged files were read from (deleted and created again:
-        its id, KIP-516, is not the one every staged file names)."""
+    def _positions(self, topic: str, staged: Staged) -> dict[TP, int]:
+        """Where each staged partition of ``topic`` is finished. Only when the cluster says the
+        topic does not exist, or that the topic of that name now is another one than the staged
+        files were read from (deleted and created again: its id, KIP-516, is not the one every
+        staged file names): at the end of what is staged. Or when the group's commits of every
+        staged partition name another output (``--output`` was changed): where that one begins."""
         info = self.consumer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
         error = None if info is None else info.error
         if info is not None and error is None:
@@ -116,17 +161,68 @@ class FinishRunner(Runner):
                     "one, and are finished; export the new one to another --output with a new group",
                     topic=topic, topic_id_in_s3=sorted(i for i in named if i), topic_id=now,
                 )
-                return
+                return staged_ends(staged)
+            moved = self._moved_to(staged) if staged else None
+            if moved is not None:
+                return self._cut_where_moved(topic, staged, moved)
             raise UsageError(
-                f"topic {topic!r} exists in the cluster: its files are made final by consuming it, "
-                f"with this group and output: consumer run --topic {topic} --until-caught-up. "
-                "`consumer finish` is for a topic deleted from the cluster."
+                f"topic {topic!r} exists in the cluster and the group's last commit of it was to this "
+                "output: its files are made final by consuming it, with this group and output: "
+                f"consumer run --topic {topic} --until-caught-up. `consumer finish` is for a topic "
+                "deleted from the cluster, or for files left open in an output the group has since "
+                "moved from (--output changed; once the group has committed to the new one)."
             )
         code = error.code() if error is not None else UNKNOWN_TOPIC_OR_PART
         if code != UNKNOWN_TOPIC_OR_PART:
             said = not_authorized(code, topic, self.config.group_id, str(error), self._principal)
             raise UsageError(said or f"topic {topic!r}: the cluster did not say it is deleted ({error}); "
                              "nothing was finished")
+        return staged_ends(staged)
+
+    def _moved_to(self, staged: Staged) -> dict[TP, tuple[str, int]] | None:
+        """The output and position of the group's last commit of each staged partition, when
+        every one of them names another output than this one; None otherwise (a partition the
+        group has not committed since, or last committed here)."""
+        group = KafkaGroupPositions(self.consumer, group=self.config.group_id, principal=self._principal)
+        committed = group.committed_many(sorted(staged))
+        out: dict[TP, tuple[str, int]] = {}
+        for tp, position in committed.items():
+            note = parse_note(group.note(*tp))
+            if position is None or note is None or same_output(note.output, self.config.output):
+                return None
+            out[tp] = (note.output, position)
+        return out
+
+    def _cut_where_moved(self, topic: str, staged: Staged, moved: dict[TP, tuple[str, int]]) -> dict[TP, int]:
+        """Each partition's position: where the output the group moved to begins (its earliest
+        file; the group's committed position when that output is named by a hash, or holds
+        nothing of the partition), cut to a staged boundary (:func:`cut_at`)."""
+        begins: dict[TP, int] = {}
+        for output in sorted({o for o, _ in moved.values()}):
+            try:
+                bucket, prefix = split_output(output)
+            except ValueError:
+                continue  # a long output named by its hash: its files cannot be listed
+            store = self.store
+            if bucket != self.config.bucket:
+                if self._store_for is None:
+                    continue
+                store = self._store_for(bucket)
+            firsts = first_positions(store, Layout(prefix), topic)
+            begins.update({tp: firsts[tp[1]] for tp, (named, _) in moved.items()
+                           if named == output and tp[1] in firsts})
+        out: dict[TP, int] = {}
+        for tp, refs in staged.items():
+            known = begins.get(tp)
+            out[tp] = cut_at(refs, known if known is not None else moved[tp][1])
+            self.log.warning(
+                "the group moved to another output: this one's open file is finished with the rows "
+                "staged below where that output begins",
+                partition=f"{tp[0]}[{tp[1]}]", moved_to=moved[tp][0], position=out[tp],
+                begins=known if known is not None else "not found there: the group's committed position",
+                committed=moved[tp][1],
+            )
+        return out
 
     def _staged_topic_ids(self, staged: Staged) -> set[str | None]:
         """The topic id each staged partition names in its newest piece's footer (None: a piece
@@ -147,20 +243,19 @@ class FinishRunner(Runner):
         staged = staged_of(self.layout, keys, tuple(self.config.topics))
         for topic in self.config.topics:
             of_topic = {tp: refs for tp, refs in staged.items() if tp[0] == topic}
-            self._refuse_unless_deleted(topic, of_topic)
+            self._ends.update(self._positions(topic, of_topic))
             if not of_topic:
                 self.log.warning("nothing to finish: this output holds no open file of the topic (check "
                                  "--output and --topic)", topic=topic, staging=self.layout.staging_root())
-        self._ends.update(staged_ends(staged))
         tps = sorted(self._ends)
         workers = [self._new_worker(*tp) for tp in tps]
         recover_all(workers)
         self.workers.update(zip(tps, workers, strict=True))
-        self.log.info("finishing the open files of deleted topics", topics=list(self.config.topics),
+        self.log.info("finishing the open files", topics=list(self.config.topics),
                       partitions=[f"{t}[{p}]" for t, p in tps])
 
     def _done(self, now: float) -> int | None:
         self._finish_all(list(self.workers.values()))
-        self.log.info("finished: every staged file of the deleted topics is final",
+        self.log.info("finished: every staged file of the topics is final",
                       partitions=len(self.workers))
         return EXIT_OK

@@ -113,6 +113,10 @@ class Layout:
         """The folder every staged object of this prefix lives under."""
         return self._join("_staging") + "/"
 
+    def topic_staging_dir(self, topic: str) -> str:
+        """The folder every staged object of ``topic``'s partitions lives under."""
+        return self._join("_staging", f"topic={topic}") + "/"
+
     def staging_dir(self, topic: str, partition: int) -> str:
         return self._join("_staging", f"topic={topic}", f"partition={partition}") + "/"
 

@@ -19,8 +19,9 @@ from structlog.testing import capture_logs
 from consumer.config import Config
 from consumer.decoding import Decoder, load_schema
 from consumer.errors import EXIT_CONFIG, EXIT_OK
-from consumer.finish import FinishRunner, staged_ends, staged_of
-from consumer.layout import Layout
+from consumer.finish import FinishRunner, cut_at, staged_ends, staged_of
+from consumer.layout import Layout, PieceRef, RollMarker
+from consumer.positions import same_output
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.testing import Crash, MemoryBroker, MemoryStore, at_consume, crash_at_request
@@ -31,8 +32,9 @@ T0 = datetime(2026, 11, 30, 4, 0, tzinfo=UTC)
 
 
 def _config(**cfg: Any) -> Config:
-    return Config(bootstrap_servers="memory", group_id="g", output="s3://bucket/out", schema="page_view",
-                  **{"topics": ("t",), "row_group_rows": 10, "batch_size": 25, **cfg})
+    return Config(bootstrap_servers="memory", group_id="g", schema="page_view",
+                  **{"output": "s3://bucket/out", "topics": ("t",), "row_group_rows": 10, "batch_size": 25,
+                     **cfg})
 
 
 def _broker() -> MemoryBroker:
@@ -186,3 +188,96 @@ def test_a_start_names_the_topics_with_files_open_that_it_does_not_consume() -> 
     assert [(e["topic"], e["partitions"]) for e in named] == [("t", [0, 1])], named
     assert "consumer run --topic t --until-caught-up" in named[0]["hint"]
     assert "consumer finish --topic t" in named[0]["hint"]
+
+
+def _produce_more(broker: MemoryBroker, start: int, count: int) -> None:
+    for i in range(start, start + count):
+        record = encode_raw(SCHEMA, make_record("page_view", i))
+        broker.produce("t", record, partition=i % PARTITIONS, key=b"k")
+
+
+def _only(store: MemoryStore, prefix: str) -> MemoryStore:
+    part = MemoryStore()
+    part.objects = {k: v for k, v in store.objects.items() if k.startswith(prefix + "/")}
+    return part
+
+
+@pytest.mark.parametrize("bucket", ["bucket", "another-bucket"])
+@pytest.mark.parametrize("stray", [False, True], ids=["committed", "a-piece-whose-commit-was-lost"])
+def test_files_left_open_in_an_output_the_group_moved_from_become_final_where_the_new_one_begins(
+    bucket: str, stray: bool,
+) -> None:
+    """``--output`` changed with files open: the group's next commits name the new output, and the
+    old one's open files hold committed rows no run of the group will finish. ``consumer finish``
+    of the old output makes them final, cut where the new output begins: each offset is in
+    exactly one of the two outputs. With a stray piece (durable, its commit lost to a crash), the
+    new output starts below it, and the cut leaves it out."""
+    broker, store = _broker(), MemoryStore()
+    moved_store = store if bucket == "bucket" else MemoryStore()
+    old, new = _config(), _config(output=f"s3://{bucket}/new", until_caught_up=True)
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK and _staged(store) and not _finals(store)
+    if stray:  # the group's last commit of partition 0 never happened: its last piece is a stray
+        keys = [k for k in _staged(store) if "partition=0/" in k]
+        pieces = [Layout("out").parse_staging_key("t", 0, k, 1) for k in keys]
+        last = max(p for p in pieces if isinstance(p, PieceRef))
+        assert broker.committed_offset("g", "t", 0) == last.to_pos
+        broker.groups["g"].offsets[("t", 0)] = last.from_pos
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    with capture_logs() as logs:
+        runner = GroupRunner(new, store=moved_store, decoder=_decoder(),
+                             consumer_factory=broker.consumer_factory())
+        assert runner.run() == EXIT_OK
+    hints = {e.get("hint") for e in logs if "committed while writing to another output" in e["event"]}
+    assert hints == {"consumer finish --group-id g --topic t --output s3://bucket/out"}, hints
+
+    finish = FinishRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                          current_topic_id=broker.topic_id, store_for=lambda _bucket: moved_store)
+    assert finish.run() == EXIT_OK
+    assert _staged(store) == []
+    both: dict[int, list[int]] = {}
+    for p, offsets in [*_finals(_only(store, "out")).items(), *_finals(_only(moved_store, "new")).items()]:
+        both.setdefault(p, []).extend(offsets)
+    every = {p: list(range(PER_PARTITION + 10)) for p in range(PARTITIONS)}
+    assert {p: sorted(o) for p, o in both.items()} == every
+
+
+def test_an_output_the_group_still_commits_to_is_refused() -> None:
+    """The group moved, but one partition's last commit still names this output (the new run has
+    not committed it yet): refused, nothing changed."""
+    broker, store = _broker(), MemoryStore()
+    old = _config()
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    runner = GroupRunner(_config(output="s3://bucket/new", until_caught_up=True), store=store,
+                         decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    assert runner.run() == EXIT_OK
+    broker.groups["g"].notes[("t", 1)] = broker.committed_note("g", "t", 1).replace("/new", "/out")
+    staged = sorted(_staged(store))
+    finish = FinishRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                          current_topic_id=broker.topic_id)
+    with capture_logs() as logs:
+        assert finish.run() == EXIT_CONFIG
+    said = next(e["error"] for e in logs if e["event"] == "stopped: UsageError")
+    assert "the group's last commit of it was to this output" in said, said
+    assert sorted(_staged(store)) == staged
+
+
+def test_an_old_file_is_cut_at_the_first_staged_boundary_where_the_new_output_begins() -> None:
+    layout = Layout("out")
+    refs: list[PieceRef | RollMarker] = [
+        RollMarker(0, 100, layout.roll_marker_key("t", 0, 0, 100)),
+        *(PieceRef(100, a, b, layout.piece_key("t", 0, 100, a, b)) for a, b in [(100, 120), (120, 150)])]
+    assert cut_at(refs, 120) == 120  # where the group's commit was: the piece past it is left out
+    assert cut_at(refs, 150) == 150 and cut_at(refs, 400) == 150  # all of what is staged
+    assert cut_at(refs, 110) == 120  # inside a piece (a reset as it moved): no row in neither output
+    assert cut_at(refs, 90) == 100  # below the open file: the decided roll still finishes
+    assert cut_at(refs, None) == 150
+
+
+def test_an_output_is_the_same_written_with_a_trailing_slash() -> None:
+    assert same_output("s3://bkt/p/", "s3://bkt/p") and not same_output("s3://bkt/p2", "s3://bkt/p")
+    assert not same_output("sha256:" + "0" * 64, "s3://bkt/p")
