@@ -96,9 +96,11 @@ def test_a_run_turns_on_the_collector_its_entry_paused_for_start_up_and_pauses_i
         gc.enable()
 
 
-def test_the_entry_pauses_the_collector_until_the_command_is_known() -> None:
+@pytest.mark.parametrize("command,on", [("verify", True), ("check", False)])
+def test_the_entry_pauses_the_collector_until_the_command_is_known(command: str, on: bool) -> None:
     """``python -m consumer`` / the console script: the collector is off while the command line
-    and its imports load, then on for every command but a run (which turns it on itself)."""
+    and its imports load, then on for every command but a run (which turns it on itself) and a
+    check (which keeps it off: no collection on librdkafka's thread, consumer.cli.main)."""
     import subprocess
     import sys
 
@@ -108,20 +110,20 @@ def test_the_entry_pauses_the_collector_until_the_command_is_known() -> None:
         "def cmd(args):\n"
         "    seen.append(gc.isenabled())\n"
         "    return 0\n"
-        "cli.cmd_verify = cmd\n"
+        f"cli.cmd_{command} = cmd\n"
         "orig = cli.build_parser\n"
         "def build_parser():\n"
         "    seen.append(gc.isenabled())\n"
         "    return orig()\n"
         "cli.build_parser = build_parser\n"
         "import consumer.__main__ as entry\n"
-        "entry.main(['verify', '--output', 's3://b/p', '--topic', 't'])\n"
+        f"entry.main(['{command}', '--output', 's3://b/p', '--topic', 't'])\n"
         "print(seen, gc.isenabled(), gc.get_freeze_count() > 10000)\n"
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     # ... and when the command returns, the heap is frozen: the interpreter's shutdown does not
     # walk it with full collections just before the process exits.
-    assert out.stdout.split("\n")[0] == "[False, True] True True"
+    assert out.stdout.split("\n")[0] == f"[False, {on}] {on} True"
 
 
 def test_a_run_without_partition_by_does_not_import_pyarrow_compute() -> None:
