@@ -27,6 +27,7 @@ from support import (
     download_finals,
     grant,
     read_table,
+    staging_keys,
     start_consumer,
     stop_reason,
     unique,
@@ -101,6 +102,37 @@ def test_a_topic_the_client_may_not_read_stops_the_start_naming_the_acl(
     assert replay.returncode == 2, replay.stderr[-3000:]
     said = stop_reason(replay.stderr)
     assert said.startswith(f"Kafka does not authorize this client to read topic {topic!r}"), said
+
+
+def test_finish_of_a_topic_the_client_may_not_describe_is_refused_naming_the_acl_and_finishes_nothing(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    """``consumer finish`` goes on only when the cluster says the topic does not exist. A topic
+    this principal may not describe is left out of what the cluster says, as a deleted one is:
+    taken for deleted, its open files would be finished while a run may still write them. It is
+    refused with status 2, naming the ACL, and the open files stay as they are."""
+    topic, group = make_topic(partitions=1), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1, create_topic=False)
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}out"
+    member = start_consumer(topic, group, out, "--row-group-rows", "50")  # as the admin: no ACL
+    try:
+        member.wait_for(lambda ev: sum(e.get("rows", 0) for e in ev if e.get("event") == "row group durable")
+                        == 100, what="100 rows durable")
+    finally:
+        assert member.stop() == 0, member.log()[-3000:]
+    staged = staging_keys(s3, stack.s3_bucket, f"{unique_prefix}out/")
+    assert staged
+    grant(admin, ("group", group, "READ"), principal=f"User:{USER}")
+    res = subprocess.run(
+        [sys.executable, "-m", "consumer", "finish", "--group-id", group, "--topic", topic, "--schema",
+         "page_view", "--output", out, "--log-format", "json", *sasl(stack)],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert res.returncode == 2, res.stderr[-3000:]
+    said = stop_reason(res.stderr)
+    assert said.startswith(f"Kafka does not authorize this client to read topic {topic!r}"), said
+    assert f"--allow-principal User:{USER} --operation Read --operation Describe --topic {topic}" in said
+    assert staging_keys(s3, stack.s3_bucket, f"{unique_prefix}out/") == staged
 
 
 def test_a_group_the_client_may_not_use_stops_the_start_naming_the_acl(
