@@ -281,3 +281,20 @@ def test_an_old_file_is_cut_at_the_first_staged_boundary_where_the_new_output_be
 def test_an_output_is_the_same_written_with_a_trailing_slash() -> None:
     assert same_output("s3://bkt/p/", "s3://bkt/p") and not same_output("s3://bkt/p2", "s3://bkt/p")
     assert not same_output("sha256:" + "0" * 64, "s3://bkt/p")
+
+
+def test_a_finish_under_another_partition_by_stops_and_changes_nothing_then_the_right_one_finishes() -> None:
+    """Open files hold committed rows only their own layout can finish (consumer.recovery
+    .layout_mismatch): a finish with --partition-by left out stops, naming the flag, and changes
+    nothing; with the template that wrote them, it finishes them."""
+    broker, store = _broker(), MemoryStore()
+    bucketed = _config(partition_by="dt={ts:%Y-%m-%d}/hr={ts:%H}", bucket_grace=86400.0)
+    _staged_then_deleted(broker, store, bucketed)
+    before = dict(store.objects)
+    with capture_logs() as logs:
+        assert _finish(broker, store, _config()) != EXIT_OK
+    said = next(e["error"] for e in logs if str(e["event"]).startswith("stopped: "))
+    assert "--partition-by that wrote them" in said, said
+    assert store.objects == before
+    assert _finish(broker, store, bucketed) == EXIT_OK
+    assert _staged(store) == [] and _finals(store) == EVERY
