@@ -115,6 +115,44 @@ def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exact
     assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
 
 
+def test_a_member_of_a_bounded_job_sigtermed_alone_is_restarted_and_the_job_finishes_exactly_once(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """``--until-caught-up --processes 2``, and something other than the supervisor SIGTERMs one
+    member (an operator's ``kill``, a tool cleaning up): the member commits what it holds and
+    exits 143, not done. The job is not stopping, so the supervisor restarts it, and the command
+    exits 0 once every member has caught up, every offset once."""
+    topic, group, host = unique("procs-term"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=13)
+    cmd = consumer_cmd(topic, group, out, *FLAGS, "--processes", "2", "--host-id", host, "--until-caught-up")
+    log_path = tmp_path / "supervisor.log"
+    with open(log_path, "wb") as log:
+        sup = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    try:
+        deadline = time.monotonic() + 120
+        while True:  # both members started, the group formed: far from caught up
+            events = log_events(log_path.read_text(errors="replace"))
+            starts = member_starts(events)
+            if len(starts) == 2 and any(e.get("event") == "partitions assigned" for e in events):
+                break
+            assert sup.poll() is None and time.monotonic() < deadline, log_path.read_text()[-4000:]
+            time.sleep(0.05)
+        os.kill(starts[1]["pid"], signal.SIGTERM)
+        code = sup.wait(timeout=300)
+    finally:
+        if sup.poll() is None:
+            sup.kill()
+            sup.wait()
+    events = log_events(log_path.read_text(errors="replace"))
+    assert code == 0, log_path.read_text()[-4000:]
+    crashed = [e for e in events if e.get("event") == "member crashed: restarting after backoff"]
+    assert [(e["member"], e["status"]) for e in crashed] == [(1, 128 + signal.SIGTERM)], crashed
+    assert [e["member"] for e in member_starts(events)] == [0, 1, 1]
+    assert next(e for e in events if e.get("event") == "members exited")["statuses"] == [0, 0]
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
+
+
 def test_a_supervisor_killed_by_sigkill_takes_its_members_down_cleanly(
     stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
