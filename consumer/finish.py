@@ -87,19 +87,26 @@ def staged_ends(staged: Staged) -> dict[TP, int]:
             for tp, refs in staged.items()}
 
 
-def first_positions(store: Any, layout: Layout, topic: str) -> dict[int, int]:
-    """The first offset each partition of ``topic`` has in ``layout``'s output: where its earliest
-    file starts, final or still open. One listing of the topic's folder, one of its staging."""
-    out: dict[int, int] = {}
+def file_starts(store: Any, layout: Layout, topic: str) -> dict[int, set[int]]:
+    """Where each file of each partition of ``topic`` in ``layout``'s output starts, final or still
+    open. One listing of the topic's folder, one of its staging."""
+    out: dict[int, set[int]] = {}
     for o in store.list(layout.topic_dir(topic)):
         named = Layout.parse_final_name(o.key)
         if named is not None:
-            out[named[1]] = min(named[2], out.get(named[1], named[2]))
+            out.setdefault(named[1], set()).add(named[2])
     keys = [(o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))]
     for (_topic, p), refs in staged_of(layout, keys, (topic,)).items():
-        first = min(r.file_start for r in refs)
-        out[p] = min(first, out.get(p, first))
+        out.setdefault(p, set()).update(r.file_start for r in refs)
     return out
+
+
+def takes_over(refs: list[PieceRef | RollMarker], starts: set[int]) -> int | None:
+    """Where the output the group moved to takes over from the staged files ``refs`` of the one it
+    moved from: its first file that starts at or past them. Not its earliest: a group moved back
+    and forth has files there from before these too. None when it has none."""
+    since = min(r.file_start for r in refs)
+    return min((s for s in starts if s >= since), default=None)
 
 
 def cut_at(refs: list[PieceRef | RollMarker], begins: int | None) -> int:
@@ -194,10 +201,10 @@ class FinishRunner(Runner):
         return out
 
     def _cut_where_moved(self, topic: str, staged: Staged, moved: dict[TP, tuple[str, int]]) -> dict[TP, int]:
-        """Each partition's position: where the output the group moved to begins (its earliest
-        file; the group's committed position when that output is named by a hash, or holds
-        nothing of the partition), cut to a staged boundary (:func:`cut_at`)."""
-        begins: dict[TP, int] = {}
+        """Each partition's position: where the output the group moved to takes over
+        (:func:`takes_over`; the group's committed position when that output is named by a hash,
+        or holds nothing of the partition from there), cut to a staged boundary (:func:`cut_at`)."""
+        begins: dict[TP, int | None] = {}
         for output in sorted({o for o, _ in moved.values()}):
             try:
                 bucket, prefix = split_output(output)
@@ -208,9 +215,9 @@ class FinishRunner(Runner):
                 if self._store_for is None:
                     continue
                 store = self._store_for(bucket)
-            firsts = first_positions(store, Layout(prefix), topic)
-            begins.update({tp: firsts[tp[1]] for tp, (named, _) in moved.items()
-                           if named == output and tp[1] in firsts})
+            starts = file_starts(store, Layout(prefix), topic)
+            begins.update({tp: takes_over(staged[tp], starts.get(tp[1], set()))
+                           for tp, (named, _) in moved.items() if named == output})
         out: dict[TP, int] = {}
         for tp, refs in staged.items():
             known = begins.get(tp)

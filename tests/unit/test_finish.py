@@ -298,3 +298,39 @@ def test_a_finish_under_another_partition_by_stops_and_changes_nothing_then_the_
     assert store.objects == before
     assert _finish(broker, store, bucketed) == EXIT_OK
     assert _staged(store) == [] and _finals(store) == EVERY
+
+
+def test_an_output_left_and_returned_to_is_cut_where_the_other_takes_over_after_its_open_file() -> None:
+    """A group moved back and forth (a rolling deployment between two outputs, undone and done
+    again): the new output holds files from before the old one's open file as well as after it.
+    The cut is where the new output takes over after that file, not its earliest file: cut there,
+    the open file's rows past its first piece were in neither output."""
+    broker, store = _broker(), MemoryStore()
+    old, new = _config(), _config(output="s3://bucket/new", until_caught_up=True)
+
+    def open_run(config: Config) -> None:
+        runner = GroupRunner(config, store=store, decoder=_decoder(),
+                             consumer_factory=broker.consumer_factory())
+        at_consume(runner.consumer, {6: runner.request_stop})
+        assert runner.run() == EXIT_OK
+
+    def bounded_run(config: Config) -> None:
+        assert GroupRunner(config, store=store, decoder=_decoder(),
+                           consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+
+    total = PARTITIONS * PER_PARTITION
+    open_run(old)  # old: [0, 40) open
+    for step, run in enumerate([lambda: bounded_run(new), lambda: open_run(old), lambda: bounded_run(new)]):
+        _produce_more(broker, total, PARTITIONS * 30)  # 30 more a partition each time
+        total += PARTITIONS * 30
+        run()
+        assert step != 1 or _staged(store)  # old: [70, 100) open again
+    finish = FinishRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                          current_topic_id=broker.topic_id)
+    assert finish.run() == EXIT_OK
+    assert _staged(store) == []
+    both: dict[int, list[int]] = {}
+    for p, offsets in [*_finals(_only(store, "out")).items(), *_finals(_only(store, "new")).items()]:
+        both.setdefault(p, []).extend(offsets)
+    every = {p: list(range(PER_PARTITION + 90)) for p in range(PARTITIONS)}
+    assert {p: sorted(o) for p, o in both.items()} == every
