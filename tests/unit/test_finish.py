@@ -69,6 +69,13 @@ def _finish(broker: MemoryBroker, store: MemoryStore, config: Config) -> int:
     return runner.run()
 
 
+def _refusal(broker: MemoryBroker, store: MemoryStore, config: Config) -> str:
+    """What a finish that is refused (status 2) says."""
+    with capture_logs() as logs:
+        assert _finish(broker, store, config) == EXIT_CONFIG
+    return str(next(e["error"] for e in logs if e["event"] == "stopped: UsageError"))
+
+
 def _finals(store: MemoryStore) -> dict[int, list[int]]:
     out: dict[int, list[int]] = {}
     for key, data in store.objects.items():
@@ -109,11 +116,7 @@ def test_a_topic_that_exists_is_refused_with_the_run_that_finishes_it() -> None:
     at_consume(runner.consumer, {6: runner.request_stop})
     assert runner.run() == EXIT_OK
     staged = sorted(_staged(store))
-    finish = FinishRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
-                          current_topic_id=broker.topic_id)
-    with capture_logs() as logs:
-        assert finish.run() == EXIT_CONFIG
-    said = next(e["error"] for e in logs if e["event"] == "stopped: UsageError")
+    said = _refusal(broker, store, config)
     assert "consumer run --topic t --until-caught-up" in said, said
     assert sorted(_staged(store)) == staged and not _finals(store)
 
@@ -202,6 +205,18 @@ def _only(store: MemoryStore, prefix: str) -> MemoryStore:
     return part
 
 
+def _in_both(one: MemoryStore, other: MemoryStore) -> dict[int, list[int]]:
+    """The offsets of each partition in the final files of two outputs, sorted, repeats kept."""
+    both: dict[int, list[int]] = {}
+    for p, offsets in [*_finals(one).items(), *_finals(other).items()]:
+        both.setdefault(p, []).extend(offsets)
+    return {p: sorted(o) for p, o in both.items()}
+
+
+def _every(per_partition: int) -> dict[int, list[int]]:
+    return {p: list(range(per_partition)) for p in range(PARTITIONS)}
+
+
 @pytest.mark.parametrize("bucket", ["bucket", "another-bucket"])
 @pytest.mark.parametrize("stray", [False, True], ids=["committed", "a-piece-whose-commit-was-lost"])
 def test_files_left_open_in_an_output_the_group_moved_from_become_final_where_the_new_one_begins(
@@ -236,11 +251,7 @@ def test_files_left_open_in_an_output_the_group_moved_from_become_final_where_th
                           current_topic_id=broker.topic_id, store_for=lambda _bucket: moved_store)
     assert finish.run() == EXIT_OK
     assert _staged(store) == []
-    both: dict[int, list[int]] = {}
-    for p, offsets in [*_finals(_only(store, "out")).items(), *_finals(_only(moved_store, "new")).items()]:
-        both.setdefault(p, []).extend(offsets)
-    every = {p: list(range(PER_PARTITION + 10)) for p in range(PARTITIONS)}
-    assert {p: sorted(o) for p, o in both.items()} == every
+    assert _in_both(_only(store, "out"), _only(moved_store, "new")) == _every(PER_PARTITION + 10)
 
 
 def test_an_output_the_group_still_commits_to_is_refused() -> None:
@@ -257,11 +268,7 @@ def test_an_output_the_group_still_commits_to_is_refused() -> None:
     assert runner.run() == EXIT_OK
     broker.groups["g"].notes[("t", 1)] = broker.committed_note("g", "t", 1).replace("/new", "/out")
     staged = sorted(_staged(store))
-    finish = FinishRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
-                          current_topic_id=broker.topic_id)
-    with capture_logs() as logs:
-        assert finish.run() == EXIT_CONFIG
-    said = next(e["error"] for e in logs if e["event"] == "stopped: UsageError")
+    said = _refusal(broker, store, old)
     assert "the group's last commit of it was to this output" in said, said
     assert sorted(_staged(store)) == staged
 
@@ -329,8 +336,4 @@ def test_an_output_left_and_returned_to_is_cut_where_the_other_takes_over_after_
                           current_topic_id=broker.topic_id)
     assert finish.run() == EXIT_OK
     assert _staged(store) == []
-    both: dict[int, list[int]] = {}
-    for p, offsets in [*_finals(_only(store, "out")).items(), *_finals(_only(store, "new")).items()]:
-        both.setdefault(p, []).extend(offsets)
-    every = {p: list(range(PER_PARTITION + 90)) for p in range(PARTITIONS)}
-    assert {p: sorted(o) for p, o in both.items()} == every
+    assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION + 90)
