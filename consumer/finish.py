@@ -20,8 +20,8 @@ a run: a finish killed half-way finishes when run again, and a finished one run 
 An output the group has **moved from** (``--output`` changed, the topic still consumed) is the
 same case: its open files hold rows the group committed, and no run of the group will write there
 again. Once the group's commits of every staged partition name the other output, this job finishes
-them too, each at the position where the other output begins (:func:`cut_at`), so that no row is
-left in neither output.
+them too, each at the position where the other output takes over (:func:`takes_over`,
+:func:`cut_at`), so that no row is left in neither output.
 """
 
 from __future__ import annotations

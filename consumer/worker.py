@@ -461,7 +461,7 @@ class PartitionWorker:
                 committed_for=note.output,
                 output=self.shared.output,
                 **({"hint": f"consumer finish --group-id {self.shared.group_id} --topic {self.topic} "
-                            f"--output {note.output}"} if note.held == STAGED else {}),
+                            f"--output {_named(note.output)}"} if note.held == STAGED else {}),
             )
         return note.staged_in(self.shared.output)
 
@@ -1996,6 +1996,12 @@ class NamedFinal:
             return None
         return NamedFinal(start, end, topic_id if isinstance(topic_id, str) else None,
                           writer if isinstance(writer, str) else None)
+
+
+def _named(output: str) -> str:
+    """An output as a command names it: a long one, which a commit note names by its hash, as a
+    placeholder."""
+    return "<the earlier s3:// output>" if output.startswith("sha256:") else output
 
 
 def writer_of(meta: Mapping[str, str]) -> str | None:

@@ -337,3 +337,22 @@ def test_an_output_left_and_returned_to_is_cut_where_the_other_takes_over_after_
     assert finish.run() == EXIT_OK
     assert _staged(store) == []
     assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION + 90)
+
+
+def test_an_output_too_long_for_a_commit_note_is_finished_at_the_group_s_position() -> None:
+    """An output URL over 512 characters is named in commit notes by its hash: the new output's
+    run cannot name it in its hint, and the finish cannot list the new output; it cuts at the
+    group's committed position instead, which keeps every staged row."""
+    broker, store = _broker(), MemoryStore()
+    old = _config(output="s3://bucket/" + "o" * 600)
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    with capture_logs() as logs:
+        assert GroupRunner(_config(output="s3://bucket/new", until_caught_up=True), store=store,
+                           decoder=_decoder(), consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+    hints = {e.get("hint") for e in logs if "committed while writing to another output" in e["event"]}
+    assert hints == {"consumer finish --group-id g --topic t --output <the earlier s3:// output>"}, hints
+    assert _finish(broker, store, old) == EXIT_OK
+    assert _in_both(_only(store, "o" * 600), _only(store, "new")) == _every(PER_PARTITION + 10)
