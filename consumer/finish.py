@@ -20,8 +20,8 @@ a run: a finish killed half-way finishes when run again, and a finished one run 
 An output the group has **moved from** (``--output`` changed, the topic still consumed) is the
 same case: its open files hold rows the group committed, and no run of the group will write there
 again. Once the group's commits of every staged partition name the other output, this job finishes
-them too, each at the position where the other output takes over (:func:`takes_over`,
-:func:`cut_at`), so that no row is left in neither output.
+them too, each cut where the other output holds the rest of what is staged here
+(:func:`cut_at`), so that every row is in one of the two outputs and none in both.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from consumer.parquet_merge import read_key_value_metadata, read_layout
 from consumer.positions import KafkaGroupPositions, parse_note, same_output
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
-from consumer.worker import TOPIC_ID_KEY
+from consumer.worker import TO_KEY, TOPIC_ID_KEY
 
 
 class StagedEndPositions:
@@ -87,37 +87,56 @@ def staged_ends(staged: Staged) -> dict[TP, int]:
             for tp, refs in staged.items()}
 
 
-def file_starts(store: Any, layout: Layout, topic: str) -> dict[int, set[int]]:
-    """Where each file of each partition of ``topic`` in ``layout``'s output starts, final or still
-    open. One listing of the topic's folder, one of its staging."""
-    out: dict[int, set[int]] = {}
+Ranges = list[tuple[int, int]]
+
+
+def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int]) -> dict[int, Ranges]:
+    """The [from, to) ranges of the files, final or still open, that ``layout``'s output holds of
+    each partition ``p`` of ``topic`` in ``below``, starting below ``below[p]``. One listing of the
+    topic's folder and one of its staging, and a footer read for each final file that starts low
+    enough (files a group moved to start where it moved: few start below another output's open
+    file)."""
+    out: dict[int, Ranges] = {p: [] for p in below}
     for o in store.list(layout.topic_dir(topic)):
         named = Layout.parse_final_name(o.key)
-        if named is not None:
-            out.setdefault(named[1], set()).add(named[2])
+        if named is not None and named[1] in below and named[2] < below[named[1]]:
+            out[named[1]].append((named[2], _final_end(store, o.key, o.size)))
     keys = [(o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))]
     for (_topic, p), refs in staged_of(layout, keys, (topic,)).items():
-        out.setdefault(p, set()).update(r.file_start for r in refs)
+        if p in below:
+            out[p] += [(r.from_pos, r.to_pos) for r in refs if isinstance(r, PieceRef)]
     return out
 
 
-def takes_over(refs: list[PieceRef | RollMarker], starts: set[int]) -> int | None:
-    """Where the output the group moved to takes over from the staged files ``refs`` of the one it
-    moved from: its first file that starts at or past them. Not its earliest: a group moved back
-    and forth has files there from before these too. None when it has none."""
-    since = min(r.file_start for r in refs)
-    return min((s for s in starts if s >= since), default=None)
+def _final_end(store: Any, key: str, size: int) -> int:
+    def fetch(start: int, end: int) -> bytes:
+        data: bytes = store.get(key, start, end)
+        return data
+
+    return int(read_key_value_metadata(read_layout(fetch, size).footer)[TO_KEY])
 
 
-def cut_at(refs: list[PieceRef | RollMarker], begins: int | None) -> int:
-    """Where a file left open in an output the group has moved from ends: at the first staged
-    boundary (a piece's end, a decided roll's) at or past ``begins``, the position the new output
-    begins at, so that every row is in one output or both and none in neither. The group's next
-    commits went to the new output, so what this one staged past there was never committed here
-    (a piece whose commit a crash cut short), and the new output holds those rows. All of what is
-    staged when ``begins`` is unknown or past it."""
-    ends = sorted({r.to_pos if isinstance(r, PieceRef) else r.end for r in refs})
-    return next((e for e in ends if begins is not None and e >= begins), ends[-1])
+def holds_all(ranges: Ranges, start: int, end: int) -> bool:
+    """Whether ``ranges`` together hold every position of [start, end)."""
+    reached = start
+    for a, b in sorted(ranges):
+        if a > reached:
+            break
+        reached = max(reached, b)
+    return reached >= end
+
+
+def cut_at(refs: list[PieceRef | RollMarker], held: Ranges) -> int:
+    """Where the staged files ``refs`` of an output the group has moved from are cut: at the first
+    staged boundary (a file's start, a piece's end, a decided roll's) from which the output it
+    moved to (``held``: the ranges of its files) holds every position up to the end of what is
+    staged. Rows below are in no other file and are kept; rows from there on are in the other
+    output: a piece staged past the last commit before the move (a crash between its upload and
+    its commit), or the whole file of a group that moved there and back. So every row is in one
+    of the two outputs and none in both. All of what is staged when the other holds none of it."""
+    ends = {r.to_pos if isinstance(r, PieceRef) else r.end for r in refs}
+    end = max(ends)
+    return next(b for b in sorted(ends | {r.file_start for r in refs}) if holds_all(held, b, end))
 
 
 class FinishRunner(Runner):
@@ -201,10 +220,11 @@ class FinishRunner(Runner):
         return out
 
     def _cut_where_moved(self, topic: str, staged: Staged, moved: dict[TP, tuple[str, int]]) -> dict[TP, int]:
-        """Each partition's position: where the output the group moved to takes over
-        (:func:`takes_over`; the group's committed position when that output is named by a hash,
-        or holds nothing of the partition from there), cut to a staged boundary (:func:`cut_at`)."""
-        begins: dict[TP, int | None] = {}
+        """Each partition's position: cut where the output the group moved to holds the rest of
+        what is staged here (:func:`cut_at`); all of it is kept when that output cannot be read
+        (named in the note by a hash, or in a bucket the CLI gave no store for)."""
+        held: dict[TP, Ranges] = {}
+        staged_end = staged_ends(staged)
         for output in sorted({o for o, _ in moved.values()}):
             try:
                 bucket, prefix = split_output(output)
@@ -215,19 +235,18 @@ class FinishRunner(Runner):
                 if self._store_for is None:
                     continue
                 store = self._store_for(bucket)
-            starts = file_starts(store, Layout(prefix), topic)
-            begins.update({tp: takes_over(staged[tp], starts.get(tp[1], set()))
-                           for tp, (named, _) in moved.items() if named == output})
+            ends = {tp[1]: staged_end[tp] for tp, (named, _) in moved.items() if named == output}
+            ranges = held_ranges(store, Layout(prefix), topic, ends)
+            held.update({(topic, p): r for p, r in ranges.items()})
         out: dict[TP, int] = {}
         for tp, refs in staged.items():
-            known = begins.get(tp)
-            out[tp] = cut_at(refs, known if known is not None else moved[tp][1])
+            out[tp] = cut_at(refs, held.get(tp, []))
             self.log.warning(
-                "the group moved to another output: this one's open file is finished with the rows "
-                "staged below where that output begins",
+                "the group moved to another output: this one's open file is finished with the staged "
+                "rows that output does not hold",
                 partition=f"{tp[0]}[{tp[1]}]", moved_to=moved[tp][0], position=out[tp],
-                begins=known if known is not None else "not found there: the group's committed position",
-                committed=moved[tp][1],
+                staged_end=staged_end[tp], committed=moved[tp][1],
+                **({} if tp in held else {"unread": "that output could not be listed: all is kept"}),
             )
         return out
 
