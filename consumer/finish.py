@@ -100,7 +100,9 @@ def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int]) -
     for o in store.list(layout.topic_dir(topic)):
         named = Layout.parse_final_name(o.key)
         if named is not None and named[1] in below and named[2] < below[named[1]]:
-            out[named[1]].append((named[2], _final_end(store, o.key, o.size)))
+            end = _final_end(store, o.key, o.size)
+            if end is not None:
+                out[named[1]].append((named[2], end))
     keys = [(o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))]
     for (_topic, p), refs in staged_of(layout, keys, (topic,)).items():
         if p in below:
@@ -108,12 +110,17 @@ def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int]) -
     return out
 
 
-def _final_end(store: Any, key: str, size: int) -> int:
+def _final_end(store: Any, key: str, size: int) -> int | None:
+    """The end of a final file's Kafka range, from its footer; None for a file that names none (not
+    this consumer's: it holds nothing the cut may count on, so more staged rows are kept)."""
     def fetch(start: int, end: int) -> bytes:
         data: bytes = store.get(key, start, end)
         return data
 
-    return int(read_key_value_metadata(read_layout(fetch, size).footer)[TO_KEY])
+    try:
+        return int(read_key_value_metadata(read_layout(fetch, size).footer)[TO_KEY])
+    except (KeyError, ValueError):  # no such key, or no Parquet footer (ParquetMergeError)
+        return None
 
 
 def holds_all(ranges: Ranges, start: int, end: int) -> bool:
