@@ -1,7 +1,10 @@
 """``consumer finish`` on the in-memory doubles: a deleted topic's open files are made final with
 every staged row (the committed ones and those staged past the last commit), in the plain and the
 time-bucketed layout, a finish killed at any store request finishes when run again, and a topic
-that exists is refused. The real-stack test is in tests/integration/test_operator_actions.py."""
+that exists is refused. The open files of an output the group moved from (``--output`` changed)
+are made final where the other output holds the rest, so every offset is in one of the two and
+none in both, in any order of moves. The real-stack tests are in
+tests/integration/test_operator_actions.py and test_kafka_acls.py."""
 
 from __future__ import annotations
 
