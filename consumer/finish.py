@@ -32,12 +32,13 @@ from typing import Any
 from consumer.config import split_output
 from consumer.errors import EXIT_OK, UsageError
 from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
-from consumer.layout import Layout, PieceRef, RollMarker
+from consumer.layout import Layout, PieceRef, Staged, staged_of
 from consumer.parquet_merge import read_key_value_metadata, read_layout
 from consumer.positions import KafkaGroupPositions, parse_note, same_output
+from consumer.recovery import Ranges, cut_at
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
-from consumer.worker import TO_KEY, TOPIC_ID_KEY
+from consumer.worker import TOPIC_ID_KEY, held_ranges
 
 
 class StagedEndPositions:
@@ -64,86 +65,11 @@ class StagedEndPositions:
         self.ends[(topic, partition)] = position
 
 
-Staged = dict[TP, list[PieceRef | RollMarker]]
-
-
-def staged_of(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, ...]) -> Staged:
-    """The pieces and roll markers among ``keys`` ((key, size) listed under the staging folder)
-    of each partition of ``topics`` that has any."""
-    out: Staged = {}
-    for key, size in keys:
-        where = layout.staged_partition(key)
-        if where is not None and where[0] in topics:
-            ref = layout.parse_staging_key(*where, key, size)
-            if ref is not None:
-                out.setdefault(where, []).append(ref)
-    return out
-
-
 def staged_ends(staged: Staged) -> dict[TP, int]:
     """The highest offset each partition's staged objects reach: a piece's end or an unfinished
     roll's."""
     return {tp: max(r.to_pos if isinstance(r, PieceRef) else r.end for r in refs)
             for tp, refs in staged.items()}
-
-
-Ranges = list[tuple[int, int]]
-
-
-def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int]) -> dict[int, Ranges]:
-    """The [from, to) ranges of the files, final or still open, that ``layout``'s output holds of
-    each partition ``p`` of ``topic`` in ``below``, starting below ``below[p]``. One listing of the
-    topic's folder and one of its staging, and a footer read for each final file that starts low
-    enough (files a group moved to start where it moved: few start below another output's open
-    file)."""
-    out: dict[int, Ranges] = {p: [] for p in below}
-    for o in store.list(layout.topic_dir(topic)):
-        named = Layout.parse_final_name(o.key)
-        if named is not None and named[1] in below and named[2] < below[named[1]]:
-            end = _final_end(store, o.key, o.size)
-            if end is not None:
-                out[named[1]].append((named[2], end))
-    keys = [(o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))]
-    for (_topic, p), refs in staged_of(layout, keys, (topic,)).items():
-        if p in below:
-            out[p] += [(r.from_pos, r.to_pos) for r in refs if isinstance(r, PieceRef)]
-    return out
-
-
-def _final_end(store: Any, key: str, size: int) -> int | None:
-    """The end of a final file's Kafka range, from its footer; None for a file that names none (not
-    this consumer's: it holds nothing the cut may count on, so more staged rows are kept)."""
-    def fetch(start: int, end: int) -> bytes:
-        data: bytes = store.get(key, start, end)
-        return data
-
-    try:
-        return int(read_key_value_metadata(read_layout(fetch, size).footer)[TO_KEY])
-    except (KeyError, ValueError):  # no such key, or no Parquet footer (ParquetMergeError)
-        return None
-
-
-def holds_all(ranges: Ranges, start: int, end: int) -> bool:
-    """Whether ``ranges`` together hold every position of [start, end)."""
-    reached = start
-    for a, b in sorted(ranges):
-        if a > reached:
-            break
-        reached = max(reached, b)
-    return reached >= end
-
-
-def cut_at(refs: list[PieceRef | RollMarker], held: Ranges) -> int:
-    """Where the staged files ``refs`` of an output the group has moved from are cut: at the first
-    staged boundary (a file's start, a piece's end, a decided roll's) from which the output it
-    moved to (``held``: the ranges of its files) holds every position up to the end of what is
-    staged. Rows below are in no other file and are kept; rows from there on are in the other
-    output: a piece staged past the last commit before the move (a crash between its upload and
-    its commit), or the whole file of a group that moved there and back. So every row is in one
-    of the two outputs and none in both. All of what is staged when the other holds none of it."""
-    ends = {r.to_pos if isinstance(r, PieceRef) else r.end for r in refs}
-    end = max(ends)
-    return next(b for b in sorted(ends | {r.file_start for r in refs}) if holds_all(held, b, end))
 
 
 class FinishRunner(Runner):

@@ -208,6 +208,22 @@ class Layout:
         return self._join("_state", f"topic={topic}", f"partition={partition}")
 
 
+Staged = dict[tuple[str, int], list[PieceRef | RollMarker]]
+
+
+def staged_of(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, ...]) -> Staged:
+    """The pieces and roll markers among ``keys`` ((key, size) listed under the staging folder)
+    of each partition of ``topics`` that has any."""
+    out: Staged = {}
+    for key, size in keys:
+        where = layout.staged_partition(key)
+        if where is not None and where[0] in topics:
+            ref = layout.parse_staging_key(*where, key, size)
+            if ref is not None:
+                out.setdefault(where, []).append(ref)
+    return out
+
+
 def check_topic_name(topic: str) -> None:
     """Kafka topic names are ``[A-Za-z0-9._-]{1,249}``; anything else cannot come from Kafka."""
     if not _TOPIC_RE.fullmatch(topic):

@@ -142,6 +142,34 @@ def layout_mismatch(staged_buckets: Iterable[str], names: tuple[str, ...] | None
     )
 
 
+Ranges = list[tuple[int, int]]
+
+
+def holds_all(ranges: Ranges, start: int, end: int) -> bool:
+    """Whether ``ranges`` together hold every position of [start, end)."""
+    reached = start
+    for a, b in sorted(ranges):
+        if a > reached:
+            break
+        reached = max(reached, b)
+    return reached >= end
+
+
+def cut_at(refs: Sequence[PieceRef | RollMarker], held: Ranges, end: int | None = None) -> int:
+    """Where the staged files ``refs`` of an output the group has moved from are cut: at the first
+    staged boundary (a file's start, a piece's end, a decided roll's) from which the output it
+    moved to (``held``: the ranges of its files) holds every position up to the end of what is
+    staged. Rows below are in no other file and are kept; rows from there on are in the other
+    output: a piece staged past the last commit before the move (a crash between its upload and
+    its commit), or the whole file of a group that moved there and back. So every row is in one
+    of the two outputs and none in both. All of what is staged when the other holds none of it.
+    ``end``: cut only what lies below it (a run's committed position: what is staged past it was
+    never committed and goes anyway); at most ``end``, or the end of what is staged."""
+    ends = {r.to_pos if isinstance(r, PieceRef) else r.end for r in refs}
+    end = max(ends) if end is None else min(end, max(ends))
+    return next(b for b in sorted(ends | {r.file_start for r in refs} | {end}) if holds_all(held, b, end))
+
+
 def plan_recovery(
     committed: int | None,
     pieces: Sequence[PieceRef],

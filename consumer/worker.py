@@ -43,7 +43,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from operator import methodcaller
 from typing import Any, TypeVar
@@ -54,7 +54,7 @@ import pyarrow as pa
 from consumer import faults
 from consumer.arena import Arena, DeadLetter, SchemaStats, kafka_fields
 from consumer.bucketing import Template, parse_template
-from consumer.config import Config
+from consumer.config import Config, split_output
 from consumer.decoding import (
     CONFLUENT_HEADER,
     BadRecord,
@@ -67,7 +67,7 @@ from consumer.errors import BadRecordStop, IntegrityError, RegistryStop, UsageEr
 from consumer.evolution import VersionedSchema, choose_reader, subject_for
 from consumer.gather import gather
 from consumer.kafka_names import GroupView
-from consumer.layout import Layout, PieceRef, RollMarker
+from consumer.layout import Layout, PieceRef, RollMarker, staged_of
 from consumer.metrics import PartitionCounters
 from consumer.parquet_merge import (
     ParquetMergeError,
@@ -92,8 +92,10 @@ from consumer.recovery import (
     REPLAY_WRITER,
     BucketedPlan,
     FinishRoll,
+    Ranges,
     RecoveryPlan,
     chain_ending_at,
+    cut_at,
     dead_letters_from,
     files_gone,
     layout_mismatch,
@@ -389,9 +391,13 @@ class PartitionWorker:
         )
         if problem is not None:
             raise UsageError(f"{self.where}: {problem}")
+        elsewhere = self._held_where_the_group_moved(committed, pieces, markers)
+        if elsewhere:
+            pieces = [p for p in pieces if p.key not in elsewhere]
+            markers = [m for m in markers if m.key not in elsewhere]
         if self.bucketing is not None:
             return self._recover_bucketed(t0, committed, pieces, markers, self._dead_letters(), etags,
-                                          staged_here)
+                                          staged_here, elsewhere)
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
         writer = self._final_writers.get(("", max(finals))) if finals else None
@@ -413,6 +419,8 @@ class PartitionWorker:
                 committed, any(p.file_start not in finals for p in pieces), last_end, dead),
             gone_final_start=gone.start if gone is not None else None,
         )
+        if elsewhere:
+            plan = replace(plan, delete=(*plan.delete, *elsewhere))
         doomed = set(plan.delete)
         self._begin_plan(
             plan,
@@ -442,6 +450,41 @@ class PartitionWorker:
             finished_rolls=len(plan.finish),
             deleted_strays=len(plan.delete),
         )
+
+    def _held_where_the_group_moved(self, committed: int | None, pieces: list[PieceRef],
+                                    markers: list[RollMarker]) -> list[str]:
+        """The staged objects of this output that the output the group last committed to holds
+        the rows of, to be left out and deleted: a group that moved to another ``--output`` and
+        back. What this output staged past its last commit before the move (a crash between a
+        piece's upload and its commit), or a whole file the group wrote again there, would
+        otherwise be finished here as a reset forwards finishes what is staged, and be in both
+        outputs (found by tests/unit/test_finish.py's property). Cut as ``consumer finish`` cuts
+        (consumer.recovery.cut_at), below the committed position. Only an output in this bucket
+        is read (one listing of its topic folder and staging, a footer of each final file that
+        starts low enough); otherwise nothing is left out."""
+        note = parse_note(self.positions.note(self.topic, self.partition))
+        if committed is None or note is None or not pieces or same_output(note.output, self.shared.output):
+            return []
+        try:
+            bucket, prefix = split_output(note.output)
+            here, _ = split_output(self.shared.output)
+        except ValueError:  # named by its hash
+            return []
+        staged: list[PieceRef | RollMarker] = [*pieces, *markers]
+        end = min(committed, max(p.to_pos for p in pieces))
+        if bucket != here:
+            return []
+        held = held_ranges(self.store, Layout(prefix), self.topic, {self.partition: end})[self.partition]
+        cut = cut_at(staged, held, end)
+        if cut >= end:
+            return []
+        left = [r.key for r in pieces if r.from_pos >= cut] + [m.key for m in markers if m.end > cut]
+        self.log.warning(
+            "staged rows here are in the output the group moved to as well: left out of this "
+            "output's files and deleted, so that each is in one of the two", moved_to=note.output,
+            from_position=cut, to_position=end, objects=len(left),
+        )
+        return left
 
     def _committed_after_staging(self) -> bool:
         """Whether the committed position's note says this consumer committed it after the rows
@@ -524,8 +567,11 @@ class PartitionWorker:
         dead: list[tuple[str, int, int]],
         etags: Mapping[str, str | None],
         staged_here: bool,
+        elsewhere: Sequence[str] = (),
     ) -> int | None:
-        """Recovery under --partition-by: today's plan per bucket (see plan_bucketed_recovery)."""
+        """Recovery under --partition-by: today's plan per bucket (see plan_bucketed_recovery).
+        ``elsewhere``: staged objects left out of the plan and deleted with what it deletes
+        (:meth:`_held_where_the_group_moved`)."""
         rolled = [self.layout.parse_rolled(o.key)
                   for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))]
         high_water = max((r for r in rolled if r is not None), default=None)
@@ -561,7 +607,7 @@ class PartitionWorker:
                                       dead_letter_records=self._dead_letter_lines(
                                           committed, open_pieces, high_water, dead),
                                       rolled_writer=rolled_writer, group=self.shared.group_id)
-        deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete)
+        deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete) + list(elsewhere)
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
         # of an open file that goes (a group's own zombie is the group itself).
@@ -1996,6 +2042,39 @@ class NamedFinal:
             return None
         return NamedFinal(start, end, topic_id if isinstance(topic_id, str) else None,
                           writer if isinstance(writer, str) else None)
+
+
+def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int]) -> dict[int, Ranges]:
+    """The [from, to) ranges of the files, final or still open, that ``layout``'s output holds of
+    each partition ``p`` of ``topic`` in ``below``, starting below ``below[p]``. One listing of the
+    topic's folder and one of its staging, and a footer read for each final file that starts low
+    enough (files a group moved to start where it moved: few start below another output's open
+    file)."""
+    out: dict[int, Ranges] = {p: [] for p in below}
+    for o in store.list(layout.topic_dir(topic)):
+        named = Layout.parse_final_name(o.key)
+        if named is not None and named[1] in below and named[2] < below[named[1]]:
+            end = _final_end(store, o.key, o.size)
+            if end is not None:
+                out[named[1]].append((named[2], end))
+    keys = [(o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))]
+    for (_topic, p), refs in staged_of(layout, keys, (topic,)).items():
+        if p in below:
+            out[p] += [(r.from_pos, r.to_pos) for r in refs if isinstance(r, PieceRef)]
+    return out
+
+
+def _final_end(store: Any, key: str, size: int) -> int | None:
+    """The end of a final file's Kafka range, from its footer; None for a file that names none (not
+    this consumer's: it holds nothing the cut may count on, so more staged rows are kept)."""
+    def fetch(start: int, end: int) -> bytes:
+        data: bytes = store.get(key, start, end)
+        return data
+
+    try:
+        return int(read_key_value_metadata(read_layout(fetch, size).footer)[TO_KEY])
+    except (KeyError, ValueError):  # no such key, or no Parquet footer (ParquetMergeError)
+        return None
 
 
 def _named(output: str) -> str:
