@@ -1231,6 +1231,17 @@ def test_the_open_files_of_a_topic_deleted_and_created_again_are_made_final_by_c
     assert sorted(table.column("kafka_offset").to_pylist()) == list(range(300))
 
 
+def offsets_in_both(s3: Any, bucket: str, prefix: str, tmp_path: Path) -> dict[int, list[int]]:
+    """The offsets of each partition in the final files of ``<prefix>old`` and ``<prefix>new``,
+    sorted, repeats kept."""
+    both: dict[int, list[int]] = {}
+    for name in ("old", "new"):
+        finals = download_finals(s3, bucket, prefix + name, tmp_path / name)
+        for p, offsets in offsets_by_partition(read_table(finals)).items():
+            both.setdefault(p, []).extend(offsets)
+    return {p: sorted(o) for p, o in both.items()}
+
+
 @pytest.mark.parametrize("lost_commit", [False, True], ids=["committed", "a-piece-whose-commit-was-lost"])
 def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_consumer_finish(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path, lost_commit: bool
@@ -1262,10 +1273,35 @@ def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_con
     done = finish_files(topic, group, old)
     assert done.returncode == 0, done.stderr[-3000:]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
-    both: dict[int, list[int]] = {}
-    for name in ("old", "new"):
-        finals = download_finals(s3, stack.s3_bucket, unique_prefix + name, tmp_path / name)
-        for p, offsets in offsets_by_partition(read_table(finals)).items():
-            both.setdefault(p, []).extend(offsets)
-    assert {p: sorted(o) for p, o in both.items()} == {0: list(range(300)), 1: list(range(300))}
+    every = {0: list(range(300)), 1: list(range(300))}
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == every
     assert verify_files(topic, old).returncode == 0
+
+
+def test_a_group_moved_to_another_output_and_back_leaves_out_what_the_other_holds(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A move undone: the group writes to a new ``--output``, then goes back to the old one (a
+    rollout reverted). The old output's open file holds a piece whose commit was lost before the
+    move (here: the offset moved back to its start), and the new output read those records again.
+    The run back used to finish that piece as a reset forwards finishes what is staged: its
+    records were in both outputs. It reads where the new output's files begin and leaves it out."""
+    topic, group = make_topic(partitions=2), unique("g")
+    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    committed_into_open_files(topic, group, old, 400)
+    reset_offset(admin, group, topic, 100)  # partition 0's last piece, [100, 200), uncommitted
+    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
+    moved = run_consumer(topic, group, new)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=2, create_topic=False, start=600)
+
+    back = run_consumer(topic, group, old)
+    assert back.returncode == 0, back.stderr[-3000:]
+    left_out = [e for e in log_events(back.stderr) if str(e.get("event", "")).startswith(
+        "staged rows here are in the output the group moved to as well")]
+    assert [(e["partition"], e["from_position"], e["to_position"]) for e in left_out] == [(0, 100, 200)], \
+        back.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
+    every = {0: list(range(350)), 1: list(range(350))}
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == every
