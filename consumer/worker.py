@@ -470,12 +470,11 @@ class PartitionWorker:
             here, _ = split_output(self.shared.output)
         except ValueError:  # named by its hash
             return []
-        staged: list[PieceRef | RollMarker] = [*pieces, *markers]
-        end = min(committed, max(p.to_pos for p in pieces))
         if bucket != here:
             return []
+        end = min(committed, max(p.to_pos for p in pieces))
         held = held_ranges(self.store, Layout(prefix), self.topic, {self.partition: end})[self.partition]
-        cut = cut_at(staged, held, end)
+        cut = cut_at([*pieces, *markers], held, end)
         if cut >= end:
             return []
         left = [r.key for r in pieces if r.from_pos >= cut] + [m.key for m in markers if m.end > cut]
