@@ -42,12 +42,14 @@ from consumer.worker import TOPIC_ID_KEY, held_ranges
 
 
 class StagedEndPositions:
-    """The positions of a deleted topic's partitions: where their staged objects end.
+    """The positions of the partitions a finish makes final: where their staged objects end (a
+    deleted topic), or where they are cut (an output the group moved from, :func:`cut_at`).
 
-    Kafka dropped the group's offsets with the topic. Taking the end of what is staged as the
-    committed position makes recovery resume each file as it stands, every staged piece counted
-    as committed (the rows past the last commit, written when the run found the topic gone,
-    included): with no log to read them from again, that is what they are. Commits go nowhere."""
+    Kafka dropped the group's offsets with a deleted topic. Taking the end of what is staged as
+    the committed position makes recovery resume each file as it stands, every staged piece
+    counted as committed (the rows past the last commit, written when the run found the topic
+    gone, included): with no log to read them from again, that is what they are. Commits go
+    nowhere, and no note is read (a moved output's cut is made here, not in recovery)."""
 
     #: no Kafka call: any thread may ask (consumer.positions.OwnerThreadPositions)
     any_thread = True
