@@ -33,12 +33,11 @@ from consumer.config import split_output
 from consumer.errors import EXIT_OK, UsageError
 from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
 from consumer.layout import Layout, PieceRef, Staged, staged_of
-from consumer.parquet_merge import read_key_value_metadata, read_layout
 from consumer.positions import KafkaGroupPositions, parse_note, same_output
 from consumer.recovery import Ranges, cut_at
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
-from consumer.worker import TOPIC_ID_KEY, held_ranges
+from consumer.worker import TOPIC_ID_KEY, footer_metadata, held_ranges
 
 
 class StagedEndPositions:
@@ -111,7 +110,8 @@ class FinishRunner(Runner):
         topic does not exist, or that the topic of that name now is another one than the staged
         files were read from (deleted and created again: its id, KIP-516, is not the one every
         staged file names): at the end of what is staged. Or when the group's commits of every
-        staged partition name another output (``--output`` was changed): where that one begins."""
+        staged partition name another output (``--output`` was changed): where that one holds the
+        rest of what is staged (:meth:`_cut_where_moved`)."""
         info = self.consumer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
         error = None if info is None else info.error
         if info is not None and error is None:
@@ -193,11 +193,7 @@ class FinishRunner(Runner):
         return {self._topic_id_in(ref) for ref in newest if ref is not None}
 
     def _topic_id_in(self, piece: PieceRef) -> str | None:
-        def fetch(start: int, end: int) -> bytes:
-            data: bytes = self.store.get(piece.key, start, end)
-            return data
-
-        return read_key_value_metadata(read_layout(fetch, piece.size).footer).get(TOPIC_ID_KEY)
+        return footer_metadata(self.store, piece.key, piece.size).get(TOPIC_ID_KEY)
 
     def _start(self) -> None:
         keys = [(o.key, o.size) for o in self.store.list(self.layout.staging_root())]

@@ -2063,15 +2063,20 @@ def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int]) -
     return out
 
 
-def _final_end(store: Any, key: str, size: int) -> int | None:
-    """The end of a final file's Kafka range, from its footer; None for a file that names none (not
-    this consumer's: it holds nothing the cut may count on, so more staged rows are kept)."""
+def footer_metadata(store: Any, key: str, size: int) -> dict[str, str]:
+    """The key-value metadata of a Parquet object's footer (one ranged read)."""
     def fetch(start: int, end: int) -> bytes:
         data: bytes = store.get(key, start, end)
         return data
 
+    return read_key_value_metadata(read_layout(fetch, size).footer)
+
+
+def _final_end(store: Any, key: str, size: int) -> int | None:
+    """The end of a final file's Kafka range, from its footer; None for a file that names none (not
+    this consumer's: it holds nothing the cut may count on, so more staged rows are kept)."""
     try:
-        return int(read_key_value_metadata(read_layout(fetch, size).footer)[TO_KEY])
+        return int(footer_metadata(store, key, size)[TO_KEY])
     except (KeyError, ValueError):  # no such key, or no Parquet footer (ParquetMergeError)
         return None
 
