@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gc
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -273,6 +274,20 @@ def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1",
     return store
 
 
+def _store_of(config: cfgmod.Config) -> Callable[[str], Any]:
+    """Another bucket's store, made at its first use and kept: the output a group moved to there,
+    which a run going back and ``consumer finish`` read (consumer.worker.SharedState.store_of).
+    Same endpoint, region and credentials as the run's own bucket."""
+
+    @functools.cache
+    def store_of(bucket: str) -> Any:
+        other = make_store(bucket, config.s3_endpoint_url, config.s3_region, config.s3_encryption())
+        other.connect()
+        return other
+
+    return store_of
+
+
 @contextlib.contextmanager
 def settled_heap(batch_size: int) -> Iterator[None]:
     """Keep Python's cycle collector out of the record path while a run lasts.
@@ -383,15 +398,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         elif args.command == "finish":
             from consumer.finish import FinishRunner
 
-            def store_for(bucket: str) -> Any:
-                other = make_store(bucket, config.s3_endpoint_url, config.s3_region, config.s3_encryption())
-                other.connect()
-                return other
-
             runner = FinishRunner(config, store=store, decoder=decoder, process_rss=resident_bytes,
-                                  store_for=store_for)
+                                  store_of=_store_of(config))
         else:
-            runner = GroupRunner(config, store=store, decoder=decoder, process_rss=resident_bytes)
+            runner = GroupRunner(config, store=store, decoder=decoder, process_rss=resident_bytes,
+                                 store_of=_store_of(config))
     except cfgmod.ConfigError as exc:
         for problem in exc.problems:
             print(f"consumer: config: {problem}", file=sys.stderr)

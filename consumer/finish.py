@@ -79,13 +79,9 @@ class FinishRunner(Runner):
 
     def __init__(
         self, config: Any, *, store: Any, decoder: Any,
-        current_topic_id: Callable[[str], str | None] | None = None,
-        store_for: Callable[[str], Any] | None = None, **kwargs: Any,
+        current_topic_id: Callable[[str], str | None] | None = None, **kwargs: Any,
     ) -> None:
         self._ends: dict[TP, int] = {}
-        #: a store of another bucket, where the group's output moved to (the CLI's: same endpoint
-        #: and credentials)
-        self._store_for = store_for
         super().__init__(
             config, store=store, decoder=decoder,
             positions_factory=lambda _consumer: StagedEndPositions(self._ends),
@@ -167,9 +163,9 @@ class FinishRunner(Runner):
                 continue  # a long output named by its hash: its files cannot be listed
             store = self.store
             if bucket != self.config.bucket:
-                if self._store_for is None:
+                if self.shared.store_of is None:
                     continue
-                store = self._store_for(bucket)
+                store = self.shared.store_of(bucket)
             ends = {tp[1]: staged_end[tp] for tp, (named, _) in moved.items() if named == output}
             ranges = held_ranges(store, Layout(prefix), topic, ends)
             held.update({(topic, p): r for p, r in ranges.items()})

@@ -225,6 +225,7 @@ class Runner:
         process_rss: Callable[[], int] | None = None,
         describe_group: Callable[[str], GroupView | None] | None = None,
         topic_id: Callable[[str, bool], str | None] | None = None,
+        store_of: Callable[[str], ObjectStore] | None = None,
     ) -> None:
         self.config = config
         #: The process's resident bytes when the run starts (the entry point passes
@@ -251,6 +252,7 @@ class Runner:
         self._topic_id_failed = False  # said once as a warning, then at debug level
         # Against a real cluster the AdminClient says it; the in-memory doubles only when given.
         self.shared.topic_id = topic_id or (self._topic_id_now if consumer_factory is None else None)
+        self.shared.store_of = store_of
         self.log = logmod.get("consumer.runner", group=config.group_id)
         self.workers: dict[TP, PartitionWorker] = {}
         self.stop_requested = False

@@ -112,6 +112,7 @@ from consumer.storage import (
     ObjectStore,
     PutOutcome,
     Segment,
+    StorageError,
     TransientStorageError,
 )
 from consumer.typemap import RecordConverter
@@ -233,6 +234,11 @@ class SharedState:
     #: The output (``s3://bucket/prefix``) a group's commits name in their note, so that recovery
     #: tells a position whose staged rows were deleted from one committed for another output.
     output: str = ""
+    #: A store of another bucket (the same endpoint and credentials; one per bucket), to read the
+    #: output a group moved to there: a run going back, and ``consumer finish``, cut what that
+    #: output holds out of this one's open files. None: only this bucket's outputs are read. Set by
+    #: the entry point; the in-memory doubles only when a test sets it.
+    store_of: Callable[[str], ObjectStore] | None = None
 
 
 class PartitionWorker:
@@ -459,9 +465,10 @@ class PartitionWorker:
         piece's upload and its commit), or a whole file the group wrote again there, would
         otherwise be finished here as a reset forwards finishes what is staged, and be in both
         outputs (found by tests/unit/test_finish.py's property). Cut as ``consumer finish`` cuts
-        (consumer.recovery.cut_at), below the committed position. Only an output in this bucket
-        is read (one listing of its topic folder and staging, a footer of each final file that
-        starts low enough); otherwise nothing is left out."""
+        (consumer.recovery.cut_at), below the committed position. The other output is read (one
+        listing of its topic folder and staging, a footer of each final file that starts low
+        enough) in this bucket or, through ``shared.store_of``, in another; when it cannot be,
+        nothing is left out (and a failed read says that both outputs may then hold those rows)."""
         note = parse_note(self.positions.note(self.topic, self.partition))
         if committed is None or note is None or not pieces or same_output(note.output, self.shared.output):
             return []
@@ -470,10 +477,21 @@ class PartitionWorker:
             here, _ = split_output(self.shared.output)
         except ValueError:  # named by its hash
             return []
-        if bucket != here:
+        store_of = self.shared.store_of
+        if bucket != here and store_of is None:
             return []
         end = min(committed, max(p.to_pos for p in pieces))
-        held = held_ranges(self.store, Layout(prefix), self.topic, {self.partition: end})[self.partition]
+        try:
+            store = self.store if bucket == here or store_of is None else store_of(bucket)
+            held = held_ranges(store, Layout(prefix), self.topic, {self.partition: end})[self.partition]
+        except StorageError as exc:
+            self.log.warning(
+                "the output the group moved to could not be read: every staged row here is kept, so "
+                "rows the group wrote there as well may be in both outputs; give this consumer "
+                "s3:ListBucket and s3:GetObject there to have them left out", moved_to=note.output,
+                error=f"{type(exc).__name__}: {exc}"[:300],
+            )
+            return []
         cut = cut_at([*pieces, *markers], held, end)
         if cut >= end:
             return []

@@ -1231,20 +1231,34 @@ def test_the_open_files_of_a_topic_deleted_and_created_again_are_made_final_by_c
     assert sorted(table.column("kafka_offset").to_pylist()) == list(range(300))
 
 
-def offsets_in_both(s3: Any, bucket: str, prefix: str, tmp_path: Path) -> dict[int, list[int]]:
-    """The offsets of each partition in the final files of ``<prefix>old`` and ``<prefix>new``,
-    sorted, repeats kept."""
+@pytest.fixture
+def another_bucket(stack: Any, s3: Any) -> str:
+    """A second bucket on the stack's S3 server (same endpoint and credentials), made once."""
+    bucket = f"{stack.s3_bucket}-moved"
+    with contextlib.suppress(s3.exceptions.BucketAlreadyOwnedByYou, s3.exceptions.BucketAlreadyExists):
+        s3.create_bucket(Bucket=bucket)
+    return bucket
+
+
+def offsets_in_both(s3: Any, bucket: str, prefix: str, tmp_path: Path,
+                    new_bucket: str | None = None) -> dict[int, list[int]]:
+    """The offsets of each partition in the final files of ``<prefix>old`` and ``<prefix>new``
+    (in ``new_bucket`` if given), sorted, repeats kept."""
     both: dict[int, list[int]] = {}
     for name in ("old", "new"):
-        finals = download_finals(s3, bucket, prefix + name, tmp_path / name)
+        in_bucket = new_bucket if name == "new" and new_bucket else bucket
+        finals = download_finals(s3, in_bucket, prefix + name, tmp_path / name)
         for p, offsets in offsets_by_partition(read_table(finals)).items():
             both.setdefault(p, []).extend(offsets)
     return {p: sorted(o) for p, o in both.items()}
 
 
-@pytest.mark.parametrize("lost_commit", [False, True], ids=["committed", "a-piece-whose-commit-was-lost"])
+@pytest.mark.parametrize(("lost_commit", "where"), [(False, "same-bucket"), (True, "same-bucket"),
+                                                     (True, "another-bucket")],
+                         ids=["committed", "a-piece-whose-commit-was-lost", "lost-commit-another-bucket"])
 def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_consumer_finish(
-    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path, lost_commit: bool
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path, lost_commit: bool,
+    request: pytest.FixtureRequest, where: str,
 ) -> None:
     """An operator moves a group's export to a new ``--output`` (a new prefix, a new bucket). The
     last run of the old one left its files open, their rows committed: the group reads on past
@@ -1253,9 +1267,11 @@ def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_con
     run of the new output names `consumer finish` of the old one, which makes the old files final
     up to where the new output holds the rest: every offset in exactly one of the two outputs.
     With partition 0's last piece uncommitted (its commit lost; here the offset is moved back to
-    the piece's start), the new output reads its records again and the finish leaves it out."""
+    the piece's start), the new output reads its records again and the finish leaves it out,
+    also when the new output is in another bucket."""
     topic, group = make_topic(partitions=2), unique("g")
-    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    new_bucket = request.getfixturevalue("another_bucket") if where == "another-bucket" else stack.s3_bucket
+    old, new = output(stack, unique_prefix + "old"), f"s3://{new_bucket}/{unique_prefix}new"
     produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
     committed_into_open_files(topic, group, old, 400)
     if lost_commit:
@@ -1274,20 +1290,25 @@ def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_con
     assert done.returncode == 0, done.stderr[-3000:]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
     every = {0: list(range(300)), 1: list(range(300))}
-    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == every
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path, new_bucket) == every
     assert verify_files(topic, old).returncode == 0
 
 
+@pytest.mark.parametrize("where", ["same-bucket", "another-bucket"])
 def test_a_group_moved_to_another_output_and_back_leaves_out_what_the_other_holds(
-    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path,
+    request: pytest.FixtureRequest, where: str,
 ) -> None:
     """A move undone: the group writes to a new ``--output``, then goes back to the old one (a
     rollout reverted). The old output's open file holds a piece whose commit was lost before the
     move (here: the offset moved back to its start), and the new output read those records again.
     The run back used to finish that piece as a reset forwards finishes what is staged: its
-    records were in both outputs. It reads where the new output's files begin and leaves it out."""
+    records were in both outputs. It reads where the new output's files begin and leaves it out,
+    in the same bucket or in another (through a store of that bucket, same credentials)."""
     topic, group = make_topic(partitions=2), unique("g")
-    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    new_bucket = request.getfixturevalue("another_bucket") if where == "another-bucket" else stack.s3_bucket
+    old = output(stack, unique_prefix + "old")
+    new = f"s3://{new_bucket}/{unique_prefix}new"
     produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
     committed_into_open_files(topic, group, old, 400)
     reset_offset(admin, group, topic, 100)  # partition 0's last piece, [100, 200), uncommitted
@@ -1304,4 +1325,4 @@ def test_a_group_moved_to_another_output_and_back_leaves_out_what_the_other_hold
         back.stderr[-3000:]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
     every = {0: list(range(350)), 1: list(range(350))}
-    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == every
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path, new_bucket) == every

@@ -28,6 +28,7 @@ from consumer.positions import same_output
 from consumer.recovery import cut_at, holds_all
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
+from consumer.storage import FatalStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryStore, at_consume, crash_at_request
 
 PARTITIONS, PER_PARTITION = 2, 40
@@ -252,10 +253,41 @@ def test_files_left_open_in_an_output_the_group_moved_from_become_final_where_th
     assert hints == {"consumer finish --group-id g --topic t --output s3://bucket/out"}, hints
 
     finish = FinishRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
-                          current_topic_id=broker.topic_id, store_for=lambda _bucket: moved_store)
+                          current_topic_id=broker.topic_id, store_of=lambda _bucket: moved_store)
     assert finish.run() == EXIT_OK
     assert _staged(store) == []
     assert _in_both(_only(store, "out"), _only(moved_store, "new")) == _every(PER_PARTITION + 10)
+
+
+def test_a_run_back_that_cannot_read_the_other_bucket_keeps_every_staged_row_and_says_so() -> None:
+    """A group moved to an output in another bucket and back, with partition 0's last piece in the
+    old output uncommitted (its commit lost): the run back cannot list the other bucket (access
+    denied). It says so and keeps every staged row: nothing is lost, and the piece's records are
+    in both outputs, as the warning says they may be."""
+    broker, store, moved_store = _broker(), MemoryStore(), MemoryStore()
+    old = _config()
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK
+    keys = [k for k in _staged(store) if "partition=0/" in k]
+    refs = [Layout("out").parse_staging_key("t", 0, k, 1) for k in keys]
+    last = max(p for p in refs if isinstance(p, PieceRef))
+    broker.groups["g"].offsets[("t", 0)] = last.from_pos  # the commit of the last piece was lost
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    assert GroupRunner(_config(output="s3://other/new", until_caught_up=True), store=moved_store,
+                       decoder=_decoder(), consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+    denied = MemoryStore()
+    denied.fail_next("list", FatalStorageError("AccessDenied: s3:ListBucket on other"), times=10)
+    with capture_logs() as logs:
+        back = GroupRunner(_config(until_caught_up=True), store=store, decoder=_decoder(),
+                           consumer_factory=broker.consumer_factory(), store_of=lambda _bucket: denied)
+        assert back.run() == EXIT_OK
+    said = [e for e in logs if str(e["event"]).startswith("the output the group moved to could not be read")]
+    assert sorted((e["partition"], e["moved_to"], "AccessDenied" in e["error"]) for e in said) == [
+        (p, "s3://other/new", True) for p in range(PARTITIONS)], said
+    both = _in_both(_only(store, "out"), _only(moved_store, "new"))
+    twice = list(range(last.from_pos, last.to_pos))
+    assert both == {0: sorted([*range(PER_PARTITION + 10), *twice]), 1: list(range(PER_PARTITION + 10))}
 
 
 def test_an_output_the_group_still_commits_to_is_refused() -> None:
@@ -395,8 +427,9 @@ def _lose_the_last_commit(broker: MemoryBroker, store: MemoryStore, prefix: str,
 @example(steps=[("new", False, True), ("out", False, False)])  # finish: the file written again
 @example(steps=[("new", False, True), ("out", False, False), ("new", False, False)])  # a run back
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
+@pytest.mark.parametrize("buckets", ["one-bucket", "two-buckets"])
 def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_in_exactly_one(
-    partition_by: str | None, steps: list[tuple[str, bool, bool]],
+    partition_by: str | None, buckets: str, steps: list[tuple[str, bool, bool]],
 ) -> None:
     """Runs of one group alternate between two outputs in any order, each stopping with its files
     open or catching up (which makes them final), 10 more records a partition before each; after
@@ -404,26 +437,35 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
     commit). Then the output of the last run is caught up, and ``consumer finish`` of the other
     makes its open files final: every offset is in exactly one of the two outputs. A run going back
     to an output whose staged rows the other holds too leaves them out (found by this property:
-    they were finished as a reset forwards finishes what is staged, and were in both)."""
-    broker, store = _broker(), MemoryStore()
+    they were finished as a reset forwards finishes what is staged, and were in both). The two
+    outputs are in one bucket, or each in its own (read through ``store_of``, as the CLI's)."""
+    broker = _broker()
+    one = MemoryStore()
+    stores = {"out": one, "new": one if buckets == "one-bucket" else MemoryStore()}
+    bucket_of = {"out": "bucket", "new": "bucket" if buckets == "one-bucket" else "other"}
+    by_bucket = {bucket_of[o]: stores[o] for o in stores}
     total = PARTITIONS * PER_PARTITION
     for prefix, bounded, lost in [("out", False, False), *steps, (steps[-1][0], True, False)]:
-        config = _config(output=f"s3://bucket/{prefix}", until_caught_up=bounded, partition_by=partition_by,
-                         bucket_grace=86400.0)
-        runner = GroupRunner(config, store=store, decoder=_decoder(),
-                             consumer_factory=broker.consumer_factory())
+        config = _config(output=f"s3://{bucket_of[prefix]}/{prefix}", until_caught_up=bounded,
+                         partition_by=partition_by, bucket_grace=86400.0)
+        runner = GroupRunner(config, store=stores[prefix], decoder=_decoder(),
+                             consumer_factory=broker.consumer_factory(), store_of=by_bucket.__getitem__)
         if not bounded:
             at_consume(runner.consumer, {6: runner.request_stop})
         before = broker.committed_offset("g", "t", 0), broker.committed_note("g", "t", 0)
         assert runner.run() == EXIT_OK
         if lost:
-            _lose_the_last_commit(broker, store, prefix, before)
+            _lose_the_last_commit(broker, stores[prefix], prefix, before)
         _produce_more(broker, total, PARTITIONS * 10)
         total += PARTITIONS * 10
     other = "new" if steps[-1][0] == "out" else "out"
-    if [k for k in store.objects if k.startswith(f"{other}/_staging/")]:
-        finish = _config(output=f"s3://bucket/{other}", partition_by=partition_by, bucket_grace=86400.0)
-        assert _finish(broker, store, finish) == EXIT_OK
-    assert not [k for k in store.objects if "/_staging/" in k]
+    if [k for k in stores[other].objects if k.startswith(f"{other}/_staging/")]:
+        finish = _config(output=f"s3://{bucket_of[other]}/{other}", partition_by=partition_by,
+                         bucket_grace=86400.0)
+        runner = FinishRunner(finish, store=stores[other], decoder=_decoder(),
+                              consumer_factory=broker.consumer_factory(), current_topic_id=broker.topic_id,
+                              store_of=by_bucket.__getitem__)
+        assert runner.run() == EXIT_OK
+    assert not [k for s in stores.values() for k in s.objects if "/_staging/" in k]
     every = _every(total // PARTITIONS - 10)
-    assert _in_both(_only(store, "out"), _only(store, "new")) == every
+    assert _in_both(_only(stores["out"], "out"), _only(stores["new"], "new")) == every
