@@ -246,6 +246,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="check for loss only from here on, for an output kept N days by a lifecycle "
                      "rule: a duration before now (7d, 36h), an ISO time, ts:<epoch ms> or "
                      "PARTITION=OFFSET,…; duplicates and files are checked everywhere")
+    ver.add_argument("--with-output", metavar="s3://bucket/prefix", action="append", default=[],
+                     help="another output the group wrote this topic to before --output moved "
+                     "(repeatable): its files count as this output's, so every offset must be in "
+                     "exactly one of them")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
     return parser
@@ -523,10 +527,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
         bucket, prefix = cfgmod.split_output(args.output)
         committed = parse_committed(args.committed) if args.committed else None
         since = parse_since(args.since, time.time()) if args.since else None
+        others = [cfgmod.split_output(o) for o in args.with_output]
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)
         return 2
     store = make_store(bucket, args.s3_endpoint_url)
+    stores = {bucket: store}
+    for other_bucket, _ in others:
+        stores.setdefault(other_bucket, make_store(other_bucket, args.s3_endpoint_url))
     try:
         report = verify(
             store,
@@ -540,6 +548,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             partition_by=args.partition_by,
             timezone=args.timezone,
             since=since,
+            with_outputs=[(stores[b], p) for b, p in others],
         )
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)

@@ -626,6 +626,81 @@ class _Kafka:
 # -- the check -----------------------------------------------------------------------------------
 
 
+@dataclass
+class _Listed:
+    """One output's objects of the topic, listed and sorted by partition: the verified output, or
+    one given with it (``with_outputs``: where the group wrote before ``--output`` moved), whose
+    keys are reported with its ``label`` (``s3://bucket/prefix/``) in front."""
+
+    store: ObjectStore
+    label: str
+    topic_dir: str
+    dead_root: str
+    staging: list[ObjectInfo]
+    dead: list[ObjectInfo]
+    finals: dict[int, list[tuple[ObjectInfo, int]]] = field(default_factory=dict)
+    pieces: dict[int, list[ObjectInfo]] = field(default_factory=dict)
+    bucket_of: dict[str, str] = field(default_factory=dict)  # final key → its bucket path ("" if plain)
+    bad: list[tuple[str, str]] = field(default_factory=list)
+    dead_partitions: set[int] = field(default_factory=set)
+
+    def offsets(self, obj: ObjectInfo, partition: int) -> _FileOffsets:
+        res = _read_offsets(self.store, obj.key, obj.size, partition)
+        res.key = self.label + res.key
+        return res
+
+    def dead_letters(self, workers: int) -> dict[int, set[int]]:
+        return _read_dead_letters(self.store, self.dead, self.dead_root, workers)
+
+    def check_bucket(self, key: str, template: Template) -> tuple[str, str] | None:
+        problem = _check_bucket(self.store, key, self.bucket_of[key], template)
+        return None if problem is None else (self.label + problem[0], problem[1])
+
+
+def _output_label(store: ObjectStore, prefix: str) -> str:
+    """``s3://bucket/prefix/``: how keys of an output given with the verified one are reported."""
+    return f"s3://{getattr(store, 'bucket', '?')}/{prefix.strip('/')}".rstrip("/") + "/"
+
+
+def _list_output(store: ObjectStore, prefix: str, topic: str, template: Template | None,
+                 label: str) -> _Listed:
+    """List ``topic``'s staging, dead letters and final files under ``prefix`` (in that order: see
+    the module docstring) and sort them by partition; a final file whose name or folder readers
+    would misread is bad."""
+    layout = Layout(prefix)
+    topic_dir = layout._join(f"topic={topic}") + "/"
+    staging_root = layout._join("_staging", f"topic={topic}") + "/"
+    dead_root = layout._join("_dead_letters", f"topic={topic}") + "/"
+    staging = store.list(staging_root)
+    dead = store.list(dead_root)
+    finals = store.list(topic_dir)
+    out = _Listed(store, label, topic_dir, dead_root, staging, dead)
+    for obj in finals:
+        if not obj.key.endswith(".parquet"):
+            continue  # readers ignore it too (e.g. _SUCCESS); only .parquet objects are data
+        parsed = Layout.parse_final_name(obj.key)
+        bucket, part_of_dir = _bucket_partition(obj.key, topic_dir)
+        if parsed is None or part_of_dir is None or parsed[0] != topic or parsed[1] != part_of_dir:
+            out.bad.append((label + obj.key, "unexpected .parquet object: its name/directory is not "
+                            f"topic={topic}/partition=<p>/{topic}+<p>+<first 20 digits>.parquet, "
+                            "yet readers will read it"))
+            continue
+        if bucket and (template is None or Layout.bucket_names(bucket) != template.names):
+            expected = f"--partition-by {template.text}" if template else "the plain layout"
+            out.bad.append((label + obj.key, f"bucket folder {bucket!r} does not match {expected} "
+                            "(pass the run's --partition-by to verify a time-bucketed layout)"))
+            continue
+        out.bucket_of[obj.key] = bucket
+        out.finals.setdefault(parsed[1], []).append((obj, parsed[2]))
+    for obj in staging:
+        sp = _partition_of(obj.key, staging_root)
+        ref = layout.parse_staging_key(topic, sp, obj.key, obj.size) if sp is not None else None
+        if sp is not None and isinstance(ref, PieceRef):
+            out.pieces.setdefault(sp, []).append(obj)
+    out.dead_partitions = {p for p in (_partition_of(o.key, dead_root) for o in dead) if p is not None}
+    return out
+
+
 def verify(
     store: ObjectStore,
     prefix: str,
@@ -641,6 +716,7 @@ def verify(
     partition_by: str | None = None,
     timezone: str = "UTC",
     since: Since | None = None,
+    with_outputs: Sequence[tuple[ObjectStore, str]] = (),
 ) -> VerifyReport:
     """Check ``topic``'s output under ``prefix`` (see the module docstring for what and why).
 
@@ -649,6 +725,9 @@ def verify(
     files are checked (duplicates, bad files, staging; missing only against ``committed`` with
     ``contiguous=True`` semantics from offset 0, since the log cannot be asked). ``since``: loss
     is checked only from there on (output kept N days; see the module docstring).
+    ``with_outputs``: (store, prefix) of other outputs the same group wrote this topic to before
+    ``--output`` moved (README, *Moving --output*): their files count as this output's, so an offset
+    in one of them is not missing, and one in two is a duplicate.
     """
     t0 = time.monotonic()
     check_topic_name(topic)
@@ -658,8 +737,9 @@ def verify(
         raise VerifyError(str(exc)) from exc
     prefix = prefix.strip("/")
     layout = Layout(prefix)
-    req0 = sum(store.stats.requests.values())
-    bytes0 = store.stats.bytes_downloaded
+    stores = list({id(s): s for s in [store, *(o for o, _ in with_outputs)]}.values())
+    req0 = sum(sum(s.stats.requests.values()) for s in stores)
+    bytes0 = sum(s.stats.bytes_downloaded for s in stores)
     notes: list[str] = []
     kafka = _Kafka(bootstrap_servers, topic, kafka_config) if bootstrap_servers else None
     try:
@@ -697,70 +777,52 @@ def verify(
             notes.append(f"--since {since.text}: loss is checked from each partition's 'from' on "
                          "(output expired below it); duplicates and files everywhere")
 
-        # 2. Staging, then dead letters, then final files.
-        topic_dir = layout._join(f"topic={topic}") + "/"
-        staging_root = layout._join("_staging", f"topic={topic}") + "/"
-        dead_root = layout._join("_dead_letters", f"topic={topic}") + "/"
-        staging = store.list(staging_root)
-        dead_objs = store.list(dead_root)
-        finals = store.list(topic_dir)
-
-        bad: list[tuple[str, str]] = []
-        by_part_final: dict[int, list[tuple[ObjectInfo, int]]] = {}
-        bucket_of: dict[str, str] = {}  # final key → its bucket path ("" in the plain layout)
-        for obj in finals:
-            if not obj.key.endswith(".parquet"):
-                continue  # readers ignore it too (e.g. _SUCCESS); only .parquet objects are data
-            parsed = Layout.parse_final_name(obj.key)
-            bucket, part_of_dir = _bucket_partition(obj.key, topic_dir)
-            if parsed is None or part_of_dir is None or parsed[0] != topic or parsed[1] != part_of_dir:
-                bad.append((obj.key, "unexpected .parquet object: its name/directory is not "
-                                     f"topic={topic}/partition=<p>/{topic}+<p>+<first 20 digits>.parquet, "
-                                     "yet readers will read it"))
-                continue
-            if bucket and (template is None or Layout.bucket_names(bucket) != template.names):
-                expected = f"--partition-by {template.text}" if template else "the plain layout"
-                bad.append((obj.key, f"bucket folder {bucket!r} does not match {expected} "
-                                     "(pass the run's --partition-by to verify a time-bucketed layout)"))
-                continue
-            bucket_of[obj.key] = bucket
-            by_part_final.setdefault(parsed[1], []).append((obj, parsed[2]))
-
-        pieces: dict[int, list[ObjectInfo]] = {}
-        for obj in staging:
-            sp = _partition_of(obj.key, staging_root)
-            ref = layout.parse_staging_key(topic, sp, obj.key, obj.size) if sp is not None else None
-            if sp is not None and isinstance(ref, PieceRef):
-                pieces.setdefault(sp, []).append(obj)
+        # 2. Staging, then dead letters, then final files, of this output and each one given with it.
+        outputs = [_list_output(store, prefix, topic, template, "")]
+        named = [_output_label(store, prefix)]
+        for other_store, other_prefix in with_outputs:
+            label = _output_label(other_store, other_prefix)
+            if label in named:
+                raise VerifyError(f"--with-output {label.rstrip('/')} is named twice (or is --output "
+                                  "itself): give each other output the group wrote to once")
+            named.append(label)
+            outputs.append(_list_output(other_store, other_prefix.strip("/"), topic, template, label))
+        bad = [b for o in outputs for b in o.bad]
 
         if partitions is None:
-            found = set(by_part_final) | set(pieces) | set(positions)
-            for obj in dead_objs:
-                dp = _partition_of(obj.key, dead_root)
-                if dp is not None:
-                    found.add(dp)
+            found = set(positions)
+            for listed in outputs:
+                found |= set(listed.finals) | set(listed.pieces) | listed.dead_partitions
             partitions = sorted(found)
         else:
-            stray = sorted(set(by_part_final) - set(partitions))
-            for p in stray:
-                for obj, _ in by_part_final.pop(p):
-                    bad.append((obj.key, f"partition {p} does not exist in Kafka's topic {topic!r}"))
+            for listed in outputs:
+                for p in sorted(set(listed.finals) - set(partitions)):
+                    for obj, _ in listed.finals.pop(p):
+                        bad.append((listed.label + obj.key,
+                                    f"partition {p} does not exist in Kafka's topic {topic!r}"))
 
         # 3. Read footers and offset columns concurrently.
-        jobs: list[tuple[str, int, ObjectInfo, int]] = []
-        for p, finals_of_p in by_part_final.items():
-            jobs.extend(("final", p, o, first) for o, first in finals_of_p)
-        for p, pieces_of_p in pieces.items():
-            jobs.extend(("piece", p, o, -1) for o in pieces_of_p)
+        jobs: list[tuple[str, int, ObjectInfo, int, _Listed]] = []
+        for listed in outputs:
+            for p, finals_of_p in listed.finals.items():
+                jobs.extend(("final", p, o, first, listed) for o, first in finals_of_p)
+            for p, pieces_of_p in listed.pieces.items():
+                jobs.extend(("piece", p, o, -1, listed) for o in pieces_of_p)
         with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            results = list(pool.map(lambda j: _read_offsets(store, j[2].key, j[2].size, j[1]), jobs))
+            results = list(pool.map(lambda j: j[4].offsets(j[2], j[1]), jobs))
             if template is not None:
-                wrong = pool.map(lambda j: _check_bucket(store, j[2].key, bucket_of[j[2].key], template),
+                wrong = pool.map(lambda j: j[4].check_bucket(j[2].key, template),
                                  [j for j in jobs if j[0] == "final"])
                 for problem in wrong:
                     if problem is not None:
                         bad.append(problem)
-        dead_by_part = _read_dead_letters(store, dead_objs, dead_root, workers)
+        dead_by_part: dict[int, set[int]] = {}
+        for listed in outputs:
+            for p, found_dead in listed.dead_letters(workers).items():
+                dead_by_part.setdefault(p, set()).update(found_dead)
+        # final key (labelled) → (its output's label, its bucket path): files are swept per both
+        bucket_of = {listed.label + k: (listed.label, b)
+                     for listed in outputs for k, b in listed.bucket_of.items()}
 
         # 4. Positions the log holds: watermarks after listing (they only grow) for "beyond end".
         highs_after: dict[int, int] = {}
@@ -794,7 +856,7 @@ def verify(
     final_results: dict[int, list[tuple[_FileOffsets, int]]] = {}
     piece_results: dict[int, list[_FileOffsets]] = {}
     for job, res in zip(jobs, results, strict=True):
-        kind, p, _obj, first = job
+        kind, p, _obj, first, _listed = job
         if kind == "final":
             final_results.setdefault(p, []).append((res, first))
         else:
@@ -813,11 +875,12 @@ def verify(
                 continue
             readable.append((res, _check_final(res, topic, p, first)))
         # Position ranges of one partition's files must not overlap (sorted sweep, running max end);
-        # in the time-bucketed layout files of different buckets interleave, so per bucket.
-        for bucket in sorted({bucket_of.get(res.key, "") for res, _ in readable}):
+        # in the time-bucketed layout files of different buckets interleave, so per bucket (and per
+        # output: each offset in one of them is checked below, as a duplicate).
+        for bucket in sorted({bucket_of.get(res.key, ("", "")) for res, _ in readable}):
             reach: tuple[int, str] | None = None
             in_bucket = (t for t in readable
-                         if t[1] is not None and bucket_of.get(t[0].key, "") == bucket)
+                         if t[1] is not None and bucket_of.get(t[0].key, ("", "")) == bucket)
             for res, rng in sorted(in_bucket, key=lambda t: t[1] or (0, 0)):
                 assert rng is not None
                 if reach is not None and rng[0] < reach[0]:
@@ -878,20 +941,21 @@ def verify(
         reports.append(rep)
 
     if since is None and any(r.missing_count for r in reports):
-        rule = store.expires_current(topic_dir)
+        rule = store.expires_current(layout._join(f"topic={topic}") + "/")
         if rule is not None:
             notes.append(f"a lifecycle {rule} expires final files here: offsets missing below the "
                          "oldest file it keeps may have expired, not been lost. Check from where it "
                          "keeps with --since (e.g. --since 29d for a 30-day rule)")
-    staging_keys = sorted(o.key for o in staging)
+    staging_keys = sorted(listed.label + o.key for listed in outputs for o in listed.staging)
     report = VerifyReport(
         partitions=reports, bad_files=bad, staging_objects=staging_keys,
         dead_letters=sum(len(s) for s in dead_by_part.values()), allow_staging=allow_staging,
-        source=f"s3://{getattr(store, 'bucket', '?')}/{prefix}".rstrip("/"), topic=topic,
+        source=" + ".join([f"s3://{getattr(store, 'bucket', '?')}/{prefix}".rstrip("/"),
+                           *(o.label.rstrip("/") for o in outputs[1:])]), topic=topic,
         positions_from=positions_from, expected_from=expected_from, notes=notes,
     )
-    report.requests = sum(store.stats.requests.values()) - req0
-    report.bytes_read = store.stats.bytes_downloaded - bytes0
+    report.requests = sum(sum(s.stats.requests.values()) for s in stores) - req0
+    report.bytes_read = sum(s.stats.bytes_downloaded for s in stores) - bytes0
     report.elapsed_s = time.monotonic() - t0
     return report
 

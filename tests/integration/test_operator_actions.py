@@ -1292,6 +1292,14 @@ def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_con
     every = {0: list(range(300)), 1: list(range(300))}
     assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path, new_bucket) == every
     assert verify_files(topic, old).returncode == 0
+    # verify against the group's offsets: the new output alone misses what the old one holds;
+    # given the old one (--with-output), every offset is in exactly one of them
+    verdicts = [subprocess.run(
+        [sys.executable, "-m", "consumer", "verify", "--output", new, "--topic", topic, "--group-id", group,
+         "--bootstrap-servers", stack.kafka_bootstrap, *extra],
+        capture_output=True, text=True, timeout=120, cwd=REPO) for extra in ([], ["--with-output", old])]
+    assert verdicts[0].returncode == 1 and "MISSING=" in verdicts[0].stdout, verdicts[0].stdout
+    assert verdicts[1].returncode == 0, verdicts[1].stdout + verdicts[1].stderr
 
 
 @pytest.mark.parametrize("where", ["same-bucket", "another-bucket"])

@@ -30,6 +30,7 @@ from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import FatalStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryStore, at_consume, crash_at_request
+from consumer.verify import VerifyError, verify
 
 PARTITIONS, PER_PARTITION = 2, 40
 SCHEMA = parsed_schema("page_view")
@@ -290,6 +291,36 @@ def test_a_run_back_that_cannot_read_the_other_bucket_keeps_every_staged_row_and
     assert both == {0: sorted([*range(PER_PARTITION + 10), *twice]), 1: list(range(PER_PARTITION + 10))}
 
 
+def test_verify_with_the_output_the_group_moved_from_counts_both_outputs_files() -> None:
+    """After a move and the old output's finish, the new output alone misses the offsets below
+    where it began, and so does the old one above its end; verified with the other given
+    (``--with-output``), nothing is missing. A row in both is a duplicate, and an output given
+    twice is a usage error."""
+    broker, store, moved_store = _broker(), MemoryStore(), MemoryStore()
+    old, new = _config(), _config(output="s3://other/new", until_caught_up=True)
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    assert GroupRunner(new, store=moved_store, decoder=_decoder(),
+                       consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+    finish = FinishRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                          current_topic_id=broker.topic_id, store_of=lambda _bucket: moved_store)
+    assert finish.run() == EXIT_OK
+    committed = {p: PER_PARTITION + 10 for p in range(PARTITIONS)}
+    alone = verify(moved_store, "new", "t", committed=committed, workers=2)
+    assert not alone.ok and all(r.missing_count for r in alone.partitions), alone.to_text()
+    both = verify(moved_store, "new", "t", committed=committed, workers=2, with_outputs=[(store, "out")])
+    assert both.ok, both.to_text()
+    assert "new + s3://" in both.source and both.source.endswith("/out"), both.source
+    first = next(k for k in store.objects if k.startswith("out/topic=t/partition=0/"))
+    moved_store.objects["new/topic=t/partition=0/t+0+00000000000000000000.parquet"] = store.objects[first]
+    twice = verify(moved_store, "new", "t", committed=committed, workers=2, with_outputs=[(store, "out")])
+    assert [r.duplicate_count > 0 for r in twice.partitions] == [True, False], twice.to_text()
+    with pytest.raises(VerifyError, match="named twice"):
+        verify(moved_store, "new", "t", committed=committed, with_outputs=[(moved_store, "new/")])
+
+
 def test_an_output_the_group_still_commits_to_is_refused() -> None:
     """The group moved, but one partition's last commit still names this output (the new run has
     not committed it yet): refused, nothing changed."""
@@ -469,3 +500,7 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
     assert not [k for s in stores.values() for k in s.objects if "/_staging/" in k]
     every = _every(total // PARTITIONS - 10)
     assert _in_both(_only(stores["out"], "out"), _only(stores["new"], "new")) == every
+    # `consumer verify` of either output with the other given (--with-output) finds the same
+    report = verify(stores["new"], "new", "t", committed={p: len(every[p]) for p in every},
+                    partition_by=partition_by, workers=2, with_outputs=[(stores["out"], "out")])
+    assert report.ok, report.to_text()
