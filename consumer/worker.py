@@ -239,6 +239,9 @@ class SharedState:
     #: output holds out of this one's open files. None: only this bucket's outputs are read. Set by
     #: the entry point; the in-memory doubles only when a test sets it.
     store_of: Callable[[str], ObjectStore] | None = None
+    #: Listings of those outputs, shared by one rebalance's recoveries (:class:`OtherOutputListings`).
+    other_outputs: OtherOutputListings = field(default_factory=lambda: OtherOutputListings(),
+                                               repr=False, compare=False)
 
 
 class PartitionWorker:
@@ -483,7 +486,10 @@ class PartitionWorker:
         end = min(committed, max(p.to_pos for p in pieces))
         try:
             store = self.store if bucket == here or store_of is None else store_of(bucket)
-            held = held_ranges(store, Layout(prefix), self.topic, {self.partition: end})[self.partition]
+            layout = Layout(prefix)
+            listing = self.shared.other_outputs.get(
+                note.output, self.topic, lambda: OutputListing.of(store, layout, self.topic))
+            held = held_ranges(store, layout, self.topic, {self.partition: end}, listing)[self.partition]
         except StorageError as exc:
             self.log.warning(
                 "the output the group moved to could not be read: every staged row here is kept, so "
@@ -2061,21 +2067,60 @@ class NamedFinal:
                           writer if isinstance(writer, str) else None)
 
 
-def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int]) -> dict[int, Ranges]:
+@dataclass(frozen=True)
+class OutputListing:
+    """What one listing of an output's topic folder and of its staging found: the final files (key,
+    size) and the staged objects (key, size), of every partition."""
+
+    finals: tuple[tuple[str, int], ...]
+    staged: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def of(cls, store: Any, layout: Layout, topic: str) -> OutputListing:
+        return cls(tuple((o.key, o.size) for o in store.list(layout.topic_dir(topic))),
+                   tuple((o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))))
+
+
+class OtherOutputListings:
+    """Listings of the outputs a group moved to, shared by the recoveries of one rebalance: each
+    partition's recovery in an output the group went back to reads the other output's ranges
+    (:meth:`PartitionWorker._held_where_the_group_moved`), and the topic folder holds every
+    partition (and in the time-bucketed layout, every bucket before the partition), so P
+    recoveries made P listings of all of it. A listing is reused for ``ttl`` seconds; an older
+    one can only miss files written since, which keeps more staged rows, never fewer. Recoveries
+    run side by side (consumer.side_by_side): one lists while the others wait for it."""
+
+    def __init__(self, ttl: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self._clock = ttl, clock
+        self._lock = threading.Lock()
+        self._listed: dict[tuple[str, str], tuple[float, OutputListing]] = {}
+
+    def get(self, output: str, topic: str, make: Callable[[], OutputListing]) -> OutputListing:
+        with self._lock:
+            known = self._listed.get((output, topic))
+            if known is not None and self._clock() - known[0] < self.ttl:
+                return known[1]
+            listing = make()
+            self._listed[(output, topic)] = (self._clock(), listing)
+            return listing
+
+
+def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int],
+                listing: OutputListing | None = None) -> dict[int, Ranges]:
     """The [from, to) ranges of the files, final or still open, that ``layout``'s output holds of
     each partition ``p`` of ``topic`` in ``below``, starting below ``below[p]``. One listing of the
-    topic's folder and one of its staging, and a footer read for each final file that starts low
-    enough (files a group moved to start where it moved: few start below another output's open
-    file)."""
+    topic's folder and one of its staging (``listing``, if given), and a footer read for each final
+    file that starts low enough (files a group moved to start where it moved: few start below
+    another output's open file)."""
+    listing = listing or OutputListing.of(store, layout, topic)
     out: dict[int, Ranges] = {p: [] for p in below}
-    for o in store.list(layout.topic_dir(topic)):
-        named = Layout.parse_final_name(o.key)
+    for key, size in listing.finals:
+        named = Layout.parse_final_name(key)
         if named is not None and named[1] in below and named[2] < below[named[1]]:
-            end = _final_end(store, o.key, o.size)
+            end = _final_end(store, key, size)
             if end is not None:
                 out[named[1]].append((named[2], end))
-    keys = [(o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))]
-    for (_topic, p), refs in staged_of(layout, keys, (topic,)).items():
+    for (_topic, p), refs in staged_of(layout, list(listing.staged), (topic,)).items():
         if p in below:
             out[p] += [(r.from_pos, r.to_pos) for r in refs if isinstance(r, PieceRef)]
     return out

@@ -28,9 +28,10 @@ from consumer.positions import same_output
 from consumer.recovery import cut_at, holds_all
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
-from consumer.storage import FatalStorageError
+from consumer.storage import FatalStorageError, ObjectInfo
 from consumer.testing import Crash, MemoryBroker, MemoryStore, at_consume, crash_at_request
 from consumer.verify import VerifyError, verify
+from consumer.worker import OtherOutputListings, OutputListing
 
 PARTITIONS, PER_PARTITION = 2, 40
 SCHEMA = parsed_schema("page_view")
@@ -289,6 +290,47 @@ def test_a_run_back_that_cannot_read_the_other_bucket_keeps_every_staged_row_and
     both = _in_both(_only(store, "out"), _only(moved_store, "new"))
     twice = list(range(last.from_pos, last.to_pos))
     assert both == {0: sorted([*range(PER_PARTITION + 10), *twice]), 1: list(range(PER_PARTITION + 10))}
+
+
+def test_a_run_back_lists_the_other_output_once_for_all_its_partitions() -> None:
+    """Every partition's recovery in an output the group went back to reads the other output's
+    ranges; the topic folder there holds all partitions, so one listing serves them all (it was
+    one a partition: P listings of the whole folder). A listing older than its TTL is made again."""
+    broker, store, moved_store = _broker(), MemoryStore(), MemoryStore()
+    runner = GroupRunner(_config(), store=store, decoder=_decoder(),
+                         consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    assert GroupRunner(_config(output="s3://other/new", until_caught_up=True), store=moved_store,
+                       decoder=_decoder(), consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+    listed: list[str] = []
+    plain_list = moved_store.list
+
+    def counted(prefix: str, start_after: str = "") -> list[ObjectInfo]:
+        listed.append(prefix)
+        return plain_list(prefix, start_after)
+
+    moved_store.list = counted  # type: ignore[method-assign]
+    back = GroupRunner(_config(until_caught_up=True), store=store, decoder=_decoder(),
+                       consumer_factory=broker.consumer_factory(), store_of=lambda _bucket: moved_store)
+    assert back.run() == EXIT_OK
+    assert sorted(listed) == ["new/_staging/topic=t/", "new/topic=t/"], listed
+
+    now = [0.0]
+    listings = OtherOutputListings(ttl=30.0, clock=lambda: now[0])
+    made: list[int] = []
+
+    def make() -> OutputListing:
+        made.append(1)
+        return OutputListing((), ())
+
+    for at in (0.0, 29.0, 31.0, 32.0):
+        now[0] = at
+        listings.get("s3://other/new", "t", make)
+    assert len(made) == 2
+    listings.get("s3://other/new", "u", make)
+    assert len(made) == 3  # another topic: its own listing
 
 
 def test_verify_with_the_output_the_group_moved_from_counts_both_outputs_files() -> None:
