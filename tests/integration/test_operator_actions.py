@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -1334,3 +1335,39 @@ def test_a_group_moved_to_another_output_and_back_leaves_out_what_the_other_hold
     assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
     every = {0: list(range(350)), 1: list(range(350))}
     assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path, new_bucket) == every
+
+
+def test_a_run_back_whose_other_bucket_is_gone_keeps_every_staged_row_and_says_why(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A move undone the hard way: the group wrote to a new bucket, and the operator deleted that
+    bucket before going back to the old output. The run back cannot read what the group wrote
+    there (S3 says NoSuchBucket): it says so, naming the output and the error, and keeps every
+    row staged in the old output, the piece whose commit was lost included. What only the deleted
+    bucket held is the operator's deletion; nothing the old output held is lost."""
+    topic, group = make_topic(partitions=2), unique("g")
+    gone = f"{stack.s3_bucket}-gone-{uuid.uuid4().hex[:8]}"
+    s3.create_bucket(Bucket=gone)
+    old, new = output(stack, unique_prefix + "old"), f"s3://{gone}/{unique_prefix}new"
+    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    committed_into_open_files(topic, group, old, 400)
+    reset_offset(admin, group, topic, 100)  # partition 0's last piece, [100, 200), uncommitted
+    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
+    moved = run_consumer(topic, group, new)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    for key in [o["Key"] for o in s3.list_objects_v2(Bucket=gone).get("Contents", [])]:
+        s3.delete_object(Bucket=gone, Key=key)
+    s3.delete_bucket(Bucket=gone)
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=2, create_topic=False, start=600)
+
+    back = run_consumer(topic, group, old)
+    assert back.returncode == 0, back.stderr[-3000:]
+    said = [e for e in log_events(back.stderr)
+            if str(e.get("event", "")).startswith("the output the group moved to could not be read")]
+    assert sorted(e["partition"] for e in said) == [0, 1], back.stderr[-3000:]
+    assert all(e["moved_to"] == new and "NoSuchBucket" in e["error"] for e in said), said
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix + "old", tmp_path))
+    held = {p: sorted(o) for p, o in offsets_by_partition(table).items()}
+    assert held == {0: [*range(200), *range(300, 350)], 1: [*range(200), *range(300, 350)]}, held
+
