@@ -1303,6 +1303,18 @@ def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_con
     assert verdicts[1].returncode == 0, verdicts[1].stdout + verdicts[1].stderr
 
 
+def moved_with_a_lost_commit(stack: Any, admin: Any, topic: str, group: str, old: str, new: str) -> None:
+    """400 records committed into open files of ``old`` (2 partitions, row groups of 100), the
+    commit of partition 0's last piece, [100, 200), lost (the offset moved back to its start), then
+    200 more records and a run of the group into ``new`` that catches up."""
+    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
+    committed_into_open_files(topic, group, old, 400)
+    reset_offset(admin, group, topic, 100)
+    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
+    moved = run_consumer(topic, group, new)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+
+
 @pytest.mark.parametrize("where", ["same-bucket", "another-bucket"])
 def test_a_group_moved_to_another_output_and_back_leaves_out_what_the_other_holds(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path,
@@ -1318,12 +1330,7 @@ def test_a_group_moved_to_another_output_and_back_leaves_out_what_the_other_hold
     new_bucket = request.getfixturevalue("another_bucket") if where == "another-bucket" else stack.s3_bucket
     old = output(stack, unique_prefix + "old")
     new = f"s3://{new_bucket}/{unique_prefix}new"
-    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
-    committed_into_open_files(topic, group, old, 400)
-    reset_offset(admin, group, topic, 100)  # partition 0's last piece, [100, 200), uncommitted
-    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
-    moved = run_consumer(topic, group, new)
-    assert moved.returncode == 0, moved.stderr[-3000:]
+    moved_with_a_lost_commit(stack, admin, topic, group, old, new)
     produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=2, create_topic=False, start=600)
 
     back = run_consumer(topic, group, old)
@@ -1349,12 +1356,7 @@ def test_a_run_back_whose_other_bucket_is_gone_keeps_every_staged_row_and_says_w
     gone = f"{stack.s3_bucket}-gone-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=gone)
     old, new = output(stack, unique_prefix + "old"), f"s3://{gone}/{unique_prefix}new"
-    produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
-    committed_into_open_files(topic, group, old, 400)
-    reset_offset(admin, group, topic, 100)  # partition 0's last piece, [100, 200), uncommitted
-    produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
-    moved = run_consumer(topic, group, new)
-    assert moved.returncode == 0, moved.stderr[-3000:]
+    moved_with_a_lost_commit(stack, admin, topic, group, old, new)
     for key in [o["Key"] for o in s3.list_objects_v2(Bucket=gone).get("Contents", [])]:
         s3.delete_object(Bucket=gone, Key=key)
     s3.delete_bucket(Bucket=gone)
