@@ -63,6 +63,12 @@ NOTE_MAGIC = "kafka-parquet-consumer/1"
 #: What holds the rows below a committed position: the open file's staged pieces (a flush), or a
 #: file whose roll was decided at it (a roll's re-commit, or a position adopted from a final file).
 STAGED, ROLLED = "staged", "rolled"
+#: ... or nothing staged in the output reaches it: a recovery took the partition over at a position
+#: with no note for this output (an operator's reset, or ``--output`` moved): the rows below are in
+#: final files, in the other output, or were skipped. So the group's last commit names the output
+#: it writes now even when it has nothing new to read, and ``consumer finish`` of an old output can
+#: go on. Recovery reads it as it reads "rolled"; an earlier version, as no note.
+UNSTAGED = "unstaged"
 #: Kafka refuses metadata over ``offset.metadata.max.bytes`` (4096 by default): a longer output
 #: URL is named by its hash.
 _OUTPUT_IN_NOTE = 512
@@ -108,7 +114,7 @@ def parse_note(note: str) -> CommitNote | None:
     """The note of a committed position; None when this consumer did not write it (an operator's
     reset, an older version, another tool)."""
     parts = note.split(" ", 2)
-    if len(parts) != 3 or parts[0] != NOTE_MAGIC or parts[1] not in (STAGED, ROLLED):
+    if len(parts) != 3 or parts[0] != NOTE_MAGIC or parts[1] not in (STAGED, ROLLED, UNSTAGED):
         return None
     return CommitNote(parts[1], parts[2])
 

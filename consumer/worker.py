@@ -80,6 +80,7 @@ from consumer.parquet_merge import (
 from consumer.positions import (
     ROLLED,
     STAGED,
+    UNSTAGED,
     PartitionFenced,
     PositionError,
     PositionStore,
@@ -647,7 +648,7 @@ class PartitionWorker:
         # A file of the flush gone without a note: an operator's reset to go on without it (the
         # stop's remedy), which a "staged" note would undo at the next recovery.
         self._note_a_position_without_one(committed, plan.position,
-                                          any(b.resume for b in plan.buckets.values()) and not gone)
+                                          any(b.resume for b in plan.buckets.values()), bool(gone))
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
         for _bucket, bplan in sorted(plan.buckets.items()):
@@ -790,20 +791,31 @@ class PartitionWorker:
             self._group_position = plan.commit
 
     def _noted(self) -> bool:
-        """Whether the committed position carries a note of this consumer (any output)."""
-        return parse_note(self.positions.note(self.topic, self.partition)) is not None
+        """Whether the committed position carries a note of this consumer for this output."""
+        note = parse_note(self.positions.note(self.topic, self.partition))
+        return note is not None and same_output(note.output, self.shared.output)
 
-    def _note_a_position_without_one(self, committed: int | None, position: int | None, staged: bool) -> None:
-        """The committed position carries no note of this consumer (an operator's reset, an
-        earlier version) and recovery resumes staged pieces that reach it: commit it again with
-        a "staged" note, before anything changes. Without one, a deletion of those pieces from
-        _staging/ before the next flush looked like a reset forwards and their rows were lost
-        without a word (found by tests/unit/test_group_history.py). One commit, and only then."""
-        if committed is None or position != committed or not staged or not self.shared.group_id:
+    def _note_a_position_without_one(self, committed: int | None, position: int | None, resumed: bool,
+                                     gone: bool = False) -> None:
+        """The committed position carries no note of this consumer for this output, and recovery
+        goes on from it: commit it again with one, before anything changes. One commit, and only
+        then.
+
+        - Recovery resumes staged pieces that reach it: a "staged" note. Without one (an
+          operator's reset, an earlier version), a deletion of those pieces from _staging/ before
+          the next flush looked like a reset forwards and their rows were lost without a word
+          (found by tests/unit/test_group_history.py).
+        - Nothing staged here reaches it: an "unstaged" note (positions.UNSTAGED). Until this
+          output's first flush, the group's last commit named the output the group wrote before
+          ``--output`` moved (or nothing, after a reset); on a partition with nothing new to read
+          that was for ever, and ``consumer finish`` of the old output refused its open files as
+          the group's own (found by test_finish.py's property).
+        - ``gone``: a file of the committed flush is gone under ``--partition-by`` with no note:
+          the operator's reset to go on without it, which a note would undo. None."""
+        if committed is None or position != committed or not self.shared.group_id or gone or self._noted():
             return
-        if self._noted():
-            return
-        self.positions.commit(self.topic, self.partition, committed, self._note(STAGED))
+        held = STAGED if resumed else UNSTAGED
+        self.positions.commit(self.topic, self.partition, committed, self._note(held))
 
     def _confirm_ownership(self) -> None:
         """Before recovery deletes anything or stops the run: commit the group's position again

@@ -1241,6 +1241,26 @@ def another_bucket(stack: Any, s3: Any) -> str:
     return bucket
 
 
+def test_files_left_open_in_an_output_the_group_moved_from_at_a_quiet_time_are_made_final(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """``--output`` moved when nothing more was coming: the new output's run reads nothing, so no
+    flush of it commits. The group's last commit named the old output for ever, and ``consumer
+    finish`` of it refused. The new output's recovery commits the position again with a note
+    naming the new output (on the real broker's offset metadata), and the finish goes on."""
+    topic, group = make_topic(partitions=1), unique("g")
+    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
+    committed_into_open_files(topic, group, old, 300)
+    moved = run_consumer(topic, group, new)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 unstaged {new}"
+    done = finish_files(topic, group, old)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == {0: list(range(300))}
+
+
 def offsets_in_both(s3: Any, bucket: str, prefix: str, tmp_path: Path,
                     new_bucket: str | None = None) -> dict[int, list[int]]:
     """The offsets of each partition in the final files of ``<prefix>old`` and ``<prefix>new``
@@ -1249,7 +1269,7 @@ def offsets_in_both(s3: Any, bucket: str, prefix: str, tmp_path: Path,
     for name in ("old", "new"):
         in_bucket = new_bucket if name == "new" and new_bucket else bucket
         finals = download_finals(s3, in_bucket, prefix + name, tmp_path / name)
-        for p, offsets in offsets_by_partition(read_table(finals)).items():
+        for p, offsets in (offsets_by_partition(read_table(finals)) if finals else {}).items():
             both.setdefault(p, []).extend(offsets)
     return {p: sorted(o) for p, o in both.items()}
 

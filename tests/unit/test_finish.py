@@ -363,6 +363,33 @@ def test_verify_with_the_output_the_group_moved_from_counts_both_outputs_files()
         verify(moved_store, "new", "t", committed=committed, with_outputs=[(moved_store, "new/")])
 
 
+@pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
+def test_files_left_open_in_an_output_the_group_moved_from_with_nothing_new_to_read_are_finished(
+    partition_by: str | None,
+) -> None:
+    """The group moved to a new output when nothing more was to come (or on an idle partition):
+    the new output's run reads nothing and so flushed and committed nothing. The group's last
+    commit named the old output for ever, and ``consumer finish`` of it refused the open files as
+    the group's own. The new output's recovery now commits the position again with an
+    "unstaged" note naming the new output, and the finish makes every staged row final."""
+    broker, store = _broker(), MemoryStore()
+    old = _config(partition_by=partition_by, bucket_grace=86400.0)
+    new = _config(output="s3://bucket/new", until_caught_up=True, partition_by=partition_by,
+                  bucket_grace=86400.0)
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {8: runner.request_stop})
+    assert runner.run() == EXIT_OK  # everything read: the stop leaves every file open
+    assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [PER_PARTITION] * PARTITIONS
+    assert _staged(store) and not _finals(store)
+    assert GroupRunner(new, store=store, decoder=_decoder(),
+                       consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+    assert [broker.committed_note("g", "t", p) for p in range(PARTITIONS)] == [
+        "kafka-parquet-consumer/1 unstaged s3://bucket/new"] * PARTITIONS
+    assert _finish(broker, store, old) == EXIT_OK
+    assert _staged(store) == [] and _finals(store) == EVERY
+    assert not _only(store, "new").objects or not _finals(_only(store, "new"))
+
+
 def test_an_output_the_group_still_commits_to_is_refused() -> None:
     """The group moved, but one partition's last commit still names this output (the new run has
     not committed it yet): refused, nothing changed."""
@@ -495,27 +522,34 @@ def _lose_the_last_commit(broker: MemoryBroker, store: MemoryStore, prefix: str,
 
 
 @settings(max_examples=40, deadline=None)
-@given(steps=st.lists(st.tuples(st.sampled_from(["out", "new"]), st.booleans(), st.booleans(), st.booleans()),
-                      min_size=1, max_size=5))
+@given(steps=st.lists(st.tuples(st.sampled_from(["out", "new"]), st.booleans(), st.booleans(), st.booleans(),
+                                st.booleans()), min_size=1, max_size=5))
 # finish: the file written again; a run back
-@example(steps=[("new", False, True, False), ("out", False, False, False)])
-@example(steps=[("new", False, True, False), ("out", False, False, False), ("new", False, False, False)])
+@example(steps=[("new", False, True, False, False), ("out", False, False, False, False)])
+@example(steps=[("new", False, True, False, False), ("out", False, False, False, False),
+                ("new", False, False, False, False)])
+# moved with nothing new to read: the group's last commit named the old output for ever (or nothing,
+# after a reset)
+@example(steps=[("out", False, False, False, True), ("new", False, False, False, False)])
+@example(steps=[("out", False, False, True, True), ("new", False, False, False, True)])
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
 @pytest.mark.parametrize("buckets", ["one-bucket", "two-buckets"])
 def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_in_exactly_one(
-    partition_by: str | None, buckets: str, steps: list[tuple[str, bool, bool, bool]],
+    partition_by: str | None, buckets: str, steps: list[tuple[str, bool, bool, bool, bool]],
 ) -> None:
     """Runs of one group alternate between two outputs in any order, each stopping with its files
-    open or catching up (which makes them final), 10 more records a partition before each; after
-    some, the commit of partition 0's last piece is lost (a crash between its upload and its
-    commit), and after some an operator moves partition 1's offset to the end of its log
-    (``--reset-offsets --to-latest``: no note), skipping 10 records or more. Then the output of the
-    last run is caught up, and ``consumer finish`` of the other makes its open files final: every
-    offset not skipped is in exactly one of the two outputs, and no skipped one in any. A run going
-    back to an output whose staged rows the other holds too leaves them out (found by this
-    property: they were finished as a reset forwards finishes what is staged, and were in both).
-    The two outputs are in one bucket, or each in its own (read through ``store_of``, as the
-    CLI's)."""
+    open or catching up (which makes them final), 10 more records a partition before each, or none
+    (a quiet time: the run of a new output has nothing to read). After some, the commit of
+    partition 0's last piece is lost (a crash between its upload and its commit), and after some an
+    operator moves partition 1's offset to the end of its log (``--reset-offsets --to-latest``: no
+    note), skipping 10 records or more. Then the output of the last run is caught up, and
+    ``consumer finish`` of the other makes its open files final: every offset not skipped is in
+    exactly one of the two outputs, and no skipped one in any. Found by this property: a run going
+    back to an output whose staged rows the other holds too finished them as a reset forwards
+    finishes what is staged (in both outputs: now left out); and a move at a quiet time left the
+    group's last commit naming the old output, or nothing after a reset, so the finish refused
+    (now the recovery commits the position again with an "unstaged" note). The two outputs are in
+    one bucket, or each in its own (read through ``store_of``, as the CLI's)."""
     broker = _broker()
     one = MemoryStore()
     stores = {"out": one, "new": one if buckets == "one-bucket" else MemoryStore()}
@@ -523,8 +557,8 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
     by_bucket = {bucket_of[o]: stores[o] for o in stores}
     total = PARTITIONS * PER_PARTITION
     skipped: set[int] = set()  # of partition 1
-    first, last = ("out", False, False, False), (steps[-1][0], True, False, False)
-    for prefix, bounded, lost, reset in [first, *steps, last]:
+    first, last = ("out", False, False, False, False), (steps[-1][0], True, False, False, True)
+    for prefix, bounded, lost, reset, quiet in [first, *steps, last]:
         config = _config(output=f"s3://{bucket_of[prefix]}/{prefix}", until_caught_up=bounded,
                          partition_by=partition_by, bucket_grace=86400.0)
         runner = GroupRunner(config, store=stores[prefix], decoder=_decoder(),
@@ -543,8 +577,9 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
             skipped |= set(range(at, total // PARTITIONS))
             broker.groups["g"].offsets[("t", 1)] = total // PARTITIONS
             broker.groups["g"].notes.pop(("t", 1), None)
-        _produce_more(broker, total, PARTITIONS * 10)
-        total += PARTITIONS * 10
+        if not quiet:
+            _produce_more(broker, total, PARTITIONS * 10)
+            total += PARTITIONS * 10
     other = "new" if steps[-1][0] == "out" else "out"
     if [k for k in stores[other].objects if k.startswith(f"{other}/_staging/")]:
         finish = _config(output=f"s3://{bucket_of[other]}/{other}", partition_by=partition_by,
@@ -554,11 +589,11 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
                               store_of=by_bucket.__getitem__)
         assert runner.run() == EXIT_OK
     assert not [k for s in stores.values() for k in s.objects if "/_staging/" in k]
-    every = _every(total // PARTITIONS - 10)
+    every = _every(total // PARTITIONS)
     every[1] = [o for o in every[1] if o not in skipped]
     assert _in_both(_only(stores["out"], "out"), _only(stores["new"], "new")) == every
     # `consumer verify` of either output with the other given (--with-output) finds the same
-    report = verify(stores["new"], "new", "t", committed={p: total // PARTITIONS - 10 for p in every},
+    report = verify(stores["new"], "new", "t", committed={p: total // PARTITIONS for p in every},
                     partition_by=partition_by, workers=2, with_outputs=[(stores["out"], "out")])
     assert [(r.duplicate_count, r.missing_count) for r in report.partitions] == [(0, 0), (0, len(skipped))], \
         report.to_text()
