@@ -502,22 +502,44 @@ def test_an_output_too_long_for_a_commit_note_is_finished_at_the_group_s_positio
     assert _in_both(_only(store, "o" * 600), _only(store, "new")) == _every(PER_PARTITION + 10)
 
 
-def _lose_the_last_commit(broker: MemoryBroker, store: MemoryStore, prefix: str,
-                          before: tuple[int | None, str]) -> bool:
-    """Partition 0's newest staged piece in ``prefix`` stays, but the commit that followed it is
-    undone, as a crash between the upload and the commit leaves it: the group's position goes back
-    to the piece's start, with the note of the commit before (the run's previous flush, or the one
-    from before the run). False when there is no such piece (the run made its files final)."""
-    pieces = [Layout(prefix).parse_staging_key("t", 0, k, 1) for k in store.objects
-              if k.startswith(f"{prefix}/_staging/topic=t/partition=0/")]
-    newest = max((p for p in pieces if isinstance(p, PieceRef)), key=lambda p: p.to_pos, default=None)
-    group = broker.groups["g"]
-    if newest is None or broker.committed_offset("g", "t", 0) != newest.to_pos:
+def _recording_commits(broker: MemoryBroker) -> list[tuple[int | None, str]]:
+    """Every commit of partition 0 from now on, (offset, note) in order, after the group's state
+    now; for :func:`_lose_the_last_commit`."""
+    seen: list[tuple[int | None, str]] = [
+        (broker.committed_offset("g", "t", 0), broker.committed_note("g", "t", 0))]
+    commit = broker._commit
+
+    def recorded(consumer: Any, offsets: Any) -> None:
+        commit(consumer, offsets)
+        seen.extend((int(tp.offset), tp.metadata or "") for tp in offsets
+                    if (tp.topic, tp.partition) == ("t", 0))
+
+    broker._commit = recorded  # type: ignore[method-assign]
+    return seen
+
+
+def _lose_the_last_commit(broker: MemoryBroker, store: MemoryStore, prefix: str, earlier: set[str],
+                          commits: list[tuple[int | None, str]]) -> bool:
+    """Partition 0's newest staged piece in ``prefix``, uploaded by the run just over (not in
+    ``earlier``), stays, but the commit that followed it is undone, as a crash between the upload
+    and the commit leaves it: the group's position and note go back to the commit before (from
+    ``commits``). False when there is no such piece (the run made its files final, or uploaded
+    nothing: a commit of an earlier run is not this one's to lose)."""
+    keys = [k for k in store.objects if k.startswith(f"{prefix}/_staging/topic=t/partition=0/")]
+    refs = [Layout(prefix).parse_staging_key("t", 0, k, 1) for k in keys]
+    pieces = [p for p in refs if isinstance(p, PieceRef)]
+    newest = max(pieces, key=lambda p: p.to_pos, default=None)
+    if newest is None or newest.key in earlier or broker.committed_offset("g", "t", 0) != newest.to_pos:
         return False
-    if newest.from_pos == before[0]:
-        group.offsets[("t", 0)], group.notes[("t", 0)] = newest.from_pos, before[1]
+    while len(commits) > 1 and commits[-1][0] == newest.to_pos:
+        commits.pop()
+    group = broker.groups["g"]
+    offset, note = commits[-1]
+    if offset is None:
+        group.offsets.pop(("t", 0), None)
+        group.notes.pop(("t", 0), None)
     else:
-        group.offsets[("t", 0)] = newest.from_pos  # the previous flush's commit, in this output
+        group.offsets[("t", 0)], group.notes[("t", 0)] = offset, note
     return True
 
 
@@ -532,6 +554,10 @@ def _lose_the_last_commit(broker: MemoryBroker, store: MemoryStore, prefix: str,
 # after a reset)
 @example(steps=[("out", False, False, False, True), ("new", False, False, False, False)])
 @example(steps=[("out", False, False, True, True), ("new", False, False, False, True)])
+# a lost commit after a run that uploaded nothing: the property's own history was wrong (a commit of
+# an earlier run undone, with this output's note)
+@example(steps=[("new", False, False, False, True), ("out", False, False, False, True),
+                ("new", False, True, False, False)])
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
 @pytest.mark.parametrize("buckets", ["one-bucket", "two-buckets"])
 def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_in_exactly_one(
@@ -557,6 +583,7 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
     by_bucket = {bucket_of[o]: stores[o] for o in stores}
     total = PARTITIONS * PER_PARTITION
     skipped: set[int] = set()  # of partition 1
+    commits = _recording_commits(broker)
     first, last = ("out", False, False, False, False), (steps[-1][0], True, False, False, True)
     for prefix, bounded, lost, reset, quiet in [first, *steps, last]:
         config = _config(output=f"s3://{bucket_of[prefix]}/{prefix}", until_caught_up=bounded,
@@ -565,10 +592,10 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
                              consumer_factory=broker.consumer_factory(), store_of=by_bucket.__getitem__)
         if not bounded:
             at_consume(runner.consumer, {6: runner.request_stop})
-        before = broker.committed_offset("g", "t", 0), broker.committed_note("g", "t", 0)
+        earlier = set(stores[prefix].objects)
         assert runner.run() == EXIT_OK
         if lost:
-            _lose_the_last_commit(broker, stores[prefix], prefix, before)
+            _lose_the_last_commit(broker, stores[prefix], prefix, earlier, commits)
         if reset:
             _produce_more(broker, total, PARTITIONS * 10)
             total += PARTITIONS * 10
