@@ -634,7 +634,6 @@ class _Listed:
 
     store: ObjectStore
     label: str
-    topic_dir: str
     dead_root: str
     staging: list[ObjectInfo]
     dead: list[ObjectInfo]
@@ -674,7 +673,7 @@ def _list_output(store: ObjectStore, prefix: str, topic: str, template: Template
     staging = store.list(staging_root)
     dead = store.list(dead_root)
     finals = store.list(topic_dir)
-    out = _Listed(store, label, topic_dir, dead_root, staging, dead)
+    out = _Listed(store, label, dead_root, staging, dead)
     for obj in finals:
         if not obj.key.endswith(".parquet"):
             continue  # readers ignore it too (e.g. _SUCCESS); only .parquet objects are data
