@@ -39,7 +39,9 @@ from typing import Any
 from consumer import config as cfgmod
 from consumer import log as logmod
 from consumer.kafka_names import (
+    CERTIFICATE_REFUSED,
     UNKNOWN_TOPIC_OR_PART,
+    UNTRUSTED_CERTIFICATE,
     Principal,
     broker_untrusted,
     login_refused,
@@ -93,9 +95,13 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
         md = admin.list_topics(timeout=timeout)
     except Exception as exc:
         explained = lines.explain(exc)  # serves the client's queued events first
-        event = lines.first_event
-        refused = None if event is None else login_refused(
-            event.code(), str(event.str()), _why_untrusted(event, config), config.kafka_properties)
+        refused = _refusal(lines, config)
+        # A refused handshake's log line can come before its error event (a broker transport
+        # failure first): wait a moment for the event that says which certificate, not longer.
+        deadline = time.monotonic() + TLS_EVENT_WAIT
+        while refused is None and _tls_said(lines.first_error) and time.monotonic() < deadline:
+            admin.poll(0.1)
+            refused = _refusal(lines, config)
         raise RuntimeError(refused or explained) from exc
     problems: list[str] = []
     sizes: list[str] = []
@@ -125,6 +131,27 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
     # Whom the grants are for: what an operator writing ACLs for this client needs to know.
     who = f", as {principal.name}" if principal else ""
     return f"{len(md.brokers)} broker(s), topics {', '.join(sizes)}{who}"
+
+
+#: Seconds ``check`` waits for the error event of a TLS refusal it has only a log line of.
+TLS_EVENT_WAIT = 2.0
+
+
+def _refusal(lines: logmod.ClientLines, config: cfgmod.Config) -> str | None:
+    """What to tell the operator about the first of the client's error events that is a refused
+    login or certificate (consumer.kafka_names.login_refused), or None."""
+    for event in lines.events:
+        said = login_refused(event.code(), str(event.str()), _why_untrusted(event, config),
+                             config.kafka_properties)
+        if said is not None:
+            return said
+    return None
+
+
+def _tls_said(line: str | None) -> bool:
+    """Whether librdkafka's error line is about a certificate (refused by either side)."""
+    return line is not None and (UNTRUSTED_CERTIFICATE in line
+                                 or CERTIFICATE_REFUSED.search(line) is not None)
 
 
 def _why_untrusted(event: Any, config: cfgmod.Config) -> str | None:

@@ -255,15 +255,16 @@ class ClientLines:
 
     def __init__(self) -> None:
         self.first_error: str | None = None
-        #: the client's first error event (its ``error_cb``): a KafkaError, whose code says more
-        #: than a log line's text (a refused login)
-        self.first_event: Any = None
+        #: the client's error events (its ``error_cb``), the first 32 in order: KafkaErrors, whose
+        #: codes say more than a log line's text (a refused login). The one that explains a failure
+        #: need not be the first (a broker transport failure may come before a handshake's own).
+        self.events: list[Any] = []
         self._clients: list[Any] = []
 
     def error(self, err: Any) -> None:
         """The client's ``error_cb``."""
-        if self.first_event is None:
-            self.first_event = err
+        if len(self.events) < 32:
+            self.events.append(err)
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         if level >= logging.ERROR and self.first_error is None:

@@ -3,6 +3,7 @@ with one FAIL line each (the compose health check relies on both)."""
 
 from __future__ import annotations
 
+import logging
 import time
 
 import pytest
@@ -117,3 +118,58 @@ def test_check_destroys_its_kafka_clients_before_it_returns(
     for client in made:
         with pytest.raises(RuntimeError, match="closed"):
             client.poll(0)
+
+
+class _Event:
+    """A librdkafka error event as confluent-kafka's KafkaError reads."""
+
+    def __init__(self, code: int, said: str) -> None:
+        self._code, self._said = code, said
+
+    def code(self) -> int:
+        return self._code
+
+    def str(self) -> str:
+        return self._said
+
+
+def test_a_refused_handshake_is_named_when_its_event_comes_after_a_transport_failure() -> None:
+    """The untrusted-broker explanation comes from the client's error event with librdkafka's SSL
+    code. That event can come after a broker transport failure's, or only after the metadata
+    request has failed, with its log line already there (one CI run of the stack test). ``check``
+    looks at every event and waits a moment for the handshake's own."""
+    from consumer import check
+    from consumer import log as logmod
+    from consumer.config import Config
+
+    handshake = ("ssl://127.0.0.1:19096/bootstrap: SSL handshake failed: error:0A000086:SSL routines::"
+                 "certificate verify failed (after 2ms in state SSL_HANDSHAKE)")
+    lines = logmod.ClientLines()
+    lines.error(_Event(-195, "ssl://127.0.0.1:19096/bootstrap: Broker transport failure"))
+    lines.log(logging.ERROR, "FAIL", handshake)
+
+    class Admin:
+        polls = 0
+
+        def list_topics(self, timeout: float) -> object:
+            raise RuntimeError("Failed to get metadata: Local: Broker transport failure")
+
+        def poll(self, timeout: float) -> int:
+            self.polls += 1
+            if self.polls == 3:  # the handshake's event, a moment later
+                lines.error(_Event(-181, handshake))
+            return 0
+
+    config = Config(bootstrap_servers="127.0.0.1:19096", group_id="g", topics=("t",),
+                    output="s3://bucket/p", schema="page_view")
+    with pytest.raises(RuntimeError) as said:
+        check._check_kafka(Admin(), lines, config, timeout=1.0)
+    assert str(said.value).startswith("this client does not trust the Kafka broker's certificate ("), \
+        said.value
+
+    lines = logmod.ClientLines()  # an unreachable broker: no certificate, no waiting
+    lines.log(logging.ERROR, "FAIL", "127.0.0.1:1/bootstrap: Connect to ipv4#127.0.0.1:1 failed: refused")
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="Failed to get metadata"):
+        check._check_kafka(Admin(), lines, config, timeout=1.0)
+    assert time.monotonic() - started < check.TLS_EVENT_WAIT
