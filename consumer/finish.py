@@ -93,6 +93,9 @@ class FinishRunner(Runner):
         # final files name it as their writer, as a run's would.
         self.shared.group_id = config.group_id
         self.shared.output = config.output
+        # Positions come from what is staged, not from the group: where the group moved here
+        # (_moved/) says nothing of them.
+        self.shared.follows_moves = False
         #: the id (KIP-516) of the topic of that name now, if one was created again (the in-memory
         #: doubles give theirs)
         self._current_topic_id = current_topic_id or (lambda topic: self._topic_id_now(topic, True))

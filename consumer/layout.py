@@ -27,6 +27,11 @@ columns come from the path) and between partition and file start in staging::
     _staging/topic=<t>/partition=<p>/<bucket>/<file first, 20d>/roll-<end, 20d>
     _rolled/topic=<t>/partition=<p>/<end, 20d>          the highest end of a rolled bucket file
 
+In either layout, ``_moved/topic=<t>/partition=<p>/<position, 20d>`` says that the group moved to
+this output from another one (``--output`` changed) at that position: the records below it are
+there. ``<position, 20d>.unnoted``: the group went on from a position with no note (an operator's
+reset, perhaps a move as well) that nothing here reached (consumer.worker, :class:`MovedIn`).
+
 The plain layout is the empty bucket: its keys are byte for byte those above.
 """
 
@@ -36,6 +41,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+UNNOTED = ".unnoted"  # suffix of a _moved/ name: a position gone on from without a note
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _SEGMENT = r"[A-Za-z][A-Za-z0-9_]*=[A-Za-z0-9._-]+"
 _BUCKET = r"(?:(?P<bucket>" + _SEGMENT + r"(?:/" + _SEGMENT + r")*)/)?"
@@ -170,6 +176,21 @@ class Layout:
     @staticmethod
     def parse_newest_final(key: str) -> int | None:
         return Layout.parse_rolled(key)  # the same 20-digit name: a position
+
+    def moved_dir(self, topic: str, partition: int) -> str:
+        """Where the positions the group moved to this output at are kept (one object a move)."""
+        return self._join("_moved", f"topic={topic}", f"partition={partition}") + "/"
+
+    def moved_key(self, topic: str, partition: int, position: int, noted: bool = True) -> str:
+        return self.moved_dir(topic, partition) + f"{position:020d}" + ("" if noted else UNNOTED)
+
+    @staticmethod
+    def parse_moved(key: str) -> tuple[int, bool] | None:
+        """``…/<position>`` → (position, True): a move; ``…/<position>.unnoted`` → (position, False)."""
+        name = key.rsplit("/", 1)[-1]
+        noted = not name.endswith(UNNOTED)
+        at = Layout.parse_rolled(name if noted else name[: -len(UNNOTED)])
+        return None if at is None else (at, noted)
 
     def parse_staging_key(
         self, topic: str, partition: int, key: str, size: int = 0

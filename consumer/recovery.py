@@ -184,6 +184,8 @@ def plan_recovery(
     staged_here: bool = False,
     dead_letter_records: Mapping[str, int] | None = None,
     gone_final_start: int | None = None,
+    moved_in: int | None = None,
+    went_on: int | None = None,
 ) -> RecoveryPlan:
     """Decide recovery for one partition. Pure: no I/O. Raises :class:`IntegrityError` to stop.
 
@@ -200,6 +202,10 @@ def plan_recovery(
     someone deleted it); only its name under ``_newest_final/`` still says where it started and
     ended. Its end counts as a final file's: adopted when the group has no position, and a
     position below it is a reset backwards (it would export what that file held once more).
+    ``moved_in``: the newest position the group moved to this output at from another one
+    (``_moved/``; :func:`below_a_move`); ``went_on``: the newest position the group went on from
+    here, moved in or not (a reset's, with no note): with no committed position, adopted when S3
+    holds nothing here past it.
     """
     foreign = other_writer(last_final_writer, group) if last_final_end is not None else None
     finals = set(final_starts)
@@ -212,6 +218,9 @@ def plan_recovery(
             # No open file: flushes of bad records only after the last roll (their file, of no
             # rows, published nothing) left their dead-letter objects and nothing else.
             pos = past_dead_letters(pos, dead_letters, dead_letter_records or {})
+        floor = went_on if went_on is not None else moved_in
+        moved = floor is not None and (pos is None or pos < floor)
+        pos = floor if moved else pos
         if pos is None:
             if pieces:
                 _stranded(where, None, list(pieces))
@@ -220,6 +229,7 @@ def plan_recovery(
         notes.append(
             f"no committed position in the group (offsets expired or deleted): adopting {pos} "
             "from what S3 holds"
+            + (f" ({ADOPTED_MOVE})" if moved else "")
             + (f"; the newest final file was {foreign}. If it still writes here, {ONE_WRITER}"
                if foreign else "")
         )
@@ -237,6 +247,7 @@ def plan_recovery(
             "To export them again on purpose, use `consumer replay --output s3://…/another-prefix`, "
             "or delete this partition's _newest_final/ object under the prefix first."
         )
+    below_a_move(where, pos, moved_in, last_final_end)
     if last_final_end is not None and pos < last_final_end:
         raise IntegrityError(
             f"{where}: the committed position {pos} is below the end {last_final_end} of a final file "
@@ -329,6 +340,32 @@ def plan_recovery(
         resume=resume,
         delete=tuple(delete),
         notes=tuple(notes),
+    )
+
+
+ADOPTED_MOVE = ("where the group went on from when it moved to this output from another one, or when "
+                "its offset was moved forwards: the records below it are there, or were skipped")
+
+
+def below_a_move(where: str, pos: int, moved_in: int | None, held_here: int | None = None) -> None:
+    """Stop (status 5, nothing changed) when ``pos`` is below ``moved_in``, the newest position the
+    group moved to this output at from another one (``--output`` changed: ``_moved/`` names it).
+    The records below it are in that output; a group whose offsets were then moved backwards
+    (an operator's reset, which leaves no note) exported them here once more, unseen, while this
+    output held no final file above the position (found by tests/unit/test_finish.py's property).
+    ``held_here``: the end of this output's newest final file, when it already refuses the
+    position (a reset backwards within this output is said as such)."""
+    if moved_in is None or pos >= moved_in or (held_here is not None and pos < held_here):
+        return
+    raise IntegrityError(
+        f"{where}: the committed position {pos} is below {moved_in}, where the group moved to this "
+        "output from another one (--output changed; this partition's object under _moved/ names "
+        f"the position): the records below {moved_in} are in that output, and the group's offsets "
+        "were moved backwards since (reset?). Consuming them again would put them in both outputs, "
+        f"so nothing was changed. To continue, move the group's offset to {moved_in} "
+        f"(kafka-consumer-groups --reset-offsets --to-offset {moved_in}). To re-export history use "
+        "`consumer replay --output s3://…/another-prefix`, or delete this partition's _moved/ "
+        "objects under the prefix first to export those records here again on purpose."
     )
 
 
@@ -648,6 +685,8 @@ def plan_bucketed_recovery(
     flush_files: Mapping[str, int] | None = None,
     rolled_writer: str | None = None,
     group: str | None = None,
+    moved_in: int | None = None,
+    went_on: int | None = None,
 ) -> BucketedPlan:
     """Decide recovery for one partition whose files are split by time bucket. Pure.
 
@@ -693,6 +732,8 @@ def plan_bucketed_recovery(
       not known or not read). Another writer than ``group`` is named, as in the plain layout,
       where its end is adopted and where a position below it stops the run: two writers share the
       prefix, and no one moved offsets backwards.
+    * ``moved_in``, ``went_on``: as in the plain layout (:func:`below_a_move`), adopted when
+      higher than what S3 holds here.
     """
     foreign = other_writer(rolled_writer, group) if high_water is not None else None
     notes: list[str] = []
@@ -742,6 +783,9 @@ def plan_bucketed_recovery(
                 pos, held = reach, "the end of dead-letter objects holding every record below it"
             elif pos is not None:
                 held = "the end of the newest rolled bucket file"
+        floor = went_on if went_on is not None else moved_in
+        if floor is not None and (pos is None or pos < floor):
+            pos, held = floor, ADOPTED_MOVE
         if pos is None:
             if pieces:
                 _stranded(where, None, list(pieces))
@@ -755,6 +799,7 @@ def plan_bucketed_recovery(
         )
     if high_water is not None and pos < high_water and foreign:
         raise _behind_another_writer(where, pos, high_water, "a bucket file", foreign, group)
+    below_a_move(where, pos, moved_in, high_water)
     if high_water is not None and pos < high_water:
         raise IntegrityError(
             f"{where}: the committed position {pos} is below the end {high_water} of a bucket file "

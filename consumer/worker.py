@@ -243,6 +243,10 @@ class SharedState:
     #: Listings of those outputs, shared by one rebalance's recoveries (:class:`OtherOutputListings`).
     other_outputs: OtherOutputListings = field(default_factory=lambda: OtherOutputListings(),
                                                repr=False, compare=False)
+    #: Whether recovery keeps and reads the positions the group moved to this output at
+    #: (``_moved/``, :meth:`PartitionWorker._moved_in`): a group's run. ``consumer finish`` takes
+    #: its positions from what is staged, not from the group, and sets it off.
+    follows_moves: bool = True
 
 
 class PartitionWorker:
@@ -387,6 +391,7 @@ class PartitionWorker:
 
     def _recover_from(self, t0: float, committed: int | None) -> int | None:
         staged_here = committed is not None and self._committed_after_staging()
+        moved = self._moved_in(committed)
         faults.point("during_recovery")
         self._recovery_listing = None
         listing = self.store.list(self.layout.staging_dir(self.topic, self.partition))
@@ -407,7 +412,7 @@ class PartitionWorker:
             markers = [m for m in markers if m.key not in elsewhere]
         if self.bucketing is not None:
             return self._recover_bucketed(t0, committed, pieces, markers, self._dead_letters(), etags,
-                                          staged_here, elsewhere)
+                                          staged_here, elsewhere, moved)
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
         writer = self._final_writers.get(("", max(finals))) if finals else None
@@ -421,6 +426,8 @@ class PartitionWorker:
                                             committed)
         if letters is not None:
             topic_ids.append(letters.topic_id)
+        if moved is not None and committed is None:
+            topic_ids.append(moved.topic_id)
         plan = plan_recovery(
             committed, pieces, markers, dead, finals, last_end, where=self.where,
             last_final_writer=writer,
@@ -428,9 +435,11 @@ class PartitionWorker:
             dead_letter_records=self._dead_letter_lines(
                 committed, any(p.file_start not in finals for p in pieces), last_end, dead),
             gone_final_start=gone.start if gone is not None else None,
+            moved_in=moved.position if moved is not None else None,
+            went_on=moved.went_on if moved is not None else None,
         )
-        if elsewhere:
-            plan = replace(plan, delete=(*plan.delete, *elsewhere))
+        if elsewhere or (moved is not None and moved.stale):
+            plan = replace(plan, delete=(*plan.delete, *elsewhere, *(moved.stale if moved else ())))
         doomed = set(plan.delete)
         self._begin_plan(
             plan,
@@ -509,6 +518,45 @@ class PartitionWorker:
             from_position=cut, to_position=end, objects=len(left),
         )
         return left
+
+    def _moved_in(self, committed: int | None) -> MovedIn | None:
+        """Where the group went on from in this output without what it had read below being here
+        (``_moved/``): kept first when the committed position's note names another output
+        (``--output`` changed: the records below are in that one). A position below the newest
+        move is a reset backwards (stop, status 5), and with none the newest of either kind is
+        adopted when S3 holds nothing here past it (:func:`consumer.recovery.below_a_move`).
+        Before, a group whose offsets were moved backwards below a move (or expired after one)
+        while this output held no final file above them exported the records there once more,
+        unseen. One LIST a recovery, and a PUT a move; the newest one is read (one GET) only when
+        there is no committed position, for the topic id it names. Positions gone on from
+        without a note above the committed one are stale (an operator moved the offset back below
+        them on purpose): deleted with what the plan deletes."""
+        if not self.shared.group_id or not self.shared.follows_moves:
+            return None
+        note = parse_note(self.positions.note(self.topic, self.partition))
+        if committed is not None and note is not None and not same_output(note.output, self.shared.output):
+            self._keep_a_move(committed, note.output)
+        listed = [(m, o.key) for o in self.store.list(self.layout.moved_dir(self.topic, self.partition))
+                  if (m := self.layout.parse_moved(o.key)) is not None]
+        if not listed:
+            return None
+        moves = [at for (at, noted), _key in listed if noted]
+        (newest, _), key = max(listed)
+        topic_id = None
+        if committed is None:
+            with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
+                topic_id = json.loads(self.store.get(key)).get("topic_id")
+        return MovedIn(
+            max(moves, default=None), newest, topic_id if isinstance(topic_id, str) else None,
+            tuple(k for (at, noted), k in listed if not noted and committed is not None and at > committed),
+        )
+
+    def _keep_a_move(self, position: int, came_from: str | None) -> None:
+        """``_moved/<position>``: the group went on from ``position`` here, the records below it
+        being in ``came_from`` (None: unknown, a position with no note: ``.unnoted``)."""
+        body = {"from": came_from, "group": self.shared.group_id, "topic_id": self.topic_id}
+        key = self.layout.moved_key(self.topic, self.partition, position, noted=came_from is not None)
+        self.store.put_if_absent(key, json.dumps(body).encode())
 
     def _committed_after_staging(self) -> bool:
         """Whether the committed position's note says this consumer committed it after the rows
@@ -592,10 +640,11 @@ class PartitionWorker:
         etags: Mapping[str, str | None],
         staged_here: bool,
         elsewhere: Sequence[str] = (),
+        moved: MovedIn | None = None,
     ) -> int | None:
         """Recovery under --partition-by: today's plan per bucket (see plan_bucketed_recovery).
         ``elsewhere``: staged objects left out of the plan and deleted with what it deletes
-        (:meth:`_held_where_the_group_moved`)."""
+        (:meth:`_held_where_the_group_moved`); ``moved``: :meth:`_moved_in`."""
         rolled = [self.layout.parse_rolled(o.key)
                   for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))]
         high_water = max((r for r in rolled if r is not None), default=None)
@@ -613,6 +662,8 @@ class PartitionWorker:
         letters = self._newest_dead_letters(dead, max(ends), committed)
         if letters is not None:
             final_topic_ids.append(letters.topic_id)
+        if moved is not None and committed is None:
+            final_topic_ids.append(moved.topic_id)
         named = self._flush_files(committed, pieces, etags) if committed is not None else {}
         gone: list[tuple[str, int]] = []
         if committed is not None and (staged_here or not self._noted()):
@@ -630,8 +681,11 @@ class PartitionWorker:
                                       rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags),
                                       dead_letter_records=self._dead_letter_lines(
                                           committed, open_pieces, high_water, dead),
-                                      rolled_writer=rolled_writer, group=self.shared.group_id)
+                                      rolled_writer=rolled_writer, group=self.shared.group_id,
+                                      moved_in=moved.position if moved is not None else None,
+                                      went_on=moved.went_on if moved is not None else None)
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete) + list(elsewhere)
+        deletes += moved.stale if moved is not None else ()
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
         # of an open file that goes (a group's own zombie is the group itself).
@@ -815,6 +869,11 @@ class PartitionWorker:
         if committed is None or position != committed or not self.shared.group_id or gone or self._noted():
             return
         held = STAGED if resumed else UNSTAGED
+        if held == UNSTAGED and self.shared.follows_moves \
+                and parse_note(self.positions.note(self.topic, self.partition)) is None:
+            # no note at all (a note of another output kept its move already): where the group
+            # went on from, for a recovery with the offsets expired (:meth:`_moved_in`)
+            self._keep_a_move(committed, None)
         self.positions.commit(self.topic, self.partition, committed, self._note(held))
 
     def _confirm_ownership(self) -> None:
@@ -2091,6 +2150,20 @@ class OutputListing:
     def of(cls, store: Any, layout: Layout, topic: str) -> OutputListing:
         return cls(tuple((o.key, o.size) for o in store.list(layout.topic_dir(topic))),
                    tuple((o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))))
+
+
+@dataclass(frozen=True)
+class MovedIn:
+    """What a partition's ``_moved/`` folder says (:meth:`PartitionWorker._moved_in`)."""
+
+    #: the newest position the group moved to this output at from another one (None: no move)
+    position: int | None
+    #: the newest position the group went on from here, moved in or with no note
+    went_on: int
+    #: the topic id the newest one names (None: not read, or not known)
+    topic_id: str | None = None
+    #: positions gone on from with no note, above the committed one: to delete
+    stale: tuple[str, ...] = ()
 
 
 class OtherOutputListings:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import itertools
+import json
 import os
 import signal
 import subprocess
@@ -1259,6 +1260,42 @@ def test_files_left_open_in_an_output_the_group_moved_from_at_a_quiet_time_are_m
     assert done.returncode == 0, done.stderr[-3000:]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
     assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == {0: list(range(300))}
+
+
+def test_a_reset_below_where_the_group_moved_stops_and_expired_offsets_go_on_from_there(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """After a move at a quiet time the new output holds nothing of its own, only where the group
+    moved (``_moved/``). An operator's ``--reset-offsets --to-offset 0`` then made its run export
+    the old output's records there again; now it stops with status 5, changes nothing, and goes on
+    once the offset is moved back as it says. With the group deleted (offsets expired), the run
+    adopts where the group moved instead of starting from auto.offset.reset. The old output's
+    finish then leaves every offset in exactly one of the two."""
+    topic, group = make_topic(partitions=1), unique("g")
+    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
+    committed_into_open_files(topic, group, old, 300)
+    moved = run_consumer(topic, group, new)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    marker = f"{unique_prefix}new/_moved/topic={topic}/partition=0/{300:020d}"
+    assert json.loads(s3.get_object(Bucket=stack.s3_bucket, Key=marker)["Body"].read())["from"] == old
+
+    reset_offset(admin, group, topic, 0)
+    refused = run_consumer(topic, group, new)
+    assert refused.returncode == 5, refused.stderr[-3000:]
+    assert "below 300, where the group moved to this output" in refused.stderr, refused.stderr[-3000:]
+    assert [k for k, _ in _all(s3, stack.s3_bucket, unique_prefix + "new/")] == [marker]
+    reset_offset(admin, group, topic, 300)
+    produce(stack.kafka_bootstrap, topic, "page_view", 20, partitions=1, create_topic=False, seed=3)
+    assert run_consumer(topic, group, new).returncode == 0
+
+    admin.delete_consumer_groups([group])[group].result(timeout=30)
+    produce(stack.kafka_bootstrap, topic, "page_view", 30, partitions=1, create_topic=False, seed=5)
+    adopted = run_consumer(topic, group, new)
+    assert adopted.returncode == 0, adopted.stderr[-3000:]
+    done = finish_files(topic, group, old)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == {0: list(range(350))}
 
 
 def offsets_in_both(s3: Any, bucket: str, prefix: str, tmp_path: Path,

@@ -452,3 +452,64 @@ def test_a_bucketed_reset_backwards_into_a_row_group_stops_and_changes_nothing()
 )
 def test_still_writing_a_partition(view: GroupView, how: str | None) -> None:
     assert still_writing(view, ("t", 0)) == how
+
+
+# --- where the group moved to this output (``_moved/``) -------------------------------------------
+
+
+@pytest.mark.parametrize("layout", ["plain", "bucketed"])
+def test_a_position_below_where_the_group_moved_here_is_a_reset_backwards(layout: str) -> None:
+    """The group moved to this output at 40 (``--output`` changed): the records below are in the
+    other one. Its offsets moved back to 10 since, while this output holds only staged pieces (no
+    final file refuses it): consuming from 10 would export [10, 40) here once more."""
+    pieces = chain(40, 50, 60)
+    with pytest.raises(IntegrityError, match=r"below 40, where the group moved to this output.*"
+                                             r"--to-offset 40.*_moved/"):
+        if layout == "plain":
+            plan_recovery(10, pieces, [], [], [], None, where="t[0]", moved_in=40)
+        else:
+            plan_bucketed_recovery(10, pieces, [], [], {}, None, where="t[0]", moved_in=40)
+    # at or past it: as without a move
+    assert plan_recovery(60, pieces, [], [], [], None, moved_in=40).resume == tuple(pieces)
+    assert plan_bucketed_recovery(60, pieces, [], [], {}, None, moved_in=40).position == 60
+
+
+def test_a_reset_below_a_final_file_as_well_is_said_as_a_reset_within_this_output() -> None:
+    with pytest.raises(IntegrityError, match="below the end 50 of a final file"):
+        plan_recovery(10, [], [], [], [40], 50, where="t[0]", moved_in=40)
+
+
+@pytest.mark.parametrize("layout", ["plain", "bucketed"])
+def test_expired_offsets_adopt_where_the_group_moved_here_when_nothing_here_reaches_past_it(
+    layout: str,
+) -> None:
+    """A move at a quiet time leaves nothing here but the move's position; with the offsets expired
+    since, a fresh start (auto.offset.reset) exported the other output's records here again."""
+    if layout == "plain":
+        nothing = plan_recovery(None, [], [], [], [], None, moved_in=40)
+        # an old file left here before the group moved away and back (at 40)
+        older = plan_recovery(None, chain(0, 10, 20), [], [], [], None, moved_in=40)
+        further = plan_recovery(None, chain(40, 50, 60), [], [], [], None, moved_in=40)
+    else:
+        nothing = plan_bucketed_recovery(None, [], [], [], {}, None, moved_in=40)
+        older = plan_bucketed_recovery(None, chain(0, 10, 20), [], [], {}, None, moved_in=40)
+        further = plan_bucketed_recovery(None, chain(40, 50, 60), [], [], {}, None, moved_in=40)
+    assert (nothing.position, nothing.commit) == (40, 40)
+    assert any("where the group went on from when it moved to this output" in n for n in nothing.notes)
+    assert (older.position, older.commit) == (40, 40)
+    assert (further.position, further.commit) == (60, 60)
+    if layout == "plain":
+        assert isinstance(older, RecoveryPlan)
+        assert [(f.file_start, f.end) for f in older.finish] == [(0, 20)]  # finished as a reset forwards
+
+
+def test_expired_offsets_adopt_where_the_group_went_on_without_a_note_and_going_back_is_not_refused() -> None:
+    """``went_on``: a position the group went on from with no note (a reset forwards, perhaps with
+    a move): adopted with the offsets expired, so that what it skipped (or what another output
+    holds) is not read again; going back below it on purpose is not refused."""
+    assert plan_recovery(None, chain(0, 10, 20), [], [], [], None, went_on=50).position == 50
+    assert plan_recovery(None, chain(0, 10, 20), [], [], [], None, moved_in=30, went_on=50).position == 50
+    assert plan_bucketed_recovery(None, [], [], [], {}, None, went_on=50).position == 50
+    assert plan_recovery(30, chain(30, 40), [], [], [], None, went_on=50).position == 30
+    with pytest.raises(IntegrityError, match="below 40, where the group moved"):
+        plan_recovery(30, chain(30, 35), [], [], [], None, moved_in=40, went_on=50)
