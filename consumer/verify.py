@@ -945,6 +945,9 @@ def verify(
             notes.append(f"a lifecycle {rule} expires final files here: offsets missing below the "
                          "oldest file it keeps may have expired, not been lost. Check from where it "
                          "keeps with --since (e.g. --since 29d for a 30-day rule)")
+    if since is None and len(outputs) == 1:
+        notes += _moved_here(store, layout, topic,
+                             {r.partition: r.missing[0][0] for r in reports if r.missing})
     staging_keys = sorted(listed.label + o.key for listed in outputs for o in listed.staging)
     report = VerifyReport(
         partitions=reports, bad_files=bad, staging_objects=staging_keys,
@@ -957,6 +960,32 @@ def verify(
     report.bytes_read = sum(s.stats.bytes_downloaded for s in stores) - bytes0
     report.elapsed_s = time.monotonic() - t0
     return report
+
+
+def _moved_here(store: ObjectStore, layout: Layout, topic: str,
+                first_missing: Mapping[int, int]) -> list[str]:
+    """Notes for partitions missing offsets below where the group moved to this output from another
+    one (``_moved/``, consumer.worker.MovedIn): those are in that output, and verifying both as one
+    (``--with-output``) is what checks them. Only then: a LIST for each partition missing
+    offsets, and a GET for each one with a move above its first missing offset."""
+    if not first_missing:
+        return []
+    moves: dict[int, tuple[int, str]] = {}
+    for p, missing_from in first_missing.items():
+        for o in store.list(layout.moved_dir(topic, p)):
+            moved = Layout.parse_moved(o.key)
+            if moved is not None and moved[1] and moved[0] > max(missing_from, moves.get(p, (-1, ""))[0]):
+                moves[p] = (moved[0], o.key)
+    notes = []
+    for p, (at, key) in sorted(moves.items()):
+        try:
+            came_from = json.loads(store.get(key)).get("from")
+        except (FileNotFoundError, ValueError, AttributeError):
+            came_from = None
+        notes.append(f"partition {p}: the group moved to this output at offset {at} from "
+                     f"{came_from or 'another output'} (--output changed): offsets below it are there. "
+                     "Check both as one with --with-output " + (came_from or "<that output>"))
+    return notes
 
 
 def _count_only(expected: pa.Array, already: pa.Array, source: pa.Array) -> int:

@@ -1357,6 +1357,7 @@ def test_files_left_open_in_an_output_the_group_moved_from_are_made_final_by_con
          "--bootstrap-servers", stack.kafka_bootstrap, *extra],
         capture_output=True, text=True, timeout=120, cwd=REPO) for extra in ([], ["--with-output", old])]
     assert verdicts[0].returncode == 1 and "MISSING=" in verdicts[0].stdout, verdicts[0].stdout
+    assert f"Check both as one with --with-output {old}" in verdicts[0].stdout, verdicts[0].stdout
     assert verdicts[1].returncode == 0, verdicts[1].stdout + verdicts[1].stderr
 
 

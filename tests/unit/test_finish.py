@@ -345,6 +345,7 @@ def test_verify_with_the_output_the_group_moved_from_counts_both_outputs_files()
     at_consume(runner.consumer, {6: runner.request_stop})
     assert runner.run() == EXIT_OK
     _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    moved_at = [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)]
     assert GroupRunner(new, store=moved_store, decoder=_decoder(),
                        consumer_factory=broker.consumer_factory()).run() == EXIT_OK
     finish = FinishRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
@@ -353,6 +354,12 @@ def test_verify_with_the_output_the_group_moved_from_counts_both_outputs_files()
     committed = {p: PER_PARTITION + 10 for p in range(PARTITIONS)}
     alone = verify(moved_store, "new", "t", committed=committed, workers=2)
     assert not alone.ok and all(r.missing_count for r in alone.partitions), alone.to_text()
+    # where the group moved (_moved/) says where the missing offsets are
+    assert [n for n in alone.notes if "moved to this output" in n] == [
+        f"partition {p}: the group moved to this output at offset {moved} from s3://bucket/out (--output "
+        "changed): offsets below it are there. Check both as one with --with-output s3://bucket/out"
+        for p, moved in enumerate(moved_at)
+    ], alone.to_text()
     both = verify(moved_store, "new", "t", committed=committed, workers=2, with_outputs=[(store, "out")])
     assert both.ok, both.to_text()
     assert "new + s3://" in both.source and both.source.endswith("/out"), both.source
