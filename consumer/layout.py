@@ -30,7 +30,8 @@ columns come from the path) and between partition and file start in staging::
 In either layout, ``_moved/topic=<t>/partition=<p>/<position, 20d>`` says that the group moved to
 this output from another one (``--output`` changed) at that position: the records below it are
 there. ``<position, 20d>.unnoted``: the group went on from a position with no note (an operator's
-reset, perhaps a move as well) that nothing here reached (consumer.worker, :class:`MovedIn`).
+reset, perhaps a move as well) that nothing here reached. ``<position, 20d>.away``: the group moved
+from this output to another one at that position (consumer.worker, :class:`MovedIn`).
 
 The plain layout is the empty bucket: its keys are byte for byte those above.
 """
@@ -41,7 +42,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-UNNOTED = ".unnoted"  # suffix of a _moved/ name: a position gone on from without a note
+#: Suffixes of a ``_moved/`` name: a move to this output (none), a position gone on from here
+#: without a note, a move from this output to another.
+MOVED_IN, UNNOTED, AWAY = "", ".unnoted", ".away"
 _TOPIC_RE = re.compile(r"[A-Za-z0-9._-]{1,249}")
 _SEGMENT = r"[A-Za-z][A-Za-z0-9_]*=[A-Za-z0-9._-]+"
 _BUCKET = r"(?:(?P<bucket>" + _SEGMENT + r"(?:/" + _SEGMENT + r")*)/)?"
@@ -181,16 +184,16 @@ class Layout:
         """Where the positions the group moved to this output at are kept (one object a move)."""
         return self._join("_moved", f"topic={topic}", f"partition={partition}") + "/"
 
-    def moved_key(self, topic: str, partition: int, position: int, noted: bool = True) -> str:
-        return self.moved_dir(topic, partition) + f"{position:020d}" + ("" if noted else UNNOTED)
+    def moved_key(self, topic: str, partition: int, position: int, kind: str = MOVED_IN) -> str:
+        return self.moved_dir(topic, partition) + f"{position:020d}" + kind
 
     @staticmethod
-    def parse_moved(key: str) -> tuple[int, bool] | None:
-        """``…/<position>`` → (position, True): a move; ``…/<position>.unnoted`` → (position, False)."""
+    def parse_moved(key: str) -> tuple[int, str] | None:
+        """``…/<position>[<kind>]`` → (position, kind), kind one of MOVED_IN, UNNOTED, AWAY."""
         name = key.rsplit("/", 1)[-1]
-        noted = not name.endswith(UNNOTED)
-        at = Layout.parse_rolled(name if noted else name[: -len(UNNOTED)])
-        return None if at is None else (at, noted)
+        kind = next((k for k in (UNNOTED, AWAY) if name.endswith(k)), MOVED_IN)
+        at = Layout.parse_rolled(name[: len(name) - len(kind)])
+        return None if at is None else (at, kind)
 
     def parse_staging_key(
         self, topic: str, partition: int, key: str, size: int = 0

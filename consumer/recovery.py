@@ -369,6 +369,23 @@ def below_a_move(where: str, pos: int, moved_in: int | None, held_here: int | No
     )
 
 
+def left_for(where: str, left_at: int, output: str | None) -> None:
+    """Stop (status 5, nothing changed): the group has no committed position (offsets expired, the
+    group deleted), and it moved from this output to ``output`` at ``left_at`` with nothing here
+    newer (``_moved/<left_at>.away``). Where it got to is in that output; adopting the end of what
+    this one holds would export that output's records here once more."""
+    there = output or "the output it moved to"
+    raise IntegrityError(
+        f"{where}: the group has no committed position (offsets expired, or the group deleted), and "
+        f"it moved from this output to {there} at {left_at} (--output changed; this partition's "
+        "_moved/ object names it): where it got to is in that output, and going on from what this "
+        "one holds would export those records here once more, so nothing was changed. Run the group "
+        f"with --output {there}: it adopts where its files end. To write here again, move the "
+        "group's offset to where that output ends (kafka-consumer-groups --reset-offsets "
+        "--to-offset …), or delete this partition's _moved/ objects under the prefix first."
+    )
+
+
 def _refuse_a_position_inside_a_piece(
     where: str, pos: int, pieces: Sequence[PieceRef], finals: set[int]
 ) -> None:

@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from consumer import log as logmod
 from consumer.bucketing import Template, TemplateError, assign, parse_template, time_column, to_millis
 from consumer.inspect import human_bytes, parquet_metadata
-from consumer.layout import Layout, PieceRef, check_topic_name
+from consumer.layout import MOVED_IN, Layout, PieceRef, check_topic_name
 from consumer.parquet_merge import ParquetMergeError, read_key_value_metadata, read_piece_layout
 from consumer.storage import ObjectInfo, ObjectStore
 
@@ -974,7 +974,8 @@ def _moved_here(store: ObjectStore, layout: Layout, topic: str,
     for p, missing_from in first_missing.items():
         for o in store.list(layout.moved_dir(topic, p)):
             moved = Layout.parse_moved(o.key)
-            if moved is not None and moved[1] and moved[0] > max(missing_from, moves.get(p, (-1, ""))[0]):
+            newer = moved is not None and moved[0] > max(missing_from, moves.get(p, (-1, ""))[0])
+            if moved is not None and moved[1] == MOVED_IN and newer:
                 moves[p] = (moved[0], o.key)
     notes = []
     for p, (at, key) in sorted(moves.items()):

@@ -67,7 +67,7 @@ from consumer.errors import BadRecordStop, IntegrityError, RegistryStop, UsageEr
 from consumer.evolution import VersionedSchema, choose_reader, subject_for
 from consumer.gather import gather
 from consumer.kafka_names import GroupView
-from consumer.layout import Layout, PieceRef, RollMarker, staged_of
+from consumer.layout import AWAY, MOVED_IN, UNNOTED, Layout, PieceRef, RollMarker, staged_of
 from consumer.metrics import PartitionCounters
 from consumer.parquet_merge import (
     ParquetMergeError,
@@ -100,6 +100,7 @@ from consumer.recovery import (
     dead_letters_from,
     files_gone,
     layout_mismatch,
+    left_for,
     one_flush_only,
     other_writer,
     plan_bucketed_recovery,
@@ -406,6 +407,8 @@ class PartitionWorker:
         )
         if problem is not None:
             raise UsageError(f"{self.where}: {problem}")
+        if moved is not None and moved.left_at is not None:
+            left_for(self.where, moved.left_at, moved.left_for)
         elsewhere = self._held_where_the_group_moved(committed, pieces, markers)
         if elsewhere:
             pieces = [p for p in pieces if p.key not in elsewhere]
@@ -522,41 +525,78 @@ class PartitionWorker:
     def _moved_in(self, committed: int | None) -> MovedIn | None:
         """Where the group went on from in this output without what it had read below being here
         (``_moved/``): kept first when the committed position's note names another output
-        (``--output`` changed: the records below are in that one). A position below the newest
-        move is a reset backwards (stop, status 5), and with none the newest of either kind is
-        adopted when S3 holds nothing here past it (:func:`consumer.recovery.below_a_move`).
+        (``--output`` changed: the records below are in that one, which is told it was left,
+        :meth:`_mark_the_output_left`). A position below the newest move is a reset backwards
+        (stop, status 5), and with none the newest of either kind is adopted when S3 holds
+        nothing here past it (:func:`consumer.recovery.below_a_move`); with none and the group
+        gone to another output since, the run stops (:func:`consumer.recovery.left_for`).
         Before, a group whose offsets were moved backwards below a move (or expired after one)
-        while this output held no final file above them exported the records there once more,
-        unseen. One LIST a recovery, and a PUT a move; the newest one is read (one GET) only when
-        there is no committed position, for the topic id it names. Positions gone on from
-        without a note above the committed one are stale (an operator moved the offset back below
-        them on purpose): deleted with what the plan deletes."""
+        exported the records once more, unseen. One LIST a recovery, and two PUTs a move; the
+        newest one is read (one GET) only when there is no committed position. With one, what
+        it outdates is deleted with what the plan deletes: positions gone on from without a note
+        above it (an operator moved the offset back below them on purpose), and moves away (the
+        group writes here again)."""
         if not self.shared.group_id or not self.shared.follows_moves:
             return None
         note = parse_note(self.positions.note(self.topic, self.partition))
         if committed is not None and note is not None and not same_output(note.output, self.shared.output):
             self._keep_a_move(committed, note.output)
+            self._mark_the_output_left(note.output, committed)
         listed = [(m, o.key) for o in self.store.list(self.layout.moved_dir(self.topic, self.partition))
                   if (m := self.layout.parse_moved(o.key)) is not None]
         if not listed:
             return None
-        moves = [at for (at, noted), _key in listed if noted]
-        (newest, _), key = max(listed)
-        topic_id = None
-        if committed is None:
+        here = [(at, kind, key) for (at, kind), key in listed if kind != AWAY]
+        newest = max(((at, kind != AWAY, key) for (at, kind), key in listed), default=None)
+        said: dict[str, Any] = {}
+        if committed is None and newest is not None:
             with contextlib.suppress(FileNotFoundError, ValueError, AttributeError):
-                topic_id = json.loads(self.store.get(key)).get("topic_id")
+                said = dict(json.loads(self.store.get(newest[2])))
+        topic_id = said.get("topic_id")
+        left = committed is None and newest is not None and not newest[1]
         return MovedIn(
-            max(moves, default=None), newest, topic_id if isinstance(topic_id, str) else None,
-            tuple(k for (at, noted), k in listed if not noted and committed is not None and at > committed),
+            position=max((at for at, kind, _ in here if kind == MOVED_IN), default=None),
+            went_on=max((at for at, _, _ in here), default=None),
+            topic_id=topic_id if isinstance(topic_id, str) else None,
+            stale=tuple(key for (at, kind), key in listed if committed is not None
+                        and (kind == AWAY or (kind == UNNOTED and at > committed))),
+            left_at=newest[0] if left and newest is not None else None,
+            left_for=str(said.get("to")) if left and said.get("to") else None,
         )
 
     def _keep_a_move(self, position: int, came_from: str | None) -> None:
         """``_moved/<position>``: the group went on from ``position`` here, the records below it
         being in ``came_from`` (None: unknown, a position with no note: ``.unnoted``)."""
         body = {"from": came_from, "group": self.shared.group_id, "topic_id": self.topic_id}
-        key = self.layout.moved_key(self.topic, self.partition, position, noted=came_from is not None)
+        key = self.layout.moved_key(self.topic, self.partition, position,
+                                    MOVED_IN if came_from is not None else UNNOTED)
         self.store.put_if_absent(key, json.dumps(body).encode())
+
+    def _mark_the_output_left(self, output: str, position: int) -> None:
+        """``_moved/<position>.away`` in the output the group moved from: with the group's offsets
+        expired, a run of that output would adopt the end of its own files and export what this
+        one holds once more; it stops instead (:func:`consumer.recovery.left_for`). Read and
+        written as :meth:`_held_where_the_group_moved` reads: in this bucket or, through
+        ``shared.store_of``, in another; when it cannot be written, said once, and the move goes on."""
+        try:
+            bucket, prefix = split_output(output)
+            here, _ = split_output(self.shared.output)
+        except ValueError:  # named by its hash
+            return
+        store_of = self.shared.store_of
+        if bucket != here and store_of is None:
+            return
+        body = {"to": self.shared.output, "group": self.shared.group_id, "topic_id": self.topic_id}
+        try:
+            store = self.store if bucket == here or store_of is None else store_of(bucket)
+            store.put_if_absent(Layout(prefix).moved_key(self.topic, self.partition, position, AWAY),
+                                json.dumps(body).encode())
+        except StorageError as exc:
+            self.log.warning(
+                "the output the group moved from could not be told so: should the group's offsets "
+                "expire, a run of that output would export again what this one holds; give this "
+                "consumer s3:PutObject there", moved_from=output, error=f"{type(exc).__name__}: {exc}"[:300],
+            )
 
     def _committed_after_staging(self) -> bool:
         """Whether the committed position's note says this consumer committed it after the rows
@@ -2158,12 +2198,17 @@ class MovedIn:
 
     #: the newest position the group moved to this output at from another one (None: no move)
     position: int | None
-    #: the newest position the group went on from here, moved in or with no note
-    went_on: int
+    #: the newest position the group went on from here, moved in or with no note (None: none)
+    went_on: int | None
     #: the topic id the newest one names (None: not read, or not known)
     topic_id: str | None = None
-    #: positions gone on from with no note, above the committed one: to delete
+    #: what the committed position outdates: positions gone on from with no note above it, and
+    #: moves away (the group writes here again); deleted with what the plan deletes
     stale: tuple[str, ...] = ()
+    #: with no committed position: where the group moved from this output to another one, when
+    #: nothing here is newer, and that output (None: not left, or not said)
+    left_at: int | None = None
+    left_for: str | None = None
 
 
 class OtherOutputListings:

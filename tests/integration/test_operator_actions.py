@@ -1269,8 +1269,9 @@ def test_a_reset_below_where_the_group_moved_stops_and_expired_offsets_go_on_fro
     moved (``_moved/``). An operator's ``--reset-offsets --to-offset 0`` then made its run export
     the old output's records there again; now it stops with status 5, changes nothing, and goes on
     once the offset is moved back as it says. With the group deleted (offsets expired), the run
-    adopts where the group moved instead of starting from auto.offset.reset. The old output's
-    finish then leaves every offset in exactly one of the two."""
+    adopts where the group moved instead of starting from auto.offset.reset, and a run of the old
+    output stops with status 5 naming the new one (``.away``). The old output's finish then leaves
+    every offset in exactly one of the two."""
     topic, group = make_topic(partitions=1), unique("g")
     old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
     produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
@@ -1291,6 +1292,9 @@ def test_a_reset_below_where_the_group_moved_stops_and_expired_offsets_go_on_fro
 
     admin.delete_consumer_groups([group])[group].result(timeout=30)
     produce(stack.kafka_bootstrap, topic, "page_view", 30, partitions=1, create_topic=False, seed=5)
+    back = run_consumer(topic, group, old)  # a rolled-back deployment: the old output's run
+    assert back.returncode == 5, back.stderr[-3000:]
+    assert f"moved from this output to {new} at 300" in back.stderr, back.stderr[-3000:]
     adopted = run_consumer(topic, group, new)
     assert adopted.returncode == 0, adopted.stderr[-3000:]
     done = finish_files(topic, group, old)

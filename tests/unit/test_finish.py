@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -445,6 +446,54 @@ def test_a_reset_below_where_the_group_moved_is_refused_and_expired_offsets_go_o
         assert run_new() == EXIT_OK
     assert _finish(broker, store, old) == EXIT_OK
     assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION + 20)
+
+
+@pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
+@pytest.mark.parametrize("bucket", ["bucket", "other"], ids=["one-bucket", "two-buckets"])
+def test_with_the_offsets_expired_a_run_of_the_output_the_group_moved_from_stops_until_the_new_one_runs(
+    partition_by: str | None, bucket: str,
+) -> None:
+    """The group moved to a new output, which wrote on; then its offsets expired (or the group was
+    deleted) and a run of the *old* output came up (a deployment rolled back). It adopted the end
+    of its own files and exported again what the new output holds. Now the new output's first
+    recovery says so in the old one (``_moved/<position>.away``): that run stops with status 5 and
+    changes nothing, naming the new output; a run of the new one adopts its own end. A run back to
+    the old output with the group's position (a note) drops the mark."""
+    broker, store = _broker(), MemoryStore()
+    stores = {"bucket": store, "other": store if bucket == "bucket" else MemoryStore()}
+    old = _config(partition_by=partition_by, bucket_grace=86400.0)
+    new = _config(output=f"s3://{bucket}/new", until_caught_up=True, partition_by=partition_by,
+                  bucket_grace=86400.0)
+
+    def run(config: Config, at: MemoryStore) -> int:
+        runner = GroupRunner(config, store=at, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                             store_of=stores.__getitem__)
+        if not config.until_caught_up:
+            at_consume(runner.consumer, {8: runner.request_stop})
+        return runner.run()
+
+    assert run(old, store) == EXIT_OK
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    assert run(new, stores[bucket]) == EXIT_OK
+    away = {k: json.loads(v) for k, v in store.objects.items() if k.startswith("out/_moved/")}
+    assert sorted(away) == [f"out/_moved/topic=t/partition={p}/{PER_PARTITION:020d}.away"
+                            for p in range(PARTITIONS)]
+    assert {a["to"] for a in away.values()} == {f"s3://{bucket}/new"}
+    broker.groups["g"].offsets.clear()  # expired
+    broker.groups["g"].notes.clear()
+    before = dict(store.objects)
+    with capture_logs() as logs:
+        assert run(old, store) == EXIT_FATAL
+    said = " ".join(str(e.get("error", "")) for e in logs)
+    assert f"moved from this output to s3://{bucket}/new at {PER_PARTITION}" in said, said
+    assert store.objects == before
+    assert run(new, stores[bucket]) == EXIT_OK
+    assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [PER_PARTITION + 10] * 2
+    assert run(old, store) == EXIT_OK  # back, with the group's position: the mark goes
+    assert not [k for k in store.objects if k.startswith("out/") and k.endswith(".away")]
+    assert run(replace(old, until_caught_up=True), store) == EXIT_OK
+    assert not [k for s in stores.values() for k in s.objects if "/_staging/" in k]
+    assert _in_both(_only(store, "out"), _only(stores[bucket], "new")) == _every(PER_PARTITION + 10)
 
 
 def test_a_reset_forwards_is_kept_for_expired_offsets_until_the_offset_goes_back_below_it() -> None:
