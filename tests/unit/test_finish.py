@@ -731,8 +731,9 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
     below a move, or offsets expired after one, while the output moved to held no final file above
     the position, exported the other output's records there once more (now ``_moved/`` keeps the
     move's position). The two outputs are in one bucket, or each in its own (read through
-    ``store_of``, as the CLI's). Not drawn: offsets that expire before a run of *another* output
-    (the output moved from cannot know where the group went: docs/design.md)."""
+    ``store_of``, as the CLI's). Offsets that expire before a run of *another* output are not
+    drawn here: a move with a reset at once leaves no note to say the group moved (what a move
+    with a note does is tested on its own, below)."""
     broker = _broker()
     one = MemoryStore()
     stores = {"out": one, "new": one if buckets == "one-bucket" else MemoryStore()}
