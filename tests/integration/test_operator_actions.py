@@ -1242,6 +1242,18 @@ def another_bucket(stack: Any, s3: Any) -> str:
     return bucket
 
 
+def moved_at_a_quiet_time(stack: Any, make_topic: Any, unique_prefix: str) -> tuple[str, str, str, str]:
+    """300 records of one partition committed into open files of ``<prefix>old``, then a run of
+    the group into ``<prefix>new`` with nothing more to read: (topic, group, old, new)."""
+    topic, group = make_topic(partitions=1), unique("g")
+    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
+    committed_into_open_files(topic, group, old, 300)
+    moved = run_consumer(topic, group, new)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    return topic, group, old, new
+
+
 def test_files_left_open_in_an_output_the_group_moved_from_at_a_quiet_time_are_made_final(
     stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
@@ -1249,12 +1261,7 @@ def test_files_left_open_in_an_output_the_group_moved_from_at_a_quiet_time_are_m
     flush of it commits. The group's last commit named the old output for ever, and ``consumer
     finish`` of it refused. The new output's recovery commits the position again with a note
     naming the new output (on the real broker's offset metadata), and the finish goes on."""
-    topic, group = make_topic(partitions=1), unique("g")
-    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
-    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
-    committed_into_open_files(topic, group, old, 300)
-    moved = run_consumer(topic, group, new)
-    assert moved.returncode == 0, moved.stderr[-3000:]
+    topic, group, old, new = moved_at_a_quiet_time(stack, make_topic, unique_prefix)
     assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 unstaged {new}"
     done = finish_files(topic, group, old)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -1272,12 +1279,7 @@ def test_a_reset_below_where_the_group_moved_stops_and_expired_offsets_go_on_fro
     adopts where the group moved instead of starting from auto.offset.reset, and a run of the old
     output stops with status 5 naming the new one (``.away``). The old output's finish then leaves
     every offset in exactly one of the two."""
-    topic, group = make_topic(partitions=1), unique("g")
-    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
-    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False)
-    committed_into_open_files(topic, group, old, 300)
-    moved = run_consumer(topic, group, new)
-    assert moved.returncode == 0, moved.stderr[-3000:]
+    topic, group, old, new = moved_at_a_quiet_time(stack, make_topic, unique_prefix)
     marker = f"{unique_prefix}new/_moved/topic={topic}/partition=0/{300:020d}"
     assert json.loads(s3.get_object(Bucket=stack.s3_bucket, Key=marker)["Body"].read())["from"] == old
 

@@ -372,6 +372,19 @@ def test_verify_with_the_output_the_group_moved_from_counts_both_outputs_files()
         verify(moved_store, "new", "t", committed=committed, with_outputs=[(moved_store, "new/")])
 
 
+def _every_record_in_open_files(partition_by: str | None) -> tuple[MemoryBroker, MemoryStore, Config, Config]:
+    """A run of the group into ``out`` that read every record and stopped, its files left open;
+    (broker, store, that output's config, a bounded one of ``s3://bucket/new``)."""
+    broker, store = _broker(), MemoryStore()
+    old = _config(partition_by=partition_by, bucket_grace=86400.0)
+    new = _config(output="s3://bucket/new", until_caught_up=True, partition_by=partition_by,
+                  bucket_grace=86400.0)
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {8: runner.request_stop})
+    assert runner.run() == EXIT_OK  # everything read: the stop leaves every file open
+    return broker, store, old, new
+
+
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
 def test_files_left_open_in_an_output_the_group_moved_from_with_nothing_new_to_read_are_finished(
     partition_by: str | None,
@@ -381,13 +394,7 @@ def test_files_left_open_in_an_output_the_group_moved_from_with_nothing_new_to_r
     commit named the old output for ever, and ``consumer finish`` of it refused the open files as
     the group's own. The new output's recovery now commits the position again with an
     "unstaged" note naming the new output, and the finish makes every staged row final."""
-    broker, store = _broker(), MemoryStore()
-    old = _config(partition_by=partition_by, bucket_grace=86400.0)
-    new = _config(output="s3://bucket/new", until_caught_up=True, partition_by=partition_by,
-                  bucket_grace=86400.0)
-    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
-    at_consume(runner.consumer, {8: runner.request_stop})
-    assert runner.run() == EXIT_OK  # everything read: the stop leaves every file open
+    broker, store, old, new = _every_record_in_open_files(partition_by)
     assert [broker.committed_offset("g", "t", p) for p in range(PARTITIONS)] == [PER_PARTITION] * PARTITIONS
     assert _staged(store) and not _finals(store)
     assert GroupRunner(new, store=store, decoder=_decoder(),
@@ -410,13 +417,7 @@ def test_a_reset_below_where_the_group_moved_is_refused_and_expired_offsets_go_o
     goes on once the offset is moved back as it says. Later the group's offsets expire: the run
     adopts where the group moved (it started again from auto.offset.reset before). Every offset
     ends in exactly one output."""
-    broker, store = _broker(), MemoryStore()
-    old = _config(partition_by=partition_by, bucket_grace=86400.0)
-    new = _config(output="s3://bucket/new", until_caught_up=True, partition_by=partition_by,
-                  bucket_grace=86400.0)
-    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
-    at_consume(runner.consumer, {8: runner.request_stop})
-    assert runner.run() == EXIT_OK
+    broker, store, old, new = _every_record_in_open_files(partition_by)
 
     def run_new() -> int:
         runner = GroupRunner(new, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
@@ -503,11 +504,7 @@ def test_a_reset_forwards_is_kept_for_expired_offsets_until_the_offset_goes_back
     move as well, those of the other output). Moving the offset back below it later (to export the
     skipped records after all) is not refused, and deletes it: else expired offsets would adopt it
     again and skip what the group had not read back yet."""
-    broker, store = _broker(), MemoryStore()
-    config = _config()
-    runner = GroupRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
-    at_consume(runner.consumer, {8: runner.request_stop})
-    assert runner.run() == EXIT_OK
+    broker, store, _old, _new = _every_record_in_open_files(None)
     _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 20)
     group = broker.groups["g"]
     group.offsets[("t", 0)] = PER_PARTITION + 20  # --to-latest: [40, 60) skipped
@@ -733,7 +730,7 @@ def test_a_group_moved_between_two_outputs_in_any_order_ends_with_every_offset_i
     move's position). The two outputs are in one bucket, or each in its own (read through
     ``store_of``, as the CLI's). Offsets that expire before a run of *another* output are not
     drawn here: a move with a reset at once leaves no note to say the group moved (what a move
-    with a note does is tested on its own, below)."""
+    with a note does is tested in its own test)."""
     broker = _broker()
     one = MemoryStore()
     stores = {"out": one, "new": one if buckets == "one-bucket" else MemoryStore()}
