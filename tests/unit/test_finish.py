@@ -497,6 +497,27 @@ def test_with_the_offsets_expired_a_run_of_the_output_the_group_moved_from_stops
     assert _in_both(_only(store, "out"), _only(stores[bucket], "new")) == _every(PER_PARTITION + 10)
 
 
+def test_a_move_whose_old_output_cannot_be_written_says_so_and_goes_on() -> None:
+    """The new output's first recovery tells the old one, in another bucket, of the move
+    (``.away``); this consumer may not write there (access denied). The move goes on, and the
+    warning says what is then not guarded (a run of the old output after the offsets expire)."""
+    broker, store, _old, _new = _every_record_in_open_files(None)
+    moved_store = MemoryStore()
+    store.fail_next("put_if_absent", FatalStorageError("AccessDenied: s3:PutObject on bucket"), times=2)
+    with capture_logs() as logs:
+        runner = GroupRunner(_config(output="s3://other/new", until_caught_up=True), store=moved_store,
+                             decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                             store_of=lambda _bucket: store)
+        assert runner.run() == EXIT_OK
+    said = [e for e in logs
+            if str(e["event"]).startswith("the output the group moved from could not be told")]
+    assert sorted((e["partition"], e["moved_from"], "AccessDenied" in e["error"]) for e in said) == [
+        (p, "s3://bucket/out", True) for p in range(PARTITIONS)], said
+    assert not [k for k in store.objects if "/_moved/" in k]
+    assert [broker.committed_note("g", "t", p) for p in range(PARTITIONS)] == [
+        "kafka-parquet-consumer/1 unstaged s3://other/new"] * PARTITIONS
+
+
 def test_a_reset_forwards_is_kept_for_expired_offsets_until_the_offset_goes_back_below_it() -> None:
     """An operator's reset forwards with no note, on a partition with nothing more to read: the
     position is kept (``_moved/<position>.unnoted``), so that offsets expiring before the next
