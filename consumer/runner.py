@@ -496,7 +496,7 @@ class Runner:
                 "the output's size again)",
                 staging=staging,
                 hint="add a lifecycle rule that expires noncurrent versions under the prefix's "
-                "_staging/, _state/, _newest_final/ and _rolled/ folders (README, 'S3 servers "
+                "_staging/, _state/, _newest_final/, _rolled/ and _moved/ folders (README, 'S3 servers "
                 "and buckets')",
             )
 
