@@ -488,18 +488,12 @@ class PartitionWorker:
         note = parse_note(self.positions.note(self.topic, self.partition))
         if committed is None or note is None or not pieces or same_output(note.output, self.shared.output):
             return []
-        try:
-            bucket, prefix = split_output(note.output)
-            here, _ = split_output(self.shared.output)
-        except ValueError:  # named by its hash
-            return []
-        store_of = self.shared.store_of
-        if bucket != here and store_of is None:
+        other = self._other_output(note.output)
+        if other is None:
             return []
         end = min(committed, max(p.to_pos for p in pieces))
         try:
-            store = self.store if bucket == here or store_of is None else store_of(bucket)
-            layout = Layout(prefix)
+            store, layout = other[0](), other[1]
             listing = self.shared.other_outputs.get(
                 note.output, self.topic, lambda: OutputListing.of(store, layout, self.topic))
             held = held_ranges(store, layout, self.topic, {self.partition: end}, listing)[self.partition]
@@ -572,25 +566,36 @@ class PartitionWorker:
                                     MOVED_IN if came_from is not None else UNNOTED)
         self.store.put_if_absent(key, json.dumps(body).encode())
 
+    def _other_output(self, output: str) -> tuple[Callable[[], ObjectStore], Layout] | None:
+        """Another output of the group, as this consumer reaches it: its store (this one in the
+        same bucket; through ``shared.store_of`` in another, made when called, so that the
+        caller's handling of S3 errors covers it) and its layout. None when it cannot be reached:
+        named by its hash, or in another bucket with no ``store_of``."""
+        try:
+            bucket, prefix = split_output(output)
+            here, _ = split_output(self.shared.output)
+        except ValueError:  # named by its hash
+            return None
+        store_of = self.shared.store_of
+        if bucket == here:
+            return (lambda: self.store), Layout(prefix)
+        if store_of is None:
+            return None
+        return (lambda: store_of(bucket)), Layout(prefix)
+
     def _mark_the_output_left(self, output: str, position: int) -> None:
         """``_moved/<position>.away`` in the output the group moved from: with the group's offsets
         expired, a run of that output would adopt the end of its own files and export what this
         one holds once more; it stops instead (:func:`consumer.recovery.left_for`). Read and
         written as :meth:`_held_where_the_group_moved` reads: in this bucket or, through
         ``shared.store_of``, in another; when it cannot be written, said once, and the move goes on."""
-        try:
-            bucket, prefix = split_output(output)
-            here, _ = split_output(self.shared.output)
-        except ValueError:  # named by its hash
-            return
-        store_of = self.shared.store_of
-        if bucket != here and store_of is None:
+        other = self._other_output(output)
+        if other is None:
             return
         body = {"to": self.shared.output, "group": self.shared.group_id, "topic_id": self.topic_id}
         try:
-            store = self.store if bucket == here or store_of is None else store_of(bucket)
-            store.put_if_absent(Layout(prefix).moved_key(self.topic, self.partition, position, AWAY),
-                                json.dumps(body).encode())
+            other[0]().put_if_absent(other[1].moved_key(self.topic, self.partition, position, AWAY),
+                                     json.dumps(body).encode())
         except StorageError as exc:
             self.log.warning(
                 "the output the group moved from could not be told so: should the group's offsets "
