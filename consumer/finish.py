@@ -26,18 +26,19 @@ them too, each cut where the other output holds the rest of what is staged here
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 from consumer.config import split_output
-from consumer.errors import EXIT_OK, UsageError
+from consumer.errors import EXIT_OK, IntegrityError, UsageError
 from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
-from consumer.layout import Layout, PieceRef, Staged, staged_of
-from consumer.positions import KafkaGroupPositions, parse_note, same_output
-from consumer.recovery import Ranges, cut_at
+from consumer.layout import AWAY, Layout, PieceRef, Staged, staged_of
+from consumer.positions import ROLLED, STAGED, KafkaGroupPositions, commit_note, parse_note, same_output
+from consumer.recovery import Ranges, cut_at, held_in_both
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
-from consumer.worker import TOPIC_ID_KEY, footer_metadata, held_ranges
+from consumer.worker import TOPIC_ID_KEY, final_end, footer_metadata, held_ranges
 
 
 class StagedEndPositions:
@@ -48,19 +49,23 @@ class StagedEndPositions:
     the committed position makes recovery resume each file as it stands, every staged piece
     counted as committed (the rows past the last commit, written when the run found the topic
     gone, included): with no log to read them from again, that is what they are. Commits go
-    nowhere, and no note is read (a moved output's cut is made here, not in recovery)."""
+    nowhere. No note is read from Kafka (a moved output's cut is made here, not in recovery); an
+    output the group moved from is given the note the group's commit had when it left
+    (``notes``, :meth:`FinishRunner._note_where_left`), so that recovery checks its open files as
+    the group's own recovery would have."""
 
     #: no Kafka call: any thread may ask (consumer.positions.OwnerThreadPositions)
     any_thread = True
 
-    def __init__(self, ends: dict[TP, int]) -> None:
+    def __init__(self, ends: dict[TP, int], notes: dict[TP, str] | None = None) -> None:
         self.ends = ends  # the runner's: filled once the listing is read
+        self.notes = {} if notes is None else notes  # ... and once the cuts are made
 
     def committed(self, topic: str, partition: int) -> int | None:
         return self.ends.get((topic, partition))
 
     def note(self, topic: str, partition: int) -> str:
-        return ""
+        return self.notes.get((topic, partition), "")
 
     def commit(self, topic: str, partition: int, position: int, note: str = "") -> None:
         self.ends[(topic, partition)] = position
@@ -82,9 +87,13 @@ class FinishRunner(Runner):
         current_topic_id: Callable[[str], str | None] | None = None, **kwargs: Any,
     ) -> None:
         self._ends: dict[TP, int] = {}
+        self._notes: dict[TP, str] = {}
+        #: where the group left each partition this finish makes final with its "staged" note, or
+        #: found made final by one before (:meth:`_mark_made_final`)
+        self._left: dict[TP, int] = {}
         super().__init__(
             config, store=store, decoder=decoder,
-            positions_factory=lambda _consumer: StagedEndPositions(self._ends),
+            positions_factory=lambda _consumer: StagedEndPositions(self._ends, self._notes),
             # the topic the files were read from is gone: no id of it to compare with
             topic_id=lambda _topic, _fresh: None,
             **kwargs,
@@ -95,7 +104,7 @@ class FinishRunner(Runner):
         self.shared.output = config.output
         # Positions come from what is staged, not from the group: where the group moved here
         # (_moved/) says nothing of them.
-        self.shared.follows_moves = False
+        self.shared.finishing = True
         #: the id (KIP-516) of the topic of that name now, if one was created again (the in-memory
         #: doubles give theirs)
         self._current_topic_id = current_topic_id or (lambda topic: self._topic_id_now(topic, True))
@@ -122,13 +131,18 @@ class FinishRunner(Runner):
                     topic=topic, topic_id_in_s3=sorted(i for i in named if i), topic_id=now,
                 )
                 return staged_ends(staged)
-            moved = self._moved_to(staged) if staged else None
-            if moved is not None:
-                return self._cut_where_moved(topic, staged, moved)
+            left = self._left_with_nothing_staged(topic, staged)
+            if not staged and not left:
+                return {}  # said by the caller: nothing to finish
+            moved = self._moved_to([*staged, *left])
+            if not isinstance(moved, str):
+                cut = self._cut_where_moved(topic, staged, moved)
+                return {**cut, **self._checked_where_left(left, moved)}
             raise UsageError(
-                f"topic {topic!r} exists in the cluster and the group's last commit of it was to this "
-                "output: its files are made final by consuming it, with this group and output: "
-                f"consumer run --topic {topic} --until-caught-up. `consumer finish` is for a topic "
+                f"topic {topic!r} exists in the cluster and {moved}: its files are made final by "
+                "consuming it, with this group and output: "
+                f"consumer run --topic {topic} --until-caught-up --output {self.config.output}. "
+                "`consumer finish` is for a topic "
                 "deleted from the cluster, or for files left open in an output the group has since "
                 "moved from (--output changed; once the group has committed to the new one)."
             )
@@ -139,17 +153,25 @@ class FinishRunner(Runner):
                              "nothing was finished")
         return staged_ends(staged)
 
-    def _moved_to(self, staged: Staged) -> dict[TP, tuple[str, int]] | None:
+    def _moved_to(self, staged: list[TP]) -> dict[TP, tuple[str, int]] | str:
         """The output and position of the group's last commit of each staged partition, when
-        every one of them names another output than this one; None otherwise (a partition the
-        group has not committed since, or last committed here)."""
+        every one of them names another output than this one; otherwise why not, for the first
+        partition that does not (one the group has no position of, or no note, or last committed
+        here)."""
         group = KafkaGroupPositions(self.consumer, group=self.config.group_id, principal=self._principal)
         committed = group.committed_many(sorted(staged))
         out: dict[TP, tuple[str, int]] = {}
-        for tp, position in committed.items():
+        for tp, position in sorted(committed.items()):
             note = parse_note(group.note(*tp))
-            if position is None or note is None or same_output(note.output, self.config.output):
-                return None
+            where = f"{tp[0]}[{tp[1]}]"
+            if position is None:
+                return (f"the group has no committed position of {where} (it never committed one, or "
+                        "its offsets expired), so no run of it is known to have moved on from here")
+            if note is None:
+                return (f"the group's position of {where} has no note of this consumer (an operator's "
+                        "reset): where its rows are is not known")
+            if same_output(note.output, self.config.output):
+                return f"the group's last commit of {where} was to this output"
             out[tp] = (note.output, position)
         return out
 
@@ -169,12 +191,20 @@ class FinishRunner(Runner):
                 if self.shared.store_of is None:
                     continue
                 store = self.shared.store_of(bucket)
-            ends = {tp[1]: staged_end[tp] for tp, (named, _) in moved.items() if named == output}
+            ends = {tp[1]: staged_end[tp] for tp, (named, _) in moved.items()
+                    if named == output and tp in staged}
             ranges = held_ranges(store, Layout(prefix), topic, ends)
             held.update({(topic, p): r for p, r in ranges.items()})
         out: dict[TP, int] = {}
         for tp, refs in staged.items():
-            out[tp] = cut_at(refs, held.get(tp, []))
+            out[tp] = self._where_left(tp, cut_at(refs, held.get(tp, [])))
+            if both := held_in_both(refs, held.get(tp, []), out[tp]):
+                self.log.warning(
+                    "staged rows here are in the output the group moved to as well, from within a "
+                    "piece that cannot be cut: they stay in both outputs (`consumer verify "
+                    "--with-output` counts them as duplicates)", partition=f"{tp[0]}[{tp[1]}]",
+                    moved_to=moved[tp][0], in_both=[list(r) for r in both],
+                )
             self.log.warning(
                 "the group moved to another output: this one's open file is finished with the staged "
                 "rows that output does not hold",
@@ -183,6 +213,110 @@ class FinishRunner(Runner):
                 **({} if tp in held else {"unread": "that output could not be listed: all is kept"}),
             )
         return out
+
+    def _left_with_nothing_staged(self, topic: str, staged: Staged) -> dict[TP, int]:
+        """The partitions of ``topic`` that nothing is staged of here, which the group left at M
+        with rows staged below it (:meth:`_where_left`), and whose final files do not reach M (an
+        earlier finish did not make them final): a clean-up deleted every staged object of such a
+        partition. One LIST of the topic's ``_moved/``, and a GET and a check of the final files
+        (:meth:`_final_up_to`) for each partition whose newest object there is a move away."""
+        newest: dict[int, int] = {}
+        for o in self.store.list(self.layout.moved_topic_dir(topic)):
+            moved = self.layout.parse_moved_of_topic(topic, o.key)
+            if moved is not None and moved[2] == AWAY and (topic, moved[0]) not in staged:
+                newest[moved[0]] = max(newest.get(moved[0], moved[1]), moved[1])
+        left = {(topic, p): at for p, at in sorted(newest.items())
+                if self._held_when_left((topic, p), at) == STAGED}
+        for tp, at in list(left.items()):
+            if self._final_up_to(tp, at):  # a finish cut short after its rolls: made final
+                self._mark_made_final(tp, at)
+                del left[tp]
+        return left
+
+    def _final_up_to(self, tp: TP, at: int) -> bool:
+        """Whether this output's final files of ``tp`` reach ``at`` (a finish made them final):
+        the rolled high-water under --partition-by (``_rolled/`` names, one LIST), else the end of
+        the newest final file (``_newest_final/``: one LIST, a HEAD and a footer read)."""
+        if self.config.partition_by:
+            ends = (Layout.parse_rolled(o.key) for o in self.store.list(self.layout.rolled_dir(*tp)))
+            return max((e for e in ends if e is not None), default=at - 1) >= at
+        named = (Layout.parse_newest_final(o.key) for o in self.store.list(self.layout.newest_final_dir(*tp)))
+        start = max((s for s in named if s is not None), default=None)
+        key = self.layout.final_key(*tp, start) if start is not None else None
+        info = self.store.head(key) if key is not None else None
+        end = final_end(self.store, info.key, info.size) if info is not None else None
+        return end is not None and end >= at
+
+    def _checked_where_left(self, left: dict[TP, int], moved: dict[TP, tuple[str, int]]) -> dict[TP, int]:
+        """Each partition of :meth:`_left_with_nothing_staged` is recovered at the position the
+        group left it, with the note it had then: the finish stops (status 5) on rows deleted from
+        ``_staging/``."""
+        for tp, at in left.items():
+            self._notes[tp] = commit_note(STAGED, self.config.output)
+            self._left[tp] = at
+            self.log.warning(
+                "the group left this output with rows staged here of which nothing is staged now: "
+                "checked against the final files", partition=f"{tp[0]}[{tp[1]}]", moved_to=moved[tp][0],
+                position=at,
+            )
+        return left
+
+    def _mark_made_final(self, tp: TP, at: int) -> None:
+        """Say in the ``.away`` object of ``tp`` at ``at`` that the rows below are in final files
+        now ("rolled"): a run of the group back to this output then finds no staged rows to check
+        (consumer.worker.PartitionWorker._check_where_left), and a finish run again nothing to do.
+        A conditional overwrite (the ETag read); one changed meanwhile is left as it is."""
+        key = self.layout.moved_key(*tp, at, AWAY)
+        info = self.store.head(key)
+        if info is None:
+            return
+        try:
+            body = dict(json.loads(self.store.get(key)))
+        except (FileNotFoundError, ValueError, TypeError):
+            return
+        self.store.replace_if_match(key, json.dumps({**body, "held": ROLLED}).encode(), info.etag)
+
+    def _held_when_left(self, tp: TP, at: int) -> str | None:
+        """What the group's note said held the rows below ``at`` when it left this output there
+        (the ``.away`` object's ``held``; None: unreadable, or written by an earlier version)."""
+        try:
+            held = json.loads(self.store.get(self.layout.moved_key(*tp, at, AWAY))).get("held")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        return held if isinstance(held, str) else None
+
+    def _where_left(self, tp: TP, cut: int) -> int:
+        """Where ``tp`` is finished: at ``cut``, or where the group left this output when that was
+        at or above it with the rows below staged here, as the newest ``_moved/<M>.away`` says
+        (written by the other output's first recovery). Recovery is then given the group's note
+        of M, and checks the open files as the group's own recovery would have: staged pieces
+        deleted since by a clean-up (the newest ones, below M, which the other output does not
+        hold; or a whole bucket file of the flush that committed M) stop the finish with status 5
+        and nothing changed, where before their rows were lost without a word. One LIST, and one
+        GET when there is such an object."""
+        moved = (self.layout.parse_moved(o.key) for o in self.store.list(self.layout.moved_dir(*tp)))
+        left = max((at for at, kind in (m for m in moved if m is not None) if kind == AWAY), default=None)
+        if left is None or left < cut or self._held_when_left(tp, left) != STAGED:
+            return cut
+        self._notes[tp] = commit_note(STAGED, self.config.output)
+        self._left[tp] = left
+        return left
+
+    def _as_a_finish(self, stop: IntegrityError) -> IntegrityError:
+        """A recovery's stop, where the group left this output with its rows staged here
+        (:meth:`_where_left`): its remedies move the group's offset, which reads into the other
+        output now. Say what a finish can do instead."""
+        key = next((self.layout.moved_key(*tp, at, AWAY) for tp, at in sorted(self._left.items())
+                    if str(stop).startswith(f"{tp[0]}[{tp[1]}]")), None)
+        if key is None:
+            return stop
+        return IntegrityError(
+            f"{stop} -- This is `consumer finish` of an output the group left with rows staged here "
+            f"({key} says where): moving the group's offset would export them into the output it "
+            "writes now, not here. Restore the deleted objects (a versioned bucket keeps them) and "
+            "finish again. To finish without them, export the records named above with `consumer "
+            f"replay` to another prefix first, then delete {key} and finish again."
+        )
 
     def _staged_topic_ids(self, staged: Staged) -> set[str | None]:
         """The topic id each staged partition names in its newest piece's footer (None: a piece
@@ -200,18 +334,24 @@ class FinishRunner(Runner):
         for topic in self.config.topics:
             of_topic = {tp: refs for tp, refs in staged.items() if tp[0] == topic}
             self._ends.update(self._positions(topic, of_topic))
-            if not of_topic:
+            if not any(tp[0] == topic for tp in self._ends):
                 self.log.warning("nothing to finish: this output holds no open file of the topic (check "
                                  "--output and --topic)", topic=topic, staging=self.layout.staging_root())
         tps = sorted(self._ends)
         workers = [self._new_worker(*tp) for tp in tps]
-        recover_all(workers)
+        try:
+            recover_all(workers)
+        except IntegrityError as stop:
+            raise self._as_a_finish(stop) from stop
         self.workers.update(zip(tps, workers, strict=True))
         self.log.info("finishing the open files", topics=list(self.config.topics),
                       partitions=[f"{t}[{p}]" for t, p in tps])
 
     def _done(self, now: float) -> int | None:
-        self._finish_all(list(self.workers.values()))
+        for worker in self._finish_all(list(self.workers.values())):
+            tp = (worker.topic, worker.partition)
+            if tp in self._left:
+                self._mark_made_final(tp, self._left[tp])
         self.log.info("finished: every staged file of the topics is final",
                       partitions=len(self.workers))
         return EXIT_OK

@@ -180,9 +180,12 @@ class Layout:
     def parse_newest_final(key: str) -> int | None:
         return Layout.parse_rolled(key)  # the same 20-digit name: a position
 
+    def moved_topic_dir(self, topic: str) -> str:
+        return self._join("_moved", f"topic={topic}") + "/"
+
     def moved_dir(self, topic: str, partition: int) -> str:
         """Where the positions the group moved to this output at are kept (one object a move)."""
-        return self._join("_moved", f"topic={topic}", f"partition={partition}") + "/"
+        return self.moved_topic_dir(topic) + f"partition={partition}/"
 
     def moved_key(self, topic: str, partition: int, position: int, kind: str = MOVED_IN) -> str:
         return self.moved_dir(topic, partition) + f"{position:020d}" + kind
@@ -194,6 +197,14 @@ class Layout:
         kind = next((k for k in (UNNOTED, AWAY) if name.endswith(k)), MOVED_IN)
         at = Layout.parse_rolled(name[: len(name) - len(kind)])
         return None if at is None else (at, kind)
+
+    def parse_moved_of_topic(self, topic: str, key: str) -> tuple[int, int, str] | None:
+        """A key listed under :meth:`moved_topic_dir` → (partition, position, kind)."""
+        base = self.moved_topic_dir(topic)
+        folder, _, name = key[len(base):].partition("/") if key.startswith(base) else ("", "", "")
+        number = folder.removeprefix("partition=")
+        moved = self.parse_moved(name) if folder.startswith("partition=") and number.isdigit() else None
+        return None if moved is None else (int(number), *moved)
 
     def parse_staging_key(
         self, topic: str, partition: int, key: str, size: int = 0

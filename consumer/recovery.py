@@ -170,6 +170,22 @@ def cut_at(refs: Sequence[PieceRef | RollMarker], held: Ranges, end: int | None 
     return next(b for b in sorted(ends | {r.file_start for r in refs} | {end}) if holds_all(held, b, end))
 
 
+def held_in_both(refs: Sequence[PieceRef | RollMarker], held: Ranges, cut: int) -> Ranges:
+    """The positions below ``cut`` (:func:`cut_at`) that both the staged pieces ``refs`` kept and
+    the other output (``held``) hold: a piece cannot be cut inside, so when the other output
+    begins within one (the group's offset reset into it with --output changed, or the log start
+    passed it while its commit was lost), its rows from there are in both outputs. Merged, sorted."""
+    both = sorted((max(a, r.from_pos), min(b, r.to_pos, cut)) for r in refs if isinstance(r, PieceRef)
+                  for a, b in held if max(a, r.from_pos) < min(b, r.to_pos, cut))
+    merged: Ranges = []
+    for a, b in both:
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
 def plan_recovery(
     committed: int | None,
     pieces: Sequence[PieceRef],

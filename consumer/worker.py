@@ -99,6 +99,7 @@ from consumer.recovery import (
     cut_at,
     dead_letters_from,
     files_gone,
+    held_in_both,
     layout_mismatch,
     left_for,
     one_flush_only,
@@ -244,10 +245,11 @@ class SharedState:
     #: Listings of those outputs, shared by one rebalance's recoveries (:class:`OtherOutputListings`).
     other_outputs: OtherOutputListings = field(default_factory=lambda: OtherOutputListings(),
                                                repr=False, compare=False)
-    #: Whether recovery keeps and reads the positions the group moved to this output at
-    #: (``_moved/``, :meth:`PartitionWorker._moved_in`): a group's run. ``consumer finish`` takes
-    #: its positions from what is staged, not from the group, and sets it off.
-    follows_moves: bool = True
+    #: ``consumer finish``: no run of the group reads these partitions into this output again. Its
+    #: positions come from what is staged, not from the group, so recovery neither keeps nor reads
+    #: where the group moved to this output (``_moved/``, :meth:`PartitionWorker._moved_in`), and
+    #: its stops are explained by the finish (consumer.finish).
+    finishing: bool = False
 
 
 class PartitionWorker:
@@ -431,6 +433,9 @@ class PartitionWorker:
             topic_ids.append(letters.topic_id)
         if moved is not None and committed is None:
             topic_ids.append(moved.topic_id)
+        self._keep_a_move_once_checked(moved, lambda at: plan_recovery(
+            at, pieces, markers, dead, finals, last_end, where=self.where, staged_here=True,
+            gone_final_start=gone.start if gone is not None else None))
         plan = plan_recovery(
             committed, pieces, markers, dead, finals, last_end, where=self.where,
             last_final_writer=writer,
@@ -506,6 +511,12 @@ class PartitionWorker:
             )
             return []
         cut = cut_at([*pieces, *markers], held, end)
+        if both := held_in_both(pieces, held, cut):
+            self.log.warning(
+                "staged rows here are in the output the group moved to as well, from within a piece "
+                "that cannot be cut: they stay in both outputs (`consumer verify --with-output` "
+                "counts them as duplicates)", moved_to=note.output, in_both=[list(r) for r in both],
+            )
         if cut >= end:
             return []
         left = [r.key for r in pieces if r.from_pos >= cut] + [m.key for m in markers if m.end > cut]
@@ -525,21 +536,22 @@ class PartitionWorker:
         nothing here past it (:func:`consumer.recovery.below_a_move`); with none and the group
         gone to another output since, the run stops (:func:`consumer.recovery.left_for`).
         Before, a group whose offsets were moved backwards below a move (or expired after one)
-        exported the records once more, unseen. One LIST a recovery, and two PUTs a move; the
-        newest one is read (one GET) only when there is no committed position. With one, what
-        it outdates is deleted with what the plan deletes: positions gone on from without a note
-        above it (an operator moved the offset back below them on purpose), and moves away (the
-        group writes here again)."""
-        if not self.shared.group_id or not self.shared.follows_moves:
+        exported the records once more, unseen. One LIST a recovery, and two PUTs a move (made by
+        :meth:`_keep_a_move_once_checked`, once a run back's check passed); the newest one is read
+        (one GET) only when there is no committed position. With one, what it outdates is
+        deleted with what the plan deletes: positions gone on from without a note above it (an
+        operator moved the offset back below them on purpose), and moves away (the group writes
+        here again)."""
+        if not self.shared.group_id or self.shared.finishing:
             return None
         note = parse_note(self.positions.note(self.topic, self.partition))
-        if committed is not None and note is not None and not same_output(note.output, self.shared.output):
-            self._keep_a_move(committed, note.output)
-            self._mark_the_output_left(note.output, committed)
+        back = committed is not None and note is not None and not same_output(note.output, self.shared.output)
+        keep = (committed, note.output, note.held) if back and committed is not None and note is not None \
+            else None
         listed = [(m, o.key) for o in self.store.list(self.layout.moved_dir(self.topic, self.partition))
                   if (m := self.layout.parse_moved(o.key)) is not None]
         if not listed:
-            return None
+            return MovedIn(None, None, keep=keep) if keep is not None else None
         here = [(at, kind, key) for (at, kind), key in listed if kind != AWAY]
         newest = max(((at, kind != AWAY, key) for (at, kind), key in listed), default=None)
         said: dict[str, Any] = {}
@@ -548,6 +560,8 @@ class PartitionWorker:
                 said = dict(json.loads(self.store.get(newest[2])))
         topic_id = said.get("topic_id")
         left = committed is None and newest is not None and not newest[1]
+        away = max(((at, key) for (at, kind), key in listed
+                    if kind == AWAY and back and at <= (committed or 0)), default=None)
         return MovedIn(
             position=max((at for at, kind, _ in here if kind == MOVED_IN), default=None),
             went_on=max((at for at, _, _ in here), default=None),
@@ -556,7 +570,48 @@ class PartitionWorker:
                         and (kind == AWAY or (kind == UNNOTED and at > committed))),
             left_at=newest[0] if left and newest is not None else None,
             left_for=str(said.get("to")) if left and said.get("to") else None,
+            left_staged_at=away[0] if away is not None and self._held_there(away[1]) == STAGED else None,
+            keep=keep,
         )
+
+    def _held_there(self, key: str) -> str | None:
+        """What a ``.away`` object says the group's note said held the rows below where it left
+        (None: unreadable, or written by an earlier version)."""
+        try:
+            held = json.loads(self.store.get(key)).get("held")
+        except (FileNotFoundError, ValueError, AttributeError):
+            return None
+        return held if isinstance(held, str) else None
+
+    def _keep_a_move_once_checked(self, moved: MovedIn | None, check: Callable[[int], object]) -> None:
+        """Keep the move the committed position's note says (:meth:`_moved_in`), in both outputs,
+        once a run back to an output the group left with the rows below M staged here (the newest
+        ``.away``) is checked: ``check`` plans recovery at M as the group's own recovery would
+        have with that note (its plan dropped), so that staged objects deleted since (a clean-up)
+        stop the run (status 5, nothing changed) instead of their rows being lost without a word
+        (found by tests/unit/test_group_history.py once it moved --output)."""
+        if moved is None:
+            return
+        if moved.left_staged_at is not None:
+            self._check_where_left(moved.left_staged_at, check)
+        if moved.keep is not None:
+            position, came_from, held = moved.keep
+            self._keep_a_move(position, came_from)
+            self._mark_the_output_left(came_from, position, held)
+
+    def _check_where_left(self, at: int, check: Callable[[int], object]) -> None:
+        try:
+            check(at)
+        except IntegrityError as stop:
+            key = self.layout.moved_key(self.topic, self.partition, at, AWAY)
+            raise IntegrityError(
+                f"{stop} -- The group comes back to this output, which it left at {at} with the rows "
+                f"below staged here ({key}): moving its offset back would not bring them here. "
+                "If `consumer finish` of this output ran and was cut short, run it again first. Else "
+                "restore the deleted objects (a versioned bucket keeps them) and start again. To go "
+                "on without them, export the records named above with `consumer replay` to another "
+                f"prefix first, then delete {key} and start again."
+            ) from stop
 
     def _keep_a_move(self, position: int, came_from: str | None) -> None:
         """``_moved/<position>``: the group went on from ``position`` here, the records below it
@@ -583,16 +638,20 @@ class PartitionWorker:
             return None
         return (lambda: store_of(bucket)), Layout(prefix)
 
-    def _mark_the_output_left(self, output: str, position: int) -> None:
+    def _mark_the_output_left(self, output: str, position: int, held: str) -> None:
         """``_moved/<position>.away`` in the output the group moved from: with the group's offsets
         expired, a run of that output would adopt the end of its own files and export what this
-        one holds once more; it stops instead (:func:`consumer.recovery.left_for`). Read and
+        one holds once more; it stops instead (:func:`consumer.recovery.left_for`). It keeps what
+        the group's note said held the rows below ``position`` there (``held``), so that
+        ``consumer finish`` of that output checks its open files as the group's recovery would
+        have, with that note (a bucket file deleted whole is then seen). Read and
         written as :meth:`_held_where_the_group_moved` reads: in this bucket or, through
         ``shared.store_of``, in another; when it cannot be written, said once, and the move goes on."""
         other = self._other_output(output)
         if other is None:
             return
-        body = {"to": self.shared.output, "group": self.shared.group_id, "topic_id": self.topic_id}
+        body = {"to": self.shared.output, "group": self.shared.group_id, "topic_id": self.topic_id,
+                "held": held}
         try:
             other[0]().put_if_absent(other[1].moved_key(self.topic, self.partition, position, AWAY),
                                      json.dumps(body).encode())
@@ -709,6 +768,8 @@ class PartitionWorker:
             final_topic_ids.append(letters.topic_id)
         if moved is not None and committed is None:
             final_topic_ids.append(moved.topic_id)
+        self._keep_a_move_once_checked(moved, lambda at: self._refuse_where_left(
+            at, pieces, markers, dead, finals, high_water, etags))
         named = self._flush_files(committed, pieces, etags) if committed is not None else {}
         gone: list[tuple[str, int]] = []
         if committed is not None and (staged_here or not self._noted()):
@@ -766,6 +827,15 @@ class PartitionWorker:
             deleted_strays=len(deletes),
             high_water=high_water,
         )
+
+    def _refuse_where_left(self, at: int, pieces: list[PieceRef], markers: list[RollMarker],
+                           dead: list[tuple[str, int, int]], finals: dict[str, tuple[set[int], int | None]],
+                           high_water: int | None, etags: Mapping[str, str | None]) -> None:
+        """Under --partition-by, the stops of a recovery at ``at`` with a "staged" note here."""
+        named = self._flush_files(at, pieces, etags)
+        self._refuse_a_bucket_file_gone(at, self._bucket_files_gone(at, named, pieces, finals))
+        plan_bucketed_recovery(at, pieces, markers, dead, finals, high_water, where=self.where,
+                               staged_here=True, flush_files=named)
 
     def _records_held(
         self,
@@ -914,7 +984,7 @@ class PartitionWorker:
         if committed is None or position != committed or not self.shared.group_id or gone or self._noted():
             return
         held = STAGED if resumed else UNSTAGED
-        if held == UNSTAGED and self.shared.follows_moves \
+        if held == UNSTAGED and not self.shared.finishing \
                 and parse_note(self.positions.note(self.topic, self.partition)) is None:
             # no note at all (a note of another output kept its move already): where the group
             # went on from, for a recovery with the offsets expired (:meth:`_moved_in`)
@@ -2214,6 +2284,12 @@ class MovedIn:
     #: nothing here is newer, and that output (None: not left, or not said)
     left_at: int | None = None
     left_for: str | None = None
+    #: with a committed position naming another output (a run back here): where the group last
+    #: left this output with the rows below staged here (None: not so, or not said)
+    left_staged_at: int | None = None
+    #: the move the committed position's note says, to keep (position, the output the group
+    #: came from, what held the rows there): :meth:`PartitionWorker._keep_a_move_once_checked`
+    keep: tuple[int, str, str] | None = None
 
 
 class OtherOutputListings:
@@ -2252,7 +2328,7 @@ def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int],
     for key, size in listing.finals:
         named = Layout.parse_final_name(key)
         if named is not None and named[1] in below and named[2] < below[named[1]]:
-            end = _final_end(store, key, size)
+            end = final_end(store, key, size)
             if end is not None:
                 out[named[1]].append((named[2], end))
     for (_topic, p), refs in staged_of(layout, list(listing.staged), (topic,)).items():
@@ -2270,7 +2346,7 @@ def footer_metadata(store: Any, key: str, size: int) -> dict[str, str]:
     return read_key_value_metadata(read_layout(fetch, size).footer)
 
 
-def _final_end(store: Any, key: str, size: int) -> int | None:
+def final_end(store: Any, key: str, size: int) -> int | None:
     """The end of a final file's Kafka range, from its footer; None for a file that names none (not
     this consumer's: it holds nothing the cut may count on, so more staged rows are kept)."""
     try:

@@ -1269,6 +1269,37 @@ def test_files_left_open_in_an_output_the_group_moved_from_at_a_quiet_time_are_m
     assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == {0: list(range(300))}
 
 
+def test_staged_pieces_deleted_after_a_move_stop_the_run_back_and_the_finish_until_restored(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """After a move at a quiet time, a clean-up deletes the old output's newest staged piece. A
+    run back to the old output (a rolled-back deployment) and its finish took what was left and
+    lost those rows without a word; both now stop with status 5 and change nothing, naming where
+    the group left (``.away``, which keeps the note's "staged"). Restored, the finish makes every
+    offset final in exactly one of the two outputs."""
+    topic, group, old, _new = moved_at_a_quiet_time(stack, make_topic, unique_prefix)
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix + "old")
+    pieces = sorted(staged, key=lambda k: k.rsplit("/", 1)[1])
+    newest = pieces[-1]
+    assert newest.endswith(f"-{300:020d}.piece"), pieces
+    data = s3.get_object(Bucket=stack.s3_bucket, Key=newest)["Body"].read()
+    s3.delete_object(Bucket=stack.s3_bucket, Key=newest)
+    before = _all(s3, stack.s3_bucket, unique_prefix + "old/_staging/")
+
+    back = run_consumer(topic, group, old)
+    assert back.returncode == 5, back.stderr[-3000:]
+    assert "The group comes back to this output, which it left at 300" in back.stderr, back.stderr[-3000:]
+    refused = finish_files(topic, group, old)
+    assert refused.returncode == 5, refused.stderr[-3000:]
+    assert "This is `consumer finish` of an output the group left" in refused.stderr, refused.stderr[-3000:]
+    assert _all(s3, stack.s3_bucket, unique_prefix + "old/_staging/") == before
+
+    s3.put_object(Bucket=stack.s3_bucket, Key=newest, Body=data)  # restored
+    done = finish_files(topic, group, old)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == {0: list(range(300))}
+
+
 def test_a_reset_below_where_the_group_moved_stops_and_expired_offsets_go_on_from_there(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:

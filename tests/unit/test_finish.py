@@ -27,7 +27,7 @@ from consumer.errors import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
 from consumer.finish import FinishRunner, staged_ends
 from consumer.layout import Layout, PieceRef, RollMarker, staged_of
 from consumer.positions import same_output
-from consumer.recovery import cut_at, holds_all
+from consumer.recovery import cut_at, held_in_both, holds_all
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import FatalStorageError, ObjectInfo
@@ -75,6 +75,11 @@ def _staged_then_deleted(broker: MemoryBroker, store: MemoryStore, config: Confi
 def _finish(broker: MemoryBroker, store: MemoryStore, config: Config) -> int:
     runner = FinishRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory(),
                           current_topic_id=broker.topic_id)
+    return runner.run()
+
+
+def _run(broker: MemoryBroker, store: MemoryStore, config: Config) -> int:
+    runner = GroupRunner(config, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
     return runner.run()
 
 
@@ -497,6 +502,91 @@ def test_with_the_offsets_expired_a_run_of_the_output_the_group_moved_from_stops
     assert _in_both(_only(store, "out"), _only(stores[bucket], "new")) == _every(PER_PARTITION + 10)
 
 
+@pytest.mark.parametrize(("partition_by", "deleted"), [
+    (None, "newest-piece"), (None, "everything"),
+    ("dt={ts:%Y-%m-%d}/hr={ts:%H}", "newest-piece"), ("dt={ts:%Y-%m-%d}/hr={ts:%H}", "whole-file"),
+    ("dt={ts:%Y-%m-%d}/hr={ts:%H}", "everything"),
+], ids=["plain-newest-piece", "plain-everything", "bucketed-newest-piece", "bucketed-whole-file",
+        "bucketed-everything"])  # the plain layout has one file a partition: its whole file is everything
+def test_a_clean_up_of_an_output_the_group_left_stops_its_finish_until_restored(
+    partition_by: str | None, deleted: str,
+) -> None:
+    """The group moved with its files open, and a clean-up then deleted staged objects of the old
+    output: partition 0's newest piece, the whole of one of its bucket files (the flush's others
+    still reaching the position), or all it staged. The finish took its positions from what was
+    left, and exported the rest as if nothing were missing: those rows were in no file, and it
+    said nothing (found by tests/unit/test_group_history.py once it moved --output). The new
+    output's first recovery keeps the group's note where it left (``_moved/<M>.away``), and the
+    finish checks the open files against it: it stops (status 5, nothing changed) and says what a
+    finish can do. Restored, it finishes every offset into one output; run again, it does nothing."""
+    broker, store, old, new = _every_record_in_open_files(partition_by)
+    runner = GroupRunner(new, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    assert runner.run() == EXIT_OK
+    layout = Layout("out")
+    refs = [r for k in _staged(store) if "partition=0/" in k
+            if isinstance(r := layout.parse_staging_key("t", 0, k, 1), PieceRef)]
+    newest = max(refs, key=lambda r: (r.to_pos, r.bucket))
+    if deleted == "newest-piece":
+        doomed = [r.key for r in refs if r.to_pos == newest.to_pos and r.bucket == newest.bucket]
+    elif deleted == "whole-file":
+        doomed = [r.key for r in refs if (r.bucket, r.file_start) == (newest.bucket, newest.file_start)]
+    else:
+        doomed = [r.key for r in refs]
+    gone = {k: store.objects.pop(k) for k in doomed}
+    before = dict(store.objects)
+    with capture_logs() as logs:
+        assert _finish(broker, store, old) == EXIT_FATAL
+    assert store.objects == before
+    said = str(next(e["error"] for e in logs if e["event"] == "stopped: IntegrityError"))
+    assert "This is `consumer finish` of an output the group left" in said, said
+    assert f"out/_moved/topic=t/partition=0/{PER_PARTITION:020d}.away" in said, said
+    store.objects.update(gone)  # restored (a versioned bucket)
+    assert _finish(broker, store, old) == EXIT_OK
+    assert _staged(store) == []
+    assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION)
+    after = dict(store.objects)
+    assert _finish(broker, store, old) == EXIT_OK  # nothing staged: each partition checked, as done
+    assert store.objects == after
+
+
+@pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
+@pytest.mark.parametrize("finished", [False, True], ids=["cleaned-up", "finished-then-cleaned-up"])
+def test_a_run_back_to_an_output_whose_staged_rows_were_deleted_since_the_group_left_stops(
+    partition_by: str | None, finished: bool,
+) -> None:
+    """The group moved with its files open, a clean-up deleted the old output's newest staged
+    piece of partition 0, and the group came back (a rolled-back deployment) with nothing new to
+    read. The run back went on from the group's position and those rows were in no file, without
+    a word (found by tests/unit/test_group_history.py once it moved --output). It stops now (status
+    5, nothing of the partition changed), naming where the group left; restored, it goes on, and
+    every offset is in one of the two outputs. After a `consumer finish` of the old output its
+    files are final, and the run back goes on at once (the finish says so in ``.away``)."""
+    broker, store, old, new = _every_record_in_open_files(partition_by)
+    runner = GroupRunner(new, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    assert runner.run() == EXIT_OK
+    back = replace(old, until_caught_up=True)
+    if finished:
+        assert _finish(broker, store, old) == EXIT_OK
+        assert _run(broker, store, back) == EXIT_OK
+        assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION)
+        return
+    layout = Layout("out")
+    refs = [r for k in _staged(store) if "partition=0/" in k
+            if isinstance(r := layout.parse_staging_key("t", 0, k, 1), PieceRef)]
+    newest = max(refs, key=lambda r: (r.to_pos, r.bucket))
+    gone = {newest.key: store.objects.pop(newest.key)}
+    before = {k: v for k, v in store.objects.items() if "/partition=0/" in k}
+    with capture_logs() as logs:
+        assert _run(broker, store, back) == EXIT_FATAL
+    assert {k: v for k, v in store.objects.items() if "/partition=0/" in k and "/_moved/" not in k} == {
+        k: v for k, v in before.items() if "/_moved/" not in k}
+    said = str(next(e["error"] for e in logs if e["event"] == "stopped: IntegrityError"))
+    assert f"which it left at {PER_PARTITION} with the rows below staged here" in said, said
+    store.objects.update(gone)  # restored (a versioned bucket)
+    assert _run(broker, store, back) == EXIT_OK
+    assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION)
+
+
 def test_a_move_whose_old_output_cannot_be_written_says_so_and_goes_on() -> None:
     """The new output's first recovery tells the old one, in another bucket, of the move
     (``.away``); this consumer may not write there (access denied). The move goes on, and the
@@ -565,7 +655,7 @@ def test_an_output_the_group_still_commits_to_is_refused() -> None:
     broker.groups["g"].notes[("t", 1)] = broker.committed_note("g", "t", 1).replace("/new", "/out")
     staged = sorted(_staged(store))
     said = _refusal(broker, store, old)
-    assert "the group's last commit of it was to this output" in said, said
+    assert "the group's last commit of t[1] was to this output" in said, said
     assert sorted(_staged(store)) == staged
 
 
@@ -583,10 +673,45 @@ def test_an_old_file_is_cut_where_the_other_output_holds_the_rest_of_what_is_sta
     assert cut_at(refs, [(100, 130), (140, 200)]) == 150  # a gap in the other: all kept
 
 
+def test_rows_kept_below_the_cut_that_the_other_output_holds_too_are_named() -> None:
+    layout = Layout("out")
+    refs: list[PieceRef | RollMarker] = [
+        RollMarker(0, 100, layout.roll_marker_key("t", 0, 0, 100)),
+        *(PieceRef(100, a, b, layout.piece_key("t", 0, 100, a, b)) for a, b in [(100, 120), (120, 150)])]
+    forever = 10**9
+    assert held_in_both(refs, [(110, forever)], 120) == [(110, 120)]  # the piece it begins inside
+    assert held_in_both(refs, [(120, forever)], 120) == []  # at a boundary: left out, in one output
+    assert held_in_both(refs, [(105, 112), (115, 130)], 150) == [(105, 112), (115, 130)]
+    assert held_in_both(refs, [(100, 125), (125, 140)], 150) == [(100, 140)]  # merged
+    assert held_in_both(refs, [(90, 100)], 100) == []  # below the open file: a decided roll's rows
+
+
 def test_ranges_hold_a_span_only_without_a_gap() -> None:
     assert holds_all([(0, 10), (10, 20)], 5, 20) and holds_all([(0, 30), (5, 10)], 0, 30)
     assert not holds_all([(0, 10), (11, 20)], 0, 20) and not holds_all([(5, 20)], 0, 20)
     assert holds_all([], 7, 7)
+
+
+def test_a_move_and_a_reset_into_a_piece_at_once_leaves_its_rows_in_both_outputs_and_says_so() -> None:
+    """--output changed and partition 0's offset moved back into its last piece at once (no note
+    says the group moved): the new output exports from there, and the old one's piece cannot be
+    cut inside. Its rows past that offset are in both outputs, and the finish names them (before,
+    it said nothing); `consumer verify --with-output` counts them as duplicates."""
+    broker, store, old, new = _every_record_in_open_files(None)
+    back = PER_PARTITION - 5
+    broker.reset_offsets("g", "t", 0, back)
+    runner = GroupRunner(new, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    assert runner.run() == EXIT_OK
+    with capture_logs() as logs:
+        assert _finish(broker, store, old) == EXIT_OK
+    said = [e for e in logs if "in_both" in e]
+    assert [(e["partition"], e["in_both"]) for e in said] == [("t[0]", [[back, PER_PARTITION]])], said
+    both = _in_both(_only(store, "out"), _only(store, "new"))
+    assert both[0] == sorted([*range(PER_PARTITION), *range(back, PER_PARTITION)]) and both[1] == _every(
+        PER_PARTITION)[1]
+    report = verify(store, "new", "t", committed={p: PER_PARTITION for p in range(PARTITIONS)}, workers=2,
+                    with_outputs=[(store, "out")])
+    assert [r.duplicate_count for r in report.partitions] == [5, 0], report.to_text()
 
 
 def test_an_output_is_the_same_written_with_a_trailing_slash() -> None:
