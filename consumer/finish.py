@@ -51,7 +51,7 @@ class StagedEndPositions:
     gone, included): with no log to read them from again, that is what they are. Commits go
     nowhere. No note is read from Kafka (a moved output's cut is made here, not in recovery); an
     output the group moved from is given the note the group's commit had when it left
-    (``notes``, :meth:`FinishRunner._note_where_left`), so that recovery checks its open files as
+    (``notes``, :meth:`FinishRunner._where_left`), so that recovery checks its open files as
     the group's own recovery would have."""
 
     #: no Kafka call: any thread may ask (consumer.positions.OwnerThreadPositions)
@@ -219,7 +219,8 @@ class FinishRunner(Runner):
         with rows staged below it (:meth:`_where_left`), and whose final files do not reach M (an
         earlier finish did not make them final): a clean-up deleted every staged object of such a
         partition. One LIST of the topic's ``_moved/``, and a GET and a check of the final files
-        (:meth:`_final_up_to`) for each partition whose newest object there is a move away."""
+        (:meth:`_final_up_to`) for each partition with a move away there (its newest). Under
+        --partition-by a bucket file rolled exactly at M is taken for all of them made final."""
         newest: dict[int, int] = {}
         for o in self.store.list(self.layout.moved_topic_dir(topic)):
             moved = self.layout.parse_moved_of_topic(topic, o.key)
@@ -264,7 +265,7 @@ class FinishRunner(Runner):
     def _mark_made_final(self, tp: TP, at: int) -> None:
         """Say in the ``.away`` object of ``tp`` at ``at`` that the rows below are in final files
         now ("rolled"): a run of the group back to this output then finds no staged rows to check
-        (consumer.worker.PartitionWorker._check_where_left), and a finish run again nothing to do.
+        (consumer.worker.PartitionWorker._keep_a_move_once_checked), and a finish run again nothing to do.
         A conditional overwrite (the ETag read); one changed meanwhile is left as it is."""
         key = self.layout.moved_key(*tp, at, AWAY)
         info = self.store.head(key)
