@@ -633,6 +633,23 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
 @example(
     steps=[("move", 0, 0), ("produce", 0, 1), ("commit_fails", 1, 1), ("retention", 0, 1)], layout="bucketed"
 )
+# Found in CI once the property drew moves: a staged piece of the output left, deleted while the
+# group ran and met by no member there, stopped the run back on the group's own chain check (not
+# the check where it left); and a run back that met a deletion during a restart after retention.
+@example(
+    steps=[("produce", 0, 5), ("reset_back", 0, 0), ("move", 0, 0), ("delete_live", 0, 0),
+           ("delete_staged", 0, 0), ("move", 0, 0), ("join", 0, 0)],
+    layout="bucketed",
+)
+@example(
+    steps=[("produce", 0, 1), ("move", 0, 0), ("delete_staged", 0, 0), ("move", 0, 0), ("retention", 0, 1)],
+    layout="bucketed",
+)
+@example(
+    steps=[("produce", 0, 1), ("move", 0, 0), ("delete_staged", 0, 0), ("move", 0, 0), ("produce", 1, 1),
+           ("delete_staged", 1, 0)],
+    layout="bucketed",
+)
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
@@ -788,6 +805,28 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
 
     coming_back = patch.object(PartitionWorker, "_check_where_left", check_where_left)
 
+    unseen_stops: list[int] = []  # how many members had stopped with status 5 when one was first kept
+
+    def keep_unseen(gone: dict[str, bytes]) -> None:
+        """Deletions no member met, in an output the group may come back to or finish: any member
+        may stop on them (status 5) from now on, the operator then restores them."""
+        if gone and not unseen:
+            unseen_stops[:] = [sum(x.status == EXIT_FATAL for x in members)]
+        unseen.update(gone)
+        for x in members if gone else ():
+            x.asks_operator = True
+
+    def restore_unseen() -> bool:
+        """A member stopped (status 5) while such deletions were kept: the operator restores them
+        (a versioned bucket) and starts the group again. True if so."""
+        if not unseen or sum(x.status == EXIT_FATAL for x in members) <= unseen_stops[0]:
+            return False
+        stop_all()
+        for key, data in unseen.items():
+            store.objects.setdefault(key, data)
+        unseen.clear()
+        return True
+
     def restore_what_a_run_back_met() -> bool:
         """A member came back to an output the group left with rows staged there, and stopped
         (status 5) on staged objects a clean-up deleted since: the operator restores them (a
@@ -803,7 +842,7 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
     stops_then: list[int] = []  # ... and how many members had stopped with status 5 by then
 
     def join() -> Member:
-        m = Member(runner(), threads=threads, asks_operator=bool(deleted) or recreated)
+        m = Member(runner(), threads=threads, asks_operator=bool(deleted) or bool(unseen) or recreated)
         members.append(m)
         m.start()
         return m
@@ -870,8 +909,8 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
         quiet()
         m = join()
         m.turn(3)  # it recovers, seeks, and fetches
-        if m.status != EXIT_FATAL or not records_may_be_gone:
-            return False
+        if m.status != EXIT_FATAL or not records_may_be_gone or m in came_back_to_deletions:
+            return False  # (a run back that met a deletion: restored after the step)
         low, position = broker.watermarks("t", p)[0], broker.committed_offset("g", "t", p)
         assert position is None or position < low, f"status 5 at {position}, in the log from {low}"
         m.asks_operator = True
@@ -904,8 +943,8 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
             join().turn(3)
             stop_all()
         here = _prefix(reconfigured.get("output", OUTPUTS[0]))
-        unseen.update({key: data for key, data, _p, _then in deleted
-                       if not key.startswith(f"{here}/") and key not in store.objects})
+        keep_unseen({key: data for key, data, _p, _then in deleted
+                     if not key.startswith(f"{here}/") and key not in store.objects})
         deleted.clear()
         stops_then.clear()
 
@@ -1039,11 +1078,17 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
                     m.turn(3)  # it recovers its partitions
                     if m.status == EXIT_FATAL:  # said loudly, before anything of the partition changed
                         m.asks_operator = True
-                        assert _objects_of(store, a) == before, "a stop on a deletion changed the partition"
+                        # ... unless it stopped on a deletion pending in another partition, while this
+                        # one's recovery went on and kept where the group moved (_moved/)
+                        after = _objects_of(store, a)
+                        moves_kept = {k for k in after if "/_moved/" in k} if unseen else set()
+                        assert {k: v for k, v in after.items() if k not in moves_kept} == {
+                            k: v for k, v in before.items() if k not in moves_kept}, \
+                            "a stop on a deletion changed the partition"
                         store.objects[key] = data  # the operator restores it (a versioned bucket)
                         join()
                     else:  # met by no one yet: in an output the group left, its finish meets it
-                        unseen[key] = data
+                        keep_unseen({key: data})
                 else:
                     join()
             elif kind == "delete_live":  # ... while the group runs: a member may stop on it (status 5)
@@ -1087,13 +1132,15 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
             if deleted and sum(x.status == EXIT_FATAL for x in members) > stops_then[0]:
                 stop_all()  # a stop on a deletion pages the operator, who restores it at once
                 join()
-            if any([follow_not_in_log(x) for x in members]) | restore_what_a_run_back_met():
+            if any([follow_not_in_log(x) for x in members]) | restore_what_a_run_back_met() \
+                    | restore_unseen():
                 join()
         quiet()
         stop_all()
         settle_deletions()
         for _ in range(5):  # each restores or moves on: a history has few of them
-            if not any([follow_not_in_log(x) for x in members]) | restore_what_a_run_back_met():
+            if not any([follow_not_in_log(x) for x in members]) | restore_what_a_run_back_met() \
+                    | restore_unseen():
                 break
             join()
             stop_all()
@@ -1107,7 +1154,7 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
             last.start()
             last.run_to_end()
             assert not unexpected, unexpected
-            if not follow_not_in_log(last) | restore_what_a_run_back_met():
+            if not follow_not_in_log(last) | restore_what_a_run_back_met() | restore_unseen():
                 break
         else:
             raise AssertionError("the operator followed five stops in a row and the last run still stops")
