@@ -35,10 +35,17 @@ from consumer.errors import EXIT_OK, IntegrityError, UsageError
 from consumer.kafka_names import UNKNOWN_TOPIC_OR_PART, not_authorized
 from consumer.layout import AWAY, Layout, PieceRef, Staged, staged_of
 from consumer.positions import ROLLED, STAGED, KafkaGroupPositions, commit_note, parse_note, same_output
-from consumer.recovery import Ranges, cut_at, held_in_both
+from consumer.recovery import Ranges, cut_at
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
-from consumer.worker import TOPIC_ID_KEY, final_end, footer_metadata, held_ranges
+from consumer.worker import (
+    TOPIC_ID_KEY,
+    final_end,
+    footer_metadata,
+    held_ranges,
+    held_when_left,
+    warn_held_in_both,
+)
 
 
 class StagedEndPositions:
@@ -131,12 +138,13 @@ class FinishRunner(Runner):
                     topic=topic, topic_id_in_s3=sorted(i for i in named if i), topic_id=now,
                 )
                 return staged_ends(staged)
-            left = self._left_with_nothing_staged(topic, staged)
+            away = self._newest_away(topic)
+            left = self._left_with_nothing_staged(topic, staged, away)
             if not staged and not left:
                 return {}  # said by the caller: nothing to finish
             moved = self._moved_to([*staged, *left])
             if not isinstance(moved, str):
-                cut = self._cut_where_moved(topic, staged, moved)
+                cut = self._cut_where_moved(topic, staged, moved, away)
                 return {**cut, **self._checked_where_left(left, moved)}
             raise UsageError(
                 f"topic {topic!r} exists in the cluster and {moved}: its files are made final by "
@@ -175,10 +183,13 @@ class FinishRunner(Runner):
             out[tp] = (note.output, position)
         return out
 
-    def _cut_where_moved(self, topic: str, staged: Staged, moved: dict[TP, tuple[str, int]]) -> dict[TP, int]:
+    def _cut_where_moved(self, topic: str, staged: Staged, moved: dict[TP, tuple[str, int]],
+                         away: dict[int, int]) -> dict[TP, int]:
         """Each partition's position: cut where the output the group moved to holds the rest of
         what is staged here (:func:`cut_at`); all of it is kept when that output cannot be read
-        (named in the note by a hash, or in a bucket the CLI gave no store for)."""
+        (named in the note by a hash, or in a bucket the CLI gave no store for). Or where the
+        group left this output, when that is higher (:meth:`_where_left`; ``away``: the newest
+        ``.away`` position of each partition, :meth:`_newest_away`)."""
         held: dict[TP, Ranges] = {}
         staged_end = staged_ends(staged)
         for output in sorted({o for o, _ in moved.values()}):
@@ -197,14 +208,9 @@ class FinishRunner(Runner):
             held.update({(topic, p): r for p, r in ranges.items()})
         out: dict[TP, int] = {}
         for tp, refs in staged.items():
-            out[tp] = self._where_left(tp, cut_at(refs, held.get(tp, [])))
-            if both := held_in_both(refs, held.get(tp, []), out[tp]):
-                self.log.warning(
-                    "staged rows here are in the output the group moved to as well, from within a "
-                    "piece that cannot be cut: they stay in both outputs (`consumer verify "
-                    "--with-output` counts them as duplicates)", partition=f"{tp[0]}[{tp[1]}]",
-                    moved_to=moved[tp][0], in_both=[list(r) for r in both],
-                )
+            out[tp] = self._where_left(tp, cut_at(refs, held.get(tp, [])), away.get(tp[1]))
+            warn_held_in_both(self.log, refs, held.get(tp, []), out[tp],
+                              partition=f"{tp[0]}[{tp[1]}]", moved_to=moved[tp][0])
             self.log.warning(
                 "the group moved to another output: this one's open file is finished with the staged "
                 "rows that output does not hold",
@@ -214,20 +220,25 @@ class FinishRunner(Runner):
             )
         return out
 
-    def _left_with_nothing_staged(self, topic: str, staged: Staged) -> dict[TP, int]:
-        """The partitions of ``topic`` that nothing is staged of here, which the group left at M
-        with rows staged below it (:meth:`_where_left`), and whose final files do not reach M (an
-        earlier finish did not make them final): a clean-up deleted every staged object of such a
-        partition. One LIST of the topic's ``_moved/``, and a GET and a check of the final files
-        (:meth:`_final_up_to`) for each partition with a move away there (its newest). Under
-        --partition-by a bucket file rolled exactly at M is taken for all of them made final."""
+    def _newest_away(self, topic: str) -> dict[int, int]:
+        """The newest position each partition of ``topic`` has a move away from this output at
+        (``_moved/<M>.away``, written by the other output's first recovery). One LIST."""
         newest: dict[int, int] = {}
         for o in self.store.list(self.layout.moved_topic_dir(topic)):
             moved = self.layout.parse_moved_of_topic(topic, o.key)
-            if moved is not None and moved[2] == AWAY and (topic, moved[0]) not in staged:
+            if moved is not None and moved[2] == AWAY:
                 newest[moved[0]] = max(newest.get(moved[0], moved[1]), moved[1])
-        left = {(topic, p): at for p, at in sorted(newest.items())
-                if self._held_when_left((topic, p), at) == STAGED}
+        return newest
+
+    def _left_with_nothing_staged(self, topic: str, staged: Staged, away: dict[int, int]) -> dict[TP, int]:
+        """The partitions of ``topic`` that nothing is staged of here, which the group left at M
+        (``away``, :meth:`_newest_away`) with rows staged below it (:meth:`_where_left`), and
+        whose final files do not reach M (an earlier finish did not make them final): a clean-up
+        deleted every staged object of such a partition. A GET and a check of the final files
+        (:meth:`_final_up_to`) for each partition with a move away there. Under --partition-by a
+        bucket file rolled exactly at M is taken for all of them made final."""
+        left = {(topic, p): at for p, at in sorted(away.items())
+                if (topic, p) not in staged and self._held_when_left((topic, p), at) == STAGED}
         for tp, at in list(left.items()):
             if self._final_up_to(tp, at):  # a finish cut short after its rolls: made final
                 self._mark_made_final(tp, at)
@@ -278,25 +289,18 @@ class FinishRunner(Runner):
         self.store.replace_if_match(key, json.dumps({**body, "held": ROLLED}).encode(), info.etag)
 
     def _held_when_left(self, tp: TP, at: int) -> str | None:
-        """What the group's note said held the rows below ``at`` when it left this output there
-        (the ``.away`` object's ``held``; None: unreadable, or written by an earlier version)."""
-        try:
-            held = json.loads(self.store.get(self.layout.moved_key(*tp, at, AWAY))).get("held")
-        except (FileNotFoundError, ValueError, AttributeError):
-            return None
-        return held if isinstance(held, str) else None
+        """What the group's note said held the rows below ``at`` when it left this output there."""
+        return held_when_left(self.store, self.layout.moved_key(*tp, at, AWAY))
 
-    def _where_left(self, tp: TP, cut: int) -> int:
+    def _where_left(self, tp: TP, cut: int, left: int | None) -> int:
         """Where ``tp`` is finished: at ``cut``, or where the group left this output when that was
         at or above it with the rows below staged here, as the newest ``_moved/<M>.away`` says
         (written by the other output's first recovery). Recovery is then given the group's note
         of M, and checks the open files as the group's own recovery would have: staged pieces
         deleted since by a clean-up (the newest ones, below M, which the other output does not
         hold; or a whole bucket file of the flush that committed M) stop the finish with status 5
-        and nothing changed, where before their rows were lost without a word. One LIST, and one
-        GET when there is such an object."""
-        moved = (self.layout.parse_moved(o.key) for o in self.store.list(self.layout.moved_dir(*tp)))
-        left = max((at for at, kind in (m for m in moved if m is not None) if kind == AWAY), default=None)
+        and nothing changed, where before their rows were lost without a word. ``left``: that M
+        (None: no such object). One GET when there is one."""
         if left is None or left < cut or self._held_when_left(tp, left) != STAGED:
             return cut
         self._notes[tp] = commit_note(STAGED, self.config.output)

@@ -511,12 +511,7 @@ class PartitionWorker:
             )
             return []
         cut = cut_at([*pieces, *markers], held, end)
-        if both := held_in_both(pieces, held, cut):
-            self.log.warning(
-                "staged rows here are in the output the group moved to as well, from within a piece "
-                "that cannot be cut: they stay in both outputs (`consumer verify --with-output` "
-                "counts them as duplicates)", moved_to=note.output, in_both=[list(r) for r in both],
-            )
+        warn_held_in_both(self.log, pieces, held, cut, moved_to=note.output)
         if cut >= end:
             return []
         left = [r.key for r in pieces if r.from_pos >= cut] + [m.key for m in markers if m.end > cut]
@@ -570,18 +565,10 @@ class PartitionWorker:
                         and (kind == AWAY or (kind == UNNOTED and at > committed))),
             left_at=newest[0] if left and newest is not None else None,
             left_for=str(said.get("to")) if left and said.get("to") else None,
-            left_staged_at=away[0] if away is not None and self._held_there(away[1]) == STAGED else None,
+            left_staged_at=away[0] if away is not None and held_when_left(self.store, away[1]) == STAGED
+            else None,
             keep=keep,
         )
-
-    def _held_there(self, key: str) -> str | None:
-        """What a ``.away`` object says the group's note said held the rows below where it left
-        (None: unreadable, or written by an earlier version)."""
-        try:
-            held = json.loads(self.store.get(key)).get("held")
-        except (FileNotFoundError, ValueError, AttributeError):
-            return None
-        return held if isinstance(held, str) else None
 
     def _keep_a_move_once_checked(self, moved: MovedIn | None, check: Callable[[int], object]) -> None:
         """Keep the move the committed position's note says (:meth:`_moved_in`), in both outputs,
@@ -2335,6 +2322,28 @@ def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int],
         if p in below:
             out[p] += [(r.from_pos, r.to_pos) for r in refs if isinstance(r, PieceRef)]
     return out
+
+
+def held_when_left(store: Any, key: str) -> str | None:
+    """What a ``_moved/<M>.away`` object says the group's note said held the rows below M when
+    the group left that output (None: unreadable, or written by an earlier version)."""
+    try:
+        held = json.loads(store.get(key)).get("held")
+    except (FileNotFoundError, ValueError, AttributeError):
+        return None
+    return held if isinstance(held, str) else None
+
+
+def warn_held_in_both(log: Any, refs: Sequence[PieceRef | RollMarker], held: Ranges, cut: int,
+                      **fields: Any) -> None:
+    """Say which staged rows the output the group moved to holds as well, from within a piece
+    that cannot be cut at ``cut`` (consumer.recovery.held_in_both): they stay in both outputs."""
+    if both := held_in_both(refs, held, cut):
+        log.warning(
+            "staged rows here are in the output the group moved to as well, from within a piece "
+            "that cannot be cut: they stay in both outputs (`consumer verify --with-output` "
+            "counts them as duplicates)", **fields, in_both=[list(r) for r in both],
+        )
 
 
 def footer_metadata(store: Any, key: str, size: int) -> dict[str, str]:
