@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -335,12 +336,29 @@ def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, in
     try:
         out = {}
         for p in range(partitions):
-            low, high = c.get_watermark_offsets(TopicPartition(topic, p), timeout=30, cached=False)
+            low, high = _watermarks(c, TopicPartition(topic, p))
             assert low == 0, f"partition {p} starts at {low}, expected 0"
             out[p] = high
         return out
     finally:
         c.close()
+
+
+def _watermarks(c: Any, tp: Any, within: float = 30.0) -> tuple[int, int]:
+    """A partition's watermarks, asked again while a broker just thawed or restarted does not know
+    the partition yet (a new client's first answer may be UNKNOWN_PARTITION)."""
+    from confluent_kafka import KafkaError, KafkaException
+
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            low, high = c.get_watermark_offsets(tp, timeout=within, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code != KafkaError._UNKNOWN_PARTITION or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def committed_positions(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:

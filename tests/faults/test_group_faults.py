@@ -28,6 +28,7 @@ import pytest
 from checker import Expected, MissingWriterSchema, Proof, proven
 from checker import finish_and_prove as prove_output
 from support import (
+    FAST_EVICTION,
     Running,
     staging_keys,
     start_consumer,
@@ -42,8 +43,6 @@ PARTITIONS = 4
 # Small row groups and files, flushed at least every second: every member writes all the time, so
 # each fault lands between a PUT and a commit, or in the middle of a file, somewhere.
 SMALL = ("--row-group-rows", "100", "--file-rows", "500", "--row-group-max-age", "1s", "--batch-size", "100")
-# 6 s is the broker's minimum session timeout: a stopped or killed member is evicted quickly.
-FAST_EVICTION = ("-X", "session.timeout.ms=6000", "-X", "heartbeat.interval.ms=1000")
 
 NOTICED = (
     "partitions lost: dropped without writing",
@@ -471,7 +470,7 @@ def test_rebalance_storm(
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
     spread = 5 if layout == "bucketed" else 0
     storm_s = 40 if layout == "plain" else 25  # the bucketed proof reads ~300 files: a shorter storm
-    args = (*SMALL, "-X", "session.timeout.ms=6000", *(BUCKETED if spread else ()))
+    args = (*SMALL, *FAST_EVICTION, *(BUCKETED if spread else ()))
     feeder = Feeder(stack.kafka_bootstrap, topic, chunk=300, pause=0.3, seed=seed,
                     spread_hours=spread).start()
     live: dict[str, Running] = {}

@@ -28,6 +28,7 @@ from checker import Expected, Proof, finish_and_prove, prove, proven
 from faultproxy import FaultProxy
 from s3proxy import S3Proxy
 from support import (
+    FAST_EVICTION,
     Running,
     count,
     dev_stack_impl,
@@ -539,9 +540,10 @@ def test_a_certificate_renewed_by_a_ca_the_other_side_does_not_trust_stops_the_r
                  "-X", f"ssl.key.location={renewed_client.with_suffix('.key')}")
         refusal, setting = "the Kafka broker refused this client's certificate (", "ssl.certificate.location"
     originals = {path: path.read_bytes() for path in swap}
-    sc = Scenario.new(ps, f"tls-renewal-{side}", (*SMALL, *after))
+    sc = Scenario.new(ps, f"tls-renewal-{side}", (*SMALL, *after, *FAST_EVICTION))
     first = produce(ps.bootstrap, sc.topic, "page_view", 1_000, partitions=PARTITIONS)
-    running = start_consumer(sc.topic, sc.group, sc.out, *SMALL, *before, env=ps.consumer_env())
+    running = start_consumer(sc.topic, sc.group, sc.out, *SMALL, *before, *FAST_EVICTION,
+                             env=ps.consumer_env())
     try:
         running.wait_for(lambda ev: durable(ev) >= 3, timeout=60, what="rows durable before the renewal")
         ps.terminate("kafka")
@@ -587,7 +589,8 @@ def test_a_server_that_stops_answering_cannot_hold_a_sigterm_past_its_bound(
     s3 = ps.s3_client()
     timeout, over = 5.0, 8.0  # --shutdown-timeout; the timers' grace (Runner._bound_from_the_signal)
     age = "10m" if rows == "held" else "1s"
-    args = ("--row-group-max-age", age, "--shutdown-timeout", f"{timeout:g}s", "--batch-size", "250")
+    args = ("--row-group-max-age", age, "--shutdown-timeout", f"{timeout:g}s", "--batch-size", "250",
+            *FAST_EVICTION)
     sc = Scenario.new(ps, f"frozen-{frozen}", args)
     produced = produce(ps.bootstrap, sc.topic, "page_view", 2_000, partitions=PARTITIONS).count
     running = start_consumer(sc.topic, sc.group, sc.out, *sc.args, env=ps.consumer_env())

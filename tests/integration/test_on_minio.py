@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from support import (
+    FAST_EVICTION,
     REPO,
     assert_exactly_once,
     assert_values_as_produced,
@@ -173,7 +174,7 @@ def test_every_object_a_run_writes_is_encrypted_as_asked_across_a_kill(
                         "--output", out, "--write", *flags)
         assert check.returncode == 0, check.stdout + check.stderr[-3000:]
         env = {"S3_ENDPOINT_URL": server.endpoint}
-        budgets = ("--row-group-rows", "500", "--file-rows", "1500", *flags)
+        budgets = ("--row-group-rows", "500", "--file-rows", "1500", *FAST_EVICTION, *flags)
         killed = subprocess.run(
             consumer_cmd(topic, group, out, "--until-caught-up", *budgets), capture_output=True,
             text=True, timeout=180, cwd=REPO,

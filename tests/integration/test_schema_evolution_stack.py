@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import pytest
 from faults.faultproxy import FaultProxy
 from support import (
+    FAST_EVICTION,
     download_finals,
     kafka_conf,
     list_keys,
@@ -124,7 +125,7 @@ def test_interleaved_versions_one_file_per_upgrade_exactly_once_across_a_kill(
     registry = SchemaRegistryClient(stack.schema_registry_url)
     out = f"s3://{stack.s3_bucket}/{unique_prefix}"
     flags = ("--framing", "confluent", "--schema-registry-url", stack.schema_registry_url,
-             "--row-group-rows", "60", "--row-group-max-age", "1s", "--file-max-age", "none")
+             "--row-group-rows", "60", "--row-group-max-age", "1s", "--file-max-age", "none", *FAST_EVICTION)
     group = unique("g")
     written: dict[tuple[int, int], tuple[int, int]] = {}
     ids = {1: registry.register(subject, V1)}
