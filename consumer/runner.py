@@ -819,15 +819,19 @@ class Runner:
         the same codes can come while a leader moves. No answer proves nothing: asked again at
         the client's next such word."""
         self._topic_may_be_gone = False
-        held = sorted({w.topic for w in self.workers.values()})
+        gone = self._gone_from_the_cluster({w.topic for w in self.workers.values()})
+        if gone:
+            raise TopicDeleted(topic_deleted(gone))
+
+    def _gone_from_the_cluster(self, topics: set[str]) -> list[str]:
+        """Those of ``topics`` the cluster's metadata no longer lists (deleted). None when it did
+        not answer: that proves nothing."""
         try:
             md = self.consumer.list_topics(timeout=10.0)
         except Exception:
-            return
-        gone = [t for t in held if t not in md.topics
+            return []
+        return [t for t in sorted(topics) if t not in md.topics
                 or getattr(md.topics[t].error, "code", lambda: None)() == UNKNOWN_TOPIC_OR_PART]
-        if gone:
-            raise TopicDeleted(topic_deleted(gone))
 
     def _note_kafka_view(self, workers: list[PartitionWorker]) -> None:
         """Note, for the metrics, these partitions' log end offset (librdkafka's cached watermarks:
@@ -1354,6 +1358,19 @@ class GroupRunner(Runner):
         self.log.info("partitions revoked", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
+        """Partitions the group took away without a revoke (this member was expelled): another
+        member may own them now, so they are dropped without writing. Unless their topic was
+        deleted (librdkafka also reports lost the partitions of a topic its metadata no longer
+        lists): no one else can own them, and the rows held are the only copy left, so their
+        workers are kept and the run stops (TopicDeleted, status 5), its shutdown staging those rows.
+        Before, they were dropped too, and the member idled with no partition, for good."""
+        gone = set(self._gone_from_the_cluster({tp.topic for tp in partitions}))
+        if gone:
+            partitions = [tp for tp in partitions if tp.topic not in gone]
+            if self._callback_error is None:
+                self._callback_error = TopicDeleted(topic_deleted(sorted(gone)))
+        if not partitions:
+            return
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self.fenced.discard(key)

@@ -997,6 +997,22 @@ class MemoryBroker:
         if self.topic_ids is not None:
             self._new_topic_id(topic)
 
+    def delete_topic(self, topic: str) -> None:
+        """The topic was deleted: it is gone from the metadata with its records and the groups'
+        committed offsets, commits of it are refused (UNKNOWN_TOPIC_OR_PART), and a member that
+        owned partitions of it is told at its next ``consume`` that it lost them (``on_lost``), as
+        librdkafka says once its metadata shows the partition count fell to 0."""
+        for tp in [tp for tp in self.logs if tp[0] == topic]:
+            del self.logs[tp], self.low[tp]
+            self.invisible.pop(tp, None)
+            for g in self.groups.values():
+                g.offsets.pop(tp, None)
+                g.notes.pop(tp, None)
+        if self.topic_ids is not None:
+            self.topic_ids.pop(topic, None)
+        for g in self.groups.values():
+            self._rebalance(g)
+
     def truncate(self, topic: str, partition: int, before: int) -> None:
         """Retention deleted every record below ``before``: the low watermark moves up."""
         self.low[(topic, partition)] = max(
@@ -1101,6 +1117,8 @@ class MemoryBroker:
             raise KafkaException(KafkaError(KafkaError.ILLEGAL_GENERATION))
         if any(len((tp.metadata or "").encode()) > self.metadata_max_bytes for tp in offsets):
             raise KafkaException(KafkaError(KafkaError.OFFSET_METADATA_TOO_LARGE))
+        if any((tp.topic, tp.partition) not in self.logs for tp in offsets):
+            raise KafkaException(KafkaError(KafkaError.UNKNOWN_TOPIC_OR_PART))
         for tp in offsets:
             g.offsets[(tp.topic, tp.partition)] = int(tp.offset)
             g.notes[(tp.topic, tp.partition)] = tp.metadata or ""
@@ -1208,6 +1226,14 @@ class MemoryConsumer:
             if lost and self._callbacks.get("lost"):
                 self._call("lost", self._tps(sorted(lost)))
             b._join(self)
+        gone = {tp for tp in self._owned if tp not in b.logs}  # their topic was deleted
+        if gone:
+            self._owned -= gone
+            for tp in gone:
+                self._fetch.pop(tp, None)
+                self._app.pop(tp, None)
+            if self._callbacks.get("lost"):
+                self._call("lost", self._tps(sorted(gone)))
         rebalanced = self._generation != g.generation
         if rebalanced:
             self._generation = g.generation

@@ -705,17 +705,25 @@ def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_
     assert committed(stack.kafka_bootstrap, group, topic)[0] in (500, -1001)
 
 
+#: How librdkafka learns that a topic it reads was deleted: ``fetch``, a fetch's error (by default,
+#: most often); ``metadata``, a metadata refresh, which reports the topic's partitions lost.
+HOW_TOLD = {"fetch": (), "metadata": ("-X", "topic.metadata.refresh.interval.ms=1000")}
+
+
+@pytest.mark.parametrize("told", sorted(HOW_TOLD))
 def test_a_topic_deleted_while_the_consumer_runs_stops_it_with_status_5_and_its_held_rows_stay_staged(
-    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, told: str
 ) -> None:
     """Deleted under a running member that holds rows (no row group due for 10 minutes): the
     member used to stay assigned, reading nothing, after one warning, for good. Now it stops with
     status 5 naming the topic; the rows it held are written to staging, which is the only copy
-    left, and nothing is committed or made final (the group's offsets went with the topic)."""
+    left, and nothing is committed or made final (the group's offsets went with the topic).
+    ``metadata``: the partitions were reported lost and dropped without writing, and the member
+    idled with none (the rows held lost without a word); now it stops the same way."""
     topic, group = make_topic(partitions=2), unique("g")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 400, partitions=2, create_topic=False)
-    running = start_consumer(topic, group, out, "--row-group-max-age", "10m")
+    running = start_consumer(topic, group, out, "--row-group-max-age", "10m", *HOW_TOLD[told])
     try:
         running.wait_for(lambda ev: any(e.get("event") == "partitions assigned" for e in ev),
                          what="assignment")
@@ -1184,7 +1192,7 @@ def test_a_deleted_topic_s_open_files_are_made_final_by_consumer_finish_with_eve
 
     # records 400..599, 100 more a partition, held by a run when the topic is deleted
     produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
-    running = start_consumer(topic, group, out, "--row-group-max-age", "10m")
+    running = start_consumer(topic, group, out, "--row-group-max-age", "10m", *HOW_TOLD["metadata"])
     try:
         running.wait_for(lambda ev: any(e.get("event") == "partitions assigned" for e in ev),
                          what="assignment")

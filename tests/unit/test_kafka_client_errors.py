@@ -324,3 +324,60 @@ def test_a_topic_deleted_mid_run_stops_it_with_status_5_naming_it(deleted: bool)
     stop = next(e for e in logs if e["event"] == "stopped: TopicDeleted")
     assert stop["error"].startswith("topic 't' was deleted while this consumer read it")
     assert "a new --output prefix with a new group" in stop["error"]
+
+
+@pytest.mark.parametrize("told", ["lost", "both"])
+def test_a_topic_deleted_mid_run_whose_partitions_the_client_reports_lost_stops_it_with_its_rows_staged(
+    told: str,
+) -> None:
+    """librdkafka may learn of the deletion from its metadata first (a periodic refresh, or
+    topic.metadata.refresh.interval.ms set low): it reports the topic's partitions lost. They were
+    dropped without writing, so the rows held were in no file and no longer in Kafka (lost without
+    a word), and the member then idled with no partition, for good. Now a partition lost with its
+    topic is kept until the stop: status 5, its held rows staged (the only copy), nothing final."""
+    from test_shutdown import PARTITIONS, PER_PARTITION, _runner
+
+    from consumer.testing import at_consume
+
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store)
+
+    def delete() -> None:
+        broker.delete_topic("t")
+        if told == "both":
+            runner.consumer.conf["error_cb"](_GONE)
+
+    at_consume(runner.consumer, {2: delete, 30: runner.request_stop})  # 30: it idled (before)
+    with capture_logs() as logs:
+        status = runner.run()
+    assert status == EXIT_FATAL, [e["event"] for e in logs]
+    stop = next(e for e in logs if e["event"] == "stopped: TopicDeleted")
+    assert stop["error"].startswith("topic 't' was deleted while this consumer read it")
+    assert not [e for e in logs if e["event"] == "partitions lost: dropped without writing"]
+    import io
+
+    import pyarrow.parquet as pq
+
+    staged = [pq.read_table(io.BytesIO(data)) for k, data in sorted(store.objects.items())
+              if "/_staging/" in k and k.endswith(".piece")]
+    held = sorted((p, o) for t in staged for p, o in zip(t.column("kafka_partition").to_pylist(),
+                                                          t.column("kafka_offset").to_pylist(), strict=True))
+    assert held == [(p, o) for p in range(PARTITIONS) for o in range(PER_PARTITION)]
+    assert not [k for k in store.objects if k.endswith(".parquet") and "/_staging/" not in k]
+
+
+def test_partitions_lost_while_their_topic_is_listed_are_dropped_without_writing() -> None:
+    """A lost assignment (the member was expelled) of a topic the cluster still lists: another
+    member may own those partitions now, so nothing of them is written, as before."""
+    from test_shutdown import _runner
+
+    from consumer.testing import at_consume
+
+    broker, store = _broker(), MemoryStore()
+    runner = _runner(broker, store, until_caught_up=True, batch_size=10)
+    at_consume(runner.consumer, {2: lambda: broker.expire(runner.consumer)})
+    with capture_logs() as logs:
+        status = runner.run()
+    assert status == 0
+    assert [e for e in logs if e["event"] == "partitions lost: dropped without writing"]
+    assert not [e for e in logs if str(e["event"]).startswith("stopped:")]
