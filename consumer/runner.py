@@ -824,8 +824,8 @@ class Runner:
             raise TopicDeleted(topic_deleted(gone))
 
     def _gone_from_the_cluster(self, topics: set[str]) -> list[str]:
-        """Those of ``topics`` the cluster's metadata no longer lists (deleted). None when it did
-        not answer: that proves nothing."""
+        """Those of ``topics`` the cluster's metadata no longer lists (deleted); none when it did
+        not answer, which proves nothing."""
         try:
             md = self.consumer.list_topics(timeout=10.0)
         except Exception:
