@@ -286,6 +286,8 @@ class Runner:
         #: the client said a topic or partition is unknown: whether a topic read was deleted is
         #: asked after the next poll (:meth:`_check_topics_still_exist`)
         self._topic_may_be_gone = False
+        #: a topic this run read was deleted under it: the client is not closed (_close_consumer)
+        self._topic_deleted = False
         self.budget_paused = False
         #: the arenas' share now: the plan's, squeezed while RSS is over its soft limit
         self.buffers_budget = self.memory.buffers
@@ -821,6 +823,7 @@ class Runner:
         self._topic_may_be_gone = False
         gone = self._gone_from_the_cluster({w.topic for w in self.workers.values()})
         if gone:
+            self._topic_deleted = True
             raise TopicDeleted(topic_deleted(gone))
 
     def _gone_from_the_cluster(self, topics: set[str]) -> list[str]:
@@ -1157,10 +1160,15 @@ class Runner:
         confluent-kafka makes those calls from its rebalance callback holding the GIL, so a close
         stuck there stops every Python thread, this wait included. The native exit timer
         (:mod:`consumer.exit_timer`) needs no GIL: it ends the process with ``status`` shortly after
-        this wait would have."""
+        this wait would have.
+
+        After a topic was deleted under the run (TopicDeleted) the member ends without close too:
+        librdkafka has aborted there (status -6 instead of 5, seen once on the stack; its issue
+        #2963 is a refcount assertion once a subscribed topic is deleted). Nothing is lost by it:
+        no commit of that topic can succeed, and the group sees the member's session expire."""
         import threading
 
-        if self._keeps_client_open():
+        if self._keeps_client_open() or self._topic_deleted:
             self.exit_without_client = True
             return
         done = threading.Event()
@@ -1366,6 +1374,7 @@ class GroupRunner(Runner):
         Before, they were dropped too, and the member idled with no partition, for good."""
         gone = set(self._gone_from_the_cluster({tp.topic for tp in partitions}))
         if gone:
+            self._topic_deleted = True
             partitions = [tp for tp in partitions if tp.topic not in gone]
             if self._callback_error is None:
                 self._callback_error = TopicDeleted(topic_deleted(sorted(gone)))

@@ -314,7 +314,7 @@ def test_a_topic_deleted_mid_run_stops_it_with_status_5_naming_it(deleted: bool)
             runner.consumer.list_topics = lambda *a, **k: type(listed())({})  # type: ignore[method-assign]
         runner.consumer.conf["error_cb"](_GONE)
 
-    at_consume(runner.consumer, {2: delete})
+    at_consume(runner.consumer, {2: delete, 30: runner.request_stop})  # 30: it idled (before)
     with capture_logs() as logs:
         status = runner.run()
     if not deleted:
@@ -324,6 +324,8 @@ def test_a_topic_deleted_mid_run_stops_it_with_status_5_naming_it(deleted: bool)
     stop = next(e for e in logs if e["event"] == "stopped: TopicDeleted")
     assert stop["error"].startswith("topic 't' was deleted while this consumer read it")
     assert "a new --output prefix with a new group" in stop["error"]
+    # librdkafka has aborted in close after a topic was deleted: the process ends without it
+    assert runner.exit_without_client and not runner.consumer.closed
 
 
 @pytest.mark.parametrize("told", ["lost", "both"])
@@ -354,6 +356,7 @@ def test_a_topic_deleted_mid_run_whose_partitions_the_client_reports_lost_stops_
     stop = next(e for e in logs if e["event"] == "stopped: TopicDeleted")
     assert stop["error"].startswith("topic 't' was deleted while this consumer read it")
     assert not [e for e in logs if e["event"] == "partitions lost: dropped without writing"]
+    assert runner.exit_without_client and not runner.consumer.closed
     import io
 
     import pyarrow.parquet as pq
