@@ -4,10 +4,12 @@ down is one line per half minute, not hundreds."""
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Iterator
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 import structlog
 from confluent_kafka import KafkaError, KafkaException
@@ -357,10 +359,6 @@ def test_a_topic_deleted_mid_run_whose_partitions_the_client_reports_lost_stops_
     assert stop["error"].startswith("topic 't' was deleted while this consumer read it")
     assert not [e for e in logs if e["event"] == "partitions lost: dropped without writing"]
     assert runner.exit_without_client and not runner.consumer.closed
-    import io
-
-    import pyarrow.parquet as pq
-
     staged = [pq.read_table(io.BytesIO(data)) for k, data in sorted(store.objects.items())
               if "/_staging/" in k and k.endswith(".piece")]
     held = sorted((p, o) for t in staged for p, o in zip(t.column("kafka_partition").to_pylist(),
