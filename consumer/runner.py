@@ -1231,6 +1231,7 @@ class GroupRunner(Runner):
         self.assigned_once = False
         self._rebalanced = False
         self._resume: set[TP] = set()  # assigned again after being paused: resume after the poll
+        self._lost: set[TP] = set()  # reported lost, not settled yet (_settle_lost)
         self.targets: dict[TP, int] = {}  # --until-caught-up: end offsets of every partition at start
         self.exported: set[TP] = set()  # … partitions proven committed at their target, files final
         self._missing_topics: list[str] = []
@@ -1260,6 +1261,7 @@ class GroupRunner(Runner):
         if self._tail_probe is not None:  # not a group member: its close is quick
             with contextlib.suppress(Exception):
                 self._tail_probe.close()
+        self._settle_lost()  # lost partitions of a listed topic are not this shutdown's to flush
         super()._shutdown(status=status)
 
     # -- start -----------------------------------------------------------------------------------
@@ -1308,6 +1310,10 @@ class GroupRunner(Runner):
         self.assigned_once = True
         self.stats.rebalances += 1
         self._rebalanced = True
+        for key in [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in self._lost]:
+            self._lost.discard(key)  # lost and assigned again within one poll: its topic exists
+            self._retire(key)
+            self.log.warning("partitions lost: dropped without writing", partitions=[f"{key[0]}[{key[1]}]"])
         try:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
@@ -1366,33 +1372,42 @@ class GroupRunner(Runner):
         self.log.info("partitions revoked", partitions=[f"{t.topic}[{t.partition}]" for t in partitions])
 
     def _on_lost(self, consumer: Any, partitions: list[Any]) -> None:
-        """Partitions the group took away without a revoke (this member was expelled): another
-        member may own them now, so they are dropped without writing. Unless their topic was
-        deleted (librdkafka also reports lost the partitions of a topic its metadata no longer
-        lists): no one else can own them, and the rows held are the only copy left, so their
-        workers are kept and the run stops (TopicDeleted, status 5), its shutdown staging those rows.
-        Before, they were dropped too, and the member idled with no partition, for good."""
-        gone = set(self._gone_from_the_cluster({tp.topic for tp in partitions}))
-        if gone:
-            self._topic_deleted = True
-            partitions = [tp for tp in partitions if tp.topic not in gone]
-            if self._callback_error is None:
-                self._callback_error = TopicDeleted(topic_deleted(sorted(gone)))
-        if not partitions:
-            return
+        """Partitions the group took away without a revoke: settled after the poll
+        (:meth:`_settle_lost`), not here. The first version asked the cluster from inside this
+        callback, and CI then saw librdkafka abort twice in a later close (status -6)."""
         for tp in partitions:
             key = (tp.topic, tp.partition)
             self.fenced.discard(key)
             self._resume.discard(key)
+            self._lost.add(key)
+
+    def _settle_lost(self) -> list[str]:
+        """The partitions reported lost since the last poll. Those of a topic the cluster still
+        lists (this member was expelled) are dropped without writing: another member may own them
+        now. Those of a deleted topic (librdkafka also reports lost the partitions of a topic its
+        metadata no longer lists) are kept, and their topics returned: no one else can own them,
+        and the rows held are the only copy left, so the run stops (TopicDeleted, status 5) and
+        its shutdown stages them. Before, they were dropped too, and the member idled with no
+        partition, for good."""
+        if not self._lost:
+            return []
+        lost, self._lost = sorted(self._lost), set()
+        gone = self._gone_from_the_cluster({t for t, _ in lost})
+        dropped = [key for key in lost if key[0] not in gone]
+        for key in dropped:
             self._retire(key)
-        self.log.warning(
-            "partitions lost: dropped without writing",
-            partitions=[f"{t.topic}[{t.partition}]" for t in partitions],
-        )
+        if dropped:
+            self.log.warning("partitions lost: dropped without writing",
+                             partitions=[f"{t}[{p}]" for t, p in dropped])
+        if gone:
+            self._topic_deleted = True
+        return gone
 
     def _after_poll(self) -> None:
         from confluent_kafka import TopicPartition
 
+        if gone := self._settle_lost():
+            raise TopicDeleted(topic_deleted(gone))
         if self._resume:
             keys = [k for k in self._resume if k in self.workers]
             self._resume.clear()
