@@ -18,6 +18,7 @@ from typing import Any
 
 import fault_table
 import pytest
+import support
 from support import S3Server, StackSettings, kafka_conf, minio_server, run_stack, s3_client
 
 REPO = Path(__file__).resolve().parent.parent
@@ -57,6 +58,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.get_closest_marker("shares_stack") is None and item.get_closest_marker("xdist_group") is None:
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
+
+
+# -- what a crashed process said ------------------------------------------------------------------
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    support.STARTED_LOGS.clear()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    """A failing test's report gets, from the log of every process it started, the lines that tell
+    of a crash (support.crash_lines), wherever they are in the log: the assertion's own message
+    shows only a log's tail. Once per test, at the phase that failed first."""
+    report = yield
+    if report.failed and support.STARTED_LOGS:
+        told = []
+        for path in support.STARTED_LOGS:
+            with contextlib.suppress(OSError):
+                if lines := support.crash_lines(path.read_text(errors="replace")):
+                    told.append(f"{path}:\n" + "\n".join(lines))
+        support.STARTED_LOGS.clear()
+        if told:
+            report.sections.append(("crash lines of the processes this test started", "\n\n".join(told)))
+    return report
 
 
 @contextlib.contextmanager

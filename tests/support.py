@@ -9,6 +9,7 @@ import io
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -251,6 +252,36 @@ def run_consumer(
     return res
 
 
+#: The log files of the processes the running test started (:func:`start_consumer`,
+#: :func:`note_log`). A failing test's report gets the lines of them that tell of a crash
+#: (tests/conftest.py): the assertion shows a log's tail, and an abort's own line (librdkafka's
+#: assertion) comes before the interpreter's dump of every thread's stack, which can fill that tail.
+STARTED_LOGS: list[Path] = []
+
+_CRASH_LINE = re.compile(
+    r"Assertion .* failed|assert: |Fatal Python error|Segmentation fault|core dumped|panicked at|"
+    r"Traceback \(most recent call last\)|^\w+(Error|Exception): "
+)
+
+
+def note_log(path: Path) -> Path:
+    """``path``, noted as the log of a process the running test started (:data:`STARTED_LOGS`)."""
+    STARTED_LOGS.append(path)
+    return path
+
+
+def crash_lines(text: str, limit: int = 60) -> list[str]:
+    """The lines of a process's log that tell of a crash, each with the line after it (where an
+    assertion or a fatal error names its place), at most ``limit`` of them. Only lines that are
+    not the consumer's own JSON events: a crash is told on stderr, by C code or the interpreter."""
+    lines = text.splitlines()
+    keep: list[int] = []
+    for i, line in enumerate(lines):
+        if not line.startswith("{") and _CRASH_LINE.search(line):
+            keep += [j for j in (i, i + 1) if j < len(lines) and (not keep or j > keep[-1])]
+    return [f"{i + 1}: {lines[i]}" for i in keep[:limit]]
+
+
 @dataclass
 class Running:
     """A consumer process started in the background, with its log in a file."""
@@ -300,7 +331,7 @@ def start_consumer(
 ) -> Running:
     args = list(extra) + (["--until-caught-up"] if until_caught_up else [])
     cmd = consumer_cmd(topic, group, output, *args, schema=schema)
-    log_path = Path(tempfile.mkstemp(prefix="consumer-", suffix=".log")[1])
+    log_path = note_log(Path(tempfile.mkstemp(prefix="consumer-", suffix=".log")[1]))
     fh = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
         cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO

@@ -21,6 +21,7 @@ from support import (
     consumer_cmd,
     kafka_conf,
     log_events,
+    note_log,
     unique,
 )
 
@@ -51,7 +52,7 @@ while True:
 
 def _member(stack: Any, group: str, iid: str, topic: str, die: bool, out: Path) -> subprocess.Popen[bytes]:
     argv = [sys.executable, "-c", MEMBER, stack.kafka_bootstrap, group, iid, topic, "1" if die else "0"]
-    return subprocess.Popen(argv, stdout=out.open("wb"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(argv, stdout=note_log(out).open("wb"), stderr=subprocess.STDOUT)
 
 
 def _wait_for_line(path: Path, line: str, proc: subprocess.Popen[bytes], timeout: float = 60) -> None:

@@ -16,6 +16,7 @@ from support import (
     consumer_cmd,
     log_events,
     member_starts,
+    note_log,
     start_two_members_writing,
     unique,
 )
@@ -126,7 +127,7 @@ def test_a_member_of_a_bounded_job_sigtermed_alone_is_restarted_and_the_job_fini
     out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
     res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=13)
     cmd = consumer_cmd(topic, group, out, *FLAGS, "--processes", "2", "--host-id", host, "--until-caught-up")
-    log_path = tmp_path / "supervisor.log"
+    log_path = note_log(tmp_path / "supervisor.log")
     with open(log_path, "wb") as log:
         sup = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
     try:
