@@ -1310,10 +1310,10 @@ class GroupRunner(Runner):
         self.assigned_once = True
         self.stats.rebalances += 1
         self._rebalanced = True
-        for key in [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in self._lost]:
-            self._lost.discard(key)  # lost and assigned again within one poll: its topic exists
-            self._retire(key)
-            self.log.warning("partitions lost: dropped without writing", partitions=[f"{key[0]}[{key[1]}]"])
+        again = [(tp.topic, tp.partition) for tp in partitions if (tp.topic, tp.partition) in self._lost]
+        if again:  # lost and assigned again within one poll: their topic exists
+            self._lost.difference_update(again)
+            self._drop_lost(again)
         try:
             for tp in partitions:
                 key = (tp.topic, tp.partition)
@@ -1393,15 +1393,19 @@ class GroupRunner(Runner):
             return []
         lost, self._lost = sorted(self._lost), set()
         gone = self._gone_from_the_cluster({t for t, _ in lost})
-        dropped = [key for key in lost if key[0] not in gone]
-        for key in dropped:
-            self._retire(key)
-        if dropped:
-            self.log.warning("partitions lost: dropped without writing",
-                             partitions=[f"{t}[{p}]" for t, p in dropped])
+        self._drop_lost([key for key in lost if key[0] not in gone])
         if gone:
             self._topic_deleted = True
         return gone
+
+    def _drop_lost(self, keys: list[TP]) -> None:
+        """Lost partitions of a topic that exists: dropped without writing, as another member may
+        own them now. One line for all of them."""
+        for key in keys:
+            self._retire(key)
+        if keys:
+            self.log.warning("partitions lost: dropped without writing",
+                             partitions=[f"{t}[{p}]" for t, p in keys])
 
     def _after_poll(self) -> None:
         from confluent_kafka import TopicPartition
