@@ -125,6 +125,8 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
     w("```sh\npip install -e '.[dev,bench]'   # matplotlib; ours and the Quix peer get own venvs (below)")
     w("python -m bench.run --all --repeat 3 && python -m bench.soak && python -m bench.report")
     w("python -m bench.compare bench/results/A.json bench/results/B.json   # ratios b/a of every figure")
+    w("python -m bench.perf_diff --topic bench-small-n3000000-p4-s0 --schema page_view --records 3000000"
+      "   # ours beside the floor under perf, library by library")
     w("```\n")
     w("## Machine, versions, settings\n")
     w(
@@ -301,6 +303,30 @@ def render(result: dict[str, Any], soak: dict[str, Any] | None) -> str:
     return "\n".join(out) + "\n"
 
 
+def hand_written(doc: str) -> str:
+    """The hand-written sections of an existing report (``## … (hand-written …``, each up to the
+    next ``## `` heading), in their order: a regenerated report keeps them above its generated
+    sections, where they were, instead of dropping the history of every pass."""
+    kept: list[str] = []
+    keeping = False
+    for line in doc.splitlines(keepends=True):
+        if line.startswith("## "):
+            keeping = "(hand-written" in line
+        if keeping:
+            kept.append(line)
+    text = "".join(kept).rstrip("\n")
+    return text + "\n\n" if text else ""
+
+
+def with_hand_written(generated: str, doc: str) -> str:
+    """``generated`` with the hand-written sections of ``doc`` before its first ``## `` heading."""
+    kept = hand_written(doc)
+    at = generated.find("\n## ")
+    if not kept or at < 0:
+        return generated
+    return generated[: at + 1] + kept + generated[at + 1 :]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__)
     ap.add_argument("results", nargs="?", type=Path, default=RESULTS / "latest.json")
@@ -313,7 +339,8 @@ def main(argv: list[str] | None = None) -> int:
         from bench.soak import plot_soak
 
         plot_soak(soak, IMG / "soak_rss.png")
-    args.out.write_text(render(result, soak))
+    before = args.out.read_text() if args.out.exists() else ""
+    args.out.write_text(with_hand_written(render(result, soak), before))
     print(args.out)
     return 0
 

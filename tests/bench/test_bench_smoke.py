@@ -93,3 +93,40 @@ def test_many_partition_benches_run_on_tiny_data(stack: Any, capsys: pytest.Capt
     tables = capsys.readouterr().out
     assert tables.count("| 20 ms |") == 2 + 4  # recovery: 2 rows; drain: 2 SIGTERM and 2 caught-up rows
     assert "| 4 | 0 |" in tables  # drain: 4 row groups made durable, none left
+
+
+def test_perf_diff_reads_perf_s_report_and_puts_ours_beside_the_floor() -> None:
+    from bench.perf_diff import parse_report, side_by_side
+
+    report = (
+        "# Samples: 5K of event 'cpu-clock:ppp'\n#\n"
+        "    17.43%          1921  libc.so.6                                   \n"
+        "    15.18%          1673  _native.cpython-311-x86_64-linux-gnu.so     \n"
+        "     2.25%            30  libarrow.so.2600   [.] ZSTD_compressBlock_fast\n"
+    )
+    ours = parse_report(report)
+    assert ours == {"libc.so.6": 1921, "_native.cpython-311-x86_64-linux-gnu.so": 1673,
+                    "libarrow.so.2600 [.] ZSTD_compressBlock_fast": 30}
+    lines = side_by_side(ours, {"libc.so.6": 985, "librdkafka.so": 10})
+    assert lines[1].split() == ["1673", "0", "1673", "_native.cpython-311-x86_64-linux-gnu.so"]
+    assert lines[2].split() == ["1921", "985", "936", "libc.so.6"]
+    assert lines[-1].split() == ["0", "10", "-10", "librdkafka.so"]
+
+
+def test_a_regenerated_report_keeps_the_hand_written_passes_where_they_were() -> None:
+    from bench.report import with_hand_written
+
+    doc = (
+        "# Benchmarks\n\nold intro\n\n## Second pass (hand-written, 2026-12-06): b\n\ntext b\n\n"
+        "### detail\n\nmore b\n\n## First pass (hand-written, 2026-12-05): a\n\ntext a\n\n"
+        "## Machine, versions, settings\n\nold figures\n"
+    )
+    generated = "# Benchmarks\n\nnew intro\n\n## Machine, versions, settings\n\nnew figures\n"
+    out = with_hand_written(generated, doc)
+    assert out == (
+        "# Benchmarks\n\nnew intro\n\n## Second pass (hand-written, 2026-12-06): b\n\ntext b\n\n"
+        "### detail\n\nmore b\n\n## First pass (hand-written, 2026-12-05): a\n\ntext a\n\n"
+        "## Machine, versions, settings\n\nnew figures\n"
+    )
+    assert with_hand_written(generated, "") == generated
+    assert with_hand_written(generated, out) == out  # regenerating again changes nothing
