@@ -184,3 +184,29 @@ def test_a_supervisor_killed_by_sigkill_takes_its_members_down_cleanly(
     again = _run_until_caught_up(topic, group, out, host)
     assert again.returncode == 0, again.stderr[-4000:]
     assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
+
+
+def test_fewer_processes_than_before_take_over_the_stopped_ids_partitions_and_export_once(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """An operator scales ``--processes 2`` down to 1: the static members ``<host>-0`` and
+    ``<host>-1`` never left the group, so their partitions wait for their sessions to expire
+    (README, *Fewer processes than before*); then the one member takes all four and finishes the
+    topic, every offset once."""
+    topic, group, host = unique("procs-down"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=14)
+    sup = start_two_members_writing(topic, group, out, *FLAGS, host=host)
+    try:
+        assert sup.stop(signal.SIGTERM, timeout=25 + 15) == 0, sup.log()[-4000:]
+    finally:
+        if sup.proc.poll() is None:
+            sup.proc.kill()
+    cmd = consumer_cmd(topic, group, out, *FLAGS, "--processes", "1", "--host-id", host, "--until-caught-up")
+    one = subprocess.run(cmd, capture_output=True, text=True, timeout=400, cwd=REPO)
+    events = log_events(one.stderr + one.stdout)
+    assert one.returncode == 0, one.stderr[-4000:]
+    assert _instance_ids(events) == {None}  # one process is the member itself, not static
+    assigned = {p for e in events if e.get("event") == "partitions assigned" for p in e["partitions"]}
+    assert assigned == {f"{topic}[{p}]" for p in range(4)}
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
