@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
@@ -61,9 +62,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 # -- what a crashed process said ------------------------------------------------------------------
+_subprocess_run = subprocess.run
+
+
+def _noting_run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
+    """``subprocess.run``, which also notes what a consumer process it ran printed
+    (support.note_completed), so that a failing test reports its crash lines like those of the
+    processes started with a log file. Installed for the whole session (pytest_configure): the
+    tests run the consumer this way in some forty places."""
+    try:
+        done = _subprocess_run(*args, **kwargs)
+    except subprocess.TimeoutExpired as timed_out:
+        support.note_completed(timed_out.cmd, timed_out.output, timed_out.stderr)
+        raise
+    support.note_completed(done.args, done.stdout, done.stderr)
+    return done
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    subprocess.run = _noting_run
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    subprocess.run = _subprocess_run
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     support.STARTED_LOGS.clear()
+    support.CAPTURED_OUTPUTS.clear()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -72,13 +99,15 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     of a crash (support.crash_lines), wherever they are in the log: the assertion's own message
     shows only a log's tail. Once per test, at the phase that failed first."""
     report = yield
-    if report.failed and support.STARTED_LOGS:
-        told = []
+    if report.failed and (support.STARTED_LOGS or support.CAPTURED_OUTPUTS):
+        logs = []
         for path in support.STARTED_LOGS:
             with contextlib.suppress(OSError):
-                if lines := support.crash_lines(path.read_text(errors="replace")):
-                    told.append(f"{path}:\n" + "\n".join(lines))
+                logs.append((str(path), path.read_text(errors="replace")))
+        told = [f"{what}:\n" + "\n".join(lines)
+                for what, text in logs + support.CAPTURED_OUTPUTS if (lines := support.crash_lines(text))]
         support.STARTED_LOGS.clear()
+        support.CAPTURED_OUTPUTS.clear()
         if told:
             report.sections.append(("crash lines of the processes this test started", "\n\n".join(told)))
     return report

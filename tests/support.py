@@ -270,6 +270,25 @@ def note_log(path: Path) -> Path:
     return path
 
 
+#: What the consumer processes the running test ran to their end with ``subprocess.run`` printed,
+#: kept in memory rather than in a file: (the command, its stdout and stderr). Reported like
+#: :data:`STARTED_LOGS`; tests/conftest.py notes every such run (:func:`note_completed`).
+CAPTURED_OUTPUTS: list[tuple[str, str]] = []
+
+
+def note_completed(args: Any, stdout: str | bytes | None, stderr: str | bytes | None) -> None:
+    """Note what a finished (or timed-out) process printed in :data:`CAPTURED_OUTPUTS`, if it ran
+    the consumer (``python -m consumer …``) and its output was captured."""
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    at = argv.index("-m") + 1 if "-m" in argv else len(argv)
+    if argv[at:at + 1] != ["consumer"]:
+        return
+    text = "".join(t.decode(errors="replace") if isinstance(t, bytes) else t for t in (stdout, stderr) if t)
+    if text:
+        CAPTURED_OUTPUTS.append((f"run {len(CAPTURED_OUTPUTS) + 1} of this test: python -m "
+                                 + " ".join(argv[at:at + 2]), text))
+
+
 def crash_lines(text: str, limit: int = 60) -> list[str]:
     """The lines of a process's log that tell of a crash, each with the line after it (where an
     assertion or a fatal error names its place), at most ``limit`` of them. Only lines that are

@@ -4,7 +4,11 @@ behind the interpreter's dump of every thread's stack."""
 
 from __future__ import annotations
 
-from support import crash_lines
+import subprocess
+import sys
+
+import support
+from support import REPO, crash_lines
 
 
 def test_an_abort_s_own_line_is_found_before_a_long_stack_dump() -> None:
@@ -46,3 +50,17 @@ def test_a_python_traceback_and_a_rust_panic_are_told_with_the_line_after() -> N
         "4: index out of bounds",
         "5: RuntimeError: boom",
     ]
+
+
+def test_what_a_consumer_run_to_its_end_printed_is_noted_for_the_report() -> None:
+    """Tests that run the consumer with ``subprocess.run`` keep its output in memory; the suite's
+    ``subprocess.run`` notes it (tests/conftest.py), so a crash there is reported as well."""
+    subprocess.run([sys.executable, "-c", "print('Fatal Python error: not the consumer')"],
+                   capture_output=True, text=True, check=True)
+    assert support.CAPTURED_OUTPUTS == []
+    done = subprocess.run([sys.executable, "-m", "consumer", "run", "--no-such-flag"],
+                          capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 2
+    [(what, text)] = support.CAPTURED_OUTPUTS
+    assert what == "run 1 of this test: python -m consumer run"
+    assert "--no-such-flag" in text
