@@ -99,7 +99,7 @@ def _add_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--caught-up-timeout", default=None,
                    help="how long --until-caught-up waits for partitions other members hold (300s)")
     p.add_argument("--shutdown-timeout", default=None,
-                   help="SIGTERM/SIGINT: flush and commit what fits in this time, then exit 0 (25s); "
+                   help="SIGTERM/SIGINT/SIGHUP: flush and commit what fits in this time, then exit 0 (25s); "
                    "rows that did not make it are consumed again after a restart")
     p.add_argument(
         "-X",

@@ -23,12 +23,13 @@ them to statuses in :func:`exit_status`, and the CLI returns it.
       committed is durable, a restart consumes the rest again (see :mod:`consumer.metrics`)
 ====  ===========================================================================================
 
-SIGTERM/SIGINT is a request to stop: status 0 even when ``--shutdown-timeout`` ran out before
-every partition was flushed (those rows were not committed and are consumed again). A *bounded*
-job (``replay``, ``run --until-caught-up``) that a signal N stops before it finished exits
-128 + N instead (143 for SIGTERM, 130 for SIGINT, what a shell reports for a process the signal
-ended; :func:`interrupted`): 0 would tell a Kubernetes Job, an Airflow task or a ``&&`` chain that
-the export is complete. What it committed is durable; running it again resumes.
+SIGTERM/SIGINT/SIGHUP is a request to stop: status 0 even when ``--shutdown-timeout`` ran out
+before every partition was flushed (those rows were not committed and are consumed again). A
+*bounded* job (``replay``, ``run --until-caught-up``) that a signal N stops before it finished
+exits 128 + N instead (143 for SIGTERM, 130 for SIGINT, 129 for SIGHUP, what a shell reports for
+a process the signal ended; :func:`interrupted`): 0 would tell a Kubernetes Job, an Airflow task
+or a ``&&`` chain that the export is complete. What it committed is durable; running it again
+resumes.
 ``consumer run --processes N`` exits 0 when every member's last exit was 0, else with the most
 severe member status: 5 > 4 > any other crash status (7, 128 + signal, …) > 3 > 2 > 6
 (:mod:`consumer.supervisor`).

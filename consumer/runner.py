@@ -74,6 +74,7 @@ from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.principal import client_principal
 from consumer.side_by_side import close_all, recover_each
+from consumer.stop_signals import install_stop_handler
 from consumer.storage import (
     REFUSED_HINT,
     FatalStorageError,
@@ -433,7 +434,7 @@ class Runner:
 
     # -- lifecycle -------------------------------------------------------------------------------
     def request_stop(self, signum: int = signal.SIGTERM, *_: Any) -> None:
-        """SIGTERM/SIGINT: finish the current batch, then :meth:`_shutdown` within
+        """SIGTERM, SIGINT or SIGHUP: finish the current batch, then :meth:`_shutdown` within
         ``--shutdown-timeout`` of this moment. S3 and commit retries that start from now on are
         capped to that bound already, so a flush running into an outage cannot outlive it."""
         if self.stop_requested_at is None:
@@ -545,12 +546,12 @@ class Runner:
             )
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
-        self._bound_from_the_signal()
+        """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) ask for a stop
+        (consumer.stop_signals)."""
+        self._bound_from_the_signal(install_stop_handler(self.request_stop))
 
-    def _bound_from_the_signal(self) -> None:
-        """Arm the native exit timer the moment SIGTERM/SIGINT arrives, for the whole stop.
+    def _bound_from_the_signal(self, signals: tuple[signal.Signals, ...]) -> None:
+        """Arm the native exit timer the moment a stop signal arrives, for the whole stop.
 
         Python runs :meth:`request_stop` only once the main thread is back in Python code, and a
         synchronous commit in a flush of the loop blocks in C until librdkafka answers: with the
@@ -562,7 +563,7 @@ class Runner:
         read, write = os.pipe()
         os.set_blocking(write, False)
         signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        stops = {int(signal.SIGTERM), int(signal.SIGINT)}
+        stops = {int(s) for s in signals}
         bound = self.config.shutdown_timeout + self.close_grace + self.exit_timer_margin + 1.0
 
         def watch() -> None:

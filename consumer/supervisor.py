@@ -55,6 +55,7 @@ from consumer.errors import (
     EXIT_STORAGE,
     interrupted,
 )
+from consumer.stop_signals import install_stop_handler, stop_signals
 
 #: Exit statuses after which a member is not restarted (restarting cannot help).
 STOP_STATUSES = frozenset({EXIT_CONFIG, EXIT_BAD_RECORD})
@@ -155,6 +156,8 @@ class Supervisor:
         self.bounded = bounded
         #: the signal that stopped the command (None: not a signal, e.g. a member's stop status)
         self.stop_signal: int | None = None
+        #: the signals that stop the command, and that a member stopped by (consumer.stop_signals)
+        self.stop_signals: tuple[int, ...] = stop_signals()
         self.stopping = False
         self.kill_at: float | None = None
         #: while :meth:`run` runs, the descriptor of the file under whose lock every member and
@@ -167,8 +170,9 @@ class Supervisor:
         self.stop_requested = True
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) stop every member
+        (consumer.stop_signals)."""
+        self.stop_signals = install_stop_handler(self.request_stop)
 
     # -- members ---------------------------------------------------------------------------------
     def _start(self, m: Member) -> None:
@@ -195,12 +199,13 @@ class Supervisor:
         ran = round(now - m.started_at, 1)
         if self.stopping:
             died_of: dict[str, str] = {}
-            if status in (128 + signal.SIGTERM, 128 + signal.SIGINT):
+            if status - 128 in self.stop_signals:
                 # Died of the very signal it was sent, before it had installed its handler (a
                 # member that just started): nothing was consumed, so it stopped as asked. The
                 # line says so: a member that ran a while should have stopped by its handler.
                 # A member of a bounded job that its handler stopped before it finished exits
                 # with the same number (errors.interrupted): it stopped as asked, unfinished.
+                # (SIGHUP: a closed terminal reaches every member of its process group itself.)
                 if returncode < 0:
                     died_of["died_of"] = signal.Signals(status - 128).name
                 else:

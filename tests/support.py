@@ -347,13 +347,18 @@ def start_consumer(
     schema: str = "page_view",
     env: dict[str, str] | None = None,
     until_caught_up: bool = False,
+    new_session: bool = False,
 ) -> Running:
+    """``consumer run …`` in the background, its output in a log file. ``new_session``: in a
+    session and process group of its own, as a command run from a terminal is (``os.killpg``
+    then reaches it and its children, as a closed terminal's SIGHUP does)."""
     args = list(extra) + (["--until-caught-up"] if until_caught_up else [])
     cmd = consumer_cmd(topic, group, output, *args, schema=schema)
     log_path = note_log(Path(tempfile.mkstemp(prefix="consumer-", suffix=".log")[1]))
     fh = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
-        cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO
+        cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
+        start_new_session=new_session,
     )
     return Running(proc, log_path)
 
@@ -363,10 +368,13 @@ def member_starts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("event") == "member started"]
 
 
-def start_two_members_writing(topic: str, group: str, output: str, *extra: str, host: str) -> Running:
+def start_two_members_writing(
+    topic: str, group: str, output: str, *extra: str, host: str, new_session: bool = False
+) -> Running:
     """``consumer run --processes 2 --host-id host``, once both members run and one has written a
     row group."""
-    sup = start_consumer(topic, group, output, *extra, "--processes", "2", "--host-id", host)
+    sup = start_consumer(topic, group, output, *extra, "--processes", "2", "--host-id", host,
+                         new_session=new_session)
     sup.wait_for(
         lambda ev: sum(1 for e in ev if e.get("event") == "starting") == 2
         and any(e.get("event") == "row group durable" for e in ev),

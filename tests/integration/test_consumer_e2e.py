@@ -236,9 +236,12 @@ def read_footer_metadata_s3(s3: Any, bucket: str, key: str) -> dict[str, str]:
     return read_key_value_metadata(read_piece_layout(tail, size).footer)
 
 
-def test_sigterm_then_restart_continues_the_same_file(
-    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_stop_signal_then_restart_continues_the_same_file(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path, stop: signal.Signals
 ) -> None:
+    """SIGTERM, or SIGHUP (the terminal it ran in closed): the rows held are made durable and
+    committed, the files stay open, and the next run continues them."""
     topic = unique("restart")
     group = unique("g")
     out = _out(stack, unique_prefix)
@@ -252,7 +255,8 @@ def test_sigterm_then_restart_continues_the_same_file(
         lambda ev: {e.get("partition") for e in ev if e.get("event") == "row group durable"} >= {0, 1},
         what="a durable row group in both partitions",
     )
-    assert running.stop(signal.SIGTERM) == 0, running.log()[-3000:]
+    assert running.stop(stop) == 0, running.log()[-3000:]
+    assert [e for e in running.events() if e["event"] == "stopped"], running.log()[-3000:]  # by its handler
     assert final_keys(s3, stack.s3_bucket, unique_prefix) == []  # a clean stop does not close files
     before = [k for k in staging_keys(s3, stack.s3_bucket, unique_prefix) if k.endswith(".piece")]
     assert before

@@ -116,6 +116,38 @@ def test_a_killed_member_restarts_sigterm_stops_all_and_a_restart_finishes_exact
     assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
 
 
+def test_a_closed_terminal_stops_the_supervisor_and_every_member_cleanly_and_a_rerun_exports_once(
+    stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Closing the terminal or SSH session a command runs in sends SIGHUP to its whole process
+    group: the supervisor and every member at once. Left at its default, SIGHUP ended each process
+    mid-flush (safe, but a restart's work). Now each stops as on SIGTERM: it flushes, commits and
+    exits 0, and nothing is taken for a crash. A rerun then exports every offset once."""
+    topic, group, host = unique("procs-hup"), unique("g"), unique("h")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    res = produce(stack.kafka_bootstrap, topic, "page_view", RECORDS, partitions=4, seed=14)
+    sup = start_two_members_writing(topic, group, out, *FLAGS, host=host, new_session=True)
+    try:
+        pids = [e["pid"] for e in member_starts(sup.events())]
+        os.killpg(sup.proc.pid, signal.SIGHUP)
+        code = sup.proc.wait(timeout=25 + 15)
+    finally:
+        if sup.proc.poll() is None:
+            os.killpg(sup.proc.pid, signal.SIGKILL)
+            sup.proc.wait()
+    events = sup.events()
+    assert code == 0, sup.log()[-4000:]
+    assert not [p for p in pids if _alive(p)], "a member outlived its supervisor"
+    assert next(e for e in events if e.get("event") == "members exited")["statuses"] == [0, 0]
+    assert sum(1 for e in events if e.get("event") == "stopped") == 2, sup.log()[-6000:]  # by their handlers
+    assert not [e for e in events if "crashed" in e.get("event", "")], sup.log()[-6000:]
+    assert [e["member"] for e in member_starts(events)] == [0, 1]  # none restarted
+
+    again = _run_until_caught_up(topic, group, out, host)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert_exported_exactly_once(s3, stack.s3_bucket, unique_prefix, tmp_path, res.partition_counts)
+
+
 def test_a_member_of_a_bounded_job_sigtermed_alone_is_restarted_and_the_job_finishes_exactly_once(
     stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
 ) -> None:

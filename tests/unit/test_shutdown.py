@@ -448,6 +448,40 @@ def test_sigterm_while_the_loop_is_blocked_still_ends_the_process_at_the_bound()
     assert b"run returned" not in proc.stdout
 
 
+#: A stop signal the process sends itself between two polls, through the handlers the CLI installs.
+_SIGNAL_AT_CONSUME = """
+import os, signal, sys
+from consumer.testing import MemoryStore, at_consume
+from tests.unit.test_shutdown import PER_PARTITION, _broker, _runner
+if {nohup}:
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup leaves to the command it starts
+runner = _runner(_broker(), MemoryStore(), until_caught_up=True, batch_size=PER_PARTITION)
+runner.install_signal_handlers()
+at_consume(runner.consumer, {{2: lambda: os.kill(os.getpid(), signal.{name})}})
+sys.exit(runner.run())
+"""
+
+
+@pytest.mark.parametrize(("name", "status"), [("SIGTERM", 143), ("SIGINT", 130), ("SIGHUP", 129)])
+def test_every_stop_signal_stops_the_run_through_its_handler(name: str, status: int) -> None:
+    """SIGHUP (the terminal or SSH session closed) stops the consumer as SIGTERM and Ctrl-C do:
+    the handler flushes and commits, and a job stopped before it finished exits 128 + N. Left at
+    its default, SIGHUP ended the process at once, mid-flush (status -1)."""
+    proc = _python(_SIGNAL_AT_CONSUME.format(nohup=False, name=name))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == status, said.decode()[-2000:]
+    assert b"stopped by a signal before the job finished" in said
+
+
+def test_under_nohup_sighup_stays_ignored_and_the_job_finishes() -> None:
+    """``nohup`` starts a command with SIGHUP ignored so that a closed session does not stop it:
+    the consumer keeps that promise rather than installing its handler over it."""
+    proc = _python(_SIGNAL_AT_CONSUME.format(nohup=True, name="SIGHUP"))
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0, said.decode()[-2000:]
+    assert b"stopped by a signal" not in said
+
+
 # -- a bounded job stopped before it finished ------------------------------------------------
 @pytest.mark.parametrize(("signum", "status"), [(15, 143), (2, 130)])
 def test_until_caught_up_stopped_by_a_signal_before_it_finished_exits_128_plus_the_signal(

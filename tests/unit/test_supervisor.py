@@ -193,6 +193,35 @@ def test_until_caught_up_stopped_by_a_signal_before_every_member_finished_exits_
         timer.cancel()
 
 
+def test_a_closed_terminal_s_sighup_to_every_process_stops_the_job_and_no_member_crashed() -> None:
+    """A closed terminal sends SIGHUP to the whole process group: each member stops by its own
+    handler (a bounded job's member exits 129) while the supervisor stops too. The members'
+    statuses are stops, not crashes, and the job exits 129."""
+    by_hup = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGHUP, lambda *a: sys.exit(129))\n"
+        "time.sleep(60)\n"
+    )
+    sup = supervisor(lambda m: script(by_hup), bounded=True)
+
+    def hang_up() -> None:
+        for m in sup.members:
+            if m.proc is not None:
+                m.proc.send_signal(signal.SIGHUP)
+        sup.request_stop(signal.SIGHUP)
+
+    timer = threading.Timer(1.0, hang_up)
+    timer.start()
+    try:
+        with capture_logs() as logs:
+            assert sup.run() == 129
+    finally:
+        timer.cancel()
+    stopped = [e for e in logs if e["event"] == "member stopped"]
+    assert [e["unfinished_by"] for e in stopped] == ["SIGHUP", "SIGHUP"], logs
+    assert not [e for e in logs if "crashed" in e["event"]]
+
+
 def test_a_member_that_gave_up_catching_up_is_not_restarted_and_the_others_go_on() -> None:
     def command(m: Member) -> list[str]:
         done_later = "import time, sys; time.sleep(1); sys.exit(0)"
