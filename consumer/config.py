@@ -241,12 +241,36 @@ class Config:
         for k in self.kafka_properties:
             if k in ("enable.auto.commit", "enable.auto.offset.store"):
                 p.append(f"-X {k} is managed by the consumer (offsets are committed only when durable)")
+        p += self._flags_given_as_properties()
         reset = self.kafka_properties.get("auto.offset.reset")
         if reset is not None and reset not in AUTO_OFFSET_RESETS:
             p.append(
                 f"-X auto.offset.reset={reset} unknown: use earliest or latest (where a partition with no "
                 "committed position starts), or error (such a partition stops the run)"
             )
+        return p
+
+    def _flags_given_as_properties(self) -> list[str]:
+        """``-X`` properties that say what a flag says, differently. librdkafka would take the
+        ``-X`` value (it is applied last), while the consumer describes, fences and names its files
+        by the flag's group, and names the flag's brokers in its errors: with ``-X group.id`` the
+        group that commits would not be the group the protocol checks. Given once, or twice
+        alike, they are fine. Under ``--processes N`` each member's ``group.instance.id`` comes
+        from ``--host-id``, and a ``-X`` one would be silently replaced."""
+        p: list[str] = []
+        for key, flag, given, why in (
+            ("group.id", "--group-id", self.group_id, "librdkafka would commit to the -X group while the "
+             "consumer checks, fences and names its files by the --group-id one"),
+            ("bootstrap.servers", "--bootstrap-servers", self.bootstrap_servers, "librdkafka would read "
+             "from the -X brokers while the consumer's messages name the --bootstrap-servers ones"),
+        ):
+            said = self.kafka_properties.get(key)
+            if said is not None and said != given:
+                p.append(f"-X {key}={said} disagrees with {flag} {given or '(not given)'}: {why}; give "
+                         f"it once, with {flag}, and drop -X {key}")
+        if self.processes > 1 and "group.instance.id" in self.kafka_properties:
+            p.append(f"-X group.instance.id is set for each member by --processes {self.processes} "
+                     "(<host id>-<index>): drop it, and choose the ids' prefix with --host-id")
         return p
 
     def validated(self, *, need_group: bool = True) -> Config:

@@ -444,6 +444,31 @@ def test_auto_commit_flag_refused_through_load() -> None:
         cfg.validated()
 
 
+@pytest.mark.parametrize(("key", "flag", "field"), [("group.id", "--group-id", "group_id"),
+                                                    ("bootstrap.servers", "--bootstrap-servers",
+                                                     "bootstrap_servers")])
+def test_a_kafka_property_that_disagrees_with_its_flag_is_refused(key: str, flag: str, field: str) -> None:
+    """librdkafka would take the -X value while the consumer goes by the flag: with -X group.id
+    the group that commits would not be the group the protocol checks and fences. Given alike (a
+    properties file translated to -X beside the flags) they are fine."""
+    from dataclasses import replace
+
+    given = getattr(VALID, field)
+    [problem] = replace(VALID, kafka_properties={key: "other:1"}).problems()
+    assert problem.startswith(f"-X {key}=other:1 disagrees with {flag} {given}: ")
+    assert problem.endswith(f"give it once, with {flag}, and drop -X {key}")
+    assert replace(VALID, kafka_properties={key: given}).problems() == []
+
+
+def test_a_static_id_is_refused_where_processes_set_one_per_member() -> None:
+    from dataclasses import replace
+
+    one = replace(VALID, kafka_properties={"group.instance.id": "me"})
+    assert one.problems() == []
+    [problem] = replace(one, processes=2).problems()
+    assert problem.startswith("-X group.instance.id is set for each member by --processes 2")
+
+
 def test_topic_name_with_trailing_newline_is_a_problem() -> None:
     """BUG (config.py, Config.problems): topic check uses ``re.match(r"^…$")``.
 
