@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         "verify",
         help="check the output against Kafka: no loss, no duplicates, only valid final files",
         description="Exit status: 0 if every invariant holds, 1 if one is violated, 2 when it could "
-        "not verify (a usage error, or Kafka did not answer).",
+        "not verify (a usage error, Kafka did not answer, or S3 refused or failed a read).",
     )
     ver.add_argument("--output", default=os.environ.get("CONSUMER_OUTPUT"), help="s3://bucket/prefix")
     ver.add_argument("--topic", required=True)
@@ -276,6 +276,19 @@ def make_store(bucket: str, endpoint_url: str | None, region: str = "us-east-1",
         log.info("the endpoint takes multipart uploads of equal parts only (Cloudflare R2): rolls "
                  "compose final files in 8 MiB parts, across piece boundaries through this process")
     return store
+
+
+def connected(store: Any, command: str) -> bool:
+    """Build ``store``'s S3 client now (``S3Store.connect``; no request is sent). What botocore
+    refuses there, an endpoint URL, an AWS_PROFILE that does not exist or keys given in part, is
+    said as ``consumer: <command>: S3 client: …``; False then (exit 2). Built later, at the first
+    request, it came out as a traceback."""
+    try:
+        store.connect()
+    except Exception as exc:
+        print(f"consumer: {command}: S3 client: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def _store_of(config: cfgmod.Config) -> Callable[[str], Any]:
@@ -381,10 +394,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     registry = SchemaRegistryClient(config.schema_registry_url) if config.schema_registry_url else None
     decoder = Decoder(config.framing, schema=schema, registry=registry)
     store = make_store(config.bucket, config.s3_endpoint_url, config.s3_region, config.s3_encryption())
-    try:
-        store.connect()
-    except Exception as exc:  # e.g. an endpoint URL botocore refuses; no request was sent
-        print(f"consumer: config: S3 client: {type(exc).__name__}: {exc}", file=sys.stderr)
+    if not connected(store, "config"):
         return 2
     if replay:
         from consumer.replay import Bound, ReplayRunner
@@ -501,14 +511,22 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
+    from consumer.errors import EXIT_STORAGE
     from consumer.inspect import describe_output
+    from consumer.storage import StorageError
 
     if not args.output:
         print("consumer: show: pass --output s3://bucket/prefix", file=sys.stderr)
         return 2
     bucket, prefix = cfgmod.split_output(args.output)
     store = make_store(bucket, args.s3_endpoint_url)
-    print(describe_output(store, prefix, sample_rows=args.sample))
+    if not connected(store, "show"):
+        return 2
+    try:
+        print(describe_output(store, prefix, sample_rows=args.sample))
+    except StorageError as exc:
+        print(f"consumer: show: {exc}", file=sys.stderr)
+        return EXIT_STORAGE
     return 0
 
 
@@ -518,6 +536,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     import json
     import time
 
+    from consumer.storage import StorageError
     from consumer.verify import parse_committed, parse_since, verify
 
     if not args.output:
@@ -535,6 +554,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     stores = {bucket: store}
     for other_bucket, _ in others:
         stores.setdefault(other_bucket, make_store(other_bucket, args.s3_endpoint_url))
+    if not all(connected(s, "verify") for s in stores.values()):
+        return 2
     try:
         report = verify(
             store,
@@ -552,6 +573,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)
+        return 2
+    except StorageError as exc:  # not a finding about the output: S3 did not let it be read
+        print(f"consumer: verify: could not read the output, so nothing was verified: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
     return 0 if report.ok else 1

@@ -74,6 +74,17 @@ _FATAL_CODES = {
     "NotImplemented": "the server does not implement a request or header this consumer sends; "
     "see README, Troubleshooting (S3-compatible servers)",
 }
+#: Errors of botocore's credential chain that no request reaches S3 with (so no S3 code), by
+#: exception name: a retry finds the same chain. An AWS_PROFILE that does not exist, or keys given
+#: in part, are refused when the client is built (consumer.cli: a configuration error); no
+#: credentials at all, only at the first request.
+_NO_CREDENTIALS = {
+    "NoCredentialsError": "no S3 credentials were found: set AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or run where an instance profile, a web identity "
+    "(IRSA) or SSO provides them",
+    "CredentialRetrievalError": "the credential provider (credential_process, SSO, web identity "
+    "or instance metadata) failed to give credentials: fix it, and restart",
+}
 #: The IAM action each request needs (README, *Permissions*): named when S3 denies one.
 _IAM_ACTIONS = {
     "put_object": "s3:PutObject",
@@ -313,7 +324,7 @@ def classify(exc: BaseException) -> str:
         return "precondition"
     if code in ("NoSuchKey", "NoSuchUpload") or (status == 404 and code != "NoSuchBucket"):
         return "missing"
-    if code in _FATAL_CODES or status in (401, 403):
+    if code in _FATAL_CODES or status in (401, 403) or type(exc).__name__ in _NO_CREDENTIALS:
         return "fatal"
     if code in _TRANSIENT_CODES or status >= 500 or status == 429 or status == 409:
         return "transient"
@@ -577,12 +588,13 @@ class S3Store:
                 if kind == "fatal":
                     self.stats.failed(op, retrying=False)
                     code, status = _client_error_code(exc)
-                    hint = _FATAL_CODES.get(code, "check credentials and bucket")
+                    hint = _FATAL_CODES.get(code) or _NO_CREDENTIALS.get(type(exc).__name__,
+                                                                         "check credentials and bucket")
                     denied = code == "AccessDenied" or (status == 403 and code in ("", "403"))
                     if denied and op in _IAM_ACTIONS:
                         hint = (f"access denied: the credentials need {_IAM_ACTIONS[op]} on the "
                                 "bucket and prefix (README, Permissions)")
-                    said = _client_error_message(exc)
+                    said = _client_error_message(exc) or (str(exc) if not code else "")
                     raise FatalStorageError(
                         f"S3 {op} on s3://{self.bucket} failed: {code or type(exc).__name__}"
                         f"{f' ({said})' if said else ''}: {hint}"

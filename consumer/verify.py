@@ -47,7 +47,7 @@ from consumer.bucketing import Template, TemplateError, assign, parse_template, 
 from consumer.inspect import human_bytes, parquet_metadata
 from consumer.layout import MOVED_IN, Layout, PieceRef, check_topic_name
 from consumer.parquet_merge import ParquetMergeError, read_key_value_metadata, read_piece_layout
-from consumer.storage import ObjectInfo, ObjectStore
+from consumer.storage import ObjectInfo, ObjectStore, StorageError
 
 TAIL = 64 * 1024
 OFFSET_COLUMN = "kafka_offset"
@@ -391,6 +391,8 @@ def _read_offsets(store: ObjectStore, key: str, size: int, partition: int) -> _F
     except FileNotFoundError:
         res.error = "vanished while being read (a concurrent roll or cleanup?)"
         return res
+    except StorageError:
+        raise  # S3 refused or failed the read: nothing is known of the file (cmd_verify: exit 2)
     except Exception as exc:  # any decoding failure means readers cannot read it either
         res.error = f"not a readable Parquet file: {type(exc).__name__}: {exc}"
         return res
@@ -409,6 +411,8 @@ def _read_offsets(store: ObjectStore, key: str, size: int, partition: int) -> _F
     except FileNotFoundError:
         res.error = "vanished while being read (a concurrent roll or cleanup?)"
         return res
+    except StorageError:
+        raise
     except Exception as exc:
         res.error = f"offset column unreadable: {type(exc).__name__}: {exc}"
         return res
@@ -1020,6 +1024,8 @@ def _check_bucket(store: ObjectStore, key: str, bucket: str, template: Template)
             if not batch:
                 return None
             millis = time_column(template, batch[0])
+    except StorageError:
+        raise
     except Exception as exc:
         return key, f"bucket time {template.source!r} unreadable: {type(exc).__name__}: {exc}"
     a = assign(template, millis)

@@ -149,6 +149,43 @@ def test_without_delete_permission_run_stops_at_start_and_names_the_permission(
     assert all("/_probe/" in k for k in left), left  # only the probes it could not remove
 
 
+def test_verify_that_s3_does_not_let_read_says_it_could_not_verify_instead_of_blaming_the_files(
+    stack: Any, minio: S3Server, unique_prefix: str
+) -> None:
+    """`verify` exits 1 when the output breaks an invariant and 2 when it could not tell. With
+    credentials that may list but not read (a common read-only policy missing s3:GetObject), or
+    with none at all, every file used to be reported "not a readable Parquet file" with exit 1:
+    a monitoring job would page someone about a corrupt output that is fine. Now the S3 refusal
+    is said as such (exit 2, naming the permission or the missing credentials), and `show` exits
+    4, the S3 status of the other commands, with the same words instead of a traceback."""
+    topic, group = unique("minio-ro"), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 1_000, partitions=1, seed=3)
+    out = f"s3://{minio.bucket}/{unique_prefix}live"
+    run = run_consumer(topic, group, out, "--row-group-rows", "500",
+                       env={"S3_ENDPOINT_URL": minio.endpoint})
+    assert run.returncode == 0, run.stderr[-4000:]
+    policy = readme_policy(minio.bucket, unique_prefix)
+    for statement in policy["Statement"]:
+        statement["Action"] = [a for a in statement["Action"] if a != "s3:GetObject"]
+    list_only = credentials_under(minio, policy)
+    no_credentials = {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_CONFIG_FILE": "/nonexistent",
+                      "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent", "AWS_EC2_METADATA_DISABLED": "true"}
+    no_such_profile = {**no_credentials, "AWS_PROFILE": "no-such-profile"}
+    unread = "could not read the output, so nothing was verified: S3"
+    for env, said, why in ((list_only, f"{unread} get_object", "the credentials need s3:GetObject"),
+                           (no_credentials, f"{unread} list_objects_v2", "no S3 credentials were found"),
+                           (no_such_profile, "S3 client: ProfileNotFound", "profile (no-such-profile)")):
+        verify = _cli_as(minio, "verify", "--output", out, "--topic", topic, env=env)
+        assert verify.returncode == 2, verify.stdout + verify.stderr[-3000:]
+        assert verify.stderr.startswith(f"consumer: verify: {said}"), verify.stderr[-3000:]
+        assert why in verify.stderr and "Traceback" not in verify.stderr, verify.stderr[-3000:]
+        assert "not a readable Parquet file" not in verify.stdout
+    show = _cli_as(minio, "show", "--output", out, env=no_credentials)
+    assert show.returncode == 4, show.stdout + show.stderr[-3000:]
+    assert show.stderr.startswith("consumer: show: S3 list_objects_v2 on s3://"), show.stderr[-3000:]
+    assert "no S3 credentials were found" in show.stderr and "Traceback" not in show.stderr
+
+
 @pytest.mark.parametrize("sse", [("AES256",), ("aws:kms", "consumer-test-key")], ids=["sse-s3", "sse-kms"])
 def test_every_object_a_run_writes_is_encrypted_as_asked_across_a_kill(
     stack: Any, unique_prefix: str, tmp_path: Path, sse: tuple[str, ...]

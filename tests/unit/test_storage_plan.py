@@ -12,7 +12,13 @@ import itertools
 from typing import Any
 
 import pytest
-from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+from botocore.exceptions import (
+    ClientError,
+    CredentialRetrievalError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -287,6 +293,8 @@ def wrapped(inner: BaseException, outer: type[BaseException] = OSError) -> BaseE
         (client_error("TokenRefreshRequired", 400), "fatal"),
         (client_error("InvalidToken", 400), "fatal"),
         (PermissionError("denied"), "fatal"),
+        (NoCredentialsError(), "fatal"),  # no request reached S3: the same chain finds none again
+        (CredentialRetrievalError(provider="process", error_msg="exit 1"), "fatal"),
         (client_error("SlowDown", 503), "transient"),
         (client_error("ServiceUnavailable", 503), "transient"),
         (client_error("InternalError", 500), "transient"),
