@@ -518,7 +518,11 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not args.output:
         print("consumer: show: pass --output s3://bucket/prefix", file=sys.stderr)
         return 2
-    bucket, prefix = cfgmod.split_output(args.output)
+    try:
+        bucket, prefix = cfgmod.split_output(args.output)
+    except ValueError as exc:
+        print(f"consumer: show: {exc}", file=sys.stderr)
+        return 2
     store = make_store(bucket, args.s3_endpoint_url)
     if not connected(store, "show"):
         return 2

@@ -597,6 +597,24 @@ def test_an_s3_endpoint_botocore_refuses_is_a_config_error_at_start(
     assert "consumer: config: S3 client: ValueError: Invalid endpoint: http://exa mple:9" in err
 
 
+@pytest.mark.parametrize("command", ["show", "verify"])
+@pytest.mark.parametrize(("flags", "said"), [
+    (["--output", "s3://UPPER/x"], "output 's3://UPPER/x' must look like s3://bucket/prefix"),
+    (["--output", "s3://bucket/x", "--s3-endpoint-url", "http://exa mple:9"],
+     "S3 client: ValueError: Invalid endpoint: http://exa mple:9"),
+])
+def test_the_readers_of_an_output_say_a_bad_output_or_endpoint_in_one_line(
+    command: str, flags: list[str], said: str, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``show`` printed a traceback for both (exit 1), and ``verify`` for the endpoint, which
+    reads as "the output breaks an invariant" to a job that checks verify's status."""
+    from consumer import cli
+
+    topic = ["--topic", "t"] if command == "verify" else []
+    assert cli.main([command, *topic, *flags]) == 2
+    assert capsys.readouterr().err == f"consumer: {command}: {said}\n"
+
+
 @pytest.mark.parametrize(
     ("props", "said"),
     [
