@@ -105,6 +105,7 @@ _STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
 _OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
 _LOOK_AT_OTHERS_EVERY = 2.0  # seconds, --until-caught-up (GroupRunner._check_others)
 _TOPIC_ID_FOR = 10.0  # seconds one answer about a topic's id serves recoveries (Runner._topic_id_now)
+_S3_FIRST_CONTACT = 30.0  # seconds the run's first S3 request is retried (Runner._first_contact_with_s3)
 _TOPIC_ID_QUIET = 30.0  # … and after no answer, seconds flushes go on without asking
 _KAFKA_VIEW_EVERY = 1.0  # seconds between notes of the partitions' watermarks (Runner._note_kafka_view)
 #: where a partition with no position starts, by -X auto.offset.reset (config.AUTO_OFFSET_RESETS);
@@ -586,8 +587,9 @@ class Runner:
         self._plan_memory()
         code = EXIT_OK
         try:
-            probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex),
-                                     if_match=self.replaying)
+            with self._first_contact_with_s3():
+                probe_conditional_writes(self.store, self.layout.probe_key(uuid.uuid4().hex),
+                                         if_match=self.replaying)
             self._warn_if_deleted_versions_pile_up()
             self._warn_if_staging_expires()
             self._warn_of_open_files_not_subscribed()
@@ -638,6 +640,30 @@ class Runner:
             exc_info=exc,  # a bug of ours: where it happened is what a report needs
         )
         return EXIT_FATAL
+
+    @contextlib.contextmanager
+    def _first_contact_with_s3(self) -> Iterator[None]:
+        """The start-up probe is the run's first S3 request. A server that does not answer then is
+        most often a wrong endpoint (--s3-endpoint-url) or one not up yet: like the first requests
+        to Kafka (about 10 s), it is given ``_S3_FIRST_CONTACT`` seconds rather than the 4 minutes
+        an outage in the middle of a run is waited out, and the run exits 4 saying what to check.
+        Before, it retried for 4 minutes before saying only that requests kept failing."""
+        patience = getattr(self.store, "patience", None)
+        if patience is None:  # a store without retries (the in-memory doubles)
+            yield
+            return
+        try:
+            with patience(_S3_FIRST_CONTACT):
+                yield
+        except TransientStorageError as exc:
+            if self.stop_requested_at is not None:
+                raise  # the stop's own bound (_stopped_by)
+            where = self.config.s3_endpoint_url or f"AWS S3, region {self.config.s3_region}"
+            raise FatalStorageError(
+                f"S3 did not answer at start ({exc}): check --s3-endpoint-url ({where}) and that the "
+                "server is up and reachable from here (`consumer check` tries it). Nothing was read "
+                "or written."
+            ) from exc
 
     def _stopped_by(self, exc: Exception) -> int:
         """Exit status of an S3 or commit error that ended the loop."""

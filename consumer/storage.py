@@ -572,8 +572,22 @@ class S3Store:
         self._fs.connect()
 
     # -- plumbing ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def patience(self, seconds: float) -> Iterator[None]:
+        """Within the block, retry loops give up ``seconds`` from now (or at an earlier
+        :attr:`give_up_at`); after it, the bound before it holds again, unless a stop request
+        lowered it meanwhile (Runner._cap_retries)."""
+        before, bound = self.give_up_at, time.monotonic() + seconds
+        self.give_up_at = bound if before is None else min(before, bound)
+        try:
+            yield
+        finally:
+            if self.give_up_at == bound:
+                self.give_up_at = before
+
     def _retrying(self, op: str, fn: Callable[[], T]) -> T:
-        deadline = time.monotonic() + self.retry.max_elapsed
+        started = time.monotonic()
+        deadline = started + self.retry.max_elapsed
         delays = self.retry.delays()
         while True:
             self.stats.count(op)
@@ -606,9 +620,8 @@ class S3Store:
                 give_up = time.monotonic() + delay > limit
                 self.stats.failed(op, retrying=not give_up)
                 if give_up:
-                    raise TransientStorageError(
-                        f"S3 {op} on s3://{self.bucket} kept failing for {self.retry.max_elapsed:.0f}s: {exc}"
-                    ) from exc
+                    raise TransientStorageError(f"S3 {op} on s3://{self.bucket} kept failing for "
+                                                f"{time.monotonic() - started:.0f}s: {exc}") from exc
                 if self.on_retry:
                     self.on_retry(op, exc, delay)
             release_failed_request()

@@ -242,6 +242,49 @@ def test_a_retry_loop_already_running_gives_up_at_the_shutdown_bound() -> None:
     assert attempts > 1 and store.give_up_at is not None
 
 
+def test_an_s3_that_never_answers_at_start_stops_the_run_soon_and_says_what_to_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The run's first S3 request finds nothing listening (a wrong --s3-endpoint-url, or S3 not
+    up): it is retried for a short while, as the first requests to Kafka are, not for the 4
+    minutes an outage mid-run is waited out, and the run exits 4 naming the endpoint. Nothing is
+    read from Kafka."""
+    import time
+
+    from consumer import runner as runner_module
+    from consumer.errors import EXIT_STORAGE
+    from consumer.storage import S3Store
+
+    monkeypatch.setattr(runner_module, "_S3_FIRST_CONTACT", 1.0)  # 30 s in a run
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")  # signed, so that the request is sent
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
+    store = S3Store("bucket", endpoint_url="http://127.0.0.1:9", retry=RetryPolicy(base=0.05, cap=0.2))
+    runner = _runner(_broker(), store, s3_endpoint_url="http://127.0.0.1:9")
+    t0 = time.monotonic()
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_STORAGE
+    assert time.monotonic() - t0 < 30  # liveness only: without the bound this run would take 240 s
+    stop = next(e for e in logs if e["event"] == "stopped: S3 error")
+    assert stop["error"].startswith("S3 did not answer at start (S3 put_object on s3://bucket kept failing")
+    assert "check --s3-endpoint-url (http://127.0.0.1:9)" in stop["error"]
+    assert not [e for e in logs if e["event"] == "partitions assigned"]
+
+
+def test_patience_bounds_retries_only_within_its_block_and_keeps_a_stop_s_bound() -> None:
+    import time
+
+    from consumer.storage import S3Store
+
+    store = S3Store("bucket", endpoint_url="http://127.0.0.1:9")
+    with store.patience(30.0):
+        assert store.give_up_at is not None and store.give_up_at - time.monotonic() <= 30.0
+    assert store.give_up_at is None
+    with store.patience(30.0):
+        store.give_up_at = time.monotonic() + 1.0  # a stop request inside it (Runner._cap_retries)
+        stop = store.give_up_at
+    assert store.give_up_at == stop
+
+
 def test_a_commit_retry_loop_already_running_gives_up_at_the_shutdown_bound() -> None:
     import threading
     import time
