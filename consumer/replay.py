@@ -18,7 +18,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from consumer.errors import EXIT_OK, IntegrityError
+from consumer.errors import EXIT_OK, IntegrityError, UsageError
 from consumer.positions import PartitionFenced, S3StatePositions
 from consumer.progress import Progress, ProgressReporter, compute
 from consumer.runner import TP, Runner
@@ -139,6 +139,7 @@ class ReplayRunner(Runner):
             tps += [(topic, p) for p in sorted(info.partitions)]
         self.starts = self._resolve(self.start_bound, tps, edge_is_end=False)
         self.stops = self._resolve(self.stop_bound, tps, edge_is_end=True)
+        self._refuse_inverted_slices()
         assignment = []
         workers = [self._new_worker(*tp) for tp in tps]
         for tp, worker, resumed in zip(tps, workers, recover_all(workers), strict=True):
@@ -153,6 +154,20 @@ class ReplayRunner(Runner):
         self.consumer.assign(assignment)
         self._t0 = self.clock()
         self.progress.start(self._progress(self._t0), self._t0)
+
+    def _refuse_inverted_slices(self) -> None:
+        """A partition whose --from lies past its --to (swapped bounds, or a time range backwards)
+        would export nothing and be reported done with the rest: a slice silently missing from an
+        export that exits 0. Refused before anything is read or written (exit 2). An empty slice
+        (from = to) is not an error."""
+        inverted = [f"{t}[{p}] from {self.starts[(t, p)]} to {self.stops[(t, p)]}"
+                    for t, p in sorted(self.starts) if self.starts[(t, p)] > self.stops[(t, p)]]
+        if inverted:
+            raise UsageError(
+                f"--from lies past --to for {', '.join(inverted)} (offsets, as Kafka resolved the "
+                "positions given): those partitions would export nothing. Swap --from and --to, or "
+                "fix the positions; nothing was read or written."
+            )
 
     def _accept(self, tp: TP, batch: list[Any]) -> list[Any]:
         if tp in self.done:

@@ -11,7 +11,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, download_finals, kafka_conf, list_keys, read_table, staging_keys, unique
+from support import (
+    REPO,
+    download_finals,
+    final_keys,
+    kafka_conf,
+    list_keys,
+    read_table,
+    staging_keys,
+    stop_reason,
+    unique,
+)
 
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
@@ -126,6 +136,32 @@ def test_replay_from_a_timestamp(stack: Any, s3: Any, unique_prefix: str, tmp_pa
     first = next(o for o in range(2_000) if timestamp_ms_for("page_view", make_record("page_view", o)) >= ts)
     assert first <= 1_200
     assert sorted(offsets.to_pylist()) == list(range(first, 2_000))
+
+
+def test_a_slice_whose_from_lies_past_its_to_is_refused_before_anything_is_written(
+    stack: Any, s3: Any, unique_prefix: str
+) -> None:
+    """Swapped --from and --to (or a time range backwards) made those partitions export nothing,
+    reported done with the rest: a replay that exited 0 with a slice missing. Now refused (exit
+    2), naming the partitions, as Kafka resolved the positions; an empty slice is no error."""
+    from consumer.samples import make_record, timestamp_ms_for
+
+    topic = unique("replay-inverted")
+    produce(stack.kafka_bootstrap, topic, "page_view", 1_000, partitions=2)
+    out = f"s3://{stack.s3_bucket}/{unique_prefix.rstrip('/')}"
+    late, early = (timestamp_ms_for("page_view", make_record("page_view", i)) for i in (800, 200))
+    for bounds, named in (
+        (("--from", "0=300", "--to", "0=100"), f"{topic}[0] from 300 to 100"),
+        (("--from", f"ts:{late}", "--to", f"ts:{early}"), f"{topic}[0] from "),
+    ):
+        done = replay(topic, out, *bounds)
+        assert done.returncode == 2, done.stderr[-3000:]
+        said = stop_reason(done.stderr)
+        assert said.startswith(f"--from lies past --to for {named}"), said
+        assert "Swap --from and --to" in said
+        assert not final_keys(s3, stack.s3_bucket, unique_prefix)
+    empty = replay(topic, out, "--from", "0=100,1=100", "--to", "0=100,1=100")
+    assert empty.returncode == 0, empty.stderr[-3000:]
 
 
 def _stopped(pid: int) -> bool:
