@@ -74,7 +74,7 @@ from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.principal import client_principal
 from consumer.side_by_side import close_all, recover_each
-from consumer.stop_signals import install_stop_handler
+from consumer.signals import dump_stacks_on_request, install_stop_handler
 from consumer.storage import (
     REFUSED_HINT,
     FatalStorageError,
@@ -547,9 +547,10 @@ class Runner:
             )
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) ask for a stop
-        (consumer.stop_signals)."""
+        """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) ask for a stop; SIGUSR1
+        writes every thread's stack to stderr (consumer.signals)."""
         self._bound_from_the_signal(install_stop_handler(self.request_stop))
+        dump_stacks_on_request()
 
     def _bound_from_the_signal(self, signals: tuple[signal.Signals, ...]) -> None:
         """Arm the native exit timer the moment a stop signal arrives, for the whole stop.

@@ -55,7 +55,7 @@ from consumer.errors import (
     EXIT_STORAGE,
     interrupted,
 )
-from consumer.stop_signals import install_stop_handler, stop_signals
+from consumer.signals import dump_stacks_on_request, install_stop_handler, stop_signals
 
 #: Exit statuses after which a member is not restarted (restarting cannot help).
 STOP_STATUSES = frozenset({EXIT_CONFIG, EXIT_BAD_RECORD})
@@ -156,7 +156,7 @@ class Supervisor:
         self.bounded = bounded
         #: the signal that stopped the command (None: not a signal, e.g. a member's stop status)
         self.stop_signal: int | None = None
-        #: the signals that stop the command, and that a member stopped by (consumer.stop_signals)
+        #: the signals that stop the command, and that a member stopped by (consumer.signals)
         self.stop_signals: tuple[int, ...] = stop_signals()
         self.stopping = False
         self.kill_at: float | None = None
@@ -170,9 +170,11 @@ class Supervisor:
         self.stop_requested = True
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) stop every member
-        (consumer.stop_signals)."""
+        """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) stop every member;
+        SIGUSR1 writes this process's stacks to stderr (each member answers its own; the
+        ``member started`` lines give their pids) (consumer.signals)."""
         self.stop_signals = install_stop_handler(self.request_stop)
+        dump_stacks_on_request()
 
     # -- members ---------------------------------------------------------------------------------
     def _start(self, m: Member) -> None:

@@ -276,6 +276,22 @@ def test_a_stop_signal_then_restart_continues_the_same_file(
     assert_exactly_once(read_table(paths), res.partition_counts)
 
 
+def test_sigusr1_shows_where_every_thread_is_and_the_run_goes_on(stack: Any, unique_prefix: str) -> None:
+    """``kill -USR1`` on a consumer that seems stuck: every thread's stack on stderr (the loop,
+    librdkafka's callbacks, the S3 client's event loop), and the run goes on to a clean stop."""
+    topic, group = unique("usr1"), unique("g")
+    produce(stack.kafka_bootstrap, topic, "page_view", 2_000, partitions=1)
+    running = start_consumer(topic, group, _out(stack, unique_prefix), "--row-group-rows", "500")
+    running.wait_for(lambda ev: any(e.get("event") == "row group durable" for e in ev),
+                     what="a durable row group")
+    running.proc.send_signal(signal.SIGUSR1)
+    # "Current thread 0x…" for the thread the signal came to, "Thread 0x…" for each other one
+    running.wait_for(lambda ev: "hread 0x" in running.log() and "consumer/runner.py" in running.log(),
+                     timeout=10, what="the stacks")
+    assert running.proc.poll() is None, running.log()[-3000:]
+    assert running.stop(signal.SIGTERM) == 0, running.log()[-3000:]
+
+
 def test_two_members_split_partitions_and_one_leaves(
     stack: Any, s3: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
