@@ -536,6 +536,8 @@ class S3Store:
         #: An absolute ``time.monotonic()`` bound on every retry loop, one already running
         #: included; set on SIGTERM so the shutdown bound holds during an outage (Runner).
         self.give_up_at: float | None = None
+        #: A bound of the same kind that holds only inside :meth:`patience`.
+        self._patience_until: float | None = None
         self.on_retry = on_retry
         self.stats = StoreStats()
         client_kwargs: dict[str, Any] = {"region_name": region}
@@ -574,16 +576,14 @@ class S3Store:
     # -- plumbing ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def patience(self, seconds: float) -> Iterator[None]:
-        """Within the block, retry loops give up ``seconds`` from now (or at an earlier
-        :attr:`give_up_at`); after it, the bound before it holds again, unless a stop request
-        lowered it meanwhile (Runner._cap_retries)."""
-        before, bound = self.give_up_at, time.monotonic() + seconds
-        self.give_up_at = bound if before is None else min(before, bound)
+        """Within the block, retry loops give up ``seconds`` from now, or at :attr:`give_up_at`
+        if that comes first. A stop request's bound (Runner._cap_retries) is :attr:`give_up_at`
+        itself, so it holds inside the block and after it alike."""
+        self._patience_until = time.monotonic() + seconds
         try:
             yield
         finally:
-            if self.give_up_at == bound:
-                self.give_up_at = before
+            self._patience_until = None
 
     def _retrying(self, op: str, fn: Callable[[], T]) -> T:
         started = time.monotonic()
@@ -616,7 +616,7 @@ class S3Store:
                 if kind != "transient":
                     raise
                 delay = next(delays)
-                limit = deadline if self.give_up_at is None else min(deadline, self.give_up_at)
+                limit = min(b for b in (deadline, self.give_up_at, self._patience_until) if b is not None)
                 give_up = time.monotonic() + delay > limit
                 self.stats.failed(op, retrying=not give_up)
                 if give_up:

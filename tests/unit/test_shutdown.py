@@ -271,19 +271,25 @@ def test_an_s3_that_never_answers_at_start_stops_the_run_soon_and_says_what_to_c
     assert not [e for e in logs if e["event"] == "partitions assigned"]
 
 
-def test_patience_bounds_retries_only_within_its_block_and_keeps_a_stop_s_bound() -> None:
+def test_patience_bounds_retries_only_within_its_block_and_leaves_a_stop_s_bound_alone() -> None:
     import time
 
     from consumer.storage import S3Store
 
-    store = S3Store("bucket", endpoint_url="http://127.0.0.1:9")
+    def outage() -> None:
+        raise ConnectionError("S3 unreachable")
+
+    store = S3Store("bucket", endpoint_url="http://127.0.0.1:9", retry=RetryPolicy(base=0.05, cap=0.1))
+    t0 = time.monotonic()
+    with store.patience(0.5), pytest.raises(TransientStorageError):
+        store._retrying("put_object", outage)
+    assert time.monotonic() - t0 < 5  # the 240 s budget, cut to the block's bound
+    assert store._patience_until is None and store.give_up_at is None  # nothing left behind
     with store.patience(30.0):
-        assert store.give_up_at is not None and store.give_up_at - time.monotonic() <= 30.0
-    assert store.give_up_at is None
-    with store.patience(30.0):
-        store.give_up_at = time.monotonic() + 1.0  # a stop request inside it (Runner._cap_retries)
-        stop = store.give_up_at
-    assert store.give_up_at == stop
+        store.give_up_at = stop = time.monotonic() + 0.5  # a stop request inside it (_cap_retries)
+        with pytest.raises(TransientStorageError):
+            store._retrying("put_object", outage)
+    assert store.give_up_at == stop and time.monotonic() - t0 < 10
 
 
 def test_a_commit_retry_loop_already_running_gives_up_at_the_shutdown_bound() -> None:
