@@ -142,7 +142,8 @@ def run_count(stack: Stack, topic: str, records: int, n: int, run_id: str, log_d
     sampler.stop()
     busy1, total1 = _machine_busy()
     stack_cpu = {
-        name: round(_tree_cpu(pid) - stack_before.get(name, 0.0), 1) for name, pid in stack_pids().items()
+        # two decimals: a warm broker serves a tiny run in a few hundredths of a CPU-second
+        name: round(_tree_cpu(pid) - stack_before.get(name, 0.0), 2) for name, pid in stack_pids().items()
     }
     text = err_path.read_text(errors="replace")
     if code != 0:
