@@ -39,11 +39,13 @@ from consumer.recovery import Ranges, cut_at
 from consumer.runner import TP, Runner
 from consumer.side_by_side import recover_all
 from consumer.worker import (
+    FINISHING,
     TOPIC_ID_KEY,
     final_end,
     footer_metadata,
     held_ranges,
     held_when_left,
+    left_staged,
     warn_held_in_both,
 )
 
@@ -233,16 +235,20 @@ class FinishRunner(Runner):
     def _left_with_nothing_staged(self, topic: str, staged: Staged, away: dict[int, int]) -> dict[TP, int]:
         """The partitions of ``topic`` that nothing is staged of here, which the group left at M
         (``away``, :meth:`_newest_away`) with rows staged below it (:meth:`_where_left`), and
-        whose final files do not reach M (an earlier finish did not make them final): a clean-up
-        deleted every staged object of such a partition. A GET and a check of the final files
-        (:meth:`_final_up_to`) for each partition with a move away there. Under --partition-by a
-        bucket file rolled exactly at M is taken for all of them made final."""
-        left = {(topic, p): at for p, at in sorted(away.items())
-                if (topic, p) not in staged and self._held_when_left((topic, p), at) == STAGED}
-        for tp, at in list(left.items()):
-            if self._final_up_to(tp, at):  # a finish cut short after its rolls: made final
-                self._mark_made_final(tp, at)
-                del left[tp]
+        that no finish made final: a clean-up deleted every staged object of such a partition.
+        One GET for each partition with a move away there. An earlier finish cut short after its
+        rolls says so (FINISHING, written before its first roll) and is checked against the final
+        files (:meth:`_final_up_to`); one that still says STAGED is not. Under --partition-by the
+        final files could not tell them apart: a bucket file the run rolled exactly at M, while
+        others stayed open, was taken for all of them made final, and the rows of the others,
+        deleted, were lost without a word (found by tests/unit/test_group_history.py)."""
+        left: dict[TP, int] = {}
+        for p, at in sorted(away.items()):
+            held = self._held_when_left((topic, p), at) if (topic, p) not in staged else None
+            if held == FINISHING and self._final_up_to((topic, p), at):  # cut short after its rolls
+                self._mark_made_final((topic, p), at)
+            elif left_staged(held):
+                left[(topic, p)] = at
         return left
 
     def _final_up_to(self, tp: TP, at: int) -> bool:
@@ -276,8 +282,12 @@ class FinishRunner(Runner):
     def _mark_made_final(self, tp: TP, at: int) -> None:
         """Say in the ``.away`` object of ``tp`` at ``at`` that the rows below are in final files
         now ("rolled"): a run of the group back to this output then finds no staged rows to check
-        (consumer.worker.PartitionWorker._keep_a_move_once_checked), and a finish run again nothing to do.
-        A conditional overwrite (the ETag read); one changed meanwhile is left as it is."""
+        (consumer.worker.PartitionWorker._keep_a_move_once_checked), and a finish run again nothing to do."""
+        self._mark_held(tp, at, ROLLED)
+
+    def _mark_held(self, tp: TP, at: int, held: str) -> None:
+        """Set ``held`` in the ``.away`` object of ``tp`` at ``at``: a conditional overwrite (the
+        ETag read); one changed meanwhile is left as it is."""
         key = self.layout.moved_key(*tp, at, AWAY)
         info = self.store.head(key)
         if info is None:
@@ -286,7 +296,8 @@ class FinishRunner(Runner):
             body = dict(json.loads(self.store.get(key)))
         except (FileNotFoundError, ValueError, TypeError):
             return
-        self.store.replace_if_match(key, json.dumps({**body, "held": ROLLED}).encode(), info.etag)
+        if body.get("held") != held:
+            self.store.replace_if_match(key, json.dumps({**body, "held": held}).encode(), info.etag)
 
     def _held_when_left(self, tp: TP, at: int) -> str | None:
         """What the group's note said held the rows below ``at`` when it left this output there."""
@@ -301,7 +312,7 @@ class FinishRunner(Runner):
         hold; or a whole bucket file of the flush that committed M) stop the finish with status 5
         and nothing changed, where before their rows were lost without a word. ``left``: that M
         (None: no such object). One GET when there is one."""
-        if left is None or left < cut or self._held_when_left(tp, left) != STAGED:
+        if left is None or left < cut or not left_staged(self._held_when_left(tp, left)):
             return cut
         self._notes[tp] = commit_note(STAGED, self.config.output)
         self._left[tp] = left
@@ -353,6 +364,10 @@ class FinishRunner(Runner):
                       partitions=[f"{t}[{p}]" for t, p in tps])
 
     def _done(self, now: float) -> int | None:
+        # Recovery checked what is staged where the group left (a stop leaves it STAGED); the
+        # rolls come next (_left_with_nothing_staged reads this if they are cut short).
+        for tp, at in sorted(self._left.items()):
+            self._mark_held(tp, at, FINISHING)
         for worker in self._finish_all(list(self.workers.values())):
             tp = (worker.topic, worker.partition)
             if tp in self._left:

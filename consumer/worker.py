@@ -565,7 +565,7 @@ class PartitionWorker:
                         and (kind == AWAY or (kind == UNNOTED and at > committed))),
             left_at=newest[0] if left and newest is not None else None,
             left_for=str(said.get("to")) if left and said.get("to") else None,
-            left_staged_at=away[0] if away is not None and held_when_left(self.store, away[1]) == STAGED
+            left_staged_at=away[0] if away is not None and left_staged(held_when_left(self.store, away[1]))
             else None,
             keep=keep,
         )
@@ -2322,6 +2322,21 @@ def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int],
         if p in below:
             out[p] += [(r.from_pos, r.to_pos) for r in refs if isinstance(r, PieceRef)]
     return out
+
+
+#: What a ``_moved/<M>.away`` object says while ``consumer finish`` makes the files left there
+#: final: written before its first roll, replaced by ROLLED after its last. Beside STAGED (the
+#: group's note when it left), it tells a finish cut short after its rolls (nothing staged: they
+#: are final) from a clean-up that deleted every staged object (nothing staged, still STAGED: the
+#: rows are gone, and the finish stops). Under --partition-by nothing else can tell them apart: a
+#: bucket file the run rolled at M leaves the same ``_rolled/`` name as a finish's rolls.
+FINISHING = "finishing"
+
+
+def left_staged(held: str | None) -> bool:
+    """Whether an ``.away`` object's ``held`` says the rows below M were staged in that output
+    when the group left it, and are not all final yet (STAGED, or FINISHING: a finish began)."""
+    return held in (STAGED, FINISHING)
 
 
 def held_when_left(store: Any, key: str) -> str | None:
