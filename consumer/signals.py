@@ -24,6 +24,7 @@ to S3, a commit, librdkafka's close). Left at its default, SIGUSR1 ended the pro
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import signal
 import sys
@@ -50,5 +51,9 @@ def install_stop_handler(handler: Callable[[int, Any], None]) -> tuple[signal.Si
 def dump_stacks_on_request() -> None:
     """From now on, SIGUSR1 writes every thread's stack to stderr; the process goes on. The
     interpreter's own handler (:mod:`faulthandler`) writes it without taking the GIL, so it
-    answers even while a call holds the GIL (consumer.exit_timer says where that happens)."""
-    faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    answers even while a call holds the GIL (consumer.exit_timer says where that happens). It
+    writes to the process's own stderr (file descriptor 2), whatever ``sys.stderr`` was replaced
+    with; without one, nothing is registered."""
+    with contextlib.suppress(AttributeError, ValueError, OSError):  # no descriptor to write them to
+        faulthandler.register(signal.SIGUSR1, file=sys.__stderr__ or sys.stderr, all_threads=True,
+                              chain=False)
