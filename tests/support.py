@@ -349,18 +349,24 @@ def start_consumer(
     until_caught_up: bool = False,
     new_session: bool = False,
 ) -> Running:
-    """``consumer run …`` in the background, its output in a log file. ``new_session``: in a
-    session and process group of its own, as a command run from a terminal is (``os.killpg``
-    then reaches it and its children, as a closed terminal's SIGHUP does)."""
+    """``consumer run …`` in the background, its output in a log file. ``new_session``: as a
+    command run from a terminal is, in a session and process group of its own (``os.killpg``
+    then reaches it and its children, as a closed terminal's SIGHUP does) and with SIGHUP at its
+    default action (a suite run under ``nohup`` would hand it down ignored)."""
     args = list(extra) + (["--until-caught-up"] if until_caught_up else [])
     cmd = consumer_cmd(topic, group, output, *args, schema=schema)
     log_path = note_log(Path(tempfile.mkstemp(prefix="consumer-", suffix=".log")[1]))
     fh = open(log_path, "wb")  # noqa: SIM115 - handed to the child process
     proc = subprocess.Popen(
         cmd, stdout=fh, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=REPO,
-        start_new_session=new_session,
+        preexec_fn=_as_from_a_terminal if new_session else None,
     )
     return Running(proc, log_path)
+
+
+def _as_from_a_terminal() -> None:  # runs in the child between fork and exec
+    os.setsid()
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def member_starts(events: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -246,8 +246,9 @@ def test_a_stop_signal_then_restart_continues_the_same_file(
     group = unique("g")
     out = _out(stack, unique_prefix)
     res = produce(stack.kafka_bootstrap, topic, "page_view", 8_000, partitions=2)
-    running = start_consumer(
-        topic, group, out, "--row-group-rows", "500", "--file-rows", "100000", "--batch-size", "200"
+    running = start_consumer(  # as from a terminal: SIGHUP at its default, whatever the suite has
+        topic, group, out, "--row-group-rows", "500", "--file-rows", "100000", "--batch-size", "200",
+        new_session=True,
     )
     # Partitions arrive in per-partition runs, so wait until both have a durable row group (an
     # open file each) before stopping.

@@ -503,8 +503,8 @@ _SIGNAL_AT_CONSUME = """
 import os, signal, sys
 from consumer.testing import MemoryStore, at_consume
 from tests.unit.test_shutdown import PER_PARTITION, _broker, _runner
-if {nohup}:
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup leaves to the command it starts
+# as a command started from a terminal has it, or (nohup) ignored: not what the suite inherited
+signal.signal(signal.SIGHUP, signal.SIG_IGN if {nohup} else signal.SIG_DFL)
 runner = _runner(_broker(), MemoryStore(), until_caught_up=True, batch_size=PER_PARTITION)
 runner.install_signal_handlers()
 at_consume(runner.consumer, {{2: lambda: os.kill(os.getpid(), signal.{name})}})

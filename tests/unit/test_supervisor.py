@@ -203,6 +203,7 @@ def test_a_closed_terminal_s_sighup_to_every_process_stops_the_job_and_no_member
         "time.sleep(60)\n"
     )
     sup = supervisor(lambda m: script(by_hup), bounded=True)
+    sup.stop_signals = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # started from a terminal, not nohup
 
     def hang_up() -> None:
         for m in sup.members:
