@@ -550,6 +550,39 @@ def test_a_clean_up_of_an_output_the_group_left_stops_its_finish_until_restored(
 
 
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
+def test_a_finish_of_an_output_the_group_left_killed_at_any_store_request_finishes_when_run_again(
+    partition_by: str | None,
+) -> None:
+    """The finish of an output the group moved from, with its files open there, is killed before
+    each of its store requests in turn. Its ``.away`` objects say "staged", then "finishing" (after
+    recovery's checks, before the first roll), then "rolled". Run again, it finishes every offset
+    into exactly one of the two outputs, whether the kill came before, between or after its rolls
+    (a finish cut short after its rolls says "finishing" with nothing staged, and is taken for
+    done only then), and a third run changes nothing."""
+    def moved() -> tuple[MemoryBroker, MemoryStore, Config]:
+        broker, store, old, new = _every_record_in_open_files(partition_by)
+        assert GroupRunner(new, store=store, decoder=_decoder(),
+                           consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+        return broker, store, old
+
+    broker, store, old = moved()
+    before = sum(store.stats.requests.values())
+    assert _finish(broker, store, old) == EXIT_OK
+    requests = sum(store.stats.requests.values()) - before
+    for at in range(1, requests + 1):
+        broker, store, old = moved()
+        store.on_op = crash_at_request(at)
+        with pytest.raises(Crash):
+            _finish(broker, store, old)
+        store.on_op = None
+        assert _finish(broker, store, old) == EXIT_OK, at
+        assert _staged(store) == [], at
+        assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION), at
+        after = dict(store.objects)
+        assert _finish(broker, store, old) == EXIT_OK and store.objects == after, at
+
+
+@pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
 @pytest.mark.parametrize("finished", [False, True], ids=["cleaned-up", "finished-then-cleaned-up"])
 def test_a_run_back_to_an_output_whose_staged_rows_were_deleted_since_the_group_left_stops(
     partition_by: str | None, finished: bool,
