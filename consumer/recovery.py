@@ -306,11 +306,18 @@ def plan_recovery(
                 covered[newest] = end
                 marker = (newest, end) not in by_marker
                 finish.append(FinishRoll(newest, end, tuple(longest), needs_marker=marker))
-                notes.append(
-                    f"committed position {pos} is past the staged file [{newest}, {end}): the offset was "
-                    f"moved forward (reset?). The staged rows are kept and finished as a final file; "
-                    f"positions [{end}, {pos}) were skipped."
-                )
+                if dead_letters_cover(end, pos, dead_letters, dead_letter_records or {}, moved_in):
+                    notes.append(
+                        f"committed position {pos} is past the staged file [{newest}, {end}), and the "
+                        f"records [{end}, {pos}) are all in dead letters (the staged pieces of no rows "
+                        "their flushes wrote are gone): the file is finished as a final file."
+                    )
+                else:
+                    notes.append(
+                        f"committed position {pos} is past the staged file [{newest}, {end}): the offset "
+                        "was moved forward (reset?). The staged rows are kept and finished as a final "
+                        f"file; positions [{end}, {pos}) were skipped."
+                    )
 
     # Older files whose roll was decided (marker) but not finished: finish them.
     for m in sorted(markers):
@@ -345,7 +352,10 @@ def plan_recovery(
     # deleted after a roll cut short looked like a reset forwards (found by the property).
     decided = any(m.end == pos and m.file_start not in finals for m in markers)
     if (staged_here or decided) and not chain and (last_final_end is None or last_final_end < pos):
-        _refuse_a_position_nothing_holds(where, pos, pieces, finals, last_final_end)
+        _refuse_a_position_nothing_holds(where, pos, pieces, finals, last_final_end, dead_letters,
+                                         dead_letter_records or {}, moved_in)
+        if not finish:  # else its note says so
+            notes.append(_ALL_DEAD_LETTERS.format(pos=pos))
     # Markers of files not being finished are decisions superseded (a zombie's, or a finished roll's).
     delete += [m.key for m in markers if m.file_start not in finishing]
     delete += [key for key, _frm, to in dead_letters if to > pos]  # never committed: written again
@@ -452,7 +462,14 @@ def _refuse_a_position_inside_dead_letters(
 
 
 def _refuse_a_position_nothing_holds(
-    where: str, pos: int, pieces: Sequence[PieceRef], finals: set[int], last_final_end: int | None
+    where: str,
+    pos: int,
+    pieces: Sequence[PieceRef],
+    finals: set[int],
+    last_final_end: int | None,
+    dead_letters: Sequence[tuple[str, int, int]],
+    dead_letter_records: Mapping[str, int],
+    moved_in: int | None,
 ) -> None:
     """The group's position was committed by this consumer once the rows below it were staged
     here, and no staged chain or final file reaches it any more: the newest staged pieces were
@@ -460,7 +477,10 @@ def _refuse_a_position_nothing_holds(
     would skip their records without a word, as if the operator had moved the offset forwards.
     Stop, change nothing, and name the records that are in no file. It is checked after the
     broken-chain stop, so that a hole further down (pieces beyond it are still there) is reported
-    by that stop, which lists them."""
+    by that stop, which lists them. Unless dead-letter objects holding every record of their range
+    (``dead_letter_records``) take what S3 holds up to the position: the pieces deleted were
+    those of flushes of bad records only, which held no row (:func:`dead_letters_cover`): then
+    recovery goes on."""
     open_pieces = [p for p in pieces if p.from_pos < pos and p.file_start not in finals]
     reach, held = last_final_end, (
         f"the newest final file ends at {last_final_end}" if last_final_end is not None
@@ -471,7 +491,37 @@ def _refuse_a_position_nothing_holds(
         end = longest[-1].to_pos if longest else None
         if end is not None and (reach is None or end > reach):
             reach, held = end, f"the staged pieces of the file starting at {start} end at {end}"
-    _nothing_reaches(where, pos, reach, held)
+    if not dead_letters_cover(reach, pos, dead_letters, dead_letter_records, moved_in):
+        _nothing_reaches(where, pos, reach, held)
+
+
+_ALL_DEAD_LETTERS = ("staged pieces below the committed position {pos} are gone (deleted by someone "
+                     "else), and every record they covered is in dead letters: nothing is lost")
+
+
+def nothing_ends_at(pos: int | None, pieces: Sequence[PieceRef], held_end: int | None) -> bool:
+    """Whether no staged piece ends at the committed position ``pos`` and no final (or rolled)
+    file reaches it (``held_end``: the newest one's end): with a "staged" note, the case where
+    :func:`dead_letters_cover` decides between going on and a stop."""
+    return (pos is not None and not any(p.to_pos == pos for p in pieces)
+            and (held_end is None or held_end < pos))
+
+
+def dead_letters_cover(
+    reach: int | None,
+    pos: int,
+    dead_letters: Sequence[tuple[str, int, int]],
+    records: Mapping[str, int],
+    moved_in: int | None,
+) -> bool:
+    """Whether dead-letter objects holding a line for every offset of their range lead from
+    ``reach`` (what S3's files and staged pieces still hold; None: nothing, so from the log's
+    first offset 0, or from ``moved_in``, where the group came to this output) up to ``pos``.
+    Then every record between is a dead letter, and staged pieces deleted there (a flush of bad
+    records only writes one of no rows into each open file) held no row: nothing is lost, and a
+    stop would page the operator for nothing (found by tests/unit/test_group_history.py)."""
+    start = reach if reach is not None else moved_in if moved_in is not None else 0
+    return start < pos and past_dead_letters(start, dead_letters, records) == pos
 
 
 def _nothing_reaches(where: str, pos: int, reach: int | None, held: str) -> None:
@@ -898,10 +948,13 @@ def plan_bucketed_recovery(
         # only then, so their pieces must still reach C. All of them were deleted (a lifecycle
         # rule on _staging/): the rolled file alone was taken for all there was.
         _open_files_gone(where, pos)
-    if staged_here and anchor != pos and (high_water is None or high_water < pos):
+    reach = max((x for x in (anchor, high_water) if x is not None), default=None)
+    if staged_here and anchor != pos and (high_water is None or high_water < pos) and dead_letters_cover(
+            reach, pos, dead_letters, dead_letter_records or {}, moved_in):
+        notes.append(_ALL_DEAD_LETTERS.format(pos=pos))
+    elif staged_here and anchor != pos and (high_water is None or high_water < pos):
         # After the buckets' plans, so that a hole further down is reported by the broken-chain
         # stop, which lists the pieces beyond it.
-        reach = max((x for x in (anchor, high_water) if x is not None), default=None)
         if reach is None:
             held = "S3 holds no rolled bucket file and no staged piece of this partition"
         elif reach == anchor:

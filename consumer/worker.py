@@ -102,6 +102,7 @@ from consumer.recovery import (
     held_in_both,
     layout_mismatch,
     left_for,
+    nothing_ends_at,
     one_flush_only,
     other_writer,
     plan_bucketed_recovery,
@@ -441,7 +442,8 @@ class PartitionWorker:
             last_final_writer=writer,
             group=self.shared.group_id, staged_here=staged_here,
             dead_letter_records=self._dead_letter_lines(
-                committed, any(p.file_start not in finals for p in pieces), last_end, dead),
+                committed, any(p.file_start not in finals for p in pieces), last_end, dead,
+                staged_gone=staged_here and nothing_ends_at(committed, pieces, last_end)),
             gone_final_start=gone.start if gone is not None else None,
             moved_in=moved.position if moved is not None else None,
             went_on=moved.went_on if moved is not None else None,
@@ -773,7 +775,9 @@ class PartitionWorker:
                                       staged_here=staged_here, flush_files=named,
                                       rows_of_one_flush=self._records_held(only, pieces, finals, dead, etags),
                                       dead_letter_records=self._dead_letter_lines(
-                                          committed, open_pieces, high_water, dead),
+                                          committed, open_pieces, high_water, dead,
+                                          staged_gone=staged_here and nothing_ends_at(
+                                              committed, pieces, high_water)),
                                       rolled_writer=rolled_writer, group=self.shared.group_id,
                                       moved_in=moved.position if moved is not None else None,
                                       went_on=moved.went_on if moved is not None else None)
@@ -901,12 +905,24 @@ class PartitionWorker:
         )
 
     def _dead_letter_lines(
-        self, committed: int | None, open_pieces: bool, start: int | None, dead: list[tuple[str, int, int]]
+        self,
+        committed: int | None,
+        open_pieces: bool,
+        start: int | None,
+        dead: list[tuple[str, int, int]],
+        *,
+        staged_gone: bool = False,
     ) -> dict[str, int]:
         """The lines of the dead-letter objects that follow ``start`` (the newest final file's or
-        rolled bucket file's end; a GET each): asked only with no committed position and no open
-        file, where they may be all that finished flushes of bad records only left
-        (:func:`~consumer.recovery.past_dead_letters`)."""
+        rolled bucket file's end; a GET each): asked with no committed position and no open file,
+        where they may be all that finished flushes of bad records only left
+        (:func:`~consumer.recovery.past_dead_letters`); and, ``staged_gone``, when the committed
+        position's rows were staged here and nothing S3 holds ends at it, where they may show
+        that the pieces gone held no row (:func:`~consumer.recovery.dead_letters_cover`), a stop
+        otherwise. Both are rare: the GETs are not on a recovery's usual path."""
+        if staged_gone and committed is not None:
+            return {key: self._dead_letter_count(key) for key, frm, to in dead
+                    if (start or 0) <= frm and to <= committed}
         if committed is not None or open_pieces:
             return {}
         return {key: self._dead_letter_count(key) for key, _f, _t in dead_letters_from(start, dead)}

@@ -281,6 +281,41 @@ def test_staged_rows_deleted_by_someone_else_stop_with_status_5_until_the_offset
     assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 rolled {out}"
 
 
+def test_staged_pieces_of_bad_records_only_deleted_by_someone_else_lose_nothing_and_the_run_goes_on(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Row group [0, 1000) staged, then 300 malformed records: their flush writes a piece of no
+    rows into the open file and the dead letters, and commits 1300 with the "staged" note. A
+    clean-up deletes that piece. Every record of [1000, 1300) is a dead letter, so nothing is
+    lost: the restart goes on (exit 0), the file is made final with [0, 1000), and the dead
+    letters stay. It used to stop with status 5, saying [1000, 1300) were in no file."""
+    topic, group = make_topic(partitions=1), unique("g")
+    out = output(stack, unique_prefix)
+    good = [encode_raw(SCHEMA, make_record("page_view", i)) for i in range(1300)]
+    produce_raw(stack.kafka_bootstrap, topic, [*good[:1000], *(v + b"\x00\x01" for v in good[1000:])])
+    run = start_consumer(topic, group, out, "--row-group-rows", "1000")
+    run.wait_for(lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 1000
+                                for e in ev), what="1000 rows committed")
+    assert run.stop() == 0
+    assert committed(stack.kafka_bootstrap, group, topic) == [1300]
+    assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 staged {out}"
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix)
+    of_no_rows = [k for k in staged if k.endswith(".piece") and "/00000000000000001000-" in k]
+    assert of_no_rows, staged
+    for key in of_no_rows:
+        s3.delete_object(Bucket=stack.s3_bucket, Key=key)
+    res = run_consumer(topic, group, out, "--row-group-rows", "1000")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "records [1000, 1300) are all in dead letters" in res.stderr
+    table = read_table(download_finals(s3, stack.s3_bucket, unique_prefix, tmp_path))
+    assert sorted(table.column("kafka_offset").to_pylist()) == list(range(1000))
+    letters = [json.loads(line) for key, _ in _all(s3, stack.s3_bucket, unique_prefix)
+               if "_dead_letters/" in key
+               for line in s3.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read().splitlines()]
+    assert sorted(x["offset"] for x in letters) == list(range(1000, 1300))
+    assert committed(stack.kafka_bootstrap, group, topic) == [1300]
+
+
 def test_a_position_re_set_by_the_operator_gets_its_note_back_at_the_next_recovery(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
 ) -> None:
