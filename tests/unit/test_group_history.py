@@ -667,6 +667,16 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
            ("pause_at_request", 0, 1), ("add_partition", 0, 0), ("produce", 0, 1), ("retention", 0, 5)],
     layout="bucketed",
 )
+# Found by a long run of this test: a member fenced mid-flush left dead letters [0, 4) of a flush
+# of bad records only, and a piece of no rows; a clean-up deleted that piece, then (after record 4,
+# bad too) the next one. The run stopped, saying records below 5 were in no file, though each was
+# a dead letter; it now goes on. The operator's restore that followed put back the first piece,
+# which a recovery had passed over long before: no operator restores that (not drawn now).
+@example(
+    steps=[("join", 0, 0), ("expel", 0, 0), ("produce_bad", 0, 5), ("pause_at_request", 1, 1),
+           ("delete_staged", 0, 0), ("delete_staged", 0, 0)],
+    layout="evolving",
+)
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
@@ -1091,6 +1101,7 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
                     key, data = gone
                     before = _objects_of(store, a)
                     quiet()
+                    then = listings[0]
                     m = join()
                     m.turn(3)  # it recovers its partitions
                     if m.status == EXIT_FATAL:  # said loudly, before anything of the partition changed
@@ -1104,8 +1115,8 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
                             "a stop on a deletion changed the partition"
                         store.objects[key] = data  # the operator restores it (a versioned bucket)
                         join()
-                    else:  # met by no one yet: in an output the group left, its finish meets it
-                        keep_unseen({key: data})
+                    elif not accepted(a, then, key):  # met by no one yet: in an output the group
+                        keep_unseen({key: data})  # left, its finish meets it
                 else:
                     join()
             elif kind == "delete_live":  # ... while the group runs: a member may stop on it (status 5)
