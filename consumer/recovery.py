@@ -75,6 +75,11 @@ class RecoveryPlan:
     resume: tuple[PieceRef, ...] = ()  # the open file's chain, continued
     delete: tuple[str, ...] = ()
     notes: tuple[str, ...] = field(default=())  # operator-visible facts, logged as warnings
+    #: the position's "staged" note no longer holds: staged pieces of no rows were deleted, and
+    #: dead letters hold every record from where what is left ends (:func:`dead_letters_cover`).
+    #: Committed again saying "rolled", so that a lifecycle rule expiring those dead letters later
+    #: is not taken for staged rows deleted.
+    staged_gone: bool = False
 
 
 #: The writer of what a replay wrote (a replay joins no group). No consumer group id is empty.
@@ -351,9 +356,11 @@ def plan_recovery(
     # pieces reached it: its re-commit says "rolled" before the final file exists, so a piece
     # deleted after a roll cut short looked like a reset forwards (found by the property).
     decided = any(m.end == pos and m.file_start not in finals for m in markers)
+    staged_gone = False
     if (staged_here or decided) and not chain and (last_final_end is None or last_final_end < pos):
         _refuse_a_position_nothing_holds(where, pos, pieces, finals, last_final_end, dead_letters,
                                          dead_letter_records or {}, moved_in)
+        staged_gone = True
         if not finish:  # else its note says so
             notes.append(_ALL_DEAD_LETTERS.format(pos=pos))
     # Markers of files not being finished are decisions superseded (a zombie's, or a finished roll's).
@@ -366,6 +373,7 @@ def plan_recovery(
         resume=resume,
         delete=tuple(delete),
         notes=tuple(notes),
+        staged_gone=staged_gone,
     )
 
 
@@ -660,6 +668,7 @@ class BucketedPlan:
     buckets: dict[str, RecoveryPlan] = field(default_factory=dict)
     delete: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    staged_gone: bool = False  # as RecoveryPlan's
 
 
 def one_flush_only(
@@ -949,8 +958,9 @@ def plan_bucketed_recovery(
         # rule on _staging/): the rolled file alone was taken for all there was.
         _open_files_gone(where, pos)
     reach = max((x for x in (anchor, high_water) if x is not None), default=None)
-    if staged_here and anchor != pos and (high_water is None or high_water < pos) and dead_letters_cover(
-            reach, pos, dead_letters, dead_letter_records or {}, moved_in):
+    staged_gone = staged_here and anchor != pos and (high_water is None or high_water < pos) and \
+        dead_letters_cover(reach, pos, dead_letters, dead_letter_records or {}, moved_in)
+    if staged_gone:
         notes.append(_ALL_DEAD_LETTERS.format(pos=pos))
     elif staged_here and anchor != pos and (high_water is None or high_water < pos):
         # After the buckets' plans, so that a hole further down is reported by the broken-chain
@@ -968,4 +978,5 @@ def plan_bucketed_recovery(
             "(a fenced member's leftovers): deleted; their rows are in the owner's files"
         )
     delete += [key for key, _frm, to in dead_letters if to > pos]
-    return BucketedPlan(position=pos, commit=commit, buckets=plans, delete=tuple(delete), notes=tuple(notes))
+    return BucketedPlan(position=pos, commit=commit, buckets=plans, delete=tuple(delete), notes=tuple(notes),
+                        staged_gone=staged_gone)

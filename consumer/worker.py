@@ -463,6 +463,7 @@ class PartitionWorker:
         )
         self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
         self._finish_planned(plan.finish, etags)
+        self._note_staged_gone(plan)
         resumed = None
         if plan.resume:
             resumed = self._resume(plan.resume, etags).start
@@ -802,6 +803,7 @@ class PartitionWorker:
                                           any(b.resume for b in plan.buckets.values()), bool(gone))
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
+        self._note_staged_gone(plan)
         for _bucket, bplan in sorted(plan.buckets.items()):
             if bplan.resume:
                 self._resume(bplan.resume, etags)
@@ -993,6 +995,15 @@ class PartitionWorker:
             # went on from, for a recovery with the offsets expired (:meth:`_moved_in`)
             self._keep_a_move(committed, None)
         self.positions.commit(self.topic, self.partition, committed, self._note(held))
+
+    def _note_staged_gone(self, plan: RecoveryPlan | BucketedPlan) -> None:
+        """Commit the position again saying "rolled" when the plan found its "staged" note no
+        longer holds (``staged_gone``: dead letters hold what the deleted pieces covered), once
+        the rolls it finishes are done: the next recovery then reads the rows below as final files
+        and dead letters, and a lifecycle rule expiring those is not a stop (found by
+        tests/unit/test_group_history.py)."""
+        if plan.staged_gone and plan.position is not None:
+            self.positions.commit(self.topic, self.partition, plan.position, self._note(ROLLED))
 
     def _confirm_ownership(self) -> None:
         """Before recovery deletes anything or stops the run: commit the group's position again

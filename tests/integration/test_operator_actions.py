@@ -314,6 +314,7 @@ def test_staged_pieces_of_bad_records_only_deleted_by_someone_else_lose_nothing_
                for line in s3.get_object(Bucket=stack.s3_bucket, Key=key)["Body"].read().splitlines()]
     assert sorted(x["offset"] for x in letters) == list(range(1000, 1300))
     assert committed(stack.kafka_bootstrap, group, topic) == [1300]
+    assert committed_note(stack.kafka_bootstrap, group, topic) == f"kafka-parquet-consumer/1 rolled {out}"
 
 
 def test_a_position_re_set_by_the_operator_gets_its_note_back_at_the_next_recovery(

@@ -677,6 +677,11 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
            ("delete_staged", 0, 0), ("delete_staged", 0, 0)],
     layout="evolving",
 )
+# ... and once that run went on, its position still said "staged": a lifecycle rule that then
+# expired the dead letters (README, "Keeping N days of output") stopped the next run, saying the
+# records were in no file. The position is now committed again saying "rolled".
+@example(steps=[("produce_bad", 0, 1), ("delete_staged", 0, 0), ("delete_staged", 0, 0),
+                ("expire_output", 0, 1)], layout="evolving")
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),

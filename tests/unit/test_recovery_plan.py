@@ -19,6 +19,7 @@ from consumer.kafka_names import GroupView
 from consumer.layout import Layout, PieceRef, RollMarker
 from consumer.recovery import (
     REPLAY_WRITER,
+    BucketedPlan,
     RecoveryPlan,
     dead_letters_from,
     files_gone,
@@ -186,31 +187,30 @@ def test_staged_pieces_gone_where_dead_letters_hold_every_record_lose_nothing_an
     tests/unit/test_group_history.py). One line short, or a gap, and it still stops."""
     dead = [("dl-a", 0, 4), ("dl-b", 4, 5)]
 
-    def staged_here(committed: int, pieces: list[PieceRef], records: dict[str, int],
-                    bucketed: bool = False) -> int | None:
+    def staged_here(records: dict[str, int], bucketed: bool) -> RecoveryPlan | BucketedPlan:
         if bucketed:
-            return plan_bucketed_recovery(committed, pieces, [], dead, {}, None, staged_here=True,
-                                          dead_letter_records=records).position
-        return plan_recovery(committed, pieces, [], dead, [], None, where="t[0]", staged_here=True,
-                             dead_letter_records=records).position
+            return plan_bucketed_recovery(5, [], [], dead, {}, None, staged_here=True,
+                                          dead_letter_records=records)
+        return plan_recovery(5, [], [], dead, [], None, where="t[0]", staged_here=True,
+                             dead_letter_records=records)
 
     for bucketed in (False, True):
-        assert staged_here(5, [], {"dl-a": 4, "dl-b": 1}, bucketed) == 5
-        notes = (plan_bucketed_recovery(5, [], [], dead, {}, None, staged_here=True,
-                                        dead_letter_records={"dl-a": 4, "dl-b": 1}).notes if bucketed
-                 else plan_recovery(5, [], [], dead, [], None, staged_here=True,
-                                    dead_letter_records={"dl-a": 4, "dl-b": 1}).notes)
-        assert any("every record they covered is in dead letters" in n for n in notes), notes
+        p = staged_here({"dl-a": 4, "dl-b": 1}, bucketed)
+        assert p.position == 5
+        assert any("every record they covered is in dead letters" in n for n in p.notes), p.notes
+        # ... and the position is committed again saying so ("rolled"): see PartitionWorker
+        assert p.staged_gone
         with pytest.raises(IntegrityError, match="records below 5 are in no file"):
-            staged_here(5, [], {"dl-a": 3, "dl-b": 1}, bucketed)  # a good record was in the piece
+            staged_here({"dl-a": 3, "dl-b": 1}, bucketed)  # a good record was in the piece
         with pytest.raises(IntegrityError, match="in no file"):
-            staged_here(5, [], {"dl-b": 1}, bucketed)  # not counted: not known
+            staged_here({"dl-b": 1}, bucketed)  # not counted: not known
+    assert not plan(5, [], dead=dead).staged_gone
     # From what staged pieces still hold: the file is finished where its rows end, and said so.
     rows = chain(0, 2)
     p = plan_recovery(5, rows, [], [("dl-c", 2, 5)], [], None, where="t[0]", staged_here=True,
                       dead_letter_records={"dl-c": 3})
     assert [(f.file_start, f.end) for f in p.finish] == [(0, 2)]
-    assert "all in dead letters" in p.notes[0]
+    assert "all in dead letters" in p.notes[0] and p.staged_gone
     with pytest.raises(IntegrityError, match=r"records \[2, 5\) are in no file"):
         plan_recovery(5, rows, [], [("dl-c", 2, 5)], [], None, where="t[0]", staged_here=True,
                       dead_letter_records={"dl-c": 2})
