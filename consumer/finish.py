@@ -244,17 +244,28 @@ class FinishRunner(Runner):
         deleted, were lost without a word (found by tests/unit/test_group_history.py)."""
         left: dict[TP, int] = {}
         for p, at in sorted(away.items()):
-            held = self._held_when_left((topic, p), at) if (topic, p) not in staged else None
-            if held == FINISHING and self._final_up_to((topic, p), at):  # cut short after its rolls
+            body = self._away_body((topic, p), at) if (topic, p) not in staged else {}
+            said = body.get("held")
+            held = said if isinstance(said, str) else None
+            if held == FINISHING and self._final_up_to((topic, p), at, body.get("files")):
+                # an earlier finish, cut short after its rolls
                 self._mark_made_final((topic, p), at)
             elif left_staged(held):
                 left[(topic, p)] = at
         return left
 
-    def _final_up_to(self, tp: TP, at: int) -> bool:
-        """Whether this output's final files of ``tp`` reach ``at`` (a finish made them final):
-        the rolled high-water under --partition-by (``_rolled/`` names, one LIST), else the end of
-        the newest final file (``_newest_final/``: one LIST, a HEAD and a footer read)."""
+    def _final_up_to(self, tp: TP, at: int, files: object = None) -> bool:
+        """Whether this output's final files of ``tp`` reach ``at`` (a finish made them final).
+        Under --partition-by: each bucket file the finish was to roll (``files``, [bucket, start]
+        pairs its FINISHING wrote) is final (a HEAD and a footer read each). The rolled
+        high-water is written before a roll's final file, and a roll makes one bucket's file
+        only: a finish killed after it, whose staged objects a clean-up then deleted, was taken
+        for done, and the rows of every file not final yet were in no file (found by
+        tests/unit/test_finish.py). The ``_rolled/`` high-water (one LIST) is the check only for
+        a FINISHING that names no files (an earlier version's). The plain layout: the end of the
+        newest final file (``_newest_final/``: one LIST, a HEAD and a footer read)."""
+        if self.config.partition_by and isinstance(files, list):
+            return all(self._final_at(tp, f) for f in files)
         if self.config.partition_by:
             ends = (Layout.parse_rolled(o.key) for o in self.store.list(self.layout.rolled_dir(*tp)))
             return max((e for e in ends if e is not None), default=at - 1) >= at
@@ -279,15 +290,24 @@ class FinishRunner(Runner):
             )
         return left
 
+    def _final_at(self, tp: TP, file: object) -> bool:
+        """Whether the bucket file ``file`` ([bucket, start], as FINISHING names it) of ``tp``
+        is final here: its final file exists and its footer says where it ends."""
+        if not (isinstance(file, list) and len(file) == 2 and isinstance(file[0], str)
+                and isinstance(file[1], int)):
+            return False
+        info = self.store.head(self.layout.final_key(*tp, file[1], file[0]))
+        return info is not None and final_end(self.store, info.key, info.size) is not None
+
     def _mark_made_final(self, tp: TP, at: int) -> None:
         """Say in the ``.away`` object of ``tp`` at ``at`` that the rows below are in final files
         now ("rolled"): a run of the group back to this output then finds no staged rows to check
         (consumer.worker.PartitionWorker._keep_a_move_once_checked), and a finish run again nothing to do."""
         self._mark_held(tp, at, ROLLED)
 
-    def _mark_held(self, tp: TP, at: int, held: str) -> None:
-        """Set ``held`` in the ``.away`` object of ``tp`` at ``at``: a conditional overwrite (the
-        ETag read); one changed meanwhile is left as it is."""
+    def _mark_held(self, tp: TP, at: int, held: str, **more: object) -> None:
+        """Set ``held`` (and ``more``) in the ``.away`` object of ``tp`` at ``at``: a conditional
+        overwrite (the ETag read); one changed meanwhile is left as it is."""
         key = self.layout.moved_key(*tp, at, AWAY)
         info = self.store.head(key)
         if info is None:
@@ -296,12 +316,21 @@ class FinishRunner(Runner):
             body = dict(json.loads(self.store.get(key)))
         except (FileNotFoundError, ValueError, TypeError):
             return
-        if body.get("held") != held:
-            self.store.replace_if_match(key, json.dumps({**body, "held": held}).encode(), info.etag)
+        new = {**body, "held": held, **more}
+        if new != body:
+            self.store.replace_if_match(key, json.dumps(new).encode(), info.etag)
 
     def _held_when_left(self, tp: TP, at: int) -> str | None:
         """What the group's note said held the rows below ``at`` when it left this output there."""
         return held_when_left(self.store, self.layout.moved_key(*tp, at, AWAY))
+
+    def _away_body(self, tp: TP, at: int) -> dict[str, object]:
+        """The ``.away`` object of ``tp`` at ``at`` ({}: gone or unreadable). One GET."""
+        try:
+            body = json.loads(self.store.get(self.layout.moved_key(*tp, at, AWAY)))
+        except (FileNotFoundError, ValueError):
+            return {}
+        return body if isinstance(body, dict) else {}
 
     def _where_left(self, tp: TP, cut: int, left: int | None) -> int:
         """Where ``tp`` is finished: at ``cut``, or where the group left this output when that was
@@ -367,7 +396,9 @@ class FinishRunner(Runner):
         # Recovery checked what is staged where the group left (a stop leaves it STAGED); the
         # rolls come next (_left_with_nothing_staged reads this if they are cut short).
         for tp, at in sorted(self._left.items()):
-            self._mark_held(tp, at, FINISHING)
+            # ... naming the bucket files it rolls: each must be final for a rerun to take it as done
+            files = sorted([f.bucket, f.start] for f in self.workers[tp].files.values() if f.pieces)
+            self._mark_held(tp, at, FINISHING, **({"files": files} if self.config.partition_by else {}))
         for worker in self._finish_all(list(self.workers.values())):
             tp = (worker.topic, worker.partition)
             if tp in self._left:

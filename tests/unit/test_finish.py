@@ -583,6 +583,45 @@ def test_a_finish_of_an_output_the_group_left_killed_at_any_store_request_finish
 
 
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
+def test_a_finish_killed_at_any_store_request_then_cleaned_up_stops_or_loses_nothing(
+    partition_by: str | None,
+) -> None:
+    """Two faults in a row: the finish of an output the group left is killed before one of its
+    store requests, then a clean-up deletes everything staged there. Run again, the finish either
+    stops (status 5, nothing changed) or puts every offset into exactly one of the two outputs.
+    Under --partition-by a finish killed between the rolls of two bucket files of a partition,
+    whose other files were deleted, found the one rolled at where the group left and took the
+    partition for finished: the rows of the others were in no file, without a word."""
+    def moved() -> tuple[MemoryBroker, MemoryStore, Config]:
+        broker, store, old, new = _every_record_in_open_files(partition_by)
+        assert GroupRunner(new, store=store, decoder=_decoder(),
+                           consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+        return broker, store, old
+
+    broker, store, old = moved()
+    before = sum(store.stats.requests.values())
+    assert _finish(broker, store, old) == EXIT_OK
+    requests = sum(store.stats.requests.values()) - before
+    for at in range(1, requests + 1):
+        broker, store, old = moved()
+        store.on_op = crash_at_request(at)
+        with pytest.raises(Crash):
+            _finish(broker, store, old)
+        store.on_op = None
+        gone = {key: store.objects.pop(key) for key in _staged(store)}
+        after = dict(store.objects)
+        status = _finish(broker, store, old)
+        if status == EXIT_FATAL:  # said loudly: the operator restores them (a versioned bucket)
+            # ... having changed nothing but what .away objects say of partitions it did finish
+            changed = {k for k in {*after, *store.objects} if after.get(k) != store.objects.get(k)}
+            assert all("/_moved/" in k and k.endswith(".away") for k in changed), (at, changed)
+            store.objects.update(gone)
+            status = _finish(broker, store, old)
+        assert status == EXIT_OK, at
+        assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION), at
+
+
+@pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
 @pytest.mark.parametrize("finished", [False, True], ids=["cleaned-up", "finished-then-cleaned-up"])
 def test_a_run_back_to_an_output_whose_staged_rows_were_deleted_since_the_group_left_stops(
     partition_by: str | None, finished: bool,
