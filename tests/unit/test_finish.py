@@ -550,15 +550,23 @@ def test_a_clean_up_of_an_output_the_group_left_stops_its_finish_until_restored(
 
 
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
+@pytest.mark.parametrize("cleaned_up", [False, True], ids=["run-again", "cleaned-up-then-run-again"])
 def test_a_finish_of_an_output_the_group_left_killed_at_any_store_request_finishes_when_run_again(
-    partition_by: str | None,
+    partition_by: str | None, cleaned_up: bool,
 ) -> None:
     """The finish of an output the group moved from, with its files open there, is killed before
     each of its store requests in turn. Its ``.away`` objects say "staged", then "finishing" (after
-    recovery's checks, before the first roll), then "rolled". Run again, it finishes every offset
-    into exactly one of the two outputs, whether the kill came before, between or after its rolls
-    (a finish cut short after its rolls says "finishing" with nothing staged, and is taken for
-    done only then), and a third run changes nothing."""
+    recovery's checks, before the first roll, naming the bucket files it rolls), then "rolled".
+    Run again, it finishes every offset into exactly one of the two outputs, whether the kill came
+    before, between or after its rolls (a finish cut short after its rolls says "finishing" with
+    nothing staged, and is taken for done only then), and a third run changes nothing.
+
+    ``cleaned_up``: two faults in a row, a clean-up deleting everything staged there after the
+    kill. Run again, the finish stops (status 5, changing nothing but what ``.away`` objects say
+    of partitions it did finish) until the operator restores them, or loses nothing. Under
+    --partition-by a finish killed after one bucket file's roll wrote the ``_rolled/`` high-water,
+    whose other files were then deleted, took the partition for finished: the rows of the others
+    were in no file, exit 0."""
     def moved() -> tuple[MemoryBroker, MemoryStore, Config]:
         broker, store, old, new = _every_record_in_open_files(partition_by)
         assert GroupRunner(new, store=store, decoder=_decoder(),
@@ -575,50 +583,19 @@ def test_a_finish_of_an_output_the_group_left_killed_at_any_store_request_finish
         with pytest.raises(Crash):
             _finish(broker, store, old)
         store.on_op = None
-        assert _finish(broker, store, old) == EXIT_OK, at
-        assert _staged(store) == [], at
-        assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION), at
-        after = dict(store.objects)
-        assert _finish(broker, store, old) == EXIT_OK and store.objects == after, at
-
-
-@pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
-def test_a_finish_killed_at_any_store_request_then_cleaned_up_stops_or_loses_nothing(
-    partition_by: str | None,
-) -> None:
-    """Two faults in a row: the finish of an output the group left is killed before one of its
-    store requests, then a clean-up deletes everything staged there. Run again, the finish either
-    stops (status 5, nothing changed) or puts every offset into exactly one of the two outputs.
-    Under --partition-by a finish killed between the rolls of two bucket files of a partition,
-    whose other files were deleted, found the one rolled at where the group left and took the
-    partition for finished: the rows of the others were in no file, without a word."""
-    def moved() -> tuple[MemoryBroker, MemoryStore, Config]:
-        broker, store, old, new = _every_record_in_open_files(partition_by)
-        assert GroupRunner(new, store=store, decoder=_decoder(),
-                           consumer_factory=broker.consumer_factory()).run() == EXIT_OK
-        return broker, store, old
-
-    broker, store, old = moved()
-    before = sum(store.stats.requests.values())
-    assert _finish(broker, store, old) == EXIT_OK
-    requests = sum(store.stats.requests.values()) - before
-    for at in range(1, requests + 1):
-        broker, store, old = moved()
-        store.on_op = crash_at_request(at)
-        with pytest.raises(Crash):
-            _finish(broker, store, old)
-        store.on_op = None
-        gone = {key: store.objects.pop(key) for key in _staged(store)}
+        gone = {key: store.objects.pop(key) for key in _staged(store)} if cleaned_up else {}
         after = dict(store.objects)
         status = _finish(broker, store, old)
-        if status == EXIT_FATAL:  # said loudly: the operator restores them (a versioned bucket)
-            # ... having changed nothing but what .away objects say of partitions it did finish
+        if status == EXIT_FATAL and gone:  # said loudly: the operator restores them (a versioned bucket)
             changed = {k for k in {*after, *store.objects} if after.get(k) != store.objects.get(k)}
             assert all("/_moved/" in k and k.endswith(".away") for k in changed), (at, changed)
             store.objects.update(gone)
             status = _finish(broker, store, old)
         assert status == EXIT_OK, at
+        assert _staged(store) == [], at
         assert _in_both(_only(store, "out"), _only(store, "new")) == _every(PER_PARTITION), at
+        after = dict(store.objects)
+        assert _finish(broker, store, old) == EXIT_OK and store.objects == after, at
 
 
 @pytest.mark.parametrize("partition_by", [None, "dt={ts:%Y-%m-%d}/hr={ts:%H}"], ids=["plain", "bucketed"])
