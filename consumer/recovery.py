@@ -958,11 +958,12 @@ def plan_bucketed_recovery(
         # rule on _staging/): the rolled file alone was taken for all there was.
         _open_files_gone(where, pos)
     reach = max((x for x in (anchor, high_water) if x is not None), default=None)
-    staged_gone = staged_here and anchor != pos and (high_water is None or high_water < pos) and \
-        dead_letters_cover(reach, pos, dead_letters, dead_letter_records or {}, moved_in)
+    unreached = staged_here and anchor != pos and (high_water is None or high_water < pos)
+    records = dead_letter_records or {}
+    staged_gone = unreached and dead_letters_cover(reach, pos, dead_letters, records, moved_in)
     if staged_gone:
         notes.append(_ALL_DEAD_LETTERS.format(pos=pos))
-    elif staged_here and anchor != pos and (high_water is None or high_water < pos):
+    elif unreached:
         # After the buckets' plans, so that a hole further down is reported by the broken-chain
         # stop, which lists the pieces beyond it.
         if reach is None:
