@@ -2147,11 +2147,19 @@ class PartitionWorker:
         if existing is None:
             try:
                 outcome = self.store.compose(final_key, segments)
-            except FileNotFoundError:
+            except FileNotFoundError as gone:
                 # The pieces vanished mid-merge: only the owner that finished this roll deletes
                 # them, and only after its final file is durable — then that file is ours too.
+                # With no final file, someone else deleted them after the check above: said as
+                # that check says it, not as an unexpected error (found by
+                # tests/unit/test_group_history.py).
                 if self.store.head(final_key) is None:
-                    raise
+                    raise IntegrityError(
+                        f"{self.where}: a staged piece of the file [{f.start}, {end}) vanished while it "
+                        f"was rolled (removed by someone else: a lifecycle rule on _staging/, a "
+                        f"clean-up?): {gone}. Nothing was published. Restore it (a versioned bucket "
+                        "keeps it) before the next run, which otherwise stops on it too."
+                    ) from gone
         faults.point("after_final_put")
         info = self.store.head(final_key) or _missing(final_key)
         try:

@@ -682,6 +682,11 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
 # records were in no file. The position is now committed again saying "rolled".
 @example(steps=[("produce_bad", 0, 1), ("delete_staged", 0, 0), ("delete_staged", 0, 0),
                 ("expire_output", 0, 1)], layout="evolving")
+# Found by a long run of this test: a clean-up deleted a staged piece while its file was being
+# rolled, after the roll's check of its pieces and before the merge read it. The member stopped
+# with "unexpected error; restart me"; it now stops with status 5, saying what vanished.
+@example(steps=[("produce", 0, 1), ("produce", 0, 7), ("turn", 0, 1), ("pause_at_request", 0, 6),
+                ("delete_live", 0, 0)], layout="bucketed")
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
