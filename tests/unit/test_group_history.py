@@ -687,6 +687,12 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
 # with "unexpected error; restart me"; it now stops with status 5, saying what vanished.
 @example(steps=[("produce", 0, 1), ("produce", 0, 7), ("turn", 0, 1), ("pause_at_request", 0, 6),
                 ("delete_live", 0, 0)], layout="bucketed")
+# Found by a long run of this test: the finish of the output the group left went on past a
+# deleted piece of no rows (dead letters hold its records) and made that file final, then stopped
+# on another partition's deletion; the operator's restore put that piece back, a stray in a file
+# already finished. Deletions a recovery went on past are not restored now.
+@example(steps=[("move", 0, 0), ("produce_bad", 1, 5), ("move", 0, 0), ("produce", 0, 1), ("reset", 0, 0),
+                ("move", 0, 0), ("delete_staged", 0, 0), ("delete_staged", 1, 1)], layout="evolving")
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
@@ -748,6 +754,7 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
     moved = False  # a rolling deployment changed --output (not drawn with a recreated topic)
     blind: set[int] = set()  # partitions whose offset had no note when --output moved
     unseen: dict[str, bytes] = {}  # staged objects a clean-up deleted that no member stopped on
+    unseen_since: dict[str, tuple[int, int]] = {}  # ... their partition, and the listings then
     ever_deleted: set[str] = set()  # every staged object a clean-up deleted
     fail_in: list[int] = []  # the n-th outermost store call from now fails, whoever makes it
     lose_in: list[int] = []  # ... takes effect, and then its reply is lost
@@ -844,14 +851,27 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
 
     unseen_stops: list[int] = []  # how many members had stopped with status 5 when one was first kept
 
-    def keep_unseen(gone: dict[str, bytes]) -> None:
+    def keep_unseen(gone: dict[str, tuple[bytes, int, int]]) -> None:
         """Deletions no member met, in an output the group may come back to or finish: any member
-        may stop on them (status 5) from now on, the operator then restores them."""
+        may stop on them (status 5) from now on, the operator then restores them. ``gone``: key →
+        (bytes, partition, the recoveries started before the deletion)."""
         if gone and not unseen:
             unseen_stops[:] = [sum(x.status == EXIT_FATAL for x in members)]
-        unseen.update(gone)
+        unseen.update({key: data for key, (data, _p, _then) in gone.items()})
+        unseen_since.update({key: (p, then) for key, (_data, p, then) in gone.items()})
         for x in members if gone else ():
             x.asks_operator = True
+
+    def restorable(prefix: str = "") -> dict[str, bytes]:
+        """The kept deletions under ``prefix`` the operator restores after a stop, forgotten
+        then: not those a recovery of that output went on past since (a finish of the output the
+        group left that found dead letters holding what they covered, say). That recovery took
+        their partition elsewhere; put back, they stand in its way as strays."""
+        mine = [k for k in unseen if k.startswith(prefix)]
+        out = {k: unseen[k] for k in mine if not accepted(*unseen_since[k], k)}
+        for k in mine:
+            del unseen[k], unseen_since[k]
+        return out
 
     def restore_unseen() -> bool:
         """A member stopped (status 5) while such deletions were kept: the operator restores them
@@ -859,9 +879,8 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
         if not unseen or sum(x.status == EXIT_FATAL for x in members) <= unseen_stops[0]:
             return False
         stop_all()
-        for key, data in unseen.items():
+        for key, data in restorable().items():
             store.objects.setdefault(key, data)
-        unseen.clear()
         return True
 
     def restore_what_a_run_back_met() -> bool:
@@ -872,9 +891,8 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
             return False
         came_back_to_deletions.clear()
         stop_all()
-        for key, data in unseen.items():
+        for key, data in restorable().items():
             store.objects.setdefault(key, data)
-        unseen.clear()
         return True
     stops_then: list[int] = []  # ... and how many members had stopped with status 5 by then
 
@@ -980,7 +998,7 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
             join().turn(3)
             stop_all()
         here = _prefix(reconfigured.get("output", OUTPUTS[0]))
-        keep_unseen({key: data for key, data, _p, _then in deleted
+        keep_unseen({key: (data, p, then) for key, data, p, then in deleted
                      if not key.startswith(f"{here}/") and key not in store.objects})
         deleted.clear()
         stops_then.clear()
@@ -1126,7 +1144,7 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
                         store.objects[key] = data  # the operator restores it (a versioned bucket)
                         join()
                     elif not accepted(a, then, key):  # met by no one yet: in an output the group
-                        keep_unseen({key: data})  # left, its finish meets it
+                        keep_unseen({key: (data, a, then)})  # left, its finish meets it
                 else:
                     join()
             elif kind == "delete_live":  # ... while the group runs: a member may stop on it (status 5)
@@ -1214,9 +1232,8 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
 
             status = finish()
             if status == EXIT_FATAL:  # said loudly: a clean-up deleted what is staged there
-                gone = {k: v for k, v in unseen.items() if k.startswith(f"{_prefix(there)}/")}
                 assert ever_deleted - set(store.objects), "a finish stopped with nothing deleted"
-                store.objects.update(gone)  # the operator restores it (a versioned bucket)
+                store.objects.update(restorable(f"{_prefix(there)}/"))  # restored (a versioned bucket)
                 status = finish()
             if status == EXIT_CONFIG:  # refused: a partition staged there the group holds no position of
                 said = next(str(e["error"]) for e in reversed(logs) if e["event"] == "stopped: UsageError")
