@@ -332,6 +332,7 @@ def plan_recovery(
         if older and older[0].file_start == m.file_start:
             covered[m.file_start] = m.end
             finish.append(FinishRoll(m.file_start, m.end, tuple(older), needs_marker=False))
+    _refuse_a_decided_roll_nothing_holds(where, pos, pieces, markers, finals, last_final_end, covered)
 
     finishing = {f.file_start for f in finish}
     keep = {p.key for p in resume}
@@ -418,6 +419,41 @@ def left_for(where: str, left_at: int, output: str | None) -> None:
         "group's offset to where that output ends (kafka-consumer-groups --reset-offsets "
         "--to-offset …), or delete this partition's _moved/ objects under the prefix first."
     )
+
+
+def _refuse_a_decided_roll_nothing_holds(
+    where: str,
+    pos: int,
+    pieces: Sequence[PieceRef],
+    markers: Sequence[RollMarker],
+    finals: set[int],
+    last_final_end: int | None,
+    covered: Mapping[int, int],
+) -> None:
+    """A roll of an open file was decided at or below the position (its marker), and not one
+    staged piece of that file is left, while no final file and no chain kept holds the range: its
+    pieces were deleted by someone else (a lifecycle rule on ``_staging/``, a clean-up). Deleting
+    the marker as a superseded decision lost those rows without a word whenever the position's note
+    did not say "staged here" (a run back to an output the group had left, whose re-commit failed;
+    found by tests/unit/test_group_history.py). A zombie's marker is left only where what the
+    owner keeps holds its range. Stop, change nothing, and say what to do."""
+    floor = last_final_end if last_final_end is not None else None
+    for m in sorted(markers):
+        if m.end > pos or m.file_start in finals or m.file_start in covered:
+            continue
+        if any(p.file_start == m.file_start for p in pieces):
+            continue  # pieces left: the chain checks (and the stranded stop) say what is missing
+        start = m.file_start if floor is None else max(m.file_start, floor)
+        if start >= m.end or any(s <= start and m.end <= e for s, e in covered.items()):
+            continue
+        raise IntegrityError(
+            f"{where}: a roll of the file [{m.file_start}, {m.end}) was decided here ({m.key}), and "
+            "no staged piece of it is left: deleted by someone else (a lifecycle rule expiring "
+            f"_staging/, a clean-up)? No final file holds its records [{start}, {m.end}), so they "
+            "are in no file. Nothing was changed. Restore the deleted pieces (a versioned bucket "
+            "keeps them) and run again. To go on without those records, export them with `consumer "
+            f"replay` to another prefix first, then delete {m.key}."
+        )
 
 
 def _refuse_a_position_inside_a_piece(

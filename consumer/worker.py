@@ -461,8 +461,8 @@ class PartitionWorker:
             else writer if last_end is not None and last_end == plan.commit else None,
             final_topic_ids=topic_ids,
         )
-        self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
         self._finish_planned(plan.finish, etags)
+        self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
         self._note_staged_gone(plan)
         resumed = None
         if plan.resume:
@@ -799,10 +799,10 @@ class PartitionWorker:
         )
         # A file of the flush gone without a note: an operator's reset to go on without it (the
         # stop's remedy), which a "staged" note would undo at the next recovery.
-        self._note_a_position_without_one(committed, plan.position,
-                                          any(b.resume for b in plan.buckets.values()), bool(gone))
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
+        self._note_a_position_without_one(committed, plan.position,
+                                          any(b.resume for b in plan.buckets.values()), bool(gone))
         self._note_staged_gone(plan)
         for _bucket, bplan in sorted(plan.buckets.items()):
             if bplan.resume:
@@ -972,8 +972,11 @@ class PartitionWorker:
     def _note_a_position_without_one(self, committed: int | None, position: int | None, resumed: bool,
                                      gone: bool = False) -> None:
         """The committed position carries no note of this consumer for this output, and recovery
-        goes on from it: commit it again with one, before anything changes. One commit, and only
-        then.
+        goes on from it: commit it again with one, once the rolls the plan finishes are done (an
+        "unstaged" note said before them hid, after a crash between and a clean-up of
+        ``_staging/``, the rows they were to make final: the next recovery no longer checked where
+        the group had left this output; found by tests/unit/test_group_history.py). One commit,
+        and only then.
 
         - Recovery resumes staged pieces that reach it: a "staged" note. Without one (an
           operator's reset, an earlier version), a deletion of those pieces from _staging/ before

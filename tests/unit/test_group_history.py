@@ -54,6 +54,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from consumer import positions, side_by_side
+from consumer import worker as worker_module
 from consumer.config import Config
 from consumer.decoding import Decoder, load_schema
 from consumer.errors import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_STORAGE, IntegrityError
@@ -219,6 +220,9 @@ class Member:
     #: (partition, position, log start) of the records it said retention deleted before anyone read
     #: them (status 5): the operator moves that offset to the log start
     not_in_log: tuple[int, int, int | None] | None = None
+    #: (partition, M, the output) of its stop saying the group, with no committed position, moved
+    #: from this output to that one at M (consumer.recovery.left_for)
+    left_for: tuple[int, int, str | None] | None = None
     status: int | None = None
     thread: threading.Thread | None = None
     pause_in: int | None = None  # park before its n-th S3 request from now (in a flush, a roll)
@@ -348,6 +352,23 @@ def _final_offsets(store: MemoryStore) -> dict[int, list[int]]:
 
 def _prefix(output: str) -> str:
     return output.removeprefix("s3://bucket/")
+
+
+def _end_in(store: MemoryStore, prefix: str, partition: int) -> int:
+    """Where ``partition``'s output under ``prefix`` ends: its staged pieces, dead letters and
+    final files (0: nothing)."""
+    ends = [0]
+    for key, data in store.objects.items():
+        if not key.startswith(f"{prefix}/") or f"/partition={partition}/" not in key:
+            continue
+        if piece := _PIECE.search(key):
+            ends.append(int(piece[2]))
+        elif key.endswith(".jsonl"):
+            ends.append(int(key.rsplit("-", 1)[1].removesuffix(".jsonl")))
+        elif key.endswith(".parquet") and "/_" not in f"/{key}":
+            offsets = pq.read_table(io.BytesIO(data), columns=["kafka_offset"]).column(0).to_pylist()
+            ends.append(max(offsets, default=-1) + 1)
+    return max(ends)
 
 
 def _flags(b: int) -> dict[str, Any]:
@@ -693,6 +714,23 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
 # already finished. Deletions a recovery went on past are not restored now.
 @example(steps=[("move", 0, 0), ("produce_bad", 1, 5), ("move", 0, 0), ("produce", 0, 1), ("reset", 0, 0),
                 ("move", 0, 0), ("delete_staged", 0, 0), ("delete_staged", 1, 1)], layout="evolving")
+# Found by a long run of this test: the group came back to an output it had left with a file
+# open there, past that file's end; recovery committed the position saying "unstaged" (nothing
+# staged here reaches it) before it finished that file, and the commit's reply was lost. A clean-up
+# then deleted the file's piece, and the next recovery, reading "unstaged", no longer checked where
+# the group had left: rows [0, 4) in no file, exit 0. The note is now said after the file is final.
+@example(steps=[("move", 0, 0), ("move", 0, 0), ("retention", 0, 29), ("s3_error", 0, 7), ("produce", 0, 5),
+                ("add_partition", 0, 0), ("move", 0, 0), ("reset", 2, 2), ("reset", 2, 1),
+                ("commit_fails", 2, 1), ("move", 0, 0), ("reset_back", 2, 15), ("delete_staged", 0, 35)],
+         layout="evolving")
+# Found by a long run of this test: the group moved to another output, its commit there was refused
+# for good, the deployment rolled back and the offsets expired. The run stopped, as it should:
+# "the group moved from this output to s3://bucket/new at 3". The test's operator took that for
+# records retention deleted and moved the offset to the log start, which the next run refused.
+# The operator now does what the stop says: moves the offset to where that output ends.
+@example(steps=[("produce", 0, 1), ("produce", 0, 1), ("produce", 0, 1), ("reset", 0, 0),
+                ("commit_fails", 1, 1), ("move", 0, 0), ("join", 0, 0), ("move", 0, 0), ("reset", 0, 0)],
+         layout="bucketed")
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
@@ -833,6 +871,15 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
         return stop
 
     watching = patch.object(GroupRunner, "_position_not_in_log", not_in_log)
+    says_left_for = worker_module.left_for
+
+    def left_for(where: str, left_at: int, output: str | None) -> None:
+        m = threads.get(threading.get_ident())
+        if m is not None:
+            m.left_for = (int(where.rsplit("[", 1)[1].rstrip("]")), left_at, output)
+        says_left_for(where, left_at, output)
+
+    telling_where_left = patch.object(worker_module, "left_for", left_for)
     checks_where_left = PartitionWorker._check_where_left
     came_back_to_deletions: list[Member] = []  # ... stopped on staged objects deleted since it left
 
@@ -964,6 +1011,15 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
         quiet()
         m = join()
         m.turn(3)  # it recovers, seeks, and fetches
+        if m.status == EXIT_FATAL and m.left_for is not None:
+            # "the group moved from this output to X at M" (no committed position, and the group's
+            # commit there was refused before it said so): the operator does as the stop says to
+            # write here again, and moves the offset to where X ends
+            q, at, there = m.left_for
+            m.asks_operator = True
+            broker.reset_offsets("g", "t", q, max(at, _end_in(store, _prefix(there or ""), q)))
+            join()
+            return True
         if m.status != EXIT_FATAL or not records_may_be_gone or m in came_back_to_deletions:
             return False  # (a run back that met a deletion: restored after the step)
         low, position = broker.watermarks("t", p)[0], broker.committed_offset("g", "t", p)
@@ -1036,6 +1092,7 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
     counting.start()
     noting.start()
     watching.start()
+    telling_where_left.start()
     coming_back.start()
     try:
         join()
@@ -1288,4 +1345,5 @@ def _history_said(steps: list[tuple[str, int, int]], config: dict[str, Any],
         counting.stop()
         noting.stop()
         watching.stop()
+        telling_where_left.stop()
         coming_back.stop()

@@ -216,6 +216,25 @@ def test_staged_pieces_gone_where_dead_letters_hold_every_record_lose_nothing_an
                       dead_letter_records={"dl-c": 2})
 
 
+def test_a_decided_roll_whose_pieces_are_all_gone_stops_unless_something_kept_holds_its_range() -> None:
+    """A marker says a roll of the file [0, 4) was decided (a recovery that finishes a file past
+    which the position was moved), and a clean-up then deleted every piece of that file. With no
+    "staged" note at the position, the marker was deleted as a superseded decision, and the rows
+    of [0, 4) were in no file without a word. Now that stops, changing nothing. A zombie's marker
+    whose range the owner's chain or final files hold still goes."""
+    with pytest.raises(IntegrityError, match=r"roll of the file \[0, 4\) was decided.*in no file"):
+        plan(5, [], [marker(0, 4)])
+    with pytest.raises(IntegrityError, match=r"records \[2, 4\)"):
+        plan(5, [], [marker(2, 4)], finals=[0], last_end=2)  # ... above the newest final file
+    # Held: by the final files, by the chain kept (a zombie's marker), or past the position.
+    assert plan(5, [], [marker(1, 4)], finals=[0], last_end=5).position == 5
+    assert plan(5, [], [marker(0, 4)], finals=[0], last_end=4).position == 5  # that file is final
+    owner = chain(0, 2, 4, 6)
+    p = plan(6, owner, [marker(2, 4)])
+    assert marker(2, 4).key in p.delete and p.resume == tuple(owner)
+    assert marker(0, 8).key in plan(6, owner, [marker(0, 8)]).delete
+
+
 def test_a_hole_below_staged_pieces_is_still_the_broken_chain_stop_that_lists_them() -> None:
     pieces = chain(0, 10, 20, 30)
     with pytest.raises(IntegrityError, match="do not chain"):
