@@ -797,10 +797,10 @@ class PartitionWorker:
             else rolled_writer if plan.commit is not None and plan.commit == high_water else None,
             final_topic_ids=final_topic_ids,
         )
-        # A file of the flush gone without a note: an operator's reset to go on without it (the
-        # stop's remedy), which a "staged" note would undo at the next recovery.
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
+        # A file of the flush gone without a note: an operator's reset to go on without it (the
+        # stop's remedy), which a "staged" note would undo at the next recovery.
         self._note_a_position_without_one(committed, plan.position,
                                           any(b.resume for b in plan.buckets.values()), bool(gone))
         self._note_staged_gone(plan)
