@@ -412,13 +412,18 @@ class PartitionWorker:
             raise UsageError(f"{self.where}: {problem}")
         if moved is not None and moved.left_at is not None:
             left_for(self.where, moved.left_at, moved.left_for)
+        # What a run back checks where the group left: every staged object here, as the group's
+        # own recovery would have seen them. Leaving out those the other output holds the rows of
+        # (below) made the check stop on rows staged in both outputs, with nothing deleted
+        # (found by tests/unit/test_group_history.py).
+        as_left = (pieces, markers)
         elsewhere = self._held_where_the_group_moved(committed, pieces, markers)
         if elsewhere:
             pieces = [p for p in pieces if p.key not in elsewhere]
             markers = [m for m in markers if m.key not in elsewhere]
         if self.bucketing is not None:
             return self._recover_bucketed(t0, committed, pieces, markers, self._dead_letters(), etags,
-                                          staged_here, elsewhere, moved)
+                                          staged_here, elsewhere, moved, as_left)
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
         writer = self._final_writers.get(("", max(finals))) if finals else None
@@ -435,7 +440,9 @@ class PartitionWorker:
         if moved is not None and committed is None:
             topic_ids.append(moved.topic_id)
         self._keep_a_move_once_checked(moved, lambda at: plan_recovery(
-            at, pieces, markers, dead, finals, last_end, where=self.where, staged_here=True,
+            at, *as_left, dead, self._recovery_final_starts(
+                {p.file_start for p in as_left[0]} | {m.file_start for m in as_left[1]}) if elsewhere
+            else finals, last_end, where=self.where, staged_here=True,
             gone_final_start=gone.start if gone is not None else None))
         plan = plan_recovery(
             committed, pieces, markers, dead, finals, last_end, where=self.where,
@@ -735,21 +742,18 @@ class PartitionWorker:
         staged_here: bool,
         elsewhere: Sequence[str] = (),
         moved: MovedIn | None = None,
+        as_left: tuple[list[PieceRef], list[RollMarker]] | None = None,
     ) -> int | None:
         """Recovery under --partition-by: today's plan per bucket (see plan_bucketed_recovery).
         ``elsewhere``: staged objects left out of the plan and deleted with what it deletes
-        (:meth:`_held_where_the_group_moved`); ``moved``: :meth:`_moved_in`."""
+        (:meth:`_held_where_the_group_moved`); ``moved``: :meth:`_moved_in`; ``as_left``: every
+        staged object here, for the check of a run back (None: ``pieces`` and ``markers``)."""
         rolled = [self.layout.parse_rolled(o.key)
                   for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))]
         high_water = max((r for r in rolled if r is not None), default=None)
-        finals: dict[str, tuple[set[int], int | None]] = {}
-        final_topic_ids: list[str | None] = []
-        for bucket in {p.bucket for p in pieces} | {m.bucket for m in markers}:
-            starts = self._final_starts(bucket)
-            last = self._final_range(self._note_final(bucket, max(starts)), bucket)[1] if starts else None
-            finals[bucket] = (set(starts), last)
-            if starts:
-                final_topic_ids.append(self._final_topic_ids.get((bucket, max(starts))))
+        finals = self._bucket_finals({p.bucket for p in pieces} | {m.bucket for m in markers})
+        final_topic_ids: list[str | None] = [self._final_topic_ids.get((bucket, max(starts)))
+                                             for bucket, (starts, _end) in sorted(finals.items()) if starts]
         if high_water is not None and self.topic_id:
             final_topic_ids.append(self._rolled_topic_id(high_water))
         ends = [high_water or 0, *(p.to_pos for p in pieces), *(e or 0 for _s, e in finals.values())]
@@ -758,8 +762,14 @@ class PartitionWorker:
             final_topic_ids.append(letters.topic_id)
         if moved is not None and committed is None:
             final_topic_ids.append(moved.topic_id)
-        self._keep_a_move_once_checked(moved, lambda at: self._refuse_where_left(
-            at, pieces, markers, dead, finals, high_water, etags))
+        left_pieces, left_markers = as_left if as_left is not None and elsewhere else (pieces, markers)
+
+        def check_where_left(at: int) -> None:
+            buckets = {p.bucket for p in left_pieces} | {m.bucket for m in left_markers}
+            left_finals = {**self._bucket_finals(buckets - set(finals)), **finals}
+            self._refuse_where_left(at, left_pieces, left_markers, dead, left_finals, high_water, etags)
+
+        self._keep_a_move_once_checked(moved, check_where_left)
         named = self._flush_files(committed, pieces, etags) if committed is not None else {}
         gone: list[tuple[str, int]] = []
         if committed is not None and (staged_here or not self._noted()):
@@ -820,6 +830,15 @@ class PartitionWorker:
             deleted_strays=len(deletes),
             high_water=high_water,
         )
+
+    def _bucket_finals(self, buckets: set[str]) -> dict[str, tuple[set[int], int | None]]:
+        """Each bucket's final files here: their starts, and where the newest one ends."""
+        finals: dict[str, tuple[set[int], int | None]] = {}
+        for bucket in buckets:
+            starts = self._final_starts(bucket)
+            last = self._final_range(self._note_final(bucket, max(starts)), bucket)[1] if starts else None
+            finals[bucket] = (set(starts), last)
+        return finals
 
     def _refuse_where_left(self, at: int, pieces: list[PieceRef], markers: list[RollMarker],
                            dead: list[tuple[str, int, int]], finals: dict[str, tuple[set[int], int | None]],
