@@ -344,15 +344,18 @@ def high_watermarks(bootstrap: str, topic: str, partitions: int) -> dict[int, in
         c.close()
 
 
-def _watermarks(c: Any, tp: Any, within: float = 30.0) -> tuple[int, int]:
+def _watermarks(c: Any, tp: Any, within: float = 90.0) -> tuple[int, int]:
     """A partition's watermarks, asked again while a broker just thawed or restarted does not know
-    the partition yet (a new client's first answer may be UNKNOWN_PARTITION)."""
+    the partition yet (a new client's first answer may be UNKNOWN_PARTITION). Each ask waits at
+    most 10 s: one ask that waited the whole bound left no time to ask again, and a broker frozen
+    for 13 s (its KRaft lease gone) took longer than that to know the partition again in CI."""
     from confluent_kafka import KafkaError, KafkaException
 
     deadline = time.monotonic() + within
     while True:
         try:
-            low, high = c.get_watermark_offsets(tp, timeout=within, cached=False)
+            ask = max(1.0, min(10.0, deadline - time.monotonic()))
+            low, high = c.get_watermark_offsets(tp, timeout=ask, cached=False)
             return int(low), int(high)
         except KafkaException as exc:
             code = exc.args[0].code() if exc.args else None
