@@ -437,7 +437,7 @@ def _refuse_a_decided_roll_nothing_holds(
     did not say "staged here" (a run back to an output the group had left, whose re-commit failed;
     found by tests/unit/test_group_history.py). A zombie's marker is left only where what the
     owner keeps holds its range. Stop, change nothing, and say what to do."""
-    floor = last_final_end if last_final_end is not None else None
+    floor = last_final_end
     for m in sorted(markers):
         if m.end > pos or m.file_start in finals or m.file_start in covered:
             continue
