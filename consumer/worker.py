@@ -814,6 +814,7 @@ class PartitionWorker:
         self._note_a_position_without_one(committed, plan.position,
                                           any(b.resume for b in plan.buckets.values()), bool(gone))
         self._note_staged_gone(plan)
+        self._note_every_file_rolled(committed, plan, staged_here)
         for _bucket, bplan in sorted(plan.buckets.items()):
             if bplan.resume:
                 self._resume(bplan.resume, etags)
@@ -1026,6 +1027,19 @@ class PartitionWorker:
         tests/unit/test_group_history.py)."""
         if plan.staged_gone and plan.position is not None:
             self.positions.commit(self.topic, self.partition, plan.position, self._note(ROLLED))
+
+    def _note_every_file_rolled(self, committed: int | None, plan: BucketedPlan, staged_here: bool) -> None:
+        """Under --partition-by a roll's re-commit says "staged" while other bucket files stay
+        open, and the last one's says "rolled". When that last re-commit failed (a commit refused,
+        its reply lost) and this recovery finished the roll from its marker, the note still said
+        "staged" with every file final: the next recovery took the rolled files for ones rolled
+        while others stayed open and stopped (status 5), saying those were deleted (found by
+        tests/unit/test_group_history.py). Commit the position again saying "rolled", as the roll
+        would have, once the rolls are done (a crash before it leaves that stop, never a loss)."""
+        buckets = plan.buckets.values()
+        if (staged_here and committed is not None and plan.position == committed and not plan.staged_gone
+                and any(b.finish for b in buckets) and not any(b.resume for b in buckets)):
+            self.positions.commit(self.topic, self.partition, committed, self._note(ROLLED))
 
     def _confirm_ownership(self) -> None:
         """Before recovery deletes anything or stops the run: commit the group's position again

@@ -405,3 +405,32 @@ def test_kill_at_point_in_the_bucketed_layout(
     args = (*BUCKETED, *static_member())
     kind = f"kill at point, bucketed layout (5 shuffled hours), {len(BUCKETED_BAD)} bad records"
     crash_then_prove(stack, stack_s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
+
+
+def test_a_kill_after_the_last_marker_of_a_roll_of_two_bucket_files_then_two_restarts(
+    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path
+) -> None:
+    """The run's last roll closes two bucket files: the first one's re-commit says "staged" (the
+    other is still open), and the kill comes after the second one's marker, before its re-commit.
+    The first restart finishes that roll from its marker with nothing new to read. The second
+    restart stopped (status 5), taking the files for ones deleted from _staging/, because the note
+    still said "staged"; the first restart now commits the position again saying "rolled"."""
+    topic = unique("crash-last-roll")
+    expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 300, 1, {}, spread_hours=2)
+    group = unique("g")
+    out = f"s3://{stack_s3.bucket}/{unique_prefix.rstrip('/')}"
+    env = {"S3_ENDPOINT_URL": stack_s3.endpoint}
+    args = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--max-open-buckets", "3",
+            "--bucket-grace", "2h", *static_member())
+    crashed = run_consumer(topic, group, out, *args, env={**env, "CONSUMER_FAULT": "after_marker_put:2"})
+    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr[-3000:]
+    finished = run_consumer(topic, group, out, *args, env=env)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert '"finished_rolls": 1' in finished.stderr, finished.stderr[-3000:]
+    proven(
+        lambda: finish_and_prove(s3=stack_s3.client(), bucket=stack_s3.bucket, prefix=unique_prefix,
+                                 bootstrap=stack.kafka_bootstrap, group=group, expected=expected,
+                                 tmp=tmp_path, args=args, env=env),
+        "after_marker_put:2 → restart → restart",
+        "kill after the last marker of a roll of two bucket files, bucketed layout (2 hours)",
+    )

@@ -742,6 +742,12 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
                 ("s3_lost_reply", 0, 7), ("reset", 0, 0), ("reset", 0, 0), ("move", 0, 0), ("join", 0, 0),
                 ("s3_lost_reply", 0, 5), ("move", 0, 0), ("retention", 2, 2), ("login_refused", 3, 0)],
          layout="plain")
+# A roll of two bucket files at 5: the first's re-commit said "staged" (the other was open), the
+# second's was refused. Recovery finished that roll from its marker; the note still said "staged",
+# and the next recovery stopped, taking the other file for one deleted. It now says "rolled" again.
+@example(steps=[("produce", 0, 1), ("produce", 0, 1), ("produce", 1, 6), ("produce", 0, 1),
+                ("reconfigure", 0, 16), ("delete_staged", 0, 0), ("commit_fails", 1, 2),
+                ("reset_back", 0, 0)], layout="bucketed")
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
