@@ -471,6 +471,7 @@ class PartitionWorker:
         self._finish_planned(plan.finish, etags)
         self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
         self._note_staged_gone(plan)
+        self._note_every_file_rolled(committed, plan, staged_here)
         resumed = None
         if plan.resume:
             resumed = self._resume(plan.resume, etags).start
@@ -1028,17 +1029,25 @@ class PartitionWorker:
         if plan.staged_gone and plan.position is not None:
             self.positions.commit(self.topic, self.partition, plan.position, self._note(ROLLED))
 
-    def _note_every_file_rolled(self, committed: int | None, plan: BucketedPlan, staged_here: bool) -> None:
-        """Under --partition-by a roll's re-commit says "staged" while other bucket files stay
-        open, and the last one's says "rolled". When that last re-commit failed (a commit refused,
-        its reply lost) and this recovery finished the roll from its marker, the note still said
-        "staged" with every file final: the next recovery took the rolled files for ones rolled
-        while others stayed open and stopped (status 5), saying those were deleted (found by
-        tests/unit/test_group_history.py). Commit the position again saying "rolled", as the roll
-        would have, once the rolls are done (a crash before it leaves that stop, never a loss)."""
-        buckets = plan.buckets.values()
+    def _note_every_file_rolled(self, committed: int | None, plan: RecoveryPlan | BucketedPlan,
+                                staged_here: bool) -> None:
+        """A roll's re-commit says "rolled" (under --partition-by: "staged" while other bucket
+        files stay open, "rolled" after the last one). When that re-commit never happened (a kill
+        after the roll's marker, a commit refused) and this recovery finished the roll from its
+        marker, the note still said "staged" with every file final. Under --partition-by the next
+        recovery took the rolled files for ones rolled while others stayed open and stopped
+        (status 5), saying those were deleted (found by tests/unit/test_group_history.py, then by
+        one kill on the stack); in either layout a lifecycle rule expiring those final files made
+        it stop, saying their records were in no file. Commit the position again saying "rolled",
+        as the roll would have, once the rolls are done (a crash before it leaves those stops,
+        never a loss)."""
+        if isinstance(plan, BucketedPlan):
+            finished = any(b.finish for b in plan.buckets.values())
+            resumed = any(b.resume for b in plan.buckets.values())
+        else:
+            finished, resumed = bool(plan.finish), bool(plan.resume)
         if (staged_here and committed is not None and plan.position == committed and not plan.staged_gone
-                and any(b.finish for b in buckets) and not any(b.resume for b in buckets)):
+                and finished and not resumed):
             self.positions.commit(self.topic, self.partition, committed, self._note(ROLLED))
 
     def _confirm_ownership(self) -> None:

@@ -407,30 +407,46 @@ def test_kill_at_point_in_the_bucketed_layout(
     crash_then_prove(stack, stack_s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
 
 
-def test_a_kill_after_the_last_marker_of_a_roll_of_two_bucket_files_then_two_restarts(
-    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path
+
+@pytest.mark.parametrize(("layout", "point"),
+                         [("plain", "after_marker_put:1"), ("bucketed", "after_marker_put:2")])
+def test_a_kill_after_the_last_marker_of_a_roll_then_two_restarts(
+    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path, layout: str, point: str
 ) -> None:
-    """The run's last roll closes two bucket files: the first one's re-commit says "staged" (the
-    other is still open), and the kill comes after the second one's marker, before its re-commit.
-    The first restart finishes that roll from its marker with nothing new to read. The second
-    restart stopped (status 5), taking the files for ones deleted from _staging/, because the note
-    still said "staged"; the first restart now commits the position again saying "rolled"."""
+    """The run's last roll is killed after its (last) marker, before its re-commit. Under
+    --partition-by it closes two bucket files, and the first one's re-commit says "staged" (the
+    other is still open). The first restart finishes that roll from its marker, with nothing new to
+    read. The second restart stopped (status 5) on the "staged" note left: under --partition-by
+    taking the files for ones deleted from _staging/ (at once), in the plain layout once a lifecycle
+    rule had expired the final file and its name (here: deleted between the restarts), saying its
+    records were in no file. The first restart now commits the position again saying "rolled"."""
     topic = unique("crash-last-roll")
-    expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 300, 1, {}, spread_hours=2)
+    expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 300, 1, {},
+                                spread_hours=2 if layout == "bucketed" else 0)
     group = unique("g")
     out = f"s3://{stack_s3.bucket}/{unique_prefix.rstrip('/')}"
     env = {"S3_ENDPOINT_URL": stack_s3.endpoint}
-    args = ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--max-open-buckets", "3",
-            "--bucket-grace", "2h", *static_member())
-    crashed = run_consumer(topic, group, out, *args, env={**env, "CONSUMER_FAULT": "after_marker_put:2"})
+    args = (("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--max-open-buckets", "3",
+             "--bucket-grace", "2h") if layout == "bucketed" else ()) + static_member()
+    crashed = run_consumer(topic, group, out, *args, env={**env, "CONSUMER_FAULT": point})
     assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr[-3000:]
     finished = run_consumer(topic, group, out, *args, env=env)
     assert finished.returncode == 0, finished.stderr[-3000:]
     assert '"finished_rolls": 1' in finished.stderr, finished.stderr[-3000:]
-    proven(
-        lambda: finish_and_prove(s3=stack_s3.client(), bucket=stack_s3.bucket, prefix=unique_prefix,
-                                 bootstrap=stack.kafka_bootstrap, group=group, expected=expected,
-                                 tmp=tmp_path, args=args, env=env),
-        "after_marker_put:2 → restart → restart",
-        "kill after the last marker of a roll of two bucket files, bucketed layout (2 hours)",
-    )
+    if layout == "bucketed":
+        proven(
+            lambda: finish_and_prove(s3=stack_s3.client(), bucket=stack_s3.bucket, prefix=unique_prefix,
+                                     bootstrap=stack.kafka_bootstrap, group=group, expected=expected,
+                                     tmp=tmp_path, args=args, env=env),
+            f"{point} → restart → restart",
+            "kill after the last marker of a roll of two bucket files, bucketed layout (2 hours)",
+        )
+        return
+    s3 = stack_s3.client()
+    assert len(final_keys(s3, stack_s3.bucket, unique_prefix)) == 1
+    expired = [k for k, _size in list_keys(s3, stack_s3.bucket, unique_prefix) if "/_staging/" not in k]
+    s3.delete_objects(Bucket=stack_s3.bucket, Delete={"Objects": [{"Key": k} for k in expired]})
+    again = run_consumer(topic, group, out, *args, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert committed_positions(stack.kafka_bootstrap, group, topic, 1) == {0: 300}
+    assert list_keys(s3, stack_s3.bucket, unique_prefix) == [], "nothing written again"
