@@ -408,45 +408,74 @@ def test_kill_at_point_in_the_bucketed_layout(
 
 
 
-@pytest.mark.parametrize(("layout", "point"),
-                         [("plain", "after_marker_put:1"), ("bucketed", "after_marker_put:2")])
-def test_a_kill_after_the_last_marker_of_a_roll_then_two_restarts(
-    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path, layout: str, point: str
-) -> None:
-    """The run's last roll is killed after its (last) marker, before its re-commit. Under
-    --partition-by it closes two bucket files, and the first one's re-commit says "staged" (the
-    other is still open). The first restart finishes that roll from its marker, with nothing new to
-    read. The second restart stopped (status 5) on the "staged" note left: under --partition-by
-    taking the files for ones deleted from _staging/ (at once), in the plain layout once a lifecycle
-    rule had expired the final file and its name (here: deleted between the restarts), saying its
-    records were in no file. The first restart now commits the position again saying "rolled"."""
+
+# -- a kill in the run's last roll, then two restarts ---------------------------------------------
+# One partition, default budgets: the only roll is the last one, when the run has caught up (under
+# --partition-by, of two bucket files: records in two shuffled hours). The first restart finishes
+# what the kill left with nothing new to read, and the second one must find what a roll leaves.
+LAST_ROLL_ARGS = {
+    "plain": (),
+    "bucketed": ("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--max-open-buckets", "3",
+                 "--bucket-grace", "2h"),
+}
+LAST_ROLL_CASES = [
+    pytest.param(layout, f"{point}:{nth}", id=f"{layout}-{point}-{nth}")
+    for layout, nths in (("plain", 1), ("bucketed", 2))
+    for point in ("after_marker_put", "after_final_put", "after_piece_delete")
+    for nth in range(1, nths + 1)
+] + [pytest.param(layout, "during_shutdown:1", id=f"{layout}-during_shutdown-1") for layout in LAST_ROLL_ARGS]
+
+
+def _kill_in_the_last_roll(stack: Any, server: S3Server, prefix: str, layout: str,
+                           point: str) -> tuple[Expected, str, str, dict[str, str], tuple[str, ...]]:
+    """300 records on one partition, a run killed at ``point``, and a restart that must exit 0:
+    (expected, group, output, env, args)."""
     topic = unique("crash-last-roll")
     expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 300, 1, {},
                                 spread_hours=2 if layout == "bucketed" else 0)
     group = unique("g")
-    out = f"s3://{stack_s3.bucket}/{unique_prefix.rstrip('/')}"
-    env = {"S3_ENDPOINT_URL": stack_s3.endpoint}
-    args = (("--partition-by", "dt={@timestamp:%Y-%m-%d}/hr={@timestamp:%H}", "--max-open-buckets", "3",
-             "--bucket-grace", "2h") if layout == "bucketed" else ()) + static_member()
+    out = f"s3://{server.bucket}/{prefix.rstrip('/')}"
+    env = {"S3_ENDPOINT_URL": server.endpoint}
+    args = (*LAST_ROLL_ARGS[layout], *static_member())
     crashed = run_consumer(topic, group, out, *args, env={**env, "CONSUMER_FAULT": point})
-    assert crashed.returncode == FAULT_EXIT_CODE, crashed.stderr[-3000:]
-    finished = run_consumer(topic, group, out, *args, env=env)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    assert '"finished_rolls": 1' in finished.stderr, finished.stderr[-3000:]
-    if layout == "bucketed":
-        proven(
-            lambda: finish_and_prove(s3=stack_s3.client(), bucket=stack_s3.bucket, prefix=unique_prefix,
-                                     bootstrap=stack.kafka_bootstrap, group=group, expected=expected,
-                                     tmp=tmp_path, args=args, env=env),
-            f"{point} → restart → restart",
-            "kill after the last marker of a roll of two bucket files, bucketed layout (2 hours)",
-        )
-        return
+    assert crashed.returncode == FAULT_EXIT_CODE, f"{point} not reached:\n{crashed.stderr[-3000:]}"
+    restarted = run_consumer(topic, group, out, *args, env=env)
+    assert restarted.returncode == 0, restarted.stderr[-3000:]
+    return expected, group, out, env, args
+
+
+@pytest.mark.parametrize(("layout", "point"), LAST_ROLL_CASES)
+def test_a_kill_in_the_last_roll_then_two_restarts(
+    stack: Any, stack_s3: S3Server, unique_prefix: str, tmp_path: Path, layout: str, point: str
+) -> None:
+    """Killed after the last marker of a roll of two bucket files (before its re-commit, while the
+    first one's said "staged": the other was still open), the first restart finished the roll from
+    its marker and left that note; the second restart stopped (status 5), taking the files for ones
+    deleted from _staging/. Every point of the last roll is now proven after two restarts."""
+    expected, group, _out, env, args = _kill_in_the_last_roll(stack, stack_s3, unique_prefix, layout, point)
+    proven(
+        lambda: finish_and_prove(s3=stack_s3.client(), bucket=stack_s3.bucket, prefix=unique_prefix,
+                                 bootstrap=stack.kafka_bootstrap, group=group, expected=expected,
+                                 tmp=tmp_path, args=args, env=env),
+        f"{point} → restart → restart",
+        f"kill in the last roll, {layout} layout" + (" (2 hours)" if layout == "bucketed" else ""),
+    )
+
+
+def test_a_kill_after_the_last_marker_then_output_expired_between_two_restarts(
+    stack: Any, stack_s3: S3Server, unique_prefix: str
+) -> None:
+    """Plain layout: killed after the roll's marker, before its re-commit; the first restart
+    finished the roll and left the flush's "staged" note. A lifecycle rule then expired the final
+    file and its name (here: deleted between the restarts), and the second restart stopped
+    (status 5), saying the records were in no file. Expired output is no loss: it goes on."""
+    expected, group, out, env, args = _kill_in_the_last_roll(stack, stack_s3, unique_prefix, "plain",
+                                                             "after_marker_put:1")
     s3 = stack_s3.client()
     assert len(final_keys(s3, stack_s3.bucket, unique_prefix)) == 1
     expired = [k for k, _size in list_keys(s3, stack_s3.bucket, unique_prefix) if "/_staging/" not in k]
     s3.delete_objects(Bucket=stack_s3.bucket, Delete={"Objects": [{"Key": k} for k in expired]})
-    again = run_consumer(topic, group, out, *args, env=env)
+    again = run_consumer(expected.topic, group, out, *args, env=env)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert committed_positions(stack.kafka_bootstrap, group, topic, 1) == {0: 300}
+    assert committed_positions(stack.kafka_bootstrap, group, expected.topic, 1) == {0: 300}
     assert list_keys(s3, stack_s3.bucket, unique_prefix) == [], "nothing written again"
