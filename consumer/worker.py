@@ -470,8 +470,7 @@ class PartitionWorker:
         )
         self._finish_planned(plan.finish, etags)
         self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
-        self._note_staged_gone(plan)
-        self._note_every_file_rolled(committed, plan, staged_here)
+        self._note_rolled_after_recovery(committed, plan, staged_here)
         resumed = None
         if plan.resume:
             resumed = self._resume(plan.resume, etags).start
@@ -814,8 +813,7 @@ class PartitionWorker:
         # stop's remedy), which a "staged" note would undo at the next recovery.
         self._note_a_position_without_one(committed, plan.position,
                                           any(b.resume for b in plan.buckets.values()), bool(gone))
-        self._note_staged_gone(plan)
-        self._note_every_file_rolled(committed, plan, staged_here)
+        self._note_rolled_after_recovery(committed, plan, staged_here)
         for _bucket, bplan in sorted(plan.buckets.items()):
             if bplan.resume:
                 self._resume(bplan.resume, etags)
@@ -1020,35 +1018,32 @@ class PartitionWorker:
             self._keep_a_move(committed, None)
         self.positions.commit(self.topic, self.partition, committed, self._note(held))
 
-    def _note_staged_gone(self, plan: RecoveryPlan | BucketedPlan) -> None:
-        """Commit the position again saying "rolled" when the plan found its "staged" note no
-        longer holds (``staged_gone``: dead letters hold what the deleted pieces covered), once
-        the rolls it finishes are done: the next recovery then reads the rows below as final files
-        and dead letters, and a lifecycle rule expiring those is not a stop (found by
-        tests/unit/test_group_history.py)."""
-        if plan.staged_gone and plan.position is not None:
-            self.positions.commit(self.topic, self.partition, plan.position, self._note(ROLLED))
+    def _note_rolled_after_recovery(self, committed: int | None, plan: RecoveryPlan | BucketedPlan,
+                                    staged_here: bool) -> None:
+        """Commit the position again saying "rolled" once the rolls the plan finishes are done,
+        where its "staged" note no longer holds (one commit, only then; a crash before it leaves a
+        stop at the next recovery, never a loss):
 
-    def _note_every_file_rolled(self, committed: int | None, plan: RecoveryPlan | BucketedPlan,
-                                staged_here: bool) -> None:
-        """A roll's re-commit says "rolled" (under --partition-by: "staged" while other bucket
-        files stay open, "rolled" after the last one). When that re-commit never happened (a kill
-        after the roll's marker, a commit refused) and this recovery finished the roll from its
-        marker, the note still said "staged" with every file final. Under --partition-by the next
-        recovery took the rolled files for ones rolled while others stayed open and stopped
-        (status 5), saying those were deleted (found by tests/unit/test_group_history.py, then by
-        one kill on the stack); in either layout a lifecycle rule expiring those final files made
-        it stop, saying their records were in no file. Commit the position again saying "rolled",
-        as the roll would have, once the rolls are done (a crash before it leaves those stops,
-        never a loss)."""
+        - ``staged_gone``: dead letters hold what the deleted pieces covered. The next recovery
+          then reads the rows below as final files and dead letters, and a lifecycle rule
+          expiring those is not a stop (found by tests/unit/test_group_history.py).
+        - The plan finished rolls and resumes no file: the roll's own re-commit never happened (a
+          kill after its marker, a commit refused; under --partition-by, the last bucket file's,
+          after the others' said "staged" while it was open). Under --partition-by the next
+          recovery took the rolled files for ones rolled while others stayed open, and stopped
+          (status 5) saying those were deleted (found by tests/unit/test_group_history.py, then by
+          one kill on the stack); in either layout a lifecycle rule expiring the final files made
+          it stop, saying their records were in no file."""
+        if plan.position is None:
+            return
         if isinstance(plan, BucketedPlan):
             finished = any(b.finish for b in plan.buckets.values())
             resumed = any(b.resume for b in plan.buckets.values())
         else:
             finished, resumed = bool(plan.finish), bool(plan.resume)
-        if (staged_here and committed is not None and plan.position == committed and not plan.staged_gone
-                and finished and not resumed):
-            self.positions.commit(self.topic, self.partition, committed, self._note(ROLLED))
+        rolled = staged_here and plan.position == committed and finished and not resumed
+        if plan.staged_gone or rolled:
+            self.positions.commit(self.topic, self.partition, plan.position, self._note(ROLLED))
 
     def _confirm_ownership(self) -> None:
         """Before recovery deletes anything or stops the run: commit the group's position again
