@@ -643,7 +643,13 @@ class PartitionWorker:
         ``consumer finish`` of that output checks its open files as the group's recovery would
         have, with that note (a bucket file deleted whole is then seen). Read and
         written as :meth:`_held_where_the_group_moved` reads: in this bucket or, through
-        ``shared.store_of``, in another; when it cannot be written, said once, and the move goes on."""
+        ``shared.store_of``, in another. When it cannot be written (access denied, a bucket gone),
+        said once, and the move goes on. An error that may pass (S3 unavailable, retries
+        exhausted) stops the recovery instead, before the group's note names this output, so that
+        the next one writes it: the move went on without it, a clean-up then deleted the open file
+        left there, and ``consumer finish`` of that output, with nothing to say it held rows,
+        found nothing to finish; their records were in no file (found by
+        tests/unit/test_group_history.py)."""
         other = self._other_output(output)
         if other is None:
             return
@@ -653,6 +659,8 @@ class PartitionWorker:
             other[0]().put_if_absent(other[1].moved_key(self.topic, self.partition, position, AWAY),
                                      json.dumps(body).encode())
         except StorageError as exc:
+            if isinstance(exc, TransientStorageError):
+                raise
             self.log.warning(
                 "the output the group moved from could not be told so: should the group's offsets "
                 "expire, a run of that output would export again what this one holds; give this "

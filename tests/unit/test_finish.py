@@ -23,14 +23,14 @@ from structlog.testing import capture_logs
 
 from consumer.config import Config
 from consumer.decoding import Decoder, load_schema
-from consumer.errors import EXIT_CONFIG, EXIT_FATAL, EXIT_OK
+from consumer.errors import EXIT_CONFIG, EXIT_FATAL, EXIT_OK, EXIT_STORAGE
 from consumer.finish import FinishRunner, staged_ends
 from consumer.layout import Layout, PieceRef, RollMarker, staged_of
 from consumer.positions import same_output
 from consumer.recovery import cut_at, held_in_both, holds_all
 from consumer.runner import GroupRunner
 from consumer.samples import encode_raw, make_record, parsed_schema
-from consumer.storage import FatalStorageError, ObjectInfo
+from consumer.storage import FatalStorageError, ObjectInfo, TransientStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryStore, at_consume, crash_at_request
 from consumer.verify import VerifyError, verify
 from consumer.worker import OtherOutputListings, OutputListing
@@ -653,6 +653,31 @@ def test_a_move_whose_old_output_cannot_be_written_says_so_and_goes_on() -> None
     assert sorted((e["partition"], e["moved_from"], "AccessDenied" in e["error"]) for e in said) == [
         (p, "s3://bucket/out", True) for p in range(PARTITIONS)], said
     assert not [k for k in store.objects if "/_moved/" in k]
+    assert [broker.committed_note("g", "t", p) for p in range(PARTITIONS)] == [
+        "kafka-parquet-consumer/1 unstaged s3://other/new"] * PARTITIONS
+
+
+def test_a_move_whose_old_output_s3_fails_to_mark_stops_and_the_next_run_marks_it() -> None:
+    """S3 unavailable (retries exhausted) when the new output's first recovery tells the old one,
+    in another bucket, of the move: the mark is all that says the old output's open files held rows
+    once the group's note names the new output (a clean-up of them went unseen by ``consumer
+    finish``, which then found nothing to finish). The recovery stops with S3's status, its note
+    still naming the old output; the next run writes the mark and goes on."""
+    broker, store, _old, _new = _every_record_in_open_files(None)
+    moved_store = MemoryStore()
+    store.fail_next("put_if_absent", TransientStorageError("injected: S3 kept failing (retries exhausted)"))
+
+    def run() -> int:
+        return GroupRunner(_config(output="s3://other/new", until_caught_up=True), store=moved_store,
+                           decoder=_decoder(), consumer_factory=broker.consumer_factory(),
+                           store_of=lambda _bucket: store).run()
+
+    assert run() == EXIT_STORAGE
+    notes = [broker.committed_note("g", "t", p) for p in range(PARTITIONS)]
+    assert "kafka-parquet-consumer/1 staged s3://bucket/out" in notes, notes
+    assert run() == EXIT_OK
+    marks = [k for k in store.objects if k.startswith("out/_moved/") and k.endswith(".away")]
+    assert len(marks) == PARTITIONS, marks
     assert [broker.committed_note("g", "t", p) for p in range(PARTITIONS)] == [
         "kafka-parquet-consumer/1 unstaged s3://other/new"] * PARTITIONS
 
