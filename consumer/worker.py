@@ -660,7 +660,14 @@ class PartitionWorker:
                                      json.dumps(body).encode())
         except StorageError as exc:
             if isinstance(exc, TransientStorageError):
-                raise
+                raise TransientStorageError(
+                    f"{self.where}: the group moved here from {output} at {position}, and that output "
+                    f"could not be told so ({exc}). The group's position still names that output, "
+                    "and the next run tells it first. Should it stay unreachable for good, moving the "
+                    f"group's offset by hand (kafka-consumer-groups --reset-offsets --to-offset {position}) "
+                    "moves on without telling it: run `consumer finish` of it first if it still holds "
+                    "open files."
+                ) from exc
             self.log.warning(
                 "the output the group moved from could not be told so: should the group's offsets "
                 "expire, a run of that output would export again what this one holds; give this "

@@ -672,7 +672,10 @@ def test_a_move_whose_old_output_s3_fails_to_mark_stops_and_the_next_run_marks_i
                            decoder=_decoder(), consumer_factory=broker.consumer_factory(),
                            store_of=lambda _bucket: store).run()
 
-    assert run() == EXIT_STORAGE
+    with capture_logs() as logs:
+        assert run() == EXIT_STORAGE
+    said = " ".join(str(e.get("error", "")) for e in logs)
+    assert "moved here from s3://bucket/out at" in said and "--reset-offsets" in said, logs
     notes = [broker.committed_note("g", "t", p) for p in range(PARTITIONS)]
     assert "kafka-parquet-consumer/1 staged s3://bucket/out" in notes, notes
     assert run() == EXIT_OK
