@@ -499,7 +499,9 @@ class PartitionWorker:
         (consumer.recovery.cut_at), below the committed position. The other output is read (one
         listing of its topic folder and staging, a footer of each final file that starts low
         enough) in this bucket or, through ``shared.store_of``, in another; when it cannot be,
-        nothing is left out (and a failed read says that both outputs may then hold those rows)."""
+        nothing is left out (and a failed read says that both outputs may then hold those rows).
+        An error that may pass (S3 unavailable, retries exhausted) stops the recovery instead, with
+        nothing changed, rather than keep rows the other output may hold as well."""
         note = parse_note(self.positions.note(self.topic, self.partition))
         if committed is None or note is None or not pieces or same_output(note.output, self.shared.output):
             return []
@@ -513,6 +515,12 @@ class PartitionWorker:
                 note.output, self.topic, lambda: OutputListing.of(store, layout, self.topic))
             held = held_ranges(store, layout, self.topic, {self.partition: end}, listing)[self.partition]
         except StorageError as exc:
+            if isinstance(exc, TransientStorageError):
+                raise TransientStorageError(
+                    f"{self.where}: the group comes back here from {note.output}, which could not be "
+                    f"read ({exc}): what it holds of the rows staged here is not known yet. Nothing "
+                    "was changed; the next run reads it first."
+                ) from exc
             self.log.warning(
                 "the output the group moved to could not be read: every staged row here is kept, so "
                 "rows the group wrote there as well may be in both outputs; give this consumer "

@@ -299,6 +299,43 @@ def test_a_run_back_that_cannot_read_the_other_bucket_keeps_every_staged_row_and
     assert both == {0: sorted([*range(PER_PARTITION + 10), *twice]), 1: list(range(PER_PARTITION + 10))}
 
 
+def test_a_run_back_whose_other_bucket_s3_fails_to_list_stops_then_leaves_out_its_rows() -> None:
+    """The same run back, but the other bucket's listing fails with an error that may pass (S3
+    unavailable, retries exhausted). Keeping every staged row then put the uncommitted piece's
+    records in both outputs, for an outage. The run back stops with S3's status and changes
+    nothing; the next one reads the other output and each record is in one of the two."""
+    broker, store, moved_store = _broker(), MemoryStore(), MemoryStore()
+    old = _config()
+    runner = GroupRunner(old, store=store, decoder=_decoder(), consumer_factory=broker.consumer_factory())
+    at_consume(runner.consumer, {6: runner.request_stop})
+    assert runner.run() == EXIT_OK
+    refs = [Layout("out").parse_staging_key("t", 0, k, 1) for k in _staged(store) if "partition=0/" in k]
+    last = max(p for p in refs if isinstance(p, PieceRef))
+    broker.groups["g"].offsets[("t", 0)] = last.from_pos  # the commit of the last piece was lost
+    _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
+    assert GroupRunner(_config(output="s3://other/new", until_caught_up=True), store=moved_store,
+                       decoder=_decoder(), consumer_factory=broker.consumer_factory()).run() == EXIT_OK
+    moved_store.fail_next("list", TransientStorageError("injected: S3 kept failing (retries exhausted)"),
+                          times=100)
+    before = dict(store.objects)
+
+    def back() -> int:
+        return GroupRunner(_config(until_caught_up=True), store=store, decoder=_decoder(),
+                           consumer_factory=broker.consumer_factory(),
+                           store_of=lambda _bucket: moved_store).run()
+
+    with capture_logs() as logs:
+        assert back() == EXIT_STORAGE
+    said = " ".join(str(e.get("error", "")) for e in logs)
+    assert "comes back here from s3://other/new, which could not be read" in said, logs
+    assert {k: v for k, v in store.objects.items() if "/_moved/" not in k} == {
+        k: v for k, v in before.items() if "/_moved/" not in k}
+    moved_store.disarm()  # S3 is back
+    assert back() == EXIT_OK
+    both = _in_both(_only(store, "out"), _only(moved_store, "new"))
+    assert both == {p: list(range(PER_PARTITION + 10)) for p in range(PARTITIONS)}
+
+
 def test_a_run_back_lists_the_other_output_once_for_all_its_partitions() -> None:
     """Every partition's recovery in an output the group went back to reads the other output's
     ranges; the topic folder there holds all partitions, so one listing serves them all (it was
