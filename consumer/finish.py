@@ -26,7 +26,6 @@ them too, each cut where the other output holds the rest of what is staged here
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -41,11 +40,14 @@ from consumer.side_by_side import recover_all
 from consumer.worker import (
     FINISHING,
     TOPIC_ID_KEY,
+    away_body,
+    bucket_file_final,
     final_end,
     footer_metadata,
     held_ranges,
     held_when_left,
     left_staged,
+    mark_held,
     warn_held_in_both,
 )
 
@@ -292,12 +294,8 @@ class FinishRunner(Runner):
 
     def _final_at(self, tp: TP, file: object) -> bool:
         """Whether the bucket file ``file`` ([bucket, start], as FINISHING names it) of ``tp``
-        is final here: its final file exists and its footer says where it ends."""
-        if not (isinstance(file, list) and len(file) == 2 and isinstance(file[0], str)
-                and isinstance(file[1], int)):
-            return False
-        info = self.store.head(self.layout.final_key(*tp, file[1], file[0]))
-        return info is not None and final_end(self.store, info.key, info.size) is not None
+        is final here (:func:`~consumer.worker.bucket_file_final`)."""
+        return bucket_file_final(self.store, self.layout, *tp, file)
 
     def _mark_made_final(self, tp: TP, at: int) -> None:
         """Say in the ``.away`` object of ``tp`` at ``at`` that the rows below are in final files
@@ -306,19 +304,9 @@ class FinishRunner(Runner):
         self._mark_held(tp, at, ROLLED)
 
     def _mark_held(self, tp: TP, at: int, held: str, **more: object) -> None:
-        """Set ``held`` (and ``more``) in the ``.away`` object of ``tp`` at ``at``: a conditional
-        overwrite (the ETag read); one changed meanwhile is left as it is."""
-        key = self.layout.moved_key(*tp, at, AWAY)
-        info = self.store.head(key)
-        if info is None:
-            return
-        try:
-            body = dict(json.loads(self.store.get(key)))
-        except (FileNotFoundError, ValueError, TypeError):
-            return
-        new = {**body, "held": held, **more}
-        if new != body:
-            self.store.replace_if_match(key, json.dumps(new).encode(), info.etag)
+        """Set ``held`` (and ``more``) in the ``.away`` object of ``tp`` at ``at``
+        (:func:`~consumer.worker.mark_held`)."""
+        mark_held(self.store, self.layout.moved_key(*tp, at, AWAY), held, **more)
 
     def _held_when_left(self, tp: TP, at: int) -> str | None:
         """What the group's note said held the rows below ``at`` when it left this output there."""
@@ -326,11 +314,7 @@ class FinishRunner(Runner):
 
     def _away_body(self, tp: TP, at: int) -> dict[str, object]:
         """The ``.away`` object of ``tp`` at ``at`` ({}: gone or unreadable). One GET."""
-        try:
-            body = json.loads(self.store.get(self.layout.moved_key(*tp, at, AWAY)))
-        except (FileNotFoundError, ValueError):
-            return {}
-        return body if isinstance(body, dict) else {}
+        return away_body(self.store, self.layout.moved_key(*tp, at, AWAY))
 
     def _where_left(self, tp: TP, cut: int, left: int | None) -> int:
         """Where ``tp`` is finished: at ``cut``, or where the group left this output when that was

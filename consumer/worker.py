@@ -583,10 +583,35 @@ class PartitionWorker:
                         and (kind == AWAY or (kind == UNNOTED and at > committed))),
             left_at=newest[0] if left and newest is not None else None,
             left_for=str(said.get("to")) if left and said.get("to") else None,
-            left_staged_at=away[0] if away is not None and left_staged(held_when_left(self.store, away[1]))
-            else None,
+            left_staged_at=away[0] if away is not None and self._still_staged_where_left(away[1]) else None,
             keep=keep,
         )
+
+    def _still_staged_where_left(self, away: str) -> bool:
+        """Whether the ``.away`` object at ``away`` says rows below where the group left are
+        staged here: STAGED, or FINISHING with a bucket file it names not final yet. A run back
+        that finishes those files marks it FINISHING first (:meth:`_mark_finishing_where_left`)."""
+        body = away_body(self.store, away)
+        held, files = body.get("held"), body.get("files")
+        if held == FINISHING and isinstance(files, list) and files:
+            return not all(bucket_file_final(self.store, self.layout, self.topic, self.partition, f)
+                           for f in files)
+        return left_staged(held if isinstance(held, str) else None)
+
+    def _mark_finishing_where_left(self, moved: MovedIn | None, plan: BucketedPlan) -> None:
+        """A run back to an output the group left with bucket files staged here finishes them as
+        a reset forwards (the group's position is past them): say so in the ``.away`` object
+        first (FINISHING, naming the files), as ``consumer finish`` does. Cut short after the
+        rolls (fenced at its next commit, a crash), the next recovery's check of where the group
+        left, with STAGED, found every file rolled at M and none open, and stopped (status 5)
+        saying they were deleted; so did a finish (found by tests/unit/test_group_history.py).
+        Only when the plan resumes no file: with one resumed, STAGED stays true."""
+        if moved is None or moved.left_staged_at is None or any(b.resume for b in plan.buckets.values()):
+            return
+        files = sorted([bucket, fin.file_start] for bucket, b in plan.buckets.items() for fin in b.finish)
+        if files:
+            key = self.layout.moved_key(self.topic, self.partition, moved.left_staged_at, AWAY)
+            mark_held(self.store, key, FINISHING, files=files)
 
     def _keep_a_move_once_checked(self, moved: MovedIn | None, check: Callable[[int], object]) -> None:
         """Keep the move the committed position's note says (:meth:`_moved_in`), in both outputs,
@@ -830,6 +855,7 @@ class PartitionWorker:
             else rolled_writer if plan.commit is not None and plan.commit == high_water else None,
             final_topic_ids=final_topic_ids,
         )
+        self._mark_finishing_where_left(moved, plan)
         for bucket, bplan in sorted(plan.buckets.items()):
             self._finish_planned(bplan.finish, etags, bucket)
         # A file of the flush gone without a note: an operator's reset to go on without it (the
@@ -2440,11 +2466,39 @@ def left_staged(held: str | None) -> bool:
 def held_when_left(store: Any, key: str) -> str | None:
     """What a ``_moved/<M>.away`` object says the group's note said held the rows below M when
     the group left that output (None: unreadable, or written by an earlier version)."""
-    try:
-        held = json.loads(store.get(key)).get("held")
-    except (FileNotFoundError, ValueError, AttributeError):
-        return None
+    held = away_body(store, key).get("held")
     return held if isinstance(held, str) else None
+
+
+def away_body(store: Any, key: str) -> dict[str, object]:
+    """The ``_moved/<M>.away`` object at ``key`` ({}: gone or unreadable). One GET."""
+    try:
+        body = json.loads(store.get(key))
+    except (FileNotFoundError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def mark_held(store: Any, key: str, held: str, **more: object) -> None:
+    """Set ``held`` (and ``more``) in the ``.away`` object at ``key``: a conditional overwrite
+    (the ETag read); one changed meanwhile, or gone, is left as it is."""
+    info = store.head(key)
+    if info is None:
+        return
+    body = away_body(store, key)
+    new = {**body, "held": held, **more}
+    if body and new != body:
+        store.replace_if_match(key, json.dumps(new).encode(), info.etag)
+
+
+def bucket_file_final(store: Any, layout: Layout, topic: str, partition: int, file: object) -> bool:
+    """Whether the bucket file ``file`` ([bucket, start], as a FINISHING ``.away`` names it) is
+    final: its final file exists and its footer says where it ends (a HEAD and a footer read)."""
+    if not (isinstance(file, list) and len(file) == 2 and isinstance(file[0], str)
+            and isinstance(file[1], int)):
+        return False
+    info = store.head(layout.final_key(topic, partition, file[1], file[0]))
+    return info is not None and final_end(store, info.key, info.size) is not None
 
 
 def warn_held_in_both(log: Any, refs: Sequence[PieceRef | RollMarker], held: Ranges, cut: int,

@@ -753,6 +753,14 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
 # to finish: offset 0 in no file. An S3 error that may pass now stops that recovery.
 @example(steps=[("produce", 0, 1), ("move", 0, 0), ("reset", 0, 0), ("s3_error", 0, 8),
                 ("s3_lost_reply", 0, 1), ("read_fails", 0, 1), ("delete_staged", 0, 0)], layout="evolving")
+# A run back to the output the group left with bucket files staged finished them (its position is
+# past them) and was fenced before it deleted the .away saying "staged": the next recovery, and a
+# finish, found every file rolled at M and none open, and stopped. It now says "finishing" first.
+@example(steps=[("produce", 1, 8), ("join", 0, 0), ("move", 0, 0), ("stop", 1, 0), ("produce", 1, 1),
+                ("pause_at_request", 0, 1), ("join", 0, 0), ("turn", 1, 1)], layout="bucketed")
+@example(steps=[("produce", 1, 8), ("join", 0, 0), ("move", 0, 0), ("stop", 1, 0), ("produce", 1, 1),
+                ("pause_at_request", 0, 1), ("join", 0, 0), ("turn", 1, 1), ("read_fails", 0, 2),
+                ("stop", 0, 0)], layout="bucketed")
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
