@@ -35,6 +35,7 @@ from support import (
     unique,
 )
 
+from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
 from consumer.samples import encode_raw, make_record, parsed_schema
 
@@ -1452,6 +1453,38 @@ def moved_with_a_lost_commit(stack: Any, admin: Any, topic: str, group: str, old
     produce(stack.kafka_bootstrap, topic, "page_view", 200, partitions=2, create_topic=False, start=400)
     moved = run_consumer(topic, group, new)
     assert moved.returncode == 0, moved.stderr[-3000:]
+
+
+def test_a_run_back_killed_after_finishing_the_bucket_files_left_staged_goes_on_when_run_again(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Under --partition-by the group leaves an output with two bucket files open (staged), moves
+    to a new one, and comes back past them: the run back finishes them as a reset forwards. Killed
+    after both are final and their pieces deleted, before its commit, it left the old output's
+    ``.away`` saying "staged"; the next run back found every file rolled where the group left and
+    none open, and stopped (status 5), saying they were deleted. It says "finishing" first now,
+    naming the files, and the run again goes on: every offset in exactly one of the two outputs."""
+    topic, group = make_topic(partitions=1), unique("g")
+    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    flags = (*BUCKETED, "--max-open-buckets", "3", "--bucket-grace", "2h")
+    produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=1, create_topic=False, spread_hours=2)
+    committed_into_open_files(topic, group, old, 300, *flags)
+    staged = staging_keys(s3, stack.s3_bucket, unique_prefix + "old")
+    assert len({k.split("/hr=")[1].split("/")[0] for k in staged if "/hr=" in k}) == 2, staged
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1, create_topic=False, start=300,
+            spread_hours=2)
+    moved = run_consumer(topic, group, new, *flags)
+    assert moved.returncode == 0, moved.stderr[-3000:]
+
+    member = ("-X", f"group.instance.id={unique('member')}", "-X", "session.timeout.ms=10000")
+    killed = run_consumer(topic, group, old, *flags, *member, env={"CONSUMER_FAULT": "after_piece_delete:2"})
+    assert killed.returncode == FAULT_EXIT_CODE, killed.stderr[-3000:]
+    assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
+    produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1, create_topic=False, start=400,
+            spread_hours=2)  # something to read: the run again recovers the partition
+    again = run_consumer(topic, group, old, *flags, *member)  # static: it replaces the killed one at once
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path) == {0: list(range(500))}
 
 
 @pytest.mark.parametrize("where", ["same-bucket", "another-bucket"])
