@@ -207,6 +207,7 @@ def plan_recovery(
     gone_final_start: int | None = None,
     moved_in: int | None = None,
     went_on: int | None = None,
+    moved_to: str | None = None,
 ) -> RecoveryPlan:
     """Decide recovery for one partition. Pure: no I/O. Raises :class:`IntegrityError` to stop.
 
@@ -226,7 +227,8 @@ def plan_recovery(
     ``moved_in``: the newest position the group moved to this output at from another one
     (``_moved/``; :func:`below_a_move`); ``went_on``: the newest position the group went on from
     here, moved in or not (a reset's, with no note): with no committed position, adopted when S3
-    holds nothing here past it.
+    holds nothing here past it. ``moved_to``: the output the committed position's note names (a
+    run back here): what lies between a staged file and the position is there, not skipped.
     """
     foreign = other_writer(last_final_writer, group) if last_final_end is not None else None
     finals = set(final_starts)
@@ -316,6 +318,12 @@ def plan_recovery(
                         f"committed position {pos} is past the staged file [{newest}, {end}), and the "
                         f"records [{end}, {pos}) are all in dead letters (the staged pieces of no rows "
                         "their flushes wrote are gone): the file is finished as a final file."
+                    )
+                elif moved_to is not None:
+                    notes.append(
+                        f"committed position {pos} is past the staged file [{newest}, {end}): the group "
+                        f"wrote [{end}, {pos}) to {moved_to} before it came back here. The staged rows "
+                        "are finished as a final file."
                     )
                 else:
                     notes.append(
@@ -815,6 +823,7 @@ def plan_bucketed_recovery(
     group: str | None = None,
     moved_in: int | None = None,
     went_on: int | None = None,
+    moved_to: str | None = None,
 ) -> BucketedPlan:
     """Decide recovery for one partition whose files are split by time bucket. Pure.
 
@@ -861,7 +870,7 @@ def plan_bucketed_recovery(
       where its end is adopted and where a position below it stops the run: two writers share the
       prefix, and no one moved offsets backwards.
     * ``moved_in``, ``went_on``: as in the plain layout (:func:`below_a_move`), adopted when
-      higher than what S3 holds here.
+      higher than what S3 holds here; ``moved_to`` as there.
     """
     foreign = other_writer(rolled_writer, group) if high_water is not None else None
     notes: list[str] = []
@@ -985,7 +994,7 @@ def plan_bucketed_recovery(
         if not kept:
             continue
         plan = plan_recovery(pos, kept, kept_markers, [], starts_final, last_end,
-                             where=f"{where} bucket {bucket}")
+                             where=f"{where} bucket {bucket}", moved_to=moved_to)
         notes += plan.notes
         plans[bucket] = plan
     if staged_here and anchor != pos and high_water == pos:

@@ -454,6 +454,7 @@ class PartitionWorker:
             gone_final_start=gone.start if gone is not None else None,
             moved_in=moved.position if moved is not None else None,
             went_on=moved.went_on if moved is not None else None,
+            moved_to=moved.keep[1] if moved is not None and moved.keep is not None else None,
         )
         if elsewhere or (moved is not None and moved.stale):
             plan = replace(plan, delete=(*plan.delete, *elsewhere, *(moved.stale if moved else ())))
@@ -839,7 +840,8 @@ class PartitionWorker:
                                               committed, pieces, high_water)),
                                       rolled_writer=rolled_writer, group=self.shared.group_id,
                                       moved_in=moved.position if moved is not None else None,
-                                      went_on=moved.went_on if moved is not None else None)
+                                      went_on=moved.went_on if moved is not None else None,
+                                      moved_to=moved.keep[1] if moved is not None and moved.keep else None)
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete) + list(elsewhere)
         deletes += moved.stale if moved is not None else ()
         doomed = set(deletes)

@@ -1479,6 +1479,9 @@ def test_a_run_back_killed_after_finishing_the_bucket_files_left_staged_goes_on_
     member = ("-X", f"group.instance.id={unique('member')}", "-X", "session.timeout.ms=10000")
     killed = run_consumer(topic, group, old, *flags, *member, env={"CONSUMER_FAULT": "after_piece_delete:2"})
     assert killed.returncode == FAULT_EXIT_CODE, killed.stderr[-3000:]
+    assert f"the group wrote [300, 400) to {new} before it came back here" in killed.stderr, \
+        killed.stderr[-3000:]
+    assert "were skipped" not in killed.stderr, killed.stderr[-3000:]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix + "old") == []
     produce(stack.kafka_bootstrap, topic, "page_view", 100, partitions=1, create_topic=False, start=400,
             spread_hours=2)  # something to read: the run again recovers the partition

@@ -92,6 +92,13 @@ def test_forward_reset_finishes_the_staged_file() -> None:
     assert any("moved forward" in n for n in p.notes)
 
 
+def test_a_run_back_past_the_staged_file_says_where_the_rows_between_are_not_that_they_were_skipped() -> None:
+    p = plan_recovery(100, chain(0, 10, 20, 30), [], [], [], None, where="t[0]", moved_to="s3://b/new")
+    assert [(f.file_start, f.end) for f in p.finish] == [(0, 30)]
+    assert [n for n in p.notes if "skipped" in n] == []
+    assert any("the group wrote [30, 100) to s3://b/new before it came back here" in n for n in p.notes)
+
+
 def test_expired_offsets_adopt_the_staged_chain() -> None:
     p = plan(None, chain(40, 50, 60), finals=[0], last_end=40)
     assert p.position == 60 and p.commit == 60 and [x.to_pos for x in p.resume] == [50, 60]
