@@ -459,7 +459,7 @@ class PartitionWorker:
         if elsewhere or (moved is not None and moved.stale):
             plan = replace(plan, delete=(*plan.delete, *elsewhere, *(moved.stale if moved else ())))
         doomed = set(plan.delete)
-        self._begin_plan(
+        adopted_staged = self._begin_plan(
             plan,
             [p for p in pieces if p.key in doomed and p.file_start not in finals
              and (plan.position is None or p.to_pos > plan.position)],
@@ -471,7 +471,7 @@ class PartitionWorker:
         )
         self._finish_planned(plan.finish, etags)
         self._note_a_position_without_one(committed, plan.position, bool(plan.resume))
-        self._note_rolled_after_recovery(committed, plan, staged_here)
+        self._note_rolled_after_recovery(committed, plan, staged_here or adopted_staged)
         resumed = None
         if plan.resume:
             resumed = self._resume(plan.resume, etags).start
@@ -847,7 +847,7 @@ class PartitionWorker:
         doomed = set(deletes)
         # Here a zombie's whole bucket file is deleted too, below the position: check every piece
         # of an open file that goes (a group's own zombie is the group itself).
-        self._begin_plan(
+        adopted_staged = self._begin_plan(
             plan,
             [p for p in pieces
              if p.key in doomed and p.file_start not in finals.get(p.bucket, (set(), None))[0]],
@@ -864,7 +864,7 @@ class PartitionWorker:
         # stop's remedy), which a "staged" note would undo at the next recovery.
         self._note_a_position_without_one(committed, plan.position,
                                           any(b.resume for b in plan.buckets.values()), bool(gone))
-        self._note_rolled_after_recovery(committed, plan, staged_here)
+        self._note_rolled_after_recovery(committed, plan, staged_here or adopted_staged)
         for _bucket, bplan in sorted(plan.buckets.items()):
             if bplan.resume:
                 self._resume(bplan.resume, etags)
@@ -1012,7 +1012,7 @@ class PartitionWorker:
         sources: Sequence[PieceRef] = (),
         final_writer: str | None = None,
         final_topic_ids: Sequence[str | None] = (),
-    ) -> None:
+    ) -> bool:
         """What every recovery plan starts with, in either layout, before it changes anything in
         S3: refuse to continue output read from an earlier topic of the same name, refuse to
         delete what another writer staged, refuse to adopt a position from a group that still
@@ -1020,7 +1020,7 @@ class PartitionWorker:
         crash from here on resumes from it). ``sources``: the staged pieces, of which those ending
         at the adopted position are what it comes from; ``final_writer``: the writer of the final
         file or the dead letters it comes from, if it does; ``final_topic_ids``: the topic ids the
-        newest final files (or dead letters) name."""
+        newest final files (or dead letters) name. True when it committed a "staged" note."""
         self._refuse_another_incarnation(sources, final_topic_ids)
         self._refuse_deleting_foreign_objects(doomed_pieces, doomed_dead_letters, plan.position)
         if plan.commit is not None:
@@ -1029,10 +1029,12 @@ class PartitionWorker:
             )
         for note in plan.notes:
             self.log.warning(note)
-        if plan.commit is not None:
-            held = STAGED if any(p.to_pos == plan.commit for p in sources) else ROLLED
-            self.positions.commit(self.topic, self.partition, plan.commit, self._note(held))
-            self._group_position = plan.commit
+        if plan.commit is None:
+            return False
+        held = STAGED if any(p.to_pos == plan.commit for p in sources) else ROLLED
+        self.positions.commit(self.topic, self.partition, plan.commit, self._note(held))
+        self._group_position = plan.commit
+        return held == STAGED
 
     def _noted(self) -> bool:
         """Whether the committed position carries a note of this consumer for this output."""
@@ -1073,7 +1075,8 @@ class PartitionWorker:
                                     staged_here: bool) -> None:
         """Commit the position again saying "rolled" once the rolls the plan finishes are done,
         where its "staged" note no longer holds (one commit, only then; a crash before it leaves a
-        stop at the next recovery, never a loss):
+        stop at the next recovery, never a loss). ``staged_here``: the note says "staged", as read,
+        or as the plan's adopted position was committed (offsets expired after a kill in a roll):
 
         - ``staged_gone``: dead letters hold what the deleted pieces covered. The next recovery
           then reads the rows below as final files and dead letters, and a lifecycle rule
@@ -1092,7 +1095,8 @@ class PartitionWorker:
             resumed = any(b.resume for b in plan.buckets.values())
         else:
             finished, resumed = bool(plan.finish), bool(plan.resume)
-        rolled = staged_here and plan.position == committed and finished and not resumed
+        here = plan.position == committed or plan.position == plan.commit
+        rolled = staged_here and here and finished and not resumed
         if plan.staged_gone or rolled:
             self.positions.commit(self.topic, self.partition, plan.position, self._note(ROLLED))
 

@@ -426,10 +426,11 @@ LAST_ROLL_CASES = [
 ] + [pytest.param(layout, "during_shutdown:1", id=f"{layout}-during_shutdown-1") for layout in LAST_ROLL_ARGS]
 
 
-def _kill_in_the_last_roll(stack: Any, server: S3Server, prefix: str, layout: str,
-                           point: str) -> tuple[Expected, str, str, dict[str, str], tuple[str, ...]]:
-    """300 records on one partition, a run killed at ``point``, and a restart that must exit 0:
-    (expected, group, output, env, args)."""
+def _kill_in_the_last_roll(stack: Any, server: S3Server, prefix: str, layout: str, point: str,
+                           before_restart: Callable[[str], None] = lambda _group: None,
+                           ) -> tuple[Expected, str, str, dict[str, str], tuple[str, ...]]:
+    """300 records on one partition, a run killed at ``point``, ``before_restart(group)``, and a
+    restart that must exit 0: (expected, group, output, env, args)."""
     topic = unique("crash-last-roll")
     expected = produce_with_bad(stack.kafka_bootstrap, topic, "page_view", 300, 1, {},
                                 spread_hours=2 if layout == "bucketed" else 0)
@@ -439,6 +440,7 @@ def _kill_in_the_last_roll(stack: Any, server: S3Server, prefix: str, layout: st
     args = (*LAST_ROLL_ARGS[layout], *static_member())
     crashed = run_consumer(topic, group, out, *args, env={**env, "CONSUMER_FAULT": point})
     assert crashed.returncode == FAULT_EXIT_CODE, f"{point} not reached:\n{crashed.stderr[-3000:]}"
+    before_restart(group)
     restarted = run_consumer(topic, group, out, *args, env=env)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     return expected, group, out, env, args
@@ -459,6 +461,36 @@ def test_a_kill_in_the_last_roll_then_two_restarts(
                                  tmp=tmp_path, args=args, env=env),
         f"{point} → restart → restart",
         f"kill in the last roll, {layout} layout" + (" (2 hours)" if layout == "bucketed" else ""),
+    )
+
+
+def test_a_kill_after_the_last_marker_then_offsets_expired_then_two_restarts(
+    stack: Any, stack_s3: S3Server, admin: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """Under --partition-by, killed after the last marker of a roll of two bucket files, and the
+    group's offsets expire (deleted here) before the restart. The restart adopts the position from
+    S3 with a "staged" note (pieces end there) and finishes the roll from its marker; the note
+    stayed "staged", and the next restart stopped (status 5), taking the files for ones deleted."""
+
+    def expire_offsets(group: str) -> None:
+        deadline = time.monotonic() + 60  # the killed static member's session expires first
+        while True:
+            try:
+                admin.delete_consumer_groups([group])[group].result(timeout=30)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1)
+
+    expected, group, _out, env, args = _kill_in_the_last_roll(
+        stack, stack_s3, unique_prefix, "bucketed", "after_marker_put:2", expire_offsets)
+    proven(
+        lambda: finish_and_prove(s3=stack_s3.client(), bucket=stack_s3.bucket, prefix=unique_prefix,
+                                 bootstrap=stack.kafka_bootstrap, group=group, expected=expected,
+                                 tmp=tmp_path, args=args, env=env),
+        "after_marker_put:2 → offsets expired → restart → restart",
+        "kill in the last roll, offsets expired, bucketed layout (2 hours)",
     )
 
 
