@@ -454,7 +454,7 @@ class PartitionWorker:
             gone_final_start=gone.start if gone is not None else None,
             moved_in=moved.position if moved is not None else None,
             went_on=moved.went_on if moved is not None else None,
-            moved_to=moved.keep[1] if moved is not None and moved.keep is not None else None,
+            moved_to=moved.moved_to if moved is not None else None,
         )
         if elsewhere or (moved is not None and moved.stale):
             plan = replace(plan, delete=(*plan.delete, *elsewhere, *(moved.stale if moved else ())))
@@ -841,7 +841,7 @@ class PartitionWorker:
                                       rolled_writer=rolled_writer, group=self.shared.group_id,
                                       moved_in=moved.position if moved is not None else None,
                                       went_on=moved.went_on if moved is not None else None,
-                                      moved_to=moved.keep[1] if moved is not None and moved.keep else None)
+                                      moved_to=moved.moved_to if moved is not None else None)
         deletes = [k for b in plan.buckets.values() for k in b.delete] + list(plan.delete) + list(elsewhere)
         deletes += moved.stale if moved is not None else ()
         doomed = set(deletes)
@@ -2407,6 +2407,11 @@ class MovedIn:
     #: the move the committed position's note says, to keep (position, the output the group
     #: came from, what held the rows there): :meth:`PartitionWorker._keep_a_move_once_checked`
     keep: tuple[int, str, str] | None = None
+
+    @property
+    def moved_to(self) -> str | None:
+        """The output the group came from, as :attr:`keep` says (None: no move to keep)."""
+        return self.keep[1] if self.keep is not None else None
 
 
 class OtherOutputListings:

@@ -215,6 +215,12 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
+def static_member() -> tuple[str, ...]:
+    """Static group membership: a restarted process replaces its killed predecessor at once
+    instead of waiting out the session timeout (as production deployments should, too)."""
+    return ("-X", f"group.instance.id={unique('member')}", "-X", "session.timeout.ms=10000")
+
+
 def consumer_cmd(topic: str, group: str, output: str, *extra: str, schema: str = "page_view") -> list[str]:
     cmd = [
         sys.executable,

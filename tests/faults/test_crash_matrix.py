@@ -27,7 +27,7 @@ from checker import (
     proven,
     summary,
 )
-from support import S3Server, final_keys, list_keys, run_consumer, start_consumer, unique
+from support import S3Server, final_keys, list_keys, run_consumer, start_consumer, static_member, unique
 
 from consumer.faults import FAULT_EXIT_CODE
 from consumer.producer import produce
@@ -36,7 +36,6 @@ from consumer.producer import produce
 pytestmark = pytest.mark.shares_stack
 
 
-# (point, occurrence): small budgets so every point is reached several times per run.
 def case(point: str, nth: int, *marks: pytest.MarkDecorator) -> Any:
     return pytest.param(point, nth, id=f"{point}-{nth}", marks=marks)
 
@@ -87,12 +86,6 @@ BAD_CASES = [
     case("during_recovery", 2),
 ]
 SMALL = ("--row-group-rows", "300", "--file-rows", "900", "--batch-size", "250")
-
-
-def static_member() -> tuple[str, ...]:
-    """Static group membership: a restarted process replaces its killed predecessor at once
-    instead of waiting out the session timeout (as production deployments should, too)."""
-    return ("-X", f"group.instance.id={unique('member')}", "-X", "session.timeout.ms=10000")
 
 
 def crash_then_prove(
@@ -405,8 +398,6 @@ def test_kill_at_point_in_the_bucketed_layout(
     args = (*BUCKETED, *static_member())
     kind = f"kill at point, bucketed layout (5 shuffled hours), {len(BUCKETED_BAD)} bad records"
     crash_then_prove(stack, stack_s3, unique_prefix, tmp_path, expected, [f"{point}:{nth}"], args, kind)
-
-
 
 
 # -- a kill in the run's last roll, then two restarts ---------------------------------------------

@@ -34,10 +34,10 @@ from support import (
     dev_stack_impl,
     run_consumer,
     start_consumer,
+    static_member,
     stop_reason,
     unique,
 )
-from test_crash_matrix import static_member
 
 from consumer.cli import settled_heap
 from consumer.producer import produce

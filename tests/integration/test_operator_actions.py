@@ -32,6 +32,7 @@ from support import (
     run_consumer,
     staging_keys,
     start_consumer,
+    static_member,
     unique,
 )
 
@@ -1476,7 +1477,7 @@ def test_a_run_back_killed_after_finishing_the_bucket_files_left_staged_goes_on_
     moved = run_consumer(topic, group, new, *flags)
     assert moved.returncode == 0, moved.stderr[-3000:]
 
-    member = ("-X", f"group.instance.id={unique('member')}", "-X", "session.timeout.ms=10000")
+    member = static_member()
     killed = run_consumer(topic, group, old, *flags, *member, env={"CONSUMER_FAULT": "after_piece_delete:2"})
     assert killed.returncode == FAULT_EXIT_CODE, killed.stderr[-3000:]
     assert f"the group wrote [300, 400) to {new} before it came back here" in killed.stderr, \
