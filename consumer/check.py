@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer import config as cfgmod
+from consumer import group_requests
 from consumer import log as logmod
 from consumer.kafka_names import (
     CERTIFICATE_REFUSED,
@@ -171,9 +172,9 @@ def _group_refused(
 
     try:
         futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(config.group_id)],
-                                                    request_timeout=timeout)
+                                                    request_timeout=group_requests.REQUEST_TIMEOUT)
         for future in futures.values():
-            future.result(timeout=timeout)
+            group_requests.answer(future, timeout)
     except KafkaException as exc:
         err = exc.args[0] if exc.args else None
         if err is not None and hasattr(err, "code"):
@@ -225,9 +226,10 @@ def check_registry(config: cfgmod.Config, timeout: float) -> str:
 def check_group(config: cfgmod.Config, timeout: float) -> str:
     lines = logmod.ClientLines()
     with _admin(config, lines) as admin:
-        futures = admin.describe_consumer_groups([config.group_id], request_timeout=timeout)
+        futures = admin.describe_consumer_groups([config.group_id],
+                                                 request_timeout=group_requests.REQUEST_TIMEOUT)
         try:
-            desc: Any = futures[config.group_id].result(timeout=timeout)
+            desc: Any = group_requests.answer(futures[config.group_id], timeout)
         except Exception as exc:
             raise RuntimeError(lines.explain(exc)) from exc
     members = list(desc.members or [])

@@ -27,12 +27,13 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from itertools import groupby
 from operator import methodcaller
 from typing import Any
 
-from consumer import faults
+from consumer import faults, group_requests
 from consumer import log as logmod
 from consumer.budget import MemoryPlan, batch_messages, fetch_bytes, fetch_response_bytes
 from consumer.config import Config, ConfigError, admin_config
@@ -130,6 +131,7 @@ _TOPIC_GONE = frozenset({-190, UNKNOWN_TOPIC_OR_PART})
 _MISSING_TOPIC_EVERY = 30.0  # seconds between warnings about a subscribed topic that does not exist
 _ORPHAN_LOOK_EVERY = 10.0  # seconds between looks at the group's assignment (static members)
 _ORPHAN_LOOK_BACKOFF = 60.0  # … after a look the cluster did not answer (each may block up to 5 s)
+_DESCRIBE_WAIT = 5.0  # seconds a look at a consumer group waits for the coordinator (Runner._describe)
 
 
 @dataclass
@@ -248,6 +250,9 @@ class Runner:
         #: an AdminClient, made at the first look at a consumer group (:meth:`_describe`)
         self._admin: Any = None
         self._admin_lock = threading.Lock()
+        #: group → its describe request, still in flight or last answered (:meth:`_describe`)
+        self._group_asks: dict[str, Future[Any]] = {}
+        self._group_asks_lock = threading.Lock()
         self.shared.describe_group = describe_group or self._describe_other_group
         #: topic → (when asked, its id): recoveries of one rebalance share one answer
         self._topic_ids: dict[str, tuple[float, str | None]] = {}
@@ -738,10 +743,19 @@ class Runner:
 
     def _describe(self, group: str) -> GroupView:
         """A consumer group as the coordinator sees it, through the AdminClient; raises when it
-        does not answer."""
+        does not answer within ``_DESCRIBE_WAIT``. librdkafka never times the request out itself
+        (that can crash the process: consumer.group_requests); one still unanswered is waited for
+        again instead of sending another, so a coordinator that does not answer holds one request
+        per group."""
         from confluent_kafka import ConsumerGroupState
 
-        desc = self._admin_client().describe_consumer_groups([group], request_timeout=5.0)[group].result()
+        with self._group_asks_lock:
+            asked = self._group_asks.get(group)
+            if asked is None or asked.done():
+                asked = self._admin_client().describe_consumer_groups(
+                    [group], request_timeout=group_requests.REQUEST_TIMEOUT)[group]
+                self._group_asks[group] = asked
+        desc = group_requests.answer(asked, _DESCRIBE_WAIT)
         return GroupView(
             stable=desc.state == ConsumerGroupState.STABLE,
             members={
