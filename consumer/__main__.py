@@ -14,6 +14,8 @@ objects that lived the whole process are left to the process's exit.
 
 A crash in native code (librdkafka, pyarrow, the decoder) prints every thread's Python stack to
 stderr (:mod:`faulthandler`) before the process dies, so a status of -11 says where it happened.
+Not on librdkafka's own threads: they block every signal, and a fault there ends the process at
+once with nothing printed (consumer.group_requests has the one such crash seen).
 """
 
 from __future__ import annotations
