@@ -215,6 +215,16 @@ def unique(name: str) -> str:
     return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
+def describe_group(admin: Any, group: str, wait: float = 30.0) -> Any:
+    """A consumer group as its coordinator describes it, waited for up to ``wait`` seconds; sent so
+    that librdkafka never times the request out itself (consumer/group_requests.py: that can crash
+    the process, here a test's worker)."""
+    from consumer import group_requests
+
+    asked = admin.describe_consumer_groups([group], request_timeout=group_requests.REQUEST_TIMEOUT)
+    return group_requests.answer(asked[group], wait)
+
+
 def static_member() -> tuple[str, ...]:
     """Static group membership: a restarted process replaces its killed predecessor at once
     instead of waiting out the session timeout (as production deployments should, too)."""

@@ -17,6 +17,7 @@ from support import (
     REPO,
     assert_exported_exactly_once,
     consumer_cmd,
+    describe_group,
     kafka_conf,
     log_events,
     member_starts,
@@ -38,7 +39,7 @@ def _members(bootstrap: str, group: str) -> dict[str, tuple[str, list[int]]]:
     them. A killed member stays listed, with its partitions, until its session expires: only a
     new member id tells its successor from it."""
     admin = AdminClient(kafka_conf({"bootstrap.servers": bootstrap}))
-    desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+    desc = describe_group(admin, group, 10)
     out = {}
     for m in desc.members:
         partitions = sorted(p.partition for p in m.assignment.topic_partitions)

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from support import (
     REPO,
     count,
+    describe_group,
     download_finals,
     final_keys,
     kafka_conf,
@@ -1039,7 +1040,7 @@ def test_a_second_group_waits_out_a_stopped_static_member_of_the_first(
     assert res.returncode == 5, res.stderr[-3000:]
     assert "its static members, and any member that crashed, leave the group when their session " \
            "times out" in res.stderr
-    while admin.describe_consumer_groups([old])[old].result(timeout=30).members:
+    while describe_group(admin, old).members:
         assert time.monotonic() - stopped_at < 60, "the static member's session did not expire"
         time.sleep(1)
     res = run_consumer(topic, new, out)
@@ -1066,7 +1067,7 @@ def test_a_second_group_waits_out_a_crashed_member_of_the_first(
     )
     running.stop(signal.SIGKILL)
     killed_at = time.monotonic()
-    assert admin.describe_consumer_groups([old])[old].result(timeout=30).members, "no member left behind"
+    assert describe_group(admin, old).members, "no member left behind"
     staged_before = staging_keys(s3, stack.s3_bucket, unique_prefix)
     res = run_consumer(topic, new, out, timeout=120)
     assert res.returncode == 5, res.stderr[-3000:]
@@ -1074,7 +1075,7 @@ def test_a_second_group_waits_out_a_crashed_member_of_the_first(
     assert "any member that crashed, leave the group when their session times out" in res.stderr
     assert committed(stack.kafka_bootstrap, new, topic) == [-1001]
     assert staging_keys(s3, stack.s3_bucket, unique_prefix) == staged_before
-    while admin.describe_consumer_groups([old])[old].result(timeout=30).members:
+    while describe_group(admin, old).members:
         assert time.monotonic() - killed_at < 60, "the crashed member's session did not expire"
         time.sleep(1)
     res = run_consumer(topic, new, out)

@@ -19,6 +19,7 @@ from support import (
     REPO,
     assert_exported_exactly_once,
     consumer_cmd,
+    describe_group,
     kafka_conf,
     log_events,
     note_log,
@@ -69,7 +70,7 @@ def _unowned(stack: Any, group: str, topic: str) -> set[int]:
     from confluent_kafka.admin import AdminClient
 
     admin = AdminClient(kafka_conf({"bootstrap.servers": stack.kafka_bootstrap}))
-    desc = admin.describe_consumer_groups([group], request_timeout=10)[group].result()
+    desc = describe_group(admin, group)
     owned = {tp.partition for m in desc.members for tp in m.assignment.topic_partitions if tp.topic == topic}
     return set(range(4)) - owned
 
