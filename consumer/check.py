@@ -226,10 +226,9 @@ def check_registry(config: cfgmod.Config, timeout: float) -> str:
 def check_group(config: cfgmod.Config, timeout: float) -> str:
     lines = logmod.ClientLines()
     with _admin(config, lines) as admin:
-        futures = admin.describe_consumer_groups([config.group_id],
-                                                 request_timeout=group_requests.REQUEST_TIMEOUT)
+        asked = group_requests.describe(admin, config.group_id)
         try:
-            desc: Any = group_requests.answer(futures[config.group_id], timeout)
+            desc: Any = group_requests.answer(asked, timeout)
         except Exception as exc:
             raise RuntimeError(lines.explain(exc)) from exc
     members = list(desc.members or [])

@@ -752,8 +752,7 @@ class Runner:
         with self._group_asks_lock:
             asked = self._group_asks.get(group)
             if asked is None or asked.done():
-                asked = self._admin_client().describe_consumer_groups(
-                    [group], request_timeout=group_requests.REQUEST_TIMEOUT)[group]
+                asked = group_requests.describe(self._admin_client(), group)
                 self._group_asks[group] = asked
         desc = group_requests.answer(asked, _DESCRIBE_WAIT)
         return GroupView(

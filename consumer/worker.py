@@ -2410,7 +2410,8 @@ class MovedIn:
 
     @property
     def moved_to(self) -> str | None:
-        """The output the group came from, as :attr:`keep` says (None: no move to keep)."""
+        """The other output, where the group was before it came back here, as :attr:`keep` says
+        (None: no move to keep); recovery's ``moved_to``."""
         return self.keep[1] if self.keep is not None else None
 
 

@@ -221,8 +221,7 @@ def describe_group(admin: Any, group: str, wait: float = 30.0) -> Any:
     the process, here a test's worker)."""
     from consumer import group_requests
 
-    asked = admin.describe_consumer_groups([group], request_timeout=group_requests.REQUEST_TIMEOUT)
-    return group_requests.answer(asked[group], wait)
+    return group_requests.answer(group_requests.describe(admin, group), wait)
 
 
 def static_member() -> tuple[str, ...]:
