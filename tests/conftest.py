@@ -70,12 +70,19 @@ def _noting_run(*args: Any, **kwargs: Any) -> subprocess.CompletedProcess[Any]:
     (support.note_completed), so that a failing test reports its crash lines like those of the
     processes started with a log file. Installed for the whole session (pytest_configure): the
     tests run the consumer this way in some forty places."""
+    command = args[0] if args else kwargs.get("args")
+    consumer = support.is_consumer_command(command)
+    if consumer and kwargs.get("preexec_fn") is None:
+        kwargs["preexec_fn"] = support.allow_core_dump
+    started = time.time()
     try:
         done = _subprocess_run(*args, **kwargs)
     except subprocess.TimeoutExpired as timed_out:
         support.note_completed(timed_out.cmd, timed_out.output, timed_out.stderr)
         raise
     support.note_completed(done.args, done.stdout, done.stderr)
+    if consumer and (told := support.core_backtrace(done.returncode, kwargs.get("cwd"), started)):
+        support.CORE_BACKTRACES.append(f"python -m consumer {' '.join(map(str, command[-20:]))}\n{told}")
     return done
 
 
@@ -91,6 +98,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_runtest_setup(item: pytest.Item) -> None:
     support.STARTED_LOGS.clear()
     support.CAPTURED_OUTPUTS.clear()
+    support.CORE_BACKTRACES.clear()
 
 
 @pytest.hookimpl(wrapper=True)
@@ -99,6 +107,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     of a crash (support.crash_lines), wherever they are in the log: the assertion's own message
     shows only a log's tail. Once per test, at the phase that failed first."""
     report = yield
+    if report.failed and support.CORE_BACKTRACES:
+        report.sections.append(("backtraces of the processes this test ran that crashed",
+                                "\n\n".join(support.CORE_BACKTRACES)))
+        support.CORE_BACKTRACES.clear()
     if report.failed and (support.STARTED_LOGS or support.CAPTURED_OUTPUTS):
         logs = []
         for path in support.STARTED_LOGS:

@@ -304,6 +304,59 @@ def note_completed(args: Any, stdout: str | bytes | None, stderr: str | bytes | 
                                  + " ".join(argv[at:at + 2]), text))
 
 
+#: Backtraces of the consumer processes the running test ran that died by a signal with a core
+#: dump (:func:`core_backtrace`), reported beside the crash lines.
+CORE_BACKTRACES: list[str] = []
+
+#: signals whose default action dumps core: a native crash, not a kill the test sent
+_DUMPING = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
+
+
+def is_consumer_command(args: Any) -> bool:
+    """Whether ``args`` (as given to subprocess) runs ``python -m consumer …``."""
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    return "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["consumer"]
+
+
+def allow_core_dump() -> None:
+    """In the child between fork and exec: let a native crash dump core. librdkafka's threads block
+    every signal, so a fault on one of them ends the process with no stack on stderr (consumer/
+    group_requests.py); the core is then the only witness of where it was."""
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+
+def core_backtrace(returncode: int, cwd: str | os.PathLike[str] | None, since: float) -> str | None:
+    """Every thread's backtrace from the core a process that died by ``-returncode`` left in
+    ``cwd`` (the kernel's core_pattern here is ``core``), which is then deleted; a line saying why
+    there is none otherwise; None when the process did not die of a native crash."""
+    if returncode >= 0 or -returncode not in _DUMPING:
+        return None
+    name = signal.Signals(-returncode).name
+    core = Path(cwd or os.getcwd()) / "core"
+    try:
+        if core.stat().st_mtime < since:
+            raise FileNotFoundError(core)
+    except OSError:
+        pattern = Path("/proc/sys/kernel/core_pattern").read_text().strip()
+        return f"{name}: no core file at {core} (kernel core_pattern: {pattern!r})"
+    try:
+        gdb = _subprocess_run_plain(
+            ["gdb", "-batch", "-nx", "-iex", "set auto-load safe-path /", "-ex", "info threads",
+             "-ex", "thread apply all bt 40", "-ex", "thread apply all py-bt", sys.executable, str(core)],
+            capture_output=True, text=True, timeout=180)
+        return f"{name}, backtrace from {core}:\n{gdb.stdout[-20000:]}{gdb.stderr[-2000:]}"
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{name}: core at {core}, but gdb failed: {exc}"
+    finally:
+        core.unlink(missing_ok=True)
+
+
+#: subprocess.run as it was before tests/conftest.py noted every run (gdb's is not noted)
+_subprocess_run_plain = subprocess.run
+
+
 def crash_lines(text: str, limit: int = 60) -> list[str]:
     """The lines of a process's log that tell of a crash, each with the line after it (where an
     assertion or a fatal error names its place), at most ``limit`` of them. Only lines that are
