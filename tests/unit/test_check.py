@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,27 +95,31 @@ def test_unreachable_dependencies_fail_each_within_the_timeout(
 
 
 def test_check_destroys_its_kafka_clients_before_it_returns(
-    env: None, capfd: pytest.CaptureFixture[str]
+    env: None, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Each admin client refers to its logger and the logger to it, so dropped it would live until
     the cycle collector came, on whatever thread allocated then: librdkafka's own, when a request's
     answer arrives (confluent-kafka-python issues 1761 and 2129), and a client destroyed on its own
     thread crashes the process. A health check died of SIGSEGV in CI. So `check` destroys each
     client itself, on its thread, before it returns."""
-    import gc
+    import importlib
 
-    from confluent_kafka.admin import AdminClient
+    from confluent_kafka import admin
 
-    gc.collect()
-    gc.disable()  # whatever `check` leaves stays where this test can see it
-    try:
-        before = {id(o) for o in gc.get_objects() if isinstance(o, AdminClient)}
-        assert cli.main(["check", "--group-active", "--timeout", "1"]) == 1
-        made = [o for o in gc.get_objects() if isinstance(o, AdminClient) and id(o) not in before]
-    finally:
-        gc.enable()
+    check = importlib.import_module("consumer.check")  # the module cli.main imports (sys.modules)
+    monkeypatch.setattr(check, "_in_child", check._run)  # the probes in this process, where it can look
+    made: list[admin.AdminClient] = []
+    init = admin.AdminClient.__init__
+
+    def kept(self: admin.AdminClient, conf: dict[str, object], **kwargs: object) -> None:
+        """Keeps a reference to each AdminClient made, to look at it after `check` returns."""
+        init(self, conf, **kwargs)
+        made.append(self)
+
+    monkeypatch.setattr(admin.AdminClient, "__init__", kept)
+    assert cli.main(["check", "--group-active", "--timeout", "1"]) == 1
     capfd.readouterr()
-    assert made, "check made no admin client: this test no longer tests anything"
+    assert len(made) == 2, "check made no admin client: this test no longer tests anything"
     for client in made:
         with pytest.raises(RuntimeError, match="closed"):
             client.poll(0)
@@ -173,3 +178,56 @@ def test_a_refused_handshake_is_named_when_its_event_comes_after_a_transport_fai
     with pytest.raises(RuntimeError, match="Failed to get metadata"):
         check._check_kafka(Admin(), lines, config, timeout=1.0)
     assert time.monotonic() - started < check.TLS_EVENT_WAIT
+
+
+# -- a Kafka probe in a child process ------------------------------------------------------------
+
+
+def _dies_first(marker: str, signum: int) -> str:
+    """A probe whose first call kills its process with ``signum`` (as a native crash would) and
+    whose next call answers."""
+    import os
+    import signal
+
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        signal.signal(signum, signal.SIG_DFL)  # no fault handler: die as librdkafka's threads do
+        os.kill(os.getpid(), signum)
+    return "answered"
+
+
+def test_a_probe_whose_process_dies_once_is_tried_again_saying_what_the_first_died_of(tmp_path: Path) -> None:
+    import signal
+
+    from consumer import check
+
+    result = check._in_child("kafka", lambda: _dies_first(f"{tmp_path}/died", signal.SIGSEGV))
+    assert result.ok, result
+    assert result.detail.startswith("answered (") and "died of SIGSEGV" in result.detail, result
+
+
+def test_a_probe_whose_process_dies_every_time_fails_naming_the_signal_and_the_process_goes_on() -> None:
+    import os
+    import signal
+
+    from consumer import check
+
+    def crash() -> str:
+        signal.signal(signal.SIGABRT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGABRT)
+        return "never"
+
+    result = check._in_child("group", crash)
+    assert not result.ok
+    assert "died of SIGABRT and then SIGABRT in each of 2 tries" in result.line(), result.line()
+
+
+def test_a_probe_in_a_child_reports_its_error_and_its_answer_as_in_process() -> None:
+    from consumer import check
+
+    def refused() -> str:
+        raise RuntimeError("topic 'x' does not exist")
+
+    assert check._in_child("kafka", refused).line() == "FAIL kafka: RuntimeError: topic 'x' does not exist"
+    answered = check._in_child("kafka", lambda: "1 broker(s)")
+    assert answered.ok and answered.detail.startswith("1 broker(s) (")
