@@ -187,13 +187,23 @@ def _dies_first(marker: str, signum: int) -> str:
     """A probe whose first call kills its process with ``signum`` (as a native crash would) and
     whose next call answers."""
     import os
-    import signal
 
     if not os.path.exists(marker):
         open(marker, "w").close()
-        signal.signal(signum, signal.SIG_DFL)  # no fault handler: die as librdkafka's threads do
-        os.kill(os.getpid(), signum)
+        _die_of(signum)
     return "answered"
+
+
+def _die_of(signum: int) -> None:
+    """End this (forked) process with ``signum`` as librdkafka's threads die: no fault handler, and
+    no core file left in the working directory (the repository's root) where cores are allowed."""
+    import os
+    import resource
+    import signal
+
+    resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    signal.signal(signum, signal.SIG_DFL)
+    os.kill(os.getpid(), signum)
 
 
 def test_a_probe_whose_process_dies_once_is_tried_again_saying_what_the_first_died_of(tmp_path: Path) -> None:
@@ -207,14 +217,12 @@ def test_a_probe_whose_process_dies_once_is_tried_again_saying_what_the_first_di
 
 
 def test_a_probe_whose_process_dies_every_time_fails_naming_the_signal_and_the_process_goes_on() -> None:
-    import os
     import signal
 
     from consumer import check
 
     def crash() -> str:
-        signal.signal(signal.SIGABRT, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGABRT)
+        _die_of(signal.SIGABRT)
         return "never"
 
     result = check._in_child("group", crash)
