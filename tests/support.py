@@ -324,7 +324,9 @@ def allow_core_dump() -> None:
     group_requests.py); the core is then the only witness of where it was."""
     import resource
 
-    resource.setrlimit(resource.RLIMIT_CORE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    hard = resource.getrlimit(resource.RLIMIT_CORE)[1]  # as far as this user may: never raise here
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (hard, hard))
 
 
 def core_backtrace(returncode: int, cwd: str | os.PathLike[str] | None, since: float) -> str | None:
