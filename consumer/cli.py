@@ -590,14 +590,12 @@ def main(argv: Sequence[str] | None = None, *, collector_paused: bool = False) -
     start-up (:mod:`consumer.__main__`); a run turns it back on when its start-up is over
     (:func:`settled_heap`), every other command here but ``check``.
 
-    ``check`` (the compose health check, run every few seconds) keeps it off to its end: an
-    AdminClient's results are delivered on librdkafka's own thread, and a collection that starts
-    there and finalizes a client destroys it on that thread, which crashes the process
-    (confluent-kafka-python PR 2129, which turns the collector off around such calls for the same
-    reason). A health check died of SIGSEGV in CI twice, the second time after clients were
-    destroyed on the thread that made them, with no stack printed; that this was the cause is not
-    proven (it never crashed here, even collecting at every allocation). A check lives for
-    seconds; what it leaves for the collector is small."""
+    ``check`` (the compose health check, run every few seconds) keeps it off to its end. Its Kafka
+    clients live only in the probes' forked children (:mod:`consumer.check`), which inherit the
+    collector off: an AdminClient's results are delivered on librdkafka's own thread, and a
+    collection that starts there and finalizes a client destroys it on that thread, which crashes
+    the process (confluent-kafka-python PR 2129, which turns the collector off around such calls
+    for the same reason). A check lives for seconds; what it leaves for the collector is small."""
     args = build_parser().parse_args(argv)
     if collector_paused and args.command not in ("run", "replay", "finish", "check"):
         gc.enable()

@@ -294,14 +294,13 @@ CAPTURED_OUTPUTS: list[tuple[str, str]] = []
 def note_completed(args: Any, stdout: str | bytes | None, stderr: str | bytes | None) -> None:
     """Note what a finished (or timed-out) process printed in :data:`CAPTURED_OUTPUTS`, if it ran
     the consumer (``python -m consumer …``) and its output was captured."""
-    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
-    at = argv.index("-m") + 1 if "-m" in argv else len(argv)
-    if argv[at:at + 1] != ["consumer"]:
+    command = _consumer_argv(args)
+    if command is None:
         return
     text = "".join(t.decode(errors="replace") if isinstance(t, bytes) else t for t in (stdout, stderr) if t)
     if text:
         CAPTURED_OUTPUTS.append((f"run {len(CAPTURED_OUTPUTS) + 1} of this test: python -m "
-                                 + " ".join(argv[at:at + 2]), text))
+                                 + " ".join(command[:2]), text))
 
 
 #: Backtraces of the consumer processes the running test ran that died by a signal with a core
@@ -312,10 +311,17 @@ CORE_BACKTRACES: list[str] = []
 _DUMPING = {signal.SIGSEGV, signal.SIGABRT, signal.SIGBUS, signal.SIGILL, signal.SIGFPE}
 
 
+def _consumer_argv(args: Any) -> list[str] | None:
+    """``consumer`` and what follows it, if ``args`` (as given to subprocess) runs
+    ``python -m consumer …``; else None."""
+    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
+    at = argv.index("-m") + 1 if "-m" in argv else len(argv)
+    return argv[at:] if argv[at:at + 1] == ["consumer"] else None
+
+
 def is_consumer_command(args: Any) -> bool:
     """Whether ``args`` (as given to subprocess) runs ``python -m consumer …``."""
-    argv = [str(a) for a in args] if isinstance(args, (list, tuple)) else str(args).split()
-    return "-m" in argv and argv[argv.index("-m") + 1:argv.index("-m") + 2] == ["consumer"]
+    return _consumer_argv(args) is not None
 
 
 def allow_core_dump() -> None:
