@@ -569,73 +569,79 @@ def duckdb_counts(paths: Sequence[Path]) -> tuple[int, int]:
 # -- expected values ------------------------------------------------------------------------------
 
 
-def canonical(value: Any, avro: Any, named: dict[str, Any]) -> Any:
-    """The Arrow ``to_pylist`` value the type mapping promises for an Avro value."""
-    import datetime as dt
-    import uuid as uuidmod
+_Convert = Callable[[Any], Any]
+_PY_TYPES: dict[str, type] = {"long": int, "double": float, "string": str, "boolean": bool, "bytes": bytes}
 
-    if isinstance(avro, str) and avro in named:
-        avro = named[avro]
+
+def _same(value: Any) -> Any:
+    return value
+
+
+def _compiled(avro: Any, named: dict[str, _Convert], expected: bool) -> _Convert:
+    """One function per schema node, made once per schema rather than walked once per value:
+    ``expected`` turns an Avro value into the Arrow ``to_pylist`` value the type mapping promises;
+    otherwise it puts an Arrow row's map entries in key order, so maps compare key by key whatever
+    their order. A named type is looked up when a value meets it (a record may refer to itself)."""
+    if isinstance(avro, str):
+        if avro in named:
+            return lambda value: named[avro](value)
+        return _same
     if isinstance(avro, list):
         non_null = [b for b in avro if b != "null"]
-        if value is None:
-            return None
         if len(non_null) == 1:
-            return canonical(value, non_null[0], named)
-        py = {"long": int, "double": float, "string": str, "boolean": bool, "bytes": bytes}
-        return {
-            b if isinstance(b, str) else b.get("name", b["type"]): (
-                value if isinstance(b, str) and type(value) is py.get(b) else None
-            )
-            for b in non_null
+            one = _compiled(non_null[0], named, expected)
+            return lambda value: None if value is None else one(value)
+        if not expected:
+            return _same
+        # A union of several types is a struct of branches: the value sits in the branch of its type.
+        branches = [(b, _PY_TYPES.get(b)) if isinstance(b, str) else (b.get("name", b["type"]), None)
+                    for b in non_null]
+        return lambda value: None if value is None else {
+            name: (value if py is not None and type(value) is py else None) for name, py in branches
         }
-    if isinstance(avro, dict):
-        t = avro["type"]
-        if t in ("record", "enum", "fixed"):
-            named[avro["name"]] = avro
-        logical = avro.get("logicalType")
-        if logical == "uuid":
-            return uuidmod.UUID(str(value))
-        if logical in ("timestamp-millis", "timestamp-micros") and isinstance(value, dt.datetime):
-            return value
-        if t == "record":
-            return {f["name"]: canonical(value[f["name"]], f["type"], named) for f in avro["fields"]}
-        if t == "array":
-            return [canonical(v, avro["items"], named) for v in value]
-        if t == "map":
-            return sorted((k, canonical(v, avro["values"], named)) for k, v in value.items())
-        if isinstance(t, (dict, list)):
-            return canonical(value, t, named)
-    return value
+    if not isinstance(avro, dict):
+        return _same
+    kind, logical = avro["type"], avro.get("logicalType")
+    if kind in ("record", "enum", "fixed"):
+        named[avro["name"]] = _same  # replaced below for a record, once its fields are compiled
+    if expected and logical == "uuid":
+        import uuid as uuidmod
+
+        return lambda value: uuidmod.UUID(str(value))
+    if kind == "record":
+        fields = [(f["name"], _compiled(f["type"], named, expected)) for f in avro["fields"]]
+
+        def record(value: Any) -> Any:
+            if value is None:
+                return None
+            at = value.__getitem__ if expected else value.get
+            return {name: convert(at(name)) for name, convert in fields}
+
+        named[avro["name"]] = record
+        return record
+    if kind == "array":
+        item = _compiled(avro["items"], named, expected)
+        return lambda value: None if value is None else [item(v) for v in value]
+    if kind == "map":
+        entry = _compiled(avro["values"], named, expected)
+        if entry is _same:
+            return lambda value: None if value is None else sorted(
+                value.items() if expected else value)
+        return lambda value: None if value is None else sorted(
+            (k, entry(v)) for k, v in (value.items() if expected else value))
+    if isinstance(kind, (dict, list)):
+        return _compiled(kind, named, expected)
+    return _same
+
+
+def canonical(value: Any, avro: Any, named: dict[str, Any] | None = None) -> Any:
+    """The Arrow ``to_pylist`` value the type mapping promises for an Avro value."""
+    return _compiled(avro, {}, expected=True)(value)
 
 
 def normalise_row(row: dict[str, Any], avro: dict[str, Any]) -> dict[str, Any]:
     """Sort map entries of an Arrow row so maps compare key by key regardless of order."""
-    named: dict[str, Any] = {}
-
-    def walk(v: Any, t: Any) -> Any:
-        if isinstance(t, str) and t in named:
-            t = named[t]
-        if v is None:
-            return None
-        if isinstance(t, list):
-            non_null = [b for b in t if b != "null"]
-            return walk(v, non_null[0]) if len(non_null) == 1 else v
-        if isinstance(t, dict):
-            kind = t["type"]
-            if kind in ("record", "enum", "fixed"):
-                named[t["name"]] = t
-            if kind == "record":
-                return {f["name"]: walk(v.get(f["name"]), f["type"]) for f in t["fields"]}
-            if kind == "array":
-                return [walk(x, t["items"]) for x in v]
-            if kind == "map":
-                return sorted((k, walk(x, t["values"])) for k, x in v)
-            if isinstance(kind, (dict, list)):
-                return walk(v, kind)
-        return v
-
-    return {f["name"]: walk(row[f["name"]], f["type"]) for f in avro["fields"]}
+    return _compiled(avro, {}, expected=False)(row)  # type: ignore[no-any-return]
 
 
 def assert_values_as_produced(
@@ -662,14 +668,14 @@ def assert_values_as_produced(
         if "kafka_timestamp" in table.column_names
         else None
     )
-    value_cols = [f["name"] for f in avro["fields"]]
+    values = table.select([f["name"] for f in avro["fields"]])
+    expect, normalise = _compiled(avro, {}, expected=True), _compiled(avro, {}, expected=False)
     checked = 0
-    for idx in range(0, table.num_rows, every):
-        row = {c: table.column(c)[idx].as_py() for c in value_cols}
+    for idx, row in zip(range(0, table.num_rows, every), _rows(values, every), strict=True):
         i = index(parts[idx], offs[idx]) if index else offs[idx] * partitions + parts[idx]
         record = make_record(schema_name, i, seed)
-        expected = canonical(record, avro, {})
-        got = normalise_row(row, avro)
+        expected = expect(record)
+        got = normalise(row)
         if got != expected:
             diff = {k: (got[k], expected[k]) for k in expected if got.get(k) != expected[k]}
             raise AssertionError(f"row {parts[idx]}:{offs[idx]} differs from record {i}: {str(diff)[:2000]}")
@@ -682,6 +688,17 @@ def assert_values_as_produced(
             )
         checked += 1
     return checked
+
+
+def _rows(table: pa.Table, every: int, chunk: int = 2048) -> Iterator[dict[str, Any]]:
+    """Rows 0, every, 2·every, … of ``table`` as ``to_pylist`` dicts, converted a chunk at a time
+    (a scalar at a time costs five times as much; the whole table at once, a copy of it in Python
+    objects)."""
+    wanted = range(0, table.num_rows, every)
+    for start in range(0, len(wanted), chunk):
+        at = wanted[start:start + chunk]
+        part = table.slice(at[0], len(at)) if every == 1 else table.take(pa.array(at, pa.int64()))
+        yield from part.to_pylist()
 
 
 def read_footer_metadata(path: Path) -> dict[str, str]:
