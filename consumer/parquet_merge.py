@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from consumer import thrift_compact as tc
 
@@ -191,14 +192,24 @@ def read_piece_layout(tail: bytes, size: int) -> PieceLayout:
     if len(tail) == size and bytes(tail[:4]) != MAGIC:
         raise ParquetMergeError(f"bad magic at start of object: {bytes(tail[:4])!r}")
     footer = bytes(tail[len(tail) - needed : len(tail) - 8])
-    fmd = _decode_footer(footer)
+    num_rows, num_row_groups = _footer_counts(footer)
     return PieceLayout(
         size=size,
         footer_start=size - needed,
         footer=footer,
-        num_rows=_int_field(fmd, _FMD_NUM_ROWS, "num_rows"),
-        num_row_groups=len(_row_groups(fmd)),
+        num_rows=num_rows,
+        num_row_groups=num_row_groups,
     )
+
+
+@lru_cache(maxsize=64)
+def _footer_counts(footer: bytes) -> tuple[int, int]:
+    """A footer's row and row-group counts. Remembered for the last few footers, because one piece
+    is laid out again and again (a roll, then the recoveries and ``finish`` runs after a crash) and
+    decoding a wide footer in Python costs milliseconds; a footer that does not decode raises
+    every time. At most 64 footers of a few KB each are kept."""
+    fmd = _decode_footer(footer)
+    return _int_field(fmd, _FMD_NUM_ROWS, "num_rows"), len(_row_groups(fmd))
 
 
 def piece_layout(data: bytes) -> PieceLayout:
