@@ -85,10 +85,10 @@ def _in_child(name: str, probe: Callable[[], str]) -> CheckResult:
     signal; what it died of is said on the result's line either way.
 
     Why: a Kafka probe runs librdkafka, whose own threads block every signal, so a native crash
-    there ends the process at once, with no stack and no line (consumer/group_requests.py names
-    one such crash and avoids it; the compose health check died that way in CI three more times,
-    cause unknown). A health check that dies says nothing about what it checked; this one says
-    which probe died of what and still reports the others. The parent never starts a librdkafka
+    there ends the process at once, with no stack and no line (consumer/group_requests.py and
+    :func:`_group_refused` name two such crashes and avoid them; more may be unknown). A health
+    check that dies says nothing about what it checked; this one says which probe died of what
+    and still reports the others. The parent never starts a librdkafka
     thread, so the checks after it run in a process without them."""
     died: list[str] = []
     for _ in range(KAFKA_PROBE_TRIES):
@@ -196,7 +196,9 @@ def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, t
             problems.append(f"topic {topic!r}: {t.error}")
         else:
             sizes.append(f"{topic}[{len(t.partitions)}]")
-    if not problems and config.group_id and (said := _group_refused(admin, config, timeout, principal)):
+    said = _group_refused(config, config.topics[0], timeout, principal, lines) if (
+        not problems and config.group_id) else None
+    if said:
         problems.append(said)
     if problems:
         raise RuntimeError("; ".join(problems))
@@ -235,24 +237,52 @@ def _why_untrusted(event: Any, config: cfgmod.Config) -> str | None:
 
 
 def _group_refused(
-    admin: Any, config: cfgmod.Config, timeout: float, principal: Principal | None
+    config: cfgmod.Config, topic: str, timeout: float, principal: Principal | None, lines: logmod.ClientLines
 ) -> str | None:
-    """What to grant when the principal may not use the consumer group (one OffsetFetch, what
-    the run's first read of its positions is); None when it may, or the answer says nothing."""
-    from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
+    """What to grant when the principal may not use the consumer group (one OffsetFetch of
+    ``topic``'s first partition, what the run's first read of its positions is); None when it may,
+    or the answer says nothing.
 
+    Asked by a consumer of the group that never subscribes, so it never joins the group. Not by the
+    AdminClient's ``list_consumer_group_offsets``: librdkafka answers that request's
+    NOT_COORDINATOR by asking the client's group handle to find the coordinator again, and an
+    AdminClient has none, so it dereferences NULL on its own thread and the process dies with no
+    line (librdkafka issue 5040, still in 2.16). A fresh broker answers so while it loads the
+    group's offsets partition: that was the compose health check's SIGSEGV in CI, caught in a core
+    at its first check of a fresh stack."""
+    from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+    def refusal(err: Any) -> str | None:
+        code = getattr(err, "code", None)
+        return not_authorized(code(), None, config.group_id, str(err), principal) if callable(code) else None
+
+    conf = {**cfgmod.admin_config(config), "group.id": config.group_id, "enable.auto.commit": False,
+            "logger": lines, "error_cb": lines.error}
+    deadline = time.monotonic() + timeout
+    consumer = Consumer(conf)
     try:
-        futures = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(config.group_id)],
-                                                    request_timeout=group_requests.REQUEST_TIMEOUT)
-        for future in futures.values():
-            group_requests.answer(future, timeout)
-    except KafkaException as exc:
-        err = exc.args[0] if exc.args else None
-        if err is not None and hasattr(err, "code"):
-            return not_authorized(err.code(), None, config.group_id, str(err), principal)
+        while True:
+            try:
+                consumer.committed([TopicPartition(topic, 0)],
+                                   timeout=max(0.05, min(1.0, deadline - time.monotonic())))
+                return None
+            except KafkaException as exc:
+                if said := refusal(exc.args[0] if exc.args else None):
+                    return said
+            # A refused FindCoordinator is not the OffsetFetch's error: the group handle keeps
+            # asking, and says why on the consumer's queue (and the error callback).
+            while (msg := consumer.poll(0)) is not None:
+                if said := refusal(msg.error()):
+                    return said
+            for event in lines.events:
+                if said := refusal(event):
+                    return said
+            if time.monotonic() >= deadline:
+                return None
     except Exception:
         return None
-    return None
+    finally:
+        consumer.close()  # on this thread (see _admin); it never joined, so it leaves nothing
 
 
 def check_s3(config: cfgmod.Config, timeout: float, write: bool = False) -> str:

@@ -8,8 +8,10 @@ request's once-only event after it was freed (librdkafka issue 4605, still in 2.
 Python's fault handler never runs and the process dies with no stack. Reproduced here with a
 describe given a timeout of 1-2 ms, beside another such loop: 21 of 600 processes died (one by
 SIGSEGV), 68 of 600 when the client was destroyed after the timeout; none of 1,200 with the
-timeout an hour away and the same short wait in Python, destroyed or not. The compose health check
-(``consumer check --group-active``, 5 s) died of SIGSEGV with no stack in CI three times.
+timeout an hour away and the same short wait in Python, destroyed or not. (The compose health
+check's SIGSEGV in CI was another crash, found later in a core: an AdminClient's
+ListConsumerGroupOffsets answered NOT_COORDINATOR; ``consumer.check._group_refused`` says why it
+asks through a consumer instead.)
 
 So every such request goes out with :data:`REQUEST_TIMEOUT`, far past any wait, and the caller
 bounds its wait in Python (:func:`answer`). A request nobody waits for any more stays in flight

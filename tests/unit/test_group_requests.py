@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import Future
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ import pytest
 
 from consumer import check, group_requests, runner
 from consumer import config as cfgmod
+from consumer import log as logmod
 
 
 def _answered(value: Any) -> Future[Any]:
@@ -61,15 +63,11 @@ class _SilentAdmin:
     def describe_consumer_groups(self, groups: list[str], request_timeout: float) -> dict[Any, Future[Any]]:
         return self._ask(groups, request_timeout)
 
-    def list_consumer_group_offsets(
-        self, groups: list[Any], request_timeout: float
-    ) -> dict[Any, Future[Any]]:
-        return self._ask(groups, request_timeout)
 
 
 def test_check_tells_librdkafka_no_timeout_and_waits_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``consumer check``'s two group requests (may the principal use the group; has it a member)
-    go out with the far timeout and fail after the check's own."""
+    """``consumer check``'s admin request to the group (has it a member) goes out with the far
+    timeout and fails after the check's own."""
     admin = _SilentAdmin()
 
     @contextlib.contextmanager
@@ -80,9 +78,43 @@ def test_check_tells_librdkafka_no_timeout_and_waits_its_own(monkeypatch: pytest
     config = cfgmod.Config(topics=("t",), group_id="g", output="s3://b/p")
     with pytest.raises(RuntimeError, match=r"no answer within 0\.05s"):
         check.check_group(config, 0.05)
-    assert check._group_refused(admin, config, 0.05, None) is None  # no answer says nothing
-    assert admin.timeouts == [group_requests.REQUEST_TIMEOUT] * 2
+    assert admin.timeouts == [group_requests.REQUEST_TIMEOUT]
     assert not any(f.done() for f in admin.futures)
+
+
+def test_may_the_principal_use_the_group_is_asked_by_a_consumer_that_never_joins_not_the_admin_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An AdminClient's ``list_consumer_group_offsets`` crashes the process when the broker answers
+    NOT_COORDINATOR (librdkafka issue 5040; a fresh broker loading the group's offsets does), so
+    the check asks the OffsetFetch through a Consumer of the group, which never subscribes. An
+    unreachable broker's silence says nothing, within the check's timeout."""
+    import confluent_kafka
+    from confluent_kafka.admin import AdminClient
+
+    def refused(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("list_consumer_group_offsets must not be asked")
+
+    monkeypatch.setattr(AdminClient, "list_consumer_group_offsets", refused)
+    asked: list[dict[str, Any]] = []
+    subscribed: list[Any] = []
+
+    class NotingConsumer(confluent_kafka.Consumer):  # type: ignore[misc]
+        def __init__(self, conf: dict[str, Any]) -> None:
+            asked.append(dict(conf))
+            super().__init__(conf)
+
+        def subscribe(self, *args: Any, **kwargs: Any) -> None:
+            subscribed.append(args)
+
+    monkeypatch.setattr(confluent_kafka, "Consumer", NotingConsumer)
+    config = cfgmod.Config(topics=("t",), group_id="g", output="s3://b/p", bootstrap_servers="127.0.0.1:1",
+                           kafka_properties={"group.instance.id": "member-1"})
+    started = time.monotonic()
+    assert check._group_refused(config, "t", 0.5, None, logmod.ClientLines()) is None
+    assert time.monotonic() - started < 5
+    assert [c["group.id"] for c in asked] == ["g"] and not subscribed
+    assert "group.instance.id" not in asked[0]  # the probe is not the run's static member
 
 
 def test_a_runner_waits_again_for_the_describe_still_in_flight_and_asks_anew_once_it_was_answered(
