@@ -148,7 +148,7 @@ def _admin(config: cfgmod.Config, lines: logmod.ClientLines) -> Iterator[Any]:
     """An AdminClient, destroyed on this thread when the check is done. Dropped instead, it would
     wait for the cycle collector (it and ``lines`` refer to each other), which may run on any
     thread, librdkafka's own among them: a client destroyed there crashes the process
-    (confluent-kafka-python issues 1761 and 2129). A health check once died of SIGSEGV in CI."""
+    (confluent-kafka-python issues 1761 and 2129)."""
     from confluent_kafka.admin import AdminClient
 
     conf: dict[str, Any] = {**cfgmod.admin_config(config), "logger": lines, "error_cb": lines.error}
