@@ -88,8 +88,8 @@ def _in_child(name: str, probe: Callable[[], str]) -> CheckResult:
     there ends the process at once, with no stack and no line (consumer/group_requests.py and
     :func:`_group_refused` name two such crashes and avoid them; more may be unknown). A health
     check that dies says nothing about what it checked; this one says which probe died of what
-    and still reports the others. The parent never starts a librdkafka
-    thread, so the checks after it run in a process without them."""
+    and still reports the others. The parent never starts a librdkafka thread, so the checks
+    after it run in a process without them."""
     died: list[str] = []
     for _ in range(KAFKA_PROBE_TRIES):
         result, signalled = _fork_run(name, probe)

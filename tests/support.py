@@ -634,16 +634,6 @@ def _compiled(avro: Any, named: dict[str, _Convert], expected: bool) -> _Convert
     return _same
 
 
-def canonical(value: Any, avro: Any, named: dict[str, Any] | None = None) -> Any:
-    """The Arrow ``to_pylist`` value the type mapping promises for an Avro value."""
-    return _compiled(avro, {}, expected=True)(value)
-
-
-def normalise_row(row: dict[str, Any], avro: dict[str, Any]) -> dict[str, Any]:
-    """Sort map entries of an Arrow row so maps compare key by key regardless of order."""
-    return _compiled(avro, {}, expected=False)(row)  # type: ignore[no-any-return]
-
-
 def assert_values_as_produced(
     table: pa.Table,
     schema_name: str,
