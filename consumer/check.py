@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from consumer import config as cfgmod
-from consumer import group_requests
+from consumer import first_contact, group_requests
 from consumer import log as logmod
 from consumer.kafka_names import (
     CERTIFICATE_REFUSED,
@@ -163,8 +163,12 @@ def check_kafka(config: cfgmod.Config, timeout: float) -> str:
 
 
 def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, timeout: float) -> str:
+    def refused_yet() -> bool:
+        admin.poll(0)
+        return _refusal(lines, config) is not None
+
     try:
-        md = admin.list_topics(timeout=timeout)
+        md = first_contact.metadata(admin, timeout, refused_yet)
     except Exception as exc:
         explained = lines.explain(exc)  # serves the client's queued events first
         refused = _refusal(lines, config)

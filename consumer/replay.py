@@ -131,7 +131,7 @@ class ReplayRunner(Runner):
 
     def _start(self) -> None:
         tps: list[TP] = []
-        metadata = self.consumer.list_topics(timeout=10.0)
+        metadata = self._first_metadata()
         for topic in self.config.topics:
             info = metadata.topics.get(topic)
             if info is None or info.error is not None:

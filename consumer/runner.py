@@ -33,7 +33,7 @@ from itertools import groupby
 from operator import methodcaller
 from typing import Any
 
-from consumer import faults, group_requests
+from consumer import faults, first_contact, group_requests
 from consumer import log as logmod
 from consumer.budget import MemoryPlan, batch_messages, fetch_bytes, fetch_response_bytes
 from consumer.config import Config, ConfigError, admin_config
@@ -638,6 +638,16 @@ class Runner:
                 f"({self.config.bootstrap_servers}), that the brokers are up and reachable from here, "
                 "and the -X security settings (`consumer check` tries each). Nothing was read or written."
             ) from exc
+
+    def _first_metadata(self) -> Any:
+        """The cluster's metadata, the run's first request to it (:mod:`consumer.first_contact`):
+        waited for up to 10 s, but a refused login or certificate stops the wait at once."""
+        return first_contact.metadata(self.consumer, 10.0, self._refused_at_first_contact)
+
+    def _refused_at_first_contact(self) -> bool:
+        with contextlib.suppress(Exception):  # the error events (_on_error) of the tries so far
+            self.consumer.poll(0)
+        return isinstance(self._callback_error, KafkaLoginRefused)
 
     def _unexpected(self, exc: Exception) -> int:
         self.log.error(
@@ -1324,7 +1334,7 @@ class GroupRunner(Runner):
         )
 
     def _missing(self, topics: tuple[str, ...]) -> list[str]:
-        md = self.consumer.list_topics(timeout=10.0)
+        md = self._first_metadata()
         return [t for t in topics if t not in md.topics or md.topics[t].error is not None]
 
     def _end_offsets(self) -> dict[TP, int]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -98,16 +99,20 @@ _REFUSED_CONNECTION = ("k:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed: 
                        "(after 0ms in state CONNECT)")
 
 
-def _first_requests_fail(*events: KafkaError, bootstrap: str = "k:9092") -> tuple[GroupRunner, MemoryStore]:
-    """A run whose first request (metadata) fails as "Broker transport failure", and whose client
-    has queued ``events`` for its error callback by then (served at the next poll)."""
+def _first_requests_fail(*events: KafkaError, bootstrap: str = "k:9092",
+                         waits: bool = False) -> tuple[GroupRunner, MemoryStore]:
+    """A run whose first request (metadata) fails as "Broker transport failure" (``waits``: after
+    its whole timeout, as librdkafka's does when no broker comes up), and whose client has queued
+    ``events`` for its error callback by then (served at the next poll)."""
     broker, store = _broker(), MemoryStore()
     factory = broker.consumer_factory()
 
     def failing(conf: dict[str, Any]) -> MemoryConsumer:
         consumer = factory(conf)
 
-        def no_metadata(*_args: Any, **_kwargs: Any) -> Any:
+        def no_metadata(*_args: Any, timeout: float = -1, **_kwargs: Any) -> Any:
+            if waits:
+                time.sleep(timeout)
             said = "Failed to get metadata: Local: Broker transport failure"
             raise KafkaException(KafkaError(KafkaError._TRANSPORT, said))
 
@@ -216,6 +221,20 @@ def test_a_login_refused_at_start_stops_with_status_2_not_as_an_unreachable_clus
     stop = next(e for e in logs if e["event"] == "stopped: KafkaLoginRefused")
     assert stop["error"].startswith("Kafka refused this client's login (sasl_plaintext://")
     assert not [k for k in store.objects if k.endswith(".parquet")]
+
+
+def test_a_refusal_at_the_first_handshake_stops_the_start_within_a_second_not_after_the_whole_wait() -> None:
+    """librdkafka's metadata request waits its whole timeout (10 s) for a broker that never comes
+    up, and the refusal is an error event served after it: the run, replay and check each said an
+    untrusted certificate or a refused login 10 s late. Now the wait is asked in slices of a
+    second (consumer.first_contact), with the events served between them."""
+    runner, _ = _first_requests_fail(KafkaError(KafkaError._AUTHENTICATION, _REFUSED), bootstrap="k:9095",
+                                     waits=True)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        assert runner.run() == EXIT_CONFIG
+    assert time.monotonic() - started < 5, "stopped at the first slice's end, not after 10 s"
+    assert any(e["event"] == "stopped: KafkaLoginRefused" for e in logs)
 
 
 def test_a_login_refused_mid_run_stops_with_status_2_without_a_flush_and_a_restart_loses_nothing() -> None:
