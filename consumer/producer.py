@@ -25,13 +25,17 @@ Used by tests, benchmarks and the CLI to fill a topic with a known workload. Des
 
 from __future__ import annotations
 
+import atexit
+import concurrent.futures
+import os
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import structlog
-from confluent_kafka import KafkaError, KafkaException, Producer
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
@@ -86,6 +90,101 @@ class ProduceResult:
         return self.count / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
+@dataclass(frozen=True)
+class _Identity:
+    """Which cluster, and which topic of that name: a topic deleted and created again under its
+    name has a new id, and so has every topic of a stack formatted again on the same port."""
+
+    cluster_id: str
+    topic_id: str
+
+
+@dataclass
+class _Client:
+    """A producer kept between :func:`produce` calls, and what it has seen.
+
+    ``troubles`` collects the client's error events (a broker gone, a fatal idempotence error),
+    served by ``poll``; ``topics`` the id of each topic it wrote to, under its name."""
+
+    producer: Producer
+    key: tuple[Any, ...]
+    cluster_id: str
+    topics: dict[str, str] = field(default_factory=dict)
+    troubles: list[KafkaError] = field(default_factory=list)
+
+    def fits(self, key: tuple[Any, ...], topic: str, identity: _Identity) -> bool:
+        return (
+            self.key == key
+            and self.cluster_id == identity.cluster_id
+            and self.topics.get(topic, identity.topic_id) == identity.topic_id
+            and not self.troubles
+        )
+
+
+class _KeptProducer:
+    """At most one idle producer per process, lent to the next :func:`produce` call that fits.
+
+    Why: an idempotent producer cannot produce until it has a producer id, and librdkafka asks for
+    one on a fixed 500 ms timer when no broker connection is up yet, which is always the case for a
+    new client: about 0.45 s of every call, most of a test's produce. A kept client has its id.
+
+    It is lent only to a call with the same bootstrap and settings, in the same process (librdkafka's
+    threads do not survive a fork), against the same cluster, and never for a topic whose name now
+    names another topic (librdkafka keeps a partition's sequence numbers by name, so a recreated
+    topic needs a new client: librdkafka issue 4898). A client that saw any error event, or whose
+    call failed, is closed, not kept. Two calls at once: the second gets a new client."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._idle: _Client | None = None
+
+    def lend(self, key: tuple[Any, ...], topic: str, identity: _Identity) -> _Client | None:
+        with self._lock:
+            client, self._idle = self._idle, None
+        if client is None:
+            return None
+        client.producer.poll(0)  # the error events that came while it was idle
+        if client.fits(key, topic, identity):
+            return client
+        _close(client)
+        return None
+
+    def give_back(self, client: _Client) -> None:
+        client.producer.poll(0)
+        if not client.troubles:
+            with self._lock:
+                if self._idle is None:
+                    self._idle = client
+                    return
+        _close(client)
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._idle = self._idle, None
+        if client is not None:
+            _close(client)
+
+
+def _close(client: _Client) -> None:
+    """Close a client with nothing queued (a kept one was flushed), here on this thread."""
+    client.producer.close()
+
+
+_KEPT = _KeptProducer()
+atexit.register(_KEPT.close)
+
+
+def _kept_key(config: Mapping[str, Any]) -> tuple[Any, ...] | None:
+    """What a kept client must match: the process and every setting. None if a setting is a
+    callable given by the caller (it cannot be compared, and may hold state of its own)."""
+    settings = []
+    for name, value in sorted(config.items()):
+        if not isinstance(value, str | int | float | bool):
+            return None
+        settings.append((name, value))
+    return (os.getpid(), *settings)
+
+
 def ensure_topic(
     bootstrap: str,
     topic: str,
@@ -101,6 +200,18 @@ def ensure_topic(
     partitions than requested is an error, because ``i % partitions`` would target partitions
     that do not exist.
     """
+    return _ensure_topic(bootstrap, topic, partitions, extra_config, timeout_s)[0]
+
+
+def _ensure_topic(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    extra_config: Mapping[str, str] | None = None,
+    timeout_s: float = 30.0,
+) -> tuple[int, _Identity | None]:
+    """:func:`ensure_topic`, which also returns who the topic is (its cluster's id and its own),
+    or None when the broker does not say (then no kept producer is used for it)."""
     lines = logmod.ClientLines()
     conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **dict(extra_config or {}), "logger": lines}
     # Destroyed here, on this thread: left to the cycle collector (the client and its logger refer
@@ -140,7 +251,18 @@ def ensure_topic(
                 f"topic {topic!r} already exists with {count} partitions, fewer than the "
                 f"{partitions} requested; delete it or pass partitions={count}"
             )
-        return count
+        return count, _identity(admin, topic, timeout_s=min(timeout_s, 10.0))
+
+
+def _identity(admin: AdminClient, topic: str, timeout_s: float) -> _Identity | None:
+    """The cluster's id and the topic's id (KIP-516), or None if either is not told."""
+    try:
+        cluster_id = admin.list_topics(topic=topic, timeout=timeout_s).cluster_id
+        description = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[topic]
+        topic_id = str(description.result(timeout=timeout_s).topic_id)
+    except (KafkaException, TimeoutError, concurrent.futures.TimeoutError):
+        return None
+    return _Identity(cluster_id, topic_id) if cluster_id and topic_id else None
 
 
 def _partition_count(
@@ -160,6 +282,21 @@ def _partition_count(
     if require_leaders and any(p.leader < 0 for p in info.partitions.values()):
         return None
     return len(info.partitions)
+
+
+def _client(config: dict[str, Any], topic: str, identity: _Identity | None) -> _Client | None:
+    """The kept producer if it fits this call, else a new one that may be kept after it; None when
+    this call's producer may not be kept (then ``config`` has the logger the caller creates it with:
+    a topic not created here, whose identity is unknown, or settings that cannot be compared)."""
+    key = _kept_key(config)
+    config.setdefault("logger", logmod.LibrdkafkaLog(_log))
+    if key is None or identity is None:
+        return None
+    if (kept := _KEPT.lend(key, topic, identity)) is not None:
+        return kept
+    troubles: list[KafkaError] = []
+    producer = Producer({**config, "error_cb": troubles.append})
+    return _Client(producer, key, identity.cluster_id, troubles=troubles)
 
 
 def produce(
@@ -213,13 +350,12 @@ def produce(
         assert registry_url is not None
         schema_id = SchemaRegistryClient(registry_url).register(f"{topic}-value", schema_dict)
 
-    if create_topic:
-        ensure_topic(bootstrap, topic, partitions, extra_config)
+    identity = _ensure_topic(bootstrap, topic, partitions, extra_config)[1] if create_topic else None
 
     config: dict[str, Any] = {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS}
     config.update(extra_config or {})
-    config.setdefault("logger", logmod.LibrdkafkaLog(_log))
-    producer = Producer(config)
+    client = _client(config, topic, identity)
+    producer = client.producer if client is not None else Producer(config)
 
     delivered = [0] * partitions
     failures: list[str] = []
@@ -284,6 +420,9 @@ def produce(
             f"only {delivered_total} of {n} records to topic {topic!r} were acknowledged "
             f"({remaining} still queued after flush); is the broker at {bootstrap} reachable?"
         )
+    if client is not None and identity is not None:
+        client.topics[topic] = identity.topic_id
+        _KEPT.give_back(client)
     if progress is not None:
         progress(delivered_total)
     result = ProduceResult(
