@@ -708,6 +708,13 @@ def test_a_recreated_topic_whose_old_output_is_dead_letters_only_stops_with_stat
     assert dict(_all(s3, stack.s3_bucket, unique_prefix)) == before
 
 
+#: librdkafka believes a topic is gone only once ``topic.metadata.propagation.max.ms`` (30 s) has
+#: passed since the client first saw it: a member running longer stops within a second of the
+#: deletion (0.9 s measured), one deleted under a few seconds after its start stopped some 25 s
+#: later. These tests delete a topic seconds after the start, so they shorten that window.
+SEES_A_DELETION_AT_ONCE = ("-X", "topic.metadata.propagation.max.ms=1000")
+
+
 def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_is_written(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str
 ) -> None:
@@ -720,7 +727,8 @@ def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_
     topic, group = make_topic(partitions=1), unique("g")
     out = output(stack, unique_prefix)
     produce(stack.kafka_bootstrap, topic, "page_view", 500, partitions=1)
-    running = start_consumer(topic, group, out, "--row-group-rows", "200", "--row-group-max-age", "2s")
+    running = start_consumer(topic, group, out, "--row-group-rows", "200", "--row-group-max-age", "2s",
+                             *SEES_A_DELETION_AT_ONCE)
     try:
         running.wait_for(
             lambda ev: any(e.get("event") == "row group durable" and e.get("to_position") == 500 for e in ev),
@@ -746,7 +754,8 @@ def test_a_topic_recreated_while_the_consumer_runs_stops_it_before_a_new_record_
 
 #: How librdkafka learns that a topic it reads was deleted: ``fetch``, a fetch's error (by default,
 #: most often); ``metadata``, a metadata refresh, which reports the topic's partitions lost.
-HOW_TOLD = {"fetch": (), "metadata": ("-X", "topic.metadata.refresh.interval.ms=1000")}
+HOW_TOLD = {"fetch": SEES_A_DELETION_AT_ONCE,
+            "metadata": ("-X", "topic.metadata.refresh.interval.ms=1000", *SEES_A_DELETION_AT_ONCE)}
 
 
 @pytest.mark.parametrize("told", sorted(HOW_TOLD))
