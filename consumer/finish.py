@@ -131,7 +131,7 @@ class FinishRunner(Runner):
         staged file names): at the end of what is staged. Or when the group's commits of every
         staged partition name another output (``--output`` was changed): where that one holds the
         rest of what is staged (:meth:`_cut_where_moved`)."""
-        info = self.consumer.list_topics(topic=topic, timeout=10.0).topics.get(topic)
+        info = self._first_metadata(topic).topics.get(topic)
         error = None if info is None else info.error
         if info is not None and error is None:
             now, named = self._current_topic_id(topic), self._staged_topic_ids(staged)

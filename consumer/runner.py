@@ -639,10 +639,11 @@ class Runner:
                 "and the -X security settings (`consumer check` tries each). Nothing was read or written."
             ) from exc
 
-    def _first_metadata(self) -> Any:
-        """The cluster's metadata, the run's first request to it (:mod:`consumer.first_contact`):
-        waited for up to 10 s, but a refused login or certificate stops the wait at once."""
-        return first_contact.metadata(self.consumer, 10.0, self._refused_at_first_contact)
+    def _first_metadata(self, topic: str | None = None) -> Any:
+        """The cluster's metadata (of ``topic``), the run's first request to it
+        (:mod:`consumer.first_contact`): waited for up to 10 s, but a refused login or certificate
+        stops the wait at once."""
+        return first_contact.metadata(self.consumer, 10.0, self._refused_at_first_contact, topic)
 
     def _refused_at_first_contact(self) -> bool:
         with contextlib.suppress(Exception):  # the error events (_on_error) of the tries so far
