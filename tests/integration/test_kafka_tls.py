@@ -95,7 +95,7 @@ def exports_every_offset_once(stack: Any, s3: Any, topic: str, group: str, out: 
 
 
 def refused_at_start(command: list[str]) -> str:
-    """Run ``command``, which must stop with status 2 within 30 s (a refusal is not an outage to
+    """Run ``command``, which must stop with status 2 within 9 s (a refusal is not an outage to
     wait out): the reason it logged."""
     started = time.monotonic()
     res = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=REPO)
