@@ -252,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "exactly one of them")
     ver.add_argument("--json", action="store_true", help="print the report as JSON")
     ver.add_argument("--s3-endpoint-url", default=os.environ.get("S3_ENDPOINT_URL"))
+    ver.add_argument("-X", dest="kafka_properties", action="append", metavar="KEY=VALUE", default=[],
+                     help="a librdkafka property of its Kafka clients (repeatable): the run's -X security "
+                     "settings (TLS, SASL); group.* properties are not used")
     return parser
 
 
@@ -551,6 +554,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         committed = parse_committed(args.committed) if args.committed else None
         since = parse_since(args.since, time.time()) if args.since else None
         others = [cfgmod.split_output(o) for o in args.with_output]
+        properties = {k: v for k, v in cfgmod.parse_properties(args.kafka_properties).items()
+                      if not k.startswith("group.")}  # its clients never join a group
     except ValueError as exc:
         print(f"consumer: verify: {exc}", file=sys.stderr)
         return 2
@@ -566,6 +571,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             prefix,
             args.topic,
             bootstrap_servers=args.bootstrap_servers,
+            kafka_config=properties,
             group_id=None if committed is not None else args.group_id,
             committed=committed,
             contiguous=args.contiguous,

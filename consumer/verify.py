@@ -29,6 +29,7 @@ checked everywhere, since an expired file takes its rows with it but never adds 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import time
@@ -42,9 +43,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from consumer import first_contact
 from consumer import log as logmod
 from consumer.bucketing import Template, TemplateError, assign, parse_template, time_column, to_millis
 from consumer.inspect import human_bytes, parquet_metadata
+from consumer.kafka_names import login_refused
 from consumer.layout import MOVED_IN, Layout, PieceRef, check_topic_name
 from consumer.parquet_merge import ParquetMergeError, read_key_value_metadata, read_piece_layout
 from consumer.storage import ObjectInfo, ObjectStore, StorageError
@@ -534,7 +537,8 @@ class _Kafka:
         #: librdkafka's own lines: off the terminal (the report is the output); the first error
         #: explains a failed request
         self.lines = logmod.ClientLines()
-        self.base: dict[str, Any] = {"bootstrap.servers": bootstrap, **(extra or {}), "logger": self.lines}
+        self.base: dict[str, Any] = {"bootstrap.servers": bootstrap, **(extra or {}), "logger": self.lines,
+                                     "error_cb": self.lines.error}
         throwaway = {"group.id": f"consumer-verify-{uuid.uuid4().hex[:12]}", "enable.auto.commit": False}
         self.meta = self.lines.watch(Consumer({**self.base, **throwaway}))
 
@@ -542,12 +546,24 @@ class _Kafka:
         self.meta.close()
 
     def partitions(self) -> list[int]:
-        md = self.meta.list_topics(topic=self.topic, timeout=15)
+        """The topic's partitions: its first request, which a refused login or certificate ends at
+        once (consumer.first_contact) instead of after the whole 15 s."""
+        md = first_contact.metadata(self.meta, 15.0, lambda: self.refusal() is not None, self.topic)
         t = md.topics.get(self.topic)
         if t is None or t.error is not None or not t.partitions:
             why = t.error if t is not None and t.error is not None else "no partitions"
             raise VerifyError(f"topic {self.topic!r} not found in Kafka ({why})")
         return sorted(t.partitions)
+
+    def refusal(self) -> str | None:
+        """The client's own words for a login or certificate the cluster refused, among its error
+        events so far; None if none is one."""
+        with contextlib.suppress(Exception):
+            self.meta.poll(0)
+        for event in self.lines.events:
+            if login_refused(event.code(), str(event.str())) is not None:
+                return str(event.str())
+        return None
 
     def watermarks(self, partition: int) -> tuple[int, int]:
         from confluent_kafka import TopicPartition
@@ -603,6 +619,10 @@ class _Kafka:
                     if err is not None:
                         if err.code() == KafkaError._PARTITION_EOF:
                             done.add(p)
+                            continue
+                        if err.code() == KafkaError.GROUP_AUTHORIZATION_FAILED:
+                            # its throwaway group, which it never joins nor commits to: a principal
+                            # whose ACLs name the run's group only may still read the topic
                             continue
                         raise VerifyError(f"Kafka error reading {self.topic}[{p}]: {err}")
                     if p not in todo:
@@ -847,6 +867,11 @@ def verify(
         if kafka is None or logmod.kafka_said(exc) is None:
             raise
         # not a finding about the output: a question Kafka did not answer (exit 2, not 1)
+        if (refused := kafka.refusal()) is not None:
+            raise VerifyError(
+                f"Kafka at {kafka.bootstrap} refused this client ({refused}): check the -X security "
+                "settings (`consumer check` tries them); nothing was verified"
+            ) from exc
         raise VerifyError(
             f"Kafka at {kafka.bootstrap} did not answer ({kafka.lines.explain(exc)}): check "
             "--bootstrap-servers and that the brokers are reachable from here; nothing was verified"

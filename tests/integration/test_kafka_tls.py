@@ -86,12 +86,19 @@ def check(stack: Any, topic: str, group: str, flags: list[str]) -> subprocess.Co
 def exports_every_offset_once(stack: Any, s3: Any, topic: str, group: str, out: str, prefix: str,
                               flags: list[str], produced: Any, tmp_path: Path) -> None:
     """``run --until-caught-up`` with ``flags`` exits 0 and the finals under ``prefix`` hold every
-    offset ``produced`` once."""
+    offset ``produced`` once; ``verify`` with the same flags, up to the group's commits, says so."""
     res = subprocess.run(consumer_cmd(topic, group, out, "--until-caught-up", *flags),
                          capture_output=True, text=True, timeout=180, cwd=REPO)
     assert res.returncode == 0, res.stderr[-3000:]
     table = read_table(download_finals(s3, stack.s3_bucket, prefix, tmp_path))
     assert_exactly_once(table, produced.partition_counts)
+    verified = subprocess.run(verify_cmd(topic, out, "--group-id", group, *flags),
+                              capture_output=True, text=True, timeout=180, cwd=REPO)
+    assert verified.returncode == 0, verified.stdout[-3000:] + verified.stderr[-3000:]
+
+
+def verify_cmd(topic: str, out: str, *flags: str) -> list[str]:
+    return [sys.executable, "-m", "consumer", "verify", "--topic", topic, "--output", out, *flags]
 
 
 def refused_at_start(command: list[str]) -> str:
@@ -146,6 +153,13 @@ def test_a_broker_certificate_the_client_does_not_trust_stops_the_start_with_sta
         assert said.startswith("this client does not trust the Kafka broker's certificate ("), said
         assert "certificate verify failed" in said and "ssl.ca.location" in said, said
     assert "Contents" not in s3.list_objects_v2(Bucket=stack.s3_bucket, Prefix=f"{unique_prefix}out")
+    started = time.monotonic()
+    verified = subprocess.run(verify_cmd(topic, out, *untrusting), capture_output=True, text=True,
+                              timeout=120, cwd=REPO)
+    assert verified.returncode == 2, verified.stdout[-3000:] + verified.stderr[-3000:]
+    assert f"consumer: verify: Kafka at {stack.kafka_ssl_bootstrap} refused this client (" in verified.stderr
+    assert "certificate verify failed" in verified.stderr and "-X security settings" in verified.stderr
+    assert time.monotonic() - started < 9, "verify waited out its 15 s for a refused handshake"
     checked = check(stack, topic, group, untrusting)
     assert checked.returncode == 1, checked.stdout + checked.stderr
     assert "FAIL kafka: RuntimeError: this client does not trust the Kafka broker's certificate (" \
