@@ -3,10 +3,10 @@
 Why: a client that the cluster refuses (a broker certificate it does not trust, a certificate or
 password the broker refuses) learns it at its first handshake, within milliseconds, but a metadata
 request waits its whole timeout for a broker that never comes up, and the refusal, an error event,
-is served only after it. The run, ``replay`` and ``check`` each waited 10 s (``check`` its
-``--timeout``) before saying what was wrong. Asked here in slices of :data:`SLICE` seconds, with the
-client's events served between them, the refusal stops the wait within about a second; a broker
-that is only slow to answer gets the same whole wait as before.
+is served only after it. The run, ``replay`` and ``finish`` each waited 10 s (``check`` its
+``--timeout``, ``verify`` 15 s) before saying what was wrong. Asked here in slices of :data:`SLICE`
+seconds, with the client's events served between them, the refusal stops the wait within about a
+second; a broker that is only slow to answer gets the same whole wait as before.
 """
 
 from __future__ import annotations
