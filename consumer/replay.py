@@ -19,6 +19,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from consumer.errors import EXIT_OK, IntegrityError, UsageError
+from consumer.kafka_names import NOT_AUTHORIZED
 from consumer.positions import PartitionFenced, S3StatePositions
 from consumer.progress import Progress, ProgressReporter, compute
 from consumer.runner import TP, Runner
@@ -92,6 +93,21 @@ class ReplayRunner(Runner):
         # A bar on a terminal, JSON "replay progress" events otherwise (consumer/progress.py).
         bar = ProgressReporter.want_bar(config.log_format) if progress_bar is None else progress_bar
         self.progress = ProgressReporter(self.log, bar=bar, every=progress_every)
+        self._group_refusal_noted = False
+
+    def _of_a_group_not_used(self, err: Any) -> bool:
+        """A replay joins no group and commits to none (its positions are objects beside its
+        output), but librdkafka's consumer looks up the coordinator of the group it is configured
+        with (``consumer-replay``, or --group-id): the cluster refusing this client that group is
+        no reason to stop and no ACL to ask for. A principal granted only the topic used to be
+        stopped with status 2 asking for the group. Noted once."""
+        if NOT_AUTHORIZED.get(err.code()) != "group":
+            return False
+        if not self._group_refusal_noted:
+            self._group_refusal_noted = True
+            self.log.info("the cluster refuses this client the consumer group librdkafka looks up; "
+                          "a replay uses no group, so it goes on", kafka=str(err))
+        return True
 
     def _fenced(self, worker: Any, exc: PartitionFenced) -> None:
         """The partition's ``_state`` object changed under this replay: another replay writes this

@@ -366,6 +366,8 @@ class Runner:
         return _FRESH_START.get(reset, _OFFSET_INVALID)
 
     def _on_kafka_error(self, err: Any) -> None:
+        if self._of_a_group_not_used(err):
+            return
         fatal = bool(err.fatal())
         if self._first_kafka_error is None and err.code() != _ALL_BROKERS_DOWN:
             self._first_kafka_error = str(err.str())
@@ -948,8 +950,13 @@ class Runner:
                 self._fatal_client = True
             raise err
 
+    def _of_a_group_not_used(self, err: Any) -> bool:
+        """Whether ``err`` concerns a consumer group this run never uses: none here (a replay's;
+        see ReplayRunner)."""
+        return False
+
     def _fetch_error(self, err: Any, msg: Any) -> None:
-        if err.code() == PARTITION_EOF:
+        if err.code() == PARTITION_EOF or self._of_a_group_not_used(err):
             return
         if err.code() == _AUTO_OFFSET_RESET:
             raise self._position_not_in_log(msg.topic(), msg.partition(), msg.offset(), str(err))

@@ -153,6 +153,27 @@ def test_a_group_the_client_may_not_use_stops_the_start_naming_the_acl(
     assert f"--allow-principal User:{USER} --operation Read --group {group}" in said, said
 
 
+def test_a_replay_needs_no_group_acl_a_principal_granted_the_topic_replays_every_offset_once(
+    stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
+) -> None:
+    """A replay joins no group and commits to none (its positions are objects beside its output),
+    yet librdkafka's consumer looks up the coordinator of the group it is configured with
+    (``consumer-replay``): granted only the topic, the principal was refused that group and the
+    replay stopped with status 2 asking for a group ACL it never uses."""
+    topic = make_topic(partitions=2)
+    produced = produce(stack.kafka_bootstrap, topic, "page_view", 300, partitions=2, create_topic=False)
+    grant(admin, ("topic", topic, "READ"), ("topic", topic, "DESCRIBE"), principal=f"User:{USER}")
+    out = f"s3://{stack.s3_bucket}/{unique_prefix}replay"
+    replay = subprocess.run(
+        [sys.executable, "-m", "consumer", "replay", "--topic", topic, "--schema", "page_view",
+         "--output", out, "--log-format", "json", *sasl(stack)],
+        capture_output=True, text=True, timeout=180, cwd=REPO,
+    )
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    table = read_table(download_finals(s3, stack.s3_bucket, f"{unique_prefix}replay/", tmp_path))
+    assert_exactly_once(table, produced.partition_counts)
+
+
 @pytest.mark.parametrize("taken", ["topic", "group"])
 def test_read_taken_away_mid_run_stops_it_and_granted_again_a_new_run_exports_every_offset_once(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path, taken: str
