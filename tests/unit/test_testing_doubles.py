@@ -12,6 +12,7 @@ elsewhere).
 
 from __future__ import annotations
 
+import copy
 import errno
 import hashlib
 import os
@@ -502,6 +503,35 @@ def test_fail_next_raises_then_recovers() -> None:
         s.head("k")
     with pytest.raises(ValueError, match="unknown operation"):
         s.fail_next("put", TransientStorageError)
+
+
+def test_a_deep_copy_holds_the_same_state_and_goes_on_apart() -> None:
+    """What a test that starts many runs from one state rests on: the copy has every object,
+    ETag, user metadata, unfinished upload and switch of the original, with counters of its own
+    from zero, and a write to either is not seen in the other. The write order goes on from where
+    it was in both, so Last-Modified still orders what each writes after what both hold."""
+    s = MemoryStore()
+    s.ignore_if_match = True
+    assert s.put_if_absent("a", b"first", {"kafka.group_id": "g"}) is PutOutcome.CREATED
+    upload_id = s.create_multipart_upload("big")
+    s.upload_part("big", upload_id, 1, b"x" * MIN_S3_PART)
+    s.on_op = lambda op, key: None
+    twin = copy.deepcopy(s)
+    assert twin.objects == s.objects and twin.etag("a") == s.etag("a")
+    info = twin.head("a")
+    assert info is not None and dict(info.metadata) == {"kafka.group_id": "g"}
+    assert twin.ignore_if_match and twin.on_op is None
+    assert twin.stats.requests == {"head_object": 1}
+    assert twin.put_if_absent("a", b"first") is PutOutcome.EXISTS_SAME  # the same bytes, as before
+    twin.upload_part("big", upload_id, 2, b"y")
+    twin.complete_multipart_upload("big", upload_id)
+    assert twin.get("big") == b"x" * MIN_S3_PART + b"y" and "big" not in s.objects
+    assert list(s.uploads) == [upload_id] and s.uploads[upload_id] is not twin.uploads.get(upload_id)
+    s.put_object("b", b"original's")
+    twin.put_object("c", b"twin's")
+    assert "c" not in s.objects and "b" not in twin.objects
+    first = s.last_modified["a"]
+    assert twin.last_modified["a"] == first and min(s.last_modified["b"], twin.last_modified["c"]) > first
 
 
 def test_fail_next_after_models_a_lost_reply() -> None:
