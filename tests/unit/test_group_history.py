@@ -48,6 +48,7 @@ from unittest.mock import patch
 
 import fastavro
 import pyarrow.parquet as pq
+import pytest
 from confluent_kafka import KafkaError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -768,6 +769,27 @@ def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int,
         patch.object(positions, "time", NO_WAITING),  # the Kafka client's retries, at once
     ):
         _history(steps, CONFIGS[layout])  # one thread per member: each S3 request is known to be its own
+
+
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
+    "a false stop, not fixed yet: found by this property (seed 2884519696, 30,000 examples). A "
+    "flush of bad records only made its dead letters [0, 4) durable in 'out' and then failed, "
+    "uncommitted; the group moved to 'new', which wrote [0, 3) there and committed 3; back in "
+    "'out', recovery takes the committed 3 inside 'out''s uncommitted dead-letter object for a "
+    "reset backwards and stops with status 5, with nothing changed ('out' still holds [0, 4) in "
+    "dead letters, 'new' [0, 3)). Staged pieces are cut where the other output holds them "
+    "(worker._held_where_the_group_moved); dead-letter objects are not, and the other output's "
+    "dead letters are not in its held ranges."))
+@pytest.mark.parametrize("then", [("retention", 0, 1), ("delete_staged", 0, 0)])
+def test_a_run_back_past_an_uncommitted_dead_letter_object_goes_on(then: tuple[str, int, int]) -> None:
+    steps = [("produce", 0, 2), ("produce_bad", 1, 6 if then[0] == "retention" else 4), ("expel", 0, 0),
+             ("s3_error", 0, 11), ("move", 0, 0), ("join", 0, 0), ("move", 0, 0), then]
+    with (
+        patch.object(side_by_side, "RECOVERY_THREADS", 1),
+        patch.object(side_by_side, "CLOSE_THREADS", 1),
+        patch.object(positions, "time", NO_WAITING),
+    ):
+        _history(steps, CONFIGS["evolving"])
 
 
 def _said_in_both(logs: list[dict[str, Any]]) -> dict[int, set[int]]:
