@@ -229,6 +229,19 @@ class Layout:
     def dead_letter_dir(self, topic: str, partition: int) -> str:
         return self._join("_dead_letters", f"topic={topic}", f"partition={partition}") + "/"
 
+    def dead_letter_topic_dir(self, topic: str) -> str:
+        """The folder every dead-letter object of ``topic``'s partitions lives under."""
+        return self._join("_dead_letters", f"topic={topic}") + "/"
+
+    def parse_dead_letter_of_topic(self, topic: str, key: str) -> tuple[int, int, int] | None:
+        """A key listed under :meth:`dead_letter_topic_dir` → (partition, from, to)."""
+        base = self.dead_letter_topic_dir(topic)
+        folder, _, name = key[len(base):].partition("/") if key.startswith(base) else ("", "", "")
+        number = folder.removeprefix("partition=")
+        ours = folder.startswith("partition=") and number.isdigit() and "/" not in name
+        rng = self.parse_dead_letter_range(name) if ours else None
+        return None if rng is None else (int(number), *rng)
+
     @staticmethod
     def parse_dead_letter_range(key: str) -> tuple[int, int] | None:
         """``…/<from>-<to>.jsonl`` → (from, to); None for anything else."""

@@ -160,7 +160,8 @@ def holds_all(ranges: Ranges, start: int, end: int) -> bool:
     return reached >= end
 
 
-def cut_at(refs: Sequence[PieceRef | RollMarker], held: Ranges, end: int | None = None) -> int:
+def cut_at(refs: Sequence[PieceRef | RollMarker], held: Ranges, end: int | None = None,
+           letters: Sequence[tuple[int, int]] = ()) -> int:
     """Where the staged files ``refs`` of an output the group has moved from are cut: at the first
     staged boundary (a file's start, a piece's end, a decided roll's) from which the output it
     moved to (``held``: the ranges of its files) holds every position up to the end of what is
@@ -169,10 +170,16 @@ def cut_at(refs: Sequence[PieceRef | RollMarker], held: Ranges, end: int | None 
     its commit), or the whole file of a group that moved there and back. So every row is in one
     of the two outputs and none in both. All of what is staged when the other holds none of it.
     ``end``: cut only what lies below it (a run's committed position: what is staged past it was
-    never committed and goes anyway); at most ``end``, or the end of what is staged."""
+    never committed and goes anyway); at most ``end``, or the end of what is staged.
+    ``letters``: the ranges of the dead-letter objects there, whose bounds are boundaries too
+    where no staged file holds them inside (a run back leaves out those from the cut on, as it
+    does pieces)."""
+    spans = [(r.from_pos, r.to_pos) if isinstance(r, PieceRef) else (r.file_start, r.end) for r in refs]
+    bounds = {b for frm, to in letters for b in (frm, to) if not any(a < b < z for a, z in spans)}
     ends = {r.to_pos if isinstance(r, PieceRef) else r.end for r in refs}
-    end = max(ends) if end is None else min(end, max(ends))
-    return next(b for b in sorted(ends | {r.file_start for r in refs} | {end}) if holds_all(held, b, end))
+    end = max(ends | {to for _f, to in letters}) if end is None else min(end, max(ends | bounds))
+    return next(b for b in sorted(ends | {r.file_start for r in refs} | bounds | {end})
+                if holds_all(held, b, end))
 
 
 def held_in_both(refs: Sequence[PieceRef | RollMarker], held: Ranges, cut: int) -> Ranges:

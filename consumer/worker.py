@@ -432,7 +432,8 @@ class PartitionWorker:
         if gone is not None:
             last_end, writer = gone.end, gone.writer
             topic_ids.append(gone.topic_id)
-        dead = self._dead_letters(since=last_end)
+        as_left_dead = self._dead_letters(since=last_end)
+        dead = [d for d in as_left_dead if d[0] not in elsewhere]
         letters = self._newest_dead_letters(dead, max([last_end or 0, *(p.to_pos for p in pieces)]),
                                             committed)
         if letters is not None:
@@ -440,7 +441,7 @@ class PartitionWorker:
         if moved is not None and committed is None:
             topic_ids.append(moved.topic_id)
         self._keep_a_move_once_checked(moved, lambda at: plan_recovery(
-            at, *as_left, dead, self._recovery_final_starts(
+            at, *as_left, as_left_dead, self._recovery_final_starts(
                 {p.file_start for p in as_left[0]} | {m.file_start for m in as_left[1]}) if elsewhere
             else finals, last_end, where=self.where, staged_here=True,
             gone_final_start=gone.start if gone is not None else None))
@@ -491,25 +492,33 @@ class PartitionWorker:
 
     def _held_where_the_group_moved(self, committed: int | None, pieces: list[PieceRef],
                                     markers: list[RollMarker]) -> list[str]:
-        """The staged objects of this output that the output the group last committed to holds
-        the rows of, to be left out and deleted: a group that moved to another ``--output`` and
-        back. What this output staged past its last commit before the move (a crash between a
-        piece's upload and its commit), or a whole file the group wrote again there, would
-        otherwise be finished here as a reset forwards finishes what is staged, and be in both
-        outputs (found by tests/unit/test_finish.py's property). Cut as ``consumer finish`` cuts
-        (consumer.recovery.cut_at), below the committed position. The other output is read (one
-        listing of its topic folder and staging, a footer of each final file that starts low
-        enough) in this bucket or, through ``shared.store_of``, in another; when it cannot be,
-        nothing is left out (and a failed read says that both outputs may then hold those rows).
-        An error that may pass (S3 unavailable, retries exhausted) stops the recovery instead, with
-        nothing changed, rather than keep rows the other output may hold as well."""
+        """The staged objects and dead-letter objects of this output that the output the group
+        last committed to holds the records of, to be left out and deleted: a group that moved to
+        another ``--output`` and back. What this output staged past its last commit before the
+        move (a crash between a piece's upload and its commit), or a whole file the group wrote
+        again there, would otherwise be finished here as a reset forwards finishes what is staged,
+        and be in both outputs (found by tests/unit/test_finish.py's property). A flush of bad
+        records only that made its dead letters durable here and then failed, uncommitted, left
+        an object across the position the group committed there: taken for a reset backwards
+        into it, the run stopped (status 5; found by tests/unit/test_group_history.py). Cut as
+        ``consumer finish`` cuts (consumer.recovery.cut_at), below the committed position; what
+        lies past it goes anyway. The other output is read (one listing of its topic folder,
+        staging and dead letters, a footer of each final file that starts low enough; and one
+        listing of this partition's dead letters here) in this bucket or, through
+        ``shared.store_of``, in another; when it cannot be, nothing is left out (and a failed read
+        says that both outputs may then hold those rows). An error that may pass (S3 unavailable,
+        retries exhausted) stops the recovery instead, with nothing changed, rather than keep rows
+        the other output may hold as well."""
         note = parse_note(self.positions.note(self.topic, self.partition))
-        if committed is None or note is None or not pieces or same_output(note.output, self.shared.output):
+        if committed is None or note is None or same_output(note.output, self.shared.output):
             return []
         other = self._other_output(note.output)
         if other is None:
             return []
-        end = min(committed, max(p.to_pos for p in pieces))
+        letters = self._dead_letters()
+        if not pieces and not letters:
+            return []
+        end = min(committed, max([p.to_pos for p in pieces] + [to for _k, _f, to in letters]))
         try:
             store, layout = other[0](), other[1]
             listing = self.shared.other_outputs.get(
@@ -529,17 +538,19 @@ class PartitionWorker:
                 error=f"{type(exc).__name__}: {exc}"[:300],
             )
             return []
-        cut = cut_at([*pieces, *markers], held, end)
+        cut = cut_at([*pieces, *markers], held, end, [(f, t) for _k, f, t in letters])
         warn_held_in_both(self.log, pieces, held, cut, moved_to=note.output)
         if cut >= end:
             return []
         left = [r.key for r in pieces if r.from_pos >= cut] + [m.key for m in markers if m.end > cut]
+        dead = [key for key, frm, _to in letters if frm >= cut]
         self.log.warning(
             "staged rows here are in the output the group moved to as well: left out of this "
-            "output's files and deleted, so that each is in one of the two", moved_to=note.output,
-            from_position=cut, to_position=end, objects=len(left),
+            "output's files and deleted (and the dead letters of those records), so that each is in "
+            "one of the two", moved_to=note.output, from_position=cut, to_position=end,
+            objects=len(left), dead_letter_objects=len(dead),
         )
-        return left
+        return left + dead
 
     def _moved_in(self, committed: int | None) -> MovedIn | None:
         """Where the group went on from in this output without what it had read below being here
@@ -796,7 +807,9 @@ class PartitionWorker:
         """Recovery under --partition-by: today's plan per bucket (see plan_bucketed_recovery).
         ``elsewhere``: staged objects left out of the plan and deleted with what it deletes
         (:meth:`_held_where_the_group_moved`); ``moved``: :meth:`_moved_in`; ``as_left``: every
-        staged object here, for the check of a run back (None: ``pieces`` and ``markers``)."""
+        staged object here, for the check of a run back (None: ``pieces`` and ``markers``), which
+        sees every dead-letter object here too."""
+        left_dead, dead = dead, [d for d in dead if d[0] not in elsewhere]
         rolled = [self.layout.parse_rolled(o.key)
                   for o in self.store.list(self.layout.rolled_dir(self.topic, self.partition))]
         high_water = max((r for r in rolled if r is not None), default=None)
@@ -816,7 +829,7 @@ class PartitionWorker:
         def check_where_left(at: int) -> None:
             buckets = {p.bucket for p in left_pieces} | {m.bucket for m in left_markers}
             left_finals = {**self._bucket_finals(buckets - set(finals)), **finals}
-            self._refuse_where_left(at, left_pieces, left_markers, dead, left_finals, high_water, etags)
+            self._refuse_where_left(at, left_pieces, left_markers, left_dead, left_finals, high_water, etags)
 
         self._keep_a_move_once_checked(moved, check_where_left)
         named = self._flush_files(committed, pieces, etags) if committed is not None else {}
@@ -2372,16 +2385,21 @@ class NamedFinal:
 
 @dataclass(frozen=True)
 class OutputListing:
-    """What one listing of an output's topic folder and of its staging found: the final files (key,
-    size) and the staged objects (key, size), of every partition."""
+    """What one listing of an output's topic folder, of its staging and of its dead letters found:
+    the final files (key, size), the staged objects (key, size) and the dead-letter objects
+    (partition, from, to), of every partition."""
 
     finals: tuple[tuple[str, int], ...]
     staged: tuple[tuple[str, int], ...]
+    dead_letters: tuple[tuple[int, int, int], ...] = ()
 
     @classmethod
     def of(cls, store: Any, layout: Layout, topic: str) -> OutputListing:
+        letters = (layout.parse_dead_letter_of_topic(topic, o.key)
+                   for o in store.list(layout.dead_letter_topic_dir(topic)))
         return cls(tuple((o.key, o.size) for o in store.list(layout.topic_dir(topic))),
-                   tuple((o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))))
+                   tuple((o.key, o.size) for o in store.list(layout.topic_staging_dir(topic))),
+                   tuple(d for d in letters if d is not None))
 
 
 @dataclass(frozen=True)
@@ -2441,11 +2459,15 @@ class OtherOutputListings:
 
 def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int],
                 listing: OutputListing | None = None) -> dict[int, Ranges]:
-    """The [from, to) ranges of the files, final or still open, that ``layout``'s output holds of
-    each partition ``p`` of ``topic`` in ``below``, starting below ``below[p]``. One listing of the
-    topic's folder and one of its staging (``listing``, if given), and a footer read for each final
-    file that starts low enough (files a group moved to start where it moved: few start below
-    another output's open file)."""
+    """The [from, to) ranges of the files, final or still open, and of the dead-letter objects that
+    ``layout``'s output holds of each partition ``p`` of ``topic`` in ``below``, starting below
+    ``below[p]``. One listing of the topic's folder, one of its staging and one of its dead letters
+    (``listing``, if given), and a footer read for each final file that starts low enough (files a
+    group moved to start where it moved: few start below another output's open file). A flush of
+    bad records only leaves a dead-letter object and no file: its records are in that output too.
+    Without them, a run back found its own uncommitted dead letters across the position the other
+    output committed and stopped (status 5), and rows staged here across such a range were kept in
+    both outputs (found by tests/unit/test_group_history.py)."""
     listing = listing or OutputListing.of(store, layout, topic)
     out: dict[int, Ranges] = {p: [] for p in below}
     for key, size in listing.finals:
@@ -2457,6 +2479,9 @@ def held_ranges(store: Any, layout: Layout, topic: str, below: dict[int, int],
     for (_topic, p), refs in staged_of(layout, list(listing.staged), (topic,)).items():
         if p in below:
             out[p] += [(r.from_pos, r.to_pos) for r in refs if isinstance(r, PieceRef)]
+    for p, frm, to in listing.dead_letters:
+        if p in below and frm < below[p]:
+            out[p].append((frm, to))
     return out
 
 

@@ -34,7 +34,7 @@ from consumer.samples import encode_raw, make_record, parsed_schema
 from consumer.storage import FatalStorageError, ObjectInfo, TransientStorageError
 from consumer.testing import Crash, MemoryBroker, MemoryStore, at_consume, crash_at_request
 from consumer.verify import VerifyError, verify
-from consumer.worker import OtherOutputListings, OutputListing
+from consumer.worker import OtherOutputListings, OutputListing, held_ranges
 
 PARTITIONS, PER_PARTITION = 2, 40
 SCHEMA = parsed_schema("page_view")
@@ -340,7 +340,8 @@ def test_a_run_back_whose_other_bucket_s3_fails_to_list_stops_then_leaves_out_it
 def test_a_run_back_lists_the_other_output_once_for_all_its_partitions() -> None:
     """Every partition's recovery in an output the group went back to reads the other output's
     ranges; the topic folder there holds all partitions, so one listing serves them all (it was
-    one a partition: P listings of the whole folder). A listing older than its TTL is made again."""
+    one a partition: P listings of the whole folder), with one of its staging and one of its dead
+    letters. A listing older than its TTL is made again."""
     broker, store, moved_store = _broker(), MemoryStore(), MemoryStore()
     runner = GroupRunner(_config(), store=store, decoder=_decoder(),
                          consumer_factory=broker.consumer_factory())
@@ -360,7 +361,7 @@ def test_a_run_back_lists_the_other_output_once_for_all_its_partitions() -> None
     back = GroupRunner(_config(until_caught_up=True), store=store, decoder=_decoder(),
                        consumer_factory=broker.consumer_factory(), store_of=lambda _bucket: moved_store)
     assert back.run() == EXIT_OK
-    assert sorted(listed) == ["new/_staging/topic=t/", "new/topic=t/"], listed
+    assert sorted(listed) == ["new/_dead_letters/topic=t/", "new/_staging/topic=t/", "new/topic=t/"], listed
 
     now = [0.0]
     listings = OtherOutputListings(ttl=30.0, clock=lambda: now[0])
@@ -787,6 +788,34 @@ def test_an_old_file_is_cut_where_the_other_output_holds_the_rest_of_what_is_sta
     assert cut_at(refs, [(90, forever)]) == 100  # below the open file: the decided roll still finishes
     assert cut_at(refs, [(0, 200)]) == 0  # the other holds all of it (a group moved there and back)
     assert cut_at(refs, [(100, 130), (140, 200)]) == 150  # a gap in the other: all kept
+
+
+def test_dead_letter_objects_are_cut_where_the_other_output_holds_their_records() -> None:
+    """A run back cuts this output's dead-letter objects as it cuts pieces: a flush of bad records
+    only left [0, 4) here, uncommitted, and the group committed 3 in the other output."""
+    forever = 10**9
+    assert cut_at([], [(0, 3)], 3, [(0, 4)]) == 0  # left out: [0, 3) is there, [3, 4) is read again
+    assert cut_at([], [(2, forever)], 3, [(0, 4)]) == 3  # the other lacks its start: kept
+    assert cut_at([], [(2, forever)], 4, [(0, 2), (2, 4)]) == 2  # [0, 2) committed here before the move
+    assert cut_at([], [], 4, [(0, 2), (2, 4)]) == 4  # the other holds none: all kept
+    layout = Layout("out")
+    refs: list[PieceRef | RollMarker] = [
+        PieceRef(100, a, b, layout.piece_key("t", 0, 100, a, b)) for a, b in [(100, 120), (120, 150)]]
+    # a dead-letter object's bounds inside a staged piece are no cut: the piece is kept whole
+    assert cut_at(refs, [(110, forever)], None, [(110, 112)]) == 120
+    assert cut_at(refs, [(90, forever)], None, [(90, 100)]) == 90  # below the file: left out with it
+
+
+def test_the_other_output_s_dead_letters_count_as_held() -> None:
+    """A flush of bad records only leaves a dead-letter object there and no file: its records are
+    held there all the same (a run back left its own rows of that range in both outputs)."""
+    store, layout = MemoryStore(), Layout("new")
+    store.put_if_absent(layout.dead_letter_key("t", 0, 0, 3), b"{}\n")
+    store.put_if_absent(layout.dead_letter_key("t", 0, 7, 9), b"{}\n")
+    store.put_if_absent(layout.dead_letter_key("t", 1, 0, 5), b"{}\n")
+    store.put_if_absent(layout.piece_key("t", 0, 3, 3, 7), b"not read")
+    assert held_ranges(store, layout, "t", {0: 8}) == {0: [(3, 7), (0, 3), (7, 9)]}
+    assert held_ranges(store, layout, "t", {0: 7, 1: 1}) == {0: [(3, 7), (0, 3)], 1: [(0, 5)]}
 
 
 def test_rows_kept_below_the_cut_that_the_other_output_holds_too_are_named() -> None:

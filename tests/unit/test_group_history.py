@@ -48,7 +48,6 @@ from unittest.mock import patch
 
 import fastavro
 import pyarrow.parquet as pq
-import pytest
 from confluent_kafka import KafkaError
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -762,6 +761,15 @@ OUTPUTS = ("s3://bucket/out", "s3://bucket/new")
 @example(steps=[("produce", 1, 8), ("join", 0, 0), ("move", 0, 0), ("stop", 1, 0), ("produce", 1, 1),
                 ("pause_at_request", 0, 1), ("join", 0, 0), ("turn", 1, 1), ("read_fails", 0, 2),
                 ("stop", 0, 0)], layout="bucketed")
+# Found by a long run of this test (seed 2884519696, 30,000 examples): a flush of bad records only
+# made its dead letters [0, 4) durable in 'out' and then gave up, uncommitted; the group moved to
+# 'new', which wrote [0, 3) in its dead letters and committed 3; back in 'out', recovery took the
+# committed 3 inside the uncommitted object for a reset backwards and stopped (status 5). A run
+# back now cuts dead-letter objects where the other output holds their records, as it cuts pieces.
+@example(steps=[("produce", 0, 2), ("produce_bad", 1, 6), ("expel", 0, 0), ("s3_error", 0, 11),
+                ("move", 0, 0), ("join", 0, 0), ("move", 0, 0), ("retention", 0, 1)], layout="evolving")
+@example(steps=[("produce", 0, 2), ("produce_bad", 1, 4), ("expel", 0, 0), ("s3_error", 0, 11),
+                ("move", 0, 0), ("join", 0, 0), ("move", 0, 0), ("delete_staged", 0, 0)], layout="evolving")
 def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int, int]], layout: str) -> None:
     with (
         patch.object(side_by_side, "RECOVERY_THREADS", 1),
@@ -769,27 +777,6 @@ def test_a_group_s_bad_day_exports_every_offset_once(steps: list[tuple[str, int,
         patch.object(positions, "time", NO_WAITING),  # the Kafka client's retries, at once
     ):
         _history(steps, CONFIGS[layout])  # one thread per member: each S3 request is known to be its own
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "a false stop, not fixed yet: found by this property (seed 2884519696, 30,000 examples). A "
-    "flush of bad records only made its dead letters [0, 4) durable in 'out' and then failed, "
-    "uncommitted; the group moved to 'new', which wrote [0, 3) there and committed 3; back in "
-    "'out', recovery takes the committed 3 inside 'out''s uncommitted dead-letter object for a "
-    "reset backwards and stops with status 5, with nothing changed ('out' still holds [0, 4) in "
-    "dead letters, 'new' [0, 3)). Staged pieces are cut where the other output holds them "
-    "(worker._held_where_the_group_moved); dead-letter objects are not, and the other output's "
-    "dead letters are not in its held ranges."))
-@pytest.mark.parametrize("then", [("retention", 0, 1), ("delete_staged", 0, 0)])
-def test_a_run_back_past_an_uncommitted_dead_letter_object_goes_on(then: tuple[str, int, int]) -> None:
-    steps = [("produce", 0, 2), ("produce_bad", 1, 6 if then[0] == "retention" else 4), ("expel", 0, 0),
-             ("s3_error", 0, 11), ("move", 0, 0), ("join", 0, 0), ("move", 0, 0), then]
-    with (
-        patch.object(side_by_side, "RECOVERY_THREADS", 1),
-        patch.object(side_by_side, "CLOSE_THREADS", 1),
-        patch.object(positions, "time", NO_WAITING),
-    ):
-        _history(steps, CONFIGS["evolving"])
 
 
 def _said_in_both(logs: list[dict[str, Any]]) -> dict[int, set[int]]:

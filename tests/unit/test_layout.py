@@ -55,6 +55,23 @@ def test_final_key_round_trip(prefix: str, topic: str, partition: int, file_star
 
 
 @FAST
+@given(prefix=PREFIX, topic=TOPIC, partition=PARTITION, a=POS, b=POS)
+def test_dead_letter_key_round_trip_from_a_listing_of_the_topic(prefix: str, topic: str, partition: int,
+                                                                 a: int, b: int) -> None:
+    layout = Layout(prefix)
+    lo, hi = min(a, b), max(a, b)
+    key = layout.dead_letter_key(topic, partition, lo, hi)
+    assert key.startswith(layout.dead_letter_topic_dir(topic)) and key.startswith(
+        layout.dead_letter_dir(topic, partition))
+    assert layout.parse_dead_letter_of_topic(topic, key) == (partition, lo, hi)
+    assert layout.parse_dead_letter_of_topic(topic + "x", key) is None  # another topic's folder
+    folder = layout.dead_letter_topic_dir(topic)
+    for foreign in (f"{folder}partition={partition}/x/{key.rsplit('/', 1)[-1]}",
+                    f"{folder}partition=p/{key.rsplit('/', 1)[-1]}", f"{folder}partition={partition}/a.json"):
+        assert layout.parse_dead_letter_of_topic(topic, foreign) is None
+
+
+@FAST
 @given(prefix=PREFIX, staged=st.lists(st.tuples(TOPIC, PARTITION, POS, POS, BUCKET, st.booleans()),
                                       max_size=8))
 def test_the_partitions_with_staged_objects_are_read_back_from_a_listing_of_the_staging_folder(
