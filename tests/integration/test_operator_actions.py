@@ -1530,6 +1530,47 @@ def test_a_group_moved_to_another_output_and_back_leaves_out_what_the_other_hold
     assert offsets_in_both(s3, stack.s3_bucket, unique_prefix, tmp_path, new_bucket) == every
 
 
+def test_a_run_back_past_an_uncommitted_dead_letter_object_leaves_it_out_and_goes_on(
+    stack: Any, s3: Any, make_topic: Any, unique_prefix: str
+) -> None:
+    """300 malformed records. In the old output their flush (row groups of 300) makes its dead
+    letters [0, 300) durable and dies before its commit. The group moves to a new output (row
+    groups of 100), which writes [0, 100) to its dead letters, commits 100 and dies. The group
+    comes back: the committed 100 is inside the old output's uncommitted object [0, 300), and the
+    run back took it for a reset backwards and stopped with status 5, changing nothing. It now
+    leaves that object out as the new output holds [0, 100) (and deletes it), reads from 100, and
+    every record is a dead letter in exactly one of the two outputs."""
+    topic, group = make_topic(partitions=1), unique("g")
+    old, new = output(stack, unique_prefix + "old"), output(stack, unique_prefix + "new")
+    good = [encode_raw(SCHEMA, make_record("page_view", i)) for i in range(300)]
+    produce_raw(stack.kafka_bootstrap, topic, [v + b"\x00\x01" for v in good])
+    member = static_member()
+    died = run_consumer(topic, group, old, "--row-group-rows", "300", *member,
+                        env={"CONSUMER_FAULT": "after_dead_letter_put:1"})
+    assert died.returncode == FAULT_EXIT_CODE, died.stderr[-3000:]
+    moved = run_consumer(topic, group, new, "--row-group-rows", "100", *member,
+                         env={"CONSUMER_FAULT": "after_commit:1"})
+    assert moved.returncode == FAULT_EXIT_CODE, moved.stderr[-3000:]
+    assert committed(stack.kafka_bootstrap, group, topic) == [100]
+
+    def letters(prefix: str) -> dict[str, list[int]]:
+        return {key.rsplit("/", 1)[-1]: sorted(json.loads(line)["offset"] for line in s3.get_object(
+                    Bucket=stack.s3_bucket, Key=key)["Body"].read().splitlines())
+                for key, _ in _all(s3, stack.s3_bucket, prefix) if "/_dead_letters/" in key}
+
+    assert [sorted(set(o)) for o in letters(unique_prefix + "old").values()] == [list(range(300))]
+    back = run_consumer(topic, group, old, "--row-group-rows", "300", *member)
+    assert back.returncode == 0, back.stderr[-3000:]
+    left_out = [e for e in log_events(back.stderr) if str(e.get("event", "")).startswith(
+        "staged rows here are in the output the group moved to as well")]
+    assert [(e["from_position"], e["to_position"], e["dead_letter_objects"]) for e in left_out] == [
+        (0, 100, 1)], back.stderr[-3000:]
+    there, here = letters(unique_prefix + "new"), letters(unique_prefix + "old")
+    assert sorted(o for offsets in there.values() for o in offsets) == list(range(100)), there
+    assert sorted(o for offsets in here.values() for o in offsets) == list(range(100, 300)), here
+    assert committed(stack.kafka_bootstrap, group, topic) == [300]
+
+
 def test_a_run_back_whose_other_bucket_is_gone_keeps_every_staged_row_and_says_why(
     stack: Any, s3: Any, admin: Any, make_topic: Any, unique_prefix: str, tmp_path: Path
 ) -> None:
