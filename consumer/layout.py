@@ -200,11 +200,9 @@ class Layout:
 
     def parse_moved_of_topic(self, topic: str, key: str) -> tuple[int, int, str] | None:
         """A key listed under :meth:`moved_topic_dir` → (partition, position, kind)."""
-        base = self.moved_topic_dir(topic)
-        folder, _, name = key[len(base):].partition("/") if key.startswith(base) else ("", "", "")
-        number = folder.removeprefix("partition=")
-        moved = self.parse_moved(name) if folder.startswith("partition=") and number.isdigit() else None
-        return None if moved is None else (int(number), *moved)
+        where = _in_partition_folder(self.moved_topic_dir(topic), key)
+        moved = self.parse_moved(where[1]) if where is not None else None
+        return None if moved is None or where is None else (where[0], *moved)
 
     def parse_staging_key(
         self, topic: str, partition: int, key: str, size: int = 0
@@ -235,12 +233,9 @@ class Layout:
 
     def parse_dead_letter_of_topic(self, topic: str, key: str) -> tuple[int, int, int] | None:
         """A key listed under :meth:`dead_letter_topic_dir` → (partition, from, to)."""
-        base = self.dead_letter_topic_dir(topic)
-        folder, _, name = key[len(base):].partition("/") if key.startswith(base) else ("", "", "")
-        number = folder.removeprefix("partition=")
-        ours = folder.startswith("partition=") and number.isdigit() and "/" not in name
-        rng = self.parse_dead_letter_range(name) if ours else None
-        return None if rng is None else (int(number), *rng)
+        where = _in_partition_folder(self.dead_letter_topic_dir(topic), key)
+        rng = self.parse_dead_letter_range(where[1]) if where is not None and "/" not in where[1] else None
+        return None if rng is None or where is None else (where[0], *rng)
 
     @staticmethod
     def parse_dead_letter_range(key: str) -> tuple[int, int] | None:
@@ -257,6 +252,14 @@ class Layout:
 
 
 Staged = dict[tuple[str, int], list[PieceRef | RollMarker]]
+
+
+def _in_partition_folder(base: str, key: str) -> tuple[int, str] | None:
+    """A key listed under a topic's folder ``base`` → (partition, the rest of the key after its
+    ``partition=<p>/`` folder); None for anything else."""
+    folder, _, name = key[len(base):].partition("/") if key.startswith(base) else ("", "", "")
+    number = folder.removeprefix("partition=")
+    return (int(number), name) if folder.startswith("partition=") and number.isdigit() else None
 
 
 def staged_of(layout: Layout, keys: list[tuple[str, int]], topics: tuple[str, ...]) -> Staged:
