@@ -59,6 +59,7 @@ def _expected(schema: str, n: int) -> dict[int, list[bytes]]:
 
 def test_calls_share_one_kept_producer_and_every_record_lands_once_in_order(stack: StackSettings) -> None:
     first, second = f"kept-{uuid.uuid4().hex[:10]}", f"kept-{uuid.uuid4().hex[:10]}"
+    producer_module._KEPT.close()  # not the one the tests before this one, in this process, were lent
     produce(stack.kafka_bootstrap, first, "page_view", 300)
     kept = producer_module._KEPT._idle
     assert kept is not None, "a call that went well keeps its producer"
