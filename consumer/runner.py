@@ -75,7 +75,7 @@ from consumer.orphans import OrphanWatch
 from consumer.positions import KafkaGroupPositions, PartitionFenced, PositionError, PositionStore
 from consumer.principal import client_principal
 from consumer.side_by_side import close_all, recover_each
-from consumer.signals import dump_stacks_on_request, install_stop_handler
+from consumer.signals import dump_stacks_on_request, install_stop_handler, on_arrival
 from consumer.storage import (
     REFUSED_HINT,
     FatalStorageError,
@@ -171,8 +171,6 @@ class RunStats:
 
 def resident_bytes() -> int:
     """This process's resident set size (0 where /proc is not available)."""
-    import os
-
     try:
         with open("/proc/self/statm", "rb") as f:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -555,7 +553,7 @@ class Runner:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) ask for a stop; SIGUSR1
-        writes every thread's stack to stderr (consumer.signals)."""
+        logs every thread's stack, SIGUSR2 writes it without the GIL (consumer.signals)."""
         self._bound_from_the_signal(install_stop_handler(self.request_stop))
         dump_stacks_on_request()
 
@@ -568,17 +566,14 @@ class Runner:
         thread reading it arms the timer then: --shutdown-timeout + 8 s from the signal, one second
         after the shutdown's own timers (which know the run's status) would have fired. It ends
         the process with the status a stop request earns: 0, or 128 + N for a bounded job that had
-        not finished (:meth:`_stopped_on_request`)."""
-        read, write = os.pipe()
-        os.set_blocking(write, False)
-        signal.set_wakeup_fd(write, warn_on_full_buffer=False)
-        stops = {int(s) for s in signals}
+        not finished (:meth:`_stopped_on_request`). The thread is consumer.signals' (:func:`on_arrival`)."""
         bound = self.config.shutdown_timeout + self.close_grace + self.exit_timer_margin + 1.0
+        armed = threading.Lock()
 
-        def watch() -> None:
-            while not (came := stops & set(os.read(read, 64))):
-                pass
-            status = self.stop_status(min(came))
+        def arm(signum: int) -> None:
+            if not armed.acquire(blocking=False):  # armed by the first stop signal, for the stop
+                return
+            status = self.stop_status(signum)
             exit_after(
                 bound, status,
                 f"consumer: still running {bound:g}s after the stop signal (--shutdown-timeout "
@@ -587,7 +582,7 @@ class Runner:
                 "consumed again",
             )
 
-        threading.Thread(target=watch, name="stop-signal-bound", daemon=True).start()
+        on_arrival(signals, arm)
 
     def run(self) -> int:
         """Run until stopped or done; the process exit status (see :mod:`consumer.errors`)."""

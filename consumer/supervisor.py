@@ -171,7 +171,7 @@ class Supervisor:
 
     def install_signal_handlers(self) -> None:
         """SIGTERM, SIGINT and SIGHUP (unless ignored, as under ``nohup``) stop every member;
-        SIGUSR1 writes this process's stacks to stderr (each member answers its own; the
+        SIGUSR1 logs this process's stacks (each member answers its own; the
         ``member started`` lines give their pids) (consumer.signals)."""
         self.stop_signals = install_stop_handler(self.request_stop)
         dump_stacks_on_request()

@@ -8,7 +8,6 @@ test takes milliseconds.
 from __future__ import annotations
 
 import dataclasses
-import signal
 import subprocess
 import sys
 import threading
@@ -530,33 +529,6 @@ def test_under_nohup_sighup_stays_ignored_and_the_job_finishes() -> None:
     said = proc.stdout + proc.stderr
     assert proc.returncode == 0, said.decode()[-2000:]
     assert b"stopped by a signal" not in said
-
-
-def test_sigusr1_writes_every_thread_s_stack_and_the_process_goes_on() -> None:
-    """``kill -USR1 <pid>``: where each thread is, for a consumer that seems stuck, without
-    stopping it (its default action ended the process)."""
-    import time
-
-    script = (
-        "import sys, threading, time\n"
-        "from consumer.signals import dump_stacks_on_request\n"
-        "dump_stacks_on_request()\n"
-        "threading.Thread(target=time.sleep, args=(60,), name='waiting-on-s3', daemon=True).start()\n"
-        "print('ready', flush=True)\n"
-        "time.sleep(60)\n"
-    )
-    proc = subprocess.Popen([sys.executable, "-c", script], cwd=_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
-        proc.send_signal(signal.SIGUSR1)
-        time.sleep(0.5)
-        assert proc.poll() is None  # it goes on
-    finally:
-        proc.kill()
-        _, err = proc.communicate(timeout=10)
-    assert err.count(b"hread 0x") == 2, err.decode()  # "Current thread 0x…", "Thread 0x…"
-    assert b'File "<string>", line ' in err, err.decode()  # the main thread, wherever it is
 
 
 # -- a bounded job stopped before it finished ------------------------------------------------
