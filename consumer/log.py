@@ -27,6 +27,7 @@ from typing import Any
 import structlog
 
 _writer: Callable[[str], None] | None = None
+_for_a_terminal = False
 
 #: The environment variable through which ``--processes N`` hands its members the descriptor of
 #: the file whose lock they write their lines under (:func:`share_lines`).
@@ -94,9 +95,11 @@ class _Stderr:
     """stderr for structlog, one whole line per write. ``print()`` writes a message and its newline
     separately; under ``PYTHONUNBUFFERED`` (as in our Docker image) each is its own write(2), so the
     members of ``--processes N``, which share the supervisor's stderr, would splice their lines
-    (``{…}{…}`` then two newlines) and break every JSON log reader. Holding text until its
-    newline makes each line one write, which a pipe keeps whole up to PIPE_BUF bytes; each is
-    also written under the members' shared :class:`LineLock`, so longer ones stay whole too.
+    (``{…}{…}`` then two newlines) and break every JSON log reader. Holding text until the
+    newline that ends what ``print()`` was given makes each event one write (in a terminal, with
+    the traceback or stack the console renderer puts below its line), which a pipe keeps whole up
+    to PIPE_BUF bytes; each is also written under the members' shared :class:`LineLock`, so
+    longer ones stay whole too.
 
     While a progress bar is drawn, lines go through :func:`set_writer`'s function instead, so they
     appear above the bar rather than through it."""
@@ -106,14 +109,14 @@ class _Stderr:
 
     def write(self, text: str) -> int:
         self._pending += text
-        while "\n" in self._pending:
-            line, self._pending = self._pending.split("\n", 1)
+        if self._pending.endswith("\n"):  # print()'s end: a console line and the stack below it at once
+            whole, self._pending = self._pending, ""
             if _writer is None:
                 with _lines.held():
-                    sys.stderr.write(line + "\n")
+                    sys.stderr.write(whole)
                     sys.stderr.flush()
             else:
-                _writer(line + "\n")
+                _writer(whole)
         return len(text)
 
     def flush(self) -> None:
@@ -132,7 +135,9 @@ def configure(fmt: str = "auto", level: str = "info") -> None:
     inherited = os.environ.get(LINE_LOCK_FD_ENV, "")
     if inherited.isdigit():  # a member of ``--processes N`` (consumer.supervisor)
         share_lines(int(inherited))
+    global _for_a_terminal
     use_console = fmt == "console" or (fmt == "auto" and sys.stderr.isatty())
+    _for_a_terminal = use_console
     renderer: Any = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if use_console
@@ -180,6 +185,13 @@ class _ToStructlog(logging.Handler):
             structlog.get_logger("library").log(record.levelno, record.getMessage(), **fields)
         except Exception:
             self.handleError(record)
+
+
+def for_a_terminal() -> bool:
+    """Whether :func:`configure` chose lines for a person (console) rather than for a log shipper
+    (JSON): a value that reads well on several lines is then given as ``stack``, which the
+    console renderer writes below its line."""
+    return _for_a_terminal
 
 
 def get(name: str, **context: Any) -> Any:

@@ -121,8 +121,15 @@ def stacks() -> list[dict[str, Any]]:
 
 
 def _log_stacks(signum: int) -> None:
+    """One warning: the threads as data for a log shipper, or as indented lines in a terminal."""
+    threads = stacks()
+    shown: dict[str, Any] = {"threads": threads}
+    if logmod.for_a_terminal():
+        shown = {"stack": "\n".join(
+            f"thread {t['thread']} ({t['id']}), outermost call first:\n" + "\n".join(
+                f"  {line}" for line in t["stack"]) for t in threads)}
     logmod.get("consumer.signals").warning(
-        "stacks of every thread", signal=signal.Signals(signum).name, pid=os.getpid(), threads=stacks(),
+        "stacks of every thread", signal=signal.Signals(signum).name, pid=os.getpid(), **shown,
         hint="unanswered (a call holds the GIL)? kill -USR2 writes them without it (plain text)",
     )
 

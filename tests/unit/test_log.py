@@ -30,6 +30,9 @@ class _Recorder:
     def flush(self) -> None:
         pass
 
+    def isatty(self) -> bool:
+        return False
+
 
 def test_each_log_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
     recorder = _Recorder()
@@ -46,6 +49,25 @@ def test_each_log_line_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
     for i, text in enumerate(recorder.writes):
         assert text.endswith("\n") and text.count("\n") == 1
         assert json.loads(text)["rows"] == i
+
+
+def test_a_console_line_with_a_stack_below_it_is_one_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The console renderer writes a traceback, or a thread dump (consumer.signals), below its line:
+    one write, under the members' line lock, so no other member's line lands inside it."""
+    recorder = _Recorder()
+    monkeypatch.setattr(sys, "stderr", recorder)
+    before = structlog.get_config()
+    logmod.configure("console")
+    try:
+        assert logmod.for_a_terminal()
+        logmod.get("test").warning("stacks of every thread", stack="thread a:\n  x.py:1 in f")
+    finally:
+        structlog.configure(**before)
+        logmod.configure("json")
+        structlog.configure(**before)
+    assert not logmod.for_a_terminal()
+    (text,) = [w for w in recorder.writes if w]  # print() flushes too
+    assert text.endswith("thread a:\n  x.py:1 in f\n") and "stacks of every thread" in text
 
 
 _WRITER = """

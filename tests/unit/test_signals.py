@@ -18,7 +18,7 @@ _WAITING = """
 import sys, threading, time
 from consumer import log
 from consumer.signals import dump_stacks_on_request
-log.configure("json")
+log.configure("{fmt}")
 dump_stacks_on_request()
 threading.Thread(target=time.sleep, args=(60,), name='waiting-on-s3', daemon=True).start()
 def churn():
@@ -30,10 +30,11 @@ for _ in range({churn}):
 """
 
 
-def _start(tmp_path: Path, churn: int = 0, main: str = "print('ready', flush=True); time.sleep(60)"
-           ) -> tuple[subprocess.Popen[bytes], Path]:
+def _start(tmp_path: Path, churn: int = 0, main: str = "print('ready', flush=True); time.sleep(60)",
+           fmt: str = "json") -> tuple[subprocess.Popen[bytes], Path]:
     err = tmp_path / "stderr"
-    proc = subprocess.Popen([sys.executable, "-c", _WAITING.format(churn=churn, main=main)], cwd=_ROOT,
+    script = _WAITING.format(churn=churn, main=main, fmt=fmt)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=_ROOT,
                             stdout=subprocess.PIPE, stderr=err.open("wb"))
     assert proc.stdout is not None and proc.stdout.readline() == b"ready\n", err.read_text()
     return proc, err
@@ -68,6 +69,25 @@ def test_sigusr1_logs_every_thread_s_stack_and_the_process_goes_on(tmp_path: Pat
     assert {"MainThread", "waiting-on-s3", "signal-arrivals"} <= threads.keys(), threads.keys()
     assert any(line.startswith("<string>:") for line in threads["MainThread"]), threads["MainThread"]
     assert all(" in " in line for stack in threads.values() for line in stack)
+
+
+def test_in_a_terminal_each_thread_s_stack_is_on_lines_of_its_own(tmp_path: Path) -> None:
+    """The console renderer would write the threads' data on one line, thousands of characters
+    long; a person reading a terminal gets one line per call, below the warning's line."""
+    proc, err = _start(tmp_path, fmt="console")
+    try:
+        proc.send_signal(signal.SIGUSR1)
+        _until("the stacks", lambda: "stacks of every thread" in err.read_text())
+        _until("the last thread", lambda: err.read_text().count("thread ") >= 3)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    lines = err.read_text().splitlines()
+    (head,) = [line for line in lines if "stacks of every thread" in line]
+    assert "SIGUSR1" in head and "threads=" not in head, head
+    assert any(line.startswith("thread MainThread (0x") for line in lines), lines
+    assert any(line.startswith("thread waiting-on-s3 (0x") for line in lines), lines
+    assert any(line.startswith("  <string>:") for line in lines), lines
 
 
 def test_many_sigusr1_while_threads_start_and_end_never_crash_the_process(tmp_path: Path) -> None:
