@@ -16,6 +16,10 @@ A crash in native code (librdkafka, pyarrow, the decoder) prints every thread's 
 stderr (:mod:`faulthandler`) before the process dies, so a status of -11 says where it happened.
 Not on librdkafka's own threads: they block every signal, and a fault there ends the process at
 once with nothing printed (consumer.group_requests has the one such crash seen).
+
+``kill -USR1`` asks any command where it is (consumer.signals) from here on, before the second or
+two of imports: a ``verify`` of a large output or a run still starting answers it too, where its
+default action ended the process.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ from collections.abc import Sequence
 def main(argv: Sequence[str] | None = None) -> int:
     faulthandler.enable()
     gc.disable()
+    from consumer.signals import dump_stacks_on_request
+
+    dump_stacks_on_request()  # every command, from its first import on (SIGUSR1 ended it before)
     from consumer.cli import main as cli_main
 
     try:

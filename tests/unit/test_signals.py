@@ -4,11 +4,14 @@ or putting it at risk (consumer.signals); ``kill -USR2`` when a call holds the G
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from test_check import RUN_ENV
 
 _ROOT = Path(__file__).resolve().parents[2]
 
@@ -142,3 +145,33 @@ def test_a_call_holding_the_gil_leaves_sigusr1_unanswered_and_sigusr2_writes_the
     finally:
         proc.kill()
         proc.wait(timeout=10)
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether process ``pid`` has a handler for ``signum`` (the SigCgt mask of /proc/<pid>/status)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    caught = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    return bool(caught >> (signum - 1) & 1)
+
+
+def test_every_command_answers_sigusr1_from_its_start(tmp_path: Path) -> None:
+    """``python -m consumer check`` (not a run: no runner installs anything) asked where it is while
+    it waits for dependencies that do not answer: it logs the stacks and ends as it would have."""
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("CONSUMER_", "KAFKA_", "S3_", "SCHEMA_REGISTRY", "AWS_"))}
+    env.update(RUN_ENV)
+    proc = subprocess.Popen([sys.executable, "-m", "consumer", "check", "--timeout", "2"], cwd=_ROOT,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        _until("the handler", lambda: _catches(proc.pid, signal.SIGUSR1) or proc.poll() is not None)
+        proc.send_signal(signal.SIGUSR1)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err.decode()[-3000:]  # unreachable dependencies, as without it
+    said = (out + err).decode()
+    assert "stacks of every thread" in said and "MainThread" in said, said[-3000:]
+    assert "FAIL kafka: " in said
