@@ -163,9 +163,9 @@ def check_kafka(config: cfgmod.Config, timeout: float) -> str:
 
 
 def _check_kafka(admin: Any, lines: logmod.ClientLines, config: cfgmod.Config, timeout: float) -> str:
-    def refused_yet() -> bool:
+    def refused_yet() -> bool:  # a refused login or certificate, or no broker taking the connection
         admin.poll(0)
-        return _refusal(lines, config) is not None
+        return _refusal(lines, config) is not None or lines.every_broker_down
 
     try:
         md = first_contact.metadata(admin, timeout, refused_yet)
@@ -302,8 +302,8 @@ def check_s3(config: cfgmod.Config, timeout: float, write: bool = False) -> str:
         read_timeout=timeout,
     )
     # One bounded LIST under the prefix (GET, so S3 names the error: NoSuchBucket, AccessDenied,
-    # SignatureDoesNotMatch all raise); nothing is written.
-    store._call("list_objects_v2", Prefix=f"{config.prefix}/" if config.prefix else "", MaxKeys=1)
+    # SignatureDoesNotMatch all raise; a refused connection at once); nothing is written.
+    store.reach(f"{config.prefix}/" if config.prefix else "", timeout)
     layout = Layout(config.prefix)
     if write:
         probe_conditional_writes(store, layout.probe_key(uuid.uuid4().hex))

@@ -516,7 +516,7 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_show(args: argparse.Namespace) -> int:
     from consumer.errors import EXIT_STORAGE
     from consumer.inspect import describe_output
-    from consumer.storage import StorageError
+    from consumer.storage import FIRST_CONTACT_S, StorageError
 
     if not args.output:
         print("consumer: show: pass --output s3://bucket/prefix", file=sys.stderr)
@@ -530,6 +530,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     if not connected(store, "show"):
         return 2
     try:
+        store.reach(f"{prefix}/" if prefix else "", FIRST_CONTACT_S)
         print(describe_output(store, prefix, sample_rows=args.sample))
     except StorageError as exc:
         print(f"consumer: show: {exc}", file=sys.stderr)

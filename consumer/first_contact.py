@@ -7,6 +7,11 @@ is served only after it. The run, ``replay`` and ``finish`` each waited 10 s (``
 ``--timeout``, ``verify`` 15 s) before saying what was wrong. Asked here in slices of :data:`SLICE`
 seconds, with the client's events served between them, the refusal stops the wait within about a
 second; a broker that is only slow to answer gets the same whole wait as before.
+
+The commands that answer an operator (``check``, ``verify``, ``produce``) also count a connection
+every broker refused as such an answer (``ClientLines.every_broker_down``): nothing listens at the
+address. A run, ``replay`` and ``finish`` do not: they are started beside their brokers (compose,
+a pod) and give one still starting its 10 s.
 """
 
 from __future__ import annotations

@@ -94,6 +94,11 @@ _SSL = -181
 CERTIFICATE_REFUSED = re.compile(
     r"alert (bad certificate|certificate (unknown|expired|revoked|required)|unknown ca)")
 _TRANSPORT = -195
+#: librdkafka's ``KafkaError._ALL_BROKERS_DOWN``: every broker the client knows failed its last
+#: connection: refused it, was not found by name, or closed it at the handshake. A broker that is
+#: silent (a firewall dropping the connection) counts only once its connection setup times out
+#: (``socket.connection.setup.timeout.ms``, 30 s), so within a short wait this is an answer.
+ALL_BROKERS_DOWN = -187
 
 
 def broker_untrusted(code: int, said: str) -> bool:

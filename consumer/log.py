@@ -26,6 +26,8 @@ from typing import Any
 
 import structlog
 
+from consumer.kafka_names import ALL_BROKERS_DOWN
+
 _writer: Callable[[str], None] | None = None
 _for_a_terminal = False
 
@@ -271,12 +273,18 @@ class ClientLines:
         #: codes say more than a log line's text (a refused login). The one that explains a failure
         #: need not be the first (a broker transport failure may come before a handshake's own).
         self.events: list[Any] = []
+        #: whether the client said that every broker it knows is down (consumer.kafka_names.
+        #: ALL_BROKERS_DOWN): each refused the connection, was not found by name or closed it at
+        #: the handshake. Kept apart from ``events``, which a long bootstrap list can fill first.
+        self.every_broker_down = False
         self._clients: list[Any] = []
 
     def error(self, err: Any) -> None:
         """The client's ``error_cb``."""
         if len(self.events) < 32:
             self.events.append(err)
+        if err.code() == ALL_BROKERS_DOWN:
+            self.every_broker_down = True
 
     def log(self, level: int, fmt: str, *args: Any) -> None:
         if level >= logging.ERROR and self.first_error is None:

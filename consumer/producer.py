@@ -39,8 +39,8 @@ from confluent_kafka import KafkaError, KafkaException, Producer, TopicCollectio
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
+from consumer import first_contact, samples
 from consumer import log as logmod
-from consumer import samples
 from consumer.registry import SchemaRegistryClient
 
 __all__ = ["ProduceError", "ProduceResult", "ensure_topic", "produce"]
@@ -213,13 +213,14 @@ def _ensure_topic(
     """:func:`ensure_topic`, which also returns who the topic is (its cluster's id and its own),
     or None when the broker does not say (then no kept producer is used for it)."""
     lines = logmod.ClientLines()
-    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **dict(extra_config or {}), "logger": lines}
+    conf: dict[str, Any] = {"bootstrap.servers": bootstrap, **dict(extra_config or {}), "logger": lines,
+                            "error_cb": lines.error}
     # Destroyed here, on this thread: left to the cycle collector (the client and its logger refer
     # to each other) it may be destroyed on librdkafka's own thread, which crashes the process
     # (check._admin).
     with AdminClient(conf) as admin:
         lines.watch(admin)
-        existing = _partition_count(admin, lines, topic, timeout_s=min(timeout_s, 10.0))
+        existing = _partition_count(_metadata(admin, lines, topic, min(timeout_s, 10.0), first=True), topic)
         if existing is None:
             futures = admin.create_topics(
                 # replication_factor=-1: the broker's default.replication.factor, so the same call
@@ -237,7 +238,8 @@ def _ensure_topic(
                     raise ProduceError(f"could not create topic {topic!r}: {lines.explain(exc)}") from exc
         deadline = time.monotonic() + timeout_s
         while True:
-            count = _partition_count(admin, lines, topic, timeout_s=5.0, require_leaders=True)
+            metadata = _metadata(admin, lines, topic, 5.0)
+            count = _partition_count(metadata, topic, require_leaders=True)
             if count is not None:
                 break
             if time.monotonic() > deadline:
@@ -251,13 +253,13 @@ def _ensure_topic(
                 f"topic {topic!r} already exists with {count} partitions, fewer than the "
                 f"{partitions} requested; delete it or pass partitions={count}"
             )
-        return count, _identity(admin, topic, timeout_s=min(timeout_s, 10.0))
+        return count, _identity(admin, topic, metadata.cluster_id, timeout_s=min(timeout_s, 10.0))
 
 
-def _identity(admin: AdminClient, topic: str, timeout_s: float) -> _Identity | None:
-    """The cluster's id and the topic's id (KIP-516), or None if either is not told."""
+def _identity(admin: AdminClient, topic: str, cluster_id: str | None, timeout_s: float) -> _Identity | None:
+    """The cluster's id (from the metadata already read) and the topic's id (KIP-516), or None if
+    either is not told."""
     try:
-        cluster_id = admin.list_topics(topic=topic, timeout=timeout_s).cluster_id
         description = admin.describe_topics(TopicCollection([topic]), request_timeout=timeout_s)[topic]
         topic_id = str(description.result(timeout=timeout_s).topic_id)
     except (KafkaException, TimeoutError, concurrent.futures.TimeoutError):
@@ -265,17 +267,29 @@ def _identity(admin: AdminClient, topic: str, timeout_s: float) -> _Identity | N
     return _Identity(cluster_id, topic_id) if cluster_id and topic_id else None
 
 
-def _partition_count(
-    admin: AdminClient, lines: logmod.ClientLines, topic: str, timeout_s: float, require_leaders: bool = False
-) -> int | None:
-    """Partition count from metadata, or None if the topic is (not yet) usable."""
+def _metadata(admin: AdminClient, lines: logmod.ClientLines, topic: str, timeout_s: float,
+              first: bool = False) -> Any:
+    """The cluster's metadata of ``topic``. The ``first`` request to the cluster ends before its
+    timeout when no broker takes the connection (consumer.first_contact): nothing listens at the
+    address, and waiting would not change that."""
+    def answered() -> bool:
+        admin.poll(0)  # serves the error events (lines.error)
+        return lines.every_broker_down
+
     try:
-        metadata = admin.list_topics(topic=topic, timeout=timeout_s)
+        if first:
+            return first_contact.metadata(admin, timeout_s, answered, topic)
+        return admin.list_topics(topic=topic, timeout=timeout_s)
     except KafkaException as exc:
+        within = "" if lines.every_broker_down else f" within {timeout_s:.0f}s"
         raise ProduceError(
-            f"cannot read metadata for topic {topic!r} within {timeout_s:.0f}s ({lines.explain(exc)}); "
+            f"cannot read metadata for topic {topic!r}{within} ({lines.explain(exc)}); "
             "is a Kafka broker listening at the bootstrap address (e.g. `dev/stack status`)?"
         ) from exc
+
+
+def _partition_count(metadata: Any, topic: str, require_leaders: bool = False) -> int | None:
+    """Partition count from ``metadata``, or None if the topic is (not yet) usable."""
     info = metadata.topics.get(topic)
     if info is None or info.error is not None or not info.partitions:
         return None

@@ -62,6 +62,7 @@ from consumer.errors import (
 from consumer.exit_timer import exit_after
 from consumer.gather import partition_runs
 from consumer.kafka_names import (
+    ALL_BROKERS_DOWN,
     PARTITION_EOF,
     TP,
     UNKNOWN_TOPIC_OR_PART,
@@ -77,6 +78,7 @@ from consumer.principal import client_principal
 from consumer.side_by_side import close_all, recover_each
 from consumer.signals import dump_stacks_on_request, install_stop_handler, on_arrival
 from consumer.storage import (
+    FIRST_CONTACT_S,
     REFUSED_HINT,
     FatalStorageError,
     ObjectStore,
@@ -106,7 +108,6 @@ _STATE = -172  # e.g. incremental_assign() under an eager rebalance protocol
 _OFFSET_BEGINNING, _OFFSET_END, _OFFSET_INVALID = -2, -1, -1001
 _LOOK_AT_OTHERS_EVERY = 2.0  # seconds, --until-caught-up (GroupRunner._check_others)
 _TOPIC_ID_FOR = 10.0  # seconds one answer about a topic's id serves recoveries (Runner._topic_id_now)
-_S3_FIRST_CONTACT = 30.0  # seconds the run's first S3 request is retried (Runner._first_contact_with_s3)
 _TOPIC_ID_QUIET = 30.0  # … and after no answer, seconds flushes go on without asking
 _KAFKA_VIEW_EVERY = 1.0  # seconds between notes of the partitions' watermarks (Runner._note_kafka_view)
 #: where a partition with no position starts, by -X auto.offset.reset (config.AUTO_OFFSET_RESETS);
@@ -124,7 +125,6 @@ def _msg_tp(msg: Any) -> tuple[str, int]:
     return (msg.topic(), msg.partition())
 
 _FATAL = -150  # reported on a message as a plain error whose fatal() is False
-_ALL_BROKERS_DOWN = -187
 #: librdkafka's "desired partition is no longer available" and Kafka's UNKNOWN_TOPIC_OR_PART: what
 #: the client says once a topic it reads is deleted (Runner._check_topics_still_exist asks first)
 _TOPIC_GONE = frozenset({-190, UNKNOWN_TOPIC_OR_PART})
@@ -367,7 +367,7 @@ class Runner:
         if self._of_a_group_not_used(err):
             return
         fatal = bool(err.fatal())
-        if self._first_kafka_error is None and err.code() != _ALL_BROKERS_DOWN:
+        if self._first_kafka_error is None and err.code() != ALL_BROKERS_DOWN:
             self._first_kafka_error = str(err.str())
         if err.code() in _TOPIC_GONE:
             self._topic_may_be_gone = True
@@ -659,7 +659,7 @@ class Runner:
     def _first_contact_with_s3(self) -> Iterator[None]:
         """The start-up probe is the run's first S3 request. A server that does not answer then is
         most often a wrong endpoint (--s3-endpoint-url) or one not up yet: like the first requests
-        to Kafka (about 10 s), it is given ``_S3_FIRST_CONTACT`` seconds rather than the 4 minutes
+        to Kafka (about 10 s), it is given ``storage.FIRST_CONTACT_S`` seconds rather than the 4 minutes
         an outage in the middle of a run is waited out, and the run exits 4 saying what to check.
         Before, it retried for 4 minutes before saying only that requests kept failing."""
         patience = getattr(self.store, "patience", None)
@@ -667,7 +667,7 @@ class Runner:
             yield
             return
         try:
-            with patience(_S3_FIRST_CONTACT):
+            with patience(FIRST_CONTACT_S):
                 yield
         except TransientStorageError as exc:
             if self.stop_requested_at is not None:

@@ -317,6 +317,35 @@ def refusal(exc: BaseException) -> str | None:
     return f"{code or status}: {message}" if message else str(code or status)
 
 
+#: Seconds a command's first S3 request is retried (a run's, ``verify``'s, ``show``'s): a wrong
+#: --s3-endpoint-url or a server not up yet is the likely cause then, not an outage in the middle of
+#: a run, which gets :class:`RetryPolicy`'s minutes.
+FIRST_CONTACT_S = 30.0
+
+
+def first_request(store: ObjectStore, prefix: str) -> None:
+    """A command's first request to ``store`` (:meth:`S3Store.reach`: a refused connection said at
+    once, a silent server waited for :data:`FIRST_CONTACT_S`); the in-memory doubles, which have no
+    retries to bound, are not asked."""
+    first = getattr(store, "reach", None)
+    if first is not None:
+        first(prefix, FIRST_CONTACT_S)
+
+
+def connection_refused(exc: BaseException) -> bool:
+    """Whether ``exc`` is, or was raised for, a refused TCP connection (botocore's
+    EndpointConnectionError over aiohttp's over ``ConnectionRefusedError``): nothing listens at the
+    endpoint's address and port. An answer, unlike a server that is silent or slow."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # a chain of causes is a few links long; a cycle must not loop
+        if seen is None:
+            return False
+        if isinstance(seen, ConnectionRefusedError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def classify(exc: BaseException) -> str:
     """'precondition' | 'missing' | 'fatal' | 'transient' | 'other' for an exception from s3fs."""
     code, status = _client_error_code(exc)
@@ -538,6 +567,8 @@ class S3Store:
         self.give_up_at: float | None = None
         #: A bound of the same kind that holds only inside :meth:`patience`.
         self._patience_until: float | None = None
+        self._refused_is_an_answer = False
+        self.endpoint_url = endpoint_url
         self.on_retry = on_retry
         self.stats = StoreStats()
         client_kwargs: dict[str, Any] = {"region_name": region}
@@ -575,15 +606,28 @@ class S3Store:
 
     # -- plumbing ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def patience(self, seconds: float) -> Iterator[None]:
+    def patience(self, seconds: float, refused_is_an_answer: bool = False) -> Iterator[None]:
         """Within the block, retry loops give up ``seconds`` from now, or at :attr:`give_up_at`
         if that comes first. A stop request's bound (Runner._cap_retries) is :attr:`give_up_at`
-        itself, so it holds inside the block and after it alike."""
+        itself, so it holds inside the block and after it alike. ``refused_is_an_answer``: a
+        refused connection gives up at once (:func:`connection_refused`), for a command that
+        answers its operator (``check``, ``verify``, ``show``) rather than a run that waits for a
+        server still starting."""
         self._patience_until = time.monotonic() + seconds
+        self._refused_is_an_answer = refused_is_an_answer
         try:
             yield
         finally:
             self._patience_until = None
+            self._refused_is_an_answer = False
+
+    def reach(self, prefix: str, seconds: float) -> None:
+        """A command's first request: one LIST of at most one key under ``prefix``, retried for
+        ``seconds`` (a wrong endpoint or a server not up yet is more likely then than an outage, which
+        gets :attr:`retry`'s minutes) and given up at once on a refused connection. Raises what a
+        request raises (:class:`TransientStorageError` when S3 did not answer)."""
+        with self.patience(seconds, refused_is_an_answer=True):
+            self._call("list_objects_v2", Prefix=prefix, MaxKeys=1)
 
     def _retrying(self, op: str, fn: Callable[[], T]) -> T:
         started = time.monotonic()
@@ -617,8 +661,13 @@ class S3Store:
                     raise
                 delay = next(delays)
                 limit = min(b for b in (deadline, self.give_up_at, self._patience_until) if b is not None)
-                give_up = time.monotonic() + delay > limit
+                refused = self._refused_is_an_answer and connection_refused(exc)
+                give_up = refused or time.monotonic() + delay > limit
                 self.stats.failed(op, retrying=not give_up)
+                if refused:
+                    raise TransientStorageError(
+                        f"S3 {op} on s3://{self.bucket}: the connection was refused: nothing listens at "
+                        f"{self.endpoint_url or 'the endpoint'} ({exc})") from exc
                 if give_up:
                     raise TransientStorageError(f"S3 {op} on s3://{self.bucket} kept failing for "
                                                 f"{time.monotonic() - started:.0f}s: {exc}") from exc

@@ -50,7 +50,7 @@ from consumer.inspect import human_bytes, parquet_metadata
 from consumer.kafka_names import login_refused
 from consumer.layout import MOVED_IN, Layout, PieceRef, check_topic_name
 from consumer.parquet_merge import ParquetMergeError, read_key_value_metadata, read_piece_layout
-from consumer.storage import ObjectInfo, ObjectStore, StorageError
+from consumer.storage import ObjectInfo, ObjectStore, StorageError, first_request
 
 TAIL = 64 * 1024
 OFFSET_COLUMN = "kafka_offset"
@@ -546,14 +546,20 @@ class _Kafka:
         self.meta.close()
 
     def partitions(self) -> list[int]:
-        """The topic's partitions: its first request, which a refused login or certificate ends at
-        once (consumer.first_contact) instead of after the whole 15 s."""
-        md = first_contact.metadata(self.meta, 15.0, lambda: self.refusal() is not None, self.topic)
+        """The topic's partitions: its first request, which a refused login or certificate, or a
+        connection every broker refused, ends at once (consumer.first_contact) instead of after
+        the whole 15 s."""
+        md = first_contact.metadata(self.meta, 15.0, self._answered, self.topic)
         t = md.topics.get(self.topic)
         if t is None or t.error is not None or not t.partitions:
             why = t.error if t is not None and t.error is not None else "no partitions"
             raise VerifyError(f"topic {self.topic!r} not found in Kafka ({why})")
         return sorted(t.partitions)
+
+    def _answered(self) -> bool:
+        """Whether the cluster's answer so far will not change by waiting: a refusal, or no broker
+        taking the connection (nothing listens at the address: a question for the operator)."""
+        return self.refusal() is not None or self.lines.every_broker_down
 
     def refusal(self) -> str | None:
         """The client's own words for a login or certificate the cluster refused, among its error
@@ -801,6 +807,8 @@ def verify(
                          "(output expired below it); duplicates and files everywhere")
 
         # 2. Staging, then dead letters, then final files, of this output and each one given with it.
+        for reached, under in [(store, prefix), *with_outputs]:  # nothing listening: said at once
+            first_request(reached, f"{under.strip('/')}/" if under.strip("/") else "")
         outputs = [_list_output(store, prefix, topic, template, "")]
         named = [_output_label(store, prefix)]
         for other_store, other_prefix in with_outputs:
@@ -872,8 +880,9 @@ def verify(
                 f"Kafka at {kafka.bootstrap} refused this client ({refused}): check the -X security "
                 "settings (`consumer check` tries them); nothing was verified"
             ) from exc
+        taken = "took no connection" if kafka.lines.every_broker_down else "did not answer"
         raise VerifyError(
-            f"Kafka at {kafka.bootstrap} did not answer ({kafka.lines.explain(exc)}): check "
+            f"Kafka at {kafka.bootstrap} {taken} ({kafka.lines.explain(exc)}): check "
             "--bootstrap-servers and that the brokers are reachable from here; nothing was verified"
         ) from exc
     finally:

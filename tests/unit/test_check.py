@@ -94,6 +94,19 @@ def test_unreachable_dependencies_fail_each_within_the_timeout(
     assert "librdkafka: " in kafka and "Connection refused" in kafka, kafka
 
 
+def test_a_broker_address_where_nothing_listens_is_told_at_once_not_after_the_timeout(env: None) -> None:
+    """Every broker refused the connection (librdkafka's "all brokers are down"): an answer that
+    waiting would not change, so the Kafka check says it within about a second of its --timeout.
+    A broker that only does not answer yet still gets the whole wait (consumer.first_contact)."""
+    from consumer import check
+    from consumer import config as cfgmod
+
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="Connection refused"):
+        check.check_kafka(cfgmod.load(), timeout=20.0)
+    assert time.monotonic() - started < 10
+
+
 def test_check_destroys_its_kafka_clients_before_it_returns(
     env: None, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -255,7 +255,7 @@ def test_an_s3_that_never_answers_at_start_stops_the_run_soon_and_says_what_to_c
     from consumer.errors import EXIT_STORAGE
     from consumer.storage import S3Store
 
-    monkeypatch.setattr(runner_module, "_S3_FIRST_CONTACT", 1.0)  # 30 s in a run
+    monkeypatch.setattr(runner_module, "FIRST_CONTACT_S", 1.0)  # 30 s in a run
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "key")  # signed, so that the request is sent
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "secret")
     store = S3Store("bucket", endpoint_url="http://127.0.0.1:9", retry=RetryPolicy(base=0.05, cap=0.2))
