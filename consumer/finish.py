@@ -93,6 +93,8 @@ class FinishRunner(Runner):
     """Recover and roll every staged partition of the topics (deleted, or whose group moved to
     another output), then exit 0."""
 
+    refused_connection_is_an_answer = True  # run by an operator, who waits for its answer
+
     def __init__(
         self, config: Any, *, store: Any, decoder: Any,
         current_topic_id: Callable[[str], str | None] | None = None, **kwargs: Any,

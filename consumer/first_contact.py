@@ -8,10 +8,10 @@ is served only after it. The run, ``replay`` and ``finish`` each waited 10 s (``
 seconds, with the client's events served between them, the refusal stops the wait within about a
 second; a broker that is only slow to answer gets the same whole wait as before.
 
-The commands that answer an operator (``check``, ``verify``, ``produce``) also count a connection
-every broker refused as such an answer (``ClientLines.every_broker_down``): nothing listens at the
-address. A run, ``replay`` and ``finish`` do not: they are started beside their brokers (compose,
-a pod) and give one still starting its 10 s.
+The commands that answer an operator (``check``, ``verify``, ``produce``, ``finish``) also count
+a connection every broker refused as such an answer (``ClientLines.every_broker_down``,
+``Runner.refused_connection_is_an_answer``): nothing listens at the address. A run and ``replay``
+do not: they are started beside their brokers (compose, a pod) and give one still starting its 10 s.
 """
 
 from __future__ import annotations

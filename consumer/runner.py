@@ -214,6 +214,10 @@ class Runner:
     exit_timer_margin = 2.0
     #: a ``consumer replay`` (positions kept in S3, no group): what its stop messages advise
     replaying = False
+    #: whether a connection refused at start (S3's, every broker's) ends the first-contact waits
+    #: at once: for a command an operator runs and waits for (``finish``). A run and a replay are
+    #: started beside their servers (compose, a pod) and give one still starting those waits.
+    refused_connection_is_an_answer = False
 
     def __init__(
         self,
@@ -283,6 +287,8 @@ class Runner:
         #: the client's first error event but "all brokers down" (which says no more than the
         #: request's failure): why the first requests failed, said at start
         self._first_kafka_error: str | None = None
+        #: whether the client said every broker is down (refused, not found or dropped at the handshake)
+        self._every_broker_down = False
         #: whether a handshake of our own already asked why a broker's certificate is not trusted
         self._tls_probed = False
         #: whom a refusal names (what -X logs in as; the client certificate is read once, as
@@ -367,7 +373,9 @@ class Runner:
         if self._of_a_group_not_used(err):
             return
         fatal = bool(err.fatal())
-        if self._first_kafka_error is None and err.code() != ALL_BROKERS_DOWN:
+        if err.code() == ALL_BROKERS_DOWN:
+            self._every_broker_down = True
+        elif self._first_kafka_error is None:
             self._first_kafka_error = str(err.str())
         if err.code() in _TOPIC_GONE:
             self._topic_may_be_gone = True
@@ -645,7 +653,8 @@ class Runner:
     def _refused_at_first_contact(self) -> bool:
         with contextlib.suppress(Exception):  # the error events (_on_error) of the tries so far
             self.consumer.poll(0)
-        return isinstance(self._callback_error, KafkaLoginRefused)
+        return isinstance(self._callback_error, KafkaLoginRefused) or (
+            self.refused_connection_is_an_answer and self._every_broker_down)
 
     def _unexpected(self, exc: Exception) -> int:
         self.log.error(
@@ -667,7 +676,7 @@ class Runner:
             yield
             return
         try:
-            with patience(FIRST_CONTACT_S):
+            with patience(FIRST_CONTACT_S, refused_is_an_answer=self.refused_connection_is_an_answer):
                 yield
         except TransientStorageError as exc:
             if self.stop_requested_at is not None:

@@ -99,8 +99,8 @@ _REFUSED_CONNECTION = ("k:9092/bootstrap: Connect to ipv4#10.0.0.1:9092 failed: 
                        "(after 0ms in state CONNECT)")
 
 
-def _first_requests_fail(*events: KafkaError, bootstrap: str = "k:9092",
-                         waits: bool = False) -> tuple[GroupRunner, MemoryStore]:
+def _first_requests_fail(*events: KafkaError, bootstrap: str = "k:9092", waits: bool = False,
+                         finish: bool = False) -> tuple[GroupRunner, MemoryStore]:
     """A run whose first request (metadata) fails as "Broker transport failure" (``waits``: after
     its whole timeout, as librdkafka's does when no broker comes up), and whose client has queued
     ``events`` for its error callback by then (served at the next poll)."""
@@ -127,6 +127,10 @@ def _first_requests_fail(*events: KafkaError, bootstrap: str = "k:9092",
     config = Config(bootstrap_servers=bootstrap, group_id="g", topics=("t",), output="s3://bucket/out",
                     schema="page_view")
     decoder = Decoder("raw", schema=load_schema("page_view"))
+    if finish:
+        from consumer.finish import FinishRunner
+
+        return FinishRunner(config, store=store, decoder=decoder, consumer_factory=failing), store  # type: ignore[return-value]
     return GroupRunner(config, store=store, decoder=decoder, consumer_factory=failing), store
 
 
@@ -239,6 +243,26 @@ def test_a_refusal_at_the_first_handshake_stops_the_start_within_a_second_not_af
         assert runner.run() == EXIT_CONFIG
     assert time.monotonic() - started < 5, "stopped at the first slice's end, not after 10 s"
     assert any(e["event"] == "stopped: KafkaLoginRefused" for e in logs)
+
+
+def test_a_connection_every_broker_refused_ends_finish_s_first_wait_at_once_and_not_a_run_s() -> None:
+    """``consumer finish`` is run by an operator, who waits for its answer: nothing listening at
+    the address is said at the first slice's end. A run is started beside its brokers (compose, a
+    pod) and gives one still starting its 10 s: the same events do not end its wait."""
+    down = (KafkaError(KafkaError._TRANSPORT, _REFUSED_CONNECTION),
+            KafkaError(KafkaError._ALL_BROKERS_DOWN, "1/1 brokers are down"))
+    finish, store = _first_requests_fail(*down, waits=True, finish=True)
+    started = time.monotonic()
+    with capture_logs() as logs:
+        assert finish.run() == EXIT_FATAL
+    assert time.monotonic() - started < 5, "stopped at the first slice's end, not after 10 s"
+    stop = next(e for e in logs if e["event"] == "stopped: KafkaUnreachable")
+    assert f"librdkafka: {_REFUSED_CONNECTION}" in stop["error"]
+    assert not [k for k in store.objects if k.endswith(".parquet")]
+    run, _ = _first_requests_fail(*down, waits=True)
+    run.consumer.poll(0)  # serves the events
+    assert not run._refused_at_first_contact(), "a run waits for a broker still starting"
+    assert finish._refused_at_first_contact()
 
 
 def test_a_login_refused_mid_run_stops_with_status_2_without_a_flush_and_a_restart_loses_nothing() -> None:

@@ -1,12 +1,14 @@
 """An address where nothing listens is an answer, for the commands that answer an operator.
 
-``check``, ``verify``, ``show`` and ``produce`` are asked by someone waiting at a terminal (or by a
-health check): a refused connection, S3's or every Kafka broker's, is told within a second or two,
-where they used to wait out their whole timeout (``verify`` retried S3 for four minutes). A run,
-``replay`` and ``finish`` still give a server that may be starting their first-contact waits (about
+``check``, ``verify``, ``show``, ``produce`` and ``finish`` are asked by someone waiting at a terminal
+(or by a health check): a refused connection, S3's or every Kafka broker's, is told within a second
+or two, where they used to wait out their whole timeout (``verify`` retried S3 for four minutes).
+A run and ``replay`` still give a server that may be starting their first-contact waits (about
 10 s for Kafka, 30 s for S3): they are started beside their dependencies (compose, a pod), and the
 next try of a service that exits at once is a restart with a back-off. A server that accepts the
 connection and then says nothing gets the whole wait in every command: that is not an answer.
+(Kafka's side of ``verify``, ``produce`` and ``finish``: tests/unit/test_kafka_client_errors.py;
+``check``'s: tests/unit/test_check.py.)
 """
 
 from __future__ import annotations
@@ -98,3 +100,26 @@ def test_check_s_s3_probe_says_so_at_once_whatever_its_timeout(monkeypatch: pyte
     with pytest.raises(TransientStorageError, match="the connection was refused"):
         check.check_s3(config, timeout=20.0)
     assert time.monotonic() - started < 10
+
+
+def test_finish_against_an_s3_endpoint_where_nothing_listens_exits_4_at_once() -> None:
+    """A run's start-up probe gives S3 30 s (it may be starting beside the run); ``consumer
+    finish``, run by an operator, says a refused connection at once."""
+    from structlog.testing import capture_logs
+    from test_shutdown import _broker
+
+    from consumer.config import Config
+    from consumer.decoding import Decoder, load_schema
+    from consumer.errors import EXIT_STORAGE
+    from consumer.finish import FinishRunner
+
+    config = Config(bootstrap_servers="k:9092", group_id="g", topics=("t",), output="s3://bucket/out",
+                    schema="page_view")
+    finish = FinishRunner(config, store=_store(), decoder=Decoder("raw", schema=load_schema("page_view")),
+                          consumer_factory=_broker().consumer_factory())
+    started = time.monotonic()
+    with capture_logs() as logs:
+        assert finish.run() == EXIT_STORAGE
+    assert time.monotonic() - started < 10
+    said = " ".join(str(e.get("error", "")) for e in logs)
+    assert "S3 did not answer at start" in said and f"nothing listens at {NOTHING}" in said, logs
