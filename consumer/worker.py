@@ -417,12 +417,13 @@ class PartitionWorker:
         # (below) made the check stop on rows staged in both outputs, with nothing deleted
         # (found by tests/unit/test_group_history.py).
         as_left = (pieces, markers)
-        elsewhere = self._held_where_the_group_moved(committed, pieces, markers)
+        elsewhere, listed_dead = self._held_where_the_group_moved(committed, pieces, markers)
         if elsewhere:
             pieces = [p for p in pieces if p.key not in elsewhere]
             markers = [m for m in markers if m.key not in elsewhere]
         if self.bucketing is not None:
-            return self._recover_bucketed(t0, committed, pieces, markers, self._dead_letters(), etags,
+            return self._recover_bucketed(t0, committed, pieces, markers,
+                                          self._dead_letters() if listed_dead is None else listed_dead, etags,
                                           staged_here, elsewhere, moved, as_left)
         finals = self._recovery_final_starts({p.file_start for p in pieces} | {m.file_start for m in markers})
         last_end = self._final_range(self._note_final("", max(finals)))[1] if finals else None
@@ -432,7 +433,7 @@ class PartitionWorker:
         if gone is not None:
             last_end, writer = gone.end, gone.writer
             topic_ids.append(gone.topic_id)
-        as_left_dead = self._dead_letters(since=last_end)
+        as_left_dead = self._dead_letters(since=last_end, listed=listed_dead)
         dead = [d for d in as_left_dead if d[0] not in elsewhere]
         letters = self._newest_dead_letters(dead, max([last_end or 0, *(p.to_pos for p in pieces)]),
                                             committed)
@@ -490,8 +491,9 @@ class PartitionWorker:
             deleted_strays=len(plan.delete),
         )
 
-    def _held_where_the_group_moved(self, committed: int | None, pieces: list[PieceRef],
-                                    markers: list[RollMarker]) -> list[str]:
+    def _held_where_the_group_moved(
+        self, committed: int | None, pieces: list[PieceRef], markers: list[RollMarker],
+    ) -> tuple[list[str], list[tuple[str, int, int]] | None]:
         """The staged objects and dead-letter objects of this output that the output the group
         last committed to holds the records of, to be left out and deleted: a group that moved to
         another ``--output`` and back. What this output staged past its last commit before the
@@ -508,16 +510,18 @@ class PartitionWorker:
         ``shared.store_of``, in another; when it cannot be, nothing is left out (and a failed read
         says that both outputs may then hold those rows). An error that may pass (S3 unavailable,
         retries exhausted) stops the recovery instead, with nothing changed, rather than keep rows
-        the other output may hold as well."""
+        the other output may hold as well. Also returned: this partition's dead letters here when
+        they were listed (every one; None when not), which the recovery uses instead of a second
+        listing."""
         note = parse_note(self.positions.note(self.topic, self.partition))
         if committed is None or note is None or same_output(note.output, self.shared.output):
-            return []
+            return [], None
         other = self._other_output(note.output)
         if other is None:
-            return []
+            return [], None
         letters = self._dead_letters()
         if not pieces and not letters:
-            return []
+            return [], letters
         end = min(committed, max([p.to_pos for p in pieces] + [to for _k, _f, to in letters]))
         try:
             store, layout = other[0](), other[1]
@@ -537,11 +541,11 @@ class PartitionWorker:
                 "s3:ListBucket and s3:GetObject there to have them left out", moved_to=note.output,
                 error=f"{type(exc).__name__}: {exc}"[:300],
             )
-            return []
+            return [], letters
         cut = cut_at([*pieces, *markers], held, end, [(f, t) for _k, f, t in letters])
         warn_held_in_both(self.log, pieces, held, cut, moved_to=note.output)
         if cut >= end:
-            return []
+            return [], letters
         left = [r.key for r in pieces if r.from_pos >= cut] + [m.key for m in markers if m.end > cut]
         dead = [key for key, frm, _to in letters if frm >= cut]
         self.log.warning(
@@ -550,7 +554,7 @@ class PartitionWorker:
             "one of the two", moved_to=note.output, from_position=cut, to_position=end,
             objects=len(left), dead_letter_objects=len(dead),
         )
-        return left + dead
+        return left + dead, letters
 
     def _moved_in(self, committed: int | None) -> MovedIn | None:
         """Where the group went on from in this output without what it had read below being here
@@ -772,9 +776,12 @@ class PartitionWorker:
         self.store.abort_uploads(self.layout.final_key(self.topic, self.partition, f.start, f.bucket))
         return f
 
-    def _dead_letters(self, since: int | None = None) -> list[tuple[str, int, int]]:
+    def _dead_letters(self, since: int | None = None,
+                      listed: list[tuple[str, int, int]] | None = None) -> list[tuple[str, int, int]]:
         """(key, from, to) of the partition's dead-letter objects, those starting at ``since`` or
-        later when given (names sort by their first position: one LIST from there).
+        later when given (names sort by their first position: one LIST from there). ``listed``:
+        every one of them, listed already by this recovery (a run back, which reads them all
+        first: :meth:`_held_where_the_group_moved`), to be filtered instead of listed again.
 
         Recovery needs only the ones never committed (``to`` past the position it resumes from),
         to delete them. The plain layout passes the end of the newest final file: a dead-letter
@@ -783,6 +790,8 @@ class PartitionWorker:
         starts at or after any final file's end. A long-running partition with steady bad records
         no longer lists its whole dead-letter history at every restart and rebalance. (A zombie
         that writes dead letters after the new owner recovered leaves them in either case.)"""
+        if listed is not None:
+            return [d for d in listed if not since or d[1] >= since]
         folder = self.layout.dead_letter_dir(self.topic, self.partition)
         out = []
         for o in self.store.list(folder, f"{folder}{since:020d}" if since else ""):

@@ -358,10 +358,21 @@ def test_a_run_back_lists_the_other_output_once_for_all_its_partitions() -> None
         return plain_list(prefix, start_after)
 
     moved_store.list = counted  # type: ignore[method-assign]
+    here: list[str] = []
+    list_here = store.list
+
+    def counted_here(prefix: str, start_after: str = "") -> list[ObjectInfo]:
+        here.append(prefix)
+        return list_here(prefix, start_after)
+
+    store.list = counted_here  # type: ignore[method-assign]
     back = GroupRunner(_config(until_caught_up=True), store=store, decoder=_decoder(),
                        consumer_factory=broker.consumer_factory(), store_of=lambda _bucket: moved_store)
     assert back.run() == EXIT_OK
     assert sorted(listed) == ["new/_dead_letters/topic=t/", "new/_staging/topic=t/", "new/topic=t/"], listed
+    # and this output's dead letters of each partition once (they were listed twice)
+    dead_here = [p for p in here if p.startswith("out/_dead_letters/")]
+    assert sorted(dead_here) == [f"out/_dead_letters/topic=t/partition={p}/" for p in range(PARTITIONS)], here
 
     now = [0.0]
     listings = OtherOutputListings(ttl=30.0, clock=lambda: now[0])
