@@ -337,6 +337,19 @@ def test_a_run_back_whose_other_bucket_s3_fails_to_list_stops_then_leaves_out_it
     assert both == {p: list(range(PER_PARTITION + 10)) for p in range(PARTITIONS)}
 
 
+def _listings(store: MemoryStore) -> list[str]:
+    """The prefixes ``store`` is listed under from now on, in order."""
+    listed: list[str] = []
+    plain_list = store.list
+
+    def counted(prefix: str, start_after: str = "") -> list[ObjectInfo]:
+        listed.append(prefix)
+        return plain_list(prefix, start_after)
+
+    store.list = counted  # type: ignore[method-assign]
+    return listed
+
+
 def test_a_run_back_lists_the_other_output_once_for_all_its_partitions() -> None:
     """Every partition's recovery in an output the group went back to reads the other output's
     ranges; the topic folder there holds all partitions, so one listing serves them all (it was
@@ -350,22 +363,7 @@ def test_a_run_back_lists_the_other_output_once_for_all_its_partitions() -> None
     _produce_more(broker, PARTITIONS * PER_PARTITION, PARTITIONS * 10)
     assert GroupRunner(_config(output="s3://other/new", until_caught_up=True), store=moved_store,
                        decoder=_decoder(), consumer_factory=broker.consumer_factory()).run() == EXIT_OK
-    listed: list[str] = []
-    plain_list = moved_store.list
-
-    def counted(prefix: str, start_after: str = "") -> list[ObjectInfo]:
-        listed.append(prefix)
-        return plain_list(prefix, start_after)
-
-    moved_store.list = counted  # type: ignore[method-assign]
-    here: list[str] = []
-    list_here = store.list
-
-    def counted_here(prefix: str, start_after: str = "") -> list[ObjectInfo]:
-        here.append(prefix)
-        return list_here(prefix, start_after)
-
-    store.list = counted_here  # type: ignore[method-assign]
+    listed, here = _listings(moved_store), _listings(store)
     back = GroupRunner(_config(until_caught_up=True), store=store, decoder=_decoder(),
                        consumer_factory=broker.consumer_factory(), store_of=lambda _bucket: moved_store)
     assert back.run() == EXIT_OK
