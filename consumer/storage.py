@@ -317,7 +317,7 @@ def refusal(exc: BaseException) -> str | None:
     return f"{code or status}: {message}" if message else str(code or status)
 
 
-#: Seconds a command's first S3 request is retried (a run's, ``verify``'s, ``show``'s): a wrong
+#: Seconds a command's first S3 request is retried (a run's, ``verify``'s, ``show``'s, …): a wrong
 #: --s3-endpoint-url or a server not up yet is the likely cause then, not an outage in the middle of
 #: a run, which gets :class:`RetryPolicy`'s minutes.
 FIRST_CONTACT_S = 30.0
@@ -611,8 +611,8 @@ class S3Store:
         if that comes first. A stop request's bound (Runner._cap_retries) is :attr:`give_up_at`
         itself, so it holds inside the block and after it alike. ``refused_is_an_answer``: a
         refused connection gives up at once (:func:`connection_refused`), for a command that
-        answers its operator (``check``, ``verify``, ``show``) rather than a run that waits for a
-        server still starting."""
+        answers its operator (``check``, ``verify``, ``show``, ``finish``) rather than a run that
+        waits for a server still starting."""
         self._patience_until = time.monotonic() + seconds
         self._refused_is_an_answer = refused_is_an_answer
         try:
